@@ -1,0 +1,89 @@
+"""Typed per-spectrum results of the valence engine.
+
+Every spectrum handed to the engine gets exactly one :class:`SpectrumResult`:
+``status == "ok"`` with the readout, or ``status == "rejected"`` with a
+human-readable ``reason`` and NaN numbers.  Nothing is silently guessed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+#: Names of the three fractions, in the model's output order.
+FRACTION_NAMES = ("Mn2+", "Mn3+", "Mn4+")
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class SpectrumResult:
+    """The valence readout of one spectrum.
+
+    Attributes
+    ----------
+    status : str
+        ``"ok"`` or ``"rejected"``.
+    reason : str
+        Why the spectrum was rejected ("" when ok).
+    fractions : tuple of float
+        Mn2+, Mn3+, Mn4+ atomic fractions (non-negative, sum 1).
+    fractions_std : tuple of float
+        Calibrated one-sigma uncertainty of each fraction.
+    valence : float
+        Mean valence ``2 f2 + 3 f3 + 4 f4``.
+    valence_std : float
+        Calibrated one-sigma uncertainty of the valence.
+    energy_offset_eV : float
+        Estimated energy-axis error: axis reading minus true energy at the L3 edge.
+    resolution_eV : float
+        Estimated instrument resolution (Voigt FWHM).
+    t_lambda : float
+        Estimated relative thickness (EELS; about 0 for XAS).
+    flags : tuple of str
+        Quality warnings that did not warrant rejection (e.g. ``"l2_not_measured"``).
+    model : str
+        Identifier of the model that produced the readout.
+    """
+
+    status: str
+    reason: str = ""
+    fractions: tuple[float, float, float] = (NAN, NAN, NAN)
+    fractions_std: tuple[float, float, float] = (NAN, NAN, NAN)
+    valence: float = NAN
+    valence_std: float = NAN
+    energy_offset_eV: float = NAN
+    resolution_eV: float = NAN
+    t_lambda: float = NAN
+    flags: tuple[str, ...] = field(default_factory=tuple)
+    model: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the spectrum was read out."""
+        return self.status == "ok"
+
+    @classmethod
+    def rejected(cls, reason: str, model: str = "", flags: tuple[str, ...] = ()) -> SpectrumResult:
+        """A rejection with its reason."""
+        return cls(status="rejected", reason=reason, model=model, flags=tuple(flags))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict in the layout of ``mnedge predict --json`` (NaN becomes None)."""
+
+        def num(x: float) -> float | None:
+            return None if (x is None or not math.isfinite(x)) else float(x)
+
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "fractions": {k: num(v) for k, v in zip(FRACTION_NAMES, self.fractions)},
+            "fractions_std": {k: num(v) for k, v in zip(FRACTION_NAMES, self.fractions_std)},
+            "valence": num(self.valence),
+            "valence_std": num(self.valence_std),
+            "energy_offset_eV": num(self.energy_offset_eV),
+            "resolution_eV": num(self.resolution_eV),
+            "t_lambda": num(self.t_lambda),
+            "flags": list(self.flags),
+            "model": self.model,
+        }

@@ -1,0 +1,338 @@
+"""The one preprocessing of Mn L2,3 spectra, shared by training and serving.
+
+Every spectrum the model ever sees, synthetic or measured, goes through
+:func:`preprocess`: the trainer imports it from here, the live engine calls
+it, so the two cannot drift apart.
+
+Steps, all batched in torch (the same code on CPU or GPU):
+
+1. **Uniform axis.** Input rows live on uniform axes ``start[b] + step * i``
+   with a ``valid`` mask (a contiguous window per row; padding or crops are
+   invalid).  Measured spectra on any axis (any spacing, descending,
+   repeated points) are brought there by :func:`to_uniform`.
+2. **Edge-hold.** Invalid points take the nearest valid value, so filters and
+   resampling never see padding.
+3. **Coarse alignment on the L3/L2 doublet.** A high-passed copy of the
+   spectrum (background and edge steps removed) is correlated with a
+   two-peak template of the 2p spin-orbit doublet (L2 about 11 eV above L3);
+   the best match, refined to the local maximum, is the L3 position.  This
+   handles any energy offset within the measured window (well past +-15 eV);
+   the network is trained on the residual offsets this step leaves.
+4. **Shift and resample** onto the model grid :data:`MODEL_GRID` with the L3
+   maximum at :data:`L3_REFERENCE_EV`, edge-holding outside the measured
+   window; a second channel marks those held points.
+5. **Pre-edge background** (power law fitted in log-log space on the
+   pre-edge window when it is measured and positive, a straight line
+   otherwise; a constant when too little pre-edge was measured) is removed.
+6. **Normalization** by the smoothed L3 maximum.
+
+The result is ``(B, 2, L)``: channel 0 the normalized spectrum, channel 1 the
+held-point mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Spacing of the uniform working axis (eV).
+WORK_STEP_EV = 0.1
+
+#: Where the detected L3 maximum is placed on the model grid (eV).
+L3_REFERENCE_EV = 641.0
+
+#: Model input grid (eV): 256 points, 0.125 eV apart, 8 eV below to 24 eV above L3.
+MODEL_GRID = L3_REFERENCE_EV - 8.0 + 0.125 * np.arange(256)
+
+#: Pre-edge window used for the background fit, relative to L3 (eV).
+PRE_EDGE_WINDOW = (-8.0, -2.5)
+
+#: Minimum measured pre-edge width (eV) for a fitted (not constant) background.
+MIN_PRE_EDGE_EV = 2.0
+
+#: Expected L3-L2 spin-orbit spacing of Mn (eV) and its accepted range.
+MN_SPIN_ORBIT_EV = 11.0
+MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
+
+
+@dataclass
+class Prepared:
+    """Output of :func:`preprocess` for a batch.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        Model input ``(B, 2, len(MODEL_GRID))``.
+    l3_ev : torch.Tensor
+        Detected L3 maximum on the input's own axis (eV), ``(B,)``.
+    shift_ev : torch.Tensor
+        ``l3_ev - L3_REFERENCE_EV``: the coarse offset estimate, ``(B,)``.
+    edge_snr : torch.Tensor
+        Height of the L3 feature in the high-passed spectrum over its noise.
+    l2_spacing_ev : torch.Tensor
+        Detected L2-L3 distance (NaN where L2 is not measured).
+    l2_covered, pre_edge_covered : torch.Tensor
+        Booleans: the measured window reaches the L2 region / the pre-edge window.
+    l3_covered : torch.Tensor
+        Boolean: at least 2 eV on either side of L3 was measured.
+    psnr_db : torch.Tensor
+        Estimated PSNR (L3 height over the high-frequency noise), dB.
+    """
+
+    x: torch.Tensor
+    l3_ev: torch.Tensor
+    shift_ev: torch.Tensor
+    edge_snr: torch.Tensor
+    l2_spacing_ev: torch.Tensor
+    l2_covered: torch.Tensor
+    pre_edge_covered: torch.Tensor
+    l3_covered: torch.Tensor
+    psnr_db: torch.Tensor
+
+
+def to_uniform(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> tuple[float, np.ndarray]:
+    """Resample one measured spectrum onto a uniform ascending axis.
+
+    Parameters
+    ----------
+    energy, intensity : numpy.ndarray
+        One spectrum on any axis: any spacing, ascending or descending,
+        repeated energies allowed (their intensities are averaged).
+    step : float
+        Spacing of the uniform axis (eV).
+
+    Returns
+    -------
+    start : float
+        Energy of the first uniform point.
+    values : numpy.ndarray
+        Linear interpolation of the spectrum on ``start + step * arange(n)``.
+
+    Raises
+    ------
+    ValueError
+        On non-finite values, mismatched shapes or fewer than two distinct energies.
+    """
+    e = np.asarray(energy, dtype=np.float64).ravel()
+    y = np.asarray(intensity, dtype=np.float64).ravel()
+    if e.shape != y.shape:
+        raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
+    if not (np.all(np.isfinite(e)) and np.all(np.isfinite(y))):
+        raise ValueError("spectrum contains NaN or inf")
+    uniq, inverse = np.unique(e, return_inverse=True)
+    if uniq.size < 2:
+        raise ValueError("fewer than two distinct energies")
+    mean = np.bincount(inverse, weights=y) / np.bincount(inverse)
+    n = int(math.floor((uniq[-1] - uniq[0]) / step + 1e-9)) + 1
+    grid = uniq[0] + step * np.arange(n)
+    return float(uniq[0]), np.interp(grid, uniq, mean)
+
+
+def _gauss_kernel(sigma_pts: float) -> torch.Tensor:
+    half = max(1, int(math.ceil(3.5 * sigma_pts)))
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma_pts) ** 2)
+    return (k / k.sum()).view(1, 1, -1)
+
+
+def smooth(values: torch.Tensor, sigma_ev: float, step: float = WORK_STEP_EV) -> torch.Tensor:
+    """Gaussian smoothing of ``(B, N)`` rows with replicate padding."""
+    k = _gauss_kernel(sigma_ev / step).to(values)
+    pad = k.shape[-1] // 2
+    return F.conv1d(F.pad(values[:, None], (pad, pad), mode="replicate"), k)[:, 0]
+
+
+def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace invalid points by the nearest valid value of the row's valid window.
+
+    Returns the held values and the first and last valid indices ``(B,)``.
+    """
+    n = values.shape[1]
+    idx = torch.arange(n, device=values.device).expand_as(values)
+    big = torch.full_like(idx, n)
+    first = torch.where(valid, idx, big).amin(dim=1)
+    last = torch.where(valid, idx, -torch.ones_like(idx)).amax(dim=1)
+    src = torch.minimum(torch.maximum(idx, first[:, None]), last[:, None].clamp(min=0))
+    return torch.gather(values, 1, src), first, last
+
+
+def _doublet_template(step: float) -> torch.Tensor:
+    t = torch.arange(-3.0, MN_SPIN_ORBIT_EV + 3.0 + 1e-6, step)
+    g = torch.exp(-0.5 * (t / 0.8) ** 2) + 0.5 * torch.exp(-0.5 * ((t - MN_SPIN_ORBIT_EV) / 1.0) ** 2)
+    g = g - g.mean()
+    return g / g.norm()
+
+
+def _interp_rows(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of rows at fractional indices ``pos`` (clamped to the row)."""
+    n = values.shape[1]
+    pos = pos.clamp(0, n - 1)
+    i0 = pos.floor().long().clamp(max=n - 2)
+    t = pos - i0
+    return torch.gather(values, 1, i0) * (1 - t) + torch.gather(values, 1, i0 + 1) * t
+
+
+def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
+              step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
+
+    Returns
+    -------
+    l3_pos : fractional index of the L3 maximum ``(B,)``
+    edge_snr : L3 height in the high-passed spectrum over the high-pass noise ``(B,)``
+    l2_pos : fractional index of the L2 maximum (NaN where not measured)
+    noise : robust estimate of the point-to-point noise sigma ``(B,)``
+    """
+    b, n = held.shape
+    fine = smooth(held, 0.3, step)
+    hp = fine - smooth(held, 3.0, step)
+    tmpl = _doublet_template(step).to(held)
+    m = tmpl.numel()
+    lead = int(round(3.0 / step))
+    # score[i] = correlation of the template with hp when L3 sits at index i.
+    hp_pad = F.pad(hp[:, None], (lead, m - lead - 1), mode="replicate")
+    score = F.conv1d(hp_pad, tmpl.view(1, 1, -1))[:, 0]
+    idx = torch.arange(n, device=held.device).expand(b, n)
+    inside = (idx >= first[:, None] + int(1.0 / step)) & (idx <= last[:, None] - int(1.0 / step))
+    score = torch.where(inside, score, torch.full_like(score, -torch.inf))
+    coarse = score.argmax(dim=1)
+    # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV.
+    w = int(round(1.5 / step))
+    win = (idx - coarse[:, None]).abs() <= w
+    cand = torch.where(win & valid, fine, torch.full_like(fine, -torch.inf))
+    k = cand.argmax(dim=1).clamp(1, n - 2)
+    ym, y0, yp = (torch.gather(fine, 1, (k + d)[:, None])[:, 0] for d in (-1, 0, 1))
+    denom = ym - 2 * y0 + yp
+    frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+    l3_pos = k.to(held.dtype) + frac
+    # Noise: median absolute second difference of the raw values (valid region).
+    d2 = (held[:, 2:] - 2 * held[:, 1:-1] + held[:, :-2]) / math.sqrt(6.0)
+    d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.full_like(d2, torch.nan))
+    noise = torch.nanmedian(d2, dim=1).values * 1.4826
+    noise = torch.nan_to_num(noise, nan=0.0)
+    hp_l3 = torch.gather(hp, 1, k[:, None])[:, 0]
+    # Noise of the 0.3 eV-smoothed high-pass is the raw noise reduced by smoothing.
+    hp_noise = noise / math.sqrt(2 * math.sqrt(math.pi) * 0.3 / step) + 1e-12
+    edge_snr = hp_l3 / hp_noise
+    # L2: maximum of hp 9.6-12.4 eV above L3 when that window is measured.
+    lo = MN_SPIN_ORBIT_RANGE_EV[0] / step
+    hi = MN_SPIN_ORBIT_RANGE_EV[1] / step
+    rel = idx - l3_pos[:, None]
+    l2win = (rel >= lo) & (rel <= hi) & valid
+    has_l2 = (l3_pos + hi) <= last.to(held.dtype)
+    l2_idx = torch.where(l2win, hp, torch.full_like(hp, -torch.inf)).argmax(dim=1)
+    l2_pos = torch.where(has_l2, l2_idx.to(held.dtype), torch.full_like(l3_pos, torch.nan))
+    return l3_pos, edge_snr, l2_pos, noise
+
+
+def _fit_background(y: torch.Tensor, e: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted straight-line fit ``a + b e`` of rows ``y`` at ``e`` with weights ``w``; returns (a, b)."""
+    sw = w.sum(1).clamp(min=1e-9)
+    em = (w * e).sum(1) / sw
+    ym = (w * y).sum(1) / sw
+    var = (w * (e - em[:, None]) ** 2).sum(1).clamp(min=1e-12)
+    slope = (w * (e - em[:, None]) * (y - ym[:, None])).sum(1) / var
+    return torch.stack([ym - slope * em, slope], dim=1)
+
+
+def remove_background(spec: torch.Tensor, held: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subtract the pre-edge background from model-grid rows.
+
+    A power law ``A E^-r`` (a straight line in log-log space) where the whole
+    measured pre-edge is positive, else a straight line; a constant (the
+    pre-edge median) where less than :data:`MIN_PRE_EDGE_EV` was measured.
+    Returns the corrected rows and a boolean "pre-edge covered" per row.
+    """
+    rel = grid - L3_REFERENCE_EV
+    in_win = (rel >= PRE_EDGE_WINDOW[0]) & (rel <= PRE_EDGE_WINDOW[1])
+    w = (in_win[None, :] & ~held).to(spec.dtype)
+    step = float(grid[1] - grid[0])
+    covered = w.sum(1) * step >= MIN_PRE_EDGE_EV
+    e = grid.expand_as(spec)
+    # Straight line in E.
+    lin = _fit_background(spec, e, w)
+    bg_lin = lin[:, :1] + lin[:, 1:] * e
+    # Power law: line in log-log space, only where all pre-edge points are positive.
+    positive = ((spec > 0) | (w == 0)).all(dim=1)
+    logy = torch.log(spec.clamp(min=1e-12))
+    loge = torch.log(e)
+    pl = _fit_background(logy, loge, w)
+    bg_pl = torch.exp((pl[:, :1] + pl[:, 1:] * loge).clamp(max=60.0))
+    bg_fit = torch.where(positive[:, None], bg_pl, bg_lin)
+    # Constant: the median of the (held) first eV when the pre-edge is not measured.
+    const = spec[:, : int(1.0 / step)].median(dim=1).values[:, None]
+    bg = torch.where(covered[:, None], bg_fit, const.expand_as(spec))
+    return spec - bg, covered
+
+
+def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
+               step: float = WORK_STEP_EV) -> Prepared:
+    """Turn a batch of uniformly sampled spectra into model input.
+
+    Parameters
+    ----------
+    start : torch.Tensor
+        ``(B,)`` energy of index 0 of each row (eV).
+    values : torch.Tensor
+        ``(B, N)`` intensities on ``start[b] + step * arange(N)``.
+    valid : torch.Tensor, optional
+        ``(B, N)`` bool: the measured (contiguous) window of each row; default all.
+    step : float
+        Axis spacing (eV); :data:`WORK_STEP_EV` for everything in this package.
+
+    Returns
+    -------
+    Prepared
+        Model input and the alignment diagnostics.
+    """
+    values = values.to(torch.float32)
+    b, n = values.shape
+    if valid is None:
+        valid = torch.ones_like(values, dtype=torch.bool)
+    start = start.to(values.device, torch.float64)
+    held, first, last = edge_hold(values, valid)
+    l3_pos, edge_snr, l2_pos, noise = locate_l3(held, valid, first, last, step)
+    l3_ev = start + l3_pos.to(torch.float64) * step
+    shift = l3_ev - L3_REFERENCE_EV
+    grid = torch.as_tensor(MODEL_GRID, dtype=torch.float64, device=values.device)
+    # Model-grid energy g sits at g + shift on the input axis.
+    pos64 = (grid[None, :] + shift[:, None] - start[:, None]) / step
+    held_mask = (pos64 < first[:, None].to(torch.float64) - 1e-6) | (pos64 > last[:, None].to(torch.float64) + 1e-6)
+    spec = _interp_rows(held, pos64.to(torch.float32))
+    spec, pre_cov = remove_background(spec, held_mask, grid.to(torch.float32))
+    # Normalize by the smoothed maximum within +-2 eV of L3.
+    rel = grid - L3_REFERENCE_EV
+    l3win = (rel.abs() <= 2.0)[None, :]
+    sm = smooth(spec, 0.3, float(grid[1] - grid[0]))
+    peak = torch.where(l3win, sm, torch.full_like(sm, -torch.inf)).amax(dim=1)
+    scale = peak.clamp(min=1e-12)
+    x = torch.stack([spec / scale[:, None], held_mask.to(torch.float32)], dim=1)
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
+    l3_cov = (l3_pos - first.to(l3_pos.dtype) >= 2.0 / step) & (last.to(l3_pos.dtype) - l3_pos >= 2.0 / step)
+    l2_cov = ~torch.isnan(l2_pos)
+    l2_spacing = (l2_pos - l3_pos) * step
+    psnr = 20 * torch.log10(peak.clamp(min=1e-12) / (noise + 1e-12))
+    return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
+                    l2_spacing_ev=l2_spacing, l2_covered=l2_cov, pre_edge_covered=pre_cov,
+                    l3_covered=l3_cov, psnr_db=psnr)
+
+
+def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bring measured spectra (each ``(energy, intensity)``) onto padded uniform rows for :func:`preprocess`.
+
+    Raises ``ValueError`` for a spectrum :func:`to_uniform` refuses; callers
+    that must answer each spectrum individually call :func:`to_uniform` first.
+    """
+    rows = [to_uniform(e, y, step) for e, y in spectra]
+    n = max(len(v) for _, v in rows)
+    values = np.zeros((len(rows), n), np.float32)
+    valid = np.zeros((len(rows), n), bool)
+    for i, (_, v) in enumerate(rows):
+        values[i, : len(v)] = v
+        valid[i, : len(v)] = True
+    start = torch.tensor([s for s, _ in rows], dtype=torch.float64)
+    return start, torch.from_numpy(values), torch.from_numpy(valid)

@@ -1,0 +1,257 @@
+"""Build, store and load the bank of end-member spectra.
+
+The bank is the physics the training data rests on: families of calculated
+charge-transfer multiplet spectra per valence (:mod:`.multiplet`), optionally
+joined by measured references supplied by facility staff (:mod:`.measured`).
+It is computed once by ``mnedge-train references`` (parallel, resumable, with
+a progress bar) and shipped as ``references/data/bank.npz`` so that nothing
+needs edrixs at run time.
+
+Bank layout (all on one uniform absolute energy grid, eV):
+
+``energy`` (N,), ``spectra`` (M, N) float32, ``valence`` (M,) int,
+``split_ev`` (M,) energy between L3 and L2 (for the L2 lifetime and the
+branching-ratio stage), ``d_count`` (M,) nominal 3d count, ``weight`` (M,)
+sampling weight within its valence, ``source`` (M,) str, ``params_json`` str.
+
+Every spectrum is stored with unit L2,3 area; the forward model multiplies by
+the number of 3d holes so that a mixture's label is the atomic fraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from offline_training.references.multiplet import D_COUNT, MultipletParameters, calculate_spectrum
+from offline_training.references.parameters import L3_POSITION_EV, LIFETIME_RANGES, as_dict, draw_parameters
+
+#: Energy grid of the bank (eV): wide enough for offsets, plural scattering and crops.
+BANK_GRID = np.round(np.arange(625.0, 700.0, 0.05), 4)
+
+#: Relative calculation grid (model units); the edge lands near +75 for these models.
+_CALC_GRID = np.arange(20.0, 140.0, 0.05)
+
+#: Families and sizes of the default bank.
+DEFAULT_FAMILY_SIZES = {"Mn2+ Oh": 14, "Mn2+ Td": 6, "Mn3+ Oh-JT": 20, "Mn4+ Oh": 20}
+
+#: Core-hole lifetime variants made from each calculation (cheap, post hoc).
+LIFETIME_VARIANTS = 3
+
+
+@dataclass
+class Bank:
+    """End-member spectra on a common grid; see the module docstring for fields."""
+
+    energy: np.ndarray
+    spectra: np.ndarray
+    valence: np.ndarray
+    split_ev: np.ndarray
+    weight: np.ndarray
+    source: np.ndarray
+    params_json: str = "[]"
+
+    def __post_init__(self) -> None:
+        m = len(self.spectra)
+        for name in ("valence", "split_ev", "weight", "source"):
+            if len(getattr(self, name)) != m:
+                raise ValueError(f"bank field {name!r} has {len(getattr(self, name))} rows, spectra has {m}")
+        missing = {2, 3, 4} - set(np.unique(self.valence).tolist())
+        if missing:
+            raise ValueError(f"bank has no spectrum for valence(s) {sorted(missing)}")
+
+    def of_valence(self, valence: int) -> np.ndarray:
+        """Indices of the spectra of one valence."""
+        return np.flatnonzero(self.valence == valence)
+
+    def save(self, path: str | Path) -> None:
+        """Write the bank as a compressed ``.npz``."""
+        np.savez_compressed(
+            path, energy=self.energy, spectra=self.spectra.astype(np.float32), valence=self.valence,
+            split_ev=self.split_ev, weight=self.weight, source=self.source.astype(str),
+            params_json=np.array(self.params_json),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Bank:
+        """Load a bank file, or the shipped default bank when ``path`` is None."""
+        if path is None:
+            path = default_bank_path()
+        with np.load(path, allow_pickle=False) as z:
+            return cls(energy=z["energy"], spectra=z["spectra"], valence=z["valence"],
+                       split_ev=z["split_ev"], weight=z["weight"], source=z["source"],
+                       params_json=str(z["params_json"]))
+
+
+def default_bank_path() -> Path:
+    """Path of the bank shipped with the package."""
+    return Path(str(resources.files("offline_training.references") / "data" / "bank.npz"))
+
+
+def unit_area(energy: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
+    """Scale a spectrum to unit integrated area (trapezoid rule)."""
+    area = np.trapezoid(spectrum, energy)
+    if not np.isfinite(area) or area <= 0:
+        raise ValueError("spectrum has no positive area")
+    return spectrum / area
+
+
+def find_split(energy: np.ndarray, spectrum: np.ndarray) -> float:
+    """Energy of the minimum between L3 and L2 (searched 4-10 eV above the L3 maximum)."""
+    l3 = energy[np.argmax(spectrum)]
+    window = (energy > l3 + 4.0) & (energy < l3 + 10.0)
+    return float(energy[window][np.argmin(spectrum[window])])
+
+
+def lorentzian_lifetime(energy: np.ndarray, spectrum: np.ndarray, split: float,
+                        gamma_l3: float, gamma_l2: float, gamma_done: float = 0.1) -> np.ndarray:
+    """Add core-hole Lorentzian broadening, L3 width below ``split`` and L2 width above.
+
+    A Lorentzian of HWHM a convolved with one of HWHM b is a Lorentzian of
+    HWHM a + b, so a spectrum calculated with ``gamma_done`` gets the extra
+    ``gamma - gamma_done``.  The kernel varies with the energy it spreads
+    from, which keeps the area of every transition.
+    """
+    de = energy[1] - energy[0]
+    g = np.where(energy < split, gamma_l3, gamma_l2) - gamma_done
+    g = np.clip(g, 1e-3, None)
+    diff = energy[:, None] - energy[None, :]
+    kernel = (g[None, :] / np.pi) / (diff**2 + g[None, :] ** 2) * de
+    kernel /= kernel.sum(axis=0, keepdims=True)
+    return kernel @ spectrum
+
+
+def _cache_key(params: MultipletParameters) -> str:
+    return hashlib.sha256(json.dumps(as_dict(params), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _calculate_cached(params: MultipletParameters, cache_dir: str) -> tuple[np.ndarray, float]:
+    path = Path(cache_dir) / f"{_cache_key(params)}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return z["intensity"], float(z["occupancy"])
+    intensity, occ = calculate_spectrum(params, _CALC_GRID)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, intensity=intensity, occupancy=occ)
+    os.replace(tmp, path)
+    return intensity, occ
+
+
+def place_on_grid(intensity: np.ndarray, valence: int, grid: np.ndarray = BANK_GRID,
+                  calc_grid: np.ndarray = _CALC_GRID) -> np.ndarray:
+    """Shift a calculated spectrum so its L3 maximum sits at the valence's position, and resample."""
+    shift = L3_POSITION_EV[valence] - calc_grid[np.argmax(intensity)]
+    return np.interp(grid, calc_grid + shift, intensity, left=0.0, right=0.0)
+
+
+def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, workers: int | None = None,
+               cache_dir: str | Path = ".cache/multiplets", measured: Iterable = (),
+               measured_weight: float = 0.0, progress: bool = True) -> Bank:
+    """Calculate the families (in parallel, resumable through ``cache_dir``) and assemble the bank.
+
+    Parameters
+    ----------
+    family_sizes : dict, optional
+        Number of calculations per family; default :data:`DEFAULT_FAMILY_SIZES`.
+    seed : int
+        Seed of the parameter draws and lifetime variants.
+    workers : int, optional
+        Worker processes (default: all cores).
+    cache_dir : path
+        One file per finished calculation; a rerun skips them (resume).
+    measured : iterable of MeasuredReference
+        Staff-supplied references to join to the bank.
+    measured_weight : float
+        Share (0-1) of each valence's sampling weight given to its measured
+        references; the calculated family shares the rest.
+    progress : bool
+        Show a tqdm progress bar.
+    """
+    from tqdm import tqdm
+
+    sizes = family_sizes or DEFAULT_FAMILY_SIZES
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for k, (family, n) in enumerate(sorted(sizes.items())):
+        jobs += [(family, p) for p in draw_parameters(family, n, seed + 1000 * k)]
+    # Largest problems first, so the pool ends evenly.
+    jobs.sort(key=lambda j: j[1].valence, reverse=True)
+    results: dict[int, tuple[np.ndarray, float]] = {}
+    # One BLAS/numba thread per worker: the workers are the parallelism.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=ctx) as pool:
+        futures = {pool.submit(_calculate_cached, p, str(cache_dir)): i for i, (_, p) in enumerate(jobs)}
+        for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="multiplets"):
+            results[futures[fut]] = fut.result()
+    rng = np.random.default_rng(seed)
+    spectra, valence, split, source, meta = [], [], [], [], []
+    for i, (family, p) in enumerate(jobs):
+        intensity, occ = results[i]
+        base = place_on_grid(intensity, p.valence)
+        sp = find_split(BANK_GRID, base)
+        for _ in range(LIFETIME_VARIANTS):
+            g3 = rng.uniform(*LIFETIME_RANGES["gamma_l3"])
+            g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
+            s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2)
+            spectra.append(unit_area(BANK_GRID, s))
+            valence.append(p.valence)
+            split.append(sp)
+            source.append(family)
+            meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ))
+    valence_arr = np.array(valence)
+    weight = np.ones(len(spectra))
+    bank = Bank(energy=BANK_GRID, spectra=np.array(spectra, np.float32), valence=valence_arr,
+                split_ev=np.array(split), weight=weight, source=np.array(source),
+                params_json=json.dumps(meta))
+    return join_measured(bank, list(measured), measured_weight)
+
+
+def join_measured(bank: Bank, measured: list, measured_weight: float) -> Bank:
+    """Add measured references to a bank, giving them ``measured_weight`` of each valence's sampling."""
+    if not measured:
+        return bank
+    if not 0.0 <= measured_weight <= 1.0:
+        raise ValueError(f"measured_weight must be within [0, 1], got {measured_weight}")
+    spectra = list(bank.spectra)
+    valence = list(bank.valence)
+    split = list(bank.split_ev)
+    source = list(bank.source)
+    weight = list(bank.weight)
+    meta = json.loads(bank.params_json)
+    for ref in measured:
+        s = unit_area(bank.energy, ref.on_grid(bank.energy))
+        spectra.append(s)
+        valence.append(ref.valence)
+        split.append(find_split(bank.energy, s))
+        source.append(f"measured:{ref.name}")
+        weight.append(1.0)
+        meta.append({"valence": ref.valence, "file": ref.name})
+    valence_arr = np.array(valence)
+    weight_arr = np.array(weight, float)
+    is_measured = np.array([s.startswith("measured:") for s in source])
+    for v in (2, 3, 4):
+        calc = (valence_arr == v) & ~is_measured
+        meas = (valence_arr == v) & is_measured
+        if meas.any() and calc.any():
+            weight_arr[calc] = (1 - measured_weight) / calc.sum()
+            weight_arr[meas] = measured_weight / meas.sum()
+        elif meas.any():
+            weight_arr[meas] = 1.0 / meas.sum()
+    return Bank(energy=bank.energy, spectra=np.array(spectra, np.float32), valence=valence_arr,
+                split_ev=np.array(split), weight=weight_arr, source=np.array(source),
+                params_json=json.dumps(meta))
+
+
+__all__ = ["Bank", "BANK_GRID", "D_COUNT", "build_bank", "join_measured", "default_bank_path",
+           "unit_area", "find_split", "lorentzian_lifetime"]
