@@ -383,6 +383,7 @@ class ForwardModel:
         table = drude_plasmon(loss, torch.tensor(ep.ravel()), torch.tensor(pw.ravel()))
         self.plasmon_fft = torch.fft.rfft(table.to(torch.float32), n=self.nfft).to(self.device)
         self.e_ref = 641.0
+        self.bank_sha256 = bank.sha256()
 
     def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,
                **overrides) -> Batch:

@@ -21,8 +21,8 @@ the number of 3d holes so that a mixture's label is the atomic fraction.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import json
+import multiprocessing
 import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -72,6 +72,13 @@ class Bank:
     def of_valence(self, valence: int) -> np.ndarray:
         """Indices of the spectra of one valence."""
         return np.flatnonzero(self.valence == valence)
+
+    def sha256(self) -> str:
+        """Checksum of the bank's contents (recorded with every dataset and model)."""
+        h = hashlib.sha256()
+        for a in (self.energy, self.spectra, self.valence, self.split_ev, self.weight):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
 
     def save(self, path: str | Path) -> None:
         """Write the bank as a compressed ``.npz``."""

@@ -1,0 +1,108 @@
+"""Model artifacts: a directory with the ONNX graph, the weights and a model card.
+
+Layout::
+
+    model_card.json   schema version, model id, input grid and preprocessing,
+                      outputs, calibration, training config and git commit,
+                      evaluation metrics, SHA-256 of every other file
+    model.onnx        the network (opset 17), inputs ``x``, outputs as in
+                      :data:`mnedge_live.network.OUTPUT_NAMES`
+    weights.pt        PyTorch state dict (loaded with ``weights_only=True``)
+    tensorrt/*.ts     optional TensorRT engines (with GPU name and versions in the card)
+
+:func:`load_artifact` refuses a directory whose files do not match their
+checksums, that lacks a listed file, or whose schema version is unknown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+CARD_NAME = "model_card.json"
+
+
+class ArtifactError(RuntimeError):
+    """The artifact is missing, partial, tampered with or of an unknown schema."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified model artifact."""
+
+    path: Path
+    card: dict
+
+    @property
+    def model_id(self) -> str:
+        """Identifier shown with every readout."""
+        return str(self.card["model_id"])
+
+    def file(self, name: str) -> Path:
+        """Path of a file listed in the card."""
+        if name not in self.card["files"]:
+            raise ArtifactError(f"artifact {self.path} has no file {name!r}")
+        return self.path / name
+
+
+def default_artifact_path() -> Path:
+    """The model shipped inside the package."""
+    return Path(str(resources.files("mnedge_live") / "models" / "default"))
+
+
+def write_card(directory: str | Path, card: dict) -> Path:
+    """Write ``model_card.json`` with the SHA-256 of every other file in ``directory``."""
+    d = Path(directory)
+    files = {}
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and p.name != CARD_NAME:
+            files[p.relative_to(d).as_posix()] = sha256_file(p)
+    card = dict(card, schema_version=SCHEMA_VERSION, files=files)
+    path = d / CARD_NAME
+    path.write_text(json.dumps(card, indent=2, sort_keys=True))
+    return path
+
+
+def load_artifact(path: str | Path | None = None) -> Artifact:
+    """Read and verify an artifact directory (default: the embedded model).
+
+    Raises
+    ------
+    ArtifactError
+        Missing card or file, checksum mismatch, or unknown schema version.
+    """
+    d = Path(path) if path is not None else default_artifact_path()
+    card_path = d / CARD_NAME
+    if not card_path.is_file():
+        raise ArtifactError(f"{d} is not a model artifact: {CARD_NAME} is missing")
+    try:
+        card = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{card_path} is not valid JSON: {exc}") from exc
+    version = card.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ArtifactError(f"{d}: model card schema version {version!r} is not supported (this build reads {SCHEMA_VERSION})")
+    files = card.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{card_path} lists no files")
+    for name, digest in files.items():
+        p = d / name
+        if not p.is_file():
+            raise ArtifactError(f"artifact {d} is partial: {name} is missing")
+        actual = sha256_file(p)
+        if actual != digest:
+            raise ArtifactError(f"artifact {d}: {name} fails its SHA-256 check (expected {digest[:12]}..., got {actual[:12]}...)")
+    return Artifact(path=d, card=card)

@@ -1,0 +1,149 @@
+"""Inference backends behind one small interface: ``run(x) -> (fractions, log_std, side)``.
+
+One class per runtime; :func:`available_backends` says which can run here and
+:func:`make_backend` builds one.  Preference order for ``"auto"``: TensorRT
+(CUDA GPU with torch-tensorrt and an engine built for this GPU), ONNX
+Runtime (CUDA provider, then CPU), PyTorch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Protocol
+
+import numpy as np
+
+from mnedge_live.artifact import Artifact
+
+log = logging.getLogger(__name__)
+
+BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run on this machine or with this artifact."""
+
+
+class Backend(Protocol):
+    """What the engine needs from a runtime."""
+
+    name: str
+    device: str
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run a prepared batch ``(B, 2, L)`` float32; return fractions, log_std, side."""
+
+
+class TorchBackend:
+    """PyTorch eager on CPU or CUDA, weights loaded with ``weights_only=True``."""
+
+    name = "torch"
+
+    def __init__(self, artifact: Artifact, device: str | None = None):
+        import torch
+
+        from mnedge_live.network import MnEdgeCNN, NetworkConfig
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        state = torch.load(artifact.file("weights.pt"), map_location=self.device, weights_only=True)
+        self.model = MnEdgeCNN(NetworkConfig.from_dict(artifact.card["network"])).to(self.device).eval()
+        self.model.load_state_dict(state)
+        self._lock = threading.Lock()
+        self._torch = torch
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            out = self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device))
+        return tuple(o.float().cpu().numpy() for o in out)
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime with the CUDA provider when present, else the CPU provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, artifact: Artifact, providers: list[str] | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
+            raise BackendUnavailable(f"onnxruntime is not installed: {exc}") from exc
+        avail = ort.get_available_providers()
+        wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(artifact.file("model.onnx")), sess_options=opts, providers=wanted)
+        self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self.session.run(None, {"x": np.ascontiguousarray(x, np.float32)})
+        named = dict(zip(self.output_names, out))
+        return named["fractions"], named["log_std"], named["side"]
+
+
+class TensorRTBackend:
+    """A torch-tensorrt engine from the artifact, for the GPU it was built on.
+
+    Refuses (:class:`BackendUnavailable`) when there is no CUDA GPU, no
+    torch-tensorrt, no engine in the artifact, or the engine was built for
+    another GPU or TensorRT version; the engine loader then falls back.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, artifact: Artifact, precision: str = "fp16"):
+        try:
+            import torch
+        except ImportError as exc:  # pragma: no cover
+            raise BackendUnavailable("torch is missing") from exc
+        if not torch.cuda.is_available():
+            raise BackendUnavailable("no CUDA GPU is present")
+        try:
+            import tensorrt
+            import torch_tensorrt  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailable(f"torch-tensorrt is not installed ({exc}); install the 'tensorrt' extra") from exc
+        engines = artifact.card.get("tensorrt", {})
+        info = engines.get(precision)
+        if not info:
+            raise BackendUnavailable(f"the artifact has no TensorRT {precision} engine; build one with "
+                                     "'mnedge-train export --tensorrt'")
+        gpu = torch.cuda.get_device_name(0)
+        if info.get("gpu") != gpu or info.get("tensorrt_version") != tensorrt.__version__:
+            raise BackendUnavailable(f"the TensorRT engine was built for {info.get('gpu')} / TensorRT "
+                                     f"{info.get('tensorrt_version')}, this machine has {gpu} / {tensorrt.__version__}")
+        self.device = "cuda"
+        self.module = torch.jit.load(str(artifact.file(info["file"])), map_location="cuda").eval()
+        self._torch = torch
+        self._half = precision == "fp16"
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - needs a GPU
+        torch = self._torch
+        with torch.inference_mode():
+            t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).cuda()
+            out = self.module(t.half() if self._half else t)
+        return tuple(o.float().cpu().numpy() for o in out)
+
+
+_FACTORIES = {"tensorrt": TensorRTBackend, "onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend}
+
+
+def make_backend(artifact: Artifact, name: str = "auto") -> Backend:
+    """Build the named backend, or for ``"auto"`` the first of :data:`BACKEND_ORDER` that works here."""
+    if name != "auto":
+        if name not in _FACTORIES:
+            raise ValueError(f"unknown backend {name!r}; choose auto, {', '.join(BACKEND_ORDER)}")
+        return _FACTORIES[name](artifact)
+    reasons = []
+    for candidate in BACKEND_ORDER:
+        try:
+            backend = _FACTORIES[candidate](artifact)
+        except BackendUnavailable as exc:
+            reasons.append(f"{candidate}: {exc}")
+            continue
+        if reasons:
+            log.info("backend %s chosen (%s)", candidate, "; ".join(reasons))
+        return backend
+    raise BackendUnavailable("no backend can run this model: " + "; ".join(reasons))

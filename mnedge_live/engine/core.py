@@ -1,0 +1,232 @@
+"""The valence engine: measured spectra in, one typed result per spectrum out.
+
+Per-spectrum checks (each failure is a rejection with its reason, never an
+exception and never a guess), then the shared preprocessing, then the
+backend, then calibration of the uncertainties and quality flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mnedge_live.artifact import Artifact, load_artifact
+from mnedge_live.engine.backends import Backend, make_backend
+from mnedge_live.results import SpectrumResult
+from mnedge_live.spectrum import MN_SPIN_ORBIT_RANGE_EV, WORK_STEP_EV, preprocess, to_uniform
+
+log = logging.getLogger(__name__)
+
+#: Fewest measured points accepted.
+MIN_POINTS = 16
+#: Narrowest energy span accepted (eV): L3 with its 2 eV surroundings, at least.
+MIN_SPAN_EV = 6.0
+#: Widest accepted span (eV) and longest uniform row (guards memory).
+MAX_SPAN_EV = 400.0
+#: Energies where a Mn L3 edge may appear on an axis off by up to +-20 eV.
+L3_PLAUSIBLE_EV = (618.0, 665.0)
+#: Edge height over noise below which no edge is detectable.
+MIN_EDGE_SNR = 6.0
+#: PSNR (dB) below which a readout is flagged as noisy.
+LOW_PSNR_DB = 10.0
+#: Calibrated valence std above which a readout is flagged as uncertain.
+UNCERTAIN_VALENCE_STD = 0.25
+#: Largest batch handed to a backend at once.
+MAX_BATCH = 4096
+
+
+class Engine:
+    """Reads Mn2+/Mn3+/Mn4+ fractions from measured spectra with a verified model artifact.
+
+    Thread-safe: :meth:`predict` may be called from several threads.
+    """
+
+    def __init__(self, artifact: Artifact, backend: Backend):
+        self.artifact = artifact
+        self.backend = backend
+        card = artifact.card
+        self.model_id = artifact.model_id
+        self.std_scale = np.asarray(card["calibration"]["std_scale"], np.float64)
+        if card["input"]["work_step_eV"] != WORK_STEP_EV or card["input"]["preprocessing"] != PREPROCESSING_ID:
+            raise RuntimeError(f"model {self.model_id} was trained with preprocessing "
+                               f"{card['input']['preprocessing']!r}, this build has {PREPROCESSING_ID!r}")
+        self._lock = threading.Lock()
+        self.counters = {"spectra": 0, "ok": 0, "rejected": 0}
+
+    @property
+    def backend_name(self) -> str:
+        """Name and device of the backend in use, e.g. ``onnxruntime:cpu``."""
+        return f"{self.backend.name}:{self.backend.device}"
+
+    def predict_one(self, energy: np.ndarray, intensity: np.ndarray) -> SpectrumResult:
+        """Read out one spectrum."""
+        return self.predict([(energy, intensity)])[0]
+
+    def predict(self, spectra: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[SpectrumResult]:
+        """Read out a batch; each spectrum has its own energy axis.
+
+        Parameters
+        ----------
+        spectra : sequence of (energy, intensity)
+            Any spacing, ascending or descending, repeated energies allowed,
+            partial windows allowed.
+
+        Returns
+        -------
+        list of SpectrumResult
+            One per input, in order: ``ok`` with the readout, or
+            ``rejected`` with the reason.
+        """
+        results: list[SpectrumResult | None] = [None] * len(spectra)
+        rows: list[tuple[int, float, np.ndarray]] = []
+        for i, item in enumerate(spectra):
+            try:
+                energy, intensity = item
+                start, values = self._check_and_resample(energy, intensity)
+            except (ValueError, TypeError) as exc:
+                results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
+                continue
+            rows.append((i, start, values))
+        for k in range(0, len(rows), MAX_BATCH):
+            chunk = rows[k:k + MAX_BATCH]
+            try:
+                for i, res in zip((r[0] for r in chunk), self._run_rows(chunk)):
+                    results[i] = res
+            except Exception as exc:  # backend failure: answer every row, keep serving
+                log.exception("backend %s failed", self.backend_name)
+                for i, _, _ in chunk:
+                    results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
+                                                         model=self.model_id)
+        out = [r if r is not None else SpectrumResult.rejected("internal error: no result", model=self.model_id)
+               for r in results]
+        with self._lock:
+            self.counters["spectra"] += len(out)
+            n_ok = sum(r.ok for r in out)
+            self.counters["ok"] += n_ok
+            self.counters["rejected"] += len(out) - n_ok
+        return out
+
+    @staticmethod
+    def _check_and_resample(energy, intensity) -> tuple[float, np.ndarray]:
+        e = np.asarray(energy)
+        y = np.asarray(intensity)
+        if e.ndim != 1 or y.ndim != 1:
+            raise ValueError(f"expected 1-D energy and intensity, got shapes {e.shape} and {y.shape}")
+        if e.shape != y.shape:
+            raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
+        if not (np.issubdtype(e.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
+            raise ValueError(f"non-numeric data (dtypes {e.dtype}, {y.dtype})")
+        if np.iscomplexobj(e) or np.iscomplexobj(y):
+            raise ValueError("complex-valued data")
+        if e.size < MIN_POINTS:
+            raise ValueError(f"only {e.size} points; at least {MIN_POINTS} are needed")
+        bad = ~(np.isfinite(e) & np.isfinite(y))
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
+        span = float(e.max() - e.min())
+        if span < MIN_SPAN_EV:
+            raise ValueError(f"energy axis spans only {span:.2f} eV; at least {MIN_SPAN_EV} eV are needed")
+        if span > MAX_SPAN_EV:
+            raise ValueError(f"energy axis spans {span:.0f} eV; at most {MAX_SPAN_EV:.0f} eV are accepted")
+        lo, hi = float(e.min()), float(e.max())
+        if hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]:
+            raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
+                             f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
+        if float(np.ptp(y)) == 0.0:
+            raise ValueError("intensity is constant: no edge")
+        return to_uniform(e, y, WORK_STEP_EV)
+
+    def _run_rows(self, rows: list[tuple[int, float, np.ndarray]]) -> list[SpectrumResult]:
+        n = max(len(v) for _, _, v in rows)
+        values = np.zeros((len(rows), n), np.float32)
+        valid = np.zeros((len(rows), n), bool)
+        for j, (_, _, v) in enumerate(rows):
+            values[j, : len(v)] = v
+            valid[j, : len(v)] = True
+        start = torch.tensor([s for _, s, _ in rows], dtype=torch.float64)
+        prep = preprocess(start, torch.from_numpy(values), torch.from_numpy(valid))
+        frac, log_std, side = self.backend.run(prep.x.numpy())
+        std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
+        out = []
+        for j in range(len(rows)):
+            reason = self._rejection(prep, j)
+            if reason:
+                out.append(SpectrumResult.rejected(reason, model=self.model_id))
+                continue
+            flags = []
+            if not bool(prep.l2_covered[j]):
+                flags.append("l2_not_measured")
+            if not bool(prep.pre_edge_covered[j]):
+                flags.append("pre_edge_not_measured")
+            if float(prep.psnr_db[j]) < LOW_PSNR_DB:
+                flags.append("low_psnr")
+            if std[j, 3] > UNCERTAIN_VALENCE_STD:
+                flags.append("uncertain")
+            f = np.clip(frac[j].astype(np.float64), 0.0, 1.0)
+            f = f / f.sum()
+            out.append(SpectrumResult(
+                status="ok",
+                fractions=tuple(float(v) for v in f),
+                fractions_std=tuple(float(v) for v in std[j, :3]),
+                valence=float(2 * f[0] + 3 * f[1] + 4 * f[2]),
+                valence_std=float(std[j, 3]),
+                energy_offset_eV=float(prep.shift_ev[j]) + float(side[j, 0]),
+                resolution_eV=max(0.0, float(side[j, 1])),
+                t_lambda=max(0.0, float(side[j, 2])),
+                flags=tuple(flags),
+                model=self.model_id,
+            ))
+        return out
+
+    @staticmethod
+    def _rejection(prep, j: int) -> str:
+        """Reason to reject row ``j`` after preprocessing, or ''."""
+        l3 = float(prep.l3_ev[j])
+        snr = float(prep.edge_snr[j])
+        if not math.isfinite(snr) or snr < MIN_EDGE_SNR:
+            return f"no edge detectable above the noise (edge/noise {snr:.1f} < {MIN_EDGE_SNR})"
+        if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
+            return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
+                    f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
+        if not bool(prep.l3_covered[j]):
+            return f"the measured window does not cover 2 eV on both sides of the L3 maximum at {l3:.1f} eV"
+        if bool(prep.l2_covered[j]):
+            d = float(prep.l2_spacing_ev[j])
+            lo, hi = MN_SPIN_ORBIT_RANGE_EV
+            if not (lo <= d <= hi):
+                return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
+                        "(Mn 2p spin-orbit splitting is about 11 eV)")
+        return ""
+
+
+#: Identifier of the preprocessing in :mod:`mnedge_live.spectrum`; artifacts record it.
+PREPROCESSING_ID = "mnedge_live.spectrum/v1 (doublet alignment, L3 at 641 eV, 256 x 0.125 eV, pre-edge power law, L3 max)"
+
+
+def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = True) -> Engine:
+    """Load and verify a model artifact (default: the embedded model) and pick a backend.
+
+    Parameters
+    ----------
+    path : str, optional
+        Artifact directory; None for the model shipped in the package.
+    backend : str
+        ``"auto"`` (TensorRT, then ONNX Runtime, then PyTorch) or one of them by name.
+    warmup : bool
+        Run one batch at load so the first real spectrum is fast.
+    """
+    artifact = load_artifact(path)
+    be = make_backend(artifact, backend)
+    engine = Engine(artifact, be)
+    log.info("model %s on backend %s", engine.model_id, engine.backend_name)
+    if warmup:
+        t = time.perf_counter()
+        be.run(np.zeros((8, 2, artifact.card["input"]["grid_points"]), np.float32))
+        log.debug("warm-up %.1f ms", 1e3 * (time.perf_counter() - t))
+    return engine

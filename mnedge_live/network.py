@@ -1,0 +1,105 @@
+"""The deployed network: a compact 1-D CNN reading Mn valence fractions from a prepared spectrum.
+
+It lives in ``mnedge_live`` (not in ``offline_training``) because the PyTorch
+backend of the engine rebuilds it from the artifact's weights at run time.
+
+Input: ``(B, 2, 256)`` from :func:`mnedge_live.spectrum.preprocess`.
+Outputs (named, also in the ONNX graph):
+
+``fractions`` (B, 3)
+    Mn2+, Mn3+, Mn4+ (softmax: non-negative, sum 1).
+``log_std`` (B, 4)
+    Uncalibrated log one-sigma of the three fractions and of the valence;
+    the artifact stores the calibration factors.
+``side`` (B, 4)
+    Residual energy offset after the coarse alignment (eV), instrument
+    resolution FWHM (eV), t/lambda, EELS logit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+OUTPUT_NAMES = ("fractions", "log_std", "side")
+SIDE_NAMES = ("offset_residual_eV", "resolution_eV", "t_lambda", "eels_logit")
+
+
+@dataclass
+class NetworkConfig:
+    """Layer sizes of :class:`MnEdgeCNN`."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 64, 96)
+    kernels: tuple[int, ...] = (7, 5, 5, 3, 3)
+    hidden: int = 128
+    input_length: int = 256
+    dropout: float = 0.1
+
+    def to_dict(self) -> dict:
+        """Plain dict for the model card."""
+        d = asdict(self)
+        d["channels"], d["kernels"] = list(self.channels), list(self.kernels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["channels"], d["kernels"] = tuple(d["channels"]), tuple(d["kernels"])
+        return cls(**d)
+
+
+class MnEdgeCNN(nn.Module):
+    """Conv-BN-GELU stages with stride/pooling down to 1/16 of the input, then a dense trunk and heads.
+
+    The flattening keeps where features are: the spectrum is aligned on L3,
+    so position on the grid carries energy information (multiplet peaks,
+    L3-L2 spacing, branching ratio).
+    """
+
+    def __init__(self, config: NetworkConfig | None = None):
+        super().__init__()
+        self.config = cfg = config or NetworkConfig()
+        layers: list[nn.Module] = []
+        c_in = 2
+        length = cfg.input_length
+        for i, (c, k) in enumerate(zip(cfg.channels, cfg.kernels)):
+            stride = 2 if i == 0 else 1
+            layers += [nn.Conv1d(c_in, c, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(c), nn.GELU()]
+            length = (length + 2 * (k // 2) - k) // stride + 1
+            if 1 <= i < len(cfg.channels) - 1:
+                layers.append(nn.MaxPool1d(2))
+                length //= 2
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c_in * length, cfg.hidden),
+                                   nn.GELU())
+        self.frac_head = nn.Linear(cfg.hidden, 3)
+        self.std_head = nn.Linear(cfg.hidden, 4)
+        self.side_head = nn.Linear(cfg.hidden, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return ``(fractions, log_std, side)`` for a prepared batch ``(B, 2, L)``."""
+        h = self.trunk(self.features(x))
+        fractions = torch.softmax(self.frac_head(h), dim=-1)
+        log_std = self.std_head(h).clamp(-9.0, 3.0)
+        return fractions, log_std, self.side_head(h)
+
+
+def count_flops(model: nn.Module, input_length: int = 256, in_channels: int = 2) -> int:
+    """FLOPs (2 per multiply-add) of one spectrum through ``model`` in eval mode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, in_channels, input_length))
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

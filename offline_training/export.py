@@ -1,0 +1,168 @@
+"""Export a trained model as a versioned artifact (ONNX + weights + model card), optionally with TensorRT engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mnedge_live.artifact import load_artifact, write_card
+from mnedge_live.engine.core import PREPROCESSING_ID
+from mnedge_live.network import (
+    OUTPUT_NAMES,
+    SIDE_NAMES,
+    MnEdgeCNN,
+    NetworkConfig,
+    count_flops,
+    count_parameters,
+)
+from mnedge_live.spectrum import L3_REFERENCE_EV, MODEL_GRID, WORK_STEP_EV
+
+ONNX_OPSET = 17
+
+
+def git_commit() -> str:
+    """Commit of the working tree the export runs in ('unknown' outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_trained(final_pt: str | Path) -> tuple[MnEdgeCNN, dict]:
+    """Rebuild the network from a trainer's ``final.pt`` (weights only, no pickled code)."""
+    ck = torch.load(final_pt, map_location="cpu", weights_only=True)
+    cfg = json.loads(ck["config"])
+    model = MnEdgeCNN(NetworkConfig.from_dict(cfg["network"]))
+    model.load_state_dict(ck["model"])
+    return model.eval(), ck
+
+
+def export_onnx(model: MnEdgeCNN, path: str | Path) -> Path:
+    """Write the network as ONNX with a dynamic batch dimension."""
+    x = torch.zeros(4, 2, model.config.input_length)
+    torch.onnx.export(model.eval(), (x,), str(path), input_names=["x"], output_names=list(OUTPUT_NAMES),
+                      dynamic_axes={"x": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                      opset_version=ONNX_OPSET, dynamo=False)
+    return Path(path)
+
+
+def onnx_max_difference(model: MnEdgeCNN, onnx_path: str | Path, x: torch.Tensor) -> float:
+    """Largest absolute difference between ONNX Runtime and PyTorch outputs on ``x``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = [t.numpy() for t in model.eval()(x)]
+    got = sess.run(list(OUTPUT_NAMES), {"x": x.numpy()})
+    return float(max(np.abs(a - b).max() for a, b in zip(ref, got)))
+
+
+def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | None = None,
+                    evaluation: dict | None = None, tensorrt: bool = False, overwrite: bool = False) -> Path:
+    """Write an artifact directory from a trainer's ``final.pt``.
+
+    Parameters
+    ----------
+    final_pt : path
+        Output of :func:`offline_training.train.train`.
+    out_dir : path
+        New artifact directory.
+    model_id : str, optional
+        Identifier; default ``mnedge-cnn-<date>-<weights hash>``.
+    evaluation : dict, optional
+        Metrics to record in the card (from ``mnedge-train evaluate``).
+    tensorrt : bool
+        Also build TensorRT FP16 and FP32 engines (needs a CUDA GPU).
+    overwrite : bool
+        Replace an existing ``out_dir``.
+    """
+    out = Path(out_dir)
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model, ck = load_trained(final_pt)
+    torch.save(model.state_dict(), out / "weights.pt")
+    export_onnx(model, out / "model.onnx")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 2, model.config.input_length, generator=gen)
+    diff = onnx_max_difference(model, out / "model.onnx", x)
+    if diff > 1e-4:
+        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} (> 1e-4)")
+    import hashlib
+
+    digest = hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest()[:10]
+    today = dt.date.today().isoformat()
+    card = {
+        "model_id": model_id or f"mnedge-cnn-{today}-{digest}",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "input": {"name": "x", "shape": ["batch", 2, len(MODEL_GRID)], "grid_start_eV": float(MODEL_GRID[0]),
+                  "grid_step_eV": float(MODEL_GRID[1] - MODEL_GRID[0]), "grid_points": len(MODEL_GRID),
+                  "l3_reference_eV": L3_REFERENCE_EV, "work_step_eV": WORK_STEP_EV,
+                  "preprocessing": PREPROCESSING_ID,
+                  "channels": ["normalized spectrum", "held (unmeasured) points"]},
+        "outputs": {"fractions": ["Mn2+", "Mn3+", "Mn4+"], "log_std": ["Mn2+", "Mn3+", "Mn4+", "valence"],
+                    "side": list(SIDE_NAMES)},
+        "network": model.config.to_dict(),
+        "flops_per_spectrum": count_flops(model),
+        "parameters": count_parameters(model),
+        "calibration": {"std_scale": ck["std_scale"],
+                        "method": "68.27 % quantile of |error|/std on held-out synthetic spectra"},
+        "training": {"config": json.loads(ck["config"]), "steps": int(ck["steps"]),
+                     "train_seconds": float(ck.get("train_seconds", float("nan"))),
+                     "bank_sha256": ck.get("bank_sha256", ""), "git_commit": git_commit(),
+                     "torch_version": torch.__version__},
+        "onnx": {"opset": ONNX_OPSET, "max_abs_difference_vs_torch": diff},
+        "evaluation": evaluation or {},
+    }
+    if tensorrt:
+        card["tensorrt"] = build_tensorrt_engines(model, out)
+    write_card(out, card)
+    load_artifact(out)  # verify what was written
+    return out
+
+
+def build_tensorrt_engines(model: MnEdgeCNN, out: Path) -> dict:
+    """Compile FP16 and FP32 TensorRT engines with torch-tensorrt for the current GPU.
+
+    Raises
+    ------
+    RuntimeError
+        When no CUDA GPU or no torch-tensorrt is present (clear refusal).
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("--tensorrt needs a CUDA GPU; none is present on this machine")
+    try:
+        import tensorrt
+        import torch_tensorrt
+    except ImportError as exc:
+        raise RuntimeError(f"--tensorrt needs torch-tensorrt (pip install 'mnedge-live[tensorrt]'): {exc}") from exc
+    info = {}
+    m = model.cuda().eval()
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(256, 2, model.config.input_length, device="cuda", generator=gen)
+    ref = [t.float() for t in m(x)]
+    (out / "tensorrt").mkdir(exist_ok=True)
+    for precision, dtype in (("fp16", torch.half), ("fp32", torch.float32)):
+        inputs = [torch_tensorrt.Input(min_shape=(1, 2, 256), opt_shape=(1024, 2, 256), max_shape=(65536, 2, 256),
+                                       dtype=dtype)]
+        trt = torch_tensorrt.compile(m.to(dtype), ir="ts", inputs=inputs, enabled_precisions={dtype})
+        got = [t.float() for t in trt(x.to(dtype))]
+        name = f"tensorrt/model_{precision}.ts"
+        torch.jit.save(trt, str(out / name))
+        info[precision] = {"file": name, "gpu": torch.cuda.get_device_name(0),
+                           "tensorrt_version": tensorrt.__version__, "torch_tensorrt_version": torch_tensorrt.__version__,
+                           "max_fraction_difference": float((got[0] - ref[0]).abs().max())}
+        m = m.float()
+    return info

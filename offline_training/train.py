@@ -1,0 +1,271 @@
+"""Trainer: on-the-fly synthetic batches, checkpoints and resume, CSV metrics, DDP with torchrun.
+
+``mnedge-train train --config FILE.toml [--out DIR] [--resume]`` calls
+:func:`train`.  Under ``torchrun --nproc_per_node N`` every rank draws its
+own seeded stream (seed + rank) and gradients are averaged by
+DistributedDataParallel (gloo on CPU, NCCL on CUDA); rank 0 logs and writes
+checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnedge_live.network import MnEdgeCNN, NetworkConfig
+from offline_training.forward import ForwardConfig, ForwardModel
+from offline_training.generate import TrainingBatch, make_training_batch
+from offline_training.references.bank import Bank
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Optimization settings (the ``[train]`` table)."""
+
+    steps: int = 20000
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 300
+    seed: int = 0
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    device: str = "cpu"
+    threads: int = 0            # 0: all cores
+    calibration_spectra: int = 8192
+    #: loss weights
+    w_fractions: float = 1.0
+    w_valence: float = 0.5
+    w_nll: float = 0.02
+    w_side: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs: network, forward model and optimization."""
+
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    bank: str | None = None     # path of a bank file; None: the shipped bank
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Read a TOML config; unknown tables or keys are refused by name."""
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """Build from a parsed TOML document."""
+        unknown = sorted(set(d) - {"network", "forward", "train", "bank"})
+        if unknown:
+            raise ValueError(f"unknown config table(s): {', '.join(unknown)}")
+        net_fields = {f.name for f in dataclasses.fields(NetworkConfig)}
+        train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
+        for table, known in (("network", net_fields), ("train", train_fields)):
+            bad = sorted(set(d.get(table, {})) - known)
+            if bad:
+                raise ValueError(f"unknown option(s) in [{table}]: {', '.join(bad)}")
+        net = dict(NetworkConfig().to_dict(), **d.get("network", {}))
+        tr = TrainSettings(**d.get("train", {}))
+        if tr.steps < 1 or tr.batch_size < 2:
+            raise ValueError("[train] steps must be >= 1 and batch_size >= 2")
+        if not (tr.lr > 0 and math.isfinite(tr.lr)):
+            raise ValueError(f"[train] lr must be positive, got {tr.lr}")
+        return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
+                   train=tr, bank=d.get("bank"))
+
+    def to_dict(self) -> dict:
+        """JSON/TOML-safe dict (recorded in checkpoints and the model card)."""
+        return {"network": self.network.to_dict(), "forward": self.forward.to_dict(),
+                "train": dataclasses.asdict(self.train), "bank": self.bank}
+
+
+def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb: TrainingBatch,
+                 s: TrainSettings) -> tuple[torch.Tensor, dict]:
+    """Total loss and its parts.
+
+    Fractions: squared error (the paper's MSE) plus the valence error.
+    Uncertainty: Gaussian negative log-likelihood of the (detached) errors,
+    so the std head learns the error scale without pulling the means.
+    Side outputs: Huber losses (t/lambda only for EELS rows) and a BCE for
+    the modality.
+    """
+    frac, log_std, side = model_out
+    f_true = tb.fractions
+    val_pred = frac @ torch.tensor([2.0, 3.0, 4.0])
+    val_true = tb.targets["valence"]
+    l_frac = F.mse_loss(frac, f_true)
+    l_val = F.mse_loss(val_pred, val_true)
+    err = torch.cat([frac - f_true, (val_pred - val_true)[:, None]], dim=1).detach()
+    l_nll = (0.5 * (err / log_std.exp()) ** 2 + log_std).mean()
+    eels = tb.targets["is_eels"]
+    l_off = F.huber_loss(side[:, 0], tb.targets["offset_residual_eV"], delta=1.0)
+    l_res = F.huber_loss(side[:, 1], tb.targets["resolution_eV"], delta=0.5)
+    l_tl = (F.huber_loss(side[:, 2], tb.targets["t_lambda"], delta=0.5, reduction="none") * eels).sum() / eels.sum().clamp(min=1)
+    l_mod = F.binary_cross_entropy_with_logits(side[:, 3], eels)
+    total = (s.w_fractions * l_frac + s.w_valence * l_val + s.w_nll * l_nll
+             + s.w_side * (l_off + l_res + l_tl + l_mod))
+    parts = {"loss": total.item(), "frac_mse": l_frac.item(), "valence_mse": l_val.item(), "nll": l_nll.item(),
+             "offset": l_off.item(), "resolution": l_res.item(), "t_lambda": l_tl.item(), "modality": l_mod.item(),
+             "frac_mae": (frac - f_true).abs().mean().item(), "valence_mae": (val_pred - val_true).abs().mean().item()}
+    return total, parts
+
+
+def _lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up then cosine decay to 2 % of the peak rate."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: int = 1024) -> list[float]:
+    """Factors that make the predicted one-sigma intervals cover 68.27 % of held-out errors.
+
+    For each of the four outputs (three fractions, valence) the factor is the
+    68.27 % quantile of ``|error| / predicted_std`` on ``n`` fresh synthetic
+    spectra (a seed never used in training).
+    """
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    zs = []
+    with torch.no_grad():
+        for start in range(0, n, batch):
+            tb = make_training_batch(fm, min(batch, n - start), generator=gen)
+            frac, log_std, _ = model(tb.x)
+            val = frac @ torch.tensor([2.0, 3.0, 4.0])
+            err = torch.cat([frac - tb.fractions, (val - tb.targets["valence"])[:, None]], dim=1)
+            zs.append(err.abs() / log_std.exp())
+    z = torch.cat(zs)
+    return torch.quantile(z, 0.6827, dim=0).tolist()
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train a model; returns the path of ``final.pt`` (weights, config, calibration).
+
+    Parameters
+    ----------
+    config : TrainConfig
+        Network, forward model and optimization settings.
+    out_dir : path
+        Receives ``checkpoint.pt`` (every ``checkpoint_every`` steps),
+        ``metrics.csv``, ``config.json`` and at the end ``final.pt``.
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt`` (model, optimizer, step and
+        the data stream's generator state), reproducing the same run.
+    progress : bool
+        Show a tqdm progress bar (rank 0).
+    """
+    from tqdm import tqdm
+
+    s = config.train
+    rank, world = _dist_info()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if s.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed + rank)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bank = Bank.load(config.bank)
+    fm = ForwardModel(bank, config.forward, device="cpu")
+    model = MnEdgeCNN(config.network)
+    ddp_model: nn.Module = model
+    if world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    gen = torch.Generator().manual_seed(s.seed * 1000 + rank)
+    step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        step = int(ck["step"])
+        gen.set_state(ck["generators"][rank])
+        log.info("resumed from step %d", step)
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    metrics_file = out / "metrics.csv"
+    writer = None
+    fh = None
+    if rank == 0:
+        fh = open(metrics_file, "a" if resume and metrics_file.exists() else "w", newline="")
+    model.train()
+    t0 = time.time()
+    seen = 0
+    bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
+    try:
+        while step < s.steps:
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, s)
+            tb = make_training_batch(fm, s.batch_size, generator=gen)
+            outp = ddp_model(tb.x)
+            loss, parts = compute_loss(outp, tb, s)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            step += 1
+            seen += s.batch_size * world
+            bar.update(1)
+            if rank == 0 and (step % s.log_every == 0 or step == s.steps):
+                row = {"step": step, "lr": opt.param_groups[0]["lr"],
+                       "spectra_per_s": seen / max(1e-9, time.time() - t0), **parts}
+                if writer is None:
+                    writer = csv.DictWriter(fh, fieldnames=list(row))
+                    if fh.tell() == 0:
+                        writer.writeheader()
+                writer.writerow(row)
+                fh.flush()
+                bar.set_postfix(loss=f"{parts['loss']:.4f}", vmae=f"{parts['valence_mae']:.3f}")
+            if step % s.checkpoint_every == 0 or step == s.steps:
+                gens = [gen.get_state()]
+                if world > 1:
+                    gathered = [None] * world
+                    torch.distributed.all_gather_object(gathered, gen.get_state())
+                    gens = gathered
+                if rank == 0:
+                    tmp = ckpt_path.with_suffix(".tmp")
+                    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                "generators": gens, "config": json.dumps(config.to_dict())}, tmp)
+                    os.replace(tmp, ckpt_path)
+    finally:
+        bar.close()
+        if fh is not None:
+            fh.close()
+    final = out / "final.pt"
+    if rank == 0:
+        scales = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
+        torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
+                    "std_scale": scales, "steps": step, "bank_sha256": bank.sha256(),
+                    "train_seconds": time.time() - t0}, final)
+        log.info("calibration factors %s", scales)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return final
