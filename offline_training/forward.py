@@ -429,6 +429,8 @@ class ForwardModel:
         for j, v in enumerate(VALENCES):
             pick = torch.multinomial(self.member_weight[v], n, replacement=True, generator=gen)
             idx = self.members[v][pick.to(dev)]
+            if f"member_{v}" in overrides:  # bank row indices, e.g. to rebuild matched references
+                idx = torch.as_tensor(overrides[f"member_{v}"], device=dev).long().expand(n).clone()
             b2 = draw(f"l2_scale_{v}", cfg.l2_scale[v])
             shift = draw(f"chemical_shift_{v}", cfg.chemical_shift)
             fw = draw(f"intrinsic_fwhm_{v}", cfg.intrinsic_fwhm[v])
@@ -453,6 +455,9 @@ class ForwardModel:
         p["resolution_fwhm"] = voigt_fwhm(g, lz)
         tl = torch.where(is_eels, draw("t_lambda", cfg.t_lambda), torch.zeros(n, dtype=torch.float64, device=dev))
         k = torch.randint(0, len(self.plasmon_params), (n,), generator=gen).to(dev)
+        if "plasmon_index" in overrides:
+            k = torch.as_tensor(overrides["plasmon_index"], device=dev).long().expand(n).clone()
+        p["plasmon_index"] = k.to(torch.float64)
         p["t_lambda"] = tl
         p["plasmon_energy"], p["plasmon_width"] = self.plasmon_params[k, 0], self.plasmon_params[k, 1]
         transfer = instrument_transfer(self.omega, g.to(torch.float32), lz.to(torch.float32))
@@ -492,6 +497,8 @@ class ForwardModel:
         p["offset"], p["dispersion_error"], p["nonlinearity"], p["point_spacing"] = off, disp, nl, sp
         l3_read = l3_mix + off   # where the mixture's L3 appears on the axis
         crop = torch.rand(n, generator=gen).to(dev) < cfg.crop_probability
+        if "crop" in overrides:
+            crop = torch.as_tensor(overrides["crop"], dtype=torch.bool, device=dev).expand(n).clone()
         below = torch.where(crop, draw("crop_below", cfg.crop_below), torch.full_like(off, 1e3))
         above = torch.where(crop, draw("crop_above", cfg.crop_above), torch.full_like(off, 1e3))
         valid = (axis[None, :] >= (l3_read - below)[:, None]) & (axis[None, :] <= (l3_read + above)[:, None])

@@ -1,0 +1,312 @@
+"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export.
+
+Each subcommand parses its arguments and calls one module; no logic lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+
+DEFAULT_REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def _dump(obj) -> str:
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(json.loads(json.dumps(obj, default=_json_default))), indent=2)
+
+
+def _forward_config(path: str | None):
+    from offline_training.forward import ForwardConfig
+    from offline_training.train import TrainConfig
+
+    if path is None:
+        return ForwardConfig(), None
+    cfg = TrainConfig.from_toml(path)
+    return cfg.forward, cfg.bank
+
+
+def cmd_references(args) -> int:
+    from offline_training.references.bank import DEFAULT_FAMILY_SIZES, build_bank, default_bank_path
+    from offline_training.references.measured import read_measured_references
+
+    sizes = dict(DEFAULT_FAMILY_SIZES)
+    if args.scale != 1.0:
+        sizes = {k: max(1, round(v * args.scale)) for k, v in sizes.items()}
+    measured = read_measured_references(args.measured or [])
+    if args.measured_only:
+        from offline_training.references.bank import Bank, join_measured
+
+        base = Bank.load(args.base) if args.base else Bank.load()
+        bank = join_measured(base, measured, args.measured_weight)
+    else:
+        bank = build_bank(sizes, seed=args.seed, workers=args.workers, cache_dir=args.cache, measured=measured,
+                          measured_weight=args.measured_weight, progress=not args.no_progress)
+    out = Path(args.out) if args.out else default_bank_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bank.save(out)
+    print(_dump({"bank": str(out), "spectra": len(bank.spectra), "per_valence": {
+        f"Mn{v}+": int((bank.valence == v).sum()) for v in (2, 3, 4)}, "sha256": bank.sha256()}))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from offline_training.forward import ForwardModel
+    from offline_training.generate import write_dataset
+    from offline_training.references.bank import Bank
+
+    fcfg, bank_path = _forward_config(args.config)
+    fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg)
+    path = write_dataset(fm, args.n, args.seed, args.out, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+def cmd_plot_forward(args) -> int:
+    from offline_training.gallery import plot_gallery
+    from offline_training.references.bank import Bank
+
+    fcfg, bank_path = _forward_config(args.config)
+    paths = plot_gallery(Bank.load(args.bank or bank_path), fcfg, args.out, real_dir=args.real_dir, seed=args.seed)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_realism(args) -> int:
+    from offline_training.realism import realism
+    from offline_training.references.bank import Bank
+
+    folder = Path(args.dir) if args.dir else DEFAULT_REAL_DIR
+    if not folder.is_dir():
+        print(f"mnedge-train realism: no folder {folder}", file=sys.stderr)
+        return 2
+    res = realism(folder, Bank.load(args.bank))
+    if args.json:
+        print(_dump([{k: r[k] for k in ("file", "misfit", "best", "margin")} | ({"detail": r["detail"]} if args.detail else {})
+                     for r in res]))
+    else:
+        for r in res:
+            m = r["misfit"]
+            print(f"{r['file']:32s} Mn2+ {m['Mn2+']:.4f}  Mn3+ {m['Mn3+']:.4f}  Mn4+ {m['Mn4+']:.4f}  best {r['best']} (margin {r['margin']:.4f})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from offline_training.train import TrainConfig, train
+
+    cfg = TrainConfig.from_toml(args.config)
+    if args.steps:
+        cfg.train.steps = args.steps
+    if args.device:
+        cfg.train.device = args.device
+    out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(out)
+    return 0
+
+
+def cmd_baseline(args) -> int:
+    import torch
+
+    from offline_training.baselines import train_mnedgenet
+    from offline_training.forward import ForwardModel
+    from offline_training.references.bank import Bank
+
+    fcfg, bank_path = _forward_config(args.config)
+    fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg)
+    model = train_mnedgenet(fm, args.budget, seed=args.seed, progress=not args.no_progress)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "budget": args.budget}, args.out)
+    print(args.out)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from mnedge_live.engine import load_engine
+    from offline_training.baselines import MnEdgeNetPublished
+    from offline_training.evaluate import evaluate
+    from offline_training.forward import ForwardConfig
+    from offline_training.references.bank import Bank
+
+    engine = load_engine(None if args.model in (None, "default") else args.model, backend=args.backend)
+    train_cfg = engine.artifact.card.get("training", {}).get("config", {})
+    fcfg = ForwardConfig.from_dict(train_cfg["forward"]) if "forward" in train_cfg else ForwardConfig()
+    bank = Bank.load(args.bank)
+    mnedgenet = None
+    if args.mnedgenet:
+        ck = torch.load(args.mnedgenet, map_location="cpu", weights_only=True)
+        mnedgenet = MnEdgeNetPublished()
+        mnedgenet.load_state_dict(ck["model"])
+        mnedgenet.eval()
+    real = Path(args.real_dir) if args.real_dir else DEFAULT_REAL_DIR
+    res = evaluate(engine, fcfg, bank, n=args.n, seed=args.seed, plot_dir=args.plot_dir, mnedgenet=mnedgenet,
+                   n_nnls=args.n_nnls, real_dir=real, robustness_n=args.robustness_n)
+    if mnedgenet is not None:
+        res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
+    gate_failed = False
+    if args.gate:
+        ref = load_engine(None if args.gate == "default" else args.gate, backend=args.backend)
+        ref_res = evaluate(ref, fcfg, bank, n=args.n, seed=args.seed, n_nnls=0, robustness_n=256)
+        res["gate"] = {"reference_model": ref.model_id, "reference_accuracy_0.1": ref_res["accuracy_0.1"],
+                       "reference_valence_mae": ref_res["valence_mae"],
+                       "passed": res["accuracy_0.1"] >= ref_res["accuracy_0.1"] - args.gate_tolerance}
+        gate_failed = not res["gate"]["passed"]
+    text = _dump(res)
+    if args.out:
+        Path(args.out).write_text(text)
+    if args.json:
+        print(text)
+    else:
+        print(f"model {res['model']}  accuracy_0.1 {res['accuracy_0.1']:.4f}  fraction_mae {res['fraction_mae']:.4f}  "
+              f"valence_mae {res['valence_mae']:.4f}  rejected {res['rejected']}")
+        for name, b in res["baselines"].items():
+            print(f"  {name:32s} accuracy_0.1 {b['accuracy_0.1']:.4f}  valence_mae {b['valence_mae']:.4f}")
+        for r in res.get("real_spectra", []):
+            print(f"  {r['file']:28s} {r['status']:8s} valence {r['valence']}  {r['reason']}")
+    return 1 if gate_failed else 0
+
+
+def cmd_export(args) -> int:
+    from offline_training.export import export_artifact
+
+    evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+    try:
+        out = export_artifact(args.checkpoint, args.out, model_id=args.model_id, evaluation=evaluation,
+                              tensorrt=args.tensorrt, overwrite=args.overwrite)
+    except RuntimeError as exc:
+        print(f"mnedge-train export: {exc}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``mnedge-train``."""
+    p = argparse.ArgumentParser(prog="mnedge-train", description="Physics forward model, training and export.")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("references", help="calculate the end-member bank (edrixs; parallel, resumable)")
+    s.add_argument("--out", help="bank file (default: the package's references/data/bank.npz)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None)
+    s.add_argument("--cache", default=".cache/multiplets", help="per-calculation cache (resume)")
+    s.add_argument("--scale", type=float, default=1.0, help="multiply every family size (e.g. 0.1 for a tiny bank)")
+    s.add_argument("--measured", nargs="*", metavar="VALENCE:FILE",
+                   help="measured references, e.g. 3:Mn2O3.csv (two columns: energy eV, intensity)")
+    s.add_argument("--measured-weight", type=float, default=0.5,
+                   help="share of each valence's sampling given to its measured references")
+    s.add_argument("--measured-only", action="store_true",
+                   help="add the measured references to an existing bank instead of calculating")
+    s.add_argument("--base", help="existing bank for --measured-only (default: the shipped bank)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(run=cmd_references)
+
+    s = sub.add_parser("generate", help="write a synthetic dataset (HDF5)")
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", help="training TOML whose [forward] table to use")
+    s.add_argument("--bank")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(run=cmd_generate)
+
+    s = sub.add_parser("plot-forward", help="PNG gallery of the bank, each stage, and synthetic vs measured")
+    s.add_argument("--out", default="forward_gallery")
+    s.add_argument("--config")
+    s.add_argument("--bank")
+    s.add_argument("--real-dir", default=str(DEFAULT_REAL_DIR))
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(run=cmd_plot_forward)
+
+    s = sub.add_parser("realism", help="fit measured spectra with the best synthetic pure spectrum per valence")
+    s.add_argument("dir", nargs="?", help=f"folder of two-column files (default {DEFAULT_REAL_DIR})")
+    s.add_argument("--bank")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--detail", action="store_true", help="include the best parameters in the JSON")
+    s.set_defaults(run=cmd_realism)
+
+    s = sub.add_parser("train", help="train on on-the-fly batches (torchrun for DDP)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--out", default="runs/latest")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--steps", type=int, help="override [train] steps")
+    s.add_argument("--device", help="override [train] device (cpu, cuda)")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(run=cmd_train)
+
+    s = sub.add_parser("baseline", help="train the published MnEdgeNet architecture on the same stream")
+    s.add_argument("--budget", type=int, required=True, help="number of training spectra")
+    s.add_argument("--out", required=True)
+    s.add_argument("--config")
+    s.add_argument("--bank")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(run=cmd_baseline)
+
+    s = sub.add_parser("evaluate", help="metrics on a fixed synthetic validation set, baselines, real spectra")
+    s.add_argument("--model", default="default", help="artifact directory or 'default'")
+    s.add_argument("--backend", default="auto")
+    s.add_argument("--n", type=int, default=20000)
+    s.add_argument("--seed", type=int, default=12345)
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--out", help="also write the JSON here")
+    s.add_argument("--plot-dir", help="robustness PNGs and JSON")
+    s.add_argument("--mnedgenet", help="trained MnEdgeNet baseline (from 'baseline')")
+    s.add_argument("--n-nnls", type=int, default=1000)
+    s.add_argument("--robustness-n", type=int, default=8000)
+    s.add_argument("--real-dir")
+    s.add_argument("--bank")
+    s.add_argument("--gate", help="compare with this model (artifact or 'default'); exit 1 if worse")
+    s.add_argument("--gate-tolerance", type=float, default=0.0)
+    s.set_defaults(run=cmd_evaluate)
+
+    s = sub.add_parser("export", help="write a model artifact (ONNX, weights, model card)")
+    s.add_argument("checkpoint", help="final.pt from 'train'")
+    s.add_argument("--out", required=True)
+    s.add_argument("--model-id")
+    s.add_argument("--evaluation", help="JSON from 'evaluate --out' to record in the card")
+    s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(run=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mnedge-train``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

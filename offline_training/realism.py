@@ -1,0 +1,142 @@
+"""Realism: how well the bank and forward model reproduce measured spectra, per valence.
+
+For every measured spectrum and every valence, the best synthetic *pure*
+spectrum is searched over the bank members of that valence, an extra
+Gaussian broadening (up to what the forward model gives that valence) and an energy shift (+-8 eV around the
+measured L3), with a free scale, a straight-line background and an
+arctan edge step fitted by least squares.  The misfit is the R-factor
+
+    R = sum (y - fit)^2 / sum (y - mean(y))^2
+
+over the measured window (0: perfect; 1: no better than a constant).  A
+spectrum's own valence must fit best with a clear margin; if it does not,
+the physics (bank, broadening ranges) is wrong, not the fit.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from offline_training.forward import ForwardConfig
+from offline_training.references.bank import Bank
+
+BROADENING_STEP = 0.3
+SHIFT_RANGE_EV = 8.0
+SHIFT_STEP_EV = 0.1
+
+
+def read_two_column(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a two-column text file (comma, tab or space; optional header; BOM tolerated).
+
+    Raises
+    ------
+    ValueError
+        When fewer than two numeric columns or fewer than 8 numeric rows are found.
+    """
+    text = Path(path).read_text(encoding="utf-8-sig", errors="strict")
+    rows = []
+    for line in io.StringIO(text):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = next(csv.reader([line.replace("\t", ",").replace(";", ",")])) if "," in line or "\t" in line or ";" in line else line.split()
+        try:
+            vals = [float(p) for p in parts if p.strip() != ""]
+        except ValueError:
+            if rows:
+                raise ValueError(f"{path}: non-numeric row after data: {line[:60]!r}") from None
+            continue  # header
+        if len(vals) < 2:
+            raise ValueError(f"{path}: row with fewer than two numeric columns: {line[:60]!r}")
+        rows.append(vals[:2])
+    if len(rows) < 8:
+        raise ValueError(f"{path}: only {len(rows)} numeric rows (two columns: energy, intensity)")
+    a = np.array(rows, float)
+    return a[:, 0], a[:, 1]
+
+
+def _gauss_broaden(energy: np.ndarray, spectra: np.ndarray, fwhm: float) -> np.ndarray:
+    if fwhm <= 0:
+        return spectra
+    de = energy[1] - energy[0]
+    sigma = fwhm / (2 * math.sqrt(2 * math.log(2))) / de
+    n = spectra.shape[1]
+    nfft = 1 << int(math.ceil(math.log2(2 * n)))
+    w = 2 * np.pi * np.fft.rfftfreq(nfft)
+    f = np.fft.rfft(spectra, n=nfft) * np.exp(-0.5 * (sigma * w) ** 2)
+    return np.fft.irfft(f, n=nfft)[:, :n]
+
+
+def max_broadening(valence: int, config: ForwardConfig | None = None) -> float:
+    """Largest extra Gaussian FWHM the forward model gives a pure ``valence`` spectrum (intrinsic and instrument)."""
+    cfg = config or ForwardConfig()
+    return math.hypot(cfg.intrinsic_fwhm[valence][1], cfg.gauss_fwhm[1])
+
+
+def best_fit(energy: np.ndarray, y: np.ndarray, bank: Bank, valence: int,
+             config: ForwardConfig | None = None) -> dict:
+    """Best R-factor of one measured spectrum against the bank's pure ``valence`` spectra.
+
+    The extra broadening is searched up to what the forward model can
+    produce for that valence (:func:`max_broadening`): a fit the training
+    data could never contain would prove nothing.
+    """
+    idx = bank.of_valence(valence)
+    base = bank.spectra[idx].astype(float)
+    l3_meas = energy[np.argmax(y - np.linspace(y[0], y[-1], y.size))]
+    l3_bank = bank.energy[np.argmax(base, axis=1)]
+    shifts = np.arange(-SHIFT_RANGE_EV, SHIFT_RANGE_EV + 1e-9, SHIFT_STEP_EV)
+    yc = y - y.mean()
+    sst = float(yc @ yc)
+    best = {"r": np.inf}
+    e_norm = (energy - energy.mean()) / (np.ptp(energy) or 1.0)
+    for fw in np.arange(0.0, max_broadening(valence, config) + 1e-9, BROADENING_STEP):
+        spec = _gauss_broaden(bank.energy, base, fw)
+        for m in range(len(idx)):
+            # Align the member's L3 on the measured L3 first, then scan the shift.
+            positions = energy[None, :] - (l3_meas - l3_bank[m]) - shifts[:, None]
+            cand = np.interp(positions.ravel(), bank.energy, spec[m]).reshape(len(shifts), -1)
+            step_pos = l3_meas + shifts - 1.0
+            step = 0.5 + np.arctan((energy[None, :] - step_pos[:, None]) / 1.0) / np.pi
+            ones = np.ones_like(cand)
+            design = np.stack([cand, ones, np.broadcast_to(e_norm, cand.shape), step], axis=2)  # (S, N, 4)
+            gram = np.einsum("snk,snl->skl", design, design) + 1e-12 * np.eye(4)
+            rhs = np.einsum("snk,n->sk", design, y)
+            coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
+            res = y[None, :] - np.einsum("snk,sk->sn", design, coef)
+            r = np.einsum("sn,sn->s", res, res) / sst
+            r[coef[:, 0] <= 0] = np.inf
+            k = int(np.argmin(r))
+            if r[k] < best["r"]:
+                best = {"r": float(r[k]), "member": int(idx[m]), "broadening_fwhm": float(fw),
+                        "shift_eV": float(l3_meas - l3_bank[m] + shifts[k])}
+    return best
+
+
+def realism(folder: str | Path, bank: Bank, config: ForwardConfig | None = None) -> list[dict]:
+    """Misfit per valence for every two-column file in ``folder``.
+
+    Returns
+    -------
+    list of dict
+        ``{"file", "misfit": {"Mn2+", "Mn3+", "Mn4+"}, "best": valence name, "margin": second-best minus best,
+        "detail": {...}}``, one per file.
+    """
+    out = []
+    for path in sorted(Path(folder).glob("*")):
+        if path.suffix.lower() not in (".csv", ".txt", ".dat", ".tsv") or path.name.startswith("."):
+            continue
+        e, y = read_two_column(path)
+        order = np.argsort(e)
+        e, y = e[order], y[order]
+        fits = {f"Mn{v}+": best_fit(e, y, bank, v, config) for v in (2, 3, 4)}
+        mis = {k: round(v["r"], 5) for k, v in fits.items()}
+        ranked = sorted(mis, key=mis.get)
+        out.append({"file": path.name, "misfit": mis, "best": ranked[0],
+                    "margin": round(mis[ranked[1]] - mis[ranked[0]], 5), "detail": fits})
+    return out

@@ -1,0 +1,151 @@
+"""Physics of the forward model, stage by stage, and its configuration checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from offline_training.forward import (
+    ForwardConfig,
+    drude_plasmon,
+    instrument_transfer,
+    plural_scattering_transfer,
+    sample_fractions,
+)
+
+# Every stage off: pure physics of the mixture on a calibrated axis, no noise.
+QUIET = dict(offset=0.0, dispersion_error=0.0, nonlinearity=0.0, point_spacing=0.1, crop=False, psnr_db=150.0,
+             poisson_share=0.0, gauss_fwhm=0.3, lorentz_fwhm=0.0, t_lambda=0.0, edge_step=0.0, saturation=0.0,
+             eels_background=0.0, xas_background=0.0, xas_slope=0.0, is_eels=False,
+             **{f"chemical_shift_{v}": 0.0 for v in (2, 3, 4)}, **{f"intrinsic_fwhm_{v}": 0.3 for v in (2, 3, 4)},
+             **{f"l2_scale_{v}": 1.0 for v in (2, 3, 4)})
+
+
+def _members(bank):
+    return {f"member_{v}": int(bank.of_valence(v)[0]) for v in (2, 3, 4)}
+
+
+def test_fractions_sum_to_one_and_cover_pure_binary_ternary():
+    gen = torch.Generator().manual_seed(0)
+    f = sample_fractions(gen, 20000, (0.3, 0.4, 0.3))
+    assert torch.allclose(f.sum(1), torch.ones(20000, dtype=f.dtype))
+    assert (f >= 0).all()
+    n_present = (f > 0).sum(1)
+    shares = [(n_present == k).double().mean().item() for k in (1, 2, 3)]
+    assert shares == pytest.approx([0.3, 0.4, 0.3], abs=0.02)
+
+
+def test_batch_labels_sum_to_one(forward_model):
+    b = forward_model.sample(512, seed=3)
+    assert torch.allclose(b.fractions.sum(1), torch.ones(512), atol=1e-6)
+    assert torch.isfinite(b.values).all()
+
+
+def test_same_seed_same_batch(forward_model):
+    a = forward_model.sample(64, seed=11)
+    b = forward_model.sample(64, seed=11)
+    c = forward_model.sample(64, seed=12)
+    assert torch.equal(a.values, b.values) and torch.equal(a.fractions, b.fractions)
+    assert not torch.equal(a.values, c.values)
+
+
+def test_broadening_conserves_area():
+    de = 0.1
+    n = 2048
+    e = de * torch.arange(n, dtype=torch.float64)
+    spec = torch.exp(-0.5 * ((e - 60) / 0.2) ** 2) + 0.5 * torch.exp(-0.5 * ((e - 71) / 0.3) ** 2)
+    omega = 2 * math.pi * torch.fft.rfftfreq(n, d=de)
+    out = torch.fft.irfft(torch.fft.rfft(spec) * instrument_transfer(omega, torch.tensor([1.2]), torch.tensor([0.4]))[0], n=n)
+    assert out.sum().item() == pytest.approx(spec.sum().item(), rel=1e-9)
+    assert out.max() < spec.max()  # it did broaden
+
+
+def test_plural_scattering_conserves_total_and_first_multiple_scales_with_t_lambda():
+    de = 0.1
+    n = 4096
+    loss = de * torch.arange(n, dtype=torch.float64)
+    plasmon = drude_plasmon(loss, torch.tensor([20.0]), torch.tensor([2.0]))
+    pf = torch.fft.rfft(plasmon, n=n)
+    edge = torch.zeros(n, dtype=torch.float64)
+    edge[100] = 1.0  # a sharp edge at 10 eV
+    for tl in (0.2, 0.6, 1.0, 1.5):
+        out = torch.fft.irfft(torch.fft.rfft(edge) * plural_scattering_transfer(pf, torch.tensor([tl]))[0], n=n)
+        assert out.sum().item() == pytest.approx(1.0, abs=1e-9)
+        # zero-loss part and first plasmon replica follow Poisson statistics
+        assert out[100].item() == pytest.approx(math.exp(-tl), rel=1e-6)
+        first = out[(loss > 20) & (loss < 45)].sum().item()   # replica around 30 eV (+-)
+        expected = tl * math.exp(-tl)
+        assert first == pytest.approx(expected, rel=0.12), (tl, first, expected)
+
+
+def test_offset_moves_l3_maximum_by_exactly_the_offset(forward_model, bank):
+    ov = dict(QUIET, **_members(bank), fractions=torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64))
+    axis = forward_model.config.axis_start + 0.1 * np.arange(forward_model.config.axis_points)
+
+    def l3(offset):
+        y = forward_model.sample(1, seed=1, **dict(ov, offset=offset)).clean[0].numpy().astype(float)
+        k = int(np.argmax(y))
+        frac = 0.5 * (y[k - 1] - y[k + 1]) / (y[k - 1] - 2 * y[k] + y[k + 1])
+        return axis[k] + 0.1 * frac
+
+    for off in (3.7, -11.25, 14.0):
+        assert l3(off) - l3(0.0) == pytest.approx(off, abs=0.02)
+
+
+def test_mixture_is_linear_in_the_fractions(forward_model, bank):
+    ov = dict(QUIET, **_members(bank))
+    pure = []
+    for j in range(3):
+        f = torch.zeros(1, 3, dtype=torch.float64)
+        f[0, j] = 1.0
+        pure.append(forward_model.sample(1, seed=2, fractions=f, **ov).clean[0].double())
+    f = torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64)
+    mix = forward_model.sample(1, seed=2, fractions=f, **ov).clean[0].double()
+    expected = 0.2 * pure[0] + 0.5 * pure[1] + 0.3 * pure[2]
+    assert torch.allclose(mix, expected, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_per_atom_normalization_uses_hole_counts(forward_model, bank):
+    from offline_training.forward import HOLES
+
+    ov = dict(QUIET, **_members(bank), gauss_fwhm=0.05)
+    areas = []
+    for j in range(3):
+        f = torch.zeros(1, 3, dtype=torch.float64)
+        f[0, j] = 1.0
+        y = forward_model.sample(1, seed=4, fractions=f, **ov).clean[0].double()
+        areas.append(float(y.sum()) * 0.1)
+    ratios = [a / h for a, h in zip(areas, (HOLES[2], HOLES[3], HOLES[4]))]
+    assert ratios == pytest.approx([ratios[0]] * 3, rel=0.01)
+
+
+@pytest.mark.parametrize("target", [5.0, 20.0, 45.0])
+def test_measured_psnr_matches_target(forward_model, target):
+    b = forward_model.sample(400, seed=5, psnr_db=target)
+    m = b.valid
+    big = 1e30
+    peak = torch.where(m, b.clean, -big).amax(1) - torch.where(m, b.clean, big).amin(1)
+    rms = torch.sqrt((((b.values - b.clean) ** 2) * m).sum(1) / m.sum(1))
+    measured = 20 * torch.log10(peak / rms)
+    assert measured.mean().item() == pytest.approx(target, abs=0.5)
+
+
+@pytest.mark.parametrize("bad, field", [
+    (dict(offset=(5.0, -5.0)), "offset"),
+    (dict(gauss_fwhm=(0.1,)), "gauss_fwhm"),
+    (dict(psnr_db=(float("nan"), 10.0)), "psnr_db"),
+    (dict(eels_share=1.5), "eels_share"),
+    (dict(intrinsic_fwhm={2: (0, 1), 3: (0, 1)}), "intrinsic_fwhm"),
+    (dict(composition_shares=(0.0, 0.0, 0.0)), "composition_shares"),
+])
+def test_invalid_configuration_is_refused_by_name(bad, field):
+    with pytest.raises(ValueError, match=field):
+        ForwardConfig(**bad)
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match="psnr"):
+        ForwardConfig.from_dict({"psnr": [1, 2]})
