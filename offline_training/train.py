@@ -161,7 +161,8 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
     return torch.quantile(z, 0.6827, dim=0).tolist()
 
 
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> Path | None:
     """Train a model; returns the path of ``final.pt`` (weights, config, calibration).
 
     Parameters
@@ -176,6 +177,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         the data stream's generator state), reproducing the same run.
     progress : bool
         Show a tqdm progress bar (rank 0).
+    stop_after : int, optional
+        Stop (with a checkpoint, without ``final.pt``) once this many steps
+        are done in total: time-slicing on a shared machine; ``--resume``
+        continues the same run.  Returns None then.
     """
     from tqdm import tqdm
 
@@ -207,6 +212,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
         gen.set_state(ck["generators"][rank])
+        torch.set_rng_state(ck["torch_rng"][rank])  # dropout
         log.info("resumed from step %d", step)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -219,8 +225,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     t0 = time.time()
     seen = 0
     bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
+    stop_at = s.steps if stop_after is None else min(s.steps, stop_after)
     try:
-        while step < s.steps:
+        while step < stop_at:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, s)
             tb = make_training_batch(fm, s.batch_size, generator=gen)
@@ -243,21 +250,25 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 writer.writerow(row)
                 fh.flush()
                 bar.set_postfix(loss=f"{parts['loss']:.4f}", vmae=f"{parts['valence_mae']:.3f}")
-            if step % s.checkpoint_every == 0 or step == s.steps:
-                gens = [gen.get_state()]
+            if step % s.checkpoint_every == 0 or step == stop_at:
+                gens, rngs = [gen.get_state()], [torch.get_rng_state()]
                 if world > 1:
-                    gathered = [None] * world
-                    torch.distributed.all_gather_object(gathered, gen.get_state())
-                    gens = gathered
+                    gens, rngs = [None] * world, [None] * world
+                    torch.distributed.all_gather_object(gens, gen.get_state())
+                    torch.distributed.all_gather_object(rngs, torch.get_rng_state())
                 if rank == 0:
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "generators": gens, "config": json.dumps(config.to_dict())}, tmp)
+                                "generators": gens, "torch_rng": rngs, "config": json.dumps(config.to_dict())}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:
         bar.close()
         if fh is not None:
             fh.close()
+    if step < s.steps:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+        return None
     final = out / "final.pt"
     if rank == 0:
         scales = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)

@@ -1,0 +1,90 @@
+"""The shared preprocessing: uniform axes, alignment on the L3/L2 doublet, background, normalization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mnedge_live.spectrum import (
+    L3_REFERENCE_EV,
+    MODEL_GRID,
+    MN_SPIN_ORBIT_EV,
+    pack,
+    preprocess,
+    to_uniform,
+)
+
+
+def _doublet(e, l3=640.0, width=0.6):
+    return np.exp(-0.5 * ((e - l3) / width) ** 2) + 0.5 * np.exp(-0.5 * ((e - l3 - MN_SPIN_ORBIT_EV) / 0.8) ** 2)
+
+
+def test_to_uniform_handles_descending_and_repeated_energies():
+    e = np.array([650.0, 649.5, 649.5, 649.0, 648.0])
+    y = np.array([5.0, 4.0, 2.0, 3.0, 1.0])
+    start, v = to_uniform(e, y, step=0.5)
+    assert start == 648.0
+    assert v.tolist() == pytest.approx([1.0, 2.0, 3.0, 3.0, 5.0])
+
+
+@pytest.mark.parametrize("energy, intensity, match", [
+    ([1.0, 2.0], [1.0], "points"),
+    ([1.0, np.nan, 3.0], [1.0, 2.0, 3.0], "NaN"),
+    ([1.0, 1.0], [1.0, 2.0], "distinct"),
+])
+def test_to_uniform_refuses_bad_input(energy, intensity, match):
+    with pytest.raises(ValueError, match=match):
+        to_uniform(np.array(energy), np.array(intensity))
+
+
+@pytest.mark.parametrize("offset", [-15.0, -4.3, 0.0, 7.7, 15.0])
+def test_alignment_finds_l3_at_any_offset(offset):
+    e = np.arange(610.0, 690.0, 0.1)
+    y = _doublet(e, 640.0 + offset) + 0.02
+    s, v, m = pack([(e, y)])
+    p = preprocess(s, v, m)
+    assert float(p.l3_ev[0]) == pytest.approx(640.0 + offset, abs=0.05)
+    assert float(p.l2_spacing_ev[0]) == pytest.approx(MN_SPIN_ORBIT_EV, abs=0.3)
+    # after alignment the L3 maximum is at the reference point of the model grid
+    k = int(np.argmax(p.x[0, 0].numpy()))
+    assert MODEL_GRID[k] == pytest.approx(L3_REFERENCE_EV, abs=0.2)
+
+
+def test_alignment_ignores_a_steep_power_law_background():
+    e = np.arange(615.0, 680.0, 0.1)
+    y = _doublet(e, 645.0) + 8.0 * (e / 615.0) ** -4
+    s, v, m = pack([(e, y)])
+    p = preprocess(s, v, m)
+    assert float(p.l3_ev[0]) == pytest.approx(645.0, abs=0.1)
+    assert bool(p.pre_edge_covered[0])
+    x = p.x[0, 0].numpy()
+    pre = (MODEL_GRID > L3_REFERENCE_EV - 7) & (MODEL_GRID < L3_REFERENCE_EV - 3)
+    assert np.abs(x[pre]).max() < 0.05   # background removed
+    assert 1.0 <= x.max() <= 1.25   # normalized by the 0.3 eV-smoothed L3 maximum
+
+
+def test_partial_window_is_edge_held_and_marked():
+    e = np.arange(637.0, 646.0, 0.1)          # L3 only, no L2
+    y = _doublet(e, 640.0)
+    s, v, m = pack([(e, y)])
+    p = preprocess(s, v, m)
+    assert not bool(p.l2_covered[0])
+    held = p.x[0, 1].numpy() > 0.5
+    assert held[MODEL_GRID > 647].all() and not held[np.abs(MODEL_GRID - L3_REFERENCE_EV) < 2].any()
+
+
+def test_batches_answer_rows_independently():
+    e1 = np.arange(620.0, 680.0, 0.1)
+    e2 = np.arange(630.0, 670.0, 0.3)[::-1]
+    s, v, m = pack([(e1, _doublet(e1, 642.0)), (e2, _doublet(e2, 633.0))])
+    p = preprocess(s, v, m)
+    single = preprocess(*pack([(e2, _doublet(e2, 633.0))]))
+    assert float(p.l3_ev[1]) == pytest.approx(float(single.l3_ev[0]), abs=1e-4)
+    assert torch.allclose(p.x[1], single.x[0], atol=1e-5)
+
+
+def test_training_and_serving_share_this_preprocessing():
+    import offline_training.generate as gen
+
+    assert gen.preprocess is preprocess
