@@ -57,6 +57,8 @@ MIN_PRE_EDGE_EV = 2.0
 #: Expected L3-L2 spin-orbit spacing of Mn (eV) and its accepted range.
 MN_SPIN_ORBIT_EV = 11.0
 MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
+#: Window (eV above L3) searched for the L2 maximum.
+L2_SEARCH_EV = (7.0, 16.0)
 
 
 @dataclass
@@ -218,12 +220,13 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # Noise of the 0.3 eV-smoothed high-pass is the raw noise reduced by smoothing.
     hp_noise = noise / math.sqrt(2 * math.sqrt(math.pi) * 0.3 / step) + 1e-12
     edge_snr = hp_l3 / hp_noise
-    # L2: maximum of hp 9.6-12.4 eV above L3 when that window is measured.
-    lo = MN_SPIN_ORBIT_RANGE_EV[0] / step
-    hi = MN_SPIN_ORBIT_RANGE_EV[1] / step
+    # L2: maximum of hp 7-16 eV above L3 (wider than Mn's range, so that other
+    # edges show their own spacing) when Mn's L2 range is measured.
+    lo = L2_SEARCH_EV[0] / step
+    hi = L2_SEARCH_EV[1] / step
     rel = idx - l3_pos[:, None]
     l2win = (rel >= lo) & (rel <= hi) & valid
-    has_l2 = (l3_pos + hi) <= last.to(held.dtype)
+    has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last.to(held.dtype)
     l2_idx = torch.where(l2win, hp, torch.full_like(hp, -torch.inf)).argmax(dim=1)
     l2_pos = torch.where(has_l2, l2_idx.to(held.dtype), torch.full_like(l3_pos, torch.nan))
     return l3_pos, edge_snr, l2_pos, noise

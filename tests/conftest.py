@@ -34,3 +34,17 @@ def real_dir() -> Path:
     if not REAL_DIR.is_dir():
         pytest.skip(f"measured spectra folder {REAL_DIR} is absent")
     return REAL_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory):
+    """A tiny model trained for a few steps with the real trainer and exported with the real exporter."""
+    from offline_training.export import export_artifact
+    from offline_training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    cfg = TrainConfig.from_toml(Path(__file__).resolve().parents[1] / "offline_training" / "configs" / "tiny.toml")
+    cfg.train.steps = 8
+    cfg.train.calibration_spectra = 128
+    final = train(cfg, root / "run", progress=False)
+    return export_artifact(final, root / "artifact", model_id="tiny-test")
