@@ -1,0 +1,140 @@
+"""Step-scan spectrum assembly and spectrum-image maps."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mnedge_live.results import SpectrumResult
+
+
+class StepAssembler:
+    """Collects one energy point per event into a spectrum.
+
+    Parameters
+    ----------
+    l3_window, l2_window : (float, float)
+        The scan covers the edge once it has points at or below ``l3_window[0]``
+        and at or above ``l2_window[1]`` (or the reverse for descending scans).
+    """
+
+    def __init__(self, l3_window: tuple[float, float], l2_window: tuple[float, float]):
+        self.l3_window = l3_window
+        self.l2_window = l2_window
+        self.energy: list[float] = []
+        self.signal: list[float] = []
+
+    def add(self, energy: float, signal: float, norm: float | None = None) -> str:
+        """Add a point; returns '' or why it was refused (non-finite values, zero I0)."""
+        try:
+            e, s = float(energy), float(signal)
+            n = None if norm is None else float(norm)
+        except (TypeError, ValueError):
+            return f"non-numeric point (energy {energy!r}, signal {signal!r}, norm {norm!r})"
+        if not (math.isfinite(e) and math.isfinite(s)):
+            return f"non-finite point (energy {e}, signal {s})"
+        if n is not None:
+            if not math.isfinite(n) or n == 0:
+                return f"normalization I0 is {n}: cannot divide"
+            s = s / n
+        self.energy.append(e)
+        self.signal.append(s)
+        return ""
+
+    def __len__(self) -> int:
+        return len(self.energy)
+
+    def covered(self) -> bool:
+        """True once the points reach below L3 and above L2."""
+        if len(self.energy) < 16:
+            return False
+        return min(self.energy) <= self.l3_window[0] and max(self.energy) >= self.l2_window[1]
+
+    def spectrum(self) -> tuple[np.ndarray, np.ndarray]:
+        """The assembled spectrum, sorted by energy."""
+        e = np.asarray(self.energy, np.float64)
+        s = np.asarray(self.signal, np.float64)
+        order = np.argsort(e, kind="stable")
+        return e[order], s[order]
+
+
+def grid_pixel(seq_num: int, shape: tuple[int, ...], snaking: tuple[bool, ...] | None) -> tuple[int, int] | None:
+    """Pixel (row, column) of a grid-scan event, bluesky conventions.
+
+    Parameters
+    ----------
+    seq_num : int
+        1-based event number.
+    shape : tuple of int
+        The start document's ``shape`` (outer axis first); 1-D shapes are one row.
+    snaking : tuple of bool or None
+        The start document's ``snaking``; a snaking inner axis reverses every odd row.
+    """
+    if len(shape) == 1:
+        shape = (1, int(shape[0]))
+    if len(shape) != 2:
+        return None
+    ny, nx = int(shape[0]), int(shape[1])
+    i = int(seq_num) - 1
+    if not (0 <= i < ny * nx):
+        return None
+    row, col = divmod(i, nx)
+    if snaking and len(snaking) > 1 and snaking[1] and row % 2 == 1:
+        col = nx - 1 - col
+    return row, col
+
+
+#: Map layers written at stop.
+MAP_LAYERS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4")
+
+
+class ValenceMaps:
+    """Live valence and fraction maps of a spectrum image (NaN where not read out)."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.layers = {k: np.full(self.shape, np.nan) for k in MAP_LAYERS}
+        self.rejected = np.zeros(self.shape, bool)
+
+    def set(self, pixel: tuple[int, int], result: SpectrumResult) -> bool:
+        """Record a readout; False when the pixel is outside the map."""
+        r, c = pixel
+        if not (0 <= r < self.shape[0] and 0 <= c < self.shape[1]):
+            return False
+        vals = (result.valence, result.valence_std, *result.fractions)
+        for k, v in zip(MAP_LAYERS, vals):
+            self.layers[k][r, c] = v
+        self.rejected[r, c] = not result.ok
+        return True
+
+    def write(self, directory: str | Path, name: str, attrs: dict | None = None) -> tuple[str, str]:
+        """Write the maps as HDF5 (one dataset per layer) and a PNG; returns both paths."""
+        import h5py
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        h5 = d / f"{name}.h5"
+        with h5py.File(h5, "w") as f:
+            for k, v in self.layers.items():
+                f.create_dataset(k, data=v)
+            f.create_dataset("rejected", data=self.rejected)
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+        png = d / f"{name}.png"
+        fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
+        specs = [("valence", "Mn valence", 2.0, 4.0), ("frac_mn2", "Mn2+", 0, 1), ("frac_mn3", "Mn3+", 0, 1),
+                 ("frac_mn4", "Mn4+", 0, 1)]
+        for ax, (k, title, lo, hi) in zip(axes, specs):
+            im = ax.imshow(self.layers[k], vmin=lo, vmax=hi, cmap="viridis", interpolation="nearest")
+            ax.set_title(title)
+            fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.tight_layout()
+        fig.savefig(png, dpi=80)
+        plt.close(fig)
+        return str(h5), str(png)

@@ -1,0 +1,505 @@
+"""The live callback: Bluesky documents in, valence readouts out (as a derived run).
+
+One method per document type.  Every source spectrum gets exactly one derived
+row, a readout or a rejection with its reason; sequence gaps are counted as
+missed.  Malformed documents are logged and never raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from event_model import DocumentRouter
+
+from mnedge_live.assembly import StepAssembler, ValenceMaps, grid_pixel
+from mnedge_live.config import LiveConfig
+from mnedge_live.derived import DerivedRun, result_row
+from mnedge_live.external import ExternalReader
+from mnedge_live.results import SpectrumResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Run:
+    """Bookkeeping of one source run."""
+
+    start: dict
+    derived: DerivedRun
+    kind: str
+    descriptors: dict[str, dict] = field(default_factory=dict)
+    last_seq: dict[str, int] = field(default_factory=dict)
+    seen: int = 0
+    processed: int = 0
+    rejected: int = 0
+    missed_live: int = 0
+    last_seq_num: int = 0
+    assembler: StepAssembler | None = None
+    since_readout: int = 0
+    maps: ValenceMaps | None = None
+    axis_cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Pending:
+    """A spectrum waiting for its batch."""
+
+    run_uid: str
+    seq_num: int
+    pixel: tuple[int, int] | None
+    energy: np.ndarray | None
+    intensity: np.ndarray | None
+    rejection: str = ""
+
+
+class MnEdgeCallback(DocumentRouter):
+    """Reads the Mn valence of source runs and emits one derived run per source run.
+
+    Parameters
+    ----------
+    engine : object
+        Has ``predict(list of (energy, intensity)) -> list[SpectrumResult]`` and ``model_id``.
+    config : LiveConfig
+        Mode, fields, batching.
+    publish : callable
+        ``publish(name, doc)`` receives every derived document.
+    on_readout : callable, optional
+        ``on_readout(row, totals)`` after each batch of derived rows (latest row), e.g. for EPICS.
+    """
+
+    def __init__(self, engine: Any, config: LiveConfig, publish: Callable[[str, dict], None],
+                 on_readout: Callable[[dict, dict], None] | None = None):
+        super().__init__()
+        self.engine = engine
+        self.config = config
+        self.publish = publish
+        self.on_readout = on_readout
+        self.runs: dict[str, _Run] = {}
+        self.desc_run: dict[str, str] = {}
+        self.ignored: set[str] = set()
+        self.pending: list[_Pending] = []
+        self.pending_since = 0.0
+        self.external = ExternalReader()
+        self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0}
+        self.last_stop: dict | None = None
+
+    # -- entry point -------------------------------------------------------------------------------
+    def __call__(self, name: str, doc: dict, validate: bool = False):
+        """Route one document; never raises (bad documents are logged and counted)."""
+        try:
+            if not isinstance(doc, dict):
+                raise TypeError(f"{name} document is a {type(doc).__name__}, not a dict")
+            super().__call__(name, doc, validate)
+        except Exception:
+            self.totals["bad_documents"] += 1
+            log.exception("bad %s document ignored", name)
+        try:
+            if self.pending and (time.monotonic() - self.pending_since) * 1e3 >= self.config.max_delay_ms:
+                self.flush()
+        except Exception:
+            log.exception("flush failed")
+        return name, doc
+
+    # -- documents ---------------------------------------------------------------------------------
+    def start(self, doc: dict) -> None:
+        uid = doc["uid"]
+        if doc.get("mnedge_derived") or "mnedge_model" in doc:
+            self.ignored.add(uid)  # our own derived run, seen through a shared proxy
+            return
+        if uid in self.runs:
+            log.warning("duplicate start %s ignored", uid)
+            self.totals["bad_documents"] += 1
+            return
+        kind = self.config.mode
+        if kind == "spectrum" and (self._map_shape(doc, None) is not None or self.config.pixel_fields):
+            kind = "map"
+        md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
+        derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md)
+        run = _Run(start=doc, derived=derived, kind=kind)
+        if kind == "step":
+            run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
+        if kind == "map":
+            shape = self._map_shape(doc, None)
+            run.maps = ValenceMaps(shape) if shape is not None else None
+        self.runs[uid] = run
+        self.totals["runs"] += 1
+
+    def descriptor(self, doc: dict) -> None:
+        run_uid = doc["run_start"]
+        if run_uid in self.ignored:
+            self.ignored.add(doc["uid"])
+            return
+        run = self.runs.get(run_uid)
+        if run is None:
+            log.warning("descriptor %s of unknown run %s ignored", doc.get("uid"), run_uid)
+            return
+        run.descriptors[doc["uid"]] = doc
+        self.desc_run[doc["uid"]] = run_uid
+
+    def event(self, doc: dict) -> None:
+        page_like = {"seq_num": [doc["seq_num"]], "data": {k: [v] for k, v in doc["data"].items()},
+                     "descriptor": doc["descriptor"], "filled": {k: [v] for k, v in doc.get("filled", {}).items()}}
+        self.event_page(page_like)
+
+    def event_page(self, doc: dict) -> None:
+        desc_uid = doc["descriptor"]
+        if desc_uid in self.ignored:
+            return
+        run = self._run_of(desc_uid)
+        if run is None:
+            log.warning("events of unknown descriptor %s ignored", desc_uid)
+            self.totals["bad_documents"] += 1
+            return
+        desc = run.descriptors[desc_uid]
+        if desc.get("name", "primary") != self.config.stream:
+            return
+        seqs = list(doc["seq_num"])
+        data = doc["data"]
+        for i, seq in enumerate(seqs):
+            row = {k: v[i] for k, v in data.items() if i < len(v)}
+            self._count_seq(run, desc_uid, int(seq))
+            if run.kind == "step":
+                self._step_point(run, desc, int(seq), row)
+            else:
+                self._spectrum_event(run, desc, int(seq), row)
+
+    def resource(self, doc: dict) -> None:
+        self.external.add_resource(doc)
+
+    def datum(self, doc: dict) -> None:
+        self.external.add_datum(doc)
+
+    def datum_page(self, doc: dict) -> None:
+        self.external.add_datum_page(doc)
+
+    def stream_resource(self, doc: dict) -> None:
+        self.external.add_stream_resource(doc)
+
+    def stream_datum(self, doc: dict) -> None:
+        desc_uid = doc["descriptor"]
+        run = self._run_of(desc_uid)
+        if run is None or desc_uid in self.ignored:
+            return
+        desc = run.descriptors[desc_uid]
+        if desc.get("name", "primary") != self.config.stream or run.kind == "step":
+            return
+        sr = self.external.stream_resources.get(doc["stream_resource"])
+        if sr is None:
+            log.warning("stream_datum %s refers to unknown stream_resource", doc.get("uid"))
+            return
+        if sr.get("data_key") != self._spectrum_field(desc):
+            return
+        seq0, seq1 = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
+        try:
+            block = self.external.read_stream(doc)
+            err = ""
+        except Exception as exc:
+            block, err = None, f"external data unreadable: {type(exc).__name__}: {exc}"
+        for k, seq in enumerate(range(seq0, seq1)):
+            self._count_seq(run, "stream:" + desc_uid, seq)
+            if block is None:
+                self._queue(run, seq, None, None, None, err)
+                continue
+            self._spectrum_event(run, desc, seq, {}, intensity=block[k])
+
+    def stop(self, doc: dict) -> None:
+        uid = doc["run_start"]
+        if uid in self.ignored:
+            self.ignored.discard(uid)
+            return
+        run = self.runs.get(uid)
+        if run is None:
+            log.warning("stop of unknown run %s ignored", uid)
+            self.totals["bad_documents"] += 1
+            return
+        self.flush()
+        announced = (doc.get("num_events") or {}).get(self.config.stream)
+        self.close_run(uid, exit_status="success", announced=announced)
+
+    # -- run closing -------------------------------------------------------------------------------
+    def close_run(self, uid: str, exit_status: str = "success", reason: str = "",
+                  announced: int | None = None) -> dict | None:
+        """Final readout (step scans), maps, and the derived stop document with the counts."""
+        self.flush()
+        run = self.runs.pop(uid, None)
+        if run is None:
+            return None
+        for d in run.descriptors:
+            self.desc_run.pop(d, None)
+        extra: dict[str, Any] = {}
+        if run.kind == "step" and run.assembler is not None:
+            res = self._predict([run.assembler.spectrum()])[0] if len(run.assembler) else SpectrumResult.rejected(
+                "no valid point measured")
+            row = result_row(res, run.last_seq_num)
+            row["final"] = True
+            self._emit(run, [row])
+        if run.maps is not None:
+            try:
+                base = self.config.maps_dir or "."
+                h5, png = run.maps.write(base, f"mnedge_{uid[:8]}", {"parent_uid": uid,
+                                                                     "model": str(self.engine.model_id)})
+                extra.update(maps_h5=str(Path(h5).resolve()), maps_png=str(Path(png).resolve()))
+            except Exception as exc:
+                log.exception("writing maps failed")
+                extra["maps_error"] = f"{type(exc).__name__}: {exc}"
+        missed = run.missed_live
+        if isinstance(announced, int):
+            missed = max(0, announced - run.processed - run.rejected)
+        self.totals["missed"] += missed - run.missed_live
+        if missed:
+            log.warning("run %s: %d source events missed", uid, missed)
+        stop = run.derived.close(run.processed, run.rejected, missed, exit_status, reason, extra)
+        self.last_stop = stop
+        if self.on_readout is not None:
+            self.on_readout({}, dict(self.totals))
+        return stop
+
+    def close_all(self, exit_status: str = "abort", reason: str = "service stopped") -> None:
+        """Close every open derived run (shutdown)."""
+        for uid in list(self.runs):
+            self.close_run(uid, exit_status, reason)
+
+    # -- spectrum mode -----------------------------------------------------------------------------
+    def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
+        pixel = None
+        if run.kind == "map":
+            pixel, err = self._pixel(run, seq, row)
+            if err:
+                self._queue(run, seq, None, None, None, err)
+                return
+        name = self._spectrum_field(desc)
+        if intensity is None:
+            if name is None:
+                self._queue(run, seq, pixel, None, None, "no spectrum field: give spectrum_field")
+                return
+            if name not in row:
+                key = desc.get("data_keys", {}).get(name, {})
+                if key.get("external", "").startswith("STREAM:"):
+                    return  # arrives by stream_datum; counted there
+                self._queue(run, seq, pixel, None, None, f"event has no field {name!r}")
+                return
+            intensity = row[name]
+            if isinstance(intensity, str):
+                try:
+                    intensity = self.external.read_datum(intensity)
+                except Exception as exc:
+                    self._queue(run, seq, pixel, None, None,
+                                f"external data unreadable: {type(exc).__name__}: {exc}")
+                    return
+        try:
+            y = np.asarray(intensity, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            self._queue(run, seq, pixel, None, None, f"field {name!r} is not numeric: {exc}")
+            return
+        if y.ndim != 1:
+            self._queue(run, seq, pixel, None, None, f"field {name!r} has shape {y.shape}, expected 1-D")
+            return
+        energy = self._energy_axis(run, desc, row, y.size)
+        if isinstance(energy, str):
+            self._queue(run, seq, pixel, None, None, energy)
+            return
+        self._queue(run, seq, pixel, energy, y, "")
+
+    def _queue(self, run: _Run, seq: int, pixel, energy, intensity, rejection: str) -> None:
+        if not self.pending:
+            self.pending_since = time.monotonic()
+        self.pending.append(_Pending(run.start["uid"], seq, pixel, energy, intensity, rejection))
+        if len(self.pending) >= self.config.max_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read out every pending spectrum and emit its row (one event page per run)."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        todo = [p for p in batch if not p.rejection]
+        results = iter(self._predict([(p.energy, p.intensity) for p in todo]))
+        by_run: dict[str, list[dict]] = {}
+        for p in batch:
+            res = SpectrumResult.rejected(p.rejection) if p.rejection else next(results)
+            run = self.runs.get(p.run_uid)
+            if run is None:
+                continue
+            row = result_row(res, p.seq_num)
+            if res.ok:
+                run.processed += 1
+                self.totals["processed"] += 1
+            else:
+                run.rejected += 1
+                self.totals["rejected"] += 1
+            if run.kind == "map":
+                r, c = p.pixel if p.pixel is not None else (-1, -1)
+                row["pixel_row"], row["pixel_col"] = int(r), int(c)
+                if p.pixel is not None:
+                    if run.maps is None and self.config.pixel_fields:
+                        run.maps = ValenceMaps((max(r + 1, 1), max(c + 1, 1)))
+                    if run.maps is not None:
+                        if not run.maps.set(p.pixel, res) and self.config.pixel_fields:
+                            run.maps = _grown(run.maps, p.pixel)
+                            run.maps.set(p.pixel, res)
+            by_run.setdefault(p.run_uid, []).append(row)
+        for uid, rows in by_run.items():
+            self._emit(self.runs[uid], rows)
+
+    def _predict(self, spectra: list) -> list[SpectrumResult]:
+        """The engine's results; a failing engine rejects every spectrum with the reason."""
+        if not spectra:
+            return []
+        model = str(getattr(self.engine, "model_id", ""))
+        try:
+            out = list(self.engine.predict(spectra))
+            if len(out) != len(spectra):
+                raise RuntimeError(f"engine returned {len(out)} results for {len(spectra)} spectra")
+            return out
+        except Exception as exc:
+            log.exception("engine failed on a batch of %d", len(spectra))
+            return [SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}", model=model)
+                    for _ in spectra]
+
+    def _emit(self, run: _Run, rows: list[dict]) -> None:
+        run.derived.emit_rows(rows, time.time())
+        self.totals["readouts"] += len(rows)
+        if self.on_readout is not None:
+            try:
+                self.on_readout(rows[-1], dict(self.totals))
+            except Exception:
+                log.exception("readout hook failed")
+
+    # -- step mode ---------------------------------------------------------------------------------
+    def _step_point(self, run: _Run, desc: dict, seq: int, row: dict) -> None:
+        assert run.assembler is not None
+        run.last_seq_num = max(run.last_seq_num, seq)
+        e_name = self.config.energy_field or next(iter(run.start.get("motors") or []), None)
+        s_name = self.config.signal_field or self._hinted_signal(run, desc)
+        n_name = self.config.norm_field
+        missing = [n for n in (e_name, s_name, n_name) if n is not None and n not in row]
+        if e_name is None or s_name is None:
+            reason = "energy or signal field unknown: give energy_field and signal_field"
+        elif missing:
+            reason = f"event has no field(s) {', '.join(map(repr, missing))}"
+        else:
+            reason = run.assembler.add(row[e_name], row[s_name], row[n_name] if n_name else None)
+        if reason:
+            run.rejected += 1
+            self.totals["rejected"] += 1
+            r = result_row(SpectrumResult.rejected(reason), seq)
+            r["final"] = False
+            self._emit(run, [r])
+            return
+        run.processed += 1
+        self.totals["processed"] += 1
+        run.since_readout += 1
+        if run.assembler.covered() and run.since_readout >= self.config.step_readout_every:
+            run.since_readout = 0
+            res = self._predict([run.assembler.spectrum()])[0]
+            r = result_row(res, seq)
+            r["final"] = False
+            self._emit(run, [r])
+
+    def _hinted_signal(self, run: _Run, desc: dict) -> str | None:
+        hints = desc.get("hints") or {}
+        for det in run.start.get("detectors") or []:
+            for f in (hints.get(det) or {}).get("fields", []):
+                if f != self.config.norm_field:
+                    return f
+        return None
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _run_of(self, desc_uid: str) -> _Run | None:
+        uid = self.desc_run.get(desc_uid)
+        return None if uid is None else self.runs.get(uid)
+
+    def _count_seq(self, run: _Run, key: str, seq: int) -> None:
+        run.seen += 1
+        last = run.last_seq.get(key, 0)
+        if seq > last + 1:
+            gap = seq - last - 1
+            run.missed_live += gap
+            self.totals["missed"] += gap
+            log.warning("run %s: sequence gap, %d event(s) missed before seq_num %d", run.start["uid"], gap, seq)
+        run.last_seq[key] = max(last, seq)
+
+    def _spectrum_field(self, desc: dict) -> str | None:
+        if self.config.spectrum_field:
+            return self.config.spectrum_field
+        for k, v in desc.get("data_keys", {}).items():
+            shape = v.get("shape") or []
+            if len(shape) == 1 and (shape[0] or 0) >= 16 and k != self.config.energy_field:
+                return k
+        return None
+
+    @staticmethod
+    def _map_shape(start: dict, _unused) -> tuple[int, int] | None:
+        shape = start.get("shape")
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in shape):
+            return None
+        if len(shape) == 2:
+            return int(shape[0]), int(shape[1])
+        return None
+
+    def _pixel(self, run: _Run, seq: int, row: dict) -> tuple[tuple[int, int] | None, str]:
+        if self.config.pixel_fields:
+            rf, cf = self.config.pixel_fields
+            try:
+                r, c = int(row[rf]), int(row[cf])
+            except (KeyError, TypeError, ValueError) as exc:
+                return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
+            if r < 0 or c < 0 or r > 100_000 or c > 100_000:
+                return None, f"pixel index ({r}, {c}) out of range"
+            return (r, c), ""
+        shape = self._map_shape(run.start, None)
+        pix = grid_pixel(seq, shape, run.start.get("snaking")) if shape else None
+        if pix is None:
+            return None, f"seq_num {seq} is outside the scan shape {shape}"
+        return pix, ""
+
+    def _energy_axis(self, run: _Run, desc: dict, row: dict, n: int) -> np.ndarray | str:
+        """The energy axis of an ``n``-channel spectrum, or the reason there is none."""
+        cfg = self.config
+        conf = {}
+        for obj in (desc.get("configuration") or {}).values():
+            conf.update((obj or {}).get("data") or {})
+        if cfg.energy_field:
+            src = row.get(cfg.energy_field, conf.get(cfg.energy_field))
+            if src is None:
+                return f"energy field {cfg.energy_field!r} is in neither the event nor the configuration"
+            e = np.asarray(src, dtype=np.float64)
+            if e.shape != (n,):
+                return f"energy axis has shape {e.shape}, spectrum has {n} points"
+            return e
+        key = (desc["uid"], n)
+        cached = run.axis_cache.get(key)
+        if cached is not None and not (cfg.dispersion_field and cfg.dispersion_field in row):
+            return cached
+        if cfg.dispersion_field and cfg.offset_field:
+            d = row.get(cfg.dispersion_field, conf.get(cfg.dispersion_field))
+            o = row.get(cfg.offset_field, conf.get(cfg.offset_field))
+            if d is None or o is None:
+                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} not found"
+            e = float(o) + float(d) * np.arange(n)
+        elif cfg.energy_axis is not None:
+            e = np.asarray(cfg.energy_axis, np.float64)
+            if e.size != n:
+                return f"configured energy_axis has {e.size} points, spectrum has {n}"
+        elif cfg.dispersion_eV is not None and cfg.offset_eV is not None:
+            e = float(cfg.offset_eV) + float(cfg.dispersion_eV) * np.arange(n)
+        else:
+            return "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV"
+        run.axis_cache[key] = e
+        return e
+
+
+def _grown(maps: ValenceMaps, pixel: tuple[int, int]) -> ValenceMaps:
+    """A copy of ``maps`` large enough to hold ``pixel`` (pixel-index fields, unknown extent)."""
+    shape = (max(maps.shape[0], pixel[0] + 1), max(maps.shape[1], pixel[1] + 1))
+    new = ValenceMaps(shape)
+    for k, v in maps.layers.items():
+        new.layers[k][: v.shape[0], : v.shape[1]] = v
+    new.rejected[: maps.shape[0], : maps.shape[1]] = maps.rejected
+    return new

@@ -1,0 +1,190 @@
+"""Options of the live service: one dataclass, loaded from TOML, overridden by flags, validated at start.
+
+Every bad option is refused with a :class:`ConfigError` whose message names the option.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+MODES = ("spectrum", "step")
+
+
+class ConfigError(ValueError):
+    """A bad option; the message starts with the option's name."""
+
+
+@dataclass
+class LiveConfig:
+    """Every option of ``mnedge live`` (TOML keys use the same names).
+
+    Attributes
+    ----------
+    in_address, out_address : str
+        0MQ proxy addresses: where source documents come from (the proxy's
+        subscriber side) and where derived documents go (its publisher side).
+    mode : str
+        ``"spectrum"`` (one spectrum per event) or ``"step"`` (one energy point per event).
+    stream : str
+        Source stream read (others are ignored).
+    spectrum_field : str or None
+        Array field holding a spectrum; None picks the first 1-D array field of the descriptor.
+    energy_field : str or None
+        Spectrum mode: array field (event data or descriptor configuration) with the energy
+        axis.  Step mode: the energy readback field (None: the first hinted motor).
+    dispersion_field, offset_field : str or None
+        Spectrum mode: scalar fields (event data or descriptor configuration) giving
+        ``energy = offset + dispersion * channel``.
+    energy_axis : list of float or None
+        Spectrum mode: a fixed energy axis.
+    dispersion_eV, offset_eV : float or None
+        Spectrum mode: fixed dispersion and offset.
+    signal_field, norm_field : str or None
+        Step mode: detector field and optional I0 field it is divided by.
+    pixel_fields : list of str or None
+        Spectrum images: two integer fields (row, column) giving the pixel; by default
+        the pixel follows from the start document's ``shape``.
+    max_batch : int
+        Most spectra per engine call.
+    max_delay_ms : float
+        Longest time a spectrum waits for its batch.
+    step_readout_every : int
+        Step mode: read out every this many new points once L3 and L2 are covered.
+    l3_window_eV, l2_window_eV : list of float
+        Step mode: the scan covers the edge once it has points at or below the L3
+        window's low end and at or above the L2 window's high end.
+    maps_dir, plot_dir : str or None
+        Where spectrum-image maps (HDF5 + PNG) and readout plots are written.
+    serializer : str
+        ``"msgpack"`` or ``"pickle"``.
+    allow_pickle : bool
+        Permit the pickle wire format.
+    epics_prefix : str or None
+        Serve the latest readout as PVs with this prefix.
+    epics_mode : str
+        ``"ioc"`` (caproto soft IOC started by the service) or ``"pyepics"`` (write to an existing IOC).
+    epics_interfaces : list of str
+        Addresses the soft IOC binds to.
+    model_path : str or None
+        Model artifact directory (None: the embedded model).
+    backend : str
+        Engine backend (``"auto"``, ``"onnxruntime"``, ...).
+    out_prefix : str
+        0MQ prefix of the derived documents; messages with it are never processed.
+    """
+
+    in_address: str = "127.0.0.1:5568"
+    out_address: str = "127.0.0.1:5567"
+    mode: str = "spectrum"
+    stream: str = "primary"
+    spectrum_field: str | None = None
+    energy_field: str | None = None
+    dispersion_field: str | None = None
+    offset_field: str | None = None
+    energy_axis: list[float] | None = None
+    dispersion_eV: float | None = None
+    offset_eV: float | None = None
+    signal_field: str | None = None
+    norm_field: str | None = None
+    pixel_fields: list[str] | None = None
+    max_batch: int = 256
+    max_delay_ms: float = 5.0
+    step_readout_every: int = 1
+    l3_window_eV: list[float] = field(default_factory=lambda: [636.0, 646.0])
+    l2_window_eV: list[float] = field(default_factory=lambda: [648.0, 658.0])
+    maps_dir: str | None = "mnedge_maps"
+    plot_dir: str | None = None
+    serializer: str = "msgpack"
+    allow_pickle: bool = False
+    epics_prefix: str | None = None
+    epics_mode: str = "ioc"
+    epics_interfaces: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    model_path: str | None = None
+    backend: str = "auto"
+    out_prefix: str = "mnedge"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def names(cls) -> list[str]:
+        """All option names."""
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LiveConfig:
+        """Options from a TOML file, then ``overrides`` (flags; None values are ignored).
+
+        Raises
+        ------
+        ConfigError
+            Unknown or invalid option, or an unreadable file.
+        """
+        values: dict[str, Any] = {}
+        if toml_path is not None:
+            try:
+                with open(toml_path, "rb") as fh:
+                    data = tomllib.load(fh)
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"config: cannot read {toml_path}: {exc}") from exc
+            data = data.get("live", data)
+            for k, v in data.items():
+                key = k.replace("-", "_")
+                if key not in cls.names():
+                    raise ConfigError(f"{k}: unknown option in {toml_path} (known: {', '.join(cls.names())})")
+                values[key] = v
+        for k, v in (overrides or {}).items():
+            if v is not None:
+                values[k] = v
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Check every option; raise :class:`ConfigError` naming the first bad one."""
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}: {msg} (got {getattr(self, name)!r})")
+
+        for name in ("in_address", "out_address", "stream", "out_prefix", "backend"):
+            need(isinstance(getattr(self, name), str) and bool(getattr(self, name)), name, "must be a non-empty string")
+        need(b" " not in self.out_prefix.encode(), "out_prefix", "may not contain spaces")
+        need(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
+        for name in ("spectrum_field", "energy_field", "dispersion_field", "offset_field", "signal_field",
+                     "norm_field", "maps_dir", "plot_dir", "epics_prefix", "model_path"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, str) and v != ""), name, "must be a non-empty string")
+        for name in ("dispersion_eV", "offset_eV"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
+                 name, "must be a finite number")
+        need(self.dispersion_eV is None or self.dispersion_eV != 0, "dispersion_eV", "must not be zero")
+        need((self.dispersion_eV is None) == (self.offset_eV is None), "offset_eV",
+             "dispersion_eV and offset_eV must be given together")
+        if self.energy_axis is not None:
+            ok = isinstance(self.energy_axis, list) and len(self.energy_axis) >= 2 and all(
+                isinstance(v, (int, float)) and math.isfinite(v) for v in self.energy_axis)
+            need(ok, "energy_axis", "must be a list of at least two finite numbers")
+        if self.pixel_fields is not None:
+            need(isinstance(self.pixel_fields, list) and len(self.pixel_fields) == 2
+                 and all(isinstance(v, str) and v for v in self.pixel_fields), "pixel_fields",
+                 "must be two field names (row, column)")
+        need(isinstance(self.max_batch, int) and not isinstance(self.max_batch, bool) and 1 <= self.max_batch <= 65536,
+             "max_batch", "must be an integer in 1..65536")
+        need(isinstance(self.max_delay_ms, (int, float)) and 0 <= self.max_delay_ms <= 10_000, "max_delay_ms",
+             "must be a number of milliseconds in 0..10000")
+        need(isinstance(self.step_readout_every, int) and self.step_readout_every >= 1, "step_readout_every",
+             "must be a positive integer")
+        for name in ("l3_window_eV", "l2_window_eV"):
+            v = getattr(self, name)
+            need(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] < v[1],
+                 name, "must be [low, high] in eV")
+        need(self.serializer in ("msgpack", "pickle"), "serializer", "must be 'msgpack' or 'pickle'")
+        need(isinstance(self.allow_pickle, bool), "allow_pickle", "must be true or false")
+        need(self.serializer != "pickle" or self.allow_pickle, "serializer",
+             "pickle executes code from the network when loaded; give allow_pickle (--allow-pickle) to use it")
+        need(self.epics_mode in ("ioc", "pyepics"), "epics_mode", "must be 'ioc' or 'pyepics'")
+        need(isinstance(self.epics_interfaces, list) and all(isinstance(v, str) for v in self.epics_interfaces),
+             "epics_interfaces", "must be a list of addresses")

@@ -1,0 +1,100 @@
+"""The derived run of one source run, composed with event-model.
+
+Start: ``parent_uid`` and ``mnedge_model``; one descriptor, stream ``mnedge``,
+hinted so BestEffortCallback plots valence against ``source_seq_num``; events
+or event pages; stop with the counts ``processed``, ``rejected``, ``missed``
+(and ``maps_h5`` / ``maps_png`` for spectrum images).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import event_model
+
+from mnedge_live.results import SpectrumResult
+
+#: Name of the derived stream.
+STREAM = "mnedge"
+#: Number fields of every derived row.
+NUMBER_FIELDS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV")
+
+
+def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
+    """The derived-row values of one result (NaN where rejected)."""
+    f = result.fractions
+    vals = (result.valence, result.valence_std, f[0], f[1], f[2], result.energy_offset_eV, result.resolution_eV)
+    row = {k: float(v) if v is not None and math.isfinite(float(v)) else float("nan") for k, v in zip(NUMBER_FIELDS, vals)}
+    row["status"] = result.status
+    row["reason"] = result.reason or ""
+    row["source_seq_num"] = int(source_seq_num)
+    return row
+
+
+class DerivedRun:
+    """Composes and emits the derived run of one source run.
+
+    Parameters
+    ----------
+    emit : callable
+        ``emit(name, doc)`` receives every derived document.
+    parent_uid : str
+        uid of the source run.
+    model_id : str
+        Identifier of the model reading the spectra.
+    kind : str
+        ``"spectrum"``, ``"map"`` (adds pixel fields) or ``"step"`` (adds ``final``).
+    metadata : dict, optional
+        Extra start-document metadata.
+    """
+
+    def __init__(self, emit: Callable[[str, dict], None], parent_uid: str, model_id: str, kind: str,
+                 metadata: dict | None = None):
+        self.emit = emit
+        self.kind = kind
+        md = dict(metadata or {})
+        md.update(parent_uid=parent_uid, mnedge_model=model_id, mnedge_derived=True, mnedge_kind=kind,
+                  plan_name="mnedge_live",
+                  hints={"dimensions": [(["source_seq_num"], STREAM)]})
+        self.bundle = event_model.compose_run(metadata=md)
+        self.uid = self.bundle.start_doc["uid"]
+        emit("start", self.bundle.start_doc)
+        keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
+        keys["status"] = {"source": "mnedge", "dtype": "string", "shape": []}
+        keys["reason"] = {"source": "mnedge", "dtype": "string", "shape": []}
+        keys["source_seq_num"] = {"source": "mnedge", "dtype": "integer", "shape": []}
+        if kind == "map":
+            keys["pixel_row"] = {"source": "mnedge", "dtype": "integer", "shape": []}
+            keys["pixel_col"] = {"source": "mnedge", "dtype": "integer", "shape": []}
+        if kind == "step":
+            keys["final"] = {"source": "mnedge", "dtype": "boolean", "shape": []}
+        self.fields = list(keys)
+        hints = {STREAM: {"fields": ["valence", "frac_mn2", "frac_mn3", "frac_mn4"]}}
+        self.desc = self.bundle.compose_descriptor(name=STREAM, data_keys=keys, hints=hints)
+        emit("descriptor", self.desc.descriptor_doc)
+        self.rows = 0
+
+    def emit_rows(self, rows: list[dict], now: float) -> None:
+        """Emit rows: one event for a single row, one event page for several."""
+        if not rows:
+            return
+        self.rows += len(rows)
+        if len(rows) == 1:
+            doc = self.desc.compose_event(data=rows[0], timestamps={k: now for k in rows[0]}, time=now,
+                                          validate=False)
+            self.emit("event", doc)
+            return
+        data = {k: [r[k] for r in rows] for k in self.fields}
+        ts = {k: [now] * len(rows) for k in self.fields}
+        doc = self.desc.compose_event_page(data=data, timestamps=ts, time=[now] * len(rows), validate=False)
+        self.emit("event_page", doc)
+
+    def close(self, processed: int, rejected: int, missed: int, exit_status: str = "success", reason: str = "",
+              extra: dict | None = None) -> dict:
+        """Emit the stop document with the counts; returns it."""
+        doc = dict(self.bundle.compose_stop(exit_status=exit_status, reason=reason))
+        doc.update(processed=int(processed), rejected=int(rejected), missed=int(missed))
+        doc.update(extra or {})
+        self.emit("stop", doc)
+        return doc

@@ -1,0 +1,213 @@
+"""EPICS output of the latest readout, the ophyd device that reads it, and a feedback plan.
+
+PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3``,
+``FRAC_MN4``, ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED`` and
+``READOUTS`` (increments with every readout, so a plan can wait for a new one).
+
+Served by a caproto soft IOC started in a thread (:class:`SoftIOC`), or written
+to PVs of an existing IOC with pyepics (:class:`PyepicsWriter`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+
+from ophyd import Component as Cpt
+from ophyd import Device, EpicsSignalRO
+
+log = logging.getLogger(__name__)
+
+#: Float PVs and the derived-row field each shows.
+FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "frac_mn2",
+             "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4"}
+#: Counter PVs and the total each shows.
+COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts"}
+
+
+def _values(row: dict, totals: dict) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if row:
+        for pv, key in FLOAT_PVS.items():
+            v = row.get(key, math.nan)
+            out[pv] = float(v) if v is not None else math.nan
+        status = str(row.get("status", ""))
+        reason = str(row.get("reason", ""))
+        out["STATUS"] = (status if not reason else f"{status}: {reason}")[:39]
+    for pv, key in COUNT_PVS.items():
+        out[pv] = int(totals.get(key, 0))
+    return out
+
+
+def make_pvgroup(prefix: str):
+    """A caproto PVGroup with the readout PVs under ``prefix``."""
+    from caproto import ChannelType
+    from caproto.server import PVGroup, pvproperty
+
+    class MnEdgeIOC(PVGroup):
+        VALENCE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        FRAC_MN2 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        FRAC_MN3 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        FRAC_MN4 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
+        PROCESSED = pvproperty(value=0, dtype=int, read_only=True)
+        REJECTED = pvproperty(value=0, dtype=int, read_only=True)
+        MISSED = pvproperty(value=0, dtype=int, read_only=True)
+        READOUTS = pvproperty(value=0, dtype=int, read_only=True)
+
+    return MnEdgeIOC(prefix=prefix)
+
+
+class SoftIOC:
+    """A caproto soft IOC serving the readout PVs from a background thread.
+
+    Parameters
+    ----------
+    prefix : str
+        PV prefix, e.g. ``"BL:MN:"``.
+    interfaces : list of str
+        Addresses to bind (default loopback only).
+    """
+
+    def __init__(self, prefix: str, interfaces: list[str] | None = None):
+        self.prefix = prefix
+        self.interfaces = interfaces or ["127.0.0.1"]
+        self.group = make_pvgroup(prefix)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mnedge-ioc", daemon=True)
+        self._task: asyncio.Task | None = None
+
+    def _run(self) -> None:
+        from caproto.asyncio.server import start_server
+
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            self._task = asyncio.ensure_future(start_server(self.group.pvdb, interfaces=self.interfaces))
+            self._started.set()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+        try:
+            self.loop.run_until_complete(main())
+        finally:
+            self.loop.close()
+
+    def start(self) -> SoftIOC:
+        """Start serving; returns self."""
+        self._thread.start()
+        self._started.wait(10)
+        return self
+
+    def update(self, row: dict, totals: dict) -> None:
+        """Publish the latest readout and the counters (thread-safe, non-blocking)."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        vals = _values(row, totals)
+
+        async def write() -> None:
+            for name, v in vals.items():
+                prop = getattr(self.group, name)
+                if prop.value != v or name in FLOAT_PVS:
+                    await prop.write(v)
+
+        asyncio.run_coroutine_threadsafe(write(), self.loop)
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        if self.loop is not None and self._task is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(5)
+
+
+class PyepicsWriter:
+    """Writes the readout to PVs of an existing IOC with pyepics (``caput``, no wait)."""
+
+    def __init__(self, prefix: str):
+        import epics
+
+        self.prefix = prefix
+        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, "STATUS", *COUNT_PVS]}
+
+    def update(self, row: dict, totals: dict) -> None:
+        """Write the latest readout and the counters."""
+        for name, v in _values(row, totals).items():
+            self.pvs[name].put(v, wait=False)
+
+    def stop(self) -> None:
+        """Disconnect."""
+        for pv in self.pvs.values():
+            pv.disconnect()
+
+
+class MnEdgeReadout(Device):
+    """Ophyd device reading the live valence PVs."""
+
+    valence = Cpt(EpicsSignalRO, "VALENCE", kind="hinted")
+    valence_std = Cpt(EpicsSignalRO, "VALENCE_STD")
+    frac_mn2 = Cpt(EpicsSignalRO, "FRAC_MN2")
+    frac_mn3 = Cpt(EpicsSignalRO, "FRAC_MN3")
+    frac_mn4 = Cpt(EpicsSignalRO, "FRAC_MN4")
+    status = Cpt(EpicsSignalRO, "STATUS", string=True)
+    processed = Cpt(EpicsSignalRO, "PROCESSED", kind="config")
+    rejected = Cpt(EpicsSignalRO, "REJECTED", kind="config")
+    missed = Cpt(EpicsSignalRO, "MISSED", kind="config")
+    readouts = Cpt(EpicsSignalRO, "READOUTS", kind="config")
+
+
+def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int, readout: MnEdgeReadout,
+                          threshold: float, above: bool = True, max_scans: int = 10, wait_s: float = 10.0,
+                          md: dict | None = None):
+    """Repeat an XAS step scan until the live valence crosses ``threshold``.
+
+    E.g. battery cycling: scan the Mn L edge again and again while charging,
+    stop as soon as the valence exceeds (``above``) or falls below the threshold.
+
+    Parameters
+    ----------
+    detectors, motor, start, stop, num
+        The step scan (``bluesky.plans.scan``).
+    readout : MnEdgeReadout
+        Reads the live service's PVs.
+    threshold : float
+        Valence that ends the series.
+    above : bool
+        Stop when valence >= threshold (True) or <= threshold (False).
+    max_scans : int
+        Most scans.
+    wait_s : float
+        Longest wait for the final readout of each scan.
+
+    Returns
+    -------
+    list of float
+        The final valence of each scan (NaN where it was rejected).
+    """
+    import bluesky.plan_stubs as bps
+    import bluesky.plans as bp
+
+    history: list[float] = []
+    for i in range(max_scans):
+        before = yield from bps.rd(readout.readouts)
+        yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
+        # the final readout follows the stop document; wait for it
+        waited = 0.0
+        while waited < wait_s:
+            now = yield from bps.rd(readout.readouts)
+            if now is not None and before is not None and now > before:
+                break
+            yield from bps.sleep(0.1)
+            waited += 0.1
+        v = yield from bps.rd(readout.valence)
+        history.append(float(v) if v is not None else math.nan)
+        log.info("feedback scan %d: valence %.3f", i, history[-1])
+        if math.isfinite(history[-1]) and (history[-1] >= threshold if above else history[-1] <= threshold):
+            break
+    return history

@@ -1,0 +1,150 @@
+"""The ``mnedge live`` service: 0MQ in (RemoteDispatcher), callback, 0MQ out (Publisher).
+
+Micro-batching: messages already waiting on the socket are taken together (up
+to ``max_batch``); the batch goes to the engine as soon as the socket is idle
+or ``max_delay_ms`` has passed.  Messages carrying the service's own output
+prefix, and runs marked as derived, are never processed.  SIGTERM/SIGINT flush
+the batch in flight, close open derived runs and return 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any
+
+import zmq
+from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+from event_model import DocumentNames
+
+from mnedge_live.callback import MnEdgeCallback
+from mnedge_live.config import LiveConfig
+from mnedge_live.serializers import get_serializer
+
+log = logging.getLogger(__name__)
+
+
+class SafeRemoteDispatcher(RemoteDispatcher):
+    """RemoteDispatcher that drains the socket in micro-batches and never dies on a bad message.
+
+    Parameters
+    ----------
+    address : str
+        The proxy's subscriber side.
+    callback : MnEdgeCallback
+        Receives the documents; flushed when the socket is idle.
+    ignore_prefix : bytes
+        Messages with this prefix (our own output) are dropped unread.
+    """
+
+    def __init__(self, address: str, *, callback: MnEdgeCallback, ignore_prefix: bytes, **kwargs: Any):
+        super().__init__(address, **kwargs)
+        self.callback = callback
+        self.ignore_prefix = ignore_prefix
+        self.bad_messages = 0
+
+    def _handle(self, message: bytes) -> None:
+        try:
+            prefix, name, payload = message.split(b" ", 2)
+        except ValueError:
+            self.bad_messages += 1
+            log.warning("message without prefix/name/payload dropped (%d bytes)", len(message))
+            return
+        if prefix == self.ignore_prefix:
+            return
+        try:
+            doc_name = DocumentNames[name.decode()]
+            doc = self._deserializer(payload)
+        except Exception as exc:
+            self.bad_messages += 1
+            log.warning("undecodable %r message dropped: %s", name[:40], exc)
+            return
+        self.callback(doc_name.value, doc)
+
+    async def _poll(self) -> None:
+        sock = self._socket
+        max_batch = self.callback.config.max_batch
+        delay = self.callback.config.max_delay_ms / 1e3
+        while True:
+            self._handle(await sock.recv())
+            t0 = time.monotonic()
+            n = 1
+            while n < 4 * max_batch and time.monotonic() - t0 < delay:
+                try:
+                    msg = await sock.recv(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self._handle(msg)
+                n += 1
+            try:
+                self.callback.flush()
+            except Exception:
+                log.exception("flush failed")
+
+
+def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None) -> int:
+    """Run the service until SIGTERM/SIGINT.
+
+    Parameters
+    ----------
+    config : LiveConfig
+        Validated options.
+    engine : object
+        The valence engine.
+    epics : object, optional
+        Has ``update(row, totals)``; receives the latest readout.
+    ready : callable, optional
+        Called once the sockets are set up.
+
+    Returns
+    -------
+    int
+        0 after a clean shutdown.
+    """
+    dumps, loads = get_serializer(config.serializer, config.allow_pickle)
+    prefix = config.out_prefix.encode()
+    publisher = Publisher(config.out_address, prefix=prefix, serializer=dumps)
+    plots = None
+    if config.plot_dir:
+        from mnedge_live.plots import RunPlotter
+
+        plots = RunPlotter(config.plot_dir)
+
+    def publish(name: str, doc: dict) -> None:
+        publisher(name, doc)
+        if plots is not None:
+            plots(name, doc)
+
+    hook = epics.update if epics is not None else None
+    callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
+    dispatcher = SafeRemoteDispatcher(config.in_address, callback=callback, ignore_prefix=prefix,
+                                      deserializer=loads)
+    loop = dispatcher.loop
+
+    def shutdown(signum: int) -> None:
+        log.info("signal %d: shutting down", signum)
+        if dispatcher._task is not None:
+            dispatcher._task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown, sig)
+    if ready is not None:
+        loop.call_soon(ready)
+    log.warning("mnedge live: model %s, in %s, out %s, mode %s", getattr(engine, "model_id", "?"),
+                config.in_address, config.out_address, config.mode)
+    try:
+        dispatcher.start()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        try:
+            callback.flush()
+            callback.close_all("abort", "mnedge live service stopped")
+        except Exception:
+            log.exception("closing open runs failed")
+        time.sleep(0.05)  # let the last messages leave
+        publisher.close() if hasattr(publisher, "close") else None
+    log.warning("mnedge live stopped: %s", callback.totals)
+    return 0
