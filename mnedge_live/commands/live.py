@@ -1,0 +1,66 @@
+"""``mnedge live``: the live valence service (see :mod:`mnedge_live.service`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mnedge live``."""
+    p = subparsers.add_parser("live", help="read the Mn valence of Bluesky documents live (0MQ in, 0MQ out)")
+    p.add_argument("--in", dest="in_address", help="0MQ proxy address to subscribe to (its subscriber side)")
+    p.add_argument("--out", dest="out_address", help="0MQ proxy address to publish derived documents to")
+    p.add_argument("--config", help="TOML file with any option (flags override it)")
+    p.add_argument("--mode", help="spectrum | step")
+    p.add_argument("--spectrum-field", dest="spectrum_field")
+    p.add_argument("--energy-field", dest="energy_field")
+    p.add_argument("--signal-field", dest="signal_field")
+    p.add_argument("--norm-field", dest="norm_field")
+    p.add_argument("--serializer", help="msgpack (default) | pickle")
+    p.add_argument("--allow-pickle", dest="allow_pickle", action="store_true", default=None,
+                   help="permit the pickle wire format (it executes code from the network)")
+    p.add_argument("--epics-prefix", dest="epics_prefix", help="serve the latest readout as EPICS PVs")
+    p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
+    p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the options, load the engine, serve until SIGTERM."""
+    from mnedge_live.config import ConfigError, LiveConfig
+
+    names = LiveConfig.names()
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    try:
+        config = LiveConfig.from_sources(args.config, overrides)
+    except (ConfigError, TypeError) as exc:
+        print(f"mnedge live: bad option: {exc}", file=sys.stderr)
+        return 2
+    if config.plot_dir and config.maps_dir == "mnedge_maps":
+        config.maps_dir = config.plot_dir
+    from mnedge_live.engine import load_engine
+
+    try:
+        engine = load_engine(config.model_path, backend=config.backend)
+    except Exception as exc:
+        print(f"mnedge live: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    epics = None
+    if config.epics_prefix:
+        from mnedge_live.epics import PyepicsWriter, SoftIOC
+
+        epics = (SoftIOC(config.epics_prefix, config.epics_interfaces).start() if config.epics_mode == "ioc"
+                 else PyepicsWriter(config.epics_prefix))
+    from mnedge_live.service import serve
+
+    try:
+        return serve(config, engine, epics=epics, ready=lambda: print("mnedge live: ready", flush=True))
+    finally:
+        if epics is not None:
+            epics.stop()

@@ -1,0 +1,165 @@
+"""Helpers of the live-plugin tests: free ports, a real 0MQ proxy process, a collecting subscriber."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_proxy() -> tuple[subprocess.Popen, int, int]:
+    """Start ``bluesky-0MQ-proxy IN OUT`` on loopback; returns (process, in_port, out_port)."""
+    pin, pout = free_port(), free_port()
+    exe = shutil.which("bluesky-0MQ-proxy", path=str(Path(sys.executable).parent)) or "bluesky-0MQ-proxy"
+    proc = subprocess.Popen([exe, str(pin), str(pout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return proc, pin, pout
+
+
+def start_service(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """Start ``mnedge live ARGS`` as a subprocess; returns once it says it is ready."""
+    cmd = [sys.executable, "-m", "mnedge_live.cli", "live", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, cwd=ROOT)
+    lines = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "mnedge live: ready" in line:
+            threading.Thread(target=lambda: [lines.append(x) for x in proc.stdout], daemon=True).start()
+            proc.log = lines
+            time.sleep(0.3)
+            return proc
+    proc.kill()
+    raise RuntimeError("service did not start:\n" + "".join(lines))
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
+    """SIGTERM a process and wait; kill it if it hangs."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class Collector:
+    """Subscribes to a proxy in a thread and keeps every (name, doc) it receives."""
+
+    def __init__(self, port: int, loads):
+        from bluesky.callbacks.zmq import RemoteDispatcher
+
+        self.docs: list[tuple[str, dict]] = []
+        self.dispatcher = RemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads)
+        self.dispatcher.subscribe(lambda name, doc: self.docs.append((name, doc)))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        time.sleep(0.3)
+
+    def _run(self) -> None:
+        try:
+            self.dispatcher.start()
+        except Exception:
+            pass
+
+    def wait_for(self, predicate, timeout: float = 30) -> bool:
+        """Wait until ``predicate(docs)`` holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.docs):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        loop = self.dispatcher.loop
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: self.dispatcher._task and self.dispatcher._task.cancel())
+        self.thread.join(5)
+
+
+def derived_stops(docs) -> list[dict]:
+    """Stop documents of derived runs."""
+    starts = {d["uid"] for n, d in docs if n == "start" and d.get("mnedge_derived")}
+    return [d for n, d in docs if n == "stop" and d["run_start"] in starts]
+
+
+def derived_rows(docs, run_uid: str | None = None) -> list[dict]:
+    """Every derived row (events and unpacked event pages), optionally of one derived run."""
+    descs = {d["uid"]: d["run_start"] for n, d in docs if n == "descriptor" and d.get("name") == "mnedge"}
+    rows = []
+    for n, d in docs:
+        if n not in ("event", "event_page") or d["descriptor"] not in descs:
+            continue
+        if run_uid is not None and descs[d["descriptor"]] != run_uid:
+            continue
+        if n == "event":
+            rows.append(dict(d["data"]))
+        else:
+            keys = list(d["data"])
+            for i in range(len(d["seq_num"])):
+                rows.append({k: d["data"][k][i] for k in keys})
+    return rows
+
+
+_ENGINE = {}
+
+
+def real_engine(tmp_factory=None):
+    """The real engine: the embedded model when shipped, else a tiny model trained with the real trainer."""
+    if "e" in _ENGINE:
+        return _ENGINE["e"]
+    from mnedge_live.engine import load_engine
+
+    try:
+        eng = load_engine(backend="onnxruntime")
+    except Exception:
+        art = os.environ.get("MNEDGE_TEST_ARTIFACT") or str(_tiny_artifact())
+        eng = load_engine(art, backend="onnxruntime")
+    _ENGINE["e"] = eng
+    return eng
+
+
+def model_args() -> list[str]:
+    """``--model`` for the service subprocess when there is no embedded model."""
+    eng = real_engine()
+    path = getattr(getattr(eng, "artifact", None), "path", None)
+    from mnedge_live.artifact import default_artifact_path
+
+    if path is None or Path(path).resolve() == Path(default_artifact_path()).resolve():
+        return []
+    return ["--model", str(path)]
+
+
+def _tiny_artifact() -> Path:
+    import tempfile
+
+    from offline_training.export import export_artifact
+    from offline_training.train import TrainConfig, train
+
+    root = Path(tempfile.mkdtemp(prefix="mnedge-live-tiny-"))
+    cfg = TrainConfig.from_toml(ROOT / "offline_training" / "configs" / "tiny.toml")
+    cfg.train.steps = 8
+    cfg.train.calibration_spectra = 128
+    final = train(cfg, root / "run", progress=False)
+    return Path(export_artifact(final, root / "artifact", model_id="tiny-test"))

@@ -1,0 +1,215 @@
+"""The live callback in process: a real RunEngine with the simulated instruments, the real engine."""
+
+from __future__ import annotations
+
+import math
+
+import bluesky.plans as bp
+import event_model
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from live_support import derived_rows, real_engine
+
+from mnedge_live.assembly import grid_pixel
+from mnedge_live.callback import MnEdgeCallback
+from mnedge_live.config import LiveConfig
+from mnedge_live.sim import SpectrumSource, make_eels, make_xas
+
+EELS_OPTS = dict(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+                 offset_field="eels_offset")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return real_engine()
+
+
+@pytest.fixture(scope="module")
+def source():
+    return SpectrumSource()
+
+
+def run_with(engine, config, plan_factory):
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(engine, config, lambda n, d: docs.append((n, d)))
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(plan_factory())
+    return cb, docs
+
+
+def test_spectrum_image_gets_one_row_per_pixel_and_maps(engine, source, tmp_path):
+    det, sy, sx = make_eels((3, 4), source)
+    det.prefetch()
+    cfg = LiveConfig(**EELS_OPTS, maps_dir=str(tmp_path))
+    cb, docs = run_with(engine, cfg, lambda: bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4, snake_axes=True))
+    src_start = next(d for n, d in docs if n == "start")
+    assert src_start["parent_uid"] and src_start["mnedge_model"] == engine.model_id
+    desc = next(d for n, d in docs if n == "descriptor")
+    assert desc["name"] == "mnedge" and "valence" in desc["hints"]["mnedge"]["fields"]
+    for k in ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
+              "status", "reason", "source_seq_num", "pixel_row", "pixel_col"):
+        assert k in desc["data_keys"]
+    rows = derived_rows(docs)
+    assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
+    for r in rows:
+        assert (r["pixel_row"], r["pixel_col"]) == grid_pixel(r["source_seq_num"], (3, 4), (False, True))
+        assert r["status"] in ("ok", "rejected") and (r["status"] == "ok" or r["reason"])
+    stop = docs[-1][1]
+    assert stop["processed"] + stop["rejected"] == 12 and stop["missed"] == 0
+    with h5py.File(stop["maps_h5"]) as f:
+        assert f["valence"].shape == (3, 4)
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        pytest.skip("the engine rejected every simulated spectrum: " + rows[0]["reason"])
+    truth = det.truth()
+    err = [abs(r["valence"] - truth[r["pixel_row"], r["pixel_col"]]) for r in ok]
+    if "tiny" not in engine.model_id:
+        assert np.median(err) < 0.3
+
+
+def test_derived_run_is_valid_and_plottable_by_best_effort_callback(engine, source, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from bluesky.callbacks.best_effort import BestEffortCallback
+
+    det, sy, sx = make_eels((2, 3), source)
+    det.prefetch()
+    cfg = LiveConfig(**EELS_OPTS, maps_dir=str(tmp_path), max_batch=4)
+    _, docs = run_with(engine, cfg, lambda: bp.grid_scan([det], sy, 0, 1, 2, sx, 0, 1, 3))
+    bec = BestEffortCallback()
+    bec.disable_plots()
+    for name, doc in docs:
+        if name in ("start", "descriptor", "stop", "event"):
+            event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
+        if name == "event_page":
+            for ev in event_model.unpack_event_page(doc):
+                bec("event", ev)
+        else:
+            bec(name, doc)
+
+
+def test_step_scan_reads_out_progressively_and_finally(engine, source):
+    dets, mono = make_xas((0.2, 0.5, 0.3), source)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=10, maps_dir=None)
+    cb, docs = run_with(engine, cfg, lambda: bp.scan([dets], mono, 630, 665, 71))
+    rows = derived_rows(docs)
+    final = [r for r in rows if r["final"]]
+    assert len(final) == 1 and final[0]["source_seq_num"] == 71
+    progressive = [r for r in rows if not r["final"]]
+    # L2 (658 eV) is reached at point 57: readouts only after that
+    assert progressive and all(r["source_seq_num"] >= 57 for r in progressive)
+    stop = docs[-1][1]
+    assert (stop["processed"], stop["rejected"], stop["missed"]) == (71, 0, 0)
+
+
+class Raising:
+    model_id = "raising-test-backend"
+
+    def predict(self, spectra):
+        raise RuntimeError("GPU fell off the bus")
+
+
+def test_failing_backend_rejects_rows_with_reason_and_keeps_going(source, tmp_path):
+    det, sy, sx = make_eels((2, 2), source)
+    cfg = LiveConfig(**EELS_OPTS, maps_dir=str(tmp_path))
+    cb, docs = run_with(Raising(), cfg, lambda: bp.grid_scan([det], sy, 0, 1, 2, sx, 0, 1, 2))
+    rows = derived_rows(docs)
+    assert len(rows) == 4 and all("GPU fell off the bus" in r["reason"] for r in rows)
+    assert docs[-1][1]["rejected"] == 4
+
+
+def _source_docs(spectra, energy=None, num_events=None, drop=()):
+    """A hand-composed source run: one spectrum per event."""
+    b = event_model.compose_run(metadata={"plan_name": "count"})
+    keys = {"spec": {"source": "x", "dtype": "array", "shape": [560]}}
+    d = b.compose_descriptor(name="primary", data_keys=keys)
+    docs = [("start", b.start_doc), ("descriptor", d.descriptor_doc)]
+    for i, s in enumerate(spectra):
+        ev = d.compose_event(data={"spec": s}, timestamps={"spec": 0.0}, validate=False)
+        if i + 1 not in drop:
+            docs.append(("event", ev))
+    stop = dict(b.compose_stop())
+    if num_events is not None:
+        stop["num_events"] = {"primary": num_events}
+    docs.append(("stop", stop))
+    return docs
+
+
+def test_bad_spectra_and_documents_are_rejected_or_ignored_never_raise(engine, source):
+    e, good = source.draw(np.array([[0.0, 1.0, 0.0]]), eels=True)
+    bad = [good[0].copy(), np.full(560, np.nan), np.zeros((2, 5)), "not-a-datum", [1, 2, 3], None]
+    bad[0][10] = np.inf
+    docs = _source_docs(bad)
+    out: list = []
+    cb = MnEdgeCallback(engine, LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125,
+                                           maps_dir=None), lambda n, d: out.append((n, d)))
+    cb("event", {"descriptor": "nope", "seq_num": 1, "data": {}, "uid": "x", "time": 0, "timestamps": {}})
+    cb("stop", {"run_start": "unknown", "uid": "s", "time": 0, "exit_status": "success"})
+    cb("start", ["not", "a", "dict"])
+    cb("descriptor", {"no": "keys"})
+    for name, doc in docs:
+        cb(name, doc)
+    rows = derived_rows(out)
+    assert len(rows) == len(bad) and all(r["status"] == "rejected" and r["reason"] for r in rows)
+    assert out[-1][1]["rejected"] == len(bad)
+    assert cb.totals["bad_documents"] >= 4
+
+
+def test_sequence_gaps_are_counted_as_missed(engine, source):
+    e, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (6, 1)), eels=True)
+    docs = _source_docs(list(spectra), num_events=6, drop=(2, 3, 6))
+    out: list = []
+    cb = MnEdgeCallback(engine, LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125,
+                                           maps_dir=None), lambda n, d: out.append((n, d)))
+    for name, doc in docs:
+        cb(name, doc)
+    stop = out[-1][1]
+    assert stop["missed"] == 3 and stop["processed"] + stop["rejected"] == 3
+    assert cb.totals["missed"] == 3
+
+
+def test_own_derived_runs_are_never_reprocessed(engine, source):
+    e, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (2, 1)), eels=True)
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, maps_dir=None)
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    for name, doc in _source_docs(list(spectra)):
+        cb(name, doc)
+    n_before = len(out)
+    again = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    for name, doc in list(out):
+        cb(name, doc)
+        again(name, doc)
+    assert len(out) == n_before
+
+
+def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
+    e, spectra = source.draw(np.tile([0.5, 0.5, 0.0], (3, 1)), eels=True)
+    path = tmp_path / "det.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/entry/data/data", data=spectra)
+    b = event_model.compose_run()
+    res = b.compose_resource(spec="AD_HDF5", root=str(tmp_path), resource_path="det.h5",
+                             resource_kwargs={"frame_per_point": 1})
+    keys = {"spec": {"source": "x", "dtype": "array", "shape": [560], "external": "FILESTORE:"}}
+    d = b.compose_descriptor(name="primary", data_keys=keys)
+    out: list = []
+    cb = MnEdgeCallback(engine, LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125,
+                                           maps_dir=None), lambda n, d: out.append((n, d)))
+    cb("start", b.start_doc)
+    cb("resource", res.resource_doc)
+    cb("descriptor", d.descriptor_doc)
+    for i in range(3):
+        datum = res.compose_datum(datum_kwargs={"point_number": i})
+        cb("datum", datum)
+        cb("event", d.compose_event(data={"spec": datum["datum_id"]}, timestamps={"spec": 0.0},
+                                    filled={"spec": False}, validate=False))
+    cb("stop", b.compose_stop())
+    rows = derived_rows(out)
+    assert len(rows) == 3
+    assert all(r["status"] == "ok" or "external" not in r["reason"] for r in rows)
+    assert math.isfinite(out[-1][1]["processed"])

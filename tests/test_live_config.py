@@ -1,0 +1,62 @@
+"""Options, wire formats and map bookkeeping of the live plugin."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from mnedge_live.assembly import StepAssembler, grid_pixel
+from mnedge_live.config import ConfigError, LiveConfig
+from mnedge_live.serializers import get_serializer, msgpack_dumps, msgpack_loads
+
+
+@pytest.mark.parametrize("opts, name", [
+    ({"mode": "fly"}, "mode"), ({"max_batch": 0}, "max_batch"), ({"serializer": "pickle"}, "serializer"),
+    ({"serializer": "json"}, "serializer"), ({"dispersion_eV": 0.1}, "offset_eV"),
+    ({"pixel_fields": ["a"]}, "pixel_fields"), ({"energy_axis": [1.0]}, "energy_axis"),
+    ({"l3_window_eV": [650, 640]}, "l3_window_eV"), ({"epics_mode": "x"}, "epics_mode"),
+])
+def test_bad_options_are_refused_naming_the_option(opts, name):
+    with pytest.raises(ConfigError, match=f"^{name}:"):
+        LiveConfig(**opts)
+
+
+def test_toml_then_flags(tmp_path):
+    p = tmp_path / "live.toml"
+    p.write_text('mode = "step"\nsignal_field = "tey"\nmax_batch = 64\n')
+    cfg = LiveConfig.from_sources(p, {"signal_field": "pfy", "norm_field": None})
+    assert (cfg.mode, cfg.signal_field, cfg.max_batch, cfg.norm_field) == ("step", "pfy", 64, None)
+    p.write_text('modee = "step"\n')
+    with pytest.raises(ConfigError, match="^modee:"):
+        LiveConfig.from_sources(p)
+
+
+def test_msgpack_round_trip_and_pickle_refusals():
+    doc = {"data": {"spec": np.arange(5.0)}, "seq_num": 3, "t": (1, 2)}
+    back = msgpack_loads(msgpack_dumps(doc))
+    assert np.array_equal(back["data"]["spec"], doc["data"]["spec"]) and back["seq_num"] == 3
+    with pytest.raises(ValueError, match="serializer"):
+        get_serializer("pickle")
+    assert get_serializer("pickle", allow_pickle=True)[1] is pickle.loads
+    with pytest.raises(ValueError, match="object arrays"):
+        msgpack_loads(msgpack_dumps({"a": np.array([{}, 1], dtype=object)}))
+    for garbage in (b"\xc1\xc1", b"", pickle.dumps({"a": 1}), msgpack_dumps([1, 2])):
+        with pytest.raises(ValueError):
+            msgpack_loads(garbage)
+
+
+def test_grid_pixels_follow_bluesky_snaking():
+    assert [grid_pixel(s, (2, 3), (False, True)) for s in range(1, 7)] == [
+        (0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+    assert grid_pixel(7, (2, 3), None) is None
+
+
+def test_step_assembler_covers_and_refuses_bad_points():
+    a = StepAssembler((636, 646), (648, 658))
+    assert "I0" in a.add(640, 1.0, 0.0) and "non-finite" in a.add(np.nan, 1.0)
+    for e in np.linspace(630, 660, 40):
+        assert a.add(e, 2.0, 2.0) == ""
+    e, s = a.spectrum()
+    assert a.covered() and np.all(np.diff(e) >= 0) and np.allclose(s, 1.0)
