@@ -115,7 +115,7 @@ def reference_spectra(fm: ForwardModel, batch_params: dict, rows: np.ndarray, ma
         ov = {"fractions": frac, "psnr_db": 150.0, "eels_background": 0.0, "xas_background": 0.0, "xas_slope": 0.0,
               "crop": False, "poisson_share": 0.0}
         if matched:
-            for k in common + [f"member_{v}", f"chemical_shift_{v}", f"intrinsic_fwhm_{v}", f"l2_scale_{v}", "offset"]:
+            for k in common + [f"member_{v}", f"chemical_shift_{v}", f"intrinsic_fwhm_{v}", f"branching_ratio_{v}", "offset"]:
                 ov[k] = batch_params[k][rows]
         else:
             ov["offset"] = batch_params["offset"][rows] + (torch.rand(n, generator=gen, dtype=torch.float64) * 3 - 1.5)

@@ -52,7 +52,7 @@ def plot_gallery(bank: Bank, config: ForwardConfig, out_dir: str | Path, real_di
                 t_lambda=0.0, edge_step=0.0, saturation=0.0, eels_background=0.0, xas_background=0.0, xas_slope=0.0,
                 is_eels=True, **{f"member_{v}": int(bank.of_valence(v)[0]) for v in (2, 3, 4)},
                 **{f"chemical_shift_{v}": 0.0 for v in (2, 3, 4)}, **{f"intrinsic_fwhm_{v}": 0.0 for v in (2, 3, 4)},
-                **{f"l2_scale_{v}": 1.0 for v in (2, 3, 4)})
+                **{f"branching_ratio_{v}": 2.5 for v in (2, 3, 4)})
     steps = [("end members mixed", {}), ("+ intrinsic broadening 1 eV", {f"intrinsic_fwhm_{v}": 1.0 for v in (2, 3, 4)}),
              ("+ instrument 0.8 eV", {"gauss_fwhm": 0.8}), ("+ edge steps", {"edge_step": 0.15}),
              ("+ plural scattering t/l=1", {"t_lambda": 1.0}), ("+ power-law background", {"eels_background": 1.5}),

@@ -21,7 +21,7 @@ QUIET = dict(offset=0.0, dispersion_error=0.0, nonlinearity=0.0, point_spacing=0
              poisson_share=0.0, gauss_fwhm=0.3, lorentz_fwhm=0.0, t_lambda=0.0, edge_step=0.0, saturation=0.0,
              eels_background=0.0, xas_background=0.0, xas_slope=0.0, is_eels=False,
              **{f"chemical_shift_{v}": 0.0 for v in (2, 3, 4)}, **{f"intrinsic_fwhm_{v}": 0.3 for v in (2, 3, 4)},
-             **{f"l2_scale_{v}": 1.0 for v in (2, 3, 4)})
+             **{f"branching_ratio_{v}": 2.5 for v in (2, 3, 4)})
 
 
 def _members(bank):
