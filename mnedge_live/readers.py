@@ -1,0 +1,412 @@
+"""Read measured spectra from files into one uniform structure.
+
+Supported inputs:
+
+* two-column text (energy, intensity), comma, semicolon, tab or space
+  separated, optional header line(s) and ``#`` comments, UTF-8 byte-order
+  mark tolerated, ascending or descending axes;
+* EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
+* Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
+  RosettaSciIO, single spectra as well as spectrum images (line scans and
+  2-D maps); spectrum images stay lazy Dask arrays.
+
+Every reader either returns data or raises :class:`ReadError` with the
+reason, so a caller can reject one file and carry on with the next.
+
+>>> items = read_file("MnO.csv")                         # doctest: +SKIP
+>>> items[0].energy, items[0].intensity                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: File extensions read as EMSA/MSA.
+MSA_EXTENSIONS = frozenset({".msa", ".ems", ".emsa", ".mas"})
+#: File extensions read as Gatan DigitalMicrograph.
+DM_EXTENSIONS = frozenset({".dm3", ".dm4"})
+#: File extensions read as HyperSpy HDF5.
+HSPY_EXTENSIONS = frozenset({".hspy", ".hdf5", ".h5"})
+
+#: Energy units accepted on a signal axis and their factor to eV.
+ENERGY_UNITS = {"ev": 1.0, "kev": 1e3, "mev": 1e-3}
+#: Axis units that mean "not recorded"; such axes are taken as eV.
+UNDEFINED_UNITS = frozenset({"", "<undefined>", "undefined", "none", "t.b.d.", "unknown"})
+
+#: Largest text file read (bytes): a measured spectrum is kilobytes.
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+class ReadError(Exception):
+    """A file could not be read as a spectrum; the message says why."""
+
+
+@dataclass(frozen=True)
+class MeasuredSpectrum:
+    """One measured spectrum.
+
+    Attributes
+    ----------
+    file : str
+        Path the spectrum was read from.
+    index : int
+        Position of the spectrum within its file (0 for single-spectrum files).
+    energy : numpy.ndarray
+        Energy axis (eV), as measured: any spacing, ascending or descending.
+    intensity : numpy.ndarray
+        Intensities, one per energy.
+    pixel : tuple of int or None
+        ``(row, column)`` within a spectrum image, None for a single spectrum.
+    """
+
+    file: str
+    index: int
+    energy: np.ndarray
+    intensity: np.ndarray
+    pixel: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class SpectrumImage:
+    """A spectrum image (or line scan): one spectrum per pixel on a shared energy axis.
+
+    Attributes
+    ----------
+    file : str
+        Path the image was read from.
+    index : int
+        Position of the signal within its file.
+    energy : numpy.ndarray
+        Shared energy axis (eV), ``(n,)``.
+    data : dask.array.Array
+        Intensities ``(rows, columns, n)``, lazy; a line scan has one row.
+    """
+
+    file: str
+    index: int
+    energy: np.ndarray
+    data: Any
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Navigation shape ``(rows, columns)``."""
+        return int(self.data.shape[0]), int(self.data.shape[1])
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of spectra in the image."""
+        rows, cols = self.shape
+        return rows * cols
+
+    def spectrum(self, row: int, col: int) -> MeasuredSpectrum:
+        """The spectrum of one pixel, computed from the lazy array."""
+        values = np.asarray(self.data[row, col].compute() if hasattr(self.data, "compute") else self.data[row, col])
+        return MeasuredSpectrum(self.file, self.index, self.energy, values, (row, col))
+
+
+Item = MeasuredSpectrum | SpectrumImage
+
+
+def read_file(path: str | Path, lazy: bool = True) -> list[Item]:
+    """Read every spectrum (or spectrum image) in a file.
+
+    The format is chosen by extension (``.msa``/``.ems``/..., ``.dm3``/``.dm4``,
+    ``.hspy``/``.hdf5``/``.h5``) and, for any other extension, by the file's
+    first bytes; everything else is read as two-column text.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    lazy : bool
+        Keep spectrum images as lazy Dask arrays (single spectra are always loaded).
+
+    Returns
+    -------
+    list of MeasuredSpectrum or SpectrumImage
+        At least one item.
+
+    Raises
+    ------
+    ReadError
+        When the file is missing, unreadable, in an unknown layout or holds no spectrum.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise ReadError(f"{p} is a directory, not a file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise ReadError(f"{p}: cannot open: {exc.strerror or exc}") from exc
+    if not head:
+        raise ReadError(f"{p}: the file is empty")
+    fmt = detect_format(p, head)
+    if fmt == "msa":
+        return read_msa(p)
+    if fmt == "dm":
+        return read_rsciio(p, "dm", lazy=lazy)
+    if fmt == "hspy":
+        return read_rsciio(p, "hspy", lazy=lazy)
+    return [read_text(p)]
+
+
+def detect_format(path: Path, head: bytes) -> str:
+    """``"msa"``, ``"dm"``, ``"hspy"`` or ``"text"`` from the extension, else from the first bytes."""
+    ext = path.suffix.lower()
+    if ext in MSA_EXTENSIONS:
+        return "msa"
+    if ext in DM_EXTENSIONS:
+        return "dm"
+    if ext in HSPY_EXTENSIONS:
+        return "hspy"
+    if head.startswith(_HDF5_MAGIC):
+        return "hspy"
+    if head[:4] in (b"\x00\x00\x00\x03", b"\x00\x00\x00\x04"):
+        return "dm"
+    if head.lstrip(b"\xef\xbb\xbf").lstrip().upper().startswith(b"#FORMAT"):
+        return "msa"
+    return "text"
+
+
+# --------------------------------------------------------------------------- text
+
+
+def read_text(path: str | Path) -> MeasuredSpectrum:
+    """Read a two-column (energy, intensity) text file.
+
+    Header lines before the first numeric row and lines starting with ``#``
+    are skipped; fields are separated by commas, semicolons, tabs or spaces;
+    extra columns after the second are ignored.
+
+    Raises
+    ------
+    ReadError
+        Binary content, no numeric rows, a single column, or a non-numeric
+        row after the data began.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise ReadError(f"{p}: {size / 2**20:.0f} MiB is too large for a two-column text spectrum")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ReadError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    if b"\x00" in raw[:4096]:
+        raise ReadError(f"{p}: binary content (NUL bytes), not a text spectrum nor a known binary format")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    energy, intensity = parse_columns(text, str(p))
+    return MeasuredSpectrum(str(p), 0, energy, intensity, None)
+
+
+def parse_columns(text: str, name: str = "<text>") -> tuple[np.ndarray, np.ndarray]:
+    """Parse two-column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
+    rows: list[tuple[float, float]] = []
+    first_data_line = 0
+    for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        fields = split_fields(s)
+        values = _floats(fields[:2])
+        if values is None or len(fields) < 2:
+            if rows:
+                raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
+                                f"(line {first_data_line}): {s[:60]!r}")
+            if values is not None:  # a lone number: one column of data, not a header
+                raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
+            continue  # header line
+        if not rows:
+            first_data_line = lineno
+        rows.append(values)
+    if not rows:
+        raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found")
+    if len(rows) < 2:
+        raise ReadError(f"{name}: only one data row")
+    arr = np.asarray(rows, dtype=np.float64)
+    return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def split_fields(line: str) -> list[str]:
+    """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces."""
+    if ";" in line:
+        parts = [f.strip().replace(",", ".") for f in line.split(";")]
+    elif "\t" in line:
+        parts = [f.strip() for f in line.split("\t")]
+    elif "," in line:
+        parts = [f.strip() for f in line.split(",")]
+    else:
+        parts = line.split()
+    while parts and not parts[-1]:
+        parts.pop()
+    return parts
+
+
+def _floats(fields: list[str]) -> tuple[float, float] | None:
+    try:
+        vals = tuple(float(f) for f in fields)
+    except ValueError:
+        return None
+    if len(vals) == 1:
+        return (vals[0], float("nan"))
+    return vals if len(vals) == 2 else None
+
+
+# --------------------------------------------------------------------------- EMSA/MSA
+
+
+def read_msa(path: str | Path) -> list[MeasuredSpectrum]:
+    """Read an EMSA/MSA spectrum (``Y`` or ``XY`` data) through RosettaSciIO.
+
+    Raises
+    ------
+    ReadError
+        When RosettaSciIO cannot parse the file or it holds no spectrum.
+    """
+    from rsciio.msa import file_reader
+
+    p = Path(path)
+    try:
+        signals = file_reader(str(p))
+    except Exception as exc:  # rsciio raises many types on malformed input
+        raise ReadError(f"{p}: not a readable EMSA/MSA file: {type(exc).__name__}: {exc}") from exc
+    try:
+        return _items_from_signals(p, signals, lazy=False)
+    except ReadError as exc:
+        raise ReadError(f"{exc} (EMSA/MSA file)") from exc
+
+
+# --------------------------------------------------------------------------- DM / HyperSpy
+
+
+def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
+    """Read a Gatan DM3/DM4 (``fmt="dm"``) or HyperSpy (``fmt="hspy"``) file.
+
+    Single spectra come back as :class:`MeasuredSpectrum`, spectrum images
+    and line scans as :class:`SpectrumImage` (lazy when ``lazy``).
+
+    Raises
+    ------
+    ReadError
+        Unreadable file, or no signal with one energy axis in it.
+    """
+    p = Path(path)
+    try:
+        if fmt == "dm":
+            from rsciio.digitalmicrograph import file_reader
+
+            signals = file_reader(str(p), lazy=lazy)
+            label = "Gatan DigitalMicrograph"
+        else:
+            from rsciio.hspy import file_reader
+
+            label = "HyperSpy"
+            try:
+                signals = file_reader(str(p), lazy=lazy)
+            except ValueError as exc:
+                if not (lazy and "chunks" in str(exc)):
+                    raise
+                # An unchunked (contiguous) dataset cannot be opened lazily by rsciio: load it.
+                signals = file_reader(str(p), lazy=False)
+    except ReadError:
+        raise
+    except Exception as exc:
+        name = {"dm": "Gatan DigitalMicrograph", "hspy": "HyperSpy HDF5"}.get(fmt, fmt)
+        raise ReadError(f"{p}: not a readable {name} file: {type(exc).__name__}: {exc}") from exc
+    try:
+        return _items_from_signals(p, signals, lazy=lazy)
+    except ReadError as exc:
+        raise ReadError(f"{exc} ({label} file)") from exc
+
+
+def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item]:
+    """Turn RosettaSciIO signal dicts into items; signals that are not spectra are skipped with reasons."""
+    items: list[Item] = []
+    skipped: list[str] = []
+    for k, sig in enumerate(signals or []):
+        try:
+            items.append(_item_from_signal(path, k, sig, lazy))
+        except ReadError as exc:
+            skipped.append(f"signal {k}: {exc}")
+    if not items:
+        why = "; ".join(skipped) if skipped else "the file holds no signal"
+        raise ReadError(f"{path}: no spectrum: {why}")
+    return items
+
+
+def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
+    data = sig.get("data")
+    axes = list(sig.get("axes") or [])
+    if data is None or getattr(data, "ndim", 0) == 0 or getattr(data, "size", 0) == 0:
+        raise ReadError("no data")
+    if len(axes) != data.ndim:
+        raise ReadError(f"{len(axes)} axes for {data.ndim}-D data")
+    if not np.issubdtype(np.dtype(data.dtype), np.number) or np.issubdtype(np.dtype(data.dtype), np.complexfloating):
+        raise ReadError(f"data type {data.dtype} is not real numbers")
+    sig_dims = [i for i, a in enumerate(axes) if not a.get("navigate", False)]
+    if data.ndim == 1:
+        sig_dims = [0]
+    if len(sig_dims) != 1:
+        raise ReadError(f"{len(sig_dims)}-D signal (an image or a stack of images), not a spectrum")
+    s = sig_dims[0]
+    energy = axis_values(axes[s])
+    nav = [i for i in range(data.ndim) if i != s]
+    if len(nav) > 2:
+        raise ReadError(f"{len(nav)} navigation dimensions; at most 2 (a spectrum image) are supported")
+    if not nav:
+        values = np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=np.float64)
+        return MeasuredSpectrum(str(path), index, energy, values.reshape(-1), None)
+    import dask.array as da
+
+    arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks="auto")
+    if s != arr.ndim - 1:
+        arr = da.moveaxis(arr, s, -1)
+    if arr.ndim == 2:  # line scan: one row
+        arr = arr[None]
+    if not lazy:
+        arr = arr.persist()
+    return SpectrumImage(str(path), index, energy, arr)
+
+
+def axis_values(axis: dict) -> np.ndarray:
+    """Energies (eV) of a RosettaSciIO axis dict: ``offset + scale * i``, or its stored array.
+
+    Raises
+    ------
+    ReadError
+        Units that are not an energy, a functional axis, or a non-finite axis.
+    """
+    units = str(axis.get("units", "") or "").strip()
+    key = units.lower()
+    if key in UNDEFINED_UNITS:
+        factor = 1.0
+    elif key in ENERGY_UNITS:
+        factor = ENERGY_UNITS[key]
+    else:
+        raise ReadError(f"signal axis {axis.get('name', '')!r} is in {units!r}, not an energy (eV or keV)")
+    if "axis" in axis and axis["axis"] is not None:
+        e = np.asarray(axis["axis"], dtype=np.float64).ravel()
+    elif "expression" in axis:
+        raise ReadError(f"signal axis {axis.get('name', '')!r} is a functional axis ({axis['expression']!r}); "
+                        "not supported")
+    else:
+        try:
+            size = int(axis["size"])
+            e = float(axis.get("offset", 0.0)) + float(axis.get("scale", 1.0)) * np.arange(size, dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ReadError(f"signal axis {axis.get('name', '')!r} has no usable size/offset/scale: {exc}") from exc
+    if e.size and not np.all(np.isfinite(e)):
+        raise ReadError(f"signal axis {axis.get('name', '')!r} has non-finite energies")
+    return e * factor

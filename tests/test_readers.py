@@ -1,0 +1,208 @@
+"""File readers: every supported format from real files on disk, and clear ReadErrors for bad ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+
+E = np.round(np.arange(630.0, 665.0, 0.25), 4)
+Y = np.round(np.exp(-0.5 * ((E - 641.0) / 0.7) ** 2) + 0.05, 6)
+
+
+def write_text(path: Path, text: str, bom: bool = False) -> Path:
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode("utf-8"))
+    return path
+
+
+def rows(sep: str, e=E, y=Y) -> str:
+    return "".join(f"{a}{sep}{b}\n" for a, b in zip(e, y))
+
+
+def signal_dict(data, axes, title="s"):
+    """A RosettaSciIO signal dict as HyperSpy hands it to the writers."""
+    return {"data": data, "axes": axes, "metadata": {"General": {"title": title}, "Signal": {"signal_type": "EELS"}},
+            "original_metadata": {}, "attributes": {"_lazy": False}, "tmp_parameters": {}, "learning_results": {},
+            "models": {}, "package_info": {"name": "hyperspy", "version": "2.1"}}
+
+
+def nav(name, size):
+    return {"name": name, "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True}
+
+
+def energy_axis(size, offset=630.0, scale=0.25, units="eV"):
+    return {"name": "Energy loss", "size": size, "offset": offset, "scale": scale, "units": units, "navigate": False}
+
+
+def write_hspy(path: Path, data, axes) -> Path:
+    from rsciio.hspy import file_writer
+
+    file_writer(str(path), signal_dict(data, axes), show_progressbar=False)
+    return path
+
+
+# ----------------------------------------------------------------------------- two-column text
+
+
+@pytest.mark.parametrize("name, text, bom", [
+    ("comma_header_bom.csv", "Column2,Column3\n" + rows(","), True),
+    ("comma_plain.csv", rows(","), False),
+    ("tabs.txt", "energy (eV)\tintensity\n" + rows("\t"), False),
+    ("spaces.dat", "# measured at some beamline\n# E  I\n" + rows("   "), False),
+    ("semicolon_decimal_comma.csv", "E;I\n" + rows(";").replace(".", ","), False),
+    ("three_columns.csv", "E,I,I0\n" + "".join(f"{a},{b},1.0\n" for a, b in zip(E, Y)), False),
+    ("crlf_trailing_blank.csv", rows(",").replace("\n", "\r\n") + "\r\n\r\n", False),
+])
+def test_two_column_text_variants(tmp_path, name, text, bom):
+    items = read_file(write_text(tmp_path / name, text, bom))
+    assert len(items) == 1
+    s = items[0]
+    assert isinstance(s, MeasuredSpectrum)
+    assert s.index == 0 and s.pixel is None and s.file.endswith(name)
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+def test_descending_axis_is_kept_as_measured(tmp_path):
+    s = read_file(write_text(tmp_path / "desc.csv", rows(",", E[::-1], Y[::-1])))[0]
+    np.testing.assert_allclose(s.energy, E[::-1])
+    np.testing.assert_allclose(s.intensity, Y[::-1])
+
+
+def test_nan_values_are_passed_on_for_the_engine_to_reject(tmp_path):
+    s = read_file(write_text(tmp_path / "nan.csv", "640.0,1.0\n640.1,nan\n640.2,1.1\n"))[0]
+    assert np.isnan(s.intensity[1])
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("empty.csv", b"", "empty"),
+    ("header_only.csv", b"energy,intensity\n", "no numeric"),
+    ("prose.txt", b"This is not a spectrum.\nJust words.\n", "no numeric"),
+    ("one_column.csv", b"640.0\n640.1\n640.2\n", "one column"),
+    ("one_row.csv", b"640.0,1.0\n", "only one data row"),
+    ("junk_after_data.csv", b"640.0,1.0\n640.1,1.1\nEND OF DATA\n", "line 3"),
+    ("binary.dat", bytes(range(256)) * 4, "binary"),
+    ("garbage.msa", b"\x00\x01\x02 not an emsa file at all", "EMSA"),
+    ("garbage.hspy", b"not hdf5 at all, just text", "HyperSpy"),
+    ("garbage.dm3", b"\x00\x00\x00\x03 truncated DM3 header", "DigitalMicrograph"),
+    ("garbage.dm4", b"definitely not a dm4 file", "DigitalMicrograph"),
+])
+def test_unreadable_files_raise_read_error_with_reason(tmp_path, name, content, reason):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(ReadError, match=reason):
+        read_file(p)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ReadError, match="no such file"):
+        read_file(tmp_path / "absent.csv")
+    with pytest.raises(ReadError, match="directory"):
+        read_file(tmp_path)
+
+
+def test_the_measured_spectra_read_as_one_spectrum_each(real_dir):
+    files = sorted(real_dir.glob("*.csv"))
+    assert len(files) == 4
+    for f in files:
+        (s,) = read_file(f)
+        assert s.energy.size == s.intensity.size > 100
+        assert 630 < s.energy.min() < 640 and 655 < s.energy.max() < 670
+        assert np.all(np.isfinite(s.intensity))
+
+
+# ----------------------------------------------------------------------------- EMSA/MSA
+
+
+def test_emsa_y_written_by_rosettasciio(tmp_path):
+    from rsciio.msa import file_writer
+
+    p = tmp_path / "spec.msa"
+    file_writer(str(p), signal_dict(Y.astype(np.float64), [energy_axis(E.size)]))
+    (s,) = read_file(p)
+    np.testing.assert_allclose(s.energy, E, atol=1e-9)
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-5)
+
+
+def test_emsa_xy_by_hand_with_unknown_extension(tmp_path):
+    header = ("#FORMAT      : EMSA/MAS Spectral Data File\n#VERSION     : 1.0\n#TITLE       : by hand\n"
+              f"#NPOINTS     : {E.size}\n#NCOLUMNS    : 1\n#XUNITS      : eV\n#YUNITS      : counts\n"
+              "#DATATYPE    : XY\n#XPERCHAN    : 0.25\n#OFFSET      : 630.0\n#SPECTRUM    : Spectral Data Starts Here\n")
+    p = write_text(tmp_path / "spec.txt", header + rows(", ") + "#ENDOFDATA   : \n")
+    (s,) = read_file(p)
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+# ----------------------------------------------------------------------------- HyperSpy / DM
+
+
+def test_hspy_spectrum_image_is_lazy_with_its_energy_axis(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.random((3, 4, 50)).astype(np.float32)
+    p = write_hspy(tmp_path / "si.hspy", data, [nav("y", 3), nav("x", 4), energy_axis(50, 635.0, 0.5)])
+    (img,) = read_file(p)
+    assert isinstance(img, SpectrumImage)
+    import dask.array as da
+
+    assert isinstance(img.data, da.Array)
+    assert img.shape == (3, 4) and img.n_pixels == 12
+    np.testing.assert_allclose(img.energy, 635.0 + 0.5 * np.arange(50))
+    np.testing.assert_allclose(img.data.compute(), data)
+    px = img.spectrum(2, 1)
+    assert px.pixel == (2, 1)
+    np.testing.assert_allclose(px.intensity, data[2, 1])
+
+
+def test_hspy_single_spectrum_and_line_scan(tmp_path):
+    (s,) = read_file(write_hspy(tmp_path / "one.hspy", Y, [energy_axis(E.size)]))
+    assert isinstance(s, MeasuredSpectrum)
+    np.testing.assert_allclose(s.energy, E)
+    line = np.tile(Y, (5, 1))
+    (img,) = read_file(write_hspy(tmp_path / "line.hspy", line, [nav("x", 5), energy_axis(E.size)]))
+    assert isinstance(img, SpectrumImage) and img.shape == (1, 5)
+
+
+def test_hspy_kev_axis_is_converted_and_non_energy_axis_refused(tmp_path):
+    (s,) = read_file(write_hspy(tmp_path / "kev.hspy", Y, [energy_axis(E.size, 0.630, 0.00025, "keV")]))
+    np.testing.assert_allclose(s.energy, E, atol=1e-6)
+    with pytest.raises(ReadError, match="not an energy"):
+        read_file(write_hspy(tmp_path / "nm.hspy", Y, [energy_axis(E.size, units="nm")]))
+
+
+def test_hspy_image_is_not_a_spectrum(tmp_path):
+    img_axes = [dict(energy_axis(8), name="y", units=""), dict(energy_axis(9), name="x", units="")]
+    with pytest.raises(ReadError, match="2-D signal"):
+        read_file(write_hspy(tmp_path / "image.hspy", np.zeros((8, 9)), img_axes))
+
+
+def test_hspy_written_by_h5py_in_the_hyperspy_layout(tmp_path):
+    """The layout HyperSpy itself writes, by hand: Experiments/<title>/{data, axis-i}."""
+    import h5py
+
+    data = np.arange(2 * 3 * 40, dtype=np.float64).reshape(2, 3, 40)
+    p = tmp_path / "byhand.hspy"
+    with h5py.File(p, "w") as f:
+        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
+        g = f.create_group("Experiments/by_hand")
+        g.create_dataset("data", data=data)
+        for i, ax in enumerate([nav("y", 2), nav("x", 3), energy_axis(40, 620.0, 1.0)]):
+            g.create_group(f"axis-{i}").attrs.update(ax)
+        g.create_group("metadata/General").attrs["title"] = "by_hand"
+        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
+        g.create_group("original_metadata")
+    (img,) = read_file(p)
+    assert img.shape == (2, 3)
+    np.testing.assert_allclose(img.energy, 620.0 + np.arange(40))
+    np.testing.assert_allclose(img.data.compute(), data)
+
+
+def test_rosettasciio_cannot_write_dm_files():
+    """No DM3/DM4 writer exists in RosettaSciIO, so DM files are tested only for clean refusal of garbage."""
+    from rsciio import IO_PLUGINS
+
+    dm = next(p for p in IO_PLUGINS if p["name"] == "DigitalMicrograph")
+    assert dm["writes"] is False
