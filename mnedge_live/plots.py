@@ -1,4 +1,12 @@
-"""Readout plots of derived runs (``--plot DIR``): valence against the source event number."""
+"""Readout plots (``--plot DIR``).
+
+* :class:`RunPlotter`: derived runs of ``mnedge live``, valence against the source event number.
+* :func:`plot_spectrum` and :func:`write_image_maps`: ``mnedge predict``, one PNG per spectrum
+  (the data on the model grid and the readout) and valence/fraction maps (PNG plus HDF5) per
+  spectrum image.
+
+All figures are drawn with matplotlib's Agg backend.
+"""
 
 from __future__ import annotations
 
@@ -52,3 +60,146 @@ class RunPlotter:
         fig.savefig(path, dpi=80)
         plt.close(fig)
         return str(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def model_grid_data(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """The spectrum as the model sees it, through the shared preprocessing.
+
+    Returns
+    -------
+    (grid, values, held) or str
+        :data:`~mnedge_live.spectrum.MODEL_GRID`, the normalized spectrum on it and the mask of
+        points held outside the measured window; or why the spectrum cannot be preprocessed.
+    """
+    from mnedge_live.spectrum import MODEL_GRID, pack, preprocess
+
+    try:
+        start, values, valid = pack([(np.asarray(energy, np.float64), np.asarray(intensity, np.float64))])
+        prep = preprocess(start, values, valid)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        return str(exc)
+    x = prep.x[0].numpy()
+    return np.asarray(MODEL_GRID), x[0], x[1] > 0.5
+
+
+def readout_text(result) -> str:
+    """The numbers of one readout, a few lines for a figure."""
+    d = result.to_dict()
+    if result.status != "ok":
+        return f"rejected:\n{_wrap(result.reason)}\nmodel {result.model}"
+
+    def pm(v, s):
+        return f"{v:.3f} ± {s:.3f}" if s is not None else f"{v:.3f}"
+
+    lines = [f"valence {pm(d['valence'], d['valence_std'])}"]
+    for name in ("Mn2+", "Mn3+", "Mn4+"):
+        lines.append(f"{name}  {pm(d['fractions'][name], d['fractions_std'][name])}")
+    if d["energy_offset_eV"] is not None:
+        lines.append(f"energy offset {d['energy_offset_eV']:+.2f} eV")
+    if d["resolution_eV"] is not None:
+        lines.append(f"resolution {d['resolution_eV']:.2f} eV")
+    if d["flags"]:
+        lines.append("flags: " + ", ".join(d["flags"]))
+    lines.append(f"model {result.model}")
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or "(no reason)"
+
+
+def plot_spectrum(path: str | Path, energy: np.ndarray, intensity: np.ndarray, result, title: str = "") -> str:
+    """Write one spectrum's PNG: its data on the model grid, the fractions and the numbers.
+
+    Parameters
+    ----------
+    path : str or Path
+        PNG to write (its folder is created).
+    energy, intensity : numpy.ndarray
+        The measured spectrum.
+    result : SpectrumResult
+        Its readout (``ok`` or ``rejected``).
+    title : str
+        Figure title (e.g. file name and index).
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    plt = _pyplot()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax, axf, axt) = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 1.2, 1.6]})
+    grid = model_grid_data(energy, intensity)
+    if isinstance(grid, str):
+        e = np.asarray(energy, np.float64)
+        y = np.asarray(intensity, np.float64)
+        if e.shape == y.shape and e.ndim == 1:
+            ax.plot(e, y, lw=1)
+        ax.set_xlabel("energy (eV, as measured)")
+        ax.set_title(f"cannot preprocess: {grid}"[:70], fontsize=8)
+    else:
+        g, v, held = grid
+        ax.plot(g, v, lw=1.2, color="C0", label="measured")
+        if held.any():
+            ax.plot(g[held], v[held], ".", ms=2, color="0.6", label="held (not measured)")
+        ax.set_xlabel("energy on the model grid (eV, L3 aligned to 641 eV)")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_ylabel("normalized intensity")
+    d = result.to_dict()
+    names = ("Mn2+", "Mn3+", "Mn4+")
+    vals = [d["fractions"][k] if d["fractions"][k] is not None else 0.0 for k in names]
+    errs = [d["fractions_std"][k] if d["fractions_std"][k] is not None else 0.0 for k in names]
+    axf.bar(names, vals, yerr=errs, color=["C2", "C1", "C3"], capsize=3)
+    axf.set_ylim(0, 1.05)
+    axf.set_title("fractions", fontsize=9)
+    axt.axis("off")
+    axt.text(0.0, 1.0, readout_text(result), va="top", ha="left", fontsize=8, family="monospace",
+             transform=axt.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
+
+
+def write_image_maps(directory: str | Path, name: str, maps, attrs: dict | None = None) -> tuple[str, str]:
+    """Write a spectrum image's valence and fraction maps as HDF5 and PNG.
+
+    Parameters
+    ----------
+    directory : str or Path
+        Output folder (created).
+    name : str
+        Base name of ``NAME.h5`` and ``NAME.png``.
+    maps : mnedge_live.assembly.ValenceMaps
+        The merged maps.
+    attrs : dict, optional
+        HDF5 file attributes (source file, model id, ...).
+
+    Returns
+    -------
+    (str, str)
+        Paths of the HDF5 file and the PNG.
+    """
+    _pyplot()
+    return maps.write(directory, name, attrs=attrs)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of ``text``."""
+    out = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in text)
+    return out.strip("._") or "spectrum"

@@ -1,0 +1,260 @@
+"""``mnedge predict``: Mn valence readout of measured spectrum files.
+
+Reads every FILE (two-column text, EMSA/MSA, Gatan DM3/DM4, HyperSpy),
+reads out each spectrum with the engine and prints a table, or with
+``--json`` a JSON list with one object per spectrum.  Spectrum images are
+processed chunk by chunk on a Dask cluster (a local in-process one, or the
+scheduler given by ``--scheduler``).  A file that cannot be read gets a
+rejection row and the other files are still processed.
+
+Exit status: 0 when every spectrum was read out, 1 when anything (a file or
+a spectrum) was rejected, 2 for usage errors (bad options, a model that
+cannot be loaded, an unusable plot folder or scheduler address).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+from mnedge_live.results import FRACTION_NAMES, SpectrumResult
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mnedge predict``."""
+    p = subparsers.add_parser(
+        "predict", help="read the Mn valence of measured spectrum files",
+        description="Read out Mn2+/Mn3+/Mn4+ fractions and the mean valence of measured Mn L2,3 spectra "
+                    "(two-column text, EMSA/MSA, Gatan DM3/DM4, HyperSpy; spectrum images included).")
+    p.add_argument("files", nargs="+", metavar="FILE", help="spectrum files")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
+    p.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, torch, tensorrt")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per spectrum")
+    p.add_argument("--plot", dest="plot_dir", metavar="DIR",
+                   help="write a PNG per spectrum and maps (PNG + HDF5) per spectrum image")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="dask.distributed scheduler for spectrum images (default: a local in-process cluster)")
+    p.add_argument("--chunk-spectra", type=int, default=4096, metavar="N",
+                   help="spectra per Dask chunk of a spectrum image (default 4096)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar for spectrum images")
+    p.set_defaults(run=run)
+    return p
+
+
+@dataclass
+class Row:
+    """One output row: a spectrum's readout, or a file that could not be read."""
+
+    file: str
+    index: int | None
+    result: SpectrumResult
+    pixel: tuple[int, int] | None = None
+
+    def to_dict(self) -> dict:
+        """The ``--json`` object: ``file``, ``index`` (``pixel`` for images), then the readout."""
+        d: dict[str, Any] = {"file": self.file, "index": self.index}
+        if self.pixel is not None:
+            d["pixel"] = [int(self.pixel[0]), int(self.pixel[1])]
+        d.update(self.result.to_dict())
+        return d
+
+
+@dataclass
+class ImageSummary:
+    """Table line of a spectrum image."""
+
+    file: str
+    index: int
+    shape: tuple[int, int]
+    counts: dict[str, int]
+    mean_valence: float
+    outputs: list[str] = field(default_factory=list)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the files, read out every spectrum, print the results; returns the exit status."""
+    if args.chunk_spectra < 1:
+        print("mnedge predict: --chunk-spectra must be at least 1", file=sys.stderr)
+        return 2
+    plot_dir = Path(args.plot_dir) if args.plot_dir else None
+    if plot_dir is not None:
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            print(f"mnedge predict: cannot use --plot {plot_dir}: {exc}", file=sys.stderr)
+            return 2
+    from mnedge_live.engine import load_engine
+    from mnedge_live.spectrum_image import EngineSpec, register_engine
+
+    try:
+        engine = load_engine(args.model_path, backend=args.backend)
+    except Exception as exc:
+        print(f"mnedge predict: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    spec = EngineSpec(args.model_path, args.backend)
+    register_engine(spec, engine)
+    model = engine.model_id
+
+    rows: list[Row] = []
+    summaries: list[ImageSummary] = []
+    client = None
+    client_error = ""
+    plots = _PlotNames(plot_dir) if plot_dir is not None else None
+    try:
+        for path in args.files:
+            try:
+                items = read_file(path)
+            except ReadError as exc:
+                rows.append(Row(str(path), None, SpectrumResult.rejected(f"cannot read the file: {exc}", model)))
+                continue
+            except Exception as exc:  # a reader bug must not stop the other files
+                log.exception("reading %s failed", path)
+                rows.append(Row(str(path), None, SpectrumResult.rejected(
+                    f"cannot read the file: {type(exc).__name__}: {exc}", model)))
+                continue
+            singles = [it for it in items if isinstance(it, MeasuredSpectrum)]
+            if singles:
+                rows.extend(_predict_singles(engine, singles, plots))
+            for image in (it for it in items if isinstance(it, SpectrumImage)):
+                if client is None and not client_error:
+                    client, client_error = _client(args.scheduler)
+                if client is None:
+                    rows.append(Row(image.file, image.index, SpectrumResult.rejected(client_error, model)))
+                    continue
+                img_rows, summary = _predict_image(image, client, spec, model, plots, args)
+                rows.extend(img_rows)
+                summaries.append(summary)
+    finally:
+        if client is not None:
+            from mnedge_live.spectrum_image import close_client
+
+            close_client(client)
+
+    if args.json:
+        out = [r.to_dict() for r in rows]
+        json.dump(out, sys.stdout, indent=2 if len(out) <= 1000 else None)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(rows, summaries))
+    sys.stdout.flush()
+    return 1 if any(not r.result.ok for r in rows) else 0
+
+
+def _predict_singles(engine: Any, spectra: list[MeasuredSpectrum], plots: _PlotNames | None) -> list[Row]:
+    results = engine.predict([(s.energy, s.intensity) for s in spectra])
+    rows = []
+    for s, res in zip(spectra, results):
+        rows.append(Row(s.file, s.index, res))
+        if plots is not None:
+            from mnedge_live.plots import plot_spectrum
+
+            try:
+                plot_spectrum(plots.next(s.file, f"{s.index}", ".png"), s.energy, s.intensity, res,
+                              title=f"{Path(s.file).name} #{s.index}")
+            except Exception as exc:  # a plot failure is reported, not fatal
+                log.warning("plot of %s #%s failed: %s", s.file, s.index, exc)
+    return rows
+
+
+def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plots: _PlotNames | None,
+                   args: argparse.Namespace) -> tuple[list[Row], ImageSummary]:
+    import numpy as np
+
+    from mnedge_live.spectrum_image import run_image
+
+    readout = run_image(image, client, spec, progress=args.progress, chunk_spectra=args.chunk_spectra,
+                        model=model)
+    rows = [Row(image.file, i, res, readout.pixel(i)) for i, res in enumerate(readout.results)]
+    val = readout.maps.layers["valence"]
+    mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
+    summary = ImageSummary(image.file, image.index, image.shape, readout.counts, mean)
+    if plots is not None:
+        from mnedge_live.plots import write_image_maps
+
+        name = plots.next(image.file, f"{image.index}_maps", "").name
+        try:
+            summary.outputs.extend(write_image_maps(plots.directory, name, readout.maps,
+                                                    attrs={"source_file": str(image.file), "model": model,
+                                                           "signal_index": image.index}))
+        except Exception as exc:
+            log.warning("maps of %s failed: %s", image.file, exc)
+    return rows, summary
+
+
+def _client(address: str | None) -> tuple[Any, str]:
+    """A Dask client (local cluster, or the given scheduler) and '' , or None and why not."""
+    from mnedge_live.spectrum_image import local_client
+
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # no cluster chatter unless -v
+    try:
+        if address:
+            from distributed import Client
+
+            return Client(address, timeout="10s"), ""
+        return local_client(), ""
+    except Exception as exc:
+        where = f"scheduler {address}" if address else "a local Dask cluster"
+        return None, f"cannot process the spectrum image: no connection to {where}: {type(exc).__name__}: {exc}"
+
+
+class _PlotNames:
+    """Unique output names ``STEM_SUFFIX.EXT`` in the plot folder."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.used: set[str] = set()
+
+    def next(self, file: str, suffix: str, ext: str) -> Path:
+        from mnedge_live.plots import safe_name
+
+        base = safe_name(f"{Path(file).stem}_{suffix}")
+        name, k = base, 1
+        while name in self.used:
+            k += 1
+            name = f"{base}-{k}"
+        self.used.add(name)
+        return self.directory / f"{name}{ext}"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
+    """Human-readable table: one line per single spectrum or unreadable file, one per spectrum image."""
+    head = (f"{'file':<32} {'index':>5} {'status':<8} {'valence':>13} "
+            + " ".join(f"{n:>6}" for n in FRACTION_NAMES) + f" {'dE(eV)':>7} {'res(eV)':>7}  flags / reason")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if r.pixel is not None:  # spectrum-image pixels: summarized below
+            continue
+        d = r.result.to_dict()
+        val = "-" if d["valence"] is None else f"{d['valence']:.2f} ± {_num(d['valence_std'], '.2f')}"
+        fr = " ".join(f"{_num(d['fractions'][n], '.2f'):>6}" for n in FRACTION_NAMES)
+        note = r.result.reason if not r.result.ok else ", ".join(d["flags"])
+        idx = "-" if r.index is None else str(r.index)
+        lines.append(f"{_short(r.file, 32):<32} {idx:>5} {d['status']:<8} {val:>13} {fr} "
+                     f"{_num(d['energy_offset_eV'], '+.2f'):>7} {_num(d['resolution_eV'], '.2f'):>7}  {note}")
+    for s in summaries:
+        c = s.counts
+        mean = "-" if s.mean_valence != s.mean_valence else f"{s.mean_valence:.2f}"
+        lines.append(f"{_short(s.file, 32):<32} map {s.shape[0]}x{s.shape[1]} (signal {s.index}): "
+                     f"{c.get('ok', 0)} of {c.get('spectra', 0)} spectra read out, "
+                     f"{c.get('rejected', 0)} rejected, mean valence {mean}")
+        for o in s.outputs:
+            lines.append(f"    wrote {o}")
+    return "\n".join(lines) + "\n"
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else "..." + text[-(n - 3):]

@@ -1,0 +1,244 @@
+"""Read out spectrum images chunk by chunk on a Dask cluster.
+
+The work is split the LiberTEM-UDF way:
+
+* **per-chunk work** (:func:`process_chunk`) runs on a Dask worker: the
+  engine reads out every spectrum of one ``(rows, cols, n)`` block and
+  returns one :class:`~mnedge_live.results.SpectrumResult` per pixel;
+* **merging** (:class:`MapMerger`) runs in the client as chunks complete:
+  it places each chunk's results into the valence and fraction maps.
+
+Workers get the engine through :func:`get_engine`, a per-process cache keyed
+by :class:`EngineSpec` (artifact path and backend), so a remote
+``dask.distributed`` cluster loads the model once per worker process, and an
+in-process local cluster reuses the engine the client already loaded
+(:func:`register_engine`).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mnedge_live.assembly import ValenceMaps
+from mnedge_live.readers import SpectrumImage
+from mnedge_live.results import SpectrumResult
+
+#: Spectra per chunk handed to one worker task (a few engine batches).
+CHUNK_SPECTRA = 4096
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """How a worker loads the engine: artifact directory (None: embedded model) and backend."""
+
+    path: str | None = None
+    backend: str = "auto"
+
+
+_ENGINES: dict[EngineSpec, Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def register_engine(spec: EngineSpec, engine: Any) -> None:
+    """Make an already loaded engine the one :func:`get_engine` returns for ``spec`` in this process."""
+    with _ENGINES_LOCK:
+        _ENGINES[spec] = engine
+
+
+def get_engine(spec: EngineSpec) -> Any:
+    """The engine for ``spec`` in this process, loaded on first use."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(spec)
+        if engine is None:
+            from mnedge_live.engine import load_engine
+
+            engine = load_engine(spec.path, backend=spec.backend)
+            _ENGINES[spec] = engine
+        return engine
+
+
+def process_chunk(block: np.ndarray, energy: np.ndarray, engine: Any) -> list[SpectrumResult]:
+    """Per-chunk work: read out every spectrum of a ``(rows, cols, n)`` block.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Intensities of the chunk's pixels; the last axis is the energy axis.
+    energy : numpy.ndarray
+        The image's energy axis ``(n,)``.
+    engine : Engine
+        Anything with ``predict(list of (energy, intensity)) -> list of SpectrumResult``.
+
+    Returns
+    -------
+    list of SpectrumResult
+        One per pixel, row-major within the block.
+    """
+    flat = np.asarray(block, dtype=np.float64).reshape(-1, block.shape[-1])
+    return engine.predict([(energy, y) for y in flat])
+
+
+def _chunk_task(block: np.ndarray, energy: np.ndarray, spec: EngineSpec) -> list[SpectrumResult]:
+    """Worker entry point: :func:`process_chunk` with the worker's cached engine."""
+    return process_chunk(block, energy, get_engine(spec))
+
+
+@dataclass
+class ImageReadout:
+    """The readout of a whole spectrum image.
+
+    Attributes
+    ----------
+    shape : (int, int)
+        Navigation shape ``(rows, cols)``.
+    results : list of SpectrumResult
+        One per pixel, row-major.
+    maps : ValenceMaps
+        Valence, its std and the three fractions per pixel (NaN where rejected).
+    """
+
+    shape: tuple[int, int]
+    results: list[SpectrumResult]
+    maps: ValenceMaps
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def pixel(self, flat_index: int) -> tuple[int, int]:
+        """``(row, col)`` of a row-major pixel index."""
+        return divmod(int(flat_index), self.shape[1])
+
+
+class MapMerger:
+    """Merges chunk results into per-pixel results and maps (client side)."""
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.maps = ValenceMaps(self.shape)
+        self.results: list[SpectrumResult | None] = [None] * (self.shape[0] * self.shape[1])
+
+    def merge(self, origin: tuple[int, int], block_shape: tuple[int, int], results: list[SpectrumResult]) -> None:
+        """Place one chunk's results.
+
+        Parameters
+        ----------
+        origin : (int, int)
+            Row and column of the chunk's first pixel.
+        block_shape : (int, int)
+            Rows and columns of the chunk.
+        results : list of SpectrumResult
+            Row-major results of the chunk.
+        """
+        r0, c0 = origin
+        nr, nc = block_shape
+        if len(results) != nr * nc:
+            raise ValueError(f"chunk at {origin} has {nr * nc} pixels but {len(results)} results")
+        vals = np.array([(r.valence, r.valence_std, *r.fractions) for r in results], np.float64).reshape(nr, nc, 5)
+        for k, name in enumerate(("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4")):
+            self.maps.layers[name][r0:r0 + nr, c0:c0 + nc] = vals[..., k]
+        self.maps.rejected[r0:r0 + nr, c0:c0 + nc] = np.array([not r.ok for r in results]).reshape(nr, nc)
+        width = self.shape[1]
+        for i, res in enumerate(results):
+            dr, dc = divmod(i, nc)
+            self.results[(r0 + dr) * width + c0 + dc] = res
+
+    def finish(self, model: str = "") -> ImageReadout:
+        """The merged readout; pixels no chunk answered are rejections."""
+        missing = SpectrumResult.rejected("internal error: pixel not processed", model=model)
+        results = [r if r is not None else missing for r in self.results]
+        n_ok = sum(r.ok for r in results)
+        return ImageReadout(self.shape, results, self.maps, {"spectra": len(results), "ok": n_ok,
+                                                               "rejected": len(results) - n_ok})
+
+
+def chunk_image(image: SpectrumImage, chunk_spectra: int = CHUNK_SPECTRA):
+    """The image's lazy array rechunked to about ``chunk_spectra`` pixels per chunk, whole spectra per chunk."""
+    rows, cols = image.shape
+    if cols >= chunk_spectra:
+        rc, cc = 1, chunk_spectra
+    else:
+        rc, cc = max(1, min(rows, chunk_spectra // max(cols, 1))), cols
+    return image.data.rechunk((rc, cc, -1))
+
+
+def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: bool = True,
+              chunk_spectra: int = CHUNK_SPECTRA, model: str = "") -> ImageReadout:
+    """Read out a spectrum image on a Dask cluster, merging chunks into maps as they finish.
+
+    Parameters
+    ----------
+    image : SpectrumImage
+        The (lazy) spectrum image.
+    client : distributed.Client
+        Client of the local or remote cluster that runs the per-chunk work.
+    spec : EngineSpec
+        How workers get the engine (see :func:`get_engine`).
+    progress : bool
+        Show a tqdm progress bar (spectra) on stderr.
+    chunk_spectra : int
+        Target number of spectra per chunk.
+    model : str
+        Model id used for pixels no chunk answered.
+
+    Returns
+    -------
+    ImageReadout
+    """
+    import dask
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    arr = chunk_image(image, chunk_spectra)
+    energy = np.asarray(image.energy, np.float64)
+    row_starts = np.concatenate([[0], np.cumsum(arr.chunks[0])])
+    col_starts = np.concatenate([[0], np.cumsum(arr.chunks[1])])
+    blocks = arr.to_delayed()
+    tasks, places = [], []
+    for i in range(blocks.shape[0]):
+        for j in range(blocks.shape[1]):
+            task = dask.delayed(_chunk_task, pure=True)(blocks[i, j, 0], energy, spec)
+            tasks.append(task)
+            places.append(((int(row_starts[i]), int(col_starts[j])), (arr.chunks[0][i], arr.chunks[1][j])))
+    merger = MapMerger(image.shape)
+    futures = client.compute(tasks)
+    where = {fut.key: place for fut, place in zip(futures, places)}
+    with tqdm(total=image.n_pixels, unit="spectra", desc=_short(image.file), file=sys.stderr,
+              disable=not progress, leave=False) as bar:
+        for fut in as_completed(futures):
+            origin, shape = where[fut.key]
+            try:
+                results = fut.result()
+            except Exception as exc:  # a failed chunk rejects its pixels; the others still count
+                reason = f"chunk failed: {type(exc).__name__}: {exc}"
+                results = [SpectrumResult.rejected(reason, model=model)] * (shape[0] * shape[1])
+            merger.merge(origin, shape, results)
+            bar.update(shape[0] * shape[1])
+    return merger.finish(model)
+
+
+def _short(path: str, n: int = 24) -> str:
+    return path if len(path) <= n else "..." + path[-(n - 3):]
+
+
+def local_client(threads: int | None = None):
+    """A client of an in-process local Dask cluster (threads, no dashboard); close it with :func:`close_client`."""
+    import logging
+    import os
+
+    from distributed import Client, LocalCluster
+
+    threads = threads or max(1, min(2, os.cpu_count() or 1))
+    cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
+                           dashboard_address=None, silence_logs=logging.WARNING)
+    return Client(cluster)
+
+
+def close_client(client: Any) -> None:
+    """Close a client and, when it started one, its local cluster."""
+    cluster = getattr(client, "cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()

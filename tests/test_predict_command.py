@@ -1,0 +1,236 @@
+"""``mnedge predict`` end to end: real files, the real engine (a tiny trained artifact), real Dask clusters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnedge_live.cli import main
+from mnedge_live.results import SpectrumResult
+
+E = np.round(np.arange(620.0, 680.0, 0.1), 4)
+KEYS = {"file", "index", "status", "reason", "fractions", "fractions_std", "valence", "valence_std",
+        "energy_offset_eV", "resolution_eV", "flags", "model"}
+
+
+def mn_like(e=E, l3=641.0, noise=0.01, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.exp(-0.5 * ((e - l3) / 0.7) ** 2) + 0.5 * np.exp(-0.5 * ((e - l3 - 11.0) / 0.9) ** 2) + 0.05
+    return y + rng.normal(0, noise, np.shape(e))
+
+
+def write_csv(path: Path, e, y, header: str = "energy,intensity\n", sep: str = ",", bom: bool = False) -> Path:
+    text = header + "".join(f"{a:.4f}{sep}{b:.6f}\n" for a, b in zip(e, y))
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return path
+
+
+def write_image(path: Path, data: np.ndarray, offset: float = 620.0, scale: float = 0.1) -> Path:
+    from rsciio.hspy import file_writer
+
+    ny, nx, n = data.shape
+    axes = [{"name": "y", "size": ny, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"name": "x", "size": nx, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"name": "Energy loss", "size": n, "offset": offset, "scale": scale, "units": "eV", "navigate": False}]
+    sig = {"data": data, "axes": axes, "metadata": {"General": {"title": "si"}, "Signal": {"signal_type": "EELS"}},
+           "original_metadata": {}, "attributes": {"_lazy": False}, "tmp_parameters": {}, "learning_results": {},
+           "models": {}, "package_info": {"name": "hyperspy", "version": "2.1"}}
+    file_writer(str(path), sig, show_progressbar=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_artifact) -> str:
+    return str(tiny_artifact)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("spectra")
+    out = {
+        "good": write_csv(d / "good.csv", E, mn_like(), bom=True),
+        "tabs": write_csv(d / "tabs.txt", E, mn_like(seed=1), header="", sep="\t"),
+        "desc": write_csv(d / "desc.csv", E[::-1], mn_like(seed=2)[::-1]),
+        "plus12": write_csv(d / "plus12.csv", E + 12.0, mn_like(seed=3)),
+        "minus12": write_csv(d / "minus12.csv", E - 12.0, mn_like(seed=4)),
+        "window": write_csv(d / "window.csv", E[150:320], mn_like(seed=5)[150:320]),  # 635-652 eV
+        "flat": write_csv(d / "flat.csv", E, np.ones(E.size)),
+        "garbage": d / "garbage.csv",
+        "binary": d / "binary.dm3",
+    }
+    out["garbage"].write_text("this is not a spectrum\n")
+    out["binary"].write_bytes(b"\x00\x00\x00\x03" + bytes(200))
+    from rsciio.msa import file_writer
+
+    out["emsa"] = d / "good.msa"
+    file_writer(str(out["emsa"]), {"data": mn_like(seed=6), "axes": [
+        {"name": "Energy", "size": E.size, "offset": 620.0, "scale": 0.1, "units": "eV", "navigate": False}],
+        "metadata": {"General": {"title": "x"}, "Signal": {"signal_type": "EELS"}}, "original_metadata": {}})
+    # 3 x 4 spectrum image: Mn-like pixels, and constant pixels on the diagonal (rejected by the engine).
+    img = np.stack([mn_like(seed=10 + k) for k in range(12)]).reshape(3, 4, E.size).astype(np.float32)
+    for k in range(3):
+        img[k, k] = 1.0
+    out["image"] = write_image(d / "si.hspy", img)
+    return out
+
+
+def predict_json(capsys, *argv) -> tuple[int, list[dict]]:
+    rc = main(["predict", "--json", "--no-progress", *map(str, argv)])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+def test_good_files_in_every_format_read_out_with_exit_0(capsys, model, files):
+    names = ["good", "tabs", "desc", "plus12", "minus12", "window", "emsa"]
+    rc, rows = predict_json(capsys, "--model", model, *(files[n] for n in names))
+    assert rc == 0
+    assert [Path(r["file"]).name for r in rows] == [files[n].name for n in names]
+    for r in rows:
+        assert KEYS <= set(r), r
+        assert r["status"] == "ok", r
+        assert r["index"] == 0 and r["model"] == "tiny-test"
+        assert set(r["fractions"]) == {"Mn2+", "Mn3+", "Mn4+"}
+        assert abs(sum(r["fractions"].values()) - 1) < 1e-6
+        assert 2.0 <= r["valence"] <= 4.0
+    by = {Path(r["file"]).stem: r for r in rows}
+    # The +-12 eV axis errors are found by the alignment (sign: axis reading minus true energy).
+    assert by["plus12"]["energy_offset_eV"] - by["good"]["energy_offset_eV"] == pytest.approx(12.0, abs=1.5)
+    assert by["minus12"]["energy_offset_eV"] - by["good"]["energy_offset_eV"] == pytest.approx(-12.0, abs=1.5)
+
+
+def test_unreadable_files_get_rejection_rows_and_the_rest_is_processed(capsys, model, files):
+    rc, rows = predict_json(capsys, "--model", model, files["garbage"], files["good"], files["binary"],
+                            files["flat"], Path(files["good"]).parent / "absent.csv")
+    assert rc == 1
+    assert [r["status"] for r in rows] == ["rejected", "ok", "rejected", "rejected", "rejected"]
+    garbage, _, binary, flat, absent = rows
+    assert garbage["index"] is None and "cannot read the file" in garbage["reason"]
+    assert "no numeric" in garbage["reason"]
+    assert "DigitalMicrograph" in binary["reason"]
+    assert flat["index"] == 0 and "constant" in flat["reason"]
+    assert "no such file" in absent["reason"]
+    for r in rows:
+        assert KEYS <= set(r)
+        if r["status"] == "rejected":
+            assert r["valence"] is None and all(v is None for v in r["fractions"].values())
+
+
+def test_table_output(capsys, model, files):
+    rc = main(["predict", "--no-progress", "--model", model, str(files["good"]), str(files["garbage"]),
+               str(files["image"])])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "good.csv" in out and "garbage.csv" in out and "rejected" in out
+    assert "map 3x4" in out and "9 of 12 spectra read out, 3 rejected" in out
+
+
+def check_image_rows(rows: list[dict]) -> None:
+    assert len(rows) == 12
+    for r in rows:
+        row, col = r["pixel"]
+        assert r["index"] == row * 4 + col
+        assert KEYS <= set(r)
+        assert r["status"] == ("rejected" if row == col else "ok"), r
+        if row == col:
+            assert "constant" in r["reason"]
+
+
+def test_spectrum_image_on_the_local_cluster_with_maps_and_plots(capsys, model, files, tmp_path):
+    import h5py
+
+    plot_dir = tmp_path / "plots"
+    rc, rows = predict_json(capsys, "--model", model, "--plot", plot_dir, "--chunk-spectra", "5",
+                            files["image"], files["good"])
+    assert rc == 1  # the diagonal pixels are rejected
+    check_image_rows(rows[:12])
+    assert rows[12]["status"] == "ok"
+    with h5py.File(plot_dir / "si_0_maps.h5") as f:
+        val = f["valence"][()]
+        assert val.shape == (3, 4)
+        assert np.isnan(np.diag(val)).all() and np.isfinite(val[~np.eye(3, 4, dtype=bool)]).all()
+        assert f["rejected"][()].sum() == 3
+        for k in ("frac_mn2", "frac_mn3", "frac_mn4", "valence_std"):
+            assert f[k].shape == (3, 4)
+        assert f.attrs["model"] == "tiny-test"
+    for png in ("si_0_maps.png", "good_0.png"):
+        assert (plot_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_spectrum_image_on_an_existing_scheduler(capsys, model, files):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        rc, rows = predict_json(capsys, "--model", model, "--scheduler", cluster.scheduler_address,
+                                "--chunk-spectra", "4", files["image"])
+        assert len(cluster.scheduler.workers) == 1  # the command left the cluster running
+    assert rc == 1
+    check_image_rows(rows)
+
+
+def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, rows = predict_json(capsys, "--model", model, "--scheduler", f"tcp://127.0.0.1:{port}",
+                            files["image"], files["good"])
+    assert rc == 1
+    assert rows[0]["status"] == "rejected" and "scheduler" in rows[0]["reason"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_measured_spectra(capsys, model, real_dir):
+    rc, rows = predict_json(capsys, "--model", model, *sorted(real_dir.glob("*.csv")))
+    assert rc == 0
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict"],                                     # no FILE
+    ["predict", "--json", "--backend"],              # option without its value
+    ["predict", "--chunk-spectra", "x", "a.csv"],
+])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_unloadable_model_or_bad_options_exit_2(capsys, tmp_path, files):
+    assert main(["predict", "--model", str(tmp_path / "no_model"), str(files["good"])]) == 2
+    assert "cannot load the model" in capsys.readouterr().err
+    assert main(["predict", "--chunk-spectra", "0", str(files["good"])]) == 2
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["predict", "--plot", str(blocker / "sub"), str(files["good"])]) == 2
+
+
+def test_chunk_merger_places_every_pixel():
+    from mnedge_live.spectrum_image import MapMerger
+
+    m = MapMerger((3, 5))
+    for r0, c0, nr, nc in [(0, 0, 2, 3), (0, 3, 2, 2), (2, 0, 1, 3), (2, 3, 1, 2)]:
+        res = [SpectrumResult(status="ok", fractions=(1.0, 0.0, 0.0), valence=float(10 * (r0 + i // nc) + c0 + i % nc))
+               for i in range(nr * nc)]
+        m.merge((r0, c0), (nr, nc), res)
+    out = m.finish()
+    expected = 10 * np.arange(3)[:, None] + np.arange(5)[None, :]
+    np.testing.assert_array_equal(out.maps.layers["valence"], expected)
+    assert [r.valence for r in out.results] == expected.ravel().tolist()
+    assert out.counts == {"spectra": 15, "ok": 15, "rejected": 0}
+
+
+def test_installed_console_script(model, files):
+    exe = Path(sys.executable).parent / "mnedge"
+    if not exe.exists():
+        pytest.skip(f"{exe} is not installed (pip install -e . --no-deps)")
+    proc = subprocess.run([str(exe), "predict", "--json", "--model", model, str(files["good"]), str(files["garbage"])],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["status"] for r in rows] == ["ok", "rejected"]
