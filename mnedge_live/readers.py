@@ -355,9 +355,12 @@ def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
         raise ReadError(f"{len(axes)} axes for {data.ndim}-D data")
     if not np.issubdtype(np.dtype(data.dtype), np.number) or np.issubdtype(np.dtype(data.dtype), np.complexfloating):
         raise ReadError(f"data type {data.dtype} is not real numbers")
-    sig_dims = [i for i, a in enumerate(axes) if not a.get("navigate", False)]
-    if data.ndim == 1:
-        sig_dims = [0]
+    # Axes of length 1 carry no information (DM stores some spectra as E x 1): drop them.
+    keep = [i for i in range(data.ndim) if int(data.shape[i]) > 1] or [int(np.argmax(data.shape))]
+    if len(keep) < data.ndim:
+        data = data[tuple(slice(None) if i in keep else 0 for i in range(data.ndim))]
+        axes = [axes[i] for i in keep]
+    sig_dims = signal_axis(axes)
     if len(sig_dims) != 1:
         raise ReadError(f"{len(sig_dims)}-D signal (an image or a stack of images), not a spectrum")
     s = sig_dims[0]
@@ -378,6 +381,22 @@ def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
     if not lazy:
         arr = arr.persist()
     return SpectrumImage(str(path), index, energy, arr)
+
+
+def signal_axis(axes: list[dict]) -> list[int]:
+    """Indices of the signal (energy) axes among RosettaSciIO axis dicts.
+
+    The axes flagged ``navigate=False``; when those are not exactly one but exactly
+    one axis is in energy units, that one (a DM spectrum image is stored as a stack
+    of energy planes, flagged as an image stack, and HyperSpy transposes it on load).
+    """
+    if len(axes) == 1:
+        return [0]
+    flagged = [i for i, a in enumerate(axes) if not a.get("navigate", False)]
+    if len(flagged) == 1:
+        return flagged
+    energy = [i for i, a in enumerate(axes) if str(a.get("units", "") or "").strip().lower() in ENERGY_UNITS]
+    return energy if len(energy) == 1 else flagged
 
 
 def axis_values(axis: dict) -> np.ndarray:

@@ -64,6 +64,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "binary": d / "binary.dm3",
     }
     out["garbage"].write_text("this is not a spectrum\n")
+    from dm_writer import write_dm
+
+    out["dm3"] = write_dm(d / "good.dm3", mn_like(seed=7).astype(np.float32),
+                          [{"offset": 620.0, "scale": 0.1, "units": "eV"}], version=3)
     out["binary"].write_bytes(b"\x00\x00\x00\x03" + bytes(200))
     from rsciio.msa import file_writer
 
@@ -85,7 +89,7 @@ def predict_json(capsys, *argv) -> tuple[int, list[dict]]:
 
 
 def test_good_files_in_every_format_read_out_with_exit_0(capsys, model, files):
-    names = ["good", "tabs", "desc", "plus12", "minus12", "window", "emsa"]
+    names = ["good", "tabs", "desc", "plus12", "minus12", "window", "emsa", "dm3"]
     rc, rows = predict_json(capsys, "--model", model, *(files[n] for n in names))
     assert rc == 0
     assert [Path(r["file"]).name for r in rows] == [files[n].name for n in names]

@@ -201,8 +201,45 @@ def test_hspy_written_by_h5py_in_the_hyperspy_layout(tmp_path):
 
 
 def test_rosettasciio_cannot_write_dm_files():
-    """No DM3/DM4 writer exists in RosettaSciIO, so DM files are tested only for clean refusal of garbage."""
+    """No DM3/DM4 writer exists in RosettaSciIO; DM test files come from tests/dm_writer.py."""
     from rsciio import IO_PLUGINS
 
     dm = next(p for p in IO_PLUGINS if p["name"] == "DigitalMicrograph")
     assert dm["writes"] is False
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_dm_single_spectrum(tmp_path, version):
+    from dm_writer import write_dm
+
+    p = write_dm(tmp_path / f"spec.dm{version}", Y.astype(np.float32),
+                 [{"offset": 630.0, "scale": 0.25, "units": "eV"}], version=version)
+    (s,) = read_file(p)
+    assert isinstance(s, MeasuredSpectrum)
+    np.testing.assert_allclose(s.energy, E, atol=1e-4)
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_dm_spectrum_image_stored_as_energy_planes(tmp_path, version):
+    """Gatan stores a spectrum image as (E, Y, X) energy planes; the reader hands out (Y, X, E)."""
+    from dm_writer import write_dm
+
+    rng = np.random.default_rng(1)
+    cube = rng.random((3, 4, 60)).astype(np.float32)  # (Y, X, E)
+    axes = [{"offset": 600.0, "scale": 0.5, "units": "eV"}, {"offset": 0.0, "scale": 2.0, "units": "nm"},
+            {"offset": 0.0, "scale": 2.0, "units": "nm"}]
+    p = write_dm(tmp_path / f"si.dm{version}", np.moveaxis(cube, -1, 0), axes, version=version, fmt="Spectrum image")
+    (img,) = read_file(p)
+    assert isinstance(img, SpectrumImage) and img.shape == (3, 4)
+    np.testing.assert_allclose(img.energy, 600.0 + 0.5 * np.arange(60), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(img.data.compute()), cube)
+
+
+def test_dm_image_is_not_a_spectrum(tmp_path):
+    from dm_writer import write_dm
+
+    px = {"offset": 0.0, "scale": 1.0, "units": "nm"}
+    p = write_dm(tmp_path / "image.dm3", np.zeros((8, 9), np.float32), [px, px], signal="", fmt="Image")
+    with pytest.raises(ReadError, match="2-D signal"):
+        read_file(p)
