@@ -97,7 +97,7 @@ class ImageReadout:
     shape : (int, int)
         Navigation shape ``(rows, cols)``.
     results : list of SpectrumResult
-        One per pixel, row-major.
+        One per pixel, row-major (empty when not kept).
     maps : ValenceMaps
         Valence, its std and the three fractions per pixel (NaN where rejected).
     """
@@ -115,10 +115,13 @@ class ImageReadout:
 class MapMerger:
     """Merges chunk results into per-pixel results and maps (client side)."""
 
-    def __init__(self, shape: tuple[int, int]):
+    def __init__(self, shape: tuple[int, int], keep_results: bool = True):
         self.shape = (int(shape[0]), int(shape[1]))
         self.maps = ValenceMaps(self.shape)
-        self.results: list[SpectrumResult | None] = [None] * (self.shape[0] * self.shape[1])
+        self.keep_results = keep_results
+        self.results: list[SpectrumResult | None] = [None] * (self.shape[0] * self.shape[1]) if keep_results else []
+        self.merged = 0
+        self.n_ok = 0
 
     def merge(self, origin: tuple[int, int], block_shape: tuple[int, int], results: list[SpectrumResult]) -> None:
         """Place one chunk's results.
@@ -139,19 +142,24 @@ class MapMerger:
         vals = np.array([(r.valence, r.valence_std, *r.fractions) for r in results], np.float64).reshape(nr, nc, 5)
         for k, name in enumerate(("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4")):
             self.maps.layers[name][r0:r0 + nr, c0:c0 + nc] = vals[..., k]
-        self.maps.rejected[r0:r0 + nr, c0:c0 + nc] = np.array([not r.ok for r in results]).reshape(nr, nc)
+        ok = np.array([r.ok for r in results], bool)
+        self.maps.rejected[r0:r0 + nr, c0:c0 + nc] = ~ok.reshape(nr, nc)
+        self.merged += len(results)
+        self.n_ok += int(ok.sum())
+        if not self.keep_results:
+            return
         width = self.shape[1]
         for i, res in enumerate(results):
             dr, dc = divmod(i, nc)
             self.results[(r0 + dr) * width + c0 + dc] = res
 
     def finish(self, model: str = "") -> ImageReadout:
-        """The merged readout; pixels no chunk answered are rejections."""
+        """The merged readout; pixels no chunk answered count as rejections."""
         missing = SpectrumResult.rejected("internal error: pixel not processed", model=model)
         results = [r if r is not None else missing for r in self.results]
-        n_ok = sum(r.ok for r in results)
-        return ImageReadout(self.shape, results, self.maps, {"spectra": len(results), "ok": n_ok,
-                                                               "rejected": len(results) - n_ok})
+        n = self.shape[0] * self.shape[1]
+        return ImageReadout(self.shape, results, self.maps, {"spectra": n, "ok": self.n_ok,
+                                                               "rejected": n - self.n_ok})
 
 
 def chunk_image(image: SpectrumImage, chunk_spectra: int = CHUNK_SPECTRA):
@@ -165,7 +173,7 @@ def chunk_image(image: SpectrumImage, chunk_spectra: int = CHUNK_SPECTRA):
 
 
 def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: bool = True,
-              chunk_spectra: int = CHUNK_SPECTRA, model: str = "") -> ImageReadout:
+              chunk_spectra: int = CHUNK_SPECTRA, model: str = "", keep_results: bool = True) -> ImageReadout:
     """Read out a spectrum image on a Dask cluster, merging chunks into maps as they finish.
 
     Parameters
@@ -182,6 +190,9 @@ def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: boo
         Target number of spectra per chunk.
     model : str
         Model id used for pixels no chunk answered.
+    keep_results : bool
+        Keep every pixel's :class:`SpectrumResult` (for per-pixel output); False keeps
+        only the maps and counts, for images too large to hold one object per pixel.
 
     Returns
     -------
@@ -202,7 +213,7 @@ def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: boo
             task = dask.delayed(_chunk_task, pure=True)(blocks[i, j, 0], energy, spec)
             tasks.append(task)
             places.append(((int(row_starts[i]), int(col_starts[j])), (arr.chunks[0][i], arr.chunks[1][j])))
-    merger = MapMerger(image.shape)
+    merger = MapMerger(image.shape, keep_results)
     futures = client.compute(tasks)
     where = {fut.key: place for fut, place in zip(futures, places)}
     with tqdm(total=image.n_pixels, unit="spectra", desc=_short(image.file), file=sys.stderr,

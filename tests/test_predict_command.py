@@ -124,12 +124,15 @@ def test_unreadable_files_get_rejection_rows_and_the_rest_is_processed(capsys, m
 
 
 def test_table_output(capsys, model, files):
-    rc = main(["predict", "--no-progress", "--model", model, str(files["good"]), str(files["garbage"]),
-               str(files["image"])])
+    rc = main(["predict", "--no-progress", "--model", model, str(files["good"]), str(files["garbage"])])
     out = capsys.readouterr().out
     assert rc == 1
-    assert "good.csv" in out and "garbage.csv" in out and "rejected" in out
+    assert "good.csv" in out and "garbage.csv" in out and "rejected" in out and "no numeric" in out
+    rc = main(["predict", "--no-progress", "--model", model, str(files["image"])])
+    out = capsys.readouterr().out
+    assert rc == 1  # rejected pixels count as rejections without --json too
     assert "map 3x4" in out and "9 of 12 spectra read out, 3 rejected" in out
+    assert main(["predict", "--no-progress", "--model", model, str(files["good"])]) == 0
 
 
 def check_image_rows(rows: list[dict]) -> None:
@@ -227,6 +230,11 @@ def test_chunk_merger_places_every_pixel():
     np.testing.assert_array_equal(out.maps.layers["valence"], expected)
     assert [r.valence for r in out.results] == expected.ravel().tolist()
     assert out.counts == {"spectra": 15, "ok": 15, "rejected": 0}
+    lean = MapMerger((1, 2), keep_results=False)
+    lean.merge((0, 0), (1, 2), [SpectrumResult(status="ok", valence=3.0), SpectrumResult.rejected("why")])
+    out = lean.finish()
+    assert out.results == [] and out.counts == {"spectra": 2, "ok": 1, "rejected": 1}
+    assert out.maps.rejected.tolist() == [[False, True]]
 
 
 def test_installed_console_script(model, files):

@@ -141,12 +141,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.json:
         out = [r.to_dict() for r in rows]
-        json.dump(out, sys.stdout, indent=2 if len(out) <= 1000 else None)
+        # dumps, not dump: only the one-shot encoder is the fast C one (matters for spectrum images).
+        sys.stdout.write(json.dumps(out, indent=2 if len(out) <= 1000 else None))
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_table(rows, summaries))
     sys.stdout.flush()
-    return 1 if any(not r.result.ok for r in rows) else 0
+    rejected = any(not r.result.ok for r in rows) or any(s.counts.get("rejected", 0) for s in summaries)
+    return 1 if rejected else 0
 
 
 def _predict_singles(engine: Any, spectra: list[MeasuredSpectrum], plots: _PlotNames | None) -> list[Row]:
@@ -172,7 +174,7 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
     from mnedge_live.spectrum_image import run_image
 
     readout = run_image(image, client, spec, progress=args.progress, chunk_spectra=args.chunk_spectra,
-                        model=model)
+                        model=model, keep_results=args.json)
     rows = [Row(image.file, i, res, readout.pixel(i)) for i, res in enumerate(readout.results)]
     val = readout.maps.layers["valence"]
     mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
@@ -192,6 +194,8 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
 
 def _client(address: str | None) -> tuple[Any, str]:
     """A Dask client (local cluster, or the given scheduler) and '' , or None and why not."""
+    import distributed  # noqa: F401  (configures its loggers on first import; quiet them after)
+
     from mnedge_live.spectrum_image import local_client
 
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
