@@ -80,6 +80,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     for k in range(3):
         img[k, k] = 1.0
     out["image"] = write_image(d / "si.hspy", img)
+    out["dm_image"] = write_dm(d / "si.dm4", np.ascontiguousarray(np.moveaxis(img, -1, 0)),
+                               [{"offset": 620.0, "scale": 0.1, "units": "eV"}, {"offset": 0, "scale": 1, "units": "nm"},
+                                {"offset": 0, "scale": 1, "units": "nm"}], version=4, fmt="Spectrum image")
     return out
 
 
@@ -176,6 +179,22 @@ def test_spectrum_image_on_an_existing_scheduler(capsys, model, files):
         assert len(cluster.scheduler.workers) == 1  # the command left the cluster running
     assert rc == 1
     check_image_rows(rows)
+
+
+@pytest.mark.slow
+def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
+    """Workers in other processes: the lazy HDF5 and DM arrays and the engine spec travel to them."""
+    from distributed import LocalCluster
+
+    exe = [sys.executable, "-m", "mnedge_live.cli"]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        proc = subprocess.run([*exe, "predict", "--json", "--no-progress", "--model", model, "--scheduler",
+                               cluster.scheduler_address, str(files["image"]), str(files["dm_image"])],
+                              capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    rows = json.loads(proc.stdout)
+    check_image_rows(rows[:12])
+    check_image_rows(rows[12:])
 
 
 def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files):

@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"mnedge predict: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    spec = EngineSpec(args.model_path, args.backend)
+    # Absolute path: workers of a remote cluster do not share our working directory.
+    spec = EngineSpec(str(Path(args.model_path).resolve()) if args.model_path else None, args.backend)
     register_engine(spec, engine)
     model = engine.model_id
 
