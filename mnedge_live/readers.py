@@ -254,9 +254,19 @@ def split_fields(line: str) -> list[str]:
     return parts
 
 
+def _float(text: str) -> float:
+    """A number, accepting a decimal comma (``640,5``) where the separator was not a comma."""
+    try:
+        return float(text)
+    except ValueError:
+        if text.count(",") == 1 and "." not in text:
+            return float(text.replace(",", "."))
+        raise
+
+
 def _floats(fields: list[str]) -> tuple[float, float] | None:
     try:
-        vals = tuple(float(f) for f in fields)
+        vals = tuple(_float(f) for f in fields)
     except ValueError:
         return None
     if len(vals) == 1:

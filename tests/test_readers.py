@@ -53,6 +53,7 @@ def write_hspy(path: Path, data, axes) -> Path:
     ("tabs.txt", "energy (eV)\tintensity\n" + rows("\t"), False),
     ("spaces.dat", "# measured at some beamline\n# E  I\n" + rows("   "), False),
     ("semicolon_decimal_comma.csv", "E;I\n" + rows(";").replace(".", ","), False),
+    ("tabs_decimal_comma.txt", "E\tI\n" + rows("\t").replace(".", ","), False),
     ("three_columns.csv", "E,I,I0\n" + "".join(f"{a},{b},1.0\n" for a, b in zip(E, Y)), False),
     ("crlf_trailing_blank.csv", rows(",").replace("\n", "\r\n") + "\r\n\r\n", False),
 ])
@@ -171,6 +172,13 @@ def test_hspy_kev_axis_is_converted_and_non_energy_axis_refused(tmp_path):
     np.testing.assert_allclose(s.energy, E, atol=1e-6)
     with pytest.raises(ReadError, match="not an energy"):
         read_file(write_hspy(tmp_path / "nm.hspy", Y, [energy_axis(E.size, units="nm")]))
+
+
+def test_hspy_non_uniform_energy_axis(tmp_path):
+    e = 630.0 + np.sort(np.random.default_rng(3).random(50)) * 30.0
+    axis = {"name": "Energy", "axis": e, "units": "eV", "navigate": False}
+    (s,) = read_file(write_hspy(tmp_path / "nonuniform.hspy", np.linspace(0, 1, 50), [axis]))
+    np.testing.assert_allclose(s.energy, e)
 
 
 def test_hspy_image_is_not_a_spectrum(tmp_path):
