@@ -197,6 +197,23 @@ def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
     check_image_rows(rows[12:])
 
 
+def test_corrupt_spectrum_image_chunk_rejects_its_pixels_with_the_reason(capsys, model, files, tmp_path):
+    import h5py
+
+    p = tmp_path / "corrupt.hspy"
+    p.write_bytes(files["image"].read_bytes())
+    with h5py.File(p, "r") as f:
+        info = f["Experiments/si/data"].id.get_chunk_info(0)  # the first stored (gzip) chunk
+    with open(p, "r+b") as fh:
+        fh.seek(info.byte_offset + 16)
+        fh.write(b"\xff" * 64)
+    rc, rows = predict_json(capsys, "--model", model, p, files["good"])
+    assert rc == 1
+    broken = [r for r in rows if r["file"] == str(p) and "chunk failed" in r["reason"]]
+    assert broken and all(r["status"] == "rejected" and r["pixel"] is not None for r in broken)
+    assert rows[-1]["status"] == "ok"  # the next file is still read out
+
+
 def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files):
     import socket
 

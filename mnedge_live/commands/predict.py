@@ -131,7 +131,13 @@ def run(args: argparse.Namespace) -> int:
                 if client is None:
                     rows.append(Row(image.file, image.index, SpectrumResult.rejected(client_error, model)))
                     continue
-                img_rows, summary = _predict_image(image, client, spec, model, plots, args)
+                try:
+                    img_rows, summary = _predict_image(image, client, spec, model, plots, args)
+                except Exception as exc:  # e.g. the cluster went away: reject this image, go on
+                    log.exception("spectrum image %s failed", image.file)
+                    rows.append(Row(image.file, image.index, SpectrumResult.rejected(
+                        f"spectrum image not processed: {type(exc).__name__}: {exc}", model)))
+                    continue
                 rows.extend(img_rows)
                 summaries.append(summary)
     finally:
