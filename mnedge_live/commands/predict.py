@@ -7,6 +7,12 @@ processed chunk by chunk on a Dask cluster (a local in-process one, or the
 scheduler given by ``--scheduler``).  A file that cannot be read gets a
 rejection row and the other files are still processed.
 
+JSON rows: ``file``; ``index`` (the spectrum's position in its file, the
+row-major pixel index within a spectrum image, null for a file that could not
+be read); ``pixel`` ``[row, col]`` for spectrum-image pixels only; then the
+readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  The table
+shows one line per spectrum and one summary line per spectrum image.
+
 Exit status: 0 when every spectrum was read out, 1 when anything (a file or
 a spectrum) was rejected, 2 for usage errors (bad options, a model that
 cannot be loaded, an unusable plot folder or scheduler address).
