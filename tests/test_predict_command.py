@@ -214,8 +214,12 @@ def test_corrupt_spectrum_image_chunk_rejects_its_pixels_with_the_reason(capsys,
     assert rows[-1]["status"] == "ok"  # the next file is still read out
 
 
-def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files):
+def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files, monkeypatch):
     import socket
+
+    from mnedge_live.commands import predict
+
+    monkeypatch.setattr(predict, "SCHEDULER_TIMEOUT_S", 2.0)
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

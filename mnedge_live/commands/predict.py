@@ -33,6 +33,9 @@ from mnedge_live.results import FRACTION_NAMES, SpectrumResult
 
 log = logging.getLogger(__name__)
 
+#: Seconds to wait for a ``--scheduler`` to answer.
+SCHEDULER_TIMEOUT_S = 10.0
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``mnedge predict``."""
@@ -217,7 +220,7 @@ def _client(address: str | None) -> tuple[Any, str]:
         if address:
             from distributed import Client
 
-            return Client(address, timeout="10s"), ""
+            return Client(address, timeout=SCHEDULER_TIMEOUT_S), ""
         return local_client(), ""
     except Exception as exc:
         where = f"scheduler {address}" if address else "a local Dask cluster"
