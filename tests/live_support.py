@@ -79,7 +79,7 @@ class Collector:
     def _run(self) -> None:
         try:
             self.dispatcher.start()
-        except Exception:
+        except BaseException:  # cancelled at close
             pass
 
     def wait_for(self, predicate, timeout: float = 30) -> bool:

@@ -10,8 +10,18 @@ import bluesky.plans as bp
 import pytest
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
-from live_support import (ROOT, Collector, derived_rows, derived_stops, free_port, model_args, real_engine,
-                          start_proxy, start_service, stop)
+from live_support import (
+    ROOT,
+    Collector,
+    derived_rows,
+    derived_stops,
+    free_port,
+    model_args,
+    real_engine,
+    start_proxy,
+    start_service,
+    stop,
+)
 
 from mnedge_live.serializers import msgpack_dumps, msgpack_loads
 from mnedge_live.sim import SpectrumSource, make_eels, make_xas
@@ -65,8 +75,8 @@ def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp
         assert os.path.isfile(dstop["maps_h5"]) and os.path.isfile(dstop["maps_png"])
         # the PVs of the soft IOC, read with pyepics over loopback
         out = subprocess.run([sys.executable, "-c", (
-            "import epics; p=%r; print(epics.caget(p+'PROCESSED', timeout=5), epics.caget(p+'REJECTED', timeout=5),"
-            " epics.caget(p+'MISSED', timeout=5), epics.caget(p+'STATUS', as_string=True, timeout=5))") % prefix],
+            f"import epics; p={prefix!r}; print(epics.caget(p+'PROCESSED', timeout=5), epics.caget(p+'REJECTED', timeout=5),"
+            " epics.caget(p+'MISSED', timeout=5), epics.caget(p+'STATUS', as_string=True, timeout=5))")],
             capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
         processed, rejected, missed, status = out.stdout.split()[:4]
         assert (int(processed), int(rejected), int(missed)) == (dstop["processed"], dstop["rejected"], 0), out
