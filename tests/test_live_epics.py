@@ -1,0 +1,55 @@
+"""EPICS: the caproto soft IOC on loopback, the ophyd readout device (pyepics), and the feedback plan."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+from live_support import free_port, real_engine
+
+CA_PORT = free_port()
+# Channel Access on loopback only, on a port of our own; set before pyepics creates its context.
+os.environ.update({"EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+                   "EPICS_CA_SERVER_PORT": str(CA_PORT), "EPICS_CAS_SERVER_PORT": str(CA_PORT),
+                   "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1"})
+
+
+@pytest.fixture(scope="module")
+def ioc():
+    from mnedge_live.epics import SoftIOC
+
+    server = SoftIOC(f"FB{CA_PORT}:").start()
+    yield server
+    server.stop()
+
+
+def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
+    from bluesky import RunEngine
+
+    from mnedge_live.callback import MnEdgeCallback
+    from mnedge_live.config import LiveConfig
+    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.sim import make_xas
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
+                     maps_dir=None)
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    dets, mono = make_xas((0.0, 0.2, 0.8))
+    # a threshold no readout reaches: the plan runs every scan; one every readout reaches: it stops at once
+    RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=2))
+    assert readout.readouts.get() >= 2 and readout.processed.get() == 72 == cb.totals["processed"]
+    assert readout.missed.get() == 0 and readout.rejected.get() == 0
+    before = readout.readouts.get()
+    RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=-1.0, max_scans=3))
+    status = readout.status.get()
+    if status.startswith("ok"):
+        assert readout.readouts.get() == before + 1  # stopped after the first scan
+        assert 2.0 <= readout.valence.get() <= 4.0
+    else:
+        assert math.isnan(readout.valence.get())  # rejected readouts never end the series
+        assert readout.readouts.get() == before + 3
