@@ -112,6 +112,9 @@ class MnEdgeCallback(DocumentRouter):
         if doc.get("mnedge_derived") or "mnedge_model" in doc:
             self.ignored.add(uid)  # our own derived run, seen through a shared proxy
             return
+        if self.config.detectors is not None and not set(self.config.detectors) & set(doc.get("detectors") or []):
+            self.ignored.add(uid)  # another instrument's run
+            return
         if uid in self.runs:
             log.warning("duplicate start %s ignored", uid)
             self.totals["bad_documents"] += 1

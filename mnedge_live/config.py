@@ -31,6 +31,9 @@ class LiveConfig:
         ``"spectrum"`` (one spectrum per event) or ``"step"`` (one energy point per event).
     stream : str
         Source stream read (others are ignored).
+    detectors : list of str or None
+        Only runs whose start document lists one of these detectors are read
+        (None: every run), so several services can share one proxy.
     spectrum_field : str or None
         Array field holding a spectrum; None picks the first 1-D array field of the descriptor.
     energy_field : str or None
@@ -81,6 +84,7 @@ class LiveConfig:
     out_address: str = "127.0.0.1:5567"
     mode: str = "spectrum"
     stream: str = "primary"
+    detectors: list[str] | None = None
     spectrum_field: str | None = None
     energy_field: str | None = None
     dispersion_field: str | None = None
@@ -167,6 +171,9 @@ class LiveConfig:
             ok = isinstance(self.energy_axis, list) and len(self.energy_axis) >= 2 and all(
                 isinstance(v, (int, float)) and math.isfinite(v) for v in self.energy_axis)
             need(ok, "energy_axis", "must be a list of at least two finite numbers")
+        if self.detectors is not None:
+            need(isinstance(self.detectors, list) and all(isinstance(v, str) and v for v in self.detectors),
+                 "detectors", "must be a list of detector names")
         if self.pixel_fields is not None:
             need(isinstance(self.pixel_fields, list) and len(self.pixel_fields) == 2
                  and all(isinstance(v, str) and v for v in self.pixel_fields), "pixel_fields",

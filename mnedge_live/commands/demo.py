@@ -1,0 +1,189 @@
+"""``mnedge demo``: proxy + live service + RunEngine with simulated instruments, end to end.
+
+Starts ``bluesky-0MQ-proxy`` and two ``mnedge live`` services (spectrum image and
+step scan) as subprocesses, runs an EELS spectrum image and an XAS step scan,
+prints the live readouts, compares them with the simulated truth, writes maps
+and plots, and stops every process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mnedge demo``."""
+    p = subparsers.add_parser("demo", help="run the live readout on simulated instruments end to end")
+    p.add_argument("--out-dir", default="mnedge_demo", help="where maps and plots are written")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
+    p.add_argument("--shape", default="6x8", help="spectrum-image size ROWSxCOLS")
+    p.set_defaults(run=run)
+    return p
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_service(args: list[str]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mnedge_live.cli", "live", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "mnedge live: ready" in line:
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc
+        print("  service:", line.rstrip())
+    proc.kill()
+    raise RuntimeError("the live service did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; 0 when both runs were read out and every process stopped."""
+    import bluesky.plans as bp
+    import numpy as np
+    from bluesky import RunEngine
+    from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+
+    from mnedge_live.serializers import msgpack_dumps, msgpack_loads
+    from mnedge_live.sim import SpectrumSource, make_eels, make_xas, valence_of
+
+    ny, nx = (int(v) for v in args.shape.lower().split("x"))
+    out = Path(args.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    pin, pout = _port(), _port()
+    exe = shutil.which("bluesky-0MQ-proxy", path=str(Path(sys.executable).parent)) or "bluesky-0MQ-proxy"
+    procs: list[subprocess.Popen] = []
+    docs: list[tuple[str, dict]] = []
+    disp = None
+    try:
+        procs.append(subprocess.Popen([exe, str(pin), str(pout)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+        time.sleep(0.5)
+        print(f"proxy: publishers -> 127.0.0.1:{pin}, subscribers <- 127.0.0.1:{pout}")
+        common = ["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--plot", str(out)]
+        if args.model_path:
+            common += ["--model", args.model_path]
+        cfg = out / "eels.toml"
+        cfg.write_text('dispersion_field = "eels_dispersion"\noffset_field = "eels_offset"\n'
+                       f'detectors = ["eels"]\nmaps_dir = "{out}"\n')
+        xas_cfg = out / "xas.toml"
+        xas_cfg.write_text('detectors = ["xas"]\nstep_readout_every = 5\n')
+        print("starting the live services (spectrum image, step scan) ...")
+        procs.append(_start_service([*common, "--config", str(cfg), "--mode", "spectrum",
+                                     "--spectrum-field", "eels_spectrum"]))
+        procs.append(_start_service([*common, "--config", str(xas_cfg), "--mode", "step",
+                                     "--signal-field", "xas_tey",
+                                     "--norm-field", "xas_i0"]))
+
+        disp = RemoteDispatcher(f"127.0.0.1:{pout}", deserializer=msgpack_loads)
+        derived_desc: dict[str, str] = {}
+
+        def show(name: str, doc: dict) -> None:
+            docs.append((name, doc))
+            if name == "descriptor" and doc.get("name") == "mnedge":
+                derived_desc[doc["uid"]] = doc["run_start"]
+            if name in ("event", "event_page") and doc["descriptor"] in derived_desc:
+                d = doc["data"]
+                for i, seq in enumerate(np.atleast_1d(d["source_seq_num"])):
+                    v, s = np.atleast_1d(d["valence"])[i], np.atleast_1d(d["valence_std"])[i]
+                    st = np.atleast_1d(d["status"])[i]
+                    where = (f"pixel ({np.atleast_1d(d['pixel_row'])[i]},{np.atleast_1d(d['pixel_col'])[i]})"
+                             if "pixel_row" in d else f"point {seq}" + (" final" if d.get("final") and
+                                                                        np.atleast_1d(d["final"])[i] else ""))
+                    print(f"  live readout {where}: " + (f"valence {v:.2f} +- {s:.2f}" if st == "ok" else
+                                                          f"rejected ({np.atleast_1d(d['reason'])[i]})"))
+
+        disp.subscribe(show)
+        threading.Thread(target=lambda: _quiet(disp.start), daemon=True).start()
+        time.sleep(0.3)
+
+        RE = RunEngine({})
+        RE.subscribe(Publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps))
+        source = SpectrumSource()
+        det, sy, sx = make_eels((ny, nx), source)
+        det.prefetch()
+        print(f"EELS spectrum image {ny} x {nx} ...")
+        RE(bp.grid_scan([det], sy, 0, 1, ny, sx, 0, 1, nx, snake_axes=True))
+        fractions = (0.2, 0.5, 0.3)
+        dets, mono = make_xas(fractions, source)
+        print("XAS step scan 630-665 eV ...")
+        RE(bp.scan([dets], mono, 630, 665, 71))
+        stops = _wait_stops(docs, 2)
+        starts = {d["uid"]: d for n, d in docs if n == "start" and d.get("mnedge_derived")}
+        ok = len(stops) == 2
+        for st in stops:
+            kind = starts[st["run_start"]]["mnedge_kind"]
+            print(f"derived run ({kind}): processed {st['processed']}, rejected {st['rejected']}, "
+                  f"missed {st['missed']}" + (f", maps {st['maps_h5']}" if "maps_h5" in st else ""))
+            if kind == "map" and "maps_h5" in st:
+                import h5py
+
+                with h5py.File(st["maps_h5"]) as f:
+                    got = f["valence"][()]
+                err = np.abs(got - det.truth())
+                good = np.isfinite(err)
+                print(f"  spectrum image vs truth: {good.sum()} pixels read, median |error| "
+                      + (f"{np.median(err[good]):.2f}" if good.any() else "n/a"))
+        finals = [r for r in _rows(docs, derived_desc) if r.get("final")]
+        if finals:
+            v = finals[-1]["valence"]
+            print(f"  step scan final valence {v:.2f} vs truth {valence_of(np.array(fractions)):.2f}"
+                  if finals[-1]["status"] == "ok" else f"  step scan final readout rejected: {finals[-1]['reason']}")
+        print(f"maps and plots in {out}")
+        return 0 if ok else 1
+    finally:
+        if disp is not None and not disp.loop.is_closed():
+            disp.loop.call_soon_threadsafe(lambda: disp._task and disp._task.cancel())
+        for p in reversed(procs):
+            _stop(p)
+
+
+def _quiet(fn) -> None:
+    try:
+        fn()
+    except BaseException:  # cancelled at shutdown
+        pass
+
+
+def _wait_stops(docs: list, n: int, timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        starts = {d["uid"] for name, d in docs if name == "start" and d.get("mnedge_derived")}
+        stops = [d for name, d in docs if name == "stop" and d["run_start"] in starts]
+        if len(stops) >= n:
+            return stops
+        time.sleep(0.1)
+    return stops
+
+
+def _rows(docs: list, descs: dict) -> list[dict]:
+    rows = []
+    for name, d in docs:
+        if name == "event" and d["descriptor"] in descs:
+            rows.append(d["data"])
+        elif name == "event_page" and d["descriptor"] in descs:
+            rows.extend({k: v[i] for k, v in d["data"].items()} for i in range(len(d["seq_num"])))
+    return rows
