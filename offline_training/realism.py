@@ -72,6 +72,23 @@ def _gauss_broaden(energy: np.ndarray, spectra: np.ndarray, fwhm: float) -> np.n
     return np.fft.irfft(f, n=nfft)[:, :n]
 
 
+BRANCHING_STEPS = 3
+
+
+def _with_branching_ratios(bank: Bank, idx: np.ndarray, ratio_range: tuple[float, float]) -> np.ndarray:
+    """Each member rescaled (L2 part) to the low, middle and high branching ratio of the forward model."""
+    e = bank.energy
+    out = []
+    for i in idx:
+        s = bank.spectra[i].astype(float)
+        w2 = 0.5 * (1 + np.tanh((e - bank.split_ev[i]) / 0.5))
+        l3, l2 = s * (1 - w2), s * w2
+        own = l3.sum() / l2.sum()
+        for target in np.linspace(ratio_range[0], ratio_range[1], BRANCHING_STEPS):
+            out.append(l3 + l2 * own / target)
+    return np.array(out)
+
+
 def max_broadening(valence: int, config: ForwardConfig | None = None) -> float:
     """Largest extra Gaussian FWHM the forward model gives a pure ``valence`` spectrum (intrinsic and instrument)."""
     cfg = config or ForwardConfig()
@@ -86,8 +103,10 @@ def best_fit(energy: np.ndarray, y: np.ndarray, bank: Bank, valence: int,
     produce for that valence (:func:`max_broadening`): a fit the training
     data could never contain would prove nothing.
     """
+    cfg = config or ForwardConfig()
     idx = bank.of_valence(valence)
-    base = bank.spectra[idx].astype(float)
+    base = _with_branching_ratios(bank, idx, cfg.branching_ratio[valence])
+    idx = np.repeat(idx, BRANCHING_STEPS)
     l3_meas = energy[np.argmax(y - np.linspace(y[0], y[-1], y.size))]
     l3_bank = bank.energy[np.argmax(base, axis=1)]
     shifts = np.arange(-SHIFT_RANGE_EV, SHIFT_RANGE_EV + 1e-9, SHIFT_STEP_EV)

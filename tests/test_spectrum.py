@@ -8,8 +8,8 @@ import torch
 
 from mnedge_live.spectrum import (
     L3_REFERENCE_EV,
-    MODEL_GRID,
     MN_SPIN_ORBIT_EV,
+    MODEL_GRID,
     pack,
     preprocess,
     to_uniform,
