@@ -169,6 +169,16 @@ def _doublet_template(step: float) -> torch.Tensor:
     return g / g.norm()
 
 
+def _score_noise_gain(step: float, tmpl: torch.Tensor) -> float:
+    """Std of the doublet score for unit white noise (its impulse response's norm)."""
+    n = 4 * tmpl.numel() + int(40.0 / step)
+    imp = torch.zeros(1, n, dtype=tmpl.dtype)
+    imp[0, n // 2] = 1.0
+    hp = smooth(imp, 0.3, step) - smooth(imp, 3.0, step)
+    resp = F.conv1d(hp[:, None], tmpl.view(1, 1, -1), padding=tmpl.numel() - 1)
+    return float(resp.norm())
+
+
 def _interp_rows(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of rows at fractional indices ``pos`` (clamped to the row)."""
     n = values.shape[1]
@@ -216,10 +226,9 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.full_like(d2, torch.nan))
     noise = torch.nanmedian(d2, dim=1).values * 1.4826
     noise = torch.nan_to_num(noise, nan=0.0)
-    hp_l3 = torch.gather(hp, 1, k[:, None])[:, 0]
-    # Noise of the 0.3 eV-smoothed high-pass is the raw noise reduced by smoothing.
-    hp_noise = noise / math.sqrt(2 * math.sqrt(math.pi) * 0.3 / step) + 1e-12
-    edge_snr = hp_l3 / hp_noise
+    # Edge detection: the doublet score (a matched filter) over its response to
+    # white noise of the estimated sigma.
+    edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * _score_noise_gain(step, tmpl) + 1e-12)
     # L2: maximum of hp 7-16 eV above L3 (wider than Mn's range, so that other
     # edges show their own spacing) when Mn's L2 range is measured.
     lo = L2_SEARCH_EV[0] / step

@@ -249,10 +249,9 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         baselines["ours_on_nnls_subset"] = fraction_metrics(pred["fractions"][rows], true[rows])
     result["flops_per_spectrum"] = flops
     result["baselines"] = baselines
-    full = ForwardModel(bank, fm_config)
-    curves = robustness(engine, full, robustness_n, seed + 2)
+    curves = robustness(engine, ForwardModel(bank, fm_config), robustness_n, seed + 2) if robustness_n > 0 else {}
     result["robustness"] = curves
-    if plot_dir is not None:
+    if plot_dir is not None and curves:
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
         plot_curves(curves, plot_dir)
         (Path(plot_dir) / "robustness.json").write_text(json.dumps(curves, indent=2))
