@@ -16,11 +16,12 @@ import time
 from typing import Any
 
 import zmq
-from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+from bluesky.callbacks.zmq import RemoteDispatcher
 from event_model import DocumentNames
 
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
+from mnedge_live.publishing import make_publisher
 from mnedge_live.serializers import get_serializer
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     """
     dumps, loads = get_serializer(config.serializer, config.allow_pickle)
     prefix = config.out_prefix.encode()
-    publisher = Publisher(config.out_address, prefix=prefix, serializer=dumps)
+    publisher = make_publisher(config.out_address, prefix=prefix, serializer=dumps)
     plots = None
     if config.plot_dir:
         from mnedge_live.plots import RunPlotter

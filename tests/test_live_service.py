@@ -9,7 +9,6 @@ import sys
 import bluesky.plans as bp
 import pytest
 from bluesky import RunEngine
-from bluesky.callbacks.zmq import Publisher
 from live_support import (
     ROOT,
     Collector,
@@ -23,6 +22,7 @@ from live_support import (
     stop,
 )
 
+from mnedge_live.publishing import make_publisher
 from mnedge_live.serializers import msgpack_dumps, msgpack_loads
 from mnedge_live.sim import SpectrumSource, make_eels, make_xas
 
@@ -58,12 +58,13 @@ def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp
                           "--config", str(_eels_toml(tmp_path)), "--plot", str(tmp_path / "plots"),
                           "--epics-prefix", prefix], env)
     collector = Collector(pout, msgpack_loads)
+    publisher = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps)
     try:
         source = SpectrumSource()
         det, sy, sx = make_eels((3, 4), source)
         det.prefetch()
         RE = RunEngine({})
-        RE.subscribe(Publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps))
+        RE.subscribe(publisher)
         (uid,) = RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4, snake_axes=True))
         assert collector.wait_for(lambda docs: len(derived_stops(docs)) >= 1), eels.log
         (dstop,) = derived_stops(collector.docs)
@@ -98,6 +99,7 @@ def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp
     finally:
         assert stop(step) == 0
         collector.close()
+        publisher.close()
 
 
 def _eels_toml(tmp_path):

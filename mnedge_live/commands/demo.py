@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     import bluesky.plans as bp
     import numpy as np
     from bluesky import RunEngine
-    from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+    from bluesky.callbacks.zmq import RemoteDispatcher
 
+    from mnedge_live.publishing import make_publisher
     from mnedge_live.serializers import msgpack_dumps, msgpack_loads
     from mnedge_live.sim import SpectrumSource, make_eels, make_xas, valence_of
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     procs: list[subprocess.Popen] = []
     docs: list[tuple[str, dict]] = []
     disp = None
+    publisher = None
     try:
         procs.append(subprocess.Popen([exe, str(pin), str(pout)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(0.3)
 
         RE = RunEngine({})
-        RE.subscribe(Publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps))
+        publisher = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps)
+        RE.subscribe(publisher)
         source = SpectrumSource()
         det, sy, sx = make_eels((ny, nx), source)
         det.prefetch()
@@ -157,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if disp is not None and not disp.loop.is_closed():
             disp.loop.call_soon_threadsafe(lambda: disp._task and disp._task.cancel())
+        if publisher is not None:
+            publisher.close()
         for p in reversed(procs):
             _stop(p)
 
