@@ -77,14 +77,29 @@ def write_card(directory: str | Path, card: dict) -> Path:
 
 
 def load_artifact(path: str | Path | None = None) -> Artifact:
-    """Read and verify an artifact directory (default: the embedded model).
+    """Read and verify an artifact directory.
+
+    Without ``path`` the model is found by
+    :func:`mnedge_live.model_store.resolve_model_path`: the model in use in the
+    model store, else the embedded model.
 
     Raises
     ------
     ArtifactError
         Missing card or file, checksum mismatch, or unknown schema version.
     """
-    d = Path(path) if path is not None else default_artifact_path()
+    if path is None:
+        from mnedge_live.model_store import StoreError, resolve_model_path  # the store imports this module
+
+        try:
+            d = resolve_model_path(None)
+        except StoreError as exc:
+            raise ArtifactError(str(exc)) from exc
+        if d == default_artifact_path() and not (d / CARD_NAME).is_file():
+            raise ArtifactError(f"no model given, none in use in the model store and no embedded model at {d}; "
+                                "pass a model artifact (--model DIR) or install one with 'mnedge models install'")
+    else:
+        d = Path(path)
     card_path = d / CARD_NAME
     if not card_path.is_file():
         raise ArtifactError(f"{d} is not a model artifact: {CARD_NAME} is missing")

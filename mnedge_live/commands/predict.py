@@ -109,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"mnedge predict: cannot load the model: {exc}", file=sys.stderr)
         return 2
-    # Absolute path: workers of a remote cluster do not share our working directory.
-    spec = EngineSpec(str(Path(args.model_path).resolve()) if args.model_path else None, args.backend)
+    # The resolved absolute path: workers of a remote cluster share neither our working directory
+    # nor our model store, so they must load exactly the artifact we loaded.
+    spec = EngineSpec(str(Path(engine.artifact.path).resolve()), args.backend)
     register_engine(spec, engine)
     model = engine.model_id
 

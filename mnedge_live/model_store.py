@@ -1,0 +1,268 @@
+"""The model store: installed model artifacts side by side, the one in use and the history for rollback.
+
+Layout (``$MNEDGE_HOME``, else ``~/.local/share/mnedge``)::
+
+    models/<model_id>/   verified copies of installed artifacts
+    state.json           {"in_use": model_id or null, "history": [previously used ids, oldest first]}
+    .lock                held (``flock``) while the store is changed
+
+Every change of ``state.json`` is written to a temporary file and moved into
+place with :func:`os.replace`, and an artifact is copied and verified under a
+temporary name before it is renamed into ``models/``, so a crash never leaves
+a half-written record or a half-copied model under its id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mnedge_live.artifact import Artifact, ArtifactError, default_artifact_path, load_artifact
+
+#: Environment variable naming the store directory.
+HOME_ENV = "MNEDGE_HOME"
+STATE_NAME = "state.json"
+MODELS_DIR = "models"
+#: Model ids become directory names: no separators, no leading dot.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done (unknown id, duplicate, nothing to roll back to, ...)."""
+
+
+def default_store_dir() -> Path:
+    """``$MNEDGE_HOME`` when set, else ``~/.local/share/mnedge``."""
+    home = os.environ.get(HOME_ENV)
+    return Path(home).expanduser() if home else Path.home() / ".local" / "share" / "mnedge"
+
+
+@dataclass
+class StoreState:
+    """Contents of ``state.json``."""
+
+    in_use: str | None = None
+    history: list[str] = field(default_factory=list)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class ModelStore:
+    """A directory of installed model artifacts with the one in use and a rollback history.
+
+    Parameters
+    ----------
+    root : path, optional
+        Store directory (default: :func:`default_store_dir`).  It is created on
+        the first change, never by reading.
+    """
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_store_dir()
+
+    @property
+    def models_dir(self) -> Path:
+        """Directory holding one folder per installed model."""
+        return self.root / MODELS_DIR
+
+    def model_path(self, model_id: str) -> Path:
+        """Folder of an installed model (it may not exist)."""
+        return self.models_dir / model_id
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def state(self) -> StoreState:
+        """The recorded state; an absent store reads as empty.
+
+        Raises
+        ------
+        StoreError
+            ``state.json`` exists but is not a valid record.
+        """
+        path = self.root / STATE_NAME
+        if not path.is_file():
+            return StoreState()
+        try:
+            data = json.loads(path.read_text())
+            in_use = data.get("in_use")
+            history = [str(x) for x in data.get("history", [])]
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            raise StoreError(f"model store {self.root}: {STATE_NAME} is not a valid record: {exc}") from exc
+        if in_use is not None and not isinstance(in_use, str):
+            raise StoreError(f"model store {self.root}: {STATE_NAME} has an invalid in_use {in_use!r}")
+        return StoreState(in_use=in_use, history=history)
+
+    def installed(self) -> list[str]:
+        """Ids of the installed models, sorted."""
+        if not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and _SAFE_ID.match(p.name))
+
+    def in_use_path(self) -> Path | None:
+        """Folder of the model in use, or None when the store has none in use."""
+        in_use = self.state().in_use
+        return self.model_path(in_use) if in_use else None
+
+    # -- changing ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the store's lock so two commands do not change it at once."""
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _write_state(self, state: StoreState) -> None:
+        text = json.dumps({"in_use": state.in_use, "history": state.history}, indent=2) + "\n"
+        _atomic_write_text(self.root / STATE_NAME, text)
+
+    def install(self, source: str | Path, force: bool = False, use: bool = False) -> Artifact:
+        """Verify the artifact at ``source`` and copy it into the store under its model id.
+
+        Parameters
+        ----------
+        source : path
+            Artifact directory.
+        force : bool
+            Replace an installed model with the same id.
+        use : bool
+            Also make it the model in use.
+
+        Returns
+        -------
+        Artifact
+            The verified installed copy.
+
+        Raises
+        ------
+        ArtifactError
+            The source (or the copy) fails verification.
+        StoreError
+            Duplicate id without ``force``, or an id unfit for a folder name.
+        """
+        src = load_artifact(Path(source))
+        model_id = src.model_id
+        if not _SAFE_ID.match(model_id):
+            raise StoreError(f"model id {model_id!r} cannot be a folder name (letters, digits, '._+-' only)")
+        with self._locked():
+            dest = self.model_path(model_id)
+            if dest.exists() and not force:
+                raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
+            tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=".installing", dir=self.models_dir))
+            try:
+                shutil.copytree(src.path, tmp, dirs_exist_ok=True)
+                load_artifact(tmp)  # the copy is what will be used: verify it, not only the source
+                old = None
+                if dest.exists():
+                    old = dest.with_name(f".{model_id}.{os.getpid()}.replaced")
+                    os.replace(dest, old)
+                os.replace(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            if use:
+                self._switch(model_id)
+        return load_artifact(dest)
+
+    def use(self, model_id: str) -> StoreState:
+        """Make an installed (and intact) model the one in use; the previous one goes onto the history.
+
+        Raises
+        ------
+        StoreError
+            The id is not installed.
+        ArtifactError
+            The installed copy fails verification.
+        """
+        with self._locked():
+            return self._switch(model_id)
+
+    def _switch(self, model_id: str) -> StoreState:
+        if model_id not in self.installed():
+            known = ", ".join(self.installed()) or "none"
+            raise StoreError(f"model {model_id} is not installed in {self.root} (installed: {known})")
+        load_artifact(self.model_path(model_id))
+        state = self.state()
+        if state.in_use == model_id:
+            return state
+        if state.in_use is not None:
+            state.history.append(state.in_use)
+        state.in_use = model_id
+        self._write_state(state)
+        return state
+
+    def rollback(self) -> StoreState:
+        """Go back to the previously used model (the last entry of the history).
+
+        Raises
+        ------
+        StoreError
+            There is no previous model, or it is no longer installed.
+        """
+        with self._locked():
+            state = self.state()
+            if not state.history:
+                raise StoreError(f"model store {self.root}: no previously used model to roll back to")
+            previous = state.history[-1]
+            if previous not in self.installed():
+                raise StoreError(f"cannot roll back to {previous}: it is no longer installed in {self.root}")
+            load_artifact(self.model_path(previous))
+            state.history.pop()
+            state.in_use = previous
+            self._write_state(state)
+            return state
+
+
+def resolve_model_path(path: str | Path | None = None) -> Path:
+    """The artifact directory a command loads: ``path`` when given, else the store's model in use, else the embedded one.
+
+    This is the one place where "no model given" is turned into a folder, so
+    the engine, ``mnedge live``, ``mnedge predict`` and ``mnedge-train
+    evaluate`` all read the same model.  A store whose record is broken, or
+    whose model in use has gone missing, raises instead of silently falling
+    back to another model.
+
+    Raises
+    ------
+    StoreError
+        The store's record cannot be read.
+    ArtifactError
+        The store names a model in use that is not installed.
+    """
+    if path is not None:
+        return Path(path)
+    store = ModelStore()
+    in_use = store.in_use_path()
+    if in_use is not None:
+        if not in_use.is_dir():
+            raise ArtifactError(f"the model in use in {store.root} ({in_use.name}) is not installed there; "
+                                "choose one with 'mnedge models use ID'")
+        return in_use
+    return default_artifact_path()

@@ -1,0 +1,193 @@
+"""The model store and ``mnedge models``: install (verified copy), use, rollback, and default resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from artifact_support import copy_as, tampered
+
+from mnedge_live.artifact import ArtifactError, default_artifact_path, load_artifact
+from mnedge_live.cli import main
+from mnedge_live.model_store import HOME_ENV, ModelStore, StoreError, resolve_model_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def two_models(tiny_artifact, tmp_path_factory):
+    """Two valid artifacts with ids site-a and site-b."""
+    root = tmp_path_factory.mktemp("models")
+    return copy_as(tiny_artifact, root / "a", "site-a"), copy_as(tiny_artifact, root / "b", "site-b")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An empty store named by MNEDGE_HOME (never the user's own)."""
+    d = tmp_path / "home"
+    monkeypatch.setenv(HOME_ENV, str(d))
+    return d
+
+
+def test_install_copies_a_verified_artifact_under_its_id(two_models, home):
+    a, _ = two_models
+    store = ModelStore()
+    assert store.root == home and store.installed() == [] and store.state().in_use is None
+    art = store.install(a)
+    assert art.path == home / "models" / "site-a" and art.model_id == "site-a"
+    assert store.installed() == ["site-a"]
+    assert load_artifact(art.path).card["files"] == load_artifact(a).card["files"]
+    assert store.state().in_use is None  # installing does not switch
+    assert not [p for p in (home / "models").iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
+def test_duplicate_id_is_refused_unless_forced(two_models, tiny_artifact, home, tmp_path):
+    a, _ = two_models
+    store = ModelStore()
+    store.install(a)
+    newer = copy_as(tiny_artifact, tmp_path / "a2", "site-a", created="2099-01-01T00:00:00+00:00")
+    with pytest.raises(StoreError, match="already installed.*--force"):
+        store.install(newer)
+    assert load_artifact(store.model_path("site-a")).card["created"] != "2099-01-01T00:00:00+00:00"
+    store.install(newer, force=True)
+    assert load_artifact(store.model_path("site-a")).card["created"] == "2099-01-01T00:00:00+00:00"
+    assert store.installed() == ["site-a"]
+
+
+def test_tampered_artifact_is_refused_and_nothing_is_installed(two_models, home, tmp_path):
+    bad = tampered(two_models[0], tmp_path / "bad")
+    store = ModelStore()
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        store.install(bad)
+    assert store.installed() == [] and not store.root.exists()  # refused before the store is touched
+
+
+def test_use_and_rollback_walk_the_history(two_models, home):
+    a, b = two_models
+    store = ModelStore()
+    store.install(a)
+    store.install(b)
+    assert store.use("site-a").in_use == "site-a"
+    state = store.use("site-b")
+    assert (state.in_use, state.history) == ("site-b", ["site-a"])
+    assert store.use("site-b").history == ["site-a"]  # using the model in use changes nothing
+    state = store.rollback()
+    assert (state.in_use, state.history) == ("site-a", [])
+    with pytest.raises(StoreError, match="no previously used model"):
+        store.rollback()
+    with pytest.raises(StoreError, match="not installed.*site-a, site-b"):
+        store.use("site-c")
+    assert json.loads((home / "state.json").read_text()) == {"in_use": "site-a", "history": []}
+
+
+def test_default_resolution_prefers_the_store_model_in_use(two_models, home):
+    from mnedge_live.engine import load_engine
+
+    a, b = two_models
+    assert resolve_model_path(None) == default_artifact_path()  # no store yet
+    store = ModelStore()
+    store.install(a)
+    assert resolve_model_path(None) == default_artifact_path()  # installed but none in use
+    store.install(b, use=True)
+    assert resolve_model_path(None) == home / "models" / "site-b"
+    assert resolve_model_path(a) == Path(a)  # an explicit path always wins
+    assert load_engine(backend="onnxruntime", warmup=False).model_id == "site-b"
+    store.use("site-a")
+    assert load_artifact().model_id == "site-a"
+
+
+def test_model_in_use_that_went_missing_or_was_tampered_is_an_error_not_a_fallback(two_models, home):
+    import shutil
+
+    store = ModelStore()
+    store.install(two_models[0], use=True)
+    data = bytearray((home / "models" / "site-a" / "weights.pt").read_bytes())
+    data[-1] ^= 0x01
+    (home / "models" / "site-a" / "weights.pt").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="weights.pt fails its SHA-256"):
+        load_artifact()
+    shutil.rmtree(home / "models" / "site-a")
+    with pytest.raises(ArtifactError, match="site-a.*not installed"):
+        load_artifact()
+
+
+def test_broken_state_record_is_reported(home):
+    home.mkdir()
+    (home / "state.json").write_text("{half")
+    with pytest.raises(StoreError, match="not a valid record"):
+        ModelStore().state()
+    with pytest.raises(ArtifactError, match="not a valid record"):
+        load_artifact()
+
+
+def test_state_record_survives_a_kill_during_switching(two_models, tmp_path):
+    """SIGKILL a process that switches models in a loop: the record on disk is always whole."""
+    store_dir = tmp_path / "store"
+    store = ModelStore(store_dir)
+    store.install(two_models[0])
+    store.install(two_models[1])
+    code = ("import sys; from mnedge_live.model_store import ModelStore\n"
+            f"s = ModelStore({str(store_dir)!r}); print('go', flush=True)\n"
+            "while True:\n    s.use('site-a'); s.use('site-b')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout.readline().strip() == "go"
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    state = store.state()
+    assert state.in_use in ("site-a", "site-b") and len(state.history) > 2
+    assert store.rollback().in_use in ("site-a", "site-b")
+
+
+# -- the command --------------------------------------------------------------------------------------
+
+def test_models_command_install_list_use_rollback(two_models, tmp_path, capsys):
+    a, b = two_models
+    store = ["--store", str(tmp_path / "s")]
+    assert main(["models", *store, "install", str(a)]) == 0
+    assert "installed site-a" in capsys.readouterr().out
+    assert main(["models", *store, "install", str(b), "--use"]) == 0
+    assert "(now in use)" in capsys.readouterr().out
+    assert main(["models", *store, "install", str(b)]) == 1
+    assert "already installed" in capsys.readouterr().err
+    assert main(["models", *store, "use", "site-a"]) == 0
+    assert main(["models", *store, "list", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.split("in use: site-a\n", 1)[1])
+    assert info["in_use"] == "site-a" and info["history"] == ["site-b"] and info["default"] == "store"
+    assert [(m["model_id"], m["in_use"], m["status"]) for m in info["models"]] == [
+        ("site-a", True, "ok"), ("site-b", False, "ok")]
+    assert info["embedded"]["path"] == str(default_artifact_path())
+    assert main(["models", *store, "list"]) == 0
+    table = capsys.readouterr().out
+    assert "* site-a" in table and "  site-b" in table and "embedded default:" in table
+    assert "rollback goes to: site-b" in table
+    assert main(["models", *store, "rollback"]) == 0
+    assert "in use: site-b" in capsys.readouterr().out
+    assert main(["models", *store, "rollback"]) == 1
+    assert "no previously used model" in capsys.readouterr().err
+    assert main(["models", *store, "use", "nope"]) == 1
+
+
+def test_models_command_refuses_a_tampered_artifact_with_exit_2(two_models, tmp_path, capsys):
+    bad = tampered(two_models[0], tmp_path / "bad", "weights.pt")
+    assert main(["models", "--store", str(tmp_path / "s"), "install", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "refused" in err and "fails verification" in err and "weights.pt fails its SHA-256" in err
+    assert ModelStore(tmp_path / "s").installed() == []
+
+
+def test_console_script_uses_mnedge_home(two_models, tmp_path):
+    env = {**os.environ, HOME_ENV: str(tmp_path / "h")}
+    exe = str(Path(sys.executable).parent / "mnedge")
+    r = subprocess.run([exe, "models", "install", str(two_models[1]), "--use"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([exe, "models", "list", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["store"] == str(tmp_path / "h")
+    assert json.loads(r.stdout)["in_use"] == "site-b"
