@@ -2,7 +2,9 @@
 
 One method per document type.  Every source spectrum gets exactly one derived
 row, a readout or a rejection with its reason; sequence gaps are counted as
-missed.  Malformed documents are logged and never raise.
+missed (a late event filling a gap is read and uncounted again, a repeated
+seq_num is dropped as a duplicate).  Malformed documents are logged and never
+raise.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from mnedge_live.results import SpectrumResult
 
 log = logging.getLogger(__name__)
 
+#: Most channels of one spectrum; longer arrays are rejected before any copy or resampling.
+MAX_CHANNELS = 65536
+#: Most remembered sequence gaps per stream (late events filling older gaps count as duplicates).
+MAX_GAPS = 1024
+
 
 @dataclass
 class _Run:
@@ -35,6 +42,8 @@ class _Run:
     kind: str
     descriptors: dict[str, dict] = field(default_factory=dict)
     last_seq: dict[str, int] = field(default_factory=dict)
+    gaps: dict[str, list[list[int]]] = field(default_factory=dict)
+    last_activity: float = field(default_factory=time.monotonic)
     seen: int = 0
     processed: int = 0
     rejected: int = 0
@@ -83,10 +92,12 @@ class MnEdgeCallback(DocumentRouter):
         self.runs: dict[str, _Run] = {}
         self.desc_run: dict[str, str] = {}
         self.ignored: set[str] = set()
+        self.ignored_desc: dict[str, set[str]] = {}
         self.pending: list[_Pending] = []
         self.pending_since = 0.0
         self.external = ExternalReader()
-        self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0}
+        self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
+                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -137,11 +148,14 @@ class MnEdgeCallback(DocumentRouter):
         run_uid = doc["run_start"]
         if run_uid in self.ignored:
             self.ignored.add(doc["uid"])
+            self.ignored_desc.setdefault(run_uid, set()).add(doc["uid"])
             return
         run = self.runs.get(run_uid)
         if run is None:
             log.warning("descriptor %s of unknown run %s ignored", doc.get("uid"), run_uid)
+            self.totals["bad_documents"] += 1
             return
+        run.last_activity = time.monotonic()
         run.descriptors[doc["uid"]] = doc
         self.desc_run[doc["uid"]] = run_uid
 
@@ -159,14 +173,18 @@ class MnEdgeCallback(DocumentRouter):
             log.warning("events of unknown descriptor %s ignored", desc_uid)
             self.totals["bad_documents"] += 1
             return
+        run.last_activity = time.monotonic()
         desc = run.descriptors[desc_uid]
         if desc.get("name", "primary") != self.config.stream:
             return
         seqs = list(doc["seq_num"])
         data = doc["data"]
+        if not isinstance(data, dict):
+            raise TypeError(f"event data is a {type(data).__name__}, not a dict")
         for i, seq in enumerate(seqs):
             row = {k: v[i] for k, v in data.items() if i < len(v)}
-            self._count_seq(run, desc_uid, int(seq))
+            if not self._count_seq(run, desc_uid, int(seq)):
+                continue
             if run.kind == "step":
                 self._step_point(run, desc, int(seq), row)
             else:
@@ -189,6 +207,7 @@ class MnEdgeCallback(DocumentRouter):
         run = self._run_of(desc_uid)
         if run is None or desc_uid in self.ignored:
             return
+        run.last_activity = time.monotonic()
         desc = run.descriptors[desc_uid]
         if desc.get("name", "primary") != self.config.stream or run.kind == "step":
             return
@@ -205,7 +224,8 @@ class MnEdgeCallback(DocumentRouter):
         except Exception as exc:
             block, err = None, f"external data unreadable: {type(exc).__name__}: {exc}"
         for k, seq in enumerate(range(seq0, seq1)):
-            self._count_seq(run, "stream:" + desc_uid, seq)
+            if not self._count_seq(run, "stream:" + desc_uid, seq):
+                continue
             if block is None:
                 self._queue(run, seq, None, None, None, err)
                 continue
@@ -215,6 +235,7 @@ class MnEdgeCallback(DocumentRouter):
         uid = doc["run_start"]
         if uid in self.ignored:
             self.ignored.discard(uid)
+            self.ignored -= self.ignored_desc.pop(uid, set())
             return
         run = self.runs.get(uid)
         if run is None:
@@ -268,6 +289,23 @@ class MnEdgeCallback(DocumentRouter):
         for uid in list(self.runs):
             self.close_run(uid, exit_status, reason)
 
+    def expire(self, now: float | None = None) -> list[str]:
+        """Close, as failed, every run silent for longer than ``run_timeout_s``.
+
+        A publisher that dies mid-run never sends its stop document; without this
+        its derived run would stay open for good.  Returns the closed source uids.
+        """
+        timeout = self.config.run_timeout_s
+        if not timeout:
+            return []
+        now = time.monotonic() if now is None else now
+        stale = [uid for uid, run in self.runs.items() if now - run.last_activity > timeout]
+        for uid in stale:
+            log.warning("run %s: no document for %.1f s, closed as failed", uid, timeout)
+            self.totals["timed_out_runs"] += 1
+            self.close_run(uid, "fail", f"no document from the source for {timeout:g} s (publisher gone?)")
+        return stale
+
     # -- spectrum mode -----------------------------------------------------------------------------
     def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
         pixel = None
@@ -295,6 +333,11 @@ class MnEdgeCallback(DocumentRouter):
                     self._queue(run, seq, pixel, None, None,
                                 f"external data unreadable: {type(exc).__name__}: {exc}")
                     return
+        size = getattr(intensity, "size", None) if not isinstance(intensity, (list, tuple)) else len(intensity)
+        if isinstance(size, int) and size > MAX_CHANNELS:
+            self._queue(run, seq, pixel, None, None,
+                        f"field {name!r} has {size} values; at most {MAX_CHANNELS} channels are accepted")
+            return
         try:
             y = np.asarray(intensity, dtype=np.float64)
         except (TypeError, ValueError) as exc:
@@ -418,15 +461,33 @@ class MnEdgeCallback(DocumentRouter):
         uid = self.desc_run.get(desc_uid)
         return None if uid is None else self.runs.get(uid)
 
-    def _count_seq(self, run: _Run, key: str, seq: int) -> None:
-        run.seen += 1
+    def _count_seq(self, run: _Run, key: str, seq: int) -> bool:
+        """Account for ``seq`` of stream ``key``; False when it is a duplicate (no row is owed)."""
         last = run.last_seq.get(key, 0)
+        if seq <= last:
+            gaps = run.gaps.get(key, [])
+            for j, (lo, hi) in enumerate(gaps):
+                if lo <= seq <= hi:  # a late event fills a gap: no longer missed
+                    parts = [p for p in ([lo, seq - 1], [seq + 1, hi]) if p[0] <= p[1]]
+                    gaps[j:j + 1] = parts
+                    run.missed_live -= 1
+                    self.totals["missed"] -= 1
+                    run.seen += 1
+                    return True
+            self.totals["duplicates"] += 1
+            log.warning("run %s: seq_num %d of %s seen before, duplicate dropped", run.start["uid"], seq, key)
+            return False
+        run.seen += 1
         if seq > last + 1:
             gap = seq - last - 1
             run.missed_live += gap
             self.totals["missed"] += gap
+            gaps = run.gaps.setdefault(key, [])
+            gaps.append([last + 1, seq - 1])
+            del gaps[:-MAX_GAPS]
             log.warning("run %s: sequence gap, %d event(s) missed before seq_num %d", run.start["uid"], gap, seq)
-        run.last_seq[key] = max(last, seq)
+        run.last_seq[key] = seq
+        return True
 
     def _spectrum_field(self, desc: dict) -> str | None:
         if self.config.spectrum_field:

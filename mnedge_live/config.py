@@ -78,6 +78,16 @@ class LiveConfig:
         Engine backend (``"auto"``, ``"onnxruntime"``, ...).
     out_prefix : str
         0MQ prefix of the derived documents; messages with it are never processed.
+    run_timeout_s : float or None
+        A source run that sends no document for this many seconds (its publisher died,
+        no stop document will come) is closed: its derived run gets a stop document with
+        ``exit_status="fail"`` and the counts so far.  None or 0: wait forever.
+    curve_secret_key, curve_server_public_key : str or None
+        CurveZMQ: this service's certificate with its secret key and the proxy's public
+        certificate (files made by ``zmq.auth.create_certificates``).  Given together,
+        both 0MQ connections (in and out) are encrypted and authenticated; the proxy
+        must then run with ``--in-curve-secret`` and ``--out-curve-secret`` holding the
+        secret of that public certificate.  None: plain 0MQ.
     """
 
     in_address: str = "127.0.0.1:5568"
@@ -110,6 +120,9 @@ class LiveConfig:
     model_path: str | None = None
     backend: str = "auto"
     out_prefix: str = "mnedge"
+    run_timeout_s: float | None = 600.0
+    curve_secret_key: str | None = None
+    curve_server_public_key: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -192,6 +205,15 @@ class LiveConfig:
         need(isinstance(self.allow_pickle, bool), "allow_pickle", "must be true or false")
         need(self.serializer != "pickle" or self.allow_pickle, "serializer",
              "pickle executes code from the network when loaded; give allow_pickle (--allow-pickle) to use it")
+        need(self.run_timeout_s is None or (isinstance(self.run_timeout_s, (int, float))
+                                             and not isinstance(self.run_timeout_s, bool)
+                                             and 0 <= self.run_timeout_s <= 7 * 86400),
+             "run_timeout_s", "must be a number of seconds in 0..604800 (0: no timeout)")
+        for name in ("curve_secret_key", "curve_server_public_key"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, str) and Path(v).is_file()), name, "must be an existing key file")
+        need((self.curve_secret_key is None) == (self.curve_server_public_key is None), "curve_server_public_key",
+             "curve_secret_key and curve_server_public_key must be given together")
         need(self.epics_mode in ("ioc", "pyepics"), "epics_mode", "must be 'ioc' or 'pyepics'")
         need(isinstance(self.epics_interfaces, list) and all(isinstance(v, str) for v in self.epics_interfaces),
              "epics_interfaces", "must be a list of addresses")

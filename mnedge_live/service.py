@@ -3,8 +3,11 @@
 Micro-batching: messages already waiting on the socket are taken together (up
 to ``max_batch``); the batch goes to the engine as soon as the socket is idle
 or ``max_delay_ms`` has passed.  Messages carrying the service's own output
-prefix, and runs marked as derived, are never processed.  SIGTERM/SIGINT flush
-the batch in flight, close open derived runs and return 0.
+prefix, and runs marked as derived, are never processed.  Undecodable messages
+are logged and counted (``bad_messages``), never raise.  Runs silent for
+``run_timeout_s`` are closed as failed.  SIGTERM/SIGINT flush the batch in
+flight, close open derived runs and return 0.  With CurveZMQ keys both
+connections are encrypted and authenticated.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
-from bluesky.callbacks.zmq import RemoteDispatcher
+from bluesky.callbacks.zmq import ClientCurve, RemoteDispatcher
 from event_model import DocumentNames
 
 from mnedge_live.callback import MnEdgeCallback
@@ -25,6 +29,9 @@ from mnedge_live.publishing import make_publisher
 from mnedge_live.serializers import get_serializer
 
 log = logging.getLogger(__name__)
+
+#: Longest time between two checks for silent runs (seconds).
+HOUSEKEEPING_S = 1.0
 
 
 class SafeRemoteDispatcher(RemoteDispatcher):
@@ -51,6 +58,7 @@ class SafeRemoteDispatcher(RemoteDispatcher):
             prefix, name, payload = message.split(b" ", 2)
         except ValueError:
             self.bad_messages += 1
+            self.callback.totals["bad_messages"] += 1
             log.warning("message without prefix/name/payload dropped (%d bytes)", len(message))
             return
         if prefix == self.ignore_prefix:
@@ -60,7 +68,8 @@ class SafeRemoteDispatcher(RemoteDispatcher):
             doc = self._deserializer(payload)
         except Exception as exc:
             self.bad_messages += 1
-            log.warning("undecodable %r message dropped: %s", name[:40], exc)
+            self.callback.totals["bad_messages"] += 1
+            log.warning("undecodable %r message dropped (%d bytes): %s", name[:40], len(payload), exc)
             return
         self.callback(doc_name.value, doc)
 
@@ -68,7 +77,15 @@ class SafeRemoteDispatcher(RemoteDispatcher):
         sock = self._socket
         max_batch = self.callback.config.max_batch
         delay = self.callback.config.max_delay_ms / 1e3
+        timeout = self.callback.config.run_timeout_s
+        every = min(HOUSEKEEPING_S, timeout / 4) if timeout else HOUSEKEEPING_S
+        next_check = time.monotonic() + every
         while True:
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + every
+                self._expire()
+            if not await sock.poll(timeout=every * 1e3):
+                continue
             self._handle(await sock.recv())
             t0 = time.monotonic()
             n = 1
@@ -83,6 +100,21 @@ class SafeRemoteDispatcher(RemoteDispatcher):
                 self.callback.flush()
             except Exception:
                 log.exception("flush failed")
+
+    def _expire(self) -> None:
+        """Close runs whose publisher went silent (see ``run_timeout_s``)."""
+        try:
+            self.callback.expire()
+        except Exception:
+            log.exception("closing silent runs failed")
+
+
+def curve_config(config: LiveConfig) -> ClientCurve | None:
+    """The CurveZMQ client settings of both connections, or None for plain 0MQ."""
+    if not config.curve_secret_key:
+        return None
+    return ClientCurve(secret_path=Path(config.curve_secret_key),
+                       server_public_key=Path(config.curve_server_public_key))
 
 
 def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None) -> int:
@@ -106,7 +138,8 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     """
     dumps, loads = get_serializer(config.serializer, config.allow_pickle)
     prefix = config.out_prefix.encode()
-    publisher = make_publisher(config.out_address, prefix=prefix, serializer=dumps)
+    curve = curve_config(config)
+    publisher = make_publisher(config.out_address, prefix=prefix, serializer=dumps, curve_config=curve)
     plots = None
     if config.plot_dir:
         from mnedge_live.plots import RunPlotter
@@ -121,7 +154,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     hook = epics.update if epics is not None else None
     callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
     dispatcher = SafeRemoteDispatcher(config.in_address, callback=callback, ignore_prefix=prefix,
-                                      deserializer=loads)
+                                      deserializer=loads, curve_config=curve)
     loop = dispatcher.loop
 
     def shutdown(signum: int) -> None:
@@ -133,8 +166,9 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         loop.add_signal_handler(sig, shutdown, sig)
     if ready is not None:
         loop.call_soon(ready)
-    log.warning("mnedge live: model %s, in %s, out %s, mode %s", getattr(engine, "model_id", "?"),
-                config.in_address, config.out_address, config.mode)
+    log.warning("mnedge live: model %s, in %s, out %s, mode %s, curve %s, run timeout %s s",
+                getattr(engine, "model_id", "?"), config.in_address, config.out_address, config.mode,
+                "on" if curve else "off", config.run_timeout_s or "none")
     try:
         dispatcher.start()
     except asyncio.CancelledError:

@@ -27,6 +27,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
+    p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
+                   help="close a source run as failed after this many seconds without a document (0: never)")
+    p.add_argument("--curve-secret-key", dest="curve_secret_key",
+                   help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key)")
+    p.add_argument("--curve-server-public-key", dest="curve_server_public_key",
+                   help="CurveZMQ: the proxy's public certificate file")
     p.set_defaults(run=run)
     return p
 
