@@ -33,6 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key)")
     p.add_argument("--curve-server-public-key", dest="curve_server_public_key",
                    help="CurveZMQ: the proxy's public certificate file")
+    p.add_argument("--check", action="store_true",
+                   help="only check the options, the model and the proxy addresses; print one line per check "
+                        "and exit 0 when all pass, 1 when one fails, 2 for bad options")
     p.set_defaults(run=run)
     return p
 
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     names = LiveConfig.names()
     overrides = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "check", False):
+        return _check(args.config, overrides)
     try:
         config = LiveConfig.from_sources(args.config, overrides)
     except (ConfigError, TypeError) as exc:
@@ -70,3 +75,15 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if epics is not None:
             epics.stop()
+
+
+def _check(config_path: str | None, overrides: dict) -> int:
+    """``--check``: print every check of :mod:`mnedge_live.health`; 0 all ok, 1 one failed, 2 bad options."""
+    from mnedge_live.health import run_checks
+
+    checks = run_checks(config_path, overrides)
+    for c in checks:
+        print(c.line(), flush=True)
+    if not checks[0].ok:
+        return 2
+    return 0 if all(c.ok for c in checks) else 1

@@ -1,0 +1,150 @@
+"""``mnedge live --check`` and the deploy/ files: every example config passes against a real 0MQ proxy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from artifact_support import tampered
+from live_support import ROOT, free_port, start_proxy, stop
+
+from mnedge_live.cli import main
+from mnedge_live.config import LiveConfig
+from mnedge_live.health import check_address, parse_address
+from mnedge_live.model_store import HOME_ENV, ModelStore
+
+DEPLOY_CONFIGS = sorted((ROOT / "deploy" / "configs").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    proc, pin, pout = start_proxy()
+    try:
+        wait_listening(pin, pout)
+        yield pin, pout
+    finally:
+        stop(proc)
+
+
+def wait_listening(*ports: int, timeout: float = 60) -> None:
+    """Wait until the proxy (which imports bluesky first: slow on a busy machine) listens on every port."""
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while not check_address("proxy", f"127.0.0.1:{port}", timeout=1).ok:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bluesky-0MQ-proxy does not listen on {port}")
+            time.sleep(0.2)
+
+
+def addresses(proxy) -> list[str]:
+    """Flags pointing a service at the test proxy (it subscribes to OUT, publishes to IN)."""
+    pin, pout = proxy
+    return ["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}"]
+
+
+def test_deploy_configs_exist_and_load():
+    names = {p.name for p in DEPLOY_CONFIGS}
+    assert {"xas_beamline.toml", "eels_microscope.toml"} <= names
+    modes = {p.name: LiveConfig.from_sources(p).mode for p in DEPLOY_CONFIGS}
+    assert modes["xas_beamline.toml"] == "step" and modes["eels_microscope.toml"] == "spectrum"
+    xas = LiveConfig.from_sources(ROOT / "deploy" / "configs" / "xas_beamline.toml")
+    assert xas.epics_prefix and xas.signal_field and xas.energy_field
+    assert xas.model_path is None  # deployments take the model in use in the store
+
+
+@pytest.mark.parametrize("config", DEPLOY_CONFIGS, ids=lambda p: p.name)
+def test_check_passes_for_each_deploy_config(config, proxy, tiny_artifact, capsys):
+    assert main(["live", "--config", str(config), *addresses(proxy), "--model", str(tiny_artifact), "--check"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [["ok", "config:"], ["ok", "model:"], ["ok", "in_address:"],
+                                                ["ok", "out_address:"]]
+    assert "tiny-test" in lines[1]
+
+
+def test_check_takes_the_model_in_use_in_the_store(proxy, tiny_artifact, tmp_path):
+    """As the systemd unit runs it: console script, no --model, MNEDGE_HOME naming the store."""
+    ModelStore(tmp_path / "store").install(tiny_artifact, use=True)
+    env = {**os.environ, HOME_ENV: str(tmp_path / "store")}
+    cmd = [str(Path(sys.executable).parent / "mnedge"), "live", "--config",
+           str(ROOT / "deploy" / "configs" / "xas_beamline.toml"), *addresses(proxy), "--check"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"tiny-test from {tmp_path / 'store' / 'models' / 'tiny-test'}" in r.stdout
+
+
+def test_check_refuses_an_unknown_key_with_exit_2(tmp_path, tiny_artifact, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / "deploy" / "configs" / "eels_microscope.toml").read_text()
+                   + 'spectrum_feild = "eels_spectrum"\n')
+    assert main(["live", "--config", str(bad), "--model", str(tiny_artifact), "--check"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith("FAIL config: spectrum_feild: unknown option")
+
+
+def test_check_fails_when_nothing_listens(proxy, tiny_artifact, capsys):
+    pin, _ = proxy
+    dead = free_port()
+    args = ["live", "--mode", "spectrum", "--in", f"127.0.0.1:{dead}", "--out", f"127.0.0.1:{pin}",
+            "--model", str(tiny_artifact), "--check"]
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL in_address: nothing accepts a connection at 127.0.0.1:{dead}" in out
+    assert "proxy running" in out and "ok   out_address:" in out and "ok   model:" in out
+
+
+def test_check_fails_on_a_tampered_model(proxy, tiny_artifact, tmp_path, capsys):
+    bad = tampered(tiny_artifact, tmp_path / "bad")
+    assert main(["live", *addresses(proxy), "--model", str(bad), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL model: cannot load the model:" in out and "model.onnx fails its SHA-256 check" in out
+    assert "ok   in_address:" in out
+
+
+def test_check_without_any_model(proxy, tmp_path, monkeypatch, capsys):
+    """No --model, an empty store and (in this tree) no embedded model: one clear FAIL line."""
+    from mnedge_live.artifact import default_artifact_path
+
+    if (default_artifact_path() / "model_card.json").is_file():
+        pytest.skip("an embedded model is shipped")
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty"))
+    assert main(["live", *addresses(proxy), "--check"]) == 1
+    assert "FAIL model: cannot load the model: no model given, none in use in the model store" in capsys.readouterr().out
+
+
+def test_parse_address_and_bad_addresses():
+    assert parse_address("tcp://localhost:5567") == ("localhost", 5567)
+    assert parse_address("[::1]:5568") == ("::1", 5568)
+    for bad in ("localhost", "host:port", "host:70000"):
+        with pytest.raises(ValueError):
+            parse_address(bad)
+    c = check_address("out_address", "127.0.0.1:http")
+    assert not c.ok and "not a number" in c.line()
+
+
+def test_build_tensorrt_refuses_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    ck = tmp_path / "final.pt"
+    ck.write_bytes(b"not used")
+    r = subprocess.run(["bash", str(ROOT / "deploy" / "build_tensorrt.sh"), str(ck), str(tmp_path / "out")],
+                       env={**os.environ, "MNEDGE_BIN": str(Path(sys.executable).parent)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA GPU" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_systemd_unit_runs_the_check_and_the_service_with_the_env_file():
+    unit = (ROOT / "deploy" / "systemd" / "mnedge-live.service").read_text()
+    env = (ROOT / "deploy" / "systemd" / "mnedge-live.env").read_text()
+    assert "EnvironmentFile=/etc/mnedge/mnedge-live.env" in unit
+    start_pre = next(ln for ln in unit.splitlines() if ln.startswith("ExecStartPre="))
+    assert start_pre.endswith("--check")
+    used = {w[2:-1] for ln in unit.splitlines() if ln.startswith("Exec") for w in ln.split() if w.startswith("${")}
+    defined = {ln.split("=", 1)[0] for ln in env.splitlines() if ln and not ln.startswith("#")}
+    assert used and used <= defined and "MNEDGE_HOME" in defined
