@@ -1,9 +1,15 @@
-"""``mnedge live``: the live valence service (see :mod:`mnedge_live.service`)."""
+"""``mnedge live``: the live valence service (see :mod:`mnedge_live.service`).
+
+With ``--check`` it only runs the pre-flight checks of :mod:`mnedge_live.health`
+(options, model, proxy addresses) and exits 0 (all pass), 1 (one fails) or 2
+(bad options), as the systemd unit's ``ExecStartPre`` does.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -66,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if config.epics_prefix:
         from mnedge_live.epics import PyepicsWriter, SoftIOC
 
+        if config.epics_mode == "ioc" and all(i.startswith("127.") for i in config.epics_interfaces):
+            # an IOC served on loopback only announces itself (CA beacons) on loopback only
+            os.environ.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
+            os.environ.setdefault("EPICS_CAS_BEACON_ADDR_LIST", " ".join(config.epics_interfaces))
         epics = (SoftIOC(config.epics_prefix, config.epics_interfaces).start() if config.epics_mode == "ioc"
                  else PyepicsWriter(config.epics_prefix))
     from mnedge_live.service import serve
