@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from live_support import use_loopback_channel_access
+
+#: Channel Access port of this test session (loopback only), set before any test module imports ophyd.
+CA_PORT = use_loopback_channel_access()
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
 

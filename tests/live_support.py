@@ -21,6 +21,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def use_loopback_channel_access() -> int:
+    """Point Channel Access at loopback on a free port of our own; returns the port.
+
+    pyepics builds its CA context from the environment once per process, the
+    first time anything (ophyd included) uses it, so this must run before any
+    test module imports ophyd: ``conftest.py`` calls it at import.
+    """
+    port = free_port()
+    os.environ.update({"EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+                       "EPICS_CA_SERVER_PORT": str(port), "EPICS_CAS_SERVER_PORT": str(port),
+                       "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1"})
+    return port
+
+
 def start_proxy() -> tuple[subprocess.Popen, int, int]:
     """Start ``bluesky-0MQ-proxy IN OUT`` on loopback; returns (process, in_port, out_port)."""
     pin, pout = free_port(), free_port()
@@ -66,11 +80,11 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
 class Collector:
     """Subscribes to a proxy in a thread and keeps every (name, doc) it receives."""
 
-    def __init__(self, port: int, loads):
+    def __init__(self, port: int, loads, **kwargs):
         from bluesky.callbacks.zmq import RemoteDispatcher
 
         self.docs: list[tuple[str, dict]] = []
-        self.dispatcher = RemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads)
+        self.dispatcher = RemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads, **kwargs)
         self.dispatcher.subscribe(lambda name, doc: self.docs.append((name, doc)))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

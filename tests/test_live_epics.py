@@ -6,13 +6,10 @@ import math
 import os
 
 import pytest
-from live_support import free_port, real_engine
+from live_support import real_engine
 
-CA_PORT = free_port()
-# Channel Access on loopback only, on a port of our own; set before pyepics creates its context.
-os.environ.update({"EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
-                   "EPICS_CA_SERVER_PORT": str(CA_PORT), "EPICS_CAS_SERVER_PORT": str(CA_PORT),
-                   "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1"})
+# conftest.py pointed Channel Access at loopback on a port of this session before ophyd was imported.
+CA_PORT = int(os.environ["EPICS_CA_SERVER_PORT"])
 
 
 @pytest.fixture(scope="module")
