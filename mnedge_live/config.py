@@ -83,11 +83,16 @@ class LiveConfig:
         no stop document will come) is closed: its derived run gets a stop document with
         ``exit_status="fail"`` and the counts so far.  None or 0: wait forever.
     curve_secret_key, curve_server_public_key : str or None
-        CurveZMQ: this service's certificate with its secret key and the proxy's public
-        certificate (files made by ``zmq.auth.create_certificates``).  Given together,
-        both 0MQ connections (in and out) are encrypted and authenticated; the proxy
-        must then run with ``--in-curve-secret`` and ``--out-curve-secret`` holding the
-        secret of that public certificate.  None: plain 0MQ.
+        CurveZMQ: this service's certificate with its secret key and the public
+        certificate of the proxy side it subscribes to (files made by
+        ``zmq.auth.create_certificates``).  Given together, the connection the source
+        documents arrive on is encrypted and authenticated (proxy started with
+        ``--out-curve-secret``).  None: plain 0MQ.
+    curve_out_server_public_key : str or None
+        CurveZMQ for the connection the derived documents leave on too: public
+        certificate of the proxy side they are published to (``--in-curve-secret``).
+        Needs ``curve_secret_key``.  bluesky 1.15's proxy cannot secure both of its
+        sides in one process (its two ZAP authenticators collide), hence two options.
     """
 
     in_address: str = "127.0.0.1:5568"
@@ -123,6 +128,7 @@ class LiveConfig:
     run_timeout_s: float | None = 600.0
     curve_secret_key: str | None = None
     curve_server_public_key: str | None = None
+    curve_out_server_public_key: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -209,11 +215,13 @@ class LiveConfig:
                                              and not isinstance(self.run_timeout_s, bool)
                                              and 0 <= self.run_timeout_s <= 7 * 86400),
              "run_timeout_s", "must be a number of seconds in 0..604800 (0: no timeout)")
-        for name in ("curve_secret_key", "curve_server_public_key"):
+        for name in ("curve_secret_key", "curve_server_public_key", "curve_out_server_public_key"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, str) and Path(v).is_file()), name, "must be an existing key file")
         need((self.curve_secret_key is None) == (self.curve_server_public_key is None), "curve_server_public_key",
              "curve_secret_key and curve_server_public_key must be given together")
+        need(self.curve_out_server_public_key is None or self.curve_secret_key is not None,
+             "curve_out_server_public_key", "needs curve_secret_key")
         need(self.epics_mode in ("ioc", "pyepics"), "epics_mode", "must be 'ioc' or 'pyepics'")
         need(isinstance(self.epics_interfaces, list) and all(isinstance(v, str) for v in self.epics_interfaces),
              "epics_interfaces", "must be a list of addresses")

@@ -6,7 +6,7 @@ or ``max_delay_ms`` has passed.  Messages carrying the service's own output
 prefix, and runs marked as derived, are never processed.  Undecodable messages
 are logged and counted (``bad_messages``), never raise.  Runs silent for
 ``run_timeout_s`` are closed as failed.  SIGTERM/SIGINT flush the batch in
-flight, close open derived runs and return 0.  With CurveZMQ keys both
+flight, close open derived runs and return 0.  With CurveZMQ keys the
 connections are encrypted and authenticated.
 """
 
@@ -109,12 +109,14 @@ class SafeRemoteDispatcher(RemoteDispatcher):
             log.exception("closing silent runs failed")
 
 
-def curve_config(config: LiveConfig) -> ClientCurve | None:
-    """The CurveZMQ client settings of both connections, or None for plain 0MQ."""
-    if not config.curve_secret_key:
-        return None
-    return ClientCurve(secret_path=Path(config.curve_secret_key),
-                       server_public_key=Path(config.curve_server_public_key))
+def curve_configs(config: LiveConfig) -> tuple[ClientCurve | None, ClientCurve | None]:
+    """CurveZMQ client settings of the (in, out) connections; None where plain 0MQ."""
+    def client(server_key: str | None) -> ClientCurve | None:
+        if not (config.curve_secret_key and server_key):
+            return None
+        return ClientCurve(secret_path=Path(config.curve_secret_key), server_public_key=Path(server_key))
+
+    return client(config.curve_server_public_key), client(config.curve_out_server_public_key)
 
 
 def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None) -> int:
@@ -138,8 +140,8 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     """
     dumps, loads = get_serializer(config.serializer, config.allow_pickle)
     prefix = config.out_prefix.encode()
-    curve = curve_config(config)
-    publisher = make_publisher(config.out_address, prefix=prefix, serializer=dumps, curve_config=curve)
+    curve_in, curve_out = curve_configs(config)
+    publisher = make_publisher(config.out_address, prefix=prefix, serializer=dumps, curve_config=curve_out)
     plots = None
     if config.plot_dir:
         from mnedge_live.plots import RunPlotter
@@ -154,7 +156,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     hook = epics.update if epics is not None else None
     callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
     dispatcher = SafeRemoteDispatcher(config.in_address, callback=callback, ignore_prefix=prefix,
-                                      deserializer=loads, curve_config=curve)
+                                      deserializer=loads, curve_config=curve_in)
     loop = dispatcher.loop
 
     def shutdown(signum: int) -> None:
@@ -166,9 +168,9 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         loop.add_signal_handler(sig, shutdown, sig)
     if ready is not None:
         loop.call_soon(ready)
-    log.warning("mnedge live: model %s, in %s, out %s, mode %s, curve %s, run timeout %s s",
-                getattr(engine, "model_id", "?"), config.in_address, config.out_address, config.mode,
-                "on" if curve else "off", config.run_timeout_s or "none")
+    log.warning("mnedge live: model %s, in %s (curve %s), out %s (curve %s), mode %s, run timeout %s s",
+                getattr(engine, "model_id", "?"), config.in_address, "on" if curve_in else "off",
+                config.out_address, "on" if curve_out else "off", config.mode, config.run_timeout_s or "none")
     try:
         dispatcher.start()
     except asyncio.CancelledError:

@@ -38,7 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--curve-secret-key", dest="curve_secret_key",
                    help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key)")
     p.add_argument("--curve-server-public-key", dest="curve_server_public_key",
-                   help="CurveZMQ: the proxy's public certificate file")
+                   help="CurveZMQ: public certificate file of the proxy side subscribed to (--in)")
+    p.add_argument("--curve-out-server-public-key", dest="curve_out_server_public_key",
+                   help="CurveZMQ: public certificate file of the proxy side published to (--out)")
     p.add_argument("--check", action="store_true",
                    help="only check the options, the model and the proxy addresses; print one line per check "
                         "and exit 0 when all pass, 1 when one fails, 2 for bad options")
