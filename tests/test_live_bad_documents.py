@@ -1,0 +1,150 @@
+"""Bad documents never crash the service, every owed row is a rejection with its reason, the next run is read.
+
+The bulk is hypothesis-generated and runs in process against :class:`MnEdgeCallback`
+with the real (tiny) engine; a few cases go over the wire to the real service.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from live_support import Collector, derived_rows, derived_stops, model_args, real_engine, start_service, stop
+from wire_support import (
+    RawSender,
+    final_totals,
+    good_spectra,
+    proxy_ports,
+    service_toml,
+    source_run,
+    start_proxy_on,
+    wait_until,
+)
+
+from mnedge_live.callback import MAX_CHANNELS, MnEdgeCallback
+from mnedge_live.config import LiveConfig
+from mnedge_live.serializers import msgpack_dumps, msgpack_loads
+
+CONFIG = dict(spectrum_field="spec", dispersion_field="disp", offset_field="off", maps_dir=None)
+NAMES = ["start", "descriptor", "event", "event_page", "stop", "resource", "datum", "datum_page",
+         "stream_resource", "stream_datum", "bulk_events", "nonsense"]
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=12)
+bad_spectrum = st.one_of(
+    st.just(np.full(560, np.nan)), st.just(np.full(560, np.inf)), st.just(np.zeros(0)),
+    st.just(np.zeros(MAX_CHANNELS + 1)), st.just(np.zeros((4, 140))), st.just("not-a-datum"), st.none(),
+    st.just(np.ones(560, complex)), st.just(np.array(["a"] * 560)), st.just(np.ones(560)),
+    st.just({"a": 1}), json_like)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return real_engine()
+
+
+@pytest.fixture(scope="module")
+def spectra():
+    return good_spectra(8, seed=11)
+
+
+def _feed(cb: MnEdgeCallback, docs) -> None:
+    for name, doc in docs:
+        cb(name, doc)
+
+
+def _new(engine) -> tuple[MnEdgeCallback, list]:
+    out: list = []
+    return MnEdgeCallback(engine, LiveConfig(**CONFIG), lambda n, d: out.append((n, d))), out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(garbage=st.lists(st.tuples(st.sampled_from(NAMES), json_like), max_size=12))
+def test_garbage_documents_never_raise_and_the_next_run_is_read(engine, spectra, garbage):
+    cb, out = _new(engine)
+    _feed(cb, garbage)
+    docs = source_run(spectra[:3])
+    _feed(cb, docs)
+    stops = [d for n, d in out if n == "stop"]
+    assert stops and stops[-1]["processed"] + stops[-1]["rejected"] == 3 and stops[-1]["missed"] == 0
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(bad=st.lists(st.tuples(st.integers(0, 7), bad_spectrum), min_size=1, max_size=8), page=st.sampled_from([1, 3]))
+def test_every_event_of_a_run_gets_exactly_one_row_bad_ones_rejected_with_reason(engine, spectra, bad, page):
+    specs: list = list(spectra)
+    for i, s in bad:
+        specs[i] = s
+    cb, out = _new(engine)
+    _feed(cb, source_run(specs, page=page))
+    rows = derived_rows(out)
+    assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 9))
+    for i, _ in bad:
+        row = next(r for r in rows if r["source_seq_num"] == i + 1)
+        assert row["status"] == "rejected" and row["reason"]
+    stop = out[-1][1]
+    assert stop["processed"] + stop["rejected"] == 8 and stop["missed"] == 0
+
+
+def test_out_of_order_duplicate_and_foreign_documents(engine, spectra):
+    cb, out = _new(engine)
+    docs = source_run(spectra[:4])
+    start, desc, events, stop = docs[0], docs[1], docs[2:-1], docs[-1]
+    _feed(cb, [events[0]])  # an event before its descriptor: no run to put a row in; missed at stop
+    _feed(cb, [("stop", {"run_start": "nobody", "uid": "x", "time": 0})])  # stop without start
+    _feed(cb, [start, start, desc])  # duplicate start
+    _feed(cb, events[1:] + [events[2]])  # a duplicate event
+    other = source_run(spectra[:2], stream="baseline")  # an unknown stream: ignored, no row owed
+    _feed(cb, [other[0], other[1], *other[2:-1]])
+    _feed(cb, [stop])
+    stops = [d for n, d in out if n == "stop"]
+    assert len(stops) == 1
+    assert (stops[0]["processed"] + stops[0]["rejected"], stops[0]["missed"]) == (3, 1)
+    assert cb.totals["bad_documents"] >= 3 and cb.totals["duplicates"] == 1
+
+
+def test_a_non_mn_experiment_gets_rejections_naming_the_edge(engine, spectra):
+    cb, out = _new(engine)
+    _feed(cb, source_run(spectra[:3], offset=520.0))  # an O K-edge axis
+    rows = derived_rows(out)
+    assert len(rows) == 3 and all(r["status"] == "rejected" and "Mn L2,3" in r["reason"] for r in rows)
+
+
+def test_garbage_on_the_wire_is_counted_and_the_next_run_is_read(tmp_path):
+    real_engine()
+    pin, pout = proxy_ports()
+    proxy = start_proxy_on(pin, pout)
+    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
+                         str(service_toml(tmp_path / "live.toml")), *model_args()])
+    sender = RawSender(pin)
+    # only the service's output: bluesky's own RemoteDispatcher dies on an unknown document name
+    collector = Collector(pout, msgpack_loads, prefix=b"mnedge")
+    try:
+        good = msgpack_dumps({"uid": "u", "time": 0.0})
+        undecodable = [b"no-spaces-at-all", b"src start " + good[:-3], b"src start \xc1\xc1\xc1",
+                       b"src nonsense " + good, b"src \xff\xfe " + good, b"src start " + msgpack_dumps([1, 2])]
+        for m in undecodable:
+            sender.raw(m)
+        sender.send("event", {"descriptor": "nope", "seq_num": 1, "data": {}, "time": 0, "uid": "e"})
+        sender.send("start", {"no": "uid"})
+        bad = source_run([np.full(560, np.nan), np.zeros(MAX_CHANNELS + 10), "x"], page=3)
+        mn_free = source_run(good_spectra(2, seed=12), offset=520.0)
+        sender.send_all(bad + mn_free)
+        docs = source_run(good_spectra(3, seed=13))
+        sender.send_all(docs)
+        assert wait_until(lambda: len(derived_stops(collector.docs)) == 3, 30), (
+            [n for n, _ in collector.docs], "".join(svc.log))
+        s_bad, s_free, s_good = derived_stops(collector.docs)
+        assert (s_bad["rejected"], s_free["rejected"]) == (3, 2)
+        assert s_good["processed"] == 3  # the good run after the garbage gets its readouts
+        assert all(r["status"] == "ok" for r in derived_rows(collector.docs, s_good["run_start"]))
+    finally:
+        collector.close()
+        sender.close()
+        assert stop(svc) == 0
+        stop(proxy)
+    totals = final_totals(svc)
+    assert totals["bad_messages"] == len(undecodable) and totals["bad_documents"] >= 2
