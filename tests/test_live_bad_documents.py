@@ -61,7 +61,7 @@ def _new(engine) -> tuple[MnEdgeCallback, list]:
     return MnEdgeCallback(engine, LiveConfig(**CONFIG), lambda n, d: out.append((n, d))), out
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(garbage=st.lists(st.tuples(st.sampled_from(NAMES), json_like), max_size=12))
 def test_garbage_documents_never_raise_and_the_next_run_is_read(engine, spectra, garbage):
     cb, out = _new(engine)
@@ -72,7 +72,7 @@ def test_garbage_documents_never_raise_and_the_next_run_is_read(engine, spectra,
     assert stops and stops[-1]["processed"] + stops[-1]["rejected"] == 3 and stops[-1]["missed"] == 0
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(bad=st.lists(st.tuples(st.integers(0, 7), bad_spectrum), min_size=1, max_size=8), page=st.sampled_from([1, 3]))
 def test_every_event_of_a_run_gets_exactly_one_row_bad_ones_rejected_with_reason(engine, spectra, bad, page):
     specs: list = list(spectra)
