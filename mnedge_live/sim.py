@@ -61,9 +61,16 @@ class SpectrumSource:
             b = self.model.sample(n, seed=self.seed, fractions=torch.tensor(f), is_eels=eels, crop=False,
                                   offset=0.0, dispersion_error=0.0, nonlinearity=0.0, psnr_db=psnr_db,
                                   t_lambda=0.3 if eels else 0.0)
-        m = min(EELS_CHANNELS, b.values.shape[1])
-        energy = float(b.start[0]) + EELS_DISPERSION_EV * np.arange(m)
-        return energy, b.values[:, :m].numpy().astype(np.float64)
+        # The forward model works on its own uniform step: resample onto the spectrometer's channels.
+        from mnedge_live.spectrum import WORK_STEP_EV
+
+        energy = EELS_OFFSET_EV + EELS_DISPERSION_EV * np.arange(EELS_CHANNELS)
+        values = b.values.numpy().astype(np.float64)
+        spectra = np.empty((n, energy.size))
+        for i in range(n):
+            axis = float(b.start[i]) + WORK_STEP_EV * np.arange(values.shape[1])
+            spectra[i] = np.interp(energy, axis, values[i])
+        return energy, spectra
 
 
 def demo_fractions(row: int, col: int, shape: tuple[int, int]) -> np.ndarray:
