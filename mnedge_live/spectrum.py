@@ -59,6 +59,13 @@ MN_SPIN_ORBIT_EV = 11.0
 MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
 #: Window (eV above L3) searched for the L2 maximum.
 L2_SEARCH_EV = (7.0, 16.0)
+#: Smoothing widths (eV) of the band-pass that finds L2.
+L2_BAND_EV = (0.8, 4.0)
+#: A maximum outside Mn's spin-orbit range counts as L2 only when it beats the
+#: one inside by this many band-pass noise sigmas.
+L2_OUTSIDE_MARGIN_SIGMA = 4.0
+#: ... and by this share of the inside maximum (plural-scattering replicas of L3).
+L2_OUTSIDE_MARGIN_REL = 0.2
 
 
 @dataclass
@@ -125,13 +132,43 @@ def to_uniform(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STE
         raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(y))):
         raise ValueError("spectrum contains NaN or inf")
-    uniq, inverse = np.unique(e, return_inverse=True)
-    if uniq.size < 2:
-        raise ValueError("fewer than two distinct energies")
-    mean = np.bincount(inverse, weights=y) / np.bincount(inverse)
+    uniq, mean = _distinct_points(e, y)
     n = int(math.floor((uniq[-1] - uniq[0]) / step + 1e-9)) + 1
     grid = uniq[0] + step * np.arange(n)
     return float(uniq[0]), np.interp(grid, uniq, mean)
+
+
+def _distinct_points(e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct energies and the mean intensity at each (repeated energies averaged)."""
+    uniq, inverse = np.unique(e, return_inverse=True)
+    if uniq.size < 2:
+        raise ValueError("fewer than two distinct energies")
+    return uniq, np.bincount(inverse, weights=y) / np.bincount(inverse)
+
+
+def measured_noise(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> float:
+    """Noise sigma of a measured spectrum, as the white-noise sigma on the work axis it is equivalent to.
+
+    Estimated on the measured points themselves (robust median of second
+    differences), because resampling a coarser axis onto ``step`` by linear
+    interpolation hides the noise from any estimate made afterwards.  Noise
+    on points ``d`` apart carries ``d / step`` times the power per eV of
+    white noise of the same sigma on the work axis, hence the scaling.
+
+    Parameters
+    ----------
+    energy, intensity : numpy.ndarray
+        One spectrum as measured (any order, repeats allowed).
+    step : float
+        Spacing of the work axis (eV).
+    """
+    e, y = _distinct_points(np.asarray(energy, np.float64).ravel(), np.asarray(intensity, np.float64).ravel())
+    if y.size < 5:
+        return float("nan")
+    d2 = (y[2:] - 2 * y[1:-1] + y[:-2]) / math.sqrt(6.0)
+    sigma = 1.4826 * float(np.median(np.abs(d2)))
+    spacing = float(np.median(np.diff(e)))
+    return sigma * math.sqrt(max(spacing, step) / step)
 
 
 def _gauss_kernel(sigma_pts: float) -> torch.Tensor:
@@ -179,6 +216,14 @@ def _score_noise_gain(step: float, tmpl: torch.Tensor) -> float:
     return float(resp.norm())
 
 
+def _bandpass_noise_gain(step: float, narrow: float, wide: float) -> float:
+    """Std of ``smooth(narrow) - smooth(wide)`` for unit white noise (its impulse response's norm)."""
+    n = 2 * int(8 * wide / step) + 1
+    imp = torch.zeros(1, n, dtype=torch.float64)
+    imp[0, n // 2] = 1.0
+    return float((smooth(imp, narrow, step) - smooth(imp, wide, step)).norm())
+
+
 def _interp_rows(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of rows at fractional indices ``pos`` (clamped to the row)."""
     n = values.shape[1]
@@ -189,8 +234,12 @@ def _interp_rows(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
-              step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
+
+    ``noise`` (B,), when given and finite, replaces the estimate made on the
+    work axis (see :func:`measured_noise`).
 
     Returns
     -------
@@ -224,19 +273,36 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # Noise: median absolute second difference of the raw values (valid region).
     d2 = (held[:, 2:] - 2 * held[:, 1:-1] + held[:, :-2]) / math.sqrt(6.0)
     d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.full_like(d2, torch.nan))
-    noise = torch.nanmedian(d2, dim=1).values * 1.4826
-    noise = torch.nan_to_num(noise, nan=0.0)
+    est = torch.nanmedian(d2, dim=1).values * 1.4826
+    if noise is not None:
+        given = noise.to(est.dtype)
+        est = torch.where(torch.isfinite(given), given, est)
+    noise = torch.nan_to_num(est, nan=0.0)
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
     edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * _score_noise_gain(step, tmpl) + 1e-12)
-    # L2: maximum of hp 7-16 eV above L3 (wider than Mn's range, so that other
-    # edges show their own spacing) when Mn's L2 range is measured.
-    lo = L2_SEARCH_EV[0] / step
-    hi = L2_SEARCH_EV[1] / step
-    rel = idx - l3_pos[:, None]
-    l2win = (rel >= lo) & (rel <= hi) & valid
+    # L2: the white line 7-16 eV above L3 (wider than Mn's range, so that other
+    # edges show their own spacing) when Mn's L2 range is measured.  A broader
+    # band-pass than for L3 (L2 is broader and weaker), and the maximum inside
+    # Mn's range is kept unless one outside it is higher by more than
+    # L2_OUTSIDE_MARGIN_SIGMA noise sigmas: noise and L3 fine structure must not
+    # turn a Mn spectrum into "another element", while the L2 line of Fe, Cr,
+    # ... (nothing at +11 eV) still shows its own spacing.
+    bp = smooth(held, L2_BAND_EV[0], step) - smooth(held, L2_BAND_EV[1], step)
+    bp_noise = noise * _bandpass_noise_gain(step, *L2_BAND_EV)
+    rel = (idx - l3_pos[:, None]) * step
+    searched = (rel >= L2_SEARCH_EV[0]) & (rel <= L2_SEARCH_EV[1]) & valid
+    mn_range = searched & (rel >= MN_SPIN_ORBIT_RANGE_EV[0]) & (rel <= MN_SPIN_ORBIT_RANGE_EV[1])
+    # Outside Mn's range only local maxima of the band-pass count (a slope at the
+    # end of the search window, e.g. from plural scattering, is no line).
+    peak = F.pad((bp[:, 1:-1] >= bp[:, :-2]) & (bp[:, 1:-1] >= bp[:, 2:]), (1, 1), value=False)
+    neg = torch.full_like(bp, -torch.inf)
+    in_val, in_idx = torch.where(mn_range, bp, neg).max(dim=1)
+    out_val, out_idx = torch.where(searched & ~mn_range & peak, bp, neg).max(dim=1)
+    margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
+    outside = out_val > in_val + margin
+    l2_idx = torch.where(outside, out_idx, in_idx)
     has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last.to(held.dtype)
-    l2_idx = torch.where(l2win, hp, torch.full_like(hp, -torch.inf)).argmax(dim=1)
     l2_pos = torch.where(has_l2, l2_idx.to(held.dtype), torch.full_like(l3_pos, torch.nan))
     return l3_pos, edge_snr, l2_pos, noise
 
@@ -282,7 +348,7 @@ def remove_background(spec: torch.Tensor, held: torch.Tensor, grid: torch.Tensor
 
 
 def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
-               step: float = WORK_STEP_EV) -> Prepared:
+               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None) -> Prepared:
     """Turn a batch of uniformly sampled spectra into model input.
 
     Parameters
@@ -295,6 +361,10 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         ``(B, N)`` bool: the measured (contiguous) window of each row; default all.
     step : float
         Axis spacing (eV); :data:`WORK_STEP_EV` for everything in this package.
+    noise : torch.Tensor, optional
+        ``(B,)`` noise sigma from the measured points (:func:`measured_noise`);
+        NaN or None: estimated on the work axis.  Only the diagnostics
+        (edge SNR, L2 search, PSNR) use it, never the model input.
 
     Returns
     -------
@@ -307,7 +377,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         valid = torch.ones_like(values, dtype=torch.bool)
     start = start.to(values.device, torch.float64)
     held, first, last = edge_hold(values, valid)
-    l3_pos, edge_snr, l2_pos, noise = locate_l3(held, valid, first, last, step)
+    l3_pos, edge_snr, l2_pos, noise = locate_l3(held, valid, first, last, step, noise)
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
     grid = torch.as_tensor(MODEL_GRID, dtype=torch.float64, device=values.device)

@@ -30,6 +30,8 @@ def engine(tiny_artifact):
     (E.reshape(2, -1), mn_like().reshape(2, -1), "1-D"),
     (np.arange(700.0, 760.0, 0.1), mn_like(np.arange(700.0, 760.0, 0.1), l3=720), "misses the Mn L2,3 edge"),
     (E, np.random.default_rng(1).normal(1.0, 0.1, E.size), "no edge detectable"),
+    # noise on a coarse axis: resampling onto the work axis must not hide it
+    (np.arange(620.0, 680.0, 0.25), np.random.default_rng(2).normal(1.0, 0.1, 240), "no edge detectable"),
     (E, np.ones(E.size), "constant"),
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
     (np.linspace(640.0, 643.0, 40), mn_like(np.linspace(640.0, 643.0, 40)), "spans only"),

@@ -9,7 +9,10 @@ import torch
 from mnedge_live.spectrum import (
     L3_REFERENCE_EV,
     MN_SPIN_ORBIT_EV,
+    MN_SPIN_ORBIT_RANGE_EV,
     MODEL_GRID,
+    WORK_STEP_EV,
+    measured_noise,
     pack,
     preprocess,
     to_uniform,
@@ -88,3 +91,34 @@ def test_training_and_serving_share_this_preprocessing():
     import offline_training.generate as gen
 
     assert gen.preprocess is preprocess
+
+
+@pytest.mark.parametrize("spacing_ev", [0.05, 0.1, 0.25, 0.5])
+def test_measured_noise_survives_coarse_axes(spacing_ev):
+    """Resampling hides noise; the estimate on the measured points does not (white-noise sigma on the work axis)."""
+    rng = np.random.default_rng(3)
+    e = np.arange(620.0, 680.0, spacing_ev)
+    y = _doublet(e, 641.0) + rng.normal(0.0, 0.05, e.size)
+    expected = 0.05 * np.sqrt(max(spacing_ev, WORK_STEP_EV) / WORK_STEP_EV)
+    assert measured_noise(e, y) == pytest.approx(expected, rel=0.2)
+
+
+@pytest.mark.parametrize("l2_spacing, mn", [(8.7, False), (11.0, True), (13.1, False), (15.0, False)])
+def test_l2_spacing_tells_mn_from_neighbouring_elements(l2_spacing, mn):
+    """Cr (8.7 eV), Fe (13.1 eV) and Co (15 eV) show their own spin-orbit spacing; Mn shows about 11 eV."""
+    e = np.arange(620.0, 680.0, 0.1)
+    y = np.exp(-0.5 * ((e - 641.0) / 0.7) ** 2) + 0.5 * np.exp(-0.5 * ((e - 641.0 - l2_spacing) / 0.9) ** 2) + 0.05
+    y = y + np.random.default_rng(0).normal(0.0, 0.01, e.size)
+    p = preprocess(*pack([(e, y)]), noise=torch.tensor([measured_noise(e, y)]))
+    d = float(p.l2_spacing_ev[0])
+    assert d == pytest.approx(l2_spacing, abs=0.3)
+    assert (MN_SPIN_ORBIT_RANGE_EV[0] <= d <= MN_SPIN_ORBIT_RANGE_EV[1]) == mn
+
+
+def test_synthetic_mn_spectra_show_a_mn_l2_spacing(forward_model):
+    """Noise, plural scattering and L3 fine structure must not move L2 out of Mn's range (PSNR >= 15 dB)."""
+    b = forward_model.sample(600, seed=11, psnr_db=torch.linspace(15.0, 60.0, 600))
+    p = preprocess(b.start, b.values, b.valid)
+    d = p.l2_spacing_ev[p.l2_covered].numpy()
+    inside = (d >= MN_SPIN_ORBIT_RANGE_EV[0]) & (d <= MN_SPIN_ORBIT_RANGE_EV[1])
+    assert inside.mean() >= 0.99, np.sort(d[~inside])

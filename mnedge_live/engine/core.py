@@ -19,7 +19,7 @@ import torch
 from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.results import SpectrumResult
-from mnedge_live.spectrum import MN_SPIN_ORBIT_RANGE_EV, WORK_STEP_EV, preprocess, to_uniform
+from mnedge_live.spectrum import MN_SPIN_ORBIT_RANGE_EV, WORK_STEP_EV, measured_noise, preprocess, to_uniform
 
 log = logging.getLogger(__name__)
 
@@ -84,15 +84,16 @@ class Engine:
             ``rejected`` with the reason.
         """
         results: list[SpectrumResult | None] = [None] * len(spectra)
-        rows: list[tuple[int, float, np.ndarray]] = []
+        rows: list[tuple[int, float, np.ndarray, float]] = []
         for i, item in enumerate(spectra):
             try:
                 energy, intensity = item
                 start, values = self._check_and_resample(energy, intensity)
+                noise = measured_noise(energy, intensity, WORK_STEP_EV)
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
-            rows.append((i, start, values))
+            rows.append((i, start, values, noise))
         for k in range(0, len(rows), MAX_BATCH):
             chunk = rows[k:k + MAX_BATCH]
             try:
@@ -100,7 +101,7 @@ class Engine:
                     results[i] = res
             except Exception as exc:  # backend failure: answer every row, keep serving
                 log.exception("backend %s failed", self.backend_name)
-                for i, _, _ in chunk:
+                for i, *_ in chunk:
                     results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
                                                          model=self.model_id)
         out = [r if r is not None else SpectrumResult.rejected("internal error: no result", model=self.model_id)
@@ -142,15 +143,16 @@ class Engine:
             raise ValueError("intensity is constant: no edge")
         return to_uniform(e, y, WORK_STEP_EV)
 
-    def _run_rows(self, rows: list[tuple[int, float, np.ndarray]]) -> list[SpectrumResult]:
-        n = max(len(v) for _, _, v in rows)
+    def _run_rows(self, rows: list[tuple[int, float, np.ndarray, float]]) -> list[SpectrumResult]:
+        n = max(len(v) for _, _, v, _ in rows)
         values = np.zeros((len(rows), n), np.float32)
         valid = np.zeros((len(rows), n), bool)
-        for j, (_, _, v) in enumerate(rows):
+        for j, (_, _, v, _) in enumerate(rows):
             values[j, : len(v)] = v
             valid[j, : len(v)] = True
-        start = torch.tensor([s for _, s, _ in rows], dtype=torch.float64)
-        prep = preprocess(start, torch.from_numpy(values), torch.from_numpy(valid))
+        start = torch.tensor([s for _, s, _, _ in rows], dtype=torch.float64)
+        noise = torch.tensor([z for *_, z in rows], dtype=torch.float64)
+        prep = preprocess(start, torch.from_numpy(values), torch.from_numpy(valid), noise=noise)
         frac, log_std, side = self.backend.run(prep.x.numpy())
         std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
         out = []
