@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,9 @@ from live_support import use_loopback_channel_access
 
 #: Channel Access port of this test session (loopback only), set before any test module imports ophyd.
 CA_PORT = use_loopback_channel_access()
+#: An empty model store for the session (and its subprocesses): a store on the machine must not
+#: change which model "the default" is; tests that need a store set their own MNEDGE_HOME.
+os.environ["MNEDGE_HOME"] = tempfile.mkdtemp(prefix="mnedge-test-store-")
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
 
