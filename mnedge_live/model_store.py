@@ -3,7 +3,8 @@
 Layout (``$MNEDGE_HOME``, else ``~/.local/share/mnedge``)::
 
     models/<model_id>/   verified copies of installed artifacts
-    state.json           {"in_use": model_id or null, "history": [previously used ids, oldest first]}
+    state.json           {"in_use": model_id or null, "history": [previously used ids, oldest first;
+                          null: no model in use, i.e. the embedded default]}
     .lock                held (``flock``) while the store is changed
 
 Every change of ``state.json`` is written to a temporary file and moved into
@@ -50,7 +51,8 @@ class StoreState:
     """Contents of ``state.json``."""
 
     in_use: str | None = None
-    history: list[str] = field(default_factory=list)
+    #: previously used models, oldest first; None stands for "none in use" (the embedded default)
+    history: list[str | None] = field(default_factory=list)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -106,7 +108,7 @@ class ModelStore:
         try:
             data = json.loads(path.read_text())
             in_use = data.get("in_use")
-            history = [str(x) for x in data.get("history", [])]
+            history = [None if x is None else str(x) for x in data.get("history", [])]
         except (OSError, ValueError, AttributeError, TypeError) as exc:
             raise StoreError(f"model store {self.root}: {STATE_NAME} is not a valid record: {exc}") from exc
         if in_use is not None and not isinstance(in_use, str):
@@ -212,14 +214,14 @@ class ModelStore:
         state = self.state()
         if state.in_use == model_id:
             return state
-        if state.in_use is not None:
-            state.history.append(state.in_use)
+        state.history.append(state.in_use)
         state.in_use = model_id
         self._write_state(state)
         return state
 
     def rollback(self) -> StoreState:
-        """Go back to the previously used model (the last entry of the history).
+        """Go back to the previously used model (the last entry of the history; the embedded default
+        when no model was in use before).
 
         Raises
         ------
@@ -231,9 +233,10 @@ class ModelStore:
             if not state.history:
                 raise StoreError(f"model store {self.root}: no previously used model to roll back to")
             previous = state.history[-1]
-            if previous not in self.installed():
-                raise StoreError(f"cannot roll back to {previous}: it is no longer installed in {self.root}")
-            load_artifact(self.model_path(previous))
+            if previous is not None:
+                if previous not in self.installed():
+                    raise StoreError(f"cannot roll back to {previous}: it is no longer installed in {self.root}")
+                load_artifact(self.model_path(previous))
             state.history.pop()
             state.in_use = previous
             self._write_state(state)

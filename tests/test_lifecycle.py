@@ -124,4 +124,4 @@ def test_staff_lifecycle(tmp_path, monkeypatch, capsys):
     r = subprocess.run([str(Path(sys.executable).parent / "mnedge"), "models", "list"], capture_output=True,
                        text=True, env={**os.environ}, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "* site-v1" in r.stdout and "  site-v2" in r.stdout and "rollback goes to" not in r.stdout
+    assert "* site-v1" in r.stdout and "  site-v2" in r.stdout and "rollback goes to: none in use" in r.stdout

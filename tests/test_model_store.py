@@ -75,15 +75,16 @@ def test_use_and_rollback_walk_the_history(two_models, home):
     store.install(b)
     assert store.use("site-a").in_use == "site-a"
     state = store.use("site-b")
-    assert (state.in_use, state.history) == ("site-b", ["site-a"])
-    assert store.use("site-b").history == ["site-a"]  # using the model in use changes nothing
+    assert (state.in_use, state.history) == ("site-b", [None, "site-a"])  # None: nothing was in use
+    assert store.use("site-b").history == [None, "site-a"]  # using the model in use changes nothing
     state = store.rollback()
-    assert (state.in_use, state.history) == ("site-a", [])
+    assert (state.in_use, state.history) == ("site-a", [None])
+    assert store.rollback().in_use is None  # back to the embedded default
     with pytest.raises(StoreError, match="no previously used model"):
         store.rollback()
     with pytest.raises(StoreError, match="not installed.*site-a, site-b"):
         store.use("site-c")
-    assert json.loads((home / "state.json").read_text()) == {"in_use": "site-a", "history": []}
+    assert json.loads((home / "state.json").read_text()) == {"in_use": None, "history": []}
 
 
 def test_default_resolution_prefers_the_store_model_in_use(two_models, home):
@@ -159,7 +160,7 @@ def test_models_command_install_list_use_rollback(two_models, tmp_path, capsys):
     assert main(["models", *store, "use", "site-a"]) == 0
     assert main(["models", *store, "list", "--json"]) == 0
     info = json.loads(capsys.readouterr().out.split("in use: site-a\n", 1)[1])
-    assert info["in_use"] == "site-a" and info["history"] == ["site-b"] and info["default"] == "store"
+    assert info["in_use"] == "site-a" and info["history"] == [None, "site-b"] and info["default"] == "store"
     assert [(m["model_id"], m["in_use"], m["status"]) for m in info["models"]] == [
         ("site-a", True, "ok"), ("site-b", False, "ok")]
     assert info["embedded"]["path"] == str(default_artifact_path())
@@ -169,6 +170,8 @@ def test_models_command_install_list_use_rollback(two_models, tmp_path, capsys):
     assert "rollback goes to: site-b" in table
     assert main(["models", *store, "rollback"]) == 0
     assert "in use: site-b" in capsys.readouterr().out
+    assert main(["models", *store, "rollback"]) == 0
+    assert "in use: none (the embedded default model)" in capsys.readouterr().out
     assert main(["models", *store, "rollback"]) == 1
     assert "no previously used model" in capsys.readouterr().err
     assert main(["models", *store, "use", "nope"]) == 1

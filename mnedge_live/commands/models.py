@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"in use: {args.model_id}")
         elif args.action == "rollback":
             state = store.rollback()
-            print(f"rolled back; in use: {state.in_use}")
+            print(f"rolled back; in use: {state.in_use or 'none (the embedded default model)'}")
         else:
             return _list(store, args.json)
     except ArtifactError as exc:
@@ -108,6 +108,6 @@ def _list(store: ModelStore, as_json: bool) -> int:
     used = " (used: no model in use in the store)" if info["default"] == "embedded" else ""
     lines.append(f"embedded default: {emb['model_id'] or '-'} [{emb['status']}] {emb['path']}{used}")
     if info["history"]:
-        lines.append(f"rollback goes to: {info['history'][-1]}")
+        lines.append(f"rollback goes to: {info['history'][-1] or 'none in use (the embedded default)'}")
     print("\n".join(lines))
     return 0
