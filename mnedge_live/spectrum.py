@@ -32,6 +32,7 @@ held-point mask.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -59,8 +60,8 @@ MN_SPIN_ORBIT_EV = 11.0
 MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
 #: Window (eV above L3) searched for the L2 maximum.
 L2_SEARCH_EV = (7.0, 16.0)
-#: Smoothing widths (eV) of the band-pass that finds L2.
-L2_BAND_EV = (0.8, 4.0)
+#: Smoothing widths (eV) of the band-pass that finds L2 (the wide one is the L3 high-pass's).
+L2_BAND_EV = (0.8, 3.0)
 #: A maximum outside Mn's spin-orbit range counts as L2 only when it beats the
 #: one inside by this many band-pass noise sigmas.
 L2_OUTSIDE_MARGIN_SIGMA = 4.0
@@ -140,6 +141,8 @@ def to_uniform(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STE
 
 def _distinct_points(e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sorted distinct energies and the mean intensity at each (repeated energies averaged)."""
+    if e.size >= 2 and bool(np.all(e[1:] > e[:-1])):
+        return e, y  # already ascending and distinct (the usual case): no sort
     uniq, inverse = np.unique(e, return_inverse=True)
     if uniq.size < 2:
         raise ValueError("fewer than two distinct energies")
@@ -163,12 +166,25 @@ def measured_noise(energy: np.ndarray, intensity: np.ndarray, step: float = WORK
         Spacing of the work axis (eV).
     """
     e, y = _distinct_points(np.asarray(energy, np.float64).ravel(), np.asarray(intensity, np.float64).ravel())
+    return _noise_of_points(e, y, step)
+
+
+def _noise_of_points(e: np.ndarray, y: np.ndarray, step: float) -> float:
     if y.size < 5:
         return float("nan")
-    d2 = (y[2:] - 2 * y[1:-1] + y[:-2]) / math.sqrt(6.0)
-    sigma = 1.4826 * float(np.median(np.abs(d2)))
+    d2 = np.abs(y[2:] - 2 * y[1:-1] + y[:-2]) / math.sqrt(6.0)
+    sigma = 1.4826 * float(np.median(d2))
     spacing = float(np.median(np.diff(e)))
     return sigma * math.sqrt(max(spacing, step) / step)
+
+
+def resample_measured(energy: np.ndarray, intensity: np.ndarray,
+                      step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, float]:
+    """:func:`to_uniform` and :func:`measured_noise` of one spectrum in one pass: ``(start, values, noise)``."""
+    e = np.asarray(energy, dtype=np.float64).ravel()
+    y = np.asarray(intensity, dtype=np.float64).ravel()
+    start, values = to_uniform(e, y, step)
+    return start, values, _noise_of_points(*_distinct_points(e, y), step)
 
 
 def _gauss_kernel(sigma_pts: float) -> torch.Tensor:
@@ -206,8 +222,10 @@ def _doublet_template(step: float) -> torch.Tensor:
     return g / g.norm()
 
 
-def _score_noise_gain(step: float, tmpl: torch.Tensor) -> float:
+@functools.lru_cache(maxsize=8)
+def _score_noise_gain(step: float) -> float:
     """Std of the doublet score for unit white noise (its impulse response's norm)."""
+    tmpl = _doublet_template(step)
     n = 4 * tmpl.numel() + int(40.0 / step)
     imp = torch.zeros(1, n, dtype=tmpl.dtype)
     imp[0, n // 2] = 1.0
@@ -216,6 +234,7 @@ def _score_noise_gain(step: float, tmpl: torch.Tensor) -> float:
     return float(resp.norm())
 
 
+@functools.lru_cache(maxsize=8)
 def _bandpass_noise_gain(step: float, narrow: float, wide: float) -> float:
     """Std of ``smooth(narrow) - smooth(wide)`` for unit white noise (its impulse response's norm)."""
     n = 2 * int(8 * wide / step) + 1
@@ -250,7 +269,8 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     """
     b, n = held.shape
     fine = smooth(held, 0.3, step)
-    hp = fine - smooth(held, 3.0, step)
+    broad = smooth(held, L2_BAND_EV[1], step)
+    hp = fine - broad
     tmpl = _doublet_template(step).to(held)
     m = tmpl.numel()
     lead = int(round(3.0 / step))
@@ -280,7 +300,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     noise = torch.nan_to_num(est, nan=0.0)
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
-    edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * _score_noise_gain(step, tmpl) + 1e-12)
+    edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * _score_noise_gain(step) + 1e-12)
     # L2: the white line 7-16 eV above L3 (wider than Mn's range, so that other
     # edges show their own spacing) when Mn's L2 range is measured.  A broader
     # band-pass than for L3 (L2 is broader and weaker), and the maximum inside
@@ -288,7 +308,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # L2_OUTSIDE_MARGIN_SIGMA noise sigmas: noise and L3 fine structure must not
     # turn a Mn spectrum into "another element", while the L2 line of Fe, Cr,
     # ... (nothing at +11 eV) still shows its own spacing.
-    bp = smooth(held, L2_BAND_EV[0], step) - smooth(held, L2_BAND_EV[1], step)
+    bp = smooth(fine, math.sqrt(L2_BAND_EV[0] ** 2 - 0.3**2), step) - broad  # Gaussians add in quadrature
     bp_noise = noise * _bandpass_noise_gain(step, *L2_BAND_EV)
     rel = (idx - l3_pos[:, None]) * step
     searched = (rel >= L2_SEARCH_EV[0]) & (rel <= L2_SEARCH_EV[1]) & valid

@@ -19,7 +19,7 @@ import torch
 from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.results import SpectrumResult
-from mnedge_live.spectrum import MN_SPIN_ORBIT_RANGE_EV, WORK_STEP_EV, measured_noise, preprocess, to_uniform
+from mnedge_live.spectrum import MN_SPIN_ORBIT_RANGE_EV, WORK_STEP_EV, preprocess, resample_measured
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ class Engine:
         for i, item in enumerate(spectra):
             try:
                 energy, intensity = item
-                start, values = self._check_and_resample(energy, intensity)
-                noise = measured_noise(energy, intensity, WORK_STEP_EV)
+                start, values, noise = self._check_and_resample(energy, intensity)
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
@@ -114,7 +113,7 @@ class Engine:
         return out
 
     @staticmethod
-    def _check_and_resample(energy, intensity) -> tuple[float, np.ndarray]:
+    def _check_and_resample(energy, intensity) -> tuple[float, np.ndarray, float]:
         e = np.asarray(energy)
         y = np.asarray(intensity)
         if e.ndim != 1 or y.ndim != 1:
@@ -141,7 +140,7 @@ class Engine:
                              f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
         if float(np.ptp(y)) == 0.0:
             raise ValueError("intensity is constant: no edge")
-        return to_uniform(e, y, WORK_STEP_EV)
+        return resample_measured(e, y, WORK_STEP_EV)
 
     def _run_rows(self, rows: list[tuple[int, float, np.ndarray, float]]) -> list[SpectrumResult]:
         n = max(len(v) for _, _, v, _ in rows)
