@@ -169,13 +169,47 @@ def measured_noise(energy: np.ndarray, intensity: np.ndarray, step: float = WORK
     return _noise_of_points(e, y, step)
 
 
-def _noise_of_points(e: np.ndarray, y: np.ndarray, step: float) -> float:
-    if y.size < 5:
-        return float("nan")
-    d2 = np.abs(y[2:] - 2 * y[1:-1] + y[:-2]) / math.sqrt(6.0)
-    sigma = 1.4826 * float(np.median(d2))
+def _noise_of_points(e: np.ndarray, y: np.ndarray, step: float):
+    """:func:`measured_noise` on distinct ascending points; ``y`` may be ``(N,)`` or ``(B, N)``."""
+    if y.shape[-1] < 5:
+        return np.full(y.shape[:-1], np.nan) if y.ndim > 1 else float("nan")
+    d2 = np.abs(y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]) / math.sqrt(6.0)
+    sigma = 1.4826 * np.median(d2, axis=-1)
     spacing = float(np.median(np.diff(e)))
-    return sigma * math.sqrt(max(spacing, step) / step)
+    out = sigma * math.sqrt(max(spacing, step) / step)
+    return float(out) if y.ndim == 1 else out
+
+
+def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
+                         step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, np.ndarray]:
+    """:func:`resample_measured` for many spectra on one strictly ascending axis, vectorized.
+
+    The pixels of a spectrum image share their energy axis; resampling them
+    as one matrix costs one interpolation plan instead of one per spectrum.
+
+    Parameters
+    ----------
+    energy : numpy.ndarray
+        ``(N,)`` strictly ascending, finite.
+    intensities : numpy.ndarray
+        ``(B, N)`` finite.
+
+    Returns
+    -------
+    start : float
+    values : numpy.ndarray
+        ``(B, n)`` on ``start + step * arange(n)``, as :func:`to_uniform` gives row by row.
+    noise : numpy.ndarray
+        ``(B,)`` as :func:`measured_noise` gives row by row.
+    """
+    e = np.asarray(energy, np.float64)
+    y = np.asarray(intensities, np.float64)
+    n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
+    grid = e[0] + step * np.arange(n)
+    k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
+    t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0)
+    values = y[:, k] * (1.0 - t) + y[:, k + 1] * t
+    return float(e[0]), values, _noise_of_points(e, y, step)
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray,

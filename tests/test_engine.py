@@ -73,6 +73,21 @@ def test_mixed_batch_answers_each_spectrum_individually(engine):
     assert res[2].valence == pytest.approx(alone.valence, abs=1e-5)
 
 
+def test_spectrum_image_batch_on_one_axis_answers_like_single_spectra(engine):
+    """Pixels sharing an axis take the vectorized path; bad pixels among them get the per-spectrum reasons."""
+    pixels = [mn_like(seed=k) for k in range(6)]
+    pixels[1] = np.where(np.arange(E.size) == 7, np.nan, pixels[1])
+    pixels[3] = np.ones(E.size)
+    pixels[4] = pixels[4].reshape(2, -1)
+    batch = engine.predict([(E, y) for y in pixels])
+    one_by_one = [engine.predict_one(E, y) for y in pixels]
+    assert [r.status for r in batch] == ["ok", "rejected", "ok", "rejected", "rejected", "ok"]
+    for a, b in zip(batch, one_by_one):
+        assert a.status == b.status and a.reason == b.reason
+        if a.ok:
+            assert np.allclose(a.fractions, b.fractions, atol=1e-5) and a.flags == b.flags
+
+
 def test_partial_window_is_flagged_not_rejected(engine):
     e = np.arange(636.0, 647.0, 0.1)
     r = engine.predict_one(e, mn_like(e))

@@ -15,6 +15,8 @@ from mnedge_live.spectrum import (
     measured_noise,
     pack,
     preprocess,
+    resample_measured,
+    resample_shared_axis,
     to_uniform,
 )
 
@@ -122,3 +124,13 @@ def test_synthetic_mn_spectra_show_a_mn_l2_spacing(forward_model):
     d = p.l2_spacing_ev[p.l2_covered].numpy()
     inside = (d >= MN_SPIN_ORBIT_RANGE_EV[0]) & (d <= MN_SPIN_ORBIT_RANGE_EV[1])
     assert inside.mean() >= 0.99, np.sort(d[~inside])
+
+
+def test_shared_axis_resampling_equals_the_per_spectrum_one():
+    rng = np.random.default_rng(4)
+    e = np.sort(rng.uniform(630.0, 670.0, 300))
+    y = _doublet(e, 641.0)[None, :] * rng.uniform(0.5, 2.0, (5, 1)) + rng.normal(0, 0.02, (5, e.size))
+    start, values, noise = resample_shared_axis(e, y)
+    for row, v, z in zip(y, values, noise):
+        s1, v1, z1 = resample_measured(e, row)
+        assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12)

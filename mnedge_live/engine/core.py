@@ -19,7 +19,13 @@ import torch
 from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.results import SpectrumResult
-from mnedge_live.spectrum import MN_SPIN_ORBIT_RANGE_EV, WORK_STEP_EV, preprocess, resample_measured
+from mnedge_live.spectrum import (
+    MN_SPIN_ORBIT_RANGE_EV,
+    WORK_STEP_EV,
+    preprocess,
+    resample_measured,
+    resample_shared_axis,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +91,12 @@ class Engine:
         """
         results: list[SpectrumResult | None] = [None] * len(spectra)
         rows: list[tuple[int, float, np.ndarray, float]] = []
-        for i, item in enumerate(spectra):
+        single: list[int] = []
+        for idx in self._shared_axis_groups(spectra, single):
+            rows.extend(self._resample_group(spectra, idx, single))
+        for i in sorted(single):
             try:
-                energy, intensity = item
+                energy, intensity = spectra[i]
                 start, values, noise = self._check_and_resample(energy, intensity)
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
@@ -111,6 +120,60 @@ class Engine:
             self.counters["ok"] += n_ok
             self.counters["rejected"] += len(out) - n_ok
         return out
+
+    @staticmethod
+    def _shared_axis_groups(spectra: Sequence, single: list[int]) -> list[list[int]]:
+        """Indices of spectra sharing one float ndarray axis (pixels of an image); the rest go to ``single``."""
+        groups: dict[bytes, list[int]] = {}
+        for i, item in enumerate(spectra):
+            energy = item[0] if isinstance(item, tuple) and len(item) == 2 else None
+            if (isinstance(energy, np.ndarray) and energy.ndim == 1 and energy.dtype.kind == "f"
+                    and energy.size >= MIN_POINTS):
+                groups.setdefault(energy.tobytes(), []).append(i)
+            else:
+                single.append(i)
+        out = []
+        for idx in groups.values():
+            if len(idx) > 1:
+                out.append(idx)
+            else:
+                single.extend(idx)
+        return out
+
+    def _resample_group(self, spectra: Sequence, idx: list[int],
+                        single: list[int]) -> list[tuple[int, float, np.ndarray, float]]:
+        """Check the shared axis once, resample the group as a matrix; anything unusual goes to ``single``.
+
+        Rows that fail a check are handed to the per-spectrum path, which
+        words the rejection, so both paths answer the same.
+        """
+        e = spectra[idx[0]][0]
+        try:
+            self._check_and_resample(e, np.arange(e.size, dtype=np.float64))
+            ascending = bool(np.all(e[1:] > e[:-1]))
+        except (ValueError, TypeError):
+            ascending = False
+        if not ascending:
+            single.extend(idx)
+            return []
+        good, stack = [], []
+        for i in idx:
+            y = spectra[i][1]
+            if (isinstance(y, np.ndarray) and y.shape == e.shape and y.dtype.kind in "fiu"):
+                good.append(i)
+                stack.append(y)
+            else:
+                single.append(i)
+        if not stack:
+            return []
+        y = np.asarray(stack, np.float64)
+        ok = np.isfinite(y).all(axis=1) & (np.ptp(y, axis=1) > 0)
+        single.extend(i for i, keep in zip(good, ok) if not keep)
+        if not ok.any():
+            return []
+        start, values, noise = resample_shared_axis(e, y[ok], WORK_STEP_EV)
+        kept = [i for i, keep in zip(good, ok) if keep]
+        return [(i, start, values[j], float(noise[j])) for j, i in enumerate(kept)]
 
     @staticmethod
     def _check_and_resample(energy, intensity) -> tuple[float, np.ndarray, float]:
