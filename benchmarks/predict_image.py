@@ -1,0 +1,91 @@
+"""A 256 x 256 EELS spectrum image through ``mnedge predict``, timed as a user runs it.
+
+The image is synthetic (the forward model, a valence gradient across the
+field of view, realistic noise) and written as a HyperSpy file with
+RosettaSciIO; the timed part is the whole ``mnedge predict`` process (start-up,
+lazy read, chunked Dask processing, maps), once printing the table and once
+writing the per-pixel JSON.
+
+Usage: python benchmarks/predict_image.py [--json] [--size 256] [--model PATH] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from _common import emit, machine  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def write_image(path: Path, size: int) -> None:
+    """A ``size x size`` spectrum image on the simulated spectrometer's channels, as a HyperSpy file."""
+    from rsciio.hspy import file_writer
+
+    from mnedge_live.sim import EELS_DISPERSION_EV, EELS_OFFSET_EV, SpectrumSource, demo_fractions
+
+    source = SpectrumSource(seed=1)
+    rows = []
+    for r in range(size):
+        fr = np.array([demo_fractions(r, c, (size, size)) for c in range(size)])
+        rows.append(source.draw(fr, eels=True, psnr_db=30.0)[1].astype(np.float32))
+    data = np.stack(rows)
+    axes = [{"name": "y", "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"name": "x", "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"name": "Energy loss", "size": data.shape[-1], "offset": EELS_OFFSET_EV, "scale": EELS_DISPERSION_EV,
+             "units": "eV", "navigate": False}]
+    file_writer(str(path), {"data": data, "axes": axes, "original_metadata": {}, "attributes": {"_lazy": False},
+                            "metadata": {"General": {"title": "bench"}, "Signal": {"signal_type": "EELS"}},
+                            "tmp_parameters": {}, "learning_results": {}, "models": {},
+                            "package_info": {"name": "hyperspy", "version": "2.1"}}, show_progressbar=False)
+
+
+def timed(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall time, exit code and the tail of stderr of one command."""
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return time.perf_counter() - t0, r.returncode, r.stderr[-500:]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--model")
+    ap.add_argument("--keep", help="write the image here and keep it")
+    args = ap.parse_args()
+    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mnedge-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    image = folder / "image.hspy"
+    t0 = time.perf_counter()
+    write_image(image, args.size)
+    t_write = time.perf_counter() - t0
+    base = [str(BIN / "mnedge"), "predict", str(image), "--no-progress"] + (["--model", args.model] if args.model else [])
+    t_table, rc_table, err_table = timed(base)
+    t_json, rc_json, err_json = timed([*base, "--json"])
+    t_maps, rc_maps, err_maps = timed([*base, "--plot", str(folder / "maps")])
+    result = {
+        "size": f"{args.size}x{args.size}", "spectra": args.size * args.size,
+        "predict_table_s": round(t_table, 2), "predict_json_s": round(t_json, 2), "predict_maps_s": round(t_maps, 2),
+        "spectra_per_s_table": round(args.size * args.size / t_table, 1),
+        "exit_codes": {"table": rc_table, "json": rc_json, "maps": rc_maps},
+        "image_written_s": round(t_write, 2), "image_mb": round(image.stat().st_size / 2**20, 1),
+        "machine": machine(),
+    }
+    for name, rc, err in (("table", rc_table, err_table), ("json", rc_json, err_json), ("maps", rc_maps, err_maps)):
+        if rc not in (0, 1):
+            result[f"stderr_{name}"] = err
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
