@@ -221,6 +221,7 @@ def resample_measured(energy: np.ndarray, intensity: np.ndarray,
     return start, values, _noise_of_points(*_distinct_points(e, y), step)
 
 
+@functools.lru_cache(maxsize=32)
 def _gauss_kernel(sigma_pts: float) -> torch.Tensor:
     half = max(1, int(math.ceil(3.5 * sigma_pts)))
     t = torch.arange(-half, half + 1, dtype=torch.float32)
@@ -230,6 +231,11 @@ def _gauss_kernel(sigma_pts: float) -> torch.Tensor:
 
 #: Kernels longer than this (taps) are applied by FFT (:func:`correlate_rows`).
 FFT_KERNEL_TAPS = 64
+
+
+def pad_edges(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """Rows ``(B, L)`` extended by repeating their first and last values (replicate padding, cheaply)."""
+    return torch.cat([x[:, :1].expand(-1, left), x, x[:, -1:].expand(-1, right)], dim=1)
 
 
 def correlate_rows(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -251,7 +257,7 @@ def smooth(values: torch.Tensor, sigma_ev: float, step: float = WORK_STEP_EV) ->
     """Gaussian smoothing of ``(B, N)`` rows with replicate padding."""
     k = _gauss_kernel(sigma_ev / step).to(values).view(-1)
     pad = k.numel() // 2
-    return correlate_rows(F.pad(values[:, None], (pad, pad), mode="replicate")[:, 0], k)
+    return correlate_rows(pad_edges(values, pad, pad), k)
 
 
 def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -268,6 +274,7 @@ def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.gather(values, 1, src), first, last
 
 
+@functools.lru_cache(maxsize=8)
 def _doublet_template(step: float) -> torch.Tensor:
     t = torch.arange(-3.0, MN_SPIN_ORBIT_EV + 3.0 + 1e-6, step)
     g = torch.exp(-0.5 * (t / 0.8) ** 2) + 0.5 * torch.exp(-0.5 * ((t - MN_SPIN_ORBIT_EV) / 1.0) ** 2)
@@ -328,8 +335,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     m = tmpl.numel()
     lead = int(round(3.0 / step))
     # score[i] = correlation of the template with hp when L3 sits at index i.
-    hp_pad = F.pad(hp[:, None], (lead, m - lead - 1), mode="replicate")
-    score = correlate_rows(hp_pad[:, 0], tmpl)
+    score = correlate_rows(pad_edges(hp, lead, m - lead - 1), tmpl)
     idx = torch.arange(n, device=held.device).expand(b, n)
     inside = (idx >= first[:, None] + int(1.0 / step)) & (idx <= last[:, None] - int(1.0 / step))
     score = torch.where(inside, score, torch.full_like(score, -torch.inf))

@@ -73,6 +73,10 @@ class OnnxRuntimeBackend:
         wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # ONNX Runtime's worker threads busy-wait after each run by default; on a beamline PC they
+        # would steal the cores the preprocessing (torch) needs between runs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(artifact.file("model.onnx")), sess_options=opts, providers=wanted)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
