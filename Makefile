@@ -25,6 +25,10 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/generator.py --json
 	$(BIN)/python benchmarks/engine_throughput.py --json
+	$(BIN)/python benchmarks/predict_image.py --json
+	$(BIN)/python benchmarks/live_latency.py --json
+	$(BIN)/python benchmarks/soak.py --json
+	$(BIN)/python benchmarks/gpu_throughput.py --json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
