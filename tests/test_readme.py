@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,8 +55,13 @@ class Shell:
                                     start_new_session=True)
             self.background.append(proc)
             return proc
-        return subprocess.run(["bash", "-c", line], cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                              timeout=timeout)
+        # Output goes to files, not pipes: a daemon a command leaves behind cannot hold the test up.
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            r = subprocess.run(["bash", "-c", line], cwd=self.cwd, env=self.env, stdout=out, stderr=err, text=True,
+                               timeout=timeout)
+            out.seek(0)
+            err.seek(0)
+            return subprocess.CompletedProcess(r.args, r.returncode, out.read(), err.read())
 
     def close(self) -> list[int]:
         codes = []
@@ -136,7 +142,7 @@ def test_beamline_scientist_example(tmp_path):
         deadline = time.monotonic() + 30
         while True:
             r = shell.run(caget_line, timeout=60)
-            values = dict(re.findall(r"(\S+)\s+(\S+)", r.stdout))
+            values = dict(re.findall(r"(\S+)\s+\[([^\]]+)\]", r.stdout))  # caproto-get: NAME  [VALUE]
             if values.get("BL08:MNEDGE:PROCESSED") == "71" or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
