@@ -339,9 +339,14 @@ class MnEdgeCallback(DocumentRouter):
                         f"field {name!r} has {size} values; at most {MAX_CHANNELS} channels are accepted")
             return
         try:
-            y = np.asarray(intensity, dtype=np.float64)
+            raw = np.asarray(intensity)
+            complex_valued = np.iscomplexobj(raw)
+            y = None if complex_valued else raw.astype(np.float64)
         except (TypeError, ValueError) as exc:
             self._queue(run, seq, pixel, None, None, f"field {name!r} is not numeric: {exc}")
+            return
+        if complex_valued:  # never drop an imaginary part silently
+            self._queue(run, seq, pixel, None, None, f"field {name!r} is complex-valued")
             return
         if y.ndim != 1:
             self._queue(run, seq, pixel, None, None, f"field {name!r} has shape {y.shape}, expected 1-D")
