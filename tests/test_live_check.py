@@ -105,11 +105,13 @@ def test_check_fails_on_a_tampered_model(proxy, tiny_artifact, tmp_path, capsys)
 
 
 def test_check_without_any_model(proxy, tmp_path, monkeypatch, capsys):
-    """No --model, an empty store and (in this tree) no embedded model: one clear FAIL line."""
-    from mnedge_live.artifact import default_artifact_path
+    """No --model, an empty store and no embedded model (an installation without one): one clear FAIL line."""
+    import mnedge_live.artifact as artifact_module
+    import mnedge_live.model_store as store_module
 
-    if (default_artifact_path() / "model_card.json").is_file():
-        pytest.skip("an embedded model is shipped")
+    missing = tmp_path / "no-embedded-model"
+    for module in (artifact_module, store_module):
+        monkeypatch.setattr(module, "default_artifact_path", lambda: missing)
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty"))
     assert main(["live", *addresses(proxy), "--check"]) == 1
     assert "FAIL model: cannot load the model: no model given, none in use in the model store" in capsys.readouterr().out
