@@ -125,6 +125,7 @@ def main() -> int:
         time.sleep(1.0)  # slow joiner
         sent = missed = processed = rejected = 0
         rss_first = rss_last = float("nan")
+        rss_series: list[float] = []   # after every run; printed at ten evenly spaced runs
         k = 0
         t0 = time.perf_counter()
         while sent < args.spectra:
@@ -159,6 +160,7 @@ def main() -> int:
             processed += int(dstop.get("processed", 0))
             rejected += int(dstop.get("rejected", 0))
             rss_last = rss_mb(svc.pid)
+            rss_series.append(rss_last)
             if rss_first != rss_first:  # NaN: first run
                 rss_first = rss_last
         wall = time.perf_counter() - t0
@@ -177,7 +179,10 @@ def main() -> int:
     result = {"spectra": sent, "missed": missed, "processed": processed, "rejected": rejected,
               "spectra_per_s": round(sent / wall, 1), "runs": -(-sent // args.run_size),
               "run_size": args.run_size, "page": args.page, "rss_mb_first_run": round(rss_first, 1),
-              "rss_mb_last_run": round(rss_last, 1), "service_exit_code": svc.returncode if svc else None,
+              "rss_mb_last_run": round(rss_last, 1),
+              "rss_mb_series": {i + 1: round(rss_series[i], 1) for i in
+                                sorted({round(j * (len(rss_series) - 1) / 9) for j in range(10)})} if rss_series else {},
+              "service_exit_code": svc.returncode if svc else None,
               "machine": machine(), "service_log": str(tmp / "service.log")}
     emit(result, args.json)
     return 0

@@ -25,6 +25,7 @@ from event_model import DocumentNames
 
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
+from mnedge_live.memory import trim_heap
 from mnedge_live.publishing import make_publisher
 from mnedge_live.serializers import get_serializer
 
@@ -152,6 +153,8 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         publisher(name, doc)
         if plots is not None:
             plots(name, doc)
+        if name == "stop":
+            trim_heap()  # a run is over: hand its freed buffers back, so memory stays flat run after run
 
     hook = epics.update if epics is not None else None
     callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
