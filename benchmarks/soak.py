@@ -125,7 +125,10 @@ def main() -> int:
         time.sleep(1.0)  # slow joiner
         sent = missed = processed = rejected = 0
         rss_first = rss_last = float("nan")
-        rss_series: list[float] = []   # after every run; printed at ten evenly spaced runs
+        rss_series: dict[int, float] = {}   # service RSS after ten evenly spaced runs (and the first and last)
+        n_runs = -(-args.spectra // args.run_size)
+        sampled = {round(j * (n_runs - 1) / 9) for j in range(10)} | {0, n_runs - 1}
+        run_index = 0
         k = 0
         t0 = time.perf_counter()
         while sent < args.spectra:
@@ -159,10 +162,12 @@ def main() -> int:
             missed += int(dstop.get("missed", 0))
             processed += int(dstop.get("processed", 0))
             rejected += int(dstop.get("rejected", 0))
-            rss_last = rss_mb(svc.pid)
-            rss_series.append(rss_last)
-            if rss_first != rss_first:  # NaN: first run
-                rss_first = rss_last
+            if run_index in sampled:
+                time.sleep(0.1)  # the service trims its heap right after publishing the stop: read after that
+                rss_last = rss_series[run_index + 1] = rss_mb(svc.pid)
+                if rss_first != rss_first:  # NaN: first run
+                    rss_first = rss_last
+            run_index += 1
         wall = time.perf_counter() - t0
     finally:
         if watcher is not None:
@@ -180,8 +185,7 @@ def main() -> int:
               "spectra_per_s": round(sent / wall, 1), "runs": -(-sent // args.run_size),
               "run_size": args.run_size, "page": args.page, "rss_mb_first_run": round(rss_first, 1),
               "rss_mb_last_run": round(rss_last, 1),
-              "rss_mb_series": {i + 1: round(rss_series[i], 1) for i in
-                                sorted({round(j * (len(rss_series) - 1) / 9) for j in range(10)})} if rss_series else {},
+              "rss_mb_series": {run: round(mb, 1) for run, mb in sorted(rss_series.items())},
               "service_exit_code": svc.returncode if svc else None,
               "machine": machine(), "service_log": str(tmp / "service.log")}
     emit(result, args.json)
