@@ -127,13 +127,22 @@ def to_uniform(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STE
     ValueError
         On non-finite values, mismatched shapes or fewer than two distinct energies.
     """
+    return _uniform_from_points(*_checked_points(energy, intensity), step)
+
+
+def _checked_points(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ascending points of one measured spectrum; ValueError on mismatched or non-finite input."""
     e = np.asarray(energy, dtype=np.float64).ravel()
     y = np.asarray(intensity, dtype=np.float64).ravel()
     if e.shape != y.shape:
         raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
     if not (np.all(np.isfinite(e)) and np.all(np.isfinite(y))):
         raise ValueError("spectrum contains NaN or inf")
-    uniq, mean = _distinct_points(e, y)
+    return _distinct_points(e, y)
+
+
+def _uniform_from_points(uniq: np.ndarray, mean: np.ndarray, step: float) -> tuple[float, np.ndarray]:
+    """Linear interpolation of distinct ascending points onto ``uniq[0] + step * arange(n)``."""
     n = int(math.floor((uniq[-1] - uniq[0]) / step + 1e-9)) + 1
     grid = uniq[0] + step * np.arange(n)
     return float(uniq[0]), np.interp(grid, uniq, mean)
@@ -215,10 +224,9 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
 def resample_measured(energy: np.ndarray, intensity: np.ndarray,
                       step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, float]:
     """:func:`to_uniform` and :func:`measured_noise` of one spectrum in one pass: ``(start, values, noise)``."""
-    e = np.asarray(energy, dtype=np.float64).ravel()
-    y = np.asarray(intensity, dtype=np.float64).ravel()
-    start, values = to_uniform(e, y, step)
-    return start, values, _noise_of_points(*_distinct_points(e, y), step)
+    uniq, mean = _checked_points(energy, intensity)
+    start, values = _uniform_from_points(uniq, mean, step)
+    return start, values, _noise_of_points(uniq, mean, step)
 
 
 @functools.lru_cache(maxsize=32)
