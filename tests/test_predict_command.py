@@ -286,3 +286,12 @@ def test_installed_console_script(model, files):
     assert proc.returncode == 1, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["status"] for r in rows] == ["ok", "rejected"]
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(model, files):
+    """``mnedge predict ... | head``: a reader that is gone (here one that reads nothing) gives no traceback."""
+    exe = Path(sys.executable).parent / "mnedge"
+    cmd = f"{exe} predict {files['good']} {files['tabs']} {files['emsa']} --model {model} --no-progress | true"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
+    assert r.returncode == 141, (r.returncode, r.stderr)  # 128 + SIGPIPE, as Unix tools end
