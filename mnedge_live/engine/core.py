@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -206,6 +207,12 @@ class Engine:
         return resample_measured(e, y, WORK_STEP_EV)
 
     def _run_rows(self, rows: list[tuple[int, float, np.ndarray, float]]) -> list[SpectrumResult]:
+        """Preprocess and run resampled rows; one result per row, in order.
+
+        Everything per row is computed as whole-batch arrays first and turned
+        into Python numbers once: at spectrum-image rates the per-row Python
+        work, not the network, is what limits throughput.
+        """
         n = max(len(v) for _, _, v, _ in rows)
         values = np.zeros((len(rows), n), np.float32)
         valid = np.zeros((len(rows), n), bool)
@@ -216,57 +223,80 @@ class Engine:
         noise = torch.tensor([z for *_, z in rows], dtype=torch.float64)
         prep = preprocess(start, torch.from_numpy(values), torch.from_numpy(valid), noise=noise)
         frac, log_std, side = self.backend.run(prep.x.numpy())
+        checks = _RowChecks.of(prep)
         std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
+        f = np.clip(frac.astype(np.float64), 0.0, 1.0)
+        f = f / f.sum(axis=1, keepdims=True)
+        valence = f @ np.array([2.0, 3.0, 4.0])
+        offset = checks.shift_ev + side[:, 0].astype(np.float64)
+        resolution = np.maximum(side[:, 1].astype(np.float64), 0.0)
+        t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
+        flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
+                        ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD))
+        flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(rows))]
+        reject = checks.rejected()
+        model = self.model_id
         out = []
-        for j in range(len(rows)):
-            reason = self._rejection(prep, j)
-            if reason:
-                out.append(SpectrumResult.rejected(reason, model=self.model_id))
+        for j, (fr, sd, val, off, res, tl) in enumerate(zip(f.tolist(), std.tolist(), valence.tolist(),
+                                                            offset.tolist(), resolution.tolist(), t_lambda.tolist())):
+            if reject[j]:
+                out.append(SpectrumResult.rejected(checks.reason(j), model=model))
                 continue
-            flags = []
-            if not bool(prep.l2_covered[j]):
-                flags.append("l2_not_measured")
-            if not bool(prep.pre_edge_covered[j]):
-                flags.append("pre_edge_not_measured")
-            if float(prep.psnr_db[j]) < LOW_PSNR_DB:
-                flags.append("low_psnr")
-            if std[j, 3] > UNCERTAIN_VALENCE_STD:
-                flags.append("uncertain")
-            f = np.clip(frac[j].astype(np.float64), 0.0, 1.0)
-            f = f / f.sum()
-            out.append(SpectrumResult(
-                status="ok",
-                fractions=tuple(float(v) for v in f),
-                fractions_std=tuple(float(v) for v in std[j, :3]),
-                valence=float(2 * f[0] + 3 * f[1] + 4 * f[2]),
-                valence_std=float(std[j, 3]),
-                energy_offset_eV=float(prep.shift_ev[j]) + float(side[j, 0]),
-                resolution_eV=max(0.0, float(side[j, 1])),
-                t_lambda=max(0.0, float(side[j, 2])),
-                flags=tuple(flags),
-                model=self.model_id,
-            ))
+            out.append(SpectrumResult(status="ok", fractions=tuple(fr), fractions_std=tuple(sd[:3]), valence=val,
+                                      valence_std=sd[3], energy_offset_eV=off, resolution_eV=res, t_lambda=tl,
+                                      flags=flags[j], model=model))
         return out
 
-    @staticmethod
-    def _rejection(prep, j: int) -> str:
-        """Reason to reject row ``j`` after preprocessing, or ''."""
-        l3 = float(prep.l3_ev[j])
-        snr = float(prep.edge_snr[j])
+
+@dataclass
+class _RowChecks:
+    """The preprocessing diagnostics of a batch as numpy arrays, and the rejection rules applied to them."""
+
+    l3_ev: np.ndarray
+    shift_ev: np.ndarray
+    edge_snr: np.ndarray
+    l2_spacing_ev: np.ndarray
+    l2_covered: np.ndarray
+    pre_edge_covered: np.ndarray
+    l3_covered: np.ndarray
+    psnr_db: np.ndarray
+
+    @classmethod
+    def of(cls, prep) -> _RowChecks:
+        """Copy the diagnostics of a :class:`~mnedge_live.spectrum.Prepared` batch to numpy."""
+        return cls(**{f.name: getattr(prep, f.name).numpy().astype(np.float64 if f.name in _FLOAT_CHECKS else bool)
+                      for f in fields(cls)})
+
+    def rejected(self) -> np.ndarray:
+        """Boolean per row: one of the rules of :meth:`reason` refuses it."""
+        lo, hi = MN_SPIN_ORBIT_RANGE_EV
+        with np.errstate(invalid="ignore"):
+            no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
+            not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
+            bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
+        return no_edge | not_l3 | ~self.l3_covered | bad_spacing
+
+    def reason(self, j: int) -> str:
+        """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
+        l3 = float(self.l3_ev[j])
+        snr = float(self.edge_snr[j])
         if not math.isfinite(snr) or snr < MIN_EDGE_SNR:
             return f"no edge detectable above the noise (edge/noise {snr:.1f} < {MIN_EDGE_SNR})"
         if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
             return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
                     f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
-        if not bool(prep.l3_covered[j]):
+        if not self.l3_covered[j]:
             return f"the measured window does not cover 2 eV on both sides of the L3 maximum at {l3:.1f} eV"
-        if bool(prep.l2_covered[j]):
-            d = float(prep.l2_spacing_ev[j])
+        if self.l2_covered[j]:
+            d = float(self.l2_spacing_ev[j])
             lo, hi = MN_SPIN_ORBIT_RANGE_EV
             if not (lo <= d <= hi):
                 return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
                         "(Mn 2p spin-orbit splitting is about 11 eV)")
         return ""
+
+
+_FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "psnr_db"}
 
 
 #: Identifier of the preprocessing in :mod:`mnedge_live.spectrum`; artifacts record it.
