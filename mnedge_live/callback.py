@@ -53,6 +53,10 @@ class _Run:
     since_readout: int = 0
     maps: ValenceMaps | None = None
     axis_cache: dict = field(default_factory=dict)
+    #: scan shape (rows, columns) from the start document, for grid pixels
+    map_shape: tuple[int, int] | None = None
+    #: spectrum field per descriptor uid (looked up once, not per event)
+    spectrum_fields: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,12 +139,11 @@ class MnEdgeCallback(DocumentRouter):
             kind = "map"
         md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
         derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md)
-        run = _Run(start=doc, derived=derived, kind=kind)
+        run = _Run(start=doc, derived=derived, kind=kind, map_shape=self._map_shape(doc, None))
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
-            shape = self._map_shape(doc, None)
-            run.maps = ValenceMaps(shape) if shape is not None else None
+            run.maps = ValenceMaps(run.map_shape) if run.map_shape is not None else None
         self.runs[uid] = run
         self.totals["runs"] += 1
 
@@ -314,7 +317,10 @@ class MnEdgeCallback(DocumentRouter):
             if err:
                 self._queue(run, seq, None, None, None, err)
                 return
-        name = self._spectrum_field(desc)
+        try:
+            name = run.spectrum_fields[desc["uid"]]
+        except KeyError:
+            name = run.spectrum_fields[desc["uid"]] = self._spectrum_field(desc)
         if intensity is None:
             if name is None:
                 self._queue(run, seq, pixel, None, None, "no spectrum field: give spectrum_field")
@@ -522,7 +528,7 @@ class MnEdgeCallback(DocumentRouter):
             if r < 0 or c < 0 or r > 100_000 or c > 100_000:
                 return None, f"pixel index ({r}, {c}) out of range"
             return (r, c), ""
-        shape = self._map_shape(run.start, None)
+        shape = run.map_shape
         pix = grid_pixel(seq, shape, run.start.get("snaking")) if shape else None
         if pix is None:
             return None, f"seq_num {seq} is outside the scan shape {shape}"

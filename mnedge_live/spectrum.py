@@ -278,6 +278,30 @@ def smooth(values: torch.Tensor, sigma_ev: float, step: float = WORK_STEP_EV) ->
     return correlate_rows(pad_edges(values, pad, pad), k)
 
 
+def smooth_many(values: torch.Tensor, sigmas_ev: tuple[float, ...], step: float = WORK_STEP_EV) -> list[torch.Tensor]:
+    """:func:`smooth` of the same rows at several widths, sharing one forward FFT on large batches.
+
+    The rows are replicate-padded once by the widest kernel's half-length;
+    padding further than a kernel reaches changes nothing it sees, so each
+    output equals :func:`smooth`'s up to rounding.
+    """
+    kernels = [_gauss_kernel(s / step).to(values).view(-1) for s in sigmas_ev]
+    if values.shape[0] < 8:
+        return [correlate_rows(pad_edges(values, k.numel() // 2, k.numel() // 2), k) for k in kernels]
+    pad = max(k.numel() for k in kernels) // 2
+    n = values.shape[1]
+    nfft = 1 << (n + 4 * pad).bit_length()
+    spec = torch.fft.rfft(pad_edges(values, pad, pad), nfft)
+    out = []
+    for k in kernels:
+        taps, half = k.numel(), k.numel() // 2
+        kc = k.detach().cpu().contiguous()
+        full = torch.fft.irfft(spec * _kernel_spectrum(kc.numpy().tobytes(), kc.dtype, nfft).to(values.device), nfft)
+        lo = taps - 1 + pad - half
+        out.append(full[:, lo: lo + n].to(values.dtype))
+    return out
+
+
 def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace invalid points by the nearest valid value of the row's valid window.
 
@@ -346,8 +370,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     noise : robust estimate of the point-to-point noise sigma ``(B,)``
     """
     b, n = held.shape
-    fine = smooth(held, 0.3, step)
-    broad = smooth(held, L2_BAND_EV[1], step)
+    fine, broad = smooth_many(held, (0.3, L2_BAND_EV[1]), step)
     hp = fine - broad
     tmpl = _doublet_template(step).to(held)
     m = tmpl.numel()
