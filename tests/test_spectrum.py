@@ -69,6 +69,43 @@ def test_alignment_ignores_a_steep_power_law_background():
     assert 1.0 <= x.max() <= 1.25   # normalized by the 0.3 eV-smoothed L3 maximum
 
 
+@pytest.mark.parametrize("background", ["sloped_line", "power_law"])
+def test_background_removal_keeps_l2_under_a_noisy_pre_edge(background):
+    """The background cannot run away: a noisy pre-edge with a slope or a power law leaves L2 and the tail intact.
+
+    A background extrapolated from the 5.5 eV pre-edge alone turned pre-edge
+    noise into slopes of several L3 heights across the window; the chord
+    through the pre- and post-edge windows keeps the L2 line within a tenth
+    of its height.
+    """
+    rng = np.random.default_rng(5)
+    e = np.arange(620.0, 680.0, 0.1)
+    l3 = 641.0
+    clean = _doublet(e, l3)
+    bg = 0.8 + 0.02 * (e - l3) if background == "sloped_line" else 3.0 * (e / l3) ** -4.0
+    rel = MODEL_GRID - L3_REFERENCE_EV
+    at_l2 = np.abs(rel - MN_SPIN_ORBIT_EV) < 0.1
+    tail = rel > 18.0
+    ref = preprocess(*pack([(e, clean)])).x[0, 0].numpy()
+    for _ in range(10):
+        y = clean + bg + rng.normal(0.0, 0.05, e.size)     # PSNR 26 dB
+        x = preprocess(*pack([(e, y)])).x[0, 0].numpy()
+        assert abs(x[at_l2].mean() - ref[at_l2].mean()) < 0.1
+        assert np.abs(x[tail]).mean() < 0.1
+
+
+def test_background_is_a_constant_when_no_post_edge_was_measured():
+    e = np.arange(630.0, 650.0, 0.1)          # pre-edge and L3 only
+    y = _doublet(e, 641.0) + 0.5 + 0.03 * (e - 641.0)
+    p = preprocess(*pack([(e, y)]))
+    x = p.x[0, 0].numpy()
+    pre = (MODEL_GRID > L3_REFERENCE_EV - 7) & (MODEL_GRID < L3_REFERENCE_EV - 3)
+    # the pre-edge mean is removed, its slope is not extrapolated across the held region
+    assert abs(x[pre].mean()) < 0.02
+    held = p.x[0, 1].numpy() > 0.5
+    assert np.ptp(x[held & (MODEL_GRID > 650)]) < 1e-6
+
+
 def test_partial_window_is_edge_held_and_marked():
     e = np.arange(637.0, 646.0, 0.1)          # L3 only, no L2
     y = _doublet(e, 640.0)

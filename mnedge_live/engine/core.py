@@ -300,7 +300,7 @@ _FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "psnr_db"}
 
 
 #: Identifier of the preprocessing in :mod:`mnedge_live.spectrum`; artifacts record it.
-PREPROCESSING_ID = "mnedge_live.spectrum/v1 (doublet alignment, L3 at 641 eV, 256 x 0.125 eV, pre-edge power law, L3 max)"
+PREPROCESSING_ID = "mnedge_live.spectrum/v2 (doublet alignment, L3 at 641 eV, 256 x 0.125 eV, pre/post-edge chord, L3 max)"
 
 
 def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = True) -> Engine:
