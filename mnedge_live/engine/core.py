@@ -150,7 +150,7 @@ class Engine:
         """
         e = spectra[idx[0]][0]
         try:
-            self._check_and_resample(e, np.arange(e.size, dtype=np.float64))
+            self._check_axis(e)
             ascending = bool(np.all(e[1:] > e[:-1]))
         except (ValueError, TypeError):
             ascending = False
@@ -177,20 +177,17 @@ class Engine:
         return [(i, start, values[j], float(noise[j])) for j, i in enumerate(kept)]
 
     @staticmethod
-    def _check_and_resample(energy, intensity) -> tuple[float, np.ndarray, float]:
-        e = np.asarray(energy)
-        y = np.asarray(intensity)
-        if e.ndim != 1 or y.ndim != 1:
-            raise ValueError(f"expected 1-D energy and intensity, got shapes {e.shape} and {y.shape}")
-        if e.shape != y.shape:
-            raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
-        if not (np.issubdtype(e.dtype, np.number) and np.issubdtype(y.dtype, np.number)):
-            raise ValueError(f"non-numeric data (dtypes {e.dtype}, {y.dtype})")
-        if np.iscomplexobj(e) or np.iscomplexobj(y):
+    def _check_axis(e: np.ndarray) -> None:
+        """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason)."""
+        if e.ndim != 1:
+            raise ValueError(f"expected a 1-D energy axis, got shape {e.shape}")
+        if not np.issubdtype(e.dtype, np.number):
+            raise ValueError(f"non-numeric energy axis (dtype {e.dtype})")
+        if np.iscomplexobj(e):
             raise ValueError("complex-valued data")
         if e.size < MIN_POINTS:
             raise ValueError(f"only {e.size} points; at least {MIN_POINTS} are needed")
-        bad = ~(np.isfinite(e) & np.isfinite(y))
+        bad = ~np.isfinite(e)
         if bad.any():
             raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
         span = float(e.max() - e.min())
@@ -202,6 +199,23 @@ class Engine:
         if hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]:
             raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
                              f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
+
+    @classmethod
+    def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float]:
+        e = np.asarray(energy)
+        y = np.asarray(intensity)
+        if e.ndim != 1 or y.ndim != 1:
+            raise ValueError(f"expected 1-D energy and intensity, got shapes {e.shape} and {y.shape}")
+        if e.shape != y.shape:
+            raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
+        cls._check_axis(e)
+        if not np.issubdtype(y.dtype, np.number):
+            raise ValueError(f"non-numeric intensity (dtype {y.dtype})")
+        if np.iscomplexobj(y):
+            raise ValueError("complex-valued data")
+        bad = ~np.isfinite(y)
+        if bad.any():
+            raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
         if float(np.ptp(y)) == 0.0:
             raise ValueError("intensity is constant: no edge")
         return resample_measured(e, y, WORK_STEP_EV)
