@@ -40,8 +40,24 @@ def start_proxy() -> tuple[subprocess.Popen, int, int]:
     pin, pout = free_port(), free_port()
     exe = shutil.which("bluesky-0MQ-proxy", path=str(Path(sys.executable).parent)) or "bluesky-0MQ-proxy"
     proc = subprocess.Popen([exe, str(pin), str(pout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    wait_for_ports(proc, (pin, pout))
     return proc, pin, pout
+
+
+def wait_for_ports(proc: subprocess.Popen, ports: tuple[int, ...], timeout: float = 30.0) -> None:
+    """Return once every loopback TCP port accepts a connection; raise if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    pending = list(ports)
+    while pending:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before ports {pending} were bound")
+        try:
+            socket.create_connection(("127.0.0.1", pending[0]), timeout=0.2).close()
+            pending.pop(0)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ports {pending} not bound after {timeout} s") from None
+            time.sleep(0.02)
 
 
 def start_service(args: list[str], env: dict | None = None) -> subprocess.Popen:
