@@ -53,7 +53,7 @@ def start_service(args: list[str], log_path: Path) -> subprocess.Popen:
     """``mnedge live`` as a subprocess; returns once it prints that it is ready (90 s at most)."""
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "mnedge_live.cli", "live", *args], stdout=subprocess.PIPE,
-                            stderr=log, text=True, cwd=ROOT)
+                            stderr=log, text=True, cwd=log_path.parent)  # maps and plots land beside the log, not in the source tree
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         line = proc.stdout.readline()

@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,10 +62,14 @@ def wait_for_ports(proc: subprocess.Popen, ports: tuple[int, ...], timeout: floa
 
 
 def start_service(args: list[str], env: dict | None = None) -> subprocess.Popen:
-    """Start ``mnedge live ARGS`` as a subprocess; returns once it says it is ready."""
+    """Start ``mnedge live ARGS`` as a subprocess; returns once it says it is ready.
+
+    It runs in a fresh temporary folder, so what it writes to its working
+    directory (the default ``mnedge_maps/``) never lands in the source tree.
+    """
     cmd = [sys.executable, "-m", "mnedge_live.cli", "live", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, cwd=ROOT)
+                            env={**os.environ, **(env or {})}, cwd=tempfile.mkdtemp(prefix="mnedge-live-"))
     lines = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
