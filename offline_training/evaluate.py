@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +221,8 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     result["rejected"] = int((~pred["ok"]).sum())
     reasons: dict[str, int] = {}
     for r in pred["reasons"]:
-        key = r.split("(")[0].strip()[:60]
+        # one key per kind of rejection: numbers (measured spacings, energies) are masked
+        key = re.sub(r"-?\d+\.\d+", "#", r.split("(")[0].strip())
         reasons[key] = reasons.get(key, 0) + 1
     result["rejection_reasons"] = reasons
     ok = pred["ok"]
