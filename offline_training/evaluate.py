@@ -222,7 +222,7 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     reasons: dict[str, int] = {}
     for r in pred["reasons"]:
         # one key per kind of rejection: numbers (measured spacings, energies) are masked
-        key = re.sub(r"-?\d+\.\d+", "#", r.split("(")[0].strip())
+        key = re.sub(r"\d+\.\d+", "#", r.split("(")[0].strip())
         reasons[key] = reasons.get(key, 0) + 1
     result["rejection_reasons"] = reasons
     ok = pred["ok"]
