@@ -12,10 +12,13 @@ Usage: python benchmarks/predict_image.py [--json] [--size 256] [--model PATH] [
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,11 +51,12 @@ def write_image(path: Path, size: int) -> None:
                             "package_info": {"name": "hyperspy", "version": "2.1"}}, show_progressbar=False)
 
 
-def timed(cmd: list[str]) -> tuple[float, int, str]:
-    """Wall time, exit code and the tail of stderr of one command."""
+def timed(cmd: list[str], keep_stdout: bool = False) -> tuple[float, int, str, str]:
+    """Wall time, exit code, the tail of stderr and (when kept) stdout of one command."""
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return time.perf_counter() - t0, r.returncode, r.stderr[-500:]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE if keep_stdout else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+    return time.perf_counter() - t0, r.returncode, r.stderr[-500:], r.stdout or ""
 
 
 def main() -> int:
@@ -69,14 +73,19 @@ def main() -> int:
     write_image(image, args.size)
     t_write = time.perf_counter() - t0
     base = [str(BIN / "mnedge"), "predict", str(image), "--no-progress"] + (["--model", args.model] if args.model else [])
-    t_table, rc_table, err_table = timed(base)
-    t_json, rc_json, err_json = timed([*base, "--json"])
-    t_maps, rc_maps, err_maps = timed([*base, "--plot", str(folder / "maps")])
+    t_table, rc_table, err_table, _ = timed(base)
+    t_json, rc_json, err_json, rows_json = timed([*base, "--json"], keep_stdout=True)
+    t_maps, rc_maps, err_maps, _ = timed([*base, "--plot", str(folder / "maps")])
+    rows = json.loads(rows_json) if rc_json in (0, 1) else []
+    # one key per kind of rejection: measured numbers masked
+    reasons = Counter(re.sub(r"\d+\.\d+", "#", r["reason"].split("(")[0].strip()) for r in rows if r["status"] != "ok")
     result = {
         "size": f"{args.size}x{args.size}", "spectra": args.size * args.size,
         "predict_table_s": round(t_table, 2), "predict_json_s": round(t_json, 2), "predict_maps_s": round(t_maps, 2),
         "spectra_per_s_table": round(args.size * args.size / t_table, 1),
         "exit_codes": {"table": rc_table, "json": rc_json, "maps": rc_maps},
+        "pixels_ok": sum(r["status"] == "ok" for r in rows), "pixels_rejected": sum(reasons.values()),
+        "rejection_reasons": dict(reasons.most_common(5)),
         "image_written_s": round(t_write, 2), "image_mb": round(image.stat().st_size / 2**20, 1),
         "machine": machine(),
     }
