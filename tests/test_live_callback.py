@@ -82,8 +82,9 @@ def test_derived_run_is_valid_and_plottable_by_best_effort_callback(engine, sour
     _, docs = run_with(engine, cfg, lambda: bp.grid_scan([det], sy, 0, 1, 2, sx, 0, 1, 3))
     bec = BestEffortCallback()
     bec.disable_plots()
+    assert {"start", "descriptor", "event_page", "stop"} <= {name for name, _ in docs}
     for name, doc in docs:
-        if name in ("start", "descriptor", "stop", "event"):
+        if name in ("start", "descriptor", "stop", "event", "event_page"):
             event_model.schema_validators[event_model.DocumentNames[name]].validate(doc)
         if name == "event_page":
             for ev in event_model.unpack_event_page(doc):
