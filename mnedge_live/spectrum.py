@@ -56,7 +56,7 @@ PRE_EDGE_WINDOW = (-8.0, -2.5)
 POST_EDGE_WINDOW = (18.0, 24.0)
 
 #: Minimum measured width (eV) of a background window for it to count as measured.
-MIN_PRE_EDGE_EV = 1.0
+MIN_BACKGROUND_WINDOW_EV = 1.0
 
 #: Expected L3-L2 spin-orbit spacing of Mn (eV) and its accepted range.
 MN_SPIN_ORBIT_EV = 11.0
@@ -469,8 +469,8 @@ def remove_background(spec: torch.Tensor, held: torch.Tensor, grid: torch.Tensor
     w_pre = (((rel >= PRE_EDGE_WINDOW[0]) & (rel <= PRE_EDGE_WINDOW[1]))[None, :] & measured).to(spec.dtype)
     w_post = (((rel >= POST_EDGE_WINDOW[0]) & (rel <= POST_EDGE_WINDOW[1]))[None, :] & measured).to(spec.dtype)
     n_pre, n_post = w_pre.sum(1), w_post.sum(1)
-    pre_cov = n_pre * step >= MIN_PRE_EDGE_EV
-    post_cov = n_post * step >= MIN_PRE_EDGE_EV
+    pre_cov = n_pre * step >= MIN_BACKGROUND_WINDOW_EV
+    post_cov = n_post * step >= MIN_BACKGROUND_WINDOW_EV
     e = grid.expand_as(spec)
     w = w_pre / n_pre.clamp(min=1)[:, None] + w_post / n_post.clamp(min=1)[:, None]
     line = _fit_background(spec, e, w)
