@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from _common import emit, machine  # noqa: E402
+
+from mnedge_live.results import reason_kind  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -77,8 +78,7 @@ def main() -> int:
     t_json, rc_json, err_json, rows_json = timed([*base, "--json"], keep_stdout=True)
     t_maps, rc_maps, err_maps, _ = timed([*base, "--plot", str(folder / "maps")])
     rows = json.loads(rows_json) if rc_json in (0, 1) else []
-    # one key per kind of rejection: measured numbers masked
-    reasons = Counter(re.sub(r"\d+\.\d+", "#", r["reason"].split("(")[0].strip()) for r in rows if r["status"] != "ok")
+    reasons = Counter(reason_kind(r["reason"]) for r in rows if r["status"] != "ok")
     result = {
         "size": f"{args.size}x{args.size}", "spectra": args.size * args.size,
         "predict_table_s": round(t_table, 2), "predict_json_s": round(t_json, 2), "predict_maps_s": round(t_maps, 2),

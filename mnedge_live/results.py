@@ -8,6 +8,7 @@ human-readable ``reason`` and NaN numbers.  Nothing is silently guessed.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 #: Names of the three fractions, in the model's output order.
@@ -87,3 +88,12 @@ class SpectrumResult:
             "flags": list(self.flags),
             "model": self.model,
         }
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a rejection reason, for counting: its text before any parenthesis, measured numbers as ``#``.
+
+    ``"not a Mn L2,3 edge: L3-L2 spacing 14.1 eV is outside 9.6-12.4 eV (...)"`` becomes
+    ``"not a Mn L2,3 edge: L3-L2 spacing # eV is outside #-# eV"``, so one kind is one key.
+    """
+    return re.sub(r"\d+\.\d+", "#", reason.split("(")[0].strip())

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mnedge_live.engine import Engine
+from mnedge_live.results import reason_kind
 from mnedge_live.spectrum import WORK_STEP_EV
 from offline_training.forward import Batch, ForwardConfig, ForwardModel
 
@@ -221,8 +221,7 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     result["rejected"] = int((~pred["ok"]).sum())
     reasons: dict[str, int] = {}
     for r in pred["reasons"]:
-        # one key per kind of rejection: numbers (measured spacings, energies) are masked
-        key = re.sub(r"\d+\.\d+", "#", r.split("(")[0].strip())
+        key = reason_kind(r)
         reasons[key] = reasons.get(key, 0) + 1
     result["rejection_reasons"] = reasons
     ok = pred["ok"]
