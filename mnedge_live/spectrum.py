@@ -70,6 +70,11 @@ L2_BAND_EV = (0.8, 3.0)
 L2_OUTSIDE_MARGIN_SIGMA = 4.0
 #: ... and by this share of the inside maximum (plural-scattering replicas of L3).
 L2_OUTSIDE_MARGIN_REL = 0.2
+#: Windows (eV, relative to the L3 maximum) over which the L3 and L2 lines' centroids are taken.
+L3_CENTROID_EV = (-4.0, 5.0)
+L2_CENTROID_EV = (7.0, 14.5)
+#: Band-pass values count towards a line's centroid above this many noise sigmas.
+CENTROID_NOISE_SIGMA = 2.0
 
 
 @dataclass
@@ -251,6 +256,29 @@ def pad_edges(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     return torch.cat([x[:, :1].expand(-1, left), x, x[:, -1:].expand(-1, right)], dim=1)
 
 
+@functools.lru_cache(maxsize=256)
+def fft_size(n: int) -> int:
+    """Smallest length >= ``n`` that is a multiple of 8 with no prime factor above 5.
+
+    Linear convolution by FFT needs any length >= ``n``; the next power of
+    two can be almost twice that, and on the 2-core CPU the real FFT of such
+    5-smooth multiples of 8 is up to 20-40 % faster at batch 1024 (odd
+    lengths are slower than the next power of two, hence the factor 8).
+    """
+    best = 1 << max(n - 1, 1).bit_length()
+    p5 = 8
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 @functools.lru_cache(maxsize=64)
 def _kernel_spectrum(kernel_bytes: bytes, dtype: torch.dtype, nfft: int) -> torch.Tensor:
     """FFT of a flipped kernel (cached: the same few kernels are applied to every batch)."""
@@ -268,7 +296,7 @@ def correlate_rows(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     if taps <= FFT_KERNEL_TAPS or (x.shape[0] < 8 and taps <= 3 * FFT_KERNEL_TAPS):
         return F.conv1d(x[:, None], kernel.view(1, 1, -1))[:, 0]
     n_out = x.shape[1] - taps + 1
-    nfft = 1 << (x.shape[1] + taps - 1).bit_length()
+    nfft = fft_size(x.shape[1] + taps - 1)
     k = kernel.detach().reshape(-1).cpu().contiguous()
     spec = torch.fft.rfft(x, nfft) * _kernel_spectrum(k.numpy().tobytes(), k.dtype, nfft).to(x.device)
     return torch.fft.irfft(spec, nfft)[:, taps - 1: taps - 1 + n_out].to(x.dtype)
@@ -293,7 +321,7 @@ def smooth_many(values: torch.Tensor, sigmas_ev: tuple[float, ...], step: float 
         return [correlate_rows(pad_edges(values, k.numel() // 2, k.numel() // 2), k) for k in kernels]
     pad = max(k.numel() for k in kernels) // 2
     n = values.shape[1]
-    nfft = 1 << (n + 4 * pad).bit_length()
+    nfft = fft_size(n + 4 * pad)
     spec = torch.fft.rfft(pad_edges(values, pad, pad), nfft)
     out = []
     for k in kernels:
@@ -369,7 +397,10 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     -------
     l3_pos : fractional index of the L3 maximum ``(B,)``
     edge_snr : L3 height in the high-passed spectrum over the high-pass noise ``(B,)``
-    l2_pos : fractional index of the L2 maximum (NaN where not measured)
+    l2_pos : fractional index of the L2 line (NaN where not measured): its
+        maximum, or the L3 maximum plus the distance between the L2 and L3
+        line centroids (:func:`_line_centroid_spacing`), whichever is nearer
+        Mn's spin-orbit splitting
     noise : robust estimate of the point-to-point noise sigma ``(B,)``
     """
     b, n = held.shape
@@ -429,9 +460,54 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
     outside = out_val > in_val + margin
     l2_idx = torch.where(outside, out_idx, in_idx)
+    # The spacing is measured between the maxima and between the line
+    # centroids; the one nearer Mn's splitting counts.  Maxima are fooled by
+    # mixed valences, centroids by plural-scattering replicas of L3 reaching
+    # into the L2 window; another element's splitting shows in both.
+    by_max = l2_idx.to(held.dtype)
+    l2_window = (rel >= L2_CENTROID_EV[0]) & (rel <= L2_CENTROID_EV[1]) & valid
+    by_centroid = l3_pos + _line_centroid_spacing(bp, bp_noise, rel, valid, l2_window) / step
+    nearer = (by_centroid - l3_pos - MN_SPIN_ORBIT_EV / step).abs() < (by_max - l3_pos - MN_SPIN_ORBIT_EV / step).abs()
+    l2_at = torch.where(nearer, by_centroid, by_max)
     has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last.to(held.dtype)
-    l2_pos = torch.where(has_l2, l2_idx.to(held.dtype), torch.full_like(l3_pos, torch.nan))
+    l2_pos = torch.where(has_l2, l2_at, torch.full_like(l3_pos, torch.nan))
     return l3_pos, edge_snr, l2_pos, noise
+
+
+def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor,
+                           l2_window: torch.Tensor) -> torch.Tensor:
+    """Distance (eV) between the centroids of the L2 and L3 lines; NaN where either shows nothing above the noise.
+
+    Each centroid weighs the band-passed spectrum where it exceeds
+    :data:`CENTROID_NOISE_SIGMA` noise sigmas: L3 within :data:`L3_CENTROID_EV`
+    of the L3 maximum, L2 within ``l2_window``.  Spin-orbit splitting
+    is a distance between line centroids, not maxima: in a Mn2+/Mn4+ mixture
+    the L3 maximum is the Mn2+ line and the L2 maximum the Mn4+ line, whose
+    chemical shift of 2-3.5 eV puts the maxima 13-14 eV apart, where Fe's
+    13.1 eV lies; the centroids of the same mixture stay near 11 eV.
+
+    Parameters
+    ----------
+    bp : torch.Tensor
+        ``(B, N)`` band-passed spectra.
+    bp_noise : torch.Tensor
+        ``(B,)`` noise sigma of ``bp``.
+    rel : torch.Tensor
+        ``(B, N)`` energy relative to the L3 maximum (eV).
+    valid : torch.Tensor
+        ``(B, N)`` measured points.
+    l2_window : torch.Tensor
+        ``(B, N)`` the points where the L2 line may lie (:data:`L2_CENTROID_EV`).
+    """
+    w = (bp - CENTROID_NOISE_SIGMA * bp_noise[:, None]).clamp(min=0.0)
+    l3_window = (rel >= L3_CENTROID_EV[0]) & (rel <= L3_CENTROID_EV[1]) & valid
+    w3 = torch.where(l3_window, w, torch.zeros_like(w))
+    w2 = torch.where(l2_window, w, torch.zeros_like(w))
+    s3, s2 = w3.sum(1), w2.sum(1)
+    c3 = (w3 * rel).sum(1) / s3.clamp(min=1e-30)
+    c2 = (w2 * rel).sum(1) / s2.clamp(min=1e-30)
+    found = (s3 > 0) & (s2 > 0)
+    return torch.where(found, c2 - c3, torch.full_like(c2, torch.nan))
 
 
 def _fit_background(y: torch.Tensor, e: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
