@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import emit, machine  # noqa: E402
 
-#: Default batch sizes: one spectrum, a small batch, the engine's MAX_BATCH, one 256 x 256 image.
+#: Default batch sizes: one spectrum, a small batch, the engine's GPU batch (BATCH_ROWS), one 256 x 256 image.
 DEFAULT_BATCHES = (1, 64, 4096, 65536)
 #: Distinct raw spectra drawn with the forward model (tiled up to the largest batch).
 RAW_POOL = 2048

@@ -19,8 +19,9 @@ os.environ["MNEDGE_HOME"] = tempfile.mkdtemp(prefix="mnedge-test-store-")
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _threads():
+    """Every test starts with torch on 2 threads (``load_engine(threads=...)`` changes the process's pool)."""
     torch.set_num_threads(2)
 
 

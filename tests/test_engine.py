@@ -88,6 +88,62 @@ def test_spectrum_image_batch_on_one_axis_answers_like_single_spectra(engine):
             assert np.allclose(a.fractions, b.fractions, atol=1e-5) and a.flags == b.flags
 
 
+def test_shared_axis_entry_answers_like_predict_and_counts_every_row(engine):
+    """``predict_shared_axis`` (spectrum-image chunks) gives predict's answers, bad rows with predict's reasons."""
+    y = np.array([mn_like(seed=k) for k in range(5)])
+    y[1, 7] = np.nan
+    y[3] = 1.0
+    before = dict(engine.counters)
+    shared = engine.predict_shared_axis(E, y)
+    pairs = engine.predict([(E, row) for row in y])
+    assert [r.status for r in shared] == ["ok", "rejected", "ok", "rejected", "ok"]
+    assert "NaN" in shared[1].reason and "constant" in shared[3].reason
+    for a, b in zip(shared, pairs):
+        assert a.status == b.status and a.reason == b.reason
+        if a.ok:
+            assert np.allclose(a.fractions, b.fractions, atol=1e-6) and a.flags == b.flags
+    assert engine.counters["spectra"] - before["spectra"] == 10
+    assert engine.counters["rejected"] - before["rejected"] == 4
+
+
+@pytest.mark.parametrize("energy, intensities, reason", [
+    (E, np.ones((2, E.size - 1)), "energy has"),        # rows do not match the axis
+    (E[::-1], np.array([mn_like()[::-1]] * 2), None),   # descending axis: the per-spectrum path reads it
+    (E, np.array([mn_like()] * 2).astype(str), "non-numeric"),
+])
+def test_shared_axis_entry_hands_unusual_input_to_the_per_spectrum_path(engine, energy, intensities, reason):
+    res = engine.predict_shared_axis(energy, intensities)
+    assert len(res) == 2
+    if reason is None:
+        assert all(r.ok for r in res)
+        assert res[0].valence == pytest.approx(engine.predict_one(E, mn_like()).valence, abs=1e-3)
+    else:
+        assert all(r.status == "rejected" and reason in r.reason for r in res)
+
+
+def test_batches_larger_than_one_backend_call_keep_row_order(engine, monkeypatch):
+    """Rows beyond one backend batch are answered in order (checked with a 3-row batch)."""
+    y = np.array([mn_like(seed=k, l3=638.0 + 0.5 * k) for k in range(8)])
+    whole = engine.predict_shared_axis(E, y)
+    monkeypatch.setattr(engine, "_batch_rows", 3)
+    chunked = engine.predict_shared_axis(E, y)
+    pairs = engine.predict([(E, row) for row in y])
+    assert np.allclose([r.valence for r in chunked], [r.valence for r in whole], atol=1e-6)
+    assert np.allclose([r.valence for r in pairs], [r.valence for r in whole], atol=1e-6)
+
+
+def test_engine_with_one_cpu_thread_gives_the_same_answers(engine, tiny_artifact):
+    """``threads`` sizes the ONNX Runtime pool and torch's (process-wide) pool; the answers do not change."""
+    import torch
+
+    lean = load_engine(str(tiny_artifact), backend="onnxruntime", threads=1)
+    assert lean.backend.session.get_session_options().intra_op_num_threads == 1
+    assert torch.get_num_threads() == 1
+    y = np.array([mn_like(seed=k) for k in range(4)])
+    a, b = lean.predict_shared_axis(E, y), engine.predict_shared_axis(E, y)
+    assert np.allclose([r.valence for r in a], [r.valence for r in b], atol=1e-5)
+
+
 def test_partial_window_is_flagged_not_rejected(engine):
     e = np.arange(636.0, 647.0, 0.1)
     r = engine.predict_one(e, mn_like(e))

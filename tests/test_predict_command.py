@@ -277,6 +277,13 @@ def test_chunk_merger_places_every_pixel():
     assert out.maps.rejected.tolist() == [[False, True]]
 
 
+@pytest.mark.parametrize("cores, plan", [(1, (1, 1)), (2, (2, 1)), (3, (2, 1)), (16, (2, 8))])
+def test_local_cluster_runs_two_chunks_at_once_without_oversubscribing(cores, plan):
+    from mnedge_live.spectrum_image import local_thread_plan
+
+    assert local_thread_plan(cores) == plan
+
+
 def test_installed_console_script(model, files):
     exe = Path(sys.executable).parent / "mnedge"
     if not exe.exists():

@@ -102,10 +102,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"mnedge predict: cannot use --plot {plot_dir}: {exc}", file=sys.stderr)
             return 2
     from mnedge_live.engine import load_engine
-    from mnedge_live.spectrum_image import EngineSpec, register_engine
+    from mnedge_live.spectrum_image import EngineSpec, local_thread_plan, register_engine
 
+    # On the local cluster its worker threads share this engine: size the engine's CPU threads for
+    # that. Workers of a remote scheduler load their own engine (default threads).
+    threads = None if args.scheduler else local_thread_plan()[1]
     try:
-        engine = load_engine(args.model_path, backend=args.backend)
+        engine = load_engine(args.model_path, backend=args.backend, threads=threads)
     except Exception as exc:
         print(f"mnedge predict: cannot load the model: {exc}", file=sys.stderr)
         return 2

@@ -64,7 +64,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, artifact: Artifact, providers: list[str] | None = None):
+    def __init__(self, artifact: Artifact, providers: list[str] | None = None, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
@@ -77,6 +77,8 @@ class OnnxRuntimeBackend:
         # would steal the cores the preprocessing (torch) needs between runs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        if threads:  # else ONNX Runtime's default: one thread per core
+            opts.intra_op_num_threads = int(threads)
         self.session = ort.InferenceSession(str(artifact.file("model.onnx")), sess_options=opts, providers=wanted)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -134,16 +136,26 @@ class TensorRTBackend:
 _FACTORIES = {"tensorrt": TensorRTBackend, "onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend}
 
 
-def make_backend(artifact: Artifact, name: str = "auto") -> Backend:
-    """Build the named backend, or for ``"auto"`` the first of :data:`BACKEND_ORDER` that works here."""
+def _build(name: str, artifact: Artifact, threads: int | None) -> Backend:
+    """One backend; ``threads`` sizes ONNX Runtime's CPU pool (torch's pool is per process, see load_engine)."""
+    if name == "onnxruntime":
+        return OnnxRuntimeBackend(artifact, threads=threads)
+    return _FACTORIES[name](artifact)
+
+
+def make_backend(artifact: Artifact, name: str = "auto", threads: int | None = None) -> Backend:
+    """Build the named backend, or for ``"auto"`` the first of :data:`BACKEND_ORDER` that works here.
+
+    ``threads``: CPU threads for one run (None: the runtime's default, all cores).
+    """
     if name != "auto":
         if name not in _FACTORIES:
             raise ValueError(f"unknown backend {name!r}; choose auto, {', '.join(BACKEND_ORDER)}")
-        return _FACTORIES[name](artifact)
+        return _build(name, artifact, threads)
     reasons = []
     for candidate in BACKEND_ORDER:
         try:
-            backend = _FACTORIES[candidate](artifact)
+            backend = _build(candidate, artifact, threads)
         except BackendUnavailable as exc:
             reasons.append(f"{candidate}: {exc}")
             continue

@@ -44,8 +44,15 @@ MIN_EDGE_SNR = 6.0
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
 UNCERTAIN_VALENCE_STD = 0.25
-#: Largest batch handed to a backend at once.
-MAX_BATCH = 4096
+#: Rows preprocessed and run at once, by backend device. On 2 CPU cores the
+#: engine is fastest at 1024 (image pixels/s at 256/512/1024/2048/4096 rows:
+#: 7.7k/9.3k/9.6k/8.8k/5.8k, benchmarks/RESULTS.md); a GPU wants larger batches.
+BATCH_ROWS = {"cpu": 1024, "cuda": 4096}
+
+
+def _same_shape_numeric(y, energy: np.ndarray) -> bool:
+    """``y`` is a numeric ndarray shaped like ``energy`` (else the per-spectrum path words the problem)."""
+    return isinstance(y, np.ndarray) and y.shape == energy.shape and y.dtype.kind in "fiu"
 
 
 class Engine:
@@ -65,6 +72,7 @@ class Engine:
                                f"{card['input']['preprocessing']!r}, this build has {PREPROCESSING_ID!r}")
         self._lock = threading.Lock()
         self.counters = {"spectra": 0, "ok": 0, "rejected": 0}
+        self._batch_rows = BATCH_ROWS.get(backend.device, BATCH_ROWS["cpu"])
 
     @property
     def backend_name(self) -> str:
@@ -91,11 +99,49 @@ class Engine:
             ``rejected`` with the reason.
         """
         results: list[SpectrumResult | None] = [None] * len(spectra)
-        rows: list[tuple[int, float, np.ndarray, float]] = []
         single: list[int] = []
-        for idx in self._shared_axis_groups(spectra, single):
-            rows.extend(self._resample_group(spectra, idx, single))
-        for i in sorted(single):
+        with torch.inference_mode():
+            for idx in self._shared_axis_groups(spectra, single):
+                energy = spectra[idx[0]][0]
+                shaped = [i for i in idx if _same_shape_numeric(spectra[i][1], energy)]
+                single.extend(i for i in idx if not _same_shape_numeric(spectra[i][1], energy))
+                if shaped:
+                    block = np.asarray([spectra[i][1] for i in shaped], np.float64)
+                    self._answer_shared(energy, block, shaped, results, single)
+            self._answer_single(spectra, sorted(single), results)
+        return self._count(results)
+
+    def predict_shared_axis(self, energy: np.ndarray, intensities: np.ndarray) -> list[SpectrumResult]:
+        """Read out many spectra measured on one energy axis (the pixels of a spectrum image).
+
+        The same answers as :meth:`predict` on ``[(energy, row) for row in
+        intensities]``, without building and grouping one pair per pixel.
+
+        Parameters
+        ----------
+        energy : numpy.ndarray
+            ``(N,)`` the shared axis.
+        intensities : numpy.ndarray
+            ``(B, N)`` one spectrum per row.
+        """
+        try:
+            y = np.asarray(intensities)
+        except ValueError:  # ragged rows: each answers for itself
+            return self.predict([(energy, row) for row in intensities])
+        if y.ndim != 2 or not isinstance(energy, np.ndarray) or y.shape[1:] != energy.shape or y.dtype.kind not in "fiu":
+            return self.predict([(energy, row) for row in y] if y.ndim == 2 else [(energy, y)])
+        results: list[SpectrumResult | None] = [None] * len(y)
+        single: list[int] = []
+        with torch.inference_mode():
+            self._answer_shared(energy, np.asarray(y, np.float64), list(range(len(y))), results, single)
+            if single:
+                self._answer_single({i: (energy, y[i]) for i in single}, single, results)
+        return self._count(results)
+
+    def _answer_single(self, spectra, idx: list[int], results: list) -> None:
+        """The per-spectrum path: check and resample ``spectra[i]`` for ``i`` in ``idx`` one by one, run in batches."""
+        rows: list[tuple[int, float, np.ndarray, float]] = []
+        for i in idx:
             try:
                 energy, intensity = spectra[i]
                 start, values, noise = self._check_and_resample(energy, intensity)
@@ -103,18 +149,22 @@ class Engine:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
             rows.append((i, start, values, noise))
-        for k in range(0, len(rows), MAX_BATCH):
-            chunk = rows[k:k + MAX_BATCH]
-            try:
-                for i, res in zip((r[0] for r in chunk), self._run_rows(chunk)):
-                    results[i] = res
-            except Exception as exc:  # backend failure: answer every row, keep serving
-                log.exception("backend %s failed", self.backend_name)
-                for i, *_ in chunk:
-                    results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
-                                                         model=self.model_id)
+        step = self._batch_rows
+        for k in range(0, len(rows), step):
+            chunk = rows[k:k + step]
+            n = max(len(v) for _, _, v, _ in chunk)
+            values = np.zeros((len(chunk), n), np.float32)
+            valid = np.zeros((len(chunk), n), bool)
+            for j, (_, _, v, _) in enumerate(chunk):
+                values[j, : len(v)] = v
+                valid[j, : len(v)] = True
+            self._answer_rows([r[0] for r in chunk], np.array([r[1] for r in chunk]), values, valid,
+                              np.array([r[3] for r in chunk]), results)
+
+    def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
+        """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
         out = [r if r is not None else SpectrumResult.rejected("internal error: no result", model=self.model_id)
-               for r in results]
+               for r in out]
         with self._lock:
             self.counters["spectra"] += len(out)
             n_ok = sum(r.ok for r in out)
@@ -141,14 +191,14 @@ class Engine:
                 single.extend(idx)
         return out
 
-    def _resample_group(self, spectra: Sequence, idx: list[int],
-                        single: list[int]) -> list[tuple[int, float, np.ndarray, float]]:
-        """Check the shared axis once, resample the group as a matrix; anything unusual goes to ``single``.
+    def _answer_shared(self, e: np.ndarray, y: np.ndarray, idx: list[int], results: list,
+                       single: list[int]) -> None:
+        """Answer rows ``y`` (spectra ``idx``) on one strictly ascending axis as a matrix.
 
-        Rows that fail a check are handed to the per-spectrum path, which
-        words the rejection, so both paths answer the same.
+        Anything unusual (an axis that fails its check or is not strictly
+        ascending, a non-finite or constant row) goes to ``single``: the
+        per-spectrum path words the rejection, so both paths answer the same.
         """
-        e = spectra[idx[0]][0]
         try:
             self._check_axis(e)
             ascending = bool(np.all(e[1:] > e[:-1]))
@@ -156,25 +206,29 @@ class Engine:
             ascending = False
         if not ascending:
             single.extend(idx)
-            return []
-        good, stack = [], []
-        for i in idx:
-            y = spectra[i][1]
-            if (isinstance(y, np.ndarray) and y.shape == e.shape and y.dtype.kind in "fiu"):
-                good.append(i)
-                stack.append(y)
-            else:
-                single.append(i)
-        if not stack:
-            return []
-        y = np.asarray(stack, np.float64)
+            return
         ok = np.isfinite(y).all(axis=1) & (np.ptp(y, axis=1) > 0)
-        single.extend(i for i, keep in zip(good, ok) if not keep)
-        if not ok.any():
-            return []
-        start, values, noise = resample_shared_axis(e, y[ok], WORK_STEP_EV)
-        kept = [i for i, keep in zip(good, ok) if keep]
-        return [(i, start, values[j], float(noise[j])) for j, i in enumerate(kept)]
+        if not ok.all():
+            single.extend(i for i, keep in zip(idx, ok) if not keep)
+            y = y[ok]
+            idx = [i for i, keep in zip(idx, ok) if keep]
+        step = self._batch_rows
+        for k in range(0, len(idx), step):
+            start, values, noise = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
+            self._answer_rows(idx[k:k + step], np.full(len(values), start), values.astype(np.float32),
+                              np.ones(values.shape, bool), noise, results)
+
+    def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
+                     noise: np.ndarray, results: list) -> None:
+        """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
+        try:
+            for i, res in zip(idx, self._run_rows(start, values, valid, noise)):
+                results[i] = res
+        except Exception as exc:  # backend failure: answer every row, keep serving
+            log.exception("backend %s failed", self.backend_name)
+            for i in idx:
+                results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
+                                                     model=self.model_id)
 
     @staticmethod
     def _check_axis(e: np.ndarray) -> None:
@@ -220,22 +274,16 @@ class Engine:
             raise ValueError("intensity is constant: no edge")
         return resample_measured(e, y, WORK_STEP_EV)
 
-    def _run_rows(self, rows: list[tuple[int, float, np.ndarray, float]]) -> list[SpectrumResult]:
-        """Preprocess and run resampled rows; one result per row, in order.
+    def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray,
+                  noise: np.ndarray) -> list[SpectrumResult]:
+        """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
 
         Everything per row is computed as whole-batch arrays first and turned
         into Python numbers once: at spectrum-image rates the per-row Python
         work, not the network, is what limits throughput.
         """
-        n = max(len(v) for _, _, v, _ in rows)
-        values = np.zeros((len(rows), n), np.float32)
-        valid = np.zeros((len(rows), n), bool)
-        for j, (_, _, v, _) in enumerate(rows):
-            values[j, : len(v)] = v
-            valid[j, : len(v)] = True
-        start = torch.tensor([s for _, s, _, _ in rows], dtype=torch.float64)
-        noise = torch.tensor([z for *_, z in rows], dtype=torch.float64)
-        prep = preprocess(start, torch.from_numpy(values), torch.from_numpy(valid), noise=noise)
+        prep = preprocess(torch.from_numpy(np.asarray(start, np.float64)), torch.from_numpy(values),
+                          torch.from_numpy(valid), noise=torch.from_numpy(np.asarray(noise, np.float64)))
         frac, log_std, side = self.backend.run(prep.x.numpy())
         checks = _RowChecks.of(prep)
         std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
@@ -247,7 +295,7 @@ class Engine:
         t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD))
-        flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(rows))]
+        flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
         reject = checks.rejected()
         model = self.model_id
         out = []
@@ -317,7 +365,8 @@ _FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "psnr_db"}
 PREPROCESSING_ID = "mnedge_live.spectrum/v2 (doublet alignment, L3 at 641 eV, 256 x 0.125 eV, pre/post-edge chord, L3 max)"
 
 
-def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = True) -> Engine:
+def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = True,
+                threads: int | None = None) -> Engine:
     """Load and verify a model artifact (default: the embedded model) and pick a backend.
 
     Parameters
@@ -328,9 +377,19 @@ def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = T
         ``"auto"`` (TensorRT, then ONNX Runtime, then PyTorch) or one of them by name.
     warmup : bool
         Run one batch at load so the first real spectrum is fast.
+    threads : int, optional
+        CPU threads one ``predict`` call may use, for the preprocessing
+        (torch's intra-op pool, which is per process: this sets it for the
+        whole process) and the ONNX Runtime session. None keeps the
+        libraries' default of one per core, best for one caller; with ``k``
+        callers at once (Dask worker threads) ``cores // k`` avoids
+        oversubscribing the cores (measured on 2 cores, two callers:
+        10.4k spectra/s with 1 thread each, 7.8k/s with the default).
     """
+    if threads:
+        torch.set_num_threads(int(threads))
     artifact = load_artifact(path)
-    be = make_backend(artifact, backend)
+    be = make_backend(artifact, backend, threads=threads)
     engine = Engine(artifact, be)
     log.info("model %s on backend %s", engine.model_id, engine.backend_name)
     if warmup:
