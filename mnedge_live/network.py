@@ -82,7 +82,10 @@ class MnEdgeCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(fractions, log_std, side)`` for a prepared batch ``(B, 2, L)``."""
-        h = self.trunk(self.features(x))
+        return self.readout(self.trunk(self.features(x)))
+
+    def readout(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The heads on the trunk's output ``(B, hidden)``: ``(fractions, log_std, side)``."""
         fractions = torch.softmax(self.frac_head(h), dim=-1)
         log_std = self.std_head(h).clamp(-9.0, 3.0)
         return fractions, log_std, self.side_head(h)

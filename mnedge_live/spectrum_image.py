@@ -164,13 +164,30 @@ class MapMerger:
 
 
 def chunk_image(image: SpectrumImage, chunk_spectra: int = CHUNK_SPECTRA):
-    """The image's lazy array rechunked to about ``chunk_spectra`` pixels per chunk, whole spectra per chunk."""
+    """The image's lazy array rechunked to about ``chunk_spectra`` pixels per chunk, whole spectra per chunk.
+
+    Chunk edges follow the file's own storage chunks where the target is at
+    least half a stored chunk: a chunk that cuts stored chunks makes them be
+    read and decompressed for two tasks (a gzip HyperSpy 256 x 256 image
+    stored in 21 x 21 blocks: 1.48 s to read in chunks of 16 rows, 0.76 s
+    in chunks of 21).
+    """
     rows, cols = image.shape
+    stored = getattr(image.data, "chunks", None)
+    r0 = stored[0][0] if stored else 1
+    c0 = stored[1][0] if stored else 1
     if cols >= chunk_spectra:
-        rc, cc = 1, chunk_spectra
+        rc, cc = 1, _aligned(chunk_spectra, c0, cols)
     else:
-        rc, cc = max(1, min(rows, chunk_spectra // max(cols, 1))), cols
+        rc, cc = _aligned(max(1, chunk_spectra // max(cols, 1)), r0, rows), cols
     return image.data.rechunk((rc, cc, -1))
+
+
+def _aligned(target: int, stored: int, total: int) -> int:
+    """``target`` rounded to a multiple of ``stored`` when it is at least half of it; within ``[1, total]``."""
+    if 2 * target >= stored > 1:
+        target = max(1, round(target / stored)) * stored
+    return max(1, min(total, target))
 
 
 def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: bool = True,

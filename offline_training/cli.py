@@ -1,4 +1,4 @@
-"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export.
+"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export, refresh-onnx.
 
 Each subcommand parses its arguments and calls one module; no logic lives here.
 """
@@ -204,6 +204,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_refresh_onnx(args) -> int:
+    from mnedge_live.artifact import ArtifactError
+    from offline_training.export import refresh_onnx
+
+    try:
+        print(refresh_onnx(args.artifact))
+    except (RuntimeError, ArtifactError, OSError) as exc:
+        print(f"mnedge-train refresh-onnx: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``mnedge-train``."""
     p = argparse.ArgumentParser(prog="mnedge-train", description="Physics forward model, training and export.")
@@ -294,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(run=cmd_export)
+
+    s = sub.add_parser("refresh-onnx", help="rewrite an artifact's ONNX graph from its weights with this exporter")
+    s.add_argument("artifact", help="artifact directory (its card is re-signed)")
+    s.set_defaults(run=cmd_refresh_onnx)
     return p
 
 

@@ -36,6 +36,47 @@ def test_onnx_runtime_and_pytorch_agree_within_1e_4(tiny_artifact):
         assert abs(ra.valence - rb.valence) < 1e-4
 
 
+def test_onnx_graph_runs_the_feature_stages_as_2d(tiny_artifact):
+    """The exported graph is the planar view (2-D convolutions: ONNX Runtime's fast CPU kernels)."""
+    import onnx
+
+    graph = onnx.load(str(load_artifact(tiny_artifact).file("model.onnx"))).graph
+    weights = {t.name: len(t.dims) for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(weights[n.input[1]] == 4 for n in convs)
+    assert load_artifact(tiny_artifact).card["onnx"]["graph"].startswith("planar")
+
+
+def test_refresh_onnx_rewrites_the_graph_and_keeps_the_answers(tiny_artifact, tmp_path):
+    from mnedge_live.artifact import sha256_file
+    from offline_training.cli import main as train_main
+
+    copy = shutil.copytree(tiny_artifact, tmp_path / "old")
+    before = load_artifact(copy).card
+    (copy / "model.onnx").write_bytes(b"")            # an out-of-date graph: the card no longer matches
+    card = json.loads((copy / "model_card.json").read_text())
+    card["files"]["model.onnx"] = sha256_file(copy / "model.onnx")
+    (copy / "model_card.json").write_text(json.dumps(card))
+    assert train_main(["refresh-onnx", str(copy)]) == 0
+    after = load_artifact(copy).card                   # verifies every checksum
+    assert after["onnx"]["max_abs_difference_vs_torch"] <= 1e-4 and "refreshed" in after["onnx"]
+    assert after["files"]["weights.pt"] == before["files"]["weights.pt"]
+    assert after["model_id"] == before["model_id"] and after["calibration"] == before["calibration"]
+    e = np.arange(620.0, 680.0, 0.1)
+    y = np.exp(-0.5 * ((e - 641) / 0.7) ** 2) + 0.5 * np.exp(-0.5 * ((e - 652) / 0.9) ** 2) + 0.05
+    a = load_engine(str(copy), backend="onnxruntime").predict_one(e, y)
+    b = load_engine(str(tiny_artifact), backend="onnxruntime").predict_one(e, y)
+    assert a.ok and abs(a.valence - b.valence) < 1e-5
+
+
+def test_refresh_onnx_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
+    from offline_training.cli import main as train_main
+
+    copy = shutil.copytree(tiny_artifact, tmp_path / "bad")
+    (copy / "weights.pt").write_bytes(b"x")
+    assert train_main(["refresh-onnx", str(copy)]) == 1
+
+
 @pytest.mark.parametrize("victim", ["weights.pt", "model.onnx"])
 def test_a_changed_byte_is_refused(tiny_artifact, tmp_path, victim):
     copy = tmp_path / "art"

@@ -277,6 +277,24 @@ def test_chunk_merger_places_every_pixel():
     assert out.maps.rejected.tolist() == [[False, True]]
 
 
+@pytest.mark.parametrize("stored, target, expected", [
+    ((21, 21), 4096, (21, 256)),    # 16 rows wanted: one stored block of 21 rows instead of cutting blocks
+    ((21, 21), 16384, (63, 256)),   # 64 rows wanted: three stored blocks
+    ((64, 64), 5, (1, 5)),          # far below one stored block: what was asked
+    ((256, 1), 4096, (16, 256)),    # stored row by row: as asked
+])
+def test_image_chunks_follow_the_files_storage_blocks(stored, target, expected):
+    import dask.array as da
+
+    from mnedge_live.readers import SpectrumImage
+    from mnedge_live.spectrum_image import chunk_image
+
+    image = SpectrumImage("x.hspy", 0, np.arange(8.0), da.zeros((256, 256, 8), chunks=(*stored, 8)))
+    arr = chunk_image(image, target)
+    assert (arr.chunks[0][0], arr.chunks[1][0]) == expected
+    assert sum(arr.chunks[0]) == 256 and arr.chunks[2] == (8,)
+
+
 @pytest.mark.parametrize("cores, plan", [(1, (1, 1)), (2, (2, 1)), (3, (2, 1)), (16, (2, 8))])
 def test_local_cluster_runs_two_chunks_at_once_without_oversubscribing(cores, plan):
     from mnedge_live.spectrum_image import local_thread_plan
