@@ -122,6 +122,8 @@ def cmd_train(args) -> int:
         cfg.train.steps = args.steps
     if args.device:
         cfg.train.device = args.device
+    if args.init_from:
+        cfg.train.init_from = args.init_from
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
     print(out if out is not None else f"stopped at step {args.stop_after}; continue with --resume")
     return 0
@@ -269,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, help="override [train] steps")
     s.add_argument("--device", help="override [train] device (cpu, cuda)")
     s.add_argument("--stop-after", type=int, help="stop after this many steps in total (resume later)")
+    s.add_argument("--init-from", metavar="ARTIFACT",
+                   help="fine-tune: start from this artifact's weights ('default': the model in use)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_train)
 

@@ -47,6 +47,8 @@ class TrainSettings:
     device: str = "cpu"
     threads: int = 0            # 0: all cores
     calibration_spectra: int = 8192
+    #: start from this artifact's weights ("default": the model in use; "": random initialization)
+    init_from: str = ""
     #: loss weights
     w_fractions: float = 1.0
     w_valence: float = 0.5
@@ -95,6 +97,27 @@ class TrainConfig:
         """JSON/TOML-safe dict (recorded in checkpoints and the model card)."""
         return {"network": self.network.to_dict(), "forward": self.forward.to_dict(),
                 "train": dataclasses.asdict(self.train), "bank": self.bank}
+
+
+def initial_weights(source: str, network: NetworkConfig) -> dict:
+    """The weights of artifact ``source`` ("default": the model in use) to fine-tune from.
+
+    Fine-tuning the shipped model on a site's own forward-model settings
+    (its resolution, noise, offsets) needs far fewer steps than training from
+    scratch. The artifact is verified (checksums) and must have the same
+    network and preprocessing as this build, else ``ValueError`` says which.
+    """
+    from mnedge_live.artifact import load_artifact
+    from mnedge_live.engine.core import PREPROCESSING_ID
+
+    art = load_artifact(None if source == "default" else source)
+    if art.card["network"] != network.to_dict():
+        raise ValueError(f"init_from {source}: its network {art.card['network']} differs from the config's "
+                         f"{network.to_dict()}")
+    if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
+        raise ValueError(f"init_from {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
+                         f"this build has {PREPROCESSING_ID!r}")
+    return torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True)
 
 
 def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb: TrainingBatch,
@@ -214,6 +237,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         gen.set_state(ck["generators"][rank])
         torch.set_rng_state(ck["torch_rng"][rank])  # dropout
         log.info("resumed from step %d", step)
+    elif s.init_from:
+        model.load_state_dict(initial_weights(s.init_from, config.network))
+        log.info("initialized from %s", s.init_from)
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"

@@ -55,6 +55,23 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
 
 
+def test_fine_tuning_starts_from_the_artifacts_weights(tmp_path, tiny_artifact):
+    from mnedge_live.artifact import load_artifact
+
+    cfg = _tiny(steps=1, lr=1e-12, weight_decay=0.0, calibration_spectra=64, init_from=str(tiny_artifact))
+    final = torch.load(train(cfg, tmp_path / "ft", progress=False), weights_only=True)["model"]
+    start = torch.load(load_artifact(tiny_artifact).file("weights.pt"), weights_only=True)
+    learned = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert learned and all(torch.allclose(final[k], start[k], atol=1e-6) for k in learned)
+
+
+def test_fine_tuning_refuses_a_different_network(tmp_path, tiny_artifact):
+    cfg = _tiny(steps=1, init_from=str(tiny_artifact))
+    cfg.network.hidden += 1
+    with pytest.raises(ValueError, match="network"):
+        train(cfg, tmp_path / "ft", progress=False)
+
+
 def test_bad_config_is_refused_by_name(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[train]\nstepz = 3\n")
