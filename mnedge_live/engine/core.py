@@ -103,8 +103,9 @@ class Engine:
         with torch.inference_mode():
             for idx in self._shared_axis_groups(spectra, single):
                 energy = spectra[idx[0]][0]
-                shaped = [i for i in idx if _same_shape_numeric(spectra[i][1], energy)]
-                single.extend(i for i in idx if not _same_shape_numeric(spectra[i][1], energy))
+                shaped: list[int] = []
+                for i in idx:
+                    (shaped if _same_shape_numeric(spectra[i][1], energy) else single).append(i)
                 if shaped:
                     block = np.asarray([spectra[i][1] for i in shaped], np.float64)
                     self._answer_shared(energy, block, shaped, results, single)
