@@ -72,6 +72,16 @@ def test_fine_tuning_refuses_a_different_network(tmp_path, tiny_artifact):
         train(cfg, tmp_path / "ft", progress=False)
 
 
+@pytest.mark.parametrize("path", sorted(TINY.parent.glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_training_configs_load_with_the_shipped_models_network(path):
+    """Every config under configs/ parses; the default model's stages keep its network (fine-tuning needs it)."""
+    from mnedge_live.artifact import load_artifact
+
+    cfg = TrainConfig.from_toml(path)
+    if path.name != "tiny.toml":
+        assert cfg.network.to_dict() == load_artifact(None).card["network"]
+
+
 def test_bad_config_is_refused_by_name(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[train]\nstepz = 3\n")
