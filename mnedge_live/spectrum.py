@@ -60,6 +60,10 @@ MIN_BACKGROUND_WINDOW_EV = 1.0
 
 #: Expected L3-L2 spin-orbit spacing of Mn (eV) and its accepted range.
 MN_SPIN_ORBIT_EV = 11.0
+#: Energies (eV) where a Mn L3 edge may appear on an axis off by up to +-20 eV.
+L3_PLAUSIBLE_EV = (618.0, 665.0)
+#: Doublet score over its noise response below which no edge is detectable.
+MIN_EDGE_SNR = 6.0
 MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
 #: Window (eV above L3) searched for the L2 maximum.
 L2_SEARCH_EV = (7.0, 16.0)
@@ -387,11 +391,23 @@ def _interp_rows(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
+              window: tuple[torch.Tensor, torch.Tensor] | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
 
     ``noise`` (B,), when given and finite, replaces the estimate made on the
     work axis (see :func:`measured_noise`).
+
+    ``window`` (lowest, highest index, each ``(B,)``) is where a Mn L3 may be
+    (:data:`L3_PLAUSIBLE_EV`). Where the strongest doublet lies outside it
+    (another element's L2,3 edge in a wide window: Fe at +67 eV, Co at
+    +138 eV), the strongest one inside is taken instead if it is a line of
+    its own: a doublet detected above the noise (:data:`MIN_EDGE_SNR`), at
+    least 1 eV inside the window (not the flank of an edge beyond it), whose
+    high-passed height exceeds everything else within 16 eV (L3 is the
+    strongest line of its edge: neither the L2 of an L3 below the window nor a
+    side lobe whose "L2" is an L3 above it qualifies). Otherwise the
+    strongest doublet stays, and the engine rejects it as not Mn L3.
 
     Returns
     -------
@@ -414,16 +430,6 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     idx = torch.arange(n, device=held.device).expand(b, n)
     inside = (idx >= first[:, None] + int(1.0 / step)) & (idx <= last[:, None] - int(1.0 / step))
     score = torch.where(inside, score, torch.full_like(score, -torch.inf))
-    coarse = score.argmax(dim=1)
-    # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV.
-    w = int(round(1.5 / step))
-    win = (idx - coarse[:, None]).abs() <= w
-    cand = torch.where(win & valid, fine, torch.full_like(fine, -torch.inf))
-    k = cand.argmax(dim=1).clamp(1, n - 2)
-    ym, y0, yp = (torch.gather(fine, 1, (k + d)[:, None])[:, 0] for d in (-1, 0, 1))
-    denom = ym - 2 * y0 + yp
-    frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-    l3_pos = k.to(held.dtype) + frac
     # Noise: the measured-point estimate where given, else the median absolute
     # second difference of the raw values (valid region).
     given = noise.to(held.dtype) if noise is not None else None
@@ -436,9 +442,22 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
         if given is not None:
             est = torch.where(torch.isfinite(given), given, est)
     noise = torch.nan_to_num(est, nan=0.0)
+    score_noise = noise * _score_noise_gain(step) + 1e-12
+    coarse = score.argmax(dim=1)
+    if window is not None:
+        coarse = _mn_window_doublet(score, hp, coarse, idx, window, step, score_noise)
+    # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV.
+    w = int(round(1.5 / step))
+    win = (idx - coarse[:, None]).abs() <= w
+    cand = torch.where(win & valid, fine, torch.full_like(fine, -torch.inf))
+    k = cand.argmax(dim=1).clamp(1, n - 2)
+    ym, y0, yp = (torch.gather(fine, 1, (k + d)[:, None])[:, 0] for d in (-1, 0, 1))
+    denom = ym - 2 * y0 + yp
+    frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
+    l3_pos = k.to(held.dtype) + frac
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
-    edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * _score_noise_gain(step) + 1e-12)
+    edge_snr = score.gather(1, coarse[:, None])[:, 0] / score_noise
     # L2: the white line 7-16 eV above L3 (wider than Mn's range, so that other
     # edges show their own spacing) when Mn's L2 range is measured.  A broader
     # band-pass than for L3 (L2 is broader and weaker), and the maximum inside
@@ -472,6 +491,28 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last.to(held.dtype)
     l2_pos = torch.where(has_l2, l2_at, torch.full_like(l3_pos, torch.nan))
     return l3_pos, edge_snr, l2_pos, noise
+
+
+def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tensor, idx: torch.Tensor,
+                       window: tuple[torch.Tensor, torch.Tensor], step: float,
+                       score_noise: torch.Tensor) -> torch.Tensor:
+    """Index of the doublet to align on: ``coarse``, or the strongest line inside ``window`` (see :func:`locate_l3`)."""
+    lo, hi = (w.to(idx.dtype) for w in window)
+    in_win = (idx >= lo[:, None]) & (idx <= hi[:, None])
+    outside = ~in_win.gather(1, coarse[:, None])[:, 0]
+    if not bool(outside.any()):
+        return coarse
+    cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
+    margin = int(round(1.0 / step))
+    interior = (cand >= lo + margin) & (cand <= hi - margin)
+    found = torch.isfinite(score.gather(1, cand[:, None])[:, 0])
+    detected = score.gather(1, cand[:, None])[:, 0] / score_noise >= MIN_EDGE_SNR
+    rel = ((idx - cand[:, None]) * step).abs()
+    neg = torch.full_like(hp, -torch.inf)
+    height = torch.where(rel <= 1.5, hp, neg).amax(dim=1)
+    around = torch.where((rel > 1.5) & (rel <= L2_SEARCH_EV[1]), hp, neg).amax(dim=1)
+    own_line = interior & found & detected & (height > around)
+    return torch.where(outside & own_line, cand, coarse)
 
 
 def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor,
@@ -588,7 +629,9 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         valid = torch.ones_like(values, dtype=torch.bool)
     start = start.to(values.device, torch.float64)
     held, first, last = edge_hold(values, valid)
-    l3_pos, edge_snr, l2_pos, noise = locate_l3(held, valid, first, last, step, noise)
+    window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
+    l3_pos, edge_snr, l2_pos, noise = locate_l3(held, valid, first, last, step, noise,
+                                                window=tuple(w.floor() for w in window))
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
     grid = torch.as_tensor(MODEL_GRID, dtype=torch.float64, device=values.device)

@@ -144,6 +144,31 @@ def test_engine_with_one_cpu_thread_gives_the_same_answers(engine, tiny_artifact
     assert np.allclose([r.valence for r in a], [r.valence for r in b], atol=1e-5)
 
 
+WIDE = np.arange(600.0, 740.0, 0.1)
+
+
+def _shifted(y_of, shift):
+    """A Mn-like doublet moved by ``shift`` eV on the wide axis."""
+    return y_of(WIDE - shift) - 0.05
+
+
+def test_mn_edge_beside_a_stronger_edge_of_another_element_is_read(engine):
+    """An Fe-like L2,3 edge 67 eV above Mn in a wide EELS window, twice as strong: Mn is read, as alone."""
+    mn = mn_like(WIDE, noise=0.002)
+    both = mn + 2.0 * _shifted(lambda e: mn_like(e, l3=641.0, noise=0.0), 67.0)
+    alone, beside = engine.predict([(WIDE, mn), (WIDE, both)])
+    assert alone.ok and beside.ok, beside.reason
+    assert beside.valence == pytest.approx(alone.valence, abs=0.05)
+
+
+@pytest.mark.parametrize("shift", [-28.0, 28.0, 67.0])
+def test_an_edge_outside_the_mn_window_is_still_rejected(engine, shift):
+    """Only the other element's edge (or Mn's beyond any calibration error): rejected, never a line of it read as Mn."""
+    y = _shifted(lambda e: mn_like(e, noise=0.0), shift) + np.random.default_rng(3).normal(0, 0.002, WIDE.size)
+    r = engine.predict_one(WIDE, y)
+    assert r.status == "rejected" and "is not the Mn L3 edge" in r.reason
+
+
 def test_partial_window_is_flagged_not_rejected(engine):
     e = np.arange(636.0, 647.0, 0.1)
     r = engine.predict_one(e, mn_like(e))

@@ -21,6 +21,8 @@ from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.results import SpectrumResult
 from mnedge_live.spectrum import (
+    L3_PLAUSIBLE_EV,
+    MIN_EDGE_SNR,
     MN_SPIN_ORBIT_RANGE_EV,
     WORK_STEP_EV,
     preprocess,
@@ -36,10 +38,6 @@ MIN_POINTS = 16
 MIN_SPAN_EV = 6.0
 #: Widest accepted span (eV) and longest uniform row (guards memory).
 MAX_SPAN_EV = 400.0
-#: Energies where a Mn L3 edge may appear on an axis off by up to +-20 eV.
-L3_PLAUSIBLE_EV = (618.0, 665.0)
-#: Edge height over noise below which no edge is detectable.
-MIN_EDGE_SNR = 6.0
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
