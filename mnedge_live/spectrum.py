@@ -60,11 +60,11 @@ MIN_BACKGROUND_WINDOW_EV = 1.0
 
 #: Expected L3-L2 spin-orbit spacing of Mn (eV) and its accepted range.
 MN_SPIN_ORBIT_EV = 11.0
+MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
 #: Energies (eV) where a Mn L3 edge may appear on an axis off by up to +-20 eV.
 L3_PLAUSIBLE_EV = (618.0, 665.0)
 #: Doublet score over its noise response below which no edge is detectable.
 MIN_EDGE_SNR = 6.0
-MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
 #: Window (eV above L3) searched for the L2 maximum.
 L2_SEARCH_EV = (7.0, 16.0)
 #: Smoothing widths (eV) of the band-pass that finds L2 (the wide one is the L3 high-pass's).
@@ -505,13 +505,12 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
     cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
     margin = int(round(1.0 / step))
     interior = (cand >= lo + margin) & (cand <= hi - margin)
-    found = torch.isfinite(score.gather(1, cand[:, None])[:, 0])
-    detected = score.gather(1, cand[:, None])[:, 0] / score_noise >= MIN_EDGE_SNR
+    detected = score.gather(1, cand[:, None])[:, 0] / score_noise >= MIN_EDGE_SNR  # False where the window is empty
     rel = ((idx - cand[:, None]) * step).abs()
     neg = torch.full_like(hp, -torch.inf)
     height = torch.where(rel <= 1.5, hp, neg).amax(dim=1)
     around = torch.where((rel > 1.5) & (rel <= L2_SEARCH_EV[1]), hp, neg).amax(dim=1)
-    own_line = interior & found & detected & (height > around)
+    own_line = interior & detected & (height > around)
     return torch.where(outside & own_line, cand, coarse)
 
 

@@ -34,11 +34,10 @@ CHUNK_SPECTRA = 4096
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """How a worker loads the engine: artifact directory (None: embedded model), backend, CPU threads per call."""
+    """How a worker loads the engine: artifact directory (None: embedded model) and backend."""
 
     path: str | None = None
     backend: str = "auto"
-    threads: int | None = None
 
 
 _ENGINES: dict[EngineSpec, Any] = {}
@@ -58,7 +57,7 @@ def get_engine(spec: EngineSpec) -> Any:
         if engine is None:
             from mnedge_live.engine import load_engine
 
-            engine = load_engine(spec.path, backend=spec.backend, threads=spec.threads)
+            engine = load_engine(spec.path, backend=spec.backend)
             _ENGINES[spec] = engine
         return engine
 
