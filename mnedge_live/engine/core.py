@@ -121,7 +121,10 @@ class Engine:
         energy : numpy.ndarray
             ``(N,)`` the shared axis.
         intensities : numpy.ndarray
-            ``(B, N)`` one spectrum per row.
+            ``(B, N)`` one spectrum per row. Anything else (rows that do not
+            match the axis, ragged or non-numeric rows) goes through
+            :meth:`predict`, which words each problem; an array that is not
+            2-D is answered as one spectrum.
         """
         try:
             y = np.asarray(intensities)
