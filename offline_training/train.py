@@ -99,13 +99,16 @@ class TrainConfig:
                 "train": dataclasses.asdict(self.train), "bank": self.bank}
 
 
-def initial_weights(source: str, network: NetworkConfig) -> dict:
-    """The weights of artifact ``source`` ("default": the model in use) to fine-tune from.
+def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
+    """The weights of artifact ``source`` ("default": the model in use) to fine-tune from, and their origin.
 
     Fine-tuning the shipped model on a site's own forward-model settings
     (its resolution, noise, offsets) needs far fewer steps than training from
     scratch. The artifact is verified (checksums) and must have the same
     network and preprocessing as this build, else ``ValueError`` says which.
+    The origin (``source``, ``model_id``, ``weights_sha256``) goes into the
+    checkpoints and the exported model card, so a fine-tuned model names its
+    parent even after the parent's directory is gone.
     """
     from mnedge_live.artifact import load_artifact
     from mnedge_live.engine.core import PREPROCESSING_ID
@@ -117,7 +120,8 @@ def initial_weights(source: str, network: NetworkConfig) -> dict:
     if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
         raise ValueError(f"init_from {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
                          f"this build has {PREPROCESSING_ID!r}")
-    return torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True)
+    origin = {"source": source, "model_id": art.model_id, "weights_sha256": art.card["files"]["weights.pt"]}
+    return torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True), origin
 
 
 def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb: TrainingBatch,
@@ -236,10 +240,15 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         step = int(ck["step"])
         gen.set_state(ck["generators"][rank])
         torch.set_rng_state(ck["torch_rng"][rank])  # dropout
+        origin = ck.get("init_from", "")
         log.info("resumed from step %d", step)
     elif s.init_from:
-        model.load_state_dict(initial_weights(s.init_from, config.network))
-        log.info("initialized from %s", s.init_from)
+        weights, parent = initial_weights(s.init_from, config.network)
+        model.load_state_dict(weights)
+        origin = json.dumps(parent)
+        log.info("initialized from %s (%s)", s.init_from, parent["model_id"])
+    else:
+        origin = ""
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"
@@ -285,7 +294,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 if rank == 0:
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "generators": gens, "torch_rng": rngs, "config": json.dumps(config.to_dict())}, tmp)
+                                "generators": gens, "torch_rng": rngs, "config": json.dumps(config.to_dict()),
+                                "init_from": origin}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:
         bar.close()
@@ -300,7 +310,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         scales = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
         torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
                     "std_scale": scales, "steps": step, "bank_sha256": bank.sha256(),
-                    "train_seconds": time.time() - t0}, final)
+                    "train_seconds": time.time() - t0, "init_from": origin}, final)
         log.info("calibration factors %s", scales)
     if world > 1:
         torch.distributed.barrier()

@@ -57,12 +57,19 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
 
 def test_fine_tuning_starts_from_the_artifacts_weights(tmp_path, tiny_artifact):
     from mnedge_live.artifact import load_artifact
+    from offline_training.export import export_artifact
 
     cfg = _tiny(steps=1, lr=1e-12, weight_decay=0.0, calibration_spectra=64, init_from=str(tiny_artifact))
-    final = torch.load(train(cfg, tmp_path / "ft", progress=False), weights_only=True)["model"]
+    final_pt = train(cfg, tmp_path / "ft", progress=False)
+    final = torch.load(final_pt, weights_only=True)["model"]
     start = torch.load(load_artifact(tiny_artifact).file("weights.pt"), weights_only=True)
     learned = [k for k in start if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert learned and all(torch.allclose(final[k], start[k], atol=1e-6) for k in learned)
+    # the exported card names the parent model, not only a path that may be gone
+    card = load_artifact(export_artifact(final_pt, tmp_path / "child", model_id="child")).card
+    parent = card["training"]["init_from"]
+    assert parent["model_id"] == "tiny-test"
+    assert parent["weights_sha256"] == load_artifact(tiny_artifact).card["files"]["weights.pt"]
 
 
 def test_fine_tuning_refuses_a_different_network(tmp_path, tiny_artifact):
