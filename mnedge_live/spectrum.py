@@ -663,11 +663,17 @@ def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_E
     that must answer each spectrum individually call :func:`to_uniform` first.
     """
     rows = [to_uniform(e, y, step) for e, y in spectra]
-    n = max(len(v) for _, v in rows)
-    values = np.zeros((len(rows), n), np.float32)
-    valid = np.zeros((len(rows), n), bool)
-    for i, (_, v) in enumerate(rows):
-        values[i, : len(v)] = v
-        valid[i, : len(v)] = True
+    values, valid = pad_rows([v for _, v in rows])
     start = torch.tensor([s for s, _ in rows], dtype=torch.float64)
     return start, torch.from_numpy(values), torch.from_numpy(valid)
+
+
+def pad_rows(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform rows of different lengths as one zero-padded float32 matrix and its ``valid`` mask."""
+    n = max(len(v) for v in rows)
+    values = np.zeros((len(rows), n), np.float32)
+    valid = np.zeros((len(rows), n), bool)
+    for i, v in enumerate(rows):
+        values[i, : len(v)] = v
+        valid[i, : len(v)] = True
+    return values, valid

@@ -25,6 +25,7 @@ from mnedge_live.spectrum import (
     MIN_EDGE_SNR,
     MN_SPIN_ORBIT_RANGE_EV,
     WORK_STEP_EV,
+    pad_rows,
     preprocess,
     resample_measured,
     resample_shared_axis,
@@ -154,12 +155,7 @@ class Engine:
         step = self._batch_rows
         for k in range(0, len(rows), step):
             chunk = rows[k:k + step]
-            n = max(len(v) for _, _, v, _ in chunk)
-            values = np.zeros((len(chunk), n), np.float32)
-            valid = np.zeros((len(chunk), n), bool)
-            for j, (_, _, v, _) in enumerate(chunk):
-                values[j, : len(v)] = v
-                valid[j, : len(v)] = True
+            values, valid = pad_rows([r[2] for r in chunk])
             self._answer_rows([r[0] for r in chunk], np.array([r[1] for r in chunk]), values, valid,
                               np.array([r[3] for r in chunk]), results)
 
