@@ -257,7 +257,7 @@ FFT_KERNEL_TAPS = 32
 
 def pad_edges(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
     """Rows ``(B, L)`` extended by repeating their first and last values (replicate padding, cheaply)."""
-    return torch.cat([x[:, :1].expand(-1, left), x, x[:, -1:].expand(-1, right)], dim=1)
+    return F.pad(x[:, None], (left, right), mode="replicate")[:, 0]
 
 
 @functools.lru_cache(maxsize=256)
@@ -342,13 +342,21 @@ def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
 
     Returns the held values and the first and last valid indices ``(B,)``.
     """
-    n = values.shape[1]
-    idx = torch.arange(n, device=values.device).expand_as(values)
-    big = torch.full_like(idx, n)
-    first = torch.where(valid, idx, big).amin(dim=1)
-    last = torch.where(valid, idx, -torch.ones_like(idx)).amax(dim=1)
-    src = torch.minimum(torch.maximum(idx, first[:, None]), last[:, None].clamp(min=0))
+    b, n = values.shape
+    if bool(valid.all()):  # the usual case for measured spectra: nothing to hold
+        first = torch.zeros(b, dtype=torch.long, device=values.device)
+        return values, first, first + (n - 1)
+    idx = _positions(n, values.device)
+    first = torch.where(valid, idx, n).amin(dim=1)
+    last = torch.where(valid, idx, -1).amax(dim=1)
+    src = torch.minimum(torch.maximum(idx, first[:, None]), last.clamp(min=0)[:, None])
     return torch.gather(values, 1, src), first, last
+
+
+@functools.lru_cache(maxsize=64)
+def _positions(n: int, device: torch.device) -> torch.Tensor:
+    """``arange(n)`` (int64) on ``device``, shared read-only: the index arithmetic of every mask."""
+    return torch.arange(n, device=device)
 
 
 @functools.lru_cache(maxsize=8)
@@ -380,13 +388,22 @@ def _bandpass_noise_gain(step: float, narrow: float, wide: float) -> float:
     return float((smooth(imp, narrow, step) - smooth(imp, wide, step)).norm())
 
 
+@functools.lru_cache(maxsize=16)
+def _offsets(half: int, device: torch.device) -> torch.Tensor:
+    """``arange(-half, half + 1)`` (int64) on ``device``: the neighbourhood of a point."""
+    return torch.arange(-half, half + 1, device=device)
+
+
+#: Relative energy (eV) given to unmeasured points in the L2 analysis: below every window.
+_NO_ENERGY = -1.0e6
+
+
 def _interp_rows(values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Linear interpolation of rows at fractional indices ``pos`` (clamped to the row)."""
     n = values.shape[1]
     pos = pos.clamp(0, n - 1)
     i0 = pos.floor().long().clamp(max=n - 2)
-    t = pos - i0
-    return torch.gather(values, 1, i0) * (1 - t) + torch.gather(values, 1, i0 + 1) * t
+    return torch.lerp(torch.gather(values, 1, i0), torch.gather(values, 1, i0 + 1), pos - i0)
 
 
 def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
@@ -427,9 +444,9 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     lead = int(round(3.0 / step))
     # score[i] = correlation of the template with hp when L3 sits at index i.
     score = correlate_rows(pad_edges(hp, lead, m - lead - 1), tmpl)
-    idx = torch.arange(n, device=held.device).expand(b, n)
-    inside = (idx >= first[:, None] + int(1.0 / step)) & (idx <= last[:, None] - int(1.0 / step))
-    score = torch.where(inside, score, torch.full_like(score, -torch.inf))
+    idx = _positions(n, held.device)
+    inside = (idx >= (first + int(1.0 / step))[:, None]) & (idx <= (last - int(1.0 / step))[:, None])
+    score = score.masked_fill(~inside, -torch.inf)
     # Noise: the measured-point estimate where given, else the median absolute
     # second difference of the raw values (valid region).
     given = noise.to(held.dtype) if noise is not None else None
@@ -437,7 +454,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
         est = given
     else:
         d2 = (held[:, 2:] - 2 * held[:, 1:-1] + held[:, :-2]) / math.sqrt(6.0)
-        d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.full_like(d2, torch.nan))
+        d2 = d2.abs().masked_fill(~valid[:, 1:-1], torch.nan)
         est = torch.nanmedian(d2, dim=1).values * 1.4826
         if given is not None:
             est = torch.where(torch.isfinite(given), given, est)
@@ -446,15 +463,19 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     coarse = score.argmax(dim=1)
     if window is not None:
         coarse = _mn_window_doublet(score, hp, coarse, idx, window, step, score_noise)
-    # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV.
-    w = int(round(1.5 / step))
-    win = (idx - coarse[:, None]).abs() <= w
-    cand = torch.where(win & valid, fine, torch.full_like(fine, -torch.inf))
-    k = cand.argmax(dim=1).clamp(1, n - 2)
-    ym, y0, yp = (torch.gather(fine, 1, (k + d)[:, None])[:, 0] for d in (-1, 0, 1))
+    # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV
+    # (read from the points of that window only; clamping repeats an end
+    # point, which cannot change the first maximum's index).
+    near = (coarse[:, None] + _offsets(int(round(1.5 / step)), held.device)).clamp(0, n - 1)
+    cand = torch.gather(fine, 1, near)
+    all_valid = bool(valid.all())
+    if not all_valid:
+        cand = cand.masked_fill(~torch.gather(valid, 1, near), -torch.inf)
+    k = torch.gather(near, 1, cand.argmax(dim=1, keepdim=True)).clamp(1, n - 2)
+    ym, y0, yp = torch.gather(fine, 1, k + _offsets(1, held.device)).unbind(1)
     denom = ym - 2 * y0 + yp
-    frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
-    l3_pos = k.to(held.dtype) + frac
+    frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, 0.0).clamp(-0.5, 0.5)
+    l3_pos = k[:, 0] + frac
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
     edge_snr = score.gather(1, coarse[:, None])[:, 0] / score_noise
@@ -468,14 +489,15 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     bp = smooth(fine, math.sqrt(L2_BAND_EV[0] ** 2 - 0.3**2), step) - broad  # Gaussians add in quadrature
     bp_noise = noise * _bandpass_noise_gain(step, *L2_BAND_EV)
     rel = (idx - l3_pos[:, None]) * step
-    searched = (rel >= L2_SEARCH_EV[0]) & (rel <= L2_SEARCH_EV[1]) & valid
+    if not all_valid:  # unmeasured points fall in no window (all windows lie above -5 eV)
+        rel = rel.masked_fill(~valid, _NO_ENERGY)
+    searched = (rel >= L2_SEARCH_EV[0]) & (rel <= L2_SEARCH_EV[1])
     mn_range = searched & (rel >= MN_SPIN_ORBIT_RANGE_EV[0]) & (rel <= MN_SPIN_ORBIT_RANGE_EV[1])
     # Outside Mn's range only local maxima of the band-pass count (a slope at the
     # end of the search window, e.g. from plural scattering, is no line).
     peak = F.pad((bp[:, 1:-1] >= bp[:, :-2]) & (bp[:, 1:-1] >= bp[:, 2:]), (1, 1), value=False)
-    neg = torch.full_like(bp, -torch.inf)
-    in_val, in_idx = torch.where(mn_range, bp, neg).max(dim=1)
-    out_val, out_idx = torch.where(searched & ~mn_range & peak, bp, neg).max(dim=1)
+    in_val, in_idx = bp.masked_fill(~mn_range, -torch.inf).max(dim=1)
+    out_val, out_idx = bp.masked_fill(~(searched & ~mn_range & peak), -torch.inf).max(dim=1)
     margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
     outside = out_val > in_val + margin
     l2_idx = torch.where(outside, out_idx, in_idx)
@@ -484,12 +506,12 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # mixed valences, centroids by plural-scattering replicas of L3 reaching
     # into the L2 window; another element's splitting shows in both.
     by_max = l2_idx.to(held.dtype)
-    l2_window = (rel >= L2_CENTROID_EV[0]) & (rel <= L2_CENTROID_EV[1]) & valid
-    by_centroid = l3_pos + _line_centroid_spacing(bp, bp_noise, rel, valid, l2_window) / step
+    l2_window = (rel >= L2_CENTROID_EV[0]) & (rel <= L2_CENTROID_EV[1])
+    by_centroid = l3_pos + _line_centroid_spacing(bp, bp_noise, rel, l2_window) / step
     nearer = (by_centroid - l3_pos - MN_SPIN_ORBIT_EV / step).abs() < (by_max - l3_pos - MN_SPIN_ORBIT_EV / step).abs()
     l2_at = torch.where(nearer, by_centroid, by_max)
-    has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last.to(held.dtype)
-    l2_pos = torch.where(has_l2, l2_at, torch.full_like(l3_pos, torch.nan))
+    has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last
+    l2_pos = l2_at.masked_fill(~has_l2, torch.nan)
     return l3_pos, edge_snr, l2_pos, noise
 
 
@@ -498,10 +520,10 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
                        score_noise: torch.Tensor) -> torch.Tensor:
     """Index of the doublet to align on: ``coarse``, or the strongest line inside ``window`` (see :func:`locate_l3`)."""
     lo, hi = (w.to(idx.dtype) for w in window)
-    in_win = (idx >= lo[:, None]) & (idx <= hi[:, None])
-    outside = ~in_win.gather(1, coarse[:, None])[:, 0]
+    outside = (coarse < lo) | (coarse > hi)
     if not bool(outside.any()):
         return coarse
+    in_win = (idx >= lo[:, None]) & (idx <= hi[:, None])
     cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
     margin = int(round(1.0 / step))
     interior = (cand >= lo + margin) & (cand <= hi - margin)
@@ -514,7 +536,7 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
     return torch.where(outside & own_line, cand, coarse)
 
 
-def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor, valid: torch.Tensor,
+def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor,
                            l2_window: torch.Tensor) -> torch.Tensor:
     """Distance (eV) between the centroids of the L2 and L3 lines; NaN where either shows nothing above the noise.
 
@@ -533,16 +555,14 @@ def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.
     bp_noise : torch.Tensor
         ``(B,)`` noise sigma of ``bp``.
     rel : torch.Tensor
-        ``(B, N)`` energy relative to the L3 maximum (eV).
-    valid : torch.Tensor
-        ``(B, N)`` measured points.
+        ``(B, N)`` energy relative to the L3 maximum (eV); :data:`_NO_ENERGY` at unmeasured points.
     l2_window : torch.Tensor
         ``(B, N)`` the points where the L2 line may lie (:data:`L2_CENTROID_EV`).
     """
     w = (bp - CENTROID_NOISE_SIGMA * bp_noise[:, None]).clamp(min=0.0)
-    l3_window = (rel >= L3_CENTROID_EV[0]) & (rel <= L3_CENTROID_EV[1]) & valid
-    w3 = torch.where(l3_window, w, torch.zeros_like(w))
-    w2 = torch.where(l2_window, w, torch.zeros_like(w))
+    l3_window = (rel >= L3_CENTROID_EV[0]) & (rel <= L3_CENTROID_EV[1])
+    w3 = w.masked_fill(~l3_window, 0.0)
+    w2 = w.masked_fill(~l2_window, 0.0)
     s3, s2 = w3.sum(1), w2.sum(1)
     c3 = (w3 * rel).sum(1) / s3.clamp(min=1e-30)
     c2 = (w2 * rel).sum(1) / s2.clamp(min=1e-30)
@@ -550,17 +570,21 @@ def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.
     return torch.where(found, c2 - c3, torch.full_like(c2, torch.nan))
 
 
-def _fit_background(y: torch.Tensor, e: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weighted straight-line fit ``a + b e`` of rows ``y`` at ``e`` with weights ``w``; returns (a, b)."""
-    sw = w.sum(1).clamp(min=1e-9)
-    em = (w * e).sum(1) / sw
-    ym = (w * y).sum(1) / sw
-    var = (w * (e - em[:, None]) ** 2).sum(1).clamp(min=1e-12)
-    slope = (w * (e - em[:, None]) * (y - ym[:, None])).sum(1) / var
-    return torch.stack([ym - slope * em, slope], dim=1)
+@functools.lru_cache(maxsize=8)
+def _model_grid_constants(device: torch.device) -> dict[str, torch.Tensor]:
+    """Constants of :data:`MODEL_GRID` on ``device``, made once: energies relative to L3 (eV and
+    work-axis points), the background windows as 0/1 weights and the line-fit basis ``[1, rel, rel^2]``."""
+    rel = torch.as_tensor(MODEL_GRID - L3_REFERENCE_EV, dtype=torch.float64, device=device)
+    return {
+        "rel_points": (rel / WORK_STEP_EV).to(torch.float32),
+        "pre": ((rel >= PRE_EDGE_WINDOW[0]) & (rel <= PRE_EDGE_WINDOW[1])).to(torch.float32),
+        "post": ((rel >= POST_EDGE_WINDOW[0]) & (rel <= POST_EDGE_WINDOW[1])).to(torch.float32),
+        "basis": torch.stack([torch.ones_like(rel), rel, rel**2], dim=1),
+        "rel": rel,
+    }
 
 
-def remove_background(spec: torch.Tensor, held: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def remove_background(spec: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Subtract the background from model-grid rows: a chord through the pre- and post-edge windows.
 
     The line is fitted by least squares to the measured points of
@@ -577,24 +601,37 @@ def remove_background(spec: torch.Tensor, held: torch.Tensor, grid: torch.Tensor
     pre-edge mean (a constant: no extrapolated slope); where the pre-edge is
     not measured either, the median of the first (held) eV.
 
+    The weighted sums of the fit are two small matrix products in float64
+    (rows of raw counts would lose digits in float32 sums).
+
+    Parameters
+    ----------
+    spec : torch.Tensor
+        ``(B, len(MODEL_GRID))`` rows on :data:`MODEL_GRID`.
+    held : torch.Tensor
+        ``(B, len(MODEL_GRID))`` bool: points outside the measured window.
+
     Returns the corrected rows and a boolean "pre-edge covered" per row.
     """
-    rel = grid - L3_REFERENCE_EV
-    step = float(grid[1] - grid[0])
-    measured = ~held
-    w_pre = (((rel >= PRE_EDGE_WINDOW[0]) & (rel <= PRE_EDGE_WINDOW[1]))[None, :] & measured).to(spec.dtype)
-    w_post = (((rel >= POST_EDGE_WINDOW[0]) & (rel <= POST_EDGE_WINDOW[1]))[None, :] & measured).to(spec.dtype)
+    c = _model_grid_constants(spec.device)
+    step = float(MODEL_GRID[1] - MODEL_GRID[0])
+    measured = (~held).to(spec.dtype)
+    w_pre, w_post = measured * c["pre"], measured * c["post"]
     n_pre, n_post = w_pre.sum(1), w_post.sum(1)
     pre_cov = n_pre * step >= MIN_BACKGROUND_WINDOW_EV
     post_cov = n_post * step >= MIN_BACKGROUND_WINDOW_EV
-    e = grid.expand_as(spec)
-    w = w_pre / n_pre.clamp(min=1)[:, None] + w_post / n_post.clamp(min=1)[:, None]
-    line = _fit_background(spec, e, w)
-    chord = line[:, :1] + line[:, 1:] * e
-    pre_level = ((w_pre * spec).sum(1) / n_pre.clamp(min=1))[:, None]
-    first_ev = spec[:, : int(1.0 / step)].median(dim=1).values[:, None]
+    w_pre = w_pre / n_pre.clamp(min=1)[:, None]
+    w = (w_pre + w_post / n_post.clamp(min=1)[:, None]).double()
+    y = spec.double()
+    s0, s1, s2 = (w @ c["basis"]).unbind(1)            # sum w, sum w e, sum w e^2 (e: eV from L3)
+    t0, t1 = ((w * y) @ c["basis"][:, :2]).unbind(1)   # sum w y, sum w y e
+    mean_e = s1 / s0.clamp(min=1e-9)
+    slope = (t1 - mean_e * t0) / (s2 - mean_e * s1).clamp(min=1e-12)
+    chord = ((t0 / s0.clamp(min=1e-9) - slope * mean_e)[:, None] + slope[:, None] * c["rel"]).to(spec.dtype)
+    pre_level = (w_pre * spec).sum(1, keepdim=True)
+    first_ev = spec[:, : int(1.0 / step)].median(dim=1, keepdim=True).values
     const = torch.where(pre_cov[:, None], pre_level, first_ev)
-    bg = torch.where((pre_cov & post_cov)[:, None], chord, const.expand_as(spec))
+    bg = torch.where((pre_cov & post_cov)[:, None], chord, const)
     return spec - bg, pre_cov
 
 
@@ -633,27 +670,35 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
                                                 window=tuple(w.floor() for w in window))
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
-    grid = torch.as_tensor(MODEL_GRID, dtype=torch.float64, device=values.device)
-    # Model-grid energy g sits at g + shift on the input axis.
-    pos64 = (grid[None, :] + shift[:, None] - start[:, None]) / step
-    held_mask = (pos64 < first[:, None].to(torch.float64) - 1e-6) | (pos64 > last[:, None].to(torch.float64) + 1e-6)
-    spec = _interp_rows(held, pos64.to(torch.float32))
-    spec, pre_cov = remove_background(spec, held_mask, grid.to(torch.float32))
-    # Normalize by the smoothed maximum within +-2 eV of L3.
-    rel = grid - L3_REFERENCE_EV
-    l3win = (rel.abs() <= 2.0)[None, :]
-    sm = smooth(spec, 0.3, float(grid[1] - grid[0]))
-    peak = torch.where(l3win, sm, torch.full_like(sm, -torch.inf)).amax(dim=1)
+    # Model-grid energy g sits at index l3_pos + (g - L3_REFERENCE_EV) / step of the input row.
+    c = _model_grid_constants(values.device)
+    pos = l3_pos[:, None] + c["rel_points"] * (WORK_STEP_EV / step)
+    held_mask = (pos < first[:, None] - 1e-6) | (pos > last[:, None] + 1e-6)
+    spec, pre_cov = remove_background(_interp_rows(held, pos), held_mask)
+    # Normalize by the 0.3 eV-smoothed maximum within +-2 eV of L3 (smoothed
+    # only there: the window lies far enough inside the grid that edge
+    # padding never reaches it).
+    k = _gauss_kernel(0.3 / float(MODEL_GRID[1] - MODEL_GRID[0])).to(spec).view(-1)
+    lo, hi = _l3_peak_window()
+    half = k.numel() // 2
+    peak = correlate_rows(spec[:, lo - half: hi + half], k).amax(dim=1)
     scale = peak.clamp(min=1e-12)
     x = torch.stack([spec / scale[:, None], held_mask.to(torch.float32)], dim=1)
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
-    l3_cov = (l3_pos - first.to(l3_pos.dtype) >= 2.0 / step) & (last.to(l3_pos.dtype) - l3_pos >= 2.0 / step)
+    l3_cov = (l3_pos - first >= 2.0 / step) & (last - l3_pos >= 2.0 / step)
     l2_cov = ~torch.isnan(l2_pos)
     l2_spacing = (l2_pos - l3_pos) * step
-    psnr = 20 * torch.log10(peak.clamp(min=1e-12) / (noise + 1e-12))
+    psnr = 20 * torch.log10(scale / (noise + 1e-12))
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
                     l2_spacing_ev=l2_spacing, l2_covered=l2_cov, pre_edge_covered=pre_cov,
                     l3_covered=l3_cov, psnr_db=psnr)
+
+
+@functools.lru_cache(maxsize=1)
+def _l3_peak_window() -> tuple[int, int]:
+    """Model-grid index range ``[lo, hi)`` within +-2 eV of L3, where the normalization peak is taken."""
+    inside = np.flatnonzero(np.abs(MODEL_GRID - L3_REFERENCE_EV) <= 2.0)
+    return int(inside[0]), int(inside[-1]) + 1
 
 
 def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
