@@ -35,6 +35,7 @@ def engine(tiny_artifact):
     (E, np.ones(E.size), "constant"),
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
     (np.linspace(640.0, 643.0, 40), mn_like(np.linspace(640.0, 643.0, 40)), "spans only"),
+    (E / 1000.0, mn_like(), "looks like keV"),                  # exported in keV: say so, do not guess
     (E.astype(str), mn_like(), "non-numeric"),
 ])
 def test_bad_spectra_are_rejected_with_reasons(engine, energy, intensity, reason):

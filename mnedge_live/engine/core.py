@@ -242,12 +242,15 @@ class Engine:
         bad = ~np.isfinite(e)
         if bad.any():
             raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
-        span = float(e.max() - e.min())
+        lo, hi = float(e.min()), float(e.max())
+        if hi * 1e3 >= L3_PLAUSIBLE_EV[0] and lo * 1e3 <= L3_PLAUSIBLE_EV[1] and hi < 1.0:
+            raise ValueError(f"axis {lo:.4f}-{hi:.4f} looks like keV; the engine reads eV "
+                             "(multiply the energies by 1000)")
+        span = hi - lo
         if span < MIN_SPAN_EV:
             raise ValueError(f"energy axis spans only {span:.2f} eV; at least {MIN_SPAN_EV} eV are needed")
         if span > MAX_SPAN_EV:
             raise ValueError(f"energy axis spans {span:.0f} eV; at most {MAX_SPAN_EV:.0f} eV are accepted")
-        lo, hi = float(e.min()), float(e.max())
         if hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]:
             raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
                              f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
