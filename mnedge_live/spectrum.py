@@ -653,16 +653,25 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         ``(B,)`` noise sigma from the measured points (:func:`measured_noise`);
         NaN or None: estimated on the work axis.  Only the diagnostics
         (edge SNR, L2 search, PSNR) use it, never the model input.
+        Intensities may be in any unit: each row is scaled to a largest
+        magnitude of 1 before anything else.
 
     Returns
     -------
     Prepared
         Model input and the alignment diagnostics.
     """
-    values = values.to(torch.float32)
-    b, n = values.shape
     if valid is None:
         valid = torch.ones_like(values, dtype=torch.bool)
+    # Rows in any unit (counts, or a drain current of 1e-12 A) are brought to
+    # a largest magnitude of 1 first, in their own precision: the absolute
+    # floors below (1e-12) must never be mistaken for the data's scale.
+    magnitude = values.abs().masked_fill(~valid, 0.0).amax(dim=1)
+    magnitude = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+    values = (values / magnitude[:, None]).to(torch.float32)
+    if noise is not None:
+        noise = noise.to(magnitude.device) / magnitude
+    b, n = values.shape
     start = start.to(values.device, torch.float64)
     held, first, last = edge_hold(values, valid)
     window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)

@@ -232,3 +232,14 @@ def test_default_model_reads_the_measured_spectra_within_0_15(real_dir, name, va
     assert r2.ok and abs(r2.valence - r.valence) <= 0.02, (name, r.valence, r2.valence)
     assert r2.energy_offset_eV - r.energy_offset_eV == pytest.approx(12.0, abs=0.3)
     assert abs(r.valence - valence) <= 0.15, (name, r.valence)
+
+
+@pytest.mark.parametrize("scale", [1e-15, 1e-12, 1e9])
+def test_intensities_in_any_unit_read_the_same(engine, scale):
+    """A drain current in amperes (1e-12) or raw counts (1e9) is the same spectrum as one of height 1."""
+    y = mn_like()
+    ref = engine.predict_one(E, y)
+    r = engine.predict_one(E, y * scale)
+    assert ref.ok and r.ok, r.reason
+    assert r.valence == pytest.approx(ref.valence, abs=1e-4)
+    assert r.fractions == pytest.approx(ref.fractions, abs=1e-4)
