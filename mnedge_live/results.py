@@ -42,7 +42,9 @@ class SpectrumResult:
     t_lambda : float
         Estimated relative thickness (EELS; about 0 for XAS).
     flags : tuple of str
-        Quality warnings that did not warrant rejection (e.g. ``"l2_not_measured"``).
+        Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
+        ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
+        ``"spikes_removed"`` (single-point spikes were repaired before the readout).
     model : str
         Identifier of the model that produced the readout.
     """

@@ -201,8 +201,88 @@ def _noise_of_points(e: np.ndarray, y: np.ndarray, step: float):
     return float(out) if y.ndim == 1 else out
 
 
+#: A measured point is a spike (cosmic ray, detector glitch, digitizing slip) when it
+#: stands above (or below) both neighbours by more than this many noise sigmas ...
+SPIKE_NOISE_SIGMA = 10.0
+#: ... and by more than this share of the spectrum's range ...
+SPIKE_MIN_SHARE = 0.05
+#: ... while the steps just beyond its neighbours are below this share of its own
+#: (a line's flanks keep falling; a single bad point stands alone).
+SPIKE_ISOLATION = 0.25
+#: Largest gap (eV) to either neighbour at which a point can be called a spike: the
+#: narrowest Mn L3 lines (about 0.4 eV FWHM) span three points or more up to here, on
+#: coarser axes a true line can be a single point.
+SPIKE_MAX_GAP_EV = 0.2
+
+
+def find_spikes(e: np.ndarray, y: np.ndarray, noise) -> np.ndarray:
+    """Single-point spikes of measured spectra (see :data:`SPIKE_NOISE_SIGMA` and the following).
+
+    Parameters
+    ----------
+    e : numpy.ndarray
+        ``(N,)`` distinct ascending energies.
+    y : numpy.ndarray
+        ``(N,)`` or ``(B, N)`` intensities on ``e``.
+    noise : float or numpy.ndarray
+        Noise sigma per row on the measured points (:func:`measured_noise`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, shaped like ``y``: the spikes.
+    """
+    y2 = np.atleast_2d(y)
+    out = np.zeros(y2.shape, bool)
+    if y2.shape[1] < 5:
+        return out.reshape(y.shape)
+    # With d the steps between points, point i stands out when the steps into and
+    # out of it (d[i-1], d[i]) have opposite signs and are both large, while the
+    # steps beyond (d[i-2], d[i+1]) are small.  Candidates by size first (rare),
+    # the other tests only there.
+    d = np.diff(y2, axis=1)
+    ad = np.abs(d)
+    floor = np.maximum(SPIKE_NOISE_SIGMA * np.nan_to_num(np.atleast_1d(noise), nan=np.inf),
+                       SPIKE_MIN_SHARE * np.ptp(y2, axis=1))
+    rise = np.minimum(ad[:, 1:-2], ad[:, 2:-1])          # centre i = column + 2
+    rows, cols = np.nonzero(rise > floor[:, None])
+    if rows.size:
+        gap = np.diff(e)
+        r = rise[rows, cols]
+        keep = ((d[rows, cols + 1] * d[rows, cols + 2] < 0)
+                & (np.maximum(ad[rows, cols], ad[rows, cols + 3]) < SPIKE_ISOLATION * r)
+                & (np.maximum(gap[cols + 1], gap[cols + 2]) <= SPIKE_MAX_GAP_EV))
+        out[rows[keep], cols[keep] + 2] = True
+    return out.reshape(y.shape)
+
+
+def remove_spikes(e: np.ndarray, y: np.ndarray, noise) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the spikes of :func:`find_spikes` by the mean of their neighbours.
+
+    The engine does this on the measured points before resampling (a spike on
+    a coarse axis would otherwise be spread over several work points) and
+    flags every readout it touched, so a repair is never silent.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        A copy with the spikes replaced (the input when there are none).
+    count : numpy.ndarray
+        Spikes per row (a 0-d array for a single spectrum).
+    """
+    spikes = find_spikes(e, y, noise)
+    count = spikes.sum(axis=-1)
+    if not spikes.any():
+        return y, count
+    y = np.array(y, dtype=np.float64, copy=True)
+    rows, cols = np.nonzero(np.atleast_2d(spikes))
+    y2 = np.atleast_2d(y)
+    y2[rows, cols] = 0.5 * (y2[rows, cols - 1] + y2[rows, cols + 1])
+    return y, count
+
+
 def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
-                         step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, np.ndarray]:
+                         step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`resample_measured` for many spectra on one strictly ascending axis, vectorized.
 
     The pixels of a spectrum image share their energy axis; resampling them
@@ -222,23 +302,32 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
         ``(B, n)`` on ``start + step * arange(n)``, as :func:`to_uniform` gives row by row.
     noise : numpy.ndarray
         ``(B,)`` as :func:`measured_noise` gives row by row.
+    spikes : numpy.ndarray
+        ``(B,)`` spikes replaced before resampling (:func:`remove_spikes`).
     """
     e = np.asarray(energy, np.float64)
-    y = np.asarray(intensities, np.float64)
+    noise = _noise_of_points(e, np.asarray(intensities, np.float64), step)
+    y, spikes = remove_spikes(e, np.asarray(intensities, np.float64), noise)
     n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
     grid = e[0] + step * np.arange(n)
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0)
     values = y[:, k] * (1.0 - t) + y[:, k + 1] * t
-    return float(e[0]), values, _noise_of_points(e, y, step)
+    return float(e[0]), values, noise, spikes
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray,
-                      step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, float]:
-    """:func:`to_uniform` and :func:`measured_noise` of one spectrum in one pass: ``(start, values, noise)``."""
+                      step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, float, int]:
+    """:func:`measured_noise`, :func:`remove_spikes` and :func:`to_uniform` of one spectrum in one pass.
+
+    Returns ``(start, values, noise, spikes)``: the uniform row, the noise
+    sigma of the measured points and the number of spikes replaced.
+    """
     uniq, mean = _checked_points(energy, intensity)
+    noise = _noise_of_points(uniq, mean, step)
+    mean, spikes = remove_spikes(uniq, mean, noise)
     start, values = _uniform_from_points(uniq, mean, step)
-    return start, values, _noise_of_points(uniq, mean, step)
+    return start, values, noise, int(spikes)
 
 
 @functools.lru_cache(maxsize=32)

@@ -243,3 +243,17 @@ def test_intensities_in_any_unit_read_the_same(engine, scale):
     assert ref.ok and r.ok, r.reason
     assert r.valence == pytest.approx(ref.valence, abs=1e-4)
     assert r.fractions == pytest.approx(ref.fractions, abs=1e-4)
+
+
+def test_a_spike_is_repaired_and_flagged(engine):
+    """A cosmic ray 10x the L3 height reads like the clean spectrum, and the readout says it was repaired."""
+    y = mn_like()
+    spiky = y.copy()
+    spiky[np.argmin(np.abs(E - 650.0))] += 10 * np.ptp(y)
+    clean, repaired = engine.predict([(E, y), (E, spiky)])
+    assert clean.ok and repaired.ok
+    assert "spikes_removed" in repaired.flags and "spikes_removed" not in clean.flags
+    assert repaired.valence == pytest.approx(clean.valence, abs=0.01)
+    pixels = engine.predict_shared_axis(E, np.stack([y, spiky]))  # the image path repairs the same way
+    assert [p.flags for p in pixels] == [clean.flags, repaired.flags]
+    assert pixels[1].valence == pytest.approx(repaired.valence, abs=1e-5)

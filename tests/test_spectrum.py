@@ -13,6 +13,7 @@ from mnedge_live.spectrum import (
     MN_SPIN_ORBIT_RANGE_EV,
     MODEL_GRID,
     WORK_STEP_EV,
+    find_spikes,
     measured_noise,
     pack,
     preprocess,
@@ -183,7 +184,27 @@ def test_shared_axis_resampling_equals_the_per_spectrum_one():
     rng = np.random.default_rng(4)
     e = np.sort(rng.uniform(630.0, 670.0, 300))
     y = _doublet(e, 641.0)[None, :] * rng.uniform(0.5, 2.0, (5, 1)) + rng.normal(0, 0.02, (5, e.size))
-    start, values, noise = resample_shared_axis(e, y)
-    for row, v, z in zip(y, values, noise):
-        s1, v1, z1 = resample_measured(e, row)
-        assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12)
+    gaps = np.diff(e)
+    k = next(i for i in range(100, 200) if max(gaps[i - 1], gaps[i]) <= 0.15)
+    y[2, k] += 3.0  # a spike: repaired the same way on both paths
+    start, values, noise, spikes = resample_shared_axis(e, y)
+    assert spikes.tolist() == [0, 0, 1, 0, 0]
+    for row, v, z, k in zip(y, values, noise, spikes):
+        s1, v1, z1, k1 = resample_measured(e, row)
+        assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12) and k == k1
+
+
+def test_single_point_spikes_are_found_and_sharp_lines_are_not():
+    e = np.arange(630.0, 670.0, 0.1)
+    y = _doublet(e, 641.0, width=0.4 / 2.3548) + np.random.default_rng(5).normal(0, 0.003, e.size)  # 0.4 eV FWHM L3
+    assert not find_spikes(e, y, measured_noise(e, y)).any()
+    bad = y.copy()
+    bad[50] += 2.0     # cosmic ray in the pre-edge
+    bad[200] -= 0.8    # dead channel on the L2 flank
+    found = find_spikes(e, bad, measured_noise(e, bad))
+    assert np.flatnonzero(found).tolist() == [50, 200]
+    # on a 0.3 eV axis a true line can be a single point: nothing is called a spike there
+    coarse = np.arange(630.0, 670.0, 0.3)
+    yc = _doublet(coarse, 641.0, width=0.4 / 2.3548)
+    yc[20] += 2.0
+    assert not find_spikes(coarse, yc, measured_noise(coarse, yc)).any()

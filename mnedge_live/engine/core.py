@@ -143,21 +143,21 @@ class Engine:
 
     def _answer_single(self, spectra, idx: list[int], results: list) -> None:
         """The per-spectrum path: check and resample ``spectra[i]`` for ``i`` in ``idx`` one by one, run in batches."""
-        rows: list[tuple[int, float, np.ndarray, float]] = []
+        rows: list[tuple[int, float, np.ndarray, float, int]] = []
         for i in idx:
             try:
                 energy, intensity = spectra[i]
-                start, values, noise = self._check_and_resample(energy, intensity)
+                start, values, noise, spikes = self._check_and_resample(energy, intensity)
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
-            rows.append((i, start, values, noise))
+            rows.append((i, start, values, noise, spikes))
         step = self._batch_rows
         for k in range(0, len(rows), step):
             chunk = rows[k:k + step]
             values, valid = pad_rows([r[2] for r in chunk])
             self._answer_rows([r[0] for r in chunk], np.array([r[1] for r in chunk]), values, valid,
-                              np.array([r[3] for r in chunk]), results)
+                              np.array([r[3] for r in chunk]), np.array([r[4] for r in chunk]), results)
 
     def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
         """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
@@ -212,15 +212,15 @@ class Engine:
             idx = [i for i, keep in zip(idx, ok) if keep]
         step = self._batch_rows
         for k in range(0, len(idx), step):
-            start, values, noise = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
+            start, values, noise, spikes = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
             self._answer_rows(idx[k:k + step], np.full(len(values), start), values.astype(np.float32),
-                              np.ones(values.shape, bool), noise, results)
+                              np.ones(values.shape, bool), noise, spikes, results)
 
     def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                     noise: np.ndarray, results: list) -> None:
+                     noise: np.ndarray, spikes: np.ndarray, results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
         try:
-            for i, res in zip(idx, self._run_rows(start, values, valid, noise)):
+            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes)):
                 results[i] = res
         except Exception as exc:  # backend failure: answer every row, keep serving
             log.exception("backend %s failed", self.backend_name)
@@ -256,7 +256,7 @@ class Engine:
                              f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
 
     @classmethod
-    def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float]:
+    def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float, int]:
         e = np.asarray(energy)
         y = np.asarray(intensity)
         if e.ndim != 1 or y.ndim != 1:
@@ -276,7 +276,7 @@ class Engine:
         return resample_measured(e, y, WORK_STEP_EV)
 
     def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                  noise: np.ndarray) -> list[SpectrumResult]:
+                  noise: np.ndarray, spikes: np.ndarray) -> list[SpectrumResult]:
         """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
 
         Everything per row is computed as whole-batch arrays first and turned
@@ -295,7 +295,8 @@ class Engine:
         resolution = np.maximum(side[:, 1].astype(np.float64), 0.0)
         t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
-                        ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD))
+                        ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
+                        ("spikes_removed", np.asarray(spikes) > 0))
         flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
         reject = checks.rejected()
         model = self.model_id
