@@ -154,10 +154,48 @@ def _checked_points(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarr
 
 
 def _uniform_from_points(uniq: np.ndarray, mean: np.ndarray, step: float) -> tuple[float, np.ndarray]:
-    """Linear interpolation of distinct ascending points onto ``uniq[0] + step * arange(n)``."""
+    """Distinct ascending points onto ``uniq[0] + step * arange(n)``: binned if dense (:func:`bin_dense`), then linear interpolation."""
     n = int(math.floor((uniq[-1] - uniq[0]) / step + 1e-9)) + 1
     grid = uniq[0] + step * np.arange(n)
-    return float(uniq[0]), np.interp(grid, uniq, mean)
+    e, y = bin_dense(uniq, mean, step)
+    return float(uniq[0]), np.interp(grid, e, y)
+
+
+def _is_dense(spacing: float, step: float) -> bool:
+    """Two or more measured points per work step: they are averaged, not picked (:func:`bin_dense`)."""
+    return spacing <= 0.5 * step * (1 + 1e-6)
+
+
+def bin_dense(e: np.ndarray, y: np.ndarray, step: float = WORK_STEP_EV) -> tuple[np.ndarray, np.ndarray]:
+    """Average measured points that are denser than the work axis, one bin per work point.
+
+    Interpolating a 0.01 eV axis (monochromated EELS, fine XAS steps) at
+    0.1 eV would pick one point in ten and keep its full noise; averaging the
+    points nearest each work point keeps all the counts (noise down by the
+    square root of the points per bin).  Each bin is placed at the mean
+    energy of its points, so the later interpolation has no half-bin shift.
+    Axes with fewer than two points per work step are returned unchanged.
+
+    Parameters
+    ----------
+    e : numpy.ndarray
+        ``(N,)`` distinct ascending energies.
+    y : numpy.ndarray
+        ``(N,)`` or ``(B, N)`` intensities on ``e``.
+    step : float
+        Work-axis spacing (eV).
+
+    Returns
+    -------
+    e_bin, y_bin : numpy.ndarray
+        Bin energies ``(M,)`` and mean intensities ``(M,)`` or ``(B, M)``.
+    """
+    if e.size < 3 or not _is_dense(float(np.median(np.diff(e))), step):
+        return e, y
+    nearest = np.floor((e - e[0]) / step + 0.5).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, nearest[1:] != nearest[:-1]])
+    counts = np.diff(np.r_[starts, e.size])
+    return np.add.reduceat(e, starts) / counts, np.add.reduceat(y, starts, axis=-1) / counts
 
 
 def _distinct_points(e: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +235,10 @@ def _noise_of_points(e: np.ndarray, y: np.ndarray, step: float):
     d2 = np.abs(y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]) / math.sqrt(6.0)
     sigma = 1.4826 * np.median(d2, axis=-1)
     spacing = float(np.median(np.diff(e)))
-    out = sigma * math.sqrt(max(spacing, step) / step)
+    # Dense points are averaged per work step (bin_dense): their noise shrinks with
+    # the square root of the points per bin; coarse points keep theirs and
+    # carry it over spacing / step work points.
+    out = sigma * math.sqrt(spacing / step if _is_dense(spacing, step) else max(spacing, step) / step)
     return float(out) if y.ndim == 1 else out
 
 
@@ -310,10 +351,12 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
     y, spikes = remove_spikes(e, np.asarray(intensities, np.float64), noise)
     n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
     grid = e[0] + step * np.arange(n)
+    start = float(e[0])
+    e, y = bin_dense(e, y, step)
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0)
     values = y[:, k] * (1.0 - t) + y[:, k + 1] * t
-    return float(e[0]), values, noise, spikes
+    return start, values, noise, spikes
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray,

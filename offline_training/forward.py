@@ -266,7 +266,10 @@ def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.T
     ``e_center + (E - offset - e_center) (1 + dispersion) + nonlin ((E - e_center)/30)^2``,
     i.e. ``offset`` is the reading minus the truth at ``e_center``.  Points
     are measured every ``spacing`` eV and linearly interpolated to the
-    channel axis, as :func:`mnedge_live.spectrum.to_uniform` does live.
+    channel axis, as :func:`mnedge_live.spectrum.to_uniform` does live (live,
+    points denser than two per channel are first averaged per channel; the
+    noise, added afterwards per channel by :func:`add_noise`, is what that
+    averaging leaves).
     """
     b = spec.shape[0]
     de = float(phys_energy[1] - phys_energy[0])
