@@ -63,6 +63,11 @@ MN_SPIN_ORBIT_EV = 11.0
 MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
 #: Energies (eV) where a Mn L3 edge may appear on an axis off by up to +-20 eV.
 L3_PLAUSIBLE_EV = (618.0, 665.0)
+#: Energies (eV) the engine reads from a measured axis: where a Mn L3 may lie, with the
+#: pre-edge below and L2, the post-edge and a neighbouring element's edge (Fe at +67 eV)
+#: above. Wider acquisitions (a 2048-channel core-loss window with the O K and La M
+#: edges) are cropped to it; the model grid and the training axes lie well inside.
+ANALYSIS_WINDOW_EV = (L3_PLAUSIBLE_EV[0] - 30.0, L3_PLAUSIBLE_EV[1] + 60.0)
 #: Doublet score over its noise response below which no edge is detectable.
 MIN_EDGE_SNR = 6.0
 #: Window (eV above L3) searched for the L2 maximum.

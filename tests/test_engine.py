@@ -36,6 +36,7 @@ def engine(tiny_artifact):
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
     (np.linspace(640.0, 643.0, 40), mn_like(np.linspace(640.0, 643.0, 40)), "spans only"),
     (E / 1000.0, mn_like(), "looks like keV"),                  # exported in keV: say so, do not guess
+    (np.arange(0.0, 2000.0, 10.0), mn_like(np.arange(0.0, 2000.0, 10.0)), "points in the Mn L2,3 region"),
     (E.astype(str), mn_like(), "non-numeric"),
 ])
 def test_bad_spectra_are_rejected_with_reasons(engine, energy, intensity, reason):
@@ -257,3 +258,17 @@ def test_a_spike_is_repaired_and_flagged(engine):
     pixels = engine.predict_shared_axis(E, np.stack([y, spiky]))  # the image path repairs the same way
     assert [p.flags for p in pixels] == [clean.flags, repaired.flags]
     assert pixels[1].valence == pytest.approx(repaired.valence, abs=1e-5)
+
+
+def test_a_wide_core_loss_window_is_read_from_its_mn_region(engine):
+    """2048 channels of 0.25 eV (450-962 eV: O K, Mn L2,3, La M4,5 and a power law) read like the Mn window alone."""
+    wide = 450.0 + 0.25 * np.arange(2048)
+    y = (mn_like(wide, noise=0.0) + 1.5 * np.exp(-0.5 * ((wide - 540.0) / 2.5) ** 2)
+         + 2.0 * np.exp(-0.5 * ((wide - 834.0) / 0.9) ** 2) + 3.0 * (wide / 450.0) ** -3)
+    y[np.argmin(np.abs(wide - 900.0))] = np.nan  # a dead channel far from the edge does not matter
+    narrow = (wide >= 620.0) & (wide <= 680.0)
+    a, b = engine.predict([(wide, y), (wide[narrow], y[narrow])])
+    assert a.ok and b.ok, a.reason
+    assert a.valence == pytest.approx(b.valence, abs=0.05)
+    pixels = engine.predict_shared_axis(wide, np.stack([y, y]))  # the image path crops alike
+    assert pixels[0].ok and pixels[0].valence == pytest.approx(a.valence, abs=1e-5)

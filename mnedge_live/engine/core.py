@@ -21,6 +21,7 @@ from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.results import SpectrumResult
 from mnedge_live.spectrum import (
+    ANALYSIS_WINDOW_EV,
     L3_PLAUSIBLE_EV,
     MIN_EDGE_SNR,
     MN_SPIN_ORBIT_RANGE_EV,
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 MIN_POINTS = 16
 #: Narrowest energy span accepted (eV): L3 with its 2 eV surroundings, at least.
 MIN_SPAN_EV = 6.0
-#: Widest accepted span (eV) and longest uniform row (guards memory).
-MAX_SPAN_EV = 400.0
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
@@ -198,7 +197,9 @@ class Engine:
         per-spectrum path words the rejection, so both paths answer the same.
         """
         try:
-            self._check_axis(e)
+            inside = self._check_axis(e)
+            if not inside.all():
+                e, y = e[inside], y[:, inside]
             ascending = bool(np.all(e[1:] > e[:-1]))
         except (ValueError, TypeError):
             ascending = False
@@ -229,8 +230,12 @@ class Engine:
                                                      model=self.model_id)
 
     @staticmethod
-    def _check_axis(e: np.ndarray) -> None:
-        """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason)."""
+    def _check_axis(e: np.ndarray) -> np.ndarray:
+        """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason).
+
+        Returns the points inside :data:`~mnedge_live.spectrum.ANALYSIS_WINDOW_EV`
+        (boolean mask): only they are read, checked and resampled.
+        """
         if e.ndim != 1:
             raise ValueError(f"expected a 1-D energy axis, got shape {e.shape}")
         if not np.issubdtype(e.dtype, np.number):
@@ -246,14 +251,19 @@ class Engine:
         if hi * 1e3 >= L3_PLAUSIBLE_EV[0] and lo * 1e3 <= L3_PLAUSIBLE_EV[1] and hi < 1.0:
             raise ValueError(f"axis {lo:.4f}-{hi:.4f} looks like keV; the engine reads eV "
                              "(multiply the energies by 1000)")
-        span = hi - lo
-        if span < MIN_SPAN_EV:
-            raise ValueError(f"energy axis spans only {span:.2f} eV; at least {MIN_SPAN_EV} eV are needed")
-        if span > MAX_SPAN_EV:
-            raise ValueError(f"energy axis spans {span:.0f} eV; at most {MAX_SPAN_EV:.0f} eV are accepted")
-        if hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]:
+        if hi - lo >= MIN_SPAN_EV and (hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]):
             raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
                              f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
+        inside = (e >= ANALYSIS_WINDOW_EV[0]) & (e <= ANALYSIS_WINDOW_EV[1])
+        region = f"{ANALYSIS_WINDOW_EV[0]:.0f}-{ANALYSIS_WINDOW_EV[1]:.0f} eV"
+        n_in = int(inside.sum())
+        if n_in < MIN_POINTS:
+            raise ValueError(f"only {n_in} points in the Mn L2,3 region {region}; at least {MIN_POINTS} are needed")
+        span = float(e[inside].max() - e[inside].min())
+        if span < MIN_SPAN_EV:
+            where = "" if inside.all() else f" within the Mn L2,3 region {region}"
+            raise ValueError(f"energy axis spans only {span:.2f} eV{where}; at least {MIN_SPAN_EV} eV are needed")
+        return inside
 
     @classmethod
     def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float, int]:
@@ -263,11 +273,13 @@ class Engine:
             raise ValueError(f"expected 1-D energy and intensity, got shapes {e.shape} and {y.shape}")
         if e.shape != y.shape:
             raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
-        cls._check_axis(e)
+        inside = cls._check_axis(e)
         if not np.issubdtype(y.dtype, np.number):
             raise ValueError(f"non-numeric intensity (dtype {y.dtype})")
         if np.iscomplexobj(y):
             raise ValueError("complex-valued data")
+        if not inside.all():
+            e, y = e[inside], y[inside]
         bad = ~np.isfinite(y)
         if bad.any():
             raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
