@@ -9,7 +9,10 @@ Steps, all batched in torch (the same code on CPU or GPU):
 1. **Uniform axis.** Input rows live on uniform axes ``start[b] + step * i``
    with a ``valid`` mask (a contiguous window per row; padding or crops are
    invalid).  Measured spectra on any axis (any spacing, descending,
-   repeated points) are brought there by :func:`to_uniform`.
+   repeated points) are brought there by :func:`to_uniform` (points denser
+   than the work step averaged, :func:`bin_dense`); the engine first repairs
+   single-point spikes (:func:`remove_spikes`).  Each row is then scaled to
+   a largest magnitude of 1, so any intensity unit reads the same.
 2. **Edge-hold.** Invalid points take the nearest valid value, so filters and
    resampling never see padding.
 3. **Coarse alignment on the L3/L2 doublet.** A high-passed copy of the

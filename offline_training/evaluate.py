@@ -94,7 +94,7 @@ ROBUSTNESS_BINS = {
     "psnr_db": np.array([5, 10, 15, 20, 30, 40, 50, 60.0]),
     "t_lambda": np.array([0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
     "offset": np.array([-15, -10, -5, 0, 5, 10, 15.0]),
-    "resolution_fwhm": np.array([0.05, 0.3, 0.6, 0.9, 1.2, 1.6]),
+    "resolution_fwhm": np.array([0.05, 0.3, 0.6, 0.9, 1.2, 1.6, 2.0, 2.6]),
 }
 
 
