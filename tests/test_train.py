@@ -109,3 +109,27 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     assert ck["steps"] == 6
+
+
+def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact):
+    """A candidate trained on other ranges is scored on its own ranges and on the reference's."""
+    import json
+    import shutil
+
+    from offline_training.cli import main as mnedge_train
+
+    cand = tmp_path / "cand"
+    shutil.copytree(tiny_artifact, cand)
+    card_path = cand / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["training"]["config"].setdefault("forward", {})["gauss_fwhm"] = [0.05, 2.5]  # as a broadened fine-tune
+    card_path.write_text(json.dumps(card))
+    out = tmp_path / "evaluation.json"
+    args = ["evaluate", "--model", str(cand), "--gate", str(tiny_artifact), "--n", "128", "--n-nnls", "0",
+            "--robustness-n", "0", "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(out)]
+    assert mnedge_train(args) == 0  # the same weights are not worse on either set
+    gate = json.loads(out.read_text())["gate"]
+    assert set(gate["sets"]) == {"candidate_ranges", "reference_ranges"}
+    for s in gate["sets"].values():
+        assert s["accuracy_0.1"] == pytest.approx(s["reference_accuracy_0.1"]) and s["passed"]
+    assert gate["sets"]["candidate_ranges"]["valence_mae"] != gate["sets"]["reference_ranges"]["valence_mae"]  # two sets
