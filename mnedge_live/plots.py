@@ -72,7 +72,7 @@ def _pyplot():
 
 
 def model_grid_data(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
-    """The spectrum as the model sees it, through the shared preprocessing.
+    """The spectrum as the model sees it: the engine's checks and repairs, then the shared preprocessing.
 
     Returns
     -------
@@ -80,11 +80,11 @@ def model_grid_data(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarr
         :data:`~mnedge_live.spectrum.MODEL_GRID`, the normalized spectrum on it and the mask of
         points held outside the measured window; or why the spectrum cannot be preprocessed.
     """
-    from mnedge_live.spectrum import MODEL_GRID, pack, preprocess
+    from mnedge_live.engine.core import model_input
+    from mnedge_live.spectrum import MODEL_GRID
 
     try:
-        start, values, valid = pack([(np.asarray(energy, np.float64), np.asarray(intensity, np.float64))])
-        prep = preprocess(start, values, valid)
+        prep = model_input(energy, intensity)
     except (ValueError, TypeError, RuntimeError) as exc:
         return str(exc)
     x = prep.x[0].numpy()

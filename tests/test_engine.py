@@ -272,3 +272,17 @@ def test_a_wide_core_loss_window_is_read_from_its_mn_region(engine):
     assert a.valence == pytest.approx(b.valence, abs=0.05)
     pixels = engine.predict_shared_axis(wide, np.stack([y, y]))  # the image path crops alike
     assert pixels[0].ok and pixels[0].valence == pytest.approx(a.valence, abs=1e-5)
+
+
+def test_model_input_is_what_the_engine_reads():
+    """Figures show the network's input through the engine's own repairs and checks, not a second pipeline."""
+    from mnedge_live.engine.core import model_input
+
+    y = mn_like()
+    spiky = y.copy()
+    spiky[np.argmin(np.abs(E - 650.0))] += 10 * np.ptp(y)
+    clean, repaired = model_input(E, y).x, model_input(E, spiky).x
+    assert clean.shape == (1, 2, 256)
+    assert float((clean - repaired).abs().max()) < 0.02
+    with pytest.raises(ValueError, match="looks like keV"):
+        model_input(E / 1000.0, y)

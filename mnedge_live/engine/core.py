@@ -26,6 +26,7 @@ from mnedge_live.spectrum import (
     MIN_EDGE_SNR,
     MN_SPIN_ORBIT_RANGE_EV,
     WORK_STEP_EV,
+    Prepared,
     pad_rows,
     preprocess,
     resample_measured,
@@ -322,6 +323,19 @@ class Engine:
                                       valence_std=sd[3], energy_offset_eV=off, resolution_eV=res, t_lambda=tl,
                                       flags=flags[j], model=model))
         return out
+
+
+def model_input(energy, intensity) -> Prepared:
+    """One measured spectrum as the network sees it: the engine's checks and repairs, then the shared preprocessing.
+
+    For figures and diagnostics; raises ``ValueError`` with the engine's
+    rejection reason where the engine would reject the spectrum before the
+    preprocessing.
+    """
+    start, values, noise, _ = Engine._check_and_resample(energy, intensity)
+    with torch.inference_mode():
+        return preprocess(torch.tensor([start], dtype=torch.float64), torch.from_numpy(values[None].astype(np.float32)),
+                          noise=torch.tensor([noise], dtype=torch.float64))
 
 
 @dataclass
