@@ -220,7 +220,7 @@ def _gate(engine, res: dict, ref, fcfg, bank, args) -> dict:
     first = compared["candidate_ranges"]
     return {"reference_model": ref.model_id, "reference_accuracy_0.1": first["reference_accuracy_0.1"],
             "reference_valence_mae": first["reference_valence_mae"], "sets": compared,
-            "passed": all(c["passed"] for c in compared.values())}
+            "tolerance": args.gate_tolerance, "passed": all(c["passed"] for c in compared.values())}
 
 
 def cmd_export(args) -> int:
