@@ -44,7 +44,8 @@ class SpectrumResult:
     flags : tuple of str
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
         ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
-        ``"spikes_removed"`` (single-point spikes were repaired before the readout).
+        ``"spikes_removed"`` (single-point spikes were repaired before the readout),
+        ``"coarse_axis"`` (points more than 0.5 eV apart, beyond the trained spacing).
     model : str
         Identifier of the model that produced the readout.
     """

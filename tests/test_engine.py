@@ -286,3 +286,14 @@ def test_model_input_is_what_the_engine_reads():
     assert float((clean - repaired).abs().max()) < 0.02
     with pytest.raises(ValueError, match="looks like keV"):
         model_input(E / 1000.0, y)
+
+
+def test_a_coarse_axis_is_flagged(engine):
+    """Points 0.8 eV apart (beyond the trained 0.4 eV) are read but flagged; 0.1 eV points are not."""
+    fine = engine.predict_one(E, mn_like())
+    coarse_e = np.arange(620.0, 680.0, 0.8)
+    coarse = engine.predict_one(coarse_e, mn_like(coarse_e))
+    assert fine.ok and coarse.ok
+    assert "coarse_axis" in coarse.flags and "coarse_axis" not in fine.flags
+    pixels = engine.predict_shared_axis(coarse_e, np.stack([mn_like(coarse_e)] * 2))
+    assert all("coarse_axis" in p.flags for p in pixels)

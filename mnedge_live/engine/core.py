@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 MIN_POINTS = 16
 #: Narrowest energy span accepted (eV): L3 with its 2 eV surroundings, at least.
 MIN_SPAN_EV = 6.0
+#: Median point spacing (eV) above which a readout is flagged ``coarse_axis``: training
+#: draws spacings up to 0.4 eV; the measured spectra read the same up to 0.5 eV and drift
+#: by up to 0.2 at 0.75-1 eV (benchmarks/RESULTS.md).
+COARSE_AXIS_EV = 0.5
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
@@ -147,17 +151,18 @@ class Engine:
         for i in idx:
             try:
                 energy, intensity = spectra[i]
-                start, values, noise, spikes = self._check_and_resample(energy, intensity)
+                start, values, noise, spikes, spacing = self._check_and_resample(energy, intensity)
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
-            rows.append((i, start, values, noise, spikes))
+            rows.append((i, start, values, noise, spikes, spacing))
         step = self._batch_rows
         for k in range(0, len(rows), step):
             chunk = rows[k:k + step]
             values, valid = pad_rows([r[2] for r in chunk])
             self._answer_rows([r[0] for r in chunk], np.array([r[1] for r in chunk]), values, valid,
-                              np.array([r[3] for r in chunk]), np.array([r[4] for r in chunk]), results)
+                              np.array([r[3] for r in chunk]), np.array([r[4] for r in chunk]),
+                              np.array([r[5] for r in chunk]), results)
 
     def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
         """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
@@ -215,14 +220,15 @@ class Engine:
         step = self._batch_rows
         for k in range(0, len(idx), step):
             start, values, noise, spikes = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
+            spacing = np.full(len(values), float(np.median(np.diff(e))))
             self._answer_rows(idx[k:k + step], np.full(len(values), start), values.astype(np.float32),
-                              np.ones(values.shape, bool), noise, spikes, results)
+                              np.ones(values.shape, bool), noise, spikes, spacing, results)
 
     def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                     noise: np.ndarray, spikes: np.ndarray, results: list) -> None:
+                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
         try:
-            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes)):
+            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes, spacing)):
                 results[i] = res
         except Exception as exc:  # backend failure: answer every row, keep serving
             log.exception("backend %s failed", self.backend_name)
@@ -267,7 +273,8 @@ class Engine:
         return inside
 
     @classmethod
-    def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float, int]:
+    def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float, int, float]:
+        """Check one spectrum and bring it onto the work axis: ``(start, values, noise, spikes, spacing)``."""
         e = np.asarray(energy)
         y = np.asarray(intensity)
         if e.ndim != 1 or y.ndim != 1:
@@ -286,10 +293,11 @@ class Engine:
             raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
         if float(np.ptp(y)) == 0.0:
             raise ValueError("intensity is constant: no edge")
-        return resample_measured(e, y, WORK_STEP_EV)
+        spacing = float(np.median(np.diff(np.unique(e))))
+        return (*resample_measured(e, y, WORK_STEP_EV), spacing)
 
     def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                  noise: np.ndarray, spikes: np.ndarray) -> list[SpectrumResult]:
+                  noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray) -> list[SpectrumResult]:
         """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
 
         Everything per row is computed as whole-batch arrays first and turned
@@ -309,7 +317,8 @@ class Engine:
         t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
-                        ("spikes_removed", np.asarray(spikes) > 0))
+                        ("spikes_removed", np.asarray(spikes) > 0),
+                        ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV))
         flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
         reject = checks.rejected()
         model = self.model_id
@@ -332,7 +341,7 @@ def model_input(energy, intensity) -> Prepared:
     rejection reason where the engine would reject the spectrum before the
     preprocessing.
     """
-    start, values, noise, _ = Engine._check_and_resample(energy, intensity)
+    start, values, noise, *_ = Engine._check_and_resample(energy, intensity)
     with torch.inference_mode():
         return preprocess(torch.tensor([start], dtype=torch.float64), torch.from_numpy(values[None].astype(np.float32)),
                           noise=torch.tensor([noise], dtype=torch.float64))
