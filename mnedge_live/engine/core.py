@@ -147,7 +147,7 @@ class Engine:
 
     def _answer_single(self, spectra, idx: list[int], results: list) -> None:
         """The per-spectrum path: check and resample ``spectra[i]`` for ``i`` in ``idx`` one by one, run in batches."""
-        rows: list[tuple[int, float, np.ndarray, float, int]] = []
+        rows: list[tuple[int, float, np.ndarray, float, int, float]] = []
         for i in idx:
             try:
                 energy, intensity = spectra[i]
