@@ -207,6 +207,61 @@ def instrument_transfer(omega: torch.Tensor, gauss_fwhm: torch.Tensor, lorentz_f
     return torch.exp(-0.5 * (sigma[:, None] * omega[None, :]) ** 2 - gamma[:, None] * omega.abs()[None, :])
 
 
+def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.Tensor,
+                    weight: torch.Tensor, l2_scale: torch.Tensor, shift: torch.Tensor, gauss_fwhm: torch.Tensor,
+                    lorentz_fwhm: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of a broadened mixture of end members, one term per valence.
+
+    Row ``b`` is ``sum_v weight[b, v] * (L3 + l2_scale[b, v] * L2)`` of bank
+    member ``member[b, v]``, shifted by ``shift[b, v]`` eV and convolved with a
+    Voigt of Gaussian FWHM ``gauss_fwhm[b, v]`` and Lorentzian FWHM
+    ``lorentz_fwhm[b]`` (:func:`instrument_transfer`): the valence's intrinsic
+    and the instrument's Gaussian widths are added in quadrature beforehand, so
+    that every valence is broadened in one pass.  A valence with weight 0 in a
+    row costs nothing there (pure and binary compositions skip one or two
+    valences).  Real and imaginary parts are carried separately: on a CPU
+    that is cheaper than complex arithmetic.
+
+    Parameters
+    ----------
+    omega : torch.Tensor
+        ``(F,)`` angular frequencies (rad/eV) of the one-sided FFT.
+    bank_fft : torch.Tensor
+        ``(M, 4, F)`` transforms of the bank's L3 and L2 parts as real
+        numbers: L3 real, L3 imaginary, L2 real, L2 imaginary
+        (:meth:`ForwardModel.bank_fft`).
+    member, weight, l2_scale, shift, gauss_fwhm : torch.Tensor
+        ``(B, V)``: bank row, weight, scale of the L2 part, energy shift (eV)
+        and Gaussian FWHM (eV) of each valence's term.
+    lorentz_fwhm : torch.Tensor
+        ``(B,)`` Lorentzian FWHM (eV) of the instrument.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, F)`` complex64 transform of the mixture.
+    """
+    b, f = member.shape[0], omega.numel()
+    re = torch.zeros(b, f, dtype=torch.float32, device=omega.device)
+    im = torch.zeros_like(re)
+    om = omega[None, :]
+    for v in range(member.shape[1]):
+        rows = torch.nonzero(weight[:, v] != 0).squeeze(1)
+        if rows.numel() == 0:
+            continue
+        idx = member[rows, v]
+        amp = weight[rows, v, None] * instrument_transfer(omega, gauss_fwhm[rows, v], lorentz_fwhm[rows])
+        phase = shift[rows, v, None] * om   # a shift by s multiplies by exp(-i s omega)
+        c, s = torch.cos(phase) * amp, torch.sin(phase) * amp
+        l3_re, l3_im, l2_re, l2_im = bank_fft[idx].unbind(1)
+        scale = l2_scale[rows, v, None]
+        ar = l3_re + scale * l2_re
+        ai = l3_im + scale * l2_im
+        re.index_add_(0, rows, ar * c + ai * s)
+        im.index_add_(0, rows, ai * c - ar * s)
+    return torch.complex(re, im)
+
+
 def voigt_fwhm(gauss_fwhm: torch.Tensor, lorentz_fwhm: torch.Tensor) -> torch.Tensor:
     """FWHM of a Voigt profile (Olivero & Longbothum 1977, 0.02 % accurate)."""
     return 0.5346 * lorentz_fwhm + torch.sqrt(0.2166 * lorentz_fwhm**2 + gauss_fwhm**2)
@@ -228,7 +283,9 @@ def plural_scattering_transfer(plasmon_fft: torch.Tensor, t_lambda: torch.Tensor
     total (its value at zero frequency is 1) and its first-order term scales
     with t/lambda.
     """
-    return torch.exp(t_lambda[:, None] * (plasmon_fft - 1))
+    # exp of a complex argument as modulus and phase: cheaper than complex exp on a CPU
+    t = t_lambda[:, None]
+    return torch.polar(torch.exp(t * (plasmon_fft.real - 1)), t * plasmon_fft.imag)
 
 
 def edge_steps(energy: torch.Tensor, l3: torch.Tensor, l2: torch.Tensor, height: torch.Tensor,
@@ -271,33 +328,43 @@ def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.T
     noise, added afterwards per channel by :func:`add_noise`, is what that
     averaging leaves).
     """
-    b = spec.shape[0]
+    # Readings and true energies relative to e_center, in the spectrum's precision (float32 keeps
+    # 1e-5 eV over the +-100 eV that matter here).
     de = float(phys_energy[1] - phys_energy[0])
-    e0 = float(phys_energy[0])
-
-    def true_energy(reading: torch.Tensor) -> torch.Tensor:
-        r = reading - offset[:, None] - e_center
-        return e_center + r * (1 + dispersion[:, None]) + nonlin[:, None] * ((reading - e_center) / 30.0) ** 2
+    origin = (e_center - float(phys_energy[0])) / de   # fractional index of e_center
+    n = spec.shape[1]
+    off, gain = offset.to(spec.dtype)[:, None], (1 + dispersion).to(spec.dtype)[:, None] / de
+    curve = nonlin.to(spec.dtype)[:, None] / (de * 30.0**2)
 
     def sample(reading: torch.Tensor) -> torch.Tensor:
-        pos = ((true_energy(reading) - e0) / de).to(spec.dtype)
-        n = spec.shape[1]
-        pos = pos.clamp(0, n - 1)
+        pos = (origin + (reading - off) * gain + curve * reading**2).clamp(0, n - 1)
         i0 = pos.floor().long().clamp(max=n - 2)
-        t = pos - i0
-        return torch.gather(spec, 1, i0) * (1 - t) + torch.gather(spec, 1, i0 + 1) * t
+        return torch.lerp(torch.gather(spec, 1, i0), torch.gather(spec, 1, i0 + 1), pos - i0)
 
-    a = axis[None, :].expand(b, -1).to(torch.float64)
-    k = torch.floor((a - axis[0]) / spacing[:, None])
-    lo = axis[0] + k * spacing[:, None]
-    hi = lo + spacing[:, None]
-    t = ((a - lo) / spacing[:, None]).to(spec.dtype)
-    return sample(lo) * (1 - t) + sample(hi) * t
+    step = spacing.to(spec.dtype)[:, None]
+    a = (axis - axis[0]).to(spec.dtype)[None, :]          # channel readings from the first channel
+    k = torch.floor(a / step)
+    t = a / step - k
+    lo = k * step + (float(axis[0]) - e_center)            # measured points around each channel
+    return torch.lerp(sample(lo), sample(lo + step), t)
+
+
+#: Expected counts from which a channel's Poisson noise is drawn as a Gaussian of the same mean
+#: and variance (its skewness, ``rate**-0.5``, is 0.1 there); below it, exact Poisson draws.
+POISSON_EXACT_BELOW = 100.0
 
 
 def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
               poisson_share: torch.Tensor) -> torch.Tensor:
-    """Poisson counts plus Gaussian read noise whose total RMS over the window gives ``psnr_db``."""
+    """Poisson counts plus Gaussian read noise whose total RMS over the window gives ``psnr_db``.
+
+    A share ``poisson_share`` of the noise variance, averaged over the window,
+    is shot noise: the spectrum is scaled to counts so that the mean Poisson
+    variance is that share.  Channels expecting at least
+    :data:`POISSON_EXACT_BELOW` counts draw it as a Gaussian of variance equal
+    to the counts, merged with the read noise into one draw; the others draw
+    exact Poisson counts (the costly part, so only where the shape matters).
+    """
     big = torch.finfo(spec.dtype).max
     hi = torch.where(valid, spec, torch.full_like(spec, -big)).amax(dim=1)
     lo = torch.where(valid, spec, torch.full_like(spec, big)).amin(dim=1)
@@ -309,12 +376,17 @@ def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psn
     mean_pos = (torch.where(valid, pos, torch.zeros_like(pos)).sum(dim=1) / nvalid).clamp(min=1e-12)
     # counts per unit intensity so that the mean Poisson variance is p * var
     gain = mean_pos / (p * var).clamp(min=1e-30)
-    rate = (pos * gain[:, None]).clamp(max=1e12)
-    use_p = p > 1e-6
-    poiss = torch.where(use_p[:, None], torch.poisson(rate, generator=gen) / gain[:, None] - pos,
-                        torch.zeros_like(pos))
-    read = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * torch.sqrt((1 - p) * var)[:, None]
-    return spec + poiss + read
+    use_p = (p > 1e-6)[:, None]
+    rate = torch.where(use_p, pos * gain[:, None], torch.zeros_like(pos)).clamp(max=1e12)
+    exact = use_p & (rate < POISSON_EXACT_BELOW)
+    read_var = ((1 - p) * var)[:, None]
+    shot_var = torch.where(exact, torch.zeros_like(pos), rate / gain[:, None] ** 2)
+    noise = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * torch.sqrt(read_var + shot_var)
+    where = torch.nonzero(exact, as_tuple=True)
+    if where[0].numel():
+        r = rate[where]
+        noise[where] += (torch.poisson(r, generator=gen) - r) / gain[where[0]]
+    return spec + noise
 
 
 @dataclass
@@ -376,6 +448,7 @@ class ForwardModel:
         l2_part = spectra * w2
         self.l3_fft = torch.fft.rfft(torch.tensor(l3_part, dtype=torch.float32, device=self.device), n=self.nfft)
         self.l2_fft = torch.fft.rfft(torch.tensor(l2_part, dtype=torch.float32, device=self.device), n=self.nfft)
+        self.bank_fft = torch.stack([self.l3_fft.real, self.l3_fft.imag, self.l2_fft.real, self.l2_fft.imag], 1)
         self.l3_area = torch.tensor(l3_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l2_area = torch.tensor(l2_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l3_pos = torch.tensor(e[np.argmax(spectra, axis=1)], device=self.device)
@@ -431,8 +504,7 @@ class ForwardModel:
         p: dict[str, torch.Tensor] = {"is_eels": is_eels.to(torch.float64)}
 
         # 2. end members with branching, chemical shift and intrinsic broadening, mixed per atom
-        om = self.omega[None, :]
-        spec_fft = torch.zeros(n, om.shape[1], dtype=torch.complex64, device=dev)
+        cols: dict[str, list[torch.Tensor]] = {"member": [], "weight": [], "l2_scale": [], "shift": [], "fwhm": []}
         l3_mix = torch.zeros(n, dtype=torch.float64, device=dev)
         l2_mix = torch.zeros(n, dtype=torch.float64, device=dev)
         for j, v in enumerate(VALENCES):
@@ -442,15 +514,13 @@ class ForwardModel:
                 idx = torch.as_tensor(overrides[f"member_{v}"], device=dev).long().expand(n).clone()
             ratio = draw(f"branching_ratio_{v}", cfg.branching_ratio[v])
             # scale of the L2 part that turns the member's own L3:L2 ratio into the drawn one
-            b2 = (self.l3_area[idx] / self.l2_area[idx]).to(torch.float64) / ratio
+            b2 = ((self.l3_area[idx] / self.l2_area[idx]).to(torch.float64) / ratio).to(torch.float32)
             shift = draw(f"chemical_shift_{v}", cfg.chemical_shift)
             fw = draw(f"intrinsic_fwhm_{v}", cfg.intrinsic_fwhm[v])
-            b2f = b2.to(torch.float32)[:, None]
-            area = (self.l3_area[idx] + b2f[:, 0] * self.l2_area[idx])[:, None]
-            wgt = (fractions[:, j].to(torch.float32) * self.holes[j])[:, None] / area
-            sig = (fw / (2 * math.sqrt(2 * math.log(2)))).to(torch.float32)[:, None]
-            tr = torch.polar(wgt * torch.exp(-0.5 * (sig * om) ** 2), -shift.to(torch.float32)[:, None] * om)
-            spec_fft = spec_fft + (self.l3_fft[idx] + b2f * self.l2_fft[idx]) * tr
+            area = self.l3_area[idx] + b2 * self.l2_area[idx]
+            for key, col in (("member", idx), ("weight", fractions[:, j].to(torch.float32) * self.holes[j] / area),
+                             ("l2_scale", b2), ("shift", shift.to(torch.float32)), ("fwhm", fw)):
+                cols[key].append(col)
             l3_mix = l3_mix + fractions[:, j] * (self.l3_pos[idx] + shift)
             l2_mix = l2_mix + fractions[:, j] * (self.split[idx] + shift + 2.0)
             p[f"member_{v}"] = idx.to(torch.float64)
@@ -458,8 +528,8 @@ class ForwardModel:
             p[f"intrinsic_fwhm_{v}"] = fw
             p[f"branching_ratio_{v}"] = ratio
 
-        # 3. instrument broadening and 4. EELS plural scattering (XAS rows: t/lambda = 0),
-        # applied together as one transfer function
+        # 3. instrument broadening (in the same pass as each valence's intrinsic width) and
+        # 4. EELS plural scattering (XAS rows: t/lambda = 0, nothing to do)
         g = draw("gauss_fwhm", cfg.gauss_fwhm)
         lz = draw("lorentz_fwhm", cfg.lorentz_fwhm)
         p["gauss_fwhm"], p["lorentz_fwhm"] = g, lz
@@ -471,9 +541,13 @@ class ForwardModel:
         p["plasmon_index"] = k.to(torch.float64)
         p["t_lambda"] = tl
         p["plasmon_energy"], p["plasmon_width"] = self.plasmon_params[k, 0], self.plasmon_params[k, 1]
-        transfer = instrument_transfer(self.omega, g.to(torch.float32), lz.to(torch.float32))
-        transfer = transfer * plural_scattering_transfer(self.plasmon_fft[k], tl.to(torch.float32))
-        spec_fft = spec_fft * transfer
+        stacked = {key: torch.stack(c, dim=1) for key, c in cols.items()}
+        gauss = torch.sqrt(stacked.pop("fwhm") ** 2 + g[:, None] ** 2).to(torch.float32)  # Gaussians add in quadrature
+        spec_fft = mix_end_members(self.omega, self.bank_fft, stacked["member"], stacked["weight"],
+                                   stacked["l2_scale"], stacked["shift"], gauss, lz.to(torch.float32))
+        thick = torch.nonzero(tl > 0).squeeze(1)
+        if thick.numel():
+            spec_fft[thick] *= plural_scattering_transfer(self.plasmon_fft[k[thick]], tl[thick].to(torch.float32))
 
         spec = torch.fft.irfft(spec_fft, n=self.nfft)[:, : self.energy.numel()]
         peak = spec.amax(dim=1)

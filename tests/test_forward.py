@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from offline_training.forward import (
+    POISSON_EXACT_BELOW,
     ForwardConfig,
+    add_noise,
     drude_plasmon,
     instrument_transfer,
+    mix_end_members,
     plural_scattering_transfer,
     sample_fractions,
 )
@@ -120,6 +123,46 @@ def test_per_atom_normalization_uses_hole_counts(forward_model, bank):
         areas.append(float(y.sum()) * 0.1)
     ratios = [a / h for a, h in zip(areas, (HOLES[2], HOLES[3], HOLES[4]))]
     assert ratios == pytest.approx([ratios[0]] * 3, rel=0.01)
+
+
+def test_mixture_matches_complex_sum_and_skips_absent_valences(forward_model):
+    """The fused real-arithmetic mixture equals the plain complex sum of shifted, broadened terms."""
+    gen = torch.Generator().manual_seed(4)
+    b, v = 32, 3
+    omega, bank = forward_model.omega, forward_model.bank_fft
+    member = torch.randint(0, bank.shape[0], (b, v), generator=gen)
+    weight = torch.rand(b, v, generator=gen) * (torch.rand(b, v, generator=gen) > 0.4)  # some valences absent
+    scale, shift = 0.5 + torch.rand(b, v, generator=gen), torch.randn(b, v, generator=gen)
+    gauss, lorentz = 0.1 + torch.rand(b, v, generator=gen), 0.4 * torch.rand(b, generator=gen)
+    got = mix_end_members(omega, bank, member, weight, scale, shift, gauss, lorentz)
+    want = torch.zeros(b, omega.numel(), dtype=torch.complex64)
+    for j in range(v):
+        term = forward_model.l3_fft[member[:, j]] + scale[:, j, None] * forward_model.l2_fft[member[:, j]]
+        phase = torch.exp(-1j * shift[:, j, None] * omega[None, :])
+        want += weight[:, j, None] * instrument_transfer(omega, gauss[:, j], lorentz) * phase * term
+    assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()))
+
+
+def test_shot_noise_variance_and_exact_counts():
+    """Channels below POISSON_EXACT_BELOW counts draw exact Poisson counts, those above a Gaussian of the same variance."""
+    gen = torch.Generator().manual_seed(9)
+    n = 6000
+    spec = torch.linspace(0.01, 1.0, 50).repeat(n, 1)
+    valid = torch.ones_like(spec, dtype=torch.bool)
+    gain_target = 500.0                      # counts per unit intensity: rates 5 ... 500
+    var = float(spec[0].mean()) / gain_target
+    psnr = torch.full((n,), 20 * math.log10(0.99 / math.sqrt(var)))
+    noisy = add_noise(gen, spec, valid, psnr, torch.ones(n))
+    gain = float(spec[0].mean()) / (0.99 / 10 ** (float(psnr[0]) / 20)) ** 2
+    rate = spec[0] * gain
+    noise = noisy - spec
+    assert noise.var(0) * gain**2 == pytest.approx(rate.numpy(), rel=0.1)   # Poisson variance = mean count
+    assert noise.mean(0).abs().max() < 4 * math.sqrt(float(rate.max())) / gain / math.sqrt(n)
+    exact = rate < POISSON_EXACT_BELOW
+    assert 0 < exact.sum() < exact.numel()
+    counts = noisy[:, exact].double() * gain
+    assert (counts - counts.round()).abs().max() < 1e-2    # whole counts where the shape matters
+    assert (counts >= 0).all()
 
 
 @pytest.mark.parametrize("target", [5.0, 20.0, 45.0])
