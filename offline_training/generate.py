@@ -57,7 +57,7 @@ def stream(fm: ForwardModel, batch_size: int, seed: int) -> Iterator[TrainingBat
         yield make_training_batch(fm, batch_size, generator=gen)
 
 
-def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: int = 4096,
+def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: int = 1024,
                   progress: bool = True) -> Path:
     """Write ``n`` synthetic spectra to an HDF5 file.
 

@@ -19,6 +19,7 @@ from mnedge_live.spectrum import (
     preprocess,
     resample_measured,
     resample_shared_axis,
+    row_median,
     to_uniform,
 )
 
@@ -216,6 +217,27 @@ def test_shared_axis_resampling_equals_the_per_spectrum_one():
     for row, v, z, k in zip(y, values, noise, spikes):
         s1, v1, z1, k1 = resample_measured(e, row)
         assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12) and k == k1
+
+
+def test_float32_rows_stay_float32_and_read_as_float64_rows():
+    """Spectrum images arrive as float32: resampled in float32, within float32 rounding of the float64 path."""
+    rng = np.random.default_rng(6)
+    e = 630.0 + 0.14 * np.arange(280)
+    y = (_doublet(e, 641.0)[None, :] * rng.uniform(0.5, 2.0, (4, 1)) + rng.normal(0, 0.02, (4, e.size))) * 1e4
+    y[1, 120] += 5e4   # a spike, repaired in float32 too
+    s32, v32, z32, k32 = resample_shared_axis(e, y.astype(np.float32))
+    s64, v64, z64, k64 = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
+    assert v32.dtype == np.float32 and v64.dtype == np.float64
+    assert s32 == s64 and k32.tolist() == k64.tolist() == [0, 1, 0, 0]
+    assert np.allclose(v32, v64, rtol=0, atol=1e-6 * np.abs(v64).max())
+    assert np.allclose(z32, z64, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7,), (8,), (5, 9), (5, 10), (300, 558)])
+def test_row_median_is_numpy_median(shape):
+    a = np.random.default_rng(sum(shape)).normal(size=shape)
+    a[..., 0] = a[..., -1]   # ties
+    assert np.array_equal(row_median(a), np.median(a, axis=-1))
 
 
 def test_single_point_spikes_are_found_and_sharp_lines_are_not():
