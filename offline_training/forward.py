@@ -229,7 +229,7 @@ def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.T
     bank_fft : torch.Tensor
         ``(M, 4, F)`` transforms of the bank's L3 and L2 parts as real
         numbers: L3 real, L3 imaginary, L2 real, L2 imaginary
-        (:meth:`ForwardModel.bank_fft`).
+        (:attr:`ForwardModel.bank_fft`).
     member, weight, l2_scale, shift, gauss_fwhm : torch.Tensor
         ``(B, V)``: bank row, weight, scale of the L2 part, energy shift (eV)
         and Gaussian FWHM (eV) of each valence's term.
@@ -448,6 +448,7 @@ class ForwardModel:
         l2_part = spectra * w2
         self.l3_fft = torch.fft.rfft(torch.tensor(l3_part, dtype=torch.float32, device=self.device), n=self.nfft)
         self.l2_fft = torch.fft.rfft(torch.tensor(l2_part, dtype=torch.float32, device=self.device), n=self.nfft)
+        # the same as (M, 4, F) real numbers for mix_end_members: L3 re, L3 im, L2 re, L2 im
         self.bank_fft = torch.stack([self.l3_fft.real, self.l3_fft.imag, self.l2_fft.real, self.l2_fft.imag], 1)
         self.l3_area = torch.tensor(l3_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l2_area = torch.tensor(l2_part.sum(1) * de, dtype=torch.float32, device=self.device)
