@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -198,7 +199,7 @@ def bin_dense(e: np.ndarray, y: np.ndarray, step: float = WORK_STEP_EV) -> tuple
     e_bin, y_bin : numpy.ndarray
         Bin energies ``(M,)`` and mean intensities ``(M,)`` or ``(B, M)``.
     """
-    if e.size < 3 or not _is_dense(float(np.median(np.diff(e))), step):
+    if e.size < 3 or not _is_dense(point_spacing(e), step):
         return e, y
     nearest = np.floor((e - e[0]) / step + 0.5).astype(np.int64)
     starts = np.flatnonzero(np.r_[True, nearest[1:] != nearest[:-1]])
@@ -259,7 +260,7 @@ def _noise_of_points(e: np.ndarray, y: np.ndarray, step: float):
         return np.full(y.shape[:-1], np.nan) if y.ndim > 1 else float("nan")
     d2 = np.abs(y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]) / math.sqrt(6.0)
     sigma = 1.4826 * row_median(d2)
-    spacing = float(np.median(np.diff(e)))
+    spacing = point_spacing(e)
     # Dense points are averaged per work step (bin_dense): their noise shrinks with
     # the square root of the points per bin; coarse points keep theirs and
     # carry it over spacing / step work points.
@@ -347,8 +348,21 @@ def remove_spikes(e: np.ndarray, y: np.ndarray, noise) -> tuple[np.ndarray, np.n
     return y, count
 
 
-def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
-                         step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+class Resampled(NamedTuple):
+    """Measured spectra on the work axis, with what the measured points told about them.
+
+    Returned by :func:`resample_measured` (one spectrum: ``noise`` a float,
+    ``spikes`` an int) and :func:`resample_shared_axis` (rows: ``(B,)`` arrays).
+    """
+
+    start: float          #: energy of the first work-axis point (eV)
+    values: np.ndarray    #: intensities on ``start + step * arange(n)``
+    noise: float | np.ndarray   #: noise sigma of the measured points, as on the work axis (:func:`measured_noise`)
+    spikes: int | np.ndarray    #: spikes replaced before resampling (:func:`remove_spikes`)
+    spacing: float        #: median spacing of the distinct measured points (eV)
+
+
+def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
     """:func:`resample_measured` for many spectra on one strictly ascending axis, vectorized.
 
     The pixels of a spectrum image share their energy axis; resampling them
@@ -363,13 +377,9 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
 
     Returns
     -------
-    start : float
-    values : numpy.ndarray
-        ``(B, n)`` on ``start + step * arange(n)``, as :func:`to_uniform` gives row by row.
-    noise : numpy.ndarray
-        ``(B,)`` as :func:`measured_noise` gives row by row.
-    spikes : numpy.ndarray
-        ``(B,)`` spikes replaced before resampling (:func:`remove_spikes`).
+    Resampled
+        ``values`` ``(B, n)`` as :func:`to_uniform` gives row by row, ``noise``
+        and ``spikes`` ``(B,)``.
     """
     e = np.asarray(energy, np.float64)
     # float32 rows (spectrum images) stay float32: the model reads float32, and
@@ -384,21 +394,25 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray,
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0).astype(y.dtype)
     values = y[:, k] * (1 - t) + y[:, k + 1] * t
-    return start, values, noise, spikes
+    return Resampled(start, values, noise, spikes, point_spacing(np.asarray(energy, np.float64)))
 
 
-def resample_measured(energy: np.ndarray, intensity: np.ndarray,
-                      step: float = WORK_STEP_EV) -> tuple[float, np.ndarray, float, int]:
+def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
     """:func:`measured_noise`, :func:`remove_spikes` and :func:`to_uniform` of one spectrum in one pass.
 
-    Returns ``(start, values, noise, spikes)``: the uniform row, the noise
-    sigma of the measured points and the number of spikes replaced.
+    Returns the uniform row, the noise sigma of the measured points, the
+    number of spikes replaced and the points' spacing (:class:`Resampled`).
     """
     uniq, mean = _checked_points(energy, intensity)
     noise = _noise_of_points(uniq, mean, step)
     mean, spikes = remove_spikes(uniq, mean, noise)
     start, values = _uniform_from_points(uniq, mean, step)
-    return start, values, noise, int(spikes)
+    return Resampled(start, values, noise, int(spikes), point_spacing(uniq))
+
+
+def point_spacing(e: np.ndarray) -> float:
+    """Median spacing (eV) of distinct ascending measured energies: how finely the spectrum was sampled."""
+    return float(np.median(np.diff(e)))
 
 
 @functools.lru_cache(maxsize=32)

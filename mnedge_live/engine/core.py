@@ -27,6 +27,7 @@ from mnedge_live.spectrum import (
     MN_SPIN_ORBIT_RANGE_EV,
     WORK_STEP_EV,
     Prepared,
+    Resampled,
     pad_rows,
     preprocess,
     resample_measured,
@@ -219,10 +220,10 @@ class Engine:
             idx = [i for i, keep in zip(idx, ok) if keep]
         step = self._batch_rows
         for k in range(0, len(idx), step):
-            start, values, noise, spikes = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
-            spacing = np.full(len(values), float(np.median(np.diff(e))))
-            self._answer_rows(idx[k:k + step], np.full(len(values), start), values.astype(np.float32),
-                              np.ones(values.shape, bool), noise, spikes, spacing, results)
+            r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
+            self._answer_rows(idx[k:k + step], np.full(len(r.values), r.start), r.values.astype(np.float32),
+                              np.ones(r.values.shape, bool), r.noise, r.spikes, np.full(len(r.values), r.spacing),
+                              results)
 
     def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
                      noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, results: list) -> None:
@@ -273,8 +274,8 @@ class Engine:
         return inside
 
     @classmethod
-    def _check_and_resample(cls, energy, intensity) -> tuple[float, np.ndarray, float, int, float]:
-        """Check one spectrum and bring it onto the work axis: ``(start, values, noise, spikes, spacing)``."""
+    def _check_and_resample(cls, energy, intensity) -> Resampled:
+        """Check one spectrum and bring it onto the work axis (ValueError with the reason if it cannot be read)."""
         e = np.asarray(energy)
         y = np.asarray(intensity)
         if e.ndim != 1 or y.ndim != 1:
@@ -293,8 +294,7 @@ class Engine:
             raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
         if float(np.ptp(y)) == 0.0:
             raise ValueError("intensity is constant: no edge")
-        spacing = float(np.median(np.diff(np.unique(e))))
-        return (*resample_measured(e, y, WORK_STEP_EV), spacing)
+        return resample_measured(e, y, WORK_STEP_EV)
 
     def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray,
                   noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray) -> list[SpectrumResult]:
