@@ -412,7 +412,7 @@ def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = W
 
 def point_spacing(e: np.ndarray) -> float:
     """Median spacing (eV) of distinct ascending measured energies: how finely the spectrum was sampled."""
-    return float(np.median(np.diff(e)))
+    return float(row_median(np.diff(e)))
 
 
 @functools.lru_cache(maxsize=32)
