@@ -382,9 +382,11 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
         and ``spikes`` ``(B,)``.
     """
     e = np.asarray(energy, np.float64)
+    spacing = point_spacing(e)
     # float32 rows (spectrum images) stay float32: the model reads float32, and
     # half the memory traffic is most of the cost of these whole-matrix passes
-    y = np.asarray(intensities, np.float32 if np.asarray(intensities).dtype == np.float32 else np.float64)
+    y = np.asarray(intensities)
+    y = y if y.dtype == np.float32 else y.astype(np.float64, copy=False)
     noise = _noise_of_points(e, y, step)
     y, spikes = remove_spikes(e, y, noise)
     n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
@@ -394,7 +396,7 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0).astype(y.dtype)
     values = y[:, k] * (1 - t) + y[:, k + 1] * t
-    return Resampled(start, values, noise, spikes, point_spacing(np.asarray(energy, np.float64)))
+    return Resampled(start, values, noise, spikes, spacing)
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
