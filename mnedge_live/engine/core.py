@@ -148,22 +148,23 @@ class Engine:
 
     def _answer_single(self, spectra, idx: list[int], results: list) -> None:
         """The per-spectrum path: check and resample ``spectra[i]`` for ``i`` in ``idx`` one by one, run in batches."""
-        rows: list[tuple[int, float, np.ndarray, float, int, float]] = []
+        done: list[int] = []
+        rows: list[Resampled] = []
         for i in idx:
             try:
                 energy, intensity = spectra[i]
-                start, values, noise, spikes, spacing = self._check_and_resample(energy, intensity)
+                rows.append(self._check_and_resample(energy, intensity))
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
-            rows.append((i, start, values, noise, spikes, spacing))
+            done.append(i)
         step = self._batch_rows
         for k in range(0, len(rows), step):
             chunk = rows[k:k + step]
-            values, valid = pad_rows([r[2] for r in chunk])
-            self._answer_rows([r[0] for r in chunk], np.array([r[1] for r in chunk]), values, valid,
-                              np.array([r[3] for r in chunk]), np.array([r[4] for r in chunk]),
-                              np.array([r[5] for r in chunk]), results)
+            values, valid = pad_rows([r.values for r in chunk])
+            self._answer_rows(done[k:k + step], np.array([r.start for r in chunk]), values, valid,
+                              np.array([r.noise for r in chunk]), np.array([r.spikes for r in chunk]),
+                              np.array([r.spacing for r in chunk]), results)
 
     def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
         """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
@@ -341,10 +342,11 @@ def model_input(energy, intensity) -> Prepared:
     rejection reason where the engine would reject the spectrum before the
     preprocessing.
     """
-    start, values, noise, *_ = Engine._check_and_resample(energy, intensity)
+    r = Engine._check_and_resample(energy, intensity)
     with torch.inference_mode():
-        return preprocess(torch.tensor([start], dtype=torch.float64), torch.from_numpy(values[None].astype(np.float32)),
-                          noise=torch.tensor([noise], dtype=torch.float64))
+        return preprocess(torch.tensor([r.start], dtype=torch.float64),
+                          torch.from_numpy(r.values[None].astype(np.float32)),
+                          noise=torch.tensor([r.noise], dtype=torch.float64))
 
 
 @dataclass
