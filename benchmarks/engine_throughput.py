@@ -40,10 +40,10 @@ class BaselineBackend:
         self.net = net.eval()
         self.n_std = n_std
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:
         with torch.inference_mode():
             frac = self.net(torch.from_numpy(x)).numpy()
-        return frac, np.zeros((len(x), self.n_std), np.float32), np.zeros((len(x), 3), np.float32)
+        return frac, np.zeros((len(x), self.n_std), np.float32), np.zeros((len(x), 3), np.float32), None
 
 
 def latency(engine: Engine, spectra: list, n: int) -> np.ndarray:

@@ -14,6 +14,9 @@ Outputs (named, also in the ONNX graph):
 ``side`` (B, 4)
     Residual energy offset after the coarse alignment (eV), instrument
     resolution FWHM (eV), t/lambda, EELS logit.
+``features`` (B, hidden)
+    The trunk's output that the three heads read: exported graphs carry it
+    for the out-of-distribution score (:mod:`mnedge_live.engine.ood`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import torch
 from torch import nn
 
 OUTPUT_NAMES = ("fractions", "log_std", "side")
+#: Outputs of exported graphs: the readout and the features the OOD score is computed on.
+EXPORT_OUTPUT_NAMES = (*OUTPUT_NAMES, "features")
 SIDE_NAMES = ("offset_residual_eV", "resolution_eV", "t_lambda", "eels_logit")
 
 
@@ -83,6 +88,11 @@ class MnEdgeCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(fractions, log_std, side)`` for a prepared batch ``(B, 2, L)``."""
         return self.readout(self.trunk(self.features(x)))
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(fractions, log_std, side, features)``: :meth:`forward` plus the trunk output ``(B, hidden)``."""
+        h = self.trunk(self.features(x))
+        return (*self.readout(h), h)
 
     def readout(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The heads on the trunk's output ``(B, hidden)``: ``(fractions, log_std, side)``."""

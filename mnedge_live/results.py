@@ -41,6 +41,11 @@ class SpectrumResult:
         Estimated instrument resolution (Voigt FWHM).
     t_lambda : float
         Estimated relative thickness (EELS; about 0 for XAS).
+    ood_score : float
+        Out-of-distribution score (:mod:`mnedge_live.engine.ood`): how unlike the
+        model's training spectra this one looks; above the model's threshold
+        the spectrum is rejected. NaN where the model has no OOD statistics
+        or the spectrum was refused before the network.
     flags : tuple of str
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
         ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
@@ -59,6 +64,7 @@ class SpectrumResult:
     energy_offset_eV: float = NAN
     resolution_eV: float = NAN
     t_lambda: float = NAN
+    ood_score: float = NAN
     flags: tuple[str, ...] = field(default_factory=tuple)
     model: str = ""
 
@@ -68,9 +74,10 @@ class SpectrumResult:
         return self.status == "ok"
 
     @classmethod
-    def rejected(cls, reason: str, model: str = "", flags: tuple[str, ...] = ()) -> SpectrumResult:
+    def rejected(cls, reason: str, model: str = "", flags: tuple[str, ...] = (),
+                 ood_score: float = NAN) -> SpectrumResult:
         """A rejection with its reason."""
-        return cls(status="rejected", reason=reason, model=model, flags=tuple(flags))
+        return cls(status="rejected", reason=reason, model=model, flags=tuple(flags), ood_score=ood_score)
 
     def to_dict(self) -> dict:
         """JSON-ready dict in the layout of ``mnedge predict --json`` (NaN becomes None)."""
@@ -88,6 +95,7 @@ class SpectrumResult:
             "energy_offset_eV": num(self.energy_offset_eV),
             "resolution_eV": num(self.resolution_eV),
             "t_lambda": num(self.t_lambda),
+            "ood_score": num(self.ood_score),
             "flags": list(self.flags),
             "model": self.model,
         }

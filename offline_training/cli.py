@@ -1,4 +1,5 @@
-"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export, refresh-onnx.
+"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export, refresh-onnx,
+fit-ood.
 
 Each subcommand parses its arguments and calls one module; no logic lives here.
 """
@@ -229,7 +230,7 @@ def cmd_export(args) -> int:
     evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
     try:
         out = export_artifact(args.checkpoint, args.out, model_id=args.model_id, evaluation=evaluation,
-                              tensorrt=args.tensorrt, overwrite=args.overwrite)
+                              tensorrt=args.tensorrt, overwrite=args.overwrite, ood_spectra=args.ood_spectra)
     except RuntimeError as exc:
         print(f"mnedge-train export: {exc}", file=sys.stderr)
         return 1
@@ -245,6 +246,18 @@ def cmd_refresh_onnx(args) -> int:
         print(refresh_onnx(args.artifact))
     except (RuntimeError, ArtifactError, OSError) as exc:
         print(f"mnedge-train refresh-onnx: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_fit_ood(args) -> int:
+    from mnedge_live.artifact import ArtifactError
+    from offline_training.export import add_ood
+
+    try:
+        print(add_ood(args.artifact, spectra=args.spectra))
+    except (RuntimeError, ArtifactError, OSError) as exc:
+        print(f"mnedge-train fit-ood: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -340,11 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluation", help="JSON from 'evaluate --out' to record in the card")
     s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--ood-spectra", type=int, default=20000,
+                   help="synthetic spectra per set for the out-of-distribution statistics (0: none)")
     s.set_defaults(run=cmd_export)
 
     s = sub.add_parser("refresh-onnx", help="rewrite an artifact's ONNX graph from its weights with this exporter")
     s.add_argument("artifact", help="artifact directory (its card is re-signed)")
     s.set_defaults(run=cmd_refresh_onnx)
+
+    s = sub.add_parser("fit-ood", help="fit an artifact's out-of-distribution statistics (re-signs its card)")
+    s.add_argument("artifact", help="artifact directory whose graph outputs 'features'")
+    s.add_argument("--spectra", type=int, default=20000, help="synthetic spectra per set (fit, threshold)")
+    s.set_defaults(run=cmd_fit_ood)
     return p
 
 

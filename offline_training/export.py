@@ -15,7 +15,7 @@ import torch
 from mnedge_live.artifact import load_artifact, write_card
 from mnedge_live.engine.core import PREPROCESSING_ID
 from mnedge_live.network import (
-    OUTPUT_NAMES,
+    EXPORT_OUTPUT_NAMES,
     SIDE_NAMES,
     MnEdgeCNN,
     NetworkConfig,
@@ -53,7 +53,8 @@ def load_trained(final_pt: str | Path) -> tuple[MnEdgeCNN, dict]:
 class PlanarView(torch.nn.Module):
     """The same network with its 1-D feature stages run as 2-D ones of height 1, for export.
 
-    Same weights, same input ``(B, 2, L)`` and outputs. ONNX Runtime's CPU
+    Same weights, same input ``(B, 2, L)`` and outputs as
+    :meth:`MnEdgeCNN.forward_with_features`. ONNX Runtime's CPU
     provider has blocked (NCHWc) kernels for 2-D convolutions only: on this
     project's 2-core machine the view runs a batch of 1024 in 72 ms instead of
     87 ms on 1 thread, 41 instead of 73 ms on 2 (benchmarks/RESULTS.md).
@@ -64,9 +65,22 @@ class PlanarView(torch.nn.Module):
         self.model = model
         self.features = torch.nn.Sequential(*(_planar(layer) for layer in model.features))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(fractions, log_std, side)`` for ``(B, 2, L)``, as :meth:`MnEdgeCNN.forward`."""
-        return self.model.readout(self.model.trunk(self.features(x.unsqueeze(2))))
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(fractions, log_std, side, features)`` for ``(B, 2, L)``, as :meth:`MnEdgeCNN.forward_with_features`."""
+        h = self.model.trunk(self.features(x.unsqueeze(2)))
+        return (*self.model.readout(h), h)
+
+
+class WithFeatures(torch.nn.Module):
+    """:meth:`MnEdgeCNN.forward_with_features` as a module's ``forward`` (what TensorRT compiles)."""
+
+    def __init__(self, model: MnEdgeCNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(fractions, log_std, side, features)``."""
+        return self.model.forward_with_features(x)
 
 
 def _planar(layer: torch.nn.Module) -> torch.nn.Module:
@@ -96,8 +110,8 @@ def export_onnx(model: MnEdgeCNN, path: str | Path) -> Path:
     """Write the network (as its :class:`PlanarView`) as ONNX with a dynamic batch dimension."""
     x = torch.zeros(4, 2, model.config.input_length)
     torch.onnx.export(PlanarView(model.eval()).eval(), (x,), str(path), input_names=["x"],
-                      output_names=list(OUTPUT_NAMES),
-                      dynamic_axes={"x": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                      output_names=list(EXPORT_OUTPUT_NAMES),
+                      dynamic_axes={"x": {0: "batch"}, **{n: {0: "batch"} for n in EXPORT_OUTPUT_NAMES}},
                       opset_version=ONNX_OPSET, dynamo=False)
     return Path(path)
 
@@ -108,8 +122,8 @@ def onnx_max_difference(model: MnEdgeCNN, onnx_path: str | Path, x: torch.Tensor
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        ref = [t.numpy() for t in model.eval()(x)]
-    got = sess.run(list(OUTPUT_NAMES), {"x": x.numpy()})
+        ref = [t.numpy() for t in model.eval().forward_with_features(x)]
+    got = sess.run(list(EXPORT_OUTPUT_NAMES), {"x": x.numpy()})
     return float(max(np.abs(a - b).max() for a, b in zip(ref, got)))
 
 
@@ -131,8 +145,21 @@ def export_checked_onnx(model: MnEdgeCNN, path: str | Path) -> float:
     return diff
 
 
+def training_forward_model(config: dict):
+    """The forward model (bank and ranges) of a training config as recorded in checkpoints and cards."""
+    from offline_training.forward import ForwardModel
+    from offline_training.references.bank import Bank
+    from offline_training.train import TrainConfig
+
+    cfg = TrainConfig.from_dict(config)
+    if cfg.bank and not Path(cfg.bank).is_file():
+        raise RuntimeError(f"the model was trained on the bank {cfg.bank}, which is not here")
+    return ForwardModel(Bank.load(cfg.bank), cfg.forward)
+
+
 def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | None = None,
-                    evaluation: dict | None = None, tensorrt: bool = False, overwrite: bool = False) -> Path:
+                    evaluation: dict | None = None, tensorrt: bool = False, overwrite: bool = False,
+                    ood_spectra: int = 20000) -> Path:
     """Write an artifact directory from a trainer's ``final.pt``.
 
     Parameters
@@ -149,6 +176,9 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         Also build TensorRT FP16 and FP32 engines (needs a CUDA GPU).
     overwrite : bool
         Replace an existing ``out_dir``.
+    ood_spectra : int
+        Synthetic spectra for each of the two sets of :func:`~offline_training.ood.fit_ood`
+        (0: no out-of-distribution statistics, the engine's OOD rule is then off).
     """
     out = Path(out_dir)
     if out.exists():
@@ -186,6 +216,11 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         "onnx": {"opset": ONNX_OPSET, "max_abs_difference_vs_torch": diff, "graph": GRAPH_FORM},
         "evaluation": evaluation or {},
     }
+    if ood_spectra:
+        from offline_training.ood import fit_ood
+
+        card["ood"] = fit_ood(model, training_forward_model(card["training"]["config"]), out,
+                              n_fit=ood_spectra, n_threshold=ood_spectra)
     if tensorrt:
         card["tensorrt"] = build_tensorrt_engines(model, out)
     write_card(out, card)
@@ -221,6 +256,32 @@ def refresh_onnx(artifact_dir: str | Path) -> Path:
     return d
 
 
+def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
+    """Fit (or refit) an artifact's out-of-distribution statistics and re-sign its card.
+
+    The graph must already output ``features`` (``refresh-onnx`` brings an
+    older artifact's graph up to date first). Returns the artifact directory.
+    """
+    from offline_training.ood import fit_ood
+
+    art = load_artifact(artifact_dir)
+    d = art.path
+    import onnx
+
+    outputs = [o.name for o in onnx.load(str(art.file("model.onnx"))).graph.output]
+    if "features" not in outputs:
+        raise RuntimeError(f"{d}: the ONNX graph has no 'features' output; run 'mnedge-train refresh-onnx' first")
+    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
+    model.load_state_dict(torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True))
+    card = {k: v for k, v in art.card.items() if k not in ("files", "schema_version")}
+    card["ood"] = fit_ood(model.eval(), training_forward_model(card["training"]["config"]), d,
+                          n_fit=spectra, n_threshold=spectra)
+    card["ood"]["git_commit"] = git_commit()
+    write_card(d, card)
+    load_artifact(d)
+    return d
+
+
 def build_tensorrt_engines(model: MnEdgeCNN, out: Path) -> dict:
     """Compile FP16 and FP32 TensorRT engines with torch-tensorrt for the current GPU.
 
@@ -240,12 +301,13 @@ def build_tensorrt_engines(model: MnEdgeCNN, out: Path) -> dict:
     m = model.cuda().eval()
     gen = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(256, 2, model.config.input_length, device="cuda", generator=gen)
-    ref = [t.float() for t in m(x)]
+    ref = [t.float() for t in m.forward_with_features(x)]
     (out / "tensorrt").mkdir(exist_ok=True)
     for precision, dtype in (("fp16", torch.half), ("fp32", torch.float32)):
         inputs = [torch_tensorrt.Input(min_shape=(1, 2, 256), opt_shape=(1024, 2, 256), max_shape=(65536, 2, 256),
                                        dtype=dtype)]
-        trt = torch_tensorrt.compile(m.to(dtype), ir="ts", inputs=inputs, enabled_precisions={dtype})
+        trt = torch_tensorrt.compile(WithFeatures(m.to(dtype)).eval(), ir="ts", inputs=inputs,
+                                     enabled_precisions={dtype})
         got = [t.float() for t in trt(x.to(dtype))]
         name = f"tensorrt/model_{precision}.ts"
         torch.jit.save(trt, str(out / name))

@@ -57,4 +57,4 @@ def tiny_artifact(tmp_path_factory):
     cfg.train.steps = 8
     cfg.train.calibration_spectra = 128
     final = train(cfg, root / "run", progress=False)
-    return export_artifact(final, root / "artifact", model_id="tiny-test")
+    return export_artifact(final, root / "artifact", model_id="tiny-test", ood_spectra=0)

@@ -197,4 +197,4 @@ def _tiny_artifact() -> Path:
     cfg.train.steps = 8
     cfg.train.calibration_spectra = 128
     final = train(cfg, root / "run", progress=False)
-    return Path(export_artifact(final, root / "artifact", model_id="tiny-test"))
+    return Path(export_artifact(final, root / "artifact", model_id="tiny-test", ood_spectra=0))

@@ -50,7 +50,7 @@ def test_spectrum_image_gets_one_row_per_pixel_and_maps(engine, source, tmp_path
     desc = next(d for n, d in docs if n == "descriptor")
     assert desc["name"] == "mnedge" and "valence" in desc["hints"]["mnedge"]["fields"]
     for k in ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
-              "status", "reason", "source_seq_num", "pixel_row", "pixel_col"):
+              "ood_score", "status", "reason", "source_seq_num", "pixel_row", "pixel_col"):
         assert k in desc["data_keys"]
     rows = derived_rows(docs)
     assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))

@@ -1,4 +1,4 @@
-"""Inference backends behind one small interface: ``run(x) -> (fractions, log_std, side)``.
+"""Inference backends behind one small interface: ``run(x) -> (fractions, log_std, side, features)``.
 
 One class per runtime; :func:`available_backends` says which can run here and
 :func:`make_backend` builds one.  Preference order for ``"auto"``: TensorRT
@@ -31,8 +31,9 @@ class Backend(Protocol):
     name: str
     device: str
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Run a prepared batch ``(B, 2, L)`` float32; return fractions, log_std, side."""
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Run a prepared batch ``(B, 2, L)`` float32; return fractions, log_std, side and the
+        trunk features for the OOD score (None where the model does not provide them)."""
 
 
 class TorchBackend:
@@ -52,10 +53,10 @@ class TorchBackend:
         self._lock = threading.Lock()
         self._torch = torch
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         torch = self._torch
         with self._lock, torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device))
+            out = self.model.forward_with_features(torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device))
         return tuple(o.float().cpu().numpy() for o in out)
 
 
@@ -83,10 +84,10 @@ class OnnxRuntimeBackend:
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         out = self.session.run(None, {"x": np.ascontiguousarray(x, np.float32)})
         named = dict(zip(self.output_names, out))
-        return named["fractions"], named["log_std"], named["side"]
+        return named["fractions"], named["log_std"], named["side"], named.get("features")
 
 
 class TensorRTBackend:
@@ -125,12 +126,12 @@ class TensorRTBackend:
         self._torch = torch
         self._half = precision == "fp16"
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - needs a GPU
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:  # pragma: no cover
         torch = self._torch
         with torch.inference_mode():
             t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).cuda()
-            out = self.module(t.half() if self._half else t)
-        return tuple(o.float().cpu().numpy() for o in out)
+            out = [o.float().cpu().numpy() for o in self.module(t.half() if self._half else t)]
+        return out[0], out[1], out[2], (out[3] if len(out) > 3 else None)  # engines built before features: None
 
 
 _FACTORIES = {"tensorrt": TensorRTBackend, "onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend}

@@ -19,6 +19,7 @@ import torch
 
 from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
+from mnedge_live.engine.ood import OodScore
 from mnedge_live.results import SpectrumResult
 from mnedge_live.spectrum import (
     ANALYSIS_WINDOW_EV,
@@ -74,6 +75,10 @@ class Engine:
         if card["input"]["work_step_eV"] != WORK_STEP_EV or card["input"]["preprocessing"] != PREPROCESSING_ID:
             raise RuntimeError(f"model {self.model_id} was trained with preprocessing "
                                f"{card['input']['preprocessing']!r}, this build has {PREPROCESSING_ID!r}")
+        self.ood = OodScore.from_artifact(artifact)
+        if self.ood is None:
+            log.warning("model %s has no out-of-distribution statistics: spectra unlike its training data "
+                        "are not rejected by the OOD rule ('mnedge-train fit-ood' adds them)", self.model_id)
         self._lock = threading.Lock()
         self.counters = {"spectra": 0, "ok": 0, "rejected": 0}
         self._batch_rows = BATCH_ROWS.get(backend.device, BATCH_ROWS["cpu"])
@@ -214,7 +219,11 @@ class Engine:
         if not ascending:
             single.extend(idx)
             return
-        ok = np.isfinite(y).all(axis=1) & (np.ptp(y, axis=1) > 0)
+        ok = np.isfinite(y).all(axis=1)
+        if ok.all():
+            ok = np.ptp(y, axis=1) > 0
+        else:  # rows with inf would warn in ptp (inf - inf); they go to the per-spectrum path anyway
+            ok[ok] = np.ptp(y[ok], axis=1) > 0
         if not ok.all():
             single.extend(i for i, keep in zip(idx, ok) if not keep)
             y = y[ok]
@@ -307,8 +316,10 @@ class Engine:
         """
         prep = preprocess(torch.from_numpy(np.asarray(start, np.float64)), torch.from_numpy(values),
                           torch.from_numpy(valid), noise=torch.from_numpy(np.asarray(noise, np.float64)))
-        frac, log_std, side = self.backend.run(prep.x.numpy())
-        checks = _RowChecks.of(prep)
+        frac, log_std, side, features = self.backend.run(prep.x.numpy())
+        ood = (self.ood(features) if self.ood is not None and features is not None
+               else np.full(len(frac), np.nan))
+        checks = _RowChecks.of(prep, ood, self.ood)
         std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
         f = np.clip(frac.astype(np.float64), 0.0, 1.0)
         f = f / f.sum(axis=1, keepdims=True)
@@ -324,14 +335,15 @@ class Engine:
         reject = checks.rejected()
         model = self.model_id
         out = []
-        for j, (fr, sd, val, off, res, tl) in enumerate(zip(f.tolist(), std.tolist(), valence.tolist(),
-                                                            offset.tolist(), resolution.tolist(), t_lambda.tolist())):
+        for j, (fr, sd, val, off, res, tl, od) in enumerate(zip(f.tolist(), std.tolist(), valence.tolist(),
+                                                                offset.tolist(), resolution.tolist(),
+                                                                t_lambda.tolist(), ood.tolist())):
             if reject[j]:
-                out.append(SpectrumResult.rejected(checks.reason(j), model=model))
+                out.append(SpectrumResult.rejected(checks.reason(j), model=model, ood_score=od))
                 continue
             out.append(SpectrumResult(status="ok", fractions=tuple(fr), fractions_std=tuple(sd[:3]), valence=val,
                                       valence_std=sd[3], energy_offset_eV=off, resolution_eV=res, t_lambda=tl,
-                                      flags=flags[j], model=model))
+                                      ood_score=od, flags=flags[j], model=model))
         return out
 
 
@@ -361,12 +373,15 @@ class _RowChecks:
     pre_edge_covered: np.ndarray
     l3_covered: np.ndarray
     psnr_db: np.ndarray
+    ood_score: np.ndarray
+    ood: OodScore | None
 
     @classmethod
-    def of(cls, prep) -> _RowChecks:
-        """Copy the diagnostics of a :class:`~mnedge_live.spectrum.Prepared` batch to numpy."""
+    def of(cls, prep, ood_score: np.ndarray, ood: OodScore | None) -> _RowChecks:
+        """The diagnostics of a :class:`~mnedge_live.spectrum.Prepared` batch as numpy, with the OOD scores."""
         return cls(**{f.name: getattr(prep, f.name).numpy().astype(np.float64 if f.name in _FLOAT_CHECKS else bool)
-                      for f in fields(cls)})
+                      for f in fields(cls) if f.name not in ("ood_score", "ood")},
+                   ood_score=np.asarray(ood_score, np.float64), ood=ood)
 
     def rejected(self) -> np.ndarray:
         """Boolean per row: one of the rules of :meth:`reason` refuses it."""
@@ -375,7 +390,8 @@ class _RowChecks:
             no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
             not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
             bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
-        return no_edge | not_l3 | ~self.l3_covered | bad_spacing
+            unlike = self.ood_score > self.ood.threshold if self.ood is not None else np.zeros(len(self.l3_ev), bool)
+        return no_edge | not_l3 | ~self.l3_covered | bad_spacing | unlike
 
     def reason(self, j: int) -> str:
         """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
@@ -394,6 +410,10 @@ class _RowChecks:
             if not (lo <= d <= hi):
                 return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
                         "(Mn 2p spin-orbit splitting is about 11 eV)")
+        if self.ood is not None and self.ood_score[j] > self.ood.threshold:
+            return (f"unlike the Mn L2,3 spectra the model was trained on: out-of-distribution score "
+                    f"{self.ood_score[j]:.1f} above {self.ood.threshold:.1f} (the {100 * self.ood.quantile:g}th "
+                    "percentile of synthetic training spectra)")
         return ""
 
 

@@ -1,0 +1,128 @@
+"""The out-of-distribution score: fitted from the training distribution, refusing what is not a Mn L2,3 edge."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mnedge_live.artifact import ArtifactError, load_artifact
+from mnedge_live.engine import load_engine
+from mnedge_live.engine.ood import OodScore
+
+E = np.arange(620.0, 680.0, 0.1)
+
+
+def _gauss(center: float, width: float) -> np.ndarray:
+    return np.exp(-0.5 * ((E - center) / width) ** 2)
+
+
+@pytest.fixture(scope="module")
+def default_engine():
+    return load_engine(None, backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_with_ood(tiny_artifact, tmp_path_factory):
+    """The tiny artifact with OOD statistics added by ``mnedge-train fit-ood``."""
+    from offline_training.cli import main as train_main
+
+    copy = shutil.copytree(tiny_artifact, tmp_path_factory.mktemp("ood") / "art")
+    assert train_main(["fit-ood", str(copy), "--spectra", "600"]) == 0
+    return copy
+
+
+def test_scores_are_mahalanobis_distances_and_the_threshold_the_held_out_quantile(tiny_artifact, tmp_path):
+    from offline_training.export import training_forward_model
+    from offline_training.ood import fit_ood, trunk_features
+
+    art = load_artifact(tiny_artifact)
+    from mnedge_live.network import MnEdgeCNN, NetworkConfig
+
+    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
+    model.load_state_dict(torch.load(art.file("weights.pt"), weights_only=True))
+    fm = training_forward_model(art.card["training"]["config"])
+    info = fit_ood(model, fm, tmp_path, n_fit=512, n_threshold=1000, seed=5, quantile=0.99)
+    # the same two seeded sets again
+    gen = torch.Generator().manual_seed(5)
+    fit, held = trunk_features(model, fm, 512, gen), trunk_features(model, fm, 1000, gen)
+    z = np.load(tmp_path / info["file"])
+    score = OodScore(mean=z["mean"], whitening=z["whitening"], threshold=info["threshold"], quantile=0.99)
+    cov = np.cov(fit, rowvar=False)
+    cov += 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    d = held[:5] - fit.mean(0)
+    direct = np.sqrt(np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d))
+    assert np.allclose(score(held[:5]), direct, rtol=1e-3)
+    above = int((score(held) > info["threshold"]).sum())
+    assert 5 <= above <= 10   # 1 % of 1,000 (float32 scoring moves a score at the boundary at most)
+
+
+def test_fit_refuses_too_few_spectra(tiny_artifact, tmp_path):
+    from offline_training.export import training_forward_model
+    from offline_training.ood import fit_ood
+
+    art = load_artifact(tiny_artifact)
+    from mnedge_live.network import MnEdgeCNN, NetworkConfig
+
+    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
+    with pytest.raises(ValueError, match="n_fit"):
+        fit_ood(model, training_forward_model(art.card["training"]["config"]), tmp_path, n_fit=10)
+
+
+def test_fit_ood_adds_signed_statistics_and_the_onnx_features_match_torch(tiny_with_ood):
+    card = load_artifact(tiny_with_ood).card          # verifies every checksum, ood.npz included
+    assert "ood.npz" in card["files"] and card["ood"]["quantile"] == 0.999
+    spectra = [(E, _gauss(641, 0.7) + 0.5 * _gauss(652, 0.9) + 0.05), (E, _gauss(640, 1.5) + 0.1 * (E % 5))]
+    a = load_engine(str(tiny_with_ood), backend="onnxruntime").predict(spectra)
+    b = load_engine(str(tiny_with_ood), backend="torch").predict(spectra)
+    for ra, rb in zip(a, b):
+        assert np.isfinite(ra.ood_score) and ra.ood_score == pytest.approx(rb.ood_score, rel=1e-3)
+
+
+def test_a_changed_byte_in_the_statistics_is_refused(tiny_with_ood, tmp_path):
+    copy = shutil.copytree(tiny_with_ood, tmp_path / "bad")
+    data = bytearray((copy / "ood.npz").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "ood.npz").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        load_engine(str(copy))
+
+
+def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
+    engine = load_engine(str(tiny_artifact), backend="onnxruntime")
+    assert engine.ood is None
+    r = engine.predict_one(E, _gauss(641, 0.7) + 0.5 * _gauss(652, 0.9) + 0.05)
+    assert r.ok and np.isnan(r.ood_score) and r.to_dict()["ood_score"] is None
+
+
+@pytest.mark.parametrize("name, intensity", [
+    ("two Gaussians 11 eV apart", _gauss(640, 1.0) + _gauss(651, 1.0)),
+    ("one Gaussian", _gauss(640, 1.5)),
+    ("a sawtooth", E % 5),
+])
+def test_the_default_model_refuses_lines_that_are_not_a_mn_edge(default_engine, name, intensity):
+    y = intensity + np.random.default_rng(0).normal(0, 0.01, E.size)
+    r = default_engine.predict_one(E, y)
+    assert r.status == "rejected" and "out-of-distribution score" in r.reason, (name, r)
+    assert r.ood_score > default_engine.ood.threshold
+
+
+def test_the_default_model_keeps_spectra_of_its_training_ranges(default_engine):
+    from offline_training.evaluate import batch_spectra
+    from offline_training.export import training_forward_model
+
+    fm = training_forward_model(default_engine.artifact.card["training"]["config"])
+    res = default_engine.predict(batch_spectra(fm.sample(2000, seed=77)))
+    ood = sum("out-of-distribution" in r.reason for r in res)
+    assert ood <= 6    # the threshold lets 99.9 % through: about 2 of 2,000 expected
+    assert all(np.isfinite(r.ood_score) for r in res if r.ok)
+
+
+def test_measured_spectra_score_below_the_threshold(default_engine, real_dir):
+    from offline_training.realism import read_two_column
+
+    for path in sorted(real_dir.glob("*.csv")):
+        r = default_engine.predict_one(*read_two_column(path))
+        assert r.ok and r.ood_score < default_engine.ood.threshold, (path.name, r)
