@@ -41,6 +41,13 @@ def git_commit() -> str:
         return "unknown"
 
 
+def artifact_network(art) -> MnEdgeCNN:
+    """The network of a loaded :class:`~mnedge_live.artifact.Artifact`, its weights in place, in eval mode."""
+    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
+    model.load_state_dict(torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 def load_trained(final_pt: str | Path) -> tuple[MnEdgeCNN, dict]:
     """Rebuild the network from a trainer's ``final.pt`` (weights only, no pickled code)."""
     ck = torch.load(final_pt, map_location="cpu", weights_only=True)
@@ -238,9 +245,7 @@ def refresh_onnx(artifact_dir: str | Path) -> Path:
     """
     art = load_artifact(artifact_dir)
     d = art.path
-    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
-    model.load_state_dict(torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True))
-    model.eval()
+    model = artifact_network(art)
     with tempfile.TemporaryDirectory() as tmp:
         new = Path(tmp) / "model.onnx"
         try:
@@ -271,10 +276,8 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
     outputs = [o.name for o in onnx.load(str(art.file("model.onnx"))).graph.output]
     if "features" not in outputs:
         raise RuntimeError(f"{d}: the ONNX graph has no 'features' output; run 'mnedge-train refresh-onnx' first")
-    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
-    model.load_state_dict(torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True))
     card = {k: v for k, v in art.card.items() if k not in ("files", "schema_version")}
-    card["ood"] = fit_ood(model.eval(), training_forward_model(card["training"]["config"]), d,
+    card["ood"] = fit_ood(artifact_network(art), training_forward_model(card["training"]["config"]), d,
                           n_fit=spectra, n_threshold=spectra)
     card["ood"]["git_commit"] = git_commit()
     write_card(d, card)

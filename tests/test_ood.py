@@ -35,14 +35,11 @@ def tiny_with_ood(tiny_artifact, tmp_path_factory):
 
 
 def test_scores_are_mahalanobis_distances_and_the_threshold_the_held_out_quantile(tiny_artifact, tmp_path):
-    from offline_training.export import training_forward_model
+    from offline_training.export import artifact_network, training_forward_model
     from offline_training.ood import fit_ood, trunk_features
 
     art = load_artifact(tiny_artifact)
-    from mnedge_live.network import MnEdgeCNN, NetworkConfig
-
-    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
-    model.load_state_dict(torch.load(art.file("weights.pt"), weights_only=True))
+    model = artifact_network(art)
     fm = training_forward_model(art.card["training"]["config"])
     info = fit_ood(model, fm, tmp_path, n_fit=512, n_threshold=1000, seed=5, quantile=0.99)
     # the same two seeded sets again
@@ -60,15 +57,12 @@ def test_scores_are_mahalanobis_distances_and_the_threshold_the_held_out_quantil
 
 
 def test_fit_refuses_too_few_spectra(tiny_artifact, tmp_path):
-    from offline_training.export import training_forward_model
+    from offline_training.export import artifact_network, training_forward_model
     from offline_training.ood import fit_ood
 
     art = load_artifact(tiny_artifact)
-    from mnedge_live.network import MnEdgeCNN, NetworkConfig
-
-    model = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
     with pytest.raises(ValueError, match="n_fit"):
-        fit_ood(model, training_forward_model(art.card["training"]["config"]), tmp_path, n_fit=10)
+        fit_ood(artifact_network(art), training_forward_model(art.card["training"]["config"]), tmp_path, n_fit=10)
 
 
 def test_fit_ood_adds_signed_statistics_and_the_onnx_features_match_torch(tiny_with_ood):
