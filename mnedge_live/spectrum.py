@@ -699,17 +699,22 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
     outside = (coarse < lo) | (coarse > hi)
     if not bool(outside.any()):
         return coarse
+    # Only the rows aligned outside the window are searched (usually a few of a batch).
+    rows = outside.nonzero()[:, 0]
+    score, hp, lo, hi = score[rows], hp[rows], lo[rows], hi[rows]
     in_win = (idx >= lo[:, None]) & (idx <= hi[:, None])
     cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
     margin = int(round(1.0 / step))
     interior = (cand >= lo + margin) & (cand <= hi - margin)
-    detected = score.gather(1, cand[:, None])[:, 0] / score_noise >= MIN_EDGE_SNR  # False where the window is empty
+    detected = score.gather(1, cand[:, None])[:, 0] / score_noise[rows] >= MIN_EDGE_SNR  # False where the window is empty
     rel = ((idx - cand[:, None]) * step).abs()
     neg = torch.full_like(hp, -torch.inf)
     height = torch.where(rel <= 1.5, hp, neg).amax(dim=1)
     around = torch.where((rel > 1.5) & (rel <= L2_SEARCH_EV[1]), hp, neg).amax(dim=1)
     own_line = interior & detected & (height > around)
-    return torch.where(outside & own_line, cand, coarse)
+    out = coarse.clone()
+    out[rows] = torch.where(own_line, cand, coarse[rows])
+    return out
 
 
 def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor,
