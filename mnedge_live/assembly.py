@@ -86,8 +86,14 @@ def grid_pixel(seq_num: int, shape: tuple[int, ...], snaking: tuple[bool, ...] |
     return row, col
 
 
-#: Map layers written at stop.
-MAP_LAYERS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4")
+#: Map layers written at stop (``ood_score`` also where the pixel was rejected: where the model did not
+#: recognise the spectrum, such as vacuum or another phase, shows as a region).
+MAP_LAYERS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "ood_score")
+
+
+def map_values(result: SpectrumResult) -> tuple[float, ...]:
+    """The values of one result for the :data:`MAP_LAYERS`, in their order."""
+    return (result.valence, result.valence_std, *result.fractions, result.ood_score)
 
 
 class ValenceMaps:
@@ -103,8 +109,7 @@ class ValenceMaps:
         r, c = pixel
         if not (0 <= r < self.shape[0] and 0 <= c < self.shape[1]):
             return False
-        vals = (result.valence, result.valence_std, *result.fractions)
-        for k, v in zip(MAP_LAYERS, vals):
+        for k, v in zip(MAP_LAYERS, map_values(result)):
             self.layers[k][r, c] = v
         self.rejected[r, c] = not result.ok
         return True

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mnedge_live.assembly import ValenceMaps
+from mnedge_live.assembly import MAP_LAYERS, ValenceMaps, map_values
 from mnedge_live.readers import SpectrumImage
 from mnedge_live.results import SpectrumResult
 
@@ -139,8 +139,8 @@ class MapMerger:
         nr, nc = block_shape
         if len(results) != nr * nc:
             raise ValueError(f"chunk at {origin} has {nr * nc} pixels but {len(results)} results")
-        vals = np.array([(r.valence, r.valence_std, *r.fractions) for r in results], np.float64).reshape(nr, nc, 5)
-        for k, name in enumerate(("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4")):
+        vals = np.array([map_values(r) for r in results], np.float64).reshape(nr, nc, len(MAP_LAYERS))
+        for k, name in enumerate(MAP_LAYERS):
             self.maps.layers[name][r0:r0 + nr, c0:c0 + nc] = vals[..., k]
         ok = np.array([r.ok for r in results], bool)
         self.maps.rejected[r0:r0 + nr, c0:c0 + nc] = ~ok.reshape(nr, nc)

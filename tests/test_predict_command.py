@@ -165,6 +165,7 @@ def test_spectrum_image_on_the_local_cluster_with_maps_and_plots(capsys, model, 
         assert f["rejected"][()].sum() == 3
         for k in ("frac_mn2", "frac_mn3", "frac_mn4", "valence_std"):
             assert f[k].shape == (3, 4)
+        assert f["ood_score"].shape == (3, 4) and np.isnan(f["ood_score"][()]).all()  # the tiny model has no OOD statistics
         assert f.attrs["model"] == "tiny-test"
     for png in ("si_0_maps.png", "good_0.png"):
         assert (plot_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
