@@ -662,26 +662,33 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # L2_OUTSIDE_MARGIN_SIGMA noise sigmas: noise and L3 fine structure must not
     # turn a Mn spectrum into "another element", while the L2 line of Fe, Cr,
     # ... (nothing at +11 eV) still shows its own spacing.
-    bp = smooth(fine, math.sqrt(L2_BAND_EV[0] ** 2 - 0.3**2), step) - broad  # Gaussians add in quadrature
+    # All of it reads the rows only from L3_CENTROID_EV[0] to L2_SEARCH_EV[1] around L3 (and one point
+    # beyond each end for the local-maximum test): a window of fixed width gathered per row, so the
+    # work does not grow with the measured span. ``pos``: row index of each window point (may lie
+    # outside the row; such points are unmeasured).
+    pos, bp = _l2_band_pass_window(fine, broad, l3_pos, step)
     bp_noise = noise * _bandpass_noise_gain(step, *L2_BAND_EV)
-    rel = (idx - l3_pos[:, None]) * step
-    if not all_valid:  # unmeasured points fall in no window (all windows lie above -5 eV)
-        rel = torch.where(valid, rel, _NO_ENERGY)
+    in_row = (pos >= 0) & (pos <= n - 1)
+    measured = in_row if all_valid else in_row & torch.gather(valid, 1, pos.clamp(0, n - 1))
+    # Unmeasured points fall in no window (all windows lie above -5 eV).
+    rel = torch.where(measured, (pos - l3_pos[:, None]) * step, _NO_ENERGY)
     searched = (rel >= L2_SEARCH_EV[0]) & (rel <= L2_SEARCH_EV[1])
     mn_range = searched & (rel >= MN_SPIN_ORBIT_RANGE_EV[0]) & (rel <= MN_SPIN_ORBIT_RANGE_EV[1])
     # Outside Mn's range only local maxima of the band-pass count (a slope at the
-    # end of the search window, e.g. from plural scattering, is no line).
+    # end of the search window, e.g. from plural scattering, is no line); a row's
+    # first and last points are no maxima.
     peak = F.pad((bp[:, 1:-1] >= bp[:, :-2]) & (bp[:, 1:-1] >= bp[:, 2:]), (1, 1), value=False)
-    in_val, in_idx = torch.where(mn_range, bp, -torch.inf).max(dim=1)
-    out_val, out_idx = torch.where(searched & ~mn_range & peak, bp, -torch.inf).max(dim=1)
+    peak = peak & (pos > 0) & (pos < n - 1)
+    in_val, in_loc = torch.where(mn_range, bp, -torch.inf).max(dim=1)
+    out_val, out_loc = torch.where(searched & ~mn_range & peak, bp, -torch.inf).max(dim=1)
     margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
     outside = out_val > in_val + margin
-    l2_idx = torch.where(outside, out_idx, in_idx)
+    l2_loc = torch.where(outside, out_loc, in_loc)
     # The spacing is measured between the maxima and between the line
     # centroids; the one nearer Mn's splitting counts.  Maxima are fooled by
     # mixed valences, centroids by plural-scattering replicas of L3 reaching
     # into the L2 window; another element's splitting shows in both.
-    by_max = l2_idx.to(held.dtype)
+    by_max = torch.gather(pos, 1, l2_loc[:, None])[:, 0].to(held.dtype)
     l2_window = (rel >= L2_CENTROID_EV[0]) & (rel <= L2_CENTROID_EV[1])
     by_centroid = l3_pos + _line_centroid_spacing(bp, bp_noise, rel, l2_window) / step
     nearer = (by_centroid - l3_pos - MN_SPIN_ORBIT_EV / step).abs() < (by_max - l3_pos - MN_SPIN_ORBIT_EV / step).abs()
@@ -689,6 +696,30 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last
     l2_pos = l2_at.masked_fill(~has_l2, torch.nan)
     return l3_pos, edge_snr, l2_pos, noise
+
+
+def _l2_band_pass_window(fine: torch.Tensor, broad: torch.Tensor, l3_pos: torch.Tensor,
+                         step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L2 band-pass (``smooth(fine, ...) - broad``, the narrow width of :data:`L2_BAND_EV`) on a window per row.
+
+    The window runs from ``L3_CENTROID_EV[0]`` to ``L2_SEARCH_EV[1]`` around
+    each row's L3 position ``l3_pos``, one point more at each end.  Returns
+    the row index of every window point ``(B, W)`` (it may lie outside the
+    row: such values are meaningless and callers mask them) and the
+    band-pass there, equal to the whole-row band-pass at the same indices up
+    to rounding: gathering with clamped indices is the replicate padding of
+    :func:`smooth`.
+    """
+    b, n = fine.shape
+    lo_ev, hi_ev = L3_CENTROID_EV[0], max(L2_SEARCH_EV[1], L2_CENTROID_EV[1])
+    width = int(math.ceil((hi_ev - lo_ev) / step)) + 4
+    first = torch.floor(l3_pos + lo_ev / step).long() - 1
+    pos = first[:, None] + _positions(width, fine.device)
+    k = _gauss_kernel(math.sqrt(L2_BAND_EV[0] ** 2 - 0.3**2) / step).to(fine).view(-1)  # Gaussians add in quadrature
+    half = k.numel() // 2
+    reach = (first[:, None] - half + _positions(width + 2 * half, fine.device)).clamp(0, n - 1)
+    narrow = correlate_rows(torch.gather(fine, 1, reach), k)
+    return pos, narrow - torch.gather(broad, 1, pos.clamp(0, n - 1))
 
 
 def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tensor, idx: torch.Tensor,
