@@ -84,6 +84,20 @@ def test_a_changed_byte_in_the_statistics_is_refused(tiny_with_ood, tmp_path):
         load_engine(str(copy))
 
 
+def test_statistics_of_the_wrong_shape_are_refused_at_load(tiny_with_ood, tmp_path):
+    import json
+
+    from mnedge_live.artifact import CARD_NAME, write_card
+
+    copy = shutil.copytree(tiny_with_ood, tmp_path / "odd")
+    np.savez(copy / "ood.npz", mean=np.zeros(5, np.float32), whitening=np.eye(4, dtype=np.float32))
+    card = json.loads((copy / CARD_NAME).read_text())
+    card.pop("files")
+    write_card(copy, card)                    # signed: only the content is wrong
+    with pytest.raises(ArtifactError, match="does not match"):
+        load_engine(str(copy))
+
+
 def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
     engine = load_engine(str(tiny_artifact), backend="onnxruntime")
     assert engine.ood is None

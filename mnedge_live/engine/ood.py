@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mnedge_live.artifact import Artifact
+from mnedge_live.artifact import Artifact, ArtifactError
 
 #: File of an artifact holding the statistics (numpy ``.npz``, read without pickle).
 OOD_FILE = "ood.npz"
@@ -52,16 +52,23 @@ class OodScore:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact) -> OodScore | None:
-        """The artifact's statistics (``card["ood"]`` and :data:`OOD_FILE`), or None if it has none."""
+        """The artifact's statistics (``card["ood"]`` and :data:`OOD_FILE`), or None if it has none.
+
+        Raises :class:`~mnedge_live.artifact.ArtifactError` when they are unusable.
+        """
         info = artifact.card.get("ood")
         if not info:
             return None
-        with np.load(artifact.file(info.get("file", OOD_FILE)), allow_pickle=False) as z:
-            mean, whitening = np.asarray(z["mean"], np.float32), np.asarray(z["whitening"], np.float32)
-        if whitening.shape != (mean.size, mean.size):
-            raise ValueError(f"{OOD_FILE}: whitening {whitening.shape} does not match mean {mean.shape}")
-        return cls(mean=mean, whitening=whitening, threshold=float(info["threshold"]),
-                   quantile=float(info["quantile"]))
+        try:
+            with np.load(artifact.file(info.get("file", OOD_FILE)), allow_pickle=False) as z:
+                mean, whitening = np.asarray(z["mean"], np.float32), np.asarray(z["whitening"], np.float32)
+            threshold, quantile = float(info["threshold"]), float(info["quantile"])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise ArtifactError(f"{artifact.path}: unusable out-of-distribution statistics: {exc!r}") from exc
+        if mean.ndim != 1 or whitening.shape != (mean.size, mean.size):
+            raise ArtifactError(f"{artifact.path}: {OOD_FILE} whitening {whitening.shape} does not match "
+                                f"mean {mean.shape}")
+        return cls(mean=mean, whitening=whitening, threshold=threshold, quantile=quantile)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """Scores ``(B,)`` of trunk features ``(B, D)`` (float64).
