@@ -55,6 +55,13 @@ UNCERTAIN_VALENCE_STD = 0.25
 BATCH_ROWS = {"cpu": 1024, "cuda": 4096}
 
 
+def _float_rows(y: np.ndarray) -> np.ndarray:
+    """Rows for :meth:`Engine._answer_shared`: float32 stays float32 (detector data, spectrum images: the
+    model reads float32, and half the memory traffic is most of the cost of the whole-matrix passes),
+    anything else becomes float64."""
+    return y if y.dtype == np.float32 else y.astype(np.float64, copy=False)
+
+
 def _same_shape_numeric(y, energy: np.ndarray) -> bool:
     """``y`` is a numeric ndarray shaped like ``energy`` (else the per-spectrum path words the problem)."""
     return isinstance(y, np.ndarray) and y.shape == energy.shape and y.dtype.kind in "fiu"
@@ -116,7 +123,7 @@ class Engine:
                 for i in idx:
                     (shaped if _same_shape_numeric(spectra[i][1], energy) else single).append(i)
                 if shaped:
-                    block = np.asarray([spectra[i][1] for i in shaped], np.float64)
+                    block = _float_rows(np.asarray([spectra[i][1] for i in shaped]))
                     self._answer_shared(energy, block, shaped, results, single)
             self._answer_single(spectra, sorted(single), results)
         return self._count(results)
@@ -146,7 +153,7 @@ class Engine:
         results: list[SpectrumResult | None] = [None] * len(y)
         single: list[int] = []
         with torch.inference_mode():
-            self._answer_shared(energy, np.asarray(y, np.float64), list(range(len(y))), results, single)
+            self._answer_shared(energy, _float_rows(y), list(range(len(y))), results, single)
             if single:
                 self._answer_single({i: (energy, y[i]) for i in single}, single, results)
         return self._count(results)
