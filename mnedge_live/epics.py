@@ -1,7 +1,8 @@
 """EPICS output of the latest readout, the ophyd device that reads it, and a feedback plan.
 
 PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3``,
-``FRAC_MN4``, ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED`` and
+``FRAC_MN4``, ``OOD_SCORE`` (how unlike the model's training spectra the last one
+was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED`` and
 ``READOUTS`` (increments with every readout, so a plan can wait for a new one).
 
 Served by a caproto soft IOC started in a thread (:class:`SoftIOC`), or written
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 #: Float PVs and the derived-row field each shows.
 FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "frac_mn2",
-             "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4"}
+             "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score"}
 #: Counter PVs and the total each shows.
 COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts"}
 
@@ -52,6 +53,7 @@ def make_pvgroup(prefix: str):
         FRAC_MN2 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         FRAC_MN3 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         FRAC_MN4 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        OOD_SCORE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=1)
         STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
         PROCESSED = pvproperty(value=0, dtype=int, read_only=True)
         REJECTED = pvproperty(value=0, dtype=int, read_only=True)
@@ -130,16 +132,33 @@ class SoftIOC:
 class PyepicsWriter:
     """Writes the readout to PVs of an existing IOC with pyepics (``caput``, no wait)."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, connect_timeout: float = 2.0):
         import epics
 
         self.prefix = prefix
         self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, "STATUS", *COUNT_PVS]}
+        self._warned: set[str] = set()
+        for pv in self.pvs.values():  # connections run in parallel: the first wait covers the others
+            pv.wait_for_connection(timeout=connect_timeout)
 
     def update(self, row: dict, totals: dict) -> None:
-        """Write the latest readout and the counters."""
+        """Write the latest readout and the counters.
+
+        A PV the IOC does not serve (an older database without ``OOD_SCORE``,
+        say) or refuses to write is skipped with one warning: pyepics would
+        otherwise wait for its connection on every readout and stall the live
+        path, or raise into it.
+        """
         for name, v in _values(row, totals).items():
-            self.pvs[name].put(v, wait=False)
+            pv = self.pvs[name]
+            try:
+                if not pv.connected:
+                    raise ConnectionError("not connected; its values are not written until it is")
+                pv.put(v, wait=False)
+            except Exception as exc:  # a missing or read-only PV must not stop the live readout
+                if name not in self._warned:
+                    self._warned.add(name)
+                    log.warning("PV %s: %s", pv.pvname, exc)
 
     def stop(self) -> None:
         """Disconnect."""
@@ -155,6 +174,7 @@ class MnEdgeReadout(Device):
     frac_mn2 = Cpt(EpicsSignalRO, "FRAC_MN2")
     frac_mn3 = Cpt(EpicsSignalRO, "FRAC_MN3")
     frac_mn4 = Cpt(EpicsSignalRO, "FRAC_MN4")
+    ood_score = Cpt(EpicsSignalRO, "OOD_SCORE")
     status = Cpt(EpicsSignalRO, "STATUS", string=True)
     processed = Cpt(EpicsSignalRO, "PROCESSED", kind="config")
     rejected = Cpt(EpicsSignalRO, "REJECTED", kind="config")

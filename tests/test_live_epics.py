@@ -41,6 +41,8 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
     RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=2))
     assert readout.readouts.get() >= 2 and readout.processed.get() == 72 == cb.totals["processed"]
     assert readout.missed.get() == 0 and readout.rejected.get() == 0
+    ood = cb.engine.ood    # the shipped model's statistics: a finite score below its threshold
+    assert ood is None or 0.0 < readout.ood_score.get() < ood.threshold
     before = readout.readouts.get()
     RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=-1.0, max_scans=3))
     status = readout.status.get()
@@ -50,3 +52,53 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
     else:
         assert math.isnan(readout.valence.get())  # rejected readouts never end the series
         assert readout.readouts.get() == before + 3
+
+
+
+@pytest.fixture()
+def site_ioc():
+    """A caproto IOC with writable PVs of the readout's names: a beamline's existing IOC for pyepics mode."""
+    from caproto import ChannelType
+    from caproto.server import PVGroup, pvproperty
+
+    from mnedge_live.epics import COUNT_PVS, FLOAT_PVS, SoftIOC
+
+    attrs = {n: pvproperty(value=0.0, dtype=float) for n in FLOAT_PVS}
+    attrs.update({n: pvproperty(value=0, dtype=int) for n in COUNT_PVS})
+    attrs["STATUS"] = pvproperty(value="", dtype=ChannelType.STRING)
+    prefix = f"SITE{CA_PORT}:"
+    server = SoftIOC(prefix)
+    server.group = type("SiteIOC", (PVGroup,), attrs)(prefix=prefix)
+    yield server.start()
+    server.stop()
+
+
+def test_pyepics_writer_writes_every_pv_and_skips_missing_ones(site_ioc, ioc, caplog):
+    """``epics_mode = "pyepics"``: the readout written to an existing IOC's PVs."""
+    import time
+
+    import epics
+
+    from mnedge_live.epics import FLOAT_PVS, PyepicsWriter
+
+    writer = PyepicsWriter(site_ioc.prefix)
+    row = {"valence": 3.25, "valence_std": 0.1, "frac_mn2": 0.1, "frac_mn3": 0.55, "frac_mn4": 0.35,
+           "ood_score": 12.5, "status": "ok", "reason": ""}
+    writer.update(row, {"processed": 7, "rejected": 1, "missed": 0, "readouts": 3})
+    deadline = time.monotonic() + 10
+    while epics.caget(site_ioc.prefix + "READOUTS", timeout=2) != 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pv, key in FLOAT_PVS.items():
+        assert epics.caget(site_ioc.prefix + pv, timeout=2) == pytest.approx(row[key]), pv
+    assert epics.caget(site_ioc.prefix + "PROCESSED", timeout=2) == 7
+    writer.stop()
+    # PVs that do not exist, or refuse writes (the read-only soft IOC): skipped, one warning each, no raise
+    with caplog.at_level("WARNING", logger="mnedge_live.epics"):
+        for prefix in ("NOIOC:", ioc.prefix):
+            w = PyepicsWriter(prefix, connect_timeout=0.5)
+            w.update(row, {"processed": 1})
+            w.update(row, {"processed": 2})
+            w.stop()
+    warned = [r.getMessage() for r in caplog.records if r.name == "mnedge_live.epics"]
+    assert len(warned) == 2 * len(w.pvs), warned
+    assert any("not connected" in m for m in warned) and any("denied" in m for m in warned)
