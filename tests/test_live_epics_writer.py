@@ -1,0 +1,18 @@
+"""EPICS pyepics mode: PVs the site's IOC does not serve are skipped with one warning each, nothing raises."""
+
+from __future__ import annotations
+
+ROW = {"valence": 3.25, "valence_std": 0.1, "frac_mn2": 0.1, "frac_mn3": 0.55, "frac_mn4": 0.35,
+       "ood_score": 12.5, "status": "ok", "reason": ""}
+
+
+def test_pyepics_writer_skips_pvs_that_do_not_connect(caplog):
+    from mnedge_live.epics import PyepicsWriter
+
+    with caplog.at_level("WARNING", logger="mnedge_live.epics"):
+        w = PyepicsWriter("NOIOC:", connect_timeout=0.2)
+        w.update(ROW, {"processed": 1})
+        w.update(ROW, {"processed": 2})
+        w.stop()
+    warned = [r.getMessage() for r in caplog.records if r.name == "mnedge_live.epics"]
+    assert len(warned) == len(w.pvs) and all("not connected" in m for m in warned), warned
