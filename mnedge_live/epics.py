@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import threading
+import time
 
 from ophyd import Component as Cpt
 from ophyd import Device, EpicsSignalRO
@@ -138,8 +139,11 @@ class PyepicsWriter:
         self.prefix = prefix
         self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, "STATUS", *COUNT_PVS]}
         self._warned: set[str] = set()
-        for pv in self.pvs.values():  # connections run in parallel: the first wait covers the others
-            pv.wait_for_connection(timeout=connect_timeout)
+        # The connections proceed in parallel: one deadline for all, so PVs the IOC lacks
+        # cost connect_timeout once at start-up, not once each.
+        deadline = time.monotonic() + connect_timeout
+        for pv in self.pvs.values():
+            pv.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.01))
 
     def update(self, row: dict, totals: dict) -> None:
         """Write the latest readout and the counters.

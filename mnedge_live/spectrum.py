@@ -710,7 +710,7 @@ def _l2_band_pass_window(fine: torch.Tensor, broad: torch.Tensor, l3_pos: torch.
     to rounding: gathering with clamped indices is the replicate padding of
     :func:`smooth`.
     """
-    b, n = fine.shape
+    n = fine.shape[1]
     lo_ev, hi_ev = L3_CENTROID_EV[0], max(L2_SEARCH_EV[1], L2_CENTROID_EV[1])
     width = int(math.ceil((hi_ev - lo_ev) / step)) + 4
     first = torch.floor(l3_pos + lo_ev / step).long() - 1
