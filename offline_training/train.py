@@ -32,6 +32,9 @@ from offline_training.references.bank import Bank
 log = logging.getLogger(__name__)
 
 
+FRACTION_LOSSES = ("mse", "l1")
+
+
 @dataclass
 class TrainSettings:
     """Optimization settings (the ``[train]`` table)."""
@@ -49,6 +52,11 @@ class TrainSettings:
     calibration_spectra: int = 8192
     #: start from this artifact's weights ("default": the model in use; "": random initialization)
     init_from: str = ""
+    #: error measure of the fractions and the valence: "mse" (squared error, the paper's; the readout
+    #: tends to the posterior mean) or "l1" (absolute error, the evaluation's own measure of
+    #: fraction and valence MAE; the readout tends to the posterior median, which stays at 0
+    #: for a valence the spectrum most likely lacks instead of shrinking toward the simplex centre)
+    fraction_loss: str = "mse"
     #: loss weights
     w_fractions: float = 1.0
     w_valence: float = 0.5
@@ -90,6 +98,9 @@ class TrainConfig:
             raise ValueError("[train] steps must be >= 1 and batch_size >= 2")
         if not (tr.lr > 0 and math.isfinite(tr.lr)):
             raise ValueError(f"[train] lr must be positive, got {tr.lr}")
+        if tr.fraction_loss not in FRACTION_LOSSES:
+            raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
+                             f"got {tr.fraction_loss!r}")
         return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
                    train=tr, bank=d.get("bank"))
 
@@ -128,7 +139,8 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
                  s: TrainSettings) -> tuple[torch.Tensor, dict]:
     """Total loss and its parts.
 
-    Fractions: squared error (the paper's MSE) plus the valence error.
+    Fractions: squared error (the paper's MSE) or absolute error
+    (``fraction_loss``), plus the same error of the valence.
     Uncertainty: Gaussian negative log-likelihood of the (detached) errors,
     so the std head learns the error scale without pulling the means.
     Side outputs: Huber losses (t/lambda only for EELS rows) and a BCE for
@@ -138,8 +150,9 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     f_true = tb.fractions
     val_pred = frac @ torch.tensor([2.0, 3.0, 4.0])
     val_true = tb.targets["valence"]
-    l_frac = F.mse_loss(frac, f_true)
-    l_val = F.mse_loss(val_pred, val_true)
+    error = F.l1_loss if s.fraction_loss == "l1" else F.mse_loss
+    l_frac = error(frac, f_true)
+    l_val = error(val_pred, val_true)
     err = torch.cat([frac - f_true, (val_pred - val_true)[:, None]], dim=1).detach()
     l_nll = (0.5 * (err / log_std.exp()) ** 2 + log_std).mean()
     eels = tb.targets["is_eels"]
@@ -149,7 +162,7 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     l_mod = F.binary_cross_entropy_with_logits(side[:, 3], eels)
     total = (s.w_fractions * l_frac + s.w_valence * l_val + s.w_nll * l_nll
              + s.w_side * (l_off + l_res + l_tl + l_mod))
-    parts = {"loss": total.item(), "frac_mse": l_frac.item(), "valence_mse": l_val.item(), "nll": l_nll.item(),
+    parts = {"loss": total.item(), "frac_loss": l_frac.item(), "valence_loss": l_val.item(), "nll": l_nll.item(),
              "offset": l_off.item(), "resolution": l_res.item(), "t_lambda": l_tl.item(), "modality": l_mod.item(),
              "frac_mae": (frac - f_true).abs().mean().item(), "valence_mae": (val_pred - val_true).abs().mean().item()}
     return total, parts

@@ -43,6 +43,26 @@ def test_training_lowers_the_loss(tmp_path, forward_model):
     assert rows[0].startswith("step,") and len(rows) == 1 + 60 // cfg.train.log_every
 
 
+def test_fraction_loss_is_the_squared_or_the_absolute_error():
+    """``fraction_loss`` picks the error measure of the fractions and the valence, nothing else."""
+    from types import SimpleNamespace
+
+    from offline_training.train import TrainSettings
+
+    truth = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    pred = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.3, 0.7]])
+    targets = {"valence": truth @ torch.tensor([2.0, 3.0, 4.0]), "is_eels": torch.tensor([0.0, 1.0]),
+               "offset_residual_eV": torch.zeros(2), "resolution_eV": torch.zeros(2), "t_lambda": torch.zeros(2)}
+    tb = SimpleNamespace(fractions=truth, targets=targets)
+    out = (pred, torch.zeros(2, 4), torch.zeros(2, 4))
+    # errors: fractions (-0.2, 0.2, 0) and (0, -0.2, 0.2); valences +0.2 and +0.2
+    _, mse = compute_loss(out, tb, TrainSettings(fraction_loss="mse"))
+    _, l1 = compute_loss(out, tb, TrainSettings(fraction_loss="l1"))
+    assert mse["frac_loss"] == pytest.approx(4 * 0.04 / 6) and mse["valence_loss"] == pytest.approx(0.04)
+    assert l1["frac_loss"] == pytest.approx(4 * 0.2 / 6) and l1["valence_loss"] == pytest.approx(0.2)
+    assert l1["frac_mae"] == mse["frac_mae"] and l1["offset"] == mse["offset"]
+
+
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     cfg = _tiny(steps=20, checkpoint_every=10, calibration_spectra=64)
     a = train(cfg, tmp_path / "a", progress=False)
@@ -93,6 +113,9 @@ def test_bad_config_is_refused_by_name(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[train]\nstepz = 3\n")
     with pytest.raises(ValueError, match="stepz"):
+        TrainConfig.from_toml(p)
+    p.write_text('[train]\nfraction_loss = "huber"\n')
+    with pytest.raises(ValueError, match="fraction_loss"):
         TrainConfig.from_toml(p)
     p.write_text("[forward]\noffset = [5.0, -5.0]\n")
     with pytest.raises(ValueError, match="offset"):
