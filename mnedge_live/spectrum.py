@@ -72,6 +72,16 @@ L3_PLAUSIBLE_EV = (618.0, 665.0)
 #: above. Wider acquisitions (a 2048-channel core-loss window with the O K and La M
 #: edges) are cropped to it; the model grid and the training axes lie well inside.
 ANALYSIS_WINDOW_EV = (L3_PLAUSIBLE_EV[0] - 30.0, L3_PLAUSIBLE_EV[1] + 60.0)
+#: How far (eV) the measured window must reach below and above the detected L3 maximum: the
+#: L3 line itself, and above it the trough and the start of L2. The forward model's crops keep
+#: at least 2.5 eV below and 9 eV above the true L3 (``ForwardConfig.crop_below``/``crop_above``),
+#: so a shorter window is one the network never saw; 0.5 eV of margin for the detected maximum.
+L3_COVER_EV = (2.0, 8.5)
+#: Least height of the L2 line over the L3 line's (:attr:`Prepared.l2_height`) for a measured
+#: L2 region to count as a Mn L2,3 doublet: 0.1 % of synthetic training spectra (PSNR 5-60 dB,
+#: every broadening and saturation) lie below 0.046, measured spectra at 0.17-0.57, a single line
+#: or a bare edge step at 0.00-0.01 (benchmarks/RESULTS.md).
+MIN_L2_HEIGHT = 0.02
 #: Doublet score over its noise response below which no edge is detectable.
 MIN_EDGE_SNR = 6.0
 #: Window (eV above L3) searched for the L2 maximum.
@@ -106,10 +116,13 @@ class Prepared:
         Height of the L3 feature in the high-passed spectrum over its noise.
     l2_spacing_ev : torch.Tensor
         Detected L2-L3 distance (NaN where L2 is not measured).
+    l2_height : torch.Tensor
+        Height of the L2 line over the L3 line's, both in the band-pass that
+        finds L2 (NaN where L2 is not measured).
     l2_covered, pre_edge_covered : torch.Tensor
         Booleans: the measured window reaches the L2 region / the pre-edge window.
     l3_covered : torch.Tensor
-        Boolean: at least 2 eV on either side of L3 was measured.
+        Boolean: the window reaches :data:`L3_COVER_EV` below and above L3.
     psnr_db : torch.Tensor
         Estimated PSNR (L3 height over the high-frequency noise), dB.
     """
@@ -119,6 +132,7 @@ class Prepared:
     shift_ev: torch.Tensor
     edge_snr: torch.Tensor
     l2_spacing_ev: torch.Tensor
+    l2_height: torch.Tensor
     l2_covered: torch.Tensor
     pre_edge_covered: torch.Tensor
     l3_covered: torch.Tensor
@@ -610,6 +624,8 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
         maximum, or the L3 maximum plus the distance between the L2 and L3
         line centroids (:func:`_line_centroid_spacing`), whichever is nearer
         Mn's spin-orbit splitting
+    l2_height : the L2 line's maximum in the L2 band-pass over the L3 line's
+        (NaN where L2 is not measured): about 0 where there is no L2 line
     noise : robust estimate of the point-to-point noise sigma ``(B,)``
     """
     b, n = held.shape
@@ -695,7 +711,12 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l2_at = torch.where(nearer, by_centroid, by_max)
     has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last
     l2_pos = l2_at.masked_fill(~has_l2, torch.nan)
-    return l3_pos, edge_snr, l2_pos, noise
+    # How strong the line taken for L2 is against L3 in the same band-pass (L3: its maximum within
+    # +-0.5 eV of the L3 position): a single line, or an edge step without lines, has none.
+    l3_val = torch.where(rel.abs() <= 0.5, bp, -torch.inf).amax(dim=1)
+    l2_val = torch.where(outside, out_val, in_val)
+    l2_height = torch.where(has_l2, l2_val / l3_val.clamp(min=1e-30), torch.nan)
+    return l3_pos, edge_snr, l2_pos, l2_height, noise
 
 
 def _l2_band_pass_window(fine: torch.Tensor, broad: torch.Tensor, l3_pos: torch.Tensor,
@@ -887,7 +908,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     start = start.to(values.device, torch.float64)
     held, first, last = edge_hold(values, valid)
     window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
-    l3_pos, edge_snr, l2_pos, noise = locate_l3(held, valid, first, last, step, noise,
+    l3_pos, edge_snr, l2_pos, l2_height, noise = locate_l3(held, valid, first, last, step, noise,
                                                 window=tuple(w.floor() for w in window))
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
@@ -906,12 +927,13 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     scale = peak.clamp(min=1e-12)
     x = torch.stack([spec / scale[:, None], held_mask.to(torch.float32)], dim=1)
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
-    l3_cov = (l3_pos - first >= 2.0 / step) & (last - l3_pos >= 2.0 / step)
+    l3_cov = (l3_pos - first >= L3_COVER_EV[0] / step) & (last - l3_pos >= L3_COVER_EV[1] / step)
     l2_cov = ~torch.isnan(l2_pos)
     l2_spacing = (l2_pos - l3_pos) * step
     psnr = 20 * torch.log10(scale / (noise + 1e-12))
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
-                    l2_spacing_ev=l2_spacing, l2_covered=l2_cov, pre_edge_covered=pre_cov,
+                    l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
+                    pre_edge_covered=pre_cov,
                     l3_covered=l3_cov, psnr_db=psnr)
 
 

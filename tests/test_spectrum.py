@@ -119,6 +119,16 @@ def test_partial_window_is_edge_held_and_marked():
     assert held[MODEL_GRID > 647].all() and not held[np.abs(MODEL_GRID - L3_REFERENCE_EV) < 2].any()
 
 
+@pytest.mark.parametrize("l2_amplitude", [0.0, 0.25, 0.5])
+def test_l2_height_measures_the_l2_line_against_l3(l2_amplitude):
+    """The band-pass height ratio follows the lines' amplitude ratio (within 0.6-1.3x) and is about 0 with no L2 line."""
+    e = np.arange(620.0, 680.0, 0.1)
+    y = np.exp(-0.5 * ((e - 640.0) / 0.6) ** 2) + l2_amplitude * np.exp(-0.5 * ((e - 651.0) / 0.8) ** 2)
+    p = preprocess(*pack([(e, y)]))
+    h = float(p.l2_height[0])
+    assert 0.6 * l2_amplitude - 0.01 <= h <= 1.3 * l2_amplitude + 0.01
+
+
 def test_batches_answer_rows_independently():
     e1 = np.arange(620.0, 680.0, 0.1)
     e2 = np.arange(630.0, 670.0, 0.3)[::-1]

@@ -23,8 +23,10 @@ from mnedge_live.engine.ood import OodScore
 from mnedge_live.results import SpectrumResult
 from mnedge_live.spectrum import (
     ANALYSIS_WINDOW_EV,
+    L3_COVER_EV,
     L3_PLAUSIBLE_EV,
     MIN_EDGE_SNR,
+    MIN_L2_HEIGHT,
     MN_SPIN_ORBIT_RANGE_EV,
     WORK_STEP_EV,
     Prepared,
@@ -376,6 +378,7 @@ class _RowChecks:
     shift_ev: np.ndarray
     edge_snr: np.ndarray
     l2_spacing_ev: np.ndarray
+    l2_height: np.ndarray
     l2_covered: np.ndarray
     pre_edge_covered: np.ndarray
     l3_covered: np.ndarray
@@ -397,8 +400,9 @@ class _RowChecks:
             no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
             not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
             bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
+            no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
             unlike = self.ood_score > self.ood.threshold if self.ood is not None else np.zeros(len(self.l3_ev), bool)
-        return no_edge | not_l3 | ~self.l3_covered | bad_spacing | unlike
+        return no_edge | not_l3 | ~self.l3_covered | bad_spacing | no_l2_line | unlike
 
     def reason(self, j: int) -> str:
         """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
@@ -410,13 +414,18 @@ class _RowChecks:
             return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
                     f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
         if not self.l3_covered[j]:
-            return f"the measured window does not cover 2 eV on both sides of the L3 maximum at {l3:.1f} eV"
+            return (f"the measured window does not reach {L3_COVER_EV[0]:g} eV below and {L3_COVER_EV[1]:g} eV above "
+                    f"the L3 maximum at {l3:.1f} eV (the L3 line and the start of L2 must be measured)")
         if self.l2_covered[j]:
             d = float(self.l2_spacing_ev[j])
             lo, hi = MN_SPIN_ORBIT_RANGE_EV
             if not (lo <= d <= hi):
                 return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
                         "(Mn 2p spin-orbit splitting is about 11 eV)")
+            h = float(self.l2_height[j])
+            if not h >= MIN_L2_HEIGHT:
+                return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
+                        f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
         if self.ood is not None and self.ood_score[j] > self.ood.threshold:
             return (f"unlike the Mn L2,3 spectra the model was trained on: out-of-distribution score "
                     f"{self.ood_score[j]:.1f} above {self.ood.threshold:.1f} (the {100 * self.ood.quantile:g}th "
@@ -424,7 +433,7 @@ class _RowChecks:
         return ""
 
 
-_FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "psnr_db"}
+_FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db"}
 
 
 #: Identifier of the preprocessing in :mod:`mnedge_live.spectrum`; artifacts record it.
