@@ -62,6 +62,10 @@ class TrainSettings:
     w_valence: float = 0.5
     w_nll: float = 0.02
     w_side: float = 0.02
+    #: weight of a smooth surrogate of 1 - accuracy_0.1: the mean of
+    #: ``sigmoid((max |fraction error| - 0.1) / box_softness)`` (0: off)
+    w_box: float = 0.0
+    box_softness: float = 0.02
 
 
 @dataclass
@@ -144,7 +148,8 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     Uncertainty: Gaussian negative log-likelihood of the (detached) errors,
     so the std head learns the error scale without pulling the means.
     Side outputs: Huber losses (t/lambda only for EELS rows) and a BCE for
-    the modality.
+    the modality. Optionally (``w_box``) a smooth surrogate of the share of
+    spectra outside accuracy_0.1's box.
     """
     frac, log_std, side = model_out
     f_true = tb.fractions
@@ -160,9 +165,11 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     l_res = F.huber_loss(side[:, 1], tb.targets["resolution_eV"], delta=0.5)
     l_tl = (F.huber_loss(side[:, 2], tb.targets["t_lambda"], delta=0.5, reduction="none") * eels).sum() / eels.sum().clamp(min=1)
     l_mod = F.binary_cross_entropy_with_logits(side[:, 3], eels)
+    l_box = torch.sigmoid(((frac - f_true).abs().amax(dim=1) - 0.1) / s.box_softness).mean()
     total = (s.w_fractions * l_frac + s.w_valence * l_val + s.w_nll * l_nll
-             + s.w_side * (l_off + l_res + l_tl + l_mod))
+             + s.w_side * (l_off + l_res + l_tl + l_mod) + s.w_box * l_box)
     parts = {"loss": total.item(), "frac_loss": l_frac.item(), "valence_loss": l_val.item(), "nll": l_nll.item(),
+             "box": l_box.item(),
              "offset": l_off.item(), "resolution": l_res.item(), "t_lambda": l_tl.item(), "modality": l_mod.item(),
              "frac_mae": (frac - f_true).abs().mean().item(), "valence_mae": (val_pred - val_true).abs().mean().item()}
     return total, parts

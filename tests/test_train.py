@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -61,6 +62,11 @@ def test_fraction_loss_is_the_squared_or_the_absolute_error():
     assert mse["frac_loss"] == pytest.approx(4 * 0.04 / 6) and mse["valence_loss"] == pytest.approx(0.04)
     assert l1["frac_loss"] == pytest.approx(4 * 0.2 / 6) and l1["valence_loss"] == pytest.approx(0.2)
     assert l1["frac_mae"] == mse["frac_mae"] and l1["offset"] == mse["offset"]
+    # the accuracy surrogate: sigmoid((max |error| - 0.1) / softness), largest errors 0.2 and 0.2 here
+    total_off, _ = compute_loss(out, tb, TrainSettings(fraction_loss="l1"))
+    total_on, box = compute_loss(out, tb, TrainSettings(fraction_loss="l1", w_box=0.5, box_softness=0.05))
+    assert box["box"] == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert total_on.item() - total_off.item() == pytest.approx(0.5 * box["box"], rel=1e-5)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
