@@ -102,6 +102,8 @@ class TrainConfig:
             raise ValueError("[train] steps must be >= 1 and batch_size >= 2")
         if not (tr.lr > 0 and math.isfinite(tr.lr)):
             raise ValueError(f"[train] lr must be positive, got {tr.lr}")
+        if not (tr.w_box >= 0 and tr.box_softness > 0):
+            raise ValueError(f"[train] w_box must be >= 0 and box_softness > 0, got {tr.w_box}, {tr.box_softness}")
         if tr.fraction_loss not in FRACTION_LOSSES:
             raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
                              f"got {tr.fraction_loss!r}")

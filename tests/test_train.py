@@ -123,6 +123,9 @@ def test_bad_config_is_refused_by_name(tmp_path):
     p.write_text('[train]\nfraction_loss = "huber"\n')
     with pytest.raises(ValueError, match="fraction_loss"):
         TrainConfig.from_toml(p)
+    p.write_text("[train]\nw_box = 0.1\nbox_softness = 0.0\n")
+    with pytest.raises(ValueError, match="box_softness"):
+        TrainConfig.from_toml(p)
     p.write_text("[forward]\noffset = [5.0, -5.0]\n")
     with pytest.raises(ValueError, match="offset"):
         TrainConfig.from_toml(p)
