@@ -107,8 +107,8 @@ def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
 
 @pytest.mark.parametrize("name, intensity, rule", [
     pytest.param("two Gaussians 11 eV apart", _gauss(640, 1.0) + _gauss(651, 1.0), "out-of-distribution score",
-                 marks=pytest.mark.xfail(strict=True, reason="mnedge-default-v6 scores it 41-42, under its "
-                                                             "threshold 46.0 (v5: 44.5-46.7 against 44.6)")),
+                 marks=pytest.mark.xfail(strict=True, reason="mnedge-default-v7 scores it 41-43, under its "
+                                                             "threshold 50.7 (v6: 41-42 against 46.0; v5: 44.5-46.7 against 44.6)")),
     ("a sawtooth", E % 5, "out-of-distribution score"),
     ("one Gaussian", _gauss(640, 1.5), "no L2 line"),   # refused by the L2 rule before the score
     ("an edge step", 0.5 + np.arctan((E - 640) / 0.5) / np.pi, "no L2 line"),
