@@ -321,3 +321,26 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(model, files):
     r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
     assert r.returncode == 141, (r.returncode, r.stderr)  # 128 + SIGPIPE, as Unix tools end
+
+
+def test_binning_a_noisy_spectrum_image_lifts_its_pixels_above_the_low_psnr_flag(capsys, model, tmp_path):
+    import h5py
+
+    # 8 x 8 pixels at about 7 dB PSNR each; 4 x 4 binning averages 16 pixels: about +12 dB.
+    img = np.stack([mn_like(noise=0.45, seed=100 + k) for k in range(64)]).reshape(8, 8, E.size).astype(np.float32)
+    path = write_image(tmp_path / "noisy.hspy", img)
+    rc, raw = predict_json(capsys, "--model", model, path)
+    assert len(raw) == 64 and "bin" not in raw[0]
+    low = [r for r in raw if r["status"] != "ok" or "low_psnr" in r["flags"]]
+    assert len(low) >= 48, [r["flags"] or r["reason"] for r in raw]
+    rc, binned = predict_json(capsys, "--model", model, "--bin", "4", "--plot", tmp_path / "maps", path)
+    assert rc == 0
+    assert [r["pixel"] for r in binned] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert [r["index"] for r in binned] == [0, 1, 2, 3] and {r["bin"] for r in binned} == {4}
+    assert all(r["status"] == "ok" and "low_psnr" not in r["flags"] for r in binned), binned
+    with h5py.File(tmp_path / "maps" / "noisy_0_maps.h5") as f:
+        assert f["valence"].shape == (2, 2) and f.attrs["bin"] == 4 and list(f.attrs["source_shape"]) == [8, 8]
+    assert main(["predict", "--no-progress", "--model", model, "--bin", "4", str(path)]) == 0
+    assert "map 2x2 (signal 0, binned 4x4 from 8x8): 4 of 4 spectra read out" in capsys.readouterr().out
+    assert main(["predict", "--no-progress", "--model", model, "--bin", "0", str(path)]) == 2
+    assert "--bin must be at least 1" in capsys.readouterr().err

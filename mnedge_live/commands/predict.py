@@ -9,7 +9,8 @@ rejection row and the other files are still processed.
 
 JSON rows: ``file``; ``index`` (the spectrum's position in its file, the
 row-major pixel index within a spectrum image, null for a file that could not
-be read); ``pixel`` ``[row, col]`` for spectrum-image pixels only; then the
+be read); ``pixel`` ``[row, col]`` for spectrum-image pixels only (of the
+binned image with ``--bin``, which adds ``bin``, the block side); then the
 readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  The table
 shows one line per spectrum and one summary line per spectrum image.
 
@@ -53,6 +54,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="dask.distributed scheduler for spectrum images (default: a local in-process cluster)")
     p.add_argument("--chunk-spectra", type=int, default=4096, metavar="N",
                    help="spectra per Dask chunk of a spectrum image (default 4096)")
+    p.add_argument("--bin", type=int, default=1, metavar="K",
+                   help="average K x K pixels of each spectrum image into one spectrum before the readout "
+                        "(about 20 log10(K) dB more PSNR, K times coarser maps; default 1: no binning)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar for spectrum images")
     p.set_defaults(run=run)
@@ -67,12 +71,15 @@ class Row:
     index: int | None
     result: SpectrumResult
     pixel: tuple[int, int] | None = None
+    bin: int = 1
 
     def to_dict(self) -> dict:
-        """The ``--json`` object: ``file``, ``index`` (``pixel`` for images), then the readout."""
+        """The ``--json`` object: ``file``, ``index`` (``pixel``, and ``bin`` when binned, for images), then the readout."""
         d: dict[str, Any] = {"file": self.file, "index": self.index}
         if self.pixel is not None:
             d["pixel"] = [int(self.pixel[0]), int(self.pixel[1])]
+            if self.bin > 1:
+                d["bin"] = int(self.bin)
         d.update(self.result.to_dict())
         return d
 
@@ -87,12 +94,17 @@ class ImageSummary:
     counts: dict[str, int]
     mean_valence: float
     outputs: list[str] = field(default_factory=list)
+    bin: int = 1
+    source_shape: tuple[int, int] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
     """Read the files, read out every spectrum, print the results; returns the exit status."""
     if args.chunk_spectra < 1:
         print("mnedge predict: --chunk-spectra must be at least 1", file=sys.stderr)
+        return 2
+    if args.bin < 1:
+        print("mnedge predict: --bin must be at least 1", file=sys.stderr)
         return 2
     plot_dir = Path(args.plot_dir) if args.plot_dir else None
     if plot_dir is not None:
@@ -191,14 +203,18 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
                    args: argparse.Namespace) -> tuple[list[Row], ImageSummary]:
     import numpy as np
 
+    from mnedge_live.image_binning import bin_pixels
     from mnedge_live.spectrum_image import run_image
 
+    source_shape = image.shape
+    image = bin_pixels(image, args.bin)
     readout = run_image(image, client, spec, progress=args.progress, chunk_spectra=args.chunk_spectra,
                         model=model, keep_results=args.json)
-    rows = [Row(image.file, i, res, readout.pixel(i)) for i, res in enumerate(readout.results)]
+    rows = [Row(image.file, i, res, readout.pixel(i), args.bin) for i, res in enumerate(readout.results)]
     val = readout.maps.layers["valence"]
     mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
-    summary = ImageSummary(image.file, image.index, image.shape, readout.counts, mean)
+    summary = ImageSummary(image.file, image.index, image.shape, readout.counts, mean, bin=args.bin,
+                           source_shape=source_shape)
     if plots is not None:
         from mnedge_live.plots import write_image_maps
 
@@ -206,7 +222,8 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
         try:
             summary.outputs.extend(write_image_maps(plots.directory, name, readout.maps,
                                                     attrs={"source_file": str(image.file), "model": model,
-                                                           "signal_index": image.index}))
+                                                           "signal_index": image.index, "bin": args.bin,
+                                                           "source_shape": list(source_shape)}))
         except Exception as exc:
             log.warning("maps of %s failed: %s", image.file, exc)
     return rows, summary
@@ -272,7 +289,9 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
     for s in summaries:
         c = s.counts
         mean = "-" if s.mean_valence != s.mean_valence else f"{s.mean_valence:.2f}"
-        lines.append(f"{_short(s.file, 32):<32} map {s.shape[0]}x{s.shape[1]} (signal {s.index}): "
+        binned = (f", binned {s.bin}x{s.bin} from {s.source_shape[0]}x{s.source_shape[1]}"
+                  if s.bin > 1 and s.source_shape else "")
+        lines.append(f"{_short(s.file, 32):<32} map {s.shape[0]}x{s.shape[1]} (signal {s.index}{binned}): "
                      f"{c.get('ok', 0)} of {c.get('spectra', 0)} spectra read out, "
                      f"{c.get('rejected', 0)} rejected, mean valence {mean}")
         for o in s.outputs:

@@ -1,0 +1,70 @@
+"""Spatial binning of spectrum images: trade map resolution for signal-to-noise ratio.
+
+Low-dose EELS spectrum images often hold pixels too noisy for a valence
+readout (the engine flags them ``low_psnr`` or rejects them as no Mn edge).
+Averaging ``k x k`` neighbouring pixels into one spectrum raises the PSNR by
+about ``20 log10(k)`` dB (``k`` = 4: +12 dB) at ``k`` times coarser maps, the
+usual first step of spectrum-image analysis (HyperSpy's ``rebin``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mnedge_live.readers import SpectrumImage
+
+
+def bin_pixels(image: SpectrumImage, factor: int) -> SpectrumImage:
+    """Average ``factor x factor`` blocks of pixels into one spectrum each, lazily.
+
+    Parameters
+    ----------
+    image : SpectrumImage
+        The spectrum image; its data may be a Dask or a NumPy array.
+    factor : int
+        Pixels per block side (>= 1).  Along an axis shorter than ``factor``
+        (a line scan's single row) the block spans the whole axis.
+
+    Returns
+    -------
+    SpectrumImage
+        The binned image, float32, ``ceil(rows / factor) x ceil(cols / factor)``
+        pixels on the same energy axis; ``factor`` 1 returns ``image`` itself.
+        Blocks at the right and bottom edges that the image does not fill
+        average the pixels they hold, so every pixel counts in exactly one
+        binned spectrum and none is dropped.  A non-finite value in any pixel
+        makes its block's channel non-finite, which the engine then rejects
+        with its reason, rather than hiding a bad pixel in a silent average.
+
+    Raises
+    ------
+    ValueError
+        ``factor`` below 1.
+    """
+    import dask.array as da
+
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"bin factor must be a whole number >= 1, got {factor!r}")
+    factor = int(factor)
+    if factor == 1:
+        return image
+    rows, cols = image.shape
+    fr, fc = min(factor, rows), min(factor, cols)
+    out_rows, out_cols = math.ceil(rows / fr), math.ceil(cols / fc)
+    data: Any = image.data if isinstance(image.data, da.Array) else da.from_array(np.asarray(image.data))
+    x = data.astype(np.float64)
+    pad = ((0, out_rows * fr - rows), (0, out_cols * fc - cols), (0, 0))
+    if pad[0][1] or pad[1][1]:
+        x = da.pad(x, pad, mode="constant", constant_values=0.0)
+    # Chunks of whole blocks, near the stored chunks (reading a stored chunk for two tasks costs a
+    # second decompression).
+    stored_r, stored_c = x.chunks[0][0], x.chunks[1][0]
+    x = x.rechunk((fr * max(1, round(stored_r / fr)), fc * max(1, round(stored_c / fc)), -1))
+    summed = da.coarsen(np.sum, x, {0: fr, 1: fc})
+    counts = np.outer(np.minimum(fr, rows - fr * np.arange(out_rows)),
+                      np.minimum(fc, cols - fc * np.arange(out_cols))).astype(np.float64)
+    mean = (summed / counts[:, :, None]).astype(np.float32)
+    return SpectrumImage(image.file, image.index, image.energy, mean)
