@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from mnedge_live.assembly import MAP_LAYERS, ValenceMaps, map_values
 from mnedge_live.readers import SpectrumImage
-from mnedge_live.results import SpectrumResult
+from mnedge_live.results import SpectrumResult, reason_kind
 
 #: Spectra per chunk handed to one worker task (a few engine batches).
 CHUNK_SPECTRA = 4096
@@ -100,12 +101,18 @@ class ImageReadout:
         One per pixel, row-major (empty when not kept).
     maps : ValenceMaps
         Valence, its std and the three fractions per pixel (NaN where rejected).
+    counts : dict
+        ``spectra``, ``ok``, ``rejected`` and ``low_psnr`` (pixels read out
+        with the ``low_psnr`` flag).
+    reasons : dict
+        Rejected pixels per kind of reason (:func:`~mnedge_live.results.reason_kind`).
     """
 
     shape: tuple[int, int]
     results: list[SpectrumResult]
     maps: ValenceMaps
     counts: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def pixel(self, flat_index: int) -> tuple[int, int]:
         """``(row, col)`` of a row-major pixel index."""
@@ -122,6 +129,9 @@ class MapMerger:
         self.results: list[SpectrumResult | None] = [None] * (self.shape[0] * self.shape[1]) if keep_results else []
         self.merged = 0
         self.n_ok = 0
+        self.n_low_psnr = 0
+        self.answered = np.zeros(self.shape, bool)
+        self.reasons: Counter[str] = Counter()
 
     def merge(self, origin: tuple[int, int], block_shape: tuple[int, int], results: list[SpectrumResult]) -> None:
         """Place one chunk's results.
@@ -144,8 +154,11 @@ class MapMerger:
             self.maps.layers[name][r0:r0 + nr, c0:c0 + nc] = vals[..., k]
         ok = np.array([r.ok for r in results], bool)
         self.maps.rejected[r0:r0 + nr, c0:c0 + nc] = ~ok.reshape(nr, nc)
+        self.answered[r0:r0 + nr, c0:c0 + nc] = True
         self.merged += len(results)
         self.n_ok += int(ok.sum())
+        self.n_low_psnr += sum(1 for r in results if r.ok and "low_psnr" in r.flags)
+        self.reasons.update(reason_kind(r.reason) for r in results if not r.ok)
         if not self.keep_results:
             return
         width = self.shape[1]
@@ -154,12 +167,17 @@ class MapMerger:
             self.results[(r0 + dr) * width + c0 + dc] = res
 
     def finish(self, model: str = "") -> ImageReadout:
-        """The merged readout; pixels no chunk answered count as rejections."""
+        """The merged readout; pixels no chunk answered count as rejections (in the counts and the map)."""
         missing = SpectrumResult.rejected("internal error: pixel not processed", model=model)
+        self.maps.rejected[~self.answered] = True
         results = [r if r is not None else missing for r in self.results]
         n = self.shape[0] * self.shape[1]
-        return ImageReadout(self.shape, results, self.maps, {"spectra": n, "ok": self.n_ok,
-                                                               "rejected": n - self.n_ok})
+        reasons = Counter(self.reasons)
+        if self.merged < n:
+            reasons[reason_kind(missing.reason)] += n - self.merged
+        return ImageReadout(self.shape, results, self.maps,
+                            {"spectra": n, "ok": self.n_ok, "rejected": n - self.n_ok, "low_psnr": self.n_low_psnr},
+                            dict(reasons.most_common()))
 
 
 def chunk_image(image: SpectrumImage, chunk_spectra: int = CHUNK_SPECTRA):

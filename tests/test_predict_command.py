@@ -270,12 +270,14 @@ def test_chunk_merger_places_every_pixel():
     expected = 10 * np.arange(3)[:, None] + np.arange(5)[None, :]
     np.testing.assert_array_equal(out.maps.layers["valence"], expected)
     assert [r.valence for r in out.results] == expected.ravel().tolist()
-    assert out.counts == {"spectra": 15, "ok": 15, "rejected": 0}
-    lean = MapMerger((1, 2), keep_results=False)
-    lean.merge((0, 0), (1, 2), [SpectrumResult(status="ok", valence=3.0), SpectrumResult.rejected("why")])
-    out = lean.finish()
-    assert out.results == [] and out.counts == {"spectra": 2, "ok": 1, "rejected": 1}
-    assert out.maps.rejected.tolist() == [[False, True]]
+    assert out.counts == {"spectra": 15, "ok": 15, "rejected": 0, "low_psnr": 0} and out.reasons == {}
+    lean = MapMerger((1, 3), keep_results=False)
+    lean.merge((0, 0), (1, 2), [SpectrumResult(status="ok", valence=3.0, flags=("low_psnr",)),
+                                SpectrumResult.rejected("not finite (3 of 560 points)")])
+    out = lean.finish()  # pixel (0, 2) never came back from its chunk
+    assert out.results == [] and out.counts == {"spectra": 3, "ok": 1, "rejected": 2, "low_psnr": 1}
+    assert out.reasons == {"not finite": 1, "internal error: pixel not processed": 1}
+    assert out.maps.rejected.tolist() == [[False, True, True]]
 
 
 @pytest.mark.parametrize("stored, target, expected", [
@@ -341,6 +343,17 @@ def test_binning_a_noisy_spectrum_image_lifts_its_pixels_above_the_low_psnr_flag
     with h5py.File(tmp_path / "maps" / "noisy_0_maps.h5") as f:
         assert f["valence"].shape == (2, 2) and f.attrs["bin"] == 4 and list(f.attrs["source_shape"]) == [8, 8]
     assert main(["predict", "--no-progress", "--model", model, "--bin", "4", str(path)]) == 0
-    assert "map 2x2 (signal 0, binned 4x4 from 8x8): 4 of 4 spectra read out" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "map 2x2 (signal 0, binned 4x4 from 8x8): 4 of 4 spectra read out" in out and "--bin" not in out
+    # Unbinned, the table counts the reasons and points to --bin.
+    main(["predict", "--no-progress", "--model", model, str(path)])
+    out = capsys.readouterr().out
+    n_ok = sum(r["status"] == "ok" for r in raw)
+    assert f"map 8x8 (signal 0): {n_ok} of 64 spectra read out" in out
+    n_no_edge = sum(r["reason"].startswith("no edge detectable above the noise") for r in raw)
+    if n_no_edge:
+        assert f"{n_no_edge} rejected: no edge detectable above the noise" in out
+    n_low_psnr = sum(r["status"] == "ok" and "low_psnr" in r["flags"] for r in raw)
+    assert f"{n_no_edge + n_low_psnr} pixels too noisy" in out and "--bin 2 averages 2x2 pixels" in out
     assert main(["predict", "--no-progress", "--model", model, "--bin", "0", str(path)]) == 2
     assert "--bin must be at least 1" in capsys.readouterr().err

@@ -96,6 +96,7 @@ class ImageSummary:
     outputs: list[str] = field(default_factory=list)
     bin: int = 1
     source_shape: tuple[int, int] | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -214,7 +215,7 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
     val = readout.maps.layers["valence"]
     mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
     summary = ImageSummary(image.file, image.index, image.shape, readout.counts, mean, bin=args.bin,
-                           source_shape=source_shape)
+                           source_shape=source_shape, reasons=readout.reasons)
     if plots is not None:
         from mnedge_live.plots import write_image_maps
 
@@ -272,7 +273,13 @@ def _num(v: float | None, fmt: str) -> str:
 
 
 def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
-    """Human-readable table: one line per single spectrum or unreadable file, one per spectrum image."""
+    """Human-readable table: one line per single spectrum or unreadable file, one per spectrum image.
+
+    Under each image's line: its three commonest rejection reasons, and where a tenth or more of
+    its pixels are too noisy, the ``--bin`` that averages twice as many pixels per side.
+    """
+    from mnedge_live.engine.core import NO_EDGE_REASON
+
     head = (f"{'file':<32} {'index':>5} {'status':<8} {'valence':>13} "
             + " ".join(f"{n:>6}" for n in FRACTION_NAMES) + f" {'dE(eV)':>7} {'res(eV)':>7}  flags / reason")
     lines = [head, "-" * len(head)]
@@ -294,6 +301,14 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
         lines.append(f"{_short(s.file, 32):<32} map {s.shape[0]}x{s.shape[1]} (signal {s.index}{binned}): "
                      f"{c.get('ok', 0)} of {c.get('spectra', 0)} spectra read out, "
                      f"{c.get('rejected', 0)} rejected, mean valence {mean}")
+        for kind, count in list(s.reasons.items())[:3]:
+            lines.append(f"    {count} rejected: {kind}")
+        if len(s.reasons) > 3:
+            lines.append(f"    {sum(list(s.reasons.values())[3:])} rejected for {len(s.reasons) - 3} other reasons")
+        noisy = s.reasons.get(NO_EDGE_REASON, 0) + c.get("low_psnr", 0)
+        if noisy and 10 * noisy >= c.get("spectra", 0):
+            lines.append(f"    {noisy} pixels too noisy (no edge above the noise, or flagged low_psnr): "
+                         f"--bin {2 * s.bin} averages {2 * s.bin}x{2 * s.bin} pixels into one spectrum")
         for o in s.outputs:
             lines.append(f"    wrote {o}")
     return "\n".join(lines) + "\n"

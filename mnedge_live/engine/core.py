@@ -49,6 +49,8 @@ MIN_SPAN_EV = 6.0
 COARSE_AXIS_EV = 0.5
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
+#: Rejection reason (before its numbers) of a spectrum whose edge does not rise above the noise.
+NO_EDGE_REASON = "no edge detectable above the noise"
 #: Calibrated valence std above which a readout is flagged as uncertain.
 UNCERTAIN_VALENCE_STD = 0.25
 #: Rows preprocessed and run at once, by backend device. On 2 CPU cores the
@@ -409,7 +411,7 @@ class _RowChecks:
         l3 = float(self.l3_ev[j])
         snr = float(self.edge_snr[j])
         if not math.isfinite(snr) or snr < MIN_EDGE_SNR:
-            return f"no edge detectable above the noise (edge/noise {snr:.1f} < {MIN_EDGE_SNR})"
+            return f"{NO_EDGE_REASON} (edge/noise {snr:.1f} < {MIN_EDGE_SNR})"
         if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
             return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
                     f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
