@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from _common import emit, machine  # noqa: E402
 
 from mnedge_live.engine import Engine, load_engine  # noqa: E402
-from mnedge_live.spectrum import pack, preprocess  # noqa: E402
+from mnedge_live.preprocessing import pack, preprocess  # noqa: E402
 from offline_training.baselines import MnEdgeNetPublished  # noqa: E402
 from offline_training.evaluate import batch_spectra  # noqa: E402
 from offline_training.forward import ForwardConfig, ForwardModel  # noqa: E402

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import emit, machine  # noqa: E402
 
-from mnedge_live.spectrum import preprocess  # noqa: E402
+from mnedge_live.preprocessing import preprocess  # noqa: E402
 from offline_training.forward import ForwardConfig, ForwardModel  # noqa: E402
 from offline_training.references.bank import Bank  # noqa: E402
 

@@ -8,7 +8,7 @@ For every backend and batch size (default 1, 64, 4096 and 65,536 = one
 ``end_to_end``
     Uniformly sampled raw spectra (0.1 eV rows with their valid mask, from the
     forward model) already on the GPU, through
-    :func:`mnedge_live.spectrum.preprocess` on the GPU and the network.  The
+    :func:`mnedge_live.preprocessing.preprocess` on the GPU and the network.  The
     per-spectrum CPU resampling of arbitrary measured axis (``to_uniform``) and
     the typed results of ``Engine.predict`` are not included.
 
@@ -287,7 +287,7 @@ def bench_backend(run: Fn, device: torch.device, batches: list[int], x_full: tor
                   raw_full: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ref: torch.Tensor, target_s: float,
                   events: bool) -> dict:
     """Network-only and end-to-end throughput of one backend at each batch size."""
-    from mnedge_live.spectrum import preprocess
+    from mnedge_live.preprocessing import preprocess
 
     out: dict[str, Any] = {}
     try:
@@ -362,7 +362,7 @@ def main() -> int:
     result["floor_spectra_per_s"] = {k: round(v, 1) for k, v in floor.items()}
 
     # inputs: raw uniform rows (forward model) and their prepared model input, on the device
-    from mnedge_live.spectrum import preprocess
+    from mnedge_live.preprocessing import preprocess
 
     n_max = batches[-1]
     s0, v0, m0 = raw_spectra(min(RAW_POOL, n_max))
@@ -422,7 +422,7 @@ def main() -> int:
     res["preprocess_only"] = pre
     result["results"] = res
     result["notes"] = ("network: prepared (B,2,256) input on the device; end_to_end: uniform raw rows on the device "
-                       "through mnedge_live.spectrum.preprocess + network (no CPU resampling, no result objects); "
+                       "through mnedge_live.preprocessing.preprocess + network (no CPU resampling, no result objects); "
                        "floor: flops_per_spectrum over the measured dense matmul rate (fp16 for FP16 backends, "
                        "fp32 without TF32 otherwise)")
     result.update(params)

@@ -3,7 +3,7 @@
 It lives in ``mnedge_live`` (not in ``offline_training``) because the PyTorch
 backend of the engine rebuilds it from the artifact's weights at run time.
 
-Input: ``(B, 2, 256)`` from :func:`mnedge_live.spectrum.preprocess`.
+Input: ``(B, 2, 256)`` from :func:`mnedge_live.preprocessing.preprocess`.
 Outputs (named, also in the ONNX graph):
 
 ``fractions`` (B, 3)

@@ -77,11 +77,11 @@ def model_grid_data(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarr
     Returns
     -------
     (grid, values, held) or str
-        :data:`~mnedge_live.spectrum.MODEL_GRID`, the normalized spectrum on it and the mask of
+        :data:`~mnedge_live.preprocessing.MODEL_GRID`, the normalized spectrum on it and the mask of
         points held outside the measured window; or why the spectrum cannot be preprocessed.
     """
     from mnedge_live.engine.core import model_input
-    from mnedge_live.spectrum import MODEL_GRID
+    from mnedge_live.preprocessing import MODEL_GRID
 
     try:
         prep = model_input(energy, intensity)

@@ -62,7 +62,7 @@ class SpectrumSource:
                                   offset=0.0, dispersion_error=0.0, nonlinearity=0.0, psnr_db=psnr_db,
                                   t_lambda=0.3 if eels else 0.0)
         # The forward model works on its own uniform step: resample onto the spectrometer's channels.
-        from mnedge_live.spectrum import WORK_STEP_EV
+        from mnedge_live.preprocessing import WORK_STEP_EV
 
         energy = EELS_OFFSET_EV + EELS_DISPERSION_EV * np.arange(EELS_CHANNELS)
         values = b.values.numpy().astype(np.float64)

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from mnedge_live.engine import Engine
+from mnedge_live.preprocessing import WORK_STEP_EV
 from mnedge_live.results import reason_kind
-from mnedge_live.spectrum import WORK_STEP_EV
 from offline_training.forward import Batch, ForwardConfig, ForwardModel
 
 VALIDATION_LIMITS = {"psnr_db": (10.0, 60.0), "t_lambda": (0.0, 1.0)}
@@ -234,7 +234,7 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     baselines = {}
     if mnedgenet is not None:
         from mnedge_live.network import count_flops
-        from mnedge_live.spectrum import preprocess
+        from mnedge_live.preprocessing import preprocess
 
         with torch.no_grad():
             prep = preprocess(b.start, b.values, b.valid)

@@ -22,7 +22,7 @@ from mnedge_live.network import (
     count_flops,
     count_parameters,
 )
-from mnedge_live.spectrum import L3_REFERENCE_EV, MODEL_GRID, WORK_STEP_EV
+from mnedge_live.preprocessing import L3_REFERENCE_EV, MODEL_GRID, WORK_STEP_EV
 
 ONNX_OPSET = 17
 #: How the exported graph lays out the network (recorded in the card).

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mnedge_live.spectrum import WORK_STEP_EV
+from mnedge_live.preprocessing import WORK_STEP_EV
 from offline_training.references.bank import Bank
 
 #: 3d holes per Mn atom used for the per-atom normalization (10 - n_d with the
@@ -323,7 +323,7 @@ def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.T
     ``e_center + (E - offset - e_center) (1 + dispersion) + nonlin ((E - e_center)/30)^2``,
     i.e. ``offset`` is the reading minus the truth at ``e_center``.  Points
     are measured every ``spacing`` eV and linearly interpolated to the
-    channel axis, as :func:`mnedge_live.spectrum.to_uniform` does live (live,
+    channel axis, as :func:`mnedge_live.preprocessing.to_uniform` does live (live,
     points denser than two per channel are first averaged per channel; the
     noise, added afterwards per channel by :func:`add_noise`, is what that
     averaging leaves).

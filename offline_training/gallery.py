@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnedge_live.spectrum import MODEL_GRID, pack, preprocess
+from mnedge_live.preprocessing import MODEL_GRID, pack, preprocess
 from offline_training.forward import ForwardConfig, ForwardModel
 from offline_training.references.bank import Bank
 

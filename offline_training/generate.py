@@ -1,7 +1,7 @@
 """Training data: on-the-fly batches for the trainer, and HDF5 datasets for ``mnedge-train generate``.
 
 Both go through the forward model and then through the one preprocessing,
-:func:`mnedge_live.spectrum.preprocess`, so the model trains on exactly what
+:func:`mnedge_live.preprocessing.preprocess`, so the model trains on exactly what
 the live engine will feed it.
 """
 
@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from mnedge_live.spectrum import MODEL_GRID, WORK_STEP_EV, Prepared, preprocess
+from mnedge_live.preprocessing import MODEL_GRID, WORK_STEP_EV, Prepared, preprocess
 from offline_training.forward import Batch, ForwardModel
 
 #: Names of the regression targets beside the fractions.

@@ -20,8 +20,7 @@ import torch
 from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.engine.ood import OodScore
-from mnedge_live.results import SpectrumResult
-from mnedge_live.spectrum import (
+from mnedge_live.preprocessing import (
     ANALYSIS_WINDOW_EV,
     L3_COVER_EV,
     L3_PLAUSIBLE_EV,
@@ -36,6 +35,7 @@ from mnedge_live.spectrum import (
     resample_measured,
     resample_shared_axis,
 )
+from mnedge_live.results import SpectrumResult
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class Engine:
     def _check_axis(e: np.ndarray) -> np.ndarray:
         """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason).
 
-        Returns the points inside :data:`~mnedge_live.spectrum.ANALYSIS_WINDOW_EV`
+        Returns the points inside :data:`~mnedge_live.preprocessing.ANALYSIS_WINDOW_EV`
         (boolean mask): only they are read, checked and resampled.
         """
         if e.ndim != 1:
@@ -390,7 +390,7 @@ class _RowChecks:
 
     @classmethod
     def of(cls, prep, ood_score: np.ndarray, ood: OodScore | None) -> _RowChecks:
-        """The diagnostics of a :class:`~mnedge_live.spectrum.Prepared` batch as numpy, with the OOD scores."""
+        """The diagnostics of a :class:`~mnedge_live.preprocessing.Prepared` batch as numpy, with the OOD scores."""
         return cls(**{f.name: getattr(prep, f.name).numpy().astype(np.float64 if f.name in _FLOAT_CHECKS else bool)
                       for f in fields(cls) if f.name not in ("ood_score", "ood")},
                    ood_score=np.asarray(ood_score, np.float64), ood=ood)
@@ -438,7 +438,8 @@ class _RowChecks:
 _FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db"}
 
 
-#: Identifier of the preprocessing in :mod:`mnedge_live.spectrum`; artifacts record it.
+#: Identifier of the preprocessing (:mod:`mnedge_live.preprocessing`; the name predates that package and is kept so
+#: that existing artifacts stay valid); artifacts record it.
 PREPROCESSING_ID = "mnedge_live.spectrum/v2 (doublet alignment, L3 at 641 eV, 256 x 0.125 eV, pre/post-edge chord, L3 max)"
 
 

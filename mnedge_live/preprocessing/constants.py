@@ -1,0 +1,64 @@
+"""Where things lie on the energy axis, and the limits of the edge checks.
+
+Shared by every preprocessing step and by the engine's rejection rules, so a
+window or threshold is defined once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Spacing of the uniform working axis (eV).
+WORK_STEP_EV = 0.1
+
+#: Where the detected L3 maximum is placed on the model grid (eV).
+L3_REFERENCE_EV = 641.0
+
+#: Model input grid (eV): 256 points, 0.125 eV apart, 8 eV below to 24 eV above L3.
+MODEL_GRID = L3_REFERENCE_EV - 8.0 + 0.125 * np.arange(256)
+
+#: Pre-edge window used for the background fit, relative to L3 (eV).
+PRE_EDGE_WINDOW = (-8.0, -2.5)
+
+#: Post-edge window (relative to L3, eV): past the L2 white line, to the end of the model grid.
+POST_EDGE_WINDOW = (18.0, 24.0)
+
+#: Minimum measured width (eV) of a background window for it to count as measured.
+MIN_BACKGROUND_WINDOW_EV = 1.0
+
+#: Expected L3-L2 spin-orbit spacing of Mn (eV) and its accepted range.
+MN_SPIN_ORBIT_EV = 11.0
+MN_SPIN_ORBIT_RANGE_EV = (9.6, 12.4)
+#: Energies (eV) where a Mn L3 edge may appear on an axis off by up to +-20 eV.
+L3_PLAUSIBLE_EV = (618.0, 665.0)
+#: Energies (eV) the engine reads from a measured axis: where a Mn L3 may lie, with the
+#: pre-edge below and L2, the post-edge and a neighbouring element's edge (Fe at +67 eV)
+#: above. Wider acquisitions (a 2048-channel core-loss window with the O K and La M
+#: edges) are cropped to it; the model grid and the training axes lie well inside.
+ANALYSIS_WINDOW_EV = (L3_PLAUSIBLE_EV[0] - 30.0, L3_PLAUSIBLE_EV[1] + 60.0)
+#: How far (eV) the measured window must reach below and above the detected L3 maximum: the
+#: L3 line itself, and above it the trough and the start of L2. The forward model's crops keep
+#: at least 2.5 eV below and 9 eV above the true L3 (``ForwardConfig.crop_below``/``crop_above``),
+#: so a shorter window is one the network never saw; 0.5 eV of margin for the detected maximum.
+L3_COVER_EV = (2.0, 8.5)
+#: Least height of the L2 line over the L3 line's (:attr:`Prepared.l2_height`) for a measured
+#: L2 region to count as a Mn L2,3 doublet: 0.1 % of synthetic training spectra (PSNR 5-60 dB,
+#: every broadening and saturation) lie below 0.046, measured spectra at 0.17-0.57, a single line
+#: or a bare edge step at 0.00-0.01 (benchmarks/RESULTS.md).
+MIN_L2_HEIGHT = 0.02
+#: Doublet score over its noise response below which no edge is detectable.
+MIN_EDGE_SNR = 6.0
+#: Window (eV above L3) searched for the L2 maximum.
+L2_SEARCH_EV = (7.0, 16.0)
+#: Smoothing widths (eV) of the band-pass that finds L2 (the wide one is the L3 high-pass's).
+L2_BAND_EV = (0.8, 3.0)
+#: A maximum outside Mn's spin-orbit range counts as L2 only when it beats the
+#: one inside by this many band-pass noise sigmas.
+L2_OUTSIDE_MARGIN_SIGMA = 4.0
+#: ... and by this share of the inside maximum (plural-scattering replicas of L3).
+L2_OUTSIDE_MARGIN_REL = 0.2
+#: Windows (eV, relative to the L3 maximum) over which the L3 and L2 lines' centroids are taken.
+L3_CENTROID_EV = (-4.0, 5.0)
+L2_CENTROID_EV = (7.0, 14.5)
+#: Band-pass values count towards a line's centroid above this many noise sigmas.
+CENTROID_NOISE_SIGMA = 2.0

@@ -1,0 +1,277 @@
+"""Finding the Mn L3 line and measuring the L2 line of each row (alignment and edge diagnostics)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mnedge_live.preprocessing.constants import (
+    CENTROID_NOISE_SIGMA,
+    L2_BAND_EV,
+    L2_CENTROID_EV,
+    L2_OUTSIDE_MARGIN_REL,
+    L2_OUTSIDE_MARGIN_SIGMA,
+    L2_SEARCH_EV,
+    L3_CENTROID_EV,
+    MIN_EDGE_SNR,
+    MN_SPIN_ORBIT_EV,
+    MN_SPIN_ORBIT_RANGE_EV,
+    WORK_STEP_EV,
+)
+from mnedge_live.preprocessing.filters import (
+    correlate_rows,
+    gauss_kernel,
+    pad_edges,
+    positions,
+    smooth,
+    smooth_many,
+)
+
+
+@functools.lru_cache(maxsize=8)
+def _doublet_template(step: float) -> torch.Tensor:
+    t = torch.arange(-3.0, MN_SPIN_ORBIT_EV + 3.0 + 1e-6, step)
+    g = torch.exp(-0.5 * (t / 0.8) ** 2) + 0.5 * torch.exp(-0.5 * ((t - MN_SPIN_ORBIT_EV) / 1.0) ** 2)
+    g = g - g.mean()
+    return g / g.norm()
+
+
+@functools.lru_cache(maxsize=8)
+def _score_noise_gain(step: float) -> float:
+    """Std of the doublet score for unit white noise (its impulse response's norm)."""
+    tmpl = _doublet_template(step)
+    n = 4 * tmpl.numel() + int(40.0 / step)
+    imp = torch.zeros(1, n, dtype=tmpl.dtype)
+    imp[0, n // 2] = 1.0
+    hp = smooth(imp, 0.3, step) - smooth(imp, 3.0, step)
+    resp = F.conv1d(hp[:, None], tmpl.view(1, 1, -1), padding=tmpl.numel() - 1)
+    return float(resp.norm())
+
+
+@functools.lru_cache(maxsize=8)
+def _bandpass_noise_gain(step: float, narrow: float, wide: float) -> float:
+    """Std of ``smooth(narrow) - smooth(wide)`` for unit white noise (its impulse response's norm)."""
+    n = 2 * int(8 * wide / step) + 1
+    imp = torch.zeros(1, n, dtype=torch.float64)
+    imp[0, n // 2] = 1.0
+    return float((smooth(imp, narrow, step) - smooth(imp, wide, step)).norm())
+
+
+@functools.lru_cache(maxsize=16)
+def _offsets(half: int, device: torch.device) -> torch.Tensor:
+    """``arange(-half, half + 1)`` (int64) on ``device``: the neighbourhood of a point."""
+    return torch.arange(-half, half + 1, device=device)
+
+
+#: Relative energy (eV) given to unmeasured points in the L2 analysis: below every window.
+_NO_ENERGY = -1.0e6
+
+
+def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
+              step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
+              window: tuple[torch.Tensor, torch.Tensor] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
+
+    ``noise`` (B,), when given and finite, replaces the estimate made on the
+    work axis (see :func:`measured_noise`).
+
+    ``window`` (lowest, highest index, each ``(B,)``) is where a Mn L3 may be
+    (:data:`L3_PLAUSIBLE_EV`). Where the strongest doublet lies outside it
+    (another element's L2,3 edge in a wide window: Fe at +67 eV, Co at
+    +138 eV), the strongest one inside is taken instead if it is a line of
+    its own: a doublet detected above the noise (:data:`MIN_EDGE_SNR`), at
+    least 1 eV inside the window (not the flank of an edge beyond it), whose
+    high-passed height exceeds everything else within 16 eV (L3 is the
+    strongest line of its edge: neither the L2 of an L3 below the window nor a
+    side lobe whose "L2" is an L3 above it qualifies). Otherwise the
+    strongest doublet stays, and the engine rejects it as not Mn L3.
+
+    Returns
+    -------
+    l3_pos : fractional index of the L3 maximum ``(B,)``
+    edge_snr : L3 height in the high-passed spectrum over the high-pass noise ``(B,)``
+    l2_pos : fractional index of the L2 line (NaN where not measured): its
+        maximum, or the L3 maximum plus the distance between the L2 and L3
+        line centroids (:func:`_line_centroid_spacing`), whichever is nearer
+        Mn's spin-orbit splitting
+    l2_height : the L2 line's maximum in the L2 band-pass over the L3 line's
+        (NaN where L2 is not measured): about 0 where there is no L2 line
+    noise : robust estimate of the point-to-point noise sigma ``(B,)``
+    """
+    b, n = held.shape
+    fine, broad = smooth_many(held, (0.3, L2_BAND_EV[1]), step)
+    hp = fine - broad
+    tmpl = _doublet_template(step).to(held)
+    m = tmpl.numel()
+    lead = int(round(3.0 / step))
+    # score[i] = correlation of the template with hp when L3 sits at index i.
+    score = correlate_rows(pad_edges(hp, lead, m - lead - 1), tmpl)
+    idx = positions(n, held.device)
+    inside = (idx >= (first + int(1.0 / step))[:, None]) & (idx <= (last - int(1.0 / step))[:, None])
+    score = torch.where(inside, score, -torch.inf)
+    # Noise: the measured-point estimate where given, else the median absolute
+    # second difference of the raw values (valid region).
+    given = noise.to(held.dtype) if noise is not None else None
+    if given is not None and bool(torch.isfinite(given).all()):
+        est = given
+    else:
+        d2 = (held[:, 2:] - 2 * held[:, 1:-1] + held[:, :-2]) / math.sqrt(6.0)
+        d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.nan)
+        est = torch.nanmedian(d2, dim=1).values * 1.4826
+        if given is not None:
+            est = torch.where(torch.isfinite(given), given, est)
+    noise = torch.nan_to_num(est, nan=0.0)
+    score_noise = noise * _score_noise_gain(step) + 1e-12
+    coarse = score.argmax(dim=1)
+    if window is not None:
+        coarse = _mn_window_doublet(score, hp, coarse, idx, window, step, score_noise)
+    # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV
+    # (read from the points of that window only; clamping repeats an end
+    # point, which cannot change the first maximum's index).
+    near = (coarse[:, None] + _offsets(int(round(1.5 / step)), held.device)).clamp(0, n - 1)
+    cand = torch.gather(fine, 1, near)
+    all_valid = bool(valid.all())
+    if not all_valid:
+        cand = cand.masked_fill(~torch.gather(valid, 1, near), -torch.inf)
+    k = torch.gather(near, 1, cand.argmax(dim=1, keepdim=True)).clamp(1, n - 2)
+    ym, y0, yp = torch.gather(fine, 1, k + _offsets(1, held.device)).unbind(1)
+    denom = ym - 2 * y0 + yp
+    frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, 0.0).clamp(-0.5, 0.5)
+    l3_pos = k[:, 0] + frac
+    # Edge detection: the doublet score (a matched filter) over its response to
+    # white noise of the estimated sigma.
+    edge_snr = score.gather(1, coarse[:, None])[:, 0] / score_noise
+    # L2: the white line 7-16 eV above L3 (wider than Mn's range, so that other
+    # edges show their own spacing) when Mn's L2 range is measured.  A broader
+    # band-pass than for L3 (L2 is broader and weaker), and the maximum inside
+    # Mn's range is kept unless one outside it is higher by more than
+    # L2_OUTSIDE_MARGIN_SIGMA noise sigmas: noise and L3 fine structure must not
+    # turn a Mn spectrum into "another element", while the L2 line of Fe, Cr,
+    # ... (nothing at +11 eV) still shows its own spacing.
+    # All of it reads the rows only from L3_CENTROID_EV[0] to L2_SEARCH_EV[1] around L3 (and one point
+    # beyond each end for the local-maximum test): a window of fixed width gathered per row, so the
+    # work does not grow with the measured span. ``pos``: row index of each window point (may lie
+    # outside the row; such points are unmeasured).
+    pos, bp = _l2_band_pass_window(fine, broad, l3_pos, step)
+    bp_noise = noise * _bandpass_noise_gain(step, *L2_BAND_EV)
+    in_row = (pos >= 0) & (pos <= n - 1)
+    measured = in_row if all_valid else in_row & torch.gather(valid, 1, pos.clamp(0, n - 1))
+    # Unmeasured points fall in no window (all windows lie above -5 eV).
+    rel = torch.where(measured, (pos - l3_pos[:, None]) * step, _NO_ENERGY)
+    searched = (rel >= L2_SEARCH_EV[0]) & (rel <= L2_SEARCH_EV[1])
+    mn_range = searched & (rel >= MN_SPIN_ORBIT_RANGE_EV[0]) & (rel <= MN_SPIN_ORBIT_RANGE_EV[1])
+    # Outside Mn's range only local maxima of the band-pass count (a slope at the
+    # end of the search window, e.g. from plural scattering, is no line); a row's
+    # first and last points are no maxima.
+    peak = F.pad((bp[:, 1:-1] >= bp[:, :-2]) & (bp[:, 1:-1] >= bp[:, 2:]), (1, 1), value=False)
+    peak = peak & (pos > 0) & (pos < n - 1)
+    in_val, in_loc = torch.where(mn_range, bp, -torch.inf).max(dim=1)
+    out_val, out_loc = torch.where(searched & ~mn_range & peak, bp, -torch.inf).max(dim=1)
+    margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
+    outside = out_val > in_val + margin
+    l2_loc = torch.where(outside, out_loc, in_loc)
+    # The spacing is measured between the maxima and between the line
+    # centroids; the one nearer Mn's splitting counts.  Maxima are fooled by
+    # mixed valences, centroids by plural-scattering replicas of L3 reaching
+    # into the L2 window; another element's splitting shows in both.
+    by_max = torch.gather(pos, 1, l2_loc[:, None])[:, 0].to(held.dtype)
+    l2_window = (rel >= L2_CENTROID_EV[0]) & (rel <= L2_CENTROID_EV[1])
+    by_centroid = l3_pos + _line_centroid_spacing(bp, bp_noise, rel, l2_window) / step
+    nearer = (by_centroid - l3_pos - MN_SPIN_ORBIT_EV / step).abs() < (by_max - l3_pos - MN_SPIN_ORBIT_EV / step).abs()
+    l2_at = torch.where(nearer, by_centroid, by_max)
+    has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last
+    l2_pos = l2_at.masked_fill(~has_l2, torch.nan)
+    # How strong the line taken for L2 is against L3 in the same band-pass (L3: its maximum within
+    # +-0.5 eV of the L3 position): a single line, or an edge step without lines, has none.
+    l3_val = torch.where(rel.abs() <= 0.5, bp, -torch.inf).amax(dim=1)
+    l2_val = torch.where(outside, out_val, in_val)
+    l2_height = torch.where(has_l2, l2_val / l3_val.clamp(min=1e-30), torch.nan)
+    return l3_pos, edge_snr, l2_pos, l2_height, noise
+
+
+def _l2_band_pass_window(fine: torch.Tensor, broad: torch.Tensor, l3_pos: torch.Tensor,
+                         step: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L2 band-pass (``smooth(fine, ...) - broad``, the narrow width of :data:`L2_BAND_EV`) on a window per row.
+
+    The window runs from ``L3_CENTROID_EV[0]`` to ``L2_SEARCH_EV[1]`` around
+    each row's L3 position ``l3_pos``, one point more at each end.  Returns
+    the row index of every window point ``(B, W)`` (it may lie outside the
+    row: such values are meaningless and callers mask them) and the
+    band-pass there, equal to the whole-row band-pass at the same indices up
+    to rounding: gathering with clamped indices is the replicate padding of
+    :func:`smooth`.
+    """
+    n = fine.shape[1]
+    lo_ev, hi_ev = L3_CENTROID_EV[0], max(L2_SEARCH_EV[1], L2_CENTROID_EV[1])
+    width = int(math.ceil((hi_ev - lo_ev) / step)) + 4
+    first = torch.floor(l3_pos + lo_ev / step).long() - 1
+    pos = first[:, None] + positions(width, fine.device)
+    k = gauss_kernel(math.sqrt(L2_BAND_EV[0] ** 2 - 0.3**2) / step).to(fine).view(-1)  # Gaussians add in quadrature
+    half = k.numel() // 2
+    reach = (first[:, None] - half + positions(width + 2 * half, fine.device)).clamp(0, n - 1)
+    narrow = correlate_rows(torch.gather(fine, 1, reach), k)
+    return pos, narrow - torch.gather(broad, 1, pos.clamp(0, n - 1))
+
+
+def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tensor, idx: torch.Tensor,
+                       window: tuple[torch.Tensor, torch.Tensor], step: float,
+                       score_noise: torch.Tensor) -> torch.Tensor:
+    """Index of the doublet to align on: ``coarse``, or the strongest line inside ``window`` (see :func:`locate_l3`)."""
+    lo, hi = (w.to(idx.dtype) for w in window)
+    outside = (coarse < lo) | (coarse > hi)
+    if not bool(outside.any()):
+        return coarse
+    # Only the rows aligned outside the window are searched (usually a few of a batch).
+    rows = outside.nonzero()[:, 0]
+    score, hp, lo, hi = score[rows], hp[rows], lo[rows], hi[rows]
+    in_win = (idx >= lo[:, None]) & (idx <= hi[:, None])
+    cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
+    margin = int(round(1.0 / step))
+    interior = (cand >= lo + margin) & (cand <= hi - margin)
+    detected = score.gather(1, cand[:, None])[:, 0] / score_noise[rows] >= MIN_EDGE_SNR  # False where the window is empty
+    rel = ((idx - cand[:, None]) * step).abs()
+    neg = torch.full_like(hp, -torch.inf)
+    height = torch.where(rel <= 1.5, hp, neg).amax(dim=1)
+    around = torch.where((rel > 1.5) & (rel <= L2_SEARCH_EV[1]), hp, neg).amax(dim=1)
+    own_line = interior & detected & (height > around)
+    out = coarse.clone()
+    out[rows] = torch.where(own_line, cand, coarse[rows])
+    return out
+
+
+def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor,
+                           l2_window: torch.Tensor) -> torch.Tensor:
+    """Distance (eV) between the centroids of the L2 and L3 lines; NaN where either shows nothing above the noise.
+
+    Each centroid weighs the band-passed spectrum where it exceeds
+    :data:`CENTROID_NOISE_SIGMA` noise sigmas: L3 within :data:`L3_CENTROID_EV`
+    of the L3 maximum, L2 within ``l2_window``.  Spin-orbit splitting
+    is a distance between line centroids, not maxima: in a Mn2+/Mn4+ mixture
+    the L3 maximum is the Mn2+ line and the L2 maximum the Mn4+ line, whose
+    chemical shift of 2-3.5 eV puts the maxima 13-14 eV apart, where Fe's
+    13.1 eV lies; the centroids of the same mixture stay near 11 eV.
+
+    Parameters
+    ----------
+    bp : torch.Tensor
+        ``(B, N)`` band-passed spectra.
+    bp_noise : torch.Tensor
+        ``(B,)`` noise sigma of ``bp``.
+    rel : torch.Tensor
+        ``(B, N)`` energy relative to the L3 maximum (eV); :data:`_NO_ENERGY` at unmeasured points.
+    l2_window : torch.Tensor
+        ``(B, N)`` the points where the L2 line may lie (:data:`L2_CENTROID_EV`).
+    """
+    w = (bp - CENTROID_NOISE_SIGMA * bp_noise[:, None]).clamp(min=0.0)
+    l3_window = (rel >= L3_CENTROID_EV[0]) & (rel <= L3_CENTROID_EV[1])
+    w3 = torch.where(l3_window, w, 0.0)
+    w2 = torch.where(l2_window, w, 0.0)
+    s3, s2 = w3.sum(1), w2.sum(1)
+    c3 = (w3 * rel).sum(1) / s3.clamp(min=1e-30)
+    c2 = (w2 * rel).sum(1) / s2.clamp(min=1e-30)
+    found = (s3 > 0) & (s2 > 0)
+    return torch.where(found, c2 - c3, torch.full_like(c2, torch.nan))

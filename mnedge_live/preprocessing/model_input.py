@@ -1,0 +1,135 @@
+"""The model input: aligned, background-free, normalized rows on the model grid (:func:`preprocess`)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mnedge_live.preprocessing.background import model_grid_constants, remove_background
+from mnedge_live.preprocessing.constants import (
+    L3_COVER_EV,
+    L3_PLAUSIBLE_EV,
+    L3_REFERENCE_EV,
+    MODEL_GRID,
+    WORK_STEP_EV,
+)
+from mnedge_live.preprocessing.edge_search import locate_l3
+from mnedge_live.preprocessing.filters import correlate_rows, edge_hold, gauss_kernel, interp_rows
+
+
+@dataclass
+class Prepared:
+    """Output of :func:`preprocess` for a batch.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        Model input ``(B, 2, len(MODEL_GRID))``.
+    l3_ev : torch.Tensor
+        Detected L3 maximum on the input's own axis (eV), ``(B,)``.
+    shift_ev : torch.Tensor
+        ``l3_ev - L3_REFERENCE_EV``: the coarse offset estimate, ``(B,)``.
+    edge_snr : torch.Tensor
+        Height of the L3 feature in the high-passed spectrum over its noise.
+    l2_spacing_ev : torch.Tensor
+        Detected L2-L3 distance (NaN where L2 is not measured).
+    l2_height : torch.Tensor
+        Height of the L2 line over the L3 line's, both in the band-pass that
+        finds L2 (NaN where L2 is not measured).
+    l2_covered, pre_edge_covered : torch.Tensor
+        Booleans: the measured window reaches the L2 region / the pre-edge window.
+    l3_covered : torch.Tensor
+        Boolean: the window reaches :data:`L3_COVER_EV` below and above L3.
+    psnr_db : torch.Tensor
+        Estimated PSNR (L3 height over the high-frequency noise), dB.
+    """
+
+    x: torch.Tensor
+    l3_ev: torch.Tensor
+    shift_ev: torch.Tensor
+    edge_snr: torch.Tensor
+    l2_spacing_ev: torch.Tensor
+    l2_height: torch.Tensor
+    l2_covered: torch.Tensor
+    pre_edge_covered: torch.Tensor
+    l3_covered: torch.Tensor
+    psnr_db: torch.Tensor
+
+
+def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
+               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None) -> Prepared:
+    """Turn a batch of uniformly sampled spectra into model input.
+
+    Parameters
+    ----------
+    start : torch.Tensor
+        ``(B,)`` energy of index 0 of each row (eV).
+    values : torch.Tensor
+        ``(B, N)`` intensities on ``start[b] + step * arange(N)``.
+    valid : torch.Tensor, optional
+        ``(B, N)`` bool: the measured (contiguous) window of each row; default all.
+    step : float
+        Axis spacing (eV); :data:`WORK_STEP_EV` for everything in this package.
+    noise : torch.Tensor, optional
+        ``(B,)`` noise sigma from the measured points (:func:`measured_noise`);
+        NaN or None: estimated on the work axis.  Only the diagnostics
+        (edge SNR, L2 search, PSNR) use it, never the model input.
+        Intensities may be in any unit: each row is scaled to a largest
+        magnitude of 1 before anything else.
+
+    Returns
+    -------
+    Prepared
+        Model input and the alignment diagnostics.
+    """
+    if valid is None:
+        valid = torch.ones_like(values, dtype=torch.bool)
+    # Rows in any unit (counts, or a drain current of 1e-12 A) are brought to
+    # a largest magnitude of 1 first, in their own precision: the absolute
+    # floors below (1e-12) must never be mistaken for the data's scale.
+    magnitude = torch.where(valid, values.abs(), 0.0).amax(dim=1)
+    magnitude = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
+    values = (values / magnitude[:, None]).to(torch.float32)
+    if noise is not None:
+        noise = noise.to(magnitude.device) / magnitude
+    b, n = values.shape
+    start = start.to(values.device, torch.float64)
+    held, first, last = edge_hold(values, valid)
+    window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
+    l3_pos, edge_snr, l2_pos, l2_height, noise = locate_l3(held, valid, first, last, step, noise,
+                                                window=tuple(w.floor() for w in window))
+    l3_ev = start + l3_pos.to(torch.float64) * step
+    shift = l3_ev - L3_REFERENCE_EV
+    # Model-grid energy g sits at index l3_pos + (g - L3_REFERENCE_EV) / step of the input row.
+    c = model_grid_constants(values.device)
+    pos = l3_pos[:, None] + c["rel_points"] * (WORK_STEP_EV / step)
+    held_mask = (pos < first[:, None] - 1e-6) | (pos > last[:, None] + 1e-6)
+    spec, pre_cov = remove_background(interp_rows(held, pos), held_mask)
+    # Normalize by the 0.3 eV-smoothed maximum within +-2 eV of L3 (smoothed
+    # only there: the window lies far enough inside the grid that edge
+    # padding never reaches it).
+    k = gauss_kernel(0.3 / float(MODEL_GRID[1] - MODEL_GRID[0])).to(spec).view(-1)
+    lo, hi = _l3_peak_window()
+    half = k.numel() // 2
+    peak = correlate_rows(spec[:, lo - half: hi + half], k).amax(dim=1)
+    scale = peak.clamp(min=1e-12)
+    x = torch.stack([spec / scale[:, None], held_mask.to(torch.float32)], dim=1)
+    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
+    l3_cov = (l3_pos - first >= L3_COVER_EV[0] / step) & (last - l3_pos >= L3_COVER_EV[1] / step)
+    l2_cov = ~torch.isnan(l2_pos)
+    l2_spacing = (l2_pos - l3_pos) * step
+    psnr = 20 * torch.log10(scale / (noise + 1e-12))
+    return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
+                    l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
+                    pre_edge_covered=pre_cov,
+                    l3_covered=l3_cov, psnr_db=psnr)
+
+
+@functools.lru_cache(maxsize=1)
+def _l3_peak_window() -> tuple[int, int]:
+    """Model-grid index range ``[lo, hi)`` within +-2 eV of L3, where the normalization peak is taken."""
+    inside = np.flatnonzero(np.abs(MODEL_GRID - L3_REFERENCE_EV) <= 2.0)
+    return int(inside[0]), int(inside[-1]) + 1

@@ -1,0 +1,84 @@
+"""Single-point spikes (cosmic rays, detector glitches): found on the measured points and repaired."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: A measured point is a spike (cosmic ray, detector glitch, digitizing slip) when it
+#: stands above (or below) both neighbours by more than this many noise sigmas ...
+SPIKE_NOISE_SIGMA = 10.0
+#: ... and by more than this share of the spectrum's range ...
+SPIKE_MIN_SHARE = 0.05
+#: ... while the steps just beyond its neighbours are below this share of its own
+#: (a line's flanks keep falling; a single bad point stands alone).
+SPIKE_ISOLATION = 0.25
+#: Largest gap (eV) to either neighbour at which a point can be called a spike: the
+#: narrowest Mn L3 lines (about 0.4 eV FWHM) span three points or more up to here, on
+#: coarser axes a true line can be a single point.
+SPIKE_MAX_GAP_EV = 0.2
+
+
+def find_spikes(e: np.ndarray, y: np.ndarray, noise) -> np.ndarray:
+    """Single-point spikes of measured spectra (see :data:`SPIKE_NOISE_SIGMA` and the following).
+
+    Parameters
+    ----------
+    e : numpy.ndarray
+        ``(N,)`` distinct ascending energies.
+    y : numpy.ndarray
+        ``(N,)`` or ``(B, N)`` intensities on ``e``.
+    noise : float or numpy.ndarray
+        Noise sigma per row on the measured points (:func:`measured_noise`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean, shaped like ``y``: the spikes.
+    """
+    y2 = np.atleast_2d(y)
+    out = np.zeros(y2.shape, bool)
+    if y2.shape[1] < 5:
+        return out.reshape(y.shape)
+    # With d the steps between points, point i stands out when the steps into and
+    # out of it (d[i-1], d[i]) have opposite signs and are both large, while the
+    # steps beyond (d[i-2], d[i+1]) are small.  Candidates by size first (rare),
+    # the other tests only there.
+    d = np.diff(y2, axis=1)
+    ad = np.abs(d)
+    floor = np.maximum(SPIKE_NOISE_SIGMA * np.nan_to_num(np.atleast_1d(noise), nan=np.inf),
+                       SPIKE_MIN_SHARE * np.ptp(y2, axis=1))
+    rise = np.minimum(ad[:, 1:-2], ad[:, 2:-1])          # centre i = column + 2
+    rows, cols = np.nonzero(rise > floor[:, None])
+    if rows.size:
+        gap = np.diff(e)
+        r = rise[rows, cols]
+        keep = ((d[rows, cols + 1] * d[rows, cols + 2] < 0)
+                & (np.maximum(ad[rows, cols], ad[rows, cols + 3]) < SPIKE_ISOLATION * r)
+                & (np.maximum(gap[cols + 1], gap[cols + 2]) <= SPIKE_MAX_GAP_EV))
+        out[rows[keep], cols[keep] + 2] = True
+    return out.reshape(y.shape)
+
+
+def remove_spikes(e: np.ndarray, y: np.ndarray, noise) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the spikes of :func:`find_spikes` by the mean of their neighbours.
+
+    The engine does this on the measured points before resampling (a spike on
+    a coarse axis would otherwise be spread over several work points) and
+    flags every readout it touched, so a repair is never silent.
+
+    Returns
+    -------
+    y : numpy.ndarray
+        A copy with the spikes replaced (the input when there are none).
+    count : numpy.ndarray
+        Spikes per row (a 0-d array for a single spectrum).
+    """
+    spikes = find_spikes(e, y, noise)
+    count = spikes.sum(axis=-1)
+    if not spikes.any():
+        return y, count
+    y = np.array(y, dtype=np.result_type(y, np.float32), copy=True)
+    rows, cols = np.nonzero(np.atleast_2d(spikes))
+    y2 = np.atleast_2d(y)
+    y2[rows, cols] = 0.5 * (y2[rows, cols - 1] + y2[rows, cols + 1])
+    return y, count
