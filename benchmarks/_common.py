@@ -35,3 +35,20 @@ def emit(result: dict, as_json: bool) -> None:
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
+
+
+def write_eels_image(path, data, title: str = "bench") -> None:
+    """Write a ``(rows, cols, channels)`` spectrum image on the simulated spectrometer's axis as a HyperSpy file."""
+    from rsciio.hspy import file_writer
+
+    from mnedge_live.sim import EELS_DISPERSION_EV, EELS_OFFSET_EV
+
+    rows, cols, n = data.shape
+    axes = [{"name": "y", "size": rows, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"name": "x", "size": cols, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+            {"name": "Energy loss", "size": n, "offset": EELS_OFFSET_EV, "scale": EELS_DISPERSION_EV,
+             "units": "eV", "navigate": False}]
+    file_writer(str(path), {"data": data, "axes": axes, "original_metadata": {}, "attributes": {"_lazy": False},
+                            "metadata": {"General": {"title": title}, "Signal": {"signal_type": "EELS"}},
+                            "tmp_parameters": {}, "learning_results": {}, "models": {},
+                            "package_info": {"name": "hyperspy", "version": "2.1"}}, show_progressbar=False)

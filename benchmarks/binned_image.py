@@ -22,16 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine, write_eels_image  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
 def write_image(path: Path, size: int, psnr_db: float, seed: int = 3) -> np.ndarray:
     """Write the image; return the true valence per pixel ``(size, size)``."""
-    from rsciio.hspy import file_writer
-
-    from mnedge_live.sim import EELS_DISPERSION_EV, EELS_OFFSET_EV, SpectrumSource, demo_fractions
+    from mnedge_live.sim import SpectrumSource, demo_fractions
 
     source = SpectrumSource(seed=seed)
     rows, truth = [], []
@@ -39,15 +37,7 @@ def write_image(path: Path, size: int, psnr_db: float, seed: int = 3) -> np.ndar
         fr = np.array([demo_fractions(r, c, (size, size)) for c in range(size)])
         truth.append(fr @ np.array([2.0, 3.0, 4.0]))
         rows.append(source.draw(fr, eels=True, psnr_db=psnr_db)[1].astype(np.float32))
-    data = np.stack(rows)
-    axes = [{"name": "y", "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
-            {"name": "x", "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
-            {"name": "Energy loss", "size": data.shape[-1], "offset": EELS_OFFSET_EV, "scale": EELS_DISPERSION_EV,
-             "units": "eV", "navigate": False}]
-    file_writer(str(path), {"data": data, "axes": axes, "original_metadata": {}, "attributes": {"_lazy": False},
-                            "metadata": {"General": {"title": "low dose"}, "Signal": {"signal_type": "EELS"}},
-                            "tmp_parameters": {}, "learning_results": {}, "models": {},
-                            "package_info": {"name": "hyperspy", "version": "2.1"}}, show_progressbar=False)
+    write_eels_image(path, np.stack(rows), title="low dose")
     return np.array(truth)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import emit, machine  # noqa: E402
+from _common import emit, machine, write_eels_image  # noqa: E402
 
 from mnedge_live.results import reason_kind  # noqa: E402
 
@@ -32,24 +32,14 @@ BIN = Path(sys.executable).parent
 
 def write_image(path: Path, size: int) -> None:
     """A ``size x size`` spectrum image on the simulated spectrometer's channels, as a HyperSpy file."""
-    from rsciio.hspy import file_writer
-
-    from mnedge_live.sim import EELS_DISPERSION_EV, EELS_OFFSET_EV, SpectrumSource, demo_fractions
+    from mnedge_live.sim import SpectrumSource, demo_fractions
 
     source = SpectrumSource(seed=1)
     rows = []
     for r in range(size):
         fr = np.array([demo_fractions(r, c, (size, size)) for c in range(size)])
         rows.append(source.draw(fr, eels=True, psnr_db=30.0)[1].astype(np.float32))
-    data = np.stack(rows)
-    axes = [{"name": "y", "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
-            {"name": "x", "size": size, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
-            {"name": "Energy loss", "size": data.shape[-1], "offset": EELS_OFFSET_EV, "scale": EELS_DISPERSION_EV,
-             "units": "eV", "navigate": False}]
-    file_writer(str(path), {"data": data, "axes": axes, "original_metadata": {}, "attributes": {"_lazy": False},
-                            "metadata": {"General": {"title": "bench"}, "Signal": {"signal_type": "EELS"}},
-                            "tmp_parameters": {}, "learning_results": {}, "models": {},
-                            "package_info": {"name": "hyperspy", "version": "2.1"}}, show_progressbar=False)
+    write_eels_image(path, np.stack(rows))
 
 
 def timed(cmd: list[str], keep_stdout: bool = False) -> tuple[float, int, str, str]:
