@@ -1,0 +1,131 @@
+"""The ranges of every forward-model stage, validated on creation (:class:`ForwardConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from offline_training.forward.composition import VALENCES
+
+
+def _check_range(name: str, r: tuple[float, float], lo: float | None = None, hi: float | None = None) -> None:
+    if len(r) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
+        raise ValueError(f"{name}: expected two finite numbers (low, high), got {r!r}")
+    if r[0] > r[1]:
+        raise ValueError(f"{name}: range is inverted ({r[0]} > {r[1]})")
+    if lo is not None and r[0] < lo:
+        raise ValueError(f"{name}: low end {r[0]} is below the allowed {lo}")
+    if hi is not None and r[1] > hi:
+        raise ValueError(f"{name}: high end {r[1]} is above the allowed {hi}")
+
+
+@dataclass
+class ForwardConfig:
+    """Every range of the forward model (eV unless noted); validated on creation.
+
+    The defaults are the physically plausible ranges; training configs widen
+    the offset to +-15 eV.
+    """
+
+    #: shares of pure, binary and ternary compositions
+    composition_shares: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    #: share of EELS (rest XAS)
+    eels_share: float = 0.5
+    #: chemical shift of each valence's L3 around its bank position
+    chemical_shift: tuple[float, float] = (-0.5, 0.5)
+    #: extra intrinsic Gaussian FWHM per valence (solid-state, vibrational)
+    intrinsic_fwhm: dict = field(default_factory=lambda: {2: (0.0, 0.8), 3: (0.2, 1.8), 4: (0.2, 1.8)})
+    #: L3:L2 white-line area ratio (branching ratio) per valence: the L2 part of each
+    #: calculated end member is rescaled to a ratio drawn here.  Multiplet calculations give
+    #: too much L2 (bank medians 2.9 / 2.1 / 1.8), measured white-line ratios of Mn oxides
+    #: are about 3.5-4.2 (Mn2+), 2.3-2.8 (Mn3+), 1.8-2.2 (Mn4+) (Schmid & Mader, Micron 37,
+    #: 426 (2006); Riedl et al., Micron 37, 404 (2006); Tan et al., Ultramicroscopy 116,
+    #: 24 (2012); Varela et al., PRB 79, 085117 (2009)); the ranges below span that
+    #: scatter across labs and continuum-removal methods.
+    branching_ratio: dict = field(default_factory=lambda: {2: (3.3, 4.3), 3: (2.2, 2.9), 4: (1.7, 2.3)})
+    #: instrument Gaussian and Lorentzian FWHM
+    gauss_fwhm: tuple[float, float] = (0.05, 1.5)
+    lorentz_fwhm: tuple[float, float] = (0.0, 0.4)
+    #: EELS t/lambda and plasmon energy / width
+    t_lambda: tuple[float, float] = (0.0, 1.5)
+    plasmon_energy: tuple[float, float] = (15.0, 30.0)
+    plasmon_width: tuple[float, float] = (3.0, 10.0)
+    #: edge-step height (L3 step) relative to the L3 white-line maximum
+    edge_step: tuple[float, float] = (0.0, 0.25)
+    #: XAS saturation strength (0: none)
+    saturation: tuple[float, float] = (0.0, 0.6)
+    #: EELS residual power-law background at L3, relative to the L3 maximum, and exponent r
+    eels_background: tuple[float, float] = (0.0, 3.0)
+    eels_exponent: tuple[float, float] = (2.0, 5.0)
+    #: XAS pre-edge level and slope (per eV), relative to the L3 maximum
+    xas_background: tuple[float, float] = (0.0, 1.0)
+    xas_slope: tuple[float, float] = (-0.02, 0.02)
+    #: energy axis: global offset, dispersion scale error (relative), quadratic nonlinearity at +-30 eV
+    offset: tuple[float, float] = (-6.0, 6.0)
+    dispersion_error: tuple[float, float] = (-0.01, 0.01)
+    nonlinearity: tuple[float, float] = (-0.3, 0.3)
+    #: spacing of the measured points (resampled to the work step)
+    point_spacing: tuple[float, float] = (0.05, 0.4)
+    #: measured window: probability of a crop, and the window's reach below / above L3
+    crop_probability: float = 0.3
+    crop_below: tuple[float, float] = (2.5, 12.0)
+    crop_above: tuple[float, float] = (9.0, 35.0)
+    #: PSNR (dB) and the share of Poisson in the noise variance
+    psnr_db: tuple[float, float] = (5.0, 60.0)
+    poisson_share: tuple[float, float] = (0.0, 1.0)
+    #: channel axis of the output (before the offset): start and number of points
+    axis_start: float = 615.0
+    axis_points: int = 700
+
+    def __post_init__(self) -> None:
+        shares = self.composition_shares
+        if len(shares) != 3 or any((not math.isfinite(s)) or s < 0 for s in shares) or sum(shares) <= 0:
+            raise ValueError(f"composition_shares: need three non-negative shares, got {shares!r}")
+        for name in ("eels_share", "crop_probability"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name}: must be within [0, 1], got {v}")
+        limits = dict(
+            chemical_shift=(-3, 3), gauss_fwhm=(0.0, 5.0), lorentz_fwhm=(0.0, 3.0), t_lambda=(0.0, 4.0),
+            plasmon_energy=(5.0, 60.0), plasmon_width=(0.5, 30.0), edge_step=(0.0, 2.0), saturation=(0.0, 5.0),
+            eels_background=(0.0, 100.0), eels_exponent=(0.0, 8.0), xas_background=(0.0, 100.0),
+            xas_slope=(None, None), offset=(-40.0, 40.0), dispersion_error=(-0.1, 0.1), nonlinearity=(-3.0, 3.0),
+            point_spacing=(0.01, 2.0), crop_below=(0.5, 40.0), crop_above=(2.0, 60.0), psnr_db=(-10.0, 120.0),
+            poisson_share=(0.0, 1.0),
+        )
+        for name, (lo, hi) in limits.items():
+            _check_range(name, tuple(getattr(self, name)), lo, hi)
+        for name in ("intrinsic_fwhm", "branching_ratio"):
+            d = getattr(self, name)
+            d = {int(k): tuple(v) for k, v in d.items()}
+            if set(d) != set(VALENCES):
+                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got {sorted(d)}")
+            for v, r in d.items():
+                _check_range(f"{name}[{v}]", r, 0.0, 10.0)
+            setattr(self, name, d)
+        if self.axis_points < 64:
+            raise ValueError(f"axis_points: need at least 64, got {self.axis_points}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ForwardConfig:
+        """Build from a (TOML) table; unknown keys are refused by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown forward-model option(s): {', '.join(unknown)}")
+        kw = {}
+        for k, v in d.items():
+            if isinstance(v, list):
+                v = tuple(v)
+            if isinstance(v, dict):
+                v = {int(kk): tuple(vv) for kk, vv in v.items()}
+            kw[k] = v
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        """Plain dict (TOML/JSON-safe) of the configuration."""
+        d = dataclasses.asdict(self)
+        for name in ("intrinsic_fwhm", "branching_ratio"):
+            d[name] = {str(k): list(v) for k, v in d[name].items()}
+        return d

@@ -1,0 +1,196 @@
+"""One small pure function per physical stage of the forward model (see :mod:`offline_training.forward`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def instrument_transfer(omega: torch.Tensor, gauss_fwhm: torch.Tensor, lorentz_fwhm: torch.Tensor) -> torch.Tensor:
+    """Fourier transfer function of a Voigt kernel (area 1): Gaussian x Lorentzian."""
+    sigma = gauss_fwhm / (2 * math.sqrt(2 * math.log(2)))
+    gamma = lorentz_fwhm / 2
+    return torch.exp(-0.5 * (sigma[:, None] * omega[None, :]) ** 2 - gamma[:, None] * omega.abs()[None, :])
+
+
+def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.Tensor,
+                    weight: torch.Tensor, l2_scale: torch.Tensor, shift: torch.Tensor, gauss_fwhm: torch.Tensor,
+                    lorentz_fwhm: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of a broadened mixture of end members, one term per valence.
+
+    Row ``b`` is ``sum_v weight[b, v] * (L3 + l2_scale[b, v] * L2)`` of bank
+    member ``member[b, v]``, shifted by ``shift[b, v]`` eV and convolved with a
+    Voigt of Gaussian FWHM ``gauss_fwhm[b, v]`` and Lorentzian FWHM
+    ``lorentz_fwhm[b]`` (:func:`instrument_transfer`): the valence's intrinsic
+    and the instrument's Gaussian widths are added in quadrature beforehand, so
+    that every valence is broadened in one pass.  A valence with weight 0 in a
+    row costs nothing there (pure and binary compositions skip one or two
+    valences).  Real and imaginary parts are carried separately: on a CPU
+    that is cheaper than complex arithmetic.
+
+    Parameters
+    ----------
+    omega : torch.Tensor
+        ``(F,)`` angular frequencies (rad/eV) of the one-sided FFT.
+    bank_fft : torch.Tensor
+        ``(M, 4, F)`` transforms of the bank's L3 and L2 parts as real
+        numbers: L3 real, L3 imaginary, L2 real, L2 imaginary
+        (:attr:`ForwardModel.bank_fft`).
+    member, weight, l2_scale, shift, gauss_fwhm : torch.Tensor
+        ``(B, V)``: bank row, weight, scale of the L2 part, energy shift (eV)
+        and Gaussian FWHM (eV) of each valence's term.
+    lorentz_fwhm : torch.Tensor
+        ``(B,)`` Lorentzian FWHM (eV) of the instrument.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, F)`` complex64 transform of the mixture.
+    """
+    b, f = member.shape[0], omega.numel()
+    re = torch.zeros(b, f, dtype=torch.float32, device=omega.device)
+    im = torch.zeros_like(re)
+    om = omega[None, :]
+    for v in range(member.shape[1]):
+        rows = torch.nonzero(weight[:, v] != 0).squeeze(1)
+        if rows.numel() == 0:
+            continue
+        idx = member[rows, v]
+        amp = weight[rows, v, None] * instrument_transfer(omega, gauss_fwhm[rows, v], lorentz_fwhm[rows])
+        phase = shift[rows, v, None] * om   # a shift by s multiplies by exp(-i s omega)
+        c, s = torch.cos(phase) * amp, torch.sin(phase) * amp
+        l3_re, l3_im, l2_re, l2_im = bank_fft[idx].unbind(1)
+        scale = l2_scale[rows, v, None]
+        ar = l3_re + scale * l2_re
+        ai = l3_im + scale * l2_im
+        re.index_add_(0, rows, ar * c + ai * s)
+        im.index_add_(0, rows, ai * c - ar * s)
+    return torch.complex(re, im)
+
+
+def voigt_fwhm(gauss_fwhm: torch.Tensor, lorentz_fwhm: torch.Tensor) -> torch.Tensor:
+    """FWHM of a Voigt profile (Olivero & Longbothum 1977, 0.02 % accurate)."""
+    return 0.5346 * lorentz_fwhm + torch.sqrt(0.2166 * lorentz_fwhm**2 + gauss_fwhm**2)
+
+
+def drude_plasmon(energy_loss: torch.Tensor, ep: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Drude energy-loss function Im(-1/eps) on ``energy_loss >= 0``, normalized to unit area per row."""
+    e = energy_loss[None, :]
+    f = e * width[:, None] * ep[:, None] ** 2 / ((e**2 - ep[:, None] ** 2) ** 2 + (e * width[:, None]) ** 2)
+    f = torch.where(e >= 0, f, torch.zeros_like(f))
+    return f / f.sum(dim=1, keepdim=True).clamp(min=1e-30)
+
+
+def plural_scattering_transfer(plasmon_fft: torch.Tensor, t_lambda: torch.Tensor) -> torch.Tensor:
+    """Fourier transfer of plural scattering: ``exp(t/lambda * (P(w) - 1))``.
+
+    This is the Poisson sum ``exp(-t/l) sum_n (t/l)^n / n! P^(*n)`` of n-fold
+    plasmon losses convolved with the single-scattering edge; it keeps the
+    total (its value at zero frequency is 1) and its first-order term scales
+    with t/lambda.
+    """
+    # exp of a complex argument as modulus and phase: cheaper than complex exp on a CPU
+    t = t_lambda[:, None]
+    return torch.polar(torch.exp(t * (plasmon_fft.real - 1)), t * plasmon_fft.imag)
+
+
+def edge_steps(energy: torch.Tensor, l3: torch.Tensor, l2: torch.Tensor, height: torch.Tensor,
+               width: torch.Tensor) -> torch.Tensor:
+    """Arctan edge steps (L3:L2 heights 2:1 by core-level degeneracy) into the continuum."""
+    e = energy[None, :]
+    s3 = 0.5 + torch.atan((e - l3[:, None]) / width[:, None]) / math.pi
+    s2 = 0.5 + torch.atan((e - l2[:, None]) / width[:, None]) / math.pi
+    return height[:, None] * (s3 + 0.5 * s2)
+
+
+def saturate(spec: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+    """Saturation / self-absorption of fluorescence or electron yield: ``I / (1 + a I / max I)``."""
+    peak = spec.amax(dim=1, keepdim=True).clamp(min=1e-12)
+    return spec / (1 + strength[:, None] * spec / peak)
+
+
+def add_background(energy: torch.Tensor, spec: torch.Tensor, is_eels: torch.Tensor, eels_level: torch.Tensor,
+                   eels_exp: torch.Tensor, xas_level: torch.Tensor, xas_slope: torch.Tensor,
+                   e_ref: float) -> torch.Tensor:
+    """EELS: residual power law ``A (E/E_ref)^-r``; XAS: sloped line; levels relative to the L3 maximum."""
+    peak = spec.amax(dim=1, keepdim=True)
+    e = energy[None, :]
+    pl = eels_level[:, None] * (e / e_ref) ** (-eels_exp[:, None])
+    line = xas_level[:, None] + xas_slope[:, None] * (e - e_ref)
+    return spec + peak * torch.where(is_eels[:, None], pl, line)
+
+
+def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.Tensor, offset: torch.Tensor,
+                    dispersion: torch.Tensor, nonlin: torch.Tensor, spacing: torch.Tensor,
+                    e_center: float) -> torch.Tensor:
+    """Sample physical spectra as a mis-calibrated instrument reads them.
+
+    A channel that reads energy ``E`` sees the true energy
+    ``e_center + (E - offset - e_center) (1 + dispersion) + nonlin ((E - e_center)/30)^2``,
+    i.e. ``offset`` is the reading minus the truth at ``e_center``.  Points
+    are measured every ``spacing`` eV and linearly interpolated to the
+    channel axis, as :func:`mnedge_live.preprocessing.to_uniform` does live (live,
+    points denser than two per channel are first averaged per channel; the
+    noise, added afterwards per channel by :func:`add_noise`, is what that
+    averaging leaves).
+    """
+    # Readings and true energies relative to e_center, in the spectrum's precision (float32 keeps
+    # 1e-5 eV over the +-100 eV that matter here).
+    de = float(phys_energy[1] - phys_energy[0])
+    origin = (e_center - float(phys_energy[0])) / de   # fractional index of e_center
+    n = spec.shape[1]
+    off, gain = offset.to(spec.dtype)[:, None], (1 + dispersion).to(spec.dtype)[:, None] / de
+    curve = nonlin.to(spec.dtype)[:, None] / (de * 30.0**2)
+
+    def sample(reading: torch.Tensor) -> torch.Tensor:
+        pos = (origin + (reading - off) * gain + curve * reading**2).clamp(0, n - 1)
+        i0 = pos.floor().long().clamp(max=n - 2)
+        return torch.lerp(torch.gather(spec, 1, i0), torch.gather(spec, 1, i0 + 1), pos - i0)
+
+    step = spacing.to(spec.dtype)[:, None]
+    a = (axis - axis[0]).to(spec.dtype)[None, :]          # channel readings from the first channel
+    k = torch.floor(a / step)
+    t = a / step - k
+    lo = k * step + (float(axis[0]) - e_center)            # measured points around each channel
+    return torch.lerp(sample(lo), sample(lo + step), t)
+
+
+#: Expected counts from which a channel's Poisson noise is drawn as a Gaussian of the same mean
+#: and variance (its skewness, ``rate**-0.5``, is 0.1 there); below it, exact Poisson draws.
+POISSON_EXACT_BELOW = 100.0
+
+
+def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
+              poisson_share: torch.Tensor) -> torch.Tensor:
+    """Poisson counts plus Gaussian read noise whose total RMS over the window gives ``psnr_db``.
+
+    A share ``poisson_share`` of the noise variance, averaged over the window,
+    is shot noise: the spectrum is scaled to counts so that the mean Poisson
+    variance is that share.  Channels expecting at least
+    :data:`POISSON_EXACT_BELOW` counts draw it as a Gaussian of variance equal
+    to the counts, merged with the read noise into one draw; the others draw
+    exact Poisson counts (the costly part, so only where the shape matters).
+    """
+    big = torch.finfo(spec.dtype).max
+    hi = torch.where(valid, spec, torch.full_like(spec, -big)).amax(dim=1)
+    lo = torch.where(valid, spec, torch.full_like(spec, big)).amin(dim=1)
+    sigma = (hi - lo) / torch.pow(10.0, psnr_db.to(spec.dtype) / 20)
+    var = sigma**2
+    p = poisson_share.to(spec.dtype)
+    pos = spec.clamp(min=0)
+    nvalid = valid.sum(dim=1).clamp(min=1)
+    mean_pos = (torch.where(valid, pos, torch.zeros_like(pos)).sum(dim=1) / nvalid).clamp(min=1e-12)
+    # counts per unit intensity so that the mean Poisson variance is p * var
+    gain = mean_pos / (p * var).clamp(min=1e-30)
+    use_p = (p > 1e-6)[:, None]
+    rate = torch.where(use_p, pos * gain[:, None], torch.zeros_like(pos)).clamp(max=1e12)
+    exact = use_p & (rate < POISSON_EXACT_BELOW)
+    read_var = ((1 - p) * var)[:, None]
+    shot_var = torch.where(exact, torch.zeros_like(pos), rate / gain[:, None] ** 2)
+    noise = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * torch.sqrt(read_var + shot_var)
+    where = torch.nonzero(exact, as_tuple=True)
+    if where[0].numel():
+        r = rate[where]
+        noise[where] += (torch.poisson(r, generator=gen) - r) / gain[where[0]]
+    return spec + noise
