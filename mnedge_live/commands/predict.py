@@ -278,7 +278,7 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
     Under each image's line: its three commonest rejection reasons, and where a tenth or more of
     its pixels are too noisy, the ``--bin`` that averages twice as many pixels per side.
     """
-    from mnedge_live.engine.core import NO_EDGE_REASON
+    from mnedge_live.engine.checks import NO_EDGE_REASON
 
     head = (f"{'file':<32} {'index':>5} {'status':<8} {'valence':>13} "
             + " ".join(f"{n:>6}" for n in FRACTION_NAMES) + f" {'dE(eV)':>7} {'res(eV)':>7}  flags / reason")

@@ -1,56 +1,43 @@
 """The valence engine: measured spectra in, one typed result per spectrum out.
 
-Per-spectrum checks (each failure is a rejection with its reason, never an
-exception and never a guess), then the shared preprocessing, then the
-backend, then calibration of the uncertainties and quality flags.
+Per-spectrum checks (:mod:`mnedge_live.engine.checks`: each failure is a
+rejection with its reason, never an exception and never a guess), then the
+shared preprocessing, then the backend, then calibration of the
+uncertainties and quality flags.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.engine.backends import Backend, make_backend
+from mnedge_live.engine.checks import MIN_POINTS, RowChecks, check_and_resample, check_axis
 from mnedge_live.engine.ood import OodScore
 from mnedge_live.preprocessing import (
-    ANALYSIS_WINDOW_EV,
-    L3_COVER_EV,
-    L3_PLAUSIBLE_EV,
-    MIN_EDGE_SNR,
-    MIN_L2_HEIGHT,
-    MN_SPIN_ORBIT_RANGE_EV,
     WORK_STEP_EV,
     Prepared,
     Resampled,
     pad_rows,
     preprocess,
-    resample_measured,
     resample_shared_axis,
 )
 from mnedge_live.results import SpectrumResult
 
 log = logging.getLogger(__name__)
 
-#: Fewest measured points accepted.
-MIN_POINTS = 16
-#: Narrowest energy span accepted (eV): L3 with its 2 eV surroundings, at least.
-MIN_SPAN_EV = 6.0
 #: Median point spacing (eV) above which a readout is flagged ``coarse_axis``: training
 #: draws spacings up to 0.4 eV; the measured spectra read the same up to 0.5 eV and drift
 #: by up to 0.2 at 0.75-1 eV (benchmarks/RESULTS.md).
 COARSE_AXIS_EV = 0.5
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
-#: Rejection reason (before its numbers) of a spectrum whose edge does not rise above the noise.
-NO_EDGE_REASON = "no edge detectable above the noise"
 #: Calibrated valence std above which a readout is flagged as uncertain.
 UNCERTAIN_VALENCE_STD = 0.25
 #: Rows preprocessed and run at once, by backend device. On 2 CPU cores the
@@ -169,7 +156,7 @@ class Engine:
         for i in idx:
             try:
                 energy, intensity = spectra[i]
-                rows.append(self._check_and_resample(energy, intensity))
+                rows.append(check_and_resample(energy, intensity))
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
                 continue
@@ -221,7 +208,7 @@ class Engine:
         per-spectrum path words the rejection, so both paths answer the same.
         """
         try:
-            inside = self._check_axis(e)
+            inside = check_axis(e)
             if not inside.all():
                 e, y = e[inside], y[:, inside]
             ascending = bool(np.all(e[1:] > e[:-1]))
@@ -258,65 +245,6 @@ class Engine:
                 results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
                                                      model=self.model_id)
 
-    @staticmethod
-    def _check_axis(e: np.ndarray) -> np.ndarray:
-        """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason).
-
-        Returns the points inside :data:`~mnedge_live.preprocessing.ANALYSIS_WINDOW_EV`
-        (boolean mask): only they are read, checked and resampled.
-        """
-        if e.ndim != 1:
-            raise ValueError(f"expected a 1-D energy axis, got shape {e.shape}")
-        if not np.issubdtype(e.dtype, np.number):
-            raise ValueError(f"non-numeric energy axis (dtype {e.dtype})")
-        if np.iscomplexobj(e):
-            raise ValueError("complex-valued data")
-        if e.size < MIN_POINTS:
-            raise ValueError(f"only {e.size} points; at least {MIN_POINTS} are needed")
-        bad = ~np.isfinite(e)
-        if bad.any():
-            raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
-        lo, hi = float(e.min()), float(e.max())
-        if hi * 1e3 >= L3_PLAUSIBLE_EV[0] and lo * 1e3 <= L3_PLAUSIBLE_EV[1] and hi < 1.0:
-            raise ValueError(f"axis {lo:.4f}-{hi:.4f} looks like keV; the engine reads eV "
-                             "(multiply the energies by 1000)")
-        if hi - lo >= MIN_SPAN_EV and (hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]):
-            raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
-                             f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
-        inside = (e >= ANALYSIS_WINDOW_EV[0]) & (e <= ANALYSIS_WINDOW_EV[1])
-        region = f"{ANALYSIS_WINDOW_EV[0]:.0f}-{ANALYSIS_WINDOW_EV[1]:.0f} eV"
-        n_in = int(inside.sum())
-        if n_in < MIN_POINTS:
-            raise ValueError(f"only {n_in} points in the Mn L2,3 region {region}; at least {MIN_POINTS} are needed")
-        span = float(e[inside].max() - e[inside].min())
-        if span < MIN_SPAN_EV:
-            where = "" if inside.all() else f" within the Mn L2,3 region {region}"
-            raise ValueError(f"energy axis spans only {span:.2f} eV{where}; at least {MIN_SPAN_EV} eV are needed")
-        return inside
-
-    @classmethod
-    def _check_and_resample(cls, energy, intensity) -> Resampled:
-        """Check one spectrum and bring it onto the work axis (ValueError with the reason if it cannot be read)."""
-        e = np.asarray(energy)
-        y = np.asarray(intensity)
-        if e.ndim != 1 or y.ndim != 1:
-            raise ValueError(f"expected 1-D energy and intensity, got shapes {e.shape} and {y.shape}")
-        if e.shape != y.shape:
-            raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
-        inside = cls._check_axis(e)
-        if not np.issubdtype(y.dtype, np.number):
-            raise ValueError(f"non-numeric intensity (dtype {y.dtype})")
-        if np.iscomplexobj(y):
-            raise ValueError("complex-valued data")
-        if not inside.all():
-            e, y = e[inside], y[inside]
-        bad = ~np.isfinite(y)
-        if bad.any():
-            raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
-        if float(np.ptp(y)) == 0.0:
-            raise ValueError("intensity is constant: no edge")
-        return resample_measured(e, y, WORK_STEP_EV)
-
     def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray,
                   noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray) -> list[SpectrumResult]:
         """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
@@ -330,7 +258,7 @@ class Engine:
         frac, log_std, side, features = self.backend.run(prep.x.numpy())
         ood = (self.ood(features) if self.ood is not None and features is not None
                else np.full(len(frac), np.nan))
-        checks = _RowChecks.of(prep, ood, self.ood)
+        checks = RowChecks.of(prep, ood, self.ood)
         std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
         f = np.clip(frac.astype(np.float64), 0.0, 1.0)
         f = f / f.sum(axis=1, keepdims=True)
@@ -365,77 +293,11 @@ def model_input(energy, intensity) -> Prepared:
     rejection reason where the engine would reject the spectrum before the
     preprocessing.
     """
-    r = Engine._check_and_resample(energy, intensity)
+    r = check_and_resample(energy, intensity)
     with torch.inference_mode():
         return preprocess(torch.tensor([r.start], dtype=torch.float64),
                           torch.from_numpy(r.values[None].astype(np.float32)),
                           noise=torch.tensor([r.noise], dtype=torch.float64))
-
-
-@dataclass
-class _RowChecks:
-    """The preprocessing diagnostics of a batch as numpy arrays, and the rejection rules applied to them."""
-
-    l3_ev: np.ndarray
-    shift_ev: np.ndarray
-    edge_snr: np.ndarray
-    l2_spacing_ev: np.ndarray
-    l2_height: np.ndarray
-    l2_covered: np.ndarray
-    pre_edge_covered: np.ndarray
-    l3_covered: np.ndarray
-    psnr_db: np.ndarray
-    ood_score: np.ndarray
-    ood: OodScore | None
-
-    @classmethod
-    def of(cls, prep, ood_score: np.ndarray, ood: OodScore | None) -> _RowChecks:
-        """The diagnostics of a :class:`~mnedge_live.preprocessing.Prepared` batch as numpy, with the OOD scores."""
-        return cls(**{f.name: getattr(prep, f.name).numpy().astype(np.float64 if f.name in _FLOAT_CHECKS else bool)
-                      for f in fields(cls) if f.name not in ("ood_score", "ood")},
-                   ood_score=np.asarray(ood_score, np.float64), ood=ood)
-
-    def rejected(self) -> np.ndarray:
-        """Boolean per row: one of the rules of :meth:`reason` refuses it."""
-        lo, hi = MN_SPIN_ORBIT_RANGE_EV
-        with np.errstate(invalid="ignore"):
-            no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
-            not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
-            bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
-            no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
-            unlike = self.ood_score > self.ood.threshold if self.ood is not None else np.zeros(len(self.l3_ev), bool)
-        return no_edge | not_l3 | ~self.l3_covered | bad_spacing | no_l2_line | unlike
-
-    def reason(self, j: int) -> str:
-        """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
-        l3 = float(self.l3_ev[j])
-        snr = float(self.edge_snr[j])
-        if not math.isfinite(snr) or snr < MIN_EDGE_SNR:
-            return f"{NO_EDGE_REASON} (edge/noise {snr:.1f} < {MIN_EDGE_SNR})"
-        if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
-            return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
-                    f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
-        if not self.l3_covered[j]:
-            return (f"the measured window does not reach {L3_COVER_EV[0]:g} eV below and {L3_COVER_EV[1]:g} eV above "
-                    f"the L3 maximum at {l3:.1f} eV (the L3 line and the start of L2 must be measured)")
-        if self.l2_covered[j]:
-            d = float(self.l2_spacing_ev[j])
-            lo, hi = MN_SPIN_ORBIT_RANGE_EV
-            if not (lo <= d <= hi):
-                return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
-                        "(Mn 2p spin-orbit splitting is about 11 eV)")
-            h = float(self.l2_height[j])
-            if not h >= MIN_L2_HEIGHT:
-                return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
-                        f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
-        if self.ood is not None and self.ood_score[j] > self.ood.threshold:
-            return (f"unlike the Mn L2,3 spectra the model was trained on: out-of-distribution score "
-                    f"{self.ood_score[j]:.1f} above {self.ood.threshold:.1f} (the {100 * self.ood.quantile:g}th "
-                    "percentile of synthetic training spectra)")
-        return ""
-
-
-_FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db"}
 
 
 #: Identifier of the preprocessing (:mod:`mnedge_live.preprocessing`; the name predates that package and is kept so

@@ -1,0 +1,158 @@
+"""The engine's rejection rules: what makes a spectrum unreadable, each with the reason it is refused.
+
+Input checks (:func:`check_axis`, :func:`check_and_resample`) refuse what cannot be
+preprocessed at all; :class:`RowChecks` applies the rules on the preprocessing's
+diagnostics and the out-of-distribution score.  Every rule words its reason, so a
+rejection is never silent.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from mnedge_live.engine.ood import OodScore
+from mnedge_live.preprocessing import (
+    ANALYSIS_WINDOW_EV,
+    L3_COVER_EV,
+    L3_PLAUSIBLE_EV,
+    MIN_EDGE_SNR,
+    MIN_L2_HEIGHT,
+    MN_SPIN_ORBIT_RANGE_EV,
+    WORK_STEP_EV,
+    Resampled,
+    resample_measured,
+)
+
+#: Fewest measured points accepted.
+MIN_POINTS = 16
+#: Narrowest energy span accepted (eV): L3 with its 2 eV surroundings, at least.
+MIN_SPAN_EV = 6.0
+#: Rejection reason (before its numbers) of a spectrum whose edge does not rise above the noise.
+NO_EDGE_REASON = "no edge detectable above the noise"
+
+
+def check_axis(e: np.ndarray) -> np.ndarray:
+    """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason).
+
+    Returns the points inside :data:`~mnedge_live.preprocessing.ANALYSIS_WINDOW_EV`
+    (boolean mask): only they are read, checked and resampled.
+    """
+    if e.ndim != 1:
+        raise ValueError(f"expected a 1-D energy axis, got shape {e.shape}")
+    if not np.issubdtype(e.dtype, np.number):
+        raise ValueError(f"non-numeric energy axis (dtype {e.dtype})")
+    if np.iscomplexobj(e):
+        raise ValueError("complex-valued data")
+    if e.size < MIN_POINTS:
+        raise ValueError(f"only {e.size} points; at least {MIN_POINTS} are needed")
+    bad = ~np.isfinite(e)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
+    lo, hi = float(e.min()), float(e.max())
+    if hi * 1e3 >= L3_PLAUSIBLE_EV[0] and lo * 1e3 <= L3_PLAUSIBLE_EV[1] and hi < 1.0:
+        raise ValueError(f"axis {lo:.4f}-{hi:.4f} looks like keV; the engine reads eV "
+                         "(multiply the energies by 1000)")
+    if hi - lo >= MIN_SPAN_EV and (hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]):
+        raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
+                         f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
+    inside = (e >= ANALYSIS_WINDOW_EV[0]) & (e <= ANALYSIS_WINDOW_EV[1])
+    region = f"{ANALYSIS_WINDOW_EV[0]:.0f}-{ANALYSIS_WINDOW_EV[1]:.0f} eV"
+    n_in = int(inside.sum())
+    if n_in < MIN_POINTS:
+        raise ValueError(f"only {n_in} points in the Mn L2,3 region {region}; at least {MIN_POINTS} are needed")
+    span = float(e[inside].max() - e[inside].min())
+    if span < MIN_SPAN_EV:
+        where = "" if inside.all() else f" within the Mn L2,3 region {region}"
+        raise ValueError(f"energy axis spans only {span:.2f} eV{where}; at least {MIN_SPAN_EV} eV are needed")
+    return inside
+
+def check_and_resample(energy, intensity) -> Resampled:
+    """Check one spectrum and bring it onto the work axis (ValueError with the reason if it cannot be read)."""
+    e = np.asarray(energy)
+    y = np.asarray(intensity)
+    if e.ndim != 1 or y.ndim != 1:
+        raise ValueError(f"expected 1-D energy and intensity, got shapes {e.shape} and {y.shape}")
+    if e.shape != y.shape:
+        raise ValueError(f"energy has {e.size} points but intensity has {y.size}")
+    inside = check_axis(e)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"non-numeric intensity (dtype {y.dtype})")
+    if np.iscomplexobj(y):
+        raise ValueError("complex-valued data")
+    if not inside.all():
+        e, y = e[inside], y[inside]
+    bad = ~np.isfinite(y)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
+    if float(np.ptp(y)) == 0.0:
+        raise ValueError("intensity is constant: no edge")
+    return resample_measured(e, y, WORK_STEP_EV)
+
+
+@dataclass
+class RowChecks:
+    """The preprocessing diagnostics of a batch as numpy arrays, and the rejection rules applied to them."""
+
+    l3_ev: np.ndarray
+    shift_ev: np.ndarray
+    edge_snr: np.ndarray
+    l2_spacing_ev: np.ndarray
+    l2_height: np.ndarray
+    l2_covered: np.ndarray
+    pre_edge_covered: np.ndarray
+    l3_covered: np.ndarray
+    psnr_db: np.ndarray
+    ood_score: np.ndarray
+    ood: OodScore | None
+
+    @classmethod
+    def of(cls, prep, ood_score: np.ndarray, ood: OodScore | None) -> RowChecks:
+        """The diagnostics of a :class:`~mnedge_live.preprocessing.Prepared` batch as numpy, with the OOD scores."""
+        return cls(**{f.name: getattr(prep, f.name).numpy().astype(np.float64 if f.name in FLOAT_CHECKS else bool)
+                      for f in fields(cls) if f.name not in ("ood_score", "ood")},
+                   ood_score=np.asarray(ood_score, np.float64), ood=ood)
+
+    def rejected(self) -> np.ndarray:
+        """Boolean per row: one of the rules of :meth:`reason` refuses it."""
+        lo, hi = MN_SPIN_ORBIT_RANGE_EV
+        with np.errstate(invalid="ignore"):
+            no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
+            not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
+            bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
+            no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
+            unlike = self.ood_score > self.ood.threshold if self.ood is not None else np.zeros(len(self.l3_ev), bool)
+        return no_edge | not_l3 | ~self.l3_covered | bad_spacing | no_l2_line | unlike
+
+    def reason(self, j: int) -> str:
+        """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
+        l3 = float(self.l3_ev[j])
+        snr = float(self.edge_snr[j])
+        if not math.isfinite(snr) or snr < MIN_EDGE_SNR:
+            return f"{NO_EDGE_REASON} (edge/noise {snr:.1f} < {MIN_EDGE_SNR})"
+        if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
+            return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
+                    f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
+        if not self.l3_covered[j]:
+            return (f"the measured window does not reach {L3_COVER_EV[0]:g} eV below and {L3_COVER_EV[1]:g} eV above "
+                    f"the L3 maximum at {l3:.1f} eV (the L3 line and the start of L2 must be measured)")
+        if self.l2_covered[j]:
+            d = float(self.l2_spacing_ev[j])
+            lo, hi = MN_SPIN_ORBIT_RANGE_EV
+            if not (lo <= d <= hi):
+                return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
+                        "(Mn 2p spin-orbit splitting is about 11 eV)")
+            h = float(self.l2_height[j])
+            if not h >= MIN_L2_HEIGHT:
+                return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
+                        f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
+        if self.ood is not None and self.ood_score[j] > self.ood.threshold:
+            return (f"unlike the Mn L2,3 spectra the model was trained on: out-of-distribution score "
+                    f"{self.ood_score[j]:.1f} above {self.ood.threshold:.1f} (the {100 * self.ood.quantile:g}th "
+                    "percentile of synthetic training spectra)")
+        return ""
+
+
+FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db"}
