@@ -33,6 +33,7 @@ from mnedge_live.preprocessing.filters import (
 
 @functools.lru_cache(maxsize=8)
 def _doublet_template(step: float) -> torch.Tensor:
+    """Zero-mean, unit-norm L3/L2 template (two Gaussians :data:`MN_SPIN_ORBIT_EV` apart, L2 at half height) from 3 eV below L3."""
     t = torch.arange(-3.0, MN_SPIN_ORBIT_EV + 3.0 + 1e-6, step)
     g = torch.exp(-0.5 * (t / 0.8) ** 2) + 0.5 * torch.exp(-0.5 * ((t - MN_SPIN_ORBIT_EV) / 1.0) ** 2)
     g = g - g.mean()

@@ -13,6 +13,7 @@ from mnedge_live.preprocessing.constants import WORK_STEP_EV
 
 @functools.lru_cache(maxsize=32)
 def gauss_kernel(sigma_pts: float) -> torch.Tensor:
+    """Unit-sum Gaussian kernel of ``sigma_pts`` points, cut at 3.5 sigma, shaped ``(1, 1, taps)`` (cached)."""
     half = max(1, int(math.ceil(3.5 * sigma_pts)))
     t = torch.arange(-half, half + 1, dtype=torch.float32)
     k = torch.exp(-0.5 * (t / sigma_pts) ** 2)

@@ -10,6 +10,7 @@ from offline_training.forward.composition import VALENCES
 
 
 def _check_range(name: str, r: tuple[float, float], lo: float | None = None, hi: float | None = None) -> None:
+    """Refuse a range that is not two finite numbers, is inverted or leaves ``[lo, hi]`` (ValueError naming ``name``)."""
     if len(r) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
         raise ValueError(f"{name}: expected two finite numbers (low, high), got {r!r}")
     if r[0] > r[1]:

@@ -26,6 +26,7 @@ from offline_training.references.bank import Bank
 
 
 def _uniform(gen: torch.Generator, n: int, r: tuple[float, float], device=None) -> torch.Tensor:
+    """``n`` float64 draws, uniform on ``[r[0], r[1])``, from ``gen``."""
     return r[0] + (r[1] - r[0]) * torch.rand(n, generator=gen, device=device, dtype=torch.float64)
 
 
