@@ -21,8 +21,9 @@ from event_model import DocumentRouter
 
 from mnedge_live.assembly import StepAssembler, ValenceMaps, grid_pixel
 from mnedge_live.config import LiveConfig
-from mnedge_live.derived import DerivedRun, result_row
+from mnedge_live.derived import DerivedRun, block_row, result_row
 from mnedge_live.external import ExternalReader
+from mnedge_live.live_binning import Block, BlockBinner
 from mnedge_live.results import SpectrumResult
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,11 @@ class _Run:
     map_shape: tuple[int, int] | None = None
     #: spectrum field per descriptor uid (looked up once, not per event)
     spectrum_fields: dict[str, str | None] = field(default_factory=dict)
+    #: ``map_bin``: the blocks being filled, their maps and readout counts
+    binner: BlockBinner | None = None
+    binned_maps: ValenceMaps | None = None
+    binned_processed: int = 0
+    binned_rejected: int = 0
 
 
 @dataclass
@@ -144,6 +150,10 @@ class MnEdgeCallback(DocumentRouter):
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
             run.maps = ValenceMaps(run.map_shape) if run.map_shape is not None else None
+            if self.config.map_bin > 1:
+                run.binner = BlockBinner(self.config.map_bin, run.map_shape)
+                shape = run.binner.binned_shape()
+                run.binned_maps = ValenceMaps(shape) if shape is not None else None
         self.runs[uid] = run
         self.totals["runs"] += 1
 
@@ -266,15 +276,24 @@ class MnEdgeCallback(DocumentRouter):
             row = result_row(res, run.last_seq_num)
             row["final"] = True
             self._emit(run, [row])
-        if run.maps is not None:
+        if run.binner is not None:
+            self._read_blocks(run, run.binner.remaining())
+            extra.update(map_bin=run.binner.factor, binned_processed=run.binned_processed,
+                         binned_rejected=run.binned_rejected, binned_skipped_pixels=run.binner.skipped)
+            if run.binner.skipped:
+                log.warning("run %s: %d pixels not binned: %s", uid, run.binner.skipped, run.binner.skip_reasons)
+        for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
+            if maps is None:
+                continue
             try:
                 base = self.config.maps_dir or "."
-                h5, png = run.maps.write(base, f"mnedge_{uid[:8]}", {"parent_uid": uid,
-                                                                     "model": str(self.engine.model_id)})
-                extra.update(maps_h5=str(Path(h5).resolve()), maps_png=str(Path(png).resolve()))
+                h5, png = maps.write(base, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
+                                                                          "model": str(self.engine.model_id),
+                                                                          "map_bin": self.config.map_bin if suffix else 1})
+                extra.update({f"{key}_h5": str(Path(h5).resolve()), f"{key}_png": str(Path(png).resolve())})
             except Exception as exc:
                 log.exception("writing maps failed")
-                extra["maps_error"] = f"{type(exc).__name__}: {exc}"
+                extra[f"{key}_error"] = f"{type(exc).__name__}: {exc}"
         missed = run.missed_live
         if isinstance(announced, int):
             missed = max(0, announced - run.processed - run.rejected)
@@ -375,6 +394,7 @@ class MnEdgeCallback(DocumentRouter):
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        blocks: dict[str, list[Block]] = {}
         todo = [p for p in batch if not p.rejection]
         results = iter(self._predict([(p.energy, p.intensity) for p in todo]))
         by_run: dict[str, list[dict]] = {}
@@ -401,8 +421,31 @@ class MnEdgeCallback(DocumentRouter):
                             run.maps = _grown(run.maps, p.pixel)
                             run.maps.set(p.pixel, res)
             by_run.setdefault(p.run_uid, []).append(row)
+            if run.binner is not None and p.pixel is not None and p.energy is not None:
+                blocks.setdefault(p.run_uid, []).extend(run.binner.add(p.pixel, p.energy, p.intensity))
         for uid, rows in by_run.items():
             self._emit(self.runs[uid], rows)
+        for uid, done in blocks.items():
+            self._read_blocks(self.runs[uid], done)
+
+    def _read_blocks(self, run: _Run, blocks: list[Block]) -> None:
+        """Read out completed blocks of pixels (``map_bin``): stream ``mnedge_binned`` and the binned maps."""
+        if not blocks:
+            return
+        results = self._predict([(b.energy, b.intensity) for b in blocks])
+        rows = []
+        for b, res in zip(blocks, results):
+            rows.append(block_row(res, b.index, b.pixels))
+            if res.ok:
+                run.binned_processed += 1
+            else:
+                run.binned_rejected += 1
+            if run.binned_maps is None:
+                run.binned_maps = ValenceMaps((b.index[0] + 1, b.index[1] + 1))
+            if not run.binned_maps.set(b.index, res):
+                run.binned_maps = _grown(run.binned_maps, b.index)
+                run.binned_maps.set(b.index, res)
+        run.derived.emit_binned_rows(rows, time.time())
 
     def _predict(self, spectra: list) -> list[SpectrumResult]:
         """The engine's results; a failing engine rejects every spectrum with the reason."""

@@ -51,6 +51,11 @@ class LiveConfig:
     pixel_fields : list of str or None
         Spectrum images: two integer fields (row, column) giving the pixel; by default
         the pixel follows from the start document's ``shape``.
+    map_bin : int
+        Spectrum images: besides every pixel, read out the mean spectrum of each
+        ``map_bin x map_bin`` block of pixels as soon as the scan completes it (stream
+        ``mnedge_binned``, maps ``*_binK``): about ``20 log10(map_bin)`` dB more PSNR for
+        low-dose images whose single pixels are too noisy.  1: off.
     max_batch : int
         Most spectra per engine call.
     max_delay_ms : float
@@ -110,6 +115,7 @@ class LiveConfig:
     signal_field: str | None = None
     norm_field: str | None = None
     pixel_fields: list[str] | None = None
+    map_bin: int = 1
     max_batch: int = 256
     max_delay_ms: float = 5.0
     step_readout_every: int = 1
@@ -197,6 +203,8 @@ class LiveConfig:
             need(isinstance(self.pixel_fields, list) and len(self.pixel_fields) == 2
                  and all(isinstance(v, str) and v for v in self.pixel_fields), "pixel_fields",
                  "must be two field names (row, column)")
+        need(isinstance(self.map_bin, int) and not isinstance(self.map_bin, bool) and 1 <= self.map_bin <= 64,
+             "map_bin", "must be an integer in 1..64")
         need(isinstance(self.max_batch, int) and not isinstance(self.max_batch, bool) and 1 <= self.max_batch <= 65536,
              "max_batch", "must be an integer in 1..65536")
         need(isinstance(self.max_delay_ms, (int, float)) and 0 <= self.max_delay_ms <= 10_000, "max_delay_ms",

@@ -3,7 +3,10 @@
 Start: ``parent_uid`` and ``mnedge_model``; one descriptor, stream ``mnedge``,
 hinted so BestEffortCallback plots valence against ``source_seq_num``; events
 or event pages; stop with the counts ``processed``, ``rejected``, ``missed``
-(and ``maps_h5`` / ``maps_png`` for spectrum images).
+(and ``maps_h5`` / ``maps_png`` for spectrum images).  Spectrum images read
+with ``map_bin`` add a second stream, ``mnedge_binned``: one row per block of
+pixels (``block_row``, ``block_col``, ``pixels``), composed when its first
+block is read out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from mnedge_live.results import SpectrumResult
 
 #: Name of the derived stream.
 STREAM = "mnedge"
+#: Name of the stream of block readouts (``map_bin``).
+BINNED_STREAM = "mnedge_binned"
 #: Number fields of every derived row.
 NUMBER_FIELDS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
                  "ood_score")
@@ -31,6 +36,14 @@ def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
     row["status"] = result.status
     row["reason"] = result.reason or ""
     row["source_seq_num"] = int(source_seq_num)
+    return row
+
+
+def block_row(result: SpectrumResult, index: tuple[int, int], pixels: int) -> dict:
+    """The derived-row values of one block readout (stream :data:`BINNED_STREAM`)."""
+    row = result_row(result, 0)
+    del row["source_seq_num"]
+    row.update(block_row=int(index[0]), block_col=int(index[1]), pixels=int(pixels))
     return row
 
 
@@ -76,6 +89,8 @@ class DerivedRun:
         self.desc = self.bundle.compose_descriptor(name=STREAM, data_keys=keys, hints=hints)
         emit("descriptor", self.desc.descriptor_doc)
         self.rows = 0
+        self.binned_desc = None
+        self.binned_rows = 0
 
     def emit_rows(self, rows: list[dict], now: float) -> None:
         """Emit rows: one event for a single row, one event page for several."""
@@ -91,6 +106,26 @@ class DerivedRun:
         ts = {k: [now] * len(rows) for k in self.fields}
         doc = self.desc.compose_event_page(data=data, timestamps=ts, time=[now] * len(rows), validate=False)
         self.emit("event_page", doc)
+
+    def emit_binned_rows(self, rows: list[dict], now: float) -> None:
+        """Emit block readouts (rows with ``block_row``, ``block_col``, ``pixels``) as one event page."""
+        if not rows:
+            return
+        if self.binned_desc is None:
+            keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
+            keys["status"] = {"source": "mnedge", "dtype": "string", "shape": []}
+            keys["reason"] = {"source": "mnedge", "dtype": "string", "shape": []}
+            for k in ("block_row", "block_col", "pixels"):
+                keys[k] = {"source": "mnedge", "dtype": "integer", "shape": []}
+            self.binned_fields = list(keys)
+            self.binned_desc = self.bundle.compose_descriptor(
+                name=BINNED_STREAM, data_keys=keys, hints={BINNED_STREAM: {"fields": ["valence"]}})
+            self.emit("descriptor", self.binned_desc.descriptor_doc)
+        self.binned_rows += len(rows)
+        data = {k: [r[k] for r in rows] for k in self.binned_fields}
+        ts = {k: [now] * len(rows) for k in self.binned_fields}
+        self.emit("event_page", self.binned_desc.compose_event_page(data=data, timestamps=ts, time=[now] * len(rows),
+                                                                    validate=False))
 
     def close(self, processed: int, rejected: int, missed: int, exit_status: str = "success", reason: str = "",
               extra: dict | None = None) -> dict:

@@ -121,11 +121,12 @@ class EELSDetector(Device):
         ny, nx = self.shape
         return np.array([[valence_of(demo_fractions(r, c, self.shape)) for c in range(nx)] for r in range(ny)])
 
-    def prefetch(self) -> None:
-        """Draw every pixel's spectrum at once (fast scans)."""
+    def prefetch(self, psnr_db: float = 35.0) -> None:
+        """Draw every pixel's spectrum at once (fast scans), at ``psnr_db`` (low values: a low-dose scan)."""
         ny, nx = self.shape
         pix = [(r, c) for r in range(ny) for c in range(nx)]
-        _, spectra = self.source.draw(np.array([demo_fractions(r, c, self.shape) for r, c in pix]), eels=True)
+        _, spectra = self.source.draw(np.array([demo_fractions(r, c, self.shape) for r, c in pix]), eels=True,
+                                      psnr_db=psnr_db)
         self._cache.update(zip(pix, spectra))
 
     def trigger(self) -> DeviceStatus:

@@ -29,6 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--serializer", help="msgpack (default) | pickle")
     p.add_argument("--allow-pickle", dest="allow_pickle", action="store_true", default=None,
                    help="permit the pickle wire format (it executes code from the network)")
+    p.add_argument("--map-bin", dest="map_bin", type=int,
+                   help="spectrum images: also read out the mean of each K x K block of pixels (low dose)")
     p.add_argument("--epics-prefix", dest="epics_prefix", help="serve the latest readout as EPICS PVs")
     p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
