@@ -296,8 +296,10 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
     for s in summaries:
         c = s.counts
         mean = "-" if s.mean_valence != s.mean_valence else f"{s.mean_valence:.2f}"
-        binned = (f", binned {s.bin}x{s.bin} from {s.source_shape[0]}x{s.source_shape[1]}"
-                  if s.bin > 1 and s.source_shape else "")
+        binned = ""
+        if s.bin > 1 and s.source_shape:  # a line scan's single row is not binned across rows
+            block = f"{min(s.bin, s.source_shape[0])}x{min(s.bin, s.source_shape[1])}"
+            binned = f", binned {block} from {s.source_shape[0]}x{s.source_shape[1]}"
         lines.append(f"{_short(s.file, 32):<32} map {s.shape[0]}x{s.shape[1]} (signal {s.index}{binned}): "
                      f"{c.get('ok', 0)} of {c.get('spectra', 0)} spectra read out, "
                      f"{c.get('rejected', 0)} rejected, mean valence {mean}")
