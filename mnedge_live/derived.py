@@ -39,6 +39,16 @@ def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
     return row
 
 
+def _data_keys(integer_fields: tuple[str, ...]) -> dict:
+    """Descriptor data keys of a derived row: the numbers, ``status``, ``reason``, then ``integer_fields``."""
+    keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
+    keys["status"] = {"source": "mnedge", "dtype": "string", "shape": []}
+    keys["reason"] = {"source": "mnedge", "dtype": "string", "shape": []}
+    for k in integer_fields:
+        keys[k] = {"source": "mnedge", "dtype": "integer", "shape": []}
+    return keys
+
+
 def block_row(result: SpectrumResult, index: tuple[int, int], pixels: int) -> dict:
     """The derived-row values of one block readout (stream :data:`BINNED_STREAM`)."""
     row = result_row(result, 0)
@@ -75,13 +85,7 @@ class DerivedRun:
         self.bundle = event_model.compose_run(metadata=md)
         self.uid = self.bundle.start_doc["uid"]
         emit("start", self.bundle.start_doc)
-        keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
-        keys["status"] = {"source": "mnedge", "dtype": "string", "shape": []}
-        keys["reason"] = {"source": "mnedge", "dtype": "string", "shape": []}
-        keys["source_seq_num"] = {"source": "mnedge", "dtype": "integer", "shape": []}
-        if kind == "map":
-            keys["pixel_row"] = {"source": "mnedge", "dtype": "integer", "shape": []}
-            keys["pixel_col"] = {"source": "mnedge", "dtype": "integer", "shape": []}
+        keys = _data_keys(("source_seq_num",) + (("pixel_row", "pixel_col") if kind == "map" else ()))
         if kind == "step":
             keys["final"] = {"source": "mnedge", "dtype": "boolean", "shape": []}
         self.fields = list(keys)
@@ -90,6 +94,7 @@ class DerivedRun:
         emit("descriptor", self.desc.descriptor_doc)
         self.rows = 0
         self.binned_desc = None
+        self.binned_fields: list[str] = []
         self.binned_rows = 0
 
     def emit_rows(self, rows: list[dict], now: float) -> None:
@@ -112,11 +117,7 @@ class DerivedRun:
         if not rows:
             return
         if self.binned_desc is None:
-            keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
-            keys["status"] = {"source": "mnedge", "dtype": "string", "shape": []}
-            keys["reason"] = {"source": "mnedge", "dtype": "string", "shape": []}
-            for k in ("block_row", "block_col", "pixels"):
-                keys[k] = {"source": "mnedge", "dtype": "integer", "shape": []}
+            keys = _data_keys(("block_row", "block_col", "pixels"))
             self.binned_fields = list(keys)
             self.binned_desc = self.bundle.compose_descriptor(
                 name=BINNED_STREAM, data_keys=keys, hints={BINNED_STREAM: {"fields": ["valence"]}})
