@@ -63,8 +63,11 @@ def test_factor_one_is_the_image_itself_and_bad_factors_are_refused(data):
             bin_pixels(im, bad)
 
 
-def test_chunks_hold_whole_blocks_near_the_stored_chunks():
-    a = da.zeros((256, 256, 8), chunks=(21, 21, 8), dtype=np.float32)
+def test_chunks_hold_whole_blocks_and_whole_stored_chunks():
+    a = da.zeros((256, 256, 8), chunks=(21, 21, 8), dtype=np.uint16)
     out = bin_pixels(SpectrumImage("x", 0, np.arange(8.0), a), 4)
-    assert out.shape == (64, 64)
-    assert set(out.data.chunks[0][:-1]) == {5} and set(out.data.chunks[1][:-1]) == {5}  # 20 stored rows per chunk
+    assert out.shape == (64, 64) and out.data.dtype == np.float32
+    # 84 pixels (4 stored chunks of 21, 21 blocks of 4) per chunk: no stored chunk read twice, no block cut.
+    assert out.data.chunks[0] == (21, 21, 21, 1) and out.data.chunks[1] == (21, 21, 21, 1)
+    odd = bin_pixels(SpectrumImage("x", 0, np.arange(8.0), da.zeros((300, 300, 8), chunks=(97, 97, 8))), 11)
+    assert odd.data.chunks[0] == (9, 9, 9, 1)   # lcm(97, 11) is too large: 99 pixels, whole blocks near 97
