@@ -339,7 +339,7 @@ def test_binning_a_noisy_spectrum_image_lifts_its_pixels_above_the_low_psnr_flag
     assert rc == 0
     assert [r["pixel"] for r in binned] == [[0, 0], [0, 1], [1, 0], [1, 1]]
     assert [r["index"] for r in binned] == [0, 1, 2, 3] and {r["bin"] for r in binned} == {4}
-    assert all(r["status"] == "ok" and "low_psnr" not in r["flags"] for r in binned), binned
+    assert all(r["status"] == "ok" and "low_psnr" not in r["flags"] and KEYS <= set(r) for r in binned), binned
     with h5py.File(tmp_path / "maps" / "noisy_0_maps.h5") as f:
         assert f["valence"].shape == (2, 2) and f.attrs["bin"] == 4 and list(f.attrs["source_shape"]) == [8, 8]
     assert main(["predict", "--no-progress", "--model", model, "--bin", "4", str(path)]) == 0
