@@ -66,6 +66,10 @@ class TrainSettings:
     #: ``sigmoid((max |fraction error| - 0.1) / box_softness)`` (0: off)
     w_box: float = 0.0
     box_softness: float = 0.02
+    #: exponential moving average of the weights (and batch-norm statistics), kept with this
+    #: decay per step and saved as the final model instead of the last weights: an average over
+    #: about ``1 / (1 - ema_decay)`` steps, which smooths the noise of the last updates (0: off)
+    ema_decay: float = 0.0
 
 
 @dataclass
@@ -104,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"[train] lr must be positive, got {tr.lr}")
         if not (tr.w_box >= 0 and tr.box_softness > 0):
             raise ValueError(f"[train] w_box must be >= 0 and box_softness > 0, got {tr.w_box}, {tr.box_softness}")
+        if not 0.0 <= tr.ema_decay < 1.0:
+            raise ValueError(f"[train] ema_decay must be in [0, 1), got {tr.ema_decay}")
         if tr.fraction_loss not in FRACTION_LOSSES:
             raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
                              f"got {tr.fraction_loss!r}")
@@ -185,6 +191,15 @@ def _lr_at(step: int, s: TrainSettings) -> float:
     return s.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+def _weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers with ``decay`` (None when 0)."""
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -253,12 +268,15 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     gen = torch.Generator().manual_seed(s.seed * 1000 + rank)
     step = 0
     ckpt_path = out / "checkpoint.pt"
+    ema = _weight_average(model, s.ema_decay)
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         step = int(ck["step"])
         gen.set_state(ck["generators"][rank])
         torch.set_rng_state(ck["torch_rng"][rank])  # dropout
@@ -267,6 +285,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     elif s.init_from:
         weights, parent = initial_weights(s.init_from, config.network)
         model.load_state_dict(weights)
+        if ema is not None:
+            ema = _weight_average(model, s.ema_decay)   # the average starts at the initial weights
         origin = json.dumps(parent)
         log.info("initialized from %s (%s)", s.init_from, parent["model_id"])
     else:
@@ -294,6 +314,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             seen += s.batch_size * world
             bar.update(1)
@@ -317,7 +339,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                 "generators": gens, "torch_rng": rngs, "config": json.dumps(config.to_dict()),
-                                "init_from": origin}, tmp)
+                                "init_from": origin, **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:
         bar.close()
@@ -329,6 +351,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         return None
     final = out / "final.pt"
     if rank == 0:
+        if ema is not None:
+            model = ema.module
         scales = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
         torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
                     "std_scale": scales, "steps": step, "bank_sha256": bank.sha256(),

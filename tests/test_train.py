@@ -81,6 +81,25 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
 
 
+def test_weight_average_is_the_final_model_and_survives_a_resume(tmp_path):
+    cfg = _tiny(steps=12, checkpoint_every=6, calibration_spectra=64, ema_decay=0.7)
+    a = torch.load(train(cfg, tmp_path / "a", progress=False), weights_only=True)
+    last = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    avg = {k[len("module."):]: v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert set(avg) == set(a["model"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], avg[k]), k
+    moved = [k for k in a["model"] if a["model"][k].is_floating_point()
+             and not torch.allclose(a["model"][k], last["model"][k])]
+    assert moved, "the average should differ from the last weights"
+    assert train(cfg, tmp_path / "b", progress=False, stop_after=6) is None
+    b = torch.load(train(cfg, tmp_path / "b", progress=False, resume=True), weights_only=True)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig.from_dict({**_tiny().to_dict(), "train": {**_tiny().to_dict()["train"], "ema_decay": 1.0}})
+
+
 def test_fine_tuning_starts_from_the_artifacts_weights(tmp_path, tiny_artifact):
     from mnedge_live.artifact import load_artifact
     from offline_training.export import export_artifact
