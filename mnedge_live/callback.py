@@ -89,7 +89,8 @@ class MnEdgeCallback(DocumentRouter):
     publish : callable
         ``publish(name, doc)`` receives every derived document.
     on_readout : callable, optional
-        ``on_readout(row, totals)`` after each batch of derived rows (latest row), e.g. for EPICS.
+        ``on_readout(row, totals)`` after each batch of derived rows (latest row; a block's row, with
+        ``block_row``, after each batch of block readouts), and ``{}`` when a run closes; e.g. for EPICS.
     """
 
     def __init__(self, engine: Any, config: LiveConfig, publish: Callable[[str, dict], None],
@@ -107,7 +108,7 @@ class MnEdgeCallback(DocumentRouter):
         self.pending_since = 0.0
         self.external = ExternalReader()
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
-                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0}
+                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -302,8 +303,7 @@ class MnEdgeCallback(DocumentRouter):
             log.warning("run %s: %d source events missed", uid, missed)
         stop = run.derived.close(run.processed, run.rejected, missed, exit_status, reason, extra)
         self.last_stop = stop
-        if self.on_readout is not None:
-            self.on_readout({}, dict(self.totals))
+        self._notify({})
         return stop
 
     def close_all(self, exit_status: str = "abort", reason: str = "service stopped") -> None:
@@ -446,6 +446,17 @@ class MnEdgeCallback(DocumentRouter):
                 run.binned_maps = _grown(run.binned_maps, b.index)
                 run.binned_maps.set(b.index, res)
         run.derived.emit_binned_rows(rows, time.time())
+        self.totals["binned_readouts"] += len(rows)
+        self._notify(rows[-1])
+
+    def _notify(self, row: dict) -> None:
+        """Hand the latest row (a pixel's, a block's or ``{}``) and the totals to ``on_readout``; never raises."""
+        if self.on_readout is None:
+            return
+        try:
+            self.on_readout(row, dict(self.totals))
+        except Exception:
+            log.exception("readout hook failed")
 
     def _predict(self, spectra: list) -> list[SpectrumResult]:
         """The engine's results; a failing engine rejects every spectrum with the reason."""
@@ -465,11 +476,7 @@ class MnEdgeCallback(DocumentRouter):
     def _emit(self, run: _Run, rows: list[dict]) -> None:
         run.derived.emit_rows(rows, time.time())
         self.totals["readouts"] += len(rows)
-        if self.on_readout is not None:
-            try:
-                self.on_readout(rows[-1], dict(self.totals))
-            except Exception:
-                log.exception("readout hook failed")
+        self._notify(rows[-1])
 
     # -- step mode ---------------------------------------------------------------------------------
     def _step_point(self, run: _Run, desc: dict, seq: int, row: dict) -> None:

@@ -3,7 +3,10 @@
 PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3``,
 ``FRAC_MN4``, ``OOD_SCORE`` (how unlike the model's training spectra the last one
 was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED`` and
-``READOUTS`` (increments with every readout, so a plan can wait for a new one).
+``READOUTS`` (increments with every readout, so a plan can wait for a new one).  Spectrum images
+read with ``map_bin`` also show their latest block readout (stream ``mnedge_binned``):
+``BINNED_VALENCE``, ``BINNED_VALENCE_STD``, ``BINNED_STATUS`` and ``BINNED_READOUTS``; a block
+row never changes the pixel PVs.
 
 Served by a caproto soft IOC started in a thread (:class:`SoftIOC`), or written
 to PVs of an existing IOC with pyepics (:class:`PyepicsWriter`).
@@ -25,19 +28,26 @@ log = logging.getLogger(__name__)
 #: Float PVs and the derived-row field each shows.
 FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "frac_mn2",
              "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score"}
+#: Float PVs of the latest block readout (``map_bin``) and the field each shows.
+BINNED_FLOAT_PVS = {"BINNED_VALENCE": "valence", "BINNED_VALENCE_STD": "valence_std"}
 #: Counter PVs and the total each shows.
-COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts"}
+COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts",
+             "BINNED_READOUTS": "binned_readouts"}
+#: String PVs: the status of the latest readout and of the latest block readout.
+STRING_PVS = ("STATUS", "BINNED_STATUS")
 
 
 def _values(row: dict, totals: dict) -> dict[str, object]:
+    """PV values for the latest derived row (a pixel's or, with ``block_row``, a block's) and the totals."""
     out: dict[str, object] = {}
     if row:
-        for pv, key in FLOAT_PVS.items():
+        binned = "block_row" in row
+        for pv, key in (BINNED_FLOAT_PVS if binned else FLOAT_PVS).items():
             v = row.get(key, math.nan)
             out[pv] = float(v) if v is not None else math.nan
         status = str(row.get("status", ""))
         reason = str(row.get("reason", ""))
-        out["STATUS"] = (status if not reason else f"{status}: {reason}")[:39]
+        out["BINNED_STATUS" if binned else "STATUS"] = (status if not reason else f"{status}: {reason}")[:39]
     for pv, key in COUNT_PVS.items():
         out[pv] = int(totals.get(key, 0))
     return out
@@ -60,6 +70,10 @@ def make_pvgroup(prefix: str):
         REJECTED = pvproperty(value=0, dtype=int, read_only=True)
         MISSED = pvproperty(value=0, dtype=int, read_only=True)
         READOUTS = pvproperty(value=0, dtype=int, read_only=True)
+        BINNED_VALENCE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
+        BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
+        BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=True)
 
     return MnEdgeIOC(prefix=prefix)
 
@@ -118,7 +132,7 @@ class SoftIOC:
         async def write() -> None:
             for name, v in vals.items():
                 prop = getattr(self.group, name)
-                if prop.value != v or name in FLOAT_PVS:
+                if prop.value != v or name in FLOAT_PVS or name in BINNED_FLOAT_PVS:
                     await prop.write(v)
 
         asyncio.run_coroutine_threadsafe(write(), self.loop)
@@ -137,7 +151,7 @@ class PyepicsWriter:
         import epics
 
         self.prefix = prefix
-        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, "STATUS", *COUNT_PVS]}
+        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, *COUNT_PVS]}
         self._warned: set[str] = set()
         # The connections proceed in parallel: one deadline for all, so PVs the IOC lacks
         # cost connect_timeout once at start-up, not once each.
@@ -184,6 +198,9 @@ class MnEdgeReadout(Device):
     rejected = Cpt(EpicsSignalRO, "REJECTED", kind="config")
     missed = Cpt(EpicsSignalRO, "MISSED", kind="config")
     readouts = Cpt(EpicsSignalRO, "READOUTS", kind="config")
+    binned_valence = Cpt(EpicsSignalRO, "BINNED_VALENCE", kind="omitted")
+    binned_status = Cpt(EpicsSignalRO, "BINNED_STATUS", string=True, kind="omitted")
+    binned_readouts = Cpt(EpicsSignalRO, "BINNED_READOUTS", kind="omitted")
 
 
 def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int, readout: MnEdgeReadout,

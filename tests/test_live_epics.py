@@ -53,3 +53,46 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
         assert math.isnan(readout.valence.get())  # rejected readouts never end the series
         assert readout.readouts.get() == before + 3
 
+
+
+def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
+    import time
+
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+
+    from mnedge_live.callback import MnEdgeCallback
+    from mnedge_live.config import LiveConfig
+    from mnedge_live.epics import MnEdgeReadout
+    from mnedge_live.sim import SpectrumSource, make_eels
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+                     offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
+    rows = []
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
+                        on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
+    det, sy, sx = make_eels((6, 6), SpectrumSource(seed=4))
+    det.prefetch(psnr_db=4.0)
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(bp.grid_scan([det], sy, 0, 1, 6, sx, 0, 1, 6))
+    blocks = [r for r in rows if "block_row" in r]
+    pixels = [r for r in rows if r and "block_row" not in r]
+    assert len(blocks) >= 2 and pixels and cb.totals["binned_readouts"] == 4
+    deadline = time.monotonic() + 5
+    while readout.binned_readouts.get() != 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert readout.binned_readouts.get() == 4 and readout.readouts.get() == 36
+    last_block, last_pixel = blocks[-1], pixels[-1]
+    assert readout.binned_status.get() == (last_block["status"] if not last_block["reason"]
+                                           else f"{last_block['status']}: {last_block['reason']}")[:39]
+    if last_block["status"] == "ok":
+        assert readout.binned_valence.get() == pytest.approx(last_block["valence"], abs=1e-6)
+    # The pixel PVs keep the last pixel's readout, never a block's.
+    assert readout.status.get().startswith(last_pixel["status"])
+    if last_pixel["status"] == "ok":
+        assert readout.valence.get() == pytest.approx(last_pixel["valence"], abs=1e-6)
+    else:
+        assert math.isnan(readout.valence.get())
