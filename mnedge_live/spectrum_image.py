@@ -127,7 +127,6 @@ class MapMerger:
         self.maps = ValenceMaps(self.shape)
         self.keep_results = keep_results
         self.results: list[SpectrumResult | None] = [None] * (self.shape[0] * self.shape[1]) if keep_results else []
-        self.merged = 0
         self.n_ok = 0
         self.n_low_psnr = 0
         self.answered = np.zeros(self.shape, bool)
@@ -155,7 +154,6 @@ class MapMerger:
         ok = np.array([r.ok for r in results], bool)
         self.maps.rejected[r0:r0 + nr, c0:c0 + nc] = ~ok.reshape(nr, nc)
         self.answered[r0:r0 + nr, c0:c0 + nc] = True
-        self.merged += len(results)
         self.n_ok += int(ok.sum())
         self.n_low_psnr += sum(1 for r in results if r.ok and "low_psnr" in r.flags)
         self.reasons.update(reason_kind(r.reason) for r in results if not r.ok)
@@ -173,8 +171,9 @@ class MapMerger:
         results = [r if r is not None else missing for r in self.results]
         n = self.shape[0] * self.shape[1]
         reasons = Counter(self.reasons)
-        if self.merged < n:
-            reasons[reason_kind(missing.reason)] += n - self.merged
+        unanswered = int((~self.answered).sum())
+        if unanswered:
+            reasons[reason_kind(missing.reason)] += unanswered
         return ImageReadout(self.shape, results, self.maps,
                             {"spectra": n, "ok": self.n_ok, "rejected": n - self.n_ok, "low_psnr": self.n_low_psnr},
                             dict(reasons.most_common()))

@@ -268,15 +268,13 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     gen = torch.Generator().manual_seed(s.seed * 1000 + rank)
     step = 0
     ckpt_path = out / "checkpoint.pt"
-    ema = _weight_average(model, s.ema_decay)
+    ck: dict = {}
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
         step = int(ck["step"])
         gen.set_state(ck["generators"][rank])
         torch.set_rng_state(ck["torch_rng"][rank])  # dropout
@@ -285,12 +283,13 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     elif s.init_from:
         weights, parent = initial_weights(s.init_from, config.network)
         model.load_state_dict(weights)
-        if ema is not None:
-            ema = _weight_average(model, s.ema_decay)   # the average starts at the initial weights
         origin = json.dumps(parent)
         log.info("initialized from %s (%s)", s.init_from, parent["model_id"])
     else:
         origin = ""
+    ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
+    if ema is not None and resume:
+        ema.load_state_dict(ck["ema"])
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"
