@@ -75,12 +75,13 @@ def cmd_references(args) -> int:
 
 def cmd_generate(args) -> int:
     from offline_training.forward import ForwardModel
-    from offline_training.generate import write_dataset
+    from offline_training.generate import default_workers, write_dataset
     from offline_training.references.bank import Bank
 
     fcfg, bank_path = _forward_config(args.config)
     fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg)
-    path = write_dataset(fm, args.n, args.seed, args.out, progress=not args.no_progress)
+    workers = default_workers() if args.workers is None else args.workers
+    path = write_dataset(fm, args.n, args.seed, args.out, progress=not args.no_progress, workers=workers)
     print(path)
     return 0
 
@@ -290,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="training TOML whose [forward] table to use")
     s.add_argument("--bank")
+    s.add_argument("--workers", type=int, default=None,
+                   help="processes that synthesize chunks (default: one per CPU core; 0: in this process); "
+                        "the file does not depend on it")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_generate)
 

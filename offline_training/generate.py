@@ -7,8 +7,12 @@ the live engine will feed it.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import itertools
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,15 +54,113 @@ def make_training_batch(fm: ForwardModel, n: int, generator: torch.Generator | N
     return TrainingBatch(x=prep.x, fractions=f.float(), targets=t, batch=b, prepared=prep)
 
 
-def stream(fm: ForwardModel, batch_size: int, seed: int) -> Iterator[TrainingBatch]:
-    """Endless seeded stream of training batches (one generator; reproducible)."""
-    gen = torch.Generator().manual_seed(seed)
-    while True:
-        yield make_training_batch(fm, batch_size, generator=gen)
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """Generator of batch ``index`` of the stream ``seed``.
+
+    Every batch gets its own generator, seeded from the pair through
+    :class:`numpy.random.SeedSequence` (well-mixed 64-bit seeds, no overlap
+    between neighbouring pairs), so batch ``i`` is the same whichever process
+    draws it and whatever came before it: worker processes, resumed runs and
+    datasets written with any number of workers all reproduce it.
+    """
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got {seed}, {index}")
+    state = np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class IndexedBatches(torch.utils.data.IterableDataset):
+    """Batches ``start, start + 1, ... stop - 1`` of a seeded stream, split over DataLoader workers.
+
+    Worker ``k`` of ``W`` draws the batches ``start + k, start + k + W, ...``;
+    a :class:`torch.utils.data.DataLoader` takes them round-robin, that is in
+    index order.  ``sizes(i)`` gives the size of batch ``i`` (the last chunk of a
+    dataset is shorter).
+    """
+
+    def __init__(self, fm: ForwardModel, sizes: Callable[[int], int], seed: int, start: int,
+                 stop: int | None) -> None:
+        self.fm, self.sizes, self.seed, self.start, self.stop = fm, sizes, seed, start, stop
+
+    def __iter__(self) -> Iterator[TrainingBatch]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        indices = itertools.count(self.start + worker, workers) if self.stop is None else range(
+            self.start + worker, self.stop, workers)
+        for i in indices:
+            yield make_training_batch(self.fm, self.sizes(i), generator=batch_generator(self.seed, i))
+
+
+def stream(fm: ForwardModel, batch_size: int | Callable[[int], int], seed: int, start: int = 0,
+           stop: int | None = None, workers: int = 0) -> Iterator[TrainingBatch]:
+    """Seeded stream of training batches ``start .. stop - 1`` (endless when ``stop`` is None).
+
+    Parameters
+    ----------
+    fm : ForwardModel
+        The forward model that synthesizes every batch.
+    batch_size : int or callable
+        Spectra per batch, or a function of the batch index.
+    seed : int
+        Stream seed; batch ``i`` is drawn from :func:`batch_generator` ``(seed, i)``.
+    start, stop : int
+        First and one-past-last batch index (``start`` lets a resumed run
+        continue the stream where it stopped).
+    workers : int
+        0: draw in this process.  ``W > 0``: draw in ``W`` worker processes
+        (one torch thread each) while this process consumes; the batches and
+        their order are the same as with 0.
+    """
+    sizes = batch_size if callable(batch_size) else functools.partial(_constant, int(batch_size))
+    data = IndexedBatches(fm, sizes, seed, start, stop)
+    if workers <= 0:
+        yield from data
+        return
+    # the loader's own generator (it seeds the workers' global RNGs, which no batch uses) is a
+    # fresh one, so that starting the workers leaves this process's global RNG (dropout) alone
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=2,
+                                         collate_fn=_to_numpy, generator=torch.Generator().manual_seed(seed))
+    for item in loader:
+        yield _map_arrays(item, torch.from_numpy)
+
+
+def default_workers() -> int:
+    """One synthesizing process per CPU core this process may use (at most 8)."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _constant(value: int, _index: int) -> int:
+    return value
+
+
+def _chunk_size(n: int, chunk: int, index: int) -> int:
+    return min(chunk, n - index * chunk)
+
+
+def _map_arrays(obj, fn: Callable):
+    """``obj`` with ``fn`` applied to every tensor or array in it (dataclasses and dicts walked)."""
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_arrays(v, fn) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.replace(obj, **{f.name: _map_arrays(getattr(obj, f.name), fn)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
+def _to_numpy(item: TrainingBatch) -> TrainingBatch:
+    """DataLoader collate function (run in the worker): tensors as NumPy arrays.
+
+    A worker's tensors would travel as shared-memory segments, one file
+    descriptor each (about sixty per batch); arrays travel as bytes in one
+    pickle, which costs less than the descriptor handshakes.
+    """
+    return _map_arrays(item, lambda t: t.numpy())
 
 
 def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: int = 1024,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, workers: int = 0) -> Path:
     """Write ``n`` synthetic spectra to an HDF5 file.
 
     Datasets: ``spectra`` (N x L float32, the model input channel 0 on the
@@ -67,14 +169,16 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
     ``raw/values`` and ``raw/valid`` (the measured-axis spectra before
     preprocessing, axis in ``raw`` attributes), and ``params/<name>`` for
     every nuisance parameter.  The forward configuration, seed and bank
-    checksum are attributes.  The same seed gives the same file.
+    checksum are attributes.  Chunk ``i`` is batch ``i`` of :func:`stream`
+    ``(seed)``: the same seed and chunk size give the same file, with any
+    number of ``workers`` (processes that synthesize chunks while this one
+    writes).
     """
     from tqdm import tqdm
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out = Path(out)
-    gen = torch.Generator().manual_seed(seed)
     length = len(MODEL_GRID)
     with h5py.File(out, "w") as h5:
         h5.attrs["seed"] = seed
@@ -95,11 +199,12 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
         rm = raw.create_dataset("valid", (n, fm.config.axis_points), bool, chunks=(c, fm.config.axis_points),
                                 compression="lzf")
         params = h5.create_group("params")
+        h5.attrs["chunk"] = c
         done = 0
+        batches = stream(fm, functools.partial(_chunk_size, n, c), seed, stop=-(-n // c), workers=workers)
         with tqdm(total=n, disable=not progress, desc="generate", unit="spectra") as bar:
-            while done < n:
-                m = min(chunk, n - done)
-                tb = make_training_batch(fm, m, generator=gen)
+            for tb in batches:
+                m = len(tb.fractions)
                 sl = slice(done, done + m)
                 ds[sl] = tb.x[:, 0].numpy()
                 held[sl] = tb.x[:, 1].numpy() > 0.5

@@ -26,7 +26,7 @@ from torch import nn
 
 from mnedge_live.network import MnEdgeCNN, NetworkConfig
 from offline_training.forward import ForwardConfig, ForwardModel
-from offline_training.generate import TrainingBatch, make_training_batch
+from offline_training.generate import TrainingBatch, make_training_batch, stream
 from offline_training.references.bank import Bank
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class TrainSettings:
     log_every: int = 50
     device: str = "cpu"
     threads: int = 0            # 0: all cores
+    #: processes that synthesize the next batches while this one trains (0: synthesize in this
+    #: process); the batches are the same either way (:func:`offline_training.generate.stream`)
+    data_workers: int = 0
     calibration_spectra: int = 8192
     #: start from this artifact's weights ("default": the model in use; "": random initialization)
     init_from: str = ""
@@ -108,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"[train] lr must be positive, got {tr.lr}")
         if not (tr.w_box >= 0 and tr.box_softness > 0):
             raise ValueError(f"[train] w_box must be >= 0 and box_softness > 0, got {tr.w_box}, {tr.box_softness}")
+        if not (isinstance(tr.data_workers, int) and tr.data_workers >= 0):
+            raise ValueError(f"[train] data_workers must be a whole number >= 0, got {tr.data_workers!r}")
         if not 0.0 <= tr.ema_decay < 1.0:
             raise ValueError(f"[train] ema_decay must be in [0, 1), got {tr.ema_decay}")
         if tr.fraction_loss not in FRACTION_LOSSES:
@@ -238,7 +243,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         ``metrics.csv``, ``config.json`` and at the end ``final.pt``.
     resume : bool
         Continue from ``out_dir/checkpoint.pt`` (model, optimizer, step and
-        the data stream's generator state), reproducing the same run.
+        the dropout generator's state; the data stream continues at that
+        step's batch), reproducing the same run.
     progress : bool
         Show a tqdm progress bar (rank 0).
     stop_after : int, optional
@@ -265,7 +271,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if world > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    gen = torch.Generator().manual_seed(s.seed * 1000 + rank)
     step = 0
     ckpt_path = out / "checkpoint.pt"
     ck: dict = {}
@@ -276,7 +281,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
-        gen.set_state(ck["generators"][rank])
         torch.set_rng_state(ck["torch_rng"][rank])  # dropout
         origin = ck.get("init_from", "")
         log.info("resumed from step %d", step)
@@ -302,11 +306,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     seen = 0
     bar = tqdm(total=s.steps, initial=step, disable=not progress or rank != 0, desc="train", unit="step")
     stop_at = s.steps if stop_after is None else min(s.steps, stop_after)
+    # batch k of this rank is drawn from its own seeded generator: a resumed run continues at k = step
+    batches = stream(fm, s.batch_size, s.seed * 1000 + rank, start=step, stop=stop_at, workers=s.data_workers)
     try:
-        while step < stop_at:
+        for tb in batches:
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, s)
-            tb = make_training_batch(fm, s.batch_size, generator=gen)
             outp = ddp_model(tb.x)
             loss, parts = compute_loss(outp, tb, s)
             opt.zero_grad(set_to_none=True)
@@ -329,18 +334,18 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 fh.flush()
                 bar.set_postfix(loss=f"{parts['loss']:.4f}", vmae=f"{parts['valence_mae']:.3f}")
             if step % s.checkpoint_every == 0 or step == stop_at:
-                gens, rngs = [gen.get_state()], [torch.get_rng_state()]
+                rngs = [torch.get_rng_state()]
                 if world > 1:
-                    gens, rngs = [None] * world, [None] * world
-                    torch.distributed.all_gather_object(gens, gen.get_state())
+                    rngs = [None] * world
                     torch.distributed.all_gather_object(rngs, torch.get_rng_state())
                 if rank == 0:
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "generators": gens, "torch_rng": rngs, "config": json.dumps(config.to_dict()),
+                                "torch_rng": rngs, "config": json.dumps(config.to_dict()),
                                 "init_from": origin, **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:
+        batches.close()   # stops the worker processes
         bar.close()
         if fh is not None:
             fh.close()

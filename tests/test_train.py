@@ -81,6 +81,18 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
 
 
+def test_data_workers_train_on_the_same_batches(tmp_path):
+    """Batches synthesized in a worker process are the ones the trainer would draw itself."""
+    cfg = _tiny(steps=6, checkpoint_every=6, calibration_spectra=64)
+    a = torch.load(train(cfg, tmp_path / "a", progress=False), weights_only=True)["model"]
+    cfg.train.data_workers = 1
+    b = torch.load(train(cfg, tmp_path / "b", progress=False), weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    with pytest.raises(ValueError, match="data_workers"):
+        TrainConfig.from_dict({**_tiny().to_dict(), "train": {**_tiny().to_dict()["train"], "data_workers": -1}})
+
+
 def test_weight_average_is_the_final_model_and_survives_a_resume(tmp_path):
     cfg = _tiny(steps=12, checkpoint_every=6, calibration_spectra=64, ema_decay=0.7)
     a = torch.load(train(cfg, tmp_path / "a", progress=False), weights_only=True)

@@ -1,0 +1,67 @@
+"""Training data: indexed, seeded batches, in this process or in workers, and HDF5 datasets."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from offline_training.generate import batch_generator, make_training_batch, stream, write_dataset
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a.x, b.x)
+    assert torch.equal(a.fractions, b.fractions)
+    assert torch.equal(a.batch.values, b.batch.values) and torch.equal(a.batch.valid, b.batch.valid)
+    assert a.batch.params.keys() == b.batch.params.keys()
+    for k in a.batch.params:
+        assert torch.equal(a.batch.params[k], b.batch.params[k]), k
+    for k in a.targets:
+        assert torch.equal(a.targets[k], b.targets[k]), k
+
+
+def test_batch_i_is_drawn_from_its_own_generator(forward_model):
+    batches = list(stream(forward_model, 32, seed=5, stop=3))
+    assert len(batches) == 3
+    for i, tb in enumerate(batches):
+        _same(tb, make_training_batch(forward_model, 32, generator=batch_generator(5, i)))
+    assert not torch.equal(batches[0].x, batches[1].x)
+    assert not torch.equal(batches[0].x, next(stream(forward_model, 32, seed=6, stop=1)).x)
+
+
+def test_a_stream_started_later_continues_the_same_batches(forward_model):
+    whole = list(stream(forward_model, 16, seed=2, stop=4))
+    tail = list(stream(forward_model, 16, seed=2, start=2, stop=4))
+    _same(whole[2], tail[0])
+    _same(whole[3], tail[1])
+
+
+def test_worker_processes_give_the_same_batches_in_order(forward_model):
+    sizes = [24, 24, 24, 24, 7]
+    here = list(stream(forward_model, lambda i: sizes[i], seed=3, stop=5))
+    workers = list(stream(forward_model, lambda i: sizes[i], seed=3, stop=5, workers=2))
+    assert [len(tb.fractions) for tb in workers] == sizes
+    for a, b in zip(here, workers, strict=True):
+        _same(a, b)
+        assert b.x.dtype == torch.float32 and b.batch.valid.dtype == torch.bool
+
+
+def test_batch_generator_refuses_negative_seeds():
+    with pytest.raises(ValueError, match="seed and index"):
+        batch_generator(-1, 0)
+    a = torch.rand(4, generator=batch_generator(0, 1))
+    assert not torch.equal(a, torch.rand(4, generator=batch_generator(1, 0)))
+
+
+def test_dataset_does_not_depend_on_the_number_of_workers(tmp_path, forward_model):
+    paths = [write_dataset(forward_model, 150, seed=9, out=tmp_path / f"d{w}.h5", chunk=64, progress=False,
+                           workers=w) for w in (0, 2)]
+    with h5py.File(paths[0]) as a, h5py.File(paths[1]) as b:
+        assert a["spectra"].shape == (150, a["energy"].shape[0]) and a.attrs["chunk"] == 64
+        for name in ("spectra", "held", "fractions", "raw/values", "raw/valid", "params/offset", "params/psnr_db"):
+            assert np.array_equal(a[name][:], b[name][:]), name
+        # the second chunk is batch 1 of the stream
+        second = make_training_batch(forward_model, 64, generator=batch_generator(9, 1))
+        assert np.array_equal(a["spectra"][64:128], second.x[:, 0].numpy())
+        assert np.allclose(a["fractions"][:].sum(1), 1, atol=1e-5)
