@@ -98,6 +98,26 @@ def test_offset_moves_l3_maximum_by_exactly_the_offset(forward_model, bank):
         assert l3(off) - l3(0.0) == pytest.approx(off, abs=0.02)
 
 
+@pytest.mark.parametrize("valence", [2, 3, 4])
+def test_edge_steps_rise_below_each_white_line_and_only_l3_fills_the_trough(forward_model, bank, valence):
+    """The continuum is two arctan steps (heights 2:1) at the L3 and L2 thresholds, 1 eV below each maximum."""
+    f = torch.zeros(1, 3, dtype=torch.float64)
+    f[0, valence - 2] = 1.0
+    ov = dict(QUIET, **_members(bank), fractions=f)
+    axis = forward_model.config.axis_start + 0.1 * np.arange(forward_model.config.axis_points)
+    lines = forward_model.sample(1, seed=1, **ov).clean[0].numpy().astype(float)
+    with_steps = forward_model.sample(1, seed=1, **dict(ov, edge_step=0.2)).clean[0].numpy().astype(float)
+    continuum = (with_steps - lines) / lines.max()
+    member = _members(bank)[f"member_{valence}"]
+    l3, l2 = float(forward_model.l3_pos[member]), float(forward_model.l2_pos[member])
+    assert 9.5 < l2 - l3 < 12.5   # the 2p spin-orbit splitting, about 11 eV
+    at = lambda e: float(np.interp(e, axis, continuum))   # noqa: E731
+    assert at(l3 - 1.0) == pytest.approx(0.1, abs=0.01)            # half of the L3 step at its threshold
+    assert at(l2 - 3.0) == pytest.approx(0.2, abs=0.03)            # the trough: the L3 continuum only
+    assert at(l2 - 1.0) == pytest.approx(0.25, abs=0.01)           # half of the L2 step at its threshold
+    assert at(l2 + 15.0) == pytest.approx(0.3, abs=0.01)           # both steps above L2
+
+
 def test_mixture_is_linear_in_the_fractions(forward_model, bank):
     ov = dict(QUIET, **_members(bank))
     pure = []

@@ -94,6 +94,9 @@ class ForwardModel:
         self.l3_area = torch.tensor(l3_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l2_area = torch.tensor(l2_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l3_pos = torch.tensor(e[np.argmax(spectra, axis=1)], device=self.device)
+        # white-line maximum of the L2 part: the L2 continuum threshold sits below it, as the L3
+        # one sits below the L3 maximum (edge_steps)
+        self.l2_pos = torch.tensor(e[np.argmax(l2_part, axis=1)], device=self.device)
         self.split = torch.tensor(bank.split_ev, device=self.device)
         self.members = {v: torch.tensor(bank.of_valence(v), device=self.device) for v in VALENCES}
         self.member_weight = {v: torch.tensor(bank.weight[bank.of_valence(v)], dtype=torch.float32)
@@ -164,7 +167,7 @@ class ForwardModel:
                              ("l2_scale", b2), ("shift", shift.to(torch.float32)), ("fwhm", fw)):
                 cols[key].append(col)
             l3_mix = l3_mix + fractions[:, j] * (self.l3_pos[idx] + shift)
-            l2_mix = l2_mix + fractions[:, j] * (self.split[idx] + shift + 2.0)
+            l2_mix = l2_mix + fractions[:, j] * (self.l2_pos[idx] + shift)
             p[f"member_{v}"] = idx.to(torch.float64)
             p[f"chemical_shift_{v}"] = shift
             p[f"intrinsic_fwhm_{v}"] = fw
@@ -194,7 +197,7 @@ class ForwardModel:
         spec = torch.fft.irfft(spec_fft, n=self.nfft)[:, : self.energy.numel()]
         peak = spec.amax(dim=1)
 
-        # 5. edge steps, broadened like the white lines
+        # 5. edge steps, broadened like the white lines, rising 1 eV below each line's maximum
         h = draw("edge_step", cfg.edge_step)
         width = 0.5 + p["resolution_fwhm"] / 2
         e32 = self.energy.to(torch.float32)
