@@ -97,7 +97,6 @@ class ForwardModel:
         # white-line maximum of the L2 part: the L2 continuum threshold sits below it, as the L3
         # one sits below the L3 maximum (edge_steps)
         self.l2_pos = torch.tensor(e[np.argmax(l2_part, axis=1)], device=self.device)
-        self.split = torch.tensor(bank.split_ev, device=self.device)
         self.members = {v: torch.tensor(bank.of_valence(v), device=self.device) for v in VALENCES}
         self.member_weight = {v: torch.tensor(bank.weight[bank.of_valence(v)], dtype=torch.float32)
                               for v in VALENCES}
