@@ -118,8 +118,6 @@ def test_the_default_model_refuses_lines_that_are_not_a_mn_edge(default_engine, 
         assert r.ood_score > default_engine.ood.threshold
 
 
-@pytest.mark.xfail(strict=True, reason="mnedge-default-v8 scores two equal Gaussians 43.9-48.0 over five noise "
-                   "draws against its threshold 44.3 and lets one through (v7: 41-43 against 50.7, all through)")
 def test_the_default_model_refuses_two_equal_gaussians_11_ev_apart(default_engine):
     """Two bare lines with the L3-L2 spacing are not a Mn edge: every noise draw should be refused."""
     two = _gauss(640, 1.0) + _gauss(651, 1.0)
