@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
     from offline_training.references.bank import Bank
 
     fcfg, bank_path = _forward_config(args.config)
-    fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg)
+    fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg, compiled=args.compiled)
     workers = default_workers() if args.workers is None else args.workers
     path = write_dataset(fm, args.n, args.seed, args.out, progress=not args.no_progress, workers=workers)
     print(path)
@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None,
                    help="processes that synthesize chunks (default: one per CPU core; 0: in this process); "
                         "the file does not depend on it")
+    s.add_argument("--compiled", action="store_true",
+                   help="run the forward model's element-wise stages compiled by torch.compile: about twice "
+                        "as fast for large N after seconds of compilation; the file is reproducible with the "
+                        "same flag (compiled and eager stages agree to float32 rounding, not bit for bit)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_generate)
 

@@ -184,6 +184,7 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
         h5.attrs["seed"] = seed
         h5.attrs["forward_config"] = json.dumps(fm.config.to_dict())
         h5.attrs["bank_sha256"] = fm.bank_sha256
+        h5.attrs["compiled_forward"] = fm.compiled
         h5.attrs["fraction_order"] = "Mn2+,Mn3+,Mn4+"
         h5.attrs["psnr_definition"] = "20*log10(peak/sigma) dB; peak = max-min of the noise-free spectrum in the window"
         c = min(chunk, n)

@@ -93,6 +93,17 @@ def test_data_workers_train_on_the_same_batches(tmp_path):
         TrainConfig.from_dict({**_tiny().to_dict(), "train": {**_tiny().to_dict()["train"], "data_workers": -1}})
 
 
+def test_compiled_forward_model_trains_in_a_data_worker(tmp_path):
+    """``compile_forward``: the stages compile inside the worker process and training runs on its batches."""
+    cfg = _tiny(steps=3, checkpoint_every=3, calibration_spectra=64)
+    cfg.train.compile_forward = True
+    cfg.train.data_workers = 1
+    weights = torch.load(train(cfg, tmp_path, progress=False), weights_only=True)["model"]
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+    with pytest.raises(ValueError, match="compile_forward"):
+        TrainConfig.from_dict({**_tiny().to_dict(), "train": {**_tiny().to_dict()["train"], "compile_forward": "yes"}})
+
+
 def test_weight_average_is_the_final_model_and_survives_a_resume(tmp_path):
     cfg = _tiny(steps=12, checkpoint_every=6, calibration_spectra=64, ema_decay=0.7)
     a = torch.load(train(cfg, tmp_path / "a", progress=False), weights_only=True)

@@ -13,7 +13,7 @@ Order of the stages (one call of :meth:`ForwardModel.sample`):
 
 1. composition on the simplex (:func:`sample_fractions`)
 2. per-valence end member, L3:L2 branching ratio, chemical shift and intrinsic
-   (solid-state) broadening, mixed per Mn atom (:func:`mix_end_members`)
+   (solid-state) broadening (:func:`valence_term`), mixed per Mn atom (:func:`mix_end_members`)
 3. instrument broadening, Gaussian and Lorentzian (:func:`instrument_transfer`)
 4. EELS plural scattering with a Drude plasmon, Poisson statistics
    (:func:`plural_scattering_transfer`)
@@ -23,7 +23,7 @@ Order of the stages (one call of :meth:`ForwardModel.sample`):
 8. energy axis: offset, dispersion error, smooth nonlinearity, coarse
    channel spacing (:func:`measure_on_axis`), and a measured window (crop)
 9. detector noise, Poisson plus Gaussian read noise at a target PSNR
-   (:func:`add_noise`)
+   (:func:`noise_model`, drawn by :func:`add_noise`)
 
 **Normalization per Mn atom.** Each bank spectrum has unit L2,3 area; it is
 multiplied by the number of 3d holes of its valence (:data:`HOLES`, from the
@@ -38,8 +38,10 @@ the noise-free spectrum (max minus min over the measured window) and
 
 Modules: :mod:`~offline_training.forward.config` (:class:`ForwardConfig`),
 :mod:`~offline_training.forward.composition` (labels and per-atom weights),
-:mod:`~offline_training.forward.stages` (one function per stage) and
-:mod:`~offline_training.forward.model` (:class:`ForwardModel`, the composition).
+:mod:`~offline_training.forward.stages` (one function per stage),
+:mod:`~offline_training.forward.compiled` (the same stages compiled by ``torch.compile``, for
+the on-the-fly generator) and :mod:`~offline_training.forward.model` (:class:`ForwardModel`,
+the composition).
 """
 
 from offline_training.forward.composition import HOLES, VALENCES, sample_fractions
@@ -54,8 +56,10 @@ from offline_training.forward.stages import (
     instrument_transfer,
     measure_on_axis,
     mix_end_members,
+    noise_model,
     plural_scattering_transfer,
     saturate,
+    valence_term,
     voigt_fwhm,
 )
 
@@ -73,8 +77,10 @@ __all__ = [
     "instrument_transfer",
     "measure_on_axis",
     "mix_end_members",
+    "noise_model",
     "plural_scattering_transfer",
     "sample_fractions",
     "saturate",
+    "valence_term",
     "voigt_fwhm",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -14,20 +15,17 @@ def instrument_transfer(omega: torch.Tensor, gauss_fwhm: torch.Tensor, lorentz_f
     return torch.exp(-0.5 * (sigma[:, None] * omega[None, :]) ** 2 - gamma[:, None] * omega.abs()[None, :])
 
 
-def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.Tensor,
-                    weight: torch.Tensor, l2_scale: torch.Tensor, shift: torch.Tensor, gauss_fwhm: torch.Tensor,
-                    lorentz_fwhm: torch.Tensor) -> torch.Tensor:
-    """Fourier transform of a broadened mixture of end members, one term per valence.
+def valence_term(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.Tensor, weight: torch.Tensor,
+                 l2_scale: torch.Tensor, shift: torch.Tensor, gauss_fwhm: torch.Tensor,
+                 lorentz_fwhm: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of one valence's broadened, shifted end member, for the rows that hold it.
 
-    Row ``b`` is ``sum_v weight[b, v] * (L3 + l2_scale[b, v] * L2)`` of bank
-    member ``member[b, v]``, shifted by ``shift[b, v]`` eV and convolved with a
-    Voigt of Gaussian FWHM ``gauss_fwhm[b, v]`` and Lorentzian FWHM
-    ``lorentz_fwhm[b]`` (:func:`instrument_transfer`): the valence's intrinsic
-    and the instrument's Gaussian widths are added in quadrature beforehand, so
-    that every valence is broadened in one pass.  A valence with weight 0 in a
-    row costs nothing there (pure and binary compositions skip one or two
-    valences).  Real and imaginary parts are carried separately: on a CPU
-    that is cheaper than complex arithmetic.
+    Row ``r`` is ``weight[r] * (L3 + l2_scale[r] * L2)`` of bank member
+    ``member[r]``, shifted by ``shift[r]`` eV (a shift by ``s`` multiplies the
+    transform by ``exp(-i s omega)``) and convolved with a Voigt of Gaussian
+    FWHM ``gauss_fwhm[r]`` and Lorentzian FWHM ``lorentz_fwhm[r]``
+    (:func:`instrument_transfer`).  Real and imaginary parts are carried
+    separately: on a CPU that is cheaper than complex arithmetic.
 
     Parameters
     ----------
@@ -37,11 +35,49 @@ def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.T
         ``(M, 4, F)`` transforms of the bank's L3 and L2 parts as real
         numbers: L3 real, L3 imaginary, L2 real, L2 imaginary
         (:attr:`ForwardModel.bank_fft`).
+    member, weight, l2_scale, shift, gauss_fwhm, lorentz_fwhm : torch.Tensor
+        ``(R,)`` per row: bank row, weight, scale of the L2 part, energy shift
+        (eV), Gaussian and Lorentzian FWHM (eV).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(R, F, 2)``: real and imaginary parts (:func:`torch.view_as_complex` layout).
+    """
+    amp = weight[:, None] * instrument_transfer(omega, gauss_fwhm, lorentz_fwhm)
+    phase = shift[:, None] * omega[None, :]
+    c, s = torch.cos(phase) * amp, torch.sin(phase) * amp
+    l3_re, l3_im, l2_re, l2_im = bank_fft[member].unbind(1)
+    scale = l2_scale[:, None]
+    ar = l3_re + scale * l2_re
+    ai = l3_im + scale * l2_im
+    return torch.stack([ar * c + ai * s, ai * c - ar * s], dim=-1)
+
+
+def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.Tensor,
+                    weight: torch.Tensor, l2_scale: torch.Tensor, shift: torch.Tensor, gauss_fwhm: torch.Tensor,
+                    lorentz_fwhm: torch.Tensor, term: Callable = valence_term) -> torch.Tensor:
+    """Fourier transform of a broadened mixture of end members, one :func:`valence_term` per valence.
+
+    Row ``b`` is the sum over valences ``v`` of the term of bank member
+    ``member[b, v]`` with weight ``weight[b, v]``; the valence's intrinsic and
+    the instrument's Gaussian widths are added in quadrature beforehand, so
+    that every valence is broadened in one pass.  A valence with weight 0 in
+    a row costs nothing there (pure and binary compositions skip one or two
+    valences).
+
+    Parameters
+    ----------
+    omega, bank_fft : torch.Tensor
+        As for :func:`valence_term`.
     member, weight, l2_scale, shift, gauss_fwhm : torch.Tensor
         ``(B, V)``: bank row, weight, scale of the L2 part, energy shift (eV)
         and Gaussian FWHM (eV) of each valence's term.
     lorentz_fwhm : torch.Tensor
         ``(B,)`` Lorentzian FWHM (eV) of the instrument.
+    term : callable
+        :func:`valence_term`, or the same function compiled
+        (:func:`offline_training.forward.compiled.stage_functions`).
 
     Returns
     -------
@@ -49,24 +85,14 @@ def mix_end_members(omega: torch.Tensor, bank_fft: torch.Tensor, member: torch.T
         ``(B, F)`` complex64 transform of the mixture.
     """
     b, f = member.shape[0], omega.numel()
-    re = torch.zeros(b, f, dtype=torch.float32, device=omega.device)
-    im = torch.zeros_like(re)
-    om = omega[None, :]
+    out = torch.zeros(b, f, 2, dtype=torch.float32, device=omega.device)
     for v in range(member.shape[1]):
         rows = torch.nonzero(weight[:, v] != 0).squeeze(1)
         if rows.numel() == 0:
             continue
-        idx = member[rows, v]
-        amp = weight[rows, v, None] * instrument_transfer(omega, gauss_fwhm[rows, v], lorentz_fwhm[rows])
-        phase = shift[rows, v, None] * om   # a shift by s multiplies by exp(-i s omega)
-        c, s = torch.cos(phase) * amp, torch.sin(phase) * amp
-        l3_re, l3_im, l2_re, l2_im = bank_fft[idx].unbind(1)
-        scale = l2_scale[rows, v, None]
-        ar = l3_re + scale * l2_re
-        ai = l3_im + scale * l2_im
-        re.index_add_(0, rows, ar * c + ai * s)
-        im.index_add_(0, rows, ai * c - ar * s)
-    return torch.complex(re, im)
+        out.index_add_(0, rows, term(omega, bank_fft, member[rows, v], weight[rows, v], l2_scale[rows, v],
+                                     shift[rows, v], gauss_fwhm[rows, v], lorentz_fwhm[rows]))
+    return torch.view_as_complex(out)
 
 
 def voigt_fwhm(gauss_fwhm: torch.Tensor, lorentz_fwhm: torch.Tensor) -> torch.Tensor:
@@ -169,16 +195,28 @@ def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.T
 POISSON_EXACT_BELOW = 100.0
 
 
-def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
-              poisson_share: torch.Tensor) -> torch.Tensor:
-    """Poisson counts plus Gaussian read noise whose total RMS over the window gives ``psnr_db``.
+def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
+                poisson_share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The noise :func:`add_noise` draws: Poisson counts plus Gaussian read noise whose total RMS gives ``psnr_db``.
 
     A share ``poisson_share`` of the noise variance, averaged over the window,
     is shot noise: the spectrum is scaled to counts so that the mean Poisson
     variance is that share.  Channels expecting at least
-    :data:`POISSON_EXACT_BELOW` counts draw it as a Gaussian of variance equal
+    :data:`POISSON_EXACT_BELOW` counts take it as a Gaussian of variance equal
     to the counts, merged with the read noise into one draw; the others draw
-    exact Poisson counts (the costly part, so only where the shape matters).
+    exact Poisson counts.
+
+    Returns
+    -------
+    gauss_sigma : torch.Tensor
+        ``(B, N)`` sigma of the Gaussian draw of every channel (read noise, plus
+        shot noise where it is not exact).
+    exact : torch.Tensor
+        ``(B, N)`` bool: channels whose shot noise is drawn as exact Poisson counts.
+    rate : torch.Tensor
+        ``(B, N)`` expected counts per channel.
+    gain : torch.Tensor
+        ``(B,)`` counts per unit intensity.
     """
     big = torch.finfo(spec.dtype).max
     hi = torch.where(valid, spec, torch.full_like(spec, -big)).amax(dim=1)
@@ -196,7 +234,20 @@ def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psn
     exact = use_p & (rate < POISSON_EXACT_BELOW)
     read_var = ((1 - p) * var)[:, None]
     shot_var = torch.where(exact, torch.zeros_like(pos), rate / gain[:, None] ** 2)
-    noise = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * torch.sqrt(read_var + shot_var)
+    return torch.sqrt(read_var + shot_var), exact, rate, gain
+
+
+def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
+              poisson_share: torch.Tensor, model: Callable = noise_model) -> torch.Tensor:
+    """Draw the noise of :func:`noise_model` and add it.
+
+    The Gaussian part is one draw per channel; exact Poisson counts are drawn
+    only where :func:`noise_model` asks for them (the costly part, so only
+    where the shape of the distribution matters).  ``model`` is
+    :func:`noise_model` or the same function compiled.
+    """
+    gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share)
+    noise = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * gauss_sigma
     where = torch.nonzero(exact, as_tuple=True)
     if where[0].numel():
         r = rate[where]
