@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mnedge_live.preprocessing import (
+    L3_PLAUSIBLE_EV,
     L3_REFERENCE_EV,
     MN_SPIN_ORBIT_EV,
     MODEL_GRID,
@@ -43,3 +44,21 @@ def test_training_and_serving_share_this_preprocessing():
     import offline_training.generate as gen
 
     assert gen.preprocess is preprocess
+
+
+def test_without_diagnostics_the_model_input_and_alignment_are_the_same(bank):
+    """Training's ``diagnostics=False`` skips only the edge diagnostics, rows searched in the Mn window included."""
+    from offline_training.forward import ForwardConfig, ForwardModel
+
+    # offsets past the plausible L3 window send some rows through the Mn-window search, which
+    # needs the noise estimate of those rows even without diagnostics
+    b = ForwardModel(bank, ForwardConfig(offset=(-30.0, 30.0))).sample(512, seed=8)
+    true_l3 = b.params["l3_true_ev"] + b.params["offset"]
+    assert ((true_l3 < L3_PLAUSIBLE_EV[0]) | (true_l3 > L3_PLAUSIBLE_EV[1])).sum() > 10
+    full = preprocess(b.start, b.values, b.valid)
+    lean = preprocess(b.start, b.values, b.valid, diagnostics=False)
+    assert torch.equal(lean.x, full.x) and torch.equal(lean.l3_ev, full.l3_ev)
+    assert torch.equal(lean.l2_covered, full.l2_covered) and torch.equal(lean.l3_covered, full.l3_covered)
+    for name in ("edge_snr", "l2_spacing_ev", "l2_height", "psnr_db"):
+        assert torch.isnan(getattr(lean, name)).all(), name
+    assert torch.isfinite(full.edge_snr).all()

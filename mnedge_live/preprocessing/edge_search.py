@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,8 @@ _NO_ENERGY = -1.0e6
 
 def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
-              window: tuple[torch.Tensor, torch.Tensor] | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              window: tuple[torch.Tensor, torch.Tensor] | None = None, diagnostics: bool = True,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
 
     ``noise`` (B,), when given and finite, replaces the estimate made on the
@@ -90,6 +91,11 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     strongest line of its edge: neither the L2 of an L3 below the window nor a
     side lobe whose "L2" is an L3 above it qualifies). Otherwise the
     strongest doublet stays, and the engine rejects it as not Mn L3.
+
+    ``diagnostics=False`` finds the L3 maximum only (what training needs:
+    the model input depends on nothing else): the noise is then estimated
+    only for rows searched inside ``window``, and ``edge_snr``, ``l2_pos``,
+    ``l2_height`` and ``noise`` come back NaN.
 
     Returns
     -------
@@ -114,22 +120,12 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     idx = positions(n, held.device)
     inside = (idx >= (first + int(1.0 / step))[:, None]) & (idx <= (last - int(1.0 / step))[:, None])
     score = torch.where(inside, score, -torch.inf)
-    # Noise: the measured-point estimate where given, else the median absolute
-    # second difference of the raw values (valid region).
-    given = noise.to(held.dtype) if noise is not None else None
-    if given is not None and bool(torch.isfinite(given).all()):
-        est = given
-    else:
-        d2 = (held[:, 2:] - 2 * held[:, 1:-1] + held[:, :-2]) / math.sqrt(6.0)
-        d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.nan)
-        est = torch.nanmedian(d2, dim=1).values * 1.4826
-        if given is not None:
-            est = torch.where(torch.isfinite(given), given, est)
-    noise = torch.nan_to_num(est, nan=0.0)
-    score_noise = noise * _score_noise_gain(step) + 1e-12
+    gain = _score_noise_gain(step)
     coarse = score.argmax(dim=1)
     if window is not None:
-        coarse = _mn_window_doublet(score, hp, coarse, idx, window, step, score_noise)
+        coarse = _mn_window_doublet(score, hp, coarse, idx, window, step,
+                                    lambda rows: row_noise(held[rows], valid[rows], _rows_of(noise, rows)) * gain
+                                    + 1e-12)
     # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV
     # (read from the points of that window only; clamping repeats an end
     # point, which cannot change the first maximum's index).
@@ -143,9 +139,13 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     denom = ym - 2 * y0 + yp
     frac = torch.where(denom.abs() > 1e-12, 0.5 * (ym - yp) / denom, 0.0).clamp(-0.5, 0.5)
     l3_pos = k[:, 0] + frac
+    if not diagnostics:
+        nan = torch.full_like(l3_pos, torch.nan)
+        return l3_pos, nan, nan, nan, nan
+    noise = row_noise(held, valid, noise)
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
-    edge_snr = score.gather(1, coarse[:, None])[:, 0] / score_noise
+    edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * gain + 1e-12)
     # L2: the white line 7-16 eV above L3 (wider than Mn's range, so that other
     # edges show their own spacing) when Mn's L2 range is measured.  A broader
     # band-pass than for L3 (L2 is broader and weaker), and the maximum inside
@@ -184,7 +184,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     by_centroid = l3_pos + _line_centroid_spacing(bp, bp_noise, rel, l2_window) / step
     nearer = (by_centroid - l3_pos - MN_SPIN_ORBIT_EV / step).abs() < (by_max - l3_pos - MN_SPIN_ORBIT_EV / step).abs()
     l2_at = torch.where(nearer, by_centroid, by_max)
-    has_l2 = (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last
+    has_l2 = l2_measured(l3_pos, last, step)
     l2_pos = l2_at.masked_fill(~has_l2, torch.nan)
     # How strong the line taken for L2 is against L3 in the same band-pass (L3: its maximum within
     # +-0.5 eV of the L3 position): a single line, or an edge step without lines, has none.
@@ -192,6 +192,36 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l2_val = torch.where(outside, out_val, in_val)
     l2_height = torch.where(has_l2, l2_val / l3_val.clamp(min=1e-30), torch.nan)
     return l3_pos, edge_snr, l2_pos, l2_height, noise
+
+
+def l2_measured(l3_pos: torch.Tensor, last: torch.Tensor, step: float = WORK_STEP_EV) -> torch.Tensor:
+    """Boolean ``(B,)``: the measured window reaches past Mn's L2 range above the L3 position ``l3_pos``."""
+    return (l3_pos + (MN_SPIN_ORBIT_RANGE_EV[1] + 0.5) / step) <= last
+
+
+def row_noise(held: torch.Tensor, valid: torch.Tensor, given: torch.Tensor | None = None) -> torch.Tensor:
+    """Point-to-point noise sigma of each row ``(B,)``: ``given`` where finite, else estimated here.
+
+    The estimate is the median absolute second difference of the measured
+    (valid) points over ``sqrt(6)``, times 1.4826: robust against the lines
+    themselves, which are smooth on the scale of three points.  The engine
+    gives the measured-point estimate (:func:`~mnedge_live.preprocessing.measured_noise`),
+    which resampling would hide.
+    """
+    given = given.to(held.dtype) if given is not None else None
+    if given is not None and bool(torch.isfinite(given).all()):
+        est = given
+    else:
+        d2 = (held[:, 2:] - 2 * held[:, 1:-1] + held[:, :-2]) / math.sqrt(6.0)
+        d2 = torch.where(valid[:, 1:-1], d2.abs(), torch.nan)
+        est = torch.nanmedian(d2, dim=1).values * 1.4826
+        if given is not None:
+            est = torch.where(torch.isfinite(given), given, est)
+    return torch.nan_to_num(est, nan=0.0)
+
+
+def _rows_of(values: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
+    return None if values is None else values[rows]
 
 
 def _l2_band_pass_window(fine: torch.Tensor, broad: torch.Tensor, l3_pos: torch.Tensor,
@@ -220,8 +250,12 @@ def _l2_band_pass_window(fine: torch.Tensor, broad: torch.Tensor, l3_pos: torch.
 
 def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tensor, idx: torch.Tensor,
                        window: tuple[torch.Tensor, torch.Tensor], step: float,
-                       score_noise: torch.Tensor) -> torch.Tensor:
-    """Index of the doublet to align on: ``coarse``, or the strongest line inside ``window`` (see :func:`locate_l3`)."""
+                       score_noise_of: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Index of the doublet to align on: ``coarse``, or the strongest line inside ``window`` (see :func:`locate_l3`).
+
+    ``score_noise_of(rows)`` gives the doublet score's noise sigma of those
+    rows; it is asked only for the rows searched.
+    """
     lo, hi = (w.to(idx.dtype) for w in window)
     outside = (coarse < lo) | (coarse > hi)
     if not bool(outside.any()):
@@ -233,7 +267,7 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
     cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
     margin = int(round(1.0 / step))
     interior = (cand >= lo + margin) & (cand <= hi - margin)
-    detected = score.gather(1, cand[:, None])[:, 0] / score_noise[rows] >= MIN_EDGE_SNR  # False where the window is empty
+    detected = score.gather(1, cand[:, None])[:, 0] / score_noise_of(rows) >= MIN_EDGE_SNR  # False where the window is empty
     rel = ((idx - cand[:, None]) * step).abs()
     neg = torch.full_like(hp, -torch.inf)
     height = torch.where(rel <= 1.5, hp, neg).amax(dim=1)

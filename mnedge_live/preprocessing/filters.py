@@ -65,13 +65,16 @@ def correlate_rows(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Valid-mode cross-correlation of rows ``(B, L)`` with ``kernel`` ``(K,)`` (as ``F.conv1d``): ``(B, L-K+1)``.
 
     Long kernels go through the FFT: the same result up to rounding, at a
-    small fraction of the operations.
+    small fraction of the operations.  The transform needs only the row's
+    length, not the full linear convolution's: the circular wrap-around
+    reaches the first ``taps - 1`` outputs of the full convolution only,
+    which valid mode drops.
     """
     taps = kernel.numel()
     if taps <= FFT_KERNEL_TAPS or (x.shape[0] < 8 and taps <= 3 * FFT_KERNEL_TAPS):
         return F.conv1d(x[:, None], kernel.view(1, 1, -1))[:, 0]
     n_out = x.shape[1] - taps + 1
-    nfft = fft_size(x.shape[1] + taps - 1)
+    nfft = fft_size(x.shape[1])
     k = kernel.detach().reshape(-1).cpu().contiguous()
     spec = torch.fft.rfft(x, nfft) * _kernel_spectrum(k.numpy().tobytes(), k.dtype, nfft).to(x.device)
     return torch.fft.irfft(spec, nfft)[:, taps - 1: taps - 1 + n_out].to(x.dtype)
@@ -89,14 +92,15 @@ def smooth_many(values: torch.Tensor, sigmas_ev: tuple[float, ...], step: float 
 
     The rows are replicate-padded once by the widest kernel's half-length;
     padding further than a kernel reaches changes nothing it sees, so each
-    output equals :func:`smooth`'s up to rounding.
+    output equals :func:`smooth`'s up to rounding.  As in
+    :func:`correlate_rows`, a transform as long as the padded row suffices.
     """
     kernels = [gauss_kernel(s / step).to(values).view(-1) for s in sigmas_ev]
     if values.shape[0] < 8:
         return [correlate_rows(pad_edges(values, k.numel() // 2, k.numel() // 2), k) for k in kernels]
     pad = max(k.numel() for k in kernels) // 2
     n = values.shape[1]
-    nfft = fft_size(n + 4 * pad)
+    nfft = fft_size(n + 2 * pad)
     spec = torch.fft.rfft(pad_edges(values, pad, pad), nfft)
     out = []
     for k in kernels:
@@ -111,17 +115,23 @@ def smooth_many(values: torch.Tensor, sigmas_ev: tuple[float, ...], step: float 
 def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace invalid points by the nearest valid value of the row's valid window.
 
-    Returns the held values and the first and last valid indices ``(B,)``.
+    Returns the held values and the first and last valid indices ``(B,)``
+    (``N`` and ``-1`` for a row without valid points, which holds its first value).
     """
     b, n = values.shape
     if bool(valid.all()):  # the usual case for measured spectra: nothing to hold
         first = torch.zeros(b, dtype=torch.long, device=values.device)
         return values, first, first + (n - 1)
+    # first / last valid index from the first maximum of the byte mask (and of its mirror image):
+    # byte arithmetic instead of (B, N) index arithmetic
+    some = valid.any(dim=1)
+    mask = valid.to(torch.uint8)
+    first = torch.where(some, mask.argmax(dim=1), n)
+    last = torch.where(some, (n - 1) - mask.flip(1).argmax(dim=1), -1)
+    below = torch.gather(values, 1, torch.where(some, first, 0)[:, None])
+    above = torch.gather(values, 1, last.clamp(min=0)[:, None])
     idx = positions(n, values.device)
-    first = torch.where(valid, idx, n).amin(dim=1)
-    last = torch.where(valid, idx, -1).amax(dim=1)
-    src = torch.minimum(torch.maximum(idx, first[:, None]), last.clamp(min=0)[:, None])
-    return torch.gather(values, 1, src), first, last
+    return torch.where(idx < first[:, None], below, torch.where(idx > last[:, None], above, values)), first, last
 
 
 @functools.lru_cache(maxsize=64)

@@ -16,7 +16,7 @@ from mnedge_live.preprocessing.constants import (
     MODEL_GRID,
     WORK_STEP_EV,
 )
-from mnedge_live.preprocessing.edge_search import locate_l3
+from mnedge_live.preprocessing.edge_search import l2_measured, locate_l3
 from mnedge_live.preprocessing.filters import correlate_rows, edge_hold, gauss_kernel, interp_rows
 
 
@@ -35,7 +35,9 @@ class Prepared:
     edge_snr : torch.Tensor
         Height of the L3 feature in the high-passed spectrum over its noise.
     l2_spacing_ev : torch.Tensor
-        Detected L2-L3 distance (NaN where L2 is not measured).
+        Detected L2-L3 distance (NaN where L2 is not measured).  This,
+        ``edge_snr``, ``l2_height`` and ``psnr_db`` are NaN when
+        :func:`preprocess` ran with ``diagnostics=False``.
     l2_height : torch.Tensor
         Height of the L2 line over the L3 line's, both in the band-pass that
         finds L2 (NaN where L2 is not measured).
@@ -60,7 +62,7 @@ class Prepared:
 
 
 def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
-               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None) -> Prepared:
+               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None, diagnostics: bool = True) -> Prepared:
     """Turn a batch of uniformly sampled spectra into model input.
 
     Parameters
@@ -79,6 +81,13 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         (edge SNR, L2 search, PSNR) use it, never the model input.
         Intensities may be in any unit: each row is scaled to a largest
         magnitude of 1 before anything else.
+    diagnostics : bool
+        Also measure the edge diagnostics (edge SNR, L2 spacing and height,
+        PSNR), which the engine's rejection rules read.  Training needs the
+        model input and the alignment only and passes False: the model input
+        and ``l3_ev`` are the same, the diagnostics NaN, and the time of the
+        noise estimate and the L2 analysis (a third of a synthetic batch's
+        preprocessing) is saved.
 
     Returns
     -------
@@ -100,7 +109,8 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     held, first, last = edge_hold(values, valid)
     window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
     l3_pos, edge_snr, l2_pos, l2_height, noise = locate_l3(held, valid, first, last, step, noise,
-                                                window=tuple(w.floor() for w in window))
+                                                           window=tuple(w.floor() for w in window),
+                                                           diagnostics=diagnostics)
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
     # Model-grid energy g sits at index l3_pos + (g - L3_REFERENCE_EV) / step of the input row.
@@ -119,7 +129,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     x = torch.stack([spec / scale[:, None], held_mask.to(torch.float32)], dim=1)
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
     l3_cov = (l3_pos - first >= L3_COVER_EV[0] / step) & (last - l3_pos >= L3_COVER_EV[1] / step)
-    l2_cov = ~torch.isnan(l2_pos)
+    l2_cov = l2_measured(l3_pos, last, step)
     l2_spacing = (l2_pos - l3_pos) * step
     psnr = 20 * torch.log10(scale / (noise + 1e-12))
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
