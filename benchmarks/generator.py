@@ -1,12 +1,15 @@
 """On-the-fly generator throughput: synthetic spectra per second (forward model + shared preprocessing).
 
 Usage: python benchmarks/generator.py [--json] [--batch 4096] [--repeats 5] [--workers 0] [--eager]
+       [--default-allocator]
 Prints ``spectra_per_s`` (the training stream, :func:`offline_training.generate.stream`:
 forward model, preprocessing and targets, what training consumes; with ``--workers W`` drawn
 in W worker processes) and ``forward_only_spectra_per_s`` (the forward model alone, in this
-process).  The forward model runs compiled as training and ``generate`` run it
-(``ForwardModel(compiled=True)``); ``compile_s`` is the first batch's time, compilation
-included, which is not in the rates; ``--eager`` measures the uncompiled stages.
+process).  The forward model runs compiled (``ForwardModel(compiled=True)``, as training
+runs it with ``compile_forward = true`` and ``mnedge-train generate --compiled``);
+``compile_s`` is the first batch's time, compilation included, which is not in the rates;
+``--eager`` measures the uncompiled stages.  The allocator is tuned as ``mnedge-train``
+tunes it (:func:`mnedge_live.memory.reuse_batch_memory`) unless ``--default-allocator``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import emit, machine  # noqa: E402
 
+from mnedge_live.memory import reuse_batch_memory  # noqa: E402
 from offline_training.forward import ForwardConfig, ForwardModel  # noqa: E402
 from offline_training.generate import stream  # noqa: E402
 from offline_training.references.bank import Bank  # noqa: E402
@@ -33,7 +37,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=0, help="worker processes of the stream (0: this process)")
     ap.add_argument("--eager", action="store_true", help="uncompiled forward-model stages")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's allocator as it starts (mnedge-train tunes it: reuse_batch_memory)")
     args = ap.parse_args()
+    if not args.default_allocator:
+        reuse_batch_memory()  # as mnedge-train does
     fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0)), compiled=not args.eager)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
@@ -53,7 +61,7 @@ def main() -> int:
     n = args.batch * args.repeats
     emit({"spectra_per_s": round(n / t_all, 1), "forward_only_spectra_per_s": round(n / t_fwd, 1),
           "batch": args.batch, "workers": args.workers,
-          "compiled": fm.compiled, "compile_s": round(t_first, 2), "spectra": n, "channels": fm.config.axis_points, "machine": machine()}, args.json)
+          "compiled": fm.compiled, "compile_s": round(t_first, 2), "reuse_batch_memory": not args.default_allocator, "spectra": n, "channels": fm.config.axis_points, "machine": machine()}, args.json)
     return 0
 
 

@@ -381,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from mnedge_live.memory import reuse_batch_memory
+
+    reuse_batch_memory()  # batch after batch of the same large tensors (generate, train, evaluate)
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
