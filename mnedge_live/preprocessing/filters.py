@@ -55,10 +55,34 @@ def fft_size(n: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _kernel_spectrum(kernel_bytes: bytes, dtype: torch.dtype, nfft: int) -> torch.Tensor:
-    """FFT of a flipped kernel (cached: the same few kernels are applied to every batch)."""
+def _kernel_spectrum(kernel_bytes: bytes, dtype: torch.dtype, nfft: int) -> tuple[torch.Tensor, int]:
+    """Transform of a kernel for correlation by FFT, and the index of the first valid output (cached).
+
+    A symmetric kernel (every Gaussian here) is centred on index 0, so that
+    its transform is real: multiplying the rows' transform by a real
+    spectrum is a third of a complex product's work.  Any other kernel is
+    flipped and starts at index 0 (a complex transform).
+    """
     kernel = torch.frombuffer(bytearray(kernel_bytes), dtype=dtype)
-    return torch.fft.rfft(kernel.flip(0), nfft)
+    half = kernel.numel() // 2
+    if kernel.numel() % 2 and torch.equal(kernel, kernel.flip(0)):
+        centred = torch.zeros(nfft, dtype=dtype)
+        centred[: half + 1] = kernel[half:]
+        centred[nfft - half:] = kernel[:half]
+        return torch.fft.rfft(centred).real.contiguous(), half
+    return torch.fft.rfft(kernel.flip(0), nfft), kernel.numel() - 1
+
+
+def _filtered(spec: torch.Tensor, kernel: torch.Tensor, nfft: int) -> tuple[torch.Tensor, int]:
+    """``irfft(spec * kernel transform)`` and the index of its first valid output."""
+    k = kernel.detach().reshape(-1).cpu().contiguous()
+    ks, first = _kernel_spectrum(k.numpy().tobytes(), k.dtype, nfft)
+    ks = ks.to(spec.device)
+    if ks.is_complex():
+        product = spec * ks
+    else:   # real spectrum: scale real and imaginary parts alike
+        product = torch.view_as_complex(torch.view_as_real(spec) * ks[:, None])
+    return torch.fft.irfft(product, nfft), first
 
 
 def correlate_rows(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -67,17 +91,15 @@ def correlate_rows(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     Long kernels go through the FFT: the same result up to rounding, at a
     small fraction of the operations.  The transform needs only the row's
     length, not the full linear convolution's: the circular wrap-around
-    reaches the first ``taps - 1`` outputs of the full convolution only,
-    which valid mode drops.
+    reaches only outputs that valid mode drops.
     """
     taps = kernel.numel()
     if taps <= FFT_KERNEL_TAPS or (x.shape[0] < 8 and taps <= 3 * FFT_KERNEL_TAPS):
         return F.conv1d(x[:, None], kernel.view(1, 1, -1))[:, 0]
     n_out = x.shape[1] - taps + 1
     nfft = fft_size(x.shape[1])
-    k = kernel.detach().reshape(-1).cpu().contiguous()
-    spec = torch.fft.rfft(x, nfft) * _kernel_spectrum(k.numpy().tobytes(), k.dtype, nfft).to(x.device)
-    return torch.fft.irfft(spec, nfft)[:, taps - 1: taps - 1 + n_out].to(x.dtype)
+    full, first = _filtered(torch.fft.rfft(x, nfft), kernel, nfft)
+    return full[:, first: first + n_out].to(x.dtype)
 
 
 def smooth(values: torch.Tensor, sigma_ev: float, step: float = WORK_STEP_EV) -> torch.Tensor:
@@ -104,10 +126,8 @@ def smooth_many(values: torch.Tensor, sigmas_ev: tuple[float, ...], step: float 
     spec = torch.fft.rfft(pad_edges(values, pad, pad), nfft)
     out = []
     for k in kernels:
-        taps, half = k.numel(), k.numel() // 2
-        kc = k.detach().cpu().contiguous()
-        full = torch.fft.irfft(spec * _kernel_spectrum(kc.numpy().tobytes(), kc.dtype, nfft).to(values.device), nfft)
-        lo = taps - 1 + pad - half
+        full, first = _filtered(spec, k, nfft)
+        lo = first + pad - k.numel() // 2
         out.append(full[:, lo: lo + n].to(values.dtype))
     return out
 
@@ -124,9 +144,10 @@ def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, 
         return values, first, first + (n - 1)
     # first / last valid index from the first maximum of the byte mask (and of its mirror image):
     # byte arithmetic instead of (B, N) index arithmetic
-    some = valid.any(dim=1)
     mask = valid.to(torch.uint8)
-    first = torch.where(some, mask.argmax(dim=1), n)
+    first = mask.argmax(dim=1)
+    some = torch.gather(valid, 1, first[:, None])[:, 0]   # the first maximum is True where any point is
+    first = torch.where(some, first, n)
     last = torch.where(some, (n - 1) - mask.flip(1).argmax(dim=1), -1)
     below = torch.gather(values, 1, torch.where(some, first, 0)[:, None])
     above = torch.gather(values, 1, last.clamp(min=0)[:, None])

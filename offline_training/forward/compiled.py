@@ -79,4 +79,9 @@ def stage_functions(compiled: bool = False) -> StageFunctions:
         fn = getattr(stages, name)
         return _CompiledStage(fn) if compiled else fn
 
+    if compiled:
+        # measure_on_axis reads its grid spacing as a Python number (a graph break, which costs
+        # nothing here); dynamo would print a dozen lines about it in every process
+        logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
+
     return StageFunctions(**{name: pick(name) for name in COMPILED_STAGES}, compiled=compiled)
