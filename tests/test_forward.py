@@ -203,10 +203,24 @@ def test_measured_psnr_matches_target(forward_model, target):
     (dict(eels_share=1.5), "eels_share"),
     (dict(intrinsic_fwhm={2: (0, 1), 3: (0, 1)}), "intrinsic_fwhm"),
     (dict(composition_shares=(0.0, 0.0, 0.0)), "composition_shares"),
+    (dict(edge_step=(-1.5, 0.2)), "edge_step"),
 ])
 def test_invalid_configuration_is_refused_by_name(bad, field):
     with pytest.raises(ValueError, match=field):
         ForwardConfig(**bad)
+
+
+def test_negative_edge_steps_lower_the_trough_between_the_lines(forward_model, bank):
+    """A negative step (a continuum removed beyond the true one) is accepted and lowers what lies between L3 and L2."""
+    ForwardConfig(edge_step=(-0.25, 0.25))
+    ov = dict(QUIET, **_members(bank), fractions=torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64))
+    cfg = forward_model.config
+    e = cfg.axis_start + 0.1 * np.arange(cfg.axis_points)   # the measuring axis (offset 0)
+    spectra = {h: forward_model.sample(1, seed=1, **dict(ov, edge_step=h)).clean[0].numpy() for h in (-0.2, 0.0, 0.2)}
+    l3 = e[np.argmax(spectra[0.0])]
+    trough = (e > l3 + 4.0) & (e < l3 + 6.0)
+    levels = [float(spectra[h][trough].mean()) for h in (-0.2, 0.0, 0.2)]
+    assert levels[0] < levels[1] < levels[2]
 
 
 def test_unknown_config_key_is_refused():
