@@ -168,8 +168,9 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
     window), ``fractions`` (N x 3, Mn2+, Mn3+, Mn4+), ``energy`` (L, eV),
     ``raw/values`` and ``raw/valid`` (the measured-axis spectra before
     preprocessing, axis in ``raw`` attributes), and ``params/<name>`` for
-    every nuisance parameter.  The forward configuration, seed and bank
-    checksum are attributes.  Chunk ``i`` is batch ``i`` of :func:`stream`
+    every nuisance parameter.  The forward configuration, seed, bank
+    checksum and whether the forward model ran compiled (``compiled_forward``)
+    are attributes.  Chunk ``i`` is batch ``i`` of :func:`stream`
     ``(seed)``: the same seed and chunk size give the same file, with any
     number of ``workers`` (processes that synthesize chunks while this one
     writes).
