@@ -59,6 +59,7 @@ def test_dataset_does_not_depend_on_the_number_of_workers(tmp_path, forward_mode
                            workers=w) for w in (0, 2)]
     with h5py.File(paths[0]) as a, h5py.File(paths[1]) as b:
         assert a["spectra"].shape == (150, a["energy"].shape[0]) and a.attrs["chunk"] == 64
+        assert not a.attrs["compiled_forward"]   # the eager stages (generate --compiled records True)
         for name in ("spectra", "held", "fractions", "raw/values", "raw/valid", "params/offset", "params/psnr_db"):
             assert np.array_equal(a[name][:], b[name][:]), name
         # the second chunk is batch 1 of the stream
