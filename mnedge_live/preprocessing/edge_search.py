@@ -121,11 +121,16 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     inside = (idx >= (first + int(1.0 / step))[:, None]) & (idx <= (last - int(1.0 / step))[:, None])
     score = torch.where(inside, score, -torch.inf)
     gain = _score_noise_gain(step)
+    # the noise of every row for the diagnostics; without them, only of the rows the window search asks for
+    noise = row_noise(held, valid, noise) if diagnostics else noise
+
+    def score_noise_of(rows: torch.Tensor) -> torch.Tensor:
+        sigma = noise[rows] if diagnostics else row_noise(held[rows], valid[rows], _rows_of(noise, rows))
+        return sigma * gain + 1e-12
+
     coarse = score.argmax(dim=1)
     if window is not None:
-        coarse = _mn_window_doublet(score, hp, coarse, idx, window, step,
-                                    lambda rows: row_noise(held[rows], valid[rows], _rows_of(noise, rows)) * gain
-                                    + 1e-12)
+        coarse = _mn_window_doublet(score, hp, coarse, idx, window, step, score_noise_of)
     # Refine: the maximum of the lightly smoothed spectrum within +-1.5 eV
     # (read from the points of that window only; clamping repeats an end
     # point, which cannot change the first maximum's index).
@@ -142,7 +147,6 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     if not diagnostics:
         nan = torch.full_like(l3_pos, torch.nan)
         return l3_pos, nan, nan, nan, nan
-    noise = row_noise(held, valid, noise)
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
     edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * gain + 1e-12)
