@@ -109,7 +109,10 @@ def stream(fm: ForwardModel, batch_size: int | Callable[[int], int], seed: int, 
     workers : int
         0: draw in this process.  ``W > 0``: draw in ``W`` worker processes
         (one torch thread each) while this process consumes; the batches and
-        their order are the same as with 0.
+        their order are the same as with 0.  Workers of a compiled forward
+        model are started fresh ("spawn"), not forked: a process forked from
+        one that has compiled before deadlocks when it compiles in turn
+        (inductor's compile workers and locks do not survive a fork).
     """
     sizes = batch_size if callable(batch_size) else functools.partial(_constant, int(batch_size))
     data = IndexedBatches(fm, sizes, seed, start, stop)
@@ -119,7 +122,8 @@ def stream(fm: ForwardModel, batch_size: int | Callable[[int], int], seed: int, 
     # the loader's own generator (it seeds the workers' global RNGs, which no batch uses) is a
     # fresh one, so that starting the workers leaves this process's global RNG (dropout) alone
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=2,
-                                         collate_fn=_to_numpy, generator=torch.Generator().manual_seed(seed))
+                                         collate_fn=_to_numpy, generator=torch.Generator().manual_seed(seed),
+                                         multiprocessing_context="spawn" if fm.compiled else None)
     for item in loader:
         yield _map_arrays(item, torch.from_numpy)
 
