@@ -4,7 +4,9 @@ For every measured spectrum and every valence, the best synthetic *pure*
 spectrum is searched over the bank members of that valence, an extra
 Gaussian broadening (up to what the forward model gives that valence) and an energy shift (+-8 eV around the
 measured L3), with a free scale, a straight-line background and an
-arctan edge step fitted by least squares.  The misfit is the R-factor
+arctan edge step fitted by least squares, its height held within the
+forward model's ``edge_step`` range (relative to the member's maximum, as
+there).  The misfit is the R-factor
 
     R = sum (y - fit)^2 / sum (y - mean(y))^2
 
@@ -122,19 +124,49 @@ def best_fit(energy: np.ndarray, y: np.ndarray, bank: Bank, valence: int,
             cand = np.interp(positions.ravel(), bank.energy, spec[m]).reshape(len(shifts), -1)
             step_pos = l3_meas + shifts - 1.0
             step = 0.5 + np.arctan((energy[None, :] - step_pos[:, None]) / 1.0) / np.pi
-            ones = np.ones_like(cand)
-            design = np.stack([cand, ones, np.broadcast_to(e_norm, cand.shape), step], axis=2)  # (S, N, 4)
-            gram = np.einsum("snk,snl->skl", design, design) + 1e-12 * np.eye(4)
-            rhs = np.einsum("snk,n->sk", design, y)
-            coef = np.linalg.solve(gram, rhs[..., None])[..., 0]
-            res = y[None, :] - np.einsum("snk,sk->sn", design, coef)
-            r = np.einsum("sn,sn->s", res, res) / sst
-            r[coef[:, 0] <= 0] = np.inf
+            r = _fit_with_bounded_step(cand, step, e_norm, y, cfg.edge_step) / sst
             k = int(np.argmin(r))
             if r[k] < best["r"]:
                 best = {"r": float(r[k]), "member": int(idx[m]), "broadening_fwhm": float(fw),
                         "shift_eV": float(l3_meas - l3_bank[m] + shifts[k])}
     return best
+
+
+def _fit_with_bounded_step(cand: np.ndarray, step: np.ndarray, e_norm: np.ndarray, y: np.ndarray,
+                           height: tuple[float, float]) -> np.ndarray:
+    """Residual sum of squares of ``y`` against ``a cand + b + c e_norm + d step`` for every row of ``cand``.
+
+    ``a > 0``, and the step height ``d / (a max(cand))`` within ``height``
+    (the forward model's ``edge_step`` range): a fit the training data could
+    not contain proves nothing.  Where the free least-squares fit breaks a
+    limit, the best fit that keeps them has the height at one of its bounds
+    (one linear constraint on a convex problem), so the step is tied to the
+    scale at each bound and the better of the two kept.  ``cand`` and
+    ``step`` are ``(S, N)``; returns ``(S,)``, inf where no positive scale fits.
+    """
+    ones = np.ones_like(cand)
+    line = np.broadcast_to(e_norm, cand.shape)
+
+    def solve(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        design = np.stack(columns, axis=2)                                   # (S, N, K)
+        gram = np.einsum("snk,snl->skl", design, design) + 1e-12 * np.eye(design.shape[2])
+        coef = np.linalg.solve(gram, np.einsum("snk,n->sk", design, y)[..., None])[..., 0]
+        res = y[None, :] - np.einsum("snk,sk->sn", design, coef)
+        return coef, np.einsum("sn,sn->s", res, res)
+
+    coef, rss = solve([cand, ones, line, step])
+    peak = cand.max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = coef[:, 3] / (coef[:, 0] * peak)
+    inside = (coef[:, 0] > 0) & (h >= height[0]) & (h <= height[1])
+    rss = np.where(inside, rss, np.inf)
+    rows = ~inside
+    if rows.any():
+        for bound in height:
+            tied = cand[rows] + bound * peak[rows, None] * step[rows]
+            c, r = solve([tied, ones[rows], line[rows]])
+            rss[rows] = np.minimum(rss[rows], np.where(c[:, 0] > 0, r, np.inf))
+    return rss
 
 
 def realism(folder: str | Path, bank: Bank, config: ForwardConfig | None = None) -> list[dict]:
