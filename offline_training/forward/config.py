@@ -56,10 +56,10 @@ class ForwardConfig:
     #: positive; a negative height is a step removed by the analyst beyond the true continuum
     #: (published spectra are often continuum-subtracted with a double step), and it lowers the
     #: intensity between the lines, where the calculated Mn3+/Mn4+ members keep more than the
-    #: measured oxides: `mnedge-train realism` fits LaMnO3 and SrMnO3 best with steps of -0.12 and
-    #: -0.24 of the member's maximum.  A stage trained on (-0.25, 0.25) read those two no closer to
-    #: their valence and was not adopted (benchmarks/RESULTS.md); the default keeps the physical
-    #: continuum only.
+    #: measured oxides: a realism fit with a free step fits LaMnO3 and SrMnO3 best with steps of
+    #: -0.12 and -0.24 of the member's maximum (`mnedge-train realism` holds the step within this
+    #: range).  A stage trained on (-0.25, 0.25) read those two no closer to their valence and was
+    #: not adopted (benchmarks/RESULTS.md); the default keeps the physical continuum only.
     edge_step: tuple[float, float] = (0.0, 0.25)
     #: XAS saturation strength (0: none)
     saturation: tuple[float, float] = (0.0, 0.6)
