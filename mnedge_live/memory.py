@@ -40,10 +40,6 @@ def _glibc_function(name: str):
     return getattr(_libc(), name, None)
 
 
-def _malloc_trim():
-    return _glibc_function("malloc_trim")
-
-
 #: glibc ``mallopt`` parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 #: the largest mmap threshold glibc accepts on 64-bit systems
@@ -89,7 +85,7 @@ def trim_heap() -> bool:
     bool
         True where glibc's ``malloc_trim`` ran (it then returns memory when it can).
     """
-    trim = _malloc_trim()
+    trim = _glibc_function("malloc_trim")
     if trim is None:
         return False
     try:
