@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--ood-spectra", type=int, default=20000,
-                   help="synthetic spectra per set for the out-of-distribution statistics (0: none)")
+                   help="synthetic spectra for the out-of-distribution mean and covariance; five times as "
+                        "many set the thresholds (0: no statistics)")
     s.set_defaults(run=cmd_export)
 
     s = sub.add_parser("refresh-onnx", help="rewrite an artifact's ONNX graph from its weights with this exporter")
@@ -371,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("fit-ood", help="fit an artifact's out-of-distribution statistics (re-signs its card)")
     s.add_argument("artifact", help="artifact directory whose graph outputs 'features'")
-    s.add_argument("--spectra", type=int, default=20000, help="synthetic spectra per set (fit, threshold)")
+    s.add_argument("--spectra", type=int, default=20000,
+                   help="synthetic spectra for the mean and covariance; five times as many set the thresholds")
     s.set_defaults(run=cmd_fit_ood)
     return p
 

@@ -184,7 +184,8 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
     overwrite : bool
         Replace an existing ``out_dir``.
     ood_spectra : int
-        Synthetic spectra for each of the two sets of :func:`~offline_training.ood.fit_ood`
+        Synthetic spectra for the mean and covariance of :func:`~offline_training.ood.fit_ood`, and
+        :data:`~offline_training.ood.THRESHOLD_SET_FACTOR` times as many for its thresholds
         (0: no out-of-distribution statistics, the engine's OOD rule is then off).
     """
     out = Path(out_dir)
@@ -224,10 +225,10 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         "evaluation": evaluation or {},
     }
     if ood_spectra:
-        from offline_training.ood import fit_ood
+        from offline_training.ood import THRESHOLD_SET_FACTOR, fit_ood
 
         card["ood"] = fit_ood(model, training_forward_model(card["training"]["config"]), out,
-                              n_fit=ood_spectra, n_threshold=ood_spectra)
+                              n_fit=ood_spectra, n_threshold=THRESHOLD_SET_FACTOR * ood_spectra)
     if tensorrt:
         card["tensorrt"] = build_tensorrt_engines(model, out)
     write_card(out, card)
@@ -267,7 +268,7 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
     The graph must already output ``features`` (``refresh-onnx`` brings an
     older artifact's graph up to date first). Returns the artifact directory.
     """
-    from offline_training.ood import fit_ood
+    from offline_training.ood import THRESHOLD_SET_FACTOR, fit_ood
 
     art = load_artifact(artifact_dir)
     d = art.path
@@ -278,7 +279,7 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
         raise RuntimeError(f"{d}: the ONNX graph has no 'features' output; run 'mnedge-train refresh-onnx' first")
     card = {k: v for k, v in art.card.items() if k not in ("files", "schema_version")}
     card["ood"] = fit_ood(artifact_network(art), training_forward_model(card["training"]["config"]), d,
-                          n_fit=spectra, n_threshold=spectra)
+                          n_fit=spectra, n_threshold=THRESHOLD_SET_FACTOR * spectra)
     card["ood"]["git_commit"] = git_commit()
     write_card(d, card)
     load_artifact(d)

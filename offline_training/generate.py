@@ -39,10 +39,15 @@ class TrainingBatch:
 
 
 def make_training_batch(fm: ForwardModel, n: int, generator: torch.Generator | None = None,
-                        seed: int | None = None, **overrides) -> TrainingBatch:
-    """Synthesize ``n`` spectra, preprocess them, and compute every target."""
+                        seed: int | None = None, diagnostics: bool = False, **overrides) -> TrainingBatch:
+    """Synthesize ``n`` spectra, preprocess them, and compute every target.
+
+    Training reads the model input and the alignment only, so the edge
+    diagnostics the engine's rules read are skipped unless ``diagnostics``
+    (the model input is the same either way).
+    """
     b = fm.sample(n, seed=seed, generator=generator, **overrides)
-    prep = preprocess(b.start, b.values, b.valid, diagnostics=False)  # training reads x and the alignment only
+    prep = preprocess(b.start, b.values, b.valid, diagnostics=diagnostics)
     f = b.fractions
     t = {
         "valence": (2 * f[:, 0] + 3 * f[:, 1] + 4 * f[:, 2]).float(),

@@ -19,6 +19,13 @@ def _gauss(center: float, width: float) -> np.ndarray:
     return np.exp(-0.5 * ((E - center) / width) ** 2)
 
 
+def _psnr(e: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The PSNR (dB) the engine measures for one spectrum, as a 1-row array."""
+    from mnedge_live.engine.core import model_input
+
+    return model_input(e, y).psnr_db.numpy()
+
+
 @pytest.fixture(scope="module")
 def default_engine():
     return load_engine(None, backend="onnxruntime")
@@ -54,6 +61,60 @@ def test_scores_are_mahalanobis_distances_and_the_threshold_the_held_out_quantil
     assert np.allclose(score(held[:5]), direct, rtol=1e-3)
     above = int((score(held) > info["threshold"]).sum())
     assert 5 <= above <= 10   # 1 % of 1,000 (float32 scoring moves a score at the boundary at most)
+
+
+def test_band_thresholds_are_the_quantile_within_each_psnr_band():
+    from offline_training.ood import band_thresholds
+
+    rng = np.random.default_rng(0)
+    psnr = np.concatenate([rng.uniform(5, 10, 400), rng.uniform(10, 40, 400), np.full(3, np.nan)])
+    scores = np.concatenate([rng.normal(50, 5, 400), rng.normal(20, 2, 400), [1e3, 1e3, 1e3]])
+    bands, counts = band_thresholds(scores, psnr, (10.0, 40.0), 0.99)
+    assert counts == [400, 400, 0]                            # NaN PSNR in no band
+    assert bands[0] == pytest.approx(np.quantile(scores[:400], 0.99))
+    assert bands[1] == pytest.approx(np.quantile(scores[400:800], 0.99))
+    assert bands[2] == pytest.approx(np.quantile(scores, 0.99))   # empty band: the overall quantile
+    assert bands[1] < bands[0]
+
+
+def test_fit_ood_sets_one_threshold_per_psnr_band(tiny_artifact, tmp_path):
+    from offline_training.export import artifact_network, training_forward_model
+    from offline_training.ood import fit_ood, trunk_features, trunk_features_and_psnr
+
+    art = load_artifact(tiny_artifact)
+    model = artifact_network(art)
+    fm = training_forward_model(art.card["training"]["config"])
+    info = fit_ood(model, fm, tmp_path, n_fit=512, n_threshold=1500, seed=6, quantile=0.95,
+                   psnr_edges_db=(20.0, 35.0))
+    gen = torch.Generator().manual_seed(6)
+    trunk_features(model, fm, 512, gen)
+    held, psnr = trunk_features_and_psnr(model, fm, 1500, gen)
+    assert np.isfinite(psnr).all() and psnr.min() < 20 < 35 < psnr.max()
+    z = np.load(tmp_path / info["file"])
+    score = OodScore(mean=z["mean"], whitening=z["whitening"], threshold=info["threshold"], quantile=0.95,
+                     psnr_edges_db=tuple(info["psnr_edges_db"]), band_thresholds=tuple(info["band_thresholds"]))
+    s = score(held)
+    band = np.digitize(psnr, [20.0, 35.0])
+    assert info["band_counts"] == [int((band == k).sum()) for k in range(3)]
+    for k in range(3):
+        assert info["band_thresholds"][k] == pytest.approx(np.quantile(s[band == k], 0.95), rel=1e-3)
+    # each band lets its own 95 % through
+    assert abs(float((s > score.thresholds_for(psnr)).mean()) - 0.05) < 0.01
+
+
+def test_each_spectrum_is_judged_by_the_threshold_of_its_psnr_band():
+    score = OodScore(mean=np.zeros(2, np.float32), whitening=np.eye(2, dtype=np.float32), threshold=30.0,
+                     quantile=0.999, psnr_edges_db=(10.0, 20.0), band_thresholds=(55.0, 33.0, 25.0))
+    got = score.thresholds_for(np.array([5.0, 10.0, 15.0, 20.0, 48.0, np.nan]))
+    assert got.tolist() == [55.0, 33.0, 33.0, 25.0, 25.0, 30.0]
+    assert score.band_of(15.0) == "PSNR 10-20 dB" and score.band_of(3.0) == "PSNR below 10 dB"
+    assert score.band_of(np.nan) == ""
+    plain = OodScore(mean=np.zeros(2, np.float32), whitening=np.eye(2, dtype=np.float32), threshold=30.0,
+                     quantile=0.999)
+    assert plain.thresholds_for(np.array([5.0, np.nan])).tolist() == [30.0, 30.0] and plain.band_of(5.0) == ""
+    with pytest.raises(ValueError, match="band thresholds"):
+        OodScore(mean=np.zeros(2, np.float32), whitening=np.eye(2, dtype=np.float32), threshold=30.0,
+                 quantile=0.999, psnr_edges_db=(10.0,), band_thresholds=(1.0,))
 
 
 def test_fit_refuses_too_few_spectra(tiny_artifact, tmp_path):
@@ -98,6 +159,20 @@ def test_statistics_of_the_wrong_shape_are_refused_at_load(tiny_with_ood, tmp_pa
         load_engine(str(copy))
 
 
+def test_band_thresholds_that_do_not_match_their_edges_are_refused_at_load(tiny_with_ood, tmp_path):
+    import json
+
+    from mnedge_live.artifact import CARD_NAME, write_card
+
+    copy = shutil.copytree(tiny_with_ood, tmp_path / "bands")
+    card = json.loads((copy / CARD_NAME).read_text())
+    card.pop("files")
+    card["ood"]["band_thresholds"] = card["ood"]["band_thresholds"][:-1]
+    write_card(copy, card)
+    with pytest.raises(ArtifactError, match="thresholds"):
+        load_engine(str(copy))
+
+
 def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
     engine = load_engine(str(tiny_artifact), backend="onnxruntime")
     assert engine.ood is None
@@ -115,7 +190,7 @@ def test_the_default_model_refuses_lines_that_are_not_a_mn_edge(default_engine, 
     r = default_engine.predict_one(E, y)
     assert r.status == "rejected" and rule in r.reason, (name, r)
     if rule.startswith("out-of"):
-        assert r.ood_score > default_engine.ood.threshold
+        assert r.ood_score > default_engine.ood.thresholds_for(_psnr(E, y))[0]
 
 
 def test_the_default_model_refuses_two_equal_gaussians_11_ev_apart(default_engine):
@@ -124,7 +199,7 @@ def test_the_default_model_refuses_two_equal_gaussians_11_ev_apart(default_engin
     results = [default_engine.predict_one(E, two + np.random.default_rng(seed).normal(0, 0.01, E.size))
                for seed in range(5)]
     assert all(r.status == "rejected" and "out-of-distribution score" in r.reason for r in results), [
-        round(r.ood_score, 1) for r in results]
+        (round(r.ood_score, 1), r.reason) for r in results]
 
 
 def test_the_default_model_keeps_spectra_of_its_training_ranges(default_engine):
@@ -142,5 +217,7 @@ def test_measured_spectra_score_below_the_threshold(default_engine, real_dir):
     from offline_training.realism import read_two_column
 
     for path in sorted(real_dir.glob("*.csv")):
-        r = default_engine.predict_one(*read_two_column(path))
-        assert r.ok and r.ood_score < default_engine.ood.threshold, (path.name, r)
+        e, y = read_two_column(path)
+        r = default_engine.predict_one(e, y)
+        limit = default_engine.ood.thresholds_for(_psnr(e, y))[0]
+        assert r.ok and r.ood_score < limit, (path.name, r, limit)

@@ -123,7 +123,8 @@ class RowChecks:
             not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
             bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
             no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
-            unlike = self.ood_score > self.ood.threshold if self.ood is not None else np.zeros(len(self.l3_ev), bool)
+            unlike = (self.ood_score > self.ood.thresholds_for(self.psnr_db) if self.ood is not None
+                      else np.zeros(len(self.l3_ev), bool))
         return no_edge | not_l3 | ~self.l3_covered | bad_spacing | no_l2_line | unlike
 
     def reason(self, j: int) -> str:
@@ -148,10 +149,13 @@ class RowChecks:
             if not h >= MIN_L2_HEIGHT:
                 return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
                         f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
-        if self.ood is not None and self.ood_score[j] > self.ood.threshold:
-            return (f"unlike the Mn L2,3 spectra the model was trained on: out-of-distribution score "
-                    f"{self.ood_score[j]:.1f} above {self.ood.threshold:.1f} (the {100 * self.ood.quantile:g}th "
-                    "percentile of synthetic training spectra)")
+        if self.ood is not None:
+            limit = float(self.ood.thresholds_for(self.psnr_db[j:j + 1])[0])
+            if self.ood_score[j] > limit:
+                band = self.ood.band_of(float(self.psnr_db[j]))
+                return (f"unlike the Mn L2,3 spectra the model was trained on: out-of-distribution score "
+                        f"{self.ood_score[j]:.1f} above {limit:.1f} (the {100 * self.ood.quantile:g}th percentile "
+                        f"of synthetic training spectra{' of ' + band if band else ''})")
         return ""
 
 
