@@ -104,7 +104,7 @@ class SpectrumResult:
 def reason_kind(reason: str) -> str:
     """The kind of a rejection reason, for counting: its text before any parenthesis, measured numbers as ``#``.
 
-    ``"not a Mn L2,3 edge: L3-L2 spacing 14.1 eV is outside 9.6-12.4 eV (...)"`` becomes
+    ``"not a Mn L2,3 edge: L3-L2 spacing 14.1 eV is outside 9.6-12.8 eV (...)"`` becomes
     ``"not a Mn L2,3 edge: L3-L2 spacing # eV is outside #-# eV"``, so one kind is one key.
     """
     return re.sub(r"\d+\.\d+", "#", reason.split("(")[0].strip())

@@ -9,8 +9,8 @@ import torch
 from mnedge_live.preprocessing import (
     L2_CENTROID_EV,
     L3_REFERENCE_EV,
+    MN_SPACING_ACCEPTED_EV,
     MN_SPIN_ORBIT_EV,
-    MN_SPIN_ORBIT_RANGE_EV,
     MODEL_GRID,
     measured_noise,
     pack,
@@ -66,7 +66,7 @@ def test_l2_spacing_tells_mn_from_neighbouring_elements(l2_spacing, mn):
     y = y + np.random.default_rng(0).normal(0.0, 0.01, e.size)
     p = preprocess(*pack([(e, y)]), noise=torch.tensor([measured_noise(e, y)]))
     d = float(p.l2_spacing_ev[0])
-    assert (MN_SPIN_ORBIT_RANGE_EV[0] <= d <= MN_SPIN_ORBIT_RANGE_EV[1]) == mn
+    assert (MN_SPACING_ACCEPTED_EV[0] <= d <= MN_SPACING_ACCEPTED_EV[1]) == mn
     if l2_spacing < L2_CENTROID_EV[1] - 1.0:  # Co's L2 lies past the centroid window: only the verdict counts
         assert d == pytest.approx(l2_spacing, abs=0.3)
 
@@ -81,7 +81,7 @@ def test_mixed_valence_spectra_keep_a_mn_l2_spacing(forward_model, fractions):
     b = forward_model.sample(n, seed=21, fractions=[list(fractions)] * n, psnr_db=torch.linspace(15.0, 60.0, n))
     p = preprocess(b.start, b.values, b.valid)
     d = p.l2_spacing_ev[p.l2_covered].numpy()
-    inside = (d >= MN_SPIN_ORBIT_RANGE_EV[0]) & (d <= MN_SPIN_ORBIT_RANGE_EV[1])
+    inside = (d >= MN_SPACING_ACCEPTED_EV[0]) & (d <= MN_SPACING_ACCEPTED_EV[1])
     assert inside.mean() >= 0.99, np.sort(d[~inside])
 
 
@@ -90,5 +90,5 @@ def test_synthetic_mn_spectra_show_a_mn_l2_spacing(forward_model):
     b = forward_model.sample(600, seed=11, psnr_db=torch.linspace(15.0, 60.0, 600))
     p = preprocess(b.start, b.values, b.valid)
     d = p.l2_spacing_ev[p.l2_covered].numpy()
-    inside = (d >= MN_SPIN_ORBIT_RANGE_EV[0]) & (d <= MN_SPIN_ORBIT_RANGE_EV[1])
+    inside = (d >= MN_SPACING_ACCEPTED_EV[0]) & (d <= MN_SPACING_ACCEPTED_EV[1])
     assert inside.mean() >= 0.99, np.sort(d[~inside])

@@ -20,7 +20,7 @@ from mnedge_live.preprocessing import (
     L3_PLAUSIBLE_EV,
     MIN_EDGE_SNR,
     MIN_L2_HEIGHT,
-    MN_SPIN_ORBIT_RANGE_EV,
+    MN_SPACING_ACCEPTED_EV,
     WORK_STEP_EV,
     Resampled,
     resample_measured,
@@ -117,7 +117,7 @@ class RowChecks:
 
     def rejected(self) -> np.ndarray:
         """Boolean per row: one of the rules of :meth:`reason` refuses it."""
-        lo, hi = MN_SPIN_ORBIT_RANGE_EV
+        lo, hi = MN_SPACING_ACCEPTED_EV
         with np.errstate(invalid="ignore"):
             no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
             not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
@@ -141,7 +141,7 @@ class RowChecks:
                     f"the L3 maximum at {l3:.1f} eV (the L3 line and the start of L2 must be measured)")
         if self.l2_covered[j]:
             d = float(self.l2_spacing_ev[j])
-            lo, hi = MN_SPIN_ORBIT_RANGE_EV
+            lo, hi = MN_SPACING_ACCEPTED_EV
             if not (lo <= d <= hi):
                 return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
                         "(Mn 2p spin-orbit splitting is about 11 eV)")
