@@ -152,16 +152,32 @@ def export_checked_onnx(model: MnEdgeCNN, path: str | Path) -> float:
     return diff
 
 
-def training_forward_model(config: dict):
-    """The forward model (bank and ranges) of a training config as recorded in checkpoints and cards."""
+def training_forward_model(config: dict, bank_sha256: str | None = None):
+    """The forward model (bank and ranges) of a training config as recorded in checkpoints and cards.
+
+    A config that names a bank file which is not here (a scratch copy a
+    model was trained on before the bank was shipped) gets the shipped bank
+    when its SHA-256 is the recorded ``bank_sha256``; otherwise it is refused.
+    """
     from offline_training.forward import ForwardModel
     from offline_training.references.bank import Bank
     from offline_training.train import TrainConfig
 
     cfg = TrainConfig.from_dict(config)
     if cfg.bank and not Path(cfg.bank).is_file():
-        raise RuntimeError(f"the model was trained on the bank {cfg.bank}, which is not here")
+        shipped = Bank.load()
+        if bank_sha256 and shipped.sha256() == bank_sha256:
+            return ForwardModel(shipped, cfg.forward)
+        raise RuntimeError(f"the model was trained on the bank {cfg.bank}, which is not here"
+                           + (f" (SHA-256 {bank_sha256[:12]}..., the shipped bank's is {shipped.sha256()[:12]}...)"
+                              if bank_sha256 else ""))
     return ForwardModel(Bank.load(cfg.bank), cfg.forward)
+
+
+def card_forward_model(card: dict):
+    """The forward model an artifact's network was trained on, from its model card."""
+    training = card["training"]
+    return training_forward_model(training["config"], training.get("bank_sha256"))
 
 
 def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | None = None,
@@ -227,7 +243,7 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
     if ood_spectra:
         from offline_training.ood import THRESHOLD_SET_FACTOR, fit_ood
 
-        card["ood"] = fit_ood(model, training_forward_model(card["training"]["config"]), out,
+        card["ood"] = fit_ood(model, card_forward_model(card), out,
                               n_fit=ood_spectra, n_threshold=THRESHOLD_SET_FACTOR * ood_spectra)
     if tensorrt:
         card["tensorrt"] = build_tensorrt_engines(model, out)
@@ -278,7 +294,7 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
     if "features" not in outputs:
         raise RuntimeError(f"{d}: the ONNX graph has no 'features' output; run 'mnedge-train refresh-onnx' first")
     card = {k: v for k, v in art.card.items() if k not in ("files", "schema_version")}
-    card["ood"] = fit_ood(artifact_network(art), training_forward_model(card["training"]["config"]), d,
+    card["ood"] = fit_ood(artifact_network(art), card_forward_model(card), d,
                           n_fit=spectra, n_threshold=THRESHOLD_SET_FACTOR * spectra)
     card["ood"]["git_commit"] = git_commit()
     write_card(d, card)

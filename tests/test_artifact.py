@@ -124,3 +124,18 @@ def test_tensorrt_backend_is_skipped_with_a_reason_and_auto_falls_back(tiny_arti
         make_backend(load_artifact(tiny_artifact), "tensorrt")
     engine = load_engine(str(tiny_artifact), backend="auto")
     assert engine.backend.name in ("onnxruntime", "torch")
+
+
+def test_a_card_naming_a_scratch_bank_gets_the_shipped_bank_only_when_its_checksum_matches(tmp_path):
+    from offline_training.export import card_forward_model
+    from offline_training.forward import ForwardModel
+    from offline_training.references.bank import Bank
+
+    shipped = Bank.load()
+    config = {"bank": str(tmp_path / "gone.npz")}
+    fm = card_forward_model({"training": {"config": config, "bank_sha256": shipped.sha256()}})
+    assert isinstance(fm, ForwardModel)
+    with pytest.raises(RuntimeError, match="gone.npz, which is not here"):
+        card_forward_model({"training": {"config": config, "bank_sha256": "0" * 64}})
+    with pytest.raises(RuntimeError, match="not here"):
+        card_forward_model({"training": {"config": config}})

@@ -200,13 +200,14 @@ def test_the_default_model_refuses_two_equal_gaussians_11_ev_apart(default_engin
                for seed in range(5)]
     assert all(r.status == "rejected" and "out-of-distribution score" in r.reason for r in results), [
         (round(r.ood_score, 1), r.reason) for r in results]
+    assert "of synthetic training spectra of PSNR" in results[0].reason
 
 
 def test_the_default_model_keeps_spectra_of_its_training_ranges(default_engine):
     from offline_training.evaluate import batch_spectra
-    from offline_training.export import training_forward_model
+    from offline_training.export import card_forward_model
 
-    fm = training_forward_model(default_engine.artifact.card["training"]["config"])
+    fm = card_forward_model(default_engine.artifact.card)
     res = default_engine.predict(batch_spectra(fm.sample(2000, seed=77)))
     ood = sum("out-of-distribution" in r.reason for r in res)
     assert ood <= 6    # the threshold lets 99.9 % through: about 2 of 2,000 expected
