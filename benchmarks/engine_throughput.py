@@ -67,12 +67,19 @@ def batch_seconds(engine: Engine, spectra: list, repeats: int) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def network_seconds(run, x, repeats: int) -> float:
-    """Mean seconds per ``run(x)`` after a warm-up."""
-    run(x[:64])
+def network_seconds(run, x, repeats: int, engine: Engine) -> float:
+    """Mean seconds per ``run(x)`` after a warm-up, ``x`` split into the engine's parts run at once on its workers."""
+    parts = engine._parts(len(x))
+
+    def whole(a):
+        if len(parts) == 1:
+            return run(a)
+        return [f.result() for f in [engine._pool.submit(run, a[i:j]) for i, j in parts]]
+
+    whole(x[:64])
     t0 = time.perf_counter()
     for _ in range(repeats):
-        run(x)
+        whole(x)
     return (time.perf_counter() - t0) / repeats
 
 
@@ -83,20 +90,20 @@ def main() -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--n1", type=int, default=300, help="batch-1 calls")
     ap.add_argument("--repeats", type=int, default=5, help="batch-1024 calls")
+    ap.add_argument("--workers", type=int, help="engine workers (default: the engine's own choice)")
     args = ap.parse_args()
-    engine = load_engine(args.model, backend=args.backend)
+    engine = load_engine(args.model, backend=args.backend, workers=args.workers)
     fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0))
     spectra = batch_spectra(fm.sample(1024, seed=7))
     lat = latency(engine, spectra, args.n1)
     t1024 = batch_seconds(engine, spectra, args.repeats)
     base = MnEdgeNetPublished().eval()
-    base_engine = Engine(engine.artifact, BaselineBackend(base, len(engine.std_scale)))
+    base_engine = Engine(engine.artifact, BaselineBackend(base, len(engine.std_scale)), workers=engine.workers)
     base_lat = latency(base_engine, spectra, max(args.n1 // 3, 50))
     base_t1024 = batch_seconds(base_engine, spectra, args.repeats)
     x = preprocess(*pack(spectra)).x
-    t_net = network_seconds(lambda a: engine.backend.run(a.numpy()), x, args.repeats)
-    with torch.inference_mode():
-        t_base_net = network_seconds(base, x, args.repeats)
+    t_net = network_seconds(lambda a: engine.backend.run(a.numpy()), x, args.repeats, engine)
+    t_base_net = network_seconds(lambda a: base_engine.backend.run(a.numpy()), x, args.repeats, base_engine)
     emit({
         "batch1_spectra_per_s": round(1.0 / lat.mean(), 1),
         "batch1_p50_ms": round(1e3 * float(np.percentile(lat, 50)), 3),
@@ -110,7 +117,7 @@ def main() -> int:
         "speedup_batch1024_end_to_end": round(base_t1024 / t1024, 2),
         "speedup_batch1024_network_only": round(t_base_net / t_net, 2),
         "baseline": "MnEdgeNet published architecture, PyTorch eager, in the same engine",
-        "model": engine.model_id, "backend": engine.backend_name,
+        "model": engine.model_id, "backend": engine.backend_name, "workers": engine.workers,
         "flops_per_spectrum": engine.artifact.card.get("flops_per_spectrum"),
         "machine": machine(),
     }, args.json)

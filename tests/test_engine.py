@@ -146,6 +146,39 @@ def test_engine_with_one_cpu_thread_gives_the_same_answers(engine, tiny_artifact
     assert np.allclose([r.valence for r in a], [r.valence for r in b], atol=1e-5)
 
 
+def test_a_batch_split_over_workers_answers_like_one_call(tiny_artifact):
+    """Parts of a batch run at once on the engine's workers; answers, order and counters are one call's."""
+    split = load_engine(str(tiny_artifact), backend="onnxruntime", workers=3)
+    whole = load_engine(str(tiny_artifact), backend="onnxruntime", workers=1)
+    spectra = [(E, mn_like(seed=k, l3=636.0 + 0.1 * k)) for k in range(150)]
+    spectra[5] = (E, np.full(E.size, np.nan))
+    spectra[77] = ("garbage", None)
+    spectra[140] = (E[::-1], mn_like(seed=1)[::-1])
+    assert split._parts(len(spectra)) == [(0, 50), (50, 100), (100, 150)] and split._parts(40) == [(0, 40)]
+    a, b = split.predict(spectra), whole.predict(spectra)
+    assert [(r.status, r.reason) for r in a] == [(r.status, r.reason) for r in b]
+    ok = [i for i, r in enumerate(b) if r.ok]
+    assert len(ok) == 148
+    assert np.allclose([a[i].valence for i in ok], [b[i].valence for i in ok], atol=1e-5)
+    assert split.counters == {"spectra": 150, "ok": 148, "rejected": 2}
+    assert any(t.name.startswith("mnedge-engine") for t in threading.enumerate())
+    y = np.array([mn_like(seed=k, l3=637.0 + 0.05 * k) for k in range(100)])
+    y[60] = 1.0
+    a, b = split.predict_shared_axis(E, y), whole.predict_shared_axis(E, y)
+    assert [(r.status, r.reason) for r in a] == [(r.status, r.reason) for r in b]
+    assert np.allclose([r.valence for r in a if r.ok], [r.valence for r in b if r.ok], atol=1e-5)
+
+
+def test_a_cpu_engine_splits_over_its_cores_unless_the_caller_sizes_threads(tiny_artifact):
+    from mnedge_live.engine.core import usable_cores
+
+    auto = load_engine(str(tiny_artifact), backend="onnxruntime")
+    assert auto.workers == usable_cores()
+    if auto.workers > 1:   # one ONNX Runtime thread per part
+        assert auto.backend.session.get_session_options().intra_op_num_threads == 1
+    assert load_engine(str(tiny_artifact), backend="onnxruntime", threads=2).workers == 1
+
+
 WIDE = np.arange(600.0, 740.0, 0.1)
 
 
