@@ -36,7 +36,9 @@ def engine(tiny_artifact):
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
     (np.linspace(640.0, 643.0, 40), mn_like(np.linspace(640.0, 643.0, 40)), "spans only"),
     (E / 1000.0, mn_like(), "looks like keV"),                  # exported in keV: say so, do not guess
-    (np.arange(0.0, 2000.0, 10.0), mn_like(np.arange(0.0, 2000.0, 10.0)), "points in the Mn L2,3 region"),
+    (np.arange(0.0, 2000.0, 12.0), mn_like(np.arange(0.0, 2000.0, 12.0)), "points in the Mn L2,3 region"),
+    (np.arange(0.0, 2000.0, 10.0), mn_like(np.arange(0.0, 2000.0, 10.0)), "cannot resolve"),   # a survey scan
+    (np.arange(600.0, 700.0, 2.5), mn_like(np.arange(600.0, 700.0, 2.5)), "cannot resolve"),
     (E.astype(str), mn_like(), "non-numeric"),
 ])
 def test_bad_spectra_are_rejected_with_reasons(engine, energy, intensity, reason):
@@ -196,7 +198,16 @@ def test_mn_edge_beside_a_stronger_edge_of_another_element_is_read(engine):
     assert beside.valence == pytest.approx(alone.valence, abs=0.05)
 
 
-@pytest.mark.parametrize("shift", [-28.0, 28.0, 67.0])
+@pytest.mark.parametrize("shift", [-30.0, -22.0, 22.0, 30.0])
+def test_an_axis_off_by_up_to_30_ev_reads_as_a_calibrated_one(engine, shift):
+    calibrated = engine.predict_one(WIDE, _shifted(lambda e: mn_like(e, noise=0.002), 0.0))
+    off = engine.predict_one(WIDE, _shifted(lambda e: mn_like(e, noise=0.002), shift))
+    assert calibrated.ok and off.ok, off.reason
+    assert off.valence == pytest.approx(calibrated.valence, abs=0.05)
+    assert off.energy_offset_eV == pytest.approx(calibrated.energy_offset_eV + shift, abs=0.5)
+
+
+@pytest.mark.parametrize("shift", [-40.0, 40.0, 67.0])
 def test_an_edge_outside_the_mn_window_is_still_rejected(engine, shift):
     """Only the other element's edge (or Mn's beyond any calibration error): rejected, never a line of it read as Mn."""
     y = _shifted(lambda e: mn_like(e, noise=0.0), shift) + np.random.default_rng(3).normal(0, 0.002, WIDE.size)

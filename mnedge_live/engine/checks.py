@@ -25,6 +25,7 @@ from mnedge_live.preprocessing import (
     Resampled,
     resample_measured,
 )
+from mnedge_live.preprocessing.points import point_spacing
 
 #: Fewest measured points accepted.
 MIN_POINTS = 16
@@ -32,6 +33,13 @@ MIN_POINTS = 16
 MIN_SPAN_EV = 6.0
 #: Rejection reason (before its numbers) of a spectrum whose edge does not rise above the noise.
 NO_EDGE_REASON = "no edge detectable above the noise"
+
+
+#: Median point spacing (eV) above which an axis is refused: the Mn L3 line is 1-3 eV wide. Up to
+#: 0.5 eV the measured spectra read as on a fine axis, at 0.75-1 eV they drift by up to 0.2
+#: (``coarse_axis`` flag, engine/core.py); a survey spectrum in 10 eV steps held 14-16 points in
+#: the Mn region and was refused for whatever rule its few points broke.
+MAX_POINT_SPACING_EV = 2.0
 
 
 def check_axis(e: np.ndarray) -> np.ndarray:
@@ -67,6 +75,10 @@ def check_axis(e: np.ndarray) -> np.ndarray:
     if span < MIN_SPAN_EV:
         where = "" if inside.all() else f" within the Mn L2,3 region {region}"
         raise ValueError(f"energy axis spans only {span:.2f} eV{where}; at least {MIN_SPAN_EV} eV are needed")
+    spacing = point_spacing(np.unique(e[inside]))
+    if spacing > MAX_POINT_SPACING_EV:
+        raise ValueError(f"points every {spacing:.1f} eV cannot resolve the Mn L3 and L2 lines (each 1-3 eV wide); "
+                         f"at most {MAX_POINT_SPACING_EV:g} eV between points is needed")
     return inside
 
 def check_and_resample(energy, intensity) -> Resampled:
