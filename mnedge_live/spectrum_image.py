@@ -276,9 +276,9 @@ def local_thread_plan(cores: int | None = None) -> tuple[int, int]:
     oversubscribed (2 cores: 10.4k spectra/s, against 7.8k/s for two chunks
     with the libraries' default of 2 threads each and 6.9k/s for one chunk).
     """
-    import os
+    from mnedge_live.cores import usable_cores
 
-    cores = max(1, cores or os.cpu_count() or 1)
+    cores = max(1, cores or usable_cores())
     workers = min(2, cores)
     return workers, max(1, cores // workers)
 

@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import h5py
 import numpy as np
 import torch
 
+from mnedge_live.cores import usable_cores
 from mnedge_live.preprocessing import MODEL_GRID, WORK_STEP_EV, Prepared, preprocess
 from offline_training.forward import Batch, ForwardModel
 
@@ -135,7 +135,7 @@ def stream(fm: ForwardModel, batch_size: int | Callable[[int], int], seed: int, 
 
 def default_workers() -> int:
     """One synthesizing process per CPU core this process may use (at most 8)."""
-    return max(1, min(8, len(os.sched_getaffinity(0))))
+    return min(8, usable_cores())
 
 
 def _constant(value: int, _index: int) -> int:

@@ -172,7 +172,7 @@ def test_a_batch_split_over_workers_answers_like_one_call(tiny_artifact):
 
 
 def test_a_cpu_engine_splits_over_its_cores_unless_the_caller_sizes_threads(tiny_artifact):
-    from mnedge_live.engine.core import usable_cores
+    from mnedge_live.cores import usable_cores
 
     auto = load_engine(str(tiny_artifact), backend="onnxruntime")
     assert auto.workers == usable_cores()

@@ -9,16 +9,16 @@ uncertainties and quality flags.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from mnedge_live.artifact import Artifact, load_artifact
+from mnedge_live.cores import usable_cores
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.engine.checks import MIN_POINTS, RowChecks, check_and_resample, check_axis
 from mnedge_live.engine.ood import OodScore
@@ -49,14 +49,6 @@ BATCH_ROWS = {"cpu": 1024, "cuda": 4096}
 #: Fewest spectra per part when the engine splits a batch over its workers; smaller batches
 #: run whole in the calling thread (handing work to a thread costs about 0.1 ms).
 MIN_PART_SPECTRA = 32
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _one_intra_op_thread() -> None:
@@ -141,10 +133,15 @@ class Engine:
             One per input, in order: ``ok`` with the readout, or
             ``rejected`` with the reason.
         """
-        parts = self._parts(len(spectra))
+        return self._in_parts(len(spectra), lambda a, b: self._predict_part([spectra[i] for i in range(a, b)]))
+
+    def _in_parts(self, n: int, part: Callable[[int, int], list]) -> list[SpectrumResult]:
+        """Results of items ``0 .. n - 1``: ``part(start, stop)`` for each of :meth:`_parts`, at once on
+        the workers when there are several, joined in order and counted."""
+        parts = self._parts(n)
         if len(parts) == 1:
-            return self._count(self._predict_part(spectra))
-        futures = [self._pool.submit(self._predict_part, [spectra[i] for i in range(a, b)]) for a, b in parts]
+            return self._count(part(0, n))
+        futures = [self._pool.submit(part, a, b) for a, b in parts]
         return self._count([r for f in futures for r in f.result()])
 
     def _parts(self, n: int) -> list[tuple[int, int]]:
@@ -194,11 +191,7 @@ class Engine:
         if y.ndim != 2 or not isinstance(energy, np.ndarray) or y.shape[1:] != energy.shape or y.dtype.kind not in "fiu":
             return self.predict([(energy, row) for row in y] if y.ndim == 2 else [(energy, y)])
         y = _float_rows(y)
-        parts = self._parts(len(y))
-        if len(parts) == 1:
-            return self._count(self._shared_axis_part(energy, y))
-        futures = [self._pool.submit(self._shared_axis_part, energy, y[a:b]) for a, b in parts]
-        return self._count([r for f in futures for r in f.result()])
+        return self._in_parts(len(y), lambda a, b: self._shared_axis_part(energy, y[a:b]))
 
     def _shared_axis_part(self, energy: np.ndarray, y: np.ndarray) -> list[SpectrumResult | None]:
         """Results of one part of a :meth:`predict_shared_axis` batch, uncounted."""
