@@ -267,7 +267,7 @@ def test_backend_failure_rejects_rows_and_keeps_serving(engine):
 #: Measured on mnedge-default-v4 (see benchmarks/RESULTS.md): SrMnO3 reads 3.67 (12 % read as Mn2+, from a sharp
 #: line 2.2 eV below its L3 maximum that no single-valence calculation reproduces).  The check still runs; strict xfail
 #: turns into a failure once a model meets it, so the mark must go then.
-_MISSES_0_15 = pytest.mark.xfail(strict=True, reason="default model (v10) reads SrMnO3 3.67; issue open")
+_MISSES_0_15 = pytest.mark.xfail(strict=True, reason="default model (v11) reads SrMnO3 3.67; issue open")
 
 
 @pytest.mark.parametrize("name, valence", [
