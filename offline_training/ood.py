@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mnedge_live.engine.ood import OOD_FILE
+from mnedge_live.engine.ood import OOD_FILE, psnr_bands
 from mnedge_live.network import MnEdgeCNN
 from offline_training.forward import ForwardModel
 from offline_training.generate import make_training_batch
@@ -66,8 +66,7 @@ def band_thresholds(scores: np.ndarray, psnr_db: np.ndarray, edges: tuple[float,
     training ranges never reach, gets the overall quantile, as spectra
     without a PSNR (NaN, counted in no band) do in the engine.
     """
-    band = np.searchsorted(np.asarray(edges, np.float64), np.nan_to_num(psnr_db, nan=np.inf), side="right")
-    band = np.where(np.isfinite(psnr_db), band, -1)
+    band = psnr_bands(psnr_db, edges)
     overall = float(np.quantile(scores, quantile))
     out, counts = [], []
     for k in range(len(edges) + 1):

@@ -34,6 +34,14 @@ from mnedge_live.artifact import Artifact, ArtifactError
 OOD_FILE = "ood.npz"
 
 
+def psnr_bands(psnr_db, edges) -> np.ndarray:
+    """Band of each PSNR (dB): 0 below the first of the ascending ``edges``, ``len(edges)`` from the
+    last; -1 where the PSNR is unknown (not finite)."""
+    psnr = np.asarray(psnr_db, np.float64)
+    band = np.searchsorted(np.asarray(edges, np.float64), np.nan_to_num(psnr, nan=0.0), side="right")
+    return np.where(np.isfinite(psnr), band, -1)
+
+
 @dataclass(frozen=True)
 class OodScore:
     """Feature statistics of a network on its training distribution, and the rejection threshold.
@@ -72,18 +80,17 @@ class OodScore:
 
     def thresholds_for(self, psnr_db: np.ndarray) -> np.ndarray:
         """Threshold of each row ``(B,)`` from its measured PSNR (dB); NaN PSNR: :attr:`threshold`."""
-        psnr = np.asarray(psnr_db, np.float64)
+        band = psnr_bands(psnr_db, self.psnr_edges_db)
         if not self.band_thresholds:
-            return np.full(psnr.shape, self.threshold)
-        band = np.searchsorted(np.asarray(self.psnr_edges_db), np.nan_to_num(psnr, nan=0.0), side="right")
-        return np.where(np.isfinite(psnr), np.asarray(self.band_thresholds)[band], self.threshold)
+            return np.full(band.shape, self.threshold)
+        return np.where(band >= 0, np.asarray(self.band_thresholds)[band.clip(0)], self.threshold)
 
     def band_of(self, psnr_db: float) -> str:
         """Words for the PSNR band of one spectrum, e.g. ``'PSNR 20-30 dB'`` ('' when there are no bands)."""
-        if not self.band_thresholds or not np.isfinite(psnr_db):
+        k = int(psnr_bands(psnr_db, self.psnr_edges_db))
+        if not self.band_thresholds or k < 0:
             return ""
         edges = self.psnr_edges_db
-        k = int(np.searchsorted(np.asarray(edges), psnr_db, side="right"))
         if k == 0:
             return f"PSNR below {edges[0]:g} dB"
         if k == len(edges):
