@@ -60,3 +60,17 @@ def test_step_assembler_covers_and_refuses_bad_points():
         assert a.add(e, 2.0, 2.0) == ""
     e, s = a.spectrum()
     assert a.covered() and np.all(np.diff(e) >= 0) and np.allclose(s, 1.0)
+
+
+def test_the_service_hides_its_start_up_objects_from_the_collector_when_ready(capsys):
+    import gc
+
+    from mnedge_live.commands.live import ready
+
+    before = gc.get_freeze_count()
+    try:
+        ready()
+        assert gc.get_freeze_count() > before
+        assert "mnedge live: ready" in capsys.readouterr().out
+    finally:
+        gc.unfreeze()

@@ -8,6 +8,7 @@ With ``--check`` it only runs the pre-flight checks of :mod:`mnedge_live.health`
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -85,10 +86,22 @@ def run(args: argparse.Namespace) -> int:
     from mnedge_live.service import serve
 
     try:
-        return serve(config, engine, epics=epics, ready=lambda: print("mnedge live: ready", flush=True))
+        return serve(config, engine, epics=epics, ready=ready)
     finally:
         if epics is not None:
             epics.stop()
+
+
+def ready() -> None:
+    """Called once the service listens: hide what start-up made from the garbage collector, then say so.
+
+    The model, the libraries and the service's own objects live as long as
+    the process; a full collection walked them all, and one in 1,500 readouts
+    took 75 ms instead of 1.6 ms (benchmarks/RESULTS.md). ``gc.freeze`` moves
+    them to a generation that collections skip.
+    """
+    gc.freeze()
+    print("mnedge live: ready", flush=True)
 
 
 def _check(config_path: str | None, overrides: dict) -> int:
