@@ -64,7 +64,8 @@ def cmd_references(args) -> int:
         bank = join_measured(base, measured, args.measured_weight)
     else:
         bank = build_bank(sizes, seed=args.seed, workers=args.workers, cache_dir=args.cache, measured=measured,
-                          measured_weight=args.measured_weight, progress=not args.no_progress)
+                          measured_weight=args.measured_weight, progress=not args.no_progress,
+                          l3_lifetime=args.l3_lifetime)
     out = Path(args.out) if args.out else default_bank_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     bank.save(out)
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--measured-only", action="store_true",
                    help="add the measured references to an existing bank instead of calculating")
     s.add_argument("--base", help="existing bank for --measured-only (default: the shipped bank)")
+    s.add_argument("--l3-lifetime", choices=("constant", "ramp"), default="constant",
+                   help="one L3 core-hole width per member (the shipped bank) or widths growing across L3")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_references)
 

@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from offline_training.references.multiplet import D_COUNT, MultipletParameters, calculate_spectrum
-from offline_training.references.parameters import L3_POSITION_EV, LIFETIME_RANGES, as_dict, draw_parameters
+from offline_training.references.parameters import (
+    L3_POSITION_EV,
+    L3_RAMP,
+    LIFETIME_RANGES,
+    as_dict,
+    draw_parameters,
+)
 
 #: Energy grid of the bank (eV): wide enough for offsets, plural scattering and crops.
 BANK_GRID = np.round(np.arange(625.0, 700.0, 0.05), 4)
@@ -120,16 +126,26 @@ def find_split(energy: np.ndarray, spectrum: np.ndarray) -> float:
 
 
 def lorentzian_lifetime(energy: np.ndarray, spectrum: np.ndarray, split: float,
-                        gamma_l3: float, gamma_l2: float, gamma_done: float = 0.1) -> np.ndarray:
-    """Add core-hole Lorentzian broadening, L3 width below ``split`` and L2 width above.
+                        gamma_l3: float, gamma_l2: float, gamma_done: float = 0.1,
+                        gamma_l3_onset: float | None = None, ramp_ev: float = 3.0) -> np.ndarray:
+    """Add core-hole Lorentzian broadening: L3's below ``split``, L2's ``gamma_l2`` above.
 
-    A Lorentzian of HWHM a convolved with one of HWHM b is a Lorentzian of
-    HWHM a + b, so a spectrum calculated with ``gamma_done`` gets the extra
-    ``gamma - gamma_done``.  The kernel varies with the energy it spreads
-    from, which keeps the area of every transition.
+    L3's HWHM is ``gamma_l3`` throughout, or, with ``gamma_l3_onset``, rises
+    linearly from it (``ramp_ev / 2`` below the L3 maximum and lower) to
+    ``gamma_l3`` (``ramp_ev / 2`` above and higher): the lowest multiplets
+    live longest (see :mod:`~offline_training.references.parameters`).  A Lorentzian of HWHM a
+    convolved with one of HWHM b is a Lorentzian of HWHM a + b, so a spectrum
+    calculated with ``gamma_done`` gets the extra ``gamma - gamma_done``.  The
+    kernel varies with the energy it spreads from, which keeps the area of
+    every transition.
     """
     de = energy[1] - energy[0]
-    g = np.where(energy < split, gamma_l3, gamma_l2) - gamma_done
+    g3 = np.full(energy.shape, float(gamma_l3))
+    if gamma_l3_onset is not None:
+        l3 = energy[np.argmax(np.where(energy < split, spectrum, 0.0))]
+        ramp = np.clip((energy - (l3 - ramp_ev / 2)) / ramp_ev, 0.0, 1.0) if ramp_ev > 0 else (energy >= l3) * 1.0
+        g3 = gamma_l3_onset + (gamma_l3 - gamma_l3_onset) * ramp
+    g = np.where(energy < split, g3, gamma_l2) - gamma_done
     g = np.clip(g, 1e-3, None)
     diff = energy[:, None] - energy[None, :]
     kernel = (g[None, :] / np.pi) / (diff**2 + g[None, :] ** 2) * de
@@ -162,7 +178,7 @@ def place_on_grid(intensity: np.ndarray, valence: int, grid: np.ndarray = BANK_G
 
 def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, workers: int | None = None,
                cache_dir: str | Path = ".cache/multiplets", measured: Iterable = (),
-               measured_weight: float = 0.0, progress: bool = True) -> Bank:
+               measured_weight: float = 0.0, progress: bool = True, l3_lifetime: str = "constant") -> Bank:
     """Calculate the families (in parallel, resumable through ``cache_dir``) and assemble the bank.
 
     Parameters
@@ -182,7 +198,12 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         references; the calculated family shares the rest.
     progress : bool
         Show a tqdm progress bar.
+    l3_lifetime : str
+        ``"constant"`` (one L3 width per member, the shipped bank) or ``"ramp"``
+        (widths growing across L3, :data:`~offline_training.references.parameters.L3_RAMP`).
     """
+    if l3_lifetime not in ("constant", "ramp"):
+        raise ValueError(f"l3_lifetime must be 'constant' or 'ramp', got {l3_lifetime!r}")
     from tqdm import tqdm
 
     sizes = family_sizes or DEFAULT_FAMILY_SIZES
@@ -208,14 +229,20 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         base = place_on_grid(intensity, p.valence)
         sp = find_split(BANK_GRID, base)
         for _ in range(LIFETIME_VARIANTS):
-            g3 = rng.uniform(*LIFETIME_RANGES["gamma_l3"])
-            g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
-            s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2)
+            if l3_lifetime == "ramp":
+                g3 = rng.uniform(*L3_RAMP["main_hwhm"])
+                g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
+                s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2, gamma_l3_onset=L3_RAMP["onset_hwhm"],
+                                        ramp_ev=L3_RAMP["ramp_ev"])
+            else:
+                g3 = rng.uniform(*LIFETIME_RANGES["gamma_l3"])
+                g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
+                s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2)
             spectra.append(unit_area(BANK_GRID, s))
             valence.append(p.valence)
             split.append(sp)
             source.append(family)
-            meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ))
+            meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ, l3_lifetime=l3_lifetime))
     valence_arr = np.array(valence)
     weight = np.ones(len(spectra))
     bank = Bank(energy=BANK_GRID, spectra=np.array(spectra, np.float32), valence=valence_arr,
