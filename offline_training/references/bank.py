@@ -204,6 +204,7 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
     """
     if l3_lifetime not in ("constant", "ramp"):
         raise ValueError(f"l3_lifetime must be 'constant' or 'ramp', got {l3_lifetime!r}")
+    ramp = l3_lifetime == "ramp"
     from tqdm import tqdm
 
     sizes = family_sizes or DEFAULT_FAMILY_SIZES
@@ -229,15 +230,10 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         base = place_on_grid(intensity, p.valence)
         sp = find_split(BANK_GRID, base)
         for _ in range(LIFETIME_VARIANTS):
-            if l3_lifetime == "ramp":
-                g3 = rng.uniform(*L3_RAMP["main_hwhm"])
-                g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
-                s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2, gamma_l3_onset=L3_RAMP["onset_hwhm"],
-                                        ramp_ev=L3_RAMP["ramp_ev"])
-            else:
-                g3 = rng.uniform(*LIFETIME_RANGES["gamma_l3"])
-                g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
-                s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2)
+            g3 = rng.uniform(*(L3_RAMP["main_hwhm"] if ramp else LIFETIME_RANGES["gamma_l3"]))
+            g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
+            s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2, gamma_l3_onset=L3_RAMP["onset_hwhm"] if ramp else None,
+                                    ramp_ev=L3_RAMP["ramp_ev"])
             spectra.append(unit_area(BANK_GRID, s))
             valence.append(p.valence)
             split.append(sp)
