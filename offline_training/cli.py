@@ -283,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--measured-only", action="store_true",
                    help="add the measured references to an existing bank instead of calculating")
     s.add_argument("--base", help="existing bank for --measured-only (default: the shipped bank)")
-    s.add_argument("--l3-lifetime", choices=("constant", "ramp"), default="constant",
-                   help="one L3 core-hole width per member (the shipped bank) or widths growing across L3")
+    s.add_argument("--l3-lifetime", choices=("constant", "ramp", "both"), default="constant",
+                   help="one L3 core-hole width per member, widths growing across L3, or both sets of rows")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_references)
 

@@ -53,6 +53,9 @@ DEFAULT_FAMILY_SIZES = {"Mn2+ Oh": 14, "Mn2+ Td": 6, "Mn3+ Oh-JT": 20, "Mn4+ Oh"
 #: Core-hole lifetime variants made from each calculation (cheap, post hoc).
 LIFETIME_VARIANTS = 3
 
+#: L3 width models a bank can be built with (``mnedge-train references --l3-lifetime``).
+L3_LIFETIME_MODES = ("constant", "ramp", "both")
+
 
 @dataclass
 class Bank:
@@ -199,12 +202,14 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
     progress : bool
         Show a tqdm progress bar.
     l3_lifetime : str
-        ``"constant"`` (one L3 width per member, the shipped bank) or ``"ramp"``
-        (widths growing across L3, :data:`~offline_training.references.parameters.L3_RAMP`).
+        ``"constant"`` (one L3 width per member), ``"ramp"`` (widths growing
+        across L3, :data:`~offline_training.references.parameters.L3_RAMP`) or
+        ``"both"`` (the constant rows followed by the ramp rows, each drawn as
+        its own mode would draw them, so either half equals that mode's bank).
     """
-    if l3_lifetime not in ("constant", "ramp"):
-        raise ValueError(f"l3_lifetime must be 'constant' or 'ramp', got {l3_lifetime!r}")
-    ramp = l3_lifetime == "ramp"
+    if l3_lifetime not in L3_LIFETIME_MODES:
+        raise ValueError(f"l3_lifetime must be one of {L3_LIFETIME_MODES}, got {l3_lifetime!r}")
+    modes = ("constant", "ramp") if l3_lifetime == "both" else (l3_lifetime,)
     from tqdm import tqdm
 
     sizes = family_sizes or DEFAULT_FAMILY_SIZES
@@ -223,22 +228,24 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         futures = {pool.submit(_calculate_cached, p, str(cache_dir)): i for i, (_, p) in enumerate(jobs)}
         for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="multiplets"):
             results[futures[fut]] = fut.result()
-    rng = np.random.default_rng(seed)
     spectra, valence, split, source, meta = [], [], [], [], []
-    for i, (family, p) in enumerate(jobs):
-        intensity, occ = results[i]
-        base = place_on_grid(intensity, p.valence)
-        sp = find_split(BANK_GRID, base)
-        for _ in range(LIFETIME_VARIANTS):
-            g3 = rng.uniform(*(L3_RAMP["main_hwhm"] if ramp else LIFETIME_RANGES["gamma_l3"]))
-            g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
-            s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2, gamma_l3_onset=L3_RAMP["onset_hwhm"] if ramp else None,
-                                    ramp_ev=L3_RAMP["ramp_ev"])
-            spectra.append(unit_area(BANK_GRID, s))
-            valence.append(p.valence)
-            split.append(sp)
-            source.append(family)
-            meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ, l3_lifetime=l3_lifetime))
+    for mode in modes:
+        ramp = mode == "ramp"
+        rng = np.random.default_rng(seed)
+        for i, (family, p) in enumerate(jobs):
+            intensity, occ = results[i]
+            base = place_on_grid(intensity, p.valence)
+            sp = find_split(BANK_GRID, base)
+            for _ in range(LIFETIME_VARIANTS):
+                g3 = rng.uniform(*(L3_RAMP["main_hwhm"] if ramp else LIFETIME_RANGES["gamma_l3"]))
+                g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
+                s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2, ramp_ev=L3_RAMP["ramp_ev"],
+                                        gamma_l3_onset=L3_RAMP["onset_hwhm"] if ramp else None)
+                spectra.append(unit_area(BANK_GRID, s))
+                valence.append(p.valence)
+                split.append(sp)
+                source.append(family)
+                meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ, l3_lifetime=mode))
     valence_arr = np.array(valence)
     weight = np.ones(len(spectra))
     bank = Bank(energy=BANK_GRID, spectra=np.array(spectra, np.float32), valence=valence_arr,
