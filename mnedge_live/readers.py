@@ -2,9 +2,11 @@
 
 Supported inputs:
 
-* two-column text (energy, intensity), comma, semicolon, tab or space
+* column text (energy, intensity), comma, semicolon, tab or space
   separated, optional header line(s) and ``#`` comments, UTF-8 byte-order
-  mark tolerated, ascending or descending axes;
+  mark tolerated, ascending or descending axes; files with more columns
+  (XAS exports: energy, I0, TEY, mu, ...) are read by their column names
+  (:func:`intensity_column`) or the column the user names;
 * EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
 * Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
   RosettaSciIO, single spectra as well as spectrum images (line scans and
@@ -19,6 +21,8 @@ reason, so a caller can reject one file and carry on with the next.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +46,20 @@ MAX_TEXT_BYTES = 64 * 1024 * 1024
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
+#: Column names (lower case, units dropped) taken as the spectrum in a text file of more than two
+#: columns, first match in this order: normalized and flattened XAS (Athena/Larch exports), mu(E),
+#: then generic intensity names.
+SPECTRUM_COLUMN_NAMES = ("norm", "nor", "flat", "xmu", "mu", "mutrans", "mu_trans", "mufluor", "mu_fluor",
+                         "absorption", "intensity", "counts", "signal", "eels", "xas", "spectrum")
+#: Column names of monitors and bookkeeping, never a spectrum: a file whose second column is one of
+#: these and that names no spectrum column is refused instead of read from its monitor.
+MONITOR_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon", "time", "seconds", "sec", "count_time",
+                                  "ring_current", "ringcurrent", "current", "beam_current", "energy", "e"})
 
-class ReadError(Exception):
+log = logging.getLogger(__name__)
+
+
+class ReadError(ValueError):
     """A file could not be read as a spectrum; the message says why."""
 
 
@@ -113,7 +129,7 @@ class SpectrumImage:
 Item = MeasuredSpectrum | SpectrumImage
 
 
-def read_file(path: str | Path, lazy: bool = True) -> list[Item]:
+def read_file(path: str | Path, lazy: bool = True, column: str | None = None) -> list[Item]:
     """Read every spectrum (or spectrum image) in a file.
 
     The format is chosen by extension (``.msa``/``.ems``/..., ``.dm3``/``.dm4``,
@@ -126,6 +142,9 @@ def read_file(path: str | Path, lazy: bool = True) -> list[Item]:
         The file.
     lazy : bool
         Keep spectrum images as lazy Dask arrays (single spectra are always loaded).
+    column : str, optional
+        Intensity column of a text file (a name from its header or a 1-based
+        number; see :func:`intensity_column`); other formats ignore it.
 
     Returns
     -------
@@ -156,7 +175,7 @@ def read_file(path: str | Path, lazy: bool = True) -> list[Item]:
         return read_rsciio(p, "dm", lazy=lazy)
     if fmt == "hspy":
         return read_rsciio(p, "hspy", lazy=lazy)
-    return [read_text(p)]
+    return [read_text(p, column)]
 
 
 def detect_format(path: Path, head: bytes) -> str:
@@ -180,12 +199,14 @@ def detect_format(path: Path, head: bytes) -> str:
 # --------------------------------------------------------------------------- text
 
 
-def read_text(path: str | Path) -> MeasuredSpectrum:
-    """Read a two-column (energy, intensity) text file.
+def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
+    """Read an (energy, intensity) text file.
 
     Header lines before the first numeric row and lines starting with ``#``
-    are skipped; fields are separated by commas, semicolons, tabs or spaces;
-    extra columns after the second are ignored.
+    are skipped; fields are separated by commas, semicolons, tabs or spaces.
+    The first column is the energy; in a file of more than two columns the
+    intensity column is chosen by :func:`intensity_column` (``column``, else
+    the header's names, else the second column with a logged warning).
 
     Raises
     ------
@@ -207,46 +228,124 @@ def read_text(path: str | Path) -> MeasuredSpectrum:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("latin-1")
-    energy, intensity = parse_columns(text, str(p))
+    energy, intensity = parse_columns(text, str(p), column)
     return MeasuredSpectrum(str(p), 0, energy, intensity, None)
 
 
-def parse_columns(text: str, name: str = "<text>") -> tuple[np.ndarray, np.ndarray]:
-    """Parse two-column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
-    rows: list[tuple[float, float]] = []
-    first_data_line = 0
+def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Parse column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
+    header: list[str] | None = None       # the last line of names before the data
+    data: list[tuple[int, list[str]]] = []
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         s = line.strip()
-        if not s or s.startswith("#"):
+        if not s:
+            continue
+        if s.startswith("#"):
+            names = split_fields(s.lstrip("#").strip())
+            if not data and len(names) >= 2:
+                header = names
             continue
         fields = split_fields(s)
         values = _floats(fields[:2])
         if values is None or len(fields) < 2:
-            if rows:
+            if data:
                 raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
-                                f"(line {first_data_line}): {s[:60]!r}")
+                                f"(line {data[0][0]}): {s[:60]!r}")
             if values is not None:  # a lone number: one column of data, not a header
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
-            continue  # header line
-        if not rows:
-            first_data_line = lineno
-        rows.append(values)
-    if not rows:
+            header = fields
+            continue
+        data.append((lineno, fields))
+    if not data:
         raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found")
-    if len(rows) < 2:
+    if len(data) < 2:
         raise ReadError(f"{name}: only one data row")
-    arr = np.asarray(rows, dtype=np.float64)
+    n_columns = len(data[0][1])
+    names = header if header is not None and len(header) == n_columns else None
+    j = intensity_column(n_columns, names, column, name)
+    arr = np.empty((len(data), 2))
+    for i, (lineno, fields) in enumerate(data):
+        try:
+            arr[i] = _float(fields[0]), _float(fields[j])
+        except (ValueError, IndexError):
+            raise ReadError(f"{name}: line {lineno} has no number in column {j + 1} (the intensity): "
+                            f"{' '.join(fields)[:60]!r}") from None
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
+def _column_key(name: str) -> str:
+    """A column name compared without case, units (``mu (a.u.)``) or separators."""
+    key = re.sub(r"[(\[{].*?[)\]}]", "", name).strip().lower()
+    return re.sub(r"[\s\-.]+", "_", key).strip("_")
+
+
+def intensity_column(n_columns: int, names: list[str] | None, column: str | None = None,
+                     name: str = "<text>") -> int:
+    """Index of the intensity column of a text file whose first column is the energy.
+
+    Parameters
+    ----------
+    n_columns : int
+        Number of columns in the data rows.
+    names : list of str or None
+        The column names from the header line, when it has one per column.
+    column : str, optional
+        The user's choice: a column name or a 1-based number (2 or more).
+    name : str
+        File name for messages.
+
+    Returns
+    -------
+    int
+        0-based index: ``column`` when given; else 1 for two columns; else the
+        first of :data:`SPECTRUM_COLUMN_NAMES` among the names; else 1 with a
+        logged warning (so the choice is never silent).
+
+    Raises
+    ------
+    ReadError
+        ``column`` does not name a column, or the file names no spectrum
+        column and its second column is a monitor (:data:`MONITOR_COLUMN_NAMES`):
+        reading I0 as the spectrum would be a wrong answer, not a guess.
+    """
+    listed = f" ({', '.join(names)})" if names else ""
+    if column is not None:
+        text = str(column).strip()
+        if text.isdigit():
+            j = int(text) - 1
+            if not 1 <= j < n_columns:
+                raise ReadError(f"{name}: column {text} is not an intensity column: the file has {n_columns} "
+                                f"columns{listed} and column 1 is the energy")
+            return j
+        keys = [_column_key(n) for n in names or []]
+        if _column_key(text) not in keys[1:]:
+            raise ReadError(f"{name}: no column named {text!r}"
+                            + (f"; the columns are {', '.join(names)}" if names else "; the file names no columns"))
+        return keys.index(_column_key(text), 1)
+    if n_columns == 2:
+        return 1
+    if names:
+        keys = [_column_key(n) for n in names]
+        for wanted in SPECTRUM_COLUMN_NAMES:
+            if wanted in keys[1:]:
+                return keys.index(wanted, 1)
+        if keys[1] in MONITOR_COLUMN_NAMES:
+            raise ReadError(f"{name}: {n_columns} columns{listed}, none named as a spectrum and column 2 "
+                            f"({names[1]!r}) is a monitor; name the intensity column (mnedge predict --column)")
+    log.warning("%s: %d columns%s; column 2 read as the intensity (name another with --column)",
+                name, n_columns, listed)
+    return 1
+
+
 def split_fields(line: str) -> list[str]:
-    """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces."""
+    """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces;
+    quotes around a field (spreadsheet exports) are dropped."""
     if ";" in line:
-        parts = [f.strip().replace(",", ".") for f in line.split(";")]
+        parts = [f.strip().strip("\"'").replace(",", ".") for f in line.split(";")]
     elif "\t" in line:
-        parts = [f.strip() for f in line.split("\t")]
+        parts = [f.strip().strip("\"'") for f in line.split("\t")]
     elif "," in line:
-        parts = [f.strip() for f in line.split(",")]
+        parts = [f.strip().strip("\"'") for f in line.split(",")]
     else:
         parts = line.split()
     while parts and not parts[-1]:

@@ -17,13 +17,12 @@ the physics (bank, broadening ranges) is wrong, not the fit.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 
+from mnedge_live.readers import read_text
 from offline_training.forward import ForwardConfig
 from offline_training.references.bank import Bank
 
@@ -33,33 +32,18 @@ SHIFT_STEP_EV = 0.1
 
 
 def read_two_column(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a two-column text file (comma, tab or space; optional header; BOM tolerated).
+    """Read a measured spectrum from a text file with :func:`mnedge_live.readers.read_text`.
 
     Raises
     ------
     ValueError
-        When fewer than two numeric columns or fewer than 8 numeric rows are found.
+        When the file cannot be read as (energy, intensity) columns
+        (:class:`~mnedge_live.readers.ReadError`) or has fewer than 8 rows.
     """
-    text = Path(path).read_text(encoding="utf-8-sig", errors="strict")
-    rows = []
-    for line in io.StringIO(text):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = next(csv.reader([line.replace("\t", ",").replace(";", ",")])) if "," in line or "\t" in line or ";" in line else line.split()
-        try:
-            vals = [float(p) for p in parts if p.strip() != ""]
-        except ValueError:
-            if rows:
-                raise ValueError(f"{path}: non-numeric row after data: {line[:60]!r}") from None
-            continue  # header
-        if len(vals) < 2:
-            raise ValueError(f"{path}: row with fewer than two numeric columns: {line[:60]!r}")
-        rows.append(vals[:2])
-    if len(rows) < 8:
-        raise ValueError(f"{path}: only {len(rows)} numeric rows (two columns: energy, intensity)")
-    a = np.array(rows, float)
-    return a[:, 0], a[:, 1]
+    s = read_text(path)
+    if len(s.energy) < 8:
+        raise ValueError(f"{path}: only {len(s.energy)} numeric rows (two columns: energy, intensity)")
+    return s.energy, s.intensity
 
 
 def _gauss_broaden(energy: np.ndarray, spectra: np.ndarray, fwhm: float) -> np.ndarray:

@@ -126,6 +126,18 @@ def test_unreadable_files_get_rejection_rows_and_the_rest_is_processed(capsys, m
             assert r["valence"] is None and all(v is None for v in r["fractions"].values())
 
 
+def test_xas_export_with_a_monitor_column_is_refused_until_the_column_is_named(capsys, model, tmp_path):
+    y = mn_like(seed=7)
+    path = tmp_path / "tey_scan.dat"
+    path.write_text("# energy i0 tey tfy\n" + "".join(f"{a:.4f} 1.0e5 {b:.6f} {2 * b:.6f}\n" for a, b in zip(E, y)))
+    rc, rows = predict_json(capsys, "--model", model, path)
+    assert rc == 1 and rows[0]["status"] == "rejected" and "is a monitor" in rows[0]["reason"]
+    rc, rows = predict_json(capsys, "--model", model, "--column", "tey", path)
+    good = write_csv(tmp_path / "same.csv", E, y)
+    rc_ref, ref = predict_json(capsys, "--model", model, good)
+    assert rc == rc_ref == 0 and rows[0]["valence"] == ref[0]["valence"]
+
+
 def test_table_output(capsys, model, files):
     rc = main(["predict", "--no-progress", "--model", model, str(files["good"]), str(files["garbage"])])
     out = capsys.readouterr().out

@@ -98,6 +98,58 @@ def test_unreadable_files_raise_read_error_with_reason(tmp_path, name, content, 
         read_file(p)
 
 
+def columns(header: str, *cols, sep: str = " ") -> str:
+    return header + "".join(sep.join(str(c) for c in row) + "\n" for row in zip(E, *cols))
+
+
+MONITOR = np.full_like(Y, 1e5)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("xdi_like.xdi", "# XDI/1.0\n# Column.1: energy eV\n# Column.2: i0\n#----\n# energy i0 itrans mutrans\n"
+     + "".join(f"{a} 1e5 {1e5 * np.exp(-b):.6f} {b}\n" for a, b in zip(E, Y))),
+    ("athena_nor.dat", columns("#  energy norm bkg_norm der_norm\n", Y, Y * 0.9, Y * 0.1, sep="  ")),
+    ("units_and_case.csv", columns("Energy (eV),I0 (A),Mu (a.u.)\n", MONITOR, Y, sep=",")),
+    ("quoted_spreadsheet.csv", '"energy","mu"\n' + "".join(f'"{a}","{b}"\n' for a, b in zip(E, Y))),
+])
+def test_a_named_spectrum_column_is_read_among_several(tmp_path, name, text):
+    s = read_file(write_text(tmp_path / name, text))[0]
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-6)
+
+
+def test_a_file_whose_second_column_is_the_monitor_is_refused_unless_a_column_is_named(tmp_path):
+    path = write_text(tmp_path / "tey.dat", columns("# energy i0 tey tfy\n", MONITOR, Y, 2 * Y))
+    with pytest.raises(ReadError, match="column 2 \\('i0'\\) is a monitor"):
+        read_file(path)
+    for choice, want in (("tey", Y), ("TFY", 2 * Y), ("3", Y), ("4", 2 * Y)):
+        np.testing.assert_allclose(read_file(path, column=choice)[0].intensity, want)
+    with pytest.raises(ReadError, match="no column named 'pfy'; the columns are energy, i0, tey, tfy"):
+        read_file(path, column="pfy")
+    for bad in ("1", "5"):
+        with pytest.raises(ReadError, match=f"column {bad} is not an intensity column"):
+            read_file(path, column=bad)
+
+
+def test_unnamed_extra_columns_read_column_two_with_a_warning(tmp_path, caplog):
+    path = write_text(tmp_path / "three.dat", columns("", Y, np.sqrt(Y)))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        s = read_file(path)[0]
+    np.testing.assert_allclose(s.intensity, Y)
+    assert "3 columns; column 2 read as the intensity" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        read_file(write_text(tmp_path / "two.dat", rows(" ")))
+    assert caplog.text == ""                      # two columns need no choice
+
+
+def test_a_short_row_in_the_chosen_column_is_refused_with_its_line(tmp_path):
+    text = columns("energy i0 mu\n", MONITOR, Y).splitlines(keepends=True)
+    text[5] = f"{E[4]} 1e5\n"
+    with pytest.raises(ReadError, match="line 6 has no number in column 3"):
+        read_file(write_text(tmp_path / "short.dat", "".join(text)))
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ReadError, match="no such file"):
         read_file(tmp_path / "absent.csv")

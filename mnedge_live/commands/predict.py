@@ -48,6 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, torch, tensorrt")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per spectrum")
+    p.add_argument("--column", metavar="NAME|N",
+                   help="intensity column of text files with more than two columns: a header name (mu, norm, "
+                        "TEY, ...) or a 1-based number (default: a spectrum-like name from the header, else "
+                        "column 2 with a warning; a file whose column 2 is a monitor such as I0 is refused)")
     p.add_argument("--plot", dest="plot_dir", metavar="DIR",
                    help="write a PNG per spectrum and maps (PNG + HDF5) per spectrum image")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for path in args.files:
             try:
-                items = read_file(path)
+                items = read_file(path, column=args.column)
             except ReadError as exc:
                 rows.append(Row(str(path), None, SpectrumResult.rejected(f"cannot read the file: {exc}", model)))
                 continue
