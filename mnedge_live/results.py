@@ -50,7 +50,9 @@ class SpectrumResult:
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
         ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
-        ``"coarse_axis"`` (points more than 0.5 eV apart, beyond the trained spacing).
+        ``"coarse_axis"`` (points more than 0.5 eV apart, beyond the trained spacing),
+        ``"broad_resolution"`` (the estimated resolution is near or past the largest
+        trained, 2.0 eV for the default model: readings drift beyond it).
     model : str
         Identifier of the model that produced the readout.
     """

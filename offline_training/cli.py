@@ -187,6 +187,10 @@ def cmd_evaluate(args) -> int:
             print(f"  {name:32s} accuracy_0.1 {b['accuracy_0.1']:.4f}  valence_mae {b['valence_mae']:.4f}")
         for r in res.get("real_spectra", []):
             print(f"  {r['file']:28s} {r['status']:8s} valence {r['valence']}  {r['reason']}")
+        for r in res.get("real_spectra_robustness", []):
+            cells = [f"axis scale {k}: {v}" for k, v in r["axis_scale"].items()]
+            cells += [f"+{k} eV blur: {v}" for k, v in r["extra_blur_fwhm_eV"].items()]
+            print(f"  {r['file']:28s} " + ", ".join(cells))
     return 1 if gate_failed else 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter1d
 
 from mnedge_live.engine import Engine
 from mnedge_live.preprocessing import WORK_STEP_EV
@@ -149,17 +150,72 @@ def plot_curves(curves: dict, out_dir: str | Path, extra: dict | None = None) ->
     return paths
 
 
+#: Axis scale (dispersion) errors applied to the measured spectra, about :data:`SCALE_CENTER_EV`.
+AXIS_SCALE_ERRORS = (-0.10, -0.07, -0.05, -0.03, 0.03, 0.05, 0.07, 0.10)
+#: Energy the axis scale errors are applied about (eV): the edge moves too, as on a real instrument.
+SCALE_CENTER_EV = 600.0
+#: Extra Gaussian blur (FWHM, eV) applied to the measured spectra: a worse instrument resolution.
+EXTRA_BLUR_FWHM_EV = (1.0, 2.0, 3.0)
+
+
+def _measured_files(folder: str | Path) -> list[Path]:
+    return [p for p in sorted(Path(folder).glob("*"))
+            if p.suffix.lower() in (".csv", ".txt", ".dat", ".tsv") and not p.name.startswith(".")]
+
+
 def real_spectra_predictions(engine: Engine, folder: str | Path) -> list[dict]:
     """Readouts of every two-column file in ``folder`` (e.g. ../shared/real_spectra)."""
     from offline_training.realism import read_two_column
 
     out = []
-    for path in sorted(Path(folder).glob("*")):
-        if path.suffix.lower() not in (".csv", ".txt", ".dat", ".tsv"):
-            continue
+    for path in _measured_files(folder):
         e, y = read_two_column(path)
         r = engine.predict_one(e, y)
         out.append({"file": path.name, **r.to_dict()})
+    return out
+
+
+def blurred(energy: np.ndarray, intensity: np.ndarray, fwhm: float) -> np.ndarray:
+    """``intensity`` convolved with a Gaussian of ``fwhm`` eV on its own (possibly irregular) axis.
+
+    Computed on a uniform 0.02 eV axis and read back at the measured energies,
+    so irregular or descending axes are blurred by the same width everywhere.
+    """
+    o = np.argsort(energy)
+    e, y = energy[o], intensity[o]
+    grid = np.arange(e[0], e[-1] + 1e-9, 0.02)
+    u = np.interp(grid, e, y)
+    u = gaussian_filter1d(u, fwhm / (2 * np.sqrt(2 * np.log(2))) / 0.02, mode="nearest")
+    out = np.empty_like(intensity, dtype=np.float64)
+    out[o] = np.interp(e, grid, u)
+    return out
+
+
+def real_spectra_robustness(engine: Engine, folder: str | Path) -> list[dict]:
+    """Readouts of every measured file in ``folder`` with its axis scaled and with extra blur.
+
+    What a badly calibrated dispersion (:data:`AXIS_SCALE_ERRORS`, applied
+    about :data:`SCALE_CENTER_EV`) or a worse resolution
+    (:data:`EXTRA_BLUR_FWHM_EV`) does to the reading of a real spectrum: the
+    synthetic validation cannot show where the calculated end members and the
+    measured ones differ.  Valence per condition, None where rejected.
+    """
+    from offline_training.realism import read_two_column
+
+    def valence(e, y):
+        r = engine.predict_one(e, y)
+        return round(float(r.valence), 4) if r.ok else None
+
+    out = []
+    for path in _measured_files(folder):
+        e, y = read_two_column(path)
+        out.append({
+            "file": path.name,
+            "valence": valence(e, y),
+            "axis_scale": {f"{d:+.2f}": valence(SCALE_CENTER_EV + (e - SCALE_CENTER_EV) * (1 + d), y)
+                           for d in AXIS_SCALE_ERRORS},
+            "extra_blur_fwhm_eV": {f"{w:g}": valence(e, blurred(e, y, w)) for w in EXTRA_BLUR_FWHM_EV},
+        })
     return out
 
 
@@ -258,4 +314,5 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         (Path(plot_dir) / "robustness.json").write_text(json.dumps(curves, indent=2))
     if real_dir is not None and Path(real_dir).is_dir():
         result["real_spectra"] = real_spectra_predictions(engine, real_dir)
+        result["real_spectra_robustness"] = real_spectra_robustness(engine, real_dir)
     return result

@@ -288,6 +288,19 @@ def test_default_model_reads_the_measured_spectra_within_0_15(real_dir, name, va
     assert abs(r.valence - valence) <= 0.15, (name, r.valence)
 
 
+def test_a_resolution_beyond_the_trained_range_is_flagged(real_dir):
+    """MnO with 3 eV of extra blur (the default model trained up to 2.5 eV) is flagged; as measured it is not."""
+    from offline_training.evaluate import blurred
+    from offline_training.realism import read_two_column
+
+    engine = load_engine()
+    assert engine.broad_resolution_ev == pytest.approx(0.8 * 2.5)   # from the card's gauss_fwhm
+    e, y = read_two_column(real_dir / "Data2_MnO.csv")
+    sharp, broad = engine.predict_one(e, y), engine.predict_one(e, blurred(e, y, 3.0))
+    assert sharp.ok and broad.ok
+    assert "broad_resolution" not in sharp.flags and "broad_resolution" in broad.flags, broad.resolution_eV
+
+
 @pytest.mark.parametrize("scale", [1e-15, 1e-12, 1e9])
 def test_intensities_in_any_unit_read_the_same(engine, scale):
     """A drain current in amperes (1e-12) or raw counts (1e9) is the same spectrum as one of height 1."""

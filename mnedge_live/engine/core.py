@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 #: draws spacings up to 0.4 eV; the measured spectra read the same up to 0.5 eV and drift
 #: by up to 0.2 at 0.75-1 eV (benchmarks/RESULTS.md).
 COARSE_AXIS_EV = 0.5
+#: Share of the model's largest trained instrument resolution (its card's ``gauss_fwhm``) above
+#: which the estimated resolution flags a readout ``broad_resolution``: the measured spectra read
+#: the same with up to 2.5 eV of extra blur (estimates up to 2.45 eV) and drift from 3 eV on (MnO
+#: 2.43, estimate 2.23); synthetic accuracy_0.1 falls at 2.0-2.6 eV (benchmarks/RESULTS.md).
+BROAD_RESOLUTION_SHARE = 0.8
+#: Largest instrument resolution (FWHM, eV) assumed trained when a card does not say.
+DEFAULT_TRAINED_RESOLUTION_EV = 2.5
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
@@ -99,6 +106,10 @@ class Engine:
             raise RuntimeError(f"model {self.model_id} was trained with preprocessing "
                                f"{card['input']['preprocessing']!r}, this build has {PREPROCESSING_ID!r}")
         self.ood = OodScore.from_artifact(artifact)
+        trained = card.get("training", {}).get("config", {}).get("forward", {}).get("gauss_fwhm")
+        #: estimated resolution (eV) above which a readout is flagged ``broad_resolution``
+        self.broad_resolution_ev = BROAD_RESOLUTION_SHARE * float(
+            trained[1] if trained else DEFAULT_TRAINED_RESOLUTION_EV)
         if self.ood is None:
             log.warning("model %s has no out-of-distribution statistics: spectra unlike its training data "
                         "are not rejected by the OOD rule ('mnedge-train fit-ood' adds them)", self.model_id)
@@ -323,7 +334,8 @@ class Engine:
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
                         ("spikes_removed", np.asarray(spikes) > 0),
-                        ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV))
+                        ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV),
+                        ("broad_resolution", resolution > self.broad_resolution_ev))
         flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
         reject = checks.rejected()
         model = self.model_id
