@@ -52,7 +52,9 @@ class SpectrumResult:
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
         ``"coarse_axis"`` (points more than 0.5 eV apart, beyond the trained spacing),
         ``"broad_resolution"`` (the estimated resolution is near or past the largest
-        trained, 2.0 eV for the default model: readings drift beyond it).
+        trained, 2.0 eV for the default model: readings drift beyond it),
+        ``"sparse_lines"`` (measured points more than 1.5 eV apart on the L3 or L2
+        line: the interpolation between them may miss a maximum or shoulder).
     model : str
         Identifier of the model that produced the readout.
     """

@@ -288,6 +288,21 @@ def test_default_model_reads_the_measured_spectra_within_0_15(real_dir, name, va
     assert abs(r.valence - valence) <= 0.15, (name, r.valence)
 
 
+def test_wide_gaps_between_points_on_the_lines_are_flagged(engine):
+    """A 2.4 eV gap across L3 or L2 flags ``sparse_lines``; the same gap in the pre-edge does not; both paths agree."""
+    def without(lo, hi):
+        keep = (E < lo) | (E > hi)
+        return E[keep], mn_like(E[keep])
+
+    results = {name: engine.predict_one(*without(lo, hi))
+               for name, (lo, hi) in {"on_l3": (639.9, 642.2), "on_l2": (650.9, 653.2),
+                                      "pre_edge": (625.0, 627.3), "none": (0, 0)}.items()}
+    assert all(r.ok for r in results.values()), results
+    assert {n for n, r in results.items() if "sparse_lines" in r.flags} == {"on_l3", "on_l2"}
+    e, y = without(639.9, 642.2)
+    assert all("sparse_lines" in r.flags for r in engine.predict_shared_axis(e, np.stack([y, y])))
+
+
 def test_a_resolution_beyond_the_trained_range_is_flagged(real_dir):
     """MnO with 3 eV of extra blur (the default model trained up to 2.5 eV) is flagged; as measured it is not."""
     from offline_training.evaluate import blurred

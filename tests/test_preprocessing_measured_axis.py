@@ -15,6 +15,7 @@ from mnedge_live.preprocessing import (
     row_median,
     to_uniform,
 )
+from mnedge_live.preprocessing.measured_axis import bridged_points
 
 
 def _doublet(e, l3=640.0, width=0.6):
@@ -80,13 +81,13 @@ def test_shared_axis_resampling_equals_the_per_spectrum_one():
     gaps = np.diff(e)
     k = next(i for i in range(100, 200) if max(gaps[i - 1], gaps[i]) <= 0.15)
     y[2, k] += 3.0  # a spike: repaired the same way on both paths
-    start, values, noise, spikes, spacing = resample_shared_axis(e, y)
+    start, values, noise, spikes, spacing, bridged = resample_shared_axis(e, y)
     assert spikes.tolist() == [0, 0, 1, 0, 0]
     assert spacing == pytest.approx(float(np.median(np.diff(e))))
     for row, v, z, k in zip(y, values, noise, spikes):
-        s1, v1, z1, k1, d1 = resample_measured(e, row)
+        s1, v1, z1, k1, d1, b1 = resample_measured(e, row)
         assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12) and k == k1
-        assert d1 == spacing
+        assert d1 == spacing and np.array_equal(b1, bridged)
 
 
 def test_float32_rows_stay_float32_and_read_as_float64_rows():
@@ -95,8 +96,8 @@ def test_float32_rows_stay_float32_and_read_as_float64_rows():
     e = 630.0 + 0.14 * np.arange(280)
     y = (_doublet(e, 641.0)[None, :] * rng.uniform(0.5, 2.0, (4, 1)) + rng.normal(0, 0.02, (4, e.size))) * 1e4
     y[1, 120] += 5e4   # a spike, repaired in float32 too
-    s32, v32, z32, k32, _ = resample_shared_axis(e, y.astype(np.float32))
-    s64, v64, z64, k64, _ = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
+    s32, v32, z32, k32, _, _ = resample_shared_axis(e, y.astype(np.float32))
+    s64, v64, z64, k64, _, _ = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
     assert v32.dtype == np.float32 and v64.dtype == np.float64
     assert s32 == s64 and k32.tolist() == k64.tolist() == [0, 1, 0, 0]
     assert np.allclose(v32, v64, rtol=0, atol=1e-6 * np.abs(v64).max())
@@ -124,3 +125,14 @@ def test_single_point_spikes_are_found_and_sharp_lines_are_not():
     yc = _doublet(coarse, 641.0, width=0.4 / 2.3548)
     yc[20] += 2.0
     assert not find_spikes(coarse, yc, measured_noise(coarse, yc)).any()
+
+
+def test_work_points_inside_a_wide_gap_are_marked_bridged():
+    """Points 0.1 eV apart with one 2 eV gap (640.0-642.0): only the work points strictly inside it."""
+    e = np.round(np.concatenate([np.arange(630.0, 640.05, 0.1), np.arange(642.0, 660.0, 0.1)]), 4)
+    r = resample_measured(e, _doublet(e, 641.0))
+    grid = r.start + 0.1 * np.arange(len(r.values))
+    assert np.allclose(grid[r.bridged], np.arange(640.1, 641.95, 0.1))
+    dense = resample_measured(np.arange(630.0, 660.0, 1.4), _doublet(np.arange(630.0, 660.0, 1.4), 641.0))
+    assert not dense.bridged.any()                     # 1.4 eV apart is not a wide gap
+    assert bridged_points(np.array([0.0, 2.0, 2.5, 5.0]), 0.0, 51).sum() == 19 + 24

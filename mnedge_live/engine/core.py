@@ -45,6 +45,11 @@ COARSE_AXIS_EV = 0.5
 BROAD_RESOLUTION_SHARE = 0.8
 #: Largest instrument resolution (FWHM, eV) assumed trained when a card does not say.
 DEFAULT_TRAINED_RESOLUTION_EV = 2.5
+#: Energies (eV, from the L3 maximum) of the lines: a readout whose work points there bridge a gap
+#: of more than 1.5 eV between measured points (``Resampled.bridged``) is flagged ``sparse_lines``.
+#: The measured spectra subsampled at random changed by 0.12 on average (0.31 in one case in ten)
+#: with such gaps, by 0.01-0.04 with gaps up to 1.5 eV (benchmarks/RESULTS.md).
+LINES_REGION_EV = (-3.0, 15.0)
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
@@ -230,9 +235,10 @@ class Engine:
         for k in range(0, len(rows), step):
             chunk = rows[k:k + step]
             values, valid = pad_rows([r.values for r in chunk])
+            bridged = pad_rows([r.bridged for r in chunk])[0] > 0
             self._answer_rows(done[k:k + step], np.array([r.start for r in chunk]), values, valid,
                               np.array([r.noise for r in chunk]), np.array([r.spikes for r in chunk]),
-                              np.array([r.spacing for r in chunk]), results)
+                              np.array([r.spacing for r in chunk]), bridged, results)
 
     def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
         """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
@@ -296,13 +302,14 @@ class Engine:
             r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
             self._answer_rows(idx[k:k + step], np.full(len(r.values), r.start), r.values.astype(np.float32),
                               np.ones(r.values.shape, bool), r.noise, r.spikes, np.full(len(r.values), r.spacing),
-                              results)
+                              np.broadcast_to(r.bridged, r.values.shape), results)
 
     def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, results: list) -> None:
+                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray,
+                     results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
         try:
-            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes, spacing)):
+            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes, spacing, bridged)):
                 results[i] = res
         except Exception as exc:  # backend failure: answer every row, keep serving
             log.exception("backend %s failed", self.backend_name)
@@ -310,9 +317,12 @@ class Engine:
                 results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
                                                      model=self.model_id)
 
-    def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                  noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray) -> list[SpectrumResult]:
+    def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray, noise: np.ndarray,
+                  spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray) -> list[SpectrumResult]:
         """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
+
+        ``bridged`` ``(B, N)`` marks the work points interpolated across a wide
+        gap of measured points (``Resampled.bridged``).
 
         Everything per row is computed as whole-batch arrays first and turned
         into Python numbers once: at spectrum-image rates the per-row Python
@@ -335,7 +345,8 @@ class Engine:
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
                         ("spikes_removed", np.asarray(spikes) > 0),
                         ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV),
-                        ("broad_resolution", resolution > self.broad_resolution_ev))
+                        ("broad_resolution", resolution > self.broad_resolution_ev),
+                        ("sparse_lines", _bridged_near(bridged, checks.l3_ev - np.asarray(start, np.float64))))
         flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
         reject = checks.rejected()
         model = self.model_id
@@ -350,6 +361,18 @@ class Engine:
                                       valence_std=sd[3], energy_offset_eV=off, resolution_eV=res, t_lambda=tl,
                                       ood_score=od, flags=flags[j], model=model))
         return out
+
+
+def _bridged_near(bridged: np.ndarray, l3_rel_ev: np.ndarray) -> np.ndarray:
+    """Per row: a bridged work point lies within :data:`LINES_REGION_EV` of the L3 maximum (``l3_rel_ev`` from the row start)."""
+    n = bridged.shape[1]
+    l3 = np.nan_to_num(l3_rel_ev / WORK_STEP_EV, nan=-1e9)
+    lo = np.clip(np.floor(l3 + LINES_REGION_EV[0] / WORK_STEP_EV), 0, n).astype(np.int64)
+    hi = np.clip(np.ceil(l3 + LINES_REGION_EV[1] / WORK_STEP_EV) + 1, 0, n).astype(np.int64)
+    counts = np.zeros((len(bridged), n + 1), np.int64)
+    np.cumsum(bridged, axis=1, out=counts[:, 1:])
+    rows = np.arange(len(bridged))
+    return counts[rows, hi] > counts[rows, lo]
 
 
 def model_input(energy, intensity) -> Prepared:

@@ -48,6 +48,49 @@ def _uniform_from_points(uniq: np.ndarray, mean: np.ndarray, step: float) -> tup
     return float(uniq[0]), np.interp(grid, e, y)
 
 
+#: Distance (eV) between neighbouring measured points beyond which the work points between them are
+#: marked as bridged (:func:`bridged_points`): interpolated over more than the width of a Mn line.
+WIDE_GAP_EV = 1.5
+
+
+def bridged_points(e: np.ndarray, start: float, n: int, step: float = WORK_STEP_EV,
+                   wide: float = WIDE_GAP_EV) -> np.ndarray:
+    """Work points that lie inside a gap of more than ``wide`` eV between measured points.
+
+    Linear interpolation bridges such a gap with a straight line, so a line
+    maximum or shoulder inside it is lost; the engine flags readouts where this
+    happens on the L3 or L2 line (sparse digitized spectra).
+
+    Parameters
+    ----------
+    e : numpy.ndarray
+        ``(N,)`` distinct ascending measured energies.
+    start : float
+        Energy of work point 0.
+    n : int
+        Number of work points, on ``start + step * arange(n)``.
+    step : float
+        Work-axis spacing (eV).
+    wide : float
+        Gap (eV) above which points are bridged.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` bool.
+    """
+    out = np.zeros(n, bool)
+    k = np.flatnonzero(np.diff(e) > wide)
+    if k.size:
+        lo = np.floor((e[k] - start) / step + 1e-9).astype(np.int64) + 1   # first work point past the gap's start
+        hi = np.ceil((e[k + 1] - start) / step - 1e-9).astype(np.int64)    # first work point at or past its end
+        edges = np.zeros(n + 1, np.int64)
+        np.add.at(edges, np.clip(lo, 0, n), 1)
+        np.add.at(edges, np.clip(hi, 0, n), -1)
+        out = np.cumsum(edges[:n]) > 0
+    return out
+
+
 def bin_dense(e: np.ndarray, y: np.ndarray, step: float = WORK_STEP_EV) -> tuple[np.ndarray, np.ndarray]:
     """Average measured points that are denser than the work axis, one bin per work point.
 
@@ -92,6 +135,7 @@ class Resampled(NamedTuple):
     noise: float | np.ndarray   #: noise sigma of the measured points, as on the work axis (:func:`measured_noise`)
     spikes: int | np.ndarray    #: spikes replaced before resampling (:func:`remove_spikes`)
     spacing: float        #: median spacing of the distinct measured points (eV)
+    bridged: np.ndarray   #: ``(n,)`` work points inside a wide gap of measured points (:func:`bridged_points`)
 
 
 def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
@@ -128,20 +172,20 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0).astype(y.dtype)
     values = y[:, k] * (1 - t) + y[:, k + 1] * t
-    return Resampled(start, values, noise, spikes, spacing)
+    return Resampled(start, values, noise, spikes, spacing, bridged_points(np.asarray(energy, np.float64), start, n, step))
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
     """:func:`measured_noise`, :func:`remove_spikes` and :func:`to_uniform` of one spectrum in one pass.
 
     Returns the uniform row, the noise sigma of the measured points, the
-    number of spikes replaced and the points' spacing (:class:`Resampled`).
+    number of spikes replaced, the points' spacing and the bridged work points (:class:`Resampled`).
     """
     uniq, mean = checked_points(energy, intensity)
     noise = noise_of_points(uniq, mean, step)
     mean, spikes = remove_spikes(uniq, mean, noise)
     start, values = _uniform_from_points(uniq, mean, step)
-    return Resampled(start, values, noise, int(spikes), point_spacing(uniq))
+    return Resampled(start, values, noise, int(spikes), point_spacing(uniq), bridged_points(uniq, start, len(values), step))
 
 
 def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
