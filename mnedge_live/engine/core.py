@@ -235,7 +235,7 @@ class Engine:
         for k in range(0, len(rows), step):
             chunk = rows[k:k + step]
             values, valid = pad_rows([r.values for r in chunk])
-            bridged = pad_rows([r.bridged for r in chunk])[0] > 0
+            bridged = pad_rows([r.bridged for r in chunk])[0] > 0 if any(r.bridged.any() for r in chunk) else None
             self._answer_rows(done[k:k + step], np.array([r.start for r in chunk]), values, valid,
                               np.array([r.noise for r in chunk]), np.array([r.spikes for r in chunk]),
                               np.array([r.spacing for r in chunk]), bridged, results)
@@ -302,10 +302,10 @@ class Engine:
             r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
             self._answer_rows(idx[k:k + step], np.full(len(r.values), r.start), r.values.astype(np.float32),
                               np.ones(r.values.shape, bool), r.noise, r.spikes, np.full(len(r.values), r.spacing),
-                              np.broadcast_to(r.bridged, r.values.shape), results)
+                              np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None, results)
 
     def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray,
+                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray | None,
                      results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
         try:
@@ -318,11 +318,11 @@ class Engine:
                                                      model=self.model_id)
 
     def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray, noise: np.ndarray,
-                  spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray) -> list[SpectrumResult]:
+                  spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray | None) -> list[SpectrumResult]:
         """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
 
         ``bridged`` ``(B, N)`` marks the work points interpolated across a wide
-        gap of measured points (``Resampled.bridged``).
+        gap of measured points (``Resampled.bridged``); None when there are none.
 
         Everything per row is computed as whole-batch arrays first and turned
         into Python numbers once: at spectrum-image rates the per-row Python
@@ -346,7 +346,8 @@ class Engine:
                         ("spikes_removed", np.asarray(spikes) > 0),
                         ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
-                        ("sparse_lines", _bridged_near(bridged, checks.l3_ev - np.asarray(start, np.float64))))
+                        ("sparse_lines", np.zeros(len(values), bool) if bridged is None
+                         else _bridged_near(bridged, checks.l3_ev - np.asarray(start, np.float64))))
         flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
         reject = checks.rejected()
         model = self.model_id
