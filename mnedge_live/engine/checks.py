@@ -75,7 +75,8 @@ def check_axis(e: np.ndarray) -> np.ndarray:
     if span < MIN_SPAN_EV:
         where = "" if inside.all() else f" within the Mn L2,3 region {region}"
         raise ValueError(f"energy axis spans only {span:.2f} eV{where}; at least {MIN_SPAN_EV} eV are needed")
-    spacing = point_spacing(np.unique(e[inside]))
+    points = e[inside]
+    spacing = point_spacing(points if bool(np.all(points[1:] > points[:-1])) else np.unique(points))
     if spacing > MAX_POINT_SPACING_EV:
         raise ValueError(f"points every {spacing:.1f} eV cannot resolve the Mn L3 and L2 lines (each 1-3 eV wide); "
                          f"at most {MAX_POINT_SPACING_EV:g} eV between points is needed")

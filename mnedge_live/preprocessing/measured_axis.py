@@ -40,11 +40,12 @@ def to_uniform(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STE
     return _uniform_from_points(*checked_points(energy, intensity), step)
 
 
-def _uniform_from_points(uniq: np.ndarray, mean: np.ndarray, step: float) -> tuple[float, np.ndarray]:
+def _uniform_from_points(uniq: np.ndarray, mean: np.ndarray, step: float,
+                         spacing: float | None = None) -> tuple[float, np.ndarray]:
     """Distinct ascending points onto ``uniq[0] + step * arange(n)``: binned if dense (:func:`bin_dense`), then linear interpolation."""
     n = int(math.floor((uniq[-1] - uniq[0]) / step + 1e-9)) + 1
     grid = uniq[0] + step * np.arange(n)
-    e, y = bin_dense(uniq, mean, step)
+    e, y = bin_dense(uniq, mean, step, spacing)
     return float(uniq[0]), np.interp(grid, e, y)
 
 
@@ -91,7 +92,8 @@ def bridged_points(e: np.ndarray, start: float, n: int, step: float = WORK_STEP_
     return out
 
 
-def bin_dense(e: np.ndarray, y: np.ndarray, step: float = WORK_STEP_EV) -> tuple[np.ndarray, np.ndarray]:
+def bin_dense(e: np.ndarray, y: np.ndarray, step: float = WORK_STEP_EV,
+              spacing: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Average measured points that are denser than the work axis, one bin per work point.
 
     Interpolating a 0.01 eV axis (monochromated EELS, fine XAS steps) at
@@ -109,13 +111,15 @@ def bin_dense(e: np.ndarray, y: np.ndarray, step: float = WORK_STEP_EV) -> tuple
         ``(N,)`` or ``(B, N)`` intensities on ``e``.
     step : float
         Work-axis spacing (eV).
+    spacing : float, optional
+        :func:`point_spacing` of ``e`` when the caller has it already.
 
     Returns
     -------
     e_bin, y_bin : numpy.ndarray
         Bin energies ``(M,)`` and mean intensities ``(M,)`` or ``(B, M)``.
     """
-    if e.size < 3 or not is_dense(point_spacing(e), step):
+    if e.size < 3 or not is_dense(point_spacing(e) if spacing is None else spacing, step):
         return e, y
     nearest = np.floor((e - e[0]) / step + 0.5).astype(np.int64)
     starts = np.flatnonzero(np.r_[True, nearest[1:] != nearest[:-1]])
@@ -163,12 +167,12 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     # half the memory traffic is most of the cost of these whole-matrix passes
     y = np.asarray(intensities)
     y = y if y.dtype == np.float32 else y.astype(np.float64, copy=False)
-    noise = noise_of_points(e, y, step)
+    noise = noise_of_points(e, y, step, spacing)
     y, spikes = remove_spikes(e, y, noise)
     n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
     grid = e[0] + step * np.arange(n)
     start = float(e[0])
-    e, y = bin_dense(e, y, step)
+    e, y = bin_dense(e, y, step, spacing)
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0).astype(y.dtype)
     values = y[:, k] * (1 - t) + y[:, k + 1] * t
@@ -182,10 +186,11 @@ def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = W
     number of spikes replaced, the points' spacing and the bridged work points (:class:`Resampled`).
     """
     uniq, mean = checked_points(energy, intensity)
-    noise = noise_of_points(uniq, mean, step)
+    spacing = point_spacing(uniq)
+    noise = noise_of_points(uniq, mean, step, spacing)
     mean, spikes = remove_spikes(uniq, mean, noise)
-    start, values = _uniform_from_points(uniq, mean, step)
-    return Resampled(start, values, noise, int(spikes), point_spacing(uniq), bridged_points(uniq, start, len(values), step))
+    start, values = _uniform_from_points(uniq, mean, step, spacing)
+    return Resampled(start, values, noise, int(spikes), spacing, bridged_points(uniq, start, len(values), step))
 
 
 def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,13 +30,16 @@ def measured_noise(energy: np.ndarray, intensity: np.ndarray, step: float = WORK
     return noise_of_points(e, y, step)
 
 
-def noise_of_points(e: np.ndarray, y: np.ndarray, step: float):
-    """:func:`measured_noise` on distinct ascending points; ``y`` may be ``(N,)`` or ``(B, N)``."""
+def noise_of_points(e: np.ndarray, y: np.ndarray, step: float, spacing: float | None = None):
+    """:func:`measured_noise` on distinct ascending points; ``y`` may be ``(N,)`` or ``(B, N)``.
+
+    ``spacing``: :func:`point_spacing` of ``e`` when the caller has it already.
+    """
     if y.shape[-1] < 5:
         return np.full(y.shape[:-1], np.nan) if y.ndim > 1 else float("nan")
     d2 = np.abs(y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2]) / math.sqrt(6.0)
     sigma = 1.4826 * row_median(d2)
-    spacing = point_spacing(e)
+    spacing = point_spacing(e) if spacing is None else spacing
     # Dense points are averaged per work step (bin_dense): their noise shrinks with
     # the square root of the points per bin; coarse points keep theirs and
     # carry it over spacing / step work points.

@@ -45,7 +45,8 @@ def find_spikes(e: np.ndarray, y: np.ndarray, noise) -> np.ndarray:
     # the other tests only there.
     d = np.diff(y2, axis=1)
     ad = np.abs(d)
-    floor = np.maximum(SPIKE_NOISE_SIGMA * np.nan_to_num(np.atleast_1d(noise), nan=np.inf),
+    sigma = np.atleast_1d(noise)
+    floor = np.maximum(SPIKE_NOISE_SIGMA * np.where(np.isnan(sigma), np.inf, sigma),
                        SPIKE_MIN_SHARE * np.ptp(y2, axis=1))
     rise = np.minimum(ad[:, 1:-2], ad[:, 2:-1])          # centre i = column + 2
     rows, cols = np.nonzero(rise > floor[:, None])
