@@ -35,15 +35,17 @@ def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
     row = {k: float(v) if v is not None and math.isfinite(float(v)) else float("nan") for k, v in zip(NUMBER_FIELDS, vals)}
     row["status"] = result.status
     row["reason"] = result.reason or ""
+    row["flags"] = ",".join(result.flags)
     row["source_seq_num"] = int(source_seq_num)
     return row
 
 
 def _data_keys(integer_fields: tuple[str, ...]) -> dict:
-    """Descriptor data keys of a derived row: the numbers, ``status``, ``reason``, then ``integer_fields``."""
+    """Descriptor data keys of a derived row: the numbers, ``status``, ``reason``, ``flags`` (the readout's
+    quality flags, comma-separated), then ``integer_fields``."""
     keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
-    keys["status"] = {"source": "mnedge", "dtype": "string", "shape": []}
-    keys["reason"] = {"source": "mnedge", "dtype": "string", "shape": []}
+    for k in ("status", "reason", "flags"):
+        keys[k] = {"source": "mnedge", "dtype": "string", "shape": []}
     for k in integer_fields:
         keys[k] = {"source": "mnedge", "dtype": "integer", "shape": []}
     return keys

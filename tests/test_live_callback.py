@@ -50,7 +50,7 @@ def test_spectrum_image_gets_one_row_per_pixel_and_maps(engine, source, tmp_path
     desc = next(d for n, d in docs if n == "descriptor")
     assert desc["name"] == "mnedge" and "valence" in desc["hints"]["mnedge"]["fields"]
     for k in ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
-              "ood_score", "status", "reason", "source_seq_num", "pixel_row", "pixel_col"):
+              "ood_score", "status", "reason", "flags", "source_seq_num", "pixel_row", "pixel_col"):
         assert k in desc["data_keys"]
     rows = derived_rows(docs)
     assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
@@ -214,3 +214,13 @@ def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
     assert len(rows) == 3
     assert all(r["status"] == "ok" or "external" not in r["reason"] for r in rows)
     assert math.isfinite(out[-1][1]["processed"])
+
+
+def test_a_derived_row_carries_the_readout_flags():
+    """Quality flags reach the documents as one comma-separated string; a rejection has none."""
+    from mnedge_live.derived import result_row
+    from mnedge_live.results import SpectrumResult
+
+    ok = SpectrumResult(status="ok", fractions=(0.1, 0.8, 0.1), valence=3.0, flags=("low_psnr", "sparse_lines"))
+    assert result_row(ok, 3)["flags"] == "low_psnr,sparse_lines"
+    assert result_row(SpectrumResult.rejected("no edge"), 4)["flags"] == ""
