@@ -228,14 +228,17 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         futures = {pool.submit(_calculate_cached, p, str(cache_dir)): i for i, (_, p) in enumerate(jobs)}
         for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="multiplets"):
             results[futures[fut]] = fut.result()
+    placed = []  # each calculation on the bank grid with its L3/L2 split, once for every mode
+    for i, (_, p) in enumerate(jobs):
+        base = place_on_grid(results[i][0], p.valence)
+        placed.append((base, find_split(BANK_GRID, base)))
     spectra, valence, split, source, meta = [], [], [], [], []
     for mode in modes:
         ramp = mode == "ramp"
         rng = np.random.default_rng(seed)
         for i, (family, p) in enumerate(jobs):
-            intensity, occ = results[i]
-            base = place_on_grid(intensity, p.valence)
-            sp = find_split(BANK_GRID, base)
+            occ = results[i][1]
+            base, sp = placed[i]
             for _ in range(LIFETIME_VARIANTS):
                 g3 = rng.uniform(*(L3_RAMP["main_hwhm"] if ramp else LIFETIME_RANGES["gamma_l3"]))
                 g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
