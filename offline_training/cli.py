@@ -65,7 +65,7 @@ def cmd_references(args) -> int:
     else:
         bank = build_bank(sizes, seed=args.seed, workers=args.workers, cache_dir=args.cache, measured=measured,
                           measured_weight=args.measured_weight, progress=not args.no_progress,
-                          l3_lifetime=args.l3_lifetime)
+                          l3_lifetime=args.l3_lifetime, ligand_field_window=args.ligand_field_window)
     out = Path(args.out) if args.out else default_bank_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     bank.save(out)
@@ -287,8 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--measured-only", action="store_true",
                    help="add the measured references to an existing bank instead of calculating")
     s.add_argument("--base", help="existing bank for --measured-only (default: the shipped bank)")
-    s.add_argument("--l3-lifetime", choices=("constant", "ramp", "both"), default="constant",
-                   help="one L3 core-hole width per member, widths growing across L3, or both sets of rows")
+    s.add_argument("--l3-lifetime", choices=("constant", "ramp", "both"), default="both",
+                   help="one L3 core-hole width per member, widths growing across L3, or both sets of rows "
+                        "(default: both, the shipped bank)")
+    s.add_argument("--ligand-field-window", action=argparse.BooleanOptionalAction, default=True,
+                   help="drop Mn4+ members whose optical 10Dq (4A2g -> 4T2g) lies outside the Mn4+ band "
+                        "(offline_training.references.parameters.OPTICAL_TEN_DQ_EV; default: on, as shipped)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_references)
 

@@ -74,3 +74,12 @@ def test_the_l3_lifetime_grows_across_the_edge_and_every_line_keeps_its_area():
                                                                      gamma_l2=0.5, gamma_done=0.0)
     above = e[flat >= flat.max() / 2]
     assert (above.max() - above.min()) / 2 == pytest.approx(0.8, abs=0.05)
+
+
+def test_two_sz_counts_up_minus_down_spin_orbitals():
+    """Even bits are spin up, odd bits spin down (edrixs' 2 * orbital + spin); bits beyond the shell are ignored."""
+    from offline_training.references.multiplet import two_sz
+
+    states = np.array([0b0, 0b1, 0b10, 0b101, 0b0111, (1 << 20) | 0b1, 0b01010101010101010101])
+    np.testing.assert_array_equal(two_sz(states, 20), [0, 1, -1, 2, 1, 1, 10])
+    assert two_sz(np.array([0b1111]), 2)[0] == 0   # only the first two spin-orbitals counted

@@ -22,7 +22,8 @@ def cache(tmp_path_factory):
 
 
 def build(cache, mode):
-    return B.build_bank(SIZES, seed=0, workers=1, cache_dir=cache, progress=False, l3_lifetime=mode)
+    return B.build_bank(SIZES, seed=0, workers=1, cache_dir=cache, progress=False, l3_lifetime=mode,
+                        ligand_field_window=False)
 
 
 def test_both_is_the_constant_rows_then_the_ramp_rows(cache):
@@ -38,3 +39,48 @@ def test_both_is_the_constant_rows_then_the_ramp_rows(cache):
 def test_an_unknown_width_model_is_refused(cache):
     with pytest.raises(ValueError, match="l3_lifetime must be one of"):
         build(cache, "linear")
+
+
+WINDOW_SIZES = {"Mn2+ Oh": 1, "Mn3+ Oh-JT": 1, "Mn4+ Oh": 3}
+#: Optical 10Dq of the three cached Mn4+ members: below, inside and above the Mn4+ band.
+OPTICAL = (2.0, 2.5, 3.1)
+
+
+@pytest.fixture(scope="module")
+def window_cache(tmp_path_factory):
+    """Cached calculations whose Mn4+ members carry an optical 10Dq (as the bank builder caches it)."""
+    d = tmp_path_factory.mktemp("multiplets_window")
+    x = B._CALC_GRID
+    for k, (family, n) in enumerate(sorted(WINDOW_SIZES.items())):
+        for i, p in enumerate(draw_parameters(family, n, 1000 * k)):
+            lines = 1.0 / (1 + ((x - 60.0 - i) / 0.3) ** 2) + 0.5 / (1 + ((x - 71.0 - i) / 0.3) ** 2)
+            extra = {"optical_ten_dq": OPTICAL[i]} if p.valence == 4 else {}
+            np.savez(d / f"{B._cache_key(p)}.npz", intensity=lines, occupancy=5.0 - p.valence + 2, **extra)
+    return d
+
+
+def test_the_ligand_field_window_drops_mn4_members_outside_the_band_and_keeps_the_rest_unchanged(window_cache):
+    import json
+
+    kw = dict(seed=0, workers=1, cache_dir=window_cache, progress=False, l3_lifetime="both")
+    full = B.build_bank(WINDOW_SIZES, ligand_field_window=False, **kw)
+    window = B.build_bank(WINDOW_SIZES, ligand_field_window=True, **kw)
+    meta = json.loads(window.params_json)
+    mn4 = [m for m in meta if m["valence"] == 4]
+    # only the member at 2.5 eV stays, in each width model, with its three lifetime variants
+    assert [m["optical_ten_dq"] for m in mn4] == [2.5] * (2 * B.LIFETIME_VARIANTS)
+    assert len(window.spectra) == len(full.spectra) - 2 * 2 * B.LIFETIME_VARIANTS
+    # the kept rows are the very rows of the bank without the window (same lifetime draws)
+    full_meta = json.loads(full.params_json)
+    rows = [j for j, m in enumerate(full_meta) if m["valence"] != 4 or full_meta[j]["ten_dq"] == mn4[0]["ten_dq"]]
+    np.testing.assert_array_equal(window.spectra, full.spectra[rows])
+    assert all("optical_ten_dq" not in m for m in full_meta)
+
+
+def test_a_valence_without_a_band_always_passes_and_one_without_a_value_does_not():
+    from offline_training.references.parameters import OPTICAL_TEN_DQ_EV, within_ligand_field_window
+
+    low, high = OPTICAL_TEN_DQ_EV[4]
+    assert within_ligand_field_window(4, low) and within_ligand_field_window(4, high)
+    assert not within_ligand_field_window(4, low - 0.01) and not within_ligand_field_window(4, float("nan"))
+    assert within_ligand_field_window(2, float("nan")) and within_ligand_field_window(3, 0.0)

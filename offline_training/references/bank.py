@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 from collections.abc import Iterable
@@ -32,14 +33,23 @@ from pathlib import Path
 
 import numpy as np
 
-from offline_training.references.multiplet import D_COUNT, MultipletParameters, calculate_spectrum
+from offline_training.references.multiplet import (
+    D_COUNT,
+    MultipletParameters,
+    calculate_spectrum,
+    optical_ten_dq,
+)
 from offline_training.references.parameters import (
     L3_POSITION_EV,
     L3_RAMP,
     LIFETIME_RANGES,
+    OPTICAL_TEN_DQ_EV,
     as_dict,
     draw_parameters,
+    within_ligand_field_window,
 )
+
+log = logging.getLogger(__name__)
 
 #: Energy grid of the bank (eV): wide enough for offsets, plural scattering and crops.
 BANK_GRID = np.round(np.arange(625.0, 700.0, 0.05), 4)
@@ -160,16 +170,30 @@ def _cache_key(params: MultipletParameters) -> str:
     return hashlib.sha256(json.dumps(as_dict(params), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _calculate_cached(params: MultipletParameters, cache_dir: str) -> tuple[np.ndarray, float]:
+def _calculate_cached(params: MultipletParameters, cache_dir: str,
+                      ligand_field: bool = False) -> tuple[np.ndarray, float, float]:
+    """One calculation (spectrum, d occupancy, optical 10Dq or NaN), read from or added to the cache.
+
+    The optical 10Dq is calculated only with ``ligand_field`` and for valences that have a band
+    (:data:`~offline_training.references.parameters.OPTICAL_TEN_DQ_EV`); a cached calculation
+    without it gets it added, so a cache of an earlier bank is extended, not recomputed.
+    """
     path = Path(cache_dir) / f"{_cache_key(params)}.npz"
     if path.exists():
         with np.load(path) as z:
-            return z["intensity"], float(z["occupancy"])
-    intensity, occ = calculate_spectrum(params, _CALC_GRID)
+            cached = {k: z[k] for k in z.files}
+    else:
+        intensity, occ = calculate_spectrum(params, _CALC_GRID)
+        cached = {"intensity": intensity, "occupancy": np.float64(occ)}
+    wanted = ligand_field and params.valence in OPTICAL_TEN_DQ_EV
+    if wanted and "optical_ten_dq" not in cached:
+        cached["optical_ten_dq"] = np.float64(optical_ten_dq(params))
+    elif path.exists() and not wanted:
+        return cached["intensity"], float(cached["occupancy"]), float("nan")
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, intensity=intensity, occupancy=occ)
+    np.savez(tmp, **cached)
     os.replace(tmp, path)
-    return intensity, occ
+    return cached["intensity"], float(cached["occupancy"]), float(cached.get("optical_ten_dq", np.nan))
 
 
 def place_on_grid(intensity: np.ndarray, valence: int, grid: np.ndarray = BANK_GRID,
@@ -181,7 +205,8 @@ def place_on_grid(intensity: np.ndarray, valence: int, grid: np.ndarray = BANK_G
 
 def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, workers: int | None = None,
                cache_dir: str | Path = ".cache/multiplets", measured: Iterable = (),
-               measured_weight: float = 0.0, progress: bool = True, l3_lifetime: str = "constant") -> Bank:
+               measured_weight: float = 0.0, progress: bool = True, l3_lifetime: str = "both",
+               ligand_field_window: bool = True) -> Bank:
     """Calculate the families (in parallel, resumable through ``cache_dir``) and assemble the bank.
 
     Parameters
@@ -205,7 +230,14 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         ``"constant"`` (one L3 width per member), ``"ramp"`` (widths growing
         across L3, :data:`~offline_training.references.parameters.L3_RAMP`) or
         ``"both"`` (the constant rows followed by the ramp rows, each drawn as
-        its own mode would draw them, so either half equals that mode's bank).
+        its own mode would draw them, so either half equals that mode's bank; the default and the
+        shipped bank).
+    ligand_field_window : bool
+        Drop the members whose optical 10Dq (the 4A2g -> 4T2g excitation of a d3 site) lies
+        outside their valence's band
+        (:data:`~offline_training.references.parameters.OPTICAL_TEN_DQ_EV`); their lifetime
+        draws are still made, so the kept rows equal those of the bank without the window.
+        Each dropped member is logged.
     """
     if l3_lifetime not in L3_LIFETIME_MODES:
         raise ValueError(f"l3_lifetime must be one of {L3_LIFETIME_MODES}, got {l3_lifetime!r}")
@@ -219,15 +251,23 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         jobs += [(family, p) for p in draw_parameters(family, n, seed + 1000 * k)]
     # Largest problems first, so the pool ends evenly.
     jobs.sort(key=lambda j: j[1].valence, reverse=True)
-    results: dict[int, tuple[np.ndarray, float]] = {}
+    results: dict[int, tuple[np.ndarray, float, float]] = {}
     # One BLAS/numba thread per worker: the workers are the parallelism.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = "1"
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=ctx) as pool:
-        futures = {pool.submit(_calculate_cached, p, str(cache_dir)): i for i, (_, p) in enumerate(jobs)}
+        futures = {pool.submit(_calculate_cached, p, str(cache_dir), ligand_field_window): i
+                   for i, (_, p) in enumerate(jobs)}
         for fut in tqdm(as_completed(futures), total=len(futures), disable=not progress, desc="multiplets"):
             results[futures[fut]] = fut.result()
+    kept = [not ligand_field_window or within_ligand_field_window(p.valence, results[i][2])
+            for i, (_, p) in enumerate(jobs)]
+    for i, (family, p) in enumerate(jobs):
+        if not kept[i]:
+            log.info("dropped %s member (10Dq %.2f eV, Delta %.2f eV, V(eg) %.2f eV): optical 10Dq %.3f eV "
+                     "outside %s eV", family, p.ten_dq, p.delta, p.v_eg, results[i][2],
+                     OPTICAL_TEN_DQ_EV[p.valence])
     placed = []  # each calculation on the bank grid with its L3/L2 split, once for every mode
     for i, (_, p) in enumerate(jobs):
         base = place_on_grid(results[i][0], p.valence)
@@ -237,18 +277,21 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
         ramp = mode == "ramp"
         rng = np.random.default_rng(seed)
         for i, (family, p) in enumerate(jobs):
-            occ = results[i][1]
+            occ, optical = results[i][1], results[i][2]
             base, sp = placed[i]
             for _ in range(LIFETIME_VARIANTS):
                 g3 = rng.uniform(*(L3_RAMP["main_hwhm"] if ramp else LIFETIME_RANGES["gamma_l3"]))
                 g2 = rng.uniform(*LIFETIME_RANGES["gamma_l2"])
+                if not kept[i]:
+                    continue
                 s = lorentzian_lifetime(BANK_GRID, base, sp, g3, g2, ramp_ev=L3_RAMP["ramp_ev"],
                                         gamma_l3_onset=L3_RAMP["onset_hwhm"] if ramp else None)
                 spectra.append(unit_area(BANK_GRID, s))
                 valence.append(p.valence)
                 split.append(sp)
                 source.append(family)
-                meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ, l3_lifetime=mode))
+                meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ, l3_lifetime=mode,
+                                 **({} if np.isnan(optical) else {"optical_ten_dq": optical})))
     valence_arr = np.array(valence)
     weight = np.ones(len(spectra))
     bank = Bank(energy=BANK_GRID, spectra=np.array(spectra, np.float32), valence=valence_arr,
