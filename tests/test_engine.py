@@ -264,15 +264,8 @@ def test_backend_failure_rejects_rows_and_keeps_serving(engine):
     assert engine.predict_one(E, mn_like()).ok
 
 
-#: Measured on mnedge-default-v4 (see benchmarks/RESULTS.md): SrMnO3 reads 3.67 (12 % read as Mn2+, from a sharp
-#: line 2.2 eV below its L3 maximum that no single-valence calculation reproduces).  The check still runs; strict xfail
-#: turns into a failure once a model meets it, so the mark must go then.
-_MISSES_0_15 = pytest.mark.xfail(strict=True, reason="default model (v11) reads SrMnO3 3.67; issue open")
-
-
 @pytest.mark.parametrize("name, valence", [
-    ("Data2_MnO.csv", 2.0), ("Data2_YBaMn3AlO7.csv", 2.0), ("Data2_LaMnO3.csv", 3.0),
-    pytest.param("Data2_SrMnO3.csv", 4.0, marks=_MISSES_0_15),
+    ("Data2_MnO.csv", 2.0), ("Data2_YBaMn3AlO7.csv", 2.0), ("Data2_LaMnO3.csv", 3.0), ("Data2_SrMnO3.csv", 4.0),
 ])
 def test_default_model_reads_the_measured_spectra_within_0_15(real_dir, name, valence):
     from offline_training.realism import read_two_column
