@@ -191,6 +191,12 @@ def cmd_evaluate(args) -> int:
             cells = [f"axis scale {k}: {v}" for k, v in r["axis_scale"].items()]
             cells += [f"+{k} eV blur: {v}" for k, v in r["extra_blur_fwhm_eV"].items()]
             print(f"  {r['file']:28s} " + ", ".join(cells))
+        mixtures = res.get("real_spectra_mixtures")
+        if mixtures and mixtures["pairs"]:
+            print(f"  measured mixtures, mean |read - expected| {mixtures['mean_abs_deviation']}")
+            for pair in mixtures["pairs"]:
+                cells = [f"{m['share']:g}: {m['expected']:.2f} -> {m['read']}" for m in pair["mixtures"]]
+                print(f"    {' + '.join(pair['files'])}: " + ", ".join(cells))
     return 1 if gate_failed else 0
 
 

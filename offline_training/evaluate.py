@@ -219,6 +219,89 @@ def real_spectra_robustness(engine: Engine, folder: str | Path) -> list[dict]:
     return out
 
 
+#: Per-atom shares of the first spectrum in the measured two-spectrum mixtures.
+MIXTURE_SHARES = (0.75, 0.5, 0.25)
+#: Smallest difference (valence) between the readings of two measured files for them to be mixed.
+MIXTURE_MIN_SEPARATION = 0.5
+#: Step (eV) of the common axis the measured files are mixed on, and the pre-edge width (eV)
+#: at its start whose mean is taken as each file's baseline.
+MIXTURE_STEP_EV = 0.1
+MIXTURE_PRE_EDGE_EV = 1.0
+
+
+def holes_at(valence: float) -> float:
+    """3d holes per Mn atom at a (possibly mixed) valence: :data:`HOLES` interpolated over 2-4."""
+    from offline_training.forward.composition import HOLES
+
+    v = sorted(HOLES)
+    return float(np.interp(valence, v, [HOLES[k] for k in v]))
+
+
+def mix_per_atom(a: np.ndarray, b: np.ndarray, share: float, holes_a: float, holes_b: float) -> np.ndarray:
+    """Mixture of two unit-area spectra in which ``share`` of the Mn atoms are those of ``a``.
+
+    The L2,3 line area per Mn atom is proportional to its number of 3d holes (the L-edge sum rule),
+    the normalization the forward model labels its mixtures with, so the area weights are
+    ``share * holes_a`` and ``(1 - share) * holes_b``, normalized to a unit-area result.
+    """
+    wa, wb = share * holes_a, (1.0 - share) * holes_b
+    return (wa * a + wb * b) / (wa + wb)
+
+
+def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
+    """Readouts of per-atom mixtures of the measured files, against the model's own readings of each.
+
+    Every pair of files whose own readings differ by :data:`MIXTURE_MIN_SEPARATION` or more is put
+    on one :data:`MIXTURE_STEP_EV` axis over the energies both cover, each file's pre-edge level
+    (mean of the first :data:`MIXTURE_PRE_EDGE_EV`) removed and its area set to one, and mixed with
+    :func:`mix_per_atom` at :data:`MIXTURE_SHARES` (holes from :func:`holes_at` at each file's
+    reading).  The expected valence is the share-weighted mean of the two readings on that axis,
+    so no label is needed: the check shows whether the model reads mixed-valence samples linearly,
+    which pure measured spectra cannot show.  The files' continua are mixed along with their lines,
+    so this is a check of linearity, not a calibrated mixture series.
+
+    Returns
+    -------
+    dict
+        ``pairs`` (files, their readings, and per share the expected and read valence, None where
+        refused) and ``mean_abs_deviation`` over all answered mixtures (None without any).
+    """
+    from offline_training.realism import read_two_column
+
+    spectra = []
+    for path in _measured_files(folder):
+        e, y = read_two_column(path)
+        o = np.argsort(e)
+        spectra.append((path.name, e[o], y[o]))
+    pairs, deviations = [], []
+    for i, (name_a, ea, ya) in enumerate(spectra):
+        for name_b, eb, yb in spectra[i + 1:]:
+            lo, hi = max(ea[0], eb[0]), min(ea[-1], eb[-1])
+            grid = np.round(np.arange(lo, hi, MIXTURE_STEP_EV), 4)
+            if len(grid) < 2:
+                continue
+            unit = []
+            for e, y in ((ea, ya), (eb, yb)):
+                u = np.interp(grid, e, y)
+                u = u - u[grid < lo + MIXTURE_PRE_EDGE_EV].mean()
+                unit.append(u / u.sum())
+            ra, rb = engine.predict_one(grid, unit[0]), engine.predict_one(grid, unit[1])
+            if not (ra.ok and rb.ok) or abs(ra.valence - rb.valence) < MIXTURE_MIN_SEPARATION:
+                continue
+            va, vb = float(ra.valence), float(rb.valence)
+            rows = []
+            for f in MIXTURE_SHARES:
+                r = engine.predict_one(grid, mix_per_atom(unit[0], unit[1], f, holes_at(va), holes_at(vb)))
+                expected = f * va + (1 - f) * vb
+                read = round(float(r.valence), 4) if r.ok else None
+                if read is not None:
+                    deviations.append(read - expected)
+                rows.append({"share": f, "expected": round(expected, 4), "read": read})
+            pairs.append({"files": [name_a, name_b], "valences": [round(va, 4), round(vb, 4)], "mixtures": rows})
+    mad = round(float(np.mean(np.abs(deviations))), 4) if deviations else None
+    return {"pairs": pairs, "mean_abs_deviation": mad}
+
+
 def nnls_baselines(fm: ForwardModel, b: Batch, rows: np.ndarray, seed: int) -> dict:
     """NNLS fractions for ``rows`` of ``b``: mismatched refs with and without shift search, and matched refs."""
     from offline_training.baselines import nnls_fractions, reference_spectra
@@ -315,4 +398,5 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     if real_dir is not None and Path(real_dir).is_dir():
         result["real_spectra"] = real_spectra_predictions(engine, real_dir)
         result["real_spectra_robustness"] = real_spectra_robustness(engine, real_dir)
+        result["real_spectra_mixtures"] = measured_mixtures(engine, real_dir)
     return result
