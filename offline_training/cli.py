@@ -190,6 +190,8 @@ def cmd_evaluate(args) -> int:
         for r in res.get("real_spectra_robustness", []):
             cells = [f"axis scale {k}: {v}" for k, v in r["axis_scale"].items()]
             cells += [f"+{k} eV blur: {v}" for k, v in r["extra_blur_fwhm_eV"].items()]
+            cells += [f"{k} dB: {v['mean']} +- {v['std']} ({v['refused']} refused)"
+                      for k, v in r["added_noise_psnr_dB"].items()]
             print(f"  {r['file']:28s} " + ", ".join(cells))
         mixtures = res.get("real_spectra_mixtures")
         if mixtures and mixtures["pairs"]:

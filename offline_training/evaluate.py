@@ -156,6 +156,13 @@ AXIS_SCALE_ERRORS = (-0.10, -0.07, -0.05, -0.03, 0.03, 0.05, 0.07, 0.10)
 SCALE_CENTER_EV = 600.0
 #: Extra Gaussian blur (FWHM, eV) applied to the measured spectra: a worse instrument resolution.
 EXTRA_BLUR_FWHM_EV = (1.0, 2.0, 3.0)
+#: PSNR (dB, 20 log10 of the spectrum's max - min over the noise sigma) of white Gaussian noise
+#: added to the measured spectra, the draws per level, their seed, and the uniform step (eV) the
+#: spectra are put on first so that the noise is per channel, as a detector's is.
+ADDED_NOISE_PSNR_DB = (20.0, 15.0, 10.0)
+ADDED_NOISE_DRAWS = 10
+ADDED_NOISE_SEED = 0
+ADDED_NOISE_STEP_EV = 0.1
 
 
 def _measured_files(folder: str | Path) -> list[Path]:
@@ -191,14 +198,32 @@ def blurred(energy: np.ndarray, intensity: np.ndarray, fwhm: float) -> np.ndarra
     return out
 
 
+def with_added_noise(energy: np.ndarray, intensity: np.ndarray, psnr_db: float,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The spectrum on a uniform :data:`ADDED_NOISE_STEP_EV` axis plus white Gaussian noise of ``psnr_db``.
+
+    The noise sigma is ``(max - min) / 10 ** (psnr_db / 20)`` of the resampled spectrum (the
+    project's PSNR); the spectrum's own noise comes on top, so the result is at most that PSNR.
+    """
+    o = np.argsort(energy)
+    e, y = energy[o], intensity[o]
+    grid = np.arange(e[0], e[-1] + 1e-9, ADDED_NOISE_STEP_EV)
+    u = np.interp(grid, e, y)
+    sigma = (u.max() - u.min()) / 10 ** (psnr_db / 20)
+    return grid, u + rng.normal(0.0, sigma, len(grid))
+
+
 def real_spectra_robustness(engine: Engine, folder: str | Path) -> list[dict]:
-    """Readouts of every measured file in ``folder`` with its axis scaled and with extra blur.
+    """Readouts of every measured file in ``folder`` with its axis scaled, extra blur and added noise.
 
     What a badly calibrated dispersion (:data:`AXIS_SCALE_ERRORS`, applied
-    about :data:`SCALE_CENTER_EV`) or a worse resolution
-    (:data:`EXTRA_BLUR_FWHM_EV`) does to the reading of a real spectrum: the
-    synthetic validation cannot show where the calculated end members and the
-    measured ones differ.  Valence per condition, None where rejected.
+    about :data:`SCALE_CENTER_EV`), a worse resolution
+    (:data:`EXTRA_BLUR_FWHM_EV`) or a noisier detector
+    (:data:`ADDED_NOISE_PSNR_DB`, :func:`with_added_noise`) does to the reading
+    of a real spectrum: the synthetic validation cannot show where the
+    calculated end members and the measured ones differ.  Valence per
+    condition, None where rejected; for the noise, the mean and standard
+    deviation of the answered draws and the number refused.
     """
     from offline_training.realism import read_two_column
 
@@ -206,15 +231,23 @@ def real_spectra_robustness(engine: Engine, folder: str | Path) -> list[dict]:
         r = engine.predict_one(e, y)
         return round(float(r.valence), 4) if r.ok else None
 
+    def noise_row(e, y, db, rng):
+        vals = [valence(*with_added_noise(e, y, db, rng)) for _ in range(ADDED_NOISE_DRAWS)]
+        ok = np.array([v for v in vals if v is not None])
+        return {"mean": round(float(ok.mean()), 4) if len(ok) else None,
+                "std": round(float(ok.std()), 4) if len(ok) else None, "refused": len(vals) - len(ok)}
+
     out = []
     for path in _measured_files(folder):
         e, y = read_two_column(path)
+        rng = np.random.default_rng(ADDED_NOISE_SEED)
         out.append({
             "file": path.name,
             "valence": valence(e, y),
             "axis_scale": {f"{d:+.2f}": valence(SCALE_CENTER_EV + (e - SCALE_CENTER_EV) * (1 + d), y)
                            for d in AXIS_SCALE_ERRORS},
             "extra_blur_fwhm_eV": {f"{w:g}": valence(e, blurred(e, y, w)) for w in EXTRA_BLUR_FWHM_EV},
+            "added_noise_psnr_dB": {f"{db:g}": noise_row(e, y, db, rng) for db in ADDED_NOISE_PSNR_DB},
         })
     return out
 

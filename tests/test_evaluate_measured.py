@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from mnedge_live.engine import load_engine
-from offline_training.evaluate import AXIS_SCALE_ERRORS, EXTRA_BLUR_FWHM_EV, blurred, real_spectra_robustness
+from offline_training.evaluate import (
+    ADDED_NOISE_DRAWS,
+    ADDED_NOISE_PSNR_DB,
+    AXIS_SCALE_ERRORS,
+    EXTRA_BLUR_FWHM_EV,
+    blurred,
+    real_spectra_robustness,
+    with_added_noise,
+)
 
 
 def fwhm(e: np.ndarray, y: np.ndarray) -> float:
@@ -38,6 +46,22 @@ def test_measured_files_are_read_with_scaled_axes_and_blur(tmp_path, tiny_artifa
     assert set(r["extra_blur_fwhm_eV"]) == {f"{w:g}" for w in EXTRA_BLUR_FWHM_EV}
     readings = [r["valence"], *r["axis_scale"].values(), *r["extra_blur_fwhm_eV"].values()]
     assert all(v is None or 2.0 <= v <= 4.0 for v in readings) and r["valence"] is not None
+    assert set(r["added_noise_psnr_dB"]) == {f"{db:g}" for db in ADDED_NOISE_PSNR_DB}
+    for row in r["added_noise_psnr_dB"].values():
+        assert 0 <= row["refused"] <= ADDED_NOISE_DRAWS
+        assert row["mean"] is None or 2.0 <= row["mean"] <= 4.0
+
+
+def test_added_noise_has_the_stated_psnr_on_a_uniform_axis():
+    """Irregular descending input: the result is on the 0.1 eV axis and its noise sigma matches the PSNR."""
+    e = np.sort(np.concatenate([np.arange(630.0, 660.0, 0.3), np.linspace(640.0, 642.0, 50)]))[::-1]
+    y = np.exp(-0.5 * ((e - 641.0) / 0.5) ** 2)
+    rng = np.random.default_rng(1)
+    g, noisy = with_added_noise(e, y, 20.0, rng)
+    np.testing.assert_allclose(np.diff(g), 0.1, atol=1e-9)
+    clean = np.interp(g, e[::-1], y[::-1])
+    sigma = (clean.max() - clean.min()) / 10.0
+    assert np.std(noisy - clean) == pytest.approx(sigma, rel=0.1)
 
 
 def test_a_per_atom_mixture_weights_each_spectrum_by_its_3d_holes():
