@@ -9,15 +9,23 @@ from offline_training.references.parameters import draw_parameters
 SIZES = {"Mn2+ Oh": 1, "Mn3+ Oh-JT": 1, "Mn4+ Oh": 1}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """A calculation cache holding a two-line spectrum for every job of SIZES (no multiplet solver)."""
-    d = tmp_path_factory.mktemp("multiplets")
+def write_cache(d, sizes: dict, optical: tuple = ()) -> None:
+    """A calculation cache holding a two-line spectrum for every job of ``sizes`` (no multiplet solver).
+
+    With ``optical``, the i-th Mn4+ member also carries that optical 10Dq, as the bank builder caches it.
+    """
     x = B._CALC_GRID
-    for k, (family, n) in enumerate(sorted(SIZES.items())):
+    for k, (family, n) in enumerate(sorted(sizes.items())):
         for i, p in enumerate(draw_parameters(family, n, 1000 * k)):
             lines = 1.0 / (1 + ((x - 60.0 - i) / 0.3) ** 2) + 0.5 / (1 + ((x - 71.0 - i) / 0.3) ** 2)
-            np.savez(d / f"{B._cache_key(p)}.npz", intensity=lines, occupancy=5.0 - p.valence + 2)
+            extra = {"optical_ten_dq": optical[i]} if optical and p.valence == 4 else {}
+            np.savez(d / f"{B._cache_key(p)}.npz", intensity=lines, occupancy=5.0 - p.valence + 2, **extra)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    d = tmp_path_factory.mktemp("multiplets")
+    write_cache(d, SIZES)
     return d
 
 
@@ -48,14 +56,8 @@ OPTICAL = (2.0, 2.5, 3.1)
 
 @pytest.fixture(scope="module")
 def window_cache(tmp_path_factory):
-    """Cached calculations whose Mn4+ members carry an optical 10Dq (as the bank builder caches it)."""
     d = tmp_path_factory.mktemp("multiplets_window")
-    x = B._CALC_GRID
-    for k, (family, n) in enumerate(sorted(WINDOW_SIZES.items())):
-        for i, p in enumerate(draw_parameters(family, n, 1000 * k)):
-            lines = 1.0 / (1 + ((x - 60.0 - i) / 0.3) ** 2) + 0.5 / (1 + ((x - 71.0 - i) / 0.3) ** 2)
-            extra = {"optical_ten_dq": OPTICAL[i]} if p.valence == 4 else {}
-            np.savez(d / f"{B._cache_key(p)}.npz", intensity=lines, occupancy=5.0 - p.valence + 2, **extra)
+    write_cache(d, WINDOW_SIZES, OPTICAL)
     return d
 
 
