@@ -179,21 +179,23 @@ def _calculate_cached(params: MultipletParameters, cache_dir: str,
     without it gets it added, so a cache of an earlier bank is extended, not recomputed.
     """
     path = Path(cache_dir) / f"{_cache_key(params)}.npz"
-    if path.exists():
-        with np.load(path) as z:
-            cached = {k: z[k] for k in z.files}
-    else:
+    changed = not path.exists()
+    if changed:
         intensity, occ = calculate_spectrum(params, _CALC_GRID)
         cached = {"intensity": intensity, "occupancy": np.float64(occ)}
+    else:
+        with np.load(path) as z:
+            cached = {k: z[k] for k in z.files}
     wanted = ligand_field and params.valence in OPTICAL_TEN_DQ_EV
     if wanted and "optical_ten_dq" not in cached:
         cached["optical_ten_dq"] = np.float64(optical_ten_dq(params))
-    elif path.exists() and not wanted:
-        return cached["intensity"], float(cached["occupancy"]), float("nan")
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **cached)
-    os.replace(tmp, path)
-    return cached["intensity"], float(cached["occupancy"]), float(cached.get("optical_ten_dq", np.nan))
+        changed = True
+    if changed:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **cached)
+        os.replace(tmp, path)
+    optical = float(cached["optical_ten_dq"]) if wanted else float("nan")
+    return cached["intensity"], float(cached["occupancy"]), optical
 
 
 def place_on_grid(intensity: np.ndarray, valence: int, grid: np.ndarray = BANK_GRID,
