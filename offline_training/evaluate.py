@@ -286,7 +286,8 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
 
     Every pair of files whose own readings differ by :data:`MIXTURE_MIN_SEPARATION` or more is put
     on one :data:`MIXTURE_STEP_EV` axis over the energies both cover, each file's pre-edge level
-    (mean of the first :data:`MIXTURE_PRE_EDGE_EV`) removed and its area set to one, and mixed with
+    (mean of the first :data:`MIXTURE_PRE_EDGE_EV`) removed and its area set to one (a pair where
+    either has no positive area is skipped), and mixed with
     :func:`mix_per_atom` at :data:`MIXTURE_SHARES` (holes from :func:`holes_at` at each file's
     reading).  The expected valence is the share-weighted mean of the two readings on that axis,
     so no label is needed: the check shows whether the model reads mixed-valence samples linearly,
@@ -300,6 +301,7 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
         refused) and ``mean_abs_deviation`` over all answered mixtures (None without any).
     """
     from offline_training.realism import read_two_column
+    from offline_training.references.bank import unit_area
 
     spectra = []
     for path in _measured_files(folder):
@@ -313,11 +315,11 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
             grid = np.round(np.arange(lo, hi, MIXTURE_STEP_EV), 4)
             if len(grid) < 2:
                 continue
-            unit = []
-            for e, y in ((ea, ya), (eb, yb)):
-                u = np.interp(grid, e, y)
-                u = u - u[grid < lo + MIXTURE_PRE_EDGE_EV].mean()
-                unit.append(u / u.sum())
+            try:
+                unit = [unit_area(grid, u - u[grid < lo + MIXTURE_PRE_EDGE_EV].mean())
+                        for u in (np.interp(grid, ea, ya), np.interp(grid, eb, yb))]
+            except ValueError:      # no positive area above the pre-edge level: nothing to mix
+                continue
             ra, rb = engine.predict_one(grid, unit[0]), engine.predict_one(grid, unit[1])
             if not (ra.ok and rb.ok) or abs(ra.valence - rb.valence) < MIXTURE_MIN_SEPARATION:
                 continue
