@@ -12,6 +12,7 @@ from mnedge_live.preprocessing import (
     measured_noise,
     resample_measured,
     resample_shared_axis,
+    rescale_extreme_rows,
     row_median,
     to_uniform,
 )
@@ -109,6 +110,20 @@ def test_row_median_is_numpy_median(shape):
     a = np.random.default_rng(sum(shape)).normal(size=shape)
     a[..., 0] = a[..., -1]   # ties
     assert np.array_equal(row_median(a), np.median(a, axis=-1))
+
+
+def test_only_rows_beyond_the_safe_magnitudes_are_rescaled():
+    """Rows at 1e-300 or 1e300 come back with a largest magnitude of 1; ordinary units stay bit for bit."""
+    base = _doublet(np.linspace(630.0, 670.0, 401)) - 0.2
+    y = np.stack([base * 1e-300, base * 1e300, base * 1e9, base * 1e-15])
+    out = rescale_extreme_rows(y)
+    assert np.allclose(np.abs(out[:2]).max(axis=1), 1.0)
+    assert np.array_equal(out[2:], y[2:])
+    assert np.allclose(out[0], out[1]) and np.allclose(out[0], base / np.abs(base).max())
+    ordinary = base.astype(np.float32)
+    assert rescale_extreme_rows(ordinary) is ordinary                      # nothing to do: no copy
+    assert rescale_extreme_rows(np.full(5, -32768, np.int16)).dtype == np.int16   # |int16 min| is no overflow here
+    assert rescale_extreme_rows(ordinary * np.float32(1e-30)).dtype == np.float32
 
 
 def test_single_point_spikes_are_found_and_sharp_lines_are_not():

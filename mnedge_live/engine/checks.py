@@ -24,6 +24,7 @@ from mnedge_live.preprocessing import (
     WORK_STEP_EV,
     Resampled,
     resample_measured,
+    rescale_extreme_rows,
 )
 from mnedge_live.preprocessing.points import point_spacing
 
@@ -102,7 +103,7 @@ def check_and_resample(energy, intensity) -> Resampled:
         raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
     if float(np.ptp(y)) == 0.0:
         raise ValueError("intensity is constant: no edge")
-    return resample_measured(e, y, WORK_STEP_EV)
+    return resample_measured(e, rescale_extreme_rows(y), WORK_STEP_EV)
 
 
 @dataclass

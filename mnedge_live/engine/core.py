@@ -29,6 +29,7 @@ from mnedge_live.preprocessing import (
     pad_rows,
     preprocess,
     resample_shared_axis,
+    rescale_extreme_rows,
 )
 from mnedge_live.results import SpectrumResult
 
@@ -289,14 +290,15 @@ class Engine:
             single.extend(idx)
             return
         ok = np.isfinite(y).all(axis=1)
-        if ok.all():
-            ok = np.ptp(y, axis=1) > 0
-        else:  # rows with inf would warn in ptp (inf - inf); they go to the per-spectrum path anyway
-            ok[ok] = np.ptp(y[ok], axis=1) > 0
+        finite = y if ok.all() else y[ok]  # rows with inf go to the per-spectrum path anyway
+        hi, lo = finite.max(axis=1), finite.min(axis=1)
+        ok[ok] = hi > lo   # not constant
         if not ok.all():
             single.extend(i for i, keep in zip(idx, ok) if not keep)
             y = y[ok]
             idx = [i for i, keep in zip(idx, ok) if keep]
+            hi, lo = hi[hi > lo], lo[hi > lo]
+        y = rescale_extreme_rows(y, np.maximum(np.abs(hi.astype(np.float64)), np.abs(lo.astype(np.float64))))
         step = self._batch_rows
         for k in range(0, len(idx), step):
             r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)

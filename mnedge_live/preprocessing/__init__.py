@@ -78,7 +78,7 @@ from mnedge_live.preprocessing.measured_axis import (
 )
 from mnedge_live.preprocessing.model_input import Prepared, preprocess
 from mnedge_live.preprocessing.noise import measured_noise
-from mnedge_live.preprocessing.points import point_spacing, row_median
+from mnedge_live.preprocessing.points import point_spacing, rescale_extreme_rows, row_median
 from mnedge_live.preprocessing.spikes import find_spikes, remove_spikes
 
 __all__ = [
@@ -113,6 +113,7 @@ __all__ = [
     "point_spacing",
     "preprocess",
     "remove_spikes",
+    "rescale_extreme_rows",
     "resample_measured",
     "resample_shared_axis",
     "row_median",

@@ -16,6 +16,46 @@ def checked_points(energy: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarra
     return distinct_points(e, y)
 
 
+#: Largest magnitudes (any unit) that rows keep as they are; rows beyond are rescaled first
+#: (:func:`rescale_extreme_rows`). Detector counts, drain currents in amperes (1e-15) and
+#: electron counts of whole spectrum images (1e10) all lie inside.
+SAFE_MAGNITUDE = (1e-20, 1e15)
+
+
+def rescale_extreme_rows(y: np.ndarray, magnitude: np.ndarray | None = None) -> np.ndarray:
+    """Rows whose largest magnitude lies outside :data:`SAFE_MAGNITUDE` divided by it; the others untouched.
+
+    The readout does not depend on the intensity unit (the preprocessing
+    brings every row to a largest magnitude of 1), but the steps before it do
+    not survive every unit: the spike test multiplies neighbouring
+    differences (overflow beyond about 1e154, 1e19 in float32) and the work
+    rows are float32 (nothing beyond 3.4e38, nothing below 1e-45).  Values
+    of 1e300 or 1e-300 would reach the network as inf or 0 and be refused
+    for the wrong reason.  Rows inside the range are returned bit for bit.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        ``(N,)`` or ``(B, N)`` finite intensities.
+    magnitude : numpy.ndarray, optional
+        Largest magnitude per row when the caller has it (float64).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``y`` itself when no row is extreme, else a copy in ``y``'s float
+        precision (float64 for integer rows).
+    """
+    if magnitude is None:
+        magnitude = np.maximum(np.abs(y.max(axis=-1).astype(np.float64)), np.abs(y.min(axis=-1).astype(np.float64)))
+    extreme = (magnitude < SAFE_MAGNITUDE[0]) | (magnitude > SAFE_MAGNITUDE[1])
+    if not np.any(extreme):
+        return y
+    dtype = y.dtype if y.dtype.kind == "f" else np.float64
+    scale = np.where(extreme & (magnitude > 0), magnitude, 1.0)
+    return (y / np.expand_dims(scale, -1)).astype(dtype, copy=False)
+
+
 def is_dense(spacing: float, step: float) -> bool:
     """Two or more measured points per work step: they are averaged, not picked (:func:`bin_dense`)."""
     return spacing <= 0.5 * step * (1 + 1e-6)
