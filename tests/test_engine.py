@@ -37,6 +37,8 @@ def engine(tiny_artifact):
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
     (np.linspace(640.0, 643.0, 40), mn_like(np.linspace(640.0, 643.0, 40)), "spans only"),
     (E / 1000.0, mn_like(), "looks like keV"),                  # exported in keV: say so, do not guess
+    (E, -mn_like(), "inverted"),                                # a negative drain current
+    (E, np.exp(-mn_like()), "inverted"),                        # transmission I/I0, not -ln(I/I0)
     (np.arange(0.0, 2000.0, 12.0), mn_like(np.arange(0.0, 2000.0, 12.0)), "points in the Mn L2,3 region"),
     (np.arange(0.0, 2000.0, 10.0), mn_like(np.arange(0.0, 2000.0, 10.0)), "cannot resolve"),   # a survey scan
     (np.arange(600.0, 700.0, 2.5), mn_like(np.arange(600.0, 700.0, 2.5)), "cannot resolve"),
@@ -280,6 +282,28 @@ def test_default_model_reads_the_measured_spectra_within_0_15(real_dir, name, va
     assert r2.ok and abs(r2.valence - r.valence) <= 0.02, (name, r.valence, r2.valence)
     assert r2.energy_offset_eV - r.energy_offset_eV == pytest.approx(12.0, abs=0.3)
     assert abs(r.valence - valence) <= 0.15, (name, r.valence)
+
+
+@pytest.mark.parametrize("name", ["Data2_MnO.csv", "Data2_YBaMn3AlO7.csv", "Data2_LaMnO3.csv", "Data2_SrMnO3.csv"])
+def test_the_measured_spectra_inverted_are_refused_not_read(real_dir, name):
+    """Upside down (a negative drain current, transmission I/I0) the lines are dips: refused with that reason.
+
+    Before the dip rule, the four files inverted on a window extended by flat pre- and post-edges read
+    3.09 / 3.59 / 3.22 / 3.09 with no flag at all.
+    """
+    from offline_training.realism import read_two_column
+
+    engine = load_engine()
+    e, y = read_two_column(real_dir / name)
+    o = np.argsort(e)
+    e, y = e[o], y[o]
+    pre, post = np.arange(e[0] - 20.0, e[0] - 0.05, 0.1), np.arange(e[-1] + 0.1, e[-1] + 30.0, 0.1)
+    wide_e = np.concatenate([pre, e, post])
+    wide_y = np.concatenate([np.full(pre.size, y[:5].mean()), y, np.full(post.size, y[-20:].mean())])
+    assert engine.predict_one(wide_e, wide_y).ok
+    for energy, intensity in ((e, -y), (wide_e, -wide_y), (wide_e, 3 * wide_y.max() - wide_y)):
+        r = engine.predict_one(energy, intensity)
+        assert not r.ok and "inverted" in r.reason, (name, r.valence, r.reason)
 
 
 def test_wide_gaps_between_points_on_the_lines_are_flagged(engine):

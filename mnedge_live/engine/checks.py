@@ -18,6 +18,7 @@ from mnedge_live.preprocessing import (
     ANALYSIS_WINDOW_EV,
     L3_COVER_EV,
     L3_PLAUSIBLE_EV,
+    MAX_DIP_DEPTH,
     MIN_EDGE_SNR,
     MIN_L2_HEIGHT,
     MN_SPACING_ACCEPTED_EV,
@@ -119,6 +120,7 @@ class RowChecks:
     pre_edge_covered: np.ndarray
     l3_covered: np.ndarray
     psnr_db: np.ndarray
+    dip_depth: np.ndarray
     ood_score: np.ndarray
     ood: OodScore | None
 
@@ -135,11 +137,12 @@ class RowChecks:
         with np.errstate(invalid="ignore"):
             no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
             not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
+            inverted = self.dip_depth > MAX_DIP_DEPTH
             bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
             no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
             unlike = (self.ood_score > self.ood.thresholds_for(self.psnr_db) if self.ood is not None
                       else np.zeros(len(self.l3_ev), bool))
-        return no_edge | not_l3 | ~self.l3_covered | bad_spacing | no_l2_line | unlike
+        return no_edge | not_l3 | inverted | ~self.l3_covered | bad_spacing | no_l2_line | unlike
 
     def reason(self, j: int) -> str:
         """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
@@ -150,6 +153,12 @@ class RowChecks:
         if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
             return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
                     f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
+        depth = float(self.dip_depth[j])
+        if depth > MAX_DIP_DEPTH:
+            times = f"{depth:.1f} times" if depth < 100 else "over 100 times"
+            return (f"the spectrum dips {times} the height of the line taken for L3 below its background "
+                    f"(at most {MAX_DIP_DEPTH:g} is read): its lines look like dips. An inverted spectrum (a negative "
+                    "drain current, or transmission I/I0 instead of the absorbance -ln(I/I0))? Flip or convert it first")
         if not self.l3_covered[j]:
             return (f"the measured window does not reach {L3_COVER_EV[0]:g} eV below and {L3_COVER_EV[1]:g} eV above "
                     f"the L3 maximum at {l3:.1f} eV (the L3 line and the start of L2 must be measured)")
@@ -173,4 +182,4 @@ class RowChecks:
         return ""
 
 
-FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db"}
+FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "dip_depth"}

@@ -47,6 +47,11 @@ class Prepared:
         Boolean: the window reaches :data:`L3_COVER_EV` below and above L3.
     psnr_db : torch.Tensor
         Estimated PSNR (L3 height over the high-frequency noise), dB.
+    dip_depth : torch.Tensor
+        Deepest point of the background-free spectrum below zero on the
+        measured model-grid points, in units of the L3 height (the
+        normalization): lines that are dips (an inverted spectrum) show as
+        a depth of several.  NaN with ``diagnostics=False``.
     """
 
     x: torch.Tensor
@@ -59,6 +64,7 @@ class Prepared:
     pre_edge_covered: torch.Tensor
     l3_covered: torch.Tensor
     psnr_db: torch.Tensor
+    dip_depth: torch.Tensor
 
 
 def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
@@ -126,7 +132,10 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     half = k.numel() // 2
     peak = correlate_rows(spec[:, lo - half: hi + half], k).amax(dim=1)
     scale = peak.clamp(min=1e-12)
-    x = torch.stack([spec / scale[:, None], held_mask.to(torch.float32)], dim=1)
+    spec = spec / scale[:, None]
+    dip = (-torch.where(held_mask, torch.inf, spec).amin(dim=1) if diagnostics
+           else torch.full_like(scale, torch.nan))
+    x = torch.stack([spec, held_mask.to(torch.float32)], dim=1)
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
     l3_cov = (l3_pos - first >= L3_COVER_EV[0] / step) & (last - l3_pos >= L3_COVER_EV[1] / step)
     l2_cov = l2_measured(l3_pos, last, step)
@@ -135,7 +144,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
                     l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
                     pre_edge_covered=pre_cov,
-                    l3_covered=l3_cov, psnr_db=psnr)
+                    l3_covered=l3_cov, psnr_db=psnr, dip_depth=dip)
 
 
 @functools.lru_cache(maxsize=1)
