@@ -165,21 +165,17 @@ ADDED_NOISE_SEED = 0
 ADDED_NOISE_STEP_EV = 0.1
 
 
-def _measured_files(folder: str | Path) -> list[Path]:
-    return [p for p in sorted(Path(folder).glob("*"))
+def measured_spectra(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(file name, energy, intensity)`` of every two-column file in ``folder`` (e.g. ../shared/real_spectra), by name."""
+    from offline_training.realism import read_two_column
+
+    return [(p.name, *read_two_column(p)) for p in sorted(Path(folder).glob("*"))
             if p.suffix.lower() in (".csv", ".txt", ".dat", ".tsv") and not p.name.startswith(".")]
 
 
 def real_spectra_predictions(engine: Engine, folder: str | Path) -> list[dict]:
     """Readouts of every two-column file in ``folder`` (e.g. ../shared/real_spectra)."""
-    from offline_training.realism import read_two_column
-
-    out = []
-    for path in _measured_files(folder):
-        e, y = read_two_column(path)
-        r = engine.predict_one(e, y)
-        out.append({"file": path.name, **r.to_dict()})
-    return out
+    return [{"file": name, **engine.predict_one(e, y).to_dict()} for name, e, y in measured_spectra(folder)]
 
 
 def blurred(energy: np.ndarray, intensity: np.ndarray, fwhm: float) -> np.ndarray:
@@ -225,8 +221,6 @@ def real_spectra_robustness(engine: Engine, folder: str | Path) -> list[dict]:
     condition, None where rejected; for the noise, the mean and standard
     deviation of the answered draws and the number refused.
     """
-    from offline_training.realism import read_two_column
-
     def valence(e, y):
         r = engine.predict_one(e, y)
         return round(float(r.valence), 4) if r.ok else None
@@ -238,11 +232,10 @@ def real_spectra_robustness(engine: Engine, folder: str | Path) -> list[dict]:
                 "std": round(float(ok.std()), 4) if len(ok) else None, "refused": len(vals) - len(ok)}
 
     out = []
-    for path in _measured_files(folder):
-        e, y = read_two_column(path)
+    for name, e, y in measured_spectra(folder):
         rng = np.random.default_rng(ADDED_NOISE_SEED)
         out.append({
-            "file": path.name,
+            "file": name,
             "valence": valence(e, y),
             "axis_scale": {f"{d:+.2f}": valence(SCALE_CENTER_EV + (e - SCALE_CENTER_EV) * (1 + d), y)
                            for d in AXIS_SCALE_ERRORS},
@@ -300,14 +293,9 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
         ``pairs`` (files, their readings, and per share the expected and read valence, None where
         refused) and ``mean_abs_deviation`` over all answered mixtures (None without any).
     """
-    from offline_training.realism import read_two_column
     from offline_training.references.bank import unit_area
 
-    spectra = []
-    for path in _measured_files(folder):
-        e, y = read_two_column(path)
-        o = np.argsort(e)
-        spectra.append((path.name, e[o], y[o]))
+    spectra = [(name, e[np.argsort(e)], y[np.argsort(e)]) for name, e, y in measured_spectra(folder)]
     pairs, deviations = [], []
     for i, (name_a, ea, ya) in enumerate(spectra):
         for name_b, eb, yb in spectra[i + 1:]:
