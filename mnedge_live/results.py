@@ -50,6 +50,9 @@ class SpectrumResult:
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
         ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
+        ``"clipped"`` (the maximum is held flat over three or more points and 0.3 eV or
+        more: a saturated detector or amplifier; readings drift once a fifth of the L3
+        line is cut),
         ``"coarse_axis"`` (points more than 0.5 eV apart, beyond the trained spacing),
         ``"broad_resolution"`` (the estimated resolution is near or past the largest
         trained, 2.0 eV for the default model: readings drift beyond it),

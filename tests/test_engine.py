@@ -353,6 +353,19 @@ def test_intensities_in_any_unit_read_the_same(engine, scale):
     assert all(p.ok and p.valence == pytest.approx(r.valence, abs=1e-5) for p in pixels), pixels[0].reason
 
 
+def test_a_clipped_line_is_flagged_on_both_paths(engine):
+    """A detector that saturated at 70 % of the L3 height flattens the line: the readout says so."""
+    y = mn_like(noise=0.0)
+    cut = np.minimum(y, y.min() + 0.7 * np.ptp(y))
+    clean, clipped = engine.predict([(E, y), (E, cut)])
+    assert clean.ok and clipped.ok
+    assert "clipped" in clipped.flags and "clipped" not in clean.flags
+    pixels = engine.predict_shared_axis(E, np.stack([y, cut]))
+    assert [p.flags for p in pixels] == [clean.flags, clipped.flags]
+    scaled = engine.predict_shared_axis(E, np.stack([y, cut]) * 1e300)   # rescaled rows find it too
+    assert [p.flags for p in scaled] == [clean.flags, clipped.flags]
+
+
 def test_a_spike_is_repaired_and_flagged(engine):
     """A cosmic ray 10x the L3 height reads like the clean spectrum, and the readout says it was repaired."""
     y = mn_like()

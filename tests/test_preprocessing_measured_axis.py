@@ -17,6 +17,7 @@ from mnedge_live.preprocessing import (
     to_uniform,
 )
 from mnedge_live.preprocessing.measured_axis import bridged_points
+from mnedge_live.preprocessing.points import clipped_at_maximum
 
 
 def _doublet(e, l3=640.0, width=0.6):
@@ -82,13 +83,13 @@ def test_shared_axis_resampling_equals_the_per_spectrum_one():
     gaps = np.diff(e)
     k = next(i for i in range(100, 200) if max(gaps[i - 1], gaps[i]) <= 0.15)
     y[2, k] += 3.0  # a spike: repaired the same way on both paths
-    start, values, noise, spikes, spacing, bridged = resample_shared_axis(e, y)
+    start, values, noise, spikes, spacing, bridged, clipped = resample_shared_axis(e, y)
     assert spikes.tolist() == [0, 0, 1, 0, 0]
     assert spacing == pytest.approx(float(np.median(np.diff(e))))
-    for row, v, z, k in zip(y, values, noise, spikes):
-        s1, v1, z1, k1, d1, b1 = resample_measured(e, row)
+    for row, v, z, k, c in zip(y, values, noise, spikes, clipped):
+        s1, v1, z1, k1, d1, b1, c1 = resample_measured(e, row)
         assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12) and k == k1
-        assert d1 == spacing and np.array_equal(b1, bridged)
+        assert d1 == spacing and np.array_equal(b1, bridged) and c == c1 is False
 
 
 def test_float32_rows_stay_float32_and_read_as_float64_rows():
@@ -97,8 +98,8 @@ def test_float32_rows_stay_float32_and_read_as_float64_rows():
     e = 630.0 + 0.14 * np.arange(280)
     y = (_doublet(e, 641.0)[None, :] * rng.uniform(0.5, 2.0, (4, 1)) + rng.normal(0, 0.02, (4, e.size))) * 1e4
     y[1, 120] += 5e4   # a spike, repaired in float32 too
-    s32, v32, z32, k32, _, _ = resample_shared_axis(e, y.astype(np.float32))
-    s64, v64, z64, k64, _, _ = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
+    s32, v32, z32, k32, _, _, _ = resample_shared_axis(e, y.astype(np.float32))
+    s64, v64, z64, k64, _, _, _ = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
     assert v32.dtype == np.float32 and v64.dtype == np.float64
     assert s32 == s64 and k32.tolist() == k64.tolist() == [0, 1, 0, 0]
     assert np.allclose(v32, v64, rtol=0, atol=1e-6 * np.abs(v64).max())
@@ -124,6 +125,19 @@ def test_only_rows_beyond_the_safe_magnitudes_are_rescaled():
     assert rescale_extreme_rows(ordinary) is ordinary                      # nothing to do: no copy
     assert rescale_extreme_rows(np.full(5, -32768, np.int16)).dtype == np.int16   # |int16 min| is no overflow here
     assert rescale_extreme_rows(ordinary * np.float32(1e-30)).dtype == np.float32
+
+
+def test_a_maximum_held_flat_is_clipping_and_a_digitized_line_top_is_not():
+    """A line cut at 80 % of its height is clipped; the same line in 8-bit or 12-bit levels, or one tie, is not."""
+    e = np.arange(630.0, 670.0, 0.05)
+    line = _doublet(e)
+    cut = np.minimum(line, 0.8 * line.max())
+    digitized = [np.round(line / line.max() * 255), np.round(line / line.max() * 4095)]
+    tie = line.copy()
+    tie[np.argmax(line) + 1] = line.max()      # two equal points at the top
+    got = clipped_at_maximum(e, np.stack([cut, line, tie, *digitized]))
+    assert got.tolist() == [True, False, False, False, False]
+    assert clipped_at_maximum(e, cut) and not clipped_at_maximum(e, line)   # one spectrum: a 0-d answer
 
 
 def test_single_point_spikes_are_found_and_sharp_lines_are_not():

@@ -239,7 +239,8 @@ class Engine:
             bridged = pad_rows([r.bridged for r in chunk])[0] > 0 if any(r.bridged.any() for r in chunk) else None
             self._answer_rows(done[k:k + step], np.array([r.start for r in chunk]), values, valid,
                               np.array([r.noise for r in chunk]), np.array([r.spikes for r in chunk]),
-                              np.array([r.spacing for r in chunk]), bridged, results)
+                              np.array([r.spacing for r in chunk]), np.array([r.clipped for r in chunk]), bridged,
+                              results)
 
     def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
         """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
@@ -298,20 +299,22 @@ class Engine:
             y = y[ok]
             idx = [i for i, keep in zip(idx, ok) if keep]
             hi, lo = hi[hi > lo], lo[hi > lo]
-        y = rescale_extreme_rows(y, np.maximum(np.abs(hi.astype(np.float64)), np.abs(lo.astype(np.float64))))
+        scaled = rescale_extreme_rows(y, np.maximum(np.abs(hi.astype(np.float64)), np.abs(lo.astype(np.float64))))
+        top, y = (hi if scaled is y else None), scaled
         step = self._batch_rows
         for k in range(0, len(idx), step):
-            r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV)
+            r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV, None if top is None else top[k:k + step])
             self._answer_rows(idx[k:k + step], np.full(len(r.values), r.start), r.values.astype(np.float32),
                               np.ones(r.values.shape, bool), r.noise, r.spikes, np.full(len(r.values), r.spacing),
-                              np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None, results)
+                              r.clipped, np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None,
+                              results)
 
     def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray | None,
-                     results: list) -> None:
+                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, clipped: np.ndarray,
+                     bridged: np.ndarray | None, results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
         try:
-            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes, spacing, bridged)):
+            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes, spacing, clipped, bridged)):
                 results[i] = res
         except Exception as exc:  # backend failure: answer every row, keep serving
             log.exception("backend %s failed", self.backend_name)
@@ -320,7 +323,8 @@ class Engine:
                                                      model=self.model_id)
 
     def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray, noise: np.ndarray,
-                  spikes: np.ndarray, spacing: np.ndarray, bridged: np.ndarray | None) -> list[SpectrumResult]:
+                  spikes: np.ndarray, spacing: np.ndarray, clipped: np.ndarray,
+                  bridged: np.ndarray | None) -> list[SpectrumResult]:
         """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
 
         ``bridged`` ``(B, N)`` marks the work points interpolated across a wide
@@ -345,7 +349,7 @@ class Engine:
         t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
-                        ("spikes_removed", np.asarray(spikes) > 0),
+                        ("spikes_removed", np.asarray(spikes) > 0), ("clipped", np.asarray(clipped, bool)),
                         ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("sparse_lines", np.zeros(len(values), bool) if bridged is None

@@ -10,7 +10,7 @@ import torch
 
 from mnedge_live.preprocessing.constants import WORK_STEP_EV
 from mnedge_live.preprocessing.noise import noise_of_points
-from mnedge_live.preprocessing.points import checked_points, is_dense, point_spacing
+from mnedge_live.preprocessing.points import checked_points, clipped_at_maximum, is_dense, point_spacing
 from mnedge_live.preprocessing.spikes import remove_spikes
 
 
@@ -131,7 +131,7 @@ class Resampled(NamedTuple):
     """Measured spectra on the work axis, with what the measured points told about them.
 
     Returned by :func:`resample_measured` (one spectrum: ``noise`` a float,
-    ``spikes`` an int) and :func:`resample_shared_axis` (rows: ``(B,)`` arrays).
+    ``spikes`` an int, ``clipped`` a bool) and :func:`resample_shared_axis` (rows: ``(B,)`` arrays).
     """
 
     start: float          #: energy of the first work-axis point (eV)
@@ -140,9 +140,11 @@ class Resampled(NamedTuple):
     spikes: int | np.ndarray    #: spikes replaced before resampling (:func:`remove_spikes`)
     spacing: float        #: median spacing of the distinct measured points (eV)
     bridged: np.ndarray   #: ``(n,)`` work points inside a wide gap of measured points (:func:`bridged_points`)
+    clipped: bool | np.ndarray  #: the maximum is held flat over several points (:func:`clipped_at_maximum`)
 
 
-def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
+def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: float = WORK_STEP_EV,
+                         top: np.ndarray | None = None) -> Resampled:
     """:func:`resample_measured` for many spectra on one strictly ascending axis, vectorized.
 
     The pixels of a spectrum image share their energy axis; resampling them
@@ -154,12 +156,16 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
         ``(N,)`` strictly ascending, finite.
     intensities : numpy.ndarray
         ``(B, N)`` finite.
+    step : float
+        Work-axis spacing (eV).
+    top : numpy.ndarray, optional
+        ``(B,)`` largest value of each row when the caller has it.
 
     Returns
     -------
     Resampled
-        ``values`` ``(B, n)`` as :func:`to_uniform` gives row by row, ``noise``
-        and ``spikes`` ``(B,)``.
+        ``values`` ``(B, n)`` as :func:`to_uniform` gives row by row, ``noise``,
+        ``spikes`` and ``clipped`` ``(B,)``.
     """
     e = np.asarray(energy, np.float64)
     spacing = point_spacing(e)
@@ -168,6 +174,7 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     y = np.asarray(intensities)
     y = y if y.dtype == np.float32 else y.astype(np.float64, copy=False)
     noise = noise_of_points(e, y, step, spacing)
+    clipped = clipped_at_maximum(e, y, top)
     y, spikes = remove_spikes(e, y, noise)
     n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
     grid = e[0] + step * np.arange(n)
@@ -176,7 +183,8 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0).astype(y.dtype)
     values = y[:, k] * (1 - t) + y[:, k + 1] * t
-    return Resampled(start, values, noise, spikes, spacing, bridged_points(np.asarray(energy, np.float64), start, n, step))
+    return Resampled(start, values, noise, spikes, spacing, bridged_points(np.asarray(energy, np.float64), start, n, step),
+                     clipped)
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
@@ -188,9 +196,10 @@ def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = W
     uniq, mean = checked_points(energy, intensity)
     spacing = point_spacing(uniq)
     noise = noise_of_points(uniq, mean, step, spacing)
+    clipped = bool(clipped_at_maximum(uniq, mean))
     mean, spikes = remove_spikes(uniq, mean, noise)
     start, values = _uniform_from_points(uniq, mean, step, spacing)
-    return Resampled(start, values, noise, int(spikes), spacing, bridged_points(uniq, start, len(values), step))
+    return Resampled(start, values, noise, int(spikes), spacing, bridged_points(uniq, start, len(values), step), clipped)
 
 
 def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -56,6 +56,45 @@ def rescale_extreme_rows(y: np.ndarray, magnitude: np.ndarray | None = None) -> 
     return (y / np.expand_dims(scale, -1)).astype(dtype, copy=False)
 
 
+#: Fewest measured points sharing a spectrum's exact maximum, and the least span (eV) between the
+#: first and the last of them, for :func:`clipped_at_maximum`: a saturated detector or amplifier
+#: holds the top of the L3 line flat over many points, while the top of a measured line, even
+#: digitized with 8 bits, stays within one level over a few hundredths of an eV only.
+CLIP_MIN_POINTS = 3
+CLIP_MIN_SPAN_EV = 0.3
+
+
+def clipped_at_maximum(e: np.ndarray, y: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
+    """Rows whose largest value is held at :data:`CLIP_MIN_POINTS` or more measured points spread over
+    :data:`CLIP_MIN_SPAN_EV` or more: clipped by a saturated detector or amplifier.
+
+    Clipping flattens the L3 line; the four measured spectra with their top 20 % / 40 % cut read up
+    to 0.2 / 0.5 off (benchmarks/RESULTS.md), so the engine flags such readouts ``clipped``.
+
+    Parameters
+    ----------
+    e : numpy.ndarray
+        ``(N,)`` distinct ascending energies.
+    y : numpy.ndarray
+        ``(N,)`` or ``(B, N)`` intensities on ``e``.
+    top : numpy.ndarray, optional
+        Largest value per row when the caller has it.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean per row (0-d for one spectrum).
+    """
+    y2 = np.atleast_2d(y)
+    hi = y2.max(axis=1) if top is None else np.atleast_1d(top)
+    at_top = y2 == hi[:, None]
+    count = at_top.sum(axis=1)
+    first = at_top.argmax(axis=1)
+    last = y2.shape[1] - 1 - at_top[:, ::-1].argmax(axis=1)
+    out = (count >= CLIP_MIN_POINTS) & (e[last] - e[first] >= CLIP_MIN_SPAN_EV)
+    return out if np.ndim(y) == 2 else out[0]
+
+
 def is_dense(spacing: float, step: float) -> bool:
     """Two or more measured points per work step: they are averaged, not picked (:func:`bin_dense`)."""
     return spacing <= 0.5 * step * (1 + 1e-6)
