@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -80,6 +81,41 @@ def _float_rows(y: np.ndarray) -> np.ndarray:
 def _same_shape_numeric(y, energy: np.ndarray) -> bool:
     """``y`` is a numeric ndarray shaped like ``energy`` (else the per-spectrum path words the problem)."""
     return isinstance(y, np.ndarray) and y.shape == energy.shape and y.dtype.kind in "fiu"
+
+
+class WorkRows(NamedTuple):
+    """A batch of resampled spectra on the work axis, with what their measured points told (one row each).
+
+    What :meth:`Engine._run_rows` reads: built from per-spectrum
+    :class:`~mnedge_live.preprocessing.Resampled` results (:meth:`stack`) or
+    from one shared-axis result (:meth:`shared`).
+    """
+
+    start: np.ndarray     #: ``(B,)`` energy of work point 0 of each row (eV)
+    values: np.ndarray    #: ``(B, N)`` float32 intensities on ``start + WORK_STEP_EV * arange(N)``
+    valid: np.ndarray     #: ``(B, N)`` the measured window of each row
+    noise: np.ndarray     #: ``(B,)`` noise sigma of the measured points
+    spikes: np.ndarray    #: ``(B,)`` spikes replaced
+    spacing: np.ndarray   #: ``(B,)`` median spacing of the measured points (eV)
+    clipped: np.ndarray   #: ``(B,)`` the maximum is held flat (a saturated detector)
+    bridged: np.ndarray | None  #: ``(B, N)`` work points inside a wide gap of measured points; None: none
+
+    @classmethod
+    def stack(cls, rows: list[Resampled]) -> WorkRows:
+        """Spectra resampled one by one, zero-padded to one length (``valid`` marks each row's own)."""
+        values, valid = pad_rows([r.values for r in rows])
+        bridged = pad_rows([r.bridged for r in rows])[0] > 0 if any(r.bridged.any() for r in rows) else None
+        return cls(np.array([r.start for r in rows]), values, valid, np.array([r.noise for r in rows]),
+                   np.array([r.spikes for r in rows]), np.array([r.spacing for r in rows]),
+                   np.array([r.clipped for r in rows]), bridged)
+
+    @classmethod
+    def shared(cls, r: Resampled) -> WorkRows:
+        """Rows resampled together from one axis (:func:`~mnedge_live.preprocessing.resample_shared_axis`)."""
+        b = len(r.values)
+        return cls(np.full(b, r.start), r.values.astype(np.float32), np.ones(r.values.shape, bool), r.noise,
+                   r.spikes, np.full(b, r.spacing), r.clipped,
+                   np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None)
 
 
 class Engine:
@@ -234,13 +270,7 @@ class Engine:
             done.append(i)
         step = self._batch_rows
         for k in range(0, len(rows), step):
-            chunk = rows[k:k + step]
-            values, valid = pad_rows([r.values for r in chunk])
-            bridged = pad_rows([r.bridged for r in chunk])[0] > 0 if any(r.bridged.any() for r in chunk) else None
-            self._answer_rows(done[k:k + step], np.array([r.start for r in chunk]), values, valid,
-                              np.array([r.noise for r in chunk]), np.array([r.spikes for r in chunk]),
-                              np.array([r.spacing for r in chunk]), np.array([r.clipped for r in chunk]), bridged,
-                              results)
+            self._answer_rows(done[k:k + step], WorkRows.stack(rows[k:k + step]), results)
 
     def _count(self, out: list[SpectrumResult | None]) -> list[SpectrumResult]:
         """Fill any unanswered slot with an explicit rejection, update the counters, return the results."""
@@ -304,17 +334,12 @@ class Engine:
         step = self._batch_rows
         for k in range(0, len(idx), step):
             r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV, None if top is None else top[k:k + step])
-            self._answer_rows(idx[k:k + step], np.full(len(r.values), r.start), r.values.astype(np.float32),
-                              np.ones(r.values.shape, bool), r.noise, r.spikes, np.full(len(r.values), r.spacing),
-                              r.clipped, np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None,
-                              results)
+            self._answer_rows(idx[k:k + step], WorkRows.shared(r), results)
 
-    def _answer_rows(self, idx: list[int], start: np.ndarray, values: np.ndarray, valid: np.ndarray,
-                     noise: np.ndarray, spikes: np.ndarray, spacing: np.ndarray, clipped: np.ndarray,
-                     bridged: np.ndarray | None, results: list) -> None:
+    def _answer_rows(self, idx: list[int], rows: WorkRows, results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
         try:
-            for i, res in zip(idx, self._run_rows(start, values, valid, noise, spikes, spacing, clipped, bridged)):
+            for i, res in zip(idx, self._run_rows(rows)):
                 results[i] = res
         except Exception as exc:  # backend failure: answer every row, keep serving
             log.exception("backend %s failed", self.backend_name)
@@ -322,20 +347,16 @@ class Engine:
                 results[i] = SpectrumResult.rejected(f"model backend failed: {type(exc).__name__}: {exc}",
                                                      model=self.model_id)
 
-    def _run_rows(self, start: np.ndarray, values: np.ndarray, valid: np.ndarray, noise: np.ndarray,
-                  spikes: np.ndarray, spacing: np.ndarray, clipped: np.ndarray,
-                  bridged: np.ndarray | None) -> list[SpectrumResult]:
-        """Preprocess and run resampled rows (``values`` on ``start + WORK_STEP_EV * i``); one result per row.
-
-        ``bridged`` ``(B, N)`` marks the work points interpolated across a wide
-        gap of measured points (``Resampled.bridged``); None when there are none.
+    def _run_rows(self, rows: WorkRows) -> list[SpectrumResult]:
+        """Preprocess and run resampled rows; one result per row.
 
         Everything per row is computed as whole-batch arrays first and turned
         into Python numbers once: at spectrum-image rates the per-row Python
         work, not the network, is what limits throughput.
         """
-        prep = preprocess(torch.from_numpy(np.asarray(start, np.float64)), torch.from_numpy(values),
-                          torch.from_numpy(valid), noise=torch.from_numpy(np.asarray(noise, np.float64)))
+        start = np.asarray(rows.start, np.float64)
+        prep = preprocess(torch.from_numpy(start), torch.from_numpy(rows.values), torch.from_numpy(rows.valid),
+                          noise=torch.from_numpy(np.asarray(rows.noise, np.float64)))
         frac, log_std, side, features = self.backend.run(prep.x.numpy())
         ood = (self.ood(features) if self.ood is not None and features is not None
                else np.full(len(frac), np.nan))
@@ -349,12 +370,12 @@ class Engine:
         t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
-                        ("spikes_removed", np.asarray(spikes) > 0), ("clipped", np.asarray(clipped, bool)),
-                        ("coarse_axis", np.asarray(spacing) > COARSE_AXIS_EV),
+                        ("spikes_removed", np.asarray(rows.spikes) > 0), ("clipped", np.asarray(rows.clipped, bool)),
+                        ("coarse_axis", np.asarray(rows.spacing) > COARSE_AXIS_EV),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
-                        ("sparse_lines", np.zeros(len(values), bool) if bridged is None
-                         else _bridged_near(bridged, checks.l3_ev - np.asarray(start, np.float64))))
-        flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(values))]
+                        ("sparse_lines", np.zeros(len(f), bool) if rows.bridged is None
+                         else _bridged_near(rows.bridged, checks.l3_ev - start)))
+        flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(f))]
         reject = checks.rejected()
         model = self.model_id
         out = []
