@@ -58,16 +58,17 @@ def _features(model: MnEdgeCNN, fm: ForwardModel, n: int, generator: torch.Gener
 
 
 def band_thresholds(scores: np.ndarray, psnr_db: np.ndarray, edges: tuple[float, ...],
-                    quantile: float) -> tuple[list[float], list[int]]:
+                    quantile: float, overall: float | None = None) -> tuple[list[float], list[int]]:
     """The ``quantile`` of ``scores`` within each PSNR band, and the number of spectra in each.
 
     ``len(edges) + 1`` bands.  A band holding fewer than ``1 / (1 - quantile)``
     spectra (one expected above the quantile), for example a PSNR the
-    training ranges never reach, gets the overall quantile, as spectra
-    without a PSNR (NaN, counted in no band) do in the engine.
+    training ranges never reach, gets the overall quantile (``overall`` when
+    the caller has it), as spectra without a PSNR (NaN, counted in no band)
+    do in the engine.
     """
     band = psnr_bands(psnr_db, edges)
-    overall = float(np.quantile(scores, quantile))
+    overall = float(np.quantile(scores, quantile)) if overall is None else overall
     out, counts = [], []
     for k in range(len(edges) + 1):
         s = scores[band == k]
@@ -115,7 +116,7 @@ def fit_ood(model: MnEdgeCNN, fm: ForwardModel, out_dir: str | Path, n_fit: int 
     scores = np.linalg.norm((held - mean) @ whitening, axis=1)
     threshold = float(np.quantile(scores, quantile))
     edges = tuple(float(e) for e in psnr_edges_db)
-    bands, counts = band_thresholds(scores, psnr, edges, quantile) if edges else ([], [])
+    bands, counts = band_thresholds(scores, psnr, edges, quantile, threshold) if edges else ([], [])
     np.savez(Path(out_dir) / OOD_FILE, mean=mean.astype(np.float32), whitening=whitening.astype(np.float32))
     return {"file": OOD_FILE, "threshold": threshold, "quantile": quantile, "n_fit": n_fit,
             "n_threshold": n_threshold, "seed": seed, "features": int(len(mean)),
