@@ -102,9 +102,10 @@ def check_and_resample(energy, intensity) -> Resampled:
     bad = ~np.isfinite(y)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
-    if float(np.ptp(y)) == 0.0:
+    hi, lo = float(y.max()), float(y.min())
+    if hi == lo:
         raise ValueError("intensity is constant: no edge")
-    return resample_measured(e, rescale_extreme_rows(y), WORK_STEP_EV)
+    return resample_measured(e, rescale_extreme_rows(y, np.float64(max(abs(hi), abs(lo)))), WORK_STEP_EV)
 
 
 @dataclass
