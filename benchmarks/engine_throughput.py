@@ -98,7 +98,7 @@ def main() -> int:
     lat = latency(engine, spectra, args.n1)
     t1024 = batch_seconds(engine, spectra, args.repeats)
     base = MnEdgeNetPublished().eval()
-    base_engine = Engine(engine.artifact, BaselineBackend(base, len(engine.std_scale)), workers=engine.workers)
+    base_engine = Engine(engine.artifact, BaselineBackend(base, len(engine.calibration.global_scale)), workers=engine.workers)
     base_lat = latency(base_engine, spectra, max(args.n1 // 3, 50))
     base_t1024 = batch_seconds(base_engine, spectra, args.repeats)
     x = preprocess(*pack(spectra)).x

@@ -1,4 +1,4 @@
-"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export, refresh-onnx,
+"""``mnedge-train``: references, generate, plot-forward, realism, train, evaluate, baseline, export, refresh-onnx, recalibrate,
 fit-ood.
 
 Each subcommand parses its arguments and calls one module; no logic lives here.
@@ -276,6 +276,18 @@ def cmd_fit_ood(args) -> int:
     return 0
 
 
+def cmd_recalibrate(args) -> int:
+    from mnedge_live.artifact import ArtifactError
+    from offline_training.export import recalibrate
+
+    try:
+        print(recalibrate(args.artifact, spectra=args.spectra, seed=args.seed))
+    except (RuntimeError, ArtifactError, OSError, ValueError) as exc:
+        print(f"mnedge-train recalibrate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``mnedge-train``."""
     p = argparse.ArgumentParser(prog="mnedge-train", description="Physics forward model, training and export.")
@@ -394,6 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spectra", type=int, default=20000,
                    help="synthetic spectra for the mean and covariance; five times as many set the thresholds")
     s.set_defaults(run=cmd_fit_ood)
+
+    s = sub.add_parser("recalibrate", help="refit an artifact's uncertainty calibration, overall and per group "
+                                           "of the largest fraction read (re-signs its card)")
+    s.add_argument("artifact", help="artifact directory")
+    s.add_argument("--spectra", type=int, default=20000, help="held-out synthetic spectra of the training prior")
+    s.add_argument("--seed", type=int, default=20_000_003, help="their seed (not one training used)")
+    s.set_defaults(run=cmd_recalibrate)
     return p
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter1d
 
+from mnedge_live.calibration import GROUP_EDGES, calibration_group
 from mnedge_live.engine import Engine
 from mnedge_live.preprocessing import WORK_STEP_EV
 from mnedge_live.results import reason_kind
@@ -74,14 +75,30 @@ def fraction_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 def coverage(pred: dict, true_f: np.ndarray) -> dict:
-    """Share of errors within the stated 1- and 2-sigma intervals (fractions and valence)."""
+    """Share of errors within the stated 1- and 2-sigma intervals (fractions and valence).
+
+    Besides the overall shares, the valence's 1-sigma share per group of the
+    largest fraction read (the calibration's groups, :mod:`mnedge_live.calibration`)
+    and per kind of true composition (pure, binary, ternary): an interval
+    can be right on average and wrong for every mixture.
+    """
     ok = pred["ok"]
     ef = np.abs(pred["fractions"][ok] - true_f[ok])
     sf = pred["fractions_std"][ok]
     ev = np.abs(pred["valence"][ok] - true_f[ok] @ np.array([2.0, 3.0, 4.0]))
     sv = pred["valence_std"][ok]
+    inside = ev <= sv
+    group = calibration_group(pred["fractions"][ok])
+    edges = (0.0, *GROUP_EDGES, 1.0)
+    kinds = (true_f[ok] > 1e-6).sum(axis=1)
     return {"fractions_1sigma": float(np.mean(ef <= sf)), "fractions_2sigma": float(np.mean(ef <= 2 * sf)),
-            "valence_1sigma": float(np.mean(ev <= sv)), "valence_2sigma": float(np.mean(ev <= 2 * sv)),
+            "valence_1sigma": float(np.mean(inside)), "valence_2sigma": float(np.mean(ev <= 2 * sv)),
+            "valence_1sigma_by_largest_fraction": {
+                f"{edges[k]:g}-{edges[k + 1]:g}": float(np.mean(inside[group == k])) if np.any(group == k) else None
+                for k in range(len(GROUP_EDGES) + 1)},
+            "valence_1sigma_by_kind": {
+                name: float(np.mean(inside[kinds == k])) if np.any(kinds == k) else None
+                for k, name in ((1, "pure"), (2, "binary"), (3, "ternary"))},
             "ideal": [0.6827, 0.9545]}
 
 

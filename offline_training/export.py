@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mnedge_live.artifact import load_artifact, write_card
+from mnedge_live.calibration import METHOD as CALIBRATION_METHOD
 from mnedge_live.engine.core import PREPROCESSING_ID
 from mnedge_live.network import (
     EXPORT_OUTPUT_NAMES,
@@ -230,8 +231,8 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         "network": model.config.to_dict(),
         "flops_per_spectrum": count_flops(model),
         "parameters": count_parameters(model),
-        "calibration": {"std_scale": ck["std_scale"],
-                        "method": "68.27 % quantile of |error|/std on held-out synthetic spectra"},
+        "calibration": (json.loads(ck["calibration"]) if "calibration" in ck  # checkpoints before the groups:
+                        else {"std_scale": ck["std_scale"], "method": CALIBRATION_METHOD}),  # one global factor
         "training": {"config": json.loads(ck["config"]), "steps": int(ck["steps"]),
                      "train_seconds": float(ck.get("train_seconds", float("nan"))),
                      "bank_sha256": ck.get("bank_sha256", ""), "git_commit": git_commit(),
@@ -297,6 +298,28 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
     card["ood"] = fit_ood(artifact_network(art), card_forward_model(card), d,
                           n_fit=spectra, n_threshold=THRESHOLD_SET_FACTOR * spectra)
     card["ood"]["git_commit"] = git_commit()
+    write_card(d, card)
+    load_artifact(d)
+    return d
+
+
+def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_000_003) -> Path:
+    """Refit an artifact's uncertainty calibration (global and per group) and re-sign its card.
+
+    The weights, graph and fractions stay; only the stated standard
+    deviations change. The spectra come from the card's training forward
+    model with ``seed`` (not one the trainer uses: it seeds its batches from
+    the config's seed and its own calibration from ``10_000_019 + seed``).
+    Returns the artifact directory.
+    """
+    from offline_training.train import calibrate_std
+
+    art = load_artifact(artifact_dir)
+    d = art.path
+    card = {k: v for k, v in art.card.items() if k not in ("files", "schema_version")}
+    card["calibration"] = calibrate_std(artifact_network(art), card_forward_model(card), spectra, seed=seed)
+    card["calibration"].update(git_commit=git_commit(),
+                               refitted=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     write_card(d, card)
     load_artifact(d)
     return d

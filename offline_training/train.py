@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnedge_live.calibration import fit_calibration
 from mnedge_live.network import MnEdgeCNN, NetworkConfig
 from offline_training.forward import ForwardConfig, ForwardModel
 from offline_training.generate import TrainingBatch, make_training_batch, stream
@@ -215,16 +216,18 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: int = 1024) -> list[float]:
+def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: int = 1024) -> dict:
     """Factors that make the predicted one-sigma intervals cover 68.27 % of held-out errors.
 
     For each of the four outputs (three fractions, valence) the factor is the
     68.27 % quantile of ``|error| / predicted_std`` on ``n`` fresh synthetic
-    spectra (a seed never used in training).
+    spectra (a seed never used in training), overall and per group of the
+    largest fraction read (:func:`mnedge_live.calibration.fit_calibration`).
+    Returns the model card's ``calibration`` entry.
     """
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    zs = []
+    zs, fs = [], []
     with torch.no_grad():
         for start in range(0, n, batch):
             tb = make_training_batch(fm, min(batch, n - start), generator=gen)
@@ -232,8 +235,10 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
             val = frac @ torch.tensor([2.0, 3.0, 4.0])
             err = torch.cat([frac - tb.fractions, (val - tb.targets["valence"])[:, None]], dim=1)
             zs.append(err.abs() / log_std.exp())
-    z = torch.cat(zs)
-    return torch.quantile(z, 0.6827, dim=0).tolist()
+            fs.append(frac)
+    calibration = fit_calibration(torch.cat(zs).numpy(), torch.cat(fs).numpy())
+    calibration.update(spectra=n, seed=seed)
+    return calibration
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
@@ -363,11 +368,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if rank == 0:
         if ema is not None:
             model = ema.module
-        scales = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
+        calibration = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
         torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
-                    "std_scale": scales, "steps": step, "bank_sha256": bank.sha256(),
+                    "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step, "bank_sha256": bank.sha256(),
                     "train_seconds": time.time() - t0, "init_from": origin}, final)
-        log.info("calibration factors %s", scales)
+        log.info("calibration factors %s", calibration["std_scale"])
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -40,6 +41,9 @@ def test_training_lowers_the_loss(tmp_path, forward_model):
         after, _ = compute_loss(model(fixed.x), fixed, cfg.train)
     assert after.item() < 0.8 * before.item()
     assert len(ck["std_scale"]) == 4 and all(s > 0 for s in ck["std_scale"])
+    calibration = json.loads(ck["calibration"])      # what export copies into the card
+    assert calibration["std_scale"] == ck["std_scale"] and len(calibration["groups"]["std_scale"]) == 4
+    assert sum(calibration["groups"]["spectra"]) == calibration["spectra"] == cfg.train.calibration_spectra
     rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,") and len(rows) == 1 + 60 // cfg.train.log_every
 

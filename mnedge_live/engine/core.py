@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mnedge_live.artifact import Artifact, load_artifact
+from mnedge_live.calibration import StdCalibration
 from mnedge_live.cores import usable_cores
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.engine.checks import MIN_POINTS, RowChecks, check_and_resample, check_axis
@@ -143,7 +144,7 @@ class Engine:
         self.backend = backend
         card = artifact.card
         self.model_id = artifact.model_id
-        self.std_scale = np.asarray(card["calibration"]["std_scale"], np.float64)
+        self.calibration = StdCalibration(card["calibration"])
         if card["input"]["work_step_eV"] != WORK_STEP_EV or card["input"]["preprocessing"] != PREPROCESSING_ID:
             raise RuntimeError(f"model {self.model_id} was trained with preprocessing "
                                f"{card['input']['preprocessing']!r}, this build has {PREPROCESSING_ID!r}")
@@ -361,7 +362,7 @@ class Engine:
         ood = (self.ood(features) if self.ood is not None and features is not None
                else np.full(len(frac), np.nan))
         checks = RowChecks.of(prep, ood, self.ood)
-        std = np.exp(log_std.astype(np.float64)) * self.std_scale[None, :]
+        std = np.exp(log_std.astype(np.float64)) * self.calibration.factors(frac)
         f = np.clip(frac.astype(np.float64), 0.0, 1.0)
         f = f / f.sum(axis=1, keepdims=True)
         valence = 2.0 * f[:, 0] + 3.0 * f[:, 1] + 4.0 * f[:, 2]  # no BLAS call: its threads spin (see engine.ood)
