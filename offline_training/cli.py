@@ -281,7 +281,8 @@ def cmd_recalibrate(args) -> int:
     from offline_training.export import recalibrate
 
     try:
-        print(recalibrate(args.artifact, spectra=args.spectra, seed=args.seed))
+        evaluation = json.loads(Path(args.evaluation).read_text()) if args.evaluation else None
+        print(recalibrate(args.artifact, spectra=args.spectra, seed=args.seed, evaluation=evaluation))
     except (RuntimeError, ArtifactError, OSError, ValueError) as exc:
         print(f"mnedge-train recalibrate: {exc}", file=sys.stderr)
         return 1
@@ -412,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifact", help="artifact directory")
     s.add_argument("--spectra", type=int, default=20000, help="held-out synthetic spectra of the training prior")
     s.add_argument("--seed", type=int, default=20_000_003, help="their seed (not one training used)")
+    s.add_argument("--evaluation", help="JSON from 'evaluate --out' of the recalibrated artifact to record in the card")
     s.set_defaults(run=cmd_recalibrate)
     return p
 

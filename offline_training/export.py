@@ -303,14 +303,17 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
     return d
 
 
-def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_000_003) -> Path:
+def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_000_003,
+                evaluation: dict | None = None) -> Path:
     """Refit an artifact's uncertainty calibration (global and per group) and re-sign its card.
 
     The weights, graph and fractions stay; only the stated standard
     deviations change. The spectra come from the card's training forward
     model with ``seed`` (not one the trainer uses: it seeds its batches from
     the config's seed and its own calibration from ``10_000_019 + seed``).
-    Returns the artifact directory.
+    ``evaluation`` (from ``mnedge-train evaluate`` of the recalibrated
+    artifact) replaces the card's metrics, whose coverage figures the new
+    factors make stale. Returns the artifact directory.
     """
     from offline_training.train import calibrate_std
 
@@ -320,6 +323,8 @@ def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_0
     card["calibration"] = calibrate_std(artifact_network(art), card_forward_model(card), spectra, seed=seed)
     card["calibration"].update(git_commit=git_commit(),
                                refitted=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    if evaluation is not None:
+        card["evaluation"] = evaluation
     write_card(d, card)
     load_artifact(d)
     return d

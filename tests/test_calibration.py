@@ -100,8 +100,11 @@ def test_recalibrate_refits_the_card_and_keeps_weights_graph_and_readings(tiny_a
 
     copy = shutil.copytree(tiny_artifact, tmp_path / "art")
     before = load_artifact(copy).card
-    assert train_main(["recalibrate", str(copy), "--spectra", "600", "--seed", "5"]) == 0
+    (tmp_path / "eval.json").write_text(json.dumps({"accuracy_0.1": 0.5, "coverage": {"valence_1sigma": 0.7}}))
+    assert train_main(["recalibrate", str(copy), "--spectra", "600", "--seed", "5",
+                       "--evaluation", str(tmp_path / "eval.json")]) == 0
     after = load_artifact(copy).card                   # every checksum verified
+    assert after["evaluation"] == {"accuracy_0.1": 0.5, "coverage": {"valence_1sigma": 0.7}}
     cal = after["calibration"]
     assert cal["spectra"] == 600 and cal["seed"] == 5 and sum(cal["groups"]["spectra"]) == 600
     assert np.all(np.array(cal["groups"]["std_scale"]) >= np.array(cal["std_scale"])[None, :])
