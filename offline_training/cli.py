@@ -183,6 +183,12 @@ def cmd_evaluate(args) -> int:
     else:
         print(f"model {res['model']}  accuracy_0.1 {res['accuracy_0.1']:.4f}  fraction_mae {res['fraction_mae']:.4f}  "
               f"valence_mae {res['valence_mae']:.4f}  rejected {res['rejected']}")
+        cov = res["coverage"]
+        groups = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -"
+                           for k, v in cov["valence_1sigma_by_largest_fraction"].items())
+        kinds = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in cov["valence_1sigma_by_kind"].items())
+        print(f"  valence 1-sigma coverage {cov['valence_1sigma']:.3f} (ideal 0.683; by largest fraction read: "
+              f"{groups}; by truth: {kinds}), 2-sigma {cov['valence_2sigma']:.3f}")
         for name, b in res["baselines"].items():
             print(f"  {name:32s} accuracy_0.1 {b['accuracy_0.1']:.4f}  valence_mae {b['valence_mae']:.4f}")
         for r in res.get("real_spectra", []):

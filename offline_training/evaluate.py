@@ -7,8 +7,10 @@ Definitions (also in the README):
   undefined "accuracy".  Rejected spectra count as failures.
 * ``fraction_mae``: mean absolute error over the three fractions.
 * ``valence_mae``: mean absolute error of ``2 f2 + 3 f3 + 4 f4``.
-* ``coverage_1sigma`` / ``coverage_2sigma``: share of errors inside the
-  stated one- and two-sigma intervals (ideal 0.683 / 0.954).
+* ``coverage``: share of errors inside the stated one- and two-sigma
+  intervals (ideal 0.683 / 0.954), for the fractions and the valence, and
+  the valence's one-sigma share per group of the largest fraction read and
+  per kind of true composition (:func:`coverage`).
 
 The validation set spans PSNR >= 10 dB and t/lambda <= 1 (the issue's
 acceptance set) with every other range as in training (offsets +-15 eV,

@@ -189,7 +189,7 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     assert ck["steps"] == 6
 
 
-def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact):
+def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact, capsys):
     """A candidate trained on other ranges is scored on its own ranges and on the reference's."""
     import json
     import shutil
@@ -206,6 +206,9 @@ def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact
     args = ["evaluate", "--model", str(cand), "--gate", str(tiny_artifact), "--n", "128", "--n-nnls", "0",
             "--robustness-n", "0", "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(out)]
     assert mnedge_train(args) == 0  # the same weights are not worse on either set
+    printed = capsys.readouterr().out
+    coverage = json.loads(out.read_text())["coverage"]
+    assert f"valence 1-sigma coverage {coverage['valence_1sigma']:.3f}" in printed and "by truth: pure" in printed
     gate = json.loads(out.read_text())["gate"]
     assert set(gate["sets"]) == {"candidate_ranges", "reference_ranges"}
     for s in gate["sets"].values():
