@@ -417,3 +417,28 @@ def test_a_coarse_axis_is_flagged(engine):
     assert "coarse_axis" in coarse.flags and "coarse_axis" not in fine.flags
     pixels = engine.predict_shared_axis(coarse_e, np.stack([mn_like(coarse_e)] * 2))
     assert all("coarse_axis" in p.flags for p in pixels)
+
+
+def test_flags_are_spelled_per_row_in_column_order():
+    from mnedge_live.engine.core import _flag_tuples
+
+    cols = (("a", np.array([True, False, True, False])), ("b", np.array([False, False, True, True])),
+            ("c", np.array([True, False, False, True])))
+    assert _flag_tuples(cols, 4) == [("a", "c"), (), ("a", "b"), ("b", "c")]
+    assert _flag_tuples(tuple((n, c[:0]) for n, c in cols), 0) == []
+
+
+def test_spectra_sharing_an_axis_by_value_or_by_object_group_alike(engine):
+    """One array object for every pixel and one equal array per event give the same groups and answers."""
+    from mnedge_live.engine.core import Engine
+
+    e, y = E, mn_like()
+    shared = [(e, y * (1 + 0.01 * k)) for k in range(4)]
+    copies = [(e.copy(), y * (1 + 0.01 * k)) for k in range(4)]
+    mixed = [shared[0], ("not an axis", y), shared[1], (e.copy(), y), None]
+    single: list[int] = []
+    assert Engine._shared_axis_groups(shared, single) == [[0, 1, 2, 3]] and single == []
+    assert Engine._shared_axis_groups(copies, single) == [[0, 1, 2, 3]] and single == []
+    assert Engine._shared_axis_groups(mixed, single) == [[0, 2, 3]] and sorted(single) == [1, 4]
+    a, b = engine.predict(shared), engine.predict(copies)
+    assert [r.valence for r in a] == [r.valence for r in b]

@@ -288,11 +288,17 @@ class Engine:
     def _shared_axis_groups(spectra: Sequence, single: list[int]) -> list[list[int]]:
         """Indices of spectra sharing one float ndarray axis (pixels of an image); the rest go to ``single``."""
         groups: dict[bytes, list[int]] = {}
+        last: object = object()   # no item's energy is this
+        key = b""
         for i, item in enumerate(spectra):
             energy = item[0] if isinstance(item, tuple) and len(item) == 2 else None
-            if (isinstance(energy, np.ndarray) and energy.ndim == 1 and energy.dtype.kind == "f"
+            if energy is last:   # the same array object as the spectrum before (pixels sharing one axis)
+                groups[key].append(i)
+            elif (isinstance(energy, np.ndarray) and energy.ndim == 1 and energy.dtype.kind == "f"
                     and energy.size >= MIN_POINTS):
-                groups.setdefault(energy.tobytes(), []).append(i)
+                # keyed by value: equal axes in separate arrays (one per event) group as well
+                last, key = energy, energy.tobytes()
+                groups.setdefault(key, []).append(i)
             else:
                 single.append(i)
         out = []
@@ -376,7 +382,7 @@ class Engine:
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("sparse_lines", np.zeros(len(f), bool) if rows.bridged is None
                          else _bridged_near(rows.bridged, checks.l3_ev - start)))
-        flags = [tuple(name for name, col in flag_columns if col[j]) for j in range(len(f))]
+        flags = _flag_tuples(flag_columns, len(f))
         reject = checks.rejected()
         model = self.model_id
         out = []
@@ -390,6 +396,20 @@ class Engine:
                                       valence_std=sd[3], energy_offset_eV=off, resolution_eV=res, t_lambda=tl,
                                       ood_score=od, flags=flags[j], model=model))
         return out
+
+
+def _flag_tuples(columns: tuple[tuple[str, np.ndarray], ...], n: int) -> list[tuple[str, ...]]:
+    """Per row, the names of the ``(name, boolean column)`` pairs that are True there, in their order.
+
+    Rows are coded by which flags they carry (one bit each) and each code present is
+    spelled out once: a batch carries a handful of combinations, not one per row.
+    """
+    bits = np.zeros(n, np.int64)
+    for k, (_, col) in enumerate(columns):
+        bits |= np.asarray(col, bool).astype(np.int64) << k
+    codes = bits.tolist()
+    names = {c: tuple(name for k, (name, _) in enumerate(columns) if c >> k & 1) for c in set(codes)}
+    return [names[c] for c in codes]
 
 
 def _bridged_near(bridged: np.ndarray, l3_rel_ev: np.ndarray) -> np.ndarray:
