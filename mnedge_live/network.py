@@ -30,6 +30,12 @@ OUTPUT_NAMES = ("fractions", "log_std", "side")
 #: Outputs of exported graphs: the readout and the features the OOD score is computed on.
 EXPORT_OUTPUT_NAMES = (*OUTPUT_NAMES, "features")
 SIDE_NAMES = ("offset_residual_eV", "resolution_eV", "t_lambda", "eels_logit")
+#: Activations a :class:`NetworkConfig` may name. Every default model so far is a GELU network; ReLU
+#: computes the same layers for less (ONNX Runtime's CPU provider fuses it into the convolution
+#: before it, while GELU runs as a kernel of its own: 19 % less network time on 2 CPU cores), but a
+#: ReLU network distilled from ``mnedge-default-v12`` let two bare Gaussian lines 11 eV apart through
+#: its out-of-distribution score and read them as Mn4+ (benchmarks/RESULTS.md).
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
 @dataclass
@@ -41,11 +47,20 @@ class NetworkConfig:
     hidden: int = 128
     input_length: int = 256
     dropout: float = 0.1
+    #: one of :data:`ACTIVATIONS`; cards without the key are GELU networks
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"[network] activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
     def to_dict(self) -> dict:
-        """Plain dict for the model card."""
+        """Plain dict for the model card (``activation`` only where it is not GELU, so that the cards of
+        GELU networks keep the layout they were written in)."""
         d = asdict(self)
         d["channels"], d["kernels"] = list(self.channels), list(self.kernels)
+        if self.activation == "gelu":
+            del d["activation"]
         return d
 
     @classmethod
@@ -55,9 +70,13 @@ class NetworkConfig:
         d["channels"], d["kernels"] = tuple(d["channels"]), tuple(d["kernels"])
         return cls(**d)
 
+    def same_weights_as(self, other: NetworkConfig) -> bool:
+        """True when ``other`` has the same layers and weight shapes (the activation may differ: it has no weights)."""
+        return {**self.to_dict(), "activation": None} == {**other.to_dict(), "activation": None}
+
 
 class MnEdgeCNN(nn.Module):
-    """Conv-BN-GELU stages with stride/pooling down to 1/16 of the input, then a dense trunk and heads.
+    """Conv-BN-activation stages with stride/pooling down to 1/16 of the input, then a dense trunk and heads.
 
     The flattening keeps where features are: the spectrum is aligned on L3,
     so position on the grid carries energy information (multiplet peaks,
@@ -67,20 +86,20 @@ class MnEdgeCNN(nn.Module):
     def __init__(self, config: NetworkConfig | None = None):
         super().__init__()
         self.config = cfg = config or NetworkConfig()
+        act = ACTIVATIONS[cfg.activation]
         layers: list[nn.Module] = []
         c_in = 2
         length = cfg.input_length
         for i, (c, k) in enumerate(zip(cfg.channels, cfg.kernels)):
             stride = 2 if i == 0 else 1
-            layers += [nn.Conv1d(c_in, c, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(c), nn.GELU()]
+            layers += [nn.Conv1d(c_in, c, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm1d(c), act()]
             length = (length + 2 * (k // 2) - k) // stride + 1
             if 1 <= i < len(cfg.channels) - 1:
                 layers.append(nn.MaxPool1d(2))
                 length //= 2
             c_in = c
         self.features = nn.Sequential(*layers)
-        self.trunk = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c_in * length, cfg.hidden),
-                                   nn.GELU())
+        self.trunk = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(c_in * length, cfg.hidden), act())
         self.frac_head = nn.Linear(cfg.hidden, 3)
         self.std_head = nn.Linear(cfg.hidden, 4)
         self.side_head = nn.Linear(cfg.hidden, 4)

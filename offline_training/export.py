@@ -237,6 +237,7 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
                      "train_seconds": float(ck.get("train_seconds", float("nan"))),
                      "bank_sha256": ck.get("bank_sha256", ""), "git_commit": git_commit(),
                      "init_from": json.loads(ck.get("init_from") or "null"),
+                     "teacher": json.loads(ck.get("teacher") or "null"),
                      "torch_version": torch.__version__},
         "onnx": {"opset": ONNX_OPSET, "max_abs_difference_vs_torch": diff, "graph": GRAPH_FORM},
         "evaluation": evaluation or {},

@@ -60,6 +60,13 @@ class TrainSettings:
     calibration_spectra: int = 8192
     #: start from this artifact's weights ("default": the model in use; "": random initialization)
     init_from: str = ""
+    #: distil from this artifact ("default": the model in use; "": no teacher): the fractions and
+    #: valence it reads on each training batch become targets of their own, with weight
+    #: ``w_teacher``, beside the labels. A network that should answer as an existing one does
+    #: (another activation, fewer channels) learns its function, not only the labels' ambiguous
+    #: posterior, in far fewer steps
+    teacher: str = ""
+    w_teacher: float = 0.0
     #: error measure of the fractions and the valence: "mse" (squared error, the paper's; the readout
     #: tends to the posterior mean) or "l1" (absolute error, the evaluation's own measure of
     #: fraction and valence MAE; the readout tends to the posterior median, which stays at 0
@@ -122,6 +129,9 @@ class TrainConfig:
             raise ValueError(f"[train] compile_forward must be true or false, got {tr.compile_forward!r}")
         if not 0.0 <= tr.ema_decay < 1.0:
             raise ValueError(f"[train] ema_decay must be in [0, 1), got {tr.ema_decay}")
+        if not (tr.w_teacher >= 0 and math.isfinite(tr.w_teacher)) or bool(tr.teacher) != (tr.w_teacher > 0):
+            raise ValueError(f"[train] teacher and w_teacher > 0 go together, got teacher={tr.teacher!r}, "
+                             f"w_teacher={tr.w_teacher}")
         if tr.fraction_loss not in FRACTION_LOSSES:
             raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
                              f"got {tr.fraction_loss!r}")
@@ -140,7 +150,9 @@ def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
     Fine-tuning the shipped model on a site's own forward-model settings
     (its resolution, noise, offsets) needs far fewer steps than training from
     scratch. The artifact is verified (checksums) and must have the same
-    network and preprocessing as this build, else ``ValueError`` says which.
+    layers (:meth:`NetworkConfig.same_weights_as`: the activation may differ,
+    e.g. a GELU parent fine-tuned into a ReLU network) and preprocessing as
+    this build, else ``ValueError`` says which.
     The origin (``source``, ``model_id``, ``weights_sha256``) goes into the
     checkpoints and the exported model card, so a fine-tuned model names its
     parent even after the parent's directory is gone.
@@ -149,7 +161,7 @@ def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
     from mnedge_live.engine.core import PREPROCESSING_ID
 
     art = load_artifact(None if source == "default" else source)
-    if art.card["network"] != network.to_dict():
+    if not NetworkConfig.from_dict(art.card["network"]).same_weights_as(network):
         raise ValueError(f"init_from {source}: its network {art.card['network']} differs from the config's "
                          f"{network.to_dict()}")
     if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
@@ -159,8 +171,30 @@ def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
     return torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True), origin
 
 
+def load_teacher(source: str) -> tuple[MnEdgeCNN, dict]:
+    """The network of artifact ``source`` ("default": the model in use) in eval mode, frozen, and its origin.
+
+    The artifact is verified (checksums) and must share this build's
+    preprocessing (its readings are targets for the same model input); its
+    layers may differ from the student's.
+    """
+    from mnedge_live.artifact import load_artifact
+    from mnedge_live.engine.core import PREPROCESSING_ID
+
+    art = load_artifact(None if source == "default" else source)
+    if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
+        raise ValueError(f"teacher {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
+                         f"this build has {PREPROCESSING_ID!r}")
+    net = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
+    net.load_state_dict(torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True))
+    for p in net.parameters():
+        p.requires_grad_(False)
+    origin = {"source": source, "model_id": art.model_id, "weights_sha256": art.card["files"]["weights.pt"]}
+    return net.eval(), origin
+
+
 def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb: TrainingBatch,
-                 s: TrainSettings) -> tuple[torch.Tensor, dict]:
+                 s: TrainSettings, teacher_fractions: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Total loss and its parts.
 
     Fractions: squared error (the paper's MSE) or absolute error
@@ -188,8 +222,12 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     l_box = torch.sigmoid(((frac - f_true).abs().amax(dim=1) - 0.1) / s.box_softness).mean()
     total = (s.w_fractions * l_frac + s.w_valence * l_val + s.w_nll * l_nll
              + s.w_side * (l_off + l_res + l_tl + l_mod) + s.w_box * l_box)
+    l_teacher = torch.zeros(())
+    if teacher_fractions is not None:
+        l_teacher = error(frac, teacher_fractions) + error(val_pred, teacher_fractions @ torch.tensor([2.0, 3.0, 4.0]))
+        total = total + s.w_teacher * l_teacher
     parts = {"loss": total.item(), "frac_loss": l_frac.item(), "valence_loss": l_val.item(), "nll": l_nll.item(),
-             "box": l_box.item(),
+             "box": l_box.item(), "teacher": l_teacher.item(),
              "offset": l_off.item(), "resolution": l_res.item(), "t_lambda": l_tl.item(), "modality": l_mod.item(),
              "frac_mae": (frac - f_true).abs().mean().item(), "valence_mae": (val_pred - val_true).abs().mean().item()}
     return total, parts
@@ -302,6 +340,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         log.info("initialized from %s (%s)", s.init_from, parent["model_id"])
     else:
         origin = ""
+    teacher, teacher_origin = load_teacher(s.teacher) if s.teacher else (None, None)
+    if teacher is not None:
+        log.info("distilling from %s (%s)", s.teacher, teacher_origin["model_id"])
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
         ema.load_state_dict(ck["ema"])
@@ -324,7 +365,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, s)
             outp = ddp_model(tb.x)
-            loss, parts = compute_loss(outp, tb, s)
+            teacher_fractions = None
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_fractions = teacher(tb.x)[0]
+            loss, parts = compute_loss(outp, tb, s, teacher_fractions)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -371,7 +416,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         calibration = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
         torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
                     "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step, "bank_sha256": bank.sha256(),
-                    "train_seconds": time.time() - t0, "init_from": origin}, final)
+                    "train_seconds": time.time() - t0, "init_from": origin,
+                    "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final)
         log.info("calibration factors %s", calibration["std_scale"])
     if world > 1:
         torch.distributed.barrier()

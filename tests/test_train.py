@@ -151,14 +151,54 @@ def test_fine_tuning_refuses_a_different_network(tmp_path, tiny_artifact):
         train(cfg, tmp_path / "ft", progress=False)
 
 
+def test_a_gelu_artifact_fine_tunes_into_a_relu_network_and_a_teacher_is_recorded(tmp_path, tiny_artifact):
+    """The activation has no weights: a GELU parent starts a ReLU network; the teacher's origin reaches the card."""
+    from mnedge_live.artifact import load_artifact
+    from offline_training.export import export_artifact
+
+    cfg = _tiny(steps=2, calibration_spectra=64, init_from=str(tiny_artifact), teacher=str(tiny_artifact),
+                w_teacher=1.0)
+    cfg.network.activation = "relu"
+    final_pt = train(cfg, tmp_path / "relu", progress=False)
+    card = load_artifact(export_artifact(final_pt, tmp_path / "art", model_id="relu-child", ood_spectra=0)).card
+    assert card["network"]["activation"] == "relu"
+    assert card["training"]["teacher"]["model_id"] == "tiny-test"
+    assert card["training"]["init_from"]["model_id"] == "tiny-test"
+    rows = (tmp_path / "relu" / "metrics.csv").read_text().splitlines()
+    assert "teacher" in rows[0].split(",")
+
+
+def test_teacher_term_is_the_error_against_the_teachers_readings():
+    """With ``teacher_fractions`` the loss grows by ``w_teacher`` times their fraction and valence error."""
+    from types import SimpleNamespace
+
+    from offline_training.train import TrainSettings
+
+    truth = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
+    pred = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.3, 0.7]])
+    teacher = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.3, 0.7]])
+    targets = {"valence": truth @ torch.tensor([2.0, 3.0, 4.0]), "is_eels": torch.tensor([0.0, 1.0]),
+               "offset_residual_eV": torch.zeros(2), "resolution_eV": torch.zeros(2), "t_lambda": torch.zeros(2)}
+    tb = SimpleNamespace(fractions=truth, targets=targets)
+    out = (pred, torch.zeros(2, 4), torch.zeros(2, 4))
+    s = TrainSettings(fraction_loss="l1", teacher="x", w_teacher=2.0)
+    plain, _ = compute_loss(out, tb, s)
+    total, parts = compute_loss(out, tb, s, teacher)
+    # fractions: mean |pred - teacher| = (0.1 + 0.1) / 6; valences 2.2 against 2.1 and 3.7 against 3.7
+    expected = (0.2 / 6) + (0.1 / 2)
+    assert parts["teacher"] == pytest.approx(expected, rel=1e-5)
+    assert total.item() == pytest.approx(plain.item() + 2.0 * expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("path", sorted(TINY.parent.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_training_configs_load_with_the_shipped_models_network(path):
-    """Every config under configs/ parses; the default model's stages keep its network (fine-tuning needs it)."""
+    """Every config under configs/ parses; the default model's stages keep its layers (fine-tuning needs them)."""
     from mnedge_live.artifact import load_artifact
+    from mnedge_live.network import NetworkConfig
 
     cfg = TrainConfig.from_toml(path)
     if path.name != "tiny.toml":
-        assert cfg.network.to_dict() == load_artifact(None).card["network"]
+        assert cfg.network.same_weights_as(NetworkConfig.from_dict(load_artifact(None).card["network"]))
 
 
 def test_bad_config_is_refused_by_name(tmp_path):
@@ -171,6 +211,15 @@ def test_bad_config_is_refused_by_name(tmp_path):
         TrainConfig.from_toml(p)
     p.write_text("[train]\nw_box = 0.1\nbox_softness = 0.0\n")
     with pytest.raises(ValueError, match="box_softness"):
+        TrainConfig.from_toml(p)
+    p.write_text('[network]\nactivation = "tanh"\n')
+    with pytest.raises(ValueError, match="activation"):
+        TrainConfig.from_toml(p)
+    p.write_text('[train]\nteacher = "default"\n')   # a teacher needs its weight, and the reverse
+    with pytest.raises(ValueError, match="w_teacher"):
+        TrainConfig.from_toml(p)
+    p.write_text("[train]\nw_teacher = 1.0\n")
+    with pytest.raises(ValueError, match="teacher"):
         TrainConfig.from_toml(p)
     p.write_text("[forward]\noffset = [5.0, -5.0]\n")
     with pytest.raises(ValueError, match="offset"):
