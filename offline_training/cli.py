@@ -191,6 +191,10 @@ def cmd_evaluate(args) -> int:
               f"{groups}; by truth: {kinds}), 2-sigma {cov['valence_2sigma']:.3f}")
         for name, b in res["baselines"].items():
             print(f"  {name:32s} accuracy_0.1 {b['accuracy_0.1']:.4f}  valence_mae {b['valence_mae']:.4f}")
+        probes = res["not_mn_probes"]
+        through = "; ".join(f"{name} read as {p['read_as']}" for name, p in probes["probes"].items() if p["read_as"])
+        print(f"  inputs that are no Mn edge refused: {probes['refused']} of {probes['draws']}"
+              + (f" ({through})" if through else ""))
         for r in res.get("real_spectra", []):
             print(f"  {r['file']:28s} {r['status']:8s} valence {r['valence']}  {r['reason']}")
         for r in res.get("real_spectra_robustness", []):
@@ -222,9 +226,10 @@ def _gate(engine, res: dict, ref, fcfg, bank, args) -> dict:
     A candidate trained on wider ranges would otherwise be scored only where
     the reference was never trained, and one trained on narrower ranges only
     where it was; it passes when it is not worse (within the tolerance) on
-    either set.
+    either set and refuses the inputs that are no Mn edge at least as often
+    (:func:`probe_gate`).
     """
-    from offline_training.evaluate import evaluate
+    from offline_training.evaluate import evaluate, not_mn_refusals
 
     sets = {"candidate_ranges": fcfg}
     ref_cfg = _training_ranges(ref)
@@ -239,9 +244,21 @@ def _gate(engine, res: dict, ref, fcfg, bank, args) -> dict:
                           "reference_accuracy_0.1": other["accuracy_0.1"], "reference_valence_mae": other["valence_mae"],
                           "passed": cand["accuracy_0.1"] >= other["accuracy_0.1"] - args.gate_tolerance}
     first = compared["candidate_ranges"]
+    probes = probe_gate(res["not_mn_probes"], not_mn_refusals(ref))
     return {"reference_model": ref.model_id, "reference_accuracy_0.1": first["reference_accuracy_0.1"],
-            "reference_valence_mae": first["reference_valence_mae"], "sets": compared,
-            "tolerance": args.gate_tolerance, "passed": all(c["passed"] for c in compared.values())}
+            "reference_valence_mae": first["reference_valence_mae"], "sets": compared, "not_mn_probes": probes,
+            "tolerance": args.gate_tolerance,
+            "passed": all(c["passed"] for c in compared.values()) and probes["passed"]}
+
+
+def probe_gate(candidate: dict, reference: dict) -> dict:
+    """The gate on :func:`~offline_training.evaluate.not_mn_refusals`: the candidate refuses every probe
+    at least as often as the reference (a model that reads as well but lets an input that is no Mn edge
+    through as a valence is not an improvement); names the probes where it does not."""
+    worse = [name for name, p in candidate["probes"].items()
+             if p["refused"] < reference["probes"].get(name, {"refused": 0})["refused"]]
+    return {"refused": candidate["refused"], "reference_refused": reference["refused"], "draws": candidate["draws"],
+            "refused_less_often": worse, "passed": not worse}
 
 
 def cmd_export(args) -> int:

@@ -11,6 +11,10 @@ Definitions (also in the README):
   intervals (ideal 0.683 / 0.954), for the fractions and the valence, and
   the valence's one-sigma share per group of the largest fraction read and
   per kind of true composition (:func:`coverage`).
+* ``not_mn_probes``: how many noisy draws of inputs that are no Mn L2,3 edge
+  (two equal lines 11 eV apart, a sawtooth, one line, an edge step) the
+  engine refuses (:func:`not_mn_refusals`): a model can read like another
+  and still let such shapes through as a confident valence.
 
 The validation set spans PSNR >= 10 dB and t/lambda <= 1 (the issue's
 acceptance set) with every other range as in training (offsets +-15 eV,
@@ -195,6 +199,45 @@ def measured_spectra(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarr
 def real_spectra_predictions(engine: Engine, folder: str | Path) -> list[dict]:
     """Readouts of every two-column file in ``folder`` (e.g. ../shared/real_spectra)."""
     return [{"file": name, **engine.predict_one(e, y).to_dict()} for name, e, y in measured_spectra(folder)]
+
+
+#: Energy axis (eV) of :func:`not_mn_probes`.
+PROBE_ENERGY = np.arange(620.0, 680.0, 0.1)
+
+
+def not_mn_probes(energy: np.ndarray = PROBE_ENERGY) -> dict[str, np.ndarray]:
+    """Noise-free inputs on ``energy`` that are no Mn L2,3 edge, by name: what every model must refuse.
+
+    Two equal Gaussian lines 11 eV apart have Mn's spin-orbit spacing but
+    neither its branching ratio nor its line shapes (a ReLU network distilled
+    from ``mnedge-default-v12`` read them as Mn4+: benchmarks/RESULTS.md); a
+    sawtooth has lines everywhere; one line and an edge step have no L2.
+    """
+    def gauss(center: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((energy - center) / width) ** 2)
+
+    return {"two equal lines 11 eV apart": gauss(640.0, 1.0) + gauss(651.0, 1.0),
+            "a sawtooth": energy % 5.0,
+            "one line": gauss(640.0, 1.5),
+            "an edge step": 0.5 + np.arctan((energy - 640.0) / 0.5) / np.pi}
+
+
+def not_mn_refusals(engine: Engine, draws: int = 5, noise: float = 0.01, seed: int = 0) -> dict:
+    """How many of ``draws`` noisy copies of each :func:`not_mn_probes` input the engine refuses.
+
+    Each copy gets white noise of ``noise`` (the probes peak near 1); the
+    same seed gives the same copies to every model. Returns, per probe, the
+    draws refused, the draws and the valences read where one was accepted,
+    and ``refused`` / ``draws`` over all probes.
+    """
+    rng = np.random.default_rng(seed)
+    probes, refused, total = {}, 0, 0
+    for name, y in not_mn_probes().items():
+        res = engine.predict([(PROBE_ENERGY, y + rng.normal(0.0, noise, y.size)) for _ in range(draws)])
+        n_ref = sum(not r.ok for r in res)
+        probes[name] = {"refused": n_ref, "draws": draws, "read_as": [round(r.valence, 3) for r in res if r.ok]}
+        refused, total = refused + n_ref, total + draws
+    return {"probes": probes, "refused": refused, "draws": total}
 
 
 def blurred(energy: np.ndarray, intensity: np.ndarray, fwhm: float) -> np.ndarray:
@@ -437,6 +480,7 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
         plot_curves(curves, plot_dir)
         (Path(plot_dir) / "robustness.json").write_text(json.dumps(curves, indent=2))
+    result["not_mn_probes"] = not_mn_refusals(engine)
     if real_dir is not None and Path(real_dir).is_dir():
         result["real_spectra"] = real_spectra_predictions(engine, real_dir)
         result["real_spectra_robustness"] = real_spectra_robustness(engine, real_dir)

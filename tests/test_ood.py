@@ -180,27 +180,42 @@ def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
     assert r.ok and np.isnan(r.ood_score) and r.to_dict()["ood_score"] is None
 
 
-@pytest.mark.parametrize("name, intensity, rule", [
-    ("a sawtooth", E % 5, "out-of-distribution score"),
-    ("one Gaussian", _gauss(640, 1.5), "no L2 line"),   # refused by the L2 rule before the score
-    ("an edge step", 0.5 + np.arctan((E - 640) / 0.5) / np.pi, "no L2 line"),
-])
-def test_the_default_model_refuses_lines_that_are_not_a_mn_edge(default_engine, name, intensity, rule):
-    y = intensity + np.random.default_rng(0).normal(0, 0.01, E.size)
-    r = default_engine.predict_one(E, y)
-    assert r.status == "rejected" and rule in r.reason, (name, r)
-    if rule.startswith("out-of"):
-        assert r.ood_score > default_engine.ood.thresholds_for(_psnr(E, y))[0]
+#: The rules that may refuse each of :func:`offline_training.evaluate.not_mn_probes` (the first that applies
+#: words the reason): two lines at Mn's spacing and a sawtooth pass every rule but the score; without an L2
+#: line the L2 rule comes first, unless the noise makes a bump there that it lets through.
+PROBE_RULES = {"two equal lines 11 eV apart": ("out-of-distribution score",),
+               "a sawtooth": ("out-of-distribution score",),
+               "one line": ("no L2 line", "out-of-distribution score"),
+               "an edge step": ("no L2 line", "out-of-distribution score")}
 
 
-def test_the_default_model_refuses_two_equal_gaussians_11_ev_apart(default_engine):
-    """Two bare lines with the L3-L2 spacing are not a Mn edge: every noise draw should be refused."""
-    two = _gauss(640, 1.0) + _gauss(651, 1.0)
-    results = [default_engine.predict_one(E, two + np.random.default_rng(seed).normal(0, 0.01, E.size))
-               for seed in range(5)]
-    assert all(r.status == "rejected" and "out-of-distribution score" in r.reason for r in results), [
-        (round(r.ood_score, 1), r.reason) for r in results]
-    assert "of synthetic training spectra of PSNR" in results[0].reason
+@pytest.mark.parametrize("name", list(PROBE_RULES))
+def test_the_default_model_refuses_lines_that_are_not_a_mn_edge(default_engine, name):
+    """Every noise draw of every probe is refused, each by the rule that should."""
+    from offline_training.evaluate import PROBE_ENERGY, not_mn_probes
+
+    y0 = not_mn_probes()[name]
+    for seed in range(5):
+        y = y0 + np.random.default_rng(seed).normal(0, 0.01, y0.size)
+        r = default_engine.predict_one(PROBE_ENERGY, y)
+        assert r.status == "rejected" and any(rule in r.reason for rule in PROBE_RULES[name]), (name, seed, r.reason)
+        if "out-of-distribution score" in r.reason:
+            assert r.ood_score > default_engine.ood.thresholds_for(_psnr(PROBE_ENERGY, y))[0]
+            assert "of synthetic training spectra of PSNR" in r.reason
+
+
+def test_evaluate_counts_the_refused_probes_and_the_gate_compares_them(default_engine):
+    from offline_training.cli import probe_gate
+    from offline_training.evaluate import not_mn_refusals
+
+    out = not_mn_refusals(default_engine, draws=3)
+    assert set(out["probes"]) == set(PROBE_RULES) and out["draws"] == 12
+    assert out["refused"] == 12 and all(p["read_as"] == [] for p in out["probes"].values())
+    worse = {**out, "refused": 11, "probes": {**out["probes"], "a sawtooth": {"refused": 2, "draws": 3, "read_as": [3.1]}}}
+    assert probe_gate(out, out)["passed"]
+    gate = probe_gate(worse, out)
+    assert not gate["passed"] and gate["refused_less_often"] == ["a sawtooth"]
+    assert probe_gate(out, worse)["passed"]          # refusing more often than the reference is no failure
 
 
 def test_the_default_model_keeps_spectra_of_its_training_ranges(default_engine):
