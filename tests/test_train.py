@@ -48,18 +48,23 @@ def test_training_lowers_the_loss(tmp_path, forward_model):
     assert rows[0].startswith("step,") and len(rows) == 1 + 60 // cfg.train.log_every
 
 
-def test_fraction_loss_is_the_squared_or_the_absolute_error():
-    """``fraction_loss`` picks the error measure of the fractions and the valence, nothing else."""
+def _two_rows():
+    """Network outputs and a training batch of two rows: a pure Mn2+ and a Mn3+/Mn4+ half-and-half
+    truth, read as (0.8, 0.2, 0) and (0, 0.3, 0.7)."""
     from types import SimpleNamespace
-
-    from offline_training.train import TrainSettings
 
     truth = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
     pred = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.3, 0.7]])
     targets = {"valence": truth @ torch.tensor([2.0, 3.0, 4.0]), "is_eels": torch.tensor([0.0, 1.0]),
                "offset_residual_eV": torch.zeros(2), "resolution_eV": torch.zeros(2), "t_lambda": torch.zeros(2)}
-    tb = SimpleNamespace(fractions=truth, targets=targets)
-    out = (pred, torch.zeros(2, 4), torch.zeros(2, 4))
+    return (pred, torch.zeros(2, 4), torch.zeros(2, 4)), SimpleNamespace(fractions=truth, targets=targets)
+
+
+def test_fraction_loss_is_the_squared_or_the_absolute_error():
+    """``fraction_loss`` picks the error measure of the fractions and the valence, nothing else."""
+    from offline_training.train import TrainSettings
+
+    out, tb = _two_rows()
     # errors: fractions (-0.2, 0.2, 0) and (0, -0.2, 0.2); valences +0.2 and +0.2
     _, mse = compute_loss(out, tb, TrainSettings(fraction_loss="mse"))
     _, l1 = compute_loss(out, tb, TrainSettings(fraction_loss="l1"))
@@ -170,17 +175,10 @@ def test_a_gelu_artifact_fine_tunes_into_a_relu_network_and_a_teacher_is_recorde
 
 def test_teacher_term_is_the_error_against_the_teachers_readings():
     """With ``teacher_fractions`` the loss grows by ``w_teacher`` times their fraction and valence error."""
-    from types import SimpleNamespace
-
     from offline_training.train import TrainSettings
 
-    truth = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]])
-    pred = torch.tensor([[0.8, 0.2, 0.0], [0.0, 0.3, 0.7]])
+    out, tb = _two_rows()
     teacher = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.3, 0.7]])
-    targets = {"valence": truth @ torch.tensor([2.0, 3.0, 4.0]), "is_eels": torch.tensor([0.0, 1.0]),
-               "offset_residual_eV": torch.zeros(2), "resolution_eV": torch.zeros(2), "t_lambda": torch.zeros(2)}
-    tb = SimpleNamespace(fractions=truth, targets=targets)
-    out = (pred, torch.zeros(2, 4), torch.zeros(2, 4))
     s = TrainSettings(fraction_loss="l1", teacher="x", w_teacher=2.0)
     plain, _ = compute_loss(out, tb, s)
     total, parts = compute_loss(out, tb, s, teacher)
