@@ -151,24 +151,35 @@ def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
     (its resolution, noise, offsets) needs far fewer steps than training from
     scratch. The artifact is verified (checksums) and must have the same
     layers (:meth:`NetworkConfig.same_weights_as`: the activation may differ,
-    e.g. a GELU parent fine-tuned into a ReLU network) and preprocessing as
-    this build, else ``ValueError`` says which.
+    e.g. a GELU parent fine-tuned into a ReLU network), or the same with
+    fewer channels per stage (its weights are then pruned to the channels
+    that carry the most: :mod:`offline_training.prune`), and the
+    preprocessing of this build, else ``ValueError`` says which.
     The origin (``source``, ``model_id``, ``weights_sha256``) goes into the
     checkpoints and the exported model card, so a fine-tuned model names its
     parent even after the parent's directory is gone.
     """
     from mnedge_live.artifact import load_artifact
     from mnedge_live.engine.core import PREPROCESSING_ID
+    from offline_training.prune import prunable, prune
 
     art = load_artifact(None if source == "default" else source)
-    if not NetworkConfig.from_dict(art.card["network"]).same_weights_as(network):
+    parent = NetworkConfig.from_dict(art.card["network"])
+    if not (parent.same_weights_as(network) or prunable(parent, network)):
         raise ValueError(f"init_from {source}: its network {art.card['network']} differs from the config's "
-                         f"{network.to_dict()}")
+                         f"{network.to_dict()} by more than fewer channels per stage")
     if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
         raise ValueError(f"init_from {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
                          f"this build has {PREPROCESSING_ID!r}")
     origin = {"source": source, "model_id": art.model_id, "weights_sha256": art.card["files"]["weights.pt"]}
-    return torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True), origin
+    weights = torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True)
+    if parent.same_weights_as(network):
+        return weights, origin
+    model = MnEdgeCNN(parent)
+    model.load_state_dict(weights)
+    origin["pruned_from_channels"] = list(parent.channels)
+    log.info("pruned %s's channels %s to %s", art.model_id, list(parent.channels), list(network.channels))
+    return prune(model, network.channels).state_dict(), origin
 
 
 def load_teacher(source: str) -> tuple[MnEdgeCNN, dict]:

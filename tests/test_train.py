@@ -149,6 +149,20 @@ def test_fine_tuning_starts_from_the_artifacts_weights(tmp_path, tiny_artifact):
     assert parent["weights_sha256"] == load_artifact(tiny_artifact).card["files"]["weights.pt"]
 
 
+def test_fine_tuning_into_fewer_channels_starts_from_the_pruned_weights(tmp_path, tiny_artifact):
+    from mnedge_live.artifact import load_artifact
+    from offline_training.export import artifact_network
+    from offline_training.prune import prune
+
+    cfg = _tiny(steps=1, lr=1e-12, weight_decay=0.0, calibration_spectra=64, init_from=str(tiny_artifact))
+    cfg.network.channels = (8, 6, 12, 16, 16)
+    ck = torch.load(train(cfg, tmp_path / "ft", progress=False), weights_only=True)
+    expected = prune(artifact_network(load_artifact(tiny_artifact)), cfg.network.channels).state_dict()
+    learned = [k for k in expected if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert all(torch.allclose(ck["model"][k], expected[k], atol=1e-6) for k in learned)
+    assert json.loads(ck["init_from"])["pruned_from_channels"] == [8, 8, 16, 16, 16]
+
+
 def test_fine_tuning_refuses_a_different_network(tmp_path, tiny_artifact):
     cfg = _tiny(steps=1, init_from=str(tiny_artifact))
     cfg.network.hidden += 1
@@ -190,13 +204,16 @@ def test_teacher_term_is_the_error_against_the_teachers_readings():
 
 @pytest.mark.parametrize("path", sorted(TINY.parent.glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_training_configs_load_with_the_shipped_models_network(path):
-    """Every config under configs/ parses; the default model's stages keep its layers (fine-tuning needs them)."""
+    """Every config under configs/ parses and is of the shipped network's family: its layers, fewer channels of
+    them (started from its pruned weights), or more (an earlier stage of its chain, pruned to it)."""
     from mnedge_live.artifact import load_artifact
     from mnedge_live.network import NetworkConfig
+    from offline_training.prune import prunable
 
     cfg = TrainConfig.from_toml(path)
     if path.name != "tiny.toml":
-        assert cfg.network.same_weights_as(NetworkConfig.from_dict(load_artifact(None).card["network"]))
+        shipped = NetworkConfig.from_dict(load_artifact(None).card["network"])
+        assert cfg.network.same_weights_as(shipped) or prunable(shipped, cfg.network) or prunable(cfg.network, shipped)
 
 
 def test_bad_config_is_refused_by_name(tmp_path):
