@@ -209,9 +209,10 @@ def not_mn_probes(energy: np.ndarray = PROBE_ENERGY) -> dict[str, np.ndarray]:
     """Noise-free inputs on ``energy`` that are no Mn L2,3 edge, by name: what every model must refuse.
 
     Two equal Gaussian lines 11 eV apart have Mn's spin-orbit spacing but
-    neither its branching ratio nor its line shapes (a ReLU network distilled
-    from ``mnedge-default-v12`` read them as Mn4+: benchmarks/RESULTS.md); a
-    sawtooth has lines everywhere; one line and an edge step have no L2.
+    neither its branching ratio nor its line shapes (two networks distilled
+    from ``mnedge-default-v12``, one with ReLU, one with fewer channels, read
+    them as Mn4+: benchmarks/RESULTS.md); a sawtooth has lines everywhere;
+    one line and an edge step have no L2.
     """
     def gauss(center: float, width: float) -> np.ndarray:
         return np.exp(-0.5 * ((energy - center) / width) ** 2)
