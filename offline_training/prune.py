@@ -10,6 +10,8 @@ efficient convolutional networks through network slimming").
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from mnedge_live.network import MnEdgeCNN, NetworkConfig
@@ -17,9 +19,8 @@ from mnedge_live.network import MnEdgeCNN, NetworkConfig
 
 def prunable(source: NetworkConfig, target: NetworkConfig) -> bool:
     """True when ``target`` is ``source`` with the same or fewer channels in each stage (and any activation)."""
-    same_rest = {**source.to_dict(), "channels": None, "activation": None} == {
-        **target.to_dict(), "channels": None, "activation": None}
-    return (same_rest and len(source.channels) == len(target.channels)
+    return (len(source.channels) == len(target.channels)
+            and source.same_weights_as(dataclasses.replace(target, channels=source.channels))
             and all(0 < t <= s for s, t in zip(source.channels, target.channels)))
 
 
