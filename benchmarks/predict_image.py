@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,15 @@ def main() -> int:
     args = ap.parse_args()
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="mnedge-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args, folder)
+    finally:
+        if not args.keep:  # the image is about 100 MB: never leave it behind
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, folder: Path) -> int:
+    """Write the image into ``folder``, time the three ``mnedge predict`` runs and print the result."""
     image = folder / "image.hspy"
     t0 = time.perf_counter()
     write_image(image, args.size)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-from live_support import use_loopback_channel_access
+from live_support import scratch_dir, use_loopback_channel_access
 
 #: Channel Access port of this test session (loopback only), set before any test module imports ophyd.
 CA_PORT = use_loopback_channel_access()
 #: An empty model store for the session (and its subprocesses): a store on the machine must not
 #: change which model "the default" is; tests that need a store set their own MNEDGE_HOME.
-os.environ["MNEDGE_HOME"] = tempfile.mkdtemp(prefix="mnedge-test-store-")
+os.environ["MNEDGE_HOME"] = str(scratch_dir("store-"))
 
 REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
 

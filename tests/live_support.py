@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -13,6 +14,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: One folder for everything a test session writes outside pytest's ``tmp_path`` (the model store,
+#: the services' working folders, the tiny model), removed when the session's process exits.
+SCRATCH = Path(tempfile.mkdtemp(prefix="mnedge-tests-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new folder inside :data:`SCRATCH` (removed with it at exit)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=SCRATCH))
 
 
 def free_port() -> int:
@@ -69,7 +80,7 @@ def start_service(args: list[str], env: dict | None = None) -> subprocess.Popen:
     """
     cmd = [sys.executable, "-m", "mnedge_live.cli", "live", *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})}, cwd=tempfile.mkdtemp(prefix="mnedge-live-"))
+                            env={**os.environ, **(env or {})}, cwd=scratch_dir("live-"))
     lines = []
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -187,12 +198,10 @@ def model_args() -> list[str]:
 
 
 def _tiny_artifact() -> Path:
-    import tempfile
-
     from offline_training.export import export_artifact
     from offline_training.train import TrainConfig, train
 
-    root = Path(tempfile.mkdtemp(prefix="mnedge-live-tiny-"))
+    root = scratch_dir("tiny-")
     cfg = TrainConfig.from_toml(ROOT / "offline_training" / "configs" / "tiny.toml")
     cfg.train.steps = 8
     cfg.train.calibration_spectra = 128

@@ -39,6 +39,25 @@ def test_fft_correlation_equals_direct_convolution(length, taps):
     assert torch.allclose(got, want, atol=1e-9 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("left, right", [(0, 0), (0, 5), (30, 140), (105, 105)])
+def test_edge_padding_repeats_the_end_values_as_replicate_padding(left, right):
+    x = torch.randn(5, 40, generator=torch.Generator().manual_seed(left + right))
+    want = F.pad(x[:, None], (left, right), mode="replicate")[:, 0]
+    assert torch.equal(pad_edges(x, left, right), want)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_short_kernels_correlate_each_row_as_a_one_channel_convolution(rows):
+    """The direct path (rows as the groups of one convolution) gives each row's own correlation."""
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 45, generator=gen)
+    k = torch.randn(19, generator=gen)
+    got = correlate_rows(x, k)
+    want = torch.cat([F.conv1d(row.view(1, 1, -1), k.view(1, 1, -1))[0] for row in x])
+    assert got.shape == (rows, 45 - 19 + 1)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_smoothing_at_several_widths_equals_smoothing_one_at_a_time():
     gen = torch.Generator().manual_seed(3)
     x = torch.cumsum(torch.randn(32, 700, generator=gen, dtype=torch.float64), dim=1)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from live_support import free_port
 
 from offline_training.train import TrainConfig, compute_loss, train
 
@@ -243,9 +244,10 @@ def test_bad_config_is_refused_by_name(tmp_path):
 
 def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # torch elastic keeps a folder per run under TMPDIR: here, inside the test's own folder
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "offline_training.cli", "train",
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "offline_training.cli", "train",
          "--config", str(TINY), "--steps", "6", "--out", str(tmp_path / "ddp"), "--no-progress"],
         capture_output=True, text=True, timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]

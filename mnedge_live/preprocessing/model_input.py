@@ -105,7 +105,8 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     # Rows in any unit (counts, or a drain current of 1e-12 A) are brought to
     # a largest magnitude of 1 first, in their own precision: the absolute
     # floors below (1e-12) must never be mistaken for the data's scale.
-    magnitude = torch.where(valid, values.abs(), 0.0).amax(dim=1)
+    all_valid = bool(valid.all())
+    magnitude = (values.abs() if all_valid else torch.where(valid, values.abs(), 0.0)).amax(dim=1)
     magnitude = torch.where(magnitude > 0, magnitude, torch.ones_like(magnitude))
     values = (values / magnitude[:, None]).to(torch.float32)
     if noise is not None:
