@@ -440,5 +440,9 @@ def test_spectra_sharing_an_axis_by_value_or_by_object_group_alike(engine):
     assert Engine._shared_axis_groups(shared, single) == [[0, 1, 2, 3]] and single == []
     assert Engine._shared_axis_groups(copies, single) == [[0, 1, 2, 3]] and single == []
     assert Engine._shared_axis_groups(mixed, single) == [[0, 2, 3]] and sorted(single) == [1, 4]
+    other = E + 0.05   # two axes taking turns, each in separate arrays: two groups
+    turns = [(e.copy(), y), (other.copy(), y), (other.copy(), y), (e.copy(), y), (other.copy(), y)]
+    single = []
+    assert Engine._shared_axis_groups(turns, single) == [[0, 3], [1, 2, 4]] and single == []
     a, b = engine.predict(shared), engine.predict(copies)
     assert [r.valence for r in a] == [r.valence for r in b]

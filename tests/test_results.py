@@ -1,8 +1,24 @@
-"""Counting rejections by kind: measured numbers must not split one kind into many keys."""
+"""Results: the engine's constructor of readings, and counting rejections by kind."""
 
 from __future__ import annotations
 
-from mnedge_live.results import reason_kind
+import dataclasses
+
+import pytest
+
+from mnedge_live.results import SpectrumResult, reason_kind
+
+
+def test_a_reading_is_the_dataclass_with_every_field_set():
+    got = SpectrumResult.reading((0.1, 0.2, 0.7), (0.01, 0.02, 0.03), 3.6, 0.05, -1.5, 0.4, 0.3, 12.0,
+                                 ("low_psnr",), "m")
+    want = SpectrumResult(status="ok", fractions=(0.1, 0.2, 0.7), fractions_std=(0.01, 0.02, 0.03), valence=3.6,
+                          valence_std=0.05, energy_offset_eV=-1.5, resolution_eV=0.4, t_lambda=0.3, ood_score=12.0,
+                          flags=("low_psnr",), model="m")
+    assert got == want and got.ok and got.to_dict() == want.to_dict()
+    assert set(vars(got)) == {f.name for f in dataclasses.fields(SpectrumResult)}  # a new field must be set here too
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.valence = 2.0
 
 
 def test_reasons_that_differ_only_in_measured_numbers_are_one_kind():

@@ -296,9 +296,14 @@ class Engine:
                 groups[key].append(i)
             elif (isinstance(energy, np.ndarray) and energy.ndim == 1 and energy.dtype.kind == "f"
                     and energy.size >= MIN_POINTS):
-                # keyed by value: equal axes in separate arrays (one per event) group as well
-                last, key = energy, energy.tobytes()
-                groups.setdefault(key, []).append(i)
+                # keyed by value: equal axes in separate arrays (one per event) group as well; an axis
+                # equal to the one before joins its group by a byte comparison, without hashing its bytes
+                last, values = energy, energy.tobytes()
+                if values == key:
+                    groups[key].append(i)
+                else:
+                    key = values
+                    groups.setdefault(key, []).append(i)
             else:
                 single.append(i)
         out = []
@@ -392,9 +397,7 @@ class Engine:
             if reject[j]:
                 out.append(SpectrumResult.rejected(checks.reason(j), model=model, ood_score=od))
                 continue
-            out.append(SpectrumResult(status="ok", fractions=tuple(fr), fractions_std=tuple(sd[:3]), valence=val,
-                                      valence_std=sd[3], energy_offset_eV=off, resolution_eV=res, t_lambda=tl,
-                                      ood_score=od, flags=flags[j], model=model))
+            out.append(SpectrumResult.reading(tuple(fr), tuple(sd[:3]), val, sd[3], off, res, tl, od, flags[j], model))
         return out
 
 
