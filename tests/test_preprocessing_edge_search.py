@@ -92,3 +92,28 @@ def test_synthetic_mn_spectra_show_a_mn_l2_spacing(forward_model):
     d = p.l2_spacing_ev[p.l2_covered].numpy()
     inside = (d >= MN_SPACING_ACCEPTED_EV[0]) & (d <= MN_SPACING_ACCEPTED_EV[1])
     assert inside.mean() >= 0.99, np.sort(d[~inside])
+
+
+def test_rows_measured_end_to_end_are_searched_as_the_general_window_would():
+    """The shortcut for rows measured end to end (two strips of the score) gives exactly what the
+    per-row window mask gives, including an L3 near either end and a row shorter than two margins."""
+    from mnedge_live.preprocessing.edge_search import locate_l3
+
+    gen = np.random.default_rng(4)
+    e = np.arange(615.0, 685.0, 0.1)
+    rows = [_doublet(e, l3) + 0.01 * gen.standard_normal(e.size) for l3 in (615.3, 615.8, 640.0, 662.0, 684.0, 684.5)]
+    rows.append(np.r_[_doublet(e, 640.0)[:15], np.zeros(e.size - 15)])
+    values = torch.tensor(np.array(rows), dtype=torch.float32)
+    valid = torch.ones_like(values, dtype=torch.bool)
+    n = values.shape[1]
+    first, last = torch.zeros(len(rows), dtype=torch.long), torch.full((len(rows),), n - 1)
+    for diagnostics in (True, False):
+        a = locate_l3(values, valid, first, last, diagnostics=diagnostics, all_valid=True)
+        b = locate_l3(values, valid, first, last, diagnostics=diagnostics, all_valid=False)
+        for x, y in zip(a, b):
+            assert torch.equal(torch.nan_to_num(x, nan=-7.0), torch.nan_to_num(y, nan=-7.0))
+    short = values[:, :15].contiguous()
+    ones = torch.ones_like(short, dtype=torch.bool)
+    a = locate_l3(short, ones, first, torch.full((len(rows),), 14), all_valid=True)
+    b = locate_l3(short, ones, first, torch.full((len(rows),), 14), all_valid=False)
+    assert all(torch.equal(torch.nan_to_num(x, nan=-7.0), torch.nan_to_num(y, nan=-7.0)) for x, y in zip(a, b))

@@ -75,6 +75,7 @@ _NO_ENERGY = -1.0e6
 def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
               window: tuple[torch.Tensor, torch.Tensor] | None = None, diagnostics: bool = True,
+              all_valid: bool | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
 
@@ -91,6 +92,8 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     strongest line of its edge: neither the L2 of an L3 below the window nor a
     side lobe whose "L2" is an L3 above it qualifies). Otherwise the
     strongest doublet stays, and the engine rejects it as not Mn L3.
+
+    ``all_valid``: ``bool(valid.all())`` when the caller has it already.
 
     ``diagnostics=False`` finds the L3 maximum only (what training needs:
     the model input depends on nothing else): the noise is then estimated
@@ -118,8 +121,14 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # score[i] = correlation of the template with hp when L3 sits at index i.
     score = correlate_rows(pad_edges(hp, lead, m - lead - 1), tmpl)
     idx = positions(n, held.device)
-    inside = (idx >= (first + int(1.0 / step))[:, None]) & (idx <= (last - int(1.0 / step))[:, None])
-    score = torch.where(inside, score, -torch.inf)
+    all_valid = bool(valid.all()) if all_valid is None else all_valid
+    margin = int(1.0 / step)   # no L3 maximum within 1 eV of a window's ends
+    if all_valid:   # every row measured end to end: the same window for all, two strips instead of a mask
+        score[:, :margin] = -torch.inf
+        score[:, max(n - margin, 0):] = -torch.inf
+    else:
+        inside = (idx >= (first + margin)[:, None]) & (idx <= (last - margin)[:, None])
+        score = torch.where(inside, score, -torch.inf)
     gain = _score_noise_gain(step)
     # the noise of every row for the diagnostics; without them, only of the rows the window search asks for
     noise = row_noise(held, valid, noise) if diagnostics else noise
@@ -136,7 +145,6 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # point, which cannot change the first maximum's index).
     near = (coarse[:, None] + _offsets(int(round(1.5 / step)), held.device)).clamp(0, n - 1)
     cand = torch.gather(fine, 1, near)
-    all_valid = bool(valid.all())
     if not all_valid:
         cand = cand.masked_fill(~torch.gather(valid, 1, near), -torch.inf)
     k = torch.gather(near, 1, cand.argmax(dim=1, keepdim=True)).clamp(1, n - 2)

@@ -144,14 +144,16 @@ def smooth_many(values: torch.Tensor, sigmas_ev: tuple[float, ...], step: float 
     return out
 
 
-def edge_hold(values: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def edge_hold(values: torch.Tensor, valid: torch.Tensor,
+              all_valid: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Replace invalid points by the nearest valid value of the row's valid window.
 
+    ``all_valid``: ``bool(valid.all())`` when the caller has it already.
     Returns the held values and the first and last valid indices ``(B,)``
     (``N`` and ``-1`` for a row without valid points, which holds its first value).
     """
     b, n = values.shape
-    if bool(valid.all()):  # the usual case for measured spectra: nothing to hold
+    if bool(valid.all()) if all_valid is None else all_valid:  # the usual case for measured spectra: nothing to hold
         first = torch.zeros(b, dtype=torch.long, device=values.device)
         return values, first, first + (n - 1)
     # first / last valid index from the first maximum of the byte mask (and of its mirror image):

@@ -113,11 +113,11 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         noise = noise.to(magnitude.device) / magnitude
     b, n = values.shape
     start = start.to(values.device, torch.float64)
-    held, first, last = edge_hold(values, valid)
+    held, first, last = edge_hold(values, valid, all_valid)
     window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
     l3_pos, edge_snr, l2_pos, l2_height, noise = locate_l3(held, valid, first, last, step, noise,
                                                            window=tuple(w.floor() for w in window),
-                                                           diagnostics=diagnostics)
+                                                           diagnostics=diagnostics, all_valid=all_valid)
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
     # Model-grid energy g sits at index l3_pos + (g - L3_REFERENCE_EV) / step of the input row.
