@@ -46,8 +46,7 @@ def prune(model: MnEdgeCNN, channels: tuple[int, ...]) -> MnEdgeCNN:
         When ``channels`` has another number of stages or more channels in one.
     """
     cfg = model.config
-    new_cfg = NetworkConfig(**{**cfg.to_dict(), "channels": tuple(channels), "kernels": tuple(cfg.kernels),
-                               "activation": cfg.activation})
+    new_cfg = dataclasses.replace(cfg, channels=tuple(channels))
     if not prunable(cfg, new_cfg):
         raise ValueError(f"cannot prune channels {list(cfg.channels)} to {list(channels)}: one stage each, "
                          "no more channels than before")

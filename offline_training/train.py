@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnedge_live.artifact import Artifact
 from mnedge_live.calibration import fit_calibration
 from mnedge_live.network import MnEdgeCNN, NetworkConfig
 from offline_training.forward import ForwardConfig, ForwardModel
@@ -159,21 +160,15 @@ def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
     checkpoints and the exported model card, so a fine-tuned model names its
     parent even after the parent's directory is gone.
     """
-    from mnedge_live.artifact import load_artifact
-    from mnedge_live.engine.core import PREPROCESSING_ID
     from offline_training.prune import prunable, prune
 
-    art = load_artifact(None if source == "default" else source)
+    art, weights, origin = _verified_artifact(source, "init_from")
     parent = NetworkConfig.from_dict(art.card["network"])
-    if not (parent.same_weights_as(network) or prunable(parent, network)):
+    same = parent.same_weights_as(network)
+    if not (same or prunable(parent, network)):
         raise ValueError(f"init_from {source}: its network {art.card['network']} differs from the config's "
                          f"{network.to_dict()} by more than fewer channels per stage")
-    if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
-        raise ValueError(f"init_from {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
-                         f"this build has {PREPROCESSING_ID!r}")
-    origin = {"source": source, "model_id": art.model_id, "weights_sha256": art.card["files"]["weights.pt"]}
-    weights = torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True)
-    if parent.same_weights_as(network):
+    if same:
         return weights, origin
     model = MnEdgeCNN(parent)
     model.load_state_dict(weights)
@@ -189,19 +184,26 @@ def load_teacher(source: str) -> tuple[MnEdgeCNN, dict]:
     preprocessing (its readings are targets for the same model input); its
     layers may differ from the student's.
     """
+    art, weights, origin = _verified_artifact(source, "teacher")
+    net = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
+    net.load_state_dict(weights)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), origin
+
+
+def _verified_artifact(source: str, role: str) -> tuple[Artifact, dict, dict]:
+    """Artifact ``source`` ("default": the model in use), checksums verified, trained with this build's
+    preprocessing (else ``ValueError`` naming ``role``), its weights and its origin for the checkpoint."""
     from mnedge_live.artifact import load_artifact
     from mnedge_live.engine.core import PREPROCESSING_ID
 
     art = load_artifact(None if source == "default" else source)
     if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
-        raise ValueError(f"teacher {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
+        raise ValueError(f"{role} {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
                          f"this build has {PREPROCESSING_ID!r}")
-    net = MnEdgeCNN(NetworkConfig.from_dict(art.card["network"]))
-    net.load_state_dict(torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True))
-    for p in net.parameters():
-        p.requires_grad_(False)
     origin = {"source": source, "model_id": art.model_id, "weights_sha256": art.card["files"]["weights.pt"]}
-    return net.eval(), origin
+    return art, torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True), origin
 
 
 def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb: TrainingBatch,
