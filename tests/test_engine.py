@@ -267,6 +267,28 @@ def test_backend_failure_rejects_rows_and_keeps_serving(engine):
     assert engine.predict_one(E, mn_like()).ok
 
 
+@pytest.mark.parametrize("output", [0, 1, 2, 3])   # fractions, log_std, side outputs, trunk features
+def test_non_finite_network_output_rejects_that_row_only(engine, output):
+    good = engine.backend
+
+    class Faulty:   # a device that returns NaN for one row of one output (an FP16 overflow, a diverged model)
+        name, device = "faulty", "cpu"
+
+        def run(self, x):
+            out = [None if o is None else o.copy() for o in good.run(x)]
+            out[output][1] = np.nan
+            return tuple(out)
+
+    engine.backend = Faulty()
+    try:
+        res = engine.predict([(E, mn_like()), (E, mn_like(seed=2)), (E, mn_like(seed=3))])
+    finally:
+        engine.backend = good
+    assert [r.status for r in res] == ["ok", "rejected", "ok"]
+    assert "NaN or inf" in res[1].reason and "faulty" in res[1].reason
+    assert all(np.isfinite(r.valence) for r in (res[0], res[2]))
+
+
 @pytest.mark.parametrize("name, valence", [
     ("Data2_MnO.csv", 2.0), ("Data2_YBaMn3AlO7.csv", 2.0), ("Data2_LaMnO3.csv", 3.0), ("Data2_SrMnO3.csv", 4.0),
 ])

@@ -124,13 +124,19 @@ class RowChecks:
     dip_depth: np.ndarray
     ood_score: np.ndarray
     ood: OodScore | None
+    output_finite: np.ndarray
 
     @classmethod
-    def of(cls, prep, ood_score: np.ndarray, ood: OodScore | None) -> RowChecks:
-        """The diagnostics of a :class:`~mnedge_live.preprocessing.Prepared` batch as numpy, with the OOD scores."""
+    def of(cls, prep, ood_score: np.ndarray, ood: OodScore | None, output_finite: np.ndarray) -> RowChecks:
+        """The diagnostics of a :class:`~mnedge_live.preprocessing.Prepared` batch as numpy, with the OOD scores.
+
+        ``output_finite``: per row, every number the network returned for it is finite
+        (:func:`finite_rows` of the backend's outputs).
+        """
         return cls(**{f.name: getattr(prep, f.name).numpy().astype(np.float64 if f.name in FLOAT_CHECKS else bool)
-                      for f in fields(cls) if f.name not in ("ood_score", "ood")},
-                   ood_score=np.asarray(ood_score, np.float64), ood=ood)
+                      for f in fields(cls) if f.name not in NOT_FROM_PREPARED},
+                   ood_score=np.asarray(ood_score, np.float64), ood=ood,
+                   output_finite=np.asarray(output_finite, bool))
 
     def rejected(self) -> np.ndarray:
         """Boolean per row: one of the rules of :meth:`reason` refuses it."""
@@ -143,7 +149,8 @@ class RowChecks:
             no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
             unlike = (self.ood_score > self.ood.thresholds_for(self.psnr_db) if self.ood is not None
                       else np.zeros(len(self.l3_ev), bool))
-        return no_edge | not_l3 | inverted | ~self.l3_covered | bad_spacing | no_l2_line | unlike
+        return (no_edge | not_l3 | inverted | ~self.l3_covered | bad_spacing | no_l2_line | ~self.output_finite
+                | unlike)
 
     def reason(self, j: int) -> str:
         """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
@@ -173,6 +180,9 @@ class RowChecks:
             if not h >= MIN_L2_HEIGHT:
                 return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
                         f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
+        if not self.output_finite[j]:
+            return ("the model returned NaN or inf for this spectrum: its weights or its backend are faulty "
+                    f"({NON_FINITE_OUTPUT_HINT})")
         if self.ood is not None:
             limit = float(self.ood.thresholds_for(self.psnr_db[j:j + 1])[0])
             if self.ood_score[j] > limit:
@@ -181,6 +191,28 @@ class RowChecks:
                         f"{self.ood_score[j]:.1f} above {limit:.1f} (the {100 * self.ood.quantile:g}th percentile "
                         f"of synthetic training spectra{' of ' + band if band else ''})")
         return ""
+
+
+#: Fields of :class:`RowChecks` that do not come from the preprocessing's output.
+NOT_FROM_PREPARED = ("ood_score", "ood", "output_finite")
+
+#: What to do about a model that returns non-finite numbers (rule of :class:`RowChecks`).
+NON_FINITE_OUTPUT_HINT = ("check the model's evaluation in its card, or force another backend, "
+                          "e.g. --backend onnxruntime instead of an FP16 TensorRT engine")
+
+
+def finite_rows(*outputs: np.ndarray | None) -> np.ndarray:
+    """Per row, whether every value of every given ``(B, ...)`` output is finite (None: skipped).
+
+    A network fed finite input returns finite numbers unless its weights or its
+    backend are broken (a diverged retraining, an FP16 overflow): such a row
+    must be refused, not read out as a NaN valence.
+    """
+    present = [np.asarray(o) for o in outputs if o is not None]
+    ok = np.ones(len(present[0]), bool)
+    for o in present:
+        ok &= np.isfinite(o.reshape(len(o), -1)).all(axis=1)
+    return ok
 
 
 FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "dip_depth"}

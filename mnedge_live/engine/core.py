@@ -22,7 +22,7 @@ from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.calibration import StdCalibration
 from mnedge_live.cores import usable_cores
 from mnedge_live.engine.backends import Backend, make_backend
-from mnedge_live.engine.checks import MIN_POINTS, RowChecks, check_and_resample, check_axis
+from mnedge_live.engine.checks import MIN_POINTS, RowChecks, check_and_resample, check_axis, finite_rows
 from mnedge_live.engine.ood import OodScore
 from mnedge_live.preprocessing import (
     WORK_STEP_EV,
@@ -372,7 +372,7 @@ class Engine:
         frac, log_std, side, features = self.backend.run(prep.x.numpy())
         ood = (self.ood(features) if self.ood is not None and features is not None
                else np.full(len(frac), np.nan))
-        checks = RowChecks.of(prep, ood, self.ood)
+        checks = RowChecks.of(prep, ood, self.ood, finite_rows(frac, log_std, side, features))
         std = np.exp(log_std.astype(np.float64)) * self.calibration.factors(frac)
         f = np.clip(frac.astype(np.float64), 0.0, 1.0)
         f = f / f.sum(axis=1, keepdims=True)
