@@ -267,6 +267,25 @@ def test_backend_failure_rejects_rows_and_keeps_serving(engine):
     assert engine.predict_one(E, mn_like()).ok
 
 
+def test_a_backend_without_trunk_features_warns_that_the_ood_rule_is_off(monkeypatch, caplog):
+    import mnedge_live.engine.core as core
+
+    real = core.make_backend
+
+    class NoFeatures:   # a TensorRT engine built before features were exported (no GPU here to build one)
+        def __init__(self, be):
+            self.be, self.name, self.device = be, "tensorrt-legacy", be.device
+
+        def run(self, x):
+            return (*self.be.run(x)[:3], None)
+
+    monkeypatch.setattr(core, "make_backend", lambda *a, **k: NoFeatures(real(*a, **k)))
+    with caplog.at_level("WARNING", logger="mnedge_live.engine.core"):
+        engine = load_engine()
+    assert engine.ood is not None
+    assert any("out-of-distribution rule" in r.message and "off" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize("output", [0, 1, 2, 3])   # fractions, log_std, side outputs, trunk features
 def test_non_finite_network_output_rejects_that_row_only(engine, output):
     good = engine.backend

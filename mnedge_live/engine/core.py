@@ -486,6 +486,10 @@ def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = T
     log.info("model %s on backend %s, %d worker(s)", engine.model_id, engine.backend_name, engine.workers)
     if warmup:
         t = time.perf_counter()
-        be.run(np.zeros((8, 2, artifact.card["input"]["grid_points"]), np.float32))
+        features = be.run(np.zeros((8, 2, artifact.card["input"]["grid_points"]), np.float32))[3]
         log.debug("warm-up %.1f ms", 1e3 * (time.perf_counter() - t))
+        if features is None and engine.ood is not None:
+            log.warning("backend %s returns no trunk features (an engine built before they were exported): "
+                        "the out-of-distribution rule of model %s is off; rebuild the engine to restore it",
+                        engine.backend_name, engine.model_id)
     return engine
