@@ -117,3 +117,23 @@ def test_rows_measured_end_to_end_are_searched_as_the_general_window_would():
     a = locate_l3(short, ones, first, torch.full((len(rows),), 14), all_valid=True)
     b = locate_l3(short, ones, first, torch.full((len(rows),), 14), all_valid=False)
     assert all(torch.equal(torch.nan_to_num(x, nan=-7.0), torch.nan_to_num(y, nan=-7.0)) for x, y in zip(a, b))
+
+
+def test_a_row_without_noise_has_no_edge_in_its_rounding():
+    # a constant with a slope of a billionth per point: the noise estimate is 0, and without a floor
+    # the float32 rounding of the row passed for an edge hundreds of thousands of sigmas high
+    e = np.arange(630.0, 670.0, 0.1)
+    y = 1.0 + 1e-9 * np.arange(len(e))
+    p = preprocess(*pack([(e, y)]), noise=torch.tensor([measured_noise(e, y)], dtype=torch.float64))
+    assert float(p.edge_snr[0]) < 6.0
+    assert float(p.psnr_db[0]) <= 100.0 + 1e-3
+
+
+def test_row_noise_is_floored_for_rows_scaled_to_one():
+    from mnedge_live.preprocessing.constants import NOISE_FLOOR
+    from mnedge_live.preprocessing.edge_search import row_noise
+
+    flat = torch.ones(2, 300)
+    valid = torch.ones(2, 300, dtype=torch.bool)
+    assert torch.all(row_noise(flat, valid) == NOISE_FLOOR)
+    assert torch.all(row_noise(flat, valid, torch.tensor([0.0, 0.5], dtype=torch.float64)) == torch.tensor([NOISE_FLOOR, 0.5]))

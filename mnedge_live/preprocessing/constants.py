@@ -64,6 +64,12 @@ MIN_L2_HEIGHT = 0.02
 MAX_DIP_DEPTH = 2.0
 #: Doublet score over its noise response below which no edge is detectable.
 MIN_EDGE_SNR = 6.0
+#: Least point-to-point noise sigma assumed for a row scaled to a largest magnitude of 1 (a PSNR of
+#: 100 dB; the forward model reaches 60 dB). A row without noise (a straight line, a constant: an
+#: I0 or a digitized baseline read as the spectrum) would otherwise have a noise estimate of 0 and
+#: its float32 rounding, about 1e-7, would pass for an edge millions of sigmas high: a noiseless
+#: linear ramp was read as valence 3.09, status ok.
+NOISE_FLOOR = 1e-5
 #: Window (eV above L3) searched for the L2 maximum.
 L2_SEARCH_EV = (7.0, 16.0)
 #: Smoothing widths (eV) of the band-pass that finds L2 (the wide one is the L3 high-pass's).

@@ -20,6 +20,7 @@ from mnedge_live.preprocessing.constants import (
     MIN_EDGE_SNR,
     MN_SPIN_ORBIT_EV,
     MN_SPIN_ORBIT_RANGE_EV,
+    NOISE_FLOOR,
     WORK_STEP_EV,
 )
 from mnedge_live.preprocessing.filters import (
@@ -218,7 +219,10 @@ def row_noise(held: torch.Tensor, valid: torch.Tensor, given: torch.Tensor | Non
     (valid) points over ``sqrt(6)``, times 1.4826: robust against the lines
     themselves, which are smooth on the scale of three points.  The engine
     gives the measured-point estimate (:func:`~mnedge_live.preprocessing.measured_noise`),
-    which resampling would hide.
+    which resampling would hide.  Rows are scaled to a largest magnitude of 1
+    (:func:`~mnedge_live.preprocessing.preprocess` does), and no sigma is taken
+    below :data:`NOISE_FLOOR` of that: a row without noise has no edge to detect
+    in its rounding errors.
     """
     given = given.to(held.dtype) if given is not None else None
     if given is not None and bool(torch.isfinite(given).all()):
@@ -229,7 +233,7 @@ def row_noise(held: torch.Tensor, valid: torch.Tensor, given: torch.Tensor | Non
         est = torch.nanmedian(d2, dim=1).values * 1.4826
         if given is not None:
             est = torch.where(torch.isfinite(given), given, est)
-    return torch.nan_to_num(est, nan=0.0)
+    return torch.nan_to_num(est, nan=0.0).clamp(min=NOISE_FLOOR)
 
 
 def _rows_of(values: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
