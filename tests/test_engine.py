@@ -267,6 +267,19 @@ def test_backend_failure_rejects_rows_and_keeps_serving(engine):
     assert engine.predict_one(E, mn_like()).ok
 
 
+@pytest.mark.parametrize("noise", [0.0, 1e-3])
+def test_a_rising_ramp_is_no_l3_line(engine, noise):
+    # an I0 column read as the spectrum: before the rule it was read as valence 3.09, status ok
+    e = np.arange(630.0, 670.0, 0.1)
+    rng = np.random.default_rng(5)
+    for rise in (0.01, 0.5, 10.0):
+        y = 106300.0 * (1.0 + rise * (e - 630.0) / 40.0 + rng.normal(0.0, noise, e.size))
+        r = engine.predict_one(e, y)
+        assert r.status == "rejected", (rise, r.valence)
+        if rise >= 10.0 or noise == 0.0:   # a gentle noisy ramp may already show no edge above its noise
+            assert r.reason.startswith("no L3 line at"), r.reason
+
+
 def test_a_backend_without_trunk_features_warns_that_the_ood_rule_is_off(monkeypatch, caplog):
     import mnedge_live.engine.core as core
 

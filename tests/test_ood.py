@@ -186,7 +186,7 @@ def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
 PROBE_RULES = {"two equal lines 11 eV apart": ("out-of-distribution score",),
                "a sawtooth": ("out-of-distribution score",),
                "one line": ("no L2 line", "out-of-distribution score"),
-               "an edge step": ("no L2 line", "out-of-distribution score")}
+               "an edge step": ("no L3 line", "no L2 line", "out-of-distribution score")}
 
 
 @pytest.mark.parametrize("name", list(PROBE_RULES))

@@ -137,3 +137,19 @@ def test_row_noise_is_floored_for_rows_scaled_to_one():
     valid = torch.ones(2, 300, dtype=torch.bool)
     assert torch.all(row_noise(flat, valid) == NOISE_FLOOR)
     assert torch.all(row_noise(flat, valid, torch.tensor([0.0, 0.5], dtype=torch.float64)) == torch.tensor([NOISE_FLOOR, 0.5]))
+
+
+def test_synthetic_l3_lines_fall_after_their_maximum(forward_model):
+    """Every forward-model spectrum whose edge is detected falls after its L3 maximum by more than
+    the engine's floor (:data:`MIN_L3_DROP`); a rising ramp or a step does not fall at all."""
+    from mnedge_live.preprocessing import MIN_L3_DROP
+
+    b = forward_model.sample(2048, seed=21)
+    p = preprocess(b.start, b.values, b.valid)
+    detected = p.edge_snr >= 6.0
+    assert detected.sum() > 1500
+    assert float(p.l3_drop[detected].min()) > MIN_L3_DROP
+    e = np.arange(630.0, 670.0, 0.1)
+    flat = [1.0 + 0.5 * (e - 630.0) / 40.0, np.arctan((e - 645.0) / 0.5) + 2.0]
+    q = preprocess(*pack([(e, y) for y in flat]))
+    assert torch.all(q.l3_drop < MIN_L3_DROP)

@@ -17,10 +17,12 @@ from mnedge_live.engine.ood import OodScore
 from mnedge_live.preprocessing import (
     ANALYSIS_WINDOW_EV,
     L3_COVER_EV,
+    L3_DROP_WINDOW_EV,
     L3_PLAUSIBLE_EV,
     MAX_DIP_DEPTH,
     MIN_EDGE_SNR,
     MIN_L2_HEIGHT,
+    MIN_L3_DROP,
     MN_SPACING_ACCEPTED_EV,
     WORK_STEP_EV,
     Resampled,
@@ -121,6 +123,7 @@ class RowChecks:
     pre_edge_covered: np.ndarray
     l3_covered: np.ndarray
     psnr_db: np.ndarray
+    l3_drop: np.ndarray
     dip_depth: np.ndarray
     ood_score: np.ndarray
     ood: OodScore | None
@@ -144,12 +147,13 @@ class RowChecks:
         with np.errstate(invalid="ignore"):
             no_edge = ~np.isfinite(self.edge_snr) | (self.edge_snr < MIN_EDGE_SNR)
             not_l3 = ~((self.l3_ev >= L3_PLAUSIBLE_EV[0]) & (self.l3_ev <= L3_PLAUSIBLE_EV[1]))
+            no_line = ~(self.l3_drop >= MIN_L3_DROP)
             inverted = self.dip_depth > MAX_DIP_DEPTH
             bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
             no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
             unlike = (self.ood_score > self.ood.thresholds_for(self.psnr_db) if self.ood is not None
                       else np.zeros(len(self.l3_ev), bool))
-        return (no_edge | not_l3 | inverted | ~self.l3_covered | bad_spacing | no_l2_line | ~self.output_finite
+        return (no_edge | not_l3 | no_line | inverted | ~self.l3_covered | bad_spacing | no_l2_line | ~self.output_finite
                 | unlike)
 
     def reason(self, j: int) -> str:
@@ -161,6 +165,11 @@ class RowChecks:
         if not (L3_PLAUSIBLE_EV[0] <= l3 <= L3_PLAUSIBLE_EV[1]):
             return (f"strongest edge feature at {l3:.1f} eV is not the Mn L3 edge even allowing calibration errors "
                     f"(accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV)")
+        drop = float(self.l3_drop[j])
+        if not drop >= MIN_L3_DROP:
+            return (f"no L3 line at {l3:.1f} eV: the spectrum falls by {100 * drop:.0f} % of the feature's height "
+                    f"within {L3_DROP_WINDOW_EV:g} eV above it (a line falls by at least {100 * MIN_L3_DROP:g} %): "
+                    "a rising slope or a step, not a Mn L3 line (an I0 or background column read as the spectrum?)")
         depth = float(self.dip_depth[j])
         if depth > MAX_DIP_DEPTH:
             times = f"{depth:.1f} times" if depth < 100 else "over 100 times"
@@ -215,4 +224,4 @@ def finite_rows(*outputs: np.ndarray | None) -> np.ndarray:
     return ok
 
 
-FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "dip_depth"}
+FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "l3_drop", "dip_depth"}

@@ -70,6 +70,15 @@ MIN_EDGE_SNR = 6.0
 #: its float32 rounding, about 1e-7, would pass for an edge millions of sigmas high: a noiseless
 #: linear ramp was read as valence 3.09, status ok.
 NOISE_FLOOR = 1e-5
+#: The L3 maximum must be a line: within L3_DROP_WINDOW_EV above it the 0.3 eV-smoothed spectrum
+#: falls by at least MIN_L3_DROP of the line's high-passed height (:attr:`Prepared.l3_drop`). A rising
+#: slope or a step has no such fall, and the corner where replicate padding ends a slope passes for a
+#: doublet: noiseless or noisy rising ramps (an I0 column read as the spectrum) were read as valence
+#: 3.09, status ok. Measured (benchmarks/RESULTS.md): synthetic spectra with a detected edge at 0.084
+#: and above (49,152 rows of three forward-model priors, 5-60 dB), the seven measured files 1.2-1.6,
+#: rising ramps and arctan steps 0.
+L3_DROP_WINDOW_EV = 3.0
+MIN_L3_DROP = 0.05
 #: Window (eV above L3) searched for the L2 maximum.
 L2_SEARCH_EV = (7.0, 16.0)
 #: Smoothing widths (eV) of the band-pass that finds L2 (the wide one is the L3 high-pass's).

@@ -17,6 +17,7 @@ from mnedge_live.preprocessing.constants import (
     L2_OUTSIDE_MARGIN_SIGMA,
     L2_SEARCH_EV,
     L3_CENTROID_EV,
+    L3_DROP_WINDOW_EV,
     MIN_EDGE_SNR,
     MN_SPIN_ORBIT_EV,
     MN_SPIN_ORBIT_RANGE_EV,
@@ -77,7 +78,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
               window: tuple[torch.Tensor, torch.Tensor] | None = None, diagnostics: bool = True,
               all_valid: bool | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
 
     ``noise`` (B,), when given and finite, replaces the estimate made on the
@@ -99,7 +100,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     ``diagnostics=False`` finds the L3 maximum only (what training needs:
     the model input depends on nothing else): the noise is then estimated
     only for rows searched inside ``window``, and ``edge_snr``, ``l2_pos``,
-    ``l2_height`` and ``noise`` come back NaN.
+    ``l2_height``, ``noise`` and ``l3_drop`` come back NaN.
 
     Returns
     -------
@@ -112,6 +113,8 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l2_height : the L2 line's maximum in the L2 band-pass over the L3 line's
         (NaN where L2 is not measured): about 0 where there is no L2 line
     noise : robust estimate of the point-to-point noise sigma ``(B,)``
+    l3_drop : fall of the lightly smoothed spectrum within :data:`L3_DROP_WINDOW_EV`
+        above the L3 maximum, over the line's high-passed height (:func:`_l3_drop`) ``(B,)``
     """
     b, n = held.shape
     fine, broad = smooth_many(held, (0.3, L2_BAND_EV[1]), step)
@@ -155,7 +158,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l3_pos = k[:, 0] + frac
     if not diagnostics:
         nan = torch.full_like(l3_pos, torch.nan)
-        return l3_pos, nan, nan, nan, nan
+        return l3_pos, nan, nan, nan, nan, nan
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
     edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * gain + 1e-12)
@@ -204,7 +207,25 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l3_val = torch.where(rel.abs() <= 0.5, bp, -torch.inf).amax(dim=1)
     l2_val = torch.where(outside, out_val, in_val)
     l2_height = torch.where(has_l2, l2_val / l3_val.clamp(min=1e-30), torch.nan)
-    return l3_pos, edge_snr, l2_pos, l2_height, noise
+    return l3_pos, edge_snr, l2_pos, l2_height, noise, _l3_drop(fine, hp, k, last, step)
+
+
+def _l3_drop(fine: torch.Tensor, hp: torch.Tensor, k: torch.Tensor, last: torch.Tensor, step: float) -> torch.Tensor:
+    """How far the lightly smoothed rows ``fine`` fall within :data:`L3_DROP_WINDOW_EV` above index ``k`` ``(B, 1)``.
+
+    The fall (the value at ``k`` minus the lowest measured value up to the
+    window's end) over the high-passed height ``hp`` at ``k``; 0 where that
+    height is not positive.  An L3 line falls into the trough before L2 (by
+    more than its own high-passed height in the measured oxides); a rising
+    slope or a step does not fall at all.
+    """
+    n = fine.shape[1]
+    after = k + positions(int(round(L3_DROP_WINDOW_EV / step)) + 1, fine.device)[None, :]
+    after = torch.minimum(after, last[:, None].clamp(min=0)).clamp(max=n - 1)   # measured points only
+    top = torch.gather(fine, 1, k)[:, 0]
+    drop = top - torch.gather(fine, 1, after).amin(dim=1)
+    height = torch.gather(hp, 1, k)[:, 0]
+    return torch.where(height > 0, drop / height.clamp(min=1e-30), 0.0)
 
 
 def l2_measured(l3_pos: torch.Tensor, last: torch.Tensor, step: float = WORK_STEP_EV) -> torch.Tensor:

@@ -47,6 +47,11 @@ class Prepared:
         Boolean: the window reaches :data:`L3_COVER_EV` below and above L3.
     psnr_db : torch.Tensor
         Estimated PSNR (L3 height over the high-frequency noise), dB.
+    l3_drop : torch.Tensor
+        How far the lightly smoothed spectrum falls within
+        :data:`~mnedge_live.preprocessing.constants.L3_DROP_WINDOW_EV` above the L3 maximum, in units of the L3
+        line's high-passed height: an L3 line falls into the trough before L2,
+        a rising slope or a step does not (0).  NaN with ``diagnostics=False``.
     dip_depth : torch.Tensor
         Deepest point of the background-free spectrum below zero on the
         measured model-grid points, in units of the L3 height (the
@@ -64,6 +69,7 @@ class Prepared:
     pre_edge_covered: torch.Tensor
     l3_covered: torch.Tensor
     psnr_db: torch.Tensor
+    l3_drop: torch.Tensor
     dip_depth: torch.Tensor
 
 
@@ -115,7 +121,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     start = start.to(values.device, torch.float64)
     held, first, last = edge_hold(values, valid, all_valid)
     window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
-    l3_pos, edge_snr, l2_pos, l2_height, noise = locate_l3(held, valid, first, last, step, noise,
+    l3_pos, edge_snr, l2_pos, l2_height, noise, l3_drop = locate_l3(held, valid, first, last, step, noise,
                                                            window=tuple(w.floor() for w in window),
                                                            diagnostics=diagnostics, all_valid=all_valid)
     l3_ev = start + l3_pos.to(torch.float64) * step
@@ -145,7 +151,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
                     l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
                     pre_edge_covered=pre_cov,
-                    l3_covered=l3_cov, psnr_db=psnr, dip_depth=dip)
+                    l3_covered=l3_cov, psnr_db=psnr, l3_drop=l3_drop.to(torch.float32), dip_depth=dip)
 
 
 @functools.lru_cache(maxsize=1)
