@@ -3,10 +3,12 @@
 Supported inputs:
 
 * column text (energy, intensity), comma, semicolon, tab or space
-  separated, optional header line(s) and ``#`` comments, UTF-8 byte-order
-  mark tolerated, ascending or descending axes; files with more columns
-  (XAS exports: energy, I0, TEY, mu, ...) are read by their column names
-  (:func:`intensity_column`) or the column the user names;
+  separated, optional header line(s) and ``#`` comments, UTF-8 (byte-order
+  mark tolerated) or UTF-16 with its byte-order mark, ascending or
+  descending axes; files with more columns (XAS exports: energy, I0, TEY,
+  mu, ...) are read by their column names (:func:`intensity_column`) or the
+  column the user names, and named columns are checked (a monitor is never
+  read as the spectrum);
 * EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
 * Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
   RosettaSciIO, single spectra as well as spectrum images (line scans and
@@ -21,6 +23,7 @@ reason, so a caller can reject one file and carry on with the next.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from dataclasses import dataclass
@@ -222,14 +225,25 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
         raw = p.read_bytes()
     except OSError as exc:
         raise ReadError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    text = _decode_text(raw, p)
+    energy, intensity = parse_columns(text, str(p), column)
+    return MeasuredSpectrum(str(p), 0, energy, intensity, None)
+
+
+def _decode_text(raw: bytes, p: Path) -> str:
+    """The file's text: UTF-16 when it starts with a UTF-16 byte-order mark (spreadsheet "Unicode text"
+    exports), else UTF-8 (with or without a byte-order mark), else Latin-1; NUL bytes otherwise mean binary."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise ReadError(f"{p}: starts as UTF-16 text but does not decode as UTF-16: {exc}") from exc
     if b"\x00" in raw[:4096]:
         raise ReadError(f"{p}: binary content (NUL bytes), not a text spectrum nor a known binary format")
     try:
-        text = raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    energy, intensity = parse_columns(text, str(p), column)
-    return MeasuredSpectrum(str(p), 0, energy, intensity, None)
+        return raw.decode("latin-1")
 
 
 def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -262,6 +276,8 @@ def parse_columns(text: str, name: str = "<text>", column: str | None = None) ->
         raise ReadError(f"{name}: only one data row")
     n_columns = len(data[0][1])
     names = header if header is not None and len(header) == n_columns else None
+    if header is not None and names is None and column is None and n_columns > 2:
+        _refuse_unaligned_header(header, n_columns, name)
     j = intensity_column(n_columns, names, column, name)
     arr = np.empty((len(data), 2))
     for i, (lineno, fields) in enumerate(data):
@@ -271,6 +287,22 @@ def parse_columns(text: str, name: str = "<text>", column: str | None = None) ->
             raise ReadError(f"{name}: line {lineno} has no number in column {j + 1} (the intensity): "
                             f"{' '.join(fields)[:60]!r}") from None
     return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def _refuse_unaligned_header(header: list[str], n_columns: int, name: str) -> None:
+    """Refuse a file whose header cannot be matched to its columns when it names a monitor or a spectrum.
+
+    Without aligned names the second column would be read; where the header
+    shows that the columns include a monitor (I0, time, ...) or a named
+    spectrum, that column may well be the monitor, so the user must say which
+    column is the spectrum.  A header naming neither leaves the logged
+    second-column choice of :func:`intensity_column`.
+    """
+    keys = {_column_key(w) for w in header}
+    if keys & ((MONITOR_COLUMN_NAMES - {"energy", "e"}) | set(SPECTRUM_COLUMN_NAMES)):
+        raise ReadError(f"{name}: the header ({' '.join(header)}) has {len(header)} fields for {n_columns} columns "
+                        "and names a monitor or a spectrum among them: say which column is the spectrum by its "
+                        "number (mnedge predict --column N; column 1 is the energy)")
 
 
 def _column_key(name: str) -> str:
@@ -297,7 +329,8 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
     Returns
     -------
     int
-        0-based index: ``column`` when given; else 1 for two columns; else the
+        0-based index: ``column`` when given; else 1 for two columns (refused when
+        their names make column 1 a spectrum or column 2 a monitor); else the
         first of :data:`SPECTRUM_COLUMN_NAMES` among the names; else 1 with a
         logged warning (so the choice is never silent).
 
@@ -323,6 +356,14 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
                             + (f"; the columns are {', '.join(names)}" if names else "; the file names no columns"))
         return keys.index(_column_key(text), 1)
     if n_columns == 2:
+        if names:
+            keys = [_column_key(n) for n in names]
+            if keys[0] in SPECTRUM_COLUMN_NAMES and keys[1] not in SPECTRUM_COLUMN_NAMES:
+                raise ReadError(f"{name}: column 1 is named {names[0]!r}, a spectrum: the first column must be "
+                                f"the energy (columns {', '.join(names)})")
+            if keys[1] in MONITOR_COLUMN_NAMES:
+                raise ReadError(f"{name}: column 2 is named {names[1]!r}, a monitor or an axis, not a spectrum "
+                                f"(columns {', '.join(names)})")
         return 1
     if names:
         keys = [_column_key(n) for n in names]
@@ -337,20 +378,32 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
     return 1
 
 
+#: A space-separated field: a word with the bracketed unit that may follow it (``mu (a.u.)``).
+_SPACED_FIELD = re.compile(r"\S+(?:\s+[(\[][^)\]]*[)\]])?")
+
+
 def split_fields(line: str) -> list[str]:
     """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces;
-    quotes around a field (spreadsheet exports) are dropped."""
+    quotes around a field (spreadsheet exports) are dropped, and a separator inside quotes does not split
+    (``"630,5","0,02"``: decimal commas); between spaces a bracketed unit stays with its name (``mu (a.u.)``)."""
     if ";" in line:
-        parts = [f.strip().strip("\"'").replace(",", ".") for f in line.split(";")]
+        parts = [f.strip().strip("\"'").replace(",", ".") for f in _split_quoted(line, ";")]
     elif "\t" in line:
-        parts = [f.strip().strip("\"'") for f in line.split("\t")]
+        parts = [f.strip().strip("\"'") for f in _split_quoted(line, "\t")]
     elif "," in line:
-        parts = [f.strip().strip("\"'") for f in line.split(",")]
+        parts = [f.strip().strip("\"'") for f in _split_quoted(line, ",")]
     else:
-        parts = line.split()
+        parts = _SPACED_FIELD.findall(line)
     while parts and not parts[-1]:
         parts.pop()
     return parts
+
+
+def _split_quoted(line: str, sep: str) -> list[str]:
+    """``line`` split on ``sep`` outside double quotes (the csv module's rules)."""
+    if '"' not in line:
+        return line.split(sep)
+    return next(csv.reader([line], delimiter=sep, skipinitialspace=True))
 
 
 def _float(text: str) -> float:

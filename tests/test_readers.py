@@ -131,6 +131,47 @@ def test_a_file_whose_second_column_is_the_monitor_is_refused_unless_a_column_is
             read_file(path, column=bad)
 
 
+def test_a_space_separated_header_keeps_units_with_their_names(tmp_path):
+    # "mu (a.u.)" split on its space gave 4 names for 3 columns: the names were dropped and I0 was read
+    s = read_file(write_text(tmp_path / "units.dat", columns("# energy  I0  mu (a.u.)\n", MONITOR, Y, sep="  ")))[0]
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+def test_a_header_that_cannot_be_matched_to_its_columns_and_names_a_monitor_is_refused(tmp_path):
+    path = write_text(tmp_path / "photon.dat", columns("# Photon Energy I0 TEY\n", MONITOR, Y))
+    with pytest.raises(ReadError, match="4 fields for 3 columns .* by its number"):
+        read_file(path)
+    np.testing.assert_allclose(read_file(path, column="3")[0].intensity, Y)
+
+
+@pytest.mark.parametrize("header, reason", [
+    ("energy,I0\n", "column 2 is named 'I0', a monitor"),
+    ("intensity,energy\n", "column 1 is named 'intensity', a spectrum"),
+])
+def test_two_named_columns_are_checked_by_their_names(tmp_path, header, reason):
+    with pytest.raises(ReadError, match=reason):
+        read_file(write_text(tmp_path / "two.csv", header + rows(",")))
+    ok = read_file(write_text(tmp_path / "ok.csv", "Energy (eV),Counts\n" + rows(",")))[0]
+    np.testing.assert_allclose(ok.intensity, Y)
+
+
+def test_quoted_fields_with_decimal_commas_split_between_the_quotes(tmp_path):
+    text = '"energy","mu"\n' + "".join(f'"{a}","{b}"\n'.replace(".", ",") for a, b in zip(E, Y))
+    s = read_file(write_text(tmp_path / "quoted_comma.csv", text))[0]
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be"])
+def test_utf16_text_with_a_byte_order_mark(tmp_path, encoding):
+    text = "energy\tintensity\n" + rows("\t")
+    data = text.encode(encoding) if encoding == "utf-16" else b"\xfe\xff" + text.encode(encoding)
+    path = tmp_path / "unicode.txt"
+    path.write_bytes(data)
+    s = read_file(path)[0]
+    np.testing.assert_allclose(s.intensity, Y)
+
+
 def test_unnamed_extra_columns_read_column_two_with_a_warning(tmp_path, caplog):
     path = write_text(tmp_path / "three.dat", columns("", Y, np.sqrt(Y)))
     with caplog.at_level("WARNING", logger="mnedge_live.readers"):
