@@ -445,9 +445,35 @@ def read_msa(path: str | Path) -> list[MeasuredSpectrum]:
     except Exception as exc:  # rsciio raises many types on malformed input
         raise ReadError(f"{p}: not a readable EMSA/MSA file: {type(exc).__name__}: {exc}") from exc
     try:
-        return _items_from_signals(p, signals, lazy=False)
+        items = _items_from_signals(p, signals, lazy=False)
     except ReadError as exc:
         raise ReadError(f"{exc} (EMSA/MSA file)") from exc
+    _check_msa_complete(p, items)
+    return items
+
+
+def _check_msa_complete(p: Path, items: list[Item]) -> None:
+    """Refuse an EMSA/MSA file cut short: its ``#NPOINTS`` differs from the values read, or it has no
+    ``#ENDOFDATA`` line (both required by the format; a file cut inside a number reads a wrong last value)."""
+    npoints: float | None = None
+    end = False
+    with open(p, encoding="latin-1") as f:
+        for line in f:
+            key, _, value = line.strip().partition(":")
+            key = key.strip().upper()
+            if key == "#NPOINTS":
+                try:
+                    npoints = float(value.strip())
+                except ValueError:
+                    raise ReadError(f"{p}: #NPOINTS is not a number: {value.strip()[:20]!r} (EMSA/MSA file)") from None
+            elif key == "#ENDOFDATA":
+                end = True
+    read = sum(len(it.intensity) for it in items if isinstance(it, MeasuredSpectrum))
+    if npoints is not None and read != int(npoints):
+        raise ReadError(f"{p}: {read} values read where #NPOINTS announces {npoints:g}: truncated or "
+                        "inconsistent (EMSA/MSA file)")
+    if not end:
+        raise ReadError(f"{p}: no #ENDOFDATA line: the file is truncated (EMSA/MSA file)")
 
 
 # --------------------------------------------------------------------------- DM / HyperSpy

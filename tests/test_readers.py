@@ -231,6 +231,21 @@ def test_emsa_xy_by_hand_with_unknown_extension(tmp_path):
     np.testing.assert_allclose(s.intensity, Y)
 
 
+@pytest.mark.parametrize("cut, reason", [
+    (lambda t: t[: t.index("0.", len(t) // 2) + 3], "values read where #NPOINTS announces"),   # cut inside a number
+    (lambda t: t.replace("#ENDOFDATA   : \n", ""), "no #ENDOFDATA"),
+    (lambda t: t.replace(f"#NPOINTS     : {E.size}", f"#NPOINTS     : {E.size + 5}"), "announces"),
+])
+def test_a_truncated_emsa_file_is_refused(tmp_path, cut, reason):
+    header = ("#FORMAT      : EMSA/MAS Spectral Data File\n#VERSION     : 1.0\n#TITLE       : cut\n"
+              f"#NPOINTS     : {E.size}\n#NCOLUMNS    : 1\n#XUNITS      : eV\n#YUNITS      : counts\n"
+              "#DATATYPE    : Y\n#XPERCHAN    : 0.25\n#OFFSET      : 630.0\n#SPECTRUM    : Spectral Data Starts Here\n")
+    text = header + "".join(f"{y},\n" for y in Y) + "#ENDOFDATA   : \n"
+    assert len(read_file(write_text(tmp_path / "whole.msa", text))[0].intensity) == E.size
+    with pytest.raises(ReadError, match=reason):
+        read_file(write_text(tmp_path / "cut.msa", cut(text)))
+
+
 # ----------------------------------------------------------------------------- HyperSpy / DM
 
 
