@@ -128,6 +128,29 @@ class SpectrumImage:
         values = np.asarray(self.data[row, col].compute() if hasattr(self.data, "compute") else self.data[row, col])
         return MeasuredSpectrum(self.file, self.index, self.energy, values, (row, col))
 
+    def close(self) -> None:
+        """Close the file the lazy array reads from (every image of that file): call it when done with them."""
+        release(self.file)
+
+
+def release(path: str | Path) -> None:
+    """Close the HDF5 handles RosettaSciIO keeps open for a lazily read HyperSpy file.
+
+    RosettaSciIO (0.15) registers every HyperSpy file it opens lazily and
+    closes it only before writing to it again; a run over many files would
+    keep one open file per file read, up to the process's limit ("Too many
+    open files").  It has no public way to close them, so this calls its
+    registry's own closing function; a RosettaSciIO without that registry
+    leaves nothing to close here.  Other formats hold no handle: a no-op.
+    """
+    try:
+        from rsciio.hspy import _api
+    except ImportError:  # pragma: no cover - rsciio is a dependency
+        return
+    close = getattr(_api, "_close_tracked_handles", None)
+    if close is not None:
+        close(str(path))
+
 
 Item = MeasuredSpectrum | SpectrumImage
 
@@ -511,12 +534,17 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     except ReadError:
         raise
     except Exception as exc:
+        release(p)
         name = {"dm": "Gatan DigitalMicrograph", "hspy": "HyperSpy HDF5"}.get(fmt, fmt)
         raise ReadError(f"{p}: not a readable {name} file: {type(exc).__name__}: {exc}") from exc
     try:
-        return _items_from_signals(p, signals, lazy=lazy)
+        items = _items_from_signals(p, signals, lazy=lazy)
     except ReadError as exc:
+        release(p)
         raise ReadError(f"{exc} ({label} file)") from exc
+    if not any(isinstance(it, SpectrumImage) for it in items):
+        release(p)   # single spectra are loaded: nothing reads the file any more
+    return items
 
 
 def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item]:

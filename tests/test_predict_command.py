@@ -155,6 +155,7 @@ def check_image_rows(rows: list[dict]) -> None:
     for r in rows:
         row, col = r["pixel"]
         assert r["index"] == row * 4 + col
+        assert r["signal"] == 0          # the image's position in its file (a DM file may hold several)
         assert KEYS <= set(r)
         assert r["status"] == ("rejected" if row == col else "ok"), r
         if row == col:

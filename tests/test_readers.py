@@ -266,6 +266,32 @@ def test_hspy_spectrum_image_is_lazy_with_its_energy_axis(tmp_path):
     np.testing.assert_allclose(px.intensity, data[2, 1])
 
 
+def _open_files_under(folder: Path) -> int:
+    """Files under ``folder`` this process holds open (Linux /proc)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += str(Path(fd).resolve()).startswith(str(folder))
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
+def test_hspy_files_are_not_left_open(tmp_path):
+    # RosettaSciIO keeps every lazily opened HyperSpy file open: a run over more files than the
+    # open-file limit rejected the rest with "Too many open files"
+    for k in range(5):
+        read_file(write_hspy(tmp_path / f"one{k}.hspy", Y, [energy_axis(E.size)]))
+    assert _open_files_under(tmp_path) == 0
+    data = np.random.default_rng(0).random((2, 3, 50)).astype(np.float32)
+    (img,) = read_file(write_hspy(tmp_path / "si.hspy", data, [nav("y", 2), nav("x", 3), energy_axis(50)]))
+    assert _open_files_under(tmp_path) == 1       # the image is read lazily, from the open file
+    np.testing.assert_allclose(img.data.compute(), data)
+    img.close()
+    assert _open_files_under(tmp_path) == 0
+
+
 def test_hspy_single_spectrum_and_line_scan(tmp_path):
     (s,) = read_file(write_hspy(tmp_path / "one.hspy", Y, [energy_axis(E.size)]))
     assert isinstance(s, MeasuredSpectrum)

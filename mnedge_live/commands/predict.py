@@ -9,7 +9,8 @@ rejection row and the other files are still processed.
 
 JSON rows: ``file``; ``index`` (the spectrum's position in its file, the
 row-major pixel index within a spectrum image, null for a file that could not
-be read); ``pixel`` ``[row, col]`` for spectrum-image pixels only (of the
+be read); for spectrum images ``signal`` (the image's position in its file: a
+DM file may hold several) and, for pixels, ``pixel`` ``[row, col]`` (of the
 binned image with ``--bin``, which adds ``bin``, the block side); then the
 readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  The table
 shows one line per spectrum and one summary line per spectrum image.
@@ -76,10 +77,14 @@ class Row:
     result: SpectrumResult
     pixel: tuple[int, int] | None = None
     bin: int = 1
+    signal: int | None = None
 
     def to_dict(self) -> dict:
-        """The ``--json`` object: ``file``, ``index`` (``pixel``, and ``bin`` when binned, for images), then the readout."""
+        """The ``--json`` object: ``file``, ``index`` (``signal``, ``pixel``, and ``bin`` when binned, for images),
+        then the readout."""
         d: dict[str, Any] = {"file": self.file, "index": self.index}
+        if self.signal is not None:
+            d["signal"] = int(self.signal)
         if self.pixel is not None:
             d["pixel"] = [int(self.pixel[0]), int(self.pixel[1])]
             if self.bin > 1:
@@ -155,21 +160,27 @@ def run(args: argparse.Namespace) -> int:
             singles = [it for it in items if isinstance(it, MeasuredSpectrum)]
             if singles:
                 rows.extend(_predict_singles(engine, singles, plots))
-            for image in (it for it in items if isinstance(it, SpectrumImage)):
-                if client is None and not client_error:
-                    client, client_error = _client(args.scheduler)
-                if client is None:
-                    rows.append(Row(image.file, image.index, SpectrumResult.rejected(client_error, model)))
-                    continue
-                try:
-                    img_rows, summary = _predict_image(image, client, spec, model, plots, args)
-                except Exception as exc:  # e.g. the cluster went away: reject this image, go on
-                    log.exception("spectrum image %s failed", image.file)
-                    rows.append(Row(image.file, image.index, SpectrumResult.rejected(
-                        f"spectrum image not processed: {type(exc).__name__}: {exc}", model)))
-                    continue
-                rows.extend(img_rows)
-                summaries.append(summary)
+            images = [it for it in items if isinstance(it, SpectrumImage)]
+            try:
+                for image in images:
+                    if client is None and not client_error:
+                        client, client_error = _client(args.scheduler)
+                    if client is None:
+                        rows.append(Row(image.file, image.index, SpectrumResult.rejected(client_error, model),
+                                        signal=image.index))
+                        continue
+                    try:
+                        img_rows, summary = _predict_image(image, client, spec, model, plots, args)
+                    except Exception as exc:  # e.g. the cluster went away: reject this image, go on
+                        log.exception("spectrum image %s failed", image.file)
+                        rows.append(Row(image.file, image.index, SpectrumResult.rejected(
+                            f"spectrum image not processed: {type(exc).__name__}: {exc}", model), signal=image.index))
+                        continue
+                    rows.extend(img_rows)
+                    summaries.append(summary)
+            finally:
+                if images:
+                    images[0].close()   # the file of this item list: one open file per file read otherwise
     finally:
         if client is not None:
             from mnedge_live.spectrum_image import close_client
@@ -215,7 +226,7 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
     image = bin_pixels(image, args.bin)
     readout = run_image(image, client, spec, progress=args.progress, chunk_spectra=args.chunk_spectra,
                         model=model, keep_results=args.json)
-    rows = [Row(image.file, i, res, readout.pixel(i), args.bin) for i, res in enumerate(readout.results)]
+    rows = [Row(image.file, i, res, readout.pixel(i), args.bin, image.index) for i, res in enumerate(readout.results)]
     val = readout.maps.layers["valence"]
     mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
     summary = ImageSummary(image.file, image.index, image.shape, readout.counts, mean, bin=args.bin,
