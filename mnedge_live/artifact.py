@@ -11,19 +11,29 @@ Layout::
     tensorrt/*.ts     optional TensorRT engines (with GPU name and versions in the card)
 
 :func:`load_artifact` refuses a directory whose files do not match their
-checksums, that lacks a listed file, or whose schema version is unknown.
+checksums, that lacks a listed file, whose card was edited after it was
+written (``card_sha256``: the card's own checksum) or whose schema version is
+unknown.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 SCHEMA_VERSION = 1
 CARD_NAME = "model_card.json"
+#: Key of the card's checksum of its own content (:func:`card_digest`).
+CARD_DIGEST_KEY = "card_sha256"
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+log = logging.getLogger(__name__)
 
 
 class ArtifactError(RuntimeError):
@@ -63,14 +73,26 @@ def default_artifact_path() -> Path:
     return Path(str(resources.files("mnedge_live") / "models" / "default"))
 
 
+def card_digest(card: dict) -> str:
+    """SHA-256 of a card's content without its own checksum: canonical JSON (sorted keys, no spaces).
+
+    The card holds what the readouts depend on besides the weights (the
+    calibration of the stated uncertainty, the OOD thresholds, the
+    preprocessing): an edit to it must be caught as an edit to a file is.
+    """
+    content = {k: v for k, v in card.items() if k != CARD_DIGEST_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_card(directory: str | Path, card: dict) -> Path:
-    """Write ``model_card.json`` with the SHA-256 of every other file in ``directory``."""
+    """Write ``model_card.json`` with the SHA-256 of every other file in ``directory`` and of its own content."""
     d = Path(directory)
     files = {}
     for p in sorted(d.rglob("*")):
         if p.is_file() and p.name != CARD_NAME:
             files[p.relative_to(d).as_posix()] = sha256_file(p)
     card = dict(card, schema_version=SCHEMA_VERSION, files=files)
+    card[CARD_DIGEST_KEY] = card_digest(card)
     path = d / CARD_NAME
     path.write_text(json.dumps(card, indent=2, sort_keys=True))
     return path
@@ -107,13 +129,23 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{card_path} is not valid JSON: {exc}") from exc
+    if not isinstance(card, dict):
+        raise ArtifactError(f"{card_path} is not a model card: a JSON object was expected, not {type(card).__name__}")
     version = card.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ArtifactError(f"{d}: model card schema version {version!r} is not supported (this build reads {SCHEMA_VERSION})")
+    if CARD_DIGEST_KEY in card:
+        if card[CARD_DIGEST_KEY] != card_digest(card):
+            raise ArtifactError(f"{card_path} was changed after it was written: its content fails its SHA-256 "
+                                f"check ({CARD_DIGEST_KEY}); re-export or recalibrate the model instead of editing the card")
+    else:
+        log.warning("%s has no checksum of its own (written before cards carried one): an edit to its calibration "
+                    "or thresholds would go unnoticed; re-export or recalibrate to add it", card_path)
     files = card.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{card_path} lists no files")
     for name, digest in files.items():
+        _check_listed_file(card_path, name, digest)
         p = d / name
         if not p.is_file():
             raise ArtifactError(f"artifact {d} is partial: {name} is missing")
@@ -121,3 +153,11 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
         if actual != digest:
             raise ArtifactError(f"artifact {d}: {name} fails its SHA-256 check (expected {digest[:12]}..., got {actual[:12]}...)")
     return Artifact(path=d, card=card)
+
+
+def _check_listed_file(card_path: Path, name: object, digest: object) -> None:
+    """Refuse a card entry that is not a relative path inside the artifact with a SHA-256 hex digest."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or ".." in name.split("/"):
+        raise ArtifactError(f"{card_path} lists {name!r}: not a relative path inside the artifact")
+    if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
+        raise ArtifactError(f"{card_path} lists {name!r} with {digest!r}: not a SHA-256 hex digest")

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mnedge_live.artifact import ArtifactError, load_artifact
+from mnedge_live.artifact import ArtifactError, load_artifact, write_card
 from mnedge_live.engine import load_engine
 
 
@@ -56,7 +56,7 @@ def test_refresh_onnx_rewrites_the_graph_and_keeps_the_answers(tiny_artifact, tm
     (copy / "model.onnx").write_bytes(b"")            # an out-of-date graph: the card no longer matches
     card = json.loads((copy / "model_card.json").read_text())
     card["files"]["model.onnx"] = sha256_file(copy / "model.onnx")
-    (copy / "model_card.json").write_text(json.dumps(card))
+    write_card(copy, card)                            # signed as an old export would have been
     assert train_main(["refresh-onnx", str(copy)]) == 0
     after = load_artifact(copy).card                   # verifies every checksum
     assert after["onnx"]["max_abs_difference_vs_torch"] <= 1e-4 and "refreshed" in after["onnx"]
@@ -103,6 +103,34 @@ def test_partial_and_unknown_schema_artifacts_are_refused(tiny_artifact, tmp_pat
         load_artifact(future)
     with pytest.raises(ArtifactError, match="missing"):
         load_artifact(tmp_path)
+
+
+def test_an_edited_card_is_refused_and_an_unsigned_one_loads_with_a_warning(tiny_artifact, tmp_path, caplog):
+    edited = shutil.copytree(tiny_artifact, tmp_path / "edited")
+    card = json.loads((edited / "model_card.json").read_text())
+    card["calibration"]["std_scale"] = [20.0 * v for v in card["calibration"]["std_scale"]]
+    (edited / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ArtifactError, match="changed after it was written"):
+        load_artifact(edited)
+    del card["card_sha256"]                           # a card written before cards carried their checksum
+    (edited / "model_card.json").write_text(json.dumps(card))
+    with caplog.at_level("WARNING", logger="mnedge_live.artifact"):
+        assert load_artifact(edited).card["calibration"] == card["calibration"]
+    assert "has no checksum of its own" in caplog.text
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda card: [], "a JSON object was expected, not list"),
+    (lambda card: dict(card, files={**card["files"], "weights.pt": 123}), "not a SHA-256 hex digest"),
+    (lambda card: dict(card, files={**card["files"], "../outside.bin": "0" * 64}), "not a relative path inside"),
+])
+def test_a_malformed_card_is_refused_with_a_clear_message(tiny_artifact, tmp_path, change, reason):
+    bad = shutil.copytree(tiny_artifact, tmp_path / "bad")
+    card = json.loads((bad / "model_card.json").read_text())
+    card.pop("card_sha256")
+    (bad / "model_card.json").write_text(json.dumps(change(card)))
+    with pytest.raises(ArtifactError, match=reason):
+        load_artifact(bad)
 
 
 def test_tensorrt_export_refuses_clearly_without_a_gpu(tiny_artifact, tmp_path):

@@ -260,6 +260,7 @@ def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact
     import json
     import shutil
 
+    from mnedge_live.artifact import write_card
     from offline_training.cli import main as mnedge_train
 
     cand = tmp_path / "cand"
@@ -267,7 +268,7 @@ def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact
     card_path = cand / "model_card.json"
     card = json.loads(card_path.read_text())
     card["training"]["config"].setdefault("forward", {})["gauss_fwhm"] = [0.05, 2.5]  # as a broadened fine-tune
-    card_path.write_text(json.dumps(card))
+    write_card(cand, card)
     out = tmp_path / "evaluation.json"
     args = ["evaluate", "--model", str(cand), "--gate", str(tiny_artifact), "--n", "128", "--n-nnls", "0",
             "--robustness-n", "0", "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(out)]
