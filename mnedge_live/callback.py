@@ -108,7 +108,8 @@ class MnEdgeCallback(DocumentRouter):
         self.pending_since = 0.0
         self.external = ExternalReader()
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
-                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0}
+                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0,
+                       "final_readouts": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -276,6 +277,7 @@ class MnEdgeCallback(DocumentRouter):
                 "no valid point measured")
             row = result_row(res, run.last_seq_num)
             row["final"] = True
+            self.totals["final_readouts"] += 1  # before _emit: on_readout sees it with this row
             self._emit(run, [row])
         if run.binner is not None:
             self._read_blocks(run, run.binner.remaining())

@@ -2,8 +2,11 @@
 
 PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3``,
 ``FRAC_MN4``, ``OOD_SCORE`` (how unlike the model's training spectra the last one
-was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED`` and
-``READOUTS`` (increments with every readout, so a plan can wait for a new one).  Spectrum images
+was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED``,
+``READOUTS`` (increments with every readout, so a plan can wait for a new one) and
+``FINAL_READOUTS`` (increments only with the final readout of a step scan, written after the
+pixel PVs of that readout: a plan waits on it for the readout of the whole scan, since with
+``step_readout_every`` the progressive readouts raise ``READOUTS`` during the scan).  Spectrum images
 read with ``map_bin`` also show their latest block readout (stream ``mnedge_binned``):
 ``BINNED_VALENCE``, ``BINNED_VALENCE_STD``, ``BINNED_STATUS`` and ``BINNED_READOUTS``; a block
 row never changes the pixel PVs.
@@ -31,8 +34,9 @@ FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "fr
 #: Float PVs of the latest block readout (``map_bin``) and the field each shows.
 BINNED_FLOAT_PVS = {"BINNED_VALENCE": "valence", "BINNED_VALENCE_STD": "valence_std"}
 #: Counter PVs and the total each shows.
+#: Counter PVs and the total each shows (written after the float and string PVs of the same update).
 COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts",
-             "BINNED_READOUTS": "binned_readouts"}
+             "FINAL_READOUTS": "final_readouts", "BINNED_READOUTS": "binned_readouts"}
 #: String PVs: the status of the latest readout and of the latest block readout.
 STRING_PVS = ("STATUS", "BINNED_STATUS")
 
@@ -70,6 +74,7 @@ def make_pvgroup(prefix: str):
         REJECTED = pvproperty(value=0, dtype=int, read_only=True)
         MISSED = pvproperty(value=0, dtype=int, read_only=True)
         READOUTS = pvproperty(value=0, dtype=int, read_only=True)
+        FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=True)
         BINNED_VALENCE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
@@ -198,6 +203,7 @@ class MnEdgeReadout(Device):
     rejected = Cpt(EpicsSignalRO, "REJECTED", kind="config")
     missed = Cpt(EpicsSignalRO, "MISSED", kind="config")
     readouts = Cpt(EpicsSignalRO, "READOUTS", kind="config")
+    final_readouts = Cpt(EpicsSignalRO, "FINAL_READOUTS", kind="config")
     binned_valence = Cpt(EpicsSignalRO, "BINNED_VALENCE", kind="omitted")
     binned_status = Cpt(EpicsSignalRO, "BINNED_STATUS", string=True, kind="omitted")
     binned_readouts = Cpt(EpicsSignalRO, "BINNED_READOUTS", kind="omitted")
@@ -224,7 +230,9 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
     max_scans : int
         Most scans.
     wait_s : float
-        Longest wait for the final readout of each scan.
+        Longest wait for the final readout of each scan (``FINAL_READOUTS`` to increment: the
+        progressive readouts during the scan raise ``READOUTS``, and their valence is that of a
+        partial spectrum).
 
     Returns
     -------
@@ -236,12 +244,12 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
 
     history: list[float] = []
     for i in range(max_scans):
-        before = yield from bps.rd(readout.readouts)
+        before = yield from bps.rd(readout.final_readouts)
         yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
-        # the final readout follows the stop document; wait for it
+        # the final readout follows the stop document; wait for it (not for any readout)
         waited = 0.0
         while waited < wait_s:
-            now = yield from bps.rd(readout.readouts)
+            now = yield from bps.rd(readout.final_readouts)
             if now is not None and before is not None and now > before:
                 break
             yield from bps.sleep(0.1)
