@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 MAX_CHANNELS = 65536
 #: Most remembered sequence gaps per stream (late events filling older gaps count as duplicates).
 MAX_GAPS = 1024
+#: Most pixels of a spectrum image whose extent follows from its pixel-index fields
+#: (``pixel_fields``): the map's layers of 4096 x 4096 pixels take about 0.8 GB.  A pixel whose
+#: index would grow the map past this is rejected with the reason.
+MAX_MAP_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -56,6 +60,8 @@ class _Run:
     axis_cache: dict = field(default_factory=dict)
     #: scan shape (rows, columns) from the start document, for grid pixels
     map_shape: tuple[int, int] | None = None
+    #: rows and columns the map needs for the pixels accepted so far (``pixel_fields``)
+    extent: tuple[int, int] = (0, 0)
     #: spectrum field per descriptor uid (looked up once, not per event)
     spectrum_fields: dict[str, str | None] = field(default_factory=dict)
     #: ``map_bin``: the blocks being filled, their maps and readout counts
@@ -148,6 +154,7 @@ class MnEdgeCallback(DocumentRouter):
         md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
         derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md)
         run = _Run(start=doc, derived=derived, kind=kind, map_shape=self._map_shape(doc, None))
+        run.extent = run.map_shape or (0, 0)
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
@@ -392,7 +399,11 @@ class MnEdgeCallback(DocumentRouter):
             self.flush()
 
     def flush(self) -> None:
-        """Read out every pending spectrum and emit its row (one event page per run)."""
+        """Read out every pending spectrum and emit its row (one event page per run).
+
+        A readout that cannot be recorded (its map cannot grow: out of memory, say) becomes a
+        rejection row with the reason: the spectrum is counted as rejected, never lost behind a count.
+        """
         if not self.pending:
             return
         batch, self.pending = self.pending, []
@@ -405,6 +416,15 @@ class MnEdgeCallback(DocumentRouter):
             run = self.runs.get(p.run_uid)
             if run is None:
                 continue
+            try:
+                done = self._record(run, p, res)
+            except Exception as exc:
+                log.exception("run %s: readout of seq_num %d could not be recorded", p.run_uid, p.seq_num)
+                res = SpectrumResult.rejected(f"readout could not be recorded: {type(exc).__name__}: {exc}",
+                                              model=str(getattr(self.engine, "model_id", "")))
+                if run.maps is not None and p.pixel is not None:
+                    run.maps.set(p.pixel, res)  # a no-op outside the map; never raises
+                done = []
             row = result_row(res, p.seq_num)
             if res.ok:
                 run.processed += 1
@@ -415,20 +435,29 @@ class MnEdgeCallback(DocumentRouter):
             if run.kind == "map":
                 r, c = p.pixel if p.pixel is not None else (-1, -1)
                 row["pixel_row"], row["pixel_col"] = int(r), int(c)
-                if p.pixel is not None:
-                    if run.maps is None and self.config.pixel_fields:
-                        run.maps = ValenceMaps((max(r + 1, 1), max(c + 1, 1)))
-                    if run.maps is not None:
-                        if not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-                            run.maps = _grown(run.maps, p.pixel)
-                            run.maps.set(p.pixel, res)
             by_run.setdefault(p.run_uid, []).append(row)
-            if run.binner is not None and p.pixel is not None and p.energy is not None:
-                blocks.setdefault(p.run_uid, []).extend(run.binner.add(p.pixel, p.energy, p.intensity))
+            blocks.setdefault(p.run_uid, []).extend(done)
         for uid, rows in by_run.items():
             self._emit(self.runs[uid], rows)
         for uid, done in blocks.items():
             self._read_blocks(self.runs[uid], done)
+
+    def _record(self, run: _Run, p: _Pending, res: SpectrumResult) -> list[Block]:
+        """Put a pixel's readout in its run's maps and, with ``map_bin``, its spectrum in its block.
+
+        Returns the blocks this pixel completes.  May raise (a map that cannot grow); the caller
+        then answers the spectrum with a rejection.
+        """
+        if run.kind != "map" or p.pixel is None:
+            return []
+        if run.maps is None and self.config.pixel_fields:
+            run.maps = ValenceMaps((max(p.pixel[0] + 1, 1), max(p.pixel[1] + 1, 1)))
+        if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
+            run.maps = _grown(run.maps, p.pixel)
+            run.maps.set(p.pixel, res)
+        if run.binner is not None and p.energy is not None:
+            return run.binner.add(p.pixel, p.energy, p.intensity)
+        return []
 
     def _read_blocks(self, run: _Run, blocks: list[Block]) -> None:
         """Read out completed blocks of pixels (``map_bin``): stream ``mnedge_binned`` and the binned maps."""
@@ -577,8 +606,13 @@ class MnEdgeCallback(DocumentRouter):
                 r, c = int(row[rf]), int(row[cf])
             except (KeyError, TypeError, ValueError) as exc:
                 return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
-            if r < 0 or c < 0 or r > 100_000 or c > 100_000:
-                return None, f"pixel index ({r}, {c}) out of range"
+            if r < 0 or c < 0:
+                return None, f"pixel index ({r}, {c}) is negative"
+            rows, cols = max(run.extent[0], r + 1), max(run.extent[1], c + 1)
+            if rows * cols > MAX_MAP_PIXELS:
+                return None, (f"pixel index ({r}, {c}) would grow the map to {rows} x {cols} pixels, "
+                              f"more than the {MAX_MAP_PIXELS} accepted")
+            run.extent = (rows, cols)
             return (r, c), ""
         shape = run.map_shape
         pix = grid_pixel(seq, shape, run.start.get("snaking")) if shape else None
