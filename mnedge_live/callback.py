@@ -4,7 +4,8 @@ One method per document type.  Every source spectrum gets exactly one derived
 row, a readout or a rejection with its reason; sequence gaps are counted as
 missed (a late event filling a gap is read and uncounted again, a repeated
 seq_num is dropped as a duplicate).  Malformed documents are logged and never
-raise.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
+raise; a value of one event that cannot be read (a non-numeric energy axis, ...)
+rejects that event with the reason, never the rest of its page.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
 """
 
 from __future__ import annotations
@@ -199,18 +200,15 @@ class MnEdgeCallback(DocumentRouter):
         desc = run.descriptors[desc_uid]
         if desc.get("name", "primary") != self.config.stream:
             return
-        seqs = list(doc["seq_num"])
+        seqs = [int(s) for s in doc["seq_num"]]  # all or nothing: a bad seq_num makes a bad document
         data = doc["data"]
         if not isinstance(data, dict):
             raise TypeError(f"event data is a {type(data).__name__}, not a dict")
         for i, seq in enumerate(seqs):
             row = {k: v[i] for k, v in data.items() if i < len(v)}
-            if not self._count_seq(run, desc_uid, int(seq)):
+            if not self._count_seq(run, desc_uid, seq):
                 continue
-            if run.kind == "step":
-                self._step_point(run, desc, int(seq), row)
-            else:
-                self._spectrum_event(run, desc, int(seq), row)
+            self._read_event(run, desc, seq, row)
 
     def resource(self, doc: dict) -> None:
         self.external.add_resource(doc)
@@ -240,18 +238,23 @@ class MnEdgeCallback(DocumentRouter):
         if sr.get("data_key") != self._spectrum_field(desc):
             return
         seq0, seq1 = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
-        try:
-            block = self.external.read_stream(doc)
-            err = ""
-        except Exception as exc:
-            block, err = None, f"external data unreadable: {type(exc).__name__}: {exc}"
+        i0, i1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        block, err = None, ""
+        if i1 - i0 != seq1 - seq0:
+            err = (f"stream_datum {doc.get('uid')} pairs {seq1 - seq0} seq_nums ({seq0}..{seq1 - 1}) with "
+                   f"{i1 - i0} frames ({i0}..{i1 - 1})")
+        else:
+            try:
+                block = self.external.read_stream(doc)
+            except Exception as exc:
+                err = f"external data unreadable: {type(exc).__name__}: {exc}"
         for k, seq in enumerate(range(seq0, seq1)):
             if not self._count_seq(run, "stream:" + desc_uid, seq):
                 continue
             if block is None:
                 self._queue(run, seq, None, None, None, err)
                 continue
-            self._spectrum_event(run, desc, seq, {}, intensity=block[k])
+            self._read_event(run, desc, seq, {}, intensity=block[k])
 
     def stop(self, doc: dict) -> None:
         uid = doc["run_start"]
@@ -336,6 +339,21 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["timed_out_runs"] += 1
             self.close_run(uid, "fail", f"no document from the source for {timeout:g} s (publisher gone?)")
         return stale
+
+    def _read_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
+        """Read one counted event (its row is owed); a failure becomes its rejection, never the page's loss."""
+        try:
+            if run.kind == "step":
+                self._step_point(run, desc, seq, row)
+            else:
+                self._spectrum_event(run, desc, seq, row, intensity=intensity)
+        except Exception as exc:
+            log.exception("run %s: seq_num %d could not be read", run.start["uid"], seq)
+            reason = f"event could not be read: {type(exc).__name__}: {exc}"
+            if run.kind == "step":
+                self._reject_point(run, seq, reason)
+            else:
+                self._queue(run, seq, None, None, None, reason)
 
     # -- spectrum mode -----------------------------------------------------------------------------
     def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
@@ -524,11 +542,7 @@ class MnEdgeCallback(DocumentRouter):
         else:
             reason = run.assembler.add(row[e_name], row[s_name], row[n_name] if n_name else None)
         if reason:
-            run.rejected += 1
-            self.totals["rejected"] += 1
-            r = result_row(SpectrumResult.rejected(reason), seq)
-            r["final"] = False
-            self._emit(run, [r])
+            self._reject_point(run, seq, reason)
             return
         run.processed += 1
         self.totals["processed"] += 1
@@ -539,6 +553,14 @@ class MnEdgeCallback(DocumentRouter):
             r = result_row(res, seq)
             r["final"] = False
             self._emit(run, [r])
+
+    def _reject_point(self, run: _Run, seq: int, reason: str) -> None:
+        """Answer one point of a step scan with a rejection row."""
+        run.rejected += 1
+        self.totals["rejected"] += 1
+        r = result_row(SpectrumResult.rejected(reason), seq)
+        r["final"] = False
+        self._emit(run, [r])
 
     def _hinted_signal(self, run: _Run, desc: dict) -> str | None:
         hints = desc.get("hints") or {}
@@ -604,7 +626,7 @@ class MnEdgeCallback(DocumentRouter):
             rf, cf = self.config.pixel_fields
             try:
                 r, c = int(row[rf]), int(row[cf])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
             if r < 0 or c < 0:
                 return None, f"pixel index ({r}, {c}) is negative"
@@ -630,7 +652,10 @@ class MnEdgeCallback(DocumentRouter):
             src = row.get(cfg.energy_field, conf.get(cfg.energy_field))
             if src is None:
                 return f"energy field {cfg.energy_field!r} is in neither the event nor the configuration"
-            e = np.asarray(src, dtype=np.float64)
+            try:
+                e = np.asarray(src, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError) as exc:
+                return f"energy field {cfg.energy_field!r} is not numeric: {exc}"
             if e.shape != (n,):
                 return f"energy axis has shape {e.shape}, spectrum has {n} points"
             return e
@@ -643,7 +668,10 @@ class MnEdgeCallback(DocumentRouter):
             o = row.get(cfg.offset_field, conf.get(cfg.offset_field))
             if d is None or o is None:
                 return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} not found"
-            e = float(o) + float(d) * np.arange(n)
+            try:
+                e = float(o) + float(d) * np.arange(n)
+            except (TypeError, ValueError, OverflowError) as exc:
+                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} are not numbers: {exc}"
         elif cfg.energy_axis is not None:
             e = np.asarray(cfg.energy_axis, np.float64)
             if e.size != n:
