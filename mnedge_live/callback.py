@@ -473,7 +473,7 @@ class MnEdgeCallback(DocumentRouter):
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
             run.maps = _grown(run.maps, p.pixel)
             run.maps.set(p.pixel, res)
-        if run.binner is not None and p.energy is not None:
+        if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)
         return []
 
@@ -481,9 +481,11 @@ class MnEdgeCallback(DocumentRouter):
         """Read out completed blocks of pixels (``map_bin``): stream ``mnedge_binned`` and the binned maps."""
         if not blocks:
             return
-        results = self._predict([(b.energy, b.intensity) for b in blocks])
+        read = iter(self._predict([(b.energy, b.intensity) for b in blocks if b.pixels]))
         rows = []
-        for b, res in zip(blocks, results):
+        for b in blocks:
+            res = next(read) if b.pixels else SpectrumResult.rejected(
+                "no pixel of the block has a finite spectrum", model=str(getattr(self.engine, "model_id", "")))
             rows.append(block_row(res, b.index, b.pixels))
             if res.ok:
                 run.binned_processed += 1
