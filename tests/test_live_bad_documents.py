@@ -162,7 +162,7 @@ AXIS = list(615.0 + 0.125 * np.arange(560))
     ({}, "spec", [10**400] * 560, "event could not be read: OverflowError"),
 ])
 def test_one_malformed_event_of_a_page_is_rejected_and_the_others_are_read(engine, spectra, config, column, bad,
-                                                                           reason):
+                                                                           reason, tmp_path):
     """The middle event of a page carries a value that cannot be read; the run is aborted (no num_events),
     so a lost event would not even be counted as missed."""
     docs = source_run(spectra[:3], page=3)
@@ -171,7 +171,8 @@ def test_one_malformed_event_of_a_page_is_rejected_and_the_others_are_read(engin
     page["data"][column][1] = bad
     del stop_doc["num_events"]
     out: list = []
-    cb = MnEdgeCallback(engine, LiveConfig(**{**CONFIG, **config}), lambda n, d: out.append((n, d)))
+    cfg = LiveConfig(**{**CONFIG, **config, "maps_dir": str(tmp_path)})
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
     _feed(cb, docs)
     rows = {r["source_seq_num"]: r for r in derived_rows(out)}
     assert sorted(rows) == [1, 2, 3]

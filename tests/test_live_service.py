@@ -113,10 +113,10 @@ def _eels_toml(tmp_path):
     return p
 
 
-def _binned_map_through(sink, map_bin: int = 2):
+def _binned_map_through(sink, maps_dir: Path, map_bin: int = 2):
     """A 4 x 4 spectrum image read in process with ``map_bin``; derived documents go to ``sink``."""
     cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
-                     offset_field="eels_offset", maps_dir=None, map_bin=map_bin, max_batch=4)
+                     offset_field="eels_offset", maps_dir=str(maps_dir), map_bin=map_bin, max_batch=4)
     cb = MnEdgeCallback(real_engine(), cfg, sink)
     det, sy, sx = make_eels((4, 4), SpectrumSource(seed=2))
     det.prefetch()
@@ -131,7 +131,7 @@ def test_readout_plots_of_a_binned_map_leave_the_block_readouts_alone(tmp_path):
     docs: list[tuple[str, dict]] = []
     plots = RunPlotter(tmp_path / "plots")
     sink = DerivedSink(lambda n, d: docs.append((n, d)), plots)
-    cb = _binned_map_through(sink)
+    cb = _binned_map_through(sink, tmp_path / "maps")
     (dstop,) = derived_stops(docs)
     assert dstop["exit_status"] == "success" and dstop["processed"] + dstop["rejected"] == 16
     assert dstop["binned_processed"] + dstop["binned_rejected"] == 4 == cb.totals["binned_readouts"]
@@ -145,7 +145,7 @@ def test_a_failing_readout_plot_is_counted_and_never_reaches_the_callback(tmp_pa
     plots = RunPlotter(tmp_path / "plots")
     (tmp_path / "plots").rmdir()
     sink = DerivedSink(lambda n, d: docs.append((n, d)), plots)
-    cb = _binned_map_through(sink)
+    cb = _binned_map_through(sink, tmp_path / "maps")
     (dstop,) = derived_stops(docs)
     assert dstop["exit_status"] == "success" and dstop["binned_processed"] + dstop["binned_rejected"] == 4
     assert cb.totals["bad_documents"] == 0 and cb.last_stop is dstop and not cb.runs
