@@ -281,7 +281,8 @@ def test_a_readout_that_cannot_be_recorded_is_rejected_not_lost(tmp_path):
     assert got["stop"]["processed"] + got["stop"]["rejected"] == 4 and got["stop"]["missed"] == 0
 
 def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
-    e, spectra = source.draw(np.tile([0.5, 0.5, 0.0], (3, 1)), eels=True)
+    """Each event names its frame of an HDF5 file by a datum: its row is the engine's readout of that frame."""
+    e, spectra = source.draw(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), eels=True)
     path = tmp_path / "det.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("/entry/data/data", data=spectra)
@@ -302,10 +303,16 @@ def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
         cb("event", d.compose_event(data={"spec": datum["datum_id"]}, timestamps={"spec": 0.0},
                                     filled={"spec": False}, validate=False))
     cb("stop", b.compose_stop())
-    rows = derived_rows(out)
-    assert len(rows) == 3
-    assert all(r["status"] == "ok" or "external" not in r["reason"] for r in rows)
-    assert math.isfinite(out[-1][1]["processed"])
+    rows = sorted(derived_rows(out), key=lambda r: r["source_seq_num"])
+    axis = 615.0 + 0.125 * np.arange(560)
+    expected = engine.predict([(axis, np.asarray(s, np.float64)) for s in spectra])  # the frames as written
+    assert [r["source_seq_num"] for r in rows] == [1, 2, 3]
+    assert [(r["status"], r["reason"]) for r in rows] == [(x.status, x.reason or "") for x in expected]
+    for r, x in zip(rows, expected):
+        if x.ok:
+            assert r["valence"] == pytest.approx(x.valence, abs=1e-9)
+    assert any(x.ok for x in expected), [x.reason for x in expected]  # else the frames would not be told apart
+    assert out[-1][1]["processed"] == sum(x.ok for x in expected) and out[-1][1]["rejected"] == 3 - out[-1][1]["processed"]
 
 
 def test_a_derived_row_carries_the_readout_flags():
