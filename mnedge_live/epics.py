@@ -28,6 +28,8 @@ from ophyd import Device, EpicsSignalRO
 
 log = logging.getLogger(__name__)
 
+#: Longest wait for the soft IOC to bind its sockets (seconds).
+START_TIMEOUT_S = 10.0
 #: Float PVs and the derived-row field each shows.
 FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "frac_mn2",
              "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score"}
@@ -99,7 +101,9 @@ class SoftIOC:
         self.interfaces = interfaces or ["127.0.0.1"]
         self.group = make_pvgroup(prefix)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._started = threading.Event()
+        self._started = threading.Event()   # set once the server is bound, or has ended
+        self._bound = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mnedge-ioc", daemon=True)
         self._task: asyncio.Task | None = None
 
@@ -109,13 +113,23 @@ class SoftIOC:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
 
-        async def main() -> None:
-            self._task = asyncio.ensure_future(start_server(self.group.pvdb, interfaces=self.interfaces))
+        async def bound(_async_lib) -> None:  # caproto calls it once its sockets are bound
+            self._bound = True
             self._started.set()
+
+        async def main() -> None:
+            self._task = asyncio.ensure_future(start_server(self.group.pvdb, interfaces=self.interfaces,
+                                                            startup_hook=bound))
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception as exc:  # reported by start() (or, after a good start, logged here)
+                self._error = exc
+                if self._bound:
+                    log.exception("EPICS soft IOC %s stopped", self.prefix)
+            finally:
+                self._started.set()
 
         try:
             self.loop.run_until_complete(main())
@@ -123,10 +137,25 @@ class SoftIOC:
             self.loop.close()
 
     def start(self) -> SoftIOC:
-        """Start serving; returns self."""
+        """Start serving; returns self once the PVs are served.
+
+        Raises
+        ------
+        RuntimeError
+            The server could not bind (an address the host does not have, ...) or was not
+            serving after :data:`START_TIMEOUT_S`: a service without its PVs must not say it is ready.
+        """
         self._thread.start()
-        self._started.wait(10)
-        return self
+        self._started.wait(START_TIMEOUT_S)
+        if self._bound:
+            return self
+        where = ", ".join(self.interfaces)
+        if self._error is None:
+            self.stop()
+            raise RuntimeError(f"EPICS soft IOC {self.prefix!r} not serving on {where} after {START_TIMEOUT_S:g} s")
+        cause = f" ({self._error.__cause__})" if self._error.__cause__ is not None else ""
+        raise RuntimeError(f"EPICS soft IOC {self.prefix!r} cannot serve on {where} (epics_interfaces): "
+                           f"{self._error}{cause}") from self._error
 
     def update(self, row: dict, totals: dict) -> None:
         """Publish the latest readout and the counters (thread-safe, non-blocking)."""

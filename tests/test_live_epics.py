@@ -140,3 +140,12 @@ def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
         assert readout.valence.get() == pytest.approx(last_pixel["valence"], abs=1e-6)
     else:
         assert math.isnan(readout.valence.get())
+
+
+def test_a_soft_ioc_that_cannot_bind_says_so_at_start():
+    """192.0.2.1 (TEST-NET-1, RFC 5737) is no host's address: nothing can be served there."""
+    from mnedge_live.epics import SoftIOC
+
+    ioc = SoftIOC(f"NOBIND{CA_PORT}:", ["192.0.2.1"])
+    with pytest.raises(RuntimeError, match=r"cannot serve on 192\.0\.2\.1"):
+        ioc.start()

@@ -53,6 +53,19 @@ def test_bad_option_is_refused_at_start_naming_it():
     assert r.returncode == 2 and "serializer:" in r.stderr and "allow-pickle" in r.stderr
 
 
+def test_a_soft_ioc_that_cannot_bind_stops_the_service_with_the_reason(tmp_path):
+    """An epics_interfaces address the host does not have (TEST-NET-1): no "ready", exit 2 and why."""
+    real_engine()
+    cfg = tmp_path / "live.toml"
+    cfg.write_text('epics_interfaces = ["192.0.2.1"]\n')
+    cmd = [sys.executable, "-m", "mnedge_live.cli", "live", "--config", str(cfg), "--epics-prefix", "NOBIND:",
+           *model_args()]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                       env={**os.environ, **epics_env(free_port())})
+    assert r.returncode == 2, (r.stdout, r.stderr[-3000:])
+    assert "mnedge live: ready" not in r.stdout
+    assert "cannot serve the EPICS PVs" in r.stderr and "192.0.2.1" in r.stderr
+
 def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp_path):
     pin, pout = proxy
     ca_port = free_port()
