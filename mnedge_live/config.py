@@ -163,6 +163,9 @@ class LiveConfig:
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"config: cannot read {toml_path}: {exc}") from exc
             data = data.get("live", data)
+            if not isinstance(data, dict):
+                raise ConfigError(f"live: must be a table ([live] with the options under it) in {toml_path}, "
+                                  f"got {type(data).__name__} {data!r}")
             for k, v in data.items():
                 key = k.replace("-", "_")
                 if key not in cls.names():
