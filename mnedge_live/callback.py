@@ -4,7 +4,8 @@ One method per document type.  Every source spectrum gets exactly one derived
 row, a readout or a rejection with its reason; sequence gaps are counted as
 missed (a late event filling a gap is read and uncounted again, a repeated
 seq_num is dropped as a duplicate).  Malformed documents are logged and never
-raise.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
+raise; a value of one event that cannot be read (a non-numeric energy axis, ...)
+rejects that event with the reason, never the rest of its page.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 MAX_CHANNELS = 65536
 #: Most remembered sequence gaps per stream (late events filling older gaps count as duplicates).
 MAX_GAPS = 1024
+#: Most pixels of a spectrum image whose extent follows from its pixel-index fields
+#: (``pixel_fields``): the map's layers of 4096 x 4096 pixels take about 0.8 GB.  A pixel whose
+#: index would grow the map past this is rejected with the reason.
+MAX_MAP_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -56,6 +61,8 @@ class _Run:
     axis_cache: dict = field(default_factory=dict)
     #: scan shape (rows, columns) from the start document, for grid pixels
     map_shape: tuple[int, int] | None = None
+    #: rows and columns the map needs for the pixels accepted so far (``pixel_fields``)
+    extent: tuple[int, int] = (0, 0)
     #: spectrum field per descriptor uid (looked up once, not per event)
     spectrum_fields: dict[str, str | None] = field(default_factory=dict)
     #: ``map_bin``: the blocks being filled, their maps and readout counts
@@ -108,7 +115,8 @@ class MnEdgeCallback(DocumentRouter):
         self.pending_since = 0.0
         self.external = ExternalReader()
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
-                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0}
+                       "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0,
+                       "final_readouts": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -147,6 +155,7 @@ class MnEdgeCallback(DocumentRouter):
         md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
         derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md)
         run = _Run(start=doc, derived=derived, kind=kind, map_shape=self._map_shape(doc, None))
+        run.extent = run.map_shape or (0, 0)
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
@@ -191,18 +200,15 @@ class MnEdgeCallback(DocumentRouter):
         desc = run.descriptors[desc_uid]
         if desc.get("name", "primary") != self.config.stream:
             return
-        seqs = list(doc["seq_num"])
+        seqs = [int(s) for s in doc["seq_num"]]  # all or nothing: a bad seq_num makes a bad document
         data = doc["data"]
         if not isinstance(data, dict):
             raise TypeError(f"event data is a {type(data).__name__}, not a dict")
         for i, seq in enumerate(seqs):
             row = {k: v[i] for k, v in data.items() if i < len(v)}
-            if not self._count_seq(run, desc_uid, int(seq)):
+            if not self._count_seq(run, desc_uid, seq):
                 continue
-            if run.kind == "step":
-                self._step_point(run, desc, int(seq), row)
-            else:
-                self._spectrum_event(run, desc, int(seq), row)
+            self._read_event(run, desc, seq, row)
 
     def resource(self, doc: dict) -> None:
         self.external.add_resource(doc)
@@ -232,18 +238,23 @@ class MnEdgeCallback(DocumentRouter):
         if sr.get("data_key") != self._spectrum_field(desc):
             return
         seq0, seq1 = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
-        try:
-            block = self.external.read_stream(doc)
-            err = ""
-        except Exception as exc:
-            block, err = None, f"external data unreadable: {type(exc).__name__}: {exc}"
+        i0, i1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        block, err = None, ""
+        if i1 - i0 != seq1 - seq0:
+            err = (f"stream_datum {doc.get('uid')} pairs {seq1 - seq0} seq_nums ({seq0}..{seq1 - 1}) with "
+                   f"{i1 - i0} frames ({i0}..{i1 - 1})")
+        else:
+            try:
+                block = self.external.read_stream(doc)
+            except Exception as exc:
+                err = f"external data unreadable: {type(exc).__name__}: {exc}"
         for k, seq in enumerate(range(seq0, seq1)):
             if not self._count_seq(run, "stream:" + desc_uid, seq):
                 continue
             if block is None:
                 self._queue(run, seq, None, None, None, err)
                 continue
-            self._spectrum_event(run, desc, seq, {}, intensity=block[k])
+            self._read_event(run, desc, seq, {}, intensity=block[k])
 
     def stop(self, doc: dict) -> None:
         uid = doc["run_start"]
@@ -276,6 +287,7 @@ class MnEdgeCallback(DocumentRouter):
                 "no valid point measured")
             row = result_row(res, run.last_seq_num)
             row["final"] = True
+            self.totals["final_readouts"] += 1  # before _emit: on_readout sees it with this row
             self._emit(run, [row])
         if run.binner is not None:
             self._read_blocks(run, run.binner.remaining())
@@ -327,6 +339,21 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["timed_out_runs"] += 1
             self.close_run(uid, "fail", f"no document from the source for {timeout:g} s (publisher gone?)")
         return stale
+
+    def _read_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
+        """Read one counted event (its row is owed); a failure becomes its rejection, never the page's loss."""
+        try:
+            if run.kind == "step":
+                self._step_point(run, desc, seq, row)
+            else:
+                self._spectrum_event(run, desc, seq, row, intensity=intensity)
+        except Exception as exc:
+            log.exception("run %s: seq_num %d could not be read", run.start["uid"], seq)
+            reason = f"event could not be read: {type(exc).__name__}: {exc}"
+            if run.kind == "step":
+                self._reject_point(run, seq, reason)
+            else:
+                self._queue(run, seq, None, None, None, reason)
 
     # -- spectrum mode -----------------------------------------------------------------------------
     def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
@@ -390,7 +417,11 @@ class MnEdgeCallback(DocumentRouter):
             self.flush()
 
     def flush(self) -> None:
-        """Read out every pending spectrum and emit its row (one event page per run)."""
+        """Read out every pending spectrum and emit its row (one event page per run).
+
+        A readout that cannot be recorded (its map cannot grow: out of memory, say) becomes a
+        rejection row with the reason: the spectrum is counted as rejected, never lost behind a count.
+        """
         if not self.pending:
             return
         batch, self.pending = self.pending, []
@@ -403,6 +434,15 @@ class MnEdgeCallback(DocumentRouter):
             run = self.runs.get(p.run_uid)
             if run is None:
                 continue
+            try:
+                done = self._record(run, p, res)
+            except Exception as exc:
+                log.exception("run %s: readout of seq_num %d could not be recorded", p.run_uid, p.seq_num)
+                res = SpectrumResult.rejected(f"readout could not be recorded: {type(exc).__name__}: {exc}",
+                                              model=str(getattr(self.engine, "model_id", "")))
+                if run.maps is not None and p.pixel is not None:
+                    run.maps.set(p.pixel, res)  # a no-op outside the map; never raises
+                done = []
             row = result_row(res, p.seq_num)
             if res.ok:
                 run.processed += 1
@@ -413,28 +453,39 @@ class MnEdgeCallback(DocumentRouter):
             if run.kind == "map":
                 r, c = p.pixel if p.pixel is not None else (-1, -1)
                 row["pixel_row"], row["pixel_col"] = int(r), int(c)
-                if p.pixel is not None:
-                    if run.maps is None and self.config.pixel_fields:
-                        run.maps = ValenceMaps((max(r + 1, 1), max(c + 1, 1)))
-                    if run.maps is not None:
-                        if not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-                            run.maps = _grown(run.maps, p.pixel)
-                            run.maps.set(p.pixel, res)
             by_run.setdefault(p.run_uid, []).append(row)
-            if run.binner is not None and p.pixel is not None and p.energy is not None:
-                blocks.setdefault(p.run_uid, []).extend(run.binner.add(p.pixel, p.energy, p.intensity))
+            blocks.setdefault(p.run_uid, []).extend(done)
         for uid, rows in by_run.items():
             self._emit(self.runs[uid], rows)
         for uid, done in blocks.items():
             self._read_blocks(self.runs[uid], done)
 
+    def _record(self, run: _Run, p: _Pending, res: SpectrumResult) -> list[Block]:
+        """Put a pixel's readout in its run's maps and, with ``map_bin``, its spectrum in its block.
+
+        Returns the blocks this pixel completes.  May raise (a map that cannot grow); the caller
+        then answers the spectrum with a rejection.
+        """
+        if run.kind != "map" or p.pixel is None:
+            return []
+        if run.maps is None and self.config.pixel_fields:
+            run.maps = ValenceMaps((max(p.pixel[0] + 1, 1), max(p.pixel[1] + 1, 1)))
+        if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
+            run.maps = _grown(run.maps, p.pixel)
+            run.maps.set(p.pixel, res)
+        if run.binner is not None:
+            return run.binner.add(p.pixel, p.energy, p.intensity)
+        return []
+
     def _read_blocks(self, run: _Run, blocks: list[Block]) -> None:
         """Read out completed blocks of pixels (``map_bin``): stream ``mnedge_binned`` and the binned maps."""
         if not blocks:
             return
-        results = self._predict([(b.energy, b.intensity) for b in blocks])
+        read = iter(self._predict([(b.energy, b.intensity) for b in blocks if b.pixels]))
         rows = []
-        for b, res in zip(blocks, results):
+        for b in blocks:
+            res = next(read) if b.pixels else SpectrumResult.rejected(
+                "no pixel of the block has a finite spectrum", model=str(getattr(self.engine, "model_id", "")))
             rows.append(block_row(res, b.index, b.pixels))
             if res.ok:
                 run.binned_processed += 1
@@ -493,11 +544,7 @@ class MnEdgeCallback(DocumentRouter):
         else:
             reason = run.assembler.add(row[e_name], row[s_name], row[n_name] if n_name else None)
         if reason:
-            run.rejected += 1
-            self.totals["rejected"] += 1
-            r = result_row(SpectrumResult.rejected(reason), seq)
-            r["final"] = False
-            self._emit(run, [r])
+            self._reject_point(run, seq, reason)
             return
         run.processed += 1
         self.totals["processed"] += 1
@@ -508,6 +555,14 @@ class MnEdgeCallback(DocumentRouter):
             r = result_row(res, seq)
             r["final"] = False
             self._emit(run, [r])
+
+    def _reject_point(self, run: _Run, seq: int, reason: str) -> None:
+        """Answer one point of a step scan with a rejection row."""
+        run.rejected += 1
+        self.totals["rejected"] += 1
+        r = result_row(SpectrumResult.rejected(reason), seq)
+        r["final"] = False
+        self._emit(run, [r])
 
     def _hinted_signal(self, run: _Run, desc: dict) -> str | None:
         hints = desc.get("hints") or {}
@@ -573,10 +628,15 @@ class MnEdgeCallback(DocumentRouter):
             rf, cf = self.config.pixel_fields
             try:
                 r, c = int(row[rf]), int(row[cf])
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
-            if r < 0 or c < 0 or r > 100_000 or c > 100_000:
-                return None, f"pixel index ({r}, {c}) out of range"
+            if r < 0 or c < 0:
+                return None, f"pixel index ({r}, {c}) is negative"
+            rows, cols = max(run.extent[0], r + 1), max(run.extent[1], c + 1)
+            if rows * cols > MAX_MAP_PIXELS:
+                return None, (f"pixel index ({r}, {c}) would grow the map to {rows} x {cols} pixels, "
+                              f"more than the {MAX_MAP_PIXELS} accepted")
+            run.extent = (rows, cols)
             return (r, c), ""
         shape = run.map_shape
         pix = grid_pixel(seq, shape, run.start.get("snaking")) if shape else None
@@ -594,7 +654,10 @@ class MnEdgeCallback(DocumentRouter):
             src = row.get(cfg.energy_field, conf.get(cfg.energy_field))
             if src is None:
                 return f"energy field {cfg.energy_field!r} is in neither the event nor the configuration"
-            e = np.asarray(src, dtype=np.float64)
+            try:
+                e = np.asarray(src, dtype=np.float64)
+            except (TypeError, ValueError, OverflowError) as exc:
+                return f"energy field {cfg.energy_field!r} is not numeric: {exc}"
             if e.shape != (n,):
                 return f"energy axis has shape {e.shape}, spectrum has {n} points"
             return e
@@ -607,7 +670,10 @@ class MnEdgeCallback(DocumentRouter):
             o = row.get(cfg.offset_field, conf.get(cfg.offset_field))
             if d is None or o is None:
                 return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} not found"
-            e = float(o) + float(d) * np.arange(n)
+            try:
+                e = float(o) + float(d) * np.arange(n)
+            except (TypeError, ValueError, OverflowError) as exc:
+                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} are not numbers: {exc}"
         elif cfg.energy_axis is not None:
             e = np.asarray(cfg.energy_axis, np.float64)
             if e.size != n:

@@ -50,7 +50,9 @@ class LiveConfig:
         Step mode: detector field and optional I0 field it is divided by.
     pixel_fields : list of str or None
         Spectrum images: two integer fields (row, column) giving the pixel; by default
-        the pixel follows from the start document's ``shape``.
+        the pixel follows from the start document's ``shape``.  A pixel whose index would
+        grow the map past :data:`~mnedge_live.callback.MAX_MAP_PIXELS` (4096 x 4096) pixels
+        in total is rejected with the reason.
     map_bin : int
         Spectrum images: besides every pixel, read out the mean spectrum of each
         ``map_bin x map_bin`` block of pixels as soon as the scan completes it (stream
@@ -161,6 +163,9 @@ class LiveConfig:
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"config: cannot read {toml_path}: {exc}") from exc
             data = data.get("live", data)
+            if not isinstance(data, dict):
+                raise ConfigError(f"live: must be a table ([live] with the options under it) in {toml_path}, "
+                                  f"got {type(data).__name__} {data!r}")
             for k, v in data.items():
                 key = k.replace("-", "_")
                 if key not in cls.names():

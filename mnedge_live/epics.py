@@ -2,8 +2,11 @@
 
 PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3``,
 ``FRAC_MN4``, ``OOD_SCORE`` (how unlike the model's training spectra the last one
-was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED`` and
-``READOUTS`` (increments with every readout, so a plan can wait for a new one).  Spectrum images
+was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED``,
+``READOUTS`` (increments with every readout, so a plan can wait for a new one) and
+``FINAL_READOUTS`` (increments only with the final readout of a step scan, written after the
+pixel PVs of that readout: a plan waits on it for the readout of the whole scan, since with
+``step_readout_every`` the progressive readouts raise ``READOUTS`` during the scan).  Spectrum images
 read with ``map_bin`` also show their latest block readout (stream ``mnedge_binned``):
 ``BINNED_VALENCE``, ``BINNED_VALENCE_STD``, ``BINNED_STATUS`` and ``BINNED_READOUTS``; a block
 row never changes the pixel PVs.
@@ -25,14 +28,17 @@ from ophyd import Device, EpicsSignalRO
 
 log = logging.getLogger(__name__)
 
+#: Longest wait for the soft IOC to bind its sockets (seconds).
+START_TIMEOUT_S = 10.0
 #: Float PVs and the derived-row field each shows.
 FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "frac_mn2",
              "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score"}
 #: Float PVs of the latest block readout (``map_bin``) and the field each shows.
 BINNED_FLOAT_PVS = {"BINNED_VALENCE": "valence", "BINNED_VALENCE_STD": "valence_std"}
 #: Counter PVs and the total each shows.
+#: Counter PVs and the total each shows (written after the float and string PVs of the same update).
 COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts",
-             "BINNED_READOUTS": "binned_readouts"}
+             "FINAL_READOUTS": "final_readouts", "BINNED_READOUTS": "binned_readouts"}
 #: String PVs: the status of the latest readout and of the latest block readout.
 STRING_PVS = ("STATUS", "BINNED_STATUS")
 
@@ -70,6 +76,7 @@ def make_pvgroup(prefix: str):
         REJECTED = pvproperty(value=0, dtype=int, read_only=True)
         MISSED = pvproperty(value=0, dtype=int, read_only=True)
         READOUTS = pvproperty(value=0, dtype=int, read_only=True)
+        FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=True)
         BINNED_VALENCE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
@@ -94,7 +101,9 @@ class SoftIOC:
         self.interfaces = interfaces or ["127.0.0.1"]
         self.group = make_pvgroup(prefix)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._started = threading.Event()
+        self._started = threading.Event()   # set once the server is bound, or has ended
+        self._bound = False
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mnedge-ioc", daemon=True)
         self._task: asyncio.Task | None = None
 
@@ -104,13 +113,23 @@ class SoftIOC:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
 
-        async def main() -> None:
-            self._task = asyncio.ensure_future(start_server(self.group.pvdb, interfaces=self.interfaces))
+        async def bound(_async_lib) -> None:  # caproto calls it once its sockets are bound
+            self._bound = True
             self._started.set()
+
+        async def main() -> None:
+            self._task = asyncio.ensure_future(start_server(self.group.pvdb, interfaces=self.interfaces,
+                                                            startup_hook=bound))
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+            except Exception as exc:  # reported by start() (or, after a good start, logged here)
+                self._error = exc
+                if self._bound:
+                    log.exception("EPICS soft IOC %s stopped", self.prefix)
+            finally:
+                self._started.set()
 
         try:
             self.loop.run_until_complete(main())
@@ -118,10 +137,25 @@ class SoftIOC:
             self.loop.close()
 
     def start(self) -> SoftIOC:
-        """Start serving; returns self."""
+        """Start serving; returns self once the PVs are served.
+
+        Raises
+        ------
+        RuntimeError
+            The server could not bind (an address the host does not have, ...) or was not
+            serving after :data:`START_TIMEOUT_S`: a service without its PVs must not say it is ready.
+        """
         self._thread.start()
-        self._started.wait(10)
-        return self
+        self._started.wait(START_TIMEOUT_S)
+        if self._bound:
+            return self
+        where = ", ".join(self.interfaces)
+        if self._error is None:
+            self.stop()
+            raise RuntimeError(f"EPICS soft IOC {self.prefix!r} not serving on {where} after {START_TIMEOUT_S:g} s")
+        cause = f" ({self._error.__cause__})" if self._error.__cause__ is not None else ""
+        raise RuntimeError(f"EPICS soft IOC {self.prefix!r} cannot serve on {where} (epics_interfaces): "
+                           f"{self._error}{cause}") from self._error
 
     def update(self, row: dict, totals: dict) -> None:
         """Publish the latest readout and the counters (thread-safe, non-blocking)."""
@@ -198,6 +232,7 @@ class MnEdgeReadout(Device):
     rejected = Cpt(EpicsSignalRO, "REJECTED", kind="config")
     missed = Cpt(EpicsSignalRO, "MISSED", kind="config")
     readouts = Cpt(EpicsSignalRO, "READOUTS", kind="config")
+    final_readouts = Cpt(EpicsSignalRO, "FINAL_READOUTS", kind="config")
     binned_valence = Cpt(EpicsSignalRO, "BINNED_VALENCE", kind="omitted")
     binned_status = Cpt(EpicsSignalRO, "BINNED_STATUS", string=True, kind="omitted")
     binned_readouts = Cpt(EpicsSignalRO, "BINNED_READOUTS", kind="omitted")
@@ -224,7 +259,9 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
     max_scans : int
         Most scans.
     wait_s : float
-        Longest wait for the final readout of each scan.
+        Longest wait for the final readout of each scan (``FINAL_READOUTS`` to increment: the
+        progressive readouts during the scan raise ``READOUTS``, and their valence is that of a
+        partial spectrum).
 
     Returns
     -------
@@ -236,12 +273,12 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
 
     history: list[float] = []
     for i in range(max_scans):
-        before = yield from bps.rd(readout.readouts)
+        before = yield from bps.rd(readout.final_readouts)
         yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
-        # the final readout follows the stop document; wait for it
+        # the final readout follows the stop document; wait for it (not for any readout)
         waited = 0.0
         while waited < wait_s:
-            now = yield from bps.rd(readout.readouts)
+            now = yield from bps.rd(readout.final_readouts)
             if now is not None and before is not None and now > before:
                 break
             yield from bps.sleep(0.1)

@@ -26,11 +26,11 @@ class Block:
     index : (int, int)
         Block row and column (pixel row and column divided by the factor).
     energy : numpy.ndarray
-        The energy axis its pixels share.
+        The energy axis its pixels share (empty when ``pixels`` is 0).
     intensity : numpy.ndarray
-        Mean of the pixels' intensities.
+        Mean of the pixels' intensities (empty when ``pixels`` is 0).
     pixels : int
-        Pixels averaged.
+        Pixels averaged; 0 when no pixel of the block had a finite spectrum.
     """
 
     index: tuple[int, int]
@@ -56,7 +56,10 @@ class BlockBinner:
     ----------
     skipped : int
         Pixels not added, each with a reason counted in :attr:`skip_reasons`
-        (a repeated pixel, an energy axis unlike its block's): never dropped silently.
+        (a repeated pixel, an energy axis unlike its block's, no finite spectrum): never
+        dropped silently.  A pixel without a finite spectrum (NaN or inf values, or none at
+        all) still completes its block, which is read from its other pixels: one dead pixel
+        must not make the whole block's mean NaN.
     """
 
     def __init__(self, factor: int, shape: tuple[int, int] | None = None):
@@ -64,7 +67,7 @@ class BlockBinner:
             raise ValueError(f"block factor must be a whole number >= 2, got {factor!r}")
         self.factor = int(factor)
         self.shape = shape
-        self._open: dict[tuple[int, int], list] = {}   # index -> [energy, sum, pixels seen]
+        self._open: dict[tuple[int, int], list] = {}   # index -> [energy, sum, pixels seen, pixels summed]
         self._done: set[tuple[int, int]] = set()
         self.skipped = 0
         self.skip_reasons: dict[str, int] = {}
@@ -84,23 +87,34 @@ class BlockBinner:
         cols = min(k, self.shape[1] - index[1] * k)
         return max(rows, 0) * max(cols, 0)
 
-    def add(self, pixel: tuple[int, int], energy: np.ndarray, intensity: np.ndarray) -> list[Block]:
-        """Add one pixel's spectrum; returns its block when this pixel completes it, else ``[]``."""
+    def add(self, pixel: tuple[int, int], energy: np.ndarray | None,
+            intensity: np.ndarray | None) -> list[Block]:
+        """Add one pixel's spectrum; returns its block when this pixel completes it, else ``[]``.
+
+        ``energy`` or ``intensity`` None: the pixel has no spectrum (it was rejected before its
+        readout); like one with NaN or inf values it completes its block without being summed.
+        """
         index = (int(pixel[0]) // self.factor, int(pixel[1]) // self.factor)
-        y = np.asarray(intensity, np.float64)
-        e = np.asarray(energy, np.float64)
         if index in self._done:
             return self._skip("block already read out (repeated pixel)")
-        entry = self._open.get(index)
-        if entry is None:
-            entry = self._open[index] = [e, np.zeros_like(y), set()]
-        elif e.shape != entry[0].shape or not np.array_equal(e, entry[0]):
-            return self._skip("energy axis unlike the rest of its block")
+        entry = self._open.setdefault(index, [None, None, set(), 0])
         seen = entry[2]
         if tuple(pixel) in seen:
             return self._skip("pixel repeated within its block")
+        y = None if intensity is None else np.asarray(intensity, np.float64)
+        e = None if energy is None else np.asarray(energy, np.float64)
+        if y is None or e is None:
+            self._skip("no spectrum (rejected before readout)")
+        elif not (np.isfinite(y).all() and np.isfinite(e).all()):
+            self._skip("NaN or inf values")
+        elif entry[0] is None:
+            entry[0], entry[1], entry[3] = e, y.copy(), 1
+        elif e.shape != entry[0].shape or not np.array_equal(e, entry[0]):
+            return self._skip("energy axis unlike the rest of its block")
+        else:
+            entry[1] += y
+            entry[3] += 1
         seen.add(tuple(pixel))
-        entry[1] += y
         if len(seen) >= self.block_size(index):
             return [self._close(index)]
         return []
@@ -110,9 +124,11 @@ class BlockBinner:
         return [self._close(index) for index in sorted(self._open)]
 
     def _close(self, index: tuple[int, int]) -> Block:
-        energy, total, seen = self._open.pop(index)
+        energy, total, _seen, summed = self._open.pop(index)
         self._done.add(index)
-        return Block(index, energy, total / len(seen), len(seen))
+        if not summed:
+            return Block(index, np.empty(0), np.empty(0), 0)
+        return Block(index, energy, total / summed, summed)
 
     def _skip(self, reason: str) -> list[Block]:
         self.skipped += 1

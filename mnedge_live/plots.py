@@ -14,9 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
+from mnedge_live.derived import STREAM
+
 
 class RunPlotter:
-    """Collects the rows of each derived run and writes ``DIR/mnedge_<uid8>_valence.png`` at its stop."""
+    """Collects the rows of each derived run and writes ``DIR/mnedge_<uid8>_valence.png`` at its stop.
+
+    Only the per-spectrum stream (:data:`~mnedge_live.derived.STREAM`) is plotted: its rows carry
+    ``source_seq_num``.  Other streams of the derived run (the block readouts of ``map_bin``,
+    which have no source event) are ignored.
+    """
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
@@ -31,9 +38,12 @@ class RunPlotter:
             self.rows[doc["uid"]] = []
             self.parent[doc["uid"]] = doc.get("parent_uid", "")
         elif name == "descriptor":
-            self.desc_run[doc["uid"]] = doc["run_start"]
+            if doc.get("name") == STREAM:
+                self.desc_run[doc["uid"]] = doc["run_start"]
         elif name in ("event", "event_page"):
             run = self.desc_run.get(doc["descriptor"])
+            if run is None:
+                return  # another stream (e.g. the block readouts): nothing to plot against seq_num
             d = doc["data"]
             seq, val, std = (np.atleast_1d(d[k]) for k in ("source_seq_num", "valence", "valence_std"))
             self.rows.setdefault(run, []).extend(zip(seq.tolist(), val.tolist(), std.tolist()))

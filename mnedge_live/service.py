@@ -4,7 +4,8 @@ Micro-batching: messages already waiting on the socket are taken together (up
 to ``max_batch``); the batch goes to the engine as soon as the socket is idle
 or ``max_delay_ms`` has passed.  Messages carrying the service's own output
 prefix, and runs marked as derived, are never processed.  Undecodable messages
-are logged and counted (``bad_messages``), never raise.  Runs silent for
+are logged and counted (``bad_messages``), never raise; nor does a readout plot
+that fails (``plot_failures``, see :class:`DerivedSink`).  Runs silent for
 ``run_timeout_s`` are closed as failed.  SIGTERM/SIGINT flush the batch in
 flight, close open derived runs and return 0.  With CurveZMQ keys the
 connections are encrypted and authenticated.
@@ -16,6 +17,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +112,38 @@ class SafeRemoteDispatcher(RemoteDispatcher):
             log.exception("closing silent runs failed")
 
 
+class DerivedSink:
+    """Where the derived documents go: the 0MQ publisher, then the readout plots (``--plot``).
+
+    A plot is a by-product: a failure to draw or write one is logged and counted
+    (:attr:`plot_failures`), never raised into the callback, whose rows, counts,
+    PVs and stop documents must not depend on it.
+
+    Parameters
+    ----------
+    publisher : callable
+        ``publisher(name, doc)``: sends every derived document.
+    plots : callable, optional
+        ``plots(name, doc)``: e.g. :class:`~mnedge_live.plots.RunPlotter`.
+    """
+
+    def __init__(self, publisher: Callable[[str, dict], None], plots: Callable[[str, dict], None] | None = None):
+        self.publisher = publisher
+        self.plots = plots
+        self.plot_failures = 0
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.publisher(name, doc)
+        if self.plots is not None:
+            try:
+                self.plots(name, doc)
+            except Exception:
+                self.plot_failures += 1
+                log.exception("readout plot failed on a derived %s document (readout unaffected)", name)
+        if name == "stop":
+            trim_heap()  # a run is over: hand its freed buffers back, so memory stays flat run after run
+
+
 def curve_configs(config: LiveConfig) -> tuple[ClientCurve | None, ClientCurve | None]:
     """CurveZMQ client settings of the (in, out) connections; None where plain 0MQ."""
     def client(server_key: str | None) -> ClientCurve | None:
@@ -148,14 +182,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         from mnedge_live.plots import RunPlotter
 
         plots = RunPlotter(config.plot_dir)
-
-    def publish(name: str, doc: dict) -> None:
-        publisher(name, doc)
-        if plots is not None:
-            plots(name, doc)
-        if name == "stop":
-            trim_heap()  # a run is over: hand its freed buffers back, so memory stays flat run after run
-
+    publish = DerivedSink(publisher, plots)
     hook = epics.update if epics is not None else None
     callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
     dispatcher = SafeRemoteDispatcher(config.in_address, callback=callback, ignore_prefix=prefix,
@@ -186,5 +213,5 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
             log.exception("closing open runs failed")
         time.sleep(0.05)  # let the last messages leave
         publisher.close() if hasattr(publisher, "close") else None
-    log.warning("mnedge live stopped: %s", callback.totals)
+    log.warning("mnedge live stopped: %s", {**callback.totals, "plot_failures": publish.plot_failures})
     return 0

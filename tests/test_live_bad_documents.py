@@ -148,3 +148,61 @@ def test_garbage_on_the_wire_is_counted_and_the_next_run_is_read(tmp_path):
         stop(proxy)
     totals = final_totals(svc)
     assert totals["bad_messages"] == len(undecodable) and totals["bad_documents"] >= 2
+
+
+AXIS = list(615.0 + 0.125 * np.arange(560))
+
+
+@pytest.mark.parametrize("config, column, bad, reason", [
+    ({}, "disp", "abc", "dispersion/offset fields 'disp', 'off' are not numbers"),
+    ({}, "off", [1.0, 2.0], "dispersion/offset fields 'disp', 'off' are not numbers"),
+    ({"dispersion_field": None, "offset_field": None, "energy_field": "axis"}, "axis", ["abc"] * 560,
+     "energy field 'axis' is not numeric"),
+    ({"pixel_fields": ["r", "c"]}, "r", float("inf"), "no valid pixel index"),
+    ({}, "spec", [10**400] * 560, "event could not be read: OverflowError"),
+])
+def test_one_malformed_event_of_a_page_is_rejected_and_the_others_are_read(engine, spectra, config, column, bad,
+                                                                           reason, tmp_path):
+    """The middle event of a page carries a value that cannot be read; the run is aborted (no num_events),
+    so a lost event would not even be counted as missed."""
+    docs = source_run(spectra[:3], page=3)
+    page, stop_doc = docs[2][1], docs[3][1]
+    page["data"].update(axis=[AXIS] * 3, r=[0, 0, 1], c=[0, 1, 0])
+    page["data"][column][1] = bad
+    del stop_doc["num_events"]
+    out: list = []
+    cfg = LiveConfig(**{**CONFIG, **config, "maps_dir": str(tmp_path)})
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    _feed(cb, docs)
+    rows = {r["source_seq_num"]: r for r in derived_rows(out)}
+    assert sorted(rows) == [1, 2, 3]
+    assert rows[2]["status"] == "rejected" and reason in rows[2]["reason"], rows[2]["reason"]
+    assert rows[1]["status"] == rows[3]["status"] == "ok", (rows[1]["reason"], rows[3]["reason"])
+    stop = out[-1][1]
+    assert (stop["processed"] + stop["rejected"], stop["missed"]) == (3, 0) and cb.totals["bad_documents"] == 0
+
+
+def test_a_stream_datum_with_more_seq_nums_than_frames_rejects_each_with_the_reason(engine, spectra, tmp_path):
+    import h5py
+
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = np.stack(spectra[:4])
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, maps_dir=None)
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    start = {"uid": "run-sd", "time": 0.0, "plan_name": "count"}
+    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
+    _feed(cb, [("start", start),
+               ("descriptor", {"uid": "desc-sd", "run_start": "run-sd", "name": "primary", "time": 0.0,
+                               "data_keys": keys}),
+               ("stream_resource", {"uid": "sr", "run_start": "run-sd", "data_key": "spec", "uri": f"file://{path}",
+                                    "mimetype": "application/x-hdf5", "parameters": {}}),
+               ("stream_datum", {"uid": "sd", "descriptor": "desc-sd", "stream_resource": "sr",
+                                 "seq_nums": {"start": 1, "stop": 5}, "indices": {"start": 0, "stop": 2}}),
+               ("stop", {"uid": "stop-sd", "run_start": "run-sd", "time": 1.0, "exit_status": "abort"})])
+    rows = derived_rows(out)
+    assert sorted(r["source_seq_num"] for r in rows) == [1, 2, 3, 4]
+    assert all(r["status"] == "rejected" and "pairs 4 seq_nums (1..4) with 2 frames" in r["reason"] for r in rows)
+    stop = out[-1][1]
+    assert (stop["rejected"], stop["missed"]) == (4, 0) and cb.totals["bad_documents"] == 0

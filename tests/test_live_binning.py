@@ -64,6 +64,49 @@ def test_pixels_that_cannot_join_their_block_are_counted_with_the_reason():
         BlockBinner(1)
 
 
+def test_a_pixel_without_a_finite_spectrum_completes_its_block_unsummed():
+    b = BlockBinner(2, shape=(2, 4))
+    bad = spectrum(1.0)
+    bad[2] = np.nan
+    assert b.add((0, 0), E, bad) == []                          # a dead channel
+    assert b.add((0, 1), E, spectrum(1)) == [] and b.add((1, 0), None, None) == []   # rejected before readout
+    (blk,) = b.add((1, 1), E, spectrum(3))
+    assert blk.pixels == 2 and np.isfinite(blk.intensity).all()
+    np.testing.assert_allclose(blk.intensity, spectrum(2))
+    for p in ((0, 2), (0, 3), (1, 2)):                          # a block of nothing but unusable pixels
+        assert b.add(p, E + np.inf if p == (0, 3) else E, spectrum(np.inf)) == []
+    (empty,) = b.add((1, 3), None, None)
+    assert empty.index == (0, 1) and empty.pixels == 0 and empty.intensity.size == 0
+    assert b.skipped == 6 and b.skip_reasons == {"NaN or inf values": 4, "no spectrum (rejected before readout)": 2}
+
+
+def test_a_dead_pixel_does_not_spoil_its_block_readout(tmp_path):
+    """One pixel with a dead channel: its block is read from the other eight; a block of dead pixels
+    gets a rejection saying so."""
+    engine = real_engine()
+    det, sy, sx = make_eels((3, 6), SpectrumSource(seed=5))
+    det.prefetch()
+    det._cache[(1, 1)][100] = np.nan                            # the simulated camera's dead channel
+    for r in range(3):
+        for c in range(3, 6):
+            det._cache[(r, c)][:] = np.nan                      # a second block beam-blanked
+    cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+                     offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
+    docs: list[tuple[str, dict]] = []
+    RE = RunEngine({})
+    RE.subscribe(MnEdgeCallback(engine, cfg, lambda n, d: docs.append((n, d))))
+    RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 6))
+    desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "mnedge_binned")
+    pages = [d for n, d in docs if n == "event_page" and d["descriptor"] == desc["uid"]]
+    blocks = {(p["data"]["block_row"][i], p["data"]["block_col"][i]): {k: v[i] for k, v in p["data"].items()}
+              for p in pages for i in range(len(p["seq_num"]))}
+    assert blocks[(0, 0)]["pixels"] == 8 and "NaN" not in blocks[(0, 0)]["reason"], blocks[(0, 0)]
+    assert blocks[(0, 0)]["status"] == "ok" or "tiny" in engine.model_id
+    assert blocks[(0, 1)]["pixels"] == 0 and blocks[(0, 1)]["status"] == "rejected"
+    assert blocks[(0, 1)]["reason"] == "no pixel of the block has a finite spectrum"
+    stop = docs[-1][1]
+    assert stop["binned_skipped_pixels"] == 10 and stop["binned_processed"] + stop["binned_rejected"] == 2
+
 def test_map_bin_is_validated():
     assert LiveConfig(map_bin=4).map_bin == 4
     for bad in (0, 65, 2.5, True):

@@ -188,8 +188,101 @@ def test_own_derived_runs_are_never_reprocessed(engine, source):
     assert len(out) == n_before
 
 
+def _pixel_docs(spectra, pixels):
+    """A hand-composed spectrum image whose events give their pixel in fields ``r`` and ``c``."""
+    b = event_model.compose_run(metadata={"plan_name": "count"})
+    keys = {"spec": {"source": "x", "dtype": "array", "shape": [560]},
+            "r": {"source": "x", "dtype": "integer", "shape": []}, "c": {"source": "x", "dtype": "integer", "shape": []}}
+    d = b.compose_descriptor(name="primary", data_keys=keys)
+    docs = [("start", b.start_doc), ("descriptor", d.descriptor_doc)]
+    for s, (r, c) in zip(spectra, pixels):
+        docs.append(("event", d.compose_event(data={"spec": s, "r": r, "c": c}, timestamps={"spec": 0.0, "r": 0.0, "c": 0.0},
+                                              validate=False)))
+    stop = dict(b.compose_stop())
+    stop["num_events"] = {"primary": len(pixels)}
+    docs.append(("stop", stop))
+    return docs
+
+
+def test_a_pixel_index_that_would_grow_the_map_past_its_limit_is_rejected(engine, source, tmp_path):
+    from mnedge_live.callback import MAX_MAP_PIXELS
+
+    side = int(math.isqrt(MAX_MAP_PIXELS))
+    pixels = [(0, 0), (0, 1), (side, side), (0, MAX_MAP_PIXELS), (1, 0)]
+    _, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (len(pixels), 1)), eels=True)
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
+                     maps_dir=str(tmp_path), max_batch=len(pixels))
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    for name, doc in _pixel_docs(list(spectra), pixels):
+        cb(name, doc)
+    rows = {r["source_seq_num"]: r for r in derived_rows(out)}
+    assert sorted(rows) == [1, 2, 3, 4, 5]
+    for seq in (3, 4):
+        assert rows[seq]["status"] == "rejected" and "would grow the map" in rows[seq]["reason"]
+    for seq in (1, 2, 5):
+        assert "map" not in rows[seq]["reason"]
+    stop = out[-1][1]
+    assert stop["processed"] + stop["rejected"] == 5 and stop["missed"] == 0 and cb.totals["bad_documents"] == 0
+    with h5py.File(stop["maps_h5"]) as f:
+        assert f["valence"].shape == (2, 2)
+
+
+#: Reads a pixel-index spectrum image whose third pixel needs a 4096 x 4096 map, with the process's
+#: address space limited so that map cannot be allocated; prints the rows and the stop's counts.
+_OUT_OF_MEMORY_RUN = """
+import json, resource, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
+import numpy as np
+from live_support import real_engine
+from test_live_callback import _pixel_docs, derived_rows
+from mnedge_live.callback import MnEdgeCallback
+from mnedge_live.config import LiveConfig
+from mnedge_live.sim import SpectrumSource
+
+engine = real_engine()
+_, spectra = SpectrumSource().draw(np.tile([0.2, 0.3, 0.5], (4, 1)), eels=True)
+docs = _pixel_docs(list(spectra), [(0, 0), (0, 1), (4095, 4095), (1, 0)])
+out = []
+cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
+                 maps_dir=sys.argv[1], max_batch=4)
+cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+engine.predict([(np.asarray(615.0 + 0.125 * np.arange(560)), s) for s in spectra])  # warm, before the limit
+size = int(next(line for line in open("/proc/self/status") if line.startswith("VmSize")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + 300 * 2**20, resource.RLIM_INFINITY))  # < 6 layers of 4096**2
+for name, doc in docs:
+    cb(name, doc)
+stop = [d for n, d in out if n == "stop"]
+print(json.dumps({"rows": [{k: r[k] for k in ("source_seq_num", "status", "reason")} for r in derived_rows(out)],
+                  "stop": {k: stop[-1][k] for k in ("processed", "rejected", "missed")} if stop else None}))
+"""
+
+
+def test_a_readout_that_cannot_be_recorded_is_rejected_not_lost(tmp_path):
+    """Out of memory while the map grows: that pixel gets a rejection with the reason; its batch is kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(tests.parent), str(tests), os.environ.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", _OUT_OF_MEMORY_RUN, str(tmp_path)], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": path}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = {row["source_seq_num"]: row for row in got["rows"]}
+    assert sorted(rows) == [1, 2, 3, 4], r.stderr[-3000:]
+    assert rows[3]["status"] == "rejected" and "could not be recorded: MemoryError" in rows[3]["reason"]
+    assert all("could not be recorded" not in rows[s]["reason"] for s in (1, 2, 4))
+    assert got["stop"]["processed"] + got["stop"]["rejected"] == 4 and got["stop"]["missed"] == 0
+
 def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
-    e, spectra = source.draw(np.tile([0.5, 0.5, 0.0], (3, 1)), eels=True)
+    """Each event names its frame of an HDF5 file by a datum: its row is the engine's readout of that frame."""
+    e, spectra = source.draw(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), eels=True)
     path = tmp_path / "det.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("/entry/data/data", data=spectra)
@@ -210,10 +303,16 @@ def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
         cb("event", d.compose_event(data={"spec": datum["datum_id"]}, timestamps={"spec": 0.0},
                                     filled={"spec": False}, validate=False))
     cb("stop", b.compose_stop())
-    rows = derived_rows(out)
-    assert len(rows) == 3
-    assert all(r["status"] == "ok" or "external" not in r["reason"] for r in rows)
-    assert math.isfinite(out[-1][1]["processed"])
+    rows = sorted(derived_rows(out), key=lambda r: r["source_seq_num"])
+    axis = 615.0 + 0.125 * np.arange(560)
+    expected = engine.predict([(axis, np.asarray(s, np.float64)) for s in spectra])  # the frames as written
+    assert [r["source_seq_num"] for r in rows] == [1, 2, 3]
+    assert [(r["status"], r["reason"]) for r in rows] == [(x.status, x.reason or "") for x in expected]
+    for r, x in zip(rows, expected):
+        if x.ok:
+            assert r["valence"] == pytest.approx(x.valence, abs=1e-9)
+    assert any(x.ok for x in expected), [x.reason for x in expected]  # else the frames would not be told apart
+    assert out[-1][1]["processed"] == sum(x.ok for x in expected) and out[-1][1]["rejected"] == 3 - out[-1][1]["processed"]
 
 
 def test_a_derived_row_carries_the_readout_flags():

@@ -33,6 +33,19 @@ def test_toml_then_flags(tmp_path):
         LiveConfig.from_sources(p)
 
 
+@pytest.mark.parametrize("text", ['live = "step"\n', "live = [1, 2]\n"])
+def test_a_live_key_that_is_not_a_table_is_refused_naming_it(tmp_path, capsys, text):
+    from mnedge_live.cli import main
+
+    p = tmp_path / "live.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match="^live: must be a table"):
+        LiveConfig.from_sources(p)
+    assert main(["live", "--config", str(p), "--check"]) == 2
+    assert main(["live", "--config", str(p)]) == 2
+    out = capsys.readouterr()
+    assert (out.out + out.err).count("live: must be a table") == 2
+
 def test_msgpack_round_trip_and_pickle_refusals():
     doc = {"data": {"spec": np.arange(5.0)}, "seq_num": 3, "t": (1, 2)}
     back = msgpack_loads(msgpack_dumps(doc))

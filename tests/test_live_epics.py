@@ -55,6 +55,50 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
 
 
 
+def test_feedback_plan_acts_on_the_final_readout_not_a_progressive_one(ioc):
+    """Progressive readouts (step_readout_every = 2, as deploy/configs/xas_beamline.toml) raise READOUTS
+    during the scan; the plan must still wait for the readout of the whole scan.  The service's stop
+    document arrives 0.5 s after the scan ends, as over a slow 0MQ hop."""
+    import threading
+
+    from bluesky import RunEngine
+
+    from mnedge_live.callback import MnEdgeCallback
+    from mnedge_live.config import LiveConfig
+    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.sim import make_xas
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=2, maps_dir=None)
+    rows: list[dict] = []
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
+                        on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
+    late: list[threading.Timer] = []
+
+    def deliver(name, doc):
+        if name != "stop":
+            cb(name, doc)
+            return
+        late.append(threading.Timer(0.5, cb, (name, doc)))
+        late[-1].start()
+
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(deliver)
+    dets, mono = make_xas((0.0, 0.2, 0.8))
+    result = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=1))
+    late[-1].join()
+    progressive = [r for r in rows if r and not r["final"]]
+    (final,) = [r for r in rows if r and r["final"]]
+    assert progressive and progressive[-1]["source_seq_num"] < final["source_seq_num"] == 36
+    assert progressive[-1]["valence"] != final["valence"]  # else this test could not tell them apart
+    (acted_on,) = result.plan_result
+    if math.isnan(final["valence"]):
+        assert math.isnan(acted_on)
+    else:
+        assert acted_on == pytest.approx(final["valence"], abs=1e-9)
+
+
 def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
     import time
 
@@ -96,3 +140,12 @@ def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
         assert readout.valence.get() == pytest.approx(last_pixel["valence"], abs=1e-6)
     else:
         assert math.isnan(readout.valence.get())
+
+
+def test_a_soft_ioc_that_cannot_bind_says_so_at_start():
+    """192.0.2.1 (TEST-NET-1, RFC 5737) is no host's address: nothing can be served there."""
+    from mnedge_live.epics import SoftIOC
+
+    ioc = SoftIOC(f"NOBIND{CA_PORT}:", ["192.0.2.1"])
+    with pytest.raises(RuntimeError, match=r"cannot serve on 192\.0\.2\.1"):
+        ioc.start()

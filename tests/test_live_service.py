@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import bluesky.plans as bp
 import pytest
@@ -22,8 +23,12 @@ from live_support import (
     stop,
 )
 
+from mnedge_live.callback import MnEdgeCallback
+from mnedge_live.config import LiveConfig
+from mnedge_live.plots import RunPlotter
 from mnedge_live.publishing import make_publisher
 from mnedge_live.serializers import msgpack_dumps, msgpack_loads
+from mnedge_live.service import DerivedSink
 from mnedge_live.sim import SpectrumSource, make_eels, make_xas
 
 
@@ -47,6 +52,19 @@ def test_bad_option_is_refused_at_start_naming_it():
     r = subprocess.run([*cmd[:-2], "--serializer", "pickle"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and "serializer:" in r.stderr and "allow-pickle" in r.stderr
 
+
+def test_a_soft_ioc_that_cannot_bind_stops_the_service_with_the_reason(tmp_path):
+    """An epics_interfaces address the host does not have (TEST-NET-1): no "ready", exit 2 and why."""
+    real_engine()
+    cfg = tmp_path / "live.toml"
+    cfg.write_text('epics_interfaces = ["192.0.2.1"]\n')
+    cmd = [sys.executable, "-m", "mnedge_live.cli", "live", "--config", str(cfg), "--epics-prefix", "NOBIND:",
+           *model_args()]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                       env={**os.environ, **epics_env(free_port())})
+    assert r.returncode == 2, (r.stdout, r.stderr[-3000:])
+    assert "mnedge live: ready" not in r.stdout
+    assert "cannot serve the EPICS PVs" in r.stderr and "192.0.2.1" in r.stderr
 
 def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp_path):
     pin, pout = proxy
@@ -106,3 +124,42 @@ def _eels_toml(tmp_path):
     p = tmp_path / "eels.toml"
     p.write_text('dispersion_field = "eels_dispersion"\noffset_field = "eels_offset"\nmax_batch = 8\n')
     return p
+
+
+def _binned_map_through(sink, maps_dir: Path, map_bin: int = 2):
+    """A 4 x 4 spectrum image read in process with ``map_bin``; derived documents go to ``sink``."""
+    cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+                     offset_field="eels_offset", maps_dir=str(maps_dir), map_bin=map_bin, max_batch=4)
+    cb = MnEdgeCallback(real_engine(), cfg, sink)
+    det, sy, sx = make_eels((4, 4), SpectrumSource(seed=2))
+    det.prefetch()
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(bp.grid_scan([det], sy, 0, 1, 4, sx, 0, 1, 4))
+    return cb
+
+
+def test_readout_plots_of_a_binned_map_leave_the_block_readouts_alone(tmp_path):
+    """--plot with map_bin: the block stream (no source_seq_num) is not plotted and breaks nothing."""
+    docs: list[tuple[str, dict]] = []
+    plots = RunPlotter(tmp_path / "plots")
+    sink = DerivedSink(lambda n, d: docs.append((n, d)), plots)
+    cb = _binned_map_through(sink, tmp_path / "maps")
+    (dstop,) = derived_stops(docs)
+    assert dstop["exit_status"] == "success" and dstop["processed"] + dstop["rejected"] == 16
+    assert dstop["binned_processed"] + dstop["binned_rejected"] == 4 == cb.totals["binned_readouts"]
+    assert cb.totals["bad_documents"] == 0 and sink.plot_failures == 0 and not cb.runs
+    assert len(plots.written) == 1 and Path(plots.written[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failing_readout_plot_is_counted_and_never_reaches_the_callback(tmp_path):
+    """The plot folder vanishes mid-service: the plot fails, the derived run is complete all the same."""
+    docs: list[tuple[str, dict]] = []
+    plots = RunPlotter(tmp_path / "plots")
+    (tmp_path / "plots").rmdir()
+    sink = DerivedSink(lambda n, d: docs.append((n, d)), plots)
+    cb = _binned_map_through(sink, tmp_path / "maps")
+    (dstop,) = derived_stops(docs)
+    assert dstop["exit_status"] == "success" and dstop["binned_processed"] + dstop["binned_rejected"] == 4
+    assert cb.totals["bad_documents"] == 0 and cb.last_stop is dstop and not cb.runs
+    assert sink.plot_failures == 1

@@ -81,8 +81,12 @@ def run(args: argparse.Namespace) -> int:
             # an IOC served on loopback only announces itself (CA beacons) on loopback only
             os.environ.setdefault("EPICS_CAS_AUTO_BEACON_ADDR_LIST", "NO")
             os.environ.setdefault("EPICS_CAS_BEACON_ADDR_LIST", " ".join(config.epics_interfaces))
-        epics = (SoftIOC(config.epics_prefix, config.epics_interfaces).start() if config.epics_mode == "ioc"
-                 else PyepicsWriter(config.epics_prefix))
+        try:
+            epics = (SoftIOC(config.epics_prefix, config.epics_interfaces).start() if config.epics_mode == "ioc"
+                     else PyepicsWriter(config.epics_prefix))
+        except RuntimeError as exc:
+            print(f"mnedge live: cannot serve the EPICS PVs: {exc}", file=sys.stderr)
+            return 2
     from mnedge_live.service import serve
 
     try:
