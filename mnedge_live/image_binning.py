@@ -31,8 +31,11 @@ def bin_pixels(image: SpectrumImage, factor: int) -> SpectrumImage:
     Returns
     -------
     SpectrumImage
-        The binned image, float32, ``ceil(rows / factor) x ceil(cols / factor)``
-        pixels on the same energy axis; ``factor`` 1 returns ``image`` itself.
+        The binned image, ``ceil(rows / factor) x ceil(cols / factor)``
+        pixels on the same energy axis, in float32 unless the image holds
+        float64 (or 32-bit integers), which stays float64: intensities may be
+        in any unit, and beyond float32's 3.4e38 the means would overflow to
+        inf; ``factor`` 1 returns ``image`` itself.
         Blocks at the right and bottom edges that the image does not fill
         average the pixels they hold, so every pixel counts in exactly one
         binned spectrum and none is dropped.  A non-finite value in any pixel
@@ -62,7 +65,7 @@ def bin_pixels(image: SpectrumImage, factor: int) -> SpectrumImage:
     summed = da.coarsen(np.sum, x, {0: fr, 1: fc}, dtype=np.float64)  # float64 sums, no float64 copy of the input
     counts = np.outer(np.minimum(fr, rows - fr * np.arange(out_rows)),
                       np.minimum(fc, cols - fc * np.arange(out_cols))).astype(np.float64)
-    mean = (summed / counts[:, :, None]).astype(np.float32)
+    mean = (summed / counts[:, :, None]).astype(np.result_type(image.data.dtype, np.float32))
     return SpectrumImage(image.file, image.index, image.energy, mean)
 
 

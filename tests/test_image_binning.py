@@ -71,3 +71,13 @@ def test_chunks_hold_whole_blocks_and_whole_stored_chunks():
     assert out.data.chunks[0] == (21, 21, 21, 1) and out.data.chunks[1] == (21, 21, 21, 1)
     odd = bin_pixels(SpectrumImage("x", 0, np.arange(8.0), da.zeros((300, 300, 8), chunks=(97, 97, 8))), 11)
     assert odd.data.chunks[0] == (9, 9, 9, 1)   # lcm(97, 11) is too large: 99 pixels, whole blocks near 97
+
+
+def test_float64_images_beyond_float32_range_are_binned_without_overflow(data):
+    # intensities may be in any unit: a float64 image at 1e40 binned into float32 gave inf everywhere
+    big = data.astype(np.float64) * 1e40
+    out = bin_pixels(image(big), 2)
+    assert out.data.dtype == np.float64
+    got = out.data.compute()
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[0, 0], big[:2, :2].mean((0, 1)), rtol=1e-12)
