@@ -432,7 +432,16 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         Folder of measured two-column spectra to read out.
     robustness_n : int
         Spectra for the robustness curves.
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is below 1 or ``n_nnls`` or ``robustness_n`` below 0 (named as the options of
+        ``mnedge-train evaluate``), before any spectrum is drawn.
     """
+    for name, value, low in (("n", n, 1), ("n_nnls", n_nnls, 0), ("robustness_n", robustness_n, 0)):
+        if not (isinstance(value, int) and value >= low):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= {low}, got {value!r}")
     fm = validation_model(fm_config, bank)
     b = fm.sample(n, seed=seed)
     true = b.fractions.numpy().astype(float)

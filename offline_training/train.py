@@ -87,6 +87,50 @@ class TrainSettings:
     #: about ``1 / (1 - ema_decay)`` steps, which smooths the noise of the last updates (0: off)
     ema_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a setting of the wrong type or out of its range, naming it (``ValueError``).
+
+        Run on creation and again by :func:`train`, so that settings changed
+        afterwards (command-line overrides, scripts) are held to the same
+        rules: a count of zero would otherwise fail as a division by zero or
+        an empty calibration only after every training step.
+        """
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "bool":
+                ok, kind = isinstance(v, bool), "true or false"
+            elif f.type == "int":
+                ok, kind = isinstance(v, int) and not isinstance(v, bool), "a whole number"
+            elif f.type == "float":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                kind = "a finite number"
+            else:
+                ok, kind = isinstance(v, str), "a string"
+            if not ok:
+                raise ValueError(f"[train] {f.name} must be {kind}, got {v!r}")
+        at_least = {"steps": 1, "batch_size": 2, "warmup_steps": 0, "seed": 0, "checkpoint_every": 1,
+                    "log_every": 1, "threads": 0, "data_workers": 0, "calibration_spectra": 1,
+                    "weight_decay": 0, "w_teacher": 0, "w_fractions": 0, "w_valence": 0, "w_nll": 0,
+                    "w_side": 0, "w_box": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"[train] {name} must be >= {low}, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"[train] lr must be positive, got {self.lr}")
+        if not self.box_softness > 0:
+            raise ValueError(f"[train] box_softness must be > 0, got {self.box_softness}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
+        if bool(self.teacher) != (self.w_teacher > 0):
+            raise ValueError(f"[train] teacher and w_teacher > 0 go together, got teacher={self.teacher!r}, "
+                             f"w_teacher={self.w_teacher}")
+        if self.fraction_loss not in FRACTION_LOSSES:
+            raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
+                             f"got {self.fraction_loss!r}")
+
 
 @dataclass
 class TrainConfig:
@@ -117,25 +161,7 @@ class TrainConfig:
             if bad:
                 raise ValueError(f"unknown option(s) in [{table}]: {', '.join(bad)}")
         net = dict(NetworkConfig().to_dict(), **d.get("network", {}))
-        tr = TrainSettings(**d.get("train", {}))
-        if tr.steps < 1 or tr.batch_size < 2:
-            raise ValueError("[train] steps must be >= 1 and batch_size >= 2")
-        if not (tr.lr > 0 and math.isfinite(tr.lr)):
-            raise ValueError(f"[train] lr must be positive, got {tr.lr}")
-        if not (tr.w_box >= 0 and tr.box_softness > 0):
-            raise ValueError(f"[train] w_box must be >= 0 and box_softness > 0, got {tr.w_box}, {tr.box_softness}")
-        if not (isinstance(tr.data_workers, int) and tr.data_workers >= 0):
-            raise ValueError(f"[train] data_workers must be a whole number >= 0, got {tr.data_workers!r}")
-        if not isinstance(tr.compile_forward, bool):
-            raise ValueError(f"[train] compile_forward must be true or false, got {tr.compile_forward!r}")
-        if not 0.0 <= tr.ema_decay < 1.0:
-            raise ValueError(f"[train] ema_decay must be in [0, 1), got {tr.ema_decay}")
-        if not (tr.w_teacher >= 0 and math.isfinite(tr.w_teacher)) or bool(tr.teacher) != (tr.w_teacher > 0):
-            raise ValueError(f"[train] teacher and w_teacher > 0 go together, got teacher={tr.teacher!r}, "
-                             f"w_teacher={tr.w_teacher}")
-        if tr.fraction_loss not in FRACTION_LOSSES:
-            raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
-                             f"got {tr.fraction_loss!r}")
+        tr = TrainSettings(**d.get("train", {}))   # validated on creation (TrainSettings.validate)
         return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
                    train=tr, bank=d.get("bank"))
 
@@ -317,6 +343,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     from tqdm import tqdm
 
     s = config.train
+    s.validate()   # settings may have been changed since the config was read
     rank, world = _dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if s.device.startswith("cuda") else "gloo"

@@ -280,3 +280,58 @@ def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact
     for s in gate["sets"].values():
         assert s["accuracy_0.1"] == pytest.approx(s["reference_accuracy_0.1"]) and s["passed"]
     assert gate["sets"]["candidate_ranges"]["valence_mae"] != gate["sets"]["reference_ranges"]["valence_mae"]  # two sets
+
+
+@pytest.mark.parametrize("table, text, field", [
+    ("train", 'steps = "100"', "steps"),
+    ("train", "steps = 10.0", "steps"),
+    ("train", "checkpoint_every = 0", "checkpoint_every"),
+    ("train", "log_every = 0", "log_every"),
+    ("train", "calibration_spectra = 0", "calibration_spectra"),
+    ("train", "calibration_spectra = -5", "calibration_spectra"),
+    ("train", "warmup_steps = -10", "warmup_steps"),
+    ("train", "weight_decay = -1.0", "weight_decay"),
+    ("train", "seed = -1", "seed"),
+    ("train", "threads = -1", "threads"),
+    ("train", "lr = nan", "lr"),
+    ("train", 'compile_forward = "yes"', "compile_forward"),
+    ("train", "w_valence = -0.5", "w_valence"),
+    ("forward", 'eels_share = "half"', "eels_share"),
+    ("forward", "axis_points = 700.5", "axis_points"),
+    ("forward", 'axis_start = "615"', "axis_start"),
+    ("forward", "offset = 5.0", "offset"),
+    ("forward", "branching_ratio = {2 = 3.5, 3 = 2.5, 4 = 2.0}", "branching_ratio"),
+    ("forward", "intrinsic_fwhm = [0.0, 1.0]", "intrinsic_fwhm"),
+])
+def test_a_wrong_type_or_out_of_range_value_is_refused_by_name_and_the_cli_prints_it(tmp_path, capsys, table,
+                                                                                     text, field):
+    """Every [train] and [forward] value is type- and range-checked when the config is read, so that the
+    CLI refuses it with its name (exit 2, no traceback) before a step is trained, not after."""
+    from offline_training.cli import main as mnedge_train
+
+    p = tmp_path / "bad.toml"
+    p.write_text(f"[{table}]\n{text}\n")
+    with pytest.raises(ValueError, match=field):
+        TrainConfig.from_toml(p)
+    assert mnedge_train(["train", "--config", str(p), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_changed_after_reading_are_checked_again_by_the_trainer(tmp_path):
+    cfg = _tiny(steps=2)
+    cfg.train.checkpoint_every = 0
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n", "-5"), ("--n-nnls", "-1"), ("--robustness-n", "-1")])
+def test_evaluate_refuses_counts_below_their_minimum(tmp_path, capsys, option, value):
+    from offline_training.cli import main as mnedge_train
+
+    args = ["evaluate", "--n", "16", "--n-nnls", "0", "--robustness-n", "0", "--real-dir", str(tmp_path / "none"),
+            "--backend", "onnxruntime", option, value]
+    assert mnedge_train(args) == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err

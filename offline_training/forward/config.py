@@ -9,9 +9,14 @@ from dataclasses import dataclass, field
 from offline_training.forward.composition import VALENCES
 
 
-def _check_range(name: str, r: tuple[float, float], lo: float | None = None, hi: float | None = None) -> None:
+def _is_number(v) -> bool:
+    """Whether ``v`` is a finite real number (an int or a float, not a bool or a string)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_range(name: str, r, lo: float | None = None, hi: float | None = None) -> None:
     """Refuse a range that is not two finite numbers, is inverted or leaves ``[lo, hi]`` (ValueError naming ``name``)."""
-    if len(r) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
+    if not isinstance(r, (tuple, list)) or len(r) != 2 or not all(_is_number(v) for v in r):
         raise ValueError(f"{name}: expected two finite numbers (low, high), got {r!r}")
     if r[0] > r[1]:
         raise ValueError(f"{name}: range is inverted ({r[0]} > {r[1]})")
@@ -88,12 +93,13 @@ class ForwardConfig:
 
     def __post_init__(self) -> None:
         shares = self.composition_shares
-        if len(shares) != 3 or any((not math.isfinite(s)) or s < 0 for s in shares) or sum(shares) <= 0:
+        if (not isinstance(shares, (tuple, list)) or len(shares) != 3 or not all(_is_number(s) for s in shares)
+                or any(s < 0 for s in shares) or sum(shares) <= 0):
             raise ValueError(f"composition_shares: need three non-negative shares, got {shares!r}")
         for name in ("eels_share", "crop_probability"):
             v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}: must be within [0, 1], got {v}")
+            if not (_is_number(v) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name}: must be a number within [0, 1], got {v!r}")
         limits = dict(
             chemical_shift=(-3, 3), gauss_fwhm=(0.0, 5.0), lorentz_fwhm=(0.0, 3.0), t_lambda=(0.0, 4.0),
             plasmon_energy=(5.0, 60.0), plasmon_width=(0.5, 30.0), edge_step=(-1.0, 2.0), saturation=(0.0, 5.0),
@@ -103,15 +109,24 @@ class ForwardConfig:
             poisson_share=(0.0, 1.0),
         )
         for name, (lo, hi) in limits.items():
-            _check_range(name, tuple(getattr(self, name)), lo, hi)
+            _check_range(name, getattr(self, name), lo, hi)
         for name in ("intrinsic_fwhm", "branching_ratio"):
             d = getattr(self, name)
-            d = {int(k): tuple(v) for k, v in d.items()}
-            if set(d) != set(VALENCES):
-                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got {sorted(d)}")
+            if not isinstance(d, dict):
+                raise ValueError(f"{name}: need a table of ranges per valence (2, 3, 4), got {d!r}")
             for v, r in d.items():
                 _check_range(f"{name}[{v}]", r, 0.0, 10.0)
+            try:
+                d = {int(k): tuple(v) for k, v in d.items()}
+            except ValueError:
+                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got keys {sorted(map(str, d))}") from None
+            if set(d) != set(VALENCES):
+                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got {sorted(d)}")
             setattr(self, name, d)
+        if not _is_number(self.axis_start):
+            raise ValueError(f"axis_start: must be a finite number (eV), got {self.axis_start!r}")
+        if not (isinstance(self.axis_points, int) and not isinstance(self.axis_points, bool)):
+            raise ValueError(f"axis_points: must be a whole number, got {self.axis_points!r}")
         if self.axis_points < 64:
             raise ValueError(f"axis_points: need at least 64, got {self.axis_points}")
 
@@ -126,8 +141,8 @@ class ForwardConfig:
         for k, v in d.items():
             if isinstance(v, list):
                 v = tuple(v)
-            if isinstance(v, dict):
-                v = {int(kk): tuple(vv) for kk, vv in v.items()}
+            if isinstance(v, dict):   # ranges per valence: checked (and keyed by int) on creation
+                v = {kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
             kw[k] = v
         return cls(**kw)
 
