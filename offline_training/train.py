@@ -142,10 +142,17 @@ class TrainConfig:
     bank: str | None = None     # path of a bank file; None: the shipped bank
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> TrainConfig:
-        """Read a TOML config; unknown tables or keys are refused by name."""
+    def from_toml(cls, path: str | Path, train_overrides: dict | None = None) -> TrainConfig:
+        """Read a TOML config; unknown tables or keys are refused by name.
+
+        ``train_overrides`` (the command line's ``--steps``, ``--device``,
+        ``--init-from``) replace ``[train]`` values before the config is
+        validated, so an override is held to the same rules as the file.
+        """
         with open(path, "rb") as f:
             d = tomllib.load(f)
+        if train_overrides:
+            d["train"] = {**d.get("train", {}), **train_overrides}
         return cls.from_dict(d)
 
     @classmethod
@@ -344,6 +351,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
 
     s = config.train
     s.validate()   # settings may have been changed since the config was read
+    if stop_after is not None and not (isinstance(stop_after, int) and stop_after >= 1):
+        raise ValueError(f"stop_after (--stop-after) must be a whole number >= 1, got {stop_after!r}")
     rank, world = _dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if s.device.startswith("cuda") else "gloo"

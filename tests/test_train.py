@@ -335,3 +335,25 @@ def test_evaluate_refuses_counts_below_their_minimum(tmp_path, capsys, option, v
     assert mnedge_train(args) == 2
     err = capsys.readouterr().err
     assert option in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, field", [(["--steps", "-3"], "steps"), (["--steps", "0"], "steps"),
+                                         (["--stop-after", "-1"], "stop-after"), (["--stop-after", "0"], "stop-after")])
+def test_command_line_overrides_are_validated_like_the_config(tmp_path, capsys, args, field):
+    """``--steps`` and ``--stop-after`` below 1 are refused by name (exit 2) before anything is written:
+    ``--steps -3`` wrote an untrained final.pt, ``--steps 0`` was ignored, ``--stop-after -1`` wrote nothing."""
+    from offline_training.cli import main as mnedge_train
+
+    out = tmp_path / "run"
+    assert mnedge_train(["train", "--config", str(TINY), "--out", str(out), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    assert not (out / "final.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_a_steps_override_replaces_the_configs_steps(tmp_path):
+    from offline_training.cli import main as mnedge_train
+
+    out = tmp_path / "run"
+    assert mnedge_train(["train", "--config", str(TINY), "--out", str(out), "--no-progress", "--steps", "2"]) == 0
+    assert torch.load(out / "final.pt", weights_only=True)["steps"] == 2
