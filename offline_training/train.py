@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 
 FRACTION_LOSSES = ("mse", "l1")
+#: Kinds of ``[train] device`` the trainer runs on.
+TRAIN_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -49,6 +51,8 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
+    #: where the network trains: "cpu", "cuda" or "cuda:N" (the batches are synthesized on the CPU
+    #: and moved there); checked when the config is read, its availability when training starts
     device: str = "cpu"
     threads: int = 0            # 0: all cores
     #: processes that synthesize the next batches while this one trains (0: synthesize in this
@@ -130,6 +134,12 @@ class TrainSettings:
         if self.fraction_loss not in FRACTION_LOSSES:
             raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
                              f"got {self.fraction_loss!r}")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError:
+            kind = None
+        if kind not in TRAIN_DEVICES:
+            raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
 
 @dataclass
@@ -253,7 +263,8 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     """
     frac, log_std, side = model_out
     f_true = tb.fractions
-    val_pred = frac @ torch.tensor([2.0, 3.0, 4.0])
+    valences = torch.tensor([2.0, 3.0, 4.0], device=frac.device)
+    val_pred = frac @ valences
     val_true = tb.targets["valence"]
     error = F.l1_loss if s.fraction_loss == "l1" else F.mse_loss
     l_frac = error(frac, f_true)
@@ -268,9 +279,9 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     l_box = torch.sigmoid(((frac - f_true).abs().amax(dim=1) - 0.1) / s.box_softness).mean()
     total = (s.w_fractions * l_frac + s.w_valence * l_val + s.w_nll * l_nll
              + s.w_side * (l_off + l_res + l_tl + l_mod) + s.w_box * l_box)
-    l_teacher = torch.zeros(())
+    l_teacher = torch.zeros((), device=frac.device)
     if teacher_fractions is not None:
-        l_teacher = error(frac, teacher_fractions) + error(val_pred, teacher_fractions @ torch.tensor([2.0, 3.0, 4.0]))
+        l_teacher = error(frac, teacher_fractions) + error(val_pred, teacher_fractions @ valences)
         total = total + s.w_teacher * l_teacher
     parts = {"loss": total.item(), "frac_loss": l_frac.item(), "valence_loss": l_val.item(), "nll": l_nll.item(),
              "box": l_box.item(), "teacher": l_teacher.item(),
@@ -300,6 +311,43 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def training_device(name: str, world: int = 1) -> torch.device:
+    """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
+
+    ``"cuda"`` without an index is the process's own GPU under torchrun
+    (``LOCAL_RANK``) and the current one otherwise. A CUDA device on a
+    torch without CUDA, or an index beyond the GPUs present, is refused
+    rather than silently trained on the CPU.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type not in TRAIN_DEVICES:
+        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"[train] device {name!r}: no CUDA GPU is available to this torch "
+                             f"({torch.__version__}); use device = \"cpu\"")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1
+                                  else torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"[train] device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def to_device(tb: TrainingBatch, device: torch.device) -> TrainingBatch:
+    """``tb`` with the model input, fractions and targets on ``device`` (the synthetic batch stays)."""
+    return dataclasses.replace(tb, x=tb.x.to(device), fractions=tb.fractions.to(device),
+                               targets={k: v.to(device) for k, v in tb.targets.items()})
+
+
+def _cpu(state: dict) -> dict:
+    """A state dict with every tensor on the CPU (a ``final.pt`` loads on any machine)."""
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
 def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: int = 1024) -> dict:
     """Factors that make the predicted one-sigma intervals cover 68.27 % of held-out errors.
 
@@ -310,16 +358,17 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
     Returns the model card's ``calibration`` entry.
     """
     model.eval()
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     zs, fs = [], []
     with torch.no_grad():
         for start in range(0, n, batch):
-            tb = make_training_batch(fm, min(batch, n - start), generator=gen)
+            tb = to_device(make_training_batch(fm, min(batch, n - start), generator=gen), device)
             frac, log_std, _ = model(tb.x)
-            val = frac @ torch.tensor([2.0, 3.0, 4.0])
+            val = frac @ torch.tensor([2.0, 3.0, 4.0], device=device)
             err = torch.cat([frac - tb.fractions, (val - tb.targets["valence"])[:, None]], dim=1)
-            zs.append(err.abs() / log_std.exp())
-            fs.append(frac)
+            zs.append((err.abs() / log_std.exp()).cpu())
+            fs.append(frac.cpu())
     calibration = fit_calibration(torch.cat(zs).numpy(), torch.cat(fs).numpy())
     calibration.update(spectra=n, seed=seed)
     return calibration
@@ -354,8 +403,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if stop_after is not None and not (isinstance(stop_after, int) and stop_after >= 1):
         raise ValueError(f"stop_after (--stop-after) must be a whole number >= 1, got {stop_after!r}")
     rank, world = _dist_info()
+    device = training_device(s.device, world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if s.device.startswith("cuda") else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -364,10 +416,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     out.mkdir(parents=True, exist_ok=True)
     bank = Bank.load(config.bank)
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
-    model = MnEdgeCNN(config.network)
+    model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)
     ddp_model: nn.Module = model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model)
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     step = 0
     ckpt_path = out / "checkpoint.pt"
@@ -391,6 +444,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         origin = ""
     teacher, teacher_origin = load_teacher(s.teacher) if s.teacher else (None, None)
     if teacher is not None:
+        teacher = teacher.to(device)
         log.info("distilling from %s (%s)", s.teacher, teacher_origin["model_id"])
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
@@ -411,6 +465,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     batches = stream(fm, s.batch_size, s.seed * 1000 + rank, start=step, stop=stop_at, workers=s.data_workers)
     try:
         for tb in batches:
+            tb = to_device(tb, device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, s)
             outp = ddp_model(tb.x)
@@ -463,7 +518,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         if ema is not None:
             model = ema.module
         calibration = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
-        torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
+        torch.save({"model": _cpu(model.state_dict()), "config": json.dumps(config.to_dict()),
                     "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step, "bank_sha256": bank.sha256(),
                     "train_seconds": time.time() - t0, "init_from": origin,
                     "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final)

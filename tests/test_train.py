@@ -357,3 +357,40 @@ def test_a_steps_override_replaces_the_configs_steps(tmp_path):
     out = tmp_path / "run"
     assert mnedge_train(["train", "--config", str(TINY), "--out", str(out), "--no-progress", "--steps", "2"]) == 0
     assert torch.load(out / "final.pt", weights_only=True)["steps"] == 2
+
+
+def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path, capsys):
+    """``[train] device`` decides where the network trains: a name that is no device is refused when the
+    config is read, a CUDA device on a machine without one when training starts (it trained on the CPU
+    silently before), and "cpu" trains with the model and the batches on the CPU."""
+    from offline_training.cli import main as mnedge_train
+    from offline_training.train import TrainSettings
+
+    with pytest.raises(ValueError, match="device"):
+        TrainSettings(device="banana")
+    with pytest.raises(ValueError, match="device"):
+        TrainSettings(device="mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda'.*no CUDA"):
+            train(_tiny(steps=1, device="cuda"), tmp_path / "cuda", progress=False)
+        assert not (tmp_path / "cuda").exists()
+        assert mnedge_train(["train", "--config", str(TINY), "--out", str(tmp_path / "cli"), "--no-progress",
+                             "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "device" in err and "Traceback" not in err
+    ck = torch.load(train(_tiny(steps=1, device="cpu"), tmp_path / "cpu", progress=False), weights_only=True)
+    assert all(t.device.type == "cpu" for t in ck["model"].values())
+
+
+def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
+    """``compute_loss`` builds its constants on the outputs' device and ``to_device`` moves what the
+    network and the loss read (shown with the CPU, the only device here: the same tensors come back)."""
+    from offline_training.generate import make_training_batch
+    from offline_training.train import TrainSettings, to_device
+
+    tb = make_training_batch(forward_model, 4, seed=1)
+    moved = to_device(tb, torch.device("cpu"))
+    assert moved.x is tb.x and moved.targets["valence"] is tb.targets["valence"]
+    out, two = _two_rows()
+    total, _ = compute_loss(out, two, TrainSettings(teacher="x", w_teacher=1.0), out[0])
+    assert total.device == out[0].device
