@@ -236,6 +236,7 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         "training": {"config": json.loads(ck["config"]), "steps": int(ck["steps"]),
                      "train_seconds": float(ck.get("train_seconds", float("nan"))),
                      "bank_sha256": ck.get("bank_sha256", ""), "git_commit": git_commit(),
+                     "runs": json.loads(ck.get("runs") or "null"),   # each invocation's start and steps
                      "init_from": json.loads(ck.get("init_from") or "null"),
                      "teacher": json.loads(ck.get("teacher") or "null"),
                      "torch_version": torch.__version__},

@@ -311,6 +311,51 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+#: Config keys a resumed run may change: the number of steps (the run is extended or shortened; each
+#: invocation's target is recorded in the checkpoint's and final.pt's ``runs``).
+RESUMABLE_CHANGES = ("train.steps",)
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys (``train.lr``) whose values differ between two config dicts, with both values.
+
+    Both are compared as JSON (tuples as lists), the form the checkpoint keeps.
+    """
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} in the checkpoint, {b!r} now)")
+    return out
+
+
+def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Path) -> None:
+    """Refuse to resume ``ck`` with another config or bank (``ValueError`` naming what differs).
+
+    A resumed run continues the checkpoint's weights, optimizer and data
+    stream; with another config or bank it would silently become a mixture
+    of two runs recorded as the last one. Only :data:`RESUMABLE_CHANGES`
+    may differ. A checkpoint written before the bank checksum was kept is
+    resumed with a warning that its bank cannot be checked.
+    """
+    differ = [d for d in config_differences(json.loads(ck["config"]), config.to_dict())
+              if d.split(" ", 1)[0] not in RESUMABLE_CHANGES]
+    if differ:
+        raise ValueError(f"--resume: {ckpt_path} was written with another config; differing: "
+                         f"{'; '.join(differ)} (only {', '.join(RESUMABLE_CHANGES)} may change on resume: "
+                         f"use the checkpoint's config or another --out)")
+    saved = ck.get("bank_sha256")
+    if saved is None:
+        log.warning("--resume: %s records no bank checksum (written before it was kept): the bank is not checked",
+                    ckpt_path)
+    elif saved != bank_sha256:
+        raise ValueError(f"--resume: bank {config.bank or '(shipped)'} has SHA-256 {bank_sha256[:12]}..., "
+                         f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
+
+
 def training_device(name: str, world: int = 1) -> torch.device:
     """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
 
@@ -388,7 +433,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     resume : bool
         Continue from ``out_dir/checkpoint.pt`` (model, optimizer, step and
         the dropout generator's state; the data stream continues at that
-        step's batch), reproducing the same run.
+        step's batch), reproducing the same run. The config and the bank
+        must be the checkpoint's (:func:`check_resume`; only ``[train]
+        steps`` may change, and each invocation's steps are recorded as
+        ``runs`` in the checkpoint and ``final.pt``).
     progress : bool
         Show a tqdm progress bar (rank 0).
     stop_after : int, optional
@@ -425,10 +473,14 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     step = 0
     ckpt_path = out / "checkpoint.pt"
     ck: dict = {}
+    bank_sha256 = fm.bank_sha256
+    runs: list[dict] = []   # every invocation: the step it started at and the steps it aimed at
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_resume(ck, config, bank_sha256, ckpt_path)
+        runs = json.loads(ck.get("runs", "[]"))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
@@ -449,6 +501,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
         ema.load_state_dict(ck["ema"])
+    runs.append({"from_step": step, "steps": s.steps})
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"
@@ -502,7 +555,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                 "torch_rng": rngs, "config": json.dumps(config.to_dict()),
-                                "init_from": origin, **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
+                                "bank_sha256": bank_sha256, "runs": json.dumps(runs), "init_from": origin,
+                                **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:
         batches.close()   # stops the worker processes
@@ -519,7 +573,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
             model = ema.module
         calibration = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
         torch.save({"model": _cpu(model.state_dict()), "config": json.dumps(config.to_dict()),
-                    "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step, "bank_sha256": bank.sha256(),
+                    "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step,
+                    "bank_sha256": bank_sha256, "runs": json.dumps(runs),
                     "train_seconds": time.time() - t0, "init_from": origin,
                     "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final)
         log.info("calibration factors %s", calibration["std_scale"])

@@ -394,3 +394,41 @@ def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
     out, two = _two_rows()
     total, _ = compute_loss(out, two, TrainSettings(teacher="x", w_teacher=1.0), out[0])
     assert total.device == out[0].device
+
+
+def test_resume_refuses_another_config_and_names_what_differs(tmp_path):
+    """The checkpoint's config is compared on resume: another batch size, seed and learning rate were
+    taken silently and the record kept only the last invocation's."""
+    run = tmp_path / "run"
+    assert train(_tiny(steps=4, batch_size=8), run, progress=False, stop_after=2) is None
+    before = (run / "checkpoint.pt").read_bytes()
+    other = _tiny(steps=4, batch_size=16, seed=7, lr=0.05)
+    with pytest.raises(ValueError, match=r"train\.batch_size.*train\.lr.*train\.seed"):
+        train(other, run, progress=False, resume=True)
+    assert (run / "checkpoint.pt").read_bytes() == before and not (run / "final.pt").exists()
+    assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 8
+
+
+def test_resume_refuses_a_changed_bank_file(tmp_path, bank):
+    from offline_training.references.bank import Bank
+
+    path = tmp_path / "bank.npz"
+    bank.save(path)
+    cfg = _tiny(steps=3, batch_size=8)
+    cfg.bank = str(path)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after=1) is None
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["bank_sha256"] == bank.sha256()
+    changed = Bank.load(path)
+    changed.weight = changed.weight * 2.0
+    changed.save(path)
+    with pytest.raises(ValueError, match="bank .*SHA-256"):
+        train(cfg, tmp_path / "run", progress=False, resume=True)
+
+
+def test_an_explicit_steps_extension_resumes_and_every_invocation_is_recorded(tmp_path):
+    run = tmp_path / "run"
+    train(_tiny(steps=2, batch_size=8, calibration_spectra=16), run, progress=False)
+    final = train(_tiny(steps=3, batch_size=8, calibration_spectra=16), run, progress=False, resume=True)
+    ck = torch.load(final, weights_only=True)
+    assert ck["steps"] == 3 and json.loads(ck["config"])["train"]["steps"] == 3
+    assert json.loads(ck["runs"]) == [{"from_step": 0, "steps": 2}, {"from_step": 2, "steps": 3}]
