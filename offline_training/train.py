@@ -356,6 +356,28 @@ def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Pat
                          f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
 
 
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.csv`` logged after ``step`` (and a torn last line), keeping the header.
+
+    A run stopped between two checkpoints has logged steps that its resume,
+    which restarts at the last checkpoint's step, logs again: without this
+    they would appear twice.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1]
+    for row in rows[1:]:
+        try:
+            if int(row[0]) <= step:
+                kept.append(row)
+        except (ValueError, IndexError):
+            continue
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
 def training_device(name: str, world: int = 1) -> torch.device:
     """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
 
@@ -508,6 +530,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     writer = None
     fh = None
     if rank == 0:
+        if resume and metrics_file.exists():
+            keep_metrics_up_to(metrics_file, step)
         fh = open(metrics_file, "a" if resume and metrics_file.exists() else "w", newline="")
     model.train()
     t0 = time.time()

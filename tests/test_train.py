@@ -432,3 +432,26 @@ def test_an_explicit_steps_extension_resumes_and_every_invocation_is_recorded(tm
     ck = torch.load(final, weights_only=True)
     assert ck["steps"] == 3 and json.loads(ck["config"])["train"]["steps"] == 3
     assert json.loads(ck["runs"]) == [{"from_step": 0, "steps": 2}, {"from_step": 2, "steps": 3}]
+
+
+def test_a_resume_after_a_crash_logs_every_step_once(tmp_path, monkeypatch):
+    """Steps logged between the last checkpoint and a crash are logged again by the resume, which
+    restarts at the checkpoint: metrics.csv keeps only the rows up to the checkpoint's step first."""
+    import offline_training.train as T
+
+    cfg = _tiny(steps=4, batch_size=8, checkpoint_every=2, log_every=1, calibration_spectra=16)
+    calls = {"n": 0}
+
+    def crash_in_step_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed during step 4")
+        return compute_loss(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_loss", crash_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(T, "compute_loss", compute_loss)
+    train(cfg, tmp_path, progress=False, resume=True)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
