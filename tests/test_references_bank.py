@@ -117,3 +117,25 @@ def test_a_measured_reference_whose_l3_window_leaves_the_bank_grid_is_refused_wi
     np.savetxt(path, np.column_stack(_edge(615.0, 600.0, 640.0)), delimiter=",")
     with pytest.raises(ValueError, match="mn3_615.csv"):
         read_measured_references([f"3:{path}"])
+
+
+def test_the_l3_width_applied_is_recorded_beside_the_drawn_one(cache):
+    """Spectra are calculated with 0.1 eV and only width can be added: an L3 width drawn below 0.1 eV
+    (the range starts at 0.08) is applied as 0.101 eV, which the metadata recorded as the drawn value."""
+    import json
+
+    from offline_training.references.multiplet import CALC_GAMMA
+
+    assert B.applied_hwhm(0.08) == pytest.approx(CALC_GAMMA + B.MIN_ADDED_HWHM) == B.applied_hwhm(0.095)
+    assert B.applied_hwhm(0.3) == pytest.approx(0.3)
+    e = B.BANK_GRID
+    y = 1.0 / (1 + ((e - 641.0) / 0.1) ** 2)
+    np.testing.assert_array_equal(B.lorentzian_lifetime(e, y, 648.0, 0.08, 0.5),
+                                  B.lorentzian_lifetime(e, y, 648.0, 0.095, 0.5))
+    meta = json.loads(build(cache, "both").params_json)
+    for row in meta:
+        assert row["gamma_l3_applied"] == pytest.approx(B.applied_hwhm(row["gamma_l3"]))
+        if row["l3_lifetime"] == "ramp":
+            assert row["gamma_l3_onset_applied"] == pytest.approx(CALC_GAMMA + B.MIN_ADDED_HWHM)
+        else:
+            assert "gamma_l3_onset_applied" not in row
