@@ -120,13 +120,8 @@ def cmd_realism(args) -> int:
 def cmd_train(args) -> int:
     from offline_training.train import TrainConfig, train
 
-    cfg = TrainConfig.from_toml(args.config)
-    if args.steps:
-        cfg.train.steps = args.steps
-    if args.device:
-        cfg.train.device = args.device
-    if args.init_from:
-        cfg.train.init_from = args.init_from
+    overrides = {"steps": args.steps, "device": args.device, "init_from": args.init_from}
+    cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
     print(out if out is not None else f"stopped at step {args.stop_after}; continue with --resume")
     return 0

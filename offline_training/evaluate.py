@@ -16,10 +16,12 @@ Definitions (also in the README):
   engine refuses (:func:`not_mn_refusals`): a model can read like another
   and still let such shapes through as a confident valence.
 
-The validation set spans PSNR >= 10 dB and t/lambda <= 1 (the issue's
-acceptance set) with every other range as in training (offsets +-15 eV,
-crops, both modalities); robustness curves use the full training ranges
-(PSNR 5-60 dB, t/lambda 0-1.5) binned by one parameter at a time.
+The validation set spans the model's training ranges with PSNR and t/lambda
+narrowed to PSNR >= 10 dB and t/lambda <= 1 (the issue's acceptance set;
+:func:`validation_ranges`, recorded as ``validation_ranges``), every other
+range as in training (offsets +-15 eV, crops, both modalities); robustness
+curves use the full training ranges (PSNR 5-60 dB, t/lambda 0-1.5 for the
+default model) binned by one parameter at a time.
 """
 
 from __future__ import annotations
@@ -108,10 +110,34 @@ def coverage(pred: dict, true_f: np.ndarray) -> dict:
             "ideal": [0.6827, 0.9545]}
 
 
+def validation_ranges(fm_config: ForwardConfig, limits: dict | None = None) -> dict:
+    """The training ranges of ``fm_config`` narrowed to ``limits`` (default :data:`VALIDATION_LIMITS`).
+
+    Each range is the intersection of the training range and the limit (the
+    larger low end, the smaller high end): a model trained on narrower ranges
+    than the limits is scored where it was trained, not on the limits
+    themselves. For the default model (PSNR 5-60 dB, t/lambda 0-1.5) this is
+    the limits.
+
+    Raises
+    ------
+    ValueError
+        When a training range and its limit do not overlap (nothing to score on).
+    """
+    out = {}
+    for name, (lo, hi) in (limits or VALIDATION_LIMITS).items():
+        train_lo, train_hi = getattr(fm_config, name)
+        low, high = max(lo, train_lo), min(hi, train_hi)
+        if low > high:
+            raise ValueError(f"{name}: the training range ({train_lo:g}, {train_hi:g}) does not overlap the "
+                             f"validation limits ({lo:g}, {hi:g})")
+        out[name] = (low, high)
+    return out
+
+
 def validation_model(fm_config: ForwardConfig, bank, limits: dict | None = None) -> ForwardModel:
-    """Forward model for the validation set: training ranges narrowed to ``limits``."""
-    cfg = dataclasses.replace(fm_config, **(limits or VALIDATION_LIMITS))
-    return ForwardModel(bank, cfg)
+    """Forward model for the validation set: training ranges narrowed to ``limits`` (:func:`validation_ranges`)."""
+    return ForwardModel(bank, dataclasses.replace(fm_config, **validation_ranges(fm_config, limits)))
 
 
 ROBUSTNESS_BINS = {
@@ -432,14 +458,25 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         Folder of measured two-column spectra to read out.
     robustness_n : int
         Spectra for the robustness curves.
+
+    Raises
+    ------
+    ValueError
+        When ``n`` is below 1 or ``n_nnls`` or ``robustness_n`` below 0 (named as the options of
+        ``mnedge-train evaluate``), before any spectrum is drawn.
     """
+    for name, value, low in (("n", n, 1), ("n_nnls", n_nnls, 0), ("robustness_n", robustness_n, 0)):
+        if not (isinstance(value, int) and value >= low):
+            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= {low}, got {value!r}")
     fm = validation_model(fm_config, bank)
     b = fm.sample(n, seed=seed)
     true = b.fractions.numpy().astype(float)
     pred = engine_predictions(engine, b)
     eels = b.params["is_eels"].numpy() > 0.5
     result = {"model": engine.model_id, "backend": engine.backend_name, "n": n, "seed": seed,
-              "validation_limits": VALIDATION_LIMITS, **fraction_metrics(pred["fractions"], true)}
+              "validation_limits": VALIDATION_LIMITS,
+              "validation_ranges": {name: list(getattr(fm.config, name)) for name in VALIDATION_LIMITS},
+              **fraction_metrics(pred["fractions"], true)}
     result["per_modality"] = {"xas": fraction_metrics(pred["fractions"][~eels], true[~eels]),
                               "eels": fraction_metrics(pred["fractions"][eels], true[eels])}
     result["coverage"] = coverage(pred, true)

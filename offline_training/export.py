@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -199,18 +201,53 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
     tensorrt : bool
         Also build TensorRT FP16 and FP32 engines (needs a CUDA GPU).
     overwrite : bool
-        Replace an existing ``out_dir``.
+        Replace an existing ``out_dir``. The new artifact is written and
+        verified in a temporary sibling directory and only then swapped in,
+        so a failed export leaves the existing artifact as it was (and no
+        half-written directory in the way of a retry).
     ood_spectra : int
         Synthetic spectra for the mean and covariance of :func:`~offline_training.ood.fit_ood`, and
         :data:`~offline_training.ood.THRESHOLD_SET_FACTOR` times as many for its thresholds
         (0: no out-of-distribution statistics, the engine's OOD rule is then off).
     """
     out = Path(out_dir)
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.export-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
+    try:
+        _write_artifact(final_pt, tmp, model_id, evaluation, tensorrt, ood_spectra)
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the verified directory ``new`` at ``out``, replacing what is there (two renames).
+
+    A directory cannot replace a non-empty one in one rename: the old one is
+    moved aside first, moved back if the second rename fails, and removed
+    once the new one is in place.
+    """
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:12]}")
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_artifact(final_pt: str | Path, out: Path, model_id: str | None, evaluation: dict | None,
+                    tensorrt: bool, ood_spectra: int) -> None:
+    """Write the artifact of ``final_pt`` into the empty directory ``out`` and verify it (:func:`export_artifact`)."""
     model, ck = load_trained(final_pt)
     torch.save(model.state_dict(), out / "weights.pt")
     diff = export_checked_onnx(model, out / "model.onnx")
@@ -236,6 +273,7 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         "training": {"config": json.loads(ck["config"]), "steps": int(ck["steps"]),
                      "train_seconds": float(ck.get("train_seconds", float("nan"))),
                      "bank_sha256": ck.get("bank_sha256", ""), "git_commit": git_commit(),
+                     "runs": json.loads(ck.get("runs") or "null"),   # each invocation's start and steps
                      "init_from": json.loads(ck.get("init_from") or "null"),
                      "teacher": json.loads(ck.get("teacher") or "null"),
                      "torch_version": torch.__version__},
@@ -251,7 +289,6 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         card["tensorrt"] = build_tensorrt_engines(model, out)
     write_card(out, card)
     load_artifact(out)  # verify what was written
-    return out
 
 
 def refresh_onnx(artifact_dir: str | Path) -> Path:

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 import itertools
 import json
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,14 +185,35 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
     ``(seed)``: the same seed and chunk size give the same file, with any
     number of ``workers`` (processes that synthesize chunks while this one
     writes).
+
+    The file is written under a temporary name in the same directory and
+    renamed to ``out`` only once every chunk is in it: an interrupted or
+    failed run leaves no file that looks complete (nor replaces an earlier
+    ``out``). ``n`` and ``seed`` are checked before anything is written.
     """
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"n (--n) must be a whole number >= 1, got {n!r}")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise ValueError(f"seed (--seed) must be a whole number >= 0, got {seed!r}")
+    if not (isinstance(chunk, int) and chunk >= 1):
+        raise ValueError(f"chunk must be a whole number >= 1, got {chunk!r}")
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        _write_h5(fm, n, seed, tmp, chunk, progress, workers)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _write_h5(fm: ForwardModel, n: int, seed: int, path: Path, chunk: int, progress: bool, workers: int) -> None:
+    """The body of :func:`write_dataset`: every dataset and attribute, written to ``path``."""
     from tqdm import tqdm
 
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    out = Path(out)
     length = len(MODEL_GRID)
-    with h5py.File(out, "w") as h5:
+    with h5py.File(path, "w") as h5:
         h5.attrs["seed"] = seed
         h5.attrs["forward_config"] = json.dumps(fm.config.to_dict())
         h5.attrs["bank_sha256"] = fm.bank_sha256
@@ -228,4 +251,3 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
                     params[k][sl] = v.numpy().astype(np.float32)
                 done += m
                 bar.update(m)
-    return out

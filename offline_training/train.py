@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 
 FRACTION_LOSSES = ("mse", "l1")
+#: Kinds of ``[train] device`` the trainer runs on.
+TRAIN_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -49,6 +51,8 @@ class TrainSettings:
     seed: int = 0
     checkpoint_every: int = 1000
     log_every: int = 50
+    #: where the network trains: "cpu", "cuda" or "cuda:N" (the batches are synthesized on the CPU
+    #: and moved there); checked when the config is read, its availability when training starts
     device: str = "cpu"
     threads: int = 0            # 0: all cores
     #: processes that synthesize the next batches while this one trains (0: synthesize in this
@@ -87,6 +91,56 @@ class TrainSettings:
     #: about ``1 / (1 - ema_decay)`` steps, which smooths the noise of the last updates (0: off)
     ema_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a setting of the wrong type or out of its range, naming it (``ValueError``).
+
+        Run on creation and again by :func:`train`, so that settings changed
+        afterwards (command-line overrides, scripts) are held to the same
+        rules: a count of zero would otherwise fail as a division by zero or
+        an empty calibration only after every training step.
+        """
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "bool":
+                ok, kind = isinstance(v, bool), "true or false"
+            elif f.type == "int":
+                ok, kind = isinstance(v, int) and not isinstance(v, bool), "a whole number"
+            elif f.type == "float":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                kind = "a finite number"
+            else:
+                ok, kind = isinstance(v, str), "a string"
+            if not ok:
+                raise ValueError(f"[train] {f.name} must be {kind}, got {v!r}")
+        at_least = {"steps": 1, "batch_size": 2, "warmup_steps": 0, "seed": 0, "checkpoint_every": 1,
+                    "log_every": 1, "threads": 0, "data_workers": 0, "calibration_spectra": 1,
+                    "weight_decay": 0, "w_teacher": 0, "w_fractions": 0, "w_valence": 0, "w_nll": 0,
+                    "w_side": 0, "w_box": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"[train] {name} must be >= {low}, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"[train] lr must be positive, got {self.lr}")
+        if not self.box_softness > 0:
+            raise ValueError(f"[train] box_softness must be > 0, got {self.box_softness}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
+        if bool(self.teacher) != (self.w_teacher > 0):
+            raise ValueError(f"[train] teacher and w_teacher > 0 go together, got teacher={self.teacher!r}, "
+                             f"w_teacher={self.w_teacher}")
+        if self.fraction_loss not in FRACTION_LOSSES:
+            raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
+                             f"got {self.fraction_loss!r}")
+        try:
+            kind = torch.device(self.device).type
+        except RuntimeError:
+            kind = None
+        if kind not in TRAIN_DEVICES:
+            raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
 
 @dataclass
 class TrainConfig:
@@ -98,10 +152,17 @@ class TrainConfig:
     bank: str | None = None     # path of a bank file; None: the shipped bank
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> TrainConfig:
-        """Read a TOML config; unknown tables or keys are refused by name."""
+    def from_toml(cls, path: str | Path, train_overrides: dict | None = None) -> TrainConfig:
+        """Read a TOML config; unknown tables or keys are refused by name.
+
+        ``train_overrides`` (the command line's ``--steps``, ``--device``,
+        ``--init-from``) replace ``[train]`` values before the config is
+        validated, so an override is held to the same rules as the file.
+        """
         with open(path, "rb") as f:
             d = tomllib.load(f)
+        if train_overrides:
+            d["train"] = {**d.get("train", {}), **train_overrides}
         return cls.from_dict(d)
 
     @classmethod
@@ -117,25 +178,7 @@ class TrainConfig:
             if bad:
                 raise ValueError(f"unknown option(s) in [{table}]: {', '.join(bad)}")
         net = dict(NetworkConfig().to_dict(), **d.get("network", {}))
-        tr = TrainSettings(**d.get("train", {}))
-        if tr.steps < 1 or tr.batch_size < 2:
-            raise ValueError("[train] steps must be >= 1 and batch_size >= 2")
-        if not (tr.lr > 0 and math.isfinite(tr.lr)):
-            raise ValueError(f"[train] lr must be positive, got {tr.lr}")
-        if not (tr.w_box >= 0 and tr.box_softness > 0):
-            raise ValueError(f"[train] w_box must be >= 0 and box_softness > 0, got {tr.w_box}, {tr.box_softness}")
-        if not (isinstance(tr.data_workers, int) and tr.data_workers >= 0):
-            raise ValueError(f"[train] data_workers must be a whole number >= 0, got {tr.data_workers!r}")
-        if not isinstance(tr.compile_forward, bool):
-            raise ValueError(f"[train] compile_forward must be true or false, got {tr.compile_forward!r}")
-        if not 0.0 <= tr.ema_decay < 1.0:
-            raise ValueError(f"[train] ema_decay must be in [0, 1), got {tr.ema_decay}")
-        if not (tr.w_teacher >= 0 and math.isfinite(tr.w_teacher)) or bool(tr.teacher) != (tr.w_teacher > 0):
-            raise ValueError(f"[train] teacher and w_teacher > 0 go together, got teacher={tr.teacher!r}, "
-                             f"w_teacher={tr.w_teacher}")
-        if tr.fraction_loss not in FRACTION_LOSSES:
-            raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
-                             f"got {tr.fraction_loss!r}")
+        tr = TrainSettings(**d.get("train", {}))   # validated on creation (TrainSettings.validate)
         return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
                    train=tr, bank=d.get("bank"))
 
@@ -220,7 +263,8 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     """
     frac, log_std, side = model_out
     f_true = tb.fractions
-    val_pred = frac @ torch.tensor([2.0, 3.0, 4.0])
+    valences = torch.tensor([2.0, 3.0, 4.0], device=frac.device)
+    val_pred = frac @ valences
     val_true = tb.targets["valence"]
     error = F.l1_loss if s.fraction_loss == "l1" else F.mse_loss
     l_frac = error(frac, f_true)
@@ -235,9 +279,9 @@ def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb:
     l_box = torch.sigmoid(((frac - f_true).abs().amax(dim=1) - 0.1) / s.box_softness).mean()
     total = (s.w_fractions * l_frac + s.w_valence * l_val + s.w_nll * l_nll
              + s.w_side * (l_off + l_res + l_tl + l_mod) + s.w_box * l_box)
-    l_teacher = torch.zeros(())
+    l_teacher = torch.zeros((), device=frac.device)
     if teacher_fractions is not None:
-        l_teacher = error(frac, teacher_fractions) + error(val_pred, teacher_fractions @ torch.tensor([2.0, 3.0, 4.0]))
+        l_teacher = error(frac, teacher_fractions) + error(val_pred, teacher_fractions @ valences)
         total = total + s.w_teacher * l_teacher
     parts = {"loss": total.item(), "frac_loss": l_frac.item(), "valence_loss": l_val.item(), "nll": l_nll.item(),
              "box": l_box.item(), "teacher": l_teacher.item(),
@@ -267,6 +311,110 @@ def _dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+#: Config keys a resumed run may change: the number of steps (the run is extended or shortened; each
+#: invocation's target is recorded in the checkpoint's and final.pt's ``runs``).
+RESUMABLE_CHANGES = ("train.steps",)
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted keys (``train.lr``) whose values differ between two config dicts, with both values.
+
+    Both are compared as JSON (tuples as lists), the form the checkpoint keeps.
+    """
+    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} ({a!r} in the checkpoint, {b!r} now)")
+    return out
+
+
+def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Path) -> None:
+    """Refuse to resume ``ck`` with another config or bank (``ValueError`` naming what differs).
+
+    A resumed run continues the checkpoint's weights, optimizer and data
+    stream; with another config or bank it would silently become a mixture
+    of two runs recorded as the last one. Only :data:`RESUMABLE_CHANGES`
+    may differ. A checkpoint written before the bank checksum was kept is
+    resumed with a warning that its bank cannot be checked.
+    """
+    differ = [d for d in config_differences(json.loads(ck["config"]), config.to_dict())
+              if d.split(" ", 1)[0] not in RESUMABLE_CHANGES]
+    if differ:
+        raise ValueError(f"--resume: {ckpt_path} was written with another config; differing: "
+                         f"{'; '.join(differ)} (only {', '.join(RESUMABLE_CHANGES)} may change on resume: "
+                         f"use the checkpoint's config or another --out)")
+    saved = ck.get("bank_sha256")
+    if saved is None:
+        log.warning("--resume: %s records no bank checksum (written before it was kept): the bank is not checked",
+                    ckpt_path)
+    elif saved != bank_sha256:
+        raise ValueError(f"--resume: bank {config.bank or '(shipped)'} has SHA-256 {bank_sha256[:12]}..., "
+                         f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """Drop the rows of ``metrics.csv`` logged after ``step`` (and a torn last line), keeping the header.
+
+    A run stopped between two checkpoints has logged steps that its resume,
+    which restarts at the last checkpoint's step, logs again: without this
+    they would appear twice.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1]
+    for row in rows[1:]:
+        try:
+            if int(row[0]) <= step:
+                kept.append(row)
+        except (ValueError, IndexError):
+            continue
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(kept)
+    os.replace(tmp, path)
+
+
+def training_device(name: str, world: int = 1) -> torch.device:
+    """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
+
+    ``"cuda"`` without an index is the process's own GPU under torchrun
+    (``LOCAL_RANK``) and the current one otherwise. A CUDA device on a
+    torch without CUDA, or an index beyond the GPUs present, is refused
+    rather than silently trained on the CPU.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
+    if device.type not in TRAIN_DEVICES:
+        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"[train] device {name!r}: no CUDA GPU is available to this torch "
+                             f"({torch.__version__}); use device = \"cpu\"")
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1
+                                  else torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"[train] device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def to_device(tb: TrainingBatch, device: torch.device) -> TrainingBatch:
+    """``tb`` with the model input, fractions and targets on ``device`` (the synthetic batch stays)."""
+    return dataclasses.replace(tb, x=tb.x.to(device), fractions=tb.fractions.to(device),
+                               targets={k: v.to(device) for k, v in tb.targets.items()})
+
+
+def _cpu(state: dict) -> dict:
+    """A state dict with every tensor on the CPU (a ``final.pt`` loads on any machine)."""
+    return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
 def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: int = 1024) -> dict:
     """Factors that make the predicted one-sigma intervals cover 68.27 % of held-out errors.
 
@@ -277,16 +425,17 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
     Returns the model card's ``calibration`` entry.
     """
     model.eval()
+    device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     zs, fs = [], []
     with torch.no_grad():
         for start in range(0, n, batch):
-            tb = make_training_batch(fm, min(batch, n - start), generator=gen)
+            tb = to_device(make_training_batch(fm, min(batch, n - start), generator=gen), device)
             frac, log_std, _ = model(tb.x)
-            val = frac @ torch.tensor([2.0, 3.0, 4.0])
+            val = frac @ torch.tensor([2.0, 3.0, 4.0], device=device)
             err = torch.cat([frac - tb.fractions, (val - tb.targets["valence"])[:, None]], dim=1)
-            zs.append(err.abs() / log_std.exp())
-            fs.append(frac)
+            zs.append((err.abs() / log_std.exp()).cpu())
+            fs.append(frac.cpu())
     calibration = fit_calibration(torch.cat(zs).numpy(), torch.cat(fs).numpy())
     calibration.update(spectra=n, seed=seed)
     return calibration
@@ -306,7 +455,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     resume : bool
         Continue from ``out_dir/checkpoint.pt`` (model, optimizer, step and
         the dropout generator's state; the data stream continues at that
-        step's batch), reproducing the same run.
+        step's batch), reproducing the same run. The config and the bank
+        must be the checkpoint's (:func:`check_resume`; only ``[train]
+        steps`` may change, and each invocation's steps are recorded as
+        ``runs`` in the checkpoint and ``final.pt``).
     progress : bool
         Show a tqdm progress bar (rank 0).
     stop_after : int, optional
@@ -317,9 +469,15 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     from tqdm import tqdm
 
     s = config.train
+    s.validate()   # settings may have been changed since the config was read
+    if stop_after is not None and not (isinstance(stop_after, int) and stop_after >= 1):
+        raise ValueError(f"stop_after (--stop-after) must be a whole number >= 1, got {stop_after!r}")
     rank, world = _dist_info()
+    device = training_device(s.device, world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if s.device.startswith("cuda") else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     if s.threads:
         torch.set_num_threads(s.threads)
@@ -328,18 +486,23 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     out.mkdir(parents=True, exist_ok=True)
     bank = Bank.load(config.bank)
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
-    model = MnEdgeCNN(config.network)
+    model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)
     ddp_model: nn.Module = model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model)
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                        else None)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     step = 0
     ckpt_path = out / "checkpoint.pt"
     ck: dict = {}
+    bank_sha256 = fm.bank_sha256
+    runs: list[dict] = []   # every invocation: the step it started at and the steps it aimed at
     if resume:
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        check_resume(ck, config, bank_sha256, ckpt_path)
+        runs = json.loads(ck.get("runs", "[]"))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
@@ -355,16 +518,20 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         origin = ""
     teacher, teacher_origin = load_teacher(s.teacher) if s.teacher else (None, None)
     if teacher is not None:
+        teacher = teacher.to(device)
         log.info("distilling from %s (%s)", s.teacher, teacher_origin["model_id"])
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
         ema.load_state_dict(ck["ema"])
+    runs.append({"from_step": step, "steps": s.steps})
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"
     writer = None
     fh = None
     if rank == 0:
+        if resume and metrics_file.exists():
+            keep_metrics_up_to(metrics_file, step)
         fh = open(metrics_file, "a" if resume and metrics_file.exists() else "w", newline="")
     model.train()
     t0 = time.time()
@@ -375,6 +542,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     batches = stream(fm, s.batch_size, s.seed * 1000 + rank, start=step, stop=stop_at, workers=s.data_workers)
     try:
         for tb in batches:
+            tb = to_device(tb, device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, s)
             outp = ddp_model(tb.x)
@@ -411,7 +579,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                                 "torch_rng": rngs, "config": json.dumps(config.to_dict()),
-                                "init_from": origin, **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
+                                "bank_sha256": bank_sha256, "runs": json.dumps(runs), "init_from": origin,
+                                **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:
         batches.close()   # stops the worker processes
@@ -427,8 +596,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         if ema is not None:
             model = ema.module
         calibration = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
-        torch.save({"model": model.state_dict(), "config": json.dumps(config.to_dict()),
-                    "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step, "bank_sha256": bank.sha256(),
+        torch.save({"model": _cpu(model.state_dict()), "config": json.dumps(config.to_dict()),
+                    "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step,
+                    "bank_sha256": bank_sha256, "runs": json.dumps(runs),
                     "train_seconds": time.time() - t0, "init_from": origin,
                     "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final)
         log.info("calibration factors %s", calibration["std_scale"])

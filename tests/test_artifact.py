@@ -167,3 +167,32 @@ def test_a_card_naming_a_scratch_bank_gets_the_shipped_bank_only_when_its_checks
         card_forward_model({"training": {"config": config, "bank_sha256": "0" * 64}})
     with pytest.raises(RuntimeError, match="not here"):
         card_forward_model({"training": {"config": config}})
+
+
+def test_a_failed_overwrite_keeps_the_existing_artifact_and_a_retry_succeeds(tiny_artifact, tmp_path, capsys):
+    """``export --overwrite`` removed the artifact before the new export ran: one that then failed (here the
+    checkpoint's bank is gone, found when the OOD statistics are fitted) left no artifact but a
+    half-written directory. Now it builds in a temporary sibling and swaps it in only when verified."""
+    import torch
+
+    from offline_training.cli import main as mnedge_train
+    from offline_training.export import export_artifact
+
+    final_pt = tiny_artifact.parent / "run" / "final.pt"
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    before = (art / "model_card.json").read_bytes()
+    ck = torch.load(final_pt, weights_only=True)
+    config = json.loads(ck["config"])
+    config["bank"] = str(tmp_path / "gone.npz")
+    broken = tmp_path / "broken_final.pt"
+    torch.save({**ck, "config": json.dumps(config), "bank_sha256": "0" * 64}, broken)
+    with pytest.raises(RuntimeError, match="not here"):
+        export_artifact(broken, art, model_id="broken", overwrite=True, ood_spectra=16)
+    assert mnedge_train(["export", str(broken), "--out", str(art), "--overwrite", "--ood-spectra", "16"]) == 1
+    assert "not here" in capsys.readouterr().err
+    assert (art / "model_card.json").read_bytes() == before and load_artifact(art).model_id == "tiny-test"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "broken_final.pt"]   # nothing left behind
+    assert export_artifact(final_pt, art, model_id="retry", overwrite=True, ood_spectra=0) == art
+    assert load_artifact(art).model_id == "retry"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "broken_final.pt"]

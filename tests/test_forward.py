@@ -204,10 +204,24 @@ def test_measured_psnr_matches_target(forward_model, target):
     (dict(intrinsic_fwhm={2: (0, 1), 3: (0, 1)}), "intrinsic_fwhm"),
     (dict(composition_shares=(0.0, 0.0, 0.0)), "composition_shares"),
     (dict(edge_step=(-1.5, 0.2)), "edge_step"),
+    (dict(offset=(-40.0, -30.0)), "offset"),              # L3 reads below the 615 eV axis start
+    (dict(offset=(-15.0, 15.0), chemical_shift=(-3.0, 3.0), axis_points=300), "offset"),  # axis ends at 644.9
+    (dict(axis_start=900.0), "axis_start"),               # every row flat: no edge on the axis
+    (dict(axis_start=600.0), "axis_start"),               # L3 on the axis, its first channels off the grid
+    (dict(axis_points=1200), "axis_points"),             # up to 734.9 eV: past the physics grid
 ])
 def test_invalid_configuration_is_refused_by_name(bad, field):
     with pytest.raises(ValueError, match=field):
         ForwardConfig(**bad)
+
+
+def test_every_shipped_range_keeps_the_edge_on_the_axis_and_the_axis_on_the_grid():
+    """The axis checks refuse only what loses the edge: the defaults, the evaluation's and the
+    benchmarks' offsets of +-15 eV and wider ones the default axis still holds pass."""
+    ForwardConfig()
+    ForwardConfig(offset=(-15.0, 15.0), dispersion_error=(-0.05, 0.05))
+    ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0)
+    ForwardConfig(offset=(-19.0, 19.0))
 
 
 def test_negative_edge_steps_lower_the_trough_between_the_lines(forward_model, bank):

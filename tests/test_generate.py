@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
 from offline_training.generate import batch_generator, make_training_batch, stream, write_dataset
+
+TINY = Path(__file__).resolve().parents[1] / "offline_training" / "configs" / "tiny.toml"
 
 
 def _same(a, b) -> None:
@@ -66,3 +70,41 @@ def test_dataset_does_not_depend_on_the_number_of_workers(tmp_path, forward_mode
         second = make_training_batch(forward_model, 64, generator=batch_generator(9, 1))
         assert np.array_equal(a["spectra"][64:128], second.x[:, 0].numpy())
         assert np.allclose(a["fractions"][:].sum(1), 1, atol=1e-5)
+
+
+def test_a_negative_seed_is_refused_before_a_file_is_written(tmp_path, forward_model, capsys):
+    """``--seed -1`` left a file of the full size with all-zero fractions (the stream refused the seed
+    only when the first chunk was drawn)."""
+    from offline_training.cli import main as mnedge_train
+
+    with pytest.raises(ValueError, match="seed"):
+        write_dataset(forward_model, 10, seed=-1, out=tmp_path / "neg.h5", progress=False)
+    assert mnedge_train(["generate", "--n", "10", "--seed", "-1", "--out", str(tmp_path / "cli.h5"),
+                         "--config", str(TINY), "--workers", "0", "--no-progress"]) == 2
+    assert "--seed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_run_leaves_no_file_that_looks_complete(tmp_path, forward_model, monkeypatch):
+    """The file is written under a temporary name and renamed when every chunk is in it: a run killed in
+    its second chunk left a full-size file whose later rows were zeros; an earlier file of the same name stays."""
+    import offline_training.generate as G
+
+    out = tmp_path / "d.h5"
+    write_dataset(forward_model, 20, seed=1, out=out, chunk=8, progress=False)
+    earlier = out.read_bytes()
+    real = G.make_training_batch
+    calls = {"n": 0}
+
+    def killed_in_chunk_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:   # the second chunk of each run
+            raise KeyboardInterrupt("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(G, "make_training_batch", killed_in_chunk_2)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(forward_model, 20, seed=2, out=out, chunk=8, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(forward_model, 20, seed=2, out=tmp_path / "new.h5", chunk=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"] and out.read_bytes() == earlier

@@ -51,8 +51,11 @@ def test_without_diagnostics_the_model_input_and_alignment_are_the_same(bank):
     from offline_training.forward import ForwardConfig, ForwardModel
 
     # offsets past the plausible L3 window send some rows through the Mn-window search, which
-    # needs the noise estimate of those rows even without diagnostics
-    b = ForwardModel(bank, ForwardConfig(offset=(-40.0, 40.0))).sample(512, seed=8)
+    # needs the noise estimate of those rows even without diagnostics; they lie beyond what a
+    # config may draw (ForwardConfig refuses an offset range that moves L3 off the axis), so
+    # they are set per row
+    offset = -40.0 + 80.0 * torch.rand(512, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    b = ForwardModel(bank, ForwardConfig(offset=(-15.0, 15.0))).sample(512, seed=8, offset=offset)
     true_l3 = b.params["l3_true_ev"] + b.params["offset"]
     assert ((true_l3 < L3_PLAUSIBLE_EV[0]) | (true_l3 > L3_PLAUSIBLE_EV[1])).sum() > 10
     full = preprocess(b.start, b.values, b.valid)

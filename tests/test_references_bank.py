@@ -86,3 +86,56 @@ def test_a_valence_without_a_band_always_passes_and_one_without_a_value_does_not
     assert within_ligand_field_window(4, low) and within_ligand_field_window(4, high)
     assert not within_ligand_field_window(4, low - 0.01) and not within_ligand_field_window(4, float("nan"))
     assert within_ligand_field_window(2, float("nan")) and within_ligand_field_window(3, 0.0)
+
+
+def _edge(l3: float, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """A two-line measured spectrum (L3 at ``l3``, L2 11 eV above) on ``lo``-``hi`` eV."""
+    e = np.arange(lo, hi, 0.1)
+    return e, 1.0 / (1 + ((e - l3) / 0.5) ** 2) + 0.5 / (1 + ((e - l3 - 11.0) / 0.5) ** 2)
+
+
+def test_a_measured_reference_whose_l3_window_leaves_the_bank_grid_is_refused_with_the_interval(tmp_path):
+    """The bank grid starts at 625 eV: an L3 at 615 eV was accepted (600-690 eV) and resampled with
+    zeros below 625 eV, a truncated end member; the message stated 635-650 eV, which was not enforced."""
+    from offline_training.references.measured import (
+        REQUIRED_ABOVE_EV,
+        REQUIRED_BELOW_EV,
+        MeasuredReference,
+        read_measured_references,
+    )
+
+    lo, hi = B.BANK_GRID[0] + REQUIRED_BELOW_EV, B.BANK_GRID[-1] - REQUIRED_ABOVE_EV
+    with pytest.raises(ValueError, match=f"615.00 eV is outside {lo:.2f}-{hi:.2f} eV"):
+        MeasuredReference("mn3_615", 3, *_edge(615.0, 600.0, 640.0))
+    with pytest.raises(ValueError, match="outside"):
+        MeasuredReference("low", 3, *_edge(lo - 0.5, 600.0, 660.0))
+    ref = MeasuredReference("mn3", 3, *_edge(641.9, 630.0, 670.0))
+    assert ref.on_grid(B.BANK_GRID).max() > 0
+    with pytest.raises(ValueError, match="outside"):   # a grid that cuts the window off
+        ref.on_grid(np.arange(640.0, 700.0, 0.05))
+    path = tmp_path / "mn3_615.csv"
+    np.savetxt(path, np.column_stack(_edge(615.0, 600.0, 640.0)), delimiter=",")
+    with pytest.raises(ValueError, match="mn3_615.csv"):
+        read_measured_references([f"3:{path}"])
+
+
+def test_the_l3_width_applied_is_recorded_beside_the_drawn_one(cache):
+    """Spectra are calculated with 0.1 eV and only width can be added: an L3 width drawn below 0.1 eV
+    (the range starts at 0.08) is applied as 0.101 eV, which the metadata recorded as the drawn value."""
+    import json
+
+    from offline_training.references.multiplet import CALC_GAMMA
+
+    assert B.applied_hwhm(0.08) == pytest.approx(CALC_GAMMA + B.MIN_ADDED_HWHM) == B.applied_hwhm(0.095)
+    assert B.applied_hwhm(0.3) == pytest.approx(0.3)
+    e = B.BANK_GRID
+    y = 1.0 / (1 + ((e - 641.0) / 0.1) ** 2)
+    np.testing.assert_array_equal(B.lorentzian_lifetime(e, y, 648.0, 0.08, 0.5),
+                                  B.lorentzian_lifetime(e, y, 648.0, 0.095, 0.5))
+    meta = json.loads(build(cache, "both").params_json)
+    for row in meta:
+        assert row["gamma_l3_applied"] == pytest.approx(B.applied_hwhm(row["gamma_l3"]))
+        if row["l3_lifetime"] == "ramp":
+            assert row["gamma_l3_onset_applied"] == pytest.approx(CALC_GAMMA + B.MIN_ADDED_HWHM)
+        else:
+            assert "gamma_l3_onset_applied" not in row

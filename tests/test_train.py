@@ -281,3 +281,178 @@ def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact
     for s in gate["sets"].values():
         assert s["accuracy_0.1"] == pytest.approx(s["reference_accuracy_0.1"]) and s["passed"]
     assert gate["sets"]["candidate_ranges"]["valence_mae"] != gate["sets"]["reference_ranges"]["valence_mae"]  # two sets
+
+
+@pytest.mark.parametrize("table, text, field", [
+    ("train", 'steps = "100"', "steps"),
+    ("train", "steps = 10.0", "steps"),
+    ("train", "checkpoint_every = 0", "checkpoint_every"),
+    ("train", "log_every = 0", "log_every"),
+    ("train", "calibration_spectra = 0", "calibration_spectra"),
+    ("train", "calibration_spectra = -5", "calibration_spectra"),
+    ("train", "warmup_steps = -10", "warmup_steps"),
+    ("train", "weight_decay = -1.0", "weight_decay"),
+    ("train", "seed = -1", "seed"),
+    ("train", "threads = -1", "threads"),
+    ("train", "lr = nan", "lr"),
+    ("train", 'compile_forward = "yes"', "compile_forward"),
+    ("train", "w_valence = -0.5", "w_valence"),
+    ("forward", 'eels_share = "half"', "eels_share"),
+    ("forward", "axis_points = 700.5", "axis_points"),
+    ("forward", 'axis_start = "615"', "axis_start"),
+    ("forward", "offset = 5.0", "offset"),
+    ("forward", "branching_ratio = {2 = 3.5, 3 = 2.5, 4 = 2.0}", "branching_ratio"),
+    ("forward", "intrinsic_fwhm = [0.0, 1.0]", "intrinsic_fwhm"),
+])
+def test_a_wrong_type_or_out_of_range_value_is_refused_by_name_and_the_cli_prints_it(tmp_path, capsys, table,
+                                                                                     text, field):
+    """Every [train] and [forward] value is type- and range-checked when the config is read, so that the
+    CLI refuses it with its name (exit 2, no traceback) before a step is trained, not after."""
+    from offline_training.cli import main as mnedge_train
+
+    p = tmp_path / "bad.toml"
+    p.write_text(f"[{table}]\n{text}\n")
+    with pytest.raises(ValueError, match=field):
+        TrainConfig.from_toml(p)
+    assert mnedge_train(["train", "--config", str(p), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_changed_after_reading_are_checked_again_by_the_trainer(tmp_path):
+    cfg = _tiny(steps=2)
+    cfg.train.checkpoint_every = 0
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n", "-5"), ("--n-nnls", "-1"), ("--robustness-n", "-1")])
+def test_evaluate_refuses_counts_below_their_minimum(tmp_path, capsys, option, value):
+    from offline_training.cli import main as mnedge_train
+
+    args = ["evaluate", "--n", "16", "--n-nnls", "0", "--robustness-n", "0", "--real-dir", str(tmp_path / "none"),
+            "--backend", "onnxruntime", option, value]
+    assert mnedge_train(args) == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, field", [(["--steps", "-3"], "steps"), (["--steps", "0"], "steps"),
+                                         (["--stop-after", "-1"], "stop-after"), (["--stop-after", "0"], "stop-after")])
+def test_command_line_overrides_are_validated_like_the_config(tmp_path, capsys, args, field):
+    """``--steps`` and ``--stop-after`` below 1 are refused by name (exit 2) before anything is written:
+    ``--steps -3`` wrote an untrained final.pt, ``--steps 0`` was ignored, ``--stop-after -1`` wrote nothing."""
+    from offline_training.cli import main as mnedge_train
+
+    out = tmp_path / "run"
+    assert mnedge_train(["train", "--config", str(TINY), "--out", str(out), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert field in err and "Traceback" not in err
+    assert not (out / "final.pt").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_a_steps_override_replaces_the_configs_steps(tmp_path):
+    from offline_training.cli import main as mnedge_train
+
+    out = tmp_path / "run"
+    assert mnedge_train(["train", "--config", str(TINY), "--out", str(out), "--no-progress", "--steps", "2"]) == 0
+    assert torch.load(out / "final.pt", weights_only=True)["steps"] == 2
+
+
+def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path, capsys):
+    """``[train] device`` decides where the network trains: a name that is no device is refused when the
+    config is read, a CUDA device on a machine without one when training starts (it trained on the CPU
+    silently before), and "cpu" trains with the model and the batches on the CPU."""
+    from offline_training.cli import main as mnedge_train
+    from offline_training.train import TrainSettings
+
+    with pytest.raises(ValueError, match="device"):
+        TrainSettings(device="banana")
+    with pytest.raises(ValueError, match="device"):
+        TrainSettings(device="mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda'.*no CUDA"):
+            train(_tiny(steps=1, device="cuda"), tmp_path / "cuda", progress=False)
+        assert not (tmp_path / "cuda").exists()
+        assert mnedge_train(["train", "--config", str(TINY), "--out", str(tmp_path / "cli"), "--no-progress",
+                             "--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "device" in err and "Traceback" not in err
+    ck = torch.load(train(_tiny(steps=1, device="cpu"), tmp_path / "cpu", progress=False), weights_only=True)
+    assert all(t.device.type == "cpu" for t in ck["model"].values())
+
+
+def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
+    """``compute_loss`` builds its constants on the outputs' device and ``to_device`` moves what the
+    network and the loss read (shown with the CPU, the only device here: the same tensors come back)."""
+    from offline_training.generate import make_training_batch
+    from offline_training.train import TrainSettings, to_device
+
+    tb = make_training_batch(forward_model, 4, seed=1)
+    moved = to_device(tb, torch.device("cpu"))
+    assert moved.x is tb.x and moved.targets["valence"] is tb.targets["valence"]
+    out, two = _two_rows()
+    total, _ = compute_loss(out, two, TrainSettings(teacher="x", w_teacher=1.0), out[0])
+    assert total.device == out[0].device
+
+
+def test_resume_refuses_another_config_and_names_what_differs(tmp_path):
+    """The checkpoint's config is compared on resume: another batch size, seed and learning rate were
+    taken silently and the record kept only the last invocation's."""
+    run = tmp_path / "run"
+    assert train(_tiny(steps=4, batch_size=8), run, progress=False, stop_after=2) is None
+    before = (run / "checkpoint.pt").read_bytes()
+    other = _tiny(steps=4, batch_size=16, seed=7, lr=0.05)
+    with pytest.raises(ValueError, match=r"train\.batch_size.*train\.lr.*train\.seed"):
+        train(other, run, progress=False, resume=True)
+    assert (run / "checkpoint.pt").read_bytes() == before and not (run / "final.pt").exists()
+    assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 8
+
+
+def test_resume_refuses_a_changed_bank_file(tmp_path, bank):
+    from offline_training.references.bank import Bank
+
+    path = tmp_path / "bank.npz"
+    bank.save(path)
+    cfg = _tiny(steps=3, batch_size=8)
+    cfg.bank = str(path)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after=1) is None
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["bank_sha256"] == bank.sha256()
+    changed = Bank.load(path)
+    changed.weight = changed.weight * 2.0
+    changed.save(path)
+    with pytest.raises(ValueError, match="bank .*SHA-256"):
+        train(cfg, tmp_path / "run", progress=False, resume=True)
+
+
+def test_an_explicit_steps_extension_resumes_and_every_invocation_is_recorded(tmp_path):
+    run = tmp_path / "run"
+    train(_tiny(steps=2, batch_size=8, calibration_spectra=16), run, progress=False)
+    final = train(_tiny(steps=3, batch_size=8, calibration_spectra=16), run, progress=False, resume=True)
+    ck = torch.load(final, weights_only=True)
+    assert ck["steps"] == 3 and json.loads(ck["config"])["train"]["steps"] == 3
+    assert json.loads(ck["runs"]) == [{"from_step": 0, "steps": 2}, {"from_step": 2, "steps": 3}]
+
+
+def test_a_resume_after_a_crash_logs_every_step_once(tmp_path, monkeypatch):
+    """Steps logged between the last checkpoint and a crash are logged again by the resume, which
+    restarts at the checkpoint: metrics.csv keeps only the rows up to the checkpoint's step first."""
+    import offline_training.train as T
+
+    cfg = _tiny(steps=4, batch_size=8, checkpoint_every=2, log_every=1, calibration_spectra=16)
+    calls = {"n": 0}
+
+    def crash_in_step_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed during step 4")
+        return compute_loss(*args, **kwargs)
+
+    monkeypatch.setattr(T, "compute_loss", crash_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, progress=False)
+    monkeypatch.setattr(T, "compute_loss", compute_loss)
+    train(cfg, tmp_path, progress=False, resume=True)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]

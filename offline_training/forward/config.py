@@ -8,10 +8,26 @@ from dataclasses import dataclass, field
 
 from offline_training.forward.composition import VALENCES
 
+#: Physics grid of the forward model (eV; :attr:`ForwardModel.PHYS_RANGE`, spacing 0.1 eV): an axis
+#: reading that maps to a true energy outside it would read the clamped, flat end of the grid.
+PHYS_RANGE_EV = (595.0, 710.0)
+#: Energy (eV) about which dispersion errors and nonlinearity act (``ForwardModel.e_ref``).
+AXIS_CENTER_EV = 641.0
+#: Where the L3 white line lies before the chemical shift (eV): the calculated members' L3 maxima
+#: (640.2-643.2 eV, :data:`offline_training.references.parameters.L3_POSITION_EV`) with margin.
+L3_LINE_EV = (640.0, 644.0)
+#: Spacing (eV) of the channel axis and of the physics grid (``mnedge_live.preprocessing.WORK_STEP_EV``).
+_STEP_EV = 0.1
 
-def _check_range(name: str, r: tuple[float, float], lo: float | None = None, hi: float | None = None) -> None:
+
+def _is_number(v) -> bool:
+    """Whether ``v`` is a finite real number (an int or a float, not a bool or a string)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_range(name: str, r, lo: float | None = None, hi: float | None = None) -> None:
     """Refuse a range that is not two finite numbers, is inverted or leaves ``[lo, hi]`` (ValueError naming ``name``)."""
-    if len(r) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in r):
+    if not isinstance(r, (tuple, list)) or len(r) != 2 or not all(_is_number(v) for v in r):
         raise ValueError(f"{name}: expected two finite numbers (low, high), got {r!r}")
     if r[0] > r[1]:
         raise ValueError(f"{name}: range is inverted ({r[0]} > {r[1]})")
@@ -69,7 +85,9 @@ class ForwardConfig:
     #: XAS pre-edge level and slope (per eV), relative to the L3 maximum
     xas_background: tuple[float, float] = (0.0, 1.0)
     xas_slope: tuple[float, float] = (-0.02, 0.02)
-    #: energy axis: global offset, dispersion scale error (relative), quadratic nonlinearity at +-30 eV
+    #: energy axis: global offset, dispersion scale error (relative), quadratic nonlinearity at +-30 eV;
+    #: an offset range that moves the L3 line off the channel axis, or an axis that reads beyond the
+    #: physics grid, is refused (:meth:`_check_axis`)
     offset: tuple[float, float] = (-6.0, 6.0)
     dispersion_error: tuple[float, float] = (-0.01, 0.01)
     nonlinearity: tuple[float, float] = (-0.3, 0.3)
@@ -88,12 +106,13 @@ class ForwardConfig:
 
     def __post_init__(self) -> None:
         shares = self.composition_shares
-        if len(shares) != 3 or any((not math.isfinite(s)) or s < 0 for s in shares) or sum(shares) <= 0:
+        if (not isinstance(shares, (tuple, list)) or len(shares) != 3 or not all(_is_number(s) for s in shares)
+                or any(s < 0 for s in shares) or sum(shares) <= 0):
             raise ValueError(f"composition_shares: need three non-negative shares, got {shares!r}")
         for name in ("eels_share", "crop_probability"):
             v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"{name}: must be within [0, 1], got {v}")
+            if not (_is_number(v) and 0.0 <= v <= 1.0):
+                raise ValueError(f"{name}: must be a number within [0, 1], got {v!r}")
         limits = dict(
             chemical_shift=(-3, 3), gauss_fwhm=(0.0, 5.0), lorentz_fwhm=(0.0, 3.0), t_lambda=(0.0, 4.0),
             plasmon_energy=(5.0, 60.0), plasmon_width=(0.5, 30.0), edge_step=(-1.0, 2.0), saturation=(0.0, 5.0),
@@ -103,17 +122,60 @@ class ForwardConfig:
             poisson_share=(0.0, 1.0),
         )
         for name, (lo, hi) in limits.items():
-            _check_range(name, tuple(getattr(self, name)), lo, hi)
+            _check_range(name, getattr(self, name), lo, hi)
         for name in ("intrinsic_fwhm", "branching_ratio"):
             d = getattr(self, name)
-            d = {int(k): tuple(v) for k, v in d.items()}
-            if set(d) != set(VALENCES):
-                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got {sorted(d)}")
+            if not isinstance(d, dict):
+                raise ValueError(f"{name}: need a table of ranges per valence (2, 3, 4), got {d!r}")
             for v, r in d.items():
                 _check_range(f"{name}[{v}]", r, 0.0, 10.0)
+            try:
+                d = {int(k): tuple(v) for k, v in d.items()}
+            except ValueError:
+                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got keys {sorted(map(str, d))}") from None
+            if set(d) != set(VALENCES):
+                raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got {sorted(d)}")
             setattr(self, name, d)
+        if not _is_number(self.axis_start):
+            raise ValueError(f"axis_start: must be a finite number (eV), got {self.axis_start!r}")
+        if not (isinstance(self.axis_points, int) and not isinstance(self.axis_points, bool)):
+            raise ValueError(f"axis_points: must be a whole number, got {self.axis_points!r}")
         if self.axis_points < 64:
             raise ValueError(f"axis_points: need at least 64, got {self.axis_points}")
+        self._check_axis()
+
+    def _check_axis(self) -> None:
+        """Refuse an axis and offset range that lose the L3 line or read beyond the physics grid.
+
+        A row whose L3 (:data:`L3_LINE_EV` plus the chemical shift) reads off
+        the channel axis has no edge to learn from, and a channel that maps
+        (offset, dispersion, nonlinearity and point spacing at their extremes)
+        to a true energy outside :data:`PHYS_RANGE_EV` reads the grid's
+        clamped end: a flat row.  Both were accepted and synthesized silently.
+        """
+        axis_end = self.axis_start + _STEP_EV * (self.axis_points - 1)
+        where = f"the axis {self.axis_start:g}-{axis_end:g} eV (axis_start, axis_points)"
+        l3_low = L3_LINE_EV[0] + self.chemical_shift[0]
+        l3_high = L3_LINE_EV[1] + self.chemical_shift[1]
+        fits = (self.axis_start - l3_low, axis_end - l3_high)
+        if self.offset[0] < fits[0] or self.offset[1] > fits[1]:
+            raise ValueError(f"offset: the range ({self.offset[0]:g}, {self.offset[1]:g}) eV moves the L3 line "
+                             f"({l3_low:g}-{l3_high:g} eV with the chemical shift) off {where}; offsets within "
+                             f"({fits[0]:.1f}, {fits[1]:.1f}) eV keep it on, or change axis_start / axis_points")
+
+        def true_energy(reading: float, off: float, disp: float, nl: float) -> float:
+            c = AXIS_CENTER_EV   # as offline_training.forward.stages.measure_on_axis maps a reading
+            return c + (reading - off - c) * (1 + disp) + nl * ((reading - c) / 30.0) ** 2
+
+        corners = [(o, d, q) for o in self.offset for d in self.dispersion_error for q in self.nonlinearity]
+        low = min(true_energy(self.axis_start, *k) for k in corners)
+        high = max(true_energy(axis_end + self.point_spacing[1], *k) for k in corners)
+        grid = (PHYS_RANGE_EV[0], PHYS_RANGE_EV[1] - _STEP_EV)
+        if low < grid[0] or high > grid[1]:
+            raise ValueError(f"axis_start / axis_points: {where} read with offsets ({self.offset[0]:g}, "
+                             f"{self.offset[1]:g}) eV, dispersion errors and nonlinearity at their extremes maps "
+                             f"to true energies {low:.1f}-{high:.1f} eV, outside the forward model's physics "
+                             f"grid {grid[0]:g}-{grid[1]:g} eV")
 
     @classmethod
     def from_dict(cls, d: dict) -> ForwardConfig:
@@ -126,8 +188,8 @@ class ForwardConfig:
         for k, v in d.items():
             if isinstance(v, list):
                 v = tuple(v)
-            if isinstance(v, dict):
-                v = {int(kk): tuple(vv) for kk, vv in v.items()}
+            if isinstance(v, dict):   # ranges per valence: checked (and keyed by int) on creation
+                v = {kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
             kw[k] = v
         return cls(**kw)
 

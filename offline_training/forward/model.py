@@ -11,7 +11,7 @@ import torch
 from mnedge_live.preprocessing import WORK_STEP_EV
 from offline_training.forward.compiled import stage_functions
 from offline_training.forward.composition import HOLES, VALENCES, sample_fractions
-from offline_training.forward.config import ForwardConfig
+from offline_training.forward.config import AXIS_CENTER_EV, PHYS_RANGE_EV, ForwardConfig
 from offline_training.forward.stages import (
     add_noise,
     drude_plasmon,
@@ -65,7 +65,7 @@ class ForwardModel:
 
     #: physics grid (eV): covers every true energy an axis reading 615-685 eV with a +-15 eV
     #: offset can map to, plus margin; spacing equals the work step.
-    PHYS_RANGE = (595.0, 710.0)
+    PHYS_RANGE = PHYS_RANGE_EV
     #: FFT length: leaves about 90 eV of empty grid so plural-scattering replicas do not wrap
     NFFT = 2048
     #: number of tabulated plasmon energies and widths over the configured ranges
@@ -113,7 +113,7 @@ class ForwardModel:
         self.plasmon_params = torch.tensor(np.stack([ep.ravel(), pw.ravel()], 1), device=self.device)
         table = drude_plasmon(loss, torch.tensor(ep.ravel()), torch.tensor(pw.ravel()))
         self.plasmon_fft = torch.fft.rfft(table.to(torch.float32), n=self.nfft).to(self.device)
-        self.e_ref = 641.0
+        self.e_ref = AXIS_CENTER_EV
         self.bank_sha256 = bank.sha256()
 
     def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None,

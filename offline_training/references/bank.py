@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from offline_training.references.multiplet import (
+    CALC_GAMMA,
     D_COUNT,
     MultipletParameters,
     calculate_spectrum,
@@ -138,8 +139,25 @@ def find_split(energy: np.ndarray, spectrum: np.ndarray) -> float:
     return float(energy[window][np.argmin(spectrum[window])])
 
 
+#: Smallest Lorentzian HWHM (eV) :func:`lorentzian_lifetime` adds to a calculated spectrum: a width at
+#: or below the calculation's own (``gamma_done``) is applied as ``gamma_done`` plus this.
+MIN_ADDED_HWHM = 1e-3
+
+
+def applied_hwhm(gamma: float, gamma_done: float = CALC_GAMMA) -> float:
+    """The core-hole HWHM (eV) a spectrum calculated with ``gamma_done`` has after :func:`lorentzian_lifetime`.
+
+    Lorentzians add their widths, and only a positive extra width can be
+    added: ``gamma_done + max(gamma - gamma_done, MIN_ADDED_HWHM)``. Every
+    L3 width drawn below the calculation's 0.1 eV
+    (:data:`~offline_training.references.multiplet.CALC_GAMMA`) is applied as
+    0.101 eV; banks record this as ``gamma_l3_applied`` beside the drawn ``gamma_l3``.
+    """
+    return float(gamma_done + max(gamma - gamma_done, MIN_ADDED_HWHM))
+
+
 def lorentzian_lifetime(energy: np.ndarray, spectrum: np.ndarray, split: float,
-                        gamma_l3: float, gamma_l2: float, gamma_done: float = 0.1,
+                        gamma_l3: float, gamma_l2: float, gamma_done: float = CALC_GAMMA,
                         gamma_l3_onset: float | None = None, ramp_ev: float = 3.0) -> np.ndarray:
     """Add core-hole Lorentzian broadening: L3's below ``split``, L2's ``gamma_l2`` above.
 
@@ -148,9 +166,11 @@ def lorentzian_lifetime(energy: np.ndarray, spectrum: np.ndarray, split: float,
     ``gamma_l3`` (``ramp_ev / 2`` above and higher): the lowest multiplets
     live longest (see :mod:`~offline_training.references.parameters`).  A Lorentzian of HWHM a
     convolved with one of HWHM b is a Lorentzian of HWHM a + b, so a spectrum
-    calculated with ``gamma_done`` gets the extra ``gamma - gamma_done``.  The
-    kernel varies with the energy it spreads from, which keeps the area of
-    every transition.
+    calculated with ``gamma_done`` gets the extra ``gamma - gamma_done``, at
+    least :data:`MIN_ADDED_HWHM`: a width below ``gamma_done`` cannot be
+    reached and is applied as ``gamma_done + MIN_ADDED_HWHM``
+    (:func:`applied_hwhm`).  The kernel varies with the energy it spreads
+    from, which keeps the area of every transition.
     """
     de = energy[1] - energy[0]
     g3 = np.full(energy.shape, float(gamma_l3))
@@ -159,7 +179,7 @@ def lorentzian_lifetime(energy: np.ndarray, spectrum: np.ndarray, split: float,
         ramp = np.clip((energy - (l3 - ramp_ev / 2)) / ramp_ev, 0.0, 1.0) if ramp_ev > 0 else (energy >= l3) * 1.0
         g3 = gamma_l3_onset + (gamma_l3 - gamma_l3_onset) * ramp
     g = np.where(energy < split, g3, gamma_l2) - gamma_done
-    g = np.clip(g, 1e-3, None)
+    g = np.clip(g, MIN_ADDED_HWHM, None)
     diff = energy[:, None] - energy[None, :]
     kernel = (g[None, :] / np.pi) / (diff**2 + g[None, :] ** 2) * de
     kernel /= kernel.sum(axis=0, keepdims=True)
@@ -292,8 +312,13 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
                 valence.append(p.valence)
                 split.append(sp)
                 source.append(family)
+                # the widths drawn and, since a spectrum calculated with CALC_GAMMA cannot get narrower,
+                # the widths applied (a draw below 0.1 eV is applied as 0.101 eV)
+                applied = {"gamma_l3_applied": applied_hwhm(g3)}
+                if ramp:
+                    applied["gamma_l3_onset_applied"] = applied_hwhm(L3_RAMP["onset_hwhm"])
                 meta.append(dict(as_dict(p), gamma_l3=g3, gamma_l2=g2, d_occupancy=occ, l3_lifetime=mode,
-                                 **({} if np.isnan(optical) else {"optical_ten_dq": optical})))
+                                 **applied, **({} if np.isnan(optical) else {"optical_ten_dq": optical})))
     valence_arr = np.array(valence)
     weight = np.ones(len(spectra))
     bank = Bank(energy=BANK_GRID, spectra=np.array(spectra, np.float32), valence=valence_arr,
@@ -339,4 +364,4 @@ def join_measured(bank: Bank, measured: list, measured_weight: float) -> Bank:
 
 
 __all__ = ["Bank", "BANK_GRID", "D_COUNT", "build_bank", "join_measured", "default_bank_path",
-           "unit_area", "find_split", "lorentzian_lifetime"]
+           "unit_area", "find_split", "lorentzian_lifetime", "applied_hwhm"]

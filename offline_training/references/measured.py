@@ -14,10 +14,31 @@ from pathlib import Path
 import numpy as np
 
 from offline_training.realism import read_two_column
+from offline_training.references.bank import BANK_GRID
 
-#: A reference must cover at least this window (eV) around its L3 maximum.
+#: A reference must cover at least this window (eV) around its L3 maximum, and the window must
+#: lie on the bank grid it is resampled onto (:func:`l3_interval`).
 REQUIRED_BELOW_EV = 3.0
 REQUIRED_ABOVE_EV = 14.0
+
+
+def l3_interval(grid: np.ndarray) -> tuple[float, float]:
+    """Where a reference's L3 maximum may lie (eV) for its required window to lie on ``grid``.
+
+    A window reaching past the grid would be cut off when the reference is
+    resampled onto it (:meth:`MeasuredReference.on_grid` fills zeros outside
+    the grid), leaving a truncated end member in the bank.
+    """
+    return float(grid[0]) + REQUIRED_BELOW_EV, float(grid[-1]) - REQUIRED_ABOVE_EV
+
+
+def _check_on_grid(name: str, l3: float, grid: np.ndarray) -> None:
+    """Refuse (ValueError) an L3 maximum whose required window does not lie on ``grid``, stating the interval."""
+    lo, hi = l3_interval(grid)
+    if not lo <= l3 <= hi:
+        raise ValueError(f"reference {name}: L3 maximum at {l3:.2f} eV is outside {lo:.2f}-{hi:.2f} eV, where the "
+                         f"bank grid ({float(grid[0]):g}-{float(grid[-1]):g} eV) holds the {REQUIRED_BELOW_EV:g} eV "
+                         f"below and {REQUIRED_ABOVE_EV:g} eV above it that a reference needs")
 
 
 @dataclass
@@ -44,12 +65,16 @@ class MeasuredReference:
         if l3 - self.energy[0] < REQUIRED_BELOW_EV or self.energy[-1] - l3 < REQUIRED_ABOVE_EV:
             raise ValueError(f"reference {self.name}: does not cover the edge ({self.energy[0]:.1f}-{self.energy[-1]:.1f} eV; "
                              f"need {REQUIRED_BELOW_EV} eV below and {REQUIRED_ABOVE_EV} eV above the L3 maximum at {l3:.1f} eV)")
-        if not (600.0 <= l3 <= 690.0):
-            raise ValueError(f"reference {self.name}: L3 maximum at {l3:.1f} eV is not a Mn L3 edge (expected 635-650 eV)")
+        _check_on_grid(self.name, l3, BANK_GRID)
 
     def on_grid(self, grid: np.ndarray) -> np.ndarray:
-        """Baseline-corrected reference on ``grid`` (zero outside its measured window)."""
+        """Baseline-corrected reference on ``grid`` (zero outside its measured window).
+
+        Refused (``ValueError``) when ``grid`` does not hold the window around
+        the L3 maximum (:func:`l3_interval`): the reference would be truncated.
+        """
         e, y = self.energy, self.intensity
+        _check_on_grid(self.name, float(e[np.argmax(y)]), grid)
         lo = e <= e[0] + 2.0
         hi = e >= e[-1] - 2.0
         x0, x1 = e[lo].mean(), e[hi].mean()

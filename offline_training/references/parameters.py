@@ -39,9 +39,17 @@ seeded).  Ranges and sources:
   07:00 UTC).
   V(t2g)/V(eg) 0.5-0.6 (Harrison's (pd pi)/(pd sigma) ratio ~ -0.46 times
   geometry), U_dd 4-6 eV, U_pd/U_dd 1.2-1.3 (de Groot & Kotani).
-* Core-hole lifetimes (Lorentzian HWHM): L3 0.08-0.35 eV, L2 0.35-0.65 eV
-  (Krause & Oliver, J. Phys. Chem. Ref. Data 8, 329 (1979), from 0.15 eV at
-  L3; L2 is wider by L2-L3 M45 Coster-Kronig decay).  The L3 range reaches
+* Core-hole lifetimes (Lorentzian HWHM): L3 drawn from 0.08-0.35 eV, L2
+  0.35-0.65 eV (Krause & Oliver, J. Phys. Chem. Ref. Data 8, 329 (1979), from
+  0.15 eV at L3; L2 is wider by L2-L3 M45 Coster-Kronig decay).  As applied,
+  the L3 widths are 0.101-0.35 eV: the spectra are calculated with 0.1 eV
+  (:data:`~offline_training.references.multiplet.CALC_GAMMA`) and
+  :func:`~offline_training.references.bank.lorentzian_lifetime` can only add
+  width (at least 0.001 eV), so every draw below 0.1 eV (about 7 % of them)
+  is applied as 0.101 eV; the bank's metadata records the drawn width as
+  ``gamma_l3`` and, in banks built since 2026-12-06 evening, the applied one
+  as ``gamma_l3_applied`` (the shipped bank predates it; its rows with
+  ``gamma_l3`` below 0.1 have 0.101 eV).  The L3 range reaches
   below the atomic width as an effective correction: the Lorentzian wings of
   the L3 multiplet set how much intensity the calculated Mn3+ and Mn4+
   members keep between the lines (measured on one Mn4+ calculation: 2.4 % of
@@ -49,7 +57,8 @@ seeded).  Ranges and sources:
   oxides have 1-3 % there, which no member reached with 0.15-0.35 eV
   (4-10 %; benchmarks/RESULTS.md, "Between the lines").
 * Energy-dependent L3 widths (``mnedge-train references --l3-lifetime ramp``;
-  the shipped bank holds both width models, ``--l3-lifetime both``): 0.1 eV HWHM for the lowest L3 multiplets (1.5 eV
+  the shipped bank holds both width models, ``--l3-lifetime both``): 0.1 eV HWHM (applied as
+  0.101 eV, as above) for the lowest L3 multiplets (1.5 eV
   below the L3 maximum and lower), rising linearly over 3 eV to a main-line
   value drawn from 0.24-1.05 eV (three times the constant range).  The
   lowest multiplets of a 2p hole decay by Auger processes only, higher ones
@@ -127,7 +136,9 @@ FAMILIES: dict[str, dict] = {
     ),
 }
 
-#: Core-hole HWHM ranges (L3, L2) applied after the calculation (eV).
+#: Core-hole HWHM ranges (L3, L2) drawn for the broadening after the calculation (eV). The widths
+#: applied are at least 0.101 eV (the calculation's own 0.1 eV plus the smallest added width,
+#: :func:`offline_training.references.bank.applied_hwhm`): L3 as applied spans 0.101-0.35 eV.
 LIFETIME_RANGES = {"gamma_l3": (0.08, 0.35), "gamma_l2": (0.35, 0.65)}
 #: Energy-dependent L3 widths (``l3_lifetime="ramp"``): the main line's HWHM range (eV), the HWHM
 #: of the lowest L3 multiplets and the width of the ramp between them, centred on the L3 maximum.
