@@ -616,12 +616,19 @@ class MnEdgeCallback(DocumentRouter):
 
     @staticmethod
     def _map_shape(start: dict, _unused) -> tuple[int, int] | None:
+        """The grid scan's ``(rows, columns)`` from the start document; None without one, or when the
+        map would hold more than :data:`MAX_MAP_PIXELS` (its spectra are then read out without a map,
+        not lost with a run whose maps cannot be allocated)."""
         shape = start.get("shape")
         if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in shape):
             return None
-        if len(shape) == 2:
-            return int(shape[0]), int(shape[1])
-        return None
+        if len(shape) != 2:
+            return None
+        if shape[0] * shape[1] > MAX_MAP_PIXELS:
+            log.warning("run %s: scan shape %s is more than the %d pixels a map may hold: its spectra are read "
+                        "out without a map", start.get("uid"), list(shape), MAX_MAP_PIXELS)
+            return None
+        return int(shape[0]), int(shape[1])
 
     def _pixel(self, run: _Run, seq: int, row: dict) -> tuple[tuple[int, int] | None, str]:
         if self.config.pixel_fields:

@@ -160,6 +160,21 @@ def test_bad_spectra_and_documents_are_rejected_or_ignored_never_raise(engine, s
     assert cb.totals["bad_documents"] >= 4
 
 
+def test_a_scan_shape_too_large_for_a_map_reads_its_spectra_without_one(engine, source):
+    # a start document announcing a 100000 x 100000 grid: allocating its maps failed and the run was lost
+    e, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (3, 1)), eels=True)
+    docs = _source_docs(list(spectra))
+    docs[0] = ("start", dict(docs[0][1], shape=[100_000, 100_000]))
+    out: list = []
+    cb = MnEdgeCallback(engine, LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125,
+                                           maps_dir=None), lambda n, d: out.append((n, d)))
+    for name, doc in docs:
+        cb(name, doc)
+    rows = derived_rows(out)
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert cb.totals["bad_documents"] == 0 and out[-1][1]["exit_status"] == "success"
+
+
 def test_sequence_gaps_are_counted_as_missed(engine, source):
     e, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (6, 1)), eels=True)
     docs = _source_docs(list(spectra), num_events=6, drop=(2, 3, 6))
