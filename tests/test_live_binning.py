@@ -17,6 +17,17 @@ from mnedge_live.sim import SpectrumSource, make_eels
 E = np.arange(5.0)
 
 
+def binned_grid_scan(engine, det, sy, sx, shape: tuple[int, int], tmp_path) -> list[tuple[str, dict]]:
+    """The documents of a RunEngine grid scan of ``shape`` read live with 3 x 3 blocks (``map_bin``)."""
+    cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+                     offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
+    docs: list[tuple[str, dict]] = []
+    RE = RunEngine({})
+    RE.subscribe(MnEdgeCallback(engine, cfg, lambda n, d: docs.append((n, d))))
+    RE(bp.grid_scan([det], sy, 0, 1, shape[0], sx, 0, 1, shape[1]))
+    return docs
+
+
 def spectrum(value: float) -> np.ndarray:
     return np.full(E.size, value)
 
@@ -90,12 +101,7 @@ def test_a_dead_pixel_does_not_spoil_its_block_readout(tmp_path):
     for r in range(3):
         for c in range(3, 6):
             det._cache[(r, c)][:] = np.nan                      # a second block beam-blanked
-    cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
-                     offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
-    docs: list[tuple[str, dict]] = []
-    RE = RunEngine({})
-    RE.subscribe(MnEdgeCallback(engine, cfg, lambda n, d: docs.append((n, d))))
-    RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 6))
+    docs = binned_grid_scan(engine, det, sy, sx, (3, 6), tmp_path)
     desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "mnedge_binned")
     pages = [d for n, d in docs if n == "event_page" and d["descriptor"] == desc["uid"]]
     blocks = {(p["data"]["block_row"][i], p["data"]["block_col"][i]): {k: v[i] for k, v in p["data"].items()}
@@ -106,6 +112,7 @@ def test_a_dead_pixel_does_not_spoil_its_block_readout(tmp_path):
     assert blocks[(0, 1)]["reason"] == "no pixel of the block has a finite spectrum"
     stop = docs[-1][1]
     assert stop["binned_skipped_pixels"] == 10 and stop["binned_processed"] + stop["binned_rejected"] == 2
+
 
 def test_map_bin_is_validated():
     assert LiveConfig(map_bin=4).map_bin == 4
@@ -118,12 +125,7 @@ def test_a_low_dose_spectrum_image_reads_out_in_blocks_during_the_scan(tmp_path)
     engine = real_engine()
     det, sy, sx = make_eels((6, 6), SpectrumSource(seed=4))
     det.prefetch(psnr_db=4.0)                # single pixels mostly below the detection limit
-    cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
-                     offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
-    docs: list[tuple[str, dict]] = []
-    RE = RunEngine({})
-    RE.subscribe(MnEdgeCallback(engine, cfg, lambda n, d: docs.append((n, d))))
-    RE(bp.grid_scan([det], sy, 0, 1, 6, sx, 0, 1, 6))
+    docs = binned_grid_scan(engine, det, sy, sx, (6, 6), tmp_path)
     pixels = derived_rows(docs)
     assert len(pixels) == 36                 # every pixel still gets its own row
     desc = next(d for n, d in docs if n == "descriptor" and d["name"] == "mnedge_binned")
