@@ -8,8 +8,9 @@ BIN = $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of PyTorch from the local wheel cache first; a newer or unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	# The CPU build of PyTorch (2.13.0+cpu, from PyTorch's CPU index or a local wheel cache): PyPI's
+	# torch==2.13.0 is the multi-GB CUDA build. An unreachable CPU index costs two short retries.
+	$(BIN)/pip install -q --retries 1 --timeout 15 --extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 

@@ -40,8 +40,8 @@ python=$(dirname "$(command -v "$train_cmd")")/python
 if ! "$python" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     die "no CUDA GPU is usable here (torch.cuda.is_available() is False); TensorRT engines must be built on the site's GPU"
 fi
-if ! "$python" -c 'import tensorrt, torch_tensorrt' 2>/dev/null; then
-    die "torch-tensorrt is not installed; pip install 'mnedge-live[tensorrt]' (or use deploy/containers/Dockerfile.cuda)"
+if ! "$python" -c 'import tensorrt, torch_tensorrt, onnx' 2>/dev/null; then
+    die "torch-tensorrt or onnx is not installed; pip install 'mnedge-live[tensorrt]' (or use deploy/containers/Dockerfile.cuda)"
 fi
 gpu=$("$python" -c 'import torch; print(torch.cuda.get_device_name(0))')
 echo "building TensorRT engines on: $gpu"

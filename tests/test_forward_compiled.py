@@ -10,13 +10,25 @@ from offline_training.forward import ForwardConfig, ForwardModel
 from offline_training.forward.compiled import COMPILED_STAGES, _CompiledStage, stage_functions
 
 
+def _cpp_compiler_present() -> bool:
+    """TorchInductor finds a C++ compiler (compiling needs one; without, the stages run eagerly)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - any failure to find one
+        return False
+    return True
+
+
 def test_compiled_forward_model_matches_the_eager_one(bank):
     cfg = ForwardConfig(offset=(-15.0, 15.0))
     eager = ForwardModel(bank, cfg).sample(96, seed=21)
     compiled = ForwardModel(bank, cfg, compiled=True).sample(96, seed=21)
     stages = stage_functions(True)
-    # every stage really ran compiled (none fell back to eager)
-    assert all(getattr(stages, name).compiled is not None for name in COMPILED_STAGES)
+    # with a C++ compiler every stage really ran compiled (none fell back to eager); a machine
+    # without one (only Python is required) runs them eagerly, and the rest of the test still holds
+    assert all((getattr(stages, name).compiled is not None) == _cpp_compiler_present() for name in COMPILED_STAGES)
     assert torch.equal(compiled.fractions, eager.fractions)
     assert torch.equal(compiled.valid, eager.valid)
     for key, value in eager.params.items():
