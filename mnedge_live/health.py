@@ -92,6 +92,8 @@ def check_address(name: str, address: str, timeout: float = CONNECT_TIMEOUT_S) -
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         return Check(name, False, f"nothing accepts a connection at {host}:{port} ({reason}); "
                                   "is the 0MQ proxy running there?")
+    except (UnicodeError, ValueError) as exc:   # a host name the resolver cannot encode ("bad..host")
+        return Check(name, False, f"{host!r} is not a valid host name: {exc}")
     return Check(name, True, f"{host}:{port} accepts connections")
 
 

@@ -113,6 +113,16 @@ def test_shared_axis_entry_answers_like_predict_and_counts_every_row(engine):
     assert engine.counters["rejected"] - before["rejected"] == 4
 
 
+def test_shared_axis_rows_given_as_lists_answer_one_by_one(engine):
+    # a None in one list made the whole block an object array: every good row was refused as non-numeric
+    good = mn_like().tolist()
+    bad = list(good)
+    bad[10] = None
+    res = engine.predict_shared_axis(E, [good, bad, good])
+    assert [r.status for r in res] == ["ok", "rejected", "ok"]
+    assert "non-numeric" in res[1].reason
+
+
 @pytest.mark.parametrize("energy, intensities, reason", [
     (E, np.ones((2, E.size - 1)), "energy has"),        # rows do not match the axis
     (E[::-1], np.array([mn_like()[::-1]] * 2), None),   # descending axis: the per-spectrum path reads it

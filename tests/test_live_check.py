@@ -125,6 +125,8 @@ def test_parse_address_and_bad_addresses():
             parse_address(bad)
     c = check_address("out_address", "127.0.0.1:http")
     assert not c.ok and "not a number" in c.line()
+    c = check_address("in_address", "tcp://bad..host:5555")    # the resolver cannot encode it (UnicodeError)
+    assert not c.ok and "not a valid host name" in c.line()
 
 
 def test_build_tensorrt_refuses_without_a_gpu(tmp_path):

@@ -243,7 +243,12 @@ class Engine:
         except ValueError:  # ragged rows: each answers for itself
             return self.predict([(energy, row) for row in intensities])
         if y.ndim != 2 or not isinstance(energy, np.ndarray) or y.shape[1:] != energy.shape or y.dtype.kind not in "fiu":
-            return self.predict([(energy, row) for row in y] if y.ndim == 2 else [(energy, y)])
+            if y.ndim != 2:
+                return self.predict([(energy, y)])
+            # rows given as lists are converted one by one, as predict does: one row holding a None
+            # must not make the whole block an object array and every good row "non-numeric"
+            rows = y if isinstance(intensities, np.ndarray) else intensities
+            return self.predict([(energy, row) for row in rows])
         y = _float_rows(y)
         return self._in_parts(len(y), lambda a, b: self._shared_axis_part(energy, y[a:b]))
 
