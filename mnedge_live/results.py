@@ -57,7 +57,9 @@ class SpectrumResult:
         ``"broad_resolution"`` (the estimated resolution is near or past the largest
         trained, 2.0 eV for the default model: readings drift beyond it),
         ``"sparse_lines"`` (measured points more than 1.5 eV apart on the L3 or L2
-        line: the interpolation between them may miss a maximum or shoulder).
+        line: the interpolation between them may miss a maximum or shoulder),
+        ``"strong_background"`` (the background under L3 is more than 20 times the
+        L3 line, beyond the training range: a dilute edge on a steep EELS power law).
     model : str
         Identifier of the model that produced the readout.
     """

@@ -510,3 +510,12 @@ def test_spectra_sharing_an_axis_by_value_or_by_object_group_alike(engine):
     assert Engine._shared_axis_groups(turns, single) == [[0, 3], [1, 2, 4]] and single == []
     a, b = engine.predict(shared), engine.predict(copies)
     assert [r.valence for r in a] == [r.valence for r in b]
+
+
+def test_a_line_on_a_background_beyond_the_training_range_is_flagged(engine):
+    e = np.arange(600.0, 690.0, 0.1)
+    line = mn_like(e, noise=0.0)
+    for ratio, flagged in ((2.0, False), (60.0, True)):   # background under L3 over the L3 line's height
+        y = line + ratio * (line.max() - line.min()) * (e / 641.0) ** -3
+        r = engine.predict_one(e, y)
+        assert r.ok and ("strong_background" in r.flags) == flagged, (ratio, r.flags)

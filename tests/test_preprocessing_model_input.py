@@ -62,7 +62,7 @@ def test_without_diagnostics_the_model_input_and_alignment_are_the_same(bank):
     lean = preprocess(b.start, b.values, b.valid, diagnostics=False)
     assert torch.equal(lean.x, full.x) and torch.equal(lean.l3_ev, full.l3_ev)
     assert torch.equal(lean.l2_covered, full.l2_covered) and torch.equal(lean.l3_covered, full.l3_covered)
-    for name in ("edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "l3_drop", "dip_depth"):
+    for name in ("edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "l3_drop", "dip_depth", "background"):
         assert torch.isnan(getattr(lean, name)).all(), name
     measured = true_l3 >= b.start + 3.0          # the edge lies in the row's window (not so past -35 eV)
     assert torch.isfinite(full.edge_snr[measured]).all()

@@ -125,6 +125,7 @@ class RowChecks:
     psnr_db: np.ndarray
     l3_drop: np.ndarray
     dip_depth: np.ndarray
+    background: np.ndarray
     ood_score: np.ndarray
     ood: OodScore | None
     output_finite: np.ndarray
@@ -224,4 +225,5 @@ def finite_rows(*outputs: np.ndarray | None) -> np.ndarray:
     return ok
 
 
-FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "l3_drop", "dip_depth"}
+FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "l3_drop", "dip_depth",
+                "background"}

@@ -57,6 +57,12 @@ LINES_REGION_EV = (-3.0, 15.0)
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
 UNCERTAIN_VALENCE_STD = 0.25
+#: Background under the L3 maximum, in units of the L3 line's height (:attr:`Prepared.background`),
+#: above which a readout is flagged ``strong_background``: beyond anything in the training prior
+#: (49,152 synthetic spectra: at most 18.8, 99.9 % below 7). The measured spectra on an EELS power
+#: law E^-3 read within 0.05 up to 30-40 times, SrMnO3 3.85 at 70-90 times and 3.47-3.59 beyond
+#: 120 times (benchmarks/RESULTS.md): a dilute edge on a steep background needs the flag.
+STRONG_BACKGROUND = 20.0
 #: Rows preprocessed and run at once, by backend device. On 2 CPU cores the
 #: engine is fastest at 1024 (image pixels/s at 256/512/1024/2048/4096 rows:
 #: 7.7k/9.3k/9.6k/8.8k/5.8k, benchmarks/RESULTS.md); a GPU wants larger batches.
@@ -390,6 +396,7 @@ class Engine:
                         ("spikes_removed", np.asarray(rows.spikes) > 0), ("clipped", np.asarray(rows.clipped, bool)),
                         ("coarse_axis", np.asarray(rows.spacing) > COARSE_AXIS_EV),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
+                        ("strong_background", checks.background > STRONG_BACKGROUND),
                         ("sparse_lines", np.zeros(len(f), bool) if rows.bridged is None
                          else _bridged_near(rows.bridged, checks.l3_ev - start)))
         flags = _flag_tuples(flag_columns, len(f))

@@ -47,6 +47,11 @@ class Prepared:
         Boolean: the window reaches :data:`L3_COVER_EV` below and above L3.
     psnr_db : torch.Tensor
         Estimated PSNR (L3 height over the high-frequency noise), dB.
+    background : torch.Tensor
+        The background removed under the L3 maximum, in units of the L3
+        line's height (the normalization): how far the line stands on a
+        background the chord had to take away (an EELS power law of a dilute
+        edge).  NaN with ``diagnostics=False``.
     l3_drop : torch.Tensor
         How far the lightly smoothed spectrum falls within
         :data:`~mnedge_live.preprocessing.constants.L3_DROP_WINDOW_EV` above the L3 maximum, in units of the L3
@@ -71,6 +76,7 @@ class Prepared:
     psnr_db: torch.Tensor
     l3_drop: torch.Tensor
     dip_depth: torch.Tensor
+    background: torch.Tensor
 
 
 def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
@@ -130,7 +136,8 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     c = model_grid_constants(values.device)
     pos = l3_pos[:, None] + c["rel_points"] * (WORK_STEP_EV / step)
     held_mask = (pos < first[:, None] - 1e-6) | (pos > last[:, None] + 1e-6)
-    spec, pre_cov = remove_background(interp_rows(held, pos), held_mask)
+    raw = interp_rows(held, pos)
+    spec, pre_cov = remove_background(raw, held_mask)
     # Normalize by the 0.3 eV-smoothed maximum within +-2 eV of L3 (smoothed
     # only there: the window lies far enough inside the grid that edge
     # padding never reaches it).
@@ -142,6 +149,9 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     spec = spec / scale[:, None]
     dip = (-torch.where(held_mask, torch.inf, spec).amin(dim=1) if diagnostics
            else torch.full_like(scale, torch.nan))
+    i3 = _l3_index()
+    background = ((raw[:, i3] - spec[:, i3] * scale) / scale if diagnostics
+                  else torch.full_like(scale, torch.nan))
     x = torch.stack([spec, held_mask.to(torch.float32)], dim=1)
     x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).clamp(-5.0, 5.0)
     l3_cov = (l3_pos - first >= L3_COVER_EV[0] / step) & (last - l3_pos >= L3_COVER_EV[1] / step)
@@ -151,7 +161,14 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
                     l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
                     pre_edge_covered=pre_cov,
-                    l3_covered=l3_cov, psnr_db=psnr, l3_drop=l3_drop.to(torch.float32), dip_depth=dip)
+                    l3_covered=l3_cov, psnr_db=psnr, l3_drop=l3_drop.to(torch.float32), dip_depth=dip,
+                    background=background)
+
+
+@functools.lru_cache(maxsize=1)
+def _l3_index() -> int:
+    """Model-grid index of :data:`L3_REFERENCE_EV`, where the aligned L3 maximum sits."""
+    return int(np.argmin(np.abs(MODEL_GRID - L3_REFERENCE_EV)))
 
 
 @functools.lru_cache(maxsize=1)
