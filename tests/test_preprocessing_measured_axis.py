@@ -138,6 +138,13 @@ def test_a_maximum_held_flat_is_clipping_and_a_digitized_line_top_is_not():
     got = clipped_at_maximum(e, np.stack([cut, line, tie, *digitized]))
     assert got.tolist() == [True, False, False, False, False]
     assert clipped_at_maximum(e, cut) and not clipped_at_maximum(e, line)   # one spectrum: a 0-d answer
+    # separate peaks sharing the maximum (integer counts, a periodic signal) are no flat top, while a
+    # flat top broken by one point below it still is (a run of three spanning 0.3 eV remains)
+    peaks = np.zeros_like(e)
+    peaks[[100, 300, 500]] = 7.0
+    broken = cut.copy()
+    broken[np.flatnonzero(cut == cut.max())[1]] -= 1e-3
+    assert clipped_at_maximum(e, np.stack([peaks, broken])).tolist() == [False, True]
 
 
 def test_single_point_spikes_are_found_and_sharp_lines_are_not():

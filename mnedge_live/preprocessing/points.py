@@ -65,8 +65,11 @@ CLIP_MIN_SPAN_EV = 0.3
 
 
 def clipped_at_maximum(e: np.ndarray, y: np.ndarray, top: np.ndarray | None = None) -> np.ndarray:
-    """Rows whose largest value is held at :data:`CLIP_MIN_POINTS` or more measured points spread over
-    :data:`CLIP_MIN_SPAN_EV` or more: clipped by a saturated detector or amplifier.
+    """Rows whose largest value is held at :data:`CLIP_MIN_POINTS` or more consecutive measured points
+    spanning :data:`CLIP_MIN_SPAN_EV` or more: clipped by a saturated detector or amplifier.
+
+    Consecutive: separate peaks that happen to share the maximum (integer counts of a
+    weak line, a periodic signal) are no flat top.
 
     Clipping flattens the L3 line; the four measured spectra with their top 20 % / 40 % cut read up
     to 0.2 / 0.5 off (benchmarks/RESULTS.md), so the engine flags such readouts ``clipped``.
@@ -92,6 +95,10 @@ def clipped_at_maximum(e: np.ndarray, y: np.ndarray, top: np.ndarray | None = No
     first = at_top.argmax(axis=1)
     last = y2.shape[1] - 1 - at_top[:, ::-1].argmax(axis=1)
     out = (count >= CLIP_MIN_POINTS) & (e[last] - e[first] >= CLIP_MIN_SPAN_EV)
+    for i in np.flatnonzero(out & (count < last - first + 1)):   # gaps between the top points: look at the runs
+        edges = np.diff(np.r_[0, at_top[i].astype(np.int8), 0])
+        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+        out[i] = bool(np.any((stops - starts + 1 >= CLIP_MIN_POINTS) & (e[stops] - e[starts] >= CLIP_MIN_SPAN_EV)))
     return out if np.ndim(y) == 2 else out[0]
 
 
