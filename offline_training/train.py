@@ -312,8 +312,12 @@ def _dist_info() -> tuple[int, int]:
 
 
 #: Config keys a resumed run may change: the number of steps (the run is extended or shortened; each
-#: invocation's target is recorded in the checkpoint's and final.pt's ``runs``).
-RESUMABLE_CHANGES = ("train.steps",)
+#: invocation's target is recorded in the checkpoint's and final.pt's ``runs``), the settings that
+#: only decide how the same run executes (device, threads, data workers: the same batches; logging and
+#: checkpoint intervals), and the bank's path (its content is compared by SHA-256 instead: the same
+#: bank moved or named relative to another folder is the same bank).
+RESUMABLE_CHANGES = ("train.steps", "train.device", "train.threads", "train.data_workers", "train.log_every",
+                     "train.checkpoint_every", "bank")
 
 
 def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:

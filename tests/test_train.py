@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -419,6 +420,11 @@ def test_resume_refuses_a_changed_bank_file(tmp_path, bank):
     cfg.bank = str(path)
     assert train(cfg, tmp_path / "run", progress=False, stop_after=1) is None
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["bank_sha256"] == bank.sha256()
+    moved = tmp_path / "moved.npz"           # the same bank under another path, and how the run executes, may change
+    shutil.copyfile(path, moved)
+    cfg.bank, cfg.train.log_every, cfg.train.checkpoint_every = str(moved), 2, 2
+    assert train(cfg, tmp_path / "run", progress=False, resume=True, stop_after=2) is None
+    cfg.bank = str(path)
     changed = Bank.load(path)
     changed.weight = changed.weight * 2.0
     changed.save(path)
