@@ -95,10 +95,14 @@ def clipped_at_maximum(e: np.ndarray, y: np.ndarray, top: np.ndarray | None = No
     first = at_top.argmax(axis=1)
     last = y2.shape[1] - 1 - at_top[:, ::-1].argmax(axis=1)
     out = (count >= CLIP_MIN_POINTS) & (e[last] - e[first] >= CLIP_MIN_SPAN_EV)
-    for i in np.flatnonzero(out & (count < last - first + 1)):   # gaps between the top points: look at the runs
-        edges = np.diff(np.r_[0, at_top[i].astype(np.int8), 0])
-        starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
-        out[i] = bool(np.any((stops - starts + 1 >= CLIP_MIN_POINTS) & (e[stops] - e[starts] >= CLIP_MIN_SPAN_EV)))
+    gapped = np.flatnonzero(out & (count < last - first + 1))   # top points with gaps between them: their runs
+    if gapped.size:
+        r, c = np.nonzero(at_top[gapped])                        # the few top points of those rows, row by row
+        start = np.flatnonzero(np.r_[True, (np.diff(c) != 1) | (np.diff(r) != 0)])
+        stop = np.r_[start[1:], c.size] - 1
+        long = (stop - start + 1 >= CLIP_MIN_POINTS) & (e[c[stop]] - e[c[start]] >= CLIP_MIN_SPAN_EV)
+        out[gapped] = False
+        out[gapped[r[start[long]]]] = True
     return out if np.ndim(y) == 2 else out[0]
 
 
