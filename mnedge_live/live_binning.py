@@ -110,7 +110,7 @@ class BlockBinner:
         elif entry[0] is None:
             entry[0], entry[1], entry[3] = e, y.copy(), 1
         elif e.shape != entry[0].shape or not np.array_equal(e, entry[0]):
-            return self._skip("energy axis unlike the rest of its block")
+            self._skip("energy axis unlike the rest of its block")   # counted, and it still completes its block
         else:
             entry[1] += y
             entry[3] += 1

@@ -67,9 +67,9 @@ def test_pixels_that_cannot_join_their_block_are_counted_with_the_reason():
     assert b.add((0, 1), E + 0.5, spectrum(1)) == []           # another energy axis
     assert b.skipped == 2 and b.skip_reasons == {"pixel repeated within its block": 1,
                                                   "energy axis unlike the rest of its block": 1}
-    for p in ((0, 1), (1, 0), (1, 1)):
-        done = b.add(p, E, spectrum(1))
-    assert [blk.index for blk in done] == [(0, 0)]
+    assert b.add((1, 0), E, spectrum(1)) == []
+    done = b.add((1, 1), E, spectrum(1))          # the pixel on another axis counted too: the block is complete
+    assert [blk.index for blk in done] == [(0, 0)] and done[0].pixels == 3
     assert b.add((1, 1), E, spectrum(1)) == [] and b.skip_reasons["block already read out (repeated pixel)"] == 1
     with pytest.raises(ValueError, match="block factor"):
         BlockBinner(1)
