@@ -469,9 +469,9 @@ class MnEdgeCallback(DocumentRouter):
         if run.kind != "map" or p.pixel is None:
             return []
         if run.maps is None and self.config.pixel_fields:
-            run.maps = ValenceMaps((max(p.pixel[0] + 1, 1), max(p.pixel[1] + 1, 1)))
+            run.maps = ValenceMaps((p.pixel[0] + 1, p.pixel[1] + 1))
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-            run.maps = _grown(run.maps, p.pixel)
+            run.maps = _grown(run.maps, _grown_extent(run.maps.shape, p.pixel, run.extent))
             run.maps.set(p.pixel, res)
         if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)
@@ -494,7 +494,7 @@ class MnEdgeCallback(DocumentRouter):
             if run.binned_maps is None:
                 run.binned_maps = ValenceMaps((b.index[0] + 1, b.index[1] + 1))
             if not run.binned_maps.set(b.index, res):
-                run.binned_maps = _grown(run.binned_maps, b.index)
+                run.binned_maps = _grown(run.binned_maps, (b.index[0] + 1, b.index[1] + 1))
                 run.binned_maps.set(b.index, res)
         run.derived.emit_binned_rows(rows, time.time())
         self.totals["binned_readouts"] += len(rows)
@@ -693,9 +693,20 @@ class MnEdgeCallback(DocumentRouter):
         return e
 
 
-def _grown(maps: ValenceMaps, pixel: tuple[int, int]) -> ValenceMaps:
-    """A copy of ``maps`` large enough to hold ``pixel`` (pixel-index fields, unknown extent)."""
-    shape = (max(maps.shape[0], pixel[0] + 1), max(maps.shape[1], pixel[1] + 1))
+def _grown_extent(shape: tuple[int, int], pixel: tuple[int, int], limit: tuple[int, int]) -> tuple[int, int]:
+    """The shape a map of ``shape`` grows to for ``pixel``: each axis the pixel lies beyond is doubled
+    (within ``limit``, the extent of the pixels accepted so far) or taken to the pixel, whichever is more.
+
+    Doubling copies the layers a few times per scan instead of once per new row; growing only as
+    far as the pixels seen keeps an out-of-memory failure on the pixel that asked for the room.
+    """
+    return tuple(size if p < size else max(p + 1, min(2 * size, lim))
+                 for size, p, lim in zip(shape, pixel, limit))
+
+
+def _grown(maps: ValenceMaps, extent: tuple[int, int]) -> ValenceMaps:
+    """A copy of ``maps`` of at least ``extent`` ``(rows, columns)`` (pixel-index fields, unknown extent)."""
+    shape = (max(maps.shape[0], extent[0]), max(maps.shape[1], extent[1]))
     new = ValenceMaps(shape)
     for k, v in maps.layers.items():
         new.layers[k][: v.shape[0], : v.shape[1]] = v

@@ -338,3 +338,12 @@ def test_a_derived_row_carries_the_readout_flags():
     ok = SpectrumResult(status="ok", fractions=(0.1, 0.8, 0.1), valence=3.0, flags=("low_psnr", "sparse_lines"))
     assert result_row(ok, 3)["flags"] == "low_psnr,sparse_lines"
     assert result_row(SpectrumResult.rejected("no edge"), 4)["flags"] == ""
+
+
+def test_maps_of_pixel_index_fields_grow_by_doubling_within_the_pixels_seen():
+    from mnedge_live.callback import _grown_extent
+
+    assert _grown_extent((1, 4), (0, 4), (1, 100)) == (1, 8)       # a raster row: doubled, not one column more
+    assert _grown_extent((1, 8), (0, 8), (1, 9)) == (1, 9)         # no further than the pixels accepted so far
+    assert _grown_extent((2, 8), (4095, 3), (4096, 8)) == (4096, 8)  # a far pixel: taken to the pixel
+    assert _grown_extent((3, 3), (1, 1), (3, 3)) == (3, 3)         # inside: unchanged
