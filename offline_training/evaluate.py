@@ -39,6 +39,7 @@ from mnedge_live.engine import Engine
 from mnedge_live.preprocessing import WORK_STEP_EV
 from mnedge_live.results import reason_kind
 from offline_training.forward import Batch, ForwardConfig, ForwardModel
+from offline_training.values import check_whole
 
 VALIDATION_LIMITS = {"psnr_db": (10.0, 60.0), "t_lambda": (0.0, 1.0)}
 
@@ -466,8 +467,7 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         ``mnedge-train evaluate``), before any spectrum is drawn.
     """
     for name, value, low in (("n", n, 1), ("n_nnls", n_nnls, 0), ("robustness_n", robustness_n, 0)):
-        if not (isinstance(value, int) and value >= low):
-            raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a whole number >= {low}, got {value!r}")
+        check_whole(f"{name} (--{name.replace('_', '-')})", value, low)
     fm = validation_model(fm_config, bank)
     b = fm.sample(n, seed=seed)
     true = b.fractions.numpy().astype(float)

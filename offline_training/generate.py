@@ -24,6 +24,7 @@ import torch
 from mnedge_live.cores import usable_cores
 from mnedge_live.preprocessing import MODEL_GRID, WORK_STEP_EV, Prepared, preprocess
 from offline_training.forward import Batch, ForwardModel
+from offline_training.values import check_whole
 
 #: Names of the regression targets beside the fractions.
 TARGET_NAMES = ("valence", "offset_residual_eV", "resolution_eV", "t_lambda", "is_eels")
@@ -191,12 +192,9 @@ def write_dataset(fm: ForwardModel, n: int, seed: int, out: str | Path, chunk: i
     failed run leaves no file that looks complete (nor replaces an earlier
     ``out``). ``n`` and ``seed`` are checked before anything is written.
     """
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"n (--n) must be a whole number >= 1, got {n!r}")
-    if not (isinstance(seed, int) and seed >= 0):
-        raise ValueError(f"seed (--seed) must be a whole number >= 0, got {seed!r}")
-    if not (isinstance(chunk, int) and chunk >= 1):
-        raise ValueError(f"chunk must be a whole number >= 1, got {chunk!r}")
+    check_whole("n (--n)", n, 1)
+    check_whole("seed (--seed)", seed, 0)
+    check_whole("chunk", chunk, 1)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:

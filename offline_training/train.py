@@ -30,6 +30,7 @@ from mnedge_live.network import MnEdgeCNN, NetworkConfig
 from offline_training.forward import ForwardConfig, ForwardModel
 from offline_training.generate import TrainingBatch, make_training_batch, stream
 from offline_training.references.bank import Bank
+from offline_training.values import check_whole, is_number, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,9 @@ class TrainSettings:
             if f.type == "bool":
                 ok, kind = isinstance(v, bool), "true or false"
             elif f.type == "int":
-                ok, kind = isinstance(v, int) and not isinstance(v, bool), "a whole number"
+                ok, kind = is_whole(v), "a whole number"
             elif f.type == "float":
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                kind = "a finite number"
+                ok, kind = is_number(v), "a finite number"
             else:
                 ok, kind = isinstance(v, str), "a string"
             if not ok:
@@ -134,12 +134,7 @@ class TrainSettings:
         if self.fraction_loss not in FRACTION_LOSSES:
             raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
                              f"got {self.fraction_loss!r}")
-        try:
-            kind = torch.device(self.device).type
-        except RuntimeError:
-            kind = None
-        if kind not in TRAIN_DEVICES:
-            raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        parse_device(self.device)
 
 
 @dataclass
@@ -382,6 +377,21 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def parse_device(name: str) -> torch.device:
+    """``name`` as a torch device of a kind training runs on (:data:`TRAIN_DEVICES`), else ``ValueError``.
+
+    Only the name is checked here (when the config is read); whether this
+    machine has the device is :func:`training_device`'s question.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in TRAIN_DEVICES:
+        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    return device
+
+
 def training_device(name: str, world: int = 1) -> torch.device:
     """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
 
@@ -390,12 +400,7 @@ def training_device(name: str, world: int = 1) -> torch.device:
     torch without CUDA, or an index beyond the GPUs present, is refused
     rather than silently trained on the CPU.
     """
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}") from None
-    if device.type not in TRAIN_DEVICES:
-        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+    device = parse_device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"[train] device {name!r}: no CUDA GPU is available to this torch "
@@ -474,8 +479,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
 
     s = config.train
     s.validate()   # settings may have been changed since the config was read
-    if stop_after is not None and not (isinstance(stop_after, int) and stop_after >= 1):
-        raise ValueError(f"stop_after (--stop-after) must be a whole number >= 1, got {stop_after!r}")
+    if stop_after is not None:
+        check_whole("stop_after (--stop-after)", stop_after, 1)
     rank, world = _dist_info()
     device = training_device(s.device, world)
     if device.type == "cuda":

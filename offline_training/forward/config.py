@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
+from mnedge_live.preprocessing import WORK_STEP_EV
 from offline_training.forward.composition import VALENCES
+from offline_training.values import is_number
 
 #: Physics grid of the forward model (eV; :attr:`ForwardModel.PHYS_RANGE`, spacing 0.1 eV): an axis
 #: reading that maps to a true energy outside it would read the clamped, flat end of the grid.
@@ -16,18 +17,11 @@ AXIS_CENTER_EV = 641.0
 #: Where the L3 white line lies before the chemical shift (eV): the calculated members' L3 maxima
 #: (640.2-643.2 eV, :data:`offline_training.references.parameters.L3_POSITION_EV`) with margin.
 L3_LINE_EV = (640.0, 644.0)
-#: Spacing (eV) of the channel axis and of the physics grid (``mnedge_live.preprocessing.WORK_STEP_EV``).
-_STEP_EV = 0.1
-
-
-def _is_number(v) -> bool:
-    """Whether ``v`` is a finite real number (an int or a float, not a bool or a string)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _check_range(name: str, r, lo: float | None = None, hi: float | None = None) -> None:
     """Refuse a range that is not two finite numbers, is inverted or leaves ``[lo, hi]`` (ValueError naming ``name``)."""
-    if not isinstance(r, (tuple, list)) or len(r) != 2 or not all(_is_number(v) for v in r):
+    if not isinstance(r, (tuple, list)) or len(r) != 2 or not all(is_number(v) for v in r):
         raise ValueError(f"{name}: expected two finite numbers (low, high), got {r!r}")
     if r[0] > r[1]:
         raise ValueError(f"{name}: range is inverted ({r[0]} > {r[1]})")
@@ -106,12 +100,12 @@ class ForwardConfig:
 
     def __post_init__(self) -> None:
         shares = self.composition_shares
-        if (not isinstance(shares, (tuple, list)) or len(shares) != 3 or not all(_is_number(s) for s in shares)
+        if (not isinstance(shares, (tuple, list)) or len(shares) != 3 or not all(is_number(s) for s in shares)
                 or any(s < 0 for s in shares) or sum(shares) <= 0):
             raise ValueError(f"composition_shares: need three non-negative shares, got {shares!r}")
         for name in ("eels_share", "crop_probability"):
             v = getattr(self, name)
-            if not (_is_number(v) and 0.0 <= v <= 1.0):
+            if not (is_number(v) and 0.0 <= v <= 1.0):
                 raise ValueError(f"{name}: must be a number within [0, 1], got {v!r}")
         limits = dict(
             chemical_shift=(-3, 3), gauss_fwhm=(0.0, 5.0), lorentz_fwhm=(0.0, 3.0), t_lambda=(0.0, 4.0),
@@ -136,7 +130,7 @@ class ForwardConfig:
             if set(d) != set(VALENCES):
                 raise ValueError(f"{name}: need ranges for valences 2, 3 and 4, got {sorted(d)}")
             setattr(self, name, d)
-        if not _is_number(self.axis_start):
+        if not is_number(self.axis_start):
             raise ValueError(f"axis_start: must be a finite number (eV), got {self.axis_start!r}")
         if not (isinstance(self.axis_points, int) and not isinstance(self.axis_points, bool)):
             raise ValueError(f"axis_points: must be a whole number, got {self.axis_points!r}")
@@ -153,7 +147,7 @@ class ForwardConfig:
         to a true energy outside :data:`PHYS_RANGE_EV` reads the grid's
         clamped end: a flat row.  Both were accepted and synthesized silently.
         """
-        axis_end = self.axis_start + _STEP_EV * (self.axis_points - 1)
+        axis_end = self.axis_start + WORK_STEP_EV * (self.axis_points - 1)
         where = f"the axis {self.axis_start:g}-{axis_end:g} eV (axis_start, axis_points)"
         l3_low = L3_LINE_EV[0] + self.chemical_shift[0]
         l3_high = L3_LINE_EV[1] + self.chemical_shift[1]
@@ -170,7 +164,7 @@ class ForwardConfig:
         corners = [(o, d, q) for o in self.offset for d in self.dispersion_error for q in self.nonlinearity]
         low = min(true_energy(self.axis_start, *k) for k in corners)
         high = max(true_energy(axis_end + self.point_spacing[1], *k) for k in corners)
-        grid = (PHYS_RANGE_EV[0], PHYS_RANGE_EV[1] - _STEP_EV)
+        grid = (PHYS_RANGE_EV[0], PHYS_RANGE_EV[1] - WORK_STEP_EV)
         if low < grid[0] or high > grid[1]:
             raise ValueError(f"axis_start / axis_points: {where} read with offsets ({self.offset[0]:g}, "
                              f"{self.offset[1]:g}) eV, dispersion errors and nonlinearity at their extremes maps "
