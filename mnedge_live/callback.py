@@ -251,8 +251,9 @@ class MnEdgeCallback(DocumentRouter):
         for k, seq in enumerate(range(seq0, seq1)):
             if not self._count_seq(run, "stream:" + desc_uid, seq):
                 continue
-            if block is None:
-                self._queue(run, seq, None, None, None, err)
+            if block is None:   # a grid pixel still gets its rejection in the maps and completes its block
+                pixel = self._pixel(run, seq, {})[0] if run.kind == "map" and not self.config.pixel_fields else None
+                self._queue(run, seq, pixel, None, None, err)
                 continue
             self._read_event(run, desc, seq, {}, intensity=block[k])
 

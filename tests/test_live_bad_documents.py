@@ -206,3 +206,27 @@ def test_a_stream_datum_with_more_seq_nums_than_frames_rejects_each_with_the_rea
     assert all(r["status"] == "rejected" and "pairs 4 seq_nums (1..4) with 2 frames" in r["reason"] for r in rows)
     stop = out[-1][1]
     assert (stop["rejected"], stop["missed"]) == (4, 0) and cb.totals["bad_documents"] == 0
+
+
+def test_unreadable_stream_frames_of_a_grid_scan_complete_their_binned_block(engine, spectra, tmp_path):
+    """Grid pixels whose frames cannot be read get their rejection rows and still complete their
+    ``map_bin`` block during the scan (its readout says no pixel had a spectrum), not only at the stop."""
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, maps_dir=str(tmp_path),
+                     map_bin=2)
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    start = {"uid": "run-g", "time": 0.0, "plan_name": "grid_scan", "shape": [2, 2]}
+    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
+    _feed(cb, [("start", start),
+               ("descriptor", {"uid": "desc-g", "run_start": "run-g", "name": "primary", "time": 0.0,
+                               "data_keys": keys}),
+               ("stream_resource", {"uid": "sr-g", "run_start": "run-g", "data_key": "spec",
+                                    "uri": f"file://{tmp_path / 'absent.h5'}", "mimetype": "application/x-hdf5",
+                                    "parameters": {}}),
+               ("stream_datum", {"uid": "sd-g", "descriptor": "desc-g", "stream_resource": "sr-g",
+                                 "seq_nums": {"start": 1, "stop": 5}, "indices": {"start": 0, "stop": 4}})])
+    cb.flush()
+    assert len(derived_rows(out)) == 4 and all(r["status"] == "rejected" for r in derived_rows(out))
+    binned = [d for n, d in out if n == "descriptor" and d["name"] == "mnedge_binned"]
+    pages = [d for n, d in out if n == "event_page" and binned and d["descriptor"] == binned[0]["uid"]]
+    assert pages and pages[0]["data"]["reason"] == ["no pixel of the block has a finite spectrum"]
