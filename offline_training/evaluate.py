@@ -466,7 +466,7 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
         When ``n`` is below 1 or ``n_nnls`` or ``robustness_n`` below 0 (named as the options of
         ``mnedge-train evaluate``), before any spectrum is drawn.
     """
-    for name, value, low in (("n", n, 1), ("n_nnls", n_nnls, 0), ("robustness_n", robustness_n, 0)):
+    for name, value, low in (("n", n, 1), ("n_nnls", n_nnls, 0), ("robustness_n", robustness_n, 0), ("seed", seed, 0)):
         check_whole(f"{name} (--{name.replace('_', '-')})", value, low)
     fm = validation_model(fm_config, bank)
     b = fm.sample(n, seed=seed)

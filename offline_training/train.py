@@ -515,6 +515,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
+        if stop_after is not None and stop_after <= step:
+            raise ValueError(f"--stop-after {stop_after}: {ckpt_path} is at step {step} already; "
+                             "stop after a later step, or resume without --stop-after")
         torch.set_rng_state(ck["torch_rng"][rank])  # dropout
         origin = ck.get("init_from", "")
         log.info("resumed from step %d", step)

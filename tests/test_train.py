@@ -328,7 +328,8 @@ def test_settings_changed_after_reading_are_checked_again_by_the_trainer(tmp_pat
         train(cfg, tmp_path / "run", progress=False)
 
 
-@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n", "-5"), ("--n-nnls", "-1"), ("--robustness-n", "-1")])
+@pytest.mark.parametrize("option, value", [("--n", "0"), ("--n", "-5"), ("--n-nnls", "-1"), ("--robustness-n", "-1"),
+                                           ("--seed", "-1")])
 def test_evaluate_refuses_counts_below_their_minimum(tmp_path, capsys, option, value):
     from offline_training.cli import main as mnedge_train
 
@@ -430,6 +431,13 @@ def test_resume_refuses_a_changed_bank_file(tmp_path, bank):
     changed.save(path)
     with pytest.raises(ValueError, match="bank .*SHA-256"):
         train(cfg, tmp_path / "run", progress=False, resume=True)
+
+
+def test_stop_after_at_or_below_the_resumed_step_is_refused(tmp_path):
+    run = tmp_path / "run"
+    assert train(_tiny(steps=4, batch_size=8), run, progress=False, stop_after=2) is None
+    with pytest.raises(ValueError, match="at step 2 already"):   # it printed "stopped at step 1"
+        train(_tiny(steps=4, batch_size=8), run, progress=False, resume=True, stop_after=1)
 
 
 def test_an_explicit_steps_extension_resumes_and_every_invocation_is_recorded(tmp_path):
