@@ -266,7 +266,7 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
     Returns
     -------
     list of float
-        The final valence of each scan (NaN where it was rejected).
+        The final valence of each scan (NaN where it was rejected or did not arrive within ``wait_s``).
     """
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
@@ -276,13 +276,20 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
         before = yield from bps.rd(readout.final_readouts)
         yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
         # the final readout follows the stop document; wait for it (not for any readout)
-        waited = 0.0
+        waited, arrived = 0.0, False
         while waited < wait_s:
             now = yield from bps.rd(readout.final_readouts)
+            # grown, not merely changed: the first readout of a service restarted meanwhile (counting from 0
+            # again) is no final readout of this scan; that scan then times out and reads NaN
             if now is not None and before is not None and now > before:
+                arrived = True
                 break
             yield from bps.sleep(0.1)
             waited += 0.1
+        if not arrived:   # VALENCE is still an earlier scan's (or a partial spectrum's): no answer, not a stale one
+            log.warning("feedback scan %d: no final readout within %g s; its valence is unknown", i, wait_s)
+            history.append(math.nan)
+            continue
         v = yield from bps.rd(readout.valence)
         history.append(float(v) if v is not None else math.nan)
         log.info("feedback scan %d: valence %.3f", i, history[-1])

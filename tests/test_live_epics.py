@@ -14,11 +14,20 @@ CA_PORT = int(os.environ["EPICS_CA_SERVER_PORT"])
 
 @pytest.fixture(scope="module")
 def ioc():
+    """One soft IOC for the module (Channel Access clients do not reconnect to a second one on the same
+    port). Each test's callback stands for the same service running on: see :func:`continuing`."""
     from mnedge_live.epics import SoftIOC
 
     server = SoftIOC(f"FB{CA_PORT}:").start()
     yield server
     server.stop()
+
+
+def continuing(cb, readout):
+    """``cb`` counting final readouts on from what the IOC shows, as the one service behind it would:
+    a plan waits for FINAL_READOUTS to grow."""
+    cb.totals["final_readouts"] = int(readout.final_readouts.get())
+    return cb
 
 
 def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
@@ -33,7 +42,7 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
     readout.wait_for_connection(timeout=10)
     cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
                      maps_dir=None)
-    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
+    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update), readout)
     RE = RunEngine({})
     RE.subscribe(cb)
     dets, mono = make_xas((0.0, 0.2, 0.8))
@@ -72,8 +81,8 @@ def test_feedback_plan_acts_on_the_final_readout_not_a_progressive_one(ioc):
     readout.wait_for_connection(timeout=10)
     cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=2, maps_dir=None)
     rows: list[dict] = []
-    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
-                        on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
+    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
+                                   on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals))), readout)
     late: list[threading.Timer] = []
 
     def deliver(name, doc):
@@ -99,6 +108,32 @@ def test_feedback_plan_acts_on_the_final_readout_not_a_progressive_one(ioc):
         assert acted_on == pytest.approx(final["valence"], abs=1e-9)
 
 
+def test_feedback_plan_reports_nan_for_a_scan_whose_final_readout_never_comes(ioc):
+    """VALENCE still holds the last scan's readout: a scan whose own final readout does not arrive
+    within wait_s (the service down, the 0MQ hop lost) is unknown, not that stale value."""
+    from bluesky import RunEngine
+
+    from mnedge_live.callback import MnEdgeCallback
+    from mnedge_live.config import LiveConfig
+    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.sim import make_xas
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
+                     maps_dir=None)
+    dets, mono = make_xas((0.0, 0.2, 0.8))
+    RE = RunEngine({}, call_returns_result=True)
+    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update), readout)
+    token = RE.subscribe(cb)
+    (first,) = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=1)).plan_result
+    assert math.isfinite(first) and readout.valence.get() == pytest.approx(first)
+    RE.unsubscribe(token)                       # the service stops listening: no readout of the next scan
+    (second,) = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=1,
+                                         wait_s=0.5)).plan_result
+    assert math.isnan(second)
+
+
 def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
     import time
 
@@ -115,8 +150,8 @@ def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
     cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
                      offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
     rows = []
-    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
-                        on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
+    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
+                                   on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals))), readout)
     det, sy, sx = make_eels((6, 6), SpectrumSource(seed=4))
     det.prefetch(psnr_db=4.0)
     RE = RunEngine({})
