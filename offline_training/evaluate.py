@@ -463,8 +463,8 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     Raises
     ------
     ValueError
-        When ``n`` is below 1 or ``n_nnls`` or ``robustness_n`` below 0 (named as the options of
-        ``mnedge-train evaluate``), before any spectrum is drawn.
+        When ``n`` is below 1 or ``n_nnls``, ``robustness_n`` or ``seed`` below 0 (named as the options
+        of ``mnedge-train evaluate``), before any spectrum is drawn.
     """
     for name, value, low in (("n", n, 1), ("n_nnls", n_nnls, 0), ("robustness_n", robustness_n, 0), ("seed", seed, 0)):
         check_whole(f"{name} (--{name.replace('_', '-')})", value, low)
