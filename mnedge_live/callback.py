@@ -98,6 +98,8 @@ class MnEdgeCallback(DocumentRouter):
     on_readout : callable, optional
         ``on_readout(row, totals)`` after each batch of derived rows (latest row; a block's row, with
         ``block_row``, after each batch of block readouts), and ``{}`` when a run closes; e.g. for EPICS.
+        A row handed to it also carries ``source_uid``, the uid of the source run it reads (not part
+        of the derived documents), so a plan can tell its own scan's readout from an earlier one.
     """
 
     def __init__(self, engine: Any, config: LiveConfig, publish: Callable[[str, dict], None],
@@ -499,7 +501,7 @@ class MnEdgeCallback(DocumentRouter):
                 run.binned_maps.set(b.index, res)
         run.derived.emit_binned_rows(rows, time.time())
         self.totals["binned_readouts"] += len(rows)
-        self._notify(rows[-1])
+        self._notify({**rows[-1], "source_uid": run.start["uid"]})
 
     def _notify(self, row: dict) -> None:
         """Hand the latest row (a pixel's, a block's or ``{}``) and the totals to ``on_readout``; never raises."""
@@ -528,7 +530,7 @@ class MnEdgeCallback(DocumentRouter):
     def _emit(self, run: _Run, rows: list[dict]) -> None:
         run.derived.emit_rows(rows, time.time())
         self.totals["readouts"] += len(rows)
-        self._notify(rows[-1])
+        self._notify({**rows[-1], "source_uid": run.start["uid"]})
 
     # -- step mode ---------------------------------------------------------------------------------
     def _step_point(self, run: _Run, desc: dict, seq: int, row: dict) -> None:

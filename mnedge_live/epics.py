@@ -5,8 +5,10 @@ PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3`
 was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED``,
 ``READOUTS`` (increments with every readout, so a plan can wait for a new one) and
 ``FINAL_READOUTS`` (increments only with the final readout of a step scan, written after the
-pixel PVs of that readout: a plan waits on it for the readout of the whole scan, since with
-``step_readout_every`` the progressive readouts raise ``READOUTS`` during the scan).  Spectrum images
+pixel PVs of that readout, since with ``step_readout_every`` the progressive readouts raise
+``READOUTS`` during the scan) and ``FINAL_UID`` (the uid of the source run whose final readout the
+pixel PVs show, written with them: a plan waits for its own scan's uid, so a late readout of an
+earlier scan, or counters restarted with the service, cannot pass for it).  Spectrum images
 read with ``map_bin`` also show their latest block readout (stream ``mnedge_binned``):
 ``BINNED_VALENCE``, ``BINNED_VALENCE_STD``, ``BINNED_STATUS`` and ``BINNED_READOUTS``; a block
 row never changes the pixel PVs.
@@ -41,6 +43,10 @@ COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed
              "FINAL_READOUTS": "final_readouts", "BINNED_READOUTS": "binned_readouts"}
 #: String PVs: the status of the latest readout and of the latest block readout.
 STRING_PVS = ("STATUS", "BINNED_STATUS")
+#: String PV with the source run uid of the latest final readout (written before the counters).
+FINAL_UID_PV = "FINAL_UID"
+#: Longest value of an EPICS string PV (40 bytes with the terminating zero).
+MAX_STRING = 39
 
 
 def _values(row: dict, totals: dict) -> dict[str, object]:
@@ -53,7 +59,9 @@ def _values(row: dict, totals: dict) -> dict[str, object]:
             out[pv] = float(v) if v is not None else math.nan
         status = str(row.get("status", ""))
         reason = str(row.get("reason", ""))
-        out["BINNED_STATUS" if binned else "STATUS"] = (status if not reason else f"{status}: {reason}")[:39]
+        out["BINNED_STATUS" if binned else "STATUS"] = (status if not reason else f"{status}: {reason}")[:MAX_STRING]
+        if row.get("final") is True:
+            out[FINAL_UID_PV] = str(row.get("source_uid", ""))[:MAX_STRING]
     for pv, key in COUNT_PVS.items():
         out[pv] = int(totals.get(key, 0))
     return out
@@ -81,6 +89,7 @@ def make_pvgroup(prefix: str):
         BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
         BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
         BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=True)
+        FINAL_UID = pvproperty(value="", dtype=ChannelType.STRING, read_only=True)
 
     return MnEdgeIOC(prefix=prefix)
 
@@ -185,7 +194,8 @@ class PyepicsWriter:
         import epics
 
         self.prefix = prefix
-        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, *COUNT_PVS]}
+        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, FINAL_UID_PV,
+                                                         *COUNT_PVS]}
         self._warned: set[str] = set()
         # The connections proceed in parallel: one deadline for all, so PVs the IOC lacks
         # cost connect_timeout once at start-up, not once each.
@@ -233,6 +243,7 @@ class MnEdgeReadout(Device):
     missed = Cpt(EpicsSignalRO, "MISSED", kind="config")
     readouts = Cpt(EpicsSignalRO, "READOUTS", kind="config")
     final_readouts = Cpt(EpicsSignalRO, "FINAL_READOUTS", kind="config")
+    final_uid = Cpt(EpicsSignalRO, "FINAL_UID", string=True, kind="omitted")
     binned_valence = Cpt(EpicsSignalRO, "BINNED_VALENCE", kind="omitted")
     binned_status = Cpt(EpicsSignalRO, "BINNED_STATUS", string=True, kind="omitted")
     binned_readouts = Cpt(EpicsSignalRO, "BINNED_READOUTS", kind="omitted")
@@ -259,9 +270,9 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
     max_scans : int
         Most scans.
     wait_s : float
-        Longest wait for the final readout of each scan (``FINAL_READOUTS`` to increment: the
+        Longest wait for the final readout of each scan (``FINAL_UID`` to show that scan's uid: the
         progressive readouts during the scan raise ``READOUTS``, and their valence is that of a
-        partial spectrum).
+        partial spectrum; a late final readout of an earlier scan shows that scan's uid).
 
     Returns
     -------
@@ -273,15 +284,12 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
 
     history: list[float] = []
     for i in range(max_scans):
-        before = yield from bps.rd(readout.final_readouts)
-        yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
-        # the final readout follows the stop document; wait for it (not for any readout)
+        uid = yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
+        # the final readout follows the stop document; wait for this scan's (not for any readout)
         waited, arrived = 0.0, False
-        while waited < wait_s:
-            now = yield from bps.rd(readout.final_readouts)
-            # grown, not merely changed: the first readout of a service restarted meanwhile (counting from 0
-            # again) is no final readout of this scan; that scan then times out and reads NaN
-            if now is not None and before is not None and now > before:
+        while uid is not None and waited < wait_s:
+            shown = yield from bps.rd(readout.final_uid)
+            if shown == str(uid)[:MAX_STRING]:
                 arrived = True
                 break
             yield from bps.sleep(0.1)

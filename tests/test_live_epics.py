@@ -15,19 +15,12 @@ CA_PORT = int(os.environ["EPICS_CA_SERVER_PORT"])
 @pytest.fixture(scope="module")
 def ioc():
     """One soft IOC for the module (Channel Access clients do not reconnect to a second one on the same
-    port). Each test's callback stands for the same service running on: see :func:`continuing`."""
+    port). Each test's callback stands for a service (re)started behind the same PVs."""
     from mnedge_live.epics import SoftIOC
 
     server = SoftIOC(f"FB{CA_PORT}:").start()
     yield server
     server.stop()
-
-
-def continuing(cb, readout):
-    """``cb`` counting final readouts on from what the IOC shows, as the one service behind it would:
-    a plan waits for FINAL_READOUTS to grow."""
-    cb.totals["final_readouts"] = int(readout.final_readouts.get())
-    return cb
 
 
 def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
@@ -42,7 +35,7 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
     readout.wait_for_connection(timeout=10)
     cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
                      maps_dir=None)
-    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update), readout)
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
     RE = RunEngine({})
     RE.subscribe(cb)
     dets, mono = make_xas((0.0, 0.2, 0.8))
@@ -81,8 +74,8 @@ def test_feedback_plan_acts_on_the_final_readout_not_a_progressive_one(ioc):
     readout.wait_for_connection(timeout=10)
     cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=2, maps_dir=None)
     rows: list[dict] = []
-    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
-                                   on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals))), readout)
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
+                        on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
     late: list[threading.Timer] = []
 
     def deliver(name, doc):
@@ -124,7 +117,7 @@ def test_feedback_plan_reports_nan_for_a_scan_whose_final_readout_never_comes(io
                      maps_dir=None)
     dets, mono = make_xas((0.0, 0.2, 0.8))
     RE = RunEngine({}, call_returns_result=True)
-    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update), readout)
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
     token = RE.subscribe(cb)
     (first,) = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=1)).plan_result
     assert math.isfinite(first) and readout.valence.get() == pytest.approx(first)
@@ -132,6 +125,83 @@ def test_feedback_plan_reports_nan_for_a_scan_whose_final_readout_never_comes(io
     (second,) = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=1,
                                          wait_s=0.5)).plan_result
     assert math.isnan(second)
+
+
+def test_feedback_plan_does_not_take_a_late_readout_of_an_earlier_scan_for_its_own(ioc):
+    """Stop documents 0.9 s late (a slow 0MQ hop), the plan waiting 0.6 s: the first scan times out, and
+    its final readout arrives while the second scan runs or waits. That readout shows the first scan's
+    uid in FINAL_UID; a plan watching a counter took it for the second scan's valence."""
+    import threading
+    import time
+
+    from bluesky import RunEngine
+
+    from mnedge_live.callback import MnEdgeCallback
+    from mnedge_live.config import LiveConfig
+    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.sim import make_xas
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
+                     maps_dir=None)
+    finals: list[tuple[float, str]] = []     # (arrival time, source uid) of each final readout
+
+    def hook(row, totals):
+        ioc.update(row, totals)
+        if row.get("final"):
+            finals.append((time.monotonic(), row["source_uid"]))
+
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=hook)
+    starts: list[tuple[float, str]] = []
+    late: list[threading.Timer] = []
+
+    def deliver(name, doc):
+        if name == "start":
+            starts.append((time.monotonic(), doc["uid"]))
+        if name != "stop":
+            cb(name, doc)
+            return
+        late.append(threading.Timer(0.9, cb, (name, doc)))
+        late[-1].start()
+
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(deliver)
+    dets, mono = make_xas((0.0, 0.2, 0.8))
+    result = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0, max_scans=2, wait_s=0.6))
+    ended = time.monotonic()
+    for t in late:
+        t.join()
+    assert [u for _, u in finals] == [u for _, u in starts]
+    arrived_first = finals[0][0]
+    assert starts[1][0] < arrived_first < ended   # the first scan's readout came during the second one's plan
+    assert all(math.isnan(v) for v in result.plan_result)
+
+
+def test_feedback_plan_reads_the_first_scan_after_the_service_restarts(ioc):
+    """A restarted service counts its readouts from 0 again, below what FINAL_READOUTS showed; the plan
+    matches its scan's uid, so the first scan after the restart still gets its valence."""
+    from bluesky import RunEngine
+
+    from mnedge_live.callback import MnEdgeCallback
+    from mnedge_live.config import LiveConfig
+    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.sim import make_xas
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
+                     maps_dir=None)
+    dets, mono = make_xas((0.0, 0.2, 0.8))
+    RE = RunEngine({}, call_returns_result=True)
+    for _ in range(2):   # two services in turn, the second starting its counts from 0
+        cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
+        token = RE.subscribe(cb)
+        (valence,) = RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=5.0,
+                                              max_scans=1)).plan_result
+        RE.unsubscribe(token)
+        assert cb.totals["final_readouts"] == 1 and readout.final_readouts.get() == 1
+        assert math.isfinite(valence) and readout.valence.get() == pytest.approx(valence)
 
 
 def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
@@ -150,8 +220,8 @@ def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
     cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
                      offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
     rows = []
-    cb = continuing(MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
-                                   on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals))), readout)
+    cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
+                        on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
     det, sy, sx = make_eels((6, 6), SpectrumSource(seed=4))
     det.prefetch(psnr_db=4.0)
     RE = RunEngine({})
