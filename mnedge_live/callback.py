@@ -118,7 +118,7 @@ class MnEdgeCallback(DocumentRouter):
         self.external = ExternalReader()
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
                        "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0,
-                       "final_readouts": 0}
+                       "final_readouts": 0, "unpublished_documents": 0, "unpublished_rows": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class MnEdgeCallback(DocumentRouter):
         if kind == "spectrum" and (self._map_shape(doc, None) is not None or self.config.pixel_fields):
             kind = "map"
         md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
-        derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md)
+        derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md, on_unsent=self._count_unsent)
         run = _Run(start=doc, derived=derived, kind=kind, map_shape=self._map_shape(doc, None))
         run.extent = run.map_shape or (0, 0)
         if kind == "step":
@@ -502,6 +502,11 @@ class MnEdgeCallback(DocumentRouter):
         run.derived.emit_binned_rows(rows, time.time())
         self.totals["binned_readouts"] += len(rows)
         self._notify({**rows[-1], "source_uid": run.start["uid"]})
+
+    def _count_unsent(self, documents: int, rows: int) -> None:
+        """A derived document that could not be sent (see :class:`~mnedge_live.derived.DerivedRun`)."""
+        self.totals["unpublished_documents"] += documents
+        self.totals["unpublished_rows"] += rows
 
     def _notify(self, row: dict) -> None:
         """Hand the latest row (a pixel's, a block's or ``{}``) and the totals to ``on_readout``; never raises."""

@@ -2,8 +2,10 @@
 
 Start: ``parent_uid`` and ``mnedge_model``; one descriptor, stream ``mnedge``,
 hinted so BestEffortCallback plots valence against ``source_seq_num``; events
-or event pages; stop with the counts ``processed``, ``rejected``, ``missed``
-(and ``maps_h5`` / ``maps_png`` for spectrum images).  Spectrum images read
+or event pages; stop with the counts ``processed``, ``rejected``, ``missed``,
+``unpublished_rows`` (rows of either stream whose event could not be sent; they
+are still counted, mapped and shown on the PVs) and, for spectrum images, ``maps_h5`` /
+``maps_png``.  Spectrum images read
 with ``map_bin`` add a second stream, ``mnedge_binned``: one row per block of
 pixels (``block_row``, ``block_col``, ``pixels``), composed when its first
 block is read out.
@@ -11,12 +13,15 @@ block is read out.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
 import event_model
 
 from mnedge_live.results import SpectrumResult
+
+log = logging.getLogger(__name__)
 
 #: Name of the derived stream.
 STREAM = "mnedge"
@@ -74,11 +79,18 @@ class DerivedRun:
         ``"spectrum"``, ``"map"`` (adds pixel fields) or ``"step"`` (adds ``final``).
     metadata : dict, optional
         Extra start-document metadata.
+    on_unsent : callable, optional
+        ``on_unsent(documents, rows)`` after a document that ``emit`` failed to send (it raised):
+        one document, carrying ``rows`` readouts.  The failure is logged, never raised: the other
+        runs' rows, the counts and the stop document must not depend on one send.
     """
 
     def __init__(self, emit: Callable[[str, dict], None], parent_uid: str, model_id: str, kind: str,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, on_unsent: Callable[[int, int], None] | None = None):
         self.emit = emit
+        self.on_unsent = on_unsent
+        self.unsent_documents = 0
+        self.unsent_rows = 0
         self.kind = kind
         md = dict(metadata or {})
         md.update(parent_uid=parent_uid, mnedge_model=model_id, mnedge_derived=True, mnedge_kind=kind,
@@ -86,14 +98,14 @@ class DerivedRun:
                   hints={"dimensions": [(["source_seq_num"], STREAM)]})
         self.bundle = event_model.compose_run(metadata=md)
         self.uid = self.bundle.start_doc["uid"]
-        emit("start", self.bundle.start_doc)
+        self._send("start", self.bundle.start_doc)
         keys = _data_keys(("source_seq_num",) + (("pixel_row", "pixel_col") if kind == "map" else ()))
         if kind == "step":
             keys["final"] = {"source": "mnedge", "dtype": "boolean", "shape": []}
         self.fields = list(keys)
         hints = {STREAM: {"fields": ["valence", "frac_mn2", "frac_mn3", "frac_mn4"]}}
         self.desc = self.bundle.compose_descriptor(name=STREAM, data_keys=keys, hints=hints)
-        emit("descriptor", self.desc.descriptor_doc)
+        self._send("descriptor", self.desc.descriptor_doc)
         self.rows = 0
         self.binned_desc = None
         self.binned_fields: list[str] = []
@@ -107,12 +119,12 @@ class DerivedRun:
         if len(rows) == 1:
             doc = self.desc.compose_event(data=rows[0], timestamps={k: now for k in rows[0]}, time=now,
                                           validate=False)
-            self.emit("event", doc)
+            self._send("event", doc, 1)
             return
         data = {k: [r[k] for r in rows] for k in self.fields}
         ts = {k: [now] * len(rows) for k in self.fields}
         doc = self.desc.compose_event_page(data=data, timestamps=ts, time=[now] * len(rows), validate=False)
-        self.emit("event_page", doc)
+        self._send("event_page", doc, len(rows))
 
     def emit_binned_rows(self, rows: list[dict], now: float) -> None:
         """Emit block readouts (rows with ``block_row``, ``block_col``, ``pixels``) as one event page."""
@@ -123,18 +135,32 @@ class DerivedRun:
             self.binned_fields = list(keys)
             self.binned_desc = self.bundle.compose_descriptor(
                 name=BINNED_STREAM, data_keys=keys, hints={BINNED_STREAM: {"fields": ["valence"]}})
-            self.emit("descriptor", self.binned_desc.descriptor_doc)
+            self._send("descriptor", self.binned_desc.descriptor_doc)
         self.binned_rows += len(rows)
         data = {k: [r[k] for r in rows] for k in self.binned_fields}
         ts = {k: [now] * len(rows) for k in self.binned_fields}
-        self.emit("event_page", self.binned_desc.compose_event_page(data=data, timestamps=ts, time=[now] * len(rows),
-                                                                    validate=False))
+        self._send("event_page", self.binned_desc.compose_event_page(data=data, timestamps=ts, time=[now] * len(rows),
+                                                                     validate=False), len(rows))
 
     def close(self, processed: int, rejected: int, missed: int, exit_status: str = "success", reason: str = "",
               extra: dict | None = None) -> dict:
         """Emit the stop document with the counts; returns it."""
         doc = dict(self.bundle.compose_stop(exit_status=exit_status, reason=reason))
-        doc.update(processed=int(processed), rejected=int(rejected), missed=int(missed))
+        doc.update(processed=int(processed), rejected=int(rejected), missed=int(missed),
+                   unpublished_rows=int(self.unsent_rows))
         doc.update(extra or {})
-        self.emit("stop", doc)
+        self._send("stop", doc)
         return doc
+
+    def _send(self, name: str, doc: dict, rows: int = 0) -> bool:
+        """Hand one document to ``emit``; a failure is logged and counted (``on_unsent``), not raised."""
+        try:
+            self.emit(name, doc)
+            return True
+        except Exception:
+            log.exception("derived %s of run %s (%d readouts) could not be sent", name, self.uid, rows)
+            self.unsent_documents += 1
+            self.unsent_rows += rows
+            if self.on_unsent is not None:
+                self.on_unsent(1, rows)
+            return False

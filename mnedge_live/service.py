@@ -5,7 +5,8 @@ to ``max_batch``); the batch goes to the engine as soon as the socket is idle
 or ``max_delay_ms`` has passed.  Messages carrying the service's own output
 prefix, and runs marked as derived, are never processed.  Undecodable messages
 are logged and counted (``bad_messages``), never raise; nor does a readout plot
-that fails (``plot_failures``, see :class:`DerivedSink`).  Runs silent for
+that fails (``plot_failures``, see :class:`DerivedSink`) or a derived document the
+publisher fails to send (``unpublished_documents``, ``unpublished_rows``).  Runs silent for
 ``run_timeout_s`` are closed as failed.  SIGTERM/SIGINT flush the batch in
 flight, close open derived runs and return 0.  With CurveZMQ keys the
 connections are encrypted and authenticated.
@@ -133,15 +134,17 @@ class DerivedSink:
         self.plot_failures = 0
 
     def __call__(self, name: str, doc: dict) -> None:
-        self.publisher(name, doc)
-        if self.plots is not None:
-            try:
-                self.plots(name, doc)
-            except Exception:
-                self.plot_failures += 1
-                log.exception("readout plot failed on a derived %s document (readout unaffected)", name)
-        if name == "stop":
-            trim_heap()  # a run is over: hand its freed buffers back, so memory stays flat run after run
+        try:
+            self.publisher(name, doc)   # a failure is raised to the caller, which counts it, after the plot
+        finally:
+            if self.plots is not None:
+                try:
+                    self.plots(name, doc)
+                except Exception:
+                    self.plot_failures += 1
+                    log.exception("readout plot failed on a derived %s document (readout unaffected)", name)
+            if name == "stop":
+                trim_heap()  # a run is over: hand its freed buffers back, so memory stays flat run after run
 
 
 def curve_configs(config: LiveConfig) -> tuple[ClientCurve | None, ClientCurve | None]:

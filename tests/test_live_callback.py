@@ -347,3 +347,33 @@ def test_maps_of_pixel_index_fields_grow_by_doubling_within_the_pixels_seen():
     assert _grown_extent((1, 8), (0, 8), (1, 9)) == (1, 9)         # no further than the pixels accepted so far
     assert _grown_extent((2, 8), (4095, 3), (4096, 8)) == (4096, 8)  # a far pixel: taken to the pixel
     assert _grown_extent((3, 3), (1, 1), (3, 3)) == (3, 3)         # inside: unchanged
+
+
+def test_a_derived_document_the_publisher_fails_to_send_is_counted_not_raised(engine, source):
+    """The publisher raises on the first event page of one run (a closed socket, say): those readouts are
+    counted as unpublished in the totals and in the stop document; the runs' other rows, a second run
+    and the stop documents still go out."""
+    docs: list[tuple[str, dict]] = []
+    fail = {"pages": 1}
+
+    def publish(name, doc):
+        if name == "event_page" and fail["pages"]:
+            fail["pages"] -= 1
+            raise OSError("socket closed")
+        docs.append((name, doc))
+
+    cfg = LiveConfig(**EELS_OPTS, maps_dir=None, max_batch=4)
+    cb = MnEdgeCallback(engine, cfg, publish)
+    det, sy, sx = make_eels((3, 3), source)
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 3))
+    RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 3))
+    first, second = [d for n, d in docs if n == "stop"]
+    lost = first["unpublished_rows"]
+    assert lost >= 2 and second["unpublished_rows"] == 0      # an event page carries two rows or more
+    assert first["processed"] + first["rejected"] == 9 == second["processed"] + second["rejected"]
+    assert len(derived_rows(docs, first["run_start"])) == 9 - lost
+    assert len(derived_rows(docs, second["run_start"])) == 9
+    assert cb.totals["unpublished_documents"] == 1 and cb.totals["unpublished_rows"] == lost
+    assert cb.totals["readouts"] == 18

@@ -163,3 +163,19 @@ def test_a_failing_readout_plot_is_counted_and_never_reaches_the_callback(tmp_pa
     assert dstop["exit_status"] == "success" and dstop["binned_processed"] + dstop["binned_rejected"] == 4
     assert cb.totals["bad_documents"] == 0 and cb.last_stop is dstop and not cb.runs
     assert sink.plot_failures == 1
+
+
+def test_readout_plots_are_drawn_when_the_publisher_fails(tmp_path):
+    """The 0MQ publisher raises on every document: each run's plot is still written, and the callback
+    counts every derived document as unsent (nothing raises into it)."""
+    plots = RunPlotter(tmp_path / "plots")
+
+    def broken(name, doc):
+        raise OSError("publisher socket closed")
+
+    sink = DerivedSink(broken, plots)
+    cb = _binned_map_through(sink, tmp_path / "maps")
+    assert len(plots.written) == 1 and Path(plots.written[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = 16 + 4      # a row per pixel, and one per 2 x 2 block in stream mnedge_binned
+    assert cb.totals["unpublished_rows"] == rows and cb.totals["unpublished_documents"] >= 5
+    assert cb.totals["bad_documents"] == 0 and cb.last_stop["unpublished_rows"] == rows and not cb.runs
