@@ -61,6 +61,9 @@ class _Run:
     axis_cache: dict = field(default_factory=dict)
     #: scan shape (rows, columns) from the start document, for grid pixels
     map_shape: tuple[int, int] | None = None
+    #: the start document's ``snaking`` checked once (:func:`_snaking`), or why it cannot be used
+    snaking: tuple[bool, ...] | None = None
+    snaking_error: str = ""
     #: rows and columns the map needs for the pixels accepted so far (``pixel_fields``)
     extent: tuple[int, int] = (0, 0)
     #: spectrum field per descriptor uid (looked up once, not per event)
@@ -158,6 +161,7 @@ class MnEdgeCallback(DocumentRouter):
         derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md, on_unsent=self._count_unsent)
         run = _Run(start=doc, derived=derived, kind=kind, map_shape=self._map_shape(doc, None))
         run.extent = run.map_shape or (0, 0)
+        run.snaking, run.snaking_error = _snaking(doc)
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
@@ -654,7 +658,9 @@ class MnEdgeCallback(DocumentRouter):
             run.extent = (rows, cols)
             return (r, c), ""
         shape = run.map_shape
-        pix = grid_pixel(seq, shape, run.start.get("snaking")) if shape else None
+        if shape and run.snaking_error:
+            return None, run.snaking_error
+        pix = grid_pixel(seq, shape, run.snaking) if shape else None
         if pix is None:
             return None, f"seq_num {seq} is outside the scan shape {shape}"
         return pix, ""
@@ -699,6 +705,19 @@ class MnEdgeCallback(DocumentRouter):
             return "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV"
         run.axis_cache[key] = e
         return e
+
+
+def _snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
+    """The start document's ``snaking`` (one bool per scan axis) and ``""``, or ``None`` and why it cannot be
+    used: a malformed value leaves every grid pixel's position unknown (a string such as ``"yes"`` would
+    otherwise reverse odd rows by its second character)."""
+    snaking = start.get("snaking")
+    if snaking is None:
+        return None, ""
+    if isinstance(snaking, (list, tuple)) and all(isinstance(v, bool) for v in snaking):
+        return tuple(snaking), ""
+    return None, (f"start document's snaking {str(snaking)[:60]!r} is not a list of booleans: "
+                  "the pixel's position in the grid is unknown")
 
 
 def _grown_extent(shape: tuple[int, int], pixel: tuple[int, int], limit: tuple[int, int]) -> tuple[int, int]:

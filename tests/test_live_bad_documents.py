@@ -230,3 +230,27 @@ def test_unreadable_stream_frames_of_a_grid_scan_complete_their_binned_block(eng
     binned = [d for n, d in out if n == "descriptor" and d["name"] == "mnedge_binned"]
     pages = [d for n, d in out if n == "event_page" and binned and d["descriptor"] == binned[0]["uid"]]
     assert pages and pages[0]["data"]["reason"] == ["no pixel of the block has a finite spectrum"]
+
+
+@pytest.mark.parametrize("snaking", ["yes", 5, [None, "x"], {"a": 1}])
+def test_a_malformed_snaking_rejects_the_grid_pixels_with_the_reason(engine, spectra, snaking):
+    """Pixel positions follow the start document's ``snaking``; one that is not a list of booleans leaves
+    them unknown: each pixel is rejected saying so (a string reversed odd rows by its second character)."""
+    cb, out = _new(engine)
+    docs = source_run(spectra[:4])
+    docs[0][1].update(shape=[2, 2], snaking=snaking)
+    _feed(cb, docs)
+    rows = derived_rows(out)
+    assert sorted(r["source_seq_num"] for r in rows) == [1, 2, 3, 4]
+    assert all(r["status"] == "rejected" and "snaking" in r["reason"] and "not a list of booleans" in r["reason"]
+               for r in rows)
+    assert out[-1][1]["rejected"] == 4 and out[-1][1]["missed"] == 0
+
+
+def test_a_snaking_grid_reverses_its_odd_rows(engine, spectra):
+    cb, out = _new(engine)
+    docs = source_run(spectra[:4])
+    docs[0][1].update(shape=[2, 2], snaking=[False, True])
+    _feed(cb, docs)
+    pixels = {r["source_seq_num"]: (r["pixel_row"], r["pixel_col"]) for r in derived_rows(out)}
+    assert pixels == {1: (0, 0), 2: (0, 1), 3: (1, 1), 4: (1, 0)}
