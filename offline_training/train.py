@@ -413,6 +413,33 @@ def training_device(name: str, world: int = 1) -> torch.device:
     return device
 
 
+def dropout_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generator states dropout draws from on ``device``: the CPU's, and on CUDA the device's own
+    (a checkpoint without it resumes a CUDA run with other dropout masks than the run it continues)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_dropout_rng(ck: dict, rank: int, device: torch.device) -> None:
+    """Put back the generator states of ``rank`` saved by the checkpoint ``ck`` (:func:`dropout_rng_state`).
+
+    A run resumed on CUDA from a checkpoint written on the CPU (``device`` may change on resume) has no
+    CUDA state to restore: its dropout masks then differ from an uninterrupted run's, and a warning
+    says so.
+    """
+    torch.set_rng_state(ck["torch_rng"][rank])
+    if device.type != "cuda":
+        return
+    saved = ck.get("cuda_rng")
+    if saved is None:
+        log.warning("resuming on %s from a checkpoint written on the CPU: dropout draws from a fresh CUDA "
+                    "generator, so this run will not repeat an uninterrupted one", device)
+        return
+    torch.cuda.set_rng_state(saved[rank], device)
+
+
 def to_device(tb: TrainingBatch, device: torch.device) -> TrainingBatch:
     """``tb`` with the model input, fractions and targets on ``device`` (the synthetic batch stays)."""
     return dataclasses.replace(tb, x=tb.x.to(device), fractions=tb.fractions.to(device),
@@ -518,7 +545,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         if stop_after is not None and stop_after <= step:
             raise ValueError(f"--stop-after {stop_after}: {ckpt_path} is at step {step} already; "
                              "stop after a later step, or resume without --stop-after")
-        torch.set_rng_state(ck["torch_rng"][rank])  # dropout
+        restore_dropout_rng(ck, rank, device)
         origin = ck.get("init_from", "")
         log.info("resumed from step %d", step)
     elif s.init_from:
@@ -583,14 +610,16 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 fh.flush()
                 bar.set_postfix(loss=f"{parts['loss']:.4f}", vmae=f"{parts['valence_mae']:.3f}")
             if step % s.checkpoint_every == 0 or step == stop_at:
-                rngs = [torch.get_rng_state()]
+                rngs = [dropout_rng_state(device)]
                 if world > 1:
                     rngs = [None] * world
-                    torch.distributed.all_gather_object(rngs, torch.get_rng_state())
+                    torch.distributed.all_gather_object(rngs, dropout_rng_state(device))
                 if rank == 0:
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                "torch_rng": rngs, "config": json.dumps(config.to_dict()),
+                                "torch_rng": [r["cpu"] for r in rngs],
+                                **({"cuda_rng": [r["cuda"] for r in rngs]} if device.type == "cuda" else {}),
+                                "config": json.dumps(config.to_dict()),
                                 "bank_sha256": bank_sha256, "runs": json.dumps(runs), "init_from": origin,
                                 **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                     os.replace(tmp, ckpt_path)

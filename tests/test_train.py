@@ -470,3 +470,23 @@ def test_a_resume_after_a_crash_logs_every_step_once(tmp_path, monkeypatch):
     train(cfg, tmp_path, progress=False, resume=True)
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_a_cuda_run_saves_and_restores_the_devices_dropout_generator(monkeypatch, caplog):
+    """No GPU here: torch.cuda's generator calls stand in (the one mock: what cannot exist here)."""
+    from offline_training.train import dropout_rng_state, restore_dropout_rng
+
+    saved_cuda = torch.tensor([7, 8, 9], dtype=torch.uint8)
+    put: list = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved_cuda.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: put.append((state, device)))
+    cuda = torch.device("cuda", 0)
+    state = dropout_rng_state(cuda)
+    assert torch.equal(state["cuda"], saved_cuda) and torch.equal(state["cpu"], torch.get_rng_state())
+    assert set(dropout_rng_state(torch.device("cpu"))) == {"cpu"}
+    ck = {"torch_rng": [state["cpu"]], "cuda_rng": [state["cuda"]]}
+    restore_dropout_rng(ck, 0, cuda)
+    assert len(put) == 1 and torch.equal(put[0][0], saved_cuda) and put[0][1] == cuda
+    with caplog.at_level("WARNING", logger="offline_training.train"):
+        restore_dropout_rng({"torch_rng": [state["cpu"]]}, 0, cuda)   # written on the CPU, resumed on CUDA
+    assert len(put) == 1 and "fresh CUDA generator" in caplog.text
