@@ -139,3 +139,18 @@ def test_the_l3_width_applied_is_recorded_beside_the_drawn_one(cache):
             assert row["gamma_l3_onset_applied"] == pytest.approx(CALC_GAMMA + B.MIN_ADDED_HWHM)
         else:
             assert "gamma_l3_onset_applied" not in row
+
+
+def test_a_forward_model_refuses_an_axis_that_loses_a_measured_references_l3(bank):
+    """A site's reference measured on a miscalibrated axis (L3 at 652 eV) joins the bank; the axis check
+    used the calculated members' L3 range (640-644 eV) only, and accepted an axis and offsets that move
+    that reference's L3 off the channels."""
+    from offline_training.forward import ForwardConfig, ForwardModel
+    from offline_training.references.measured import MeasuredReference
+
+    cfg = ForwardConfig(axis_start=625.0, axis_points=400, offset=(-6.0, 15.0))   # 625-664.9 eV
+    ForwardModel(bank, cfg)
+    shifted = B.join_measured(bank, [MeasuredReference("mn3_652", 3, *_edge(652.0, 630.0, 680.0))], 0.5)
+    with pytest.raises(ValueError, match=r"offset: the range \(-6, 15\) eV moves the L3 line"):
+        ForwardModel(shifted, cfg)
+    ForwardModel(shifted, ForwardConfig())

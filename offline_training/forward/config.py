@@ -81,7 +81,7 @@ class ForwardConfig:
     xas_slope: tuple[float, float] = (-0.02, 0.02)
     #: energy axis: global offset, dispersion scale error (relative), quadratic nonlinearity at +-30 eV;
     #: an offset range that moves the L3 line off the channel axis, or an axis that reads beyond the
-    #: physics grid, is refused (:meth:`_check_axis`)
+    #: physics grid, is refused (:meth:`check_axis`)
     offset: tuple[float, float] = (-6.0, 6.0)
     dispersion_error: tuple[float, float] = (-0.01, 0.01)
     nonlinearity: tuple[float, float] = (-0.3, 0.3)
@@ -136,12 +136,12 @@ class ForwardConfig:
             raise ValueError(f"axis_points: must be a whole number, got {self.axis_points!r}")
         if self.axis_points < 64:
             raise ValueError(f"axis_points: need at least 64, got {self.axis_points}")
-        self._check_axis()
+        self.check_axis()
 
-    def _check_axis(self) -> None:
+    def check_axis(self, l3_line: tuple[float, float] = L3_LINE_EV) -> None:
         """Refuse an axis and offset range that lose the L3 line or read beyond the physics grid.
 
-        A row whose L3 (:data:`L3_LINE_EV` plus the chemical shift) reads off
+        A row whose L3 (``l3_line``, by default :data:`L3_LINE_EV`, plus the chemical shift) reads off
         the channel axis has no edge to learn from, and a channel that maps
         (offset, dispersion, nonlinearity and point spacing at their extremes)
         to a true energy outside :data:`PHYS_RANGE_EV` reads the grid's
@@ -149,8 +149,8 @@ class ForwardConfig:
         """
         axis_end = self.axis_start + WORK_STEP_EV * (self.axis_points - 1)
         where = f"the axis {self.axis_start:g}-{axis_end:g} eV (axis_start, axis_points)"
-        l3_low = L3_LINE_EV[0] + self.chemical_shift[0]
-        l3_high = L3_LINE_EV[1] + self.chemical_shift[1]
+        l3_low = l3_line[0] + self.chemical_shift[0]
+        l3_high = l3_line[1] + self.chemical_shift[1]
         fits = (self.axis_start - l3_low, axis_end - l3_high)
         if self.offset[0] < fits[0] or self.offset[1] > fits[1]:
             raise ValueError(f"offset: the range ({self.offset[0]:g}, {self.offset[1]:g}) eV moves the L3 line "

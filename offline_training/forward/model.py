@@ -11,7 +11,7 @@ import torch
 from mnedge_live.preprocessing import WORK_STEP_EV
 from offline_training.forward.compiled import stage_functions
 from offline_training.forward.composition import HOLES, VALENCES, sample_fractions
-from offline_training.forward.config import AXIS_CENTER_EV, PHYS_RANGE_EV, ForwardConfig
+from offline_training.forward.config import AXIS_CENTER_EV, L3_LINE_EV, PHYS_RANGE_EV, ForwardConfig
 from offline_training.forward.stages import (
     add_noise,
     drude_plasmon,
@@ -99,6 +99,10 @@ class ForwardModel:
         self.l3_area = torch.tensor(l3_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l2_area = torch.tensor(l2_part.sum(1) * de, dtype=torch.float32, device=self.device)
         self.l3_pos = torch.tensor(e[np.argmax(spectra, axis=1)], device=self.device)
+        # a bank whose L3 maxima lie beyond L3_LINE_EV (measured references on another session's axis, say)
+        # must still keep its L3 lines on the configured channel axis
+        l3 = e[np.argmax(spectra, axis=1)]
+        self.config.check_axis((min(L3_LINE_EV[0], float(l3.min())), max(L3_LINE_EV[1], float(l3.max()))))
         # white-line maximum of the L2 part: the L2 continuum threshold sits below it, as the L3
         # one sits below the L3 maximum (edge_steps)
         self.l2_pos = torch.tensor(e[np.argmax(l2_part, axis=1)], device=self.device)
