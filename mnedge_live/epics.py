@@ -67,29 +67,33 @@ def _values(row: dict, totals: dict) -> dict[str, object]:
     return out
 
 
-def make_pvgroup(prefix: str):
-    """A caproto PVGroup with the readout PVs under ``prefix``."""
+def make_pvgroup(prefix: str, read_only: bool = True):
+    """A caproto PVGroup with the readout PVs under ``prefix``.
+
+    ``read_only=False`` gives PVs that Channel Access clients may write: the records a site's own IOC
+    serves for ``epics_mode = "pyepics"`` (:class:`PyepicsWriter`), for testing that mode.
+    """
     from caproto import ChannelType
     from caproto.server import PVGroup, pvproperty
 
     class MnEdgeIOC(PVGroup):
-        VALENCE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        FRAC_MN2 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        FRAC_MN3 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        FRAC_MN4 = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        OOD_SCORE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=1)
-        STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
-        PROCESSED = pvproperty(value=0, dtype=int, read_only=True)
-        REJECTED = pvproperty(value=0, dtype=int, read_only=True)
-        MISSED = pvproperty(value=0, dtype=int, read_only=True)
-        READOUTS = pvproperty(value=0, dtype=int, read_only=True)
-        FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=True)
-        BINNED_VALENCE = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=True, precision=3)
-        BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=True)
-        BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=True)
-        FINAL_UID = pvproperty(value="", dtype=ChannelType.STRING, read_only=True)
+        VALENCE = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        FRAC_MN2 = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        FRAC_MN3 = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        FRAC_MN4 = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        OOD_SCORE = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=1)
+        STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
+        PROCESSED = pvproperty(value=0, dtype=int, read_only=read_only)
+        REJECTED = pvproperty(value=0, dtype=int, read_only=read_only)
+        MISSED = pvproperty(value=0, dtype=int, read_only=read_only)
+        READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
+        FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
+        BINNED_VALENCE = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
+        BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
+        FINAL_UID = pvproperty(value="", dtype=ChannelType.STRING, read_only=read_only)
 
     return MnEdgeIOC(prefix=prefix)
 
@@ -103,12 +107,14 @@ class SoftIOC:
         PV prefix, e.g. ``"BL:MN:"``.
     interfaces : list of str
         Addresses to bind (default loopback only).
+    read_only : bool
+        False: Channel Access clients may write the PVs (see :func:`make_pvgroup`).
     """
 
-    def __init__(self, prefix: str, interfaces: list[str] | None = None):
+    def __init__(self, prefix: str, interfaces: list[str] | None = None, read_only: bool = True):
         self.prefix = prefix
         self.interfaces = interfaces or ["127.0.0.1"]
-        self.group = make_pvgroup(prefix)
+        self.group = make_pvgroup(prefix, read_only=read_only)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()   # set once the server is bound, or has ended
         self._bound = False
