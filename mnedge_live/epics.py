@@ -107,14 +107,12 @@ class SoftIOC:
         PV prefix, e.g. ``"BL:MN:"``.
     interfaces : list of str
         Addresses to bind (default loopback only).
-    read_only : bool
-        False: Channel Access clients may write the PVs (see :func:`make_pvgroup`).
     """
 
-    def __init__(self, prefix: str, interfaces: list[str] | None = None, read_only: bool = True):
+    def __init__(self, prefix: str, interfaces: list[str] | None = None):
         self.prefix = prefix
         self.interfaces = interfaces or ["127.0.0.1"]
-        self.group = make_pvgroup(prefix, read_only=read_only)
+        self.group = make_pvgroup(prefix)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()   # set once the server is bound, or has ended
         self._bound = False

@@ -40,11 +40,33 @@ def use_loopback_channel_access() -> int:
     first time anything (ophyd included) uses it, so this must run before any
     test module imports ophyd: ``conftest.py`` calls it at import.
     """
-    port = free_port()
-    os.environ.update({"EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
+    port, site = free_port(), free_port()
+    # the second address is where a test starts "a site's IOC" in a process of its own (SITE_CA_PORT):
+    # two servers on one UDP port each see only some of the searches sent to it
+    os.environ.update({"EPICS_CA_ADDR_LIST": f"127.0.0.1 127.0.0.1:{site}", "EPICS_CA_AUTO_ADDR_LIST": "NO",
                        "EPICS_CA_SERVER_PORT": str(port), "EPICS_CAS_SERVER_PORT": str(port),
-                       "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1"})
+                       "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", SITE_CA_PORT: str(site)})
     return port
+
+
+#: Environment variable holding the Channel Access port of a site IOC's process (:func:`start_site_ioc`).
+SITE_CA_PORT = "MNEDGE_TEST_SITE_CA_PORT"
+
+
+def start_site_ioc(prefix: str) -> subprocess.Popen:
+    """A caproto IOC with writable readout PVs (``make_pvgroup(read_only=False)``) in its own process on
+    loopback, at the port clients of this session also search (:func:`use_loopback_channel_access`):
+    the existing IOC that ``epics_mode = "pyepics"`` writes to."""
+    port = os.environ[SITE_CA_PORT]
+    code = ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
+            "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])")
+    env = {**os.environ, "EPICS_CAS_SERVER_PORT": port, "EPICS_CA_SERVER_PORT": port}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen([sys.executable, "-c", code, prefix], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_ports(proc, (int(port),))
+    return proc
 
 
 def start_proxy() -> tuple[subprocess.Popen, int, int]:

@@ -256,26 +256,29 @@ def test_a_soft_ioc_that_cannot_bind_says_so_at_start():
         ioc.start()
 
 
-def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc(ioc):
+def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
     """``epics_mode = "pyepics"``: the writer puts a final readout and the counts into a running IOC whose
-    PVs clients may write (the site's IOC; here a second caproto server on loopback), read back over
+    PVs clients may write (the site's IOC: a caproto server in a process of its own), read back over
     Channel Access."""
     import time
 
-    from mnedge_live.epics import COUNT_PVS, MnEdgeReadout, PyepicsWriter, SoftIOC
+    from live_support import start_site_ioc
 
-    site = SoftIOC(f"SITE{CA_PORT}:", read_only=False).start()
+    from mnedge_live.epics import COUNT_PVS, MnEdgeReadout, PyepicsWriter
+
+    prefix = f"SITE{CA_PORT}:"
+    site = start_site_ioc(prefix)
     try:
-        writer = PyepicsWriter(site.prefix, connect_timeout=5.0)
+        writer = PyepicsWriter(prefix, connect_timeout=10.0)
         assert all(pv.connected for pv in writer.pvs.values())
         uid = "5f0c3a6e-8d2b-4c1e-9a7f-2b8d6e4c1a90"
         row = {"valence": 3.25, "valence_std": 0.1, "frac_mn2": 0.1, "frac_mn3": 0.55, "frac_mn4": 0.35,
                "ood_score": 12.5, "status": "ok", "reason": "", "final": True, "source_uid": uid}
         totals = {key: i + 1 for i, key in enumerate(COUNT_PVS.values())}
         writer.update(row, totals)
-        readout = MnEdgeReadout(site.prefix, name="site")
+        readout = MnEdgeReadout(prefix, name="site")
         readout.wait_for_connection(timeout=10)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while readout.final_uid.get() != uid and time.monotonic() < deadline:
             time.sleep(0.05)
         assert readout.final_uid.get() == uid and readout.status.get() == "ok"
@@ -285,4 +288,5 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc(ioc):
         assert readout.processed.get() == totals["processed"] and readout.missed.get() == totals["missed"]
         writer.stop()
     finally:
-        site.stop()
+        site.terminate()
+        site.wait(10)
