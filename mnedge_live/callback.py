@@ -303,11 +303,10 @@ class MnEdgeCallback(DocumentRouter):
             if run.binner.skipped:
                 log.warning("run %s: %d pixels not binned: %s", uid, run.binner.skipped, run.binner.skip_reasons)
         for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
-            if maps is None:
+            if maps is None or not self.config.maps_dir:   # None or "": no map files
                 continue
             try:
-                base = self.config.maps_dir or "."
-                h5, png = maps.write(base, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
+                h5, png = maps.write(self.config.maps_dir, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
                                                                           "model": str(self.engine.model_id),
                                                                           "map_bin": self.config.map_bin if suffix else 1})
                 extra.update({f"{key}_h5": str(Path(h5).resolve()), f"{key}_png": str(Path(png).resolve())})

@@ -68,7 +68,8 @@ class LiveConfig:
         Step mode: the scan covers the edge once it has points at or below the L3
         window's low end and at or above the L2 window's high end.
     maps_dir, plot_dir : str or None
-        Where spectrum-image maps (HDF5 + PNG) and readout plots are written.
+        Where spectrum-image maps (HDF5 + PNG) and readout plots are written; None or ``""``:
+        none are written (the derived rows carry every pixel's readout all the same).
     serializer : str
         ``"msgpack"`` or ``"pickle"``.
     allow_pickle : bool
