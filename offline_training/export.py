@@ -368,8 +368,27 @@ def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_0
     return d
 
 
+#: Largest batch a TensorRT engine takes (its optimization profile: 1 to this, tuned for 1,024).
+TENSORRT_MAX_BATCH = 65536
+
+
+def exported_for_tensorrt(model: MnEdgeCNN, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """:class:`WithFeatures` of ``model`` as a ``torch.export`` program with a dynamic batch dimension.
+
+    What torch-tensorrt's dynamo frontend compiles (its TorchScript frontend, in maintenance mode,
+    scripts the module, which fails on the network's tuple outputs). Runs on any device, so the CPU
+    tests check that the network exports.
+    """
+    batch = torch.export.Dim("batch", min=1, max=TENSORRT_MAX_BATCH)
+    return torch.export.export(WithFeatures(model).eval(), (example,), dynamic_shapes={"x": {0: batch}})
+
+
 def build_tensorrt_engines(model: MnEdgeCNN, out: Path) -> dict:
     """Compile FP16 and FP32 TensorRT engines with torch-tensorrt for the current GPU.
+
+    The network is exported (:func:`exported_for_tensorrt`), compiled by torch-tensorrt's dynamo
+    frontend for batches of 1 to :data:`TENSORRT_MAX_BATCH`, and saved as TorchScript
+    (``torch.jit.load`` reads it where torch-tensorrt is installed; :class:`TensorRTBackend`).
 
     Raises
     ------
@@ -385,20 +404,22 @@ def build_tensorrt_engines(model: MnEdgeCNN, out: Path) -> dict:
         raise RuntimeError(f"--tensorrt needs torch-tensorrt (pip install 'mnedge-live[tensorrt]'): {exc}") from exc
     info = {}
     m = model.cuda().eval()
+    length = model.config.input_length
     gen = torch.Generator(device="cuda").manual_seed(2)
-    x = torch.randn(256, 2, model.config.input_length, device="cuda", generator=gen)
+    x = torch.randn(256, 2, length, device="cuda", generator=gen)
     ref = [t.float() for t in m.forward_with_features(x)]
     (out / "tensorrt").mkdir(exist_ok=True)
     for precision, dtype in (("fp16", torch.half), ("fp32", torch.float32)):
-        inputs = [torch_tensorrt.Input(min_shape=(1, 2, 256), opt_shape=(1024, 2, 256), max_shape=(65536, 2, 256),
-                                       dtype=dtype)]
-        trt = torch_tensorrt.compile(WithFeatures(m.to(dtype)).eval(), ir="ts", inputs=inputs,
-                                     enabled_precisions={dtype})
+        m = m.to(dtype)
+        inputs = [torch_tensorrt.Input(min_shape=(1, 2, length), opt_shape=(1024, 2, length),
+                                       max_shape=(TENSORRT_MAX_BATCH, 2, length), dtype=dtype)]
+        trt = torch_tensorrt.dynamo.compile(exported_for_tensorrt(m, x.to(dtype)), inputs=inputs,
+                                            enabled_precisions={dtype})
         got = [t.float() for t in trt(x.to(dtype))]
         name = f"tensorrt/model_{precision}.ts"
-        torch.jit.save(trt, str(out / name))
+        torch_tensorrt.save(trt, str(out / name), output_format="torchscript", arg_inputs=[x.to(dtype)])
         info[precision] = {"file": name, "gpu": torch.cuda.get_device_name(0),
                            "tensorrt_version": tensorrt.__version__, "torch_tensorrt_version": torch_tensorrt.__version__,
                            "max_fraction_difference": float((got[0] - ref[0]).abs().max())}
-        m = m.float()
+    m.float()
     return info

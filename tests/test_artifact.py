@@ -145,6 +145,28 @@ def test_tensorrt_export_refuses_clearly_without_a_gpu(tiny_artifact, tmp_path):
         build_tensorrt_engines(model, tmp_path)
 
 
+def test_the_network_exports_with_a_dynamic_batch_for_tensorrt(tiny_artifact):
+    """What torch-tensorrt compiles, checked on the CPU: the TorchScript frontend scripted the module, which
+    failed on its tuple outputs, so no engine could ever be built; the export runs at any batch size and
+    gives the network's own outputs (the tiny model and the shipped default's architecture)."""
+    import torch
+
+    from mnedge_live.network import MnEdgeCNN, NetworkConfig
+    from offline_training.export import exported_for_tensorrt, load_trained
+
+    tiny, _ = load_trained(tiny_artifact.parent / "run" / "final.pt")
+    shipped = MnEdgeCNN(NetworkConfig.from_dict(load_artifact(None).card["network"]))
+    for model in (tiny.eval(), shipped.eval()):
+        length = model.config.input_length
+        program = exported_for_tensorrt(model, torch.randn(8, 2, length))
+        for batch in (1, 3, 1024):
+            x = torch.randn(batch, 2, length)
+            got = program.module()(x)
+            want = model.forward_with_features(x)
+            assert len(got) == len(want) == 4
+            assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
+
+
 def test_tensorrt_backend_is_skipped_with_a_reason_and_auto_falls_back(tiny_artifact):
     from mnedge_live.engine import BackendUnavailable, make_backend
 
