@@ -161,6 +161,12 @@ def cmd_evaluate(args) -> int:
         mnedgenet.load_state_dict(ck["model"])
         mnedgenet.eval()
     real = Path(args.real_dir) if args.real_dir else DEFAULT_REAL_DIR
+    if not real.is_dir():
+        if args.real_dir:   # asked for: a typo must not pass as "no measured spectra"
+            print(f"mnedge-train evaluate: --real-dir {real}: no such folder", file=sys.stderr)
+            return 2
+        print(f"mnedge-train evaluate: no measured spectra read (no folder {real}; give --real-dir)",
+              file=sys.stderr)
     res = evaluate(engine, fcfg, bank, n=args.n, seed=args.seed, plot_dir=args.plot_dir, mnedgenet=mnedgenet,
                    n_nnls=args.n_nnls, real_dir=real, robustness_n=args.robustness_n)
     if mnedgenet is not None:
@@ -398,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mnedgenet", help="trained MnEdgeNet baseline (from 'baseline')")
     s.add_argument("--n-nnls", type=int, default=1000)
     s.add_argument("--robustness-n", type=int, default=8000)
-    s.add_argument("--real-dir")
+    s.add_argument("--real-dir", help="folder of measured two-column spectra to read as well (default: "
+                   "shared/real_spectra beside the project checkout, skipped with a note when absent)")
     s.add_argument("--bank")
     s.add_argument("--gate", help="compare with this model (artifact or 'default'); exit 1 if worse")
     s.add_argument("--gate-tolerance", type=float, default=0.0)

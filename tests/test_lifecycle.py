@@ -87,6 +87,7 @@ def test_staff_lifecycle(tmp_path, monkeypatch, capsys):
     # 4. a candidate, gated against the model in use ('default' resolves through the store)
     assert mnedge_train(["export", str(final), "--out", str(tmp_path / "cand"), "--model-id", "site-v2"]) == 0
     capsys.readouterr()
+    (tmp_path / "no_real_spectra").mkdir()   # an empty folder: no measured spectra to read
     common = ["evaluate", "--model", str(tmp_path / "cand"), "--n", "256", "--n-nnls", "0", "--robustness-n", "0",
               "--bank", str(bank), "--real-dir", str(tmp_path / "no_real_spectra"), "--backend", "onnxruntime"]
     evaluation = tmp_path / "evaluation.json"

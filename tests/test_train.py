@@ -271,6 +271,7 @@ def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact
     card["training"]["config"].setdefault("forward", {})["gauss_fwhm"] = [0.05, 2.5]  # as a broadened fine-tune
     write_card(cand, card)
     out = tmp_path / "evaluation.json"
+    (tmp_path / "none").mkdir()   # an empty folder: no measured spectra to read
     args = ["evaluate", "--model", str(cand), "--gate", str(tiny_artifact), "--n", "128", "--n-nnls", "0",
             "--robustness-n", "0", "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(out)]
     assert mnedge_train(args) == 0  # the same weights are not worse on either set
@@ -333,7 +334,7 @@ def test_settings_changed_after_reading_are_checked_again_by_the_trainer(tmp_pat
 def test_evaluate_refuses_counts_below_their_minimum(tmp_path, capsys, option, value):
     from offline_training.cli import main as mnedge_train
 
-    args = ["evaluate", "--n", "16", "--n-nnls", "0", "--robustness-n", "0", "--real-dir", str(tmp_path / "none"),
+    args = ["evaluate", "--n", "16", "--n-nnls", "0", "--robustness-n", "0", "--real-dir", str(tmp_path),
             "--backend", "onnxruntime", option, value]
     assert mnedge_train(args) == 2
     err = capsys.readouterr().err
@@ -490,3 +491,15 @@ def test_a_cuda_run_saves_and_restores_the_devices_dropout_generator(monkeypatch
     with caplog.at_level("WARNING", logger="offline_training.train"):
         restore_dropout_rng({"torch_rng": [state["cpu"]]}, 0, cuda)   # written on the CPU, resumed on CUDA
     assert len(put) == 1 and "fresh CUDA generator" in caplog.text
+
+
+def test_evaluate_refuses_a_real_dir_that_does_not_exist(tmp_path, capsys):
+    """A mistyped --real-dir was skipped without a word: the JSON then lacked every measured reading."""
+    from offline_training.cli import main as mnedge_train
+
+    missing = tmp_path / "real_spectra_typo"
+    args = ["evaluate", "--n", "16", "--n-nnls", "0", "--robustness-n", "0", "--real-dir", str(missing),
+            "--backend", "onnxruntime"]
+    assert mnedge_train(args) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "no such folder" in err
