@@ -14,6 +14,47 @@ from typing import Any
 MODES = ("spectrum", "step")
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (optionally ``tcp://`` in front, IPv6 hosts in brackets) -> (host, port).
+
+    These are the 0MQ proxy addresses the service connects to (``in_address``,
+    ``out_address``); what is refused here would stop the service at start-up
+    (0MQ refuses it) or connect to no port at all.
+
+    Raises
+    ------
+    ValueError
+        Not a string, blanks in it, a scheme other than ``tcp://``, no host, ``*`` as host
+        (it only binds), no port, or a port that is not an integer in 1..65535.
+    """
+    if not isinstance(address, str):
+        raise ValueError(f"{address!r} is not a string HOST:PORT")
+    if not address or any(c.isspace() for c in address):
+        raise ValueError(f"{address!r} is not [tcp://]HOST:PORT (no blanks)")
+    text = address
+    if text.startswith("tcp://"):
+        text = text[len("tcp://"):]
+    elif "://" in text:
+        raise ValueError(f"{address!r}: only tcp:// 0MQ addresses are supported ([tcp://]HOST:PORT)")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{address!r} is not [tcp://]HOST:PORT")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"{address!r}: unbalanced brackets around the host")
+    if host.startswith("["):
+        host = host[1:-1]
+        if not host:
+            raise ValueError(f"{address!r} is not [tcp://]HOST:PORT")
+    if host == "*":
+        raise ValueError(f"{address!r}: '*' only binds; give the host the proxy runs on")
+    if not (port.isascii() and port.isdigit()):
+        raise ValueError(f"{address!r}: port {port!r} is not a number")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"{address!r}: port {number} is outside 1..65535")
+    return host, number
+
+
 class ConfigError(ValueError):
     """A bad option; the message starts with the option's name."""
 
@@ -27,6 +68,8 @@ class LiveConfig:
     in_address, out_address : str
         0MQ proxy addresses: where source documents come from (the proxy's
         subscriber side) and where derived documents go (its publisher side).
+        ``HOST:PORT``, optionally with ``tcp://`` in front (IPv6 hosts in brackets),
+        port 1..65535 (see :func:`parse_address`).
     mode : str
         ``"spectrum"`` (one spectrum per event) or ``"step"`` (one energy point per event).
     stream : str
@@ -185,6 +228,11 @@ class LiveConfig:
 
         for name in ("in_address", "out_address", "stream", "out_prefix", "backend"):
             need(isinstance(getattr(self, name), str) and bool(getattr(self, name)), name, "must be a non-empty string")
+        for name in ("in_address", "out_address"):
+            try:
+                parse_address(getattr(self, name))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
         need(b" " not in self.out_prefix.encode(), "out_prefix", "may not contain spaces")
         need(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
         for name in ("spectrum_field", "energy_field", "dispersion_field", "offset_field", "signal_field",

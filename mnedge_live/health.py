@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from mnedge_live.config import parse_address
+
 #: Seconds a TCP connection to a proxy address may take.
 CONNECT_TIMEOUT_S = 2.0
 
@@ -27,33 +29,6 @@ class Check:
     def line(self) -> str:
         """One printable line: ``ok   NAME: DETAIL`` or ``FAIL NAME: DETAIL``."""
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``host:port`` (optionally ``tcp://`` in front, IPv6 hosts in brackets) -> (host, port).
-
-    Raises
-    ------
-    ValueError
-        No port, or a port that is not an integer in 1..65535.
-    """
-    text = address.strip()
-    if text.startswith("tcp://"):
-        text = text[len("tcp://"):]
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host == "*":
-        host = "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{address!r}: port {port!r} is not a number") from None
-    if not 1 <= number <= 65535:
-        raise ValueError(f"{address!r}: port {number} is outside 1..65535")
-    return host, number
 
 
 def check_config(toml_path: str | None, overrides: dict[str, Any]) -> tuple[Check, Any]:

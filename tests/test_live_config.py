@@ -23,6 +23,29 @@ def test_bad_options_are_refused_naming_the_option(opts, name):
         LiveConfig(**opts)
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:5568", "tcp://127.0.0.1:5568", "localhost:5567", "[::1]:5568",
+                                     "tcp://[::1]:5568", "::1:5568", "beamline-proxy.example.org:65535"])
+def test_proxy_addresses_in_every_documented_form_are_accepted(address):
+    assert LiveConfig(in_address=address, out_address=address).in_address == address
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:http",
+                                     "127.0.0.1:+5568", " 127.0.0.1:5568", "*:5568", "ipc:///tmp/proxy",
+                                     ":5568", "[::1:5568", "tcp://"])
+@pytest.mark.parametrize("name", ["in_address", "out_address"])
+def test_proxy_addresses_that_are_not_host_port_are_refused_naming_the_option(name, address, capsys):
+    """0MQ refused some at start-up (ZMQError), connected others to no port at all ('ready', publishing nowhere)."""
+    from mnedge_live.cli import main
+
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        LiveConfig(**{name: address})
+    flag = "--in" if name == "in_address" else "--out"
+    assert main(["live", flag, address, "--check"]) == 2
+    assert main(["live", flag, address]) == 2
+    out = capsys.readouterr()
+    assert out.out.startswith(f"FAIL config: {name}: ") and f"bad option: {name}: " in out.err
+
+
 def test_toml_then_flags(tmp_path):
     p = tmp_path / "live.toml"
     p.write_text('mode = "step"\nsignal_field = "tey"\nmax_batch = 64\n')
