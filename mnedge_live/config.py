@@ -59,6 +59,39 @@ class ConfigError(ValueError):
     """A bad option; the message starts with the option's name."""
 
 
+def certificate_problem(path: str, secret: bool) -> str | None:
+    """Why ``path`` is not a usable CurveZMQ certificate file; None when it is.
+
+    Parameters
+    ----------
+    path : str
+        A file made by ``zmq.auth.create_certificates``: ``NAME.key`` (public) or
+        ``NAME.key_secret`` (public and secret key).
+    secret : bool
+        The secret key is needed too (``curve_secret_key``), not only the public one.
+    """
+    import zmq.auth
+    from zmq.utils import z85
+
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        return f"not a CurveZMQ certificate file ({exc})"
+    if secret and secret_key is None:
+        return ("holds no secret key (a public certificate?): give the NAME.key_secret file "
+                "made by zmq.auth.create_certificates")
+    for label, key in (("public-key", public), ("secret-key", secret_key if secret else None)):
+        if key is None:
+            continue
+        try:
+            good = len(z85.decode(key)) == 32
+        except Exception:  # z85 raises KeyError, ValueError or struct.error on what is not Z85
+            good = False
+        if not good:
+            return f"its {label} is not a 40-character Z85 CurveZMQ key"
+    return None
+
+
 @dataclass
 class LiveConfig:
     """Every option of ``mnedge live`` (TOML keys use the same names).
@@ -136,7 +169,9 @@ class LiveConfig:
     curve_secret_key, curve_server_public_key : str or None
         CurveZMQ: this service's certificate with its secret key and the public
         certificate of the proxy side it subscribes to (files made by
-        ``zmq.auth.create_certificates``).  Given together, the connection the source
+        ``zmq.auth.create_certificates``: ``NAME.key_secret`` and ``NAME.key``; the
+        keys in them are checked at validation, a public certificate given as the
+        secret key is refused).  Given together, the connection the source
         documents arrive on is encrypted and authenticated (proxy started with
         ``--out-curve-secret``).  None: plain 0MQ.
     curve_out_server_public_key : str or None
@@ -280,6 +315,8 @@ class LiveConfig:
         for name in ("curve_secret_key", "curve_server_public_key", "curve_out_server_public_key"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, str) and Path(v).is_file()), name, "must be an existing key file")
+            problem = None if v is None else certificate_problem(v, secret=name == "curve_secret_key")
+            need(problem is None, name, problem or "")
         need((self.curve_secret_key is None) == (self.curve_server_public_key is None), "curve_server_public_key",
              "curve_secret_key and curve_server_public_key must be given together")
         need(self.curve_out_server_public_key is None or self.curve_secret_key is not None,

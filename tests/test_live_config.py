@@ -110,3 +110,42 @@ def test_the_service_hides_its_start_up_objects_from_the_collector_when_ready(ca
         assert "mnedge live: ready" in capsys.readouterr().out
     finally:
         gc.unfreeze()
+
+
+def _certificates(root) -> dict[str, str]:
+    """CurveZMQ certificate files of a service and of a proxy (``NAME.key`` public, ``NAME.key_secret``)."""
+    import zmq.auth
+
+    paths = {}
+    for who in ("service", "proxy"):
+        public, secret = zmq.auth.create_certificates(str(root), who)
+        paths[who], paths[who + "_public"] = str(secret), str(public)
+    return paths
+
+
+def test_curve_key_files_must_hold_the_right_kind_of_key(tmp_path, capsys):
+    """A public certificate given as curve_secret_key stopped the service at start-up
+    ('The client secret key could not be found') although --check said ok."""
+    from mnedge_live.cli import main
+
+    keys = _certificates(tmp_path)
+    good = LiveConfig(curve_secret_key=keys["service"], curve_server_public_key=keys["proxy_public"])
+    assert good.curve_server_public_key == keys["proxy_public"]
+    LiveConfig(curve_secret_key=keys["service"], curve_server_public_key=keys["proxy"])  # has a public key too
+    garbage = tmp_path / "garbage.key"
+    garbage.write_text("not a key\n")
+    short = tmp_path / "short.key_secret"
+    short.write_text('curve\n    public-key = "abc"\n    secret-key = "def"\n')
+    for opts, name, words in [
+        ({"curve_secret_key": keys["service_public"]}, "curve_secret_key", "holds no secret key"),
+        ({"curve_secret_key": str(garbage)}, "curve_secret_key", "not a CurveZMQ certificate"),
+        ({"curve_secret_key": str(short)}, "curve_secret_key", "its public-key is not a 40-character Z85"),
+        ({"curve_server_public_key": str(garbage)}, "curve_server_public_key", "not a CurveZMQ certificate"),
+        ({"curve_out_server_public_key": str(short)}, "curve_out_server_public_key", "its public-key is not"),
+    ]:
+        full = {"curve_secret_key": keys["service"], "curve_server_public_key": keys["proxy_public"], **opts}
+        with pytest.raises(ConfigError, match=f"^{name}: {words}"):
+            LiveConfig(**full)
+    args = ["live", "--curve-secret-key", keys["service_public"], "--curve-server-public-key", keys["proxy_public"]]
+    assert main([*args, "--check"]) == 2
+    assert capsys.readouterr().out.startswith("FAIL config: curve_secret_key: holds no secret key")
