@@ -175,10 +175,13 @@ class LiveConfig:
         documents arrive on is encrypted and authenticated (proxy started with
         ``--out-curve-secret``).  None: plain 0MQ.
     curve_out_server_public_key : str or None
-        CurveZMQ for the connection the derived documents leave on too: public
+        CurveZMQ for the connection the derived documents leave on: public
         certificate of the proxy side they are published to (``--in-curve-secret``).
-        Needs ``curve_secret_key``.  bluesky 1.15's proxy cannot secure both of its
-        sides in one process (its two ZAP authenticators collide), hence two options.
+        With ``curve_secret_key``, alone or besides ``curve_server_public_key``: each
+        connection is secured on its own (a server public key without the secret key, or
+        the secret key without either server public key, is refused).  bluesky 1.15's
+        proxy cannot secure both of its sides in one process (its two ZAP authenticators
+        collide), hence two options.
     """
 
     in_address: str = "127.0.0.1:5568"
@@ -317,10 +320,14 @@ class LiveConfig:
             need(v is None or (isinstance(v, str) and Path(v).is_file()), name, "must be an existing key file")
             problem = None if v is None else certificate_problem(v, secret=name == "curve_secret_key")
             need(problem is None, name, problem or "")
-        need((self.curve_secret_key is None) == (self.curve_server_public_key is None), "curve_server_public_key",
-             "curve_secret_key and curve_server_public_key must be given together")
-        need(self.curve_out_server_public_key is None or self.curve_secret_key is not None,
-             "curve_out_server_public_key", "needs curve_secret_key")
+        # each connection is secured on its own: this service's secret key plus the public key of its proxy side
+        for name in ("curve_server_public_key", "curve_out_server_public_key"):
+            need(getattr(self, name) is None or self.curve_secret_key is not None, name,
+                 "needs curve_secret_key (this service's secret certificate)")
+        need(self.curve_secret_key is None or self.curve_server_public_key is not None
+             or self.curve_out_server_public_key is not None, "curve_server_public_key",
+             "curve_secret_key secures nothing alone: give curve_server_public_key (the subscription, --in) "
+             "and/or curve_out_server_public_key (the publication, --out)")
         need(self.epics_mode in ("ioc", "pyepics"), "epics_mode", "must be 'ioc' or 'pyepics'")
         need(isinstance(self.epics_interfaces, list) and all(isinstance(v, str) for v in self.epics_interfaces),
              "epics_interfaces", "must be a list of addresses")

@@ -149,3 +149,24 @@ def test_curve_key_files_must_hold_the_right_kind_of_key(tmp_path, capsys):
     args = ["live", "--curve-secret-key", keys["service_public"], "--curve-server-public-key", keys["proxy_public"]]
     assert main([*args, "--check"]) == 2
     assert capsys.readouterr().out.startswith("FAIL config: curve_secret_key: holds no secret key")
+
+
+def test_each_curve_connection_is_secured_on_its_own(tmp_path):
+    """The publication alone (secret key + curve_out_server_public_key) was refused although
+    service.curve_configs supports it and docs/operations.md presents the two sides as independent."""
+    from mnedge_live.service import curve_configs
+
+    keys = _certificates(tmp_path)
+    out_only = LiveConfig(curve_secret_key=keys["service"], curve_out_server_public_key=keys["proxy_public"])
+    curve_in, curve_out = curve_configs(out_only)
+    assert curve_in is None and str(curve_out.server_public_key) == keys["proxy_public"]
+    in_only = LiveConfig(curve_secret_key=keys["service"], curve_server_public_key=keys["proxy_public"])
+    assert curve_configs(in_only)[1] is None and curve_configs(in_only)[0] is not None
+    both = LiveConfig(curve_secret_key=keys["service"], curve_server_public_key=keys["proxy_public"],
+                      curve_out_server_public_key=keys["proxy_public"])
+    assert None not in curve_configs(both)
+    for opts, name in [({"curve_secret_key": keys["service"]}, "curve_server_public_key"),
+                       ({"curve_server_public_key": keys["proxy_public"]}, "curve_server_public_key"),
+                       ({"curve_out_server_public_key": keys["proxy_public"]}, "curve_out_server_public_key")]:
+        with pytest.raises(ConfigError, match=f"^{name}: "):
+            LiveConfig(**opts)

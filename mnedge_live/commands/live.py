@@ -39,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
                    help="close a source run as failed after this many seconds without a document (0: never)")
     p.add_argument("--curve-secret-key", dest="curve_secret_key",
-                   help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key)")
+                   help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key "
+                        "and/or --curve-out-server-public-key)")
     p.add_argument("--curve-server-public-key", dest="curve_server_public_key",
                    help="CurveZMQ: public certificate file of the proxy side subscribed to (--in)")
     p.add_argument("--curve-out-server-public-key", dest="curve_out_server_public_key",
