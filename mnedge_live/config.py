@@ -232,6 +232,10 @@ class LiveConfig:
     def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LiveConfig:
         """Options from a TOML file, then ``overrides`` (flags; None values are ignored).
 
+        The file holds the options either under a ``[live]`` table (then nothing else:
+        another table or a top-level key beside it is refused, naming it) or at its top
+        level, without tables.
+
         Raises
         ------
         ConfigError
@@ -244,10 +248,15 @@ class LiveConfig:
                     data = tomllib.load(fh)
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"config: cannot read {toml_path}: {exc}") from exc
-            data = data.get("live", data)
-            if not isinstance(data, dict):
-                raise ConfigError(f"live: must be a table ([live] with the options under it) in {toml_path}, "
-                                  f"got {type(data).__name__} {data!r}")
+            if "live" in data:
+                outside = [k for k in data if k != "live"]
+                data = data["live"]
+                if not isinstance(data, dict):
+                    raise ConfigError(f"live: must be a table ([live] with the options under it) in {toml_path}, "
+                                      f"got {type(data).__name__} {data!r}")
+                if outside:
+                    raise ConfigError(f"{', '.join(outside)}: outside the [live] table in {toml_path}: a file with "
+                                      "a [live] table holds every option under it, and no other key or table")
             for k, v in data.items():
                 key = k.replace("-", "_")
                 if key not in cls.names():

@@ -170,3 +170,31 @@ def test_each_curve_connection_is_secured_on_its_own(tmp_path):
                        ({"curve_out_server_public_key": keys["proxy_public"]}, "curve_out_server_public_key")]:
         with pytest.raises(ConfigError, match=f"^{name}: "):
             LiveConfig(**opts)
+
+
+@pytest.mark.parametrize("text, named", [
+    ('max_batch = 64\n[live]\nmode = "step"\n', "max_batch"),
+    ('[live]\nmode = "step"\n[epics]\nprefix = "X:"\n', "epics"),
+    ('[live]\n[epics]\nin_address = "127.0.0.1:45992"\nout_address = "127.0.0.1:45991"\n', "epics"),
+    ('bank = "site_bank.npz"\n[train]\nbudget = 1\n[live]\nmode = "step"\n', "bank, train"),
+])
+def test_keys_outside_the_live_table_are_refused_naming_them(tmp_path, capsys, text, named):
+    """They were dropped without a word (the [epics] table's addresses above were never used)."""
+    from mnedge_live.cli import main
+
+    p = tmp_path / "live.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=f"^{named}: outside the \\[live\\] table"):
+        LiveConfig.from_sources(p)
+    assert main(["live", "--config", str(p), "--check"]) == 2
+    assert capsys.readouterr().out.startswith(f"FAIL config: {named}: outside the [live] table")
+
+
+def test_both_file_shapes_still_load(tmp_path):
+    p = tmp_path / "live.toml"
+    p.write_text('[live]\nmode = "step"\nmax_batch = 64\n')
+    assert (LiveConfig.from_sources(p).mode, LiveConfig.from_sources(p).max_batch) == ("step", 64)
+    p.write_text('mode = "step"\nmax-batch = 64\n')
+    assert (LiveConfig.from_sources(p).mode, LiveConfig.from_sources(p).max_batch) == ("step", 64)
+    p.write_text("[live]\n")
+    assert LiveConfig.from_sources(p) == LiveConfig()
