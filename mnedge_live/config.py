@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("spectrum", "step")
+#: Values of ``backend``: ``"auto"`` and :data:`mnedge_live.engine.backends.BACKEND_ORDER`.
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+
+
+def _number(v: Any) -> bool:
+    """An int or a float, not a bool (``True`` is an int to Python, not a number to whoever wrote it)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _integer(v: Any) -> bool:
+    """An int, not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -109,7 +121,8 @@ class LiveConfig:
         Source stream read (others are ignored).
     detectors : list of str or None
         Only runs whose start document lists one of these detectors are read
-        (None: every run), so several services can share one proxy.
+        (None: every run), so several services can share one proxy.  An empty
+        list (no run read) is refused.
     spectrum_field : str or None
         Array field holding a spectrum; None picks the first 1-D array field of the descriptor.
     energy_field : str or None
@@ -119,9 +132,9 @@ class LiveConfig:
         Spectrum mode: scalar fields (event data or descriptor configuration) giving
         ``energy = offset + dispersion * channel``.
     energy_axis : list of float or None
-        Spectrum mode: a fixed energy axis.
+        Spectrum mode: a fixed energy axis (not together with ``dispersion_eV``/``offset_eV``).
     dispersion_eV, offset_eV : float or None
-        Spectrum mode: fixed dispersion and offset.
+        Spectrum mode: fixed dispersion and offset, given together (not with ``energy_axis``).
     signal_field, norm_field : str or None
         Step mode: detector field and optional I0 field it is divided by.
     pixel_fields : list of str or None
@@ -133,23 +146,27 @@ class LiveConfig:
         Spectrum images: besides every pixel, read out the mean spectrum of each
         ``map_bin x map_bin`` block of pixels as soon as the scan completes it (stream
         ``mnedge_binned``, maps ``*_binK``): about ``20 log10(map_bin)`` dB more PSNR for
-        low-dose images whose single pixels are too noisy.  1: off.
+        low-dose images whose single pixels are too noisy.  1: off; more than 1 is
+        refused in step mode (no pixels to bin).
     max_batch : int
         Most spectra per engine call.
     max_delay_ms : float
-        Longest time a spectrum waits for its batch.
+        Longest time a spectrum waits for its batch (0..10000; numbers here and below
+        are refused when given as booleans).
     step_readout_every : int
         Step mode: read out every this many new points once L3 and L2 are covered.
     l3_window_eV, l2_window_eV : list of float
         Step mode: the scan covers the edge once it has points at or below the L3
-        window's low end and at or above the L2 window's high end.
+        window's low end and at or above the L2 window's high end.  Each is ``[low, high]``
+        (finite, low < high); the L2 window lies above the L3 window (both ends higher).
     maps_dir, plot_dir : str or None
         Where spectrum-image maps (HDF5 + PNG) and readout plots are written; None or ``""``:
         none are written (the derived rows carry every pixel's readout all the same).
     serializer : str
         ``"msgpack"`` or ``"pickle"``.
     allow_pickle : bool
-        Permit the pickle wire format.
+        Permit the pickle wire format; refused with ``serializer = "msgpack"``, where it
+        would mean nothing.
     epics_prefix : str or None
         Serve the latest readout as PVs with this prefix.
     epics_mode : str
@@ -159,7 +176,7 @@ class LiveConfig:
     model_path : str or None
         Model artifact directory (None: the embedded model).
     backend : str
-        Engine backend (``"auto"``, ``"onnxruntime"``, ...).
+        Engine backend: one of :data:`BACKENDS` (``"auto"``, ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``).
     out_prefix : str
         0MQ prefix of the derived documents; messages with it are never processed.
     run_timeout_s : float or None
@@ -282,44 +299,54 @@ class LiveConfig:
                 raise ConfigError(f"{name}: {exc}") from None
         need(b" " not in self.out_prefix.encode(), "out_prefix", "may not contain spaces")
         need(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
+        need(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
         for name in ("spectrum_field", "energy_field", "dispersion_field", "offset_field", "signal_field",
                      "norm_field", "maps_dir", "plot_dir", "epics_prefix", "model_path"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, str) and v != ""), name, "must be a non-empty string")
         for name in ("dispersion_eV", "offset_eV"):
             v = getattr(self, name)
-            need(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)),
-                 name, "must be a finite number")
+            need(v is None or (_number(v) and math.isfinite(v)), name, "must be a finite number")
         need(self.dispersion_eV is None or self.dispersion_eV != 0, "dispersion_eV", "must not be zero")
         need((self.dispersion_eV is None) == (self.offset_eV is None), "offset_eV",
              "dispersion_eV and offset_eV must be given together")
         if self.energy_axis is not None:
             ok = isinstance(self.energy_axis, list) and len(self.energy_axis) >= 2 and all(
-                isinstance(v, (int, float)) and math.isfinite(v) for v in self.energy_axis)
+                _number(v) and math.isfinite(v) for v in self.energy_axis)
             need(ok, "energy_axis", "must be a list of at least two finite numbers")
+            need(self.dispersion_eV is None and self.offset_eV is None, "energy_axis",
+                 "give either energy_axis or dispersion_eV/offset_eV (two fixed energy axes), not both")
         if self.detectors is not None:
-            need(isinstance(self.detectors, list) and all(isinstance(v, str) and v for v in self.detectors),
-                 "detectors", "must be a list of detector names")
+            need(isinstance(self.detectors, list) and len(self.detectors) > 0
+                 and all(isinstance(v, str) and v for v in self.detectors),
+                 "detectors", "must be a non-empty list of detector names (leave it out to read every run: "
+                 "an empty list reads none)")
         if self.pixel_fields is not None:
             need(isinstance(self.pixel_fields, list) and len(self.pixel_fields) == 2
                  and all(isinstance(v, str) and v for v in self.pixel_fields), "pixel_fields",
                  "must be two field names (row, column)")
         need(isinstance(self.map_bin, int) and not isinstance(self.map_bin, bool) and 1 <= self.map_bin <= 64,
              "map_bin", "must be an integer in 1..64")
+        need(self.map_bin == 1 or self.mode == "spectrum", "map_bin",
+             "bins the pixels of spectrum images, mode 'spectrum' only: a step scan has none (give 1)")
         need(isinstance(self.max_batch, int) and not isinstance(self.max_batch, bool) and 1 <= self.max_batch <= 65536,
              "max_batch", "must be an integer in 1..65536")
-        need(isinstance(self.max_delay_ms, (int, float)) and 0 <= self.max_delay_ms <= 10_000, "max_delay_ms",
+        need(_number(self.max_delay_ms) and 0 <= self.max_delay_ms <= 10_000, "max_delay_ms",
              "must be a number of milliseconds in 0..10000")
-        need(isinstance(self.step_readout_every, int) and self.step_readout_every >= 1, "step_readout_every",
+        need(_integer(self.step_readout_every) and self.step_readout_every >= 1, "step_readout_every",
              "must be a positive integer")
         for name in ("l3_window_eV", "l2_window_eV"):
             v = getattr(self, name)
-            need(isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v) and v[0] < v[1],
-                 name, "must be [low, high] in eV")
+            need(isinstance(v, list) and len(v) == 2 and all(_number(x) and math.isfinite(x) for x in v)
+                 and v[0] < v[1], name, "must be [low, high], two finite numbers in eV, low < high")
+        need(self.l3_window_eV[0] < self.l2_window_eV[0] and self.l3_window_eV[1] < self.l2_window_eV[1],
+             "l2_window_eV", f"must lie above l3_window_eV {self.l3_window_eV!r} (L2 is about 11 eV above L3)")
         need(self.serializer in ("msgpack", "pickle"), "serializer", "must be 'msgpack' or 'pickle'")
         need(isinstance(self.allow_pickle, bool), "allow_pickle", "must be true or false")
         need(self.serializer != "pickle" or self.allow_pickle, "serializer",
              "pickle executes code from the network when loaded; give allow_pickle (--allow-pickle) to use it")
+        need(not self.allow_pickle or self.serializer == "pickle", "allow_pickle",
+             "permits serializer 'pickle' only; with 'msgpack' nothing is ever unpickled: leave it out")
         need(self.run_timeout_s is None or (isinstance(self.run_timeout_s, (int, float))
                                              and not isinstance(self.run_timeout_s, bool)
                                              and 0 <= self.run_timeout_s <= 7 * 86400),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -198,3 +200,63 @@ def test_both_file_shapes_still_load(tmp_path):
     assert (LiveConfig.from_sources(p).mode, LiveConfig.from_sources(p).max_batch) == ("step", 64)
     p.write_text("[live]\n")
     assert LiveConfig.from_sources(p) == LiveConfig()
+
+
+@pytest.mark.parametrize("opts, name", [
+    ({"max_delay_ms": True}, "max_delay_ms"),
+    ({"step_readout_every": True}, "step_readout_every"),
+    ({"l3_window_eV": [False, True]}, "l3_window_eV"),
+    ({"energy_axis": [True, False]}, "energy_axis"),
+    ({"dispersion_eV": True, "offset_eV": 600.0}, "dispersion_eV"),
+])
+def test_booleans_are_not_taken_as_numbers(opts, name):
+    with pytest.raises(ConfigError, match=f"^{name}: "):
+        LiveConfig(**opts)
+
+
+@pytest.mark.parametrize("opts, name, words", [
+    ({"mode": "step", "map_bin": 4}, "map_bin", "spectrum images"),
+    ({"allow_pickle": True}, "allow_pickle", "permits serializer 'pickle' only"),
+    ({"energy_axis": [640.0, 650.0], "dispersion_eV": 0.1, "offset_eV": 600.0}, "energy_axis", "not both"),
+    ({"l3_window_eV": [636.0, math.inf]}, "l3_window_eV", "finite"),
+    ({"l2_window_eV": [math.nan, 658.0]}, "l2_window_eV", "finite"),
+    ({"l2_window_eV": [658.0, 648.0]}, "l2_window_eV", "low < high"),
+    ({"l3_window_eV": [648.0, 658.0], "l2_window_eV": [636.0, 646.0]}, "l2_window_eV", "must lie above l3_window_eV"),
+    ({"l2_window_eV": [630.0, 658.0]}, "l2_window_eV", "must lie above l3_window_eV"),
+    ({"detectors": []}, "detectors", "non-empty"),
+    ({"backend": "onnxrutime"}, "backend", "must be one of auto, tensorrt, onnxruntime, torch"),
+])
+def test_contradictory_or_meaningless_options_are_refused(opts, name, words):
+    """Each was accepted and then ignored or worked against the rest (map_bin in step mode,
+    energy_axis silently winning over dispersion_eV/offset_eV, swapped windows covering the edge at once...)."""
+    with pytest.raises(ConfigError, match=f"^{name}: .*{re.escape(words)}"):
+        LiveConfig(**opts)
+
+
+def test_what_stays_accepted():
+    assert LiveConfig(mode="step", map_bin=1).map_bin == 1
+    assert LiveConfig(serializer="pickle", allow_pickle=True).allow_pickle is True
+    assert LiveConfig(allow_pickle=False).serializer == "msgpack"
+    assert LiveConfig(energy_axis=[640, 650.5]).energy_axis == [640, 650.5]
+    assert LiveConfig(dispersion_eV=0.1, offset_eV=600).offset_eV == 600
+    assert LiveConfig(l3_window_eV=[636, 650], l2_window_eV=[645, 660]).l2_window_eV == [645, 660]  # overlapping
+    assert LiveConfig(detectors=["eels"]).detectors == ["eels"]
+
+
+def test_the_backends_are_the_engines():
+    from mnedge_live.config import BACKENDS
+    from mnedge_live.engine.backends import BACKEND_ORDER
+
+    assert set(BACKENDS) == {"auto", *BACKEND_ORDER}
+    for name in BACKENDS:
+        assert LiveConfig(backend=name).backend == name
+
+
+def test_a_backend_typo_is_a_bad_option_not_a_model_failure(capsys):
+    """--check said 'FAIL model: ... unknown backend' and exited 1 (the model is fine, the option is not)."""
+    from mnedge_live.cli import main
+
+    assert main(["live", "--backend", "onnxrutime", "--check"]) == 2
+    assert main(["live", "--backend", "onnxrutime"]) == 2
+    out = capsys.readouterr()
+    assert out.out.startswith("FAIL config: backend: ") and "bad option: backend: " in out.err
