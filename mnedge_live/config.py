@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("spectrum", "step")
+#: Shortest ``run_timeout_s`` (seconds) other than 0 (off): shorter ones closed runs between their
+#: events and turned the service into a busy loop (it checks for silent runs every timeout / 4).
+MIN_RUN_TIMEOUT_S = 1.0
+#: Longest ``run_timeout_s`` (seconds): a week.
+MAX_RUN_TIMEOUT_S = 7 * 86400
 #: Values of ``backend``: ``"auto"`` and :data:`mnedge_live.engine.backends.BACKEND_ORDER`.
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -182,7 +187,9 @@ class LiveConfig:
     run_timeout_s : float or None
         A source run that sends no document for this many seconds (its publisher died,
         no stop document will come) is closed: its derived run gets a stop document with
-        ``exit_status="fail"`` and the counts so far.  None or 0: wait forever.
+        ``exit_status="fail"`` and the counts so far.  None or 0: wait forever.  Otherwise
+        1 s (:data:`MIN_RUN_TIMEOUT_S`) to a week: a shorter one closed runs between their
+        events and kept the service busy checking for silent runs.
     curve_secret_key, curve_server_public_key : str or None
         CurveZMQ: this service's certificate with its secret key and the public
         certificate of the proxy side it subscribes to (files made by
@@ -347,10 +354,11 @@ class LiveConfig:
              "pickle executes code from the network when loaded; give allow_pickle (--allow-pickle) to use it")
         need(not self.allow_pickle or self.serializer == "pickle", "allow_pickle",
              "permits serializer 'pickle' only; with 'msgpack' nothing is ever unpickled: leave it out")
-        need(self.run_timeout_s is None or (isinstance(self.run_timeout_s, (int, float))
-                                             and not isinstance(self.run_timeout_s, bool)
-                                             and 0 <= self.run_timeout_s <= 7 * 86400),
-             "run_timeout_s", "must be a number of seconds in 0..604800 (0: no timeout)")
+        need(self.run_timeout_s is None or (_number(self.run_timeout_s) and (
+            self.run_timeout_s == 0 or MIN_RUN_TIMEOUT_S <= self.run_timeout_s <= MAX_RUN_TIMEOUT_S)),
+             "run_timeout_s", f"must be 0 (no timeout) or a number of seconds in {MIN_RUN_TIMEOUT_S:g}.."
+             f"{MAX_RUN_TIMEOUT_S}: shorter timeouts close runs between their events and keep the service "
+             "busy checking for silent runs")
         for name in ("curve_secret_key", "curve_server_public_key", "curve_out_server_public_key"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, str) and Path(v).is_file()), name, "must be an existing key file")

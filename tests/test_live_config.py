@@ -260,3 +260,20 @@ def test_a_backend_typo_is_a_bad_option_not_a_model_failure(capsys):
     assert main(["live", "--backend", "onnxrutime"]) == 2
     out = capsys.readouterr()
     assert out.out.startswith("FAIL config: backend: ") and "bad option: backend: " in out.err
+
+
+@pytest.mark.parametrize("seconds", [1e-6, 1e-9, 0.5, 0.999, -1, 604801, math.nan, True])
+def test_run_timeout_below_a_second_is_refused(seconds, capsys):
+    """run_timeout_s = 1e-6 spun the service (7 s of CPU in 8 s) and closed runs between their events."""
+    from mnedge_live.cli import main
+
+    with pytest.raises(ConfigError, match="^run_timeout_s: must be 0 \\(no timeout\\) or a number of seconds in 1"):
+        LiveConfig(run_timeout_s=seconds)
+    if not isinstance(seconds, bool):
+        assert main(["live", "--run-timeout", str(seconds), "--check"]) == 2
+        assert "FAIL config: run_timeout_s:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("seconds", [None, 0, 0.0, 1, 1.0, 3, 600.0, 604800])
+def test_run_timeout_off_or_at_least_a_second_is_accepted(seconds):
+    assert LiveConfig(run_timeout_s=seconds).run_timeout_s == seconds

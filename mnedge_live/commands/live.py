@@ -37,7 +37,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
     p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
-                   help="close a source run as failed after this many seconds without a document (0: never)")
+                   help="close a source run as failed after this many seconds without a document "
+                        "(at least 1; 0: never; default 600)")
     p.add_argument("--curve-secret-key", dest="curve_secret_key",
                    help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key "
                         "and/or --curve-out-server-public-key)")
