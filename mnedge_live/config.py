@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("spectrum", "step")
+#: Default ``maps_dir`` (relative to the working directory); ``--plot DIR`` alone puts the maps in DIR.
+DEFAULT_MAPS_DIR = "mnedge_maps"
 #: Shortest ``run_timeout_s`` (seconds) other than 0 (off): shorter ones closed runs between their
 #: events and turned the service into a busy loop (it checks for silent runs every timeout / 4).
 MIN_RUN_TIMEOUT_S = 1.0
@@ -167,6 +169,9 @@ class LiveConfig:
     maps_dir, plot_dir : str or None
         Where spectrum-image maps (HDF5 + PNG) and readout plots are written; None or ``""``:
         none are written (the derived rows carry every pixel's readout all the same).
+        ``plot_dir`` alone (``maps_dir`` left at ``"mnedge_maps"``) takes the maps too
+        (:meth:`maps_folder`).  Folders are made when first needed; ``--check`` tells one
+        that cannot be made or written to (under a regular file, no permission).
     serializer : str
         ``"msgpack"`` or ``"pickle"``.
     allow_pickle : bool
@@ -177,7 +182,8 @@ class LiveConfig:
     epics_mode : str
         ``"ioc"`` (caproto soft IOC started by the service) or ``"pyepics"`` (write to an existing IOC).
     epics_interfaces : list of str
-        Addresses the soft IOC binds to.
+        Addresses the soft IOC binds to (IPv4; empty: ``127.0.0.1``).  ``--check`` binds a TCP
+        and a UDP socket on each (port 0) and fails for one this host cannot bind.
     model_path : str or None
         Model artifact directory (None: the embedded model).
     backend : str
@@ -229,7 +235,7 @@ class LiveConfig:
     step_readout_every: int = 1
     l3_window_eV: list[float] = field(default_factory=lambda: [636.0, 646.0])
     l2_window_eV: list[float] = field(default_factory=lambda: [648.0, 658.0])
-    maps_dir: str | None = "mnedge_maps"
+    maps_dir: str | None = DEFAULT_MAPS_DIR
     plot_dir: str | None = None
     serializer: str = "msgpack"
     allow_pickle: bool = False
@@ -246,6 +252,13 @@ class LiveConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def maps_folder(self) -> str | None:
+        """Where spectrum-image maps are written: ``maps_dir``, or ``plot_dir`` when ``maps_dir`` is
+        left at its default (``--plot DIR`` alone puts maps and plots together); None or ``""``: none."""
+        if self.plot_dir and self.maps_dir == DEFAULT_MAPS_DIR:
+            return self.plot_dir
+        return self.maps_dir
 
     @classmethod
     def names(cls) -> list[str]:

@@ -277,3 +277,10 @@ def test_run_timeout_below_a_second_is_refused(seconds, capsys):
 @pytest.mark.parametrize("seconds", [None, 0, 0.0, 1, 1.0, 3, 600.0, 604800])
 def test_run_timeout_off_or_at_least_a_second_is_accepted(seconds):
     assert LiveConfig(run_timeout_s=seconds).run_timeout_s == seconds
+
+
+def test_maps_go_to_maps_dir_or_with_the_plots():
+    assert LiveConfig().maps_folder() == "mnedge_maps"
+    assert LiveConfig(plot_dir="p").maps_folder() == "p"  # --plot alone: maps and plots together
+    assert LiveConfig(plot_dir="p", maps_dir="m").maps_folder() == "m"
+    assert LiveConfig(plot_dir="p", maps_dir=None).maps_folder() is None

@@ -1,7 +1,7 @@
 """``mnedge live``: the live valence service (see :mod:`mnedge_live.service`).
 
 With ``--check`` it only runs the pre-flight checks of :mod:`mnedge_live.health`
-(options, model, proxy addresses) and exits 0 (all pass), 1 (one fails) or 2
+(options, model, proxy addresses, output folders, soft IOC interfaces) and exits 0 (all pass), 1 (one fails) or 2
 (bad options), as the systemd unit's ``ExecStartPre`` does.
 """
 
@@ -47,7 +47,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--curve-out-server-public-key", dest="curve_out_server_public_key",
                    help="CurveZMQ: public certificate file of the proxy side published to (--out)")
     p.add_argument("--check", action="store_true",
-                   help="only check the options, the model and the proxy addresses; print one line per check "
+                   help="only check the options, the model, the proxy addresses, the plot/map folders and the "
+                        "soft IOC's interfaces; print one line per check "
                         "and exit 0 when all pass, 1 when one fails, 2 for bad options")
     p.set_defaults(run=run)
     return p
@@ -66,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, TypeError) as exc:
         print(f"mnedge live: bad option: {exc}", file=sys.stderr)
         return 2
-    if config.plot_dir and config.maps_dir == "mnedge_maps":
-        config.maps_dir = config.plot_dir
+    config.maps_dir = config.maps_folder()
     from mnedge_live.engine import load_engine
 
     try:
