@@ -321,9 +321,12 @@ class LiveConfig:
         need(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
         need(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
         for name in ("spectrum_field", "energy_field", "dispersion_field", "offset_field", "signal_field",
-                     "norm_field", "maps_dir", "plot_dir", "epics_prefix", "model_path"):
+                     "norm_field", "epics_prefix", "model_path"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, str) and v != ""), name, "must be a non-empty string")
+        for name in ("maps_dir", "plot_dir"):   # "" (TOML has no None): none written
+            v = getattr(self, name)
+            need(v is None or isinstance(v, str), name, 'must be a folder (a string; "" for none)')
         for name in ("dispersion_eV", "offset_eV"):
             v = getattr(self, name)
             need(v is None or (_number(v) and math.isfinite(v)), name, "must be a finite number")

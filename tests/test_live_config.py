@@ -284,3 +284,14 @@ def test_maps_go_to_maps_dir_or_with_the_plots():
     assert LiveConfig(plot_dir="p").maps_folder() == "p"  # --plot alone: maps and plots together
     assert LiveConfig(plot_dir="p", maps_dir="m").maps_folder() == "m"
     assert LiveConfig(plot_dir="p", maps_dir=None).maps_folder() is None
+
+
+def test_empty_folders_turn_maps_and_plots_off(tmp_path):
+    """The docstring (and the callback since c71d1d0) say None or "" writes none, but "" was refused:
+    a TOML file, which has no None, could not turn the maps off."""
+    p = tmp_path / "live.toml"
+    p.write_text('[live]\nmaps_dir = ""\nplot_dir = ""\n')
+    cfg = LiveConfig.from_sources(p)
+    assert (cfg.maps_dir, cfg.plot_dir, cfg.maps_folder()) == ("", "", "")
+    with pytest.raises(ConfigError, match="^maps_dir: "):
+        LiveConfig(maps_dir=5)
