@@ -1,16 +1,26 @@
-"""Pre-flight checks of ``mnedge live --check``: configuration, model, proxy addresses.
+"""Pre-flight checks of ``mnedge live --check``: configuration, model, proxy addresses,
+output folders and the soft IOC's interfaces.
 
 A 0MQ SUB or PUB socket "connects" even when nothing listens (it retries in
 the background), so the proxy is checked with a plain TCP connection to each
 address with a short timeout: that is what tells a wrong host or port, or a
-proxy that is not running, before the service is started.
+proxy that is not running, before the service is started.  The plot and map
+folders are looked at, not made: the nearest existing folder on each path must be
+a folder the service may write into.  The soft IOC's addresses (``epics_interfaces``,
+with ``epics_prefix`` and ``epics_mode = "ioc"``) are bound on port 0 by a TCP and a
+UDP socket, as caproto binds them (IPv4): an address the host does not have would
+stop the service at start-up.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from mnedge_live.config import parse_address
 
 #: Seconds a TCP connection to a proxy address may take.
 CONNECT_TIMEOUT_S = 2.0
@@ -27,33 +37,6 @@ class Check:
     def line(self) -> str:
         """One printable line: ``ok   NAME: DETAIL`` or ``FAIL NAME: DETAIL``."""
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``host:port`` (optionally ``tcp://`` in front, IPv6 hosts in brackets) -> (host, port).
-
-    Raises
-    ------
-    ValueError
-        No port, or a port that is not an integer in 1..65535.
-    """
-    text = address.strip()
-    if text.startswith("tcp://"):
-        text = text[len("tcp://"):]
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if host == "*":
-        host = "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise ValueError(f"{address!r}: port {port!r} is not a number") from None
-    if not 1 <= number <= 65535:
-        raise ValueError(f"{address!r}: port {number} is outside 1..65535")
-    return host, number
 
 
 def check_config(toml_path: str | None, overrides: dict[str, Any]) -> tuple[Check, Any]:
@@ -97,12 +80,75 @@ def check_address(name: str, address: str, timeout: float = CONNECT_TIMEOUT_S) -
     return Check(name, True, f"{host}:{port} accepts connections")
 
 
+def check_folder(name: str, path: str) -> Check:
+    """Whether the service can make the folder ``path`` (or write into it when it exists); nothing is made here.
+
+    Parameters
+    ----------
+    name : str
+        The option (``plot_dir``, ``maps_dir``).
+    path : str
+        The folder, relative to the working directory or absolute.
+    """
+    target = Path(path).absolute()
+    probe = target
+    try:
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except OSError as exc:
+        return Check(name, False, f"cannot look at {probe}: {exc.strerror or exc}")
+    if not is_dir:
+        what = "is not a folder" if probe == target else "is not a folder, so nothing can be made under it"
+        return Check(name, False, f"{target} cannot be used: {probe} {what}")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return Check(name, False, f"{target} cannot be {'written to' if probe == target else 'made'}: "
+                                  f"no permission to write in {probe}")
+    if probe == target:
+        return Check(name, True, f"{target} is a folder the service may write into")
+    return Check(name, True, f"{target} can be made (in {probe})")
+
+
+def check_interfaces(interfaces: list[str]) -> Check:
+    """Bind (and close) a TCP and a UDP socket on port 0 of each soft IOC address (``epics_interfaces``)."""
+    addresses = interfaces or ["127.0.0.1"]   # what SoftIOC binds for an empty list
+    problems = []
+    for address in addresses:
+        for kind, label in ((socket.SOCK_STREAM, "TCP"), (socket.SOCK_DGRAM, "UDP")):
+            try:
+                with socket.socket(socket.AF_INET, kind) as sock:
+                    sock.bind((address, 0))
+            except OSError as exc:  # an address the host does not have, a name that does not resolve
+                problems.append(f"{address!r} ({label}: {exc.strerror or exc})")
+                break
+            except (UnicodeError, ValueError, TypeError) as exc:  # a name the resolver cannot encode
+                problems.append(f"{address!r} ({exc})")
+                break
+    if problems:
+        return Check("epics_interfaces", False, f"this host cannot bind {', '.join(problems)}: the soft IOC "
+                                                "would stop the service at start-up")
+    return Check("epics_interfaces", True, f"{', '.join(addresses)} can be bound (TCP and UDP)")
+
+
 def run_checks(toml_path: str | None, overrides: dict[str, Any], timeout: float = CONNECT_TIMEOUT_S) -> list[Check]:
-    """Every check in order; stops after the configuration check when the configuration is invalid."""
+    """Every check in order; stops after the configuration check when the configuration is invalid.
+
+    After the configuration: the model, both proxy addresses, ``plot_dir`` (when set), the
+    folder maps are written to (spectrum mode, when not ``plot_dir``; see
+    :meth:`~mnedge_live.config.LiveConfig.maps_folder`) and, for a soft IOC, ``epics_interfaces``.
+    """
     first, config = check_config(toml_path, overrides)
     if config is None:
         return [first]
-    return [first,
-            check_model(config.model_path, config.backend),
-            check_address("in_address", config.in_address, timeout),
-            check_address("out_address", config.out_address, timeout)]
+    checks = [first,
+              check_model(config.model_path, config.backend),
+              check_address("in_address", config.in_address, timeout),
+              check_address("out_address", config.out_address, timeout)]
+    if config.plot_dir:
+        checks.append(check_folder("plot_dir", config.plot_dir))
+    maps = config.maps_folder()
+    if config.mode == "spectrum" and maps and maps != config.plot_dir:   # step scans make no maps
+        checks.append(check_folder("maps_dir", maps))
+    if config.epics_prefix and config.epics_mode == "ioc":
+        checks.append(check_interfaces(config.epics_interfaces))
+    return checks

@@ -14,10 +14,14 @@ from live_support import ROOT, free_port, start_proxy, stop
 
 from mnedge_live.cli import main
 from mnedge_live.config import LiveConfig
-from mnedge_live.health import check_address, parse_address
+from mnedge_live.health import check_address, check_folder, check_interfaces, parse_address
 from mnedge_live.model_store import HOME_ENV, ModelStore
 
 DEPLOY_CONFIGS = sorted((ROOT / "deploy" / "configs").glob("*.toml"))
+#: The checks --check runs on each deploy config, in order (step scans make no maps).
+DEPLOY_CHECKS = {"xas_beamline.toml": ["config", "model", "in_address", "out_address", "plot_dir", "epics_interfaces"],
+                 "eels_microscope.toml": ["config", "model", "in_address", "out_address", "maps_dir",
+                                          "epics_interfaces"]}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,16 @@ def wait_listening(*ports: int, timeout: float = 60) -> None:
             time.sleep(0.2)
 
 
+def here(config: Path, tmp_path: Path) -> Path:
+    """A copy of a deploy config whose folders under /var/lib/mnedge (the unit's StateDirectory, made by
+    systemd) lie under ``tmp_path``: --check looks at whether they can be made."""
+    copy = tmp_path / config.name
+    text = config.read_text()
+    assert "/var/lib/mnedge/" in text
+    copy.write_text(text.replace("/var/lib/mnedge/", f"{tmp_path / 'var-lib-mnedge'}/"))
+    return copy
+
+
 def addresses(proxy) -> list[str]:
     """Flags pointing a service at the test proxy (it subscribes to OUT, publishes to IN)."""
     pin, pout = proxy
@@ -57,12 +71,13 @@ def test_deploy_configs_exist_and_load():
 
 
 @pytest.mark.parametrize("config", DEPLOY_CONFIGS, ids=lambda p: p.name)
-def test_check_passes_for_each_deploy_config(config, proxy, tiny_artifact, capsys):
-    assert main(["live", "--config", str(config), *addresses(proxy), "--model", str(tiny_artifact), "--check"]) == 0
+def test_check_passes_for_each_deploy_config(config, proxy, tiny_artifact, tmp_path, capsys):
+    assert main(["live", "--config", str(here(config, tmp_path)), *addresses(proxy), "--model", str(tiny_artifact),
+                 "--check"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split()[:2] for ln in lines] == [["ok", "config:"], ["ok", "model:"], ["ok", "in_address:"],
-                                                ["ok", "out_address:"]]
+    assert [ln.split()[:2] for ln in lines] == [["ok", f"{name}:"] for name in DEPLOY_CHECKS[config.name]]
     assert "tiny-test" in lines[1]
+    assert not (tmp_path / "var-lib-mnedge").exists()  # looked at, not made
 
 
 def test_check_takes_the_model_in_use_in_the_store(proxy, tiny_artifact, tmp_path):
@@ -70,7 +85,7 @@ def test_check_takes_the_model_in_use_in_the_store(proxy, tiny_artifact, tmp_pat
     ModelStore(tmp_path / "store").install(tiny_artifact, use=True)
     env = {**os.environ, HOME_ENV: str(tmp_path / "store")}
     cmd = [str(Path(sys.executable).parent / "mnedge"), "live", "--config",
-           str(ROOT / "deploy" / "configs" / "xas_beamline.toml"), *addresses(proxy), "--check"]
+           str(here(ROOT / "deploy" / "configs" / "xas_beamline.toml", tmp_path)), *addresses(proxy), "--check"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"tiny-test from {tmp_path / 'store' / 'models' / 'tiny-test'}" in r.stdout
@@ -115,6 +130,60 @@ def test_check_without_any_model(proxy, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(HOME_ENV, str(tmp_path / "empty"))
     assert main(["live", *addresses(proxy), "--check"]) == 1
     assert "FAIL model: cannot load the model: no model given, none in use in the model store" in capsys.readouterr().out
+
+
+def test_check_fails_for_folders_and_interfaces_the_service_could_not_use(proxy, tiny_artifact, tmp_path, capsys):
+    """A plot_dir/maps_dir under a regular file (NotADirectoryError once running) and an epics_interfaces
+    address the host does not have (exit 2 at start-up) passed --check."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f'[live]\nplot_dir = "{afile}/plots"\nmaps_dir = "{afile}/maps"\nepics_prefix = "CHK:"\n'
+                   'epics_interfaces = ["127.0.0.1", "192.0.2.1"]\n')
+    assert main(["live", "--config", str(cfg), *addresses(proxy), "--model", str(tiny_artifact), "--check"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines[4:]] == [["FAIL", "plot_dir:"], ["FAIL", "maps_dir:"],
+                                                    ["FAIL", "epics_interfaces:"]]
+    assert f"{afile} is not a folder" in lines[4] and f"{afile} is not a folder" in lines[5]
+    assert "'192.0.2.1'" in lines[6] and "'127.0.0.1'" not in lines[6]
+    assert all(ln.startswith("ok") for ln in lines[:4])
+    # step mode writes no maps; pyepics mode binds nothing; --plot alone takes the maps too (one check)
+    cfg.write_text(f'[live]\nmode = "step"\nmaps_dir = "{afile}/maps"\nepics_prefix = "CHK:"\n'
+                   'epics_mode = "pyepics"\nepics_interfaces = ["192.0.2.1"]\n')
+    args = ["live", "--config", str(cfg), *addresses(proxy), "--model", str(tiny_artifact), "--check"]
+    assert main(args) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["live", *addresses(proxy), "--model", str(tiny_artifact), "--plot", str(tmp_path / "p"),
+                 "--check"]) == 0
+    assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[4:]] == ["plot_dir:"]
+    assert not (tmp_path / "p").exists()
+
+
+def test_check_folder_looks_without_making_anything(tmp_path, monkeypatch):
+    assert check_folder("plot_dir", str(tmp_path)).ok
+    c = check_folder("plot_dir", str(tmp_path / "a" / "b"))
+    assert c.ok and f"can be made (in {tmp_path})" in c.detail and not (tmp_path / "a").exists()
+    monkeypatch.chdir(tmp_path)
+    assert check_folder("maps_dir", "mnedge_maps").detail == f"{tmp_path / 'mnedge_maps'} can be made (in {tmp_path})"
+    (tmp_path / "f").write_text("")
+    c = check_folder("maps_dir", "f")
+    assert not c.ok and c.line().startswith(f"FAIL maps_dir: {tmp_path / 'f'} cannot be used")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_check_folder_without_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    c = check_folder("plot_dir", str(locked / "plots"))
+    assert not c.ok and f"no permission to write in {locked}" in c.detail
+
+
+def test_check_interfaces():
+    assert check_interfaces(["127.0.0.1", "0.0.0.0", "localhost"]).ok
+    assert check_interfaces([]).detail.startswith("127.0.0.1 can be bound")   # the soft IOC's default
+    c = check_interfaces(["127.0.0.1", "192.0.2.1", "not an address", "::1"])
+    assert not c.ok and "'127.0.0.1'" not in c.detail
+    assert all(f"'{a}'" in c.detail for a in ("192.0.2.1", "not an address", "::1"))
 
 
 def test_parse_address_and_bad_addresses():

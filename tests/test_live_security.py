@@ -185,6 +185,36 @@ def test_curve_encrypts_and_authenticates_the_subscription(tmp_path):
         stop(proxy)
 
 
+def test_curve_encrypts_the_publication_alone(tmp_path):
+    """curve_secret_key + curve_out_server_public_key without curve_server_public_key: the derived
+    documents reach a proxy whose input side is secured (--in-curve-secret), the subscription stays plain."""
+    from mnedge_live.publishing import make_publisher
+    from mnedge_live.serializers import msgpack_dumps
+
+    real_engine()
+    keys = _certs(tmp_path)
+    pin, pout = proxy_ports()
+    proxy = start_proxy_on(pin, pout, "--in-curve-secret", str(keys["proxy"]))
+    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
+                         str(service_toml(tmp_path / "live.toml")), "--curve-secret-key", str(keys["service"]),
+                         "--curve-out-server-public-key", str(keys["proxy_public"]), *model_args()])
+    reader = Collector(pout, msgpack_loads)
+    source = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps, prefix=b"src",
+                            curve_config=ClientCurve(keys["source"], keys["proxy_public"]))
+    try:
+        wait_until(lambda: False, 0.5)  # slow joiner
+        for name, doc in source_run(good_spectra(2, seed=9)):
+            source(name, doc)
+        assert wait_until(lambda: len(derived_stops(reader.docs)) >= 1, 30), "".join(svc.log)
+        (dstop,) = derived_stops(reader.docs)
+        assert dstop["processed"] + dstop["rejected"] == 2
+    finally:
+        reader.close()
+        source.close()
+        assert stop(svc) == 0
+        stop(proxy)
+
+
 def test_a_service_without_the_key_reads_nothing_from_a_curve_proxy(tmp_path):
     real_engine()
     keys = _certs(tmp_path)

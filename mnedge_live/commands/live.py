@@ -1,7 +1,7 @@
 """``mnedge live``: the live valence service (see :mod:`mnedge_live.service`).
 
 With ``--check`` it only runs the pre-flight checks of :mod:`mnedge_live.health`
-(options, model, proxy addresses) and exits 0 (all pass), 1 (one fails) or 2
+(options, model, proxy addresses, output folders, soft IOC interfaces) and exits 0 (all pass), 1 (one fails) or 2
 (bad options), as the systemd unit's ``ExecStartPre`` does.
 """
 
@@ -37,15 +37,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
     p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
-                   help="close a source run as failed after this many seconds without a document (0: never)")
+                   help="close a source run as failed after this many seconds without a document "
+                        "(at least 1; 0: never; default 600)")
     p.add_argument("--curve-secret-key", dest="curve_secret_key",
-                   help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key)")
+                   help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key "
+                        "and/or --curve-out-server-public-key)")
     p.add_argument("--curve-server-public-key", dest="curve_server_public_key",
                    help="CurveZMQ: public certificate file of the proxy side subscribed to (--in)")
     p.add_argument("--curve-out-server-public-key", dest="curve_out_server_public_key",
                    help="CurveZMQ: public certificate file of the proxy side published to (--out)")
     p.add_argument("--check", action="store_true",
-                   help="only check the options, the model and the proxy addresses; print one line per check "
+                   help="only check the options, the model, the proxy addresses, the plot/map folders and the "
+                        "soft IOC's interfaces; print one line per check "
                         "and exit 0 when all pass, 1 when one fails, 2 for bad options")
     p.set_defaults(run=run)
     return p
@@ -64,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, TypeError) as exc:
         print(f"mnedge live: bad option: {exc}", file=sys.stderr)
         return 2
-    if config.plot_dir and config.maps_dir == "mnedge_maps":
-        config.maps_dir = config.plot_dir
+    config.maps_dir = config.maps_folder()
     from mnedge_live.engine import load_engine
 
     try:
