@@ -574,7 +574,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="latency phase: events per second")
     ap.add_argument("--events", type=int, default=2000, help="latency phase: number of events")
     ap.add_argument("--throughput-spectra", type=int, default=50000, help="throughput phase: spectra in the image")
-    ap.add_argument("--model", help="model artifact (default: the embedded model)")
+    ap.add_argument("--model", help="model artifact (default: the model in use in the store, else the embedded one)")
     ap.add_argument("--backend", default="auto", help="engine backend of the service")
     ap.add_argument("--page-size", type=int, default=256, help="throughput phase: spectra per event page")
     ap.add_argument("--window", type=int, default=4096, help="throughput phase: most spectra in flight")
@@ -592,10 +592,11 @@ def main() -> int:
 
     from bluesky.callbacks.zmq import Publisher
 
+    from mnedge_live.artifact import load_artifact
     from mnedge_live.serializers import msgpack_dumps, msgpack_loads
 
     params = {"rate": args.rate, "events": args.events, "throughput_spectra": args.throughput_spectra,
-              "model": args.model or "embedded default", "backend": args.backend, "page_size": args.page_size,
+              "model": args.model or f"the default: {load_artifact(None).model_id}", "backend": args.backend, "page_size": args.page_size,
               "window": args.window, "pool": args.pool, "max_batch": args.max_batch,
               "max_delay_ms": args.max_delay_ms, "serializer": "msgpack", "mode": "spectrum"}
     result: dict[str, Any] = {"p50_ms": None, "p99_ms": None, "sustained_spectra_per_s": None, "missed": None}

@@ -185,7 +185,7 @@ class LiveConfig:
         Addresses the soft IOC binds to (IPv4; empty: ``127.0.0.1``).  ``--check`` binds a TCP
         and a UDP socket on each (port 0) and fails for one this host cannot bind.
     model_path : str or None
-        Model artifact directory (None: the embedded model).
+        Model artifact directory (None: the model in use in the store, else the embedded one).
     backend : str
         Engine backend: one of :data:`BACKENDS` (``"auto"``, ``"tensorrt"``, ``"onnxruntime"``, ``"torch"``).
     out_prefix : str

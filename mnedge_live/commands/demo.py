@@ -22,7 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``mnedge demo``."""
     p = subparsers.add_parser("demo", help="run the live readout on simulated instruments end to end")
     p.add_argument("--out-dir", default="mnedge_demo", help="where maps and plots are written")
-    p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
     p.add_argument("--shape", default="6x8", help="spectrum-image size ROWSxCOLS")
     p.set_defaults(run=run)
     return p

@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="spectrum images: also read out the mean of each K x K block of pixels (low dose)")
     p.add_argument("--epics-prefix", dest="epics_prefix", help="serve the latest readout as EPICS PVs")
     p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
-    p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
     p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
                    help="close a source run as failed after this many seconds without a document "

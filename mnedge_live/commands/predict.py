@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Read out Mn2+/Mn3+/Mn4+ fractions and the mean valence of measured Mn L2,3 spectra "
                     "(two-column text, EMSA/MSA, Gatan DM3/DM4, HyperSpy; spectrum images included).")
     p.add_argument("files", nargs="+", metavar="FILE", help="spectrum files")
-    p.add_argument("--model", dest="model_path", help="model artifact directory (default: embedded model)")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, torch, tensorrt")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per spectrum")
     p.add_argument("--column", metavar="NAME|N",
