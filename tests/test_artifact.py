@@ -88,6 +88,24 @@ def test_a_changed_byte_is_refused(tiny_artifact, tmp_path, victim):
         load_engine(str(copy))
 
 
+def test_the_runtimes_use_the_bytes_that_were_verified_not_the_files_again(tiny_artifact, tmp_path):
+    """Files changed or removed after the check (a reinstall under the same id) cannot reach a session."""
+    from mnedge_live.engine import make_backend
+
+    copy = shutil.copytree(tiny_artifact, tmp_path / "art")
+    art = load_artifact(copy)
+    x = np.random.default_rng(0).normal(size=(4, 2, art.card["input"]["grid_points"])).astype(np.float32)
+    for victim in ("model.onnx", "weights.pt"):
+        (copy / victim).write_bytes(b"not the file that was verified")
+    for name in ("onnxruntime", "torch"):
+        ref = make_backend(load_artifact(tiny_artifact), name).run(x)
+        out = make_backend(art, name).run(x)
+        assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(out[:3], ref[:3]))
+    shutil.rmtree(copy)
+    assert np.allclose(make_backend(art, "onnxruntime").run(x)[0], ref[0], atol=1e-4)
+    assert art.read("weights.pt") == (tiny_artifact / "weights.pt").read_bytes()
+
+
 def test_partial_and_unknown_schema_artifacts_are_refused(tiny_artifact, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(tiny_artifact, partial)

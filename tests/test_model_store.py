@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -116,6 +119,54 @@ def test_model_in_use_that_went_missing_or_was_tampered_is_an_error_not_a_fallba
     shutil.rmtree(home / "models" / "site-a")
     with pytest.raises(ArtifactError, match="site-a.*not installed"):
         load_artifact()
+
+
+def _build(artifact: Path, root: Path, tag: str) -> Path:
+    """A valid artifact with id site-a whose card (``created``) and files (``build.txt``) say ``tag``."""
+    src = shutil.copytree(artifact, root / f"src-{tag}")
+    (src / "build.txt").write_text(tag)
+    return copy_as(src, root / tag, "site-a", created=tag)
+
+
+def test_a_reader_never_sees_a_reinstall_half_done(tiny_artifact, home, tmp_path):
+    """Another process reinstalls two builds of the model in use (same id) again and again while a
+    thread loads the model in use: every load is one whole, verified build, its card with its files."""
+    one, two = _build(tiny_artifact, tmp_path, "build-1"), _build(tiny_artifact, tmp_path, "build-2")
+    ModelStore().install(one, use=True)
+    code = ("from mnedge_live.model_store import ModelStore\n"
+            f"s = ModelStore({str(home)!r})\n"
+            f"for i in range(40):\n    s.install({str(one)!r} if i % 2 else {str(two)!r}, force=True)\n")
+    stop = threading.Event()
+    errors, mixed, loads = Counter(), Counter(), Counter()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                art = load_artifact()
+            except Exception as exc:  # what a model load in the service would fail with
+                errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
+                continue
+            try:
+                built = art.read("build.txt").decode()  # the bytes the runtimes get
+            except Exception as exc:
+                mixed[f"{type(exc).__name__}: {exc}"[:160]] += 1
+                continue
+            loads[(art.card["created"], built)] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop.set()
+        t.join(60)
+    assert r.returncode == 0, r.stderr
+    assert not errors, f"loads failed during the reinstalls: {dict(errors)}"
+    assert not mixed, dict(mixed)
+    assert set(loads) <= {("build-1", "build-1"), ("build-2", "build-2")}, dict(loads)  # never a card of one build with another's files
+    assert sum(loads.values()) >= 20
+    assert load_artifact().card["created"] == "build-1"  # the last install (i = 39) is in use
+    assert not [p for p in (home / "models").iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
 def test_broken_state_record_is_reported(home):

@@ -70,17 +70,18 @@ def run(args: argparse.Namespace) -> int:
 
 def listing(store: ModelStore) -> dict:
     """What ``list --json`` prints: the store, each installed model (verified), the embedded default."""
-    state = store.state()
     models = []
-    for model_id in store.installed():
-        path = store.model_path(model_id)
-        row = {"model_id": model_id, "path": str(path), "in_use": model_id == state.in_use,
-               "created": None, "status": "ok"}
-        try:
-            row["created"] = load_artifact(path).card.get("created")
-        except ArtifactError as exc:
-            row["status"] = f"fails verification: {exc}"
-        models.append(row)
+    with store.reading():  # an install meanwhile is seen whole or not at all
+        state = store.state()
+        for model_id in store.installed():
+            path = store.model_path(model_id)
+            row = {"model_id": model_id, "path": str(path), "in_use": model_id == state.in_use,
+                   "created": None, "status": "ok"}
+            try:
+                row["created"] = load_artifact(path).card.get("created")
+            except ArtifactError as exc:
+                row["status"] = f"fails verification: {exc}"
+            models.append(row)
     embedded = {"path": str(default_artifact_path()), "model_id": None, "status": "absent"}
     if default_artifact_path().is_dir():
         try:

@@ -8,6 +8,7 @@ Runtime (CUDA provider, then CPU), PyTorch.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from typing import Protocol
@@ -47,7 +48,7 @@ class TorchBackend:
         from mnedge_live.network import MnEdgeCNN, NetworkConfig
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        state = torch.load(artifact.file("weights.pt"), map_location=self.device, weights_only=True)
+        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location=self.device, weights_only=True)
         self.model = MnEdgeCNN(NetworkConfig.from_dict(artifact.card["network"])).to(self.device).eval()
         self.model.load_state_dict(state)
         self._lock = threading.Lock()
@@ -80,7 +81,7 @@ class OnnxRuntimeBackend:
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads:  # else ONNX Runtime's default: one thread per core
             opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(artifact.file("model.onnx")), sess_options=opts, providers=wanted)
+        self.session = ort.InferenceSession(artifact.read("model.onnx"), sess_options=opts, providers=wanted)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -122,7 +123,7 @@ class TensorRTBackend:
             raise BackendUnavailable(f"the TensorRT engine was built for {info.get('gpu')} / TensorRT "
                                      f"{info.get('tensorrt_version')}, this machine has {gpu} / {tensorrt.__version__}")
         self.device = "cuda"
-        self.module = torch.jit.load(str(artifact.file(info["file"])), map_location="cuda").eval()
+        self.module = torch.jit.load(io.BytesIO(artifact.read(info["file"])), map_location="cuda").eval()
         self._torch = torch
         self._half = precision == "fp16"
 
