@@ -19,6 +19,10 @@ model's files, and keep the verified bytes: a concurrent ``install --force``
 of the same id (which swaps the folders while it holds the lock exclusively)
 is seen either wholly before or wholly after, never a mix of two builds or a
 folder in the middle of its replacement.
+
+Ids read from ``state.json`` are checked like installed ids: a record naming
+``../x`` (hand-edited or corrupted) is refused rather than made to load a
+folder outside the store.
 """
 
 from __future__ import annotations
@@ -99,7 +103,15 @@ class ModelStore:
         return self.root / MODELS_DIR
 
     def model_path(self, model_id: str) -> Path:
-        """Folder of an installed model (it may not exist)."""
+        """Folder of an installed model (it may not exist).
+
+        Raises
+        ------
+        StoreError
+            ``model_id`` is not a model id (it could name a folder outside the store).
+        """
+        if not isinstance(model_id, str) or not _SAFE_ID.match(model_id):
+            raise StoreError(f"{model_id!r} is not a model id ({_ID_RULE})")
         return self.models_dir / model_id
 
     # -- reading -------------------------------------------------------------------------------------
@@ -123,6 +135,11 @@ class ModelStore:
             raise StoreError(f"model store {self.root}: {STATE_NAME} is not a valid record: {exc}") from exc
         if in_use is not None and not isinstance(in_use, str):
             raise StoreError(f"model store {self.root}: {STATE_NAME} has an invalid in_use {in_use!r}")
+        for what, name in [("the model in use", in_use)] + [("a model in its history", h) for h in history]:
+            if name is not None and not _SAFE_ID.match(name):
+                raise StoreError(f"model store {self.root}: {STATE_NAME} names {name!r} as {what}, which is not a "
+                                 f"model id ({_ID_RULE}); refusing to load anything outside {self.models_dir}: "
+                                 f"fix or remove {path}")
         return StoreState(in_use=in_use, history=history)
 
     def installed(self) -> list[str]:

@@ -178,6 +178,54 @@ def test_broken_state_record_is_reported(home):
         load_artifact()
 
 
+@pytest.mark.parametrize("record", [{"in_use": "../../outside"}, {"in_use": "site-a/../../../outside"},
+                                    {"in_use": ".hidden"}, {"in_use": None, "history": ["../../outside"]}])
+def test_a_state_record_naming_no_model_id_is_refused_not_followed_outside_the_store(
+        two_models, home, tmp_path, capsys, record):
+    shutil.copytree(two_models[0], tmp_path / "outside")  # a valid artifact the record points at
+    ModelStore().install(two_models[1])
+    (home / "state.json").write_text(json.dumps(record))
+    with pytest.raises(StoreError, match="state.json names .* which is not a model id.*fix or remove"):
+        ModelStore().state()
+    with pytest.raises(ArtifactError, match="not a model id"):
+        load_artifact()
+    with pytest.raises(StoreError, match="not a model id"):
+        ModelStore().model_path("../outside")
+    assert main(["models", "list"]) == 1
+    assert "not a model id" in capsys.readouterr().err
+    assert main(["models", "use", "site-b"]) == 1  # nothing is built on a record that cannot be trusted
+    assert json.loads((home / "state.json").read_text()) == record
+
+
+def test_list_shows_a_model_in_use_that_went_missing_or_fails_verification_and_exits_2(two_models, tmp_path, capsys):
+    root = tmp_path / "s"
+    store = ["--store", str(root)]
+    assert main(["models", *store, "install", str(two_models[0]), "--use"]) == 0
+    assert main(["models", *store, "install", str(two_models[1])]) == 0
+    capsys.readouterr()
+    shutil.rmtree(root / "models" / "site-a")
+    assert main(["models", *store, "list"]) == 2
+    out, err = capsys.readouterr()
+    assert "* site-a" in out and "MISSING" in out and "  site-b" in out
+    assert "WARNING: the model in use, site-a, is not installed" in err and "mnedge models use ID" in err
+    assert main(["models", *store, "list", "--json"]) == 2
+    info = json.loads(capsys.readouterr().out)
+    assert [(m["model_id"], m["in_use"], m["status"].split(":")[0]) for m in info["models"]] == [
+        ("site-a", True, "MISSING"), ("site-b", False, "ok")]
+    assert "site-a" in info["problem"] and info["in_use"] == "site-a"
+    assert main(["models", *store, "use", "site-b"]) == 0
+    weights = root / "models" / "site-b" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    capsys.readouterr()
+    assert main(["models", *store, "list"]) == 2
+    out, err = capsys.readouterr()
+    assert "* site-b" in out and "WARNING: the model in use, site-b, fails verification" in err
+    assert main(["models", *store, "rollback"]) == 1  # site-a, used before, is gone too
+    assert main(["models", *store, "install", "--force", str(two_models[1])]) == 0
+    assert main(["models", *store, "list"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+
+
 def test_state_record_survives_a_kill_during_switching(two_models, tmp_path):
     """SIGKILL a process that switches models in a loop: the record on disk is always whole."""
     store_dir = tmp_path / "store"
