@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import sys
 import time
 import traceback
@@ -149,7 +150,7 @@ def load_network(model_path: str | None) -> tuple[Any, torch.nn.Module, int]:
 
     artifact = load_artifact(model_path)
     net = MnEdgeCNN(NetworkConfig.from_dict(artifact.card["network"]))
-    net.load_state_dict(torch.load(artifact.file("weights.pt"), map_location="cpu", weights_only=True))
+    net.load_state_dict(torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True))
     net.eval()
     return artifact, net, count_flops(net, net.config.input_length)
 
@@ -252,7 +253,7 @@ def onnxruntime_cuda(artifact: Any, device: torch.device) -> tuple[Callable[[tor
         providers = ["CPUExecutionProvider"]
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(artifact.file("model.onnx")), sess_options=opts, providers=providers)
+    sess = ort.InferenceSession(artifact.read("model.onnx"), sess_options=opts, providers=providers)
     used = sess.get_providers()[0]
     if device.type == "cuda" and used != "CUDAExecutionProvider":
         raise RuntimeError(f"onnxruntime fell back to {used}")

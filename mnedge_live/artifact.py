@@ -13,7 +13,11 @@ Layout::
 :func:`load_artifact` refuses a directory whose files do not match their
 checksums, that lacks a listed file, whose card was edited after it was
 written (``card_sha256``: the card's own checksum) or whose schema version is
-unknown.
+unknown.  It reads the card and every listed file once, checks the bytes it
+read and keeps them: the runtimes build their sessions from those bytes
+(:meth:`Artifact.read`), never by opening the files again, so what was
+verified is what runs even if the folder is replaced or removed meanwhile
+(``mnedge models install --force`` of the model in use).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -51,10 +56,12 @@ def sha256_file(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A verified model artifact."""
+    """A verified model artifact: its card and the verified bytes of every file the card lists."""
 
     path: Path
     card: dict
+    #: file name -> content, as read and checked against the card by :func:`load_artifact`
+    contents: Mapping[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def model_id(self) -> str:
@@ -62,10 +69,24 @@ class Artifact:
         return str(self.card["model_id"])
 
     def file(self, name: str) -> Path:
-        """Path of a file listed in the card."""
+        """Path of a file listed in the card.
+
+        The file on disk may have been replaced since the artifact was
+        verified (a reinstall under the same id): to use its content, call
+        :meth:`read`.
+        """
         if name not in self.card["files"]:
             raise ArtifactError(f"artifact {self.path} has no file {name!r}")
         return self.path / name
+
+    def read(self, name: str) -> bytes:
+        """The content of a file listed in the card, as it was read and verified at load."""
+        if name not in self.card["files"]:
+            raise ArtifactError(f"artifact {self.path} has no file {name!r}")
+        try:
+            return self.contents[name]
+        except KeyError:
+            raise ArtifactError(f"artifact {self.path}: {name} was not read at load (use load_artifact)") from None
 
 
 def default_artifact_path() -> Path:
@@ -103,30 +124,43 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
 
     Without ``path`` the model is found by
     :func:`mnedge_live.model_store.resolve_model_path`: the model in use in the
-    model store, else the embedded model.
+    model store, else the embedded model.  The store's record and the model's
+    files are then read while the store's lock is held shared, so an install
+    into the store (which holds it exclusively) can never be seen half done.
+
+    Every listed file is read once into memory and checked there: the
+    returned :class:`Artifact` holds those bytes (:meth:`Artifact.read`).
 
     Raises
     ------
     ArtifactError
         Missing card or file, checksum mismatch, or unknown schema version.
     """
-    if path is None:
-        from mnedge_live.model_store import StoreError, resolve_model_path  # the store imports this module
+    if path is not None:
+        return _read_verified(Path(path))
+    # imported here: the store imports this module
+    from mnedge_live.model_store import ModelStore, StoreError, resolve_model_path
 
-        try:
-            d = resolve_model_path(None)
-        except StoreError as exc:
-            raise ArtifactError(str(exc)) from exc
-        if d == default_artifact_path() and not (d / CARD_NAME).is_file():
-            raise ArtifactError(f"no model given, none in use in the model store and no embedded model at {d}; "
-                                "pass a model artifact (--model DIR) or install one with 'mnedge models install'")
-    else:
-        d = Path(path)
-    card_path = d / CARD_NAME
-    if not card_path.is_file():
-        raise ArtifactError(f"{d} is not a model artifact: {CARD_NAME} is missing")
     try:
-        card = json.loads(card_path.read_text())
+        with ModelStore().reading():
+            d = resolve_model_path(None)
+            if d == default_artifact_path() and not (d / CARD_NAME).is_file():
+                raise ArtifactError(f"no model given, none in use in the model store and no embedded model at {d}; "
+                                    "pass a model artifact (--model DIR) or install one with 'mnedge models install'")
+            return _read_verified(d)
+    except StoreError as exc:
+        raise ArtifactError(str(exc)) from exc
+
+
+def _read_verified(d: Path) -> Artifact:
+    """Read the card and every file it lists from ``d`` once, and check what was read."""
+    card_path = d / CARD_NAME
+    try:
+        raw = card_path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise ArtifactError(f"{d} is not a model artifact: {CARD_NAME} is missing") from None
+    try:
+        card = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{card_path} is not valid JSON: {exc}") from exc
     if not isinstance(card, dict):
@@ -144,15 +178,18 @@ def load_artifact(path: str | Path | None = None) -> Artifact:
     files = card.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{card_path} lists no files")
+    contents = {}
     for name, digest in files.items():
         _check_listed_file(card_path, name, digest)
-        p = d / name
-        if not p.is_file():
-            raise ArtifactError(f"artifact {d} is partial: {name} is missing")
-        actual = sha256_file(p)
+        try:
+            data = (d / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ArtifactError(f"artifact {d} is partial: {name} is missing") from None
+        actual = hashlib.sha256(data).hexdigest()
         if actual != digest:
             raise ArtifactError(f"artifact {d}: {name} fails its SHA-256 check (expected {digest[:12]}..., got {actual[:12]}...)")
-    return Artifact(path=d, card=card)
+        contents[name] = data
+    return Artifact(path=d, card=card, contents=contents)
 
 
 def _check_listed_file(card_path: Path, name: object, digest: object) -> None:

@@ -5,12 +5,24 @@ Layout (``$MNEDGE_HOME``, else ``~/.local/share/mnedge``)::
     models/<model_id>/   verified copies of installed artifacts
     state.json           {"in_use": model_id or null, "history": [previously used ids, oldest first;
                           null: no model in use, i.e. the embedded default]}
-    .lock                held (``flock``) while the store is changed
+    .lock                held (``flock``) exclusively while the store is changed, shared
+                         while a reader resolves and reads the model in use
 
 Every change of ``state.json`` is written to a temporary file and moved into
 place with :func:`os.replace`, and an artifact is copied and verified under a
 temporary name before it is renamed into ``models/``, so a crash never leaves
 a half-written record or a half-copied model under its id.
+
+Readers (:func:`mnedge_live.artifact.load_artifact` without a path, ``mnedge
+models list``) hold the lock shared while they read ``state.json`` and the
+model's files, and keep the verified bytes: a concurrent ``install --force``
+of the same id (which swaps the folders while it holds the lock exclusively)
+is seen either wholly before or wholly after, never a mix of two builds or a
+folder in the middle of its replacement.
+
+Ids read from ``state.json`` are checked like installed ids: a record naming
+``../x`` (hand-edited or corrupted) is refused rather than made to load a
+folder outside the store.
 """
 
 from __future__ import annotations
@@ -32,8 +44,10 @@ from mnedge_live.artifact import Artifact, ArtifactError, default_artifact_path,
 HOME_ENV = "MNEDGE_HOME"
 STATE_NAME = "state.json"
 MODELS_DIR = "models"
+LOCK_NAME = ".lock"
 #: Model ids become directory names: no separators, no leading dot.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
+_ID_RULE = "letters, digits and '._+-', not starting with a dot"
 
 
 class StoreError(RuntimeError):
@@ -89,7 +103,15 @@ class ModelStore:
         return self.root / MODELS_DIR
 
     def model_path(self, model_id: str) -> Path:
-        """Folder of an installed model (it may not exist)."""
+        """Folder of an installed model (it may not exist).
+
+        Raises
+        ------
+        StoreError
+            ``model_id`` is not a model id (it could name a folder outside the store).
+        """
+        if not isinstance(model_id, str) or not _SAFE_ID.match(model_id):
+            raise StoreError(f"{model_id!r} is not a model id ({_ID_RULE})")
         return self.models_dir / model_id
 
     # -- reading -------------------------------------------------------------------------------------
@@ -113,6 +135,11 @@ class ModelStore:
             raise StoreError(f"model store {self.root}: {STATE_NAME} is not a valid record: {exc}") from exc
         if in_use is not None and not isinstance(in_use, str):
             raise StoreError(f"model store {self.root}: {STATE_NAME} has an invalid in_use {in_use!r}")
+        for what, name in [("the model in use", in_use)] + [("a model in its history", h) for h in history]:
+            if name is not None and not _SAFE_ID.match(name):
+                raise StoreError(f"model store {self.root}: {STATE_NAME} names {name!r} as {what}, which is not a "
+                                 f"model id ({_ID_RULE}); refusing to load anything outside {self.models_dir}: "
+                                 f"fix or remove {path}")
         return StoreState(in_use=in_use, history=history)
 
     def installed(self) -> list[str]:
@@ -126,13 +153,45 @@ class ModelStore:
         in_use = self.state().in_use
         return self.model_path(in_use) if in_use else None
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold the store's lock shared: no install, switch or rollback changes the store meanwhile.
+
+        Read ``state.json`` and the files of a model under it (and keep what
+        was read) to see the store as one consistent whole.  A store without a
+        lock file has never been changed by this module: it is read unlocked,
+        and reading never creates the lock file (a reader may not be allowed
+        to write there).
+
+        Raises
+        ------
+        StoreError
+            The lock file exists but cannot be opened.
+        """
+        try:
+            fh = open(self.root / LOCK_NAME, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            fh = None
+        except OSError as exc:
+            raise StoreError(f"model store {self.root}: cannot open its lock {LOCK_NAME} for reading: {exc}") from exc
+        if fh is None:
+            yield
+            return
+        with fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     # -- changing ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold the store's lock so two commands do not change it at once."""
+        """Hold the store's lock exclusively so two commands do not change it at once and no reader
+        (:meth:`reading`) sees a change half done."""
         self.models_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "a") as fh:
+        with open(self.root / LOCK_NAME, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -170,28 +229,43 @@ class ModelStore:
         src = load_artifact(Path(source))
         model_id = src.model_id
         if not _SAFE_ID.match(model_id):
-            raise StoreError(f"model id {model_id!r} cannot be a folder name (letters, digits, '._+-' only)")
-        with self._locked():
-            dest = self.model_path(model_id)
-            if dest.exists() and not force:
-                raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
-            tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=".installing", dir=self.models_dir))
-            try:
-                shutil.copytree(src.path, tmp, dirs_exist_ok=True)
-                load_artifact(tmp)  # the copy is what will be used: verify it, not only the source
-                old = None
+            raise StoreError(f"model id {model_id!r} cannot be a folder name ({_ID_RULE})")
+        dest = self.model_path(model_id)
+        if dest.exists() and not force:  # refuse before copying; checked again under the lock
+            raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
+        # Copy and verify outside the lock (readers wait only for the swap), under a temporary name.
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=".installing", dir=self.models_dir))
+        old = None
+        try:
+            shutil.copytree(src.path, tmp, dirs_exist_ok=True)
+            verified = load_artifact(tmp)  # the copy is what will be used: verify it, not only the source
+            with self._locked():
+                if dest.exists() and not force:
+                    raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
+                # Readers hold the lock shared while they read a model: none is reading now, and the
+                # next one finds the new folder whole.
                 if dest.exists():
-                    old = dest.with_name(f".{model_id}.{os.getpid()}.replaced")
-                    os.replace(dest, old)
-                os.replace(tmp, dest)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                    old = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=".replaced", dir=self.models_dir))
+                    os.replace(dest, old / model_id)
+                    try:
+                        os.replace(tmp, dest)
+                    except BaseException:
+                        os.replace(old / model_id, dest)  # put the installed model back
+                        raise
+                else:
+                    os.replace(tmp, dest)
+                if use:
+                    self._switch(model_id)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            if use:
-                self._switch(model_id)
-        return load_artifact(dest)
+                with contextlib.suppress(OSError):
+                    old.rmdir()  # empty when the replaced model went back; else left for inspection
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # no reader can be in it: they read under the lock
+        return Artifact(path=dest, card=verified.card, contents=verified.contents)
 
     def use(self, model_id: str) -> StoreState:
         """Make an installed (and intact) model the one in use; the previous one goes onto the history.
@@ -251,6 +325,11 @@ def resolve_model_path(path: str | Path | None = None) -> Path:
     evaluate`` all read the same model.  A store whose record is broken, or
     whose model in use has gone missing, raises instead of silently falling
     back to another model.
+
+    The folder alone is no snapshot: ``install --force`` may replace it at
+    any time.  To read the model, call
+    :func:`mnedge_live.artifact.load_artifact` without a path, which resolves
+    and reads it under the store's lock and keeps the verified bytes.
 
     Raises
     ------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -241,7 +242,7 @@ def _verified_artifact(source: str, role: str) -> tuple[Artifact, dict, dict]:
         raise ValueError(f"{role} {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
                          f"this build has {PREPROCESSING_ID!r}")
     origin = {"source": source, "model_id": art.model_id, "weights_sha256": art.card["files"]["weights.pt"]}
-    return art, torch.load(art.file("weights.pt"), map_location="cpu", weights_only=True), origin
+    return art, torch.load(io.BytesIO(art.read("weights.pt")), map_location="cpu", weights_only=True), origin
 
 
 def compute_loss(model_out: tuple[torch.Tensor, torch.Tensor, torch.Tensor], tb: TrainingBatch,

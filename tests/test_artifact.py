@@ -88,6 +88,24 @@ def test_a_changed_byte_is_refused(tiny_artifact, tmp_path, victim):
         load_engine(str(copy))
 
 
+def test_the_runtimes_use_the_bytes_that_were_verified_not_the_files_again(tiny_artifact, tmp_path):
+    """Files changed or removed after the check (a reinstall under the same id) cannot reach a session."""
+    from mnedge_live.engine import make_backend
+
+    copy = shutil.copytree(tiny_artifact, tmp_path / "art")
+    art = load_artifact(copy)
+    x = np.random.default_rng(0).normal(size=(4, 2, art.card["input"]["grid_points"])).astype(np.float32)
+    for victim in ("model.onnx", "weights.pt"):
+        (copy / victim).write_bytes(b"not the file that was verified")
+    for name in ("onnxruntime", "torch"):
+        ref = make_backend(load_artifact(tiny_artifact), name).run(x)
+        out = make_backend(art, name).run(x)
+        assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(out[:3], ref[:3]))
+    shutil.rmtree(copy)
+    assert np.allclose(make_backend(art, "onnxruntime").run(x)[0], ref[0], atol=1e-4)
+    assert art.read("weights.pt") == (tiny_artifact / "weights.pt").read_bytes()
+
+
 def test_partial_and_unknown_schema_artifacts_are_refused(tiny_artifact, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(tiny_artifact, partial)
@@ -174,6 +192,69 @@ def test_tensorrt_backend_is_skipped_with_a_reason_and_auto_falls_back(tiny_arti
         make_backend(load_artifact(tiny_artifact), "tensorrt")
     engine = load_engine(str(tiny_artifact), backend="auto")
     assert engine.backend.name in ("onnxruntime", "torch")
+
+
+@pytest.mark.parametrize("failure", [
+    'OSError("libnvinfer.so.10: cannot open shared object file: No such file or directory")',
+    'OSError("torch_tensorrt/lib/libtorchtrt.so: undefined symbol: _ZN3c1017RegisterOperators")',
+    'RuntimeError("CUDA driver version is insufficient for CUDA runtime version")'])
+def test_a_broken_torch_tensorrt_falls_back_under_auto_and_fails_clearly_when_asked_for(
+        tiny_artifact, tmp_path, monkeypatch, caplog, failure):
+    """A torch-tensorrt that fails its import with something else than ImportError (a build for another
+    torch, TensorRT libraries missing) on a GPU host: auto falls back to ONNX Runtime and says why."""
+    import logging
+    import sys
+
+    import torch
+
+    from mnedge_live.engine import BackendUnavailable, make_backend
+
+    fake = tmp_path / "fakemods"
+    fake.mkdir()
+    for name in ("tensorrt", "torch_tensorrt"):
+        (fake / f"{name}.py").write_text(f"raise {failure}\n")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU host, as far as the check goes
+    art = load_artifact(tiny_artifact)
+    message = failure.split('"')[1]
+    with caplog.at_level(logging.INFO, logger="mnedge_live.engine.backends"):
+        backend = make_backend(art, "auto")
+    assert backend.name == "onnxruntime" and backend.device == "cpu"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("backend onnxruntime chosen" in m and "cannot be imported" in m and message in m for m in warned)
+    with pytest.raises(BackendUnavailable, match="cannot be imported") as info:
+        make_backend(art, "tensorrt")
+    assert message in str(info.value)
+
+
+def test_a_tensorrt_failure_while_setting_up_falls_back_under_auto(tiny_artifact, tmp_path, monkeypatch):
+    """torch-tensorrt imports, but CUDA fails once it is used: still a reason to fall back, not a crash."""
+    import dataclasses
+    import sys
+
+    import torch
+
+    from mnedge_live.engine import BackendUnavailable, make_backend
+
+    fake = tmp_path / "fakemods"
+    fake.mkdir()
+    (fake / "tensorrt.py").write_text("__version__ = '10.0'\n")
+    (fake / "torch_tensorrt.py").write_text("")
+    for name in ("tensorrt", "torch_tensorrt"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(fake))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    def no_device(*args):
+        raise RuntimeError("CUDA error: no CUDA-capable device is detected")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", no_device)
+    art = load_artifact(tiny_artifact)
+    art = dataclasses.replace(art, card={**art.card, "tensorrt": {"fp16": {"file": "weights.pt", "gpu": "X"}}})
+    assert make_backend(art, "auto").name == "onnxruntime"
+    with pytest.raises(BackendUnavailable, match="TensorRT cannot run here: RuntimeError: CUDA error"):
+        make_backend(art, "tensorrt")
 
 
 def test_a_card_naming_a_scratch_bank_gets_the_shipped_bank_only_when_its_checksum_matches(tmp_path):

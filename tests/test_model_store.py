@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,54 @@ def test_model_in_use_that_went_missing_or_was_tampered_is_an_error_not_a_fallba
         load_artifact()
 
 
+def _build(artifact: Path, root: Path, tag: str) -> Path:
+    """A valid artifact with id site-a whose card (``created``) and files (``build.txt``) say ``tag``."""
+    src = shutil.copytree(artifact, root / f"src-{tag}")
+    (src / "build.txt").write_text(tag)
+    return copy_as(src, root / tag, "site-a", created=tag)
+
+
+def test_a_reader_never_sees_a_reinstall_half_done(tiny_artifact, home, tmp_path):
+    """Another process reinstalls two builds of the model in use (same id) again and again while a
+    thread loads the model in use: every load is one whole, verified build, its card with its files."""
+    one, two = _build(tiny_artifact, tmp_path, "build-1"), _build(tiny_artifact, tmp_path, "build-2")
+    ModelStore().install(one, use=True)
+    code = ("from mnedge_live.model_store import ModelStore\n"
+            f"s = ModelStore({str(home)!r})\n"
+            f"for i in range(40):\n    s.install({str(one)!r} if i % 2 else {str(two)!r}, force=True)\n")
+    stop = threading.Event()
+    errors, mixed, loads = Counter(), Counter(), Counter()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                art = load_artifact()
+            except Exception as exc:  # what a model load in the service would fail with
+                errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
+                continue
+            try:
+                built = art.read("build.txt").decode()  # the bytes the runtimes get
+            except Exception as exc:
+                mixed[f"{type(exc).__name__}: {exc}"[:160]] += 1
+                continue
+            loads[(art.card["created"], built)] += 1
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    finally:
+        stop.set()
+        t.join(60)
+    assert r.returncode == 0, r.stderr
+    assert not errors, f"loads failed during the reinstalls: {dict(errors)}"
+    assert not mixed, dict(mixed)
+    assert set(loads) <= {("build-1", "build-1"), ("build-2", "build-2")}, dict(loads)  # never a card of one build with another's files
+    assert sum(loads.values()) >= 20
+    assert load_artifact().card["created"] == "build-1"  # the last install (i = 39) is in use
+    assert not [p for p in (home / "models").iterdir() if p.name.startswith(".")]  # no temporaries left
+
+
 def test_broken_state_record_is_reported(home):
     home.mkdir()
     (home / "state.json").write_text("{half")
@@ -125,6 +176,54 @@ def test_broken_state_record_is_reported(home):
         ModelStore().state()
     with pytest.raises(ArtifactError, match="not a valid record"):
         load_artifact()
+
+
+@pytest.mark.parametrize("record", [{"in_use": "../../outside"}, {"in_use": "site-a/../../../outside"},
+                                    {"in_use": ".hidden"}, {"in_use": None, "history": ["../../outside"]}])
+def test_a_state_record_naming_no_model_id_is_refused_not_followed_outside_the_store(
+        two_models, home, tmp_path, capsys, record):
+    shutil.copytree(two_models[0], tmp_path / "outside")  # a valid artifact the record points at
+    ModelStore().install(two_models[1])
+    (home / "state.json").write_text(json.dumps(record))
+    with pytest.raises(StoreError, match="state.json names .* which is not a model id.*fix or remove"):
+        ModelStore().state()
+    with pytest.raises(ArtifactError, match="not a model id"):
+        load_artifact()
+    with pytest.raises(StoreError, match="not a model id"):
+        ModelStore().model_path("../outside")
+    assert main(["models", "list"]) == 1
+    assert "not a model id" in capsys.readouterr().err
+    assert main(["models", "use", "site-b"]) == 1  # nothing is built on a record that cannot be trusted
+    assert json.loads((home / "state.json").read_text()) == record
+
+
+def test_list_shows_a_model_in_use_that_went_missing_or_fails_verification_and_exits_2(two_models, tmp_path, capsys):
+    root = tmp_path / "s"
+    store = ["--store", str(root)]
+    assert main(["models", *store, "install", str(two_models[0]), "--use"]) == 0
+    assert main(["models", *store, "install", str(two_models[1])]) == 0
+    capsys.readouterr()
+    shutil.rmtree(root / "models" / "site-a")
+    assert main(["models", *store, "list"]) == 2
+    out, err = capsys.readouterr()
+    assert "* site-a" in out and "MISSING" in out and "  site-b" in out
+    assert "WARNING: the model in use, site-a, is not installed" in err and "mnedge models use ID" in err
+    assert main(["models", *store, "list", "--json"]) == 2
+    info = json.loads(capsys.readouterr().out)
+    assert [(m["model_id"], m["in_use"], m["status"].split(":")[0]) for m in info["models"]] == [
+        ("site-a", True, "MISSING"), ("site-b", False, "ok")]
+    assert "site-a" in info["problem"] and info["in_use"] == "site-a"
+    assert main(["models", *store, "use", "site-b"]) == 0
+    weights = root / "models" / "site-b" / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    capsys.readouterr()
+    assert main(["models", *store, "list"]) == 2
+    out, err = capsys.readouterr()
+    assert "* site-b" in out and "WARNING: the model in use, site-b, fails verification" in err
+    assert main(["models", *store, "rollback"]) == 1  # site-a, used before, is gone too
+    assert main(["models", *store, "install", "--force", str(two_models[1])]) == 0
+    assert main(["models", *store, "list"]) == 0
+    assert "WARNING" not in capsys.readouterr().err
 
 
 def test_state_record_survives_a_kill_during_switching(two_models, tmp_path):

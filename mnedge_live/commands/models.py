@@ -7,8 +7,13 @@ evaluate`` load when no ``--model`` is given; without one in use, the model
 embedded in the package is loaded.
 
 Exit status: 0 on success; 1 when the store refuses (duplicate id, unknown id,
-nothing to roll back to); 2 for an artifact that fails verification (tampered,
-partial, unknown schema) or a store that cannot be read or written.
+nothing to roll back to, a ``state.json`` naming something that is no model
+id); 2 for an artifact that fails verification (tampered, partial, unknown
+schema) or a store that cannot be read or written.  ``list`` prints the
+listing and exits 2 when the model in use cannot be loaded (its folder is
+missing or fails verification: what ``mnedge live`` and ``mnedge predict``
+would refuse to start with), with a warning on stderr; the JSON then names the
+problem under ``"problem"``.
 """
 
 from __future__ import annotations
@@ -70,17 +75,29 @@ def run(args: argparse.Namespace) -> int:
 
 def listing(store: ModelStore) -> dict:
     """What ``list --json`` prints: the store, each installed model (verified), the embedded default."""
-    state = store.state()
     models = []
-    for model_id in store.installed():
-        path = store.model_path(model_id)
-        row = {"model_id": model_id, "path": str(path), "in_use": model_id == state.in_use,
-               "created": None, "status": "ok"}
-        try:
-            row["created"] = load_artifact(path).card.get("created")
-        except ArtifactError as exc:
-            row["status"] = f"fails verification: {exc}"
-        models.append(row)
+    with store.reading():  # an install meanwhile is seen whole or not at all
+        state = store.state()
+        for model_id in store.installed():
+            path = store.model_path(model_id)
+            row = {"model_id": model_id, "path": str(path), "in_use": model_id == state.in_use,
+                   "created": None, "status": "ok"}
+            try:
+                row["created"] = load_artifact(path).card.get("created")
+            except ArtifactError as exc:
+                row["status"] = f"fails verification: {exc}"
+            models.append(row)
+        problem = None
+        if state.in_use is not None:
+            if state.in_use not in store.installed():
+                models.append({"model_id": state.in_use, "path": str(store.model_path(state.in_use)), "in_use": True,
+                               "created": None, "status": "MISSING: not installed in the store"})
+                models.sort(key=lambda m: m["model_id"])
+                problem = f"the model in use, {state.in_use}, is not installed in {store.root}"
+            else:
+                status = next(m["status"] for m in models if m["model_id"] == state.in_use)
+                if status != "ok":
+                    problem = f"the model in use, {state.in_use}, {status}"
     embedded = {"path": str(default_artifact_path()), "model_id": None, "status": "absent"}
     if default_artifact_path().is_dir():
         try:
@@ -90,14 +107,24 @@ def listing(store: ModelStore) -> dict:
             embedded["status"] = f"fails verification: {exc}"
     return {"store": str(store.root), "in_use": state.in_use, "history": state.history,
             "models": models, "embedded": embedded,
-            "default": "store" if state.in_use else "embedded"}
+            "default": "store" if state.in_use else "embedded", "problem": problem}
 
 
 def _list(store: ModelStore, as_json: bool) -> int:
     info = listing(store)
     if as_json:
         print(json.dumps(info, indent=2))
-        return 0
+    else:
+        _print_table(info)
+    if info["problem"]:
+        print(f"mnedge models list: WARNING: {info['problem']}: mnedge live, predict and evaluate refuse to start "
+              "without --model; choose a model with 'mnedge models use ID', go back with 'mnedge models rollback' "
+              "or reinstall it with 'mnedge models install --force PATH'", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_table(info: dict) -> None:
     lines = [f"model store {info['store']}", f"  {'':1} {'model id':<40} {'created':<26} status"]
     for m in info["models"]:
         mark = "*" if m["in_use"] else " "
@@ -110,4 +137,3 @@ def _list(store: ModelStore, as_json: bool) -> int:
     if info["history"]:
         lines.append(f"rollback goes to: {info['history'][-1] or 'none in use (the embedded default)'}")
     print("\n".join(lines))
-    return 0

@@ -4,10 +4,19 @@ One class per runtime; :func:`available_backends` says which can run here and
 :func:`make_backend` builds one.  Preference order for ``"auto"``: TensorRT
 (CUDA GPU with torch-tensorrt and an engine built for this GPU), ONNX
 Runtime (CUDA provider, then CPU), PyTorch.
+
+A backend that cannot run here raises :class:`BackendUnavailable` with the
+reason: not only when its package is absent, but for any failure while its
+package is imported or it is set up (a torch-tensorrt built for another torch
+fails its import with ``OSError: undefined symbol`` or a missing
+``libnvinfer``).  ``"auto"`` then takes the next backend and logs why, as a
+warning when a backend that is installed is broken; a backend asked for by
+name fails with that reason.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from typing import Protocol
@@ -22,7 +31,15 @@ BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")
 
 
 class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run on this machine or with this artifact."""
+    """The requested backend cannot run on this machine or with this artifact.
+
+    ``broken``: the backend is installed but fails (as opposed to absent, or
+    no GPU): worth a warning when ``"auto"`` passes over it.
+    """
+
+    def __init__(self, message: str, broken: bool = False):
+        super().__init__(message)
+        self.broken = broken
 
 
 class Backend(Protocol):
@@ -47,7 +64,7 @@ class TorchBackend:
         from mnedge_live.network import MnEdgeCNN, NetworkConfig
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        state = torch.load(artifact.file("weights.pt"), map_location=self.device, weights_only=True)
+        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location=self.device, weights_only=True)
         self.model = MnEdgeCNN(NetworkConfig.from_dict(artifact.card["network"])).to(self.device).eval()
         self.model.load_state_dict(state)
         self._lock = threading.Lock()
@@ -70,6 +87,9 @@ class OnnxRuntimeBackend:
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - onnxruntime is a dependency
             raise BackendUnavailable(f"onnxruntime is not installed: {exc}") from exc
+        except Exception as exc:  # pragma: no cover - e.g. a GPU build missing its CUDA libraries
+            raise BackendUnavailable(f"onnxruntime is installed but cannot be imported: {type(exc).__name__}: {exc}",
+                                     broken=True) from exc
         avail = ort.get_available_providers()
         wanted = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
         opts = ort.SessionOptions()
@@ -80,7 +100,7 @@ class OnnxRuntimeBackend:
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if threads:  # else ONNX Runtime's default: one thread per core
             opts.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(artifact.file("model.onnx")), sess_options=opts, providers=wanted)
+        self.session = ort.InferenceSession(artifact.read("model.onnx"), sess_options=opts, providers=wanted)
         self.device = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -102,6 +122,14 @@ class TensorRTBackend:
 
     def __init__(self, artifact: Artifact, precision: str = "fp16"):
         try:
+            self._setup(artifact, precision)
+        except BackendUnavailable:
+            raise
+        except Exception as exc:  # a CUDA or TensorRT failure setting up: the next backend can still run
+            raise BackendUnavailable(f"TensorRT cannot run here: {type(exc).__name__}: {exc}", broken=True) from exc
+
+    def _setup(self, artifact: Artifact, precision: str) -> None:
+        try:
             import torch
         except ImportError as exc:  # pragma: no cover
             raise BackendUnavailable("torch is missing") from exc
@@ -112,6 +140,10 @@ class TensorRTBackend:
             import torch_tensorrt  # noqa: F401
         except ImportError as exc:
             raise BackendUnavailable(f"torch-tensorrt is not installed ({exc}); install the 'tensorrt' extra") from exc
+        except Exception as exc:  # e.g. OSError: undefined symbol / libnvinfer missing (a build for another torch)
+            raise BackendUnavailable(f"torch-tensorrt (or tensorrt) is installed but cannot be imported ({type(exc).__name__}: "
+                                     f"{exc}); install the torch-tensorrt build that matches torch "
+                                     f"{torch.__version__} and its TensorRT libraries", broken=True) from exc
         engines = artifact.card.get("tensorrt", {})
         info = engines.get(precision)
         if not info:
@@ -122,7 +154,7 @@ class TensorRTBackend:
             raise BackendUnavailable(f"the TensorRT engine was built for {info.get('gpu')} / TensorRT "
                                      f"{info.get('tensorrt_version')}, this machine has {gpu} / {tensorrt.__version__}")
         self.device = "cuda"
-        self.module = torch.jit.load(str(artifact.file(info["file"])), map_location="cuda").eval()
+        self.module = torch.jit.load(io.BytesIO(artifact.read(info["file"])), map_location="cuda").eval()
         self._torch = torch
         self._half = precision == "fp16"
 
@@ -154,13 +186,15 @@ def make_backend(artifact: Artifact, name: str = "auto", threads: int | None = N
             raise ValueError(f"unknown backend {name!r}; choose auto, {', '.join(BACKEND_ORDER)}")
         return _build(name, artifact, threads)
     reasons = []
+    broken = False
     for candidate in BACKEND_ORDER:
         try:
             backend = _build(candidate, artifact, threads)
         except BackendUnavailable as exc:
             reasons.append(f"{candidate}: {exc}")
+            broken = broken or exc.broken
             continue
         if reasons:
-            log.info("backend %s chosen (%s)", candidate, "; ".join(reasons))
+            log.log(logging.WARNING if broken else logging.INFO, "backend %s chosen (%s)", candidate, "; ".join(reasons))
         return backend
     raise BackendUnavailable("no backend can run this model: " + "; ".join(reasons))

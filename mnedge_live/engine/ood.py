@@ -23,6 +23,7 @@ line (the L2 line taken for L3) does not.
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +108,7 @@ class OodScore:
         if not info:
             return None
         try:
-            with np.load(artifact.file(info.get("file", OOD_FILE)), allow_pickle=False) as z:
+            with np.load(io.BytesIO(artifact.read(info.get("file", OOD_FILE))), allow_pickle=False) as z:
                 mean, whitening = np.asarray(z["mean"], np.float32), np.asarray(z["whitening"], np.float32)
             threshold, quantile = float(info["threshold"]), float(info["quantile"])
             edges = tuple(float(v) for v in info.get("psnr_edges_db", ()))
