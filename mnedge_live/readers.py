@@ -571,25 +571,33 @@ def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
         raise ReadError(f"{len(axes)} axes for {data.ndim}-D data")
     if not np.issubdtype(np.dtype(data.dtype), np.number) or np.issubdtype(np.dtype(data.dtype), np.complexfloating):
         raise ReadError(f"data type {data.dtype} is not real numbers")
-    # Axes of length 1 carry no information (DM stores some spectra as E x 1): drop them.
-    keep = [i for i in range(data.ndim) if int(data.shape[i]) > 1] or [int(np.argmax(data.shape))]
-    if len(keep) < data.ndim:
-        data = data[tuple(slice(None) if i in keep else 0 for i in range(data.ndim))]
-        axes = [axes[i] for i in keep]
-    sig_dims = signal_axis(axes)
-    if len(sig_dims) != 1:
-        raise ReadError(f"{len(sig_dims)}-D signal (an image or a stack of images), not a spectrum")
-    s = sig_dims[0]
+    shape = [int(n) for n in data.shape]
+    # The energy axis is chosen among all axes, before any length-1 axis is dropped: RosettaSciIO flags
+    # both spatial axes of a DM spectrum image as the signal, so a 4 x 1 image without its length-1
+    # axis would leave one spatial axis flagged, read as the energy axis.
+    s = _energy_axis_index(axes, shape)
     energy = axis_values(axes[s])
     nav = [i for i in range(data.ndim) if i != s]
+    # The navigation shape stays as stored (rows, columns), 1 x N and N x 1 included; length-1
+    # navigation axes are dropped (outermost first) only beyond two.
+    drop = []
+    for i in nav:
+        if len(nav) - len(drop) <= 2:
+            break
+        if shape[i] == 1:
+            drop.append(i)
+    nav = [i for i in nav if i not in drop]
     if len(nav) > 2:
         raise ReadError(f"{len(nav)} navigation dimensions; at most 2 (a spectrum image) are supported")
-    if not nav:
+    if all(shape[i] == 1 for i in nav):   # a single spectrum, perhaps stored as a 1 x 1 image or E x 1
         values = np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=np.float64)
         return MeasuredSpectrum(str(path), index, energy, values.reshape(-1), None)
     import dask.array as da
 
     arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks="auto")
+    if drop:
+        arr = arr[tuple(0 if i in drop else slice(None) for i in range(arr.ndim))]
+        s -= sum(1 for i in drop if i < s)
     if s != arr.ndim - 1:
         arr = da.moveaxis(arr, s, -1)
     if arr.ndim == 2:  # line scan: one row
@@ -597,6 +605,27 @@ def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
     if not lazy:
         arr = arr.persist()
     return SpectrumImage(str(path), index, energy, arr)
+
+
+def _energy_axis_index(axes: list[dict], shape: list[int]) -> int:
+    """The index of the energy axis among a signal's axes (:func:`signal_axis`); a length-1 axis is
+    no energy axis, so where the choice among all axes is not one axis longer than 1 it is made
+    among the longer axes (a spectrum stored as ``1 x E`` with both axes flagged).
+
+    Raises
+    ------
+    ReadError
+        No single energy axis: an image or a stack of images.
+    """
+    dims = signal_axis(axes)
+    if len(dims) == 1 and shape[dims[0]] > 1:
+        return dims[0]
+    longer = [i for i, n in enumerate(shape) if n > 1]
+    if longer and len(longer) < len(shape):
+        dims = [longer[j] for j in signal_axis([axes[i] for i in longer])]
+    if len(dims) != 1:
+        raise ReadError(f"{len(dims)}-D signal (an image or a stack of images), not a spectrum")
+    return dims[0]
 
 
 def signal_axis(axes: list[dict]) -> list[int]:

@@ -195,6 +195,38 @@ def test_spectrum_image_on_an_existing_scheduler(capsys, model, files):
     check_image_rows(rows)
 
 
+@pytest.mark.parametrize("ny, nx", [(4, 1), (1, 4)])
+def test_one_column_and_one_row_images_keep_their_shape(capsys, model, tmp_path, ny, nx):
+    """An N x 1 image was read as 1 x N: pixels [0, i] instead of [i, 0], maps and --bin of the wrong shape."""
+    import h5py
+
+    img = np.stack([mn_like(seed=20 + k) for k in range(ny * nx)]).reshape(ny, nx, E.size).astype(np.float32)
+    hspy = write_image(tmp_path / "line.hspy", img)
+    from dm_writer import write_dm
+
+    dm = write_dm(tmp_path / "line.dm4", np.ascontiguousarray(np.moveaxis(img, -1, 0)),
+                  [{"offset": 620.0, "scale": 0.1, "units": "eV"}, {"offset": 0, "scale": 1, "units": "nm"},
+                   {"offset": 0, "scale": 1, "units": "nm"}], version=4, fmt="Spectrum image")
+    plots = tmp_path / "plots"
+    rc, rows = predict_json(capsys, "--model", model, "--plot", plots, hspy, dm)
+    assert len(rows) == 2 * ny * nx
+    expected = [[i // nx, i % nx] for i in range(ny * nx)]
+    assert [r["pixel"] for r in rows] == expected * 2
+    assert [r["index"] for r in rows] == list(range(ny * nx)) * 2
+    for name in ("line_0_maps.h5", "line_0_maps-2.h5"):
+        with h5py.File(plots / name) as f:
+            assert f["valence"].shape == (ny, nx) and list(f.attrs["source_shape"]) == [ny, nx]
+    binned = tmp_path / "binned"
+    rc, rows = predict_json(capsys, "--model", model, "--plot", binned, "--bin", "2", hspy)
+    shape = ((ny + 1) // 2, (nx + 1) // 2)
+    assert [r["pixel"] for r in rows] == [[i // shape[1], i % shape[1]] for i in range(shape[0] * shape[1])]
+    with h5py.File(binned / "line_0_maps.h5") as f:
+        assert f["valence"].shape == shape and list(f.attrs["source_shape"]) == [ny, nx]
+    main(["predict", "--no-progress", "--model", model, "--bin", "2", str(hspy)])
+    assert f"map {shape[0]}x{shape[1]} (signal 0, binned {min(2, ny)}x{min(2, nx)} from {ny}x{nx})" \
+        in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
     """Workers in other processes: the lazy HDF5 and DM arrays and the engine spec travel to them."""

@@ -385,3 +385,55 @@ def test_dm_image_is_not_a_spectrum(tmp_path):
     p = write_dm(tmp_path / "image.dm3", np.zeros((8, 9), np.float32), [px, px], signal="", fmt="Image")
     with pytest.raises(ReadError, match="2-D signal"):
         read_file(p)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("ny, nx", [(4, 1), (1, 4)])
+def test_dm_spectrum_image_of_one_row_or_one_column(tmp_path, version, ny, nx):
+    """RosettaSciIO flags both spatial axes of a DM spectrum image as the signal: with a length-1
+    axis dropped first, the other spatial axis was taken as the energy axis and the file refused."""
+    from dm_writer import write_dm
+
+    cube = np.random.default_rng(2).random((ny, nx, 60)).astype(np.float32)  # (Y, X, E)
+    axes = [{"offset": 600.0, "scale": 0.5, "units": "eV"}, {"offset": 0.0, "scale": 2.0, "units": "nm"},
+            {"offset": 0.0, "scale": 2.0, "units": "nm"}]
+    p = write_dm(tmp_path / f"si{ny}x{nx}.dm{version}", np.moveaxis(cube, -1, 0), axes, version=version,
+                 fmt="Spectrum image")
+    (img,) = read_file(p)
+    assert isinstance(img, SpectrumImage) and img.shape == (ny, nx)
+    np.testing.assert_allclose(img.energy, 600.0 + 0.5 * np.arange(60), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(img.data.compute()), cube)
+
+
+def test_dm_single_spectrum_stored_as_a_one_pixel_image(tmp_path):
+    from dm_writer import write_dm
+
+    axes = [{"offset": 630.0, "scale": 0.25, "units": "eV"}, {"offset": 0.0, "scale": 1.0, "units": "nm"},
+            {"offset": 0.0, "scale": 1.0, "units": "nm"}]
+    (s,) = read_file(write_dm(tmp_path / "one.dm4", Y.astype(np.float32)[:, None, None], axes, version=4,
+                              fmt="Spectrum image"))
+    assert isinstance(s, MeasuredSpectrum) and s.pixel is None
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ny, nx", [(4, 1), (1, 4), (1, 1)])
+def test_hspy_navigation_shape_is_kept_as_stored(tmp_path, ny, nx):
+    """An N x 1 image (N rows, one column) stays N x 1: it was read as 1 x N, pixel (i, 0) as (0, i)."""
+    data = np.random.default_rng(4).random((ny, nx, 50)).astype(np.float32)
+    (item,) = read_file(write_hspy(tmp_path / "si.hspy", data, [nav("y", ny), nav("x", nx), energy_axis(50)]))
+    if ny == nx == 1:   # one pixel: a single spectrum
+        assert isinstance(item, MeasuredSpectrum)
+        np.testing.assert_allclose(item.intensity, data[0, 0])
+        return
+    assert isinstance(item, SpectrumImage) and item.shape == (ny, nx)
+    np.testing.assert_allclose(item.data.compute(), data)
+    assert item.spectrum(ny - 1, nx - 1).pixel == (ny - 1, nx - 1)
+    np.testing.assert_allclose(item.spectrum(ny - 1, nx - 1).intensity, data[-1, -1])
+
+
+def test_hspy_length_one_navigation_axes_beyond_two_are_dropped(tmp_path):
+    data = np.random.default_rng(5).random((1, 3, 1, 50)).astype(np.float32)
+    (img,) = read_file(write_hspy(tmp_path / "z.hspy", data,
+                                  [nav("z", 1), nav("y", 3), nav("x", 1), energy_axis(50)]))
+    assert img.shape == (3, 1)
+    np.testing.assert_allclose(img.data.compute(), data[0])
