@@ -152,7 +152,27 @@ def release(path: str | Path) -> None:
         close(str(path))
 
 
-Item = MeasuredSpectrum | SpectrumImage
+@dataclass(frozen=True)
+class RefusedSignal:
+    """A signal of a multi-signal file (a DM file may hold several) that is not a spectrum or
+    spectrum image, while other signals of the file are: it is reported, not dropped.
+
+    Attributes
+    ----------
+    file : str
+        Path of the file.
+    index : int
+        Position of the signal within its file.
+    reason : str
+        Why it was not read.
+    """
+
+    file: str
+    index: int
+    reason: str
+
+
+Item = MeasuredSpectrum | SpectrumImage | RefusedSignal
 
 
 def read_file(path: str | Path, lazy: bool = True, column: str | None = None) -> list[Item]:
@@ -174,8 +194,9 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
 
     Returns
     -------
-    list of MeasuredSpectrum or SpectrumImage
-        At least one item.
+    list of MeasuredSpectrum, SpectrumImage or RefusedSignal
+        One item per signal of the file, in the file's order; at least one is a
+        spectrum or an image (a file none of whose signals is raises ReadError).
 
     Raises
     ------
@@ -506,7 +527,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     """Read a Gatan DM3/DM4 (``fmt="dm"``) or HyperSpy (``fmt="hspy"``) file.
 
     Single spectra come back as :class:`MeasuredSpectrum`, spectrum images
-    and line scans as :class:`SpectrumImage` (lazy when ``lazy``).
+    and line scans as :class:`SpectrumImage` (lazy when ``lazy``), other
+    signals of the file as :class:`RefusedSignal` with the reason.
 
     Raises
     ------
@@ -548,7 +570,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
 
 
 def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item]:
-    """Turn RosettaSciIO signal dicts into items; signals that are not spectra are skipped with reasons."""
+    """Turn RosettaSciIO signal dicts into items, one per signal: signals that are not spectra become
+    :class:`RefusedSignal` items with the reason (a ReadError with every reason when none is a spectrum)."""
     items: list[Item] = []
     skipped: list[str] = []
     for k, sig in enumerate(signals or []):
@@ -556,7 +579,8 @@ def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Ite
             items.append(_item_from_signal(path, k, sig, lazy))
         except ReadError as exc:
             skipped.append(f"signal {k}: {exc}")
-    if not items:
+            items.append(RefusedSignal(str(path), k, str(exc)))
+    if len(skipped) == len(items):
         why = "; ".join(skipped) if skipped else "the file holds no signal"
         raise ReadError(f"{path}: no spectrum: {why}")
     return items

@@ -227,6 +227,26 @@ def test_one_column_and_one_row_images_keep_their_shape(capsys, model, tmp_path,
         in capsys.readouterr().out
 
 
+def test_a_signal_that_is_no_spectrum_gets_a_row(capsys, model, tmp_path):
+    """Every signal of a DM file gets a row: a survey image beside a spectrum image was dropped unreported."""
+    from dm_writer import write_dm
+
+    img = np.stack([mn_like(seed=30 + k) for k in range(2)]).reshape(2, 1, E.size).astype(np.float32)
+    px = {"offset": 0.0, "scale": 1.0, "units": "nm"}
+    p = write_dm(tmp_path / "several.dm4", np.ascontiguousarray(np.moveaxis(img, -1, 0)),
+                 [{"offset": 620.0, "scale": 0.1, "units": "eV"}, px, px], version=4, fmt="Spectrum image",
+                 more=[{"data": np.zeros((8, 9), np.float32), "axes": [px, px], "signal": "", "fmt": "Image"}])
+    rc, rows = predict_json(capsys, "--model", model, p)
+    assert rc == 1
+    refused = [r for r in rows if r.get("signal") == 1]
+    assert len(refused) == 1 and refused[0]["status"] == "rejected" and "pixel" not in refused[0]
+    assert "signal 1" in refused[0]["reason"] and "2-D signal" in refused[0]["reason"]
+    assert [r["pixel"] for r in rows if r.get("signal") == 0] == [[0, 0], [1, 0]]
+    main(["predict", "--no-progress", "--model", model, str(p)])
+    out = capsys.readouterr().out
+    assert "2-D signal" in out and "map 2x1 (signal 0)" in out
+
+
 @pytest.mark.slow
 def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
     """Workers in other processes: the lazy HDF5 and DM arrays and the engine spec travel to them."""

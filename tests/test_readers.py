@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+from mnedge_live.readers import MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage, read_file
 
 E = np.round(np.arange(630.0, 665.0, 0.25), 4)
 Y = np.round(np.exp(-0.5 * ((E - 641.0) / 0.7) ** 2) + 0.05, 6)
@@ -437,3 +437,27 @@ def test_hspy_length_one_navigation_axes_beyond_two_are_dropped(tmp_path):
                                   [nav("z", 1), nav("y", 3), nav("x", 1), energy_axis(50)]))
     assert img.shape == (3, 1)
     np.testing.assert_allclose(img.data.compute(), data[0])
+
+
+def test_every_signal_of_a_dm_file_is_reported(tmp_path):
+    """A signal that is no spectrum, beside one that is, was dropped without a word."""
+    from dm_writer import write_dm
+
+    cube = np.random.default_rng(6).random((4, 1, 60)).astype(np.float32)
+    si_axes = [{"offset": 600.0, "scale": 0.5, "units": "eV"}, {"offset": 0.0, "scale": 2.0, "units": "nm"},
+               {"offset": 0.0, "scale": 2.0, "units": "nm"}]
+    px = {"offset": 0.0, "scale": 1.0, "units": "nm"}
+    survey = {"data": np.zeros((8, 9), np.float32), "axes": [px, px], "signal": "", "fmt": "Image"}
+    spectrum = {"data": Y.astype(np.float32), "axes": [{"offset": 630.0, "scale": 0.25, "units": "eV"}]}
+    p = write_dm(tmp_path / "several.dm4", np.moveaxis(cube, -1, 0), si_axes, version=4, fmt="Spectrum image",
+                 more=[survey, spectrum])
+    image, refused, single = read_file(p)
+    assert isinstance(image, SpectrumImage) and image.index == 0 and image.shape == (4, 1)
+    assert isinstance(refused, RefusedSignal) and refused.index == 1 and refused.file == str(p)
+    assert "2-D signal" in refused.reason
+    assert isinstance(single, MeasuredSpectrum) and single.index == 2
+    image.close()
+    only_images = write_dm(tmp_path / "images.dm4", survey["data"], survey["axes"], signal="", fmt="Image",
+                           more=[survey])
+    with pytest.raises(ReadError, match="signal 0: 2-D signal.*signal 1: 2-D signal"):
+        read_file(only_images)

@@ -12,8 +12,10 @@ row-major pixel index within a spectrum image, null for a file that could not
 be read); for spectrum images ``signal`` (the image's position in its file: a
 DM file may hold several) and, for pixels, ``pixel`` ``[row, col]`` (of the
 binned image with ``--bin``, which adds ``bin``, the block side); then the
-readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  The table
-shows one line per spectrum and one summary line per spectrum image.
+readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  Every signal
+of a file gets rows: a signal that is no spectrum (a survey image beside a
+spectrum image) gets a rejection row with its ``signal`` and the reason.  The
+table shows one line per spectrum and one summary line per spectrum image.
 
 Exit status: 0 when every spectrum was read out, 1 when anything (a file or
 a spectrum) was rejected, 2 for usage errors (bad options, a model that
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+from mnedge_live.readers import MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage, read_file
 from mnedge_live.results import FRACTION_NAMES, SpectrumResult
 
 log = logging.getLogger(__name__)
@@ -160,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
             singles = [it for it in items if isinstance(it, MeasuredSpectrum)]
             if singles:
                 rows.extend(_predict_singles(engine, singles, plots))
+            for it in items:   # a signal of a multi-signal file that is no spectrum: a row with the reason
+                if isinstance(it, RefusedSignal):
+                    rows.append(Row(it.file, it.index, SpectrumResult.rejected(
+                        f"signal {it.index} of the file not read: {it.reason}", model), signal=it.index))
             images = [it for it in items if isinstance(it, SpectrumImage)]
             try:
                 for image in images:
