@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,16 +134,30 @@ class SpectrumImage:
         release(self.file)
 
 
+#: HDF5 files this module opened itself for lazy reading (:func:`_read_hspy_contiguous`), by path.
+_OPEN_FILES: dict[str, list[Any]] = {}
+_OPEN_FILES_LOCK = threading.Lock()
+
+
 def release(path: str | Path) -> None:
-    """Close the HDF5 handles RosettaSciIO keeps open for a lazily read HyperSpy file.
+    """Close the HDF5 handles kept open for a lazily read HyperSpy file.
 
     RosettaSciIO (0.15) registers every HyperSpy file it opens lazily and
     closes it only before writing to it again; a run over many files would
     keep one open file per file read, up to the process's limit ("Too many
     open files").  It has no public way to close them, so this calls its
     registry's own closing function; a RosettaSciIO without that registry
-    leaves nothing to close here.  Other formats hold no handle: a no-op.
+    leaves nothing to close there.  Files this module opened itself (unchunked
+    HyperSpy datasets, :func:`_read_hspy_contiguous`) are closed too.  Other
+    formats hold no handle: a no-op.
     """
+    with _OPEN_FILES_LOCK:
+        own = _OPEN_FILES.pop(str(Path(path).resolve()), [])
+    for f in own:
+        try:
+            f.close()
+        except Exception:  # pragma: no cover - closing an already closed file
+            pass
     try:
         from rsciio.hspy import _api
     except ImportError:  # pragma: no cover - rsciio is a dependency
@@ -551,8 +566,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
             except ValueError as exc:
                 if not (lazy and "chunks" in str(exc)):
                     raise
-                # An unchunked (contiguous) dataset cannot be opened lazily by rsciio: load it.
-                signals = file_reader(str(p), lazy=False)
+                # An unchunked (contiguous) dataset: RosettaSciIO cannot open it lazily.
+                signals = _read_hspy_contiguous(p)
     except ReadError:
         raise
     except Exception as exc:
@@ -567,6 +582,74 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     if not any(isinstance(it, SpectrumImage) for it in items):
         release(p)   # single spectra are loaded: nothing reads the file any more
     return items
+
+
+#: Bytes per Dask chunk of an unchunked (contiguous) HDF5 dataset read lazily.
+CONTIGUOUS_CHUNK_BYTES = 32 * 2**20
+
+
+def _read_hspy_contiguous(p: Path) -> list[dict]:
+    """Read a HyperSpy file whose data are stored unchunked (contiguous), keeping the data lazy.
+
+    RosettaSciIO's lazy reader wraps a dataset in Dask with the dataset's own
+    chunks and fails on one stored without any ("You must specify a chunks=
+    keyword"); loading it instead would hold a whole spectrum image in memory.
+    This runs RosettaSciIO's HyperSpy reader (axes and metadata as for any
+    file) with unchunked datasets wrapped in Dask arrays of whole trailing
+    rows of about :data:`CONTIGUOUS_CHUNK_BYTES` (contiguous, so each chunk is
+    one read).  The file stays open for the lazy arrays until :func:`release`.
+    A RosettaSciIO without that reader loads the file (logged).
+    """
+    import h5py
+
+    try:
+        from rsciio.hspy._api import HyperspyReader
+    except ImportError:  # pragma: no cover - the reader of RosettaSciIO 0.4 to 0.15
+        from rsciio.hspy import file_reader
+
+        log.warning("%s: unchunked HDF5 data and no lazy reader for it: the file is loaded into memory", p)
+        return file_reader(str(p), lazy=False)
+
+    class _Reader(HyperspyReader):
+        def _read_array(self, group, dataset_key):
+            data = super()._read_array(group, dataset_key)
+            if isinstance(data, h5py.Dataset) and data.chunks is None:
+                import dask.array as da
+
+                data = da.from_array(data, chunks=contiguous_chunks(data.shape, data.dtype.itemsize))
+            return data
+
+    f = h5py.File(p, "r")
+    try:
+        signals = _Reader(f).read(lazy=True)
+    except BaseException:
+        f.close()
+        raise
+    with _OPEN_FILES_LOCK:
+        _OPEN_FILES.setdefault(str(p.resolve()), []).append(f)
+    return signals
+
+
+def contiguous_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None) -> tuple[int, ...]:
+    """Dask chunks for a C-ordered contiguous array: whole trailing axes, about ``target`` bytes a chunk
+    (default :data:`CONTIGUOUS_CHUNK_BYTES`).
+
+    The trailing axes are kept whole as far as they fit in ``target``; the next
+    axis is cut into as many of its rows as fit (at least one), the leading
+    axes into single rows: every chunk is one contiguous run of the file.
+    """
+    target = int(target or CONTIGUOUS_CHUNK_BYTES)
+    chunks = [1] * len(shape)
+    size = max(int(itemsize), 1)
+    for i in range(len(shape) - 1, -1, -1):
+        n = max(int(shape[i]), 1)
+        if size * n <= target:
+            chunks[i] = n
+            size *= n
+        else:
+            chunks[i] = max(1, target // size)
+            break
+    return tuple(chunks)
 
 
 def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item]:

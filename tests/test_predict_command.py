@@ -247,6 +247,39 @@ def test_a_signal_that_is_no_spectrum_gets_a_row(capsys, model, tmp_path):
     assert "2-D signal" in out and "map 2x1 (signal 0)" in out
 
 
+def write_contiguous_image(path: Path, data: np.ndarray) -> Path:
+    """A HyperSpy spectrum image stored unchunked (contiguous), as h5py writes by default."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
+        g = f.create_group("Experiments/si")
+        g.create_dataset("data", data=data)
+        ny, nx, n = data.shape
+        axes = [{"name": "y", "size": ny, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+                {"name": "x", "size": nx, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+                {"name": "Energy loss", "size": n, "offset": 620.0, "scale": 0.1, "units": "eV", "navigate": False}]
+        for i, ax in enumerate(axes):
+            g.create_group(f"axis-{i}").attrs.update(ax)
+        g.create_group("metadata/General").attrs["title"] = "si"
+        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
+        g.create_group("original_metadata")
+    return path
+
+
+def test_unchunked_spectrum_image_is_read_out(capsys, model, tmp_path, monkeypatch):
+    from mnedge_live import readers
+
+    monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 4 * E.size * 4)   # one row of the image a chunk
+    img = np.stack([mn_like(seed=40 + k) for k in range(12)]).reshape(3, 4, E.size).astype(np.float32)
+    img[1, 1] = 1.0
+    p = write_contiguous_image(tmp_path / "contiguous.hspy", img)
+    rc, rows = predict_json(capsys, "--model", model, "--chunk-spectra", "4", p)
+    assert rc == 1 and len(rows) == 12
+    assert [r["pixel"] for r in rows] == [[i // 4, i % 4] for i in range(12)]
+    assert [r["status"] == "rejected" for r in rows] == [i == 5 for i in range(12)]
+
+
 @pytest.mark.slow
 def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
     """Workers in other processes: the lazy HDF5 and DM arrays and the engine spec travel to them."""

@@ -461,3 +461,58 @@ def test_every_signal_of_a_dm_file_is_reported(tmp_path):
                            more=[survey])
     with pytest.raises(ReadError, match="signal 0: 2-D signal.*signal 1: 2-D signal"):
         read_file(only_images)
+
+
+def _write_contiguous_hspy(path: Path, data: np.ndarray) -> Path:
+    """A HyperSpy file whose data are stored unchunked (contiguous), as h5py writes by default."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
+        g = f.create_group("Experiments/contiguous")
+        g.create_dataset("data", data=data)
+        ny, nx, n = data.shape
+        for i, ax in enumerate([nav("y", ny), nav("x", nx), energy_axis(n, 620.0, 1.0)]):
+            g.create_group(f"axis-{i}").attrs.update(ax)
+        g.create_group("metadata/General").attrs["title"] = "contiguous"
+        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
+        g.create_group("original_metadata")
+        assert g["data"].chunks is None
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
+def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monkeypatch):
+    """RosettaSciIO cannot read unchunked HDF5 data lazily; the image was loaded whole into memory."""
+    import h5py
+
+    from mnedge_live import readers
+
+    data = np.random.default_rng(7).random((6, 5, 40)).astype(np.float32)
+    p = _write_contiguous_hspy(tmp_path / "contiguous.hspy", data)
+    monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 2 * 5 * 40 * 4)   # two rows of the image a chunk
+    (img,) = read_file(p)
+    assert img.shape == (6, 5)
+    assert img.data.chunks == ((2, 2, 2), (5,), (40,))
+    # The Dask graph reads from the HDF5 dataset, not from an array loaded into memory.
+    assert any(isinstance(v, h5py.Dataset) for v in dict(img.data.__dask_graph__()).values())
+    assert _open_files_under(tmp_path) == 1
+    np.testing.assert_allclose(img.data.compute(), data)
+    np.testing.assert_allclose(img.spectrum(5, 4).intensity, data[5, 4])
+    img.close()
+    assert _open_files_under(tmp_path) == 0
+    # A single spectrum stored unchunked is loaded, and its file closed at once.
+    (s,) = read_file(_write_contiguous_hspy(tmp_path / "one.hspy", data[:1, :1]))
+    assert isinstance(s, MeasuredSpectrum) and _open_files_under(tmp_path) == 0
+
+
+@pytest.mark.parametrize("shape, itemsize, target, expected", [
+    ((256, 256, 1000), 4, 32 * 2**20, (32, 256, 1000)),   # whole rows of the image
+    ((3, 5, 263), 4, 32 * 2**20, (3, 5, 263)),            # a small image: one chunk
+    ((4, 3, 10), 8, 100, (1, 1, 10)),                     # below one spectrum a chunk: single spectra
+    ((2, 1000), 4, 400, (1, 100)),                        # a spectrum larger than a chunk is cut
+])
+def test_contiguous_chunks_are_whole_trailing_rows(shape, itemsize, target, expected):
+    from mnedge_live.readers import contiguous_chunks
+
+    assert contiguous_chunks(shape, itemsize, target) == expected
