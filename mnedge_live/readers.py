@@ -27,6 +27,7 @@ import csv
 import logging
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,30 +135,92 @@ class SpectrumImage:
         release(self.file)
 
 
-#: HDF5 files this module opened itself for lazy reading (:func:`_read_hspy_contiguous`), by path.
-_OPEN_FILES: dict[str, list[Any]] = {}
-_OPEN_FILES_LOCK = threading.Lock()
+#: Most HDF5 files the lazy arrays of HyperSpy images keep open in one process (:class:`HDF5Dataset`).
+MAX_OPEN_HDF5 = 8
+#: Those open files, least recently used first, by (path, version).
+_HDF5_FILES: OrderedDict[tuple[str, tuple[int, int]], Any] = OrderedDict()
+_HDF5_LOCK = threading.RLock()
+
+
+class HDF5Dataset:
+    """One HDF5 dataset as the source of a lazy Dask array: named by file and path, not held open.
+
+    A Dask graph built on an h5py ``Dataset`` carries an open file into every
+    copy of the graph: dask.distributed deserializes it by opening the file
+    again, even for an in-process cluster, and the worker's task log keeps
+    those handles until the cluster closes (``mnedge predict`` over many
+    HyperSpy images held one open file per image until the end, past any
+    :func:`release`).  This object pickles as its file name, dataset path and
+    the file's version (modification time and size, so a rewritten file is
+    opened afresh); each read takes the file from a per-process cache of at
+    most :data:`MAX_OPEN_HDF5` open files (the least recently used is closed
+    first), which :func:`release` empties for a file.  It offers what
+    ``dask.array.from_array`` needs: ``shape``, ``dtype``, ``ndim`` and slicing.
+    """
+
+    def __init__(self, filename: str, name: str, shape: tuple[int, ...], dtype: Any,
+                 version: tuple[int, int] = (0, 0)):
+        self.filename = str(filename)
+        self.name = str(name)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.version = (int(version[0]), int(version[1]))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with _HDF5_LOCK:   # h5py reads one at a time anyway; the lock also keeps the cache from closing a file in use
+            return _hdf5_file(self.filename, self.version)[self.name][key]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("mnedge_live.readers.HDF5Dataset", self.filename, self.name, self.shape, self.dtype.str, self.version)
+
+    def __repr__(self) -> str:
+        return f"HDF5Dataset({self.filename!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _hdf5_file(filename: str, version: tuple[int, int]) -> Any:
+    """The open file from the cache (call with ``_HDF5_LOCK`` held), opened read-only on first use."""
+    import h5py
+
+    key = (filename, version)
+    f = _HDF5_FILES.get(key)
+    if f is not None and f.id.valid:
+        _HDF5_FILES.move_to_end(key)
+        return f
+    _hdf5_plugins()
+    f = h5py.File(filename, "r")
+    _HDF5_FILES[key] = f
+    while len(_HDF5_FILES) > MAX_OPEN_HDF5:
+        _, old = _HDF5_FILES.popitem(last=False)
+        old.close()
+    return f
+
+
+def _hdf5_plugins() -> None:
+    """Register the compression filters of hdf5plugin (blosc, ...) when it is installed, as RosettaSciIO does."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        pass
 
 
 def release(path: str | Path) -> None:
     """Close the HDF5 handles kept open for a lazily read HyperSpy file.
 
-    RosettaSciIO (0.15) registers every HyperSpy file it opens lazily and
-    closes it only before writing to it again; a run over many files would
-    keep one open file per file read, up to the process's limit ("Too many
-    open files").  It has no public way to close them, so this calls its
-    registry's own closing function; a RosettaSciIO without that registry
-    leaves nothing to close there.  Files this module opened itself (unchunked
-    HyperSpy datasets, :func:`_read_hspy_contiguous`) are closed too.  Other
-    formats hold no handle: a no-op.
+    The lazy arrays of this module's HyperSpy reader (:class:`HDF5Dataset`)
+    keep files open in a per-process cache: this closes the file's entries.
+    Files RosettaSciIO opened lazily itself (its reader is the fallback where
+    this module's cannot be used) are registered there and closed only
+    before writing to them again: a run over many files would keep one open
+    file per file read, up to the process's limit ("Too many open files").
+    It has no public way to close them, so this calls its registry's own
+    closing function; a RosettaSciIO without that registry leaves nothing to
+    close there.  Other formats hold no handle: a no-op.
     """
-    with _OPEN_FILES_LOCK:
-        own = _OPEN_FILES.pop(str(Path(path).resolve()), [])
-    for f in own:
-        try:
-            f.close()
-        except Exception:  # pragma: no cover - closing an already closed file
-            pass
+    filename = str(Path(path).resolve())
+    with _HDF5_LOCK:
+        for key in [k for k in _HDF5_FILES if k[0] == filename]:
+            _HDF5_FILES.pop(key).close()
     try:
         from rsciio.hspy import _api
     except ImportError:  # pragma: no cover - rsciio is a dependency
@@ -558,16 +621,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
             signals = file_reader(str(p), lazy=lazy)
             label = "Gatan DigitalMicrograph"
         else:
-            from rsciio.hspy import file_reader
-
             label = "HyperSpy"
-            try:
-                signals = file_reader(str(p), lazy=lazy)
-            except ValueError as exc:
-                if not (lazy and "chunks" in str(exc)):
-                    raise
-                # An unchunked (contiguous) dataset: RosettaSciIO cannot open it lazily.
-                signals = _read_hspy_contiguous(p)
+            signals = _read_hspy_lazily(p) if lazy else _read_hspy_rsciio(p, lazy=False)
     except ReadError:
         raise
     except Exception as exc:
@@ -588,46 +643,64 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
 CONTIGUOUS_CHUNK_BYTES = 32 * 2**20
 
 
-def _read_hspy_contiguous(p: Path) -> list[dict]:
-    """Read a HyperSpy file whose data are stored unchunked (contiguous), keeping the data lazy.
+def _read_hspy_lazily(p: Path) -> list[dict]:
+    """Read a HyperSpy file with its signals' data as lazy Dask arrays on :class:`HDF5Dataset`.
 
-    RosettaSciIO's lazy reader wraps a dataset in Dask with the dataset's own
-    chunks and fails on one stored without any ("You must specify a chunks=
-    keyword"); loading it instead would hold a whole spectrum image in memory.
-    This runs RosettaSciIO's HyperSpy reader (axes and metadata as for any
-    file) with unchunked datasets wrapped in Dask arrays of whole trailing
-    rows of about :data:`CONTIGUOUS_CHUNK_BYTES` (contiguous, so each chunk is
-    one read).  The file stays open for the lazy arrays until :func:`release`.
-    A RosettaSciIO without that reader loads the file (logged).
+    RosettaSciIO's HyperSpy reader reads the axes and metadata; the signals'
+    data are wrapped in Dask arrays that read through :class:`HDF5Dataset`
+    (no open file travels with them), in the dataset's own chunks, or for a
+    dataset stored unchunked (contiguous, which RosettaSciIO's lazy reader
+    refuses: "You must specify a chunks= keyword") in whole trailing rows of
+    about :data:`CONTIGUOUS_CHUNK_BYTES` (each chunk one contiguous read).
+    The file is closed before returning.  Without that reader in
+    RosettaSciIO, its lazy ``file_reader`` is used (:func:`_read_hspy_rsciio`).
     """
     import h5py
 
     try:
         from rsciio.hspy._api import HyperspyReader
-    except ImportError:  # pragma: no cover - the reader of RosettaSciIO 0.4 to 0.15
-        from rsciio.hspy import file_reader
+    except ImportError:  # pragma: no cover - RosettaSciIO's reader class since 0.1
+        return _read_hspy_rsciio(p, lazy=True)
+    import dask.array as da
 
-        log.warning("%s: unchunked HDF5 data and no lazy reader for it: the file is loaded into memory", p)
-        return file_reader(str(p), lazy=False)
+    filename = str(p.resolve())
+    st = p.stat()
+    version = (st.st_mtime_ns, st.st_size)
 
     class _Reader(HyperspyReader):
         def _read_array(self, group, dataset_key):
             data = super()._read_array(group, dataset_key)
-            if isinstance(data, h5py.Dataset) and data.chunks is None:
-                import dask.array as da
-
-                data = da.from_array(data, chunks=contiguous_chunks(data.shape, data.dtype.itemsize))
+            if dataset_key == "data" and isinstance(data, h5py.Dataset) and (
+                    "metadata" in group or "mapped_parameters" in group):   # a signal's data, not metadata
+                chunks = data.chunks or contiguous_chunks(data.shape, data.dtype.itemsize)
+                source = HDF5Dataset(filename, data.name, data.shape, data.dtype, version)
+                data = da.from_array(source, chunks=chunks, meta=np.empty((0,) * data.ndim, data.dtype))
             return data
 
-    f = h5py.File(p, "r")
+    _hdf5_plugins()
     try:
-        signals = _Reader(f).read(lazy=True)
-    except BaseException:
-        f.close()
-        raise
-    with _OPEN_FILES_LOCK:
-        _OPEN_FILES.setdefault(str(p.resolve()), []).append(f)
-    return signals
+        with h5py.File(p, "r") as f:
+            return _Reader(f).read(lazy=True)
+    except ValueError as exc:
+        if "chunks" not in str(exc):
+            raise
+        # An unchunked dataset among the metadata (which stays RosettaSciIO's): load the file.
+        log.warning("%s: unchunked HDF5 metadata array: the file is loaded into memory", p)
+        return _read_hspy_rsciio(p, lazy=False)
+
+
+def _read_hspy_rsciio(p: Path, lazy: bool) -> list[dict]:
+    """Read a HyperSpy file with RosettaSciIO's ``file_reader``; a lazy read of unchunked data, which it
+    cannot do, loads the file (logged).  Files it opens lazily are closed by :func:`release`."""
+    from rsciio.hspy import file_reader
+
+    try:
+        return file_reader(str(p), lazy=lazy)
+    except ValueError as exc:
+        if not (lazy and "chunks" in str(exc)):
+            raise
+        log.warning("%s: unchunked HDF5 data: the file is loaded into memory", p)
+        return file_reader(str(p), lazy=False)
 
 
 def contiguous_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None) -> tuple[int, ...]:

@@ -280,6 +280,35 @@ def test_unchunked_spectrum_image_is_read_out(capsys, model, tmp_path, monkeypat
     assert [r["status"] == "rejected" for r in rows] == [i == 5 for i in range(12)]
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
+def test_image_files_are_closed_when_predict_returns(capsys, model, files, tmp_path):
+    """The Dask graph carried open h5py datasets: the cluster's copies kept every HyperSpy image's file
+    open until the run ended (and after it, until garbage collection)."""
+    img = np.stack([mn_like(seed=50 + k) for k in range(4)]).reshape(2, 2, E.size).astype(np.float32)
+    paths = [write_contiguous_image(tmp_path / "contiguous.hspy", img), write_image(tmp_path / "chunked.hspy", img),
+             files["image"]]
+    seen = []
+
+    def open_now():
+        return sorted(str(fd.resolve()) for fd in Path("/proc/self/fd").iterdir()
+                      if fd.exists() and str(fd.resolve()) in {str(p.resolve()) for p in paths})
+
+    from mnedge_live import spectrum_image
+
+    close_client = spectrum_image.close_client
+    def watch(client):
+        seen.append(open_now())
+        close_client(client)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(spectrum_image, "close_client", watch):
+        rc, rows = predict_json(capsys, "--model", model, *paths)
+    assert len(rows) == 4 + 4 + 12
+    assert seen == [[]]          # closed file by file, not only at the end of the run
+    assert open_now() == []
+
+
 @pytest.mark.slow
 def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
     """Workers in other processes: the lazy HDF5 and DM arrays and the engine spec travel to them."""

@@ -286,8 +286,9 @@ def test_hspy_files_are_not_left_open(tmp_path):
     assert _open_files_under(tmp_path) == 0
     data = np.random.default_rng(0).random((2, 3, 50)).astype(np.float32)
     (img,) = read_file(write_hspy(tmp_path / "si.hspy", data, [nav("y", 2), nav("x", 3), energy_axis(50)]))
-    assert _open_files_under(tmp_path) == 1       # the image is read lazily, from the open file
+    assert _open_files_under(tmp_path) == 0       # the lazy image opens its file when it is read
     np.testing.assert_allclose(img.data.compute(), data)
+    assert _open_files_under(tmp_path) == 1       # and keeps it open for the next reads
     img.close()
     assert _open_files_under(tmp_path) == 0
 
@@ -484,8 +485,6 @@ def _write_contiguous_hspy(path: Path, data: np.ndarray) -> Path:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
 def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monkeypatch):
     """RosettaSciIO cannot read unchunked HDF5 data lazily; the image was loaded whole into memory."""
-    import h5py
-
     from mnedge_live import readers
 
     data = np.random.default_rng(7).random((6, 5, 40)).astype(np.float32)
@@ -495,9 +494,10 @@ def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monk
     assert img.shape == (6, 5)
     assert img.data.chunks == ((2, 2, 2), (5,), (40,))
     # The Dask graph reads from the HDF5 dataset, not from an array loaded into memory.
-    assert any(isinstance(v, h5py.Dataset) for v in dict(img.data.__dask_graph__()).values())
-    assert _open_files_under(tmp_path) == 1
+    sources = [v for v in dict(img.data.__dask_graph__()).values() if isinstance(v, readers.HDF5Dataset)]
+    assert [(s.filename, s.name) for s in sources] == [(str(p.resolve()), "/Experiments/contiguous/data")]
     np.testing.assert_allclose(img.data.compute(), data)
+    assert _open_files_under(tmp_path) == 1
     np.testing.assert_allclose(img.spectrum(5, 4).intensity, data[5, 4])
     img.close()
     assert _open_files_under(tmp_path) == 0
@@ -516,3 +516,30 @@ def test_contiguous_chunks_are_whole_trailing_rows(shape, itemsize, target, expe
     from mnedge_live.readers import contiguous_chunks
 
     assert contiguous_chunks(shape, itemsize, target) == expected
+
+
+def test_hdf5_dataset_source_pickles_without_an_open_file_and_bounds_open_files(tmp_path, monkeypatch):
+    """The lazy arrays' source travels to Dask workers as a file name, and a process keeps at most
+    MAX_OPEN_HDF5 files open; a rewritten file is read afresh."""
+    import pickle
+
+    from mnedge_live import readers
+
+    monkeypatch.setattr(readers, "MAX_OPEN_HDF5", 2)
+    images = []
+    for k in range(4):
+        data = np.full((2, 3, 50), float(k), np.float32)
+        (img,) = read_file(write_hspy(tmp_path / f"si{k}.hspy", data, [nav("y", 2), nav("x", 3), energy_axis(50)]))
+        images.append(img)
+    for k, img in enumerate(images):
+        copy = pickle.loads(pickle.dumps(img.data))
+        assert float(copy[1, 2, 0].compute()) == k
+        assert _open_files_under(tmp_path) <= 2
+    p = tmp_path / "si0.hspy"
+    write_hspy(p, np.full((2, 3, 50), 7.0, np.float32), [nav("y", 2), nav("x", 3), energy_axis(50)])
+    (again,) = read_file(p)
+    assert float(again.data[0, 0, 0].compute()) == 7.0
+    for img in images:
+        img.close()
+    again.close()
+    assert _open_files_under(tmp_path) == 0
