@@ -342,20 +342,42 @@ def test_corrupt_spectrum_image_chunk_rejects_its_pixels_with_the_reason(capsys,
     assert rows[-1]["status"] == "ok"  # the next file is still read out
 
 
-def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files, monkeypatch):
+@pytest.mark.parametrize("address", ["unreachable", "bogus://x:1", "no-port", ""])
+@pytest.mark.parametrize("kind", ["image", "good"])
+def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files, monkeypatch, address, kind):
+    """The documented exit 2 for an unusable --scheduler: it gave exit 1 with a rejected image row, and
+    with only single-spectrum files the address was never checked (exit 0)."""
     import socket
 
     from mnedge_live.commands import predict
 
     monkeypatch.setattr(predict, "SCHEDULER_TIMEOUT_S", 2.0)
+    if address == "unreachable":
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    read = []
+    monkeypatch.setattr(predict, "read_file", lambda *a, **k: read.append(a) or [])
+    rc = main(["predict", "--json", "--no-progress", "--model", model, "--scheduler", address, str(files[kind])])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and read == []
+    assert f"cannot use --scheduler {address}: " in err
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rc, rows = predict_json(capsys, "--model", model, "--scheduler", f"tcp://127.0.0.1:{port}",
-                            files["image"], files["good"])
-    assert rc == 1
-    assert rows[0]["status"] == "rejected" and "scheduler" in rows[0]["reason"]
+
+def test_scheduler_lost_during_the_run_rejects_the_image_only(capsys, model, files, monkeypatch):
+    from distributed import LocalCluster
+
+    from mnedge_live.commands import predict
+
+    def lost(*args):   # what run_image raises when the scheduler has gone away
+        raise OSError("Timed out trying to connect to the scheduler")
+
+    monkeypatch.setattr(predict, "_predict_image", lost)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        rc, rows = predict_json(capsys, "--model", model, "--scheduler", cluster.scheduler_address,
+                                files["image"], files["good"])
+    assert rc == 1 and len(rows) == 2
+    assert rows[0]["status"] == "rejected" and "spectrum image not processed: OSError" in rows[0]["reason"]
     assert rows[1]["status"] == "ok"
 
 
