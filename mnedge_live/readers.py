@@ -26,6 +26,8 @@ from __future__ import annotations
 import csv
 import logging
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,16 +135,92 @@ class SpectrumImage:
         release(self.file)
 
 
-def release(path: str | Path) -> None:
-    """Close the HDF5 handles RosettaSciIO keeps open for a lazily read HyperSpy file.
+#: Most HDF5 files the lazy arrays of HyperSpy images keep open in one process (:class:`HDF5Dataset`).
+MAX_OPEN_HDF5 = 8
+#: Those open files, least recently used first, by (path, version).
+_HDF5_FILES: OrderedDict[tuple[str, tuple[int, int]], Any] = OrderedDict()
+_HDF5_LOCK = threading.RLock()
 
-    RosettaSciIO (0.15) registers every HyperSpy file it opens lazily and
-    closes it only before writing to it again; a run over many files would
-    keep one open file per file read, up to the process's limit ("Too many
-    open files").  It has no public way to close them, so this calls its
-    registry's own closing function; a RosettaSciIO without that registry
-    leaves nothing to close here.  Other formats hold no handle: a no-op.
+
+class HDF5Dataset:
+    """One HDF5 dataset as the source of a lazy Dask array: named by file and path, not held open.
+
+    A Dask graph built on an h5py ``Dataset`` carries an open file into every
+    copy of the graph: dask.distributed deserializes it by opening the file
+    again, even for an in-process cluster, and the worker's task log keeps
+    those handles until the cluster closes (``mnedge predict`` over many
+    HyperSpy images held one open file per image until the end, past any
+    :func:`release`).  This object pickles as its file name, dataset path and
+    the file's version (modification time and size, so a rewritten file is
+    opened afresh); each read takes the file from a per-process cache of at
+    most :data:`MAX_OPEN_HDF5` open files (the least recently used is closed
+    first), which :func:`release` empties for a file.  It offers what
+    ``dask.array.from_array`` needs: ``shape``, ``dtype``, ``ndim`` and slicing.
     """
+
+    def __init__(self, filename: str, name: str, shape: tuple[int, ...], dtype: Any,
+                 version: tuple[int, int] = (0, 0)):
+        self.filename = str(filename)
+        self.name = str(name)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.version = (int(version[0]), int(version[1]))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with _HDF5_LOCK:   # h5py reads one at a time anyway; the lock also keeps the cache from closing a file in use
+            return _hdf5_file(self.filename, self.version)[self.name][key]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("mnedge_live.readers.HDF5Dataset", self.filename, self.name, self.shape, self.dtype.str, self.version)
+
+    def __repr__(self) -> str:
+        return f"HDF5Dataset({self.filename!r}, {self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _hdf5_file(filename: str, version: tuple[int, int]) -> Any:
+    """The open file from the cache (call with ``_HDF5_LOCK`` held), opened read-only on first use."""
+    import h5py
+
+    key = (filename, version)
+    f = _HDF5_FILES.get(key)
+    if f is not None and f.id.valid:
+        _HDF5_FILES.move_to_end(key)
+        return f
+    _hdf5_plugins()
+    f = h5py.File(filename, "r")
+    _HDF5_FILES[key] = f
+    while len(_HDF5_FILES) > MAX_OPEN_HDF5:
+        _, old = _HDF5_FILES.popitem(last=False)
+        old.close()
+    return f
+
+
+def _hdf5_plugins() -> None:
+    """Register the compression filters of hdf5plugin (blosc, ...) when it is installed, as RosettaSciIO does."""
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        pass
+
+
+def release(path: str | Path) -> None:
+    """Close the HDF5 handles kept open for a lazily read HyperSpy file.
+
+    The lazy arrays of this module's HyperSpy reader (:class:`HDF5Dataset`)
+    keep files open in a per-process cache: this closes the file's entries.
+    Files RosettaSciIO opened lazily itself (its reader is the fallback where
+    this module's cannot be used) are registered there and closed only
+    before writing to them again: a run over many files would keep one open
+    file per file read, up to the process's limit ("Too many open files").
+    It has no public way to close them, so this calls its registry's own
+    closing function; a RosettaSciIO without that registry leaves nothing to
+    close there.  Other formats hold no handle: a no-op.
+    """
+    filename = str(Path(path).resolve())
+    with _HDF5_LOCK:
+        for key in [k for k in _HDF5_FILES if k[0] == filename]:
+            _HDF5_FILES.pop(key).close()
     try:
         from rsciio.hspy import _api
     except ImportError:  # pragma: no cover - rsciio is a dependency
@@ -152,7 +230,27 @@ def release(path: str | Path) -> None:
         close(str(path))
 
 
-Item = MeasuredSpectrum | SpectrumImage
+@dataclass(frozen=True)
+class RefusedSignal:
+    """A signal of a multi-signal file (a DM file may hold several) that is not a spectrum or
+    spectrum image, while other signals of the file are: it is reported, not dropped.
+
+    Attributes
+    ----------
+    file : str
+        Path of the file.
+    index : int
+        Position of the signal within its file.
+    reason : str
+        Why it was not read.
+    """
+
+    file: str
+    index: int
+    reason: str
+
+
+Item = MeasuredSpectrum | SpectrumImage | RefusedSignal
 
 
 def read_file(path: str | Path, lazy: bool = True, column: str | None = None) -> list[Item]:
@@ -174,8 +272,9 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
 
     Returns
     -------
-    list of MeasuredSpectrum or SpectrumImage
-        At least one item.
+    list of MeasuredSpectrum, SpectrumImage or RefusedSignal
+        One item per signal of the file, in the file's order; at least one is a
+        spectrum or an image (a file none of whose signals is raises ReadError).
 
     Raises
     ------
@@ -506,7 +605,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     """Read a Gatan DM3/DM4 (``fmt="dm"``) or HyperSpy (``fmt="hspy"``) file.
 
     Single spectra come back as :class:`MeasuredSpectrum`, spectrum images
-    and line scans as :class:`SpectrumImage` (lazy when ``lazy``).
+    and line scans as :class:`SpectrumImage` (lazy when ``lazy``), other
+    signals of the file as :class:`RefusedSignal` with the reason.
 
     Raises
     ------
@@ -521,16 +621,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
             signals = file_reader(str(p), lazy=lazy)
             label = "Gatan DigitalMicrograph"
         else:
-            from rsciio.hspy import file_reader
-
             label = "HyperSpy"
-            try:
-                signals = file_reader(str(p), lazy=lazy)
-            except ValueError as exc:
-                if not (lazy and "chunks" in str(exc)):
-                    raise
-                # An unchunked (contiguous) dataset cannot be opened lazily by rsciio: load it.
-                signals = file_reader(str(p), lazy=False)
+            signals = _read_hspy_lazily(p) if lazy else _read_hspy_rsciio(p, lazy=False)
     except ReadError:
         raise
     except Exception as exc:
@@ -547,8 +639,95 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     return items
 
 
+#: Bytes per Dask chunk of an unchunked (contiguous) HDF5 dataset read lazily.
+CONTIGUOUS_CHUNK_BYTES = 32 * 2**20
+
+
+def _read_hspy_lazily(p: Path) -> list[dict]:
+    """Read a HyperSpy file with its signals' data as lazy Dask arrays on :class:`HDF5Dataset`.
+
+    RosettaSciIO's HyperSpy reader reads the axes and metadata; the signals'
+    data are wrapped in Dask arrays that read through :class:`HDF5Dataset`
+    (no open file travels with them), in the dataset's own chunks, or for a
+    dataset stored unchunked (contiguous, which RosettaSciIO's lazy reader
+    refuses: "You must specify a chunks= keyword") in whole trailing rows of
+    about :data:`CONTIGUOUS_CHUNK_BYTES` (each chunk one contiguous read).
+    The file is closed before returning.  Without that reader in
+    RosettaSciIO, its lazy ``file_reader`` is used (:func:`_read_hspy_rsciio`).
+    """
+    import h5py
+
+    try:
+        from rsciio.hspy._api import HyperspyReader
+    except ImportError:  # pragma: no cover - RosettaSciIO's reader class since 0.1
+        return _read_hspy_rsciio(p, lazy=True)
+    import dask.array as da
+
+    filename = str(p.resolve())
+    st = p.stat()
+    version = (st.st_mtime_ns, st.st_size)
+
+    class _Reader(HyperspyReader):
+        def _read_array(self, group, dataset_key):
+            data = super()._read_array(group, dataset_key)
+            if dataset_key == "data" and isinstance(data, h5py.Dataset) and (
+                    "metadata" in group or "mapped_parameters" in group):   # a signal's data, not metadata
+                chunks = data.chunks or contiguous_chunks(data.shape, data.dtype.itemsize)
+                source = HDF5Dataset(filename, data.name, data.shape, data.dtype, version)
+                data = da.from_array(source, chunks=chunks, meta=np.empty((0,) * data.ndim, data.dtype))
+            return data
+
+    _hdf5_plugins()
+    try:
+        with h5py.File(p, "r") as f:
+            return _Reader(f).read(lazy=True)
+    except ValueError as exc:
+        if "chunks" not in str(exc):
+            raise
+        # An unchunked dataset among the metadata (which stays RosettaSciIO's): load the file.
+        log.warning("%s: unchunked HDF5 metadata array: the file is loaded into memory", p)
+        return _read_hspy_rsciio(p, lazy=False)
+
+
+def _read_hspy_rsciio(p: Path, lazy: bool) -> list[dict]:
+    """Read a HyperSpy file with RosettaSciIO's ``file_reader``; a lazy read of unchunked data, which it
+    cannot do, loads the file (logged).  Files it opens lazily are closed by :func:`release`."""
+    from rsciio.hspy import file_reader
+
+    try:
+        return file_reader(str(p), lazy=lazy)
+    except ValueError as exc:
+        if not (lazy and "chunks" in str(exc)):
+            raise
+        log.warning("%s: unchunked HDF5 data: the file is loaded into memory", p)
+        return file_reader(str(p), lazy=False)
+
+
+def contiguous_chunks(shape: tuple[int, ...], itemsize: int, target: int | None = None) -> tuple[int, ...]:
+    """Dask chunks for a C-ordered contiguous array: whole trailing axes, about ``target`` bytes a chunk
+    (default :data:`CONTIGUOUS_CHUNK_BYTES`).
+
+    The trailing axes are kept whole as far as they fit in ``target``; the next
+    axis is cut into as many of its rows as fit (at least one), the leading
+    axes into single rows: every chunk is one contiguous run of the file.
+    """
+    target = int(target or CONTIGUOUS_CHUNK_BYTES)
+    chunks = [1] * len(shape)
+    size = max(int(itemsize), 1)
+    for i in range(len(shape) - 1, -1, -1):
+        n = max(int(shape[i]), 1)
+        if size * n <= target:
+            chunks[i] = n
+            size *= n
+        else:
+            chunks[i] = max(1, target // size)
+            break
+    return tuple(chunks)
+
+
 def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item]:
-    """Turn RosettaSciIO signal dicts into items; signals that are not spectra are skipped with reasons."""
+    """Turn RosettaSciIO signal dicts into items, one per signal: signals that are not spectra become
+    :class:`RefusedSignal` items with the reason (a ReadError with every reason when none is a spectrum)."""
     items: list[Item] = []
     skipped: list[str] = []
     for k, sig in enumerate(signals or []):
@@ -556,7 +735,8 @@ def _items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Ite
             items.append(_item_from_signal(path, k, sig, lazy))
         except ReadError as exc:
             skipped.append(f"signal {k}: {exc}")
-    if not items:
+            items.append(RefusedSignal(str(path), k, str(exc)))
+    if len(skipped) == len(items):
         why = "; ".join(skipped) if skipped else "the file holds no signal"
         raise ReadError(f"{path}: no spectrum: {why}")
     return items
@@ -571,25 +751,33 @@ def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
         raise ReadError(f"{len(axes)} axes for {data.ndim}-D data")
     if not np.issubdtype(np.dtype(data.dtype), np.number) or np.issubdtype(np.dtype(data.dtype), np.complexfloating):
         raise ReadError(f"data type {data.dtype} is not real numbers")
-    # Axes of length 1 carry no information (DM stores some spectra as E x 1): drop them.
-    keep = [i for i in range(data.ndim) if int(data.shape[i]) > 1] or [int(np.argmax(data.shape))]
-    if len(keep) < data.ndim:
-        data = data[tuple(slice(None) if i in keep else 0 for i in range(data.ndim))]
-        axes = [axes[i] for i in keep]
-    sig_dims = signal_axis(axes)
-    if len(sig_dims) != 1:
-        raise ReadError(f"{len(sig_dims)}-D signal (an image or a stack of images), not a spectrum")
-    s = sig_dims[0]
+    shape = [int(n) for n in data.shape]
+    # The energy axis is chosen among all axes, before any length-1 axis is dropped: RosettaSciIO flags
+    # both spatial axes of a DM spectrum image as the signal, so a 4 x 1 image without its length-1
+    # axis would leave one spatial axis flagged, read as the energy axis.
+    s = _energy_axis_index(axes, shape)
     energy = axis_values(axes[s])
     nav = [i for i in range(data.ndim) if i != s]
+    # The navigation shape stays as stored (rows, columns), 1 x N and N x 1 included; length-1
+    # navigation axes are dropped (outermost first) only beyond two.
+    drop = []
+    for i in nav:
+        if len(nav) - len(drop) <= 2:
+            break
+        if shape[i] == 1:
+            drop.append(i)
+    nav = [i for i in nav if i not in drop]
     if len(nav) > 2:
         raise ReadError(f"{len(nav)} navigation dimensions; at most 2 (a spectrum image) are supported")
-    if not nav:
+    if all(shape[i] == 1 for i in nav):   # a single spectrum, perhaps stored as a 1 x 1 image or E x 1
         values = np.asarray(data.compute() if hasattr(data, "compute") else data, dtype=np.float64)
         return MeasuredSpectrum(str(path), index, energy, values.reshape(-1), None)
     import dask.array as da
 
     arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks="auto")
+    if drop:
+        arr = arr[tuple(0 if i in drop else slice(None) for i in range(arr.ndim))]
+        s -= sum(1 for i in drop if i < s)
     if s != arr.ndim - 1:
         arr = da.moveaxis(arr, s, -1)
     if arr.ndim == 2:  # line scan: one row
@@ -597,6 +785,27 @@ def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
     if not lazy:
         arr = arr.persist()
     return SpectrumImage(str(path), index, energy, arr)
+
+
+def _energy_axis_index(axes: list[dict], shape: list[int]) -> int:
+    """The index of the energy axis among a signal's axes (:func:`signal_axis`); a length-1 axis is
+    no energy axis, so where the choice among all axes is not one axis longer than 1 it is made
+    among the longer axes (a spectrum stored as ``1 x E`` with both axes flagged).
+
+    Raises
+    ------
+    ReadError
+        No single energy axis: an image or a stack of images.
+    """
+    dims = signal_axis(axes)
+    if len(dims) == 1 and shape[dims[0]] > 1:
+        return dims[0]
+    longer = [i for i, n in enumerate(shape) if n > 1]
+    if longer and len(longer) < len(shape):
+        dims = [longer[j] for j in signal_axis([axes[i] for i in longer])]
+    if len(dims) != 1:
+        raise ReadError(f"{len(dims)}-D signal (an image or a stack of images), not a spectrum")
+    return dims[0]
 
 
 def signal_axis(axes: list[dict]) -> list[int]:

@@ -58,7 +58,7 @@ class _Writer:
 
 
 def write_dm(path: str | Path, data: np.ndarray, axes: list[dict], version: int = 3, signal: str = "EELS",
-             fmt: str = "Spectrum", name: str = "test") -> Path:
+             fmt: str = "Spectrum", name: str = "test", more: list[dict] | None = None) -> Path:
     """Write ``data`` (numpy order, e.g. ``(E, Y, X)`` for a DM spectrum image) with calibrated axes.
 
     Parameters
@@ -67,14 +67,30 @@ def write_dm(path: str | Path, data: np.ndarray, axes: list[dict], version: int 
         One per numpy axis: ``offset``, ``scale``, ``units``.
     fmt : str
         ``ImageTags/Meta Data/Format``: ``"Spectrum"`` or ``"Spectrum image"``.
+    more : list of dict, optional
+        Further images of the same file, after this one: each a dict of ``data``, ``axes`` and
+        optionally ``signal``, ``fmt``, ``name`` (as the arguments of this function).
     """
-    data = np.ascontiguousarray(data)
     w = _Writer(version)
+    images = [_image(data, axes, signal, fmt, name)]
+    for m in more or []:
+        images.append(_image(m["data"], m["axes"], m.get("signal", "EELS"), m.get("fmt", "Spectrum"),
+                             m.get("name", "test")))
+    root = w.group([("ImageList", [("", image) for image in images])])
+    head = struct.pack(">l", version) + w.n(len(root) + 16) + struct.pack(">l", 1)  # 1: little-endian data
+    p = Path(path)
+    p.write_bytes(head + root + bytes(8))
+    return p
+
+
+def _image(data: np.ndarray, axes: list[dict], signal: str, fmt: str, name: str) -> list:
+    """The tag group of one image."""
+    data = np.ascontiguousarray(data)
     dm_axes = list(zip(data.shape[::-1], axes[::-1]))  # DM lists the fastest axis first
     dims = [("", int(size)) for size, _ in dm_axes]
     cal = [("", [("Origin", -float(a["offset"]) / float(a["scale"])), ("Scale", float(a["scale"])),
                  ("Units", str(a["units"]))]) for _, a in dm_axes]
-    image = [
+    return [
         ("ImageData", [
             ("Calibrations", [("Brightness", [("Origin", 0.0), ("Scale", 1.0), ("Units", "counts")]),
                               ("Dimension", cal)]),
@@ -85,8 +101,3 @@ def write_dm(path: str | Path, data: np.ndarray, axes: list[dict], version: int 
         ("ImageTags", [("Meta Data", [("Format", fmt), ("Signal", signal)])]),
         ("Name", name),
     ]
-    root = w.group([("ImageList", [("", image)])])
-    head = struct.pack(">l", version) + w.n(len(root) + 16) + struct.pack(">l", 1)  # 1: little-endian data
-    p = Path(path)
-    p.write_bytes(head + root + bytes(8))
-    return p

@@ -195,6 +195,120 @@ def test_spectrum_image_on_an_existing_scheduler(capsys, model, files):
     check_image_rows(rows)
 
 
+@pytest.mark.parametrize("ny, nx", [(4, 1), (1, 4)])
+def test_one_column_and_one_row_images_keep_their_shape(capsys, model, tmp_path, ny, nx):
+    """An N x 1 image was read as 1 x N: pixels [0, i] instead of [i, 0], maps and --bin of the wrong shape."""
+    import h5py
+
+    img = np.stack([mn_like(seed=20 + k) for k in range(ny * nx)]).reshape(ny, nx, E.size).astype(np.float32)
+    hspy = write_image(tmp_path / "line.hspy", img)
+    from dm_writer import write_dm
+
+    dm = write_dm(tmp_path / "line.dm4", np.ascontiguousarray(np.moveaxis(img, -1, 0)),
+                  [{"offset": 620.0, "scale": 0.1, "units": "eV"}, {"offset": 0, "scale": 1, "units": "nm"},
+                   {"offset": 0, "scale": 1, "units": "nm"}], version=4, fmt="Spectrum image")
+    plots = tmp_path / "plots"
+    rc, rows = predict_json(capsys, "--model", model, "--plot", plots, hspy, dm)
+    assert len(rows) == 2 * ny * nx
+    expected = [[i // nx, i % nx] for i in range(ny * nx)]
+    assert [r["pixel"] for r in rows] == expected * 2
+    assert [r["index"] for r in rows] == list(range(ny * nx)) * 2
+    for name in ("line_0_maps.h5", "line_0_maps-2.h5"):
+        with h5py.File(plots / name) as f:
+            assert f["valence"].shape == (ny, nx) and list(f.attrs["source_shape"]) == [ny, nx]
+    binned = tmp_path / "binned"
+    rc, rows = predict_json(capsys, "--model", model, "--plot", binned, "--bin", "2", hspy)
+    shape = ((ny + 1) // 2, (nx + 1) // 2)
+    assert [r["pixel"] for r in rows] == [[i // shape[1], i % shape[1]] for i in range(shape[0] * shape[1])]
+    with h5py.File(binned / "line_0_maps.h5") as f:
+        assert f["valence"].shape == shape and list(f.attrs["source_shape"]) == [ny, nx]
+    main(["predict", "--no-progress", "--model", model, "--bin", "2", str(hspy)])
+    assert f"map {shape[0]}x{shape[1]} (signal 0, binned {min(2, ny)}x{min(2, nx)} from {ny}x{nx})" \
+        in capsys.readouterr().out
+
+
+def test_a_signal_that_is_no_spectrum_gets_a_row(capsys, model, tmp_path):
+    """Every signal of a DM file gets a row: a survey image beside a spectrum image was dropped unreported."""
+    from dm_writer import write_dm
+
+    img = np.stack([mn_like(seed=30 + k) for k in range(2)]).reshape(2, 1, E.size).astype(np.float32)
+    px = {"offset": 0.0, "scale": 1.0, "units": "nm"}
+    p = write_dm(tmp_path / "several.dm4", np.ascontiguousarray(np.moveaxis(img, -1, 0)),
+                 [{"offset": 620.0, "scale": 0.1, "units": "eV"}, px, px], version=4, fmt="Spectrum image",
+                 more=[{"data": np.zeros((8, 9), np.float32), "axes": [px, px], "signal": "", "fmt": "Image"}])
+    rc, rows = predict_json(capsys, "--model", model, p)
+    assert rc == 1
+    refused = [r for r in rows if r.get("signal") == 1]
+    assert len(refused) == 1 and refused[0]["status"] == "rejected" and "pixel" not in refused[0]
+    assert "signal 1" in refused[0]["reason"] and "2-D signal" in refused[0]["reason"]
+    assert [r["pixel"] for r in rows if r.get("signal") == 0] == [[0, 0], [1, 0]]
+    main(["predict", "--no-progress", "--model", model, str(p)])
+    out = capsys.readouterr().out
+    assert "2-D signal" in out and "map 2x1 (signal 0)" in out
+
+
+def write_contiguous_image(path: Path, data: np.ndarray) -> Path:
+    """A HyperSpy spectrum image stored unchunked (contiguous), as h5py writes by default."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
+        g = f.create_group("Experiments/si")
+        g.create_dataset("data", data=data)
+        ny, nx, n = data.shape
+        axes = [{"name": "y", "size": ny, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+                {"name": "x", "size": nx, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
+                {"name": "Energy loss", "size": n, "offset": 620.0, "scale": 0.1, "units": "eV", "navigate": False}]
+        for i, ax in enumerate(axes):
+            g.create_group(f"axis-{i}").attrs.update(ax)
+        g.create_group("metadata/General").attrs["title"] = "si"
+        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
+        g.create_group("original_metadata")
+    return path
+
+
+def test_unchunked_spectrum_image_is_read_out(capsys, model, tmp_path, monkeypatch):
+    from mnedge_live import readers
+
+    monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 4 * E.size * 4)   # one row of the image a chunk
+    img = np.stack([mn_like(seed=40 + k) for k in range(12)]).reshape(3, 4, E.size).astype(np.float32)
+    img[1, 1] = 1.0
+    p = write_contiguous_image(tmp_path / "contiguous.hspy", img)
+    rc, rows = predict_json(capsys, "--model", model, "--chunk-spectra", "4", p)
+    assert rc == 1 and len(rows) == 12
+    assert [r["pixel"] for r in rows] == [[i // 4, i % 4] for i in range(12)]
+    assert [r["status"] == "rejected" for r in rows] == [i == 5 for i in range(12)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
+def test_image_files_are_closed_when_predict_returns(capsys, model, files, tmp_path):
+    """The Dask graph carried open h5py datasets: the cluster's copies kept every HyperSpy image's file
+    open until the run ended (and after it, until garbage collection)."""
+    img = np.stack([mn_like(seed=50 + k) for k in range(4)]).reshape(2, 2, E.size).astype(np.float32)
+    paths = [write_contiguous_image(tmp_path / "contiguous.hspy", img), write_image(tmp_path / "chunked.hspy", img),
+             files["image"]]
+    seen = []
+
+    def open_now():
+        return sorted(str(fd.resolve()) for fd in Path("/proc/self/fd").iterdir()
+                      if fd.exists() and str(fd.resolve()) in {str(p.resolve()) for p in paths})
+
+    from mnedge_live import spectrum_image
+
+    close_client = spectrum_image.close_client
+    def watch(client):
+        seen.append(open_now())
+        close_client(client)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(spectrum_image, "close_client", watch):
+        rc, rows = predict_json(capsys, "--model", model, *paths)
+    assert len(rows) == 4 + 4 + 12
+    assert seen == [[]]          # closed file by file, not only at the end of the run
+    assert open_now() == []
+
+
 @pytest.mark.slow
 def test_spectrum_images_on_a_cluster_of_worker_processes(model, files):
     """Workers in other processes: the lazy HDF5 and DM arrays and the engine spec travel to them."""
@@ -228,20 +342,42 @@ def test_corrupt_spectrum_image_chunk_rejects_its_pixels_with_the_reason(capsys,
     assert rows[-1]["status"] == "ok"  # the next file is still read out
 
 
-def test_unreachable_scheduler_rejects_the_image_only(capsys, model, files, monkeypatch):
+@pytest.mark.parametrize("address", ["unreachable", "bogus://x:1", "no-port", ""])
+@pytest.mark.parametrize("kind", ["image", "good"])
+def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files, monkeypatch, address, kind):
+    """The documented exit 2 for an unusable --scheduler: it gave exit 1 with a rejected image row, and
+    with only single-spectrum files the address was never checked (exit 0)."""
     import socket
 
     from mnedge_live.commands import predict
 
     monkeypatch.setattr(predict, "SCHEDULER_TIMEOUT_S", 2.0)
+    if address == "unreachable":
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    read = []
+    monkeypatch.setattr(predict, "read_file", lambda *a, **k: read.append(a) or [])
+    rc = main(["predict", "--json", "--no-progress", "--model", model, "--scheduler", address, str(files[kind])])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == "" and read == []
+    assert f"cannot use --scheduler {address}: " in err
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    rc, rows = predict_json(capsys, "--model", model, "--scheduler", f"tcp://127.0.0.1:{port}",
-                            files["image"], files["good"])
-    assert rc == 1
-    assert rows[0]["status"] == "rejected" and "scheduler" in rows[0]["reason"]
+
+def test_scheduler_lost_during_the_run_rejects_the_image_only(capsys, model, files, monkeypatch):
+    from distributed import LocalCluster
+
+    from mnedge_live.commands import predict
+
+    def lost(*args):   # what run_image raises when the scheduler has gone away
+        raise OSError("Timed out trying to connect to the scheduler")
+
+    monkeypatch.setattr(predict, "_predict_image", lost)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        rc, rows = predict_json(capsys, "--model", model, "--scheduler", cluster.scheduler_address,
+                                files["image"], files["good"])
+    assert rc == 1 and len(rows) == 2
+    assert rows[0]["status"] == "rejected" and "spectrum image not processed: OSError" in rows[0]["reason"]
     assert rows[1]["status"] == "ok"
 
 

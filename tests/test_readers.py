@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+from mnedge_live.readers import MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage, read_file
 
 E = np.round(np.arange(630.0, 665.0, 0.25), 4)
 Y = np.round(np.exp(-0.5 * ((E - 641.0) / 0.7) ** 2) + 0.05, 6)
@@ -286,8 +286,9 @@ def test_hspy_files_are_not_left_open(tmp_path):
     assert _open_files_under(tmp_path) == 0
     data = np.random.default_rng(0).random((2, 3, 50)).astype(np.float32)
     (img,) = read_file(write_hspy(tmp_path / "si.hspy", data, [nav("y", 2), nav("x", 3), energy_axis(50)]))
-    assert _open_files_under(tmp_path) == 1       # the image is read lazily, from the open file
+    assert _open_files_under(tmp_path) == 0       # the lazy image opens its file when it is read
     np.testing.assert_allclose(img.data.compute(), data)
+    assert _open_files_under(tmp_path) == 1       # and keeps it open for the next reads
     img.close()
     assert _open_files_under(tmp_path) == 0
 
@@ -385,3 +386,160 @@ def test_dm_image_is_not_a_spectrum(tmp_path):
     p = write_dm(tmp_path / "image.dm3", np.zeros((8, 9), np.float32), [px, px], signal="", fmt="Image")
     with pytest.raises(ReadError, match="2-D signal"):
         read_file(p)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+@pytest.mark.parametrize("ny, nx", [(4, 1), (1, 4)])
+def test_dm_spectrum_image_of_one_row_or_one_column(tmp_path, version, ny, nx):
+    """RosettaSciIO flags both spatial axes of a DM spectrum image as the signal: with a length-1
+    axis dropped first, the other spatial axis was taken as the energy axis and the file refused."""
+    from dm_writer import write_dm
+
+    cube = np.random.default_rng(2).random((ny, nx, 60)).astype(np.float32)  # (Y, X, E)
+    axes = [{"offset": 600.0, "scale": 0.5, "units": "eV"}, {"offset": 0.0, "scale": 2.0, "units": "nm"},
+            {"offset": 0.0, "scale": 2.0, "units": "nm"}]
+    p = write_dm(tmp_path / f"si{ny}x{nx}.dm{version}", np.moveaxis(cube, -1, 0), axes, version=version,
+                 fmt="Spectrum image")
+    (img,) = read_file(p)
+    assert isinstance(img, SpectrumImage) and img.shape == (ny, nx)
+    np.testing.assert_allclose(img.energy, 600.0 + 0.5 * np.arange(60), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(img.data.compute()), cube)
+
+
+def test_dm_single_spectrum_stored_as_a_one_pixel_image(tmp_path):
+    from dm_writer import write_dm
+
+    axes = [{"offset": 630.0, "scale": 0.25, "units": "eV"}, {"offset": 0.0, "scale": 1.0, "units": "nm"},
+            {"offset": 0.0, "scale": 1.0, "units": "nm"}]
+    (s,) = read_file(write_dm(tmp_path / "one.dm4", Y.astype(np.float32)[:, None, None], axes, version=4,
+                              fmt="Spectrum image"))
+    assert isinstance(s, MeasuredSpectrum) and s.pixel is None
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ny, nx", [(4, 1), (1, 4), (1, 1)])
+def test_hspy_navigation_shape_is_kept_as_stored(tmp_path, ny, nx):
+    """An N x 1 image (N rows, one column) stays N x 1: it was read as 1 x N, pixel (i, 0) as (0, i)."""
+    data = np.random.default_rng(4).random((ny, nx, 50)).astype(np.float32)
+    (item,) = read_file(write_hspy(tmp_path / "si.hspy", data, [nav("y", ny), nav("x", nx), energy_axis(50)]))
+    if ny == nx == 1:   # one pixel: a single spectrum
+        assert isinstance(item, MeasuredSpectrum)
+        np.testing.assert_allclose(item.intensity, data[0, 0])
+        return
+    assert isinstance(item, SpectrumImage) and item.shape == (ny, nx)
+    np.testing.assert_allclose(item.data.compute(), data)
+    assert item.spectrum(ny - 1, nx - 1).pixel == (ny - 1, nx - 1)
+    np.testing.assert_allclose(item.spectrum(ny - 1, nx - 1).intensity, data[-1, -1])
+
+
+def test_hspy_length_one_navigation_axes_beyond_two_are_dropped(tmp_path):
+    data = np.random.default_rng(5).random((1, 3, 1, 50)).astype(np.float32)
+    (img,) = read_file(write_hspy(tmp_path / "z.hspy", data,
+                                  [nav("z", 1), nav("y", 3), nav("x", 1), energy_axis(50)]))
+    assert img.shape == (3, 1)
+    np.testing.assert_allclose(img.data.compute(), data[0])
+
+
+def test_every_signal_of_a_dm_file_is_reported(tmp_path):
+    """A signal that is no spectrum, beside one that is, was dropped without a word."""
+    from dm_writer import write_dm
+
+    cube = np.random.default_rng(6).random((4, 1, 60)).astype(np.float32)
+    si_axes = [{"offset": 600.0, "scale": 0.5, "units": "eV"}, {"offset": 0.0, "scale": 2.0, "units": "nm"},
+               {"offset": 0.0, "scale": 2.0, "units": "nm"}]
+    px = {"offset": 0.0, "scale": 1.0, "units": "nm"}
+    survey = {"data": np.zeros((8, 9), np.float32), "axes": [px, px], "signal": "", "fmt": "Image"}
+    spectrum = {"data": Y.astype(np.float32), "axes": [{"offset": 630.0, "scale": 0.25, "units": "eV"}]}
+    p = write_dm(tmp_path / "several.dm4", np.moveaxis(cube, -1, 0), si_axes, version=4, fmt="Spectrum image",
+                 more=[survey, spectrum])
+    image, refused, single = read_file(p)
+    assert isinstance(image, SpectrumImage) and image.index == 0 and image.shape == (4, 1)
+    assert isinstance(refused, RefusedSignal) and refused.index == 1 and refused.file == str(p)
+    assert "2-D signal" in refused.reason
+    assert isinstance(single, MeasuredSpectrum) and single.index == 2
+    image.close()
+    only_images = write_dm(tmp_path / "images.dm4", survey["data"], survey["axes"], signal="", fmt="Image",
+                           more=[survey])
+    with pytest.raises(ReadError, match="signal 0: 2-D signal.*signal 1: 2-D signal"):
+        read_file(only_images)
+
+
+def _write_contiguous_hspy(path: Path, data: np.ndarray) -> Path:
+    """A HyperSpy file whose data are stored unchunked (contiguous), as h5py writes by default."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
+        g = f.create_group("Experiments/contiguous")
+        g.create_dataset("data", data=data)
+        ny, nx, n = data.shape
+        for i, ax in enumerate([nav("y", ny), nav("x", nx), energy_axis(n, 620.0, 1.0)]):
+            g.create_group(f"axis-{i}").attrs.update(ax)
+        g.create_group("metadata/General").attrs["title"] = "contiguous"
+        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
+        g.create_group("original_metadata")
+        assert g["data"].chunks is None
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
+def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monkeypatch):
+    """RosettaSciIO cannot read unchunked HDF5 data lazily; the image was loaded whole into memory."""
+    from mnedge_live import readers
+
+    data = np.random.default_rng(7).random((6, 5, 40)).astype(np.float32)
+    p = _write_contiguous_hspy(tmp_path / "contiguous.hspy", data)
+    monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 2 * 5 * 40 * 4)   # two rows of the image a chunk
+    (img,) = read_file(p)
+    assert img.shape == (6, 5)
+    assert img.data.chunks == ((2, 2, 2), (5,), (40,))
+    # The Dask graph reads from the HDF5 dataset, not from an array loaded into memory.
+    sources = [v for v in dict(img.data.__dask_graph__()).values() if isinstance(v, readers.HDF5Dataset)]
+    assert [(s.filename, s.name) for s in sources] == [(str(p.resolve()), "/Experiments/contiguous/data")]
+    np.testing.assert_allclose(img.data.compute(), data)
+    assert _open_files_under(tmp_path) == 1
+    np.testing.assert_allclose(img.spectrum(5, 4).intensity, data[5, 4])
+    img.close()
+    assert _open_files_under(tmp_path) == 0
+    # A single spectrum stored unchunked is loaded, and its file closed at once.
+    (s,) = read_file(_write_contiguous_hspy(tmp_path / "one.hspy", data[:1, :1]))
+    assert isinstance(s, MeasuredSpectrum) and _open_files_under(tmp_path) == 0
+
+
+@pytest.mark.parametrize("shape, itemsize, target, expected", [
+    ((256, 256, 1000), 4, 32 * 2**20, (32, 256, 1000)),   # whole rows of the image
+    ((3, 5, 263), 4, 32 * 2**20, (3, 5, 263)),            # a small image: one chunk
+    ((4, 3, 10), 8, 100, (1, 1, 10)),                     # below one spectrum a chunk: single spectra
+    ((2, 1000), 4, 400, (1, 100)),                        # a spectrum larger than a chunk is cut
+])
+def test_contiguous_chunks_are_whole_trailing_rows(shape, itemsize, target, expected):
+    from mnedge_live.readers import contiguous_chunks
+
+    assert contiguous_chunks(shape, itemsize, target) == expected
+
+
+def test_hdf5_dataset_source_pickles_without_an_open_file_and_bounds_open_files(tmp_path, monkeypatch):
+    """The lazy arrays' source travels to Dask workers as a file name, and a process keeps at most
+    MAX_OPEN_HDF5 files open; a rewritten file is read afresh."""
+    import pickle
+
+    from mnedge_live import readers
+
+    monkeypatch.setattr(readers, "MAX_OPEN_HDF5", 2)
+    images = []
+    for k in range(4):
+        data = np.full((2, 3, 50), float(k), np.float32)
+        (img,) = read_file(write_hspy(tmp_path / f"si{k}.hspy", data, [nav("y", 2), nav("x", 3), energy_axis(50)]))
+        images.append(img)
+    for k, img in enumerate(images):
+        copy = pickle.loads(pickle.dumps(img.data))
+        assert float(copy[1, 2, 0].compute()) == k
+        assert _open_files_under(tmp_path) <= 2
+    p = tmp_path / "si0.hspy"
+    write_hspy(p, np.full((2, 3, 50), 7.0, np.float32), [nav("y", 2), nav("x", 3), energy_axis(50)])
+    (again,) = read_file(p)
+    assert float(again.data[0, 0, 0].compute()) == 7.0
+    for img in images:
+        img.close()
+    again.close()
+    assert _open_files_under(tmp_path) == 0

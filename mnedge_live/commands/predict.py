@@ -12,12 +12,21 @@ row-major pixel index within a spectrum image, null for a file that could not
 be read); for spectrum images ``signal`` (the image's position in its file: a
 DM file may hold several) and, for pixels, ``pixel`` ``[row, col]`` (of the
 binned image with ``--bin``, which adds ``bin``, the block side); then the
-readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  The table
-shows one line per spectrum and one summary line per spectrum image.
+readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  Every signal
+of a file gets rows: a signal that is no spectrum (a survey image beside a
+spectrum image) gets a rejection row with its ``signal`` and the reason.  The
+table shows one line per spectrum and one summary line per spectrum image.
 
-Exit status: 0 when every spectrum was read out, 1 when anything (a file or
-a spectrum) was rejected, 2 for usage errors (bad options, a model that
-cannot be loaded, an unusable plot folder or scheduler address).
+A ``--scheduler`` is connected to before any file is read, whether or not
+the files hold spectrum images: an address that cannot be used (malformed,
+an unknown scheme, nothing answering within :data:`SCHEDULER_TIMEOUT_S`) is a
+usage error.  A scheduler lost during the run rejects the images not yet
+read out (a row each) and the other files are still processed.
+
+Exit status: 0 when every spectrum was read out, 1 when anything (a file, a
+signal or a spectrum) was rejected, 2 for usage errors (bad options, a model
+that cannot be loaded, an unusable plot folder or ``--scheduler`` address),
+with the reason on stderr and no output rows.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+from mnedge_live.readers import MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage, read_file
 from mnedge_live.results import FRACTION_NAMES, SpectrumResult
 
 log = logging.getLogger(__name__)
@@ -56,7 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--plot", dest="plot_dir", metavar="DIR",
                    help="write a PNG per spectrum and maps (PNG + HDF5) per spectrum image")
     p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="dask.distributed scheduler for spectrum images (default: a local in-process cluster)")
+                   help="dask.distributed scheduler for spectrum images, connected to before any file is read "
+                        "(exit 2 when it cannot be; default: a local in-process cluster)")
     p.add_argument("--chunk-spectra", type=int, default=4096, metavar="N",
                    help="spectra per Dask chunk of a spectrum image (default 4096)")
     p.add_argument("--bin", type=int, default=1, metavar="K",
@@ -128,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
 
     # On the local cluster its worker threads share this engine: size the engine's CPU threads for
     # that. Workers of a remote scheduler load their own engine (default threads).
-    threads = None if args.scheduler else local_thread_plan()[1]
+    threads = None if args.scheduler is not None else local_thread_plan()[1]
     try:
         engine = load_engine(args.model_path, backend=args.backend, threads=threads)
     except Exception as exc:
@@ -140,10 +150,15 @@ def run(args: argparse.Namespace) -> int:
     register_engine(spec, engine)
     model = engine.model_id
 
-    rows: list[Row] = []
-    summaries: list[ImageSummary] = []
     client = None
     client_error = ""
+    if args.scheduler is not None:   # checked up front: exit 2 for an unusable address, whatever the files hold
+        client, why = _client(args.scheduler)
+        if client is None:
+            print(f"mnedge predict: cannot use --scheduler {args.scheduler}: {why}", file=sys.stderr)
+            return 2
+    rows: list[Row] = []
+    summaries: list[ImageSummary] = []
     plots = _PlotNames(plot_dir) if plot_dir is not None else None
     try:
         for path in args.files:
@@ -160,11 +175,17 @@ def run(args: argparse.Namespace) -> int:
             singles = [it for it in items if isinstance(it, MeasuredSpectrum)]
             if singles:
                 rows.extend(_predict_singles(engine, singles, plots))
+            for it in items:   # a signal of a multi-signal file that is no spectrum: a row with the reason
+                if isinstance(it, RefusedSignal):
+                    rows.append(Row(it.file, it.index, SpectrumResult.rejected(
+                        f"signal {it.index} of the file not read: {it.reason}", model), signal=it.index))
             images = [it for it in items if isinstance(it, SpectrumImage)]
             try:
                 for image in images:
-                    if client is None and not client_error:
-                        client, client_error = _client(args.scheduler)
+                    if client is None and not client_error:   # the local cluster, started for the first image
+                        client, why = _client(None)
+                        if client is None:
+                            client_error = f"cannot process the spectrum image: no connection to a local Dask cluster: {why}"
                     if client is None:
                         rows.append(Row(image.file, image.index, SpectrumResult.rejected(client_error, model),
                                         signal=image.index))
@@ -246,7 +267,7 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
 
 
 def _client(address: str | None) -> tuple[Any, str]:
-    """A Dask client (local cluster, or the given scheduler) and '' , or None and why not."""
+    """A Dask client (of a local cluster, or of the scheduler at ``address``) and '', or None and why not."""
     import distributed  # noqa: F401  (configures its loggers on first import; quiet them after)
 
     from mnedge_live.spectrum_image import local_client
@@ -254,14 +275,13 @@ def _client(address: str | None) -> tuple[Any, str]:
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         logging.getLogger("distributed").setLevel(logging.WARNING)  # no cluster chatter unless -v
     try:
-        if address:
+        if address is not None:
             from distributed import Client
 
             return Client(address, timeout=SCHEDULER_TIMEOUT_S), ""
         return local_client(), ""
     except Exception as exc:
-        where = f"scheduler {address}" if address else "a local Dask cluster"
-        return None, f"cannot process the spectrum image: no connection to {where}: {type(exc).__name__}: {exc}"
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 class _PlotNames:
