@@ -657,9 +657,11 @@ def _read_hspy_lazily(p: Path) -> list[dict]:
     """
     import h5py
 
-    try:
+    try:   # a private class of RosettaSciIO (tested with 0.15): without it, or without the hook, its public reader
         from rsciio.hspy._api import HyperspyReader
     except ImportError:  # pragma: no cover - RosettaSciIO's reader class since 0.1
+        return _read_hspy_rsciio(p, lazy=True)
+    if not callable(getattr(HyperspyReader, "_read_array", None)):  # pragma: no cover - a RosettaSciIO that changed
         return _read_hspy_rsciio(p, lazy=True)
     import dask.array as da
 
