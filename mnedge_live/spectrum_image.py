@@ -252,7 +252,7 @@ def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: boo
     where = {fut.key: place for fut, place in zip(futures, places)}
     with tqdm(total=image.n_pixels, unit="spectra", desc=_short(image.file), file=sys.stderr,
               disable=not progress, leave=False) as bar:
-        for fut in as_completed(futures):
+        for fut in as_completed(futures, loop=client.loop):
             origin, shape = where[fut.key]
             try:
                 results = fut.result()
@@ -295,7 +295,7 @@ def local_client(threads: int | None = None):
     threads = threads or local_thread_plan()[0]
     cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
                            dashboard_address=None, silence_logs=logging.WARNING)
-    return Client(cluster)
+    return Client(cluster, set_as_default=False)   # used explicitly (client.compute): no process-wide default
 
 
 def close_client(client: Any) -> None:

@@ -362,6 +362,11 @@ def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and read == []
     assert f"cannot use --scheduler {address}: " in err
+    import dask
+
+    # a Client that failed to connect had made itself the process's scheduler: every later dask
+    # computation in the process (the next file's image, a library caller's) then failed
+    assert dask.config.get("scheduler", None) != "dask.distributed"
 
 
 def test_scheduler_lost_during_the_run_rejects_the_image_only(capsys, model, files, monkeypatch):

@@ -278,7 +278,9 @@ def _client(address: str | None) -> tuple[Any, str]:
         if address is not None:
             from distributed import Client
 
-            return Client(address, timeout=SCHEDULER_TIMEOUT_S), ""
+            # not the process's default scheduler: a Client that fails to connect leaves that setting behind,
+            # and every later dask computation in the process then asks for a client that is not there
+            return Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False), ""
         return local_client(), ""
     except Exception as exc:
         return None, f"{type(exc).__name__}: {exc}"
