@@ -32,6 +32,7 @@ with the reason on stderr and no output rows.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import sys
@@ -283,7 +284,11 @@ def _client(address: str | None) -> tuple[Any, str]:
             return Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False), ""
         return local_client(), ""
     except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}"
+        why = f"{type(exc).__name__}: {exc}"
+    # The half-made client is garbage now; finalize it here, where nothing holds distributed's loop lock:
+    # left to a later collection, its __del__ (close) can run while another Client starts and deadlock it.
+    gc.collect()
+    return None, why
 
 
 class _PlotNames:
