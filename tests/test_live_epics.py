@@ -23,18 +23,52 @@ def ioc():
     server.stop()
 
 
+def connected_readout(ioc):
+    """The ophyd device over the IOC's PVs, connected."""
+    from mnedge_live.epics import MnEdgeReadout
+
+    readout = MnEdgeReadout(ioc.prefix, name="mn")
+    readout.wait_for_connection(timeout=10)
+    return readout
+
+
+def step_config(readout_every: int = 1000):
+    """A step-scan service of the simulated XAS beamline (progressive readouts every ``readout_every`` points)."""
+    from mnedge_live.config import LiveConfig
+
+    return LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=readout_every,
+                      maps_dir=None)
+
+
+def late_stops(cb, delay_s: float, starts: list | None = None):
+    """A subscriber handing documents to ``cb`` with every stop document ``delay_s`` late (a slow 0MQ hop);
+    returns it and the list of its timers (join them). ``starts`` collects (time, uid) of start documents."""
+    import threading
+    import time
+
+    late: list[threading.Timer] = []
+
+    def deliver(name, doc):
+        if name == "start" and starts is not None:
+            starts.append((time.monotonic(), doc["uid"]))
+        if name != "stop":
+            cb(name, doc)
+            return
+        late.append(threading.Timer(delay_s, cb, (name, doc)))
+        late[-1].start()
+
+    return deliver, late
+
+
 def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
     from bluesky import RunEngine
 
     from mnedge_live.callback import MnEdgeCallback
-    from mnedge_live.config import LiveConfig
-    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.epics import valence_feedback_plan
     from mnedge_live.sim import make_xas
 
-    readout = MnEdgeReadout(ioc.prefix, name="mn")
-    readout.wait_for_connection(timeout=10)
-    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
-                     maps_dir=None)
+    readout = connected_readout(ioc)
+    cfg = step_config()
     cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
     RE = RunEngine({})
     RE.subscribe(cb)
@@ -61,30 +95,19 @@ def test_feedback_plan_acts_on_the_final_readout_not_a_progressive_one(ioc):
     """Progressive readouts (step_readout_every = 2, as deploy/configs/xas_beamline.toml) raise READOUTS
     during the scan; the plan must still wait for the readout of the whole scan.  The service's stop
     document arrives 0.5 s after the scan ends, as over a slow 0MQ hop."""
-    import threading
 
     from bluesky import RunEngine
 
     from mnedge_live.callback import MnEdgeCallback
-    from mnedge_live.config import LiveConfig
-    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.epics import valence_feedback_plan
     from mnedge_live.sim import make_xas
 
-    readout = MnEdgeReadout(ioc.prefix, name="mn")
-    readout.wait_for_connection(timeout=10)
-    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=2, maps_dir=None)
+    readout = connected_readout(ioc)
+    cfg = step_config(readout_every=2)
     rows: list[dict] = []
     cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None,
                         on_readout=lambda row, totals: (rows.append(row), ioc.update(row, totals)))
-    late: list[threading.Timer] = []
-
-    def deliver(name, doc):
-        if name != "stop":
-            cb(name, doc)
-            return
-        late.append(threading.Timer(0.5, cb, (name, doc)))
-        late[-1].start()
-
+    deliver, late = late_stops(cb, 0.5)
     RE = RunEngine({}, call_returns_result=True)
     RE.subscribe(deliver)
     dets, mono = make_xas((0.0, 0.2, 0.8))
@@ -107,14 +130,11 @@ def test_feedback_plan_reports_nan_for_a_scan_whose_final_readout_never_comes(io
     from bluesky import RunEngine
 
     from mnedge_live.callback import MnEdgeCallback
-    from mnedge_live.config import LiveConfig
-    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.epics import valence_feedback_plan
     from mnedge_live.sim import make_xas
 
-    readout = MnEdgeReadout(ioc.prefix, name="mn")
-    readout.wait_for_connection(timeout=10)
-    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
-                     maps_dir=None)
+    readout = connected_readout(ioc)
+    cfg = step_config()
     dets, mono = make_xas((0.0, 0.2, 0.8))
     RE = RunEngine({}, call_returns_result=True)
     cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=ioc.update)
@@ -131,20 +151,16 @@ def test_feedback_plan_does_not_take_a_late_readout_of_an_earlier_scan_for_its_o
     """Stop documents 0.9 s late (a slow 0MQ hop), the plan waiting 0.6 s: the first scan times out, and
     its final readout arrives while the second scan runs or waits. That readout shows the first scan's
     uid in FINAL_UID; a plan watching a counter took it for the second scan's valence."""
-    import threading
     import time
 
     from bluesky import RunEngine
 
     from mnedge_live.callback import MnEdgeCallback
-    from mnedge_live.config import LiveConfig
-    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.epics import valence_feedback_plan
     from mnedge_live.sim import make_xas
 
-    readout = MnEdgeReadout(ioc.prefix, name="mn")
-    readout.wait_for_connection(timeout=10)
-    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
-                     maps_dir=None)
+    readout = connected_readout(ioc)
+    cfg = step_config()
     finals: list[tuple[float, str]] = []     # (arrival time, source uid) of each final readout
 
     def hook(row, totals):
@@ -154,17 +170,7 @@ def test_feedback_plan_does_not_take_a_late_readout_of_an_earlier_scan_for_its_o
 
     cb = MnEdgeCallback(real_engine(), cfg, lambda n, d: None, on_readout=hook)
     starts: list[tuple[float, str]] = []
-    late: list[threading.Timer] = []
-
-    def deliver(name, doc):
-        if name == "start":
-            starts.append((time.monotonic(), doc["uid"]))
-        if name != "stop":
-            cb(name, doc)
-            return
-        late.append(threading.Timer(0.9, cb, (name, doc)))
-        late[-1].start()
-
+    deliver, late = late_stops(cb, 0.9, starts)
     RE = RunEngine({}, call_returns_result=True)
     RE.subscribe(deliver)
     dets, mono = make_xas((0.0, 0.2, 0.8))
@@ -184,14 +190,11 @@ def test_feedback_plan_reads_the_first_scan_after_the_service_restarts(ioc):
     from bluesky import RunEngine
 
     from mnedge_live.callback import MnEdgeCallback
-    from mnedge_live.config import LiveConfig
-    from mnedge_live.epics import MnEdgeReadout, valence_feedback_plan
+    from mnedge_live.epics import valence_feedback_plan
     from mnedge_live.sim import make_xas
 
-    readout = MnEdgeReadout(ioc.prefix, name="mn")
-    readout.wait_for_connection(timeout=10)
-    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=1000,
-                     maps_dir=None)
+    readout = connected_readout(ioc)
+    cfg = step_config()
     dets, mono = make_xas((0.0, 0.2, 0.8))
     RE = RunEngine({}, call_returns_result=True)
     for _ in range(2):   # two services in turn, the second starting its counts from 0
@@ -212,11 +215,9 @@ def test_block_readouts_of_a_binned_map_have_their_own_pvs(ioc, tmp_path):
 
     from mnedge_live.callback import MnEdgeCallback
     from mnedge_live.config import LiveConfig
-    from mnedge_live.epics import MnEdgeReadout
     from mnedge_live.sim import SpectrumSource, make_eels
 
-    readout = MnEdgeReadout(ioc.prefix, name="mn")
-    readout.wait_for_connection(timeout=10)
+    readout = connected_readout(ioc)
     cfg = LiveConfig(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
                      offset_field="eels_offset", maps_dir=str(tmp_path), map_bin=3, max_batch=6)
     rows = []

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hspy_writer import write_contiguous_hspy
 
 from mnedge_live.cli import main
 from mnedge_live.results import SpectrumResult
@@ -247,33 +248,13 @@ def test_a_signal_that_is_no_spectrum_gets_a_row(capsys, model, tmp_path):
     assert "2-D signal" in out and "map 2x1 (signal 0)" in out
 
 
-def write_contiguous_image(path: Path, data: np.ndarray) -> Path:
-    """A HyperSpy spectrum image stored unchunked (contiguous), as h5py writes by default."""
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
-        g = f.create_group("Experiments/si")
-        g.create_dataset("data", data=data)
-        ny, nx, n = data.shape
-        axes = [{"name": "y", "size": ny, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
-                {"name": "x", "size": nx, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True},
-                {"name": "Energy loss", "size": n, "offset": 620.0, "scale": 0.1, "units": "eV", "navigate": False}]
-        for i, ax in enumerate(axes):
-            g.create_group(f"axis-{i}").attrs.update(ax)
-        g.create_group("metadata/General").attrs["title"] = "si"
-        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
-        g.create_group("original_metadata")
-    return path
-
-
 def test_unchunked_spectrum_image_is_read_out(capsys, model, tmp_path, monkeypatch):
     from mnedge_live import readers
 
     monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 4 * E.size * 4)   # one row of the image a chunk
     img = np.stack([mn_like(seed=40 + k) for k in range(12)]).reshape(3, 4, E.size).astype(np.float32)
     img[1, 1] = 1.0
-    p = write_contiguous_image(tmp_path / "contiguous.hspy", img)
+    p = write_contiguous_hspy(tmp_path / "contiguous.hspy", img)
     rc, rows = predict_json(capsys, "--model", model, "--chunk-spectra", "4", p)
     assert rc == 1 and len(rows) == 12
     assert [r["pixel"] for r in rows] == [[i // 4, i % 4] for i in range(12)]
@@ -285,7 +266,7 @@ def test_image_files_are_closed_when_predict_returns(capsys, model, files, tmp_p
     """The Dask graph carried open h5py datasets: the cluster's copies kept every HyperSpy image's file
     open until the run ended (and after it, until garbage collection)."""
     img = np.stack([mn_like(seed=50 + k) for k in range(4)]).reshape(2, 2, E.size).astype(np.float32)
-    paths = [write_contiguous_image(tmp_path / "contiguous.hspy", img), write_image(tmp_path / "chunked.hspy", img),
+    paths = [write_contiguous_hspy(tmp_path / "contiguous.hspy", img), write_image(tmp_path / "chunked.hspy", img),
              files["image"]]
     seen = []
 

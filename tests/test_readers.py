@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hspy_writer import write_contiguous_hspy
 
 from mnedge_live.readers import MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage, read_file
 
@@ -464,31 +465,13 @@ def test_every_signal_of_a_dm_file_is_reported(tmp_path):
         read_file(only_images)
 
 
-def _write_contiguous_hspy(path: Path, data: np.ndarray) -> Path:
-    """A HyperSpy file whose data are stored unchunked (contiguous), as h5py writes by default."""
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        f.attrs.update({"file_format": "HyperSpy", "file_format_version": "3.3"})
-        g = f.create_group("Experiments/contiguous")
-        g.create_dataset("data", data=data)
-        ny, nx, n = data.shape
-        for i, ax in enumerate([nav("y", ny), nav("x", nx), energy_axis(n, 620.0, 1.0)]):
-            g.create_group(f"axis-{i}").attrs.update(ax)
-        g.create_group("metadata/General").attrs["title"] = "contiguous"
-        g.create_group("metadata/Signal").attrs["signal_type"] = "EELS"
-        g.create_group("original_metadata")
-        assert g["data"].chunks is None
-    return path
-
-
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through Linux /proc")
 def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monkeypatch):
     """RosettaSciIO cannot read unchunked HDF5 data lazily; the image was loaded whole into memory."""
     from mnedge_live import readers
 
     data = np.random.default_rng(7).random((6, 5, 40)).astype(np.float32)
-    p = _write_contiguous_hspy(tmp_path / "contiguous.hspy", data)
+    p = write_contiguous_hspy(tmp_path / "contiguous.hspy", data, scale=1.0)
     monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 2 * 5 * 40 * 4)   # two rows of the image a chunk
     (img,) = read_file(p)
     assert img.shape == (6, 5)
@@ -502,7 +485,7 @@ def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monk
     img.close()
     assert _open_files_under(tmp_path) == 0
     # A single spectrum stored unchunked is loaded, and its file closed at once.
-    (s,) = read_file(_write_contiguous_hspy(tmp_path / "one.hspy", data[:1, :1]))
+    (s,) = read_file(write_contiguous_hspy(tmp_path / "one.hspy", data[:1, :1], scale=1.0))
     assert isinstance(s, MeasuredSpectrum) and _open_files_under(tmp_path) == 0
 
 
