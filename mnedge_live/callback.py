@@ -118,7 +118,7 @@ class MnEdgeCallback(DocumentRouter):
         self.ignored_desc: dict[str, set[str]] = {}
         self.pending: list[_Pending] = []
         self.pending_since = 0.0
-        self.external = ExternalReader()
+        self.external = ExternalReader(max_values=MAX_CHANNELS)
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
                        "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0,
                        "final_readouts": 0, "unpublished_documents": 0, "unpublished_rows": 0}

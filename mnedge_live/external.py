@@ -16,6 +16,8 @@ import numpy as np
 DEFAULT_DATASET = "/entry/data/data"
 #: Most remembered resources and datums (older ones are forgotten first).
 MAX_ENTRIES = 200_000
+#: Most bytes one stream datum may bring into memory (its frames are read at once).
+MAX_READ_BYTES = 1 << 30
 
 
 def _path_of_resource(res: dict) -> Path:
@@ -30,9 +32,24 @@ def _path_of_uri(uri: str) -> Path:
 
 
 class ExternalReader:
-    """Remembers resources and datums and reads the frames they point at."""
+    """Remembers resources and datums and reads the frames they point at.
 
-    def __init__(self) -> None:
+    The documents come from the network: before any frame is read, the dataset's
+    shape is checked, so a datum pointing at a camera's image stack (or a stream
+    datum at a whole run of them) is refused with the reason instead of being
+    loaded into memory.
+
+    Parameters
+    ----------
+    max_values : int
+        Most values in one frame (a spectrum's channels).
+    max_bytes : int
+        Most bytes one read may bring into memory (:data:`MAX_READ_BYTES`).
+    """
+
+    def __init__(self, max_values: int = 65536, max_bytes: int = MAX_READ_BYTES) -> None:
+        self.max_values = int(max_values)
+        self.max_bytes = int(max_bytes)
         self.resources: dict[str, dict] = {}
         self.datums: dict[str, dict] = {}
         self.stream_resources: dict[str, dict] = {}
@@ -78,7 +95,9 @@ class ExternalReader:
         index = int(kw.get("point_number", kw.get("index", 0)))
         dataset = (res.get("resource_kwargs") or {}).get("dataset", DEFAULT_DATASET)
         with h5py.File(_path_of_resource(res), "r", swmr=True) as f:
-            return np.asarray(f[dataset][index])
+            ds = f[dataset]
+            self._check_size(ds, 1)
+            return np.asarray(ds[index])
 
     def read_stream(self, doc: dict) -> np.ndarray:
         """The frames ``indices.start:indices.stop`` a stream datum points at."""
@@ -89,7 +108,21 @@ class ExternalReader:
         dataset = params.get("dataset", DEFAULT_DATASET)
         i0, i1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
         with h5py.File(_path_of_uri(sr["uri"]), "r", swmr=True) as f:
-            block = np.asarray(f[dataset][i0:i1])
+            ds = f[dataset]
+            self._check_size(ds, max(i1 - i0, 0))
+            block = np.asarray(ds[i0:i1])
         if block.shape[0] != i1 - i0:
             raise ValueError(f"file holds {block.shape[0]} of frames {i0}..{i1}")
         return block.reshape(i1 - i0, -1) if block.ndim > 2 else block
+
+    def _check_size(self, ds, frames: int) -> None:
+        """Refuse (``ValueError``) frames of ``ds`` larger than ``max_values``, or ``frames`` of them larger
+        than ``max_bytes`` in all, before reading any."""
+        values = int(np.prod(ds.shape[1:], dtype=np.int64)) if len(ds.shape) > 1 else 1
+        if values > self.max_values:
+            raise ValueError(f"dataset {ds.name!r} has frames of shape {tuple(ds.shape[1:])} ({values} values); "
+                             f"at most {self.max_values} channels are accepted: not read")
+        size = frames * values * ds.dtype.itemsize
+        if size > self.max_bytes:
+            raise ValueError(f"{frames} frames of dataset {ds.name!r} are {size / 2**20:.0f} MiB, more than the "
+                             f"{self.max_bytes / 2**20:.0f} MiB one read may take: not read")

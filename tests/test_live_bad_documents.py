@@ -6,6 +6,8 @@ with the real (tiny) engine; a few cases go over the wire to the real service.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -254,3 +256,41 @@ def test_a_snaking_grid_reverses_its_odd_rows(engine, spectra):
     _feed(cb, docs)
     pixels = {r["source_seq_num"]: (r["pixel_row"], r["pixel_col"]) for r in derived_rows(out)}
     assert pixels == {1: (0, 0), 2: (0, 1), 3: (1, 1), 4: (1, 0)}
+
+
+def _stream_run(path: Path, seq_stop: int) -> list:
+    """A run whose spectra arrive by one stream datum over frames 0..seq_stop - 2 of ``path``."""
+    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
+    n = seq_stop - 1
+    return [("start", {"uid": "run-big", "time": 0.0, "plan_name": "count"}),
+            ("descriptor", {"uid": "desc-big", "run_start": "run-big", "name": "primary", "time": 0.0,
+                            "data_keys": keys}),
+            ("stream_resource", {"uid": "sr-big", "run_start": "run-big", "data_key": "spec", "uri": f"file://{path}",
+                                 "mimetype": "application/x-hdf5", "parameters": {}}),
+            ("stream_datum", {"uid": "sd-big", "descriptor": "desc-big", "stream_resource": "sr-big",
+                              "seq_nums": {"start": 1, "stop": seq_stop}, "indices": {"start": 0, "stop": n}}),
+            ("stop", {"uid": "stop-big", "run_start": "run-big", "time": 1.0, "exit_status": "success"})]
+
+
+def test_external_frames_too_large_to_be_spectra_are_refused_before_they_are_read(engine, tmp_path, monkeypatch):
+    """A stream datum pointing at a camera's image stack (300 x 300 values a frame), or at more bytes than one
+    read may take, gets its rejections with the reason; nothing of the dataset is read."""
+    import h5py
+
+    images, spectra = tmp_path / "images.h5", tmp_path / "spectra.h5"
+    with h5py.File(images, "w") as f:
+        f.create_dataset("/entry/data/data", shape=(3, 300, 300), dtype="f4")
+    with h5py.File(spectra, "w") as f:
+        f.create_dataset("/entry/data/data", shape=(3, 560), dtype="f8")
+    reads: list = []
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda ds, key: reads.append(key) or np.zeros(1))
+    for path, limit, reason in ((images, None, "frames of shape (300, 300) (90000 values); at most 65536 channels"),
+                                (spectra, 3 * 560 * 8 - 1, "3 frames of dataset '/entry/data/data' are 0 MiB, more")):
+        cb, out = _new(engine)
+        if limit is not None:
+            cb.external.max_bytes = limit
+        _feed(cb, _stream_run(path, 4))
+        rows = derived_rows(out)
+        assert sorted(r["source_seq_num"] for r in rows) == [1, 2, 3]
+        assert all(r["status"] == "rejected" and reason in r["reason"] for r in rows), rows[0]["reason"]
+    assert reads == []
