@@ -24,6 +24,7 @@ reason, so a caller can reject one file and carry on with the next.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import re
 import threading
@@ -571,7 +572,48 @@ def read_msa(path: str | Path) -> list[MeasuredSpectrum]:
     except ReadError as exc:
         raise ReadError(f"{exc} (EMSA/MSA file)") from exc
     _check_msa_complete(p, items)
-    return items
+    return _with_measured_energies(p, items)
+
+
+def _with_measured_energies(p: Path, items: list[Item]) -> list[Item]:
+    """For ``#DATATYPE: XY`` files, the spectrum on the energies the file lists.
+
+    RosettaSciIO builds every EMSA axis as ``#OFFSET + #XPERCHAN * i`` and drops the file's X column:
+    measured energies that are not evenly spaced, or a rounded ``#XPERCHAN``, were read on the wrong
+    axis (MnO read 2.80, status ok, on an axis up to 2.7 eV from the one in the file).
+    """
+    header: dict[str, str] = {}
+    xs: list[float] = []
+    in_data = False
+    with open(p, encoding="latin-1") as f:
+        for line in f:
+            text = line.strip()
+            if text.startswith("#"):
+                key, _, value = text.partition(":")
+                key = key.strip().upper()
+                header.setdefault(key, value.strip())
+                if key == "#SPECTRUM":
+                    in_data = True
+                elif key == "#ENDOFDATA":
+                    break
+                continue
+            if in_data and text:
+                fields = [v for v in re.split(r"[,;\s]+", text) if v]
+                try:
+                    xs.append(float(fields[0]))
+                except (ValueError, IndexError):
+                    raise ReadError(f"{p}: XY data line {text[:40]!r} does not start with a number "
+                                    "(EMSA/MSA file)") from None
+    if header.get("#DATATYPE", "Y").upper() != "XY":
+        return items
+    units = header.get("#XUNITS", "").strip().lower()
+    factor = ENERGY_UNITS.get(units, 1.0) if units not in UNDEFINED_UNITS else 1.0
+    spectra = [it for it in items if isinstance(it, MeasuredSpectrum)]
+    if len(spectra) != 1 or len(xs) != len(spectra[0].intensity):
+        raise ReadError(f"{p}: {len(xs)} X values for {sum(len(s.intensity) for s in spectra)} intensities "
+                        "(EMSA/MSA XY file)")
+    energy = np.asarray(xs, np.float64) * factor
+    return [dataclasses.replace(it, energy=energy) if it is spectra[0] else it for it in items]
 
 
 def _check_msa_complete(p: Path, items: list[Item]) -> None:

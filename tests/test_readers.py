@@ -232,6 +232,23 @@ def test_emsa_xy_by_hand_with_unknown_extension(tmp_path):
     np.testing.assert_allclose(s.intensity, Y)
 
 
+@pytest.mark.parametrize("units, factor", [("eV", 1.0), ("keV", 1e-3)])
+def test_emsa_xy_reads_the_energies_the_file_lists(tmp_path, units, factor):
+    """Measured energies unevenly spaced, #OFFSET / #XPERCHAN their first value and mean step: RosettaSciIO
+    builds the axis from those two and drops the X column (the measured MnO then read 2.80)."""
+    steps = 0.25 * (1 + 0.6 * np.sin(np.arange(E.size - 1) / 7.0))
+    e = 630.0 + np.concatenate([[0.0], np.cumsum(steps)])
+    header = ("#FORMAT      : EMSA/MAS Spectral Data File\n#VERSION     : 1.0\n#TITLE       : uneven\n"
+              f"#NPOINTS     : {E.size}\n#NCOLUMNS    : 1\n#XUNITS      : {units}\n#YUNITS      : counts\n"
+              f"#DATATYPE    : XY\n#XPERCHAN    : {steps.mean() * factor:.6g}\n#OFFSET      : {630.0 * factor:.6g}\n"
+              "#SPECTRUM    : Spectral Data Starts Here\n")
+    text = header + "".join(f"{x * factor:.9g}, {y:.9g}\n" for x, y in zip(e, Y)) + "#ENDOFDATA   : \n"
+    (s,) = read_file(write_text(tmp_path / "uneven.msa", text))
+    assert np.abs(np.diff(s.energy) - steps).max() < 1e-3   # the file's spacing, not the mean one
+    np.testing.assert_allclose(s.energy, e, atol=1e-5)
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-6)
+
+
 @pytest.mark.parametrize("cut, reason", [
     (lambda t: t[: t.index("0.", len(t) // 2) + 3], "values read where #NPOINTS announces"),   # cut inside a number
     (lambda t: t.replace("#ENDOFDATA   : \n", ""), "no #ENDOFDATA"),
