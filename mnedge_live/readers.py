@@ -576,7 +576,8 @@ def read_msa(path: str | Path) -> list[MeasuredSpectrum]:
 
 
 def _with_measured_energies(p: Path, items: list[Item]) -> list[Item]:
-    """For ``#DATATYPE: XY`` files, the spectrum on the energies the file lists.
+    """For ``#DATATYPE: XY`` files, the spectrum on the energies the file lists; ``Y`` files must give
+    ``#OFFSET`` and ``#XPERCHAN`` (else refused: the channels would be read as energies 0, 1, 2 ...).
 
     RosettaSciIO builds every EMSA axis as ``#OFFSET + #XPERCHAN * i`` and drops the file's X column:
     measured energies that are not evenly spaced, or a rounded ``#XPERCHAN``, were read on the wrong
@@ -605,6 +606,10 @@ def _with_measured_energies(p: Path, items: list[Item]) -> list[Item]:
                     raise ReadError(f"{p}: XY data line {text[:40]!r} does not start with a number "
                                     "(EMSA/MSA file)") from None
     if header.get("#DATATYPE", "Y").upper() != "XY":
+        missing = [k for k in ("#OFFSET", "#XPERCHAN") if k not in header]
+        if missing:   # RosettaSciIO then numbers the channels 0, 1, 2 ...: no energy axis at all
+            raise ReadError(f"{p}: Y data without {' and '.join(missing)}: the file gives no energy axis "
+                            "(EMSA/MSA file)")
         return items
     units = header.get("#XUNITS", "").strip().lower()
     factor = ENERGY_UNITS.get(units, 1.0) if units not in UNDEFINED_UNITS else 1.0

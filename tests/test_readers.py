@@ -253,6 +253,8 @@ def test_emsa_xy_reads_the_energies_the_file_lists(tmp_path, units, factor):
     (lambda t: t[: t.index("0.", len(t) // 2) + 3], "values read where #NPOINTS announces"),   # cut inside a number
     (lambda t: t.replace("#ENDOFDATA   : \n", ""), "no #ENDOFDATA"),
     (lambda t: t.replace(f"#NPOINTS     : {E.size}", f"#NPOINTS     : {E.size + 5}"), "announces"),
+    (lambda t: t.replace("#OFFSET      : 630.0\n", ""), "Y data without #OFFSET: the file gives no energy axis"),
+    (lambda t: t.replace("#XPERCHAN    : 0.25\n#OFFSET      : 630.0\n", ""), "without #OFFSET and #XPERCHAN"),
 ])
 def test_a_truncated_emsa_file_is_refused(tmp_path, cut, reason):
     header = ("#FORMAT      : EMSA/MAS Spectral Data File\n#VERSION     : 1.0\n#TITLE       : cut\n"
