@@ -61,6 +61,15 @@ SPECTRUM_COLUMN_NAMES = ("norm", "nor", "flat", "xmu", "mu", "mutrans", "mu_tran
 MONITOR_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon", "time", "seconds", "sec", "count_time",
                                   "ring_current", "ringcurrent", "current", "beam_current", "energy", "e"})
 
+#: Column names (keys, as :func:`_column_key` makes them) of a point index, a counter or a clock: never the
+#: energy axis.  A column named so (or unnamed: a pandas or R index) in first place is not read as the energy.
+INDEX_COLUMN_NAMES = frozenset({"", "#", "index", "idx", "point", "points", "pt", "pts", "no", "nr", "num", "number",
+                                "channel", "chan", "ch", "row", "step", "time", "seconds", "sec", "clock",
+                                "real_time_clock", "timestamp", "epoch"})
+#: Column names (keys) of an energy axis besides those containing the word ``energy`` (``Mono Energy``,
+#: ``pgm_energy``, ``Energy loss (eV)``).
+ENERGY_COLUMN_NAMES = frozenset({"e", "ev", "hv", "eloss", "energyloss"})
+
 log = logging.getLogger(__name__)
 
 
@@ -370,8 +379,14 @@ def _decode_text(raw: bytes, p: Path) -> str:
 
 def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
+    energy, intensity = _parse_table(text, name, column)
+    return energy, intensity
+
+
+def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, np.ndarray]:
     header: list[str] | None = None       # the last line of names before the data
     data: list[tuple[int, list[str]]] = []
+    lines: list[str] = []                 # the text lines before the data (SSRL: one name a line after "Data:")
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         s = line.strip()
         if not s:
@@ -390,6 +405,7 @@ def parse_columns(text: str, name: str = "<text>", column: str | None = None) ->
             if values is not None:  # a lone number: one column of data, not a header
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
+            lines.append(s)
             continue
         data.append((lineno, fields))
     if not data:
@@ -398,17 +414,92 @@ def parse_columns(text: str, name: str = "<text>", column: str | None = None) ->
         raise ReadError(f"{name}: only one data row")
     n_columns = len(data[0][1])
     names = header if header is not None and len(header) == n_columns else None
+    ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
+    if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
+        header = names = lines[ssrl[-1] + 1:]
+    e, skip = _energy_column(names, data, n_columns, name)
     if header is not None and names is None and column is None and n_columns > 2:
         _refuse_unaligned_header(header, n_columns, name)
-    j = intensity_column(n_columns, names, column, name)
+    j = intensity_column(n_columns, names, column, name, energy=e, skip=skip)
     arr = np.empty((len(data), 2))
     for i, (lineno, fields) in enumerate(data):
         try:
-            arr[i] = _float(fields[0]), _float(fields[j])
+            arr[i] = _float(fields[e]), _float(fields[j])
         except (ValueError, IndexError):
-            raise ReadError(f"{name}: line {lineno} has no number in column {j + 1} (the intensity): "
+            bad = e + 1 if not _is_number(fields, e) else j + 1
+            what = "the energy" if bad == e + 1 else "the intensity"
+            raise ReadError(f"{name}: line {lineno} has no number in column {bad} ({what}): "
                             f"{' '.join(fields)[:60]!r}") from None
     return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def _is_number(fields: list[str], j: int) -> bool:
+    try:
+        _float(fields[j])
+    except (ValueError, IndexError):
+        return False
+    return True
+
+
+def _is_energy_key(key: str) -> bool:
+    """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ...)."""
+    return key in ENERGY_COLUMN_NAMES or "energy" in key.split("_") or key.startswith("energy") \
+        or key.endswith("energy")
+
+
+def _is_index_key(key: str) -> bool:
+    """Whether a column key names a point index, counter or clock (or no name: a pandas/R index column)."""
+    return key in INDEX_COLUMN_NAMES or key.startswith("unnamed") or key.endswith("_time") or key.startswith("time_")
+
+
+def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n_columns: int,
+                   name: str) -> tuple[int, frozenset[int]]:
+    """The energy column (0-based) and the columns not to read at all.
+
+    Column 1, unless it is named as (or, unnamed, counts like) a point index,
+    a counter or a clock: then the column named as an energy, with column 1
+    left unread; without one the file is refused, naming the column that
+    could be the energy.
+    """
+    if names is not None:
+        keys = [_column_key(n) for n in names]
+        if _is_energy_key(keys[0]) or not _is_index_key(keys[0]):
+            return 0, frozenset()
+        energies = [i for i, k in enumerate(keys) if i and _is_energy_key(k)]
+        what = f"named {names[0]!r}" if names[0].strip() else "unnamed"
+        if energies:
+            log.info("%s: column 1 (%s) is a point index or a clock; column %d (%r) is read as the energy",
+                     name, what, energies[0] + 1, names[energies[0]])
+            return energies[0], frozenset({0})
+        raise ReadError(f"{name}: column 1 is {what}: a point index or a clock, not an energy, and no column is "
+                        f"named as an energy (columns {', '.join(names)}){_energy_candidate(data, n_columns)}")
+    if n_columns >= 3 and _counts_points(data):
+        raise ReadError(f"{name}: column 1 counts points (0, 1, 2, ... or 1, 2, 3, ...): a point index, not an "
+                        f"energy{_energy_candidate(data, n_columns)}")
+    return 0, frozenset()
+
+
+def _counts_points(data: list[tuple[int, list[str]]]) -> bool:
+    """Whether the first column holds consecutive integers from 0 or 1 (a point index)."""
+    try:
+        v = np.array([_float(f[0]) for _, f in data])
+    except ValueError:
+        return False
+    return len(v) >= 3 and v[0] in (0.0, 1.0) and bool(np.all(np.diff(v) == 1.0))
+
+
+def _energy_candidate(data: list[tuple[int, list[str]]], n_columns: int) -> str:
+    """``; column K (a to b) could be the energy ...`` for the first monotonic column after the first."""
+    for j in range(1, n_columns):
+        try:
+            v = np.array([_float(f[j]) for _, f in data])
+        except (ValueError, IndexError):
+            continue
+        d = np.diff(v)
+        if np.all(np.isfinite(v)) and (np.all(d > 0) or np.all(d < 0)) and not np.all(d == 1.0):
+            return (f"; column {j + 1} ({v[0]:g} to {v[-1]:g}) could be the energy: name it in the header "
+                    "(Energy) or remove column 1")
+    return "; no column runs like an energy axis"
 
 
 def _refuse_unaligned_header(header: list[str], n_columns: int, name: str) -> None:
@@ -434,8 +525,8 @@ def _column_key(name: str) -> str:
 
 
 def intensity_column(n_columns: int, names: list[str] | None, column: str | None = None,
-                     name: str = "<text>") -> int:
-    """Index of the intensity column of a text file whose first column is the energy.
+                     name: str = "<text>", energy: int = 0, skip: frozenset[int] = frozenset()) -> int:
+    """Index of the intensity column of a text file.
 
     Parameters
     ----------
@@ -444,60 +535,72 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
     names : list of str or None
         The column names from the header line, when it has one per column.
     column : str, optional
-        The user's choice: a column name or a 1-based number (2 or more).
+        The user's choice: a column name or a 1-based number (not the energy's).
     name : str
         File name for messages.
+    energy : int
+        0-based index of the energy column (0 unless column 1 is a point index).
+    skip : set of int
+        0-based columns that are neither (a point index left unread).
 
     Returns
     -------
     int
-        0-based index: ``column`` when given; else 1 for two columns (refused when
-        their names make column 1 a spectrum or column 2 a monitor); else the
-        first of :data:`SPECTRUM_COLUMN_NAMES` among the names; else 1 with a
-        logged warning (so the choice is never silent).
+        0-based index: ``column`` when given; else the one other column when
+        there is one (refused when the names make the energy column a spectrum
+        or that column a monitor); else the first of
+        :data:`SPECTRUM_COLUMN_NAMES` among the names; else the first column
+        after the energy with a logged warning (so the choice is never silent).
 
     Raises
     ------
     ReadError
         ``column`` does not name a column, or the file names no spectrum
-        column and its second column is a monitor (:data:`MONITOR_COLUMN_NAMES`):
-        reading I0 as the spectrum would be a wrong answer, not a guess.
+        column and its first column after the energy is a monitor
+        (:data:`MONITOR_COLUMN_NAMES`): reading I0 as the spectrum would be a
+        wrong answer, not a guess.
     """
     listed = f" ({', '.join(names)})" if names else ""
+    cols = [j for j in range(n_columns) if j != energy and j not in skip]
+    axis = f"column {energy + 1} is the energy" + (
+        "".join(f", column {k + 1} a point index" for k in sorted(skip)))
     if column is not None:
         text = str(column).strip()
         if text.isdigit():
             j = int(text) - 1
-            if not 1 <= j < n_columns:
+            if j not in cols:
                 raise ReadError(f"{name}: column {text} is not an intensity column: the file has {n_columns} "
-                                f"columns{listed} and column 1 is the energy")
+                                f"columns{listed} and {axis}")
             return j
         keys = [_column_key(n) for n in names or []]
-        if _column_key(text) not in keys[1:]:
+        found = [j for j in cols if j < len(keys) and keys[j] == _column_key(text)]
+        if not found:
             raise ReadError(f"{name}: no column named {text!r}"
                             + (f"; the columns are {', '.join(names)}" if names else "; the file names no columns"))
-        return keys.index(_column_key(text), 1)
-    if n_columns == 2:
+        return found[0]
+    first = cols[0]
+    if len(cols) == 1:
         if names:
             keys = [_column_key(n) for n in names]
-            if keys[0] in SPECTRUM_COLUMN_NAMES and keys[1] not in SPECTRUM_COLUMN_NAMES:
-                raise ReadError(f"{name}: column 1 is named {names[0]!r}, a spectrum: the first column must be "
-                                f"the energy (columns {', '.join(names)})")
-            if keys[1] in MONITOR_COLUMN_NAMES:
-                raise ReadError(f"{name}: column 2 is named {names[1]!r}, a monitor or an axis, not a spectrum "
-                                f"(columns {', '.join(names)})")
-        return 1
+            if keys[energy] in SPECTRUM_COLUMN_NAMES and keys[first] not in SPECTRUM_COLUMN_NAMES:
+                raise ReadError(f"{name}: column {energy + 1} is named {names[energy]!r}, a spectrum: the first "
+                                f"column must be the energy (columns {', '.join(names)})")
+            if keys[first] in MONITOR_COLUMN_NAMES:
+                raise ReadError(f"{name}: column {first + 1} is named {names[first]!r}, a monitor or an axis, "
+                                f"not a spectrum (columns {', '.join(names)})")
+        return first
     if names:
         keys = [_column_key(n) for n in names]
         for wanted in SPECTRUM_COLUMN_NAMES:
-            if wanted in keys[1:]:
-                return keys.index(wanted, 1)
-        if keys[1] in MONITOR_COLUMN_NAMES:
-            raise ReadError(f"{name}: {n_columns} columns{listed}, none named as a spectrum and column 2 "
-                            f"({names[1]!r}) is a monitor; name the intensity column (mnedge predict --column)")
-    log.warning("%s: %d columns%s; column 2 read as the intensity (name another with --column)",
-                name, n_columns, listed)
-    return 1
+            for j in cols:
+                if keys[j] == wanted:
+                    return j
+        if keys[first] in MONITOR_COLUMN_NAMES:
+            raise ReadError(f"{name}: {n_columns} columns{listed}, none named as a spectrum and column {first + 1} "
+                            f"({names[first]!r}) is a monitor; name the intensity column (mnedge predict --column)")
+    log.warning("%s: %d columns%s; column %d read as the intensity (name another with --column)",
+                name, n_columns, listed, first + 1)
+    return first
 
 
 #: A space-separated field: a word with the bracketed unit that may follow it (``mu (a.u.)``).

@@ -526,3 +526,38 @@ def test_hdf5_dataset_source_pickles_without_an_open_file_and_bounds_open_files(
         img.close()
     again.close()
     assert _open_files_under(tmp_path) == 0
+
+
+IDX = np.arange(len(E))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("pandas.csv", ",energy,intensity\n" + "".join(f"{i},{a},{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("unnamed.csv", "Unnamed: 0,energy,intensity\n" + "".join(f"{i},{a},{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("r_quoted.csv", '"","Energy (eV)","Intensity"\n' + "".join(f'"{i + 1}",{a},{b}\n' for i, a, b in zip(IDX, E, Y))),
+    ("point.dat", "Point\tEnergy (eV)\tIntensity\n" + "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("time.dat", "Time (s)\tMono Energy\tNormalized TEY\n" + "".join(f"{i / 2}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("channel.dat", "Channel\tEnergy\tTEY\n" + "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("ssrl.dat", "SSRL    EXAFS Data Collector 1.3\nMnO\nPTS:140 COLS: 3\nData:\nReal time clock\nRequested Energy\n"
+     "mu\n" + "".join(f"{i / 2}   {a}   {b}\n" for i, a, b in zip(IDX, E, Y))),
+])
+def test_an_index_or_clock_in_column_one_gives_way_to_the_column_named_energy(tmp_path, name, text):
+    path = write_text(tmp_path / name, text)
+    s = read_file(path)[0]
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    np.testing.assert_allclose(read_file(path, column="3")[0].intensity, Y)
+    with pytest.raises(ReadError, match="column 1 is not an intensity column"):
+        read_file(path, column="1")
+    with pytest.raises(ReadError, match="column 2 is not an intensity column: .* column 2 is the energy"):
+        read_file(path, column="2")
+
+
+def test_an_index_in_column_one_without_an_energy_column_is_refused(tmp_path):
+    named = write_text(tmp_path / "named.dat", "Point\tX\tIntensity\n"
+                       + "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y)))
+    with pytest.raises(ReadError, match="column 1 is named 'Point': a point index .* column 2 .* could be the energy"):
+        read_file(named)
+    bare = write_text(tmp_path / "bare.dat", "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y)))
+    with pytest.raises(ReadError, match="column 1 counts points .* column 2 .* could be the energy"):
+        read_file(bare)
