@@ -387,14 +387,21 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     header: list[str] | None = None       # the last line of names before the data
     data: list[tuple[int, list[str]]] = []
     lines: list[str] = []                 # the text lines before the data (SSRL: one name a line after "Data:")
+    candidates: list[list[str]] = []      # every line of two or more fields before the data: names, units, notes
+    xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         s = line.strip()
         if not s:
             continue
         if s.startswith("#"):
-            names = split_fields(s.lstrip("#").strip())
+            body = s.lstrip("#").strip()
+            names = split_fields(body)
+            m = _XDI_COLUMN.match(body)
+            if m and not data:
+                xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
             if not data and len(names) >= 2:
                 header = names
+                candidates.append(names)
             continue
         fields = split_fields(s)
         values = _floats(fields[:2])
@@ -406,6 +413,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
             lines.append(s)
+            candidates.append(fields)
             continue
         data.append((lineno, fields))
     if not data:
@@ -413,7 +421,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     if len(data) < 2:
         raise ReadError(f"{name}: only one data row")
     n_columns = len(data[0][1])
-    names = header if header is not None and len(header) == n_columns else None
+    names = _choose_names(candidates, header, n_columns, xdi)
     ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
     if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
         header = names = lines[ssrl[-1] + 1:]
@@ -433,6 +441,39 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     return arr[:, 0].copy(), arr[:, 1].copy()
 
 
+#: An XDI column header: ``# Column.2: i0`` (name, then optional units).
+_XDI_COLUMN = re.compile(r"column\.(\d+)\s*:\s*(.*)", re.IGNORECASE)
+#: Words of a units row under the names row (``eV  nA  a.u.``), compared lower case without brackets.
+UNIT_WORDS = frozenset({"", "-", "1", "ev", "kev", "mev", "a", "na", "pa", "ua", "\u00b5a", "ma", "v", "mv", "s", "sec",
+                        "ms", "a.u.", "a.u", "au", "arb", "arb.", "arb.u.", "arb.units", "counts", "cts", "cps",
+                        "c/s", "hz", "khz"})
+
+
+def _is_units_row(fields: list[str]) -> bool:
+    return all(w.strip("()[]{} ").lower().replace(" ", "") in UNIT_WORDS for w in fields)
+
+
+def _is_known_key(key: str) -> bool:
+    """Whether a column key is a name this module knows (energy, index, monitor, spectrum, raw yield)."""
+    return bool(key) and (_is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
+                          or key in SPECTRUM_COLUMN_NAMES or _is_raw_yield_key(key))
+
+
+def _choose_names(candidates: list[list[str]], header: list[str] | None, n_columns: int,
+                  xdi: dict[int, str]) -> list[str] | None:
+    """The column names: the last line before the data with one field per column, not a units row nor a
+    ``key: value`` note, that holds a known column name (a units row or a comment such as ``# scan started``
+    between the names and the data is passed over); else the XDI ``# Column.N`` headers when they name
+    every column; else the last line before the data when it has one field per column."""
+    aligned = [c for c in candidates if len(c) == n_columns and not _is_units_row(c) and not c[0].endswith(":")]
+    named = [c for c in aligned if any(_is_known_key(_column_key(w)) for w in c)]
+    if named:
+        return named[-1]
+    if xdi and sorted(xdi) == list(range(1, n_columns + 1)):
+        return [xdi[i] for i in range(1, n_columns + 1)]
+    return header if header is not None and len(header) == n_columns else None
+
+
 def _is_number(fields: list[str], j: int) -> bool:
     try:
         _float(fields[j])
@@ -445,6 +486,11 @@ def _is_energy_key(key: str) -> bool:
     """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ...)."""
     return key in ENERGY_COLUMN_NAMES or "energy" in key.split("_") or key.startswith("energy") \
         or key.endswith("energy")
+
+
+def _is_raw_yield_key(key: str) -> bool:
+    """Whether a column key names a raw electron or fluorescence yield (to be divided by I0)."""
+    return False
 
 
 def _is_index_key(key: str) -> bool:

@@ -561,3 +561,20 @@ def test_an_index_in_column_one_without_an_energy_column_is_refused(tmp_path):
     bare = write_text(tmp_path / "bare.dat", "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y)))
     with pytest.raises(ReadError, match="column 1 counts points .* column 2 .* could be the energy"):
         read_file(bare)
+
+
+def tabbed(*cols) -> str:
+    return "".join("\t".join(str(c) for c in row) + "\n" for row in zip(E, *cols))
+
+
+@pytest.mark.parametrize("name, head", [
+    ("units_row.dat", "Energy\tI0\tmu\neV\tnA\ta.u.\n"),
+    ("units_row_commented.dat", "# Energy\tI0\tmu\n# eV\tnA\ta.u.\n"),
+    ("comment_between.dat", "Energy\tI0\tmu\n# scan started\n"),
+    ("xdi_no_label.xdi", "# XDI/1.0\n# Column.1: energy eV\n# Column.2: i0\n# Column.3: mu\n# ///\n"
+                         "# Mn L edge scan of sample X\n#----\n"),
+])
+def test_names_are_kept_past_a_units_row_or_a_comment_and_xdi_column_headers_are_read(tmp_path, name, head):
+    # the lost names left column 2, the I0 monitor, read as the spectrum
+    s = read_file(write_text(tmp_path / name, head + tabbed(MONITOR, Y)))[0]
+    np.testing.assert_allclose(s.intensity, Y)
