@@ -70,6 +70,13 @@ INDEX_COLUMN_NAMES = frozenset({"", "#", "index", "idx", "point", "points", "pt"
 #: ``pgm_energy``, ``Energy loss (eV)``).
 ENERGY_COLUMN_NAMES = frozenset({"e", "ev", "hv", "eloss", "energyloss"})
 
+#: Column names (keys) of raw electron or fluorescence yields, read divided by the file's I0 monitor
+#: (:data:`I0_COLUMN_NAMES`) when chosen by default; also ``tey_*``, ``tfy_*``, ``pfy_*`` (``PFY_Mn``).
+RAW_YIELD_NAMES = frozenset({"tey", "tfy", "pfy", "itey", "itfy", "ipfy", "idio", "ifiofb", "ifio", "fy", "ey",
+                             "iy", "ifluor", "ifluo", "drain", "drain_current", "sample_current", "sdd"})
+#: Column names (keys) of the incident-flux monitor a raw yield is divided by.
+I0_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon"})
+
 log = logging.getLogger(__name__)
 
 
@@ -428,17 +435,49 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     e, skip = _energy_column(names, data, n_columns, name)
     if header is not None and names is None and column is None and n_columns > 2:
         _refuse_unaligned_header(header, n_columns, name)
-    j = intensity_column(n_columns, names, column, name, energy=e, skip=skip)
-    arr = np.empty((len(data), 2))
+    j, m = _intensity_and_monitor(n_columns, names, column, name, e, skip)
+    arr = np.empty((len(data), 3))
     for i, (lineno, fields) in enumerate(data):
         try:
-            arr[i] = _float(fields[e]), _float(fields[j])
+            arr[i] = _float(fields[e]), _float(fields[j]), (1.0 if m is None else _float(fields[m]))
         except (ValueError, IndexError):
-            bad = e + 1 if not _is_number(fields, e) else j + 1
-            what = "the energy" if bad == e + 1 else "the intensity"
-            raise ReadError(f"{name}: line {lineno} has no number in column {bad} ({what}): "
+            bad = [k for k in (e, j, m) if k is not None and not _is_number(fields, k)][0]
+            what = {e: "the energy", j: "the intensity"}.get(bad, "the I0 monitor")
+            raise ReadError(f"{name}: line {lineno} has no number in column {bad + 1} ({what}): "
                             f"{' '.join(fields)[:60]!r}") from None
+    if m is not None:
+        if not np.all(np.isfinite(arr[:, 2]) & (arr[:, 2] != 0)):
+            raise ReadError(f"{name}: the I0 monitor (column {m + 1}, {names[m]!r}) has zero or non-finite values: "
+                            f"{names[j]} / {names[m]} cannot be read")
+        log.warning("%s: column %d (%r) is a raw yield: read divided by the I0 monitor, column %d (%r)",
+                    name, j + 1, names[j], m + 1, names[m])
+        arr[:, 1] /= arr[:, 2]
     return arr[:, 0].copy(), arr[:, 1].copy()
+
+
+def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str | None, name: str, energy: int,
+                           skip: frozenset[int]) -> tuple[int, int | None]:
+    """The intensity column and the monitor it is divided by (None: read as it is).
+
+    ``column`` ``A/B`` (not itself a column name) reads column A divided by
+    column B; a raw yield (:data:`RAW_YIELD_NAMES`) chosen by default is
+    divided by the file's one I0 monitor (:func:`intensity_column` refuses
+    when there is none or several); a column the user names is read as it is.
+    """
+    keys = [_column_key(n) for n in names or []]
+    if column is not None and "/" in column and _column_key(column) not in keys:
+        a, _, b = column.partition("/")
+        j = intensity_column(n_columns, names, a, name, energy=energy, skip=skip)
+        m = intensity_column(n_columns, names, b, name, energy=energy, skip=skip)
+        if m == j:
+            raise ReadError(f"{name}: --column {column}: a column divided by itself")
+        return j, m
+    j = intensity_column(n_columns, names, column, name, energy=energy, skip=skip)
+    if column is None and names and _is_raw_yield_key(keys[j]):
+        monitors = [k for k, key in enumerate(keys) if key in I0_COLUMN_NAMES and k != energy and k not in skip]
+        if len(monitors) == 1:
+            return j, monitors[0]
+    return j, None
 
 
 #: An XDI column header: ``# Column.2: i0`` (name, then optional units).
@@ -490,7 +529,9 @@ def _is_energy_key(key: str) -> bool:
 
 def _is_raw_yield_key(key: str) -> bool:
     """Whether a column key names a raw electron or fluorescence yield (to be divided by I0)."""
-    return False
+    if "norm" in key:
+        return False
+    return key in RAW_YIELD_NAMES or key.startswith(("tey_", "tfy_", "pfy_"))
 
 
 def _is_index_key(key: str) -> bool:
@@ -641,6 +682,23 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
             for j in cols:
                 if keys[j] == wanted:
                     return j
+        yields = [j for j in cols if _is_raw_yield_key(keys[j])]
+        monitors = [j for j in cols if keys[j] in I0_COLUMN_NAMES]
+        if yields and (len(yields) > 1 or len(monitors) != 1):
+            why = f"{name}: {n_columns} columns{listed}, none named as a spectrum"
+            if keys[first] in MONITOR_COLUMN_NAMES:
+                why += f" and column {first + 1} ({names[first]!r}) is a monitor"
+            raw = ", ".join(names[j] for j in yields)
+            mon = names[monitors[0]] if len(monitors) == 1 else "MONITOR"
+            if len(yields) > 1:
+                why += f"; several raw yields ({raw}): name the one to read, divided by its monitor"
+            else:
+                why += (f"; {raw} is a raw yield and " + ("no column" if not monitors else "more than one column")
+                        + " is named as its I0 monitor: name the columns to read")
+            raise ReadError(f"{why} (mnedge predict --column {names[yields[0]]}/{mon} reads {names[yields[0]]} "
+                            f"divided by {mon}; --column {names[yields[0]]} reads it as it is)")
+        if yields:
+            return yields[0]
         if keys[first] in MONITOR_COLUMN_NAMES:
             raise ReadError(f"{name}: {n_columns} columns{listed}, none named as a spectrum and column {first + 1} "
                             f"({names[first]!r}) is a monitor; name the intensity column (mnedge predict --column)")

@@ -578,3 +578,33 @@ def test_names_are_kept_past_a_units_row_or_a_comment_and_xdi_column_headers_are
     # the lost names left column 2, the I0 monitor, read as the spectrum
     s = read_file(write_text(tmp_path / name, head + tabbed(MONITOR, Y)))[0]
     np.testing.assert_allclose(s.intensity, Y)
+
+
+@pytest.mark.parametrize("head, cols", [
+    ("Energy\tTEY\tI0\tTime\n", lambda i0: (Y * i0, i0, IDX)),
+    ("Energy\tI0\tTEY\tTime\n", lambda i0: (i0, Y * i0, IDX)),
+    ("# energy i0 itey\n", lambda i0: (i0, Y * i0)),
+])
+def test_a_raw_yield_beside_its_i0_monitor_is_read_divided_by_it_whatever_the_order(tmp_path, caplog, head, cols):
+    i0 = np.linspace(2.3e-10, 2.1e-10, len(E))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        s = read_file(write_text(tmp_path / "yield.dat", head + tabbed(*cols(i0))))[0]
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-9)
+    assert "is a raw yield: read divided by the I0 monitor" in caplog.text
+
+
+@pytest.mark.parametrize("head", ["Energy\tTEY\tI0\tTFY\n", "Energy\tI0\tTEY\tTFY\n", "pgm_energy\tidio\tifiofb\tmacr16\n",
+                                  "Energy\tTEY\tTime\tRing current\n"])
+def test_raw_yields_that_cannot_be_told_apart_or_without_a_monitor_are_refused(tmp_path, head):
+    i0 = np.linspace(2.3e-10, 2.1e-10, len(E))
+    path = write_text(tmp_path / "yields.dat", head + tabbed(Y * i0, i0, 2 * Y * i0))
+    with pytest.raises(ReadError, match="raw yield.*--column"):
+        read_file(path)
+
+
+def test_a_column_ratio_reads_a_yield_divided_by_its_monitor(tmp_path):
+    i0 = np.linspace(2.3e-10, 2.1e-10, len(E))
+    path = write_text(tmp_path / "yields.dat", "Energy\tTEY\tI0\tTFY\n" + tabbed(Y * i0, i0, 2 * Y * i0))
+    np.testing.assert_allclose(read_file(path, column="TFY/I0")[0].intensity, 2 * Y, rtol=1e-9)
+    np.testing.assert_allclose(read_file(path, column="2/3")[0].intensity, Y, rtol=1e-9)
+    np.testing.assert_allclose(read_file(path, column="TEY")[0].intensity, Y * i0, rtol=1e-9)   # named: as it is
