@@ -316,7 +316,7 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
         return read_rsciio(p, "dm", lazy=lazy)
     if fmt == "hspy":
         return read_rsciio(p, "hspy", lazy=lazy)
-    return [read_text(p, column)]
+    return _read_text_items(p, column)
 
 
 def detect_format(path: Path, head: bytes) -> str:
@@ -355,7 +355,12 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
         Binary content, no numeric rows, a single column, or a non-numeric
         row after the data began.
     """
-    p = Path(path)
+    return _read_text_items(Path(path), column)[0]
+
+
+def _read_text_items(p: Path, column: str | None) -> list[Item]:
+    """The spectrum of a text file, followed by a :class:`RefusedSignal` for each further scan of a SPEC
+    file (``#S`` lines): only the first scan is read."""
     try:
         size = p.stat().st_size
         if size > MAX_TEXT_BYTES:
@@ -364,8 +369,14 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
     except OSError as exc:
         raise ReadError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     text = _decode_text(raw, p)
-    energy, intensity = parse_columns(text, str(p), column)
-    return MeasuredSpectrum(str(p), 0, energy, intensity, None)
+    energy, intensity, scans = _parse_table(text, str(p), column)
+    items: list[Item] = [MeasuredSpectrum(str(p), 0, energy, intensity, None)]
+    if len(scans) > 1:
+        log.warning("%s: %d scans (#S lines); only the first (%s) is read, the others are skipped: %s",
+                    p, len(scans), scans[0], "; ".join(scans[1:]))
+        items += [RefusedSignal(str(p), k, f"scan {label!r} not read: only the first scan of a SPEC file "
+                                           f"({scans[0]!r}) is read") for k, label in enumerate(scans[1:], start=1)]
+    return items
 
 
 def _decode_text(raw: bytes, p: Path) -> str:
@@ -386,23 +397,33 @@ def _decode_text(raw: bytes, p: Path) -> str:
 
 def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
-    energy, intensity = _parse_table(text, name, column)
+    energy, intensity, _ = _parse_table(text, name, column)
     return energy, intensity
 
 
-def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(energy, intensity, scans)``: ``scans`` lists the SPEC ``#S`` lines; the data stop at the second."""
     header: list[str] | None = None       # the last line of names before the data
     data: list[tuple[int, list[str]]] = []
     lines: list[str] = []                 # the text lines before the data (SSRL: one name a line after "Data:")
     candidates: list[list[str]] = []      # every line of two or more fields before the data: names, units, notes
     xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
+    scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         s = line.strip()
         if not s:
             continue
+        if _SPEC_SCAN.match(s):
+            scans.append(s[2:].strip())
+            continue
+        if len(scans) > 1:
+            continue                      # a later scan of a SPEC file: not read
         if s.startswith("#"):
             body = s.lstrip("#").strip()
             names = split_fields(body)
+            if s.startswith("#L ") and not data:    # SPEC labels: separated by two spaces or more
+                spec = re.split(r"\s{2,}", s[3:].strip())
+                names = spec if len(spec) >= 2 else s[3:].split()
             m = _XDI_COLUMN.match(body)
             if m and not data:
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
@@ -452,7 +473,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         log.warning("%s: column %d (%r) is a raw yield: read divided by the I0 monitor, column %d (%r)",
                     name, j + 1, names[j], m + 1, names[m])
         arr[:, 1] /= arr[:, 2]
-    return arr[:, 0].copy(), arr[:, 1].copy()
+    return arr[:, 0].copy(), arr[:, 1].copy(), scans
 
 
 def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str | None, name: str, energy: int,
@@ -480,6 +501,8 @@ def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str 
     return j, None
 
 
+#: A SPEC scan line: ``#S 12  ascan  energy 635 663``.
+_SPEC_SCAN = re.compile(r"#S\s+\d")
 #: An XDI column header: ``# Column.2: i0`` (name, then optional units).
 _XDI_COLUMN = re.compile(r"column\.(\d+)\s*:\s*(.*)", re.IGNORECASE)
 #: Words of a units row under the names row (``eV  nA  a.u.``), compared lower case without brackets.

@@ -608,3 +608,20 @@ def test_a_column_ratio_reads_a_yield_divided_by_its_monitor(tmp_path):
     np.testing.assert_allclose(read_file(path, column="TFY/I0")[0].intensity, 2 * Y, rtol=1e-9)
     np.testing.assert_allclose(read_file(path, column="2/3")[0].intensity, Y, rtol=1e-9)
     np.testing.assert_allclose(read_file(path, column="TEY")[0].intensity, Y * i0, rtol=1e-9)   # named: as it is
+
+
+def test_spec_labels_are_split_on_two_spaces_and_only_the_first_scan_is_read(tmp_path, caplog):
+    first = "#S 12  ascan  energy 635 663\n#N 4\n#L Energy  Ring current  I0  mu\n" + columns(
+        "", np.full_like(Y, 400.0), MONITOR, Y, sep="  ")
+    second = "\n#S 13  ascan  energy 635 663\n#L Energy  Ring current  I0  mu\n" + columns(
+        "", np.full_like(Y, 399.0), MONITOR, 2 * Y, sep="  ")
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        items = read_file(write_text(tmp_path / "scans.spec", "#F scans.spec\n" + first + second))
+    assert isinstance(items[0], MeasuredSpectrum)
+    np.testing.assert_allclose(items[0].energy, E)
+    np.testing.assert_allclose(items[0].intensity, Y)
+    assert len(items) == 2 and isinstance(items[1], RefusedSignal) and "13  ascan" in items[1].reason
+    assert "only the first" in caplog.text
+    one = read_file(write_text(tmp_path / "one.spec", first))
+    assert len(one) == 1
+    np.testing.assert_allclose(one[0].intensity, Y)
