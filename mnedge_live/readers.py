@@ -429,7 +429,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
             if not data and len(names) >= 2:
                 header = names
-                candidates.append(names)
+                candidates += [names] + _spaced_variants(body, names)
             continue
         fields = split_fields(s)
         values = _floats(fields[:2])
@@ -441,11 +441,11 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
             lines.append(s)
-            candidates.append(fields)
+            candidates += [fields] + _spaced_variants(s, fields)
             continue
         data.append((lineno, fields))
     if not data:
-        raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found")
+        raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found{_decimal_comma_hint(text)}")
     if len(data) < 2:
         raise ReadError(f"{name}: only one data row")
     n_columns = len(data[0][1])
@@ -509,6 +509,42 @@ _XDI_COLUMN = re.compile(r"column\.(\d+)\s*:\s*(.*)", re.IGNORECASE)
 UNIT_WORDS = frozenset({"", "-", "1", "ev", "kev", "mev", "a", "na", "pa", "ua", "\u00b5a", "ma", "v", "mv", "s", "sec",
                         "ms", "a.u.", "a.u", "au", "arb", "arb.", "arb.u.", "arb.units", "counts", "cts", "cps",
                         "c/s", "hz", "khz"})
+
+
+def _spaced_variants(line: str, fields: list[str]) -> list[list[str]]:
+    """Other readings of a space-separated header line: split on runs of two or more spaces
+    (``Mono Energy (eV)   I0   TEY``), and with the one bracketed unit joined to every word before it that
+    the single-space split left over (tried by :func:`_choose_names` only where one has a field per column)."""
+    if any(c in line for c in ";\t,"):
+        return []
+    out = []
+    wide = re.split(r"\s{2,}", line.strip())
+    if len(wide) >= 2 and wide != fields:
+        out.append(wide)
+    bracketed = [i for i, f in enumerate(fields) if re.search(r"[(\[]", f)]
+    if len(bracketed) == 1 and bracketed[0] >= 1:
+        b = bracketed[0]
+        out += [fields[:b - k] + [" ".join(fields[b - k:b + 1])] + fields[b + 1:] for k in range(1, b + 1)]
+    return out
+
+
+def _decimal_comma_hint(text: str) -> str:
+    """A hint for a file whose rows are space-separated numbers with decimal commas (``636,4  0,38``):
+    their commas were taken as the separator."""
+    rows = 0
+    for line in text.splitlines()[:200]:
+        s = line.strip()
+        if "," in s and not any(c in s for c in ";\t") and re.search(r"\d,\d", s):
+            parts = s.replace(",", ".").split()
+            try:
+                [float(x) for x in parts]
+            except ValueError:
+                continue
+            rows += len(parts) >= 2
+    if rows >= 2:
+        return ("; the rows look like space-separated numbers with decimal commas (636,4  0,38), whose commas "
+                "read as separators: use decimal points, or tabs or semicolons between the columns")
+    return ""
 
 
 def _is_units_row(fields: list[str]) -> bool:

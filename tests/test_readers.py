@@ -625,3 +625,17 @@ def test_spec_labels_are_split_on_two_spaces_and_only_the_first_scan_is_read(tmp
     one = read_file(write_text(tmp_path / "one.spec", first))
     assert len(one) == 1
     np.testing.assert_allclose(one[0].intensity, Y)
+
+
+def test_space_separated_decimal_commas_are_named_as_the_cause(tmp_path):
+    path = write_text(tmp_path / "comma.txt", "Energy  Intensity\n" + rows("   ").replace(".", ","))
+    with pytest.raises(ReadError, match="no numeric .* decimal commas"):
+        read_file(path)
+
+
+@pytest.mark.parametrize("head", ["Mono Energy (eV)     I0     TEY     Intensity\n",
+                                  "# Mono Energy (eV) I0 TEY Intensity\n"])
+def test_a_spaced_header_whose_bracketed_unit_follows_a_two_word_name_is_read(tmp_path, head):
+    # "5 fields for 4 columns" before: the unit was joined to "Energy" only
+    s = read_file(write_text(tmp_path / "mono.dat", columns(head, MONITOR, 3 * Y, Y, sep="     ")))[0]
+    np.testing.assert_allclose(s.intensity, Y)
