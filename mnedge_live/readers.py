@@ -422,8 +422,9 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             body = s.lstrip("#").strip()
             names = split_fields(body)
             if s.startswith("#L ") and not data:    # SPEC labels: separated by two spaces or more
-                spec = re.split(r"\s{2,}", s[3:].strip())
-                names = spec if len(spec) >= 2 else s[3:].split()
+                body = s[3:].strip()
+                spec = re.split(r"\s{2,}", body)
+                names = spec if len(spec) >= 2 else body.split()
             m = _XDI_COLUMN.match(body)
             if m and not data:
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]

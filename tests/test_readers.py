@@ -639,3 +639,11 @@ def test_a_spaced_header_whose_bracketed_unit_follows_a_two_word_name_is_read(tm
     # "5 fields for 4 columns" before: the unit was joined to "Energy" only
     s = read_file(write_text(tmp_path / "mono.dat", columns(head, MONITOR, 3 * Y, Y, sep="     ")))[0]
     np.testing.assert_allclose(s.intensity, Y)
+
+
+def test_spec_label_line_with_spaced_labels_does_not_keep_the_l(tmp_path):
+    head = "#S 1  ascan  energy 635 663\n#L Energy  Ring current  mu  I0\n"
+    path = write_text(tmp_path / "ring.spec", head + columns("", np.full_like(Y, 400.0), Y, MONITOR, sep="  "))
+    np.testing.assert_allclose(read_file(path)[0].intensity, Y)
+    with pytest.raises(ReadError, match="the columns are Energy, Ring current, mu, I0"):
+        read_file(path, column="pfy")
