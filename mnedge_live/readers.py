@@ -345,9 +345,16 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
 
     Header lines before the first numeric row and lines starting with ``#``
     are skipped; fields are separated by commas, semicolons, tabs or spaces.
-    The first column is the energy; in a file of more than two columns the
-    intensity column is chosen by :func:`intensity_column` (``column``, else
-    the header's names, else the second column with a logged warning).
+    The names are those of the last line before the data with one field per
+    column and a known name (past a units row or a comment), else XDI
+    ``# Column.N`` headers (SPEC ``#L`` labels split on two spaces).  The
+    first column is the energy unless it is unnamed or named as an index or a
+    clock (then the column named as an energy; refused without one); in a
+    file of more than two columns the intensity column is chosen by
+    :func:`intensity_column` (``column``, else the header's names, else the
+    second column with a logged warning), and a raw yield chosen by default
+    is divided by the file's one I0 monitor (``column`` ``A/B``: A divided by
+    B).  Only the first scan of a SPEC file of several (``#S``) is read.
 
     Raises
     ------
