@@ -62,6 +62,22 @@ SPECTRUM_COLUMN_NAMES = ("norm", "nor", "flat", "xmu", "mu", "mutrans", "mu_tran
 MONITOR_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon", "time", "seconds", "sec", "count_time",
                                   "ring_current", "ringcurrent", "current", "beam_current", "energy", "e"})
 
+#: Column names (keys, as :func:`_column_key` makes them) of a point index, a counter or a clock: never the
+#: energy axis.  A column named so (or unnamed: a pandas or R index) in first place is not read as the energy.
+INDEX_COLUMN_NAMES = frozenset({"", "#", "index", "idx", "point", "points", "pt", "pts", "no", "nr", "num", "number",
+                                "channel", "chan", "ch", "row", "step", "time", "seconds", "sec", "clock",
+                                "real_time_clock", "timestamp", "epoch"})
+#: Column names (keys) of an energy axis besides those containing the word ``energy`` (``Mono Energy``,
+#: ``pgm_energy``, ``Energy loss (eV)``).
+ENERGY_COLUMN_NAMES = frozenset({"e", "ev", "hv", "eloss", "energyloss"})
+
+#: Column names (keys) of raw electron or fluorescence yields, read divided by the file's I0 monitor
+#: (:data:`I0_COLUMN_NAMES`) when chosen by default; also ``tey_*``, ``tfy_*``, ``pfy_*`` (``PFY_Mn``).
+RAW_YIELD_NAMES = frozenset({"tey", "tfy", "pfy", "itey", "itfy", "ipfy", "idio", "ifiofb", "ifio", "fy", "ey",
+                             "iy", "ifluor", "ifluo", "drain", "drain_current", "sample_current", "sdd"})
+#: Column names (keys) of the incident-flux monitor a raw yield is divided by.
+I0_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon"})
+
 log = logging.getLogger(__name__)
 
 
@@ -301,7 +317,7 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
         return read_rsciio(p, "dm", lazy=lazy)
     if fmt == "hspy":
         return read_rsciio(p, "hspy", lazy=lazy)
-    return [read_text(p, column)]
+    return _read_text_items(p, column)
 
 
 def detect_format(path: Path, head: bytes) -> str:
@@ -330,9 +346,16 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
 
     Header lines before the first numeric row and lines starting with ``#``
     are skipped; fields are separated by commas, semicolons, tabs or spaces.
-    The first column is the energy; in a file of more than two columns the
-    intensity column is chosen by :func:`intensity_column` (``column``, else
-    the header's names, else the second column with a logged warning).
+    The names are those of the last line before the data with one field per
+    column and a known name (past a units row or a comment), else XDI
+    ``# Column.N`` headers (SPEC ``#L`` labels split on two spaces).  The
+    first column is the energy unless it is unnamed or named as an index or a
+    clock (then the column named as an energy; refused without one); in a
+    file of more than two columns the intensity column is chosen by
+    :func:`intensity_column` (``column``, else the header's names, else the
+    second column with a logged warning), and a raw yield chosen by default
+    is divided by the file's one I0 monitor (``column`` ``A/B``: A divided by
+    B).  Only the first scan of a SPEC file of several (``#S``) is read.
 
     Raises
     ------
@@ -340,7 +363,12 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
         Binary content, no numeric rows, a single column, or a non-numeric
         row after the data began.
     """
-    p = Path(path)
+    return _read_text_items(Path(path), column)[0]
+
+
+def _read_text_items(p: Path, column: str | None) -> list[Item]:
+    """The spectrum of a text file, followed by a :class:`RefusedSignal` for each further scan of a SPEC
+    file (``#S`` lines): only the first scan is read."""
     try:
         size = p.stat().st_size
         if size > MAX_TEXT_BYTES:
@@ -349,8 +377,14 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
     except OSError as exc:
         raise ReadError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     text = _decode_text(raw, p)
-    energy, intensity = parse_columns(text, str(p), column)
-    return MeasuredSpectrum(str(p), 0, energy, intensity, None)
+    energy, intensity, scans = _parse_table(text, str(p), column)
+    items: list[Item] = [MeasuredSpectrum(str(p), 0, energy, intensity, None)]
+    if len(scans) > 1:
+        log.warning("%s: %d scans (#S lines); only the first (%s) is read, the others are skipped: %s",
+                    p, len(scans), scans[0], "; ".join(scans[1:]))
+        items += [RefusedSignal(str(p), k, f"scan {label!r} not read: only the first scan of a SPEC file "
+                                           f"({scans[0]!r}) is read") for k, label in enumerate(scans[1:], start=1)]
+    return items
 
 
 def _decode_text(raw: bytes, p: Path) -> str:
@@ -371,16 +405,40 @@ def _decode_text(raw: bytes, p: Path) -> str:
 
 def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
+    energy, intensity, _ = _parse_table(text, name, column)
+    return energy, intensity
+
+
+def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(energy, intensity, scans)``: ``scans`` lists the SPEC ``#S`` lines; the data stop at the second."""
     header: list[str] | None = None       # the last line of names before the data
     data: list[tuple[int, list[str]]] = []
+    lines: list[str] = []                 # the text lines before the data (SSRL: one name a line after "Data:")
+    candidates: list[list[str]] = []      # every line of two or more fields before the data: names, units, notes
+    xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
+    scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         s = line.strip()
         if not s:
             continue
+        if _SPEC_SCAN.match(s):
+            scans.append(s[2:].strip())
+            continue
+        if len(scans) > 1:
+            continue                      # a later scan of a SPEC file: not read
         if s.startswith("#"):
-            names = split_fields(s.lstrip("#").strip())
+            body = s.lstrip("#").strip()
+            names = split_fields(body)
+            if s.startswith("#L ") and not data:    # SPEC labels: separated by two spaces or more
+                body = s[3:].strip()
+                spec = re.split(r"\s{2,}", body)
+                names = spec if len(spec) >= 2 else body.split()
+            m = _XDI_COLUMN.match(body)
+            if m and not data:
+                xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
             if not data and len(names) >= 2:
                 header = names
+                candidates += [names] + _spaced_variants(body, names)
             continue
         fields = split_fields(s)
         values = _floats(fields[:2])
@@ -391,25 +449,212 @@ def parse_columns(text: str, name: str = "<text>", column: str | None = None) ->
             if values is not None:  # a lone number: one column of data, not a header
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
+            lines.append(s)
+            candidates += [fields] + _spaced_variants(s, fields)
             continue
         data.append((lineno, fields))
     if not data:
-        raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found")
+        raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found{_decimal_comma_hint(text)}")
     if len(data) < 2:
         raise ReadError(f"{name}: only one data row")
     n_columns = len(data[0][1])
-    names = header if header is not None and len(header) == n_columns else None
+    names = _choose_names(candidates, header, n_columns, xdi)
+    ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
+    if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
+        header = names = lines[ssrl[-1] + 1:]
+    e, skip = _energy_column(names, data, n_columns, name)
     if header is not None and names is None and column is None and n_columns > 2:
         _refuse_unaligned_header(header, n_columns, name)
-    j = intensity_column(n_columns, names, column, name)
-    arr = np.empty((len(data), 2))
+    j, m = _intensity_and_monitor(n_columns, names, column, name, e, skip)
+    arr = np.empty((len(data), 3))
     for i, (lineno, fields) in enumerate(data):
         try:
-            arr[i] = _float(fields[0]), _float(fields[j])
+            arr[i] = _float(fields[e]), _float(fields[j]), (1.0 if m is None else _float(fields[m]))
         except (ValueError, IndexError):
-            raise ReadError(f"{name}: line {lineno} has no number in column {j + 1} (the intensity): "
+            bad = [k for k in (e, j, m) if k is not None and not _is_number(fields, k)][0]
+            what = {e: "the energy", j: "the intensity"}.get(bad, "the I0 monitor")
+            raise ReadError(f"{name}: line {lineno} has no number in column {bad + 1} ({what}): "
                             f"{' '.join(fields)[:60]!r}") from None
-    return arr[:, 0].copy(), arr[:, 1].copy()
+    if m is not None:
+        if not np.all(np.isfinite(arr[:, 2]) & (arr[:, 2] != 0)):
+            raise ReadError(f"{name}: the I0 monitor (column {m + 1}, {names[m]!r}) has zero or non-finite values: "
+                            f"{names[j]} / {names[m]} cannot be read")
+        log.warning("%s: column %d (%r) is a raw yield: read divided by the I0 monitor, column %d (%r)",
+                    name, j + 1, names[j], m + 1, names[m])
+        arr[:, 1] /= arr[:, 2]
+    return arr[:, 0].copy(), arr[:, 1].copy(), scans
+
+
+def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str | None, name: str, energy: int,
+                           skip: frozenset[int]) -> tuple[int, int | None]:
+    """The intensity column and the monitor it is divided by (None: read as it is).
+
+    ``column`` ``A/B`` (not itself a column name) reads column A divided by
+    column B; a raw yield (:data:`RAW_YIELD_NAMES`) chosen by default is
+    divided by the file's one I0 monitor (:func:`intensity_column` refuses
+    when there is none or several); a column the user names is read as it is.
+    """
+    keys = [_column_key(n) for n in names or []]
+    if column is not None and "/" in column and _column_key(column) not in keys:
+        a, _, b = column.partition("/")
+        j = intensity_column(n_columns, names, a, name, energy=energy, skip=skip)
+        m = intensity_column(n_columns, names, b, name, energy=energy, skip=skip)
+        if m == j:
+            raise ReadError(f"{name}: --column {column}: a column divided by itself")
+        return j, m
+    j = intensity_column(n_columns, names, column, name, energy=energy, skip=skip)
+    if column is None and names and _is_raw_yield_key(keys[j]):
+        monitors = [k for k, key in enumerate(keys) if key in I0_COLUMN_NAMES and k != energy and k not in skip]
+        if len(monitors) == 1:
+            return j, monitors[0]
+    return j, None
+
+
+#: A SPEC scan line: ``#S 12  ascan  energy 635 663``.
+_SPEC_SCAN = re.compile(r"#S\s+\d")
+#: An XDI column header: ``# Column.2: i0`` (name, then optional units).
+_XDI_COLUMN = re.compile(r"column\.(\d+)\s*:\s*(.*)", re.IGNORECASE)
+#: Words of a units row under the names row (``eV  nA  a.u.``), compared lower case without brackets.
+UNIT_WORDS = frozenset({"", "-", "1", "ev", "kev", "mev", "a", "na", "pa", "ua", "\u00b5a", "ma", "v", "mv", "s", "sec",
+                        "ms", "a.u.", "a.u", "au", "arb", "arb.", "arb.u.", "arb.units", "counts", "cts", "cps",
+                        "c/s", "hz", "khz"})
+
+
+def _spaced_variants(line: str, fields: list[str]) -> list[list[str]]:
+    """Other readings of a space-separated header line: split on runs of two or more spaces
+    (``Mono Energy (eV)   I0   TEY``), and with the one bracketed unit joined to every word before it that
+    the single-space split left over (tried by :func:`_choose_names` only where one has a field per column)."""
+    if any(c in line for c in ";\t,"):
+        return []
+    out = []
+    wide = re.split(r"\s{2,}", line.strip())
+    if len(wide) >= 2 and wide != fields:
+        out.append(wide)
+    bracketed = [i for i, f in enumerate(fields) if re.search(r"[(\[]", f)]
+    if len(bracketed) == 1 and bracketed[0] >= 1:
+        b = bracketed[0]
+        out += [fields[:b - k] + [" ".join(fields[b - k:b + 1])] + fields[b + 1:] for k in range(1, b + 1)]
+    return out
+
+
+def _decimal_comma_hint(text: str) -> str:
+    """A hint for a file whose rows are space-separated numbers with decimal commas (``636,4  0,38``):
+    their commas were taken as the separator."""
+    rows = 0
+    for line in text.splitlines()[:200]:
+        s = line.strip()
+        if "," in s and not any(c in s for c in ";\t") and re.search(r"\d,\d", s):
+            parts = s.replace(",", ".").split()
+            try:
+                [float(x) for x in parts]
+            except ValueError:
+                continue
+            rows += len(parts) >= 2
+    if rows >= 2:
+        return ("; the rows look like space-separated numbers with decimal commas (636,4  0,38), whose commas "
+                "read as separators: use decimal points, or tabs or semicolons between the columns")
+    return ""
+
+
+def _is_units_row(fields: list[str]) -> bool:
+    return all(w.strip("()[]{} ").lower().replace(" ", "") in UNIT_WORDS for w in fields)
+
+
+def _is_known_key(key: str) -> bool:
+    """Whether a column key is a name this module knows (energy, index, monitor, spectrum, raw yield)."""
+    return bool(key) and (_is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
+                          or key in SPECTRUM_COLUMN_NAMES or _is_raw_yield_key(key))
+
+
+def _choose_names(candidates: list[list[str]], header: list[str] | None, n_columns: int,
+                  xdi: dict[int, str]) -> list[str] | None:
+    """The column names: the last line before the data with one field per column, not a units row nor a
+    ``key: value`` note, that holds a known column name (a units row or a comment such as ``# scan started``
+    between the names and the data is passed over); else the XDI ``# Column.N`` headers when they name
+    every column; else the last line before the data when it has one field per column."""
+    aligned = [c for c in candidates if len(c) == n_columns and not _is_units_row(c) and not c[0].endswith(":")]
+    named = [c for c in aligned if any(_is_known_key(_column_key(w)) for w in c)]
+    if named:
+        return named[-1]
+    if xdi and sorted(xdi) == list(range(1, n_columns + 1)):
+        return [xdi[i] for i in range(1, n_columns + 1)]
+    return header if header is not None and len(header) == n_columns else None
+
+
+def _is_number(fields: list[str], j: int) -> bool:
+    try:
+        _float(fields[j])
+    except (ValueError, IndexError):
+        return False
+    return True
+
+
+def _is_energy_key(key: str) -> bool:
+    """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ...)."""
+    return key in ENERGY_COLUMN_NAMES or "energy" in key.split("_") or key.startswith("energy") \
+        or key.endswith("energy")
+
+
+def _is_raw_yield_key(key: str) -> bool:
+    """Whether a column key names a raw electron or fluorescence yield (to be divided by I0)."""
+    if "norm" in key:
+        return False
+    return key in RAW_YIELD_NAMES or key.startswith(("tey_", "tfy_", "pfy_"))
+
+
+def _is_index_key(key: str) -> bool:
+    """Whether a column key names a point index, counter or clock (or no name: a pandas/R index column)."""
+    return key in INDEX_COLUMN_NAMES or key.startswith("unnamed") or key.endswith("_time") or key.startswith("time_")
+
+
+def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n_columns: int,
+                   name: str) -> tuple[int, frozenset[int]]:
+    """The energy column (0-based) and the columns not to read at all.
+
+    Column 1, unless it is named as (or, unnamed, counts like) a point index,
+    a counter or a clock: then the column named as an energy, with column 1
+    left unread; without one the file is refused, naming the column that
+    could be the energy.
+    """
+    if names is not None:
+        keys = [_column_key(n) for n in names]
+        if _is_energy_key(keys[0]) or not _is_index_key(keys[0]):
+            return 0, frozenset()
+        energies = [i for i, k in enumerate(keys) if i and _is_energy_key(k)]
+        what = f"named {names[0]!r}" if names[0].strip() else "unnamed"
+        if energies:
+            log.info("%s: column 1 (%s) is a point index or a clock; column %d (%r) is read as the energy",
+                     name, what, energies[0] + 1, names[energies[0]])
+            return energies[0], frozenset({0})
+        raise ReadError(f"{name}: column 1 is {what}: a point index or a clock, not an energy, and no column is "
+                        f"named as an energy (columns {', '.join(names)}){_energy_candidate(data, n_columns)}")
+    if n_columns >= 3 and _counts_points(data):
+        raise ReadError(f"{name}: column 1 counts points (0, 1, 2, ... or 1, 2, 3, ...): a point index, not an "
+                        f"energy{_energy_candidate(data, n_columns)}")
+    return 0, frozenset()
+
+
+def _counts_points(data: list[tuple[int, list[str]]]) -> bool:
+    """Whether the first column holds consecutive integers from 0 or 1 (a point index)."""
+    try:
+        v = np.array([_float(f[0]) for _, f in data])
+    except ValueError:
+        return False
+    return len(v) >= 3 and v[0] in (0.0, 1.0) and bool(np.all(np.diff(v) == 1.0))
+
+
+def _energy_candidate(data: list[tuple[int, list[str]]], n_columns: int) -> str:
+    """``; column K (a to b) could be the energy ...`` for the first monotonic column after the first."""
+    for j in range(1, n_columns):
+        try:
+            v = np.array([_float(f[j]) for _, f in data])
+        except (ValueError, IndexError):
+            continue
+        d = np.diff(v)
+        if np.all(np.isfinite(v)) and (np.all(d > 0) or np.all(d < 0)) and not np.all(d == 1.0):
+            return (f"; column {j + 1} ({v[0]:g} to {v[-1]:g}) could be the energy: name it in the header "
+                    "(Energy) or remove column 1")
+    return "; no column runs like an energy axis"
 
 
 def _refuse_unaligned_header(header: list[str], n_columns: int, name: str) -> None:
@@ -435,8 +680,8 @@ def _column_key(name: str) -> str:
 
 
 def intensity_column(n_columns: int, names: list[str] | None, column: str | None = None,
-                     name: str = "<text>") -> int:
-    """Index of the intensity column of a text file whose first column is the energy.
+                     name: str = "<text>", energy: int = 0, skip: frozenset[int] = frozenset()) -> int:
+    """Index of the intensity column of a text file.
 
     Parameters
     ----------
@@ -445,60 +690,89 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
     names : list of str or None
         The column names from the header line, when it has one per column.
     column : str, optional
-        The user's choice: a column name or a 1-based number (2 or more).
+        The user's choice: a column name or a 1-based number (not the energy's).
     name : str
         File name for messages.
+    energy : int
+        0-based index of the energy column (0 unless column 1 is a point index).
+    skip : set of int
+        0-based columns that are neither (a point index left unread).
 
     Returns
     -------
     int
-        0-based index: ``column`` when given; else 1 for two columns (refused when
-        their names make column 1 a spectrum or column 2 a monitor); else the
-        first of :data:`SPECTRUM_COLUMN_NAMES` among the names; else 1 with a
-        logged warning (so the choice is never silent).
+        0-based index: ``column`` when given; else the one other column when
+        there is one (refused when the names make the energy column a spectrum
+        or that column a monitor); else the first of
+        :data:`SPECTRUM_COLUMN_NAMES` among the names; else the first column
+        after the energy with a logged warning (so the choice is never silent).
 
     Raises
     ------
     ReadError
         ``column`` does not name a column, or the file names no spectrum
-        column and its second column is a monitor (:data:`MONITOR_COLUMN_NAMES`):
-        reading I0 as the spectrum would be a wrong answer, not a guess.
+        column and its first column after the energy is a monitor
+        (:data:`MONITOR_COLUMN_NAMES`): reading I0 as the spectrum would be a
+        wrong answer, not a guess.
     """
     listed = f" ({', '.join(names)})" if names else ""
+    cols = [j for j in range(n_columns) if j != energy and j not in skip]
+    axis = f"column {energy + 1} is the energy" + (
+        "".join(f", column {k + 1} a point index" for k in sorted(skip)))
     if column is not None:
         text = str(column).strip()
         if text.isdigit():
             j = int(text) - 1
-            if not 1 <= j < n_columns:
+            if j not in cols:
                 raise ReadError(f"{name}: column {text} is not an intensity column: the file has {n_columns} "
-                                f"columns{listed} and column 1 is the energy")
+                                f"columns{listed} and {axis}")
             return j
         keys = [_column_key(n) for n in names or []]
-        if _column_key(text) not in keys[1:]:
+        found = [j for j in cols if j < len(keys) and keys[j] == _column_key(text)]
+        if not found:
             raise ReadError(f"{name}: no column named {text!r}"
                             + (f"; the columns are {', '.join(names)}" if names else "; the file names no columns"))
-        return keys.index(_column_key(text), 1)
-    if n_columns == 2:
+        return found[0]
+    first = cols[0]
+    if len(cols) == 1:
         if names:
             keys = [_column_key(n) for n in names]
-            if keys[0] in SPECTRUM_COLUMN_NAMES and keys[1] not in SPECTRUM_COLUMN_NAMES:
-                raise ReadError(f"{name}: column 1 is named {names[0]!r}, a spectrum: the first column must be "
-                                f"the energy (columns {', '.join(names)})")
-            if keys[1] in MONITOR_COLUMN_NAMES:
-                raise ReadError(f"{name}: column 2 is named {names[1]!r}, a monitor or an axis, not a spectrum "
-                                f"(columns {', '.join(names)})")
-        return 1
+            if keys[energy] in SPECTRUM_COLUMN_NAMES and keys[first] not in SPECTRUM_COLUMN_NAMES:
+                raise ReadError(f"{name}: column {energy + 1} is named {names[energy]!r}, a spectrum: the first "
+                                f"column must be the energy (columns {', '.join(names)})")
+            if keys[first] in MONITOR_COLUMN_NAMES:
+                raise ReadError(f"{name}: column {first + 1} is named {names[first]!r}, a monitor or an axis, "
+                                f"not a spectrum (columns {', '.join(names)})")
+        return first
     if names:
         keys = [_column_key(n) for n in names]
         for wanted in SPECTRUM_COLUMN_NAMES:
-            if wanted in keys[1:]:
-                return keys.index(wanted, 1)
-        if keys[1] in MONITOR_COLUMN_NAMES:
-            raise ReadError(f"{name}: {n_columns} columns{listed}, none named as a spectrum and column 2 "
-                            f"({names[1]!r}) is a monitor; name the intensity column (mnedge predict --column)")
-    log.warning("%s: %d columns%s; column 2 read as the intensity (name another with --column)",
-                name, n_columns, listed)
-    return 1
+            for j in cols:
+                if keys[j] == wanted:
+                    return j
+        yields = [j for j in cols if _is_raw_yield_key(keys[j])]
+        monitors = [j for j in cols if keys[j] in I0_COLUMN_NAMES]
+        if yields and (len(yields) > 1 or len(monitors) != 1):
+            why = f"{name}: {n_columns} columns{listed}, none named as a spectrum"
+            if keys[first] in MONITOR_COLUMN_NAMES:
+                why += f" and column {first + 1} ({names[first]!r}) is a monitor"
+            raw = ", ".join(names[j] for j in yields)
+            mon = names[monitors[0]] if len(monitors) == 1 else "MONITOR"
+            if len(yields) > 1:
+                why += f"; several raw yields ({raw}): name the one to read, divided by its monitor"
+            else:
+                why += (f"; {raw} is a raw yield and " + ("no column" if not monitors else "more than one column")
+                        + " is named as its I0 monitor: name the columns to read")
+            raise ReadError(f"{why} (mnedge predict --column {names[yields[0]]}/{mon} reads {names[yields[0]]} "
+                            f"divided by {mon}; --column {names[yields[0]]} reads it as it is)")
+        if yields:
+            return yields[0]
+        if keys[first] in MONITOR_COLUMN_NAMES:
+            raise ReadError(f"{name}: {n_columns} columns{listed}, none named as a spectrum and column {first + 1} "
+                            f"({names[first]!r}) is a monitor; name the intensity column (mnedge predict --column)")
+    log.warning("%s: %d columns%s; column %d read as the intensity (name another with --column)",
+                name, n_columns, listed, first + 1)
+    return first
 
 
 #: A space-separated field: a word with the bracketed unit that may follow it (``mu (a.u.)``).

@@ -545,3 +545,124 @@ def test_hdf5_dataset_source_pickles_without_an_open_file_and_bounds_open_files(
         img.close()
     again.close()
     assert _open_files_under(tmp_path) == 0
+
+
+IDX = np.arange(len(E))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("pandas.csv", ",energy,intensity\n" + "".join(f"{i},{a},{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("unnamed.csv", "Unnamed: 0,energy,intensity\n" + "".join(f"{i},{a},{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("r_quoted.csv", '"","Energy (eV)","Intensity"\n' + "".join(f'"{i + 1}",{a},{b}\n' for i, a, b in zip(IDX, E, Y))),
+    ("point.dat", "Point\tEnergy (eV)\tIntensity\n" + "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("time.dat", "Time (s)\tMono Energy\tNormalized TEY\n" + "".join(f"{i / 2}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("channel.dat", "Channel\tEnergy\tTEY\n" + "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y))),
+    ("ssrl.dat", "SSRL    EXAFS Data Collector 1.3\nMnO\nPTS:140 COLS: 3\nData:\nReal time clock\nRequested Energy\n"
+     "mu\n" + "".join(f"{i / 2}   {a}   {b}\n" for i, a, b in zip(IDX, E, Y))),
+])
+def test_an_index_or_clock_in_column_one_gives_way_to_the_column_named_energy(tmp_path, name, text):
+    path = write_text(tmp_path / name, text)
+    s = read_file(path)[0]
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    np.testing.assert_allclose(read_file(path, column="3")[0].intensity, Y)
+    with pytest.raises(ReadError, match="column 1 is not an intensity column"):
+        read_file(path, column="1")
+    with pytest.raises(ReadError, match="column 2 is not an intensity column: .* column 2 is the energy"):
+        read_file(path, column="2")
+
+
+def test_an_index_in_column_one_without_an_energy_column_is_refused(tmp_path):
+    named = write_text(tmp_path / "named.dat", "Point\tX\tIntensity\n"
+                       + "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y)))
+    with pytest.raises(ReadError, match="column 1 is named 'Point': a point index .* column 2 .* could be the energy"):
+        read_file(named)
+    bare = write_text(tmp_path / "bare.dat", "".join(f"{i + 1}\t{a}\t{b}\n" for i, a, b in zip(IDX, E, Y)))
+    with pytest.raises(ReadError, match="column 1 counts points .* column 2 .* could be the energy"):
+        read_file(bare)
+
+
+def tabbed(*cols) -> str:
+    return "".join("\t".join(str(c) for c in row) + "\n" for row in zip(E, *cols))
+
+
+@pytest.mark.parametrize("name, head", [
+    ("units_row.dat", "Energy\tI0\tmu\neV\tnA\ta.u.\n"),
+    ("units_row_commented.dat", "# Energy\tI0\tmu\n# eV\tnA\ta.u.\n"),
+    ("comment_between.dat", "Energy\tI0\tmu\n# scan started\n"),
+    ("xdi_no_label.xdi", "# XDI/1.0\n# Column.1: energy eV\n# Column.2: i0\n# Column.3: mu\n# ///\n"
+                         "# Mn L edge scan of sample X\n#----\n"),
+])
+def test_names_are_kept_past_a_units_row_or_a_comment_and_xdi_column_headers_are_read(tmp_path, name, head):
+    # the lost names left column 2, the I0 monitor, read as the spectrum
+    s = read_file(write_text(tmp_path / name, head + tabbed(MONITOR, Y)))[0]
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+@pytest.mark.parametrize("head, cols", [
+    ("Energy\tTEY\tI0\tTime\n", lambda i0: (Y * i0, i0, IDX)),
+    ("Energy\tI0\tTEY\tTime\n", lambda i0: (i0, Y * i0, IDX)),
+    ("# energy i0 itey\n", lambda i0: (i0, Y * i0)),
+])
+def test_a_raw_yield_beside_its_i0_monitor_is_read_divided_by_it_whatever_the_order(tmp_path, caplog, head, cols):
+    i0 = np.linspace(2.3e-10, 2.1e-10, len(E))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        s = read_file(write_text(tmp_path / "yield.dat", head + tabbed(*cols(i0))))[0]
+    np.testing.assert_allclose(s.intensity, Y, rtol=1e-9)
+    assert "is a raw yield: read divided by the I0 monitor" in caplog.text
+
+
+@pytest.mark.parametrize("head", ["Energy\tTEY\tI0\tTFY\n", "Energy\tI0\tTEY\tTFY\n", "pgm_energy\tidio\tifiofb\tmacr16\n",
+                                  "Energy\tTEY\tTime\tRing current\n"])
+def test_raw_yields_that_cannot_be_told_apart_or_without_a_monitor_are_refused(tmp_path, head):
+    i0 = np.linspace(2.3e-10, 2.1e-10, len(E))
+    path = write_text(tmp_path / "yields.dat", head + tabbed(Y * i0, i0, 2 * Y * i0))
+    with pytest.raises(ReadError, match="raw yield.*--column"):
+        read_file(path)
+
+
+def test_a_column_ratio_reads_a_yield_divided_by_its_monitor(tmp_path):
+    i0 = np.linspace(2.3e-10, 2.1e-10, len(E))
+    path = write_text(tmp_path / "yields.dat", "Energy\tTEY\tI0\tTFY\n" + tabbed(Y * i0, i0, 2 * Y * i0))
+    np.testing.assert_allclose(read_file(path, column="TFY/I0")[0].intensity, 2 * Y, rtol=1e-9)
+    np.testing.assert_allclose(read_file(path, column="2/3")[0].intensity, Y, rtol=1e-9)
+    np.testing.assert_allclose(read_file(path, column="TEY")[0].intensity, Y * i0, rtol=1e-9)   # named: as it is
+
+
+def test_spec_labels_are_split_on_two_spaces_and_only_the_first_scan_is_read(tmp_path, caplog):
+    first = "#S 12  ascan  energy 635 663\n#N 4\n#L Energy  Ring current  I0  mu\n" + columns(
+        "", np.full_like(Y, 400.0), MONITOR, Y, sep="  ")
+    second = "\n#S 13  ascan  energy 635 663\n#L Energy  Ring current  I0  mu\n" + columns(
+        "", np.full_like(Y, 399.0), MONITOR, 2 * Y, sep="  ")
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        items = read_file(write_text(tmp_path / "scans.spec", "#F scans.spec\n" + first + second))
+    assert isinstance(items[0], MeasuredSpectrum)
+    np.testing.assert_allclose(items[0].energy, E)
+    np.testing.assert_allclose(items[0].intensity, Y)
+    assert len(items) == 2 and isinstance(items[1], RefusedSignal) and "13  ascan" in items[1].reason
+    assert "only the first" in caplog.text
+    one = read_file(write_text(tmp_path / "one.spec", first))
+    assert len(one) == 1
+    np.testing.assert_allclose(one[0].intensity, Y)
+
+
+def test_space_separated_decimal_commas_are_named_as_the_cause(tmp_path):
+    path = write_text(tmp_path / "comma.txt", "Energy  Intensity\n" + rows("   ").replace(".", ","))
+    with pytest.raises(ReadError, match="no numeric .* decimal commas"):
+        read_file(path)
+
+
+@pytest.mark.parametrize("head", ["Mono Energy (eV)     I0     TEY     Intensity\n",
+                                  "# Mono Energy (eV) I0 TEY Intensity\n"])
+def test_a_spaced_header_whose_bracketed_unit_follows_a_two_word_name_is_read(tmp_path, head):
+    # "5 fields for 4 columns" before: the unit was joined to "Energy" only
+    s = read_file(write_text(tmp_path / "mono.dat", columns(head, MONITOR, 3 * Y, Y, sep="     ")))[0]
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+def test_spec_label_line_with_spaced_labels_does_not_keep_the_l(tmp_path):
+    head = "#S 1  ascan  energy 635 663\n#L Energy  Ring current  mu  I0\n"
+    path = write_text(tmp_path / "ring.spec", head + columns("", np.full_like(Y, 400.0), Y, MONITOR, sep="  "))
+    np.testing.assert_allclose(read_file(path)[0].intensity, Y)
+    with pytest.raises(ReadError, match="the columns are Energy, Ring current, mu, I0"):
+        read_file(path, column="pfy")

@@ -61,8 +61,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per spectrum")
     p.add_argument("--column", metavar="NAME|N",
                    help="intensity column of text files with more than two columns: a header name (mu, norm, "
-                        "TEY, ...) or a 1-based number (default: a spectrum-like name from the header, else "
-                        "column 2 with a warning; a file whose column 2 is a monitor such as I0 is refused)")
+                        "TEY, ...), a 1-based number, or A/B (column A divided by column B, e.g. TEY/I0) "
+                        "(default: a spectrum-like name from the header, else a raw yield divided by the one I0 "
+                        "column, else the first column after the energy with a warning; a file whose first "
+                        "column after the energy is a monitor such as I0 is refused)")
     p.add_argument("--plot", dest="plot_dir", metavar="DIR",
                    help="write a PNG per spectrum and maps (PNG + HDF5) per spectrum image")
     p.add_argument("--scheduler", metavar="ADDRESS",
