@@ -152,16 +152,23 @@ def _certs(root: Path) -> dict[str, Path]:
     return paths
 
 
+def _curve_proxy_and_service(tmp_path, keys, proxy_side: str, service_keys: list[str]):
+    """A proxy securing one side (``--in-curve-secret`` or ``--out-curve-secret``) and a service between its
+    ports with ``service_keys`` (its CurveZMQ options); returns (proxy, service, pin, pout)."""
+    pin, pout = proxy_ports()
+    proxy = start_proxy_on(pin, pout, proxy_side, str(keys["proxy"]))
+    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
+                         str(service_toml(tmp_path / "live.toml")), *service_keys, *model_args()])
+    return proxy, svc, pin, pout
+
+
 def test_curve_encrypts_and_authenticates_the_subscription(tmp_path):
     real_engine()
     keys = _certs(tmp_path)
-    pin, pout = proxy_ports()
     # bluesky 1.15's proxy can secure one side per process (two ZAP authenticators collide): the
     # subscriber side, where documents reach the service and every other reader
-    proxy = start_proxy_on(pin, pout, "--out-curve-secret", str(keys["proxy"]))
-    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
-                         str(service_toml(tmp_path / "live.toml")), "--curve-secret-key", str(keys["service"]),
-                         "--curve-server-public-key", str(keys["proxy_public"]), *model_args()])
+    proxy, svc, pin, pout = _curve_proxy_and_service(tmp_path, keys, "--out-curve-secret", [
+        "--curve-secret-key", str(keys["service"]), "--curve-server-public-key", str(keys["proxy_public"])])
     keyed = Collector(pout, msgpack_loads, curve_config=ClientCurve(keys["source"], keys["proxy_public"]))
     wrong_key = Collector(pout, msgpack_loads, curve_config=ClientCurve(keys["outsider"], keys["outsider_public"]))
     plain = Collector(pout, msgpack_loads)
@@ -193,11 +200,8 @@ def test_curve_encrypts_the_publication_alone(tmp_path):
 
     real_engine()
     keys = _certs(tmp_path)
-    pin, pout = proxy_ports()
-    proxy = start_proxy_on(pin, pout, "--in-curve-secret", str(keys["proxy"]))
-    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
-                         str(service_toml(tmp_path / "live.toml")), "--curve-secret-key", str(keys["service"]),
-                         "--curve-out-server-public-key", str(keys["proxy_public"]), *model_args()])
+    proxy, svc, pin, pout = _curve_proxy_and_service(tmp_path, keys, "--in-curve-secret", [
+        "--curve-secret-key", str(keys["service"]), "--curve-out-server-public-key", str(keys["proxy_public"])])
     reader = Collector(pout, msgpack_loads)
     source = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps, prefix=b"src",
                             curve_config=ClientCurve(keys["source"], keys["proxy_public"]))
@@ -218,10 +222,7 @@ def test_curve_encrypts_the_publication_alone(tmp_path):
 def test_a_service_without_the_key_reads_nothing_from_a_curve_proxy(tmp_path):
     real_engine()
     keys = _certs(tmp_path)
-    pin, pout = proxy_ports()
-    proxy = start_proxy_on(pin, pout, "--out-curve-secret", str(keys["proxy"]))
-    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
-                         str(service_toml(tmp_path / "live.toml")), *model_args()])
+    proxy, svc, pin, pout = _curve_proxy_and_service(tmp_path, keys, "--out-curve-secret", [])
     keyed = Collector(pout, msgpack_loads, curve_config=ClientCurve(keys["source"], keys["proxy_public"]))
     sender = RawSender(pin)
     try:
