@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -845,21 +846,26 @@ def read_msa(path: str | Path) -> list[MeasuredSpectrum]:
         items = _items_from_signals(p, signals, lazy=False)
     except ReadError as exc:
         raise ReadError(f"{exc} (EMSA/MSA file)") from exc
-    _check_msa_complete(p, items)
-    return _with_measured_energies(p, items)
+    text = _msa_text(p)
+    _check_msa_complete(p, items, text)
+    return _with_measured_energies(p, items, text)
 
 
-def _with_measured_energies(p: Path, items: list[Item]) -> list[Item]:
-    """For ``#DATATYPE: XY`` files, the spectrum on the energies the file lists; ``Y`` files must give
-    ``#OFFSET`` and ``#XPERCHAN`` (else refused: the channels would be read as energies 0, 1, 2 ...).
+@dataclass
+class _MsaText:
+    """What :func:`read_msa` needs of an EMSA/MSA file beyond RosettaSciIO: the header keywords (first of
+    each), the X values of XY data lines, and whether ``#ENDOFDATA`` was reached."""
 
-    RosettaSciIO builds every EMSA axis as ``#OFFSET + #XPERCHAN * i`` and drops the file's X column:
-    measured energies that are not evenly spaced, or a rounded ``#XPERCHAN``, were read on the wrong
-    axis (MnO read 2.80, status ok, on an axis up to 2.7 eV from the one in the file).
-    """
+    header: dict[str, str]
+    xs: list[float]
+    ended: bool
+
+
+def _msa_text(p: Path) -> _MsaText:
+    """Read the file once for the header keywords, the X column of XY data and the end marker."""
     header: dict[str, str] = {}
     xs: list[float] = []
-    in_data = False
+    in_data = ended = False
     with open(p, encoding="latin-1") as f:
         for line in f:
             text = line.strip()
@@ -870,15 +876,27 @@ def _with_measured_energies(p: Path, items: list[Item]) -> list[Item]:
                 if key == "#SPECTRUM":
                     in_data = True
                 elif key == "#ENDOFDATA":
+                    ended = True
                     break
                 continue
             if in_data and text:
-                fields = [v for v in re.split(r"[,;\s]+", text) if v]
+                first = next((v for v in re.split(r"[,;\s]+", text) if v), "")
                 try:
-                    xs.append(float(fields[0]))
-                except (ValueError, IndexError):
-                    raise ReadError(f"{p}: XY data line {text[:40]!r} does not start with a number "
-                                    "(EMSA/MSA file)") from None
+                    xs.append(float(first))
+                except ValueError:
+                    xs.append(math.nan)   # only an XY file's X column is used; a bad one is refused there
+    return _MsaText(header, xs, ended)
+
+
+def _with_measured_energies(p: Path, items: list[Item], text: _MsaText) -> list[Item]:
+    """For ``#DATATYPE: XY`` files, the spectrum on the energies the file lists; ``Y`` files must give
+    ``#OFFSET`` and ``#XPERCHAN`` (else refused: the channels would be read as energies 0, 1, 2 ...).
+
+    RosettaSciIO builds every EMSA axis as ``#OFFSET + #XPERCHAN * i`` and drops the file's X column:
+    measured energies that are not evenly spaced, or a rounded ``#XPERCHAN``, were read on the wrong
+    axis (MnO read 2.80, status ok, on an axis up to 2.7 eV from the one in the file).
+    """
+    header = text.header
     if header.get("#DATATYPE", "Y").upper() != "XY":
         missing = [k for k in ("#OFFSET", "#XPERCHAN") if k not in header]
         if missing:   # RosettaSciIO then numbers the channels 0, 1, 2 ...: no energy axis at all
@@ -888,34 +906,30 @@ def _with_measured_energies(p: Path, items: list[Item]) -> list[Item]:
     units = header.get("#XUNITS", "").strip().lower()
     factor = ENERGY_UNITS.get(units, 1.0) if units not in UNDEFINED_UNITS else 1.0
     spectra = [it for it in items if isinstance(it, MeasuredSpectrum)]
-    if len(spectra) != 1 or len(xs) != len(spectra[0].intensity):
-        raise ReadError(f"{p}: {len(xs)} X values for {sum(len(s.intensity) for s in spectra)} intensities "
+    if len(spectra) != 1 or len(text.xs) != len(spectra[0].intensity):
+        raise ReadError(f"{p}: {len(text.xs)} X values for {sum(len(s.intensity) for s in spectra)} intensities "
                         "(EMSA/MSA XY file)")
-    energy = np.asarray(xs, np.float64) * factor
+    if not all(math.isfinite(x) for x in text.xs):
+        raise ReadError(f"{p}: an XY data line does not start with a number (EMSA/MSA file)")
+    energy = np.asarray(text.xs, np.float64) * factor
     return [dataclasses.replace(it, energy=energy) if it is spectra[0] else it for it in items]
 
 
-def _check_msa_complete(p: Path, items: list[Item]) -> None:
+def _check_msa_complete(p: Path, items: list[Item], text: _MsaText) -> None:
     """Refuse an EMSA/MSA file cut short: its ``#NPOINTS`` differs from the values read, or it has no
     ``#ENDOFDATA`` line (both required by the format; a file cut inside a number reads a wrong last value)."""
     npoints: float | None = None
-    end = False
-    with open(p, encoding="latin-1") as f:
-        for line in f:
-            key, _, value = line.strip().partition(":")
-            key = key.strip().upper()
-            if key == "#NPOINTS":
-                try:
-                    npoints = float(value.strip())
-                except ValueError:
-                    raise ReadError(f"{p}: #NPOINTS is not a number: {value.strip()[:20]!r} (EMSA/MSA file)") from None
-            elif key == "#ENDOFDATA":
-                end = True
+    if "#NPOINTS" in text.header:
+        value = text.header["#NPOINTS"]
+        try:
+            npoints = float(value)
+        except ValueError:
+            raise ReadError(f"{p}: #NPOINTS is not a number: {value[:20]!r} (EMSA/MSA file)") from None
     read = sum(len(it.intensity) for it in items if isinstance(it, MeasuredSpectrum))
     if npoints is not None and read != int(npoints):
         raise ReadError(f"{p}: {read} values read where #NPOINTS announces {npoints:g}: truncated or "
                         "inconsistent (EMSA/MSA file)")
-    if not end:
+    if not text.ended:
         raise ReadError(f"{p}: no #ENDOFDATA line: the file is truncated (EMSA/MSA file)")
 
 
