@@ -312,11 +312,14 @@ class LiveConfig:
 
         for name in ("in_address", "out_address", "stream", "out_prefix", "backend"):
             need(isinstance(getattr(self, name), str) and bool(getattr(self, name)), name, "must be a non-empty string")
+        ends = {}
         for name in ("in_address", "out_address"):
             try:
-                parse_address(getattr(self, name))
+                ends[name] = parse_address(getattr(self, name))
             except ValueError as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        need(ends["in_address"] != ends["out_address"], "out_address",
+             "is in_address: the service subscribes to the proxy's output and publishes to its input, two ports")
         need(b" " not in self.out_prefix.encode(), "out_prefix", "may not contain spaces")
         need(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
         need(self.backend in BACKENDS, "backend", f"must be one of {', '.join(BACKENDS)}")
@@ -348,6 +351,8 @@ class LiveConfig:
             need(isinstance(self.pixel_fields, list) and len(self.pixel_fields) == 2
                  and all(isinstance(v, str) and v for v in self.pixel_fields), "pixel_fields",
                  "must be two field names (row, column)")
+            need(self.pixel_fields[0] != self.pixel_fields[1], "pixel_fields",
+                 "names one field twice: row and column would always be equal")
         need(isinstance(self.map_bin, int) and not isinstance(self.map_bin, bool) and 1 <= self.map_bin <= 64,
              "map_bin", "must be an integer in 1..64")
         need(self.map_bin == 1 or self.mode == "spectrum", "map_bin",

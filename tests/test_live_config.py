@@ -17,7 +17,8 @@ from mnedge_live.serializers import get_serializer, msgpack_dumps, msgpack_loads
 @pytest.mark.parametrize("opts, name", [
     ({"mode": "fly"}, "mode"), ({"max_batch": 0}, "max_batch"), ({"serializer": "pickle"}, "serializer"),
     ({"serializer": "json"}, "serializer"), ({"dispersion_eV": 0.1}, "offset_eV"),
-    ({"pixel_fields": ["a"]}, "pixel_fields"), ({"energy_axis": [1.0]}, "energy_axis"),
+    ({"pixel_fields": ["a"]}, "pixel_fields"), ({"pixel_fields": ["row", "row"]}, "pixel_fields"),
+    ({"energy_axis": [1.0]}, "energy_axis"),
     ({"l3_window_eV": [650, 640]}, "l3_window_eV"), ({"epics_mode": "x"}, "epics_mode"),
 ])
 def test_bad_options_are_refused_naming_the_option(opts, name):
@@ -28,7 +29,17 @@ def test_bad_options_are_refused_naming_the_option(opts, name):
 @pytest.mark.parametrize("address", ["127.0.0.1:5568", "tcp://127.0.0.1:5568", "localhost:5567", "[::1]:5568",
                                      "tcp://[::1]:5568", "::1:5568", "beamline-proxy.example.org:65535"])
 def test_proxy_addresses_in_every_documented_form_are_accepted(address):
-    assert LiveConfig(in_address=address, out_address=address).in_address == address
+    assert LiveConfig(in_address=address, out_address="otherhost:1").in_address == address
+    assert LiveConfig(in_address="otherhost:1", out_address=address).out_address == address
+
+
+@pytest.mark.parametrize("in_address, out_address", [("127.0.0.1:5568", "127.0.0.1:5568"),
+                                                     ("tcp://127.0.0.1:5568", "127.0.0.1:5568")])
+def test_one_proxy_port_for_both_directions_is_refused(in_address, out_address):
+    """The service subscribes to the proxy's output port and publishes to its input port: one address for
+    both connected a publisher to the proxy's publisher, and nothing was read or sent."""
+    with pytest.raises(ConfigError, match="^out_address: is in_address"):
+        LiveConfig(in_address=in_address, out_address=out_address)
 
 
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1", "127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:http",
