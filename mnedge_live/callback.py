@@ -302,11 +302,12 @@ class MnEdgeCallback(DocumentRouter):
                          binned_rejected=run.binned_rejected, binned_skipped_pixels=run.binner.skipped)
             if run.binner.skipped:
                 log.warning("run %s: %d pixels not binned: %s", uid, run.binner.skipped, run.binner.skip_reasons)
+        folder = self.config.maps_folder()
         for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
-            if maps is None or not self.config.maps_dir:   # None or "": no map files
+            if maps is None or not folder:   # None or "": no map files
                 continue
             try:
-                h5, png = maps.write(self.config.maps_dir, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
+                h5, png = maps.write(folder, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
                                                                           "model": str(self.engine.model_id),
                                                                           "map_bin": self.config.map_bin if suffix else 1})
                 extra.update({f"{key}_h5": str(Path(h5).resolve()), f"{key}_png": str(Path(png).resolve())})

@@ -92,6 +92,7 @@ def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp
         rows = derived_rows(collector.docs, dstart["uid"])
         assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
         assert os.path.isfile(dstop["maps_h5"]) and os.path.isfile(dstop["maps_png"])
+        assert Path(dstop["maps_h5"]).parent == (tmp_path / "plots").resolve()   # --plot alone: maps beside the plots
         # the PVs of the soft IOC, read with pyepics over loopback
         out = subprocess.run([sys.executable, "-c", (
             f"import epics; p={prefix!r}; print(epics.caget(p+'PROCESSED', timeout=5), epics.caget(p+'REJECTED', timeout=5),"

@@ -67,7 +67,6 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, TypeError) as exc:
         print(f"mnedge live: bad option: {exc}", file=sys.stderr)
         return 2
-    config.maps_dir = config.maps_folder()
     from mnedge_live.engine import load_engine
 
     try:
