@@ -418,6 +418,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     candidates: list[list[str]] = []      # every line of two or more fields before the data: names, units, notes
     xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
     scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
+    footer: tuple[int, str] | None = None  # the first text line after the data (line number, text)
     for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
         s = line.strip()
         if not s:
@@ -443,10 +444,21 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             continue
         fields = split_fields(s)
         values = _floats(fields[:2])
+        numeric = values is not None or _is_number(fields, 0)   # a row, a lone number or a row starting with one
+        if data and (numeric or footer is None):
+            if footer is not None:   # numbers after the text that followed the data: two scans, or a corrupt file
+                raise ReadError(f"{name}: line {footer[0]} is not two numbers after the data began (line "
+                                f"{data[0][0]}): {footer[1][:60]!r}; numbers follow it again (line {lineno}): "
+                                "a second block of data, or a corrupt file")
+            if values is None or len(fields) < 2:
+                if numeric:   # a lone number, or a row that starts with a number: a broken data row
+                    raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
+                                    f"(line {data[0][0]}): {s[:60]!r}")
+                footer = (lineno, s)   # text after the data: a footer, if only text and comments follow
+                continue
+        elif data:
+            continue                      # more footer text
         if values is None or len(fields) < 2:
-            if data:
-                raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
-                                f"(line {data[0][0]}): {s[:60]!r}")
             if values is not None:  # a lone number: one column of data, not a header
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
@@ -454,6 +466,9 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             candidates += [fields] + _spaced_variants(s, fields)
             continue
         data.append((lineno, fields))
+    if footer is not None:
+        log.warning("%s: line %d and what follows it are not data rows: ignored as a footer after the data "
+                    "(lines %d to %d): %r", name, footer[0], data[0][0], data[-1][0], footer[1][:60])
     if not data:
         raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found{_decimal_comma_hint(text)}")
     if len(data) < 2:

@@ -85,7 +85,8 @@ def test_nan_values_are_passed_on_for_the_engine_to_reject(tmp_path):
     ("prose.txt", b"This is not a spectrum.\nJust words.\n", "no numeric"),
     ("one_column.csv", b"640.0\n640.1\n640.2\n", "one column"),
     ("one_row.csv", b"640.0,1.0\n", "only one data row"),
-    ("junk_after_data.csv", b"640.0,1.0\n640.1,1.1\nEND OF DATA\n", "line 3"),
+    ("junk_inside_data.csv", b"640.0,1.0\n640.1,1.1\nEND OF DATA\n640.2,1.2\n", "line 3 .* follow it again"),
+    ("broken_last_row.csv", b"640.0,1.0\n640.1,1.1\n640.2,abc\n", "line 3 is not two numbers"),
     ("binary.dat", bytes(range(256)) * 4, "binary"),
     ("garbage.msa", b"\x00\x01\x02 not an emsa file at all", "EMSA"),
     ("garbage.hspy", b"not hdf5 at all, just text", "HyperSpy"),
@@ -97,6 +98,29 @@ def test_unreadable_files_raise_read_error_with_reason(tmp_path, name, content, 
     p.write_bytes(content)
     with pytest.raises(ReadError, match=reason):
         read_file(p)
+
+
+@pytest.mark.parametrize("footer", ["END OF SCAN\n", "END OF SCAN\n# closed shutter\n\nScan time: 12 min\n"])
+def test_a_text_footer_after_the_data_is_ignored_with_a_warning_naming_its_line(tmp_path, caplog, footer):
+    head = "# Beamline: BL 8.0.1\n# Sample: MnO\nEnergy\tmu\n"
+    path = write_text(tmp_path / "footer.dat", head + rows("\t") + footer)
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(path)
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert f"line {4 + len(E)} and what follows it are not data rows: ignored as a footer" in caplog.text
+    assert "'END OF SCAN'" in caplog.text and "footer.dat" in caplog.text
+
+
+@pytest.mark.parametrize("tail, reason", [
+    ("END OF SCAN\n" + rows("\t")[:40], "line 142 is not two numbers .* numbers follow it again \\(line 143\\)"),
+    ("END OF SCAN\n640.0\n", "numbers follow it again \\(line 143\\)"),        # a lone number is no footer
+    ("662.0\tn/a\n", "line 142 is not two numbers after the data began"),   # a broken row is no footer
+])
+def test_numbers_after_a_footer_or_a_broken_last_row_are_still_refused(tmp_path, tail, reason):
+    path = write_text(tmp_path / "two_blocks.dat", "Energy\tmu\n" + rows("\t") + tail)
+    with pytest.raises(ReadError, match=reason):
+        read_file(path)
 
 
 def columns(header: str, *cols, sep: str = " ") -> str:
