@@ -419,7 +419,9 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
     scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
     footer: tuple[int, str] | None = None  # the first text line after the data (line number, text)
-    for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+    all_lines = text.lstrip("\ufeff").splitlines()
+    for idx, line in enumerate(all_lines):
+        lineno = idx + 1
         s = line.strip()
         if not s:
             continue
@@ -445,12 +447,17 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         fields = split_fields(s)
         values = _floats(fields[:2])
         numeric = values is not None or _is_number(fields, 0)   # a row, a lone number or a row starting with one
+        row = values is not None and len(fields) >= 2
+        if not row and numeric and len(fields) >= 3 and footer is None:
+            # An empty or non-numeric cell (an I0 that was not recorded): a data row if it has every column (the
+            # first row's, else the next row's); its cells are checked where its columns are read.
+            row = len(fields) == (len(data[0][1]) if data else _next_row_width(all_lines, idx))
         if data and (numeric or footer is None):
             if footer is not None:   # numbers after the text that followed the data: two scans, or a corrupt file
                 raise ReadError(f"{name}: line {footer[0]} is not two numbers after the data began (line "
                                 f"{data[0][0]}): {footer[1][:60]!r}; numbers follow it again (line {lineno}): "
                                 "a second block of data, or a corrupt file")
-            if values is None or len(fields) < 2:
+            if not row:
                 if numeric:   # a lone number, or a row that starts with a number: a broken data row
                     raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
                                     f"(line {data[0][0]}): {s[:60]!r}")
@@ -458,7 +465,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                 continue
         elif data:
             continue                      # more footer text
-        if values is None or len(fields) < 2:
+        if not row:
             if values is not None:  # a lone number: one column of data, not a header
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
@@ -489,8 +496,12 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         except (ValueError, IndexError):
             bad = [k for k in (e, j, m) if k is not None and not _is_number(fields, k)][0]
             what = {e: "the energy", j: "the intensity"}.get(bad, "the I0 monitor")
+            if bad == m:
+                what += (f" {names[m]!r} that {names[j]!r} is divided by" if names else
+                         f" that column {j + 1} is divided by")
             raise ReadError(f"{name}: line {lineno} has no number in column {bad + 1} ({what}): "
                             f"{' '.join(fields)[:60]!r}") from None
+    _log_unread_holes(data, n_columns, {e, j, m}, names, name)
     if m is not None:
         if not np.all(np.isfinite(arr[:, 2]) & (arr[:, 2] != 0)):
             raise ReadError(f"{name}: the I0 monitor (column {m + 1}, {names[m]!r}) has zero or non-finite values: "
@@ -499,6 +510,36 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                     name, j + 1, names[j], m + 1, names[m])
         arr[:, 1] /= arr[:, 2]
     return arr[:, 0].copy(), arr[:, 1].copy(), scans
+
+
+def _next_row_width(lines: list[str], idx: int) -> int | None:
+    """The number of fields of the data row after line ``idx`` (blank lines and comments passed over), or None
+    when the next line is not a row of numbers."""
+    for line in lines[idx + 1:]:
+        s = line.strip()
+        if not s or (s.startswith("#") and not _SPEC_SCAN.match(s)):
+            continue
+        fields = split_fields(s)
+        return len(fields) if len(fields) >= 2 and _floats(fields[:2]) is not None else None
+    return None
+
+
+def _log_unread_holes(data: list[tuple[int, list[str]]], n_columns: int, read: set[int | None],
+                      names: list[str] | None, name: str) -> None:
+    """Log the empty or non-numeric cells of columns that are not read, where the column holds numbers on
+    other rows (a column of text throughout, such as a timestamp, is no hole)."""
+    holes = []
+    for k in range(n_columns):
+        if k in read:
+            continue
+        bad = [lineno for lineno, fields in data if not _is_number(fields, k)]
+        if bad and len(bad) < len(data):
+            label = f"column {k + 1}" + (f" ({names[k]!r})" if names else "")
+            shown = ", ".join(str(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            holes.append(f"{label} on line{'s' if len(bad) > 1 else ''} {shown}")
+    if holes:
+        log.warning("%s: empty or non-numeric cells in columns that are not read, passed over: %s",
+                    name, "; ".join(holes))
 
 
 def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str | None, name: str, energy: int,

@@ -216,6 +216,32 @@ def test_a_short_row_in_the_chosen_column_is_refused_with_its_line(tmp_path):
         read_file(write_text(tmp_path / "short.dat", "".join(text)))
 
 
+@pytest.mark.parametrize("sep, hole", [("\t", ""), ("\t", "n/a"), (";", ""), (",", ""), ("  ", "n/a")])
+@pytest.mark.parametrize("where", [0, 41])
+def test_an_empty_or_non_numeric_cell_in_a_column_not_read_is_passed_over_with_a_warning(tmp_path, caplog, sep,
+                                                                                          hole, where):
+    text = columns(f"Energy{sep}I0{sep}mu\n", MONITOR, Y, sep=sep).splitlines(keepends=True)
+    text[1 + where] = f"{E[where]}{sep}{hole}{sep}{Y[where]}\n"
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(write_text(tmp_path / "hole.dat", "".join(text)))
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert f"empty or non-numeric cells in columns that are not read, passed over: column 2 ('I0') on line " \
+           f"{2 + where}" in caplog.text
+
+
+@pytest.mark.parametrize("sep, row, reason", [
+    ("\t", "{e}\t\t{y}", "line 42 has no number in column 2 \\(the I0 monitor 'I0' that 'TEY' is divided by\\)"),
+    ("\t", "{e}\t2e-10\t", "line 42 has no number in column 3 \\(the intensity\\)"),
+    ("  ", "{e}  {y}", "line 42 has no number in column 3"),   # spaces: which cell is missing cannot be told
+])
+def test_an_empty_cell_in_a_column_that_is_read_is_refused(tmp_path, sep, row, reason):
+    text = columns(f"Energy{sep}I0{sep}TEY\n", MONITOR, Y * MONITOR, sep=sep).splitlines(keepends=True)
+    text[41] = row.format(e=E[40], y=Y[40]) + "\n"
+    with pytest.raises(ReadError, match=reason):
+        read_file(write_text(tmp_path / "hole.dat", "".join(text)))
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ReadError, match="no such file"):
         read_file(tmp_path / "absent.csv")
