@@ -480,6 +480,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found{_decimal_comma_hint(text)}")
     if len(data) < 2:
         raise ReadError(f"{name}: only one data row")
+    _check_decimal_commas(data, all_lines, name)
     n_columns = len(data[0][1])
     names = _choose_names(candidates, header, n_columns, xdi)
     ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
@@ -510,6 +511,35 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                     name, j + 1, names[j], m + 1, names[m])
         arr[:, 1] /= arr[:, 2]
     return arr[:, 0].copy(), arr[:, 1].copy(), scans
+
+
+def _check_decimal_commas(data: list[tuple[int, list[str]]], lines: list[str], name: str) -> None:
+    """Log a file whose numbers are written with decimal commas (read as decimal points), once; refuse one
+    that mixes decimal commas and decimal points, and comma-separated rows of numbers with decimal commas
+    (``636,31828,0,020000``: split on every comma, they read as four columns of integers)."""
+    comma = point = None
+    for lineno, fields in data:
+        for f in fields:
+            if comma is None and "," in f and _is_number([f], 0):
+                comma = (lineno, f)
+            elif point is None and "." in f and _is_number([f], 0):
+                point = (lineno, f)
+    if comma and point:
+        raise ReadError(f"{name}: decimal commas (line {comma[0]}: {comma[1]!r}) and decimal points (line "
+                        f"{point[0]}: {point[1]!r}) in the same data: which one a comma is cannot be told; "
+                        "write the numbers one way")
+    if comma:
+        log.warning("%s: decimal commas read as decimal points (first on line %d: %r)", name, comma[0], comma[1])
+        return
+    raws = [lines[lineno - 1].strip() for lineno, _ in data]
+    if (point is None and len(data[0][1]) >= 3 and all("," in r and not any(c in r for c in ';\t"') for r in raws)
+            and all(re.fullmatch(r"[-+]?\d+", f.strip()) for _, fields in data for f in fields)):
+        # Only integers, split on commas: an energy read as its integer part repeats from row to row.
+        firsts = [[int(f[k]) for _, f in data] for k in range(2)]
+        if any(a == b for col in firsts for a, b in zip(col, col[1:])):
+            raise ReadError(f"{name}: the rows look like numbers with decimal commas separated by commas (line "
+                            f"{data[0][0]}: {raws[0][:60]!r}): which comma separates the columns cannot be told; "
+                            "use decimal points, or tabs, semicolons or spaces between the columns")
 
 
 def _next_row_width(lines: list[str], idx: int) -> int | None:
@@ -595,8 +625,9 @@ def _spaced_variants(line: str, fields: list[str]) -> list[list[str]]:
 
 
 def _decimal_comma_hint(text: str) -> str:
-    """A hint for a file whose rows are space-separated numbers with decimal commas (``636,4  0,38``):
-    their commas were taken as the separator."""
+    """A hint for a file without numeric rows whose rows look like space-separated numbers with decimal commas
+    but are not read as such (a field with a decimal point among them, ``636,4  0.38``): their commas were taken
+    as the separator."""
     rows = 0
     for line in text.splitlines()[:200]:
         s = line.strip()
@@ -839,11 +870,16 @@ _SPACED_FIELD = re.compile(r"\S+(?:\s+[(\[][^)\]]*[)\]])?")
 def split_fields(line: str) -> list[str]:
     """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces;
     quotes around a field (spreadsheet exports) are dropped, and a separator inside quotes does not split
-    (``"630,5","0,02"``: decimal commas); between spaces a bracketed unit stays with its name (``mu (a.u.)``)."""
+    (``"630,5","0,02"``: decimal commas); a row of numbers with decimal commas between spaces (``636,4   0,38``)
+    splits on the spaces; between spaces a bracketed unit stays with its name (``mu (a.u.)``).  A number with a
+    decimal comma keeps it (:func:`_float` reads it; :func:`_parse_table` logs it)."""
     if ";" in line:
-        parts = [f.strip().strip("\"'").replace(",", ".") for f in _split_quoted(line, ";")]
+        parts = [f.strip().strip("\"'") for f in _split_quoted(line, ";")]
+        parts = [f if _DECIMAL_COMMA_NUMBER.fullmatch(f) else f.replace(",", ".") for f in parts]
     elif "\t" in line:
         parts = [f.strip().strip("\"'") for f in _split_quoted(line, "\t")]
+    elif "," in line and _spaced_decimal_commas(line):
+        parts = line.split()
     elif "," in line:
         parts = [f.strip().strip("\"'") for f in _split_quoted(line, ",")]
     else:
@@ -851,6 +887,23 @@ def split_fields(line: str) -> list[str]:
     while parts and not parts[-1]:
         parts.pop()
     return parts
+
+
+#: A number written with a decimal comma (``636,31828``, ``-1,5e-3``).
+_DECIMAL_COMMA_NUMBER = re.compile(r"[-+]?\d*,\d+(?:[eE][-+]?\d+)?")
+#: A number with a decimal comma, an integer, or nan/inf: a field of a row of numbers with decimal commas.
+_COMMA_ROW_FIELD = re.compile(r"[-+]?(?:\d*,\d+|\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def _spaced_decimal_commas(line: str) -> bool:
+    """Whether a line without tabs or semicolons is numbers with decimal commas between spaces (``636,4   0,38``):
+    two or more space-separated fields, each a number with at most one comma between digits (none with a '.'),
+    at least one with a comma.  ``640, 1`` (a comma then a space) and ``640,1`` (one field) are not."""
+    if '"' in line:
+        return False
+    parts = line.split()
+    return (len(parts) >= 2 and all(_COMMA_ROW_FIELD.fullmatch(f) for f in parts)
+            and any(_DECIMAL_COMMA_NUMBER.fullmatch(f) for f in parts))
 
 
 def _split_quoted(line: str, sep: str) -> list[str]:

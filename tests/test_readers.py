@@ -696,8 +696,33 @@ def test_spec_labels_are_split_on_two_spaces_and_only_the_first_scan_is_read(tmp
     np.testing.assert_allclose(one[0].intensity, Y)
 
 
-def test_space_separated_decimal_commas_are_named_as_the_cause(tmp_path):
-    path = write_text(tmp_path / "comma.txt", "Energy  Intensity\n" + rows("   ").replace(".", ","))
+@pytest.mark.parametrize("sep", ["   ", " ", "\t", ";", " ; "])
+@pytest.mark.parametrize("head", ["", "Energy{sep}Intensity\n", "# E I\n"])
+def test_decimal_commas_between_spaces_tabs_or_semicolons_are_read_with_one_warning(tmp_path, caplog, sep, head):
+    path = write_text(tmp_path / "comma.txt", head.format(sep=sep) + rows(sep).replace(".", ","))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(path)
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert caplog.text.count("decimal commas read as decimal points") == 1
+
+
+@pytest.mark.parametrize("name, text, reason", [
+    ("mixed.txt", rows("\t").replace(".", ",", 100), "decimal commas \\(line 1: '630,0'\\) and decimal points"),
+    ("comma.csv", "".join(f"{a:.5f},{b:.6f}\n" for a, b in zip(E, Y)).replace(".", ","),
+     "numbers with decimal commas separated by commas \\(line 1: '630,00000,0,050000'\\)"),
+    ("comma_space.csv", "E, I\n" + "".join(f"{a:.5f}, {b:.6f}\n" for a, b in zip(E, Y)).replace(".", ","),
+     "decimal commas separated by commas"),
+])
+def test_decimal_commas_that_cannot_be_told_from_separators_or_points_are_refused(tmp_path, name, text, reason):
+    # the comma-separated ones read as four columns of integers (energy 630, 630, 630, ...) with a warning
+    with pytest.raises(ReadError, match=reason):
+        read_file(write_text(tmp_path / name, text))
+
+
+def test_space_separated_numbers_mixing_decimal_commas_and_points_get_the_hint(tmp_path):
+    path = write_text(tmp_path / "comma.txt", "Energy  Intensity\n" + "".join(
+        f"{a}   {b}\n".replace(".", ",", 1) for a, b in zip(E, Y)))
     with pytest.raises(ReadError, match="no numeric .* decimal commas"):
         read_file(path)
 
