@@ -419,6 +419,7 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
     scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
     footer: tuple[int, str] | None = None  # the first text line after the data (line number, text)
+    meta: list[tuple[int, list[str]]] = []  # rows of numbers before the names line: metadata, not data
     all_lines = text.lstrip("\ufeff").splitlines()
     for idx, line in enumerate(all_lines):
         lineno = idx + 1
@@ -440,6 +441,11 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             m = _XDI_COLUMN.match(body)
             if m and not data:
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
+            if data and not meta and footer is None and _names_after_metadata(names, data, all_lines, idx) \
+                    and any(_is_known_key(_column_key(w)) for w in names):
+                # "# Energy  mu" after one or two rows of numbers: those rows are metadata (they were read as data
+                # points); a comment is passed over between data rows, so it must name a known column
+                meta, data = data, []
             if not data and len(names) >= 2:
                 header = names
                 candidates += [names] + _spaced_variants(body, names)
@@ -457,6 +463,13 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                 raise ReadError(f"{name}: line {footer[0]} is not two numbers after the data began (line "
                                 f"{data[0][0]}): {footer[1][:60]!r}; numbers follow it again (line {lineno}): "
                                 "a second block of data, or a corrupt file")
+            if not row and not meta and _names_after_metadata(fields, data, all_lines, idx):
+                # One or two short rows of numbers, then the column names and the data: those rows are metadata
+                meta, data = data, []
+                header = fields
+                lines.append(s)
+                candidates += [fields] + _spaced_variants(s, fields)
+                continue
             if not row:
                 if numeric:   # a lone number, or a row that starts with a number: a broken data row
                     raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
@@ -473,6 +486,11 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             candidates += [fields] + _spaced_variants(s, fields)
             continue
         data.append((lineno, fields))
+    if meta:
+        log.warning("%s: line%s %s, before the column names and the data (line %d on), hold%s numbers that are not "
+                    "data: read as metadata and ignored: %s", name, "s" if len(meta) > 1 else "",
+                    " and ".join(str(n) for n, _ in meta), data[0][0] if data else 0, "" if len(meta) > 1 else "s",
+                    "; ".join(repr(all_lines[n - 1].strip()[:40]) for n, _ in meta))
     if footer is not None:
         log.warning("%s: line %d and what follows it are not data rows: ignored as a footer after the data "
                     "(lines %d to %d): %r", name, footer[0], data[0][0], data[-1][0], footer[1][:60])
@@ -540,6 +558,37 @@ def _check_decimal_commas(data: list[tuple[int, list[str]]], lines: list[str], n
             raise ReadError(f"{name}: the rows look like numbers with decimal commas separated by commas (line "
                             f"{data[0][0]}: {raws[0][:60]!r}): which comma separates the columns cannot be told; "
                             "use decimal points, or tabs, semicolons or spaces between the columns")
+
+
+#: Most rows of numbers before a names line read as metadata (``Scan 12`` / ``0.5 1.0`` / ``Energy mu`` / data).
+MAX_METADATA_ROWS = 2
+#: Fewest data rows after such a names line.
+MIN_ROWS_AFTER_METADATA = 10
+
+
+def _names_after_metadata(fields: list[str], data: list[tuple[int, list[str]]], lines: list[str], idx: int) -> bool:
+    """Whether line ``idx`` (split into ``fields``), after the rows ``data``, is a line of column names with
+    the data after it and those rows metadata: at most :data:`MAX_METADATA_ROWS` rows before it, two or more
+    fields none of which is a number, and :func:`_rows_follow`."""
+    return (0 < len(data) <= MAX_METADATA_ROWS and len(fields) >= 2
+            and not any(_is_number(fields, k) for k in range(len(fields))) and _rows_follow(lines, idx, len(fields)))
+
+
+def _rows_follow(lines: list[str], idx: int, n_names: int) -> bool:
+    """Whether at least :data:`MIN_ROWS_AFTER_METADATA` rows of numbers of at most ``n_names`` fields follow line
+    ``idx`` (blank lines and comments passed over) before any other line."""
+    count = 0
+    for line in lines[idx + 1:]:
+        s = line.strip()
+        if not s or (s.startswith("#") and not _SPEC_SCAN.match(s)):
+            continue
+        fields = split_fields(s)
+        if len(fields) < 2 or len(fields) > n_names or _floats(fields[:2]) is None:
+            return False
+        count += 1
+        if count >= MIN_ROWS_AFTER_METADATA:
+            return True
+    return False
 
 
 def _next_row_width(lines: list[str], idx: int) -> int | None:

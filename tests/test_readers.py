@@ -242,6 +242,31 @@ def test_an_empty_cell_in_a_column_that_is_read_is_refused(tmp_path, sep, row, r
         read_file(write_text(tmp_path / "hole.dat", "".join(text)))
 
 
+@pytest.mark.parametrize("head, lines", [
+    ("Scan 12\n0.5 1.0\nEnergy\tmu\n", "line 2,"),
+    ("0.5 1.0\n12\t3\n\nEnergy\tmu\n", "lines 1 and 2,"),
+    ("Scan 12\n0.5 1.0\n# Energy\tI0\tmu\n", "line 2,"),
+])
+def test_one_or_two_rows_of_numbers_before_the_names_are_read_as_metadata_with_a_warning(tmp_path, caplog, head,
+                                                                                       lines):
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(write_text(tmp_path / "meta.dat", head + rows("\t")))
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert f"{lines} before the column names and the data" in caplog.text and "read as metadata" in caplog.text
+
+
+@pytest.mark.parametrize("head, body", [
+    ("0.5 1.0\n2 3\n4 5\nEnergy\tmu\n", rows("\t")),                              # three rows of numbers
+    ("0.5 1.0\nEnergy\n", rows("\t")),                                             # one name for two columns
+    ("0.5 1.0\nEnergy\tmu\n", rows("\t", E[:9], Y[:9])),                            # nine rows of data after them
+    ("0.5 1.0\nEnergy\tmu\n", "".join(f"{a}\t1e5\t{b}\n" for a, b in zip(E, Y))),   # three columns, two names
+])
+def test_rows_of_numbers_before_names_are_refused_unless_clearly_metadata(tmp_path, head, body):
+    with pytest.raises(ReadError, match="is not two numbers after the data began"):
+        read_file(write_text(tmp_path / "meta.dat", head + body))
+
+
 def test_missing_file_and_directory(tmp_path):
     with pytest.raises(ReadError, match="no such file"):
         read_file(tmp_path / "absent.csv")
