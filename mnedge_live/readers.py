@@ -8,7 +8,9 @@ Supported inputs:
   descending axes; files with more columns (XAS exports: energy, I0, TEY,
   mu, ...) are read by their column names (:func:`intensity_column`) or the
   column the user names, and named columns are checked (a monitor is never
-  read as the spectrum);
+  read as the spectrum); decimal commas between tabs, semicolons or spaces,
+  a text footer after the data, an empty cell in a column not read and one
+  or two rows of numbers before the names line are read, each logged;
 * EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
 * Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
   RosettaSciIO, single spectra as well as spectrum images (line scans and
@@ -358,11 +360,22 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
     is divided by the file's one I0 monitor (``column`` ``A/B``: A divided by
     B).  Only the first scan of a SPEC file of several (``#S``) is read.
 
+    Passed over with a logged warning: a block of text lines after the data
+    (``END OF SCAN``; numbers after it are refused); an empty or non-numeric
+    cell in a column that is not read, in a row with every column (between
+    spaces a missing cell cannot be told from a separator); one or two rows
+    of numbers before a line of names (as many fields as the data or more)
+    followed by ten or more data rows (metadata).  Decimal commas are read
+    where the columns are separated by tabs, semicolons or spaces and no
+    number has a decimal point (logged once); mixed with decimal points, or
+    between commas, they are refused.
+
     Raises
     ------
     ReadError
-        Binary content, no numeric rows, a single column, or a non-numeric
-        row after the data began.
+        Binary content, no numeric rows, a single column, a non-numeric
+        row among the data, numbers after a footer, an empty cell in a
+        column read, or ambiguous decimal commas.
     """
     return _read_text_items(Path(path), column)[0]
 
