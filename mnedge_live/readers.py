@@ -8,7 +8,9 @@ Supported inputs:
   descending axes; files with more columns (XAS exports: energy, I0, TEY,
   mu, ...) are read by their column names (:func:`intensity_column`) or the
   column the user names, and named columns are checked (a monitor is never
-  read as the spectrum);
+  read as the spectrum); decimal commas between tabs, semicolons or spaces,
+  a text footer after the data, an empty cell in a column not read and one
+  or two rows of numbers before the names line are read, each logged;
 * EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
 * Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
   RosettaSciIO, single spectra as well as spectrum images (line scans and
@@ -358,11 +360,22 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
     is divided by the file's one I0 monitor (``column`` ``A/B``: A divided by
     B).  Only the first scan of a SPEC file of several (``#S``) is read.
 
+    Passed over with a logged warning: a block of text lines after the data
+    (``END OF SCAN``; numbers after it are refused); an empty or non-numeric
+    cell in a column that is not read, in a row with every column (between
+    spaces a missing cell cannot be told from a separator); one or two rows
+    of numbers before a line of names (as many fields as the data or more)
+    followed by ten or more data rows (metadata).  Decimal commas are read
+    where the columns are separated by tabs, semicolons or spaces and no
+    number has a decimal point (logged once); mixed with decimal points, or
+    between commas, they are refused.
+
     Raises
     ------
     ReadError
-        Binary content, no numeric rows, a single column, or a non-numeric
-        row after the data began.
+        Binary content, no numeric rows, a single column, a non-numeric
+        row among the data, numbers after a footer, an empty cell in a
+        column read, or ambiguous decimal commas.
     """
     return _read_text_items(Path(path), column)[0]
 
@@ -418,7 +431,11 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     candidates: list[list[str]] = []      # every line of two or more fields before the data: names, units, notes
     xdi: dict[int, str] = {}              # XDI "# Column.N: name units" headers
     scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
-    for lineno, line in enumerate(text.lstrip("\ufeff").splitlines(), start=1):
+    footer: tuple[int, str] | None = None  # the first text line after the data (line number, text)
+    meta: list[tuple[int, list[str]]] = []  # rows of numbers before the names line: metadata, not data
+    all_lines = text.lstrip("\ufeff").splitlines()
+    for idx, line in enumerate(all_lines):
+        lineno = idx + 1
         s = line.strip()
         if not s:
             continue
@@ -437,16 +454,44 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             m = _XDI_COLUMN.match(body)
             if m and not data:
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
+            if data and not meta and footer is None and _names_after_metadata(names, data, all_lines, idx) \
+                    and any(_is_known_key(_column_key(w)) for w in names):
+                # "# Energy  mu" after one or two rows of numbers: those rows are metadata (they were read as data
+                # points); a comment is passed over between data rows, so it must name a known column
+                meta, data = data, []
             if not data and len(names) >= 2:
                 header = names
                 candidates += [names] + _spaced_variants(body, names)
             continue
         fields = split_fields(s)
         values = _floats(fields[:2])
-        if values is None or len(fields) < 2:
-            if data:
-                raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
-                                f"(line {data[0][0]}): {s[:60]!r}")
+        numeric = values is not None or _is_number(fields, 0)   # a row, a lone number or a row starting with one
+        row = values is not None and len(fields) >= 2
+        if not row and numeric and len(fields) >= 3 and footer is None:
+            # An empty or non-numeric cell (an I0 that was not recorded): a data row if it has every column (the
+            # first row's, else the next row's); its cells are checked where its columns are read.
+            row = len(fields) == (len(data[0][1]) if data else _next_row_width(all_lines, idx))
+        if data and (numeric or footer is None):
+            if footer is not None:   # numbers after the text that followed the data: two scans, or a corrupt file
+                raise ReadError(f"{name}: line {footer[0]} is not two numbers after the data began (line "
+                                f"{data[0][0]}): {footer[1][:60]!r}; numbers follow it again (line {lineno}): "
+                                "a second block of data, or a corrupt file")
+            if not row and not meta and _names_after_metadata(fields, data, all_lines, idx):
+                # One or two short rows of numbers, then the column names and the data: those rows are metadata
+                meta, data = data, []
+                header = fields
+                lines.append(s)
+                candidates += [fields] + _spaced_variants(s, fields)
+                continue
+            if not row:
+                if numeric:   # a lone number, or a row that starts with a number: a broken data row
+                    raise ReadError(f"{name}: line {lineno} is not two numbers after the data began "
+                                    f"(line {data[0][0]}): {s[:60]!r}")
+                footer = (lineno, s)   # text after the data: a footer, if only text and comments follow
+                continue
+        elif data:
+            continue                      # more footer text
+        if not row:
             if values is not None:  # a lone number: one column of data, not a header
                 raise ReadError(f"{name}: line {lineno} has one column; expected energy and intensity")
             header = fields
@@ -454,10 +499,19 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
             candidates += [fields] + _spaced_variants(s, fields)
             continue
         data.append((lineno, fields))
+    if meta:
+        log.warning("%s: line%s %s, before the column names and the data (line %d on), hold%s numbers that are not "
+                    "data: read as metadata and ignored: %s", name, "s" if len(meta) > 1 else "",
+                    " and ".join(str(n) for n, _ in meta), data[0][0] if data else 0, "" if len(meta) > 1 else "s",
+                    "; ".join(repr(all_lines[n - 1].strip()[:40]) for n, _ in meta))
+    if footer is not None:
+        log.warning("%s: line %d and what follows it are not data rows: ignored as a footer after the data "
+                    "(lines %d to %d): %r", name, footer[0], data[0][0], data[-1][0], footer[1][:60])
     if not data:
         raise ReadError(f"{name}: no numeric two-column (energy, intensity) rows found{_decimal_comma_hint(text)}")
     if len(data) < 2:
         raise ReadError(f"{name}: only one data row")
+    _check_decimal_commas(data, all_lines, name)
     n_columns = len(data[0][1])
     names = _choose_names(candidates, header, n_columns, xdi)
     ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
@@ -474,8 +528,12 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         except (ValueError, IndexError):
             bad = [k for k in (e, j, m) if k is not None and not _is_number(fields, k)][0]
             what = {e: "the energy", j: "the intensity"}.get(bad, "the I0 monitor")
+            if bad == m:
+                what += (f" {names[m]!r} that {names[j]!r} is divided by" if names else
+                         f" that column {j + 1} is divided by")
             raise ReadError(f"{name}: line {lineno} has no number in column {bad + 1} ({what}): "
                             f"{' '.join(fields)[:60]!r}") from None
+    _log_unread_holes(data, n_columns, {e, j, m}, names, name)
     if m is not None:
         if not np.all(np.isfinite(arr[:, 2]) & (arr[:, 2] != 0)):
             raise ReadError(f"{name}: the I0 monitor (column {m + 1}, {names[m]!r}) has zero or non-finite values: "
@@ -484,6 +542,96 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
                     name, j + 1, names[j], m + 1, names[m])
         arr[:, 1] /= arr[:, 2]
     return arr[:, 0].copy(), arr[:, 1].copy(), scans
+
+
+def _check_decimal_commas(data: list[tuple[int, list[str]]], lines: list[str], name: str) -> None:
+    """Log a file whose numbers are written with decimal commas (read as decimal points), once; refuse one
+    that mixes decimal commas and decimal points, and comma-separated rows of numbers with decimal commas
+    (``636,31828,0,020000``: split on every comma, they read as four columns of integers)."""
+    comma = point = None
+    for lineno, fields in data:
+        for f in fields:
+            if comma is None and "," in f and _is_number([f], 0):
+                comma = (lineno, f)
+            elif point is None and "." in f and _is_number([f], 0):
+                point = (lineno, f)
+    if comma and point:
+        raise ReadError(f"{name}: decimal commas (line {comma[0]}: {comma[1]!r}) and decimal points (line "
+                        f"{point[0]}: {point[1]!r}) in the same data: which one a comma is cannot be told; "
+                        "write the numbers one way")
+    if comma:
+        log.warning("%s: decimal commas read as decimal points (first on line %d: %r)", name, comma[0], comma[1])
+        return
+    raws = [lines[lineno - 1].strip() for lineno, _ in data]
+    if (point is None and len(data[0][1]) >= 3 and all("," in r and not any(c in r for c in ';\t"') for r in raws)
+            and all(re.fullmatch(r"[-+]?\d+", f.strip()) for _, fields in data for f in fields)):
+        # Only integers, split on commas: an energy read as its integer part repeats from row to row.
+        firsts = [[int(f[k]) for _, f in data] for k in range(2)]
+        if any(a == b for col in firsts for a, b in zip(col, col[1:])):
+            raise ReadError(f"{name}: the rows look like numbers with decimal commas separated by commas (line "
+                            f"{data[0][0]}: {raws[0][:60]!r}): which comma separates the columns cannot be told; "
+                            "use decimal points, or tabs, semicolons or spaces between the columns")
+
+
+#: Most rows of numbers before a names line read as metadata (``Scan 12`` / ``0.5 1.0`` / ``Energy mu`` / data).
+MAX_METADATA_ROWS = 2
+#: Fewest data rows after such a names line.
+MIN_ROWS_AFTER_METADATA = 10
+
+
+def _names_after_metadata(fields: list[str], data: list[tuple[int, list[str]]], lines: list[str], idx: int) -> bool:
+    """Whether line ``idx`` (split into ``fields``), after the rows ``data``, is a line of column names with
+    the data after it and those rows metadata: at most :data:`MAX_METADATA_ROWS` rows before it, two or more
+    fields none of which is a number, and :func:`_rows_follow`."""
+    return (0 < len(data) <= MAX_METADATA_ROWS and len(fields) >= 2
+            and not any(_is_number(fields, k) for k in range(len(fields))) and _rows_follow(lines, idx, len(fields)))
+
+
+def _rows_follow(lines: list[str], idx: int, n_names: int) -> bool:
+    """Whether at least :data:`MIN_ROWS_AFTER_METADATA` rows of numbers of at most ``n_names`` fields follow line
+    ``idx`` (blank lines and comments passed over) before any other line."""
+    count = 0
+    for line in lines[idx + 1:]:
+        s = line.strip()
+        if not s or (s.startswith("#") and not _SPEC_SCAN.match(s)):
+            continue
+        fields = split_fields(s)
+        if len(fields) < 2 or len(fields) > n_names or _floats(fields[:2]) is None:
+            return False
+        count += 1
+        if count >= MIN_ROWS_AFTER_METADATA:
+            return True
+    return False
+
+
+def _next_row_width(lines: list[str], idx: int) -> int | None:
+    """The number of fields of the data row after line ``idx`` (blank lines and comments passed over), or None
+    when the next line is not a row of numbers."""
+    for line in lines[idx + 1:]:
+        s = line.strip()
+        if not s or (s.startswith("#") and not _SPEC_SCAN.match(s)):
+            continue
+        fields = split_fields(s)
+        return len(fields) if len(fields) >= 2 and _floats(fields[:2]) is not None else None
+    return None
+
+
+def _log_unread_holes(data: list[tuple[int, list[str]]], n_columns: int, read: set[int | None],
+                      names: list[str] | None, name: str) -> None:
+    """Log the empty or non-numeric cells of columns that are not read, where the column holds numbers on
+    other rows (a column of text throughout, such as a timestamp, is no hole)."""
+    holes = []
+    for k in range(n_columns):
+        if k in read:
+            continue
+        bad = [lineno for lineno, fields in data if not _is_number(fields, k)]
+        if bad and len(bad) < len(data):
+            label = f"column {k + 1}" + (f" ({names[k]!r})" if names else "")
+            shown = ", ".join(str(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            holes.append(f"{label} on line{'s' if len(bad) > 1 else ''} {shown}")
+    if holes:
+        log.warning("%s: empty or non-numeric cells in columns that are not read, passed over: %s",
+                    name, "; ".join(holes))
 
 
 def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str | None, name: str, energy: int,
@@ -539,8 +687,9 @@ def _spaced_variants(line: str, fields: list[str]) -> list[list[str]]:
 
 
 def _decimal_comma_hint(text: str) -> str:
-    """A hint for a file whose rows are space-separated numbers with decimal commas (``636,4  0,38``):
-    their commas were taken as the separator."""
+    """A hint for a file without numeric rows whose rows look like space-separated numbers with decimal commas
+    but are not read as such (a field with a decimal point among them, ``636,4  0.38``): their commas were taken
+    as the separator."""
     rows = 0
     for line in text.splitlines()[:200]:
         s = line.strip()
@@ -783,11 +932,16 @@ _SPACED_FIELD = re.compile(r"\S+(?:\s+[(\[][^)\]]*[)\]])?")
 def split_fields(line: str) -> list[str]:
     """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces;
     quotes around a field (spreadsheet exports) are dropped, and a separator inside quotes does not split
-    (``"630,5","0,02"``: decimal commas); between spaces a bracketed unit stays with its name (``mu (a.u.)``)."""
+    (``"630,5","0,02"``: decimal commas); a row of numbers with decimal commas between spaces (``636,4   0,38``)
+    splits on the spaces; between spaces a bracketed unit stays with its name (``mu (a.u.)``).  A number with a
+    decimal comma keeps it (:func:`_float` reads it; :func:`_parse_table` logs it)."""
     if ";" in line:
-        parts = [f.strip().strip("\"'").replace(",", ".") for f in _split_quoted(line, ";")]
+        parts = [f.strip().strip("\"'") for f in _split_quoted(line, ";")]
+        parts = [f if _DECIMAL_COMMA_NUMBER.fullmatch(f) else f.replace(",", ".") for f in parts]
     elif "\t" in line:
         parts = [f.strip().strip("\"'") for f in _split_quoted(line, "\t")]
+    elif "," in line and _spaced_decimal_commas(line):
+        parts = line.split()
     elif "," in line:
         parts = [f.strip().strip("\"'") for f in _split_quoted(line, ",")]
     else:
@@ -795,6 +949,23 @@ def split_fields(line: str) -> list[str]:
     while parts and not parts[-1]:
         parts.pop()
     return parts
+
+
+#: A number written with a decimal comma (``636,31828``, ``-1,5e-3``).
+_DECIMAL_COMMA_NUMBER = re.compile(r"[-+]?\d*,\d+(?:[eE][-+]?\d+)?")
+#: A number with a decimal comma, an integer, or nan/inf: a field of a row of numbers with decimal commas.
+_COMMA_ROW_FIELD = re.compile(r"[-+]?(?:\d*,\d+|\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
+
+
+def _spaced_decimal_commas(line: str) -> bool:
+    """Whether a line without tabs or semicolons is numbers with decimal commas between spaces (``636,4   0,38``):
+    two or more space-separated fields, each a number with at most one comma between digits (none with a '.'),
+    at least one with a comma.  ``640, 1`` (a comma then a space) and ``640,1`` (one field) are not."""
+    if '"' in line:
+        return False
+    parts = line.split()
+    return (len(parts) >= 2 and all(_COMMA_ROW_FIELD.fullmatch(f) for f in parts)
+            and any(_DECIMAL_COMMA_NUMBER.fullmatch(f) for f in parts))
 
 
 def _split_quoted(line: str, sep: str) -> list[str]:

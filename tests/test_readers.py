@@ -85,7 +85,8 @@ def test_nan_values_are_passed_on_for_the_engine_to_reject(tmp_path):
     ("prose.txt", b"This is not a spectrum.\nJust words.\n", "no numeric"),
     ("one_column.csv", b"640.0\n640.1\n640.2\n", "one column"),
     ("one_row.csv", b"640.0,1.0\n", "only one data row"),
-    ("junk_after_data.csv", b"640.0,1.0\n640.1,1.1\nEND OF DATA\n", "line 3"),
+    ("junk_inside_data.csv", b"640.0,1.0\n640.1,1.1\nEND OF DATA\n640.2,1.2\n", "line 3 .* follow it again"),
+    ("broken_last_row.csv", b"640.0,1.0\n640.1,1.1\n640.2,abc\n", "line 3 is not two numbers"),
     ("binary.dat", bytes(range(256)) * 4, "binary"),
     ("garbage.msa", b"\x00\x01\x02 not an emsa file at all", "EMSA"),
     ("garbage.hspy", b"not hdf5 at all, just text", "HyperSpy"),
@@ -97,6 +98,29 @@ def test_unreadable_files_raise_read_error_with_reason(tmp_path, name, content, 
     p.write_bytes(content)
     with pytest.raises(ReadError, match=reason):
         read_file(p)
+
+
+@pytest.mark.parametrize("footer", ["END OF SCAN\n", "END OF SCAN\n# closed shutter\n\nScan time: 12 min\n"])
+def test_a_text_footer_after_the_data_is_ignored_with_a_warning_naming_its_line(tmp_path, caplog, footer):
+    head = "# Beamline: BL 8.0.1\n# Sample: MnO\nEnergy\tmu\n"
+    path = write_text(tmp_path / "footer.dat", head + rows("\t") + footer)
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(path)
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert f"line {4 + len(E)} and what follows it are not data rows: ignored as a footer" in caplog.text
+    assert "'END OF SCAN'" in caplog.text and "footer.dat" in caplog.text
+
+
+@pytest.mark.parametrize("tail, reason", [
+    ("END OF SCAN\n" + rows("\t")[:40], "line 142 is not two numbers .* numbers follow it again \\(line 143\\)"),
+    ("END OF SCAN\n640.0\n", "numbers follow it again \\(line 143\\)"),        # a lone number is no footer
+    ("662.0\tn/a\n", "line 142 is not two numbers after the data began"),   # a broken row is no footer
+])
+def test_numbers_after_a_footer_or_a_broken_last_row_are_still_refused(tmp_path, tail, reason):
+    path = write_text(tmp_path / "two_blocks.dat", "Energy\tmu\n" + rows("\t") + tail)
+    with pytest.raises(ReadError, match=reason):
+        read_file(path)
 
 
 def columns(header: str, *cols, sep: str = " ") -> str:
@@ -190,6 +214,57 @@ def test_a_short_row_in_the_chosen_column_is_refused_with_its_line(tmp_path):
     text[5] = f"{E[4]} 1e5\n"
     with pytest.raises(ReadError, match="line 6 has no number in column 3"):
         read_file(write_text(tmp_path / "short.dat", "".join(text)))
+
+
+@pytest.mark.parametrize("sep, hole", [("\t", ""), ("\t", "n/a"), (";", ""), (",", ""), ("  ", "n/a")])
+@pytest.mark.parametrize("where", [0, 41])
+def test_an_empty_or_non_numeric_cell_in_a_column_not_read_is_passed_over_with_a_warning(tmp_path, caplog, sep,
+                                                                                          hole, where):
+    text = columns(f"Energy{sep}I0{sep}mu\n", MONITOR, Y, sep=sep).splitlines(keepends=True)
+    text[1 + where] = f"{E[where]}{sep}{hole}{sep}{Y[where]}\n"
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(write_text(tmp_path / "hole.dat", "".join(text)))
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert f"empty or non-numeric cells in columns that are not read, passed over: column 2 ('I0') on line " \
+           f"{2 + where}" in caplog.text
+
+
+@pytest.mark.parametrize("sep, row, reason", [
+    ("\t", "{e}\t\t{y}", "line 42 has no number in column 2 \\(the I0 monitor 'I0' that 'TEY' is divided by\\)"),
+    ("\t", "{e}\t2e-10\t", "line 42 has no number in column 3 \\(the intensity\\)"),
+    ("  ", "{e}  {y}", "line 42 has no number in column 3"),   # spaces: which cell is missing cannot be told
+])
+def test_an_empty_cell_in_a_column_that_is_read_is_refused(tmp_path, sep, row, reason):
+    text = columns(f"Energy{sep}I0{sep}TEY\n", MONITOR, Y * MONITOR, sep=sep).splitlines(keepends=True)
+    text[41] = row.format(e=E[40], y=Y[40]) + "\n"
+    with pytest.raises(ReadError, match=reason):
+        read_file(write_text(tmp_path / "hole.dat", "".join(text)))
+
+
+@pytest.mark.parametrize("head, lines", [
+    ("Scan 12\n0.5 1.0\nEnergy\tmu\n", "line 2,"),
+    ("0.5 1.0\n12\t3\n\nEnergy\tmu\n", "lines 1 and 2,"),
+    ("Scan 12\n0.5 1.0\n# Energy\tI0\tmu\n", "line 2,"),
+])
+def test_one_or_two_rows_of_numbers_before_the_names_are_read_as_metadata_with_a_warning(tmp_path, caplog, head,
+                                                                                       lines):
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(write_text(tmp_path / "meta.dat", head + rows("\t")))
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert f"{lines} before the column names and the data" in caplog.text and "read as metadata" in caplog.text
+
+
+@pytest.mark.parametrize("head, body", [
+    ("0.5 1.0\n2 3\n4 5\nEnergy\tmu\n", rows("\t")),                              # three rows of numbers
+    ("0.5 1.0\nEnergy\n", rows("\t")),                                             # one name for two columns
+    ("0.5 1.0\nEnergy\tmu\n", rows("\t", E[:9], Y[:9])),                            # nine rows of data after them
+    ("0.5 1.0\nEnergy\tmu\n", "".join(f"{a}\t1e5\t{b}\n" for a, b in zip(E, Y))),   # three columns, two names
+])
+def test_rows_of_numbers_before_names_are_refused_unless_clearly_metadata(tmp_path, head, body):
+    with pytest.raises(ReadError, match="is not two numbers after the data began"):
+        read_file(write_text(tmp_path / "meta.dat", head + body))
 
 
 def test_missing_file_and_directory(tmp_path):
@@ -646,8 +721,33 @@ def test_spec_labels_are_split_on_two_spaces_and_only_the_first_scan_is_read(tmp
     np.testing.assert_allclose(one[0].intensity, Y)
 
 
-def test_space_separated_decimal_commas_are_named_as_the_cause(tmp_path):
-    path = write_text(tmp_path / "comma.txt", "Energy  Intensity\n" + rows("   ").replace(".", ","))
+@pytest.mark.parametrize("sep", ["   ", " ", "\t", ";", " ; "])
+@pytest.mark.parametrize("head", ["", "Energy{sep}Intensity\n", "# E I\n"])
+def test_decimal_commas_between_spaces_tabs_or_semicolons_are_read_with_one_warning(tmp_path, caplog, sep, head):
+    path = write_text(tmp_path / "comma.txt", head.format(sep=sep) + rows(sep).replace(".", ","))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(path)
+    np.testing.assert_allclose(s.energy, E)
+    np.testing.assert_allclose(s.intensity, Y)
+    assert caplog.text.count("decimal commas read as decimal points") == 1
+
+
+@pytest.mark.parametrize("name, text, reason", [
+    ("mixed.txt", rows("\t").replace(".", ",", 100), "decimal commas \\(line 1: '630,0'\\) and decimal points"),
+    ("comma.csv", "".join(f"{a:.5f},{b:.6f}\n" for a, b in zip(E, Y)).replace(".", ","),
+     "numbers with decimal commas separated by commas \\(line 1: '630,00000,0,050000'\\)"),
+    ("comma_space.csv", "E, I\n" + "".join(f"{a:.5f}, {b:.6f}\n" for a, b in zip(E, Y)).replace(".", ","),
+     "decimal commas separated by commas"),
+])
+def test_decimal_commas_that_cannot_be_told_from_separators_or_points_are_refused(tmp_path, name, text, reason):
+    # the comma-separated ones read as four columns of integers (energy 630, 630, 630, ...) with a warning
+    with pytest.raises(ReadError, match=reason):
+        read_file(write_text(tmp_path / name, text))
+
+
+def test_space_separated_numbers_mixing_decimal_commas_and_points_get_the_hint(tmp_path):
+    path = write_text(tmp_path / "comma.txt", "Energy  Intensity\n" + "".join(
+        f"{a}   {b}\n".replace(".", ",", 1) for a, b in zip(E, Y)))
     with pytest.raises(ReadError, match="no numeric .* decimal commas"):
         read_file(path)
 
