@@ -713,7 +713,7 @@ def _is_units_row(fields: list[str]) -> bool:
 def _is_known_key(key: str) -> bool:
     """Whether a column key is a name this module knows (energy, index, monitor, spectrum, raw yield)."""
     return bool(key) and (_is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
-                          or key in SPECTRUM_COLUMN_NAMES or _is_raw_yield_key(key))
+                          or key in SPECTRUM_COLUMN_NAMES or _is_raw_yield_key(key) or _is_normalized_yield_key(key))
 
 
 def _choose_names(candidates: list[list[str]], header: list[str] | None, n_columns: int,
@@ -747,9 +747,24 @@ def _is_energy_key(key: str) -> bool:
 
 def _is_raw_yield_key(key: str) -> bool:
     """Whether a column key names a raw electron or fluorescence yield (to be divided by I0)."""
-    if "norm" in key:
+    if "norm" in key or "/" in key:   # already divided by its monitor (TEY_norm, TFY / I0)
         return False
     return key in RAW_YIELD_NAMES or key.startswith(("tey_", "tfy_", "pfy_"))
+
+
+#: Words marking a yield column as already normalized (``TEY_norm``, ``norm TFY``, ``TEY normalized``).
+_NORM_WORDS = frozenset({"norm", "nor", "normalized", "normalised"})
+
+
+def _is_normalized_yield_key(key: str) -> bool:
+    """Whether a column key names a yield already divided by its monitor: ``TEY/I0``, ``TFY / I0``,
+    ``TEY_norm``, ``norm TEY`` (a spectrum, not a raw yield)."""
+    if "/" in key:
+        num, _, den = key.partition("/")
+        return _is_raw_yield_key(num.strip("_")) and den.strip("_") in I0_COLUMN_NAMES
+    words = key.split("_")
+    rest = [w for w in words if w not in _NORM_WORDS]
+    return 0 < len(rest) < len(words) and _is_raw_yield_key("_".join(rest))
 
 
 def _is_index_key(key: str) -> bool:
@@ -854,8 +869,11 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
         0-based index: ``column`` when given; else the one other column when
         there is one (refused when the names make the energy column a spectrum
         or that column a monitor); else the first of
-        :data:`SPECTRUM_COLUMN_NAMES` among the names; else the first column
-        after the energy with a logged warning (so the choice is never silent).
+        :data:`SPECTRUM_COLUMN_NAMES` among the names; else the one yield
+        already divided by its monitor (``TEY/I0``, ``TEY_norm``; several are
+        refused); else a raw yield (divided by I0 in :func:`_parse_table`);
+        else the first column after the energy with a logged warning (so the
+        choice is never silent).
 
     Raises
     ------
@@ -900,6 +918,13 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
             for j in cols:
                 if keys[j] == wanted:
                     return j
+        normalized = [j for j in cols if _is_normalized_yield_key(keys[j])]
+        if len(normalized) == 1:
+            return normalized[0]
+        if normalized:
+            listed_yields = ", ".join(names[j] for j in normalized)
+            raise ReadError(f"{name}: {n_columns} columns{listed}, several normalized yields ({listed_yields}): "
+                            f"name the one to read (mnedge predict --column {names[normalized[0]]!r})")
         yields = [j for j in cols if _is_raw_yield_key(keys[j])]
         monitors = [j for j in cols if keys[j] in I0_COLUMN_NAMES]
         if yields and (len(yields) > 1 or len(monitors) != 1):

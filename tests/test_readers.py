@@ -766,3 +766,19 @@ def test_spec_label_line_with_spaced_labels_does_not_keep_the_l(tmp_path):
     np.testing.assert_allclose(read_file(path)[0].intensity, Y)
     with pytest.raises(ReadError, match="the columns are Energy, Ring current, mu, I0"):
         read_file(path, column="pfy")
+
+
+@pytest.mark.parametrize("head", ["Energy\tRing current\tTEY/I0\tI0\tSeconds\n", "Energy\tRing current\tTEY_norm\tTime\n",
+                                  "Energy\tI0\tTFY / I0\tTime\n", "Energy\tnorm TEY\tI0\tTime\n"])
+def test_a_yield_named_as_divided_by_its_monitor_is_read_as_the_spectrum(tmp_path, head):
+    names = head.strip().split("\t")
+    cols = [Y if ("/" in n or "norm" in n) else np.full_like(Y, 2.2e-10) for n in names[1:]]
+    (s,) = read_file(write_text(tmp_path / "ratio.dat", head + tabbed(*cols)))
+    np.testing.assert_allclose(s.intensity, Y)
+
+
+def test_several_yields_divided_by_their_monitor_are_refused_naming_them(tmp_path):
+    path = write_text(tmp_path / "ratios.dat", "Energy\tTEY/I0\tTFY/I0\tI0\n" + tabbed(Y, 2 * Y, np.full_like(Y, 2e-10)))
+    with pytest.raises(ReadError, match="several normalized yields.*TEY/I0, TFY/I0"):
+        read_file(path)
+    np.testing.assert_allclose(read_file(path, column="TFY/I0")[0].intensity, 2 * Y)
