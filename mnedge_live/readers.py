@@ -541,7 +541,28 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         log.warning("%s: column %d (%r) is a raw yield: read divided by the I0 monitor, column %d (%r)",
                     name, j + 1, names[j], m + 1, names[m])
         arr[:, 1] /= arr[:, 2]
+    unit = _energy_unit(names, candidates, e, n_columns)
+    if unit == "kev":
+        log.warning("%s: the energy column (%s) is in keV: read as eV times 1000", name,
+                    repr(names[e]) if names else f"column {e + 1}")
+        arr[:, 0] *= ENERGY_UNITS[unit]
     return arr[:, 0].copy(), arr[:, 1].copy(), scans
+
+
+#: A unit in brackets after a column name: ``Energy (keV)``, ``E [eV]``.
+_BRACKETED_UNIT = re.compile(r"[(\[{]\s*([^)\]}]*?)\s*[)\]}]")
+
+
+def _energy_unit(names: list[str] | None, candidates: list[list[str]], e: int, n_columns: int) -> str:
+    """The energy column's unit as the header states it, lower case (``"kev"``; ``""`` when not stated): the
+    bracketed unit of its name (``Energy (keV)``), else its field of the last units row with one field per
+    column (``Energy  mu`` / ``keV  a.u.``)."""
+    if names:
+        found = _BRACKETED_UNIT.search(names[e])
+        if found:
+            return found.group(1).strip().lower()
+    rows = [c for c in candidates if len(c) == n_columns and _is_units_row(c)]
+    return rows[-1][e].strip("()[]{} ").lower() if rows else ""
 
 
 def _check_decimal_commas(data: list[tuple[int, list[str]]], lines: list[str], name: str) -> None:

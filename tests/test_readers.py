@@ -782,3 +782,19 @@ def test_several_yields_divided_by_their_monitor_are_refused_naming_them(tmp_pat
     with pytest.raises(ReadError, match="several normalized yields.*TEY/I0, TFY/I0"):
         read_file(path)
     np.testing.assert_allclose(read_file(path, column="TFY/I0")[0].intensity, 2 * Y)
+
+
+@pytest.mark.parametrize("head", ["Energy (keV)\tIntensity\n", "# Energy [keV]\tmu\n", "Energy\tmu\nkeV\ta.u.\n"])
+def test_an_energy_column_the_header_states_in_kev_is_read_in_ev_with_a_warning(tmp_path, caplog, head):
+    path = write_text(tmp_path / "kev.dat", head + "".join(f"{e / 1000:.8f}\t{y}\n" for e, y in zip(E, Y)))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(path)
+    np.testing.assert_allclose(s.energy, E, rtol=1e-9)
+    assert "keV" in caplog.text
+
+
+@pytest.mark.parametrize("head", ["", "Energy\tIntensity\n", "Energy (eV)\tmu\n"])
+def test_an_energy_column_without_a_stated_kev_unit_is_read_as_it_is(tmp_path, head):
+    path = write_text(tmp_path / "e.dat", head + "".join(f"{e / 1000:.8f}\t{y}\n" for e, y in zip(E, Y)))
+    (s,) = read_file(path)
+    np.testing.assert_allclose(s.energy, E / 1000, rtol=1e-9)
