@@ -146,12 +146,13 @@ def cmd_baseline(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from mnedge_live.engine import load_engine
     from offline_training.baselines import MnEdgeNetPublished
     from offline_training.evaluate import evaluate
     from offline_training.references.bank import Bank
 
-    engine = load_engine(None if args.model in (None, "default") else args.model, backend=args.backend)
+    engine = _load_engine("--model", args.model, args.backend)
+    # the reference model is loaded before the long evaluation: a wrong --gate fails at once
+    ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None
     fcfg = _training_ranges(engine)
     bank = Bank.load(args.bank)
     mnedgenet = None
@@ -172,8 +173,7 @@ def cmd_evaluate(args) -> int:
     if mnedgenet is not None:
         res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
     gate_failed = False
-    if args.gate:
-        ref = load_engine(None if args.gate == "default" else args.gate, backend=args.backend)
+    if ref is not None:
         res["gate"] = _gate(engine, res, ref, fcfg, bank, args)
         gate_failed = not res["gate"]["passed"]
     text = _dump(res)
@@ -211,6 +211,23 @@ def cmd_evaluate(args) -> int:
                 cells = [f"{m['share']:g}: {m['expected']:.2f} -> {m['read']}" for m in pair["mixtures"]]
                 print(f"    {' + '.join(pair['files'])}: " + ", ".join(cells))
     return 1 if gate_failed else 0
+
+
+def _load_engine(option: str, source: str | None, backend: str):
+    """The engine of artifact ``source`` (``None`` or ``"default"``: the model in use).
+
+    Raises
+    ------
+    ArtifactError
+        The artifact cannot be loaded; the message names ``option`` and ``source``.
+    """
+    from mnedge_live.artifact import ArtifactError
+    from mnedge_live.engine import load_engine
+
+    try:
+        return load_engine(None if source in (None, "default") else source, backend=backend)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{option} {source or 'default'}: {exc}") from None
 
 
 def _training_ranges(engine):
@@ -444,7 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mnedge-train``."""
+    """Entry point of ``mnedge-train``.
+
+    Exit status: 0 on success; 1 only when ``evaluate --gate`` finds the
+    candidate worse; 2 for a usage or input error (a bad option, file, config,
+    bank or model artifact), reported on one line of stderr.
+    """
+    from mnedge_live.artifact import ArtifactError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -454,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ArtifactError as exc:   # a model path that is no (intact) artifact, or a store that cannot be read
         print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
         return 2
 

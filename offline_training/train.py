@@ -233,11 +233,17 @@ def load_teacher(source: str) -> tuple[MnEdgeCNN, dict]:
 
 def _verified_artifact(source: str, role: str) -> tuple[Artifact, dict, dict]:
     """Artifact ``source`` ("default": the model in use), checksums verified, trained with this build's
-    preprocessing (else ``ValueError`` naming ``role``), its weights and its origin for the checkpoint."""
-    from mnedge_live.artifact import load_artifact
+    preprocessing (else ``ValueError`` naming ``role``), its weights and its origin for the checkpoint.
+
+    An artifact that cannot be loaded raises ``ArtifactError`` naming ``role`` and ``source``.
+    """
+    from mnedge_live.artifact import ArtifactError, load_artifact
     from mnedge_live.engine.core import PREPROCESSING_ID
 
-    art = load_artifact(None if source == "default" else source)
+    try:
+        art = load_artifact(None if source == "default" else source)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{role} {source}: {exc}") from None
     if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
         raise ValueError(f"{role} {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
                          f"this build has {PREPROCESSING_ID!r}")

@@ -1,0 +1,61 @@
+"""Facility-staff commands refuse bad input with one line naming the cause and exit 2 (1 is the gate's)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from offline_training.cli import main as mnedge_train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "offline_training" / "configs" / "tiny.toml"
+
+
+def one_line_error(capsys, *needles: str) -> str:
+    """The stderr of the last command: one line, no traceback, holding every needle."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_evaluate_with_a_wrong_model_path_exits_2_not_the_gates_1(tmp_path, capsys):
+    missing = tmp_path / "site-v1x"
+    assert mnedge_train(["evaluate", "--model", str(missing), "--gate", "default", "--n", "16"]) == 2
+    one_line_error(capsys, "--model", str(missing), "not a model artifact")
+
+
+def test_a_wrong_gate_model_is_refused_before_the_candidate_is_evaluated(tmp_path, capsys, tiny_artifact,
+                                                                        monkeypatch):
+    import offline_training.evaluate
+
+    def never(*args, **kwargs):
+        raise AssertionError("the candidate was evaluated before the gate model was loaded")
+
+    monkeypatch.setattr(offline_training.evaluate, "evaluate", never)
+    missing = tmp_path / "nope"
+    assert mnedge_train(["evaluate", "--model", str(tiny_artifact), "--gate", str(missing), "--n", "16",
+                         "--backend", "onnxruntime"]) == 2
+    one_line_error(capsys, "--gate", str(missing))
+
+
+def test_init_from_a_training_run_folder_exits_2_naming_it(tmp_path, capsys):
+    run = tmp_path / "runs" / "site"
+    run.mkdir(parents=True)
+    (run / "final.pt").write_bytes(b"")
+    assert mnedge_train(["train", "--config", str(TINY), "--out", str(tmp_path / "ft"), "--init-from", str(run),
+                         "--no-progress"]) == 2
+    one_line_error(capsys, "init_from", str(run), "not a model artifact")
+
+
+def test_evaluate_without_model_when_the_model_in_use_was_deleted_exits_2(tmp_path, capsys, tiny_artifact,
+                                                                          monkeypatch):
+    from mnedge_live.model_store import HOME_ENV, ModelStore
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
+    store = ModelStore()
+    store.install(tiny_artifact, use=True)
+    shutil.rmtree(store.model_path("tiny-test"))
+    assert mnedge_train(["evaluate", "--n", "16", "--backend", "onnxruntime"]) == 2
+    one_line_error(capsys, "tiny-test", "is not installed")
