@@ -54,6 +54,10 @@ class StoreError(RuntimeError):
     """A store operation that cannot be done (unknown id, duplicate, nothing to roll back to, ...)."""
 
 
+class StoreUnusableError(StoreError):
+    """The store's path cannot hold a store (it is a regular file): no operation can be done on it."""
+
+
 def default_store_dir() -> Path:
     """``$MNEDGE_HOME`` when set, else ``~/.local/share/mnedge``."""
     home = os.environ.get(HOME_ENV)
@@ -102,6 +106,21 @@ class ModelStore:
         """Directory holding one folder per installed model."""
         return self.root / MODELS_DIR
 
+    def check_root(self) -> None:
+        """Refuse a store path that exists but is no folder (a file given as ``--store`` or ``$MNEDGE_HOME``).
+
+        Read as an absent store, such a path would list no models and make every
+        command load the embedded default model instead of the one meant.
+
+        Raises
+        ------
+        StoreUnusableError
+            ``root`` exists and is not a folder.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreUnusableError(f"model store {self.root} is a file, not a folder: point --store or "
+                                     f"${HOME_ENV} at a folder (it is created by the first install)")
+
     def model_path(self, model_id: str) -> Path:
         """Folder of an installed model (it may not exist).
 
@@ -124,6 +143,7 @@ class ModelStore:
         StoreError
             ``state.json`` exists but is not a valid record.
         """
+        self.check_root()
         path = self.root / STATE_NAME
         if not path.is_file():
             return StoreState()
@@ -144,6 +164,7 @@ class ModelStore:
 
     def installed(self) -> list[str]:
         """Ids of the installed models, sorted."""
+        self.check_root()
         if not self.models_dir.is_dir():
             return []
         return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and _SAFE_ID.match(p.name))
@@ -166,8 +187,9 @@ class ModelStore:
         Raises
         ------
         StoreError
-            The lock file exists but cannot be opened.
+            The lock file exists but cannot be opened (:class:`StoreUnusableError`: the store is a file).
         """
+        self.check_root()
         try:
             fh = open(self.root / LOCK_NAME, "rb")
         except (FileNotFoundError, NotADirectoryError):
@@ -190,6 +212,7 @@ class ModelStore:
     def _locked(self) -> Iterator[None]:
         """Hold the store's lock exclusively so two commands do not change it at once and no reader
         (:meth:`reading`) sees a change half done."""
+        self.check_root()
         self.models_dir.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_NAME, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -226,6 +249,7 @@ class ModelStore:
         StoreError
             Duplicate id without ``force``, or an id unfit for a folder name.
         """
+        self.check_root()
         src = load_artifact(Path(source))
         model_id = src.model_id
         if not _SAFE_ID.match(model_id):
