@@ -49,10 +49,28 @@ def _forward_config(path: str | None):
     return cfg.forward, cfg.bank
 
 
+def _check_references_args(args) -> None:
+    """Refuse (``ValueError``) option combinations of ``references`` that would lose or misplace a bank.
+
+    With measured references the bank is a site's, not the package's: ``--out``
+    is required, so that the bank shipped inside the package (the default
+    ``--out`` and ``--base``) is never rewritten with them, nor joined by
+    them again on the next run.
+    """
+    if args.measured_only and not args.measured:
+        raise ValueError("--measured-only needs --measured VALENCE:FILE (the references to add)")
+    if args.base and not args.measured_only:
+        raise ValueError("--base is the bank --measured-only adds to; without --measured-only the bank is calculated")
+    if args.measured and not args.out:
+        raise ValueError("--out is required with --measured: a site's bank is written to its own file, never over "
+                         "the bank shipped in the package")
+
+
 def cmd_references(args) -> int:
     from offline_training.references.bank import DEFAULT_FAMILY_SIZES, build_bank, default_bank_path
     from offline_training.references.measured import read_measured_references
 
+    _check_references_args(args)
     sizes = dict(DEFAULT_FAMILY_SIZES)
     if args.scale != 1.0:
         sizes = {k: max(1, round(v * args.scale)) for k, v in sizes.items()}
@@ -337,13 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("references", help="calculate the end-member bank (edrixs; parallel, resumable)")
-    s.add_argument("--out", help="bank file (default: the package's references/data/bank.npz)")
+    s.add_argument("--out", help="bank file (default: the package's references/data/bank.npz; required with "
+                                 "--measured)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--cache", default=".cache/multiplets", help="per-calculation cache (resume)")
     s.add_argument("--scale", type=float, default=1.0, help="multiply every family size (e.g. 0.1 for a tiny bank)")
-    s.add_argument("--measured", nargs="*", metavar="VALENCE:FILE",
-                   help="measured references, e.g. 3:Mn2O3.csv (two columns: energy eV, intensity)")
+    s.add_argument("--measured", nargs="+", action="extend", metavar="VALENCE:FILE",
+                   help="measured references, e.g. 3:Mn2O3.csv (two columns: energy eV, intensity); several "
+                        "after one flag or the flag repeated; each must be on a calibrated energy axis")
     s.add_argument("--measured-weight", type=float, default=0.5,
                    help="share of each valence's sampling given to its measured references")
     s.add_argument("--measured-only", action="store_true",
