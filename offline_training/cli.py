@@ -228,7 +228,25 @@ def cmd_evaluate(args) -> int:
             for pair in mixtures["pairs"]:
                 cells = [f"{m['share']:g}: {m['expected']:.2f} -> {m['read']}" for m in pair["mixtures"]]
                 print(f"    {' + '.join(pair['files'])}: " + ", ".join(cells))
+        if "gate" in res:
+            print("\n".join(gate_lines(res["gate"])))
     return 1 if gate_failed else 0
+
+
+def gate_lines(gate: dict) -> list[str]:
+    """The verdict of :func:`_gate` as text: overall, each validation set (candidate against reference)
+    and the not-Mn probes."""
+    verdict = {True: "passed", False: "FAILED"}
+    lines = [f"gate against {gate['reference_model']} (tolerance {gate['tolerance']:g}): {verdict[gate['passed']]}"]
+    for name, c in gate["sets"].items():
+        lines.append(f"  {name.replace('_', ' ')}: accuracy_0.1 {c['accuracy_0.1']:.4f} against "
+                     f"{c['reference_accuracy_0.1']:.4f}, valence_mae {c['valence_mae']:.4f} against "
+                     f"{c['reference_valence_mae']:.4f}: {verdict[c['passed']]}")
+    p = gate["not_mn_probes"]
+    worse = f" (refused less often: {', '.join(p['refused_less_often'])})" if p["refused_less_often"] else ""
+    lines.append(f"  inputs that are no Mn edge refused: {p['refused']} of {p['draws']} against "
+                 f"{p['reference_refused']}: {verdict[p['passed']]}{worse}")
+    return lines
 
 
 def _load_engine(option: str, source: str | None, backend: str):

@@ -59,3 +59,18 @@ def test_evaluate_without_model_when_the_model_in_use_was_deleted_exits_2(tmp_pa
     shutil.rmtree(store.model_path("tiny-test"))
     assert mnedge_train(["evaluate", "--n", "16", "--backend", "onnxruntime"]) == 2
     one_line_error(capsys, "tiny-test", "is not installed")
+
+
+def test_evaluate_gate_without_json_prints_the_verdict_and_each_criterion(tmp_path, capsys, tiny_artifact):
+    """Without --json a failed gate exited 1 and printed nothing about the gate."""
+    (tmp_path / "none").mkdir()   # an empty folder: no measured spectra to read
+    common = ["evaluate", "--model", str(tiny_artifact), "--gate", str(tiny_artifact), "--n", "64", "--n-nnls", "0",
+              "--robustness-n", "0", "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime"]
+    assert mnedge_train([*common, "--gate-tolerance", "-1.5"]) == 1   # must beat itself by 1.5: fails
+    out = capsys.readouterr().out
+    assert "gate against tiny-test (tolerance -1.5): FAILED" in out
+    assert "  candidate ranges: accuracy_0.1 " in out and " against " in out and "valence_mae" in out
+    assert "  inputs that are no Mn edge refused: " in out
+    assert mnedge_train(common) == 0
+    out = capsys.readouterr().out
+    assert "gate against tiny-test (tolerance 0): passed" in out and "FAILED" not in out
