@@ -74,3 +74,22 @@ def test_evaluate_gate_without_json_prints_the_verdict_and_each_criterion(tmp_pa
     assert mnedge_train(common) == 0
     out = capsys.readouterr().out
     assert "gate against tiny-test (tolerance 0): passed" in out and "FAILED" not in out
+
+
+def test_export_of_an_intermediate_or_a_non_checkpoint_says_so_and_exits_2(tmp_path, capsys):
+    """checkpoint.pt (left by --stop-after) failed with KeyError 'std_scale', a JSON file with torch's
+    advice to load it with weights_only=False."""
+    from offline_training.train import TrainConfig, train
+
+    cfg = TrainConfig.from_toml(TINY)
+    cfg.train.steps, cfg.train.batch_size = 2, 8
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False, stop_after=1) is None
+    for name, needles in (("checkpoint.pt", ("is an intermediate checkpoint (step 1 of 2)", "--resume", "final.pt")),
+                          ("config.json", ("is not a training checkpoint",)),
+                          ("metrics.csv", ("is not a training checkpoint",))):
+        out = tmp_path / f"artifact-{name}"
+        assert mnedge_train(["export", str(run / name), "--out", str(out), "--model-id", "x", "--ood-spectra", "0"]) == 2
+        err = one_line_error(capsys, str(run / name), *needles)
+        assert "weights_only" not in err and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary folder left
