@@ -46,8 +46,15 @@ STATE_NAME = "state.json"
 MODELS_DIR = "models"
 LOCK_NAME = ".lock"
 #: Model ids become directory names: no separators, no leading dot.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
-_ID_RULE = "letters, digits and '._+-', not starting with a dot"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+#: What a model id may hold, as messages state it (:func:`is_model_id`).
+MODEL_ID_RULE = "letters, digits and '._+-', not starting with a dot"
+
+
+def is_model_id(model_id: object) -> bool:
+    """Whether ``model_id`` can name a model in the store (:data:`MODEL_ID_RULE`): the one rule for
+    installing, reading the store's record and exporting an artifact."""
+    return isinstance(model_id, str) and _SAFE_ID.fullmatch(model_id) is not None
 
 
 class StoreError(RuntimeError):
@@ -129,8 +136,8 @@ class ModelStore:
         StoreError
             ``model_id`` is not a model id (it could name a folder outside the store).
         """
-        if not isinstance(model_id, str) or not _SAFE_ID.match(model_id):
-            raise StoreError(f"{model_id!r} is not a model id ({_ID_RULE})")
+        if not is_model_id(model_id):
+            raise StoreError(f"{model_id!r} is not a model id ({MODEL_ID_RULE})")
         return self.models_dir / model_id
 
     # -- reading -------------------------------------------------------------------------------------
@@ -156,9 +163,9 @@ class ModelStore:
         if in_use is not None and not isinstance(in_use, str):
             raise StoreError(f"model store {self.root}: {STATE_NAME} has an invalid in_use {in_use!r}")
         for what, name in [("the model in use", in_use)] + [("a model in its history", h) for h in history]:
-            if name is not None and not _SAFE_ID.match(name):
+            if name is not None and not is_model_id(name):
                 raise StoreError(f"model store {self.root}: {STATE_NAME} names {name!r} as {what}, which is not a "
-                                 f"model id ({_ID_RULE}); refusing to load anything outside {self.models_dir}: "
+                                 f"model id ({MODEL_ID_RULE}); refusing to load anything outside {self.models_dir}: "
                                  f"fix or remove {path}")
         return StoreState(in_use=in_use, history=history)
 
@@ -167,7 +174,7 @@ class ModelStore:
         self.check_root()
         if not self.models_dir.is_dir():
             return []
-        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and _SAFE_ID.match(p.name))
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and is_model_id(p.name))
 
     def in_use_path(self) -> Path | None:
         """Folder of the model in use, or None when the store has none in use."""
@@ -252,8 +259,8 @@ class ModelStore:
         self.check_root()
         src = load_artifact(Path(source))
         model_id = src.model_id
-        if not _SAFE_ID.match(model_id):
-            raise StoreError(f"model id {model_id!r} cannot be a folder name ({_ID_RULE})")
+        if not is_model_id(model_id):
+            raise StoreError(f"model id {model_id!r} cannot be a folder name ({MODEL_ID_RULE})")
         dest = self.model_path(model_id)
         if dest.exists() and not force:  # refuse before copying; checked again under the lock
             raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")

@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a model artifact (ONNX, weights, model card)")
     s.add_argument("checkpoint", help="final.pt from 'train'")
     s.add_argument("--out", required=True)
-    s.add_argument("--model-id")
+    s.add_argument("--model-id", help="the id to install it under: letters, digits and '._+-', not starting with "
+                   "a dot (default: mnedge-cnn-DATE-HASH)")
     s.add_argument("--evaluation", help="JSON from 'evaluate --out' to record in the card")
     s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
     s.add_argument("--overwrite", action="store_true")

@@ -18,6 +18,7 @@ import torch
 from mnedge_live.artifact import load_artifact, write_card
 from mnedge_live.calibration import METHOD as CALIBRATION_METHOD
 from mnedge_live.engine.core import PREPROCESSING_ID
+from mnedge_live.model_store import MODEL_ID_RULE, is_model_id
 from mnedge_live.network import (
     EXPORT_OUTPUT_NAMES,
     SIDE_NAMES,
@@ -232,7 +233,8 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
     out_dir : path
         New artifact directory.
     model_id : str, optional
-        Identifier; default ``mnedge-cnn-<date>-<weights hash>``.
+        Identifier; default ``mnedge-cnn-<date>-<weights hash>``. It must be one the model store
+        installs (:func:`mnedge_live.model_store.is_model_id`), else ``ValueError`` before anything is written.
     evaluation : dict, optional
         Metrics to record in the card (from ``mnedge-train evaluate``).
     tensorrt : bool
@@ -247,6 +249,9 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         :data:`~offline_training.ood.THRESHOLD_SET_FACTOR` times as many for its thresholds
         (0: no out-of-distribution statistics, the engine's OOD rule is then off).
     """
+    if model_id is not None and not is_model_id(model_id):
+        raise ValueError(f"model id {model_id!r} (--model-id) is not a model id ({MODEL_ID_RULE}): "
+                         "'mnedge models install' would refuse the artifact")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")

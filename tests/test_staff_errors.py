@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from offline_training.cli import main as mnedge_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +95,19 @@ def test_export_of_an_intermediate_or_a_non_checkpoint_says_so_and_exits_2(tmp_p
         err = one_line_error(capsys, str(run / name), *needles)
         assert "weights_only" not in err and not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary folder left
+
+
+@pytest.mark.parametrize("model_id", ["../site v1", ".hidden", "site/v1", "site-v1\n"])
+def test_export_refuses_a_model_id_the_store_would_refuse(tmp_path, capsys, tiny_artifact, model_id):
+    """export accepted '../site v1', which 'mnedge models install' then refused."""
+    from mnedge_live.model_store import MODEL_ID_RULE, ModelStore, StoreError, is_model_id
+
+    assert not is_model_id(model_id)
+    out = tmp_path / "bad"
+    final = tiny_artifact.parent / "run" / "final.pt"
+    assert mnedge_train(["export", str(final), "--out", str(out), "--model-id", model_id, "--ood-spectra", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and repr(model_id) in err and "--model-id" in err and MODEL_ID_RULE in err
+    assert not out.exists()
+    with pytest.raises(StoreError, match="not a model id"):   # the same rule as the store's
+        ModelStore(tmp_path / "store").model_path(model_id)
