@@ -140,7 +140,8 @@ def cmd_train(args) -> int:
 
     overrides = {"steps": args.steps, "device": args.device, "init_from": args.init_from}
     cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})
-    out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+                overwrite=args.overwrite)
     print(out if out is not None else f"stopped at step {args.stop_after}; continue with --resume")
     return 0
 
@@ -430,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train on on-the-fly batches (torchrun for DDP)")
     s.add_argument("--config", required=True)
     s.add_argument("--out", default="runs/latest")
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (without it or --resume such a folder is refused)")
     s.add_argument("--steps", type=int, help="override [train] steps")
     s.add_argument("--device", help="override [train] device (cpu, cuda)")
     s.add_argument("--stop-after", type=int, help="stop after this many steps in total (resume later)")

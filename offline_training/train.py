@@ -362,6 +362,29 @@ def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Pat
                          f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
 
 
+#: Files of a training run in its folder (:func:`train`); one of them there means the folder holds a run.
+RUN_FILES = ("checkpoint.pt", "final.pt", "metrics.csv", "config.json")
+
+
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder holding a run unless it is continued or replaced on purpose.
+
+    Raises
+    ------
+    ValueError
+        ``resume`` and ``overwrite`` together.
+    FileExistsError
+        ``out`` holds one of :data:`RUN_FILES` and neither ``resume`` nor ``overwrite`` is set: the new
+        run would silently replace that run's checkpoint and ``final.pt``.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not (resume or overwrite):
+        raise FileExistsError(f"--out {out} holds a training run ({', '.join(held)}): continue it with --resume, "
+                              "replace it with --overwrite, or choose another --out")
+
+
 def keep_metrics_up_to(path: Path, step: int) -> None:
     """Drop the rows of ``metrics.csv`` logged after ``step`` (and a torn last line), keeping the header.
 
@@ -485,7 +508,7 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> Path | None:
+          stop_after: int | None = None, overwrite: bool = False) -> Path | None:
     """Train a model; returns the path of ``final.pt`` (weights, config, calibration).
 
     Parameters
@@ -508,6 +531,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         Stop (with a checkpoint, without ``final.pt``) once this many steps
         are done in total: time-slicing on a shared machine; ``--resume``
         continues the same run.  Returns None then.
+    overwrite : bool
+        Replace a run already in ``out_dir`` (its ``checkpoint.pt`` and
+        ``final.pt`` are removed first); without it or ``resume`` a folder
+        holding a run is refused (:func:`check_out_dir`).
     """
     from tqdm import tqdm
 
@@ -517,6 +544,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         check_whole("stop_after (--stop-after)", stop_after, 1)
     rank, world = _dist_info()
     device = training_device(s.device, world)
+    out = Path(out_dir)
+    check_out_dir(out, resume, overwrite)   # on every rank before any passes the process group's rendezvous
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
@@ -525,8 +554,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed + rank)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if overwrite and rank == 0:   # a stopped or failed new run must not leave the old run's final.pt beside it
+        for name in ("checkpoint.pt", "final.pt"):
+            (out / name).unlink(missing_ok=True)
     bank = Bank.load(config.bank)
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
     model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)

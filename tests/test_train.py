@@ -503,3 +503,27 @@ def test_evaluate_refuses_a_real_dir_that_does_not_exist(tmp_path, capsys):
     assert mnedge_train(args) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "no such folder" in err
+
+
+def test_training_into_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    """train --out over an existing run replaced its final.pt without a word (export refuses the same)."""
+    from offline_training.cli import main as mnedge_train
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(TINY.read_text().replace("steps = 30", "steps = 2"))
+    base = ["train", "--config", str(cfg), "--out", str(run), "--no-progress"]
+    assert mnedge_train(base) == 0
+    before = (run / "final.pt").read_bytes()
+    capsys.readouterr()
+    cfg.write_text(TINY.read_text().replace("steps = 30", "steps = 3"))
+    assert mnedge_train(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {run} holds a training run" in err
+    assert "--resume" in err and "--overwrite" in err and (run / "final.pt").read_bytes() == before
+    assert mnedge_train([*base, "--resume", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert mnedge_train([*base, "--overwrite", "--stop-after", "1"]) == 0   # replaced: the old final.pt is gone
+    assert not (run / "final.pt").exists() and (run / "checkpoint.pt").exists()
+    assert mnedge_train([*base, "--resume"]) == 0
+    assert torch.load(run / "final.pt", weights_only=True)["steps"] == 3
