@@ -138,6 +138,10 @@ class TrainSettings:
         parse_device(self.device)
 
 
+#: What a training config holds: the ``bank`` key and the ``[network]``, ``[forward]``, ``[train]`` tables.
+CONFIG_KEYS = ("bank", "network", "forward", "train")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs: network, forward model and optimization."""
@@ -154,19 +158,42 @@ class TrainConfig:
         ``train_overrides`` (the command line's ``--steps``, ``--device``,
         ``--init-from``) replace ``[train]`` values before the config is
         validated, so an override is held to the same rules as the file.
+        A relative ``bank`` is read from the config file's folder (and kept
+        as that absolute path); an absolute one as it is.
+
+        Raises
+        ------
+        ValueError
+            The file is not valid TOML, or a table, key or value is refused; the message names the file.
         """
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config {path} is not valid TOML: {exc}") from None
         if train_overrides:
             d["train"] = {**d.get("train", {}), **train_overrides}
-        return cls.from_dict(d)
+        bank = d.get("bank")
+        if isinstance(bank, str) and bank:
+            d["bank"] = str(path.expanduser().resolve().parent / Path(bank).expanduser())
+        try:
+            return cls.from_dict(d)
+        except ValueError as exc:
+            option = next((f"--{k.replace('_', '-')}" for k in train_overrides or {} if f"[train] {k} " in str(exc)),
+                          None)   # a command-line override, not the file, holds the value refused
+            raise ValueError(f"{option or f'config {path}'}: {exc}") from None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Build from a parsed TOML document."""
-        unknown = sorted(set(d) - {"network", "forward", "train", "bank"})
+        unknown = sorted(set(d) - set(CONFIG_KEYS))
         if unknown:
-            raise ValueError(f"unknown config table(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown top-level key(s) {', '.join(unknown)}; a config holds "
+                             f"{', '.join(CONFIG_KEYS)} (bank = \"FILE\" before the first [table])")
+        bank = d.get("bank")
+        if bank is not None and not (isinstance(bank, str) and bank):
+            raise ValueError(f"bank must be the path of a references bank file, got {bank!r}")
         net_fields = {f.name for f in dataclasses.fields(NetworkConfig)}
         train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
         for table, known in (("network", net_fields), ("train", train_fields)):
@@ -177,6 +204,22 @@ class TrainConfig:
         tr = TrainSettings(**d.get("train", {}))   # validated on creation (TrainSettings.validate)
         return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
                    train=tr, bank=d.get("bank"))
+
+    def load_bank(self) -> Bank:
+        """The bank the config names (the shipped one without ``bank``).
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            No such file, or it is not a references bank; the message names the ``bank`` key and the path.
+        """
+        try:
+            return Bank.load(self.bank)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"the config's bank: {exc} (a relative bank is read from the config "
+                                    "file's folder)") from None
+        except ValueError as exc:
+            raise ValueError(f"the config's bank: {exc}") from None
 
     def to_dict(self) -> dict:
         """JSON/TOML-safe dict (recorded in checkpoints and the model card)."""
@@ -558,7 +601,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if overwrite and rank == 0:   # a stopped or failed new run must not leave the old run's final.pt beside it
         for name in ("checkpoint.pt", "final.pt"):
             (out / name).unlink(missing_ok=True)
-    bank = Bank.load(config.bank)
+    bank = config.load_bank()
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
     model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)
     ddp_model: nn.Module = model

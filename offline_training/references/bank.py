@@ -25,6 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
+import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -75,6 +76,10 @@ MEASURED_L3_TOLERANCE_EV = 3.0
 MEASURED_PREFIX = "measured:"
 
 
+#: Arrays of a bank file (:meth:`Bank.save`).
+BANK_FIELDS = ("energy", "spectra", "valence", "split_ev", "weight", "source", "params_json")
+
+
 @dataclass
 class Bank:
     """End-member spectra on a common grid; see the module docstring for fields."""
@@ -117,13 +122,36 @@ class Bank:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Bank:
-        """Load a bank file, or the shipped default bank when ``path`` is None."""
-        if path is None:
-            path = default_bank_path()
-        with np.load(path, allow_pickle=False) as z:
-            return cls(energy=z["energy"], spectra=z["spectra"], valence=z["valence"],
-                       split_ev=z["split_ev"], weight=z["weight"], source=z["source"],
-                       params_json=str(z["params_json"]))
+        """Load a bank file, or the shipped default bank when ``path`` is None.
+
+        The file is read without unpickling anything (``allow_pickle=False``).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ValueError
+            The file is not a references bank (not an ``.npz`` of :meth:`save`, or one missing
+            fields or holding inconsistent ones); the message names the file.
+        """
+        path = Path(default_bank_path() if path is None else path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such references bank file")
+        try:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
+                missing = [k for k in BANK_FIELDS if k not in z.files]
+                if missing:
+                    raise ValueError(f"it lacks {', '.join(missing)}")
+                return cls(energy=z["energy"], spectra=z["spectra"], valence=z["valence"],
+                           split_ev=z["split_ev"], weight=z["weight"], source=z["source"],
+                           params_json=str(z["params_json"]))
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            what = "not an .npz archive" if "pickled" in str(exc) else str(exc)   # numpy: "contains pickled data"
+            raise ValueError(f"{path} is not a references bank (an .npz written by 'mnedge-train references'): "
+                             f"{what}") from None
 
 
 def default_bank_path() -> Path:
