@@ -46,12 +46,23 @@ STATE_NAME = "state.json"
 MODELS_DIR = "models"
 LOCK_NAME = ".lock"
 #: Model ids become directory names: no separators, no leading dot.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
-_ID_RULE = "letters, digits and '._+-', not starting with a dot"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+#: What a model id may hold, as messages state it (:func:`is_model_id`).
+MODEL_ID_RULE = "letters, digits and '._+-', not starting with a dot"
+
+
+def is_model_id(model_id: object) -> bool:
+    """Whether ``model_id`` can name a model in the store (:data:`MODEL_ID_RULE`): the one rule for
+    installing, reading the store's record and exporting an artifact."""
+    return isinstance(model_id, str) and _SAFE_ID.fullmatch(model_id) is not None
 
 
 class StoreError(RuntimeError):
     """A store operation that cannot be done (unknown id, duplicate, nothing to roll back to, ...)."""
+
+
+class StoreUnusableError(StoreError):
+    """The store's path cannot hold a store (it is a regular file): no operation can be done on it."""
 
 
 def default_store_dir() -> Path:
@@ -102,6 +113,21 @@ class ModelStore:
         """Directory holding one folder per installed model."""
         return self.root / MODELS_DIR
 
+    def check_root(self) -> None:
+        """Refuse a store path that exists but is no folder (a file given as ``--store`` or ``$MNEDGE_HOME``).
+
+        Read as an absent store, such a path would list no models and make every
+        command load the embedded default model instead of the one meant.
+
+        Raises
+        ------
+        StoreUnusableError
+            ``root`` exists and is not a folder.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreUnusableError(f"model store {self.root} is a file, not a folder: point --store or "
+                                     f"${HOME_ENV} at a folder (it is created by the first install)")
+
     def model_path(self, model_id: str) -> Path:
         """Folder of an installed model (it may not exist).
 
@@ -110,8 +136,8 @@ class ModelStore:
         StoreError
             ``model_id`` is not a model id (it could name a folder outside the store).
         """
-        if not isinstance(model_id, str) or not _SAFE_ID.match(model_id):
-            raise StoreError(f"{model_id!r} is not a model id ({_ID_RULE})")
+        if not is_model_id(model_id):
+            raise StoreError(f"{model_id!r} is not a model id ({MODEL_ID_RULE})")
         return self.models_dir / model_id
 
     # -- reading -------------------------------------------------------------------------------------
@@ -124,6 +150,7 @@ class ModelStore:
         StoreError
             ``state.json`` exists but is not a valid record.
         """
+        self.check_root()
         path = self.root / STATE_NAME
         if not path.is_file():
             return StoreState()
@@ -136,17 +163,18 @@ class ModelStore:
         if in_use is not None and not isinstance(in_use, str):
             raise StoreError(f"model store {self.root}: {STATE_NAME} has an invalid in_use {in_use!r}")
         for what, name in [("the model in use", in_use)] + [("a model in its history", h) for h in history]:
-            if name is not None and not _SAFE_ID.match(name):
+            if name is not None and not is_model_id(name):
                 raise StoreError(f"model store {self.root}: {STATE_NAME} names {name!r} as {what}, which is not a "
-                                 f"model id ({_ID_RULE}); refusing to load anything outside {self.models_dir}: "
+                                 f"model id ({MODEL_ID_RULE}); refusing to load anything outside {self.models_dir}: "
                                  f"fix or remove {path}")
         return StoreState(in_use=in_use, history=history)
 
     def installed(self) -> list[str]:
         """Ids of the installed models, sorted."""
+        self.check_root()
         if not self.models_dir.is_dir():
             return []
-        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and _SAFE_ID.match(p.name))
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and is_model_id(p.name))
 
     def in_use_path(self) -> Path | None:
         """Folder of the model in use, or None when the store has none in use."""
@@ -166,8 +194,9 @@ class ModelStore:
         Raises
         ------
         StoreError
-            The lock file exists but cannot be opened.
+            The lock file exists but cannot be opened (:class:`StoreUnusableError`: the store is a file).
         """
+        self.check_root()
         try:
             fh = open(self.root / LOCK_NAME, "rb")
         except (FileNotFoundError, NotADirectoryError):
@@ -190,6 +219,7 @@ class ModelStore:
     def _locked(self) -> Iterator[None]:
         """Hold the store's lock exclusively so two commands do not change it at once and no reader
         (:meth:`reading`) sees a change half done."""
+        self.check_root()
         self.models_dir.mkdir(parents=True, exist_ok=True)
         with open(self.root / LOCK_NAME, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
@@ -226,10 +256,11 @@ class ModelStore:
         StoreError
             Duplicate id without ``force``, or an id unfit for a folder name.
         """
+        self.check_root()
         src = load_artifact(Path(source))
         model_id = src.model_id
-        if not _SAFE_ID.match(model_id):
-            raise StoreError(f"model id {model_id!r} cannot be a folder name ({_ID_RULE})")
+        if not is_model_id(model_id):
+            raise StoreError(f"model id {model_id!r} cannot be a folder name ({MODEL_ID_RULE})")
         dest = self.model_path(model_id)
         if dest.exists() and not force:  # refuse before copying; checked again under the lock
             raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")

@@ -49,10 +49,28 @@ def _forward_config(path: str | None):
     return cfg.forward, cfg.bank
 
 
+def _check_references_args(args) -> None:
+    """Refuse (``ValueError``) option combinations of ``references`` that would lose or misplace a bank.
+
+    With measured references the bank is a site's, not the package's: ``--out``
+    is required, so that the bank shipped inside the package (the default
+    ``--out`` and ``--base``) is never rewritten with them, nor joined by
+    them again on the next run.
+    """
+    if args.measured_only and not args.measured:
+        raise ValueError("--measured-only needs --measured VALENCE:FILE (the references to add)")
+    if args.base and not args.measured_only:
+        raise ValueError("--base is the bank --measured-only adds to; without --measured-only the bank is calculated")
+    if args.measured and not args.out:
+        raise ValueError("--out is required with --measured: a site's bank is written to its own file, never over "
+                         "the bank shipped in the package")
+
+
 def cmd_references(args) -> int:
     from offline_training.references.bank import DEFAULT_FAMILY_SIZES, build_bank, default_bank_path
     from offline_training.references.measured import read_measured_references
 
+    _check_references_args(args)
     sizes = dict(DEFAULT_FAMILY_SIZES)
     if args.scale != 1.0:
         sizes = {k: max(1, round(v * args.scale)) for k, v in sizes.items()}
@@ -122,7 +140,8 @@ def cmd_train(args) -> int:
 
     overrides = {"steps": args.steps, "device": args.device, "init_from": args.init_from}
     cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})
-    out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after)
+    out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
+                overwrite=args.overwrite)
     print(out if out is not None else f"stopped at step {args.stop_after}; continue with --resume")
     return 0
 
@@ -146,12 +165,13 @@ def cmd_baseline(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from mnedge_live.engine import load_engine
     from offline_training.baselines import MnEdgeNetPublished
     from offline_training.evaluate import evaluate
     from offline_training.references.bank import Bank
 
-    engine = load_engine(None if args.model in (None, "default") else args.model, backend=args.backend)
+    engine = _load_engine("--model", args.model, args.backend)
+    # the reference model is loaded before the long evaluation: a wrong --gate fails at once
+    ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None
     fcfg = _training_ranges(engine)
     bank = Bank.load(args.bank)
     mnedgenet = None
@@ -172,8 +192,7 @@ def cmd_evaluate(args) -> int:
     if mnedgenet is not None:
         res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
     gate_failed = False
-    if args.gate:
-        ref = load_engine(None if args.gate == "default" else args.gate, backend=args.backend)
+    if ref is not None:
         res["gate"] = _gate(engine, res, ref, fcfg, bank, args)
         gate_failed = not res["gate"]["passed"]
     text = _dump(res)
@@ -210,7 +229,42 @@ def cmd_evaluate(args) -> int:
             for pair in mixtures["pairs"]:
                 cells = [f"{m['share']:g}: {m['expected']:.2f} -> {m['read']}" for m in pair["mixtures"]]
                 print(f"    {' + '.join(pair['files'])}: " + ", ".join(cells))
+        if "gate" in res:
+            print("\n".join(gate_lines(res["gate"])))
     return 1 if gate_failed else 0
+
+
+def gate_lines(gate: dict) -> list[str]:
+    """The verdict of :func:`_gate` as text: overall, each validation set (candidate against reference)
+    and the not-Mn probes."""
+    verdict = {True: "passed", False: "FAILED"}
+    lines = [f"gate against {gate['reference_model']} (tolerance {gate['tolerance']:g}): {verdict[gate['passed']]}"]
+    for name, c in gate["sets"].items():
+        lines.append(f"  {name.replace('_', ' ')}: accuracy_0.1 {c['accuracy_0.1']:.4f} against "
+                     f"{c['reference_accuracy_0.1']:.4f}, valence_mae {c['valence_mae']:.4f} against "
+                     f"{c['reference_valence_mae']:.4f}: {verdict[c['passed']]}")
+    p = gate["not_mn_probes"]
+    worse = f" (refused less often: {', '.join(p['refused_less_often'])})" if p["refused_less_often"] else ""
+    lines.append(f"  inputs that are no Mn edge refused: {p['refused']} of {p['draws']} against "
+                 f"{p['reference_refused']}: {verdict[p['passed']]}{worse}")
+    return lines
+
+
+def _load_engine(option: str, source: str | None, backend: str):
+    """The engine of artifact ``source`` (``None`` or ``"default"``: the model in use).
+
+    Raises
+    ------
+    ArtifactError
+        The artifact cannot be loaded; the message names ``option`` and ``source``.
+    """
+    from mnedge_live.artifact import ArtifactError
+    from mnedge_live.engine import load_engine
+
+    try:
+        return load_engine(None if source in (None, "default") else source, backend=backend)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{option} {source or 'default'}: {exc}") from None
 
 
 def _training_ranges(engine):
@@ -320,13 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("references", help="calculate the end-member bank (edrixs; parallel, resumable)")
-    s.add_argument("--out", help="bank file (default: the package's references/data/bank.npz)")
+    s.add_argument("--out", help="bank file (default: the package's references/data/bank.npz; required with "
+                                 "--measured)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--cache", default=".cache/multiplets", help="per-calculation cache (resume)")
     s.add_argument("--scale", type=float, default=1.0, help="multiply every family size (e.g. 0.1 for a tiny bank)")
-    s.add_argument("--measured", nargs="*", metavar="VALENCE:FILE",
-                   help="measured references, e.g. 3:Mn2O3.csv (two columns: energy eV, intensity)")
+    s.add_argument("--measured", nargs="+", action="extend", metavar="VALENCE:FILE",
+                   help="measured references, e.g. 3:Mn2O3.csv (two columns: energy eV, intensity); several "
+                        "after one flag or the flag repeated; each must be on a calibrated energy axis")
     s.add_argument("--measured-weight", type=float, default=0.5,
                    help="share of each valence's sampling given to its measured references")
     s.add_argument("--measured-only", action="store_true",
@@ -375,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train on on-the-fly batches (torchrun for DDP)")
     s.add_argument("--config", required=True)
     s.add_argument("--out", default="runs/latest")
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (without it or --resume such a folder is refused)")
     s.add_argument("--steps", type=int, help="override [train] steps")
     s.add_argument("--device", help="override [train] device (cpu, cuda)")
     s.add_argument("--stop-after", type=int, help="stop after this many steps in total (resume later)")
@@ -414,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a model artifact (ONNX, weights, model card)")
     s.add_argument("checkpoint", help="final.pt from 'train'")
     s.add_argument("--out", required=True)
-    s.add_argument("--model-id")
+    s.add_argument("--model-id", help="the id to install it under: letters, digits and '._+-', not starting with "
+                   "a dot (default: mnedge-cnn-DATE-HASH)")
     s.add_argument("--evaluation", help="JSON from 'evaluate --out' to record in the card")
     s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
     s.add_argument("--overwrite", action="store_true")
@@ -444,7 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``mnedge-train``."""
+    """Entry point of ``mnedge-train``.
+
+    Exit status: 0 on success; 1 only when ``evaluate --gate`` finds the
+    candidate worse; 2 for a usage or input error (a bad option, file, config,
+    bank or model artifact), reported on one line of stderr.
+    """
+    from mnedge_live.artifact import ArtifactError
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -454,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ArtifactError as exc:   # a model path that is no (intact) artifact, or a store that cannot be read
         print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
         return 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ import torch
 from mnedge_live.artifact import load_artifact, write_card
 from mnedge_live.calibration import METHOD as CALIBRATION_METHOD
 from mnedge_live.engine.core import PREPROCESSING_ID
+from mnedge_live.model_store import MODEL_ID_RULE, is_model_id
 from mnedge_live.network import (
     EXPORT_OUTPUT_NAMES,
     SIDE_NAMES,
@@ -51,9 +53,45 @@ def artifact_network(art) -> MnEdgeCNN:
     return model.eval()
 
 
+#: Entries of a trainer's ``final.pt`` that an export needs (a ``checkpoint.pt`` lacks the calibration).
+FINAL_KEYS = ("model", "config", "std_scale", "steps")
+
+
+def read_final(final_pt: str | Path) -> dict:
+    """The contents of a trainer's ``final.pt`` (weights only, no pickled code).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is an intermediate ``checkpoint.pt`` (training not finished:
+        no calibration yet) or no training checkpoint at all; the message
+        names the file and what to export instead.
+    """
+    path = Path(final_pt)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (the final.pt of 'mnedge-train train')")
+    not_final = f"{path} is not a training checkpoint (export the final.pt that 'mnedge-train train' writes)"
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        raise ValueError(f"{not_final}: torch cannot read it ({type(exc).__name__})") from None
+    if not isinstance(ck, dict):
+        raise ValueError(not_final)
+    if "optimizer" in ck and "std_scale" not in ck:
+        where = f"step {ck.get('step')}" + (f" of {json.loads(ck['config'])['train']['steps']}" if "config" in ck else "")
+        raise ValueError(f"{path} is an intermediate checkpoint ({where}): finish training with 'mnedge-train train "
+                         f"--resume --out {path.parent}', or export final.pt")
+    missing = [k for k in FINAL_KEYS if k not in ck]
+    if missing:
+        raise ValueError(f"{not_final}: it lacks {', '.join(missing)}")
+    return ck
+
+
 def load_trained(final_pt: str | Path) -> tuple[MnEdgeCNN, dict]:
-    """Rebuild the network from a trainer's ``final.pt`` (weights only, no pickled code)."""
-    ck = torch.load(final_pt, map_location="cpu", weights_only=True)
+    """Rebuild the network from a trainer's ``final.pt`` (weights only, no pickled code; :func:`read_final`)."""
+    ck = read_final(final_pt)
     cfg = json.loads(ck["config"])
     model = MnEdgeCNN(NetworkConfig.from_dict(cfg["network"]))
     model.load_state_dict(ck["model"])
@@ -195,7 +233,8 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
     out_dir : path
         New artifact directory.
     model_id : str, optional
-        Identifier; default ``mnedge-cnn-<date>-<weights hash>``.
+        Identifier; default ``mnedge-cnn-<date>-<weights hash>``. It must be one the model store
+        installs (:func:`mnedge_live.model_store.is_model_id`), else ``ValueError`` before anything is written.
     evaluation : dict, optional
         Metrics to record in the card (from ``mnedge-train evaluate``).
     tensorrt : bool
@@ -210,6 +249,9 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         :data:`~offline_training.ood.THRESHOLD_SET_FACTOR` times as many for its thresholds
         (0: no out-of-distribution statistics, the engine's OOD rule is then off).
     """
+    if model_id is not None and not is_model_id(model_id):
+        raise ValueError(f"model id {model_id!r} (--model-id) is not a model id ({MODEL_ID_RULE}): "
+                         "'mnedge models install' would refuse the artifact")
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")

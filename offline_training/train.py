@@ -138,6 +138,10 @@ class TrainSettings:
         parse_device(self.device)
 
 
+#: What a training config holds: the ``bank`` key and the ``[network]``, ``[forward]``, ``[train]`` tables.
+CONFIG_KEYS = ("bank", "network", "forward", "train")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs: network, forward model and optimization."""
@@ -154,19 +158,42 @@ class TrainConfig:
         ``train_overrides`` (the command line's ``--steps``, ``--device``,
         ``--init-from``) replace ``[train]`` values before the config is
         validated, so an override is held to the same rules as the file.
+        A relative ``bank`` is read from the config file's folder (and kept
+        as that absolute path); an absolute one as it is.
+
+        Raises
+        ------
+        ValueError
+            The file is not valid TOML, or a table, key or value is refused; the message names the file.
         """
-        with open(path, "rb") as f:
-            d = tomllib.load(f)
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                d = tomllib.load(f)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config {path} is not valid TOML: {exc}") from None
         if train_overrides:
             d["train"] = {**d.get("train", {}), **train_overrides}
-        return cls.from_dict(d)
+        bank = d.get("bank")
+        if isinstance(bank, str) and bank:
+            d["bank"] = str(path.expanduser().resolve().parent / Path(bank).expanduser())
+        try:
+            return cls.from_dict(d)
+        except ValueError as exc:
+            option = next((f"--{k.replace('_', '-')}" for k in train_overrides or {} if f"[train] {k} " in str(exc)),
+                          None)   # a command-line override, not the file, holds the value refused
+            raise ValueError(f"{option or f'config {path}'}: {exc}") from None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """Build from a parsed TOML document."""
-        unknown = sorted(set(d) - {"network", "forward", "train", "bank"})
+        unknown = sorted(set(d) - set(CONFIG_KEYS))
         if unknown:
-            raise ValueError(f"unknown config table(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown top-level key(s) {', '.join(unknown)}; a config holds "
+                             f"{', '.join(CONFIG_KEYS)} (bank = \"FILE\" before the first [table])")
+        bank = d.get("bank")
+        if bank is not None and not (isinstance(bank, str) and bank):
+            raise ValueError(f"bank must be the path of a references bank file, got {bank!r}")
         net_fields = {f.name for f in dataclasses.fields(NetworkConfig)}
         train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
         for table, known in (("network", net_fields), ("train", train_fields)):
@@ -177,6 +204,22 @@ class TrainConfig:
         tr = TrainSettings(**d.get("train", {}))   # validated on creation (TrainSettings.validate)
         return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
                    train=tr, bank=d.get("bank"))
+
+    def load_bank(self) -> Bank:
+        """The bank the config names (the shipped one without ``bank``).
+
+        Raises
+        ------
+        FileNotFoundError, ValueError
+            No such file, or it is not a references bank; the message names the ``bank`` key and the path.
+        """
+        try:
+            return Bank.load(self.bank)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"the config's bank: {exc} (a relative bank is read from the config "
+                                    "file's folder)") from None
+        except ValueError as exc:
+            raise ValueError(f"the config's bank: {exc}") from None
 
     def to_dict(self) -> dict:
         """JSON/TOML-safe dict (recorded in checkpoints and the model card)."""
@@ -233,11 +276,17 @@ def load_teacher(source: str) -> tuple[MnEdgeCNN, dict]:
 
 def _verified_artifact(source: str, role: str) -> tuple[Artifact, dict, dict]:
     """Artifact ``source`` ("default": the model in use), checksums verified, trained with this build's
-    preprocessing (else ``ValueError`` naming ``role``), its weights and its origin for the checkpoint."""
-    from mnedge_live.artifact import load_artifact
+    preprocessing (else ``ValueError`` naming ``role``), its weights and its origin for the checkpoint.
+
+    An artifact that cannot be loaded raises ``ArtifactError`` naming ``role`` and ``source``.
+    """
+    from mnedge_live.artifact import ArtifactError, load_artifact
     from mnedge_live.engine.core import PREPROCESSING_ID
 
-    art = load_artifact(None if source == "default" else source)
+    try:
+        art = load_artifact(None if source == "default" else source)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{role} {source}: {exc}") from None
     if art.card["input"]["preprocessing"] != PREPROCESSING_ID:
         raise ValueError(f"{role} {source}: trained with preprocessing {art.card['input']['preprocessing']!r}, "
                          f"this build has {PREPROCESSING_ID!r}")
@@ -354,6 +403,29 @@ def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Pat
     elif saved != bank_sha256:
         raise ValueError(f"--resume: bank {config.bank or '(shipped)'} has SHA-256 {bank_sha256[:12]}..., "
                          f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
+
+
+#: Files of a training run in its folder (:func:`train`); one of them there means the folder holds a run.
+RUN_FILES = ("checkpoint.pt", "final.pt", "metrics.csv", "config.json")
+
+
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder holding a run unless it is continued or replaced on purpose.
+
+    Raises
+    ------
+    ValueError
+        ``resume`` and ``overwrite`` together.
+    FileExistsError
+        ``out`` holds one of :data:`RUN_FILES` and neither ``resume`` nor ``overwrite`` is set: the new
+        run would silently replace that run's checkpoint and ``final.pt``.
+    """
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not (resume or overwrite):
+        raise FileExistsError(f"--out {out} holds a training run ({', '.join(held)}): continue it with --resume, "
+                              "replace it with --overwrite, or choose another --out")
 
 
 def keep_metrics_up_to(path: Path, step: int) -> None:
@@ -479,7 +551,7 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
 
 
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> Path | None:
+          stop_after: int | None = None, overwrite: bool = False) -> Path | None:
     """Train a model; returns the path of ``final.pt`` (weights, config, calibration).
 
     Parameters
@@ -502,6 +574,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         Stop (with a checkpoint, without ``final.pt``) once this many steps
         are done in total: time-slicing on a shared machine; ``--resume``
         continues the same run.  Returns None then.
+    overwrite : bool
+        Replace a run already in ``out_dir`` (its ``checkpoint.pt`` and
+        ``final.pt`` are removed first); without it or ``resume`` a folder
+        holding a run is refused (:func:`check_out_dir`).
     """
     from tqdm import tqdm
 
@@ -511,6 +587,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         check_whole("stop_after (--stop-after)", stop_after, 1)
     rank, world = _dist_info()
     device = training_device(s.device, world)
+    out = Path(out_dir)
+    check_out_dir(out, resume, overwrite)   # on every rank before any passes the process group's rendezvous
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not torch.distributed.is_initialized():
@@ -519,9 +597,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed + rank)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bank = Bank.load(config.bank)
+    if overwrite and rank == 0:   # a stopped or failed new run must not leave the old run's final.pt beside it
+        for name in ("checkpoint.pt", "final.pt"):
+            (out / name).unlink(missing_ok=True)
+    bank = config.load_bank()
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
     model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)
     ddp_model: nn.Module = model

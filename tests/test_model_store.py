@@ -293,3 +293,37 @@ def test_console_script_uses_mnedge_home(two_models, tmp_path):
     r = subprocess.run([exe, "models", "list", "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and json.loads(r.stdout)["store"] == str(tmp_path / "h")
     assert json.loads(r.stdout)["in_use"] == "site-b"
+
+
+@pytest.mark.parametrize("action", [["list"], ["list", "--json"], ["install", "ARTIFACT"], ["use", "site-a"],
+                                    ["rollback"]])
+def test_a_store_path_that_is_a_file_is_refused_with_exit_2_not_read_as_an_empty_store(two_models, tmp_path,
+                                                                                      capsys, action):
+    site = tmp_path / "site.toml"
+    site.write_text('bank = "site_bank.npz"\n')
+    args = [str(two_models[0]) if a == "ARTIFACT" else a for a in action]
+    assert main(["models", "--store", str(site), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert f"model store {site} is a file, not a folder" in captured.err
+    assert site.read_text() == 'bank = "site_bank.npz"\n'
+
+
+def test_mnedge_home_naming_a_file_makes_predict_and_evaluate_refuse_not_use_the_embedded_model(
+        tmp_path, monkeypatch, capsys, bank):
+    import numpy as np
+
+    from offline_training.cli import main as mnedge_train
+
+    spectrum = tmp_path / "MnO.txt"
+    np.savetxt(spectrum, np.column_stack([bank.energy, bank.spectra[0]]))
+    site = tmp_path / "site.toml"
+    site.write_text("[train]\n")
+    monkeypatch.setenv(HOME_ENV, str(site))
+    with pytest.raises(ArtifactError, match="is a file, not a folder"):
+        load_artifact()
+    assert main(["predict", str(spectrum), "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"model store {site} is a file" in captured.err
+    assert mnedge_train(["evaluate", "--n", "16"]) == 2
+    assert f"model store {site} is a file" in capsys.readouterr().err

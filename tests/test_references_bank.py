@@ -150,7 +150,118 @@ def test_a_forward_model_refuses_an_axis_that_loses_a_measured_references_l3(ban
 
     cfg = ForwardConfig(axis_start=625.0, axis_points=400, offset=(-6.0, 15.0))   # 625-664.9 eV
     ForwardModel(bank, cfg)
-    shifted = B.join_measured(bank, [MeasuredReference("mn3_652", 3, *_edge(652.0, 630.0, 680.0))], 0.5)
+    # join_measured now refuses such a reference (check_measured_l3); a bank made otherwise may still hold one
+    ref = MeasuredReference("mn3_652", 3, *_edge(652.0, 630.0, 680.0))
+    with pytest.raises(ValueError, match="calibrate the reference's energy axis"):
+        B.join_measured(bank, [ref], 0.5)
+    row = B.unit_area(bank.energy, ref.on_grid(bank.energy))
+    shifted = B.Bank(energy=bank.energy, spectra=np.vstack([bank.spectra, row]), valence=np.append(bank.valence, 3),
+                     split_ev=np.append(bank.split_ev, B.find_split(bank.energy, row)),
+                     weight=np.append(bank.weight, 1.0), source=np.append(bank.source, "measured:mn3_652"))
     with pytest.raises(ValueError, match=r"offset: the range \(-6, 15\) eV moves the L3 line"):
         ForwardModel(shifted, cfg)
     ForwardModel(shifted, ForwardConfig())
+
+
+# -- measured references joined by ``mnedge-train references --measured``
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A copy of the shipped bank standing in for it (default --out and --base): the package's is never touched."""
+    import shutil
+
+    copy = tmp_path / "package" / "bank.npz"
+    copy.parent.mkdir()
+    shutil.copyfile(B.default_bank_path(), copy)
+    monkeypatch.setattr(B, "default_bank_path", lambda: copy)
+    return copy
+
+
+def _reference(folder, name: str, l3: float):
+    """A two-column reference file with its L3 maximum at ``l3`` eV."""
+    path = folder / name
+    np.savetxt(path, np.column_stack(_edge(l3, l3 - 12.0, l3 + 40.0)))
+    return path
+
+
+def _measured_sources(path) -> list[str]:
+    return [str(s) for s in B.Bank.load(path).source if str(s).startswith("measured:")]
+
+
+def test_measured_references_without_out_are_refused_and_the_shipped_bank_is_kept(tmp_path, shipped_copy, capsys,
+                                                                                  monkeypatch):
+    """``--measured-only`` without ``--out`` rewrote the bank inside the package, one more copy of the
+    reference with every run (``--base`` defaults to that same bank)."""
+    from offline_training.cli import main as mnedge_train
+
+    def never(*args, **kwargs):
+        raise AssertionError("the bank was calculated")
+
+    monkeypatch.setattr(B, "build_bank", never)   # refused before anything is calculated or written
+    before = shipped_copy.read_bytes()
+    mno = _reference(tmp_path, "MnO.txt", 640.0)
+    for extra in ([], ["--measured-only"]):
+        assert mnedge_train(["references", *extra, "--measured", f"2:{mno}", "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert "--out is required with --measured" in err and "Traceback" not in err
+    assert mnedge_train(["references", "--measured-only", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--measured-only needs --measured" in capsys.readouterr().err
+    assert shipped_copy.read_bytes() == before and not (tmp_path / "x.npz").exists()
+
+
+def test_a_measured_reference_already_in_the_base_bank_is_refused_by_name(tmp_path, shipped_copy, capsys):
+    from offline_training.cli import main as mnedge_train
+
+    mno = _reference(tmp_path, "MnO.txt", 640.0)
+    site = tmp_path / "site_bank.npz"
+    assert mnedge_train(["references", "--measured-only", "--measured", f"2:{mno}", "--out", str(site)]) == 0
+    capsys.readouterr()
+    again = tmp_path / "again.npz"
+    assert mnedge_train(["references", "--measured-only", "--measured", f"2:{mno}", "--base", str(site),
+                         "--out", str(again)]) == 2
+    err = capsys.readouterr().err
+    assert "MnO.txt" in err and "already holds measured:MnO.txt" in err and not again.exists()
+    assert _measured_sources(site) == ["measured:MnO.txt"]
+
+
+def test_measured_given_several_times_adds_every_reference_and_refuses_a_repeat(tmp_path, shipped_copy, capsys):
+    """The second ``--measured`` replaced the first: only the last reference joined the bank."""
+    from offline_training.cli import main as mnedge_train
+
+    mno, lamno3 = _reference(tmp_path, "MnO.txt", 640.0), _reference(tmp_path, "LaMnO3.txt", 642.0)
+    out = tmp_path / "two.npz"
+    assert mnedge_train(["references", "--measured-only", "--measured", f"2:{mno}", "--measured", f"3:{lamno3}",
+                         "--out", str(out)]) == 0
+    assert _measured_sources(out) == ["measured:MnO.txt", "measured:LaMnO3.txt"]
+    capsys.readouterr()
+    twice = tmp_path / "twice.npz"
+    assert mnedge_train(["references", "--measured-only", "--measured", f"2:{mno}", "--measured",
+                         f"2:{tmp_path / '.' / 'MnO.txt'}", "--out", str(twice)]) == 2
+    assert "is given twice" in capsys.readouterr().err and not twice.exists()
+
+
+def test_a_measured_reference_off_its_valences_energy_is_refused(tmp_path, shipped_copy, capsys):
+    """A Mn2+ reference on an axis 25 eV off joined the bank without a word."""
+    from offline_training.cli import main as mnedge_train
+
+    lo, hi = B.calculated_l3_range(B.Bank.load(), 2)
+    shifted = _reference(tmp_path, "MnO_plus25.txt", hi + 25.0)
+    out = tmp_path / "s25.npz"
+    assert mnedge_train(["references", "--measured-only", "--measured", f"2:{shifted}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MnO_plus25.txt (Mn2+)" in err and f"{lo:.2f}-{hi:.2f} eV" in err
+    assert "calibrate the reference's energy axis" in err and not out.exists()
+    near = _reference(tmp_path, "MnO_plus1.txt", hi + B.MEASURED_L3_TOLERANCE_EV - 0.5)   # within the tolerance
+    assert mnedge_train(["references", "--measured-only", "--measured", f"2:{near}", "--out", str(out)]) == 0
+
+
+def test_a_valence_without_calculated_members_is_not_checked_and_says_so(bank, caplog):
+    from offline_training.references.measured import MeasuredReference
+
+    only_measured = B.Bank(energy=bank.energy, spectra=bank.spectra, valence=bank.valence, split_ev=bank.split_ev,
+                           weight=bank.weight, source=np.where(bank.valence == 3, "measured:old", bank.source))
+    ref = MeasuredReference("far.txt", 3, *_edge(660.0, 640.0, 690.0))
+    with caplog.at_level("WARNING", logger="offline_training.references.bank"):
+        joined = B.join_measured(only_measured, [ref], 0.5)
+    assert "measured:far.txt" in joined.source and "no calculated Mn3+ member" in caplog.text

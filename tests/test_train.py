@@ -503,3 +503,84 @@ def test_evaluate_refuses_a_real_dir_that_does_not_exist(tmp_path, capsys):
     assert mnedge_train(args) == 2
     err = capsys.readouterr().err
     assert str(missing) in err and "no such folder" in err
+
+
+def test_training_into_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path, capsys):
+    """train --out over an existing run replaced its final.pt without a word (export refuses the same)."""
+    from offline_training.cli import main as mnedge_train
+
+    run = tmp_path / "run"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(TINY.read_text().replace("steps = 30", "steps = 2"))
+    base = ["train", "--config", str(cfg), "--out", str(run), "--no-progress"]
+    assert mnedge_train(base) == 0
+    before = (run / "final.pt").read_bytes()
+    capsys.readouterr()
+    cfg.write_text(TINY.read_text().replace("steps = 30", "steps = 3"))
+    assert mnedge_train(base) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {run} holds a training run" in err
+    assert "--resume" in err and "--overwrite" in err and (run / "final.pt").read_bytes() == before
+    assert mnedge_train([*base, "--resume", "--overwrite"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert mnedge_train([*base, "--overwrite", "--stop-after", "1"]) == 0   # replaced: the old final.pt is gone
+    assert not (run / "final.pt").exists() and (run / "checkpoint.pt").exists()
+    assert mnedge_train([*base, "--resume"]) == 0
+    assert torch.load(run / "final.pt", weights_only=True)["steps"] == 3
+
+
+def test_a_relative_bank_is_read_from_the_config_files_folder(tmp_path, monkeypatch, bank):
+    """``bank = "site_bank.npz"`` was read from the working directory, not beside the config."""
+    site = tmp_path / "site"
+    site.mkdir()
+    bank.save(site / "site_bank.npz")
+    (site / "site.toml").write_text('bank = "site_bank.npz"\n' + TINY.read_text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = TrainConfig.from_toml(Path("..") / "site" / "site.toml")
+    assert cfg.bank == str(site / "site_bank.npz") and cfg.load_bank().sha256() == bank.sha256()
+    (site / "abs.toml").write_text(f'bank = "{site / "site_bank.npz"}"\n')   # an absolute bank as it is
+    assert TrainConfig.from_toml(site / "abs.toml").bank == str(site / "site_bank.npz")
+
+
+@pytest.mark.parametrize("bank_file, needles", [
+    ("missing.npz", ("the config's bank", "missing.npz", "no such references bank file", "config file's folder")),
+    ("MnO.txt", ("the config's bank", "MnO.txt", "is not a references bank")),
+    ("other.npz", ("the config's bank", "other.npz", "is not a references bank", "lacks energy")),
+])
+def test_a_bank_that_is_missing_or_no_bank_is_refused_naming_the_key_and_the_file(tmp_path, capsys, bank_file,
+                                                                                   needles):
+    import numpy as np
+
+    from offline_training.cli import main as mnedge_train
+
+    np.savetxt(tmp_path / "MnO.txt", np.ones((20, 2)))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    config = tmp_path / "site.toml"
+    config.write_text(f'bank = "{bank_file}"\n' + TINY.read_text())
+    assert mnedge_train(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "pickled" not in err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("text, needles", [
+    ('bank = "site_bank.npz"\n[train]\nsteps = [40\n', ("bad.toml", "is not valid TOML")),
+    ('bnak = "site_bank.npz"\n[train]\nsteps = 4\n', ("bad.toml", "bnak", "bank, network, forward, train")),
+    ("[trian]\nsteps = 4\n", ("bad.toml", "trian", "bank, network, forward, train")),
+    ("bank = 5\n", ("bad.toml", "bank must be the path")),
+])
+def test_a_config_that_is_no_toml_or_has_an_unknown_key_is_refused_naming_the_file_and_the_known_keys(
+        tmp_path, capsys, text, needles):
+    from offline_training.cli import main as mnedge_train
+
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    assert mnedge_train(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    for needle in needles:
+        assert needle in err, err
+    assert not (tmp_path / "run").exists()

@@ -9,7 +9,7 @@ embedded in the package is loaded.
 Exit status: 0 on success; 1 when the store refuses (duplicate id, unknown id,
 nothing to roll back to, a ``state.json`` naming something that is no model
 id); 2 for an artifact that fails verification (tampered, partial, unknown
-schema) or a store that cannot be read or written.  ``list`` prints the
+schema) or a store that cannot be read or written (its path a file, not a folder, included).  ``list`` prints the
 listing and exits 2 when the model in use cannot be loaded (its folder is
 missing or fails verification: what ``mnedge live`` and ``mnedge predict``
 would refuse to start with), with a warning on stderr; the JSON then names the
@@ -23,7 +23,7 @@ import json
 import sys
 
 from mnedge_live.artifact import ArtifactError, default_artifact_path, load_artifact
-from mnedge_live.model_store import ModelStore, StoreError
+from mnedge_live.model_store import ModelStore, StoreError, StoreUnusableError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
             return _list(store, args.json)
     except ArtifactError as exc:
         print(f"mnedge models {args.action}: refused, the artifact fails verification: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnusableError as exc:
+        print(f"mnedge models {args.action}: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
         print(f"mnedge models {args.action}: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ import json
 import logging
 import multiprocessing
 import os
+import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -66,6 +67,17 @@ LIFETIME_VARIANTS = 3
 
 #: L3 width models a bank can be built with (``mnedge-train references --l3-lifetime``).
 L3_LIFETIME_MODES = ("constant", "ramp", "both")
+
+#: How far (eV) a measured reference's L3 maximum may lie outside the L3 maxima of the calculated
+#: members of its valence (:func:`check_measured_l3`): farther, its energy axis is not calibrated.
+MEASURED_L3_TOLERANCE_EV = 3.0
+
+#: ``source`` prefix of the measured references in a bank (:func:`join_measured`).
+MEASURED_PREFIX = "measured:"
+
+
+#: Arrays of a bank file (:meth:`Bank.save`).
+BANK_FIELDS = ("energy", "spectra", "valence", "split_ev", "weight", "source", "params_json")
 
 
 @dataclass
@@ -110,13 +122,36 @@ class Bank:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Bank:
-        """Load a bank file, or the shipped default bank when ``path`` is None."""
-        if path is None:
-            path = default_bank_path()
-        with np.load(path, allow_pickle=False) as z:
-            return cls(energy=z["energy"], spectra=z["spectra"], valence=z["valence"],
-                       split_ev=z["split_ev"], weight=z["weight"], source=z["source"],
-                       params_json=str(z["params_json"]))
+        """Load a bank file, or the shipped default bank when ``path`` is None.
+
+        The file is read without unpickling anything (``allow_pickle=False``).
+
+        Raises
+        ------
+        FileNotFoundError
+            No such file.
+        ValueError
+            The file is not a references bank (not an ``.npz`` of :meth:`save`, or one missing
+            fields or holding inconsistent ones); the message names the file.
+        """
+        path = Path(default_bank_path() if path is None else path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such references bank file")
+        try:
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("a single array, not an .npz archive")
+            with z:
+                missing = [k for k in BANK_FIELDS if k not in z.files]
+                if missing:
+                    raise ValueError(f"it lacks {', '.join(missing)}")
+                return cls(energy=z["energy"], spectra=z["spectra"], valence=z["valence"],
+                           split_ev=z["split_ev"], weight=z["weight"], source=z["source"],
+                           params_json=str(z["params_json"]))
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            what = "not an .npz archive" if "pickled" in str(exc) else str(exc)   # numpy: "contains pickled data"
+            raise ValueError(f"{path} is not a references bank (an .npz written by 'mnedge-train references'): "
+                             f"{what}") from None
 
 
 def default_bank_path() -> Path:
@@ -327,12 +362,54 @@ def build_bank(family_sizes: dict[str, int] | None = None, seed: int = 0, worker
     return join_measured(bank, list(measured), measured_weight)
 
 
+def calculated_l3_range(bank: Bank, valence: int) -> tuple[float, float] | None:
+    """Lowest and highest L3 maximum (eV) of the bank's calculated (not measured) members of ``valence``.
+
+    Returns None when the bank has no calculated member of that valence.
+    """
+    calc = (bank.valence == valence) & ~np.char.startswith(bank.source.astype(str), MEASURED_PREFIX)
+    if not calc.any():
+        return None
+    maxima = bank.energy[np.argmax(bank.spectra[calc], axis=1)]
+    return float(maxima.min()), float(maxima.max())
+
+
+def check_measured_l3(bank: Bank, name: str, valence: int, spectrum: np.ndarray) -> None:
+    """Refuse (``ValueError``) a measured reference whose L3 maximum is off its valence's calculated ones.
+
+    A reference on an uncalibrated energy axis would otherwise join the bank
+    as an end member of its valence several eV from where that valence's
+    edge lies, and teach the network that position. Its L3 maximum (on the
+    bank grid) must lie within :data:`MEASURED_L3_TOLERANCE_EV` of the range
+    of the calculated members' maxima (:func:`calculated_l3_range`); with no
+    calculated member of that valence there is nothing to compare with, and
+    a warning says it was not checked.
+    """
+    known = calculated_l3_range(bank, valence)
+    if known is None:
+        log.warning("measured reference %s (Mn%d+): the bank has no calculated Mn%d+ member, so its energy "
+                    "axis is not checked against one", name, valence, valence)
+        return
+    l3 = float(bank.energy[np.argmax(spectrum)])
+    lo, hi = known
+    if not lo - MEASURED_L3_TOLERANCE_EV <= l3 <= hi + MEASURED_L3_TOLERANCE_EV:
+        raise ValueError(f"measured reference {name} (Mn{valence}+): its L3 maximum at {l3:.2f} eV lies more than "
+                         f"{MEASURED_L3_TOLERANCE_EV:g} eV outside {lo:.2f}-{hi:.2f} eV, the L3 maxima of the bank's "
+                         f"calculated Mn{valence}+ members: calibrate the reference's energy axis first")
+
+
 def join_measured(bank: Bank, measured: list, measured_weight: float) -> Bank:
-    """Add measured references to a bank, giving them ``measured_weight`` of each valence's sampling."""
+    """Add measured references to a bank, giving them ``measured_weight`` of each valence's sampling.
+
+    Each reference becomes the member ``measured:<name>``. Refused (``ValueError``, naming the
+    reference): a name the bank already holds (a repeat, which would weigh the same spectrum twice)
+    and an L3 maximum off its valence's calculated members (:func:`check_measured_l3`).
+    """
     if not measured:
         return bank
     if not 0.0 <= measured_weight <= 1.0:
         raise ValueError(f"measured_weight must be within [0, 1], got {measured_weight}")
+    held = {str(s) for s in bank.source if str(s).startswith(MEASURED_PREFIX)}
     spectra = list(bank.spectra)
     valence = list(bank.valence)
     split = list(bank.split_ev)
@@ -340,16 +417,23 @@ def join_measured(bank: Bank, measured: list, measured_weight: float) -> Bank:
     weight = list(bank.weight)
     meta = json.loads(bank.params_json)
     for ref in measured:
+        name = f"{MEASURED_PREFIX}{ref.name}"
+        if name in held:
+            raise ValueError(f"measured reference {ref.name} (Mn{ref.valence}+): the bank already holds {name}; "
+                             "adding it again would weigh it twice: start from a bank without it (--base) "
+                             "or give the file another name")
+        held.add(name)
         s = unit_area(bank.energy, ref.on_grid(bank.energy))
+        check_measured_l3(bank, ref.name, ref.valence, s)
         spectra.append(s)
         valence.append(ref.valence)
         split.append(find_split(bank.energy, s))
-        source.append(f"measured:{ref.name}")
+        source.append(name)
         weight.append(1.0)
         meta.append({"valence": ref.valence, "file": ref.name})
     valence_arr = np.array(valence)
     weight_arr = np.array(weight, float)
-    is_measured = np.array([s.startswith("measured:") for s in source])
+    is_measured = np.array([s.startswith(MEASURED_PREFIX) for s in source])
     for v in (2, 3, 4):
         calc = (valence_arr == v) & ~is_measured
         meas = (valence_arr == v) & is_measured
@@ -363,5 +447,5 @@ def join_measured(bank: Bank, measured: list, measured_weight: float) -> Bank:
                 params_json=json.dumps(meta))
 
 
-__all__ = ["Bank", "BANK_GRID", "D_COUNT", "build_bank", "join_measured", "default_bank_path",
+__all__ = ["Bank", "BANK_GRID", "D_COUNT", "build_bank", "join_measured", "check_measured_l3", "default_bank_path",
            "unit_area", "find_split", "lorentzian_lifetime", "applied_hwhm"]

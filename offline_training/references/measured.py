@@ -85,8 +85,12 @@ class MeasuredReference:
 
 
 def read_measured_references(specs: list[str]) -> list[MeasuredReference]:
-    """Parse ``VALENCE:FILE`` items (e.g. ``"3:/data/Mn2O3.csv"``) into references."""
+    """Parse ``VALENCE:FILE`` items (e.g. ``"3:/data/Mn2O3.csv"``) into references.
+
+    The same file given twice with the same valence is refused (``ValueError``): it would join the bank twice.
+    """
     refs = []
+    seen: dict[tuple[int, Path], str] = {}
     for spec in specs:
         if ":" not in spec:
             raise ValueError(f"measured reference {spec!r}: expected VALENCE:FILE, e.g. 3:Mn2O3.csv")
@@ -95,6 +99,10 @@ def read_measured_references(specs: list[str]) -> list[MeasuredReference]:
             valence = int(v.strip().rstrip("+"))
         except ValueError:
             raise ValueError(f"measured reference {spec!r}: valence {v!r} is not 2, 3 or 4") from None
+        key = (valence, Path(path).expanduser().resolve())
+        if key in seen:
+            raise ValueError(f"measured reference {spec!r} is given twice (first as {seen[key]!r})")
+        seen[key] = spec
         e, y = read_two_column(path)
         refs.append(MeasuredReference(Path(path).name, valence, e, y))
     return refs
