@@ -325,7 +325,7 @@ def cmd_export(args) -> int:
                               tensorrt=args.tensorrt, overwrite=args.overwrite, ood_spectra=args.ood_spectra)
     except RuntimeError as exc:
         print(f"mnedge-train export: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(out)
     return 0
 
@@ -338,7 +338,7 @@ def cmd_refresh_onnx(args) -> int:
         print(refresh_onnx(args.artifact))
     except (RuntimeError, ArtifactError, OSError) as exc:
         print(f"mnedge-train refresh-onnx: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
@@ -350,7 +350,7 @@ def cmd_fit_ood(args) -> int:
         print(add_ood(args.artifact, spectra=args.spectra))
     except (RuntimeError, ArtifactError, OSError) as exc:
         print(f"mnedge-train fit-ood: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 
@@ -363,7 +363,7 @@ def cmd_recalibrate(args) -> int:
         print(recalibrate(args.artifact, spectra=args.spectra, seed=args.seed, evaluation=evaluation))
     except (RuntimeError, ArtifactError, OSError, ValueError) as exc:
         print(f"mnedge-train recalibrate: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -74,7 +74,7 @@ def test_refresh_onnx_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
 
     copy = shutil.copytree(tiny_artifact, tmp_path / "bad")
     (copy / "weights.pt").write_bytes(b"x")
-    assert train_main(["refresh-onnx", str(copy)]) == 1
+    assert train_main(["refresh-onnx", str(copy)]) == 2
 
 
 @pytest.mark.parametrize("victim", ["weights.pt", "model.onnx"])
@@ -292,7 +292,7 @@ def test_a_failed_overwrite_keeps_the_existing_artifact_and_a_retry_succeeds(tin
     torch.save({**ck, "config": json.dumps(config), "bank_sha256": "0" * 64}, broken)
     with pytest.raises(RuntimeError, match="not here"):
         export_artifact(broken, art, model_id="broken", overwrite=True, ood_spectra=16)
-    assert mnedge_train(["export", str(broken), "--out", str(art), "--overwrite", "--ood-spectra", "16"]) == 1
+    assert mnedge_train(["export", str(broken), "--out", str(art), "--overwrite", "--ood-spectra", "16"]) == 2
     assert "not here" in capsys.readouterr().err
     assert (art / "model_card.json").read_bytes() == before and load_artifact(art).model_id == "tiny-test"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "broken_final.pt"]   # nothing left behind

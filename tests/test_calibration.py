@@ -114,4 +114,4 @@ def test_recalibrate_refits_the_card_and_keeps_weights_graph_and_readings(tiny_a
     spectra = _spectra()
     old, new = load_engine(str(tiny_artifact)).predict(spectra), load_engine(str(copy)).predict(spectra)
     assert all(o.fractions == n.fractions for o, n in zip(old, new))
-    assert train_main(["recalibrate", str(tmp_path / "missing")]) == 1
+    assert train_main(["recalibrate", str(tmp_path / "missing")]) == 2

@@ -111,3 +111,10 @@ def test_export_refuses_a_model_id_the_store_would_refuse(tmp_path, capsys, tiny
     assert not out.exists()
     with pytest.raises(StoreError, match="not a model id"):   # the same rule as the store's
         ModelStore(tmp_path / "store").model_path(model_id)
+
+
+@pytest.mark.parametrize("command", [["refresh-onnx"], ["fit-ood"], ["recalibrate"]])
+def test_artifact_maintenance_commands_exit_2_on_a_path_that_is_no_artifact(tmp_path, capsys, command):
+    missing = tmp_path / "no-artifact"
+    assert mnedge_train([*command, str(missing)]) == 2
+    one_line_error(capsys, str(missing))
