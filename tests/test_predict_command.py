@@ -139,6 +139,20 @@ def test_xas_export_with_a_monitor_column_is_refused_until_the_column_is_named(c
     assert rc == rc_ref == 0 and rows[0]["valence"] == ref[0]["valence"]
 
 
+def test_what_the_reader_passed_over_or_converted_is_kept_with_the_files_rows(capsys, model, tmp_path, files):
+    y = mn_like(seed=8)
+    footer = tmp_path / "footer.dat"
+    footer.write_text("Energy\tmu\n" + "".join(f"{a:.4f}\t{b:.6f}\n" for a, b in zip(E, y)) + "END OF SCAN\n")
+    kev = tmp_path / "kev.dat"
+    kev.write_text("Energy (keV)\tmu\n" + "".join(f"{a / 1000:.7f}\t{b:.6f}\n" for a, b in zip(E, y)))
+    rc, rows = predict_json(capsys, "--model", model, footer, kev, files["good"])
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert len(rows[0]["reader_notes"]) == 1 and "footer" in rows[0]["reader_notes"][0]
+    assert len(rows[1]["reader_notes"]) == 1 and "keV" in rows[1]["reader_notes"][0]
+    assert "reader_notes" not in rows[2]   # a file read as it is carries none
+    assert rows[0]["valence"] == rows[1]["valence"]
+
+
 def test_table_output(capsys, model, files):
     rc = main(["predict", "--no-progress", "--model", model, str(files["good"]), str(files["garbage"])])
     out = capsys.readouterr().out

@@ -12,7 +12,10 @@ row-major pixel index within a spectrum image, null for a file that could not
 be read); for spectrum images ``signal`` (the image's position in its file: a
 DM file may hold several) and, for pixels, ``pixel`` ``[row, col]`` (of the
 binned image with ``--bin``, which adds ``bin``, the block side); then the
-readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`.  Every signal
+readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`; and
+``reader_notes`` where reading the file logged what it passed over or
+converted (a footer, a raw yield divided by I0, an axis in keV...): the same
+warnings as on stderr, kept with the rows they concern.  Every signal
 of a file gets rows: a signal that is no spectrum (a survey image beside a
 spectrum image) gets a rejection row with its ``signal`` and the reason.  The
 table shows one line per spectrum and one summary line per spectrum image.
@@ -36,6 +39,8 @@ import gc
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +96,7 @@ class Row:
     pixel: tuple[int, int] | None = None
     bin: int = 1
     signal: int | None = None
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """The ``--json`` object: ``file``, ``index`` (``signal``, ``pixel``, and ``bin`` when binned, for images),
@@ -103,7 +109,32 @@ class Row:
             if self.bin > 1:
                 d["bin"] = int(self.bin)
         d.update(self.result.to_dict())
+        if self.notes:
+            d["reader_notes"] = list(self.notes)
         return d
+
+
+class _ReaderNotes(logging.Handler):
+    """Collects the warnings logged while one file is read (they still reach stderr as well)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def reader_notes() -> Iterator[list[str]]:
+    """The warnings the package logs inside the block (what a reader passed over or converted), as a list."""
+    handler = _ReaderNotes()
+    logger = logging.getLogger("mnedge_live")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
 
 
 @dataclass
@@ -165,8 +196,10 @@ def run(args: argparse.Namespace) -> int:
     plots = _PlotNames(plot_dir) if plot_dir is not None else None
     try:
         for path in args.files:
+            first_row = len(rows)
             try:
-                items = read_file(path, column=args.column)
+                with reader_notes() as notes:
+                    items = read_file(path, column=args.column)
             except ReadError as exc:
                 rows.append(Row(str(path), None, SpectrumResult.rejected(f"cannot read the file: {exc}", model)))
                 continue
@@ -205,6 +238,9 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 if images:
                     images[0].close()   # the file of this item list: one open file per file read otherwise
+            if notes:
+                for row in rows[first_row:]:
+                    row.notes = tuple(notes)
     finally:
         if client is not None:
             from mnedge_live.spectrum_image import close_client
