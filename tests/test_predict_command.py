@@ -263,9 +263,9 @@ def test_a_signal_that_is_no_spectrum_gets_a_row(capsys, model, tmp_path):
 
 
 def test_unchunked_spectrum_image_is_read_out(capsys, model, tmp_path, monkeypatch):
-    from mnedge_live import readers
+    from mnedge_live.readers import signals
 
-    monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 4 * E.size * 4)   # one row of the image a chunk
+    monkeypatch.setattr(signals, "CONTIGUOUS_CHUNK_BYTES", 4 * E.size * 4)   # one row of the image a chunk
     img = np.stack([mn_like(seed=40 + k) for k in range(12)]).reshape(3, 4, E.size).astype(np.float32)
     img[1, 1] = 1.0
     p = write_contiguous_hspy(tmp_path / "contiguous.hspy", img)

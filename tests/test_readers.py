@@ -563,10 +563,11 @@ def test_every_signal_of_a_dm_file_is_reported(tmp_path):
 def test_unchunked_hspy_image_stays_lazy_and_its_file_is_released(tmp_path, monkeypatch):
     """RosettaSciIO cannot read unchunked HDF5 data lazily; the image was loaded whole into memory."""
     from mnedge_live import readers
+    from mnedge_live.readers import signals
 
     data = np.random.default_rng(7).random((6, 5, 40)).astype(np.float32)
     p = write_contiguous_hspy(tmp_path / "contiguous.hspy", data, scale=1.0)
-    monkeypatch.setattr(readers, "CONTIGUOUS_CHUNK_BYTES", 2 * 5 * 40 * 4)   # two rows of the image a chunk
+    monkeypatch.setattr(signals, "CONTIGUOUS_CHUNK_BYTES", 2 * 5 * 40 * 4)   # two rows of the image a chunk
     (img,) = read_file(p)
     assert img.shape == (6, 5)
     assert img.data.chunks == ((2, 2, 2), (5,), (40,))
@@ -600,9 +601,9 @@ def test_hdf5_dataset_source_pickles_without_an_open_file_and_bounds_open_files(
     MAX_OPEN_HDF5 files open; a rewritten file is read afresh."""
     import pickle
 
-    from mnedge_live import readers
+    from mnedge_live.readers import hdf5_cache
 
-    monkeypatch.setattr(readers, "MAX_OPEN_HDF5", 2)
+    monkeypatch.setattr(hdf5_cache, "MAX_OPEN_HDF5", 2)
     images = []
     for k in range(4):
         data = np.full((2, 3, 50), float(k), np.float32)

@@ -1,0 +1,121 @@
+"""Read measured spectra from files into one uniform structure.
+
+Supported inputs:
+
+* column text (energy, intensity), comma, semicolon, tab or space
+  separated, optional header line(s) and ``#`` comments, UTF-8 (byte-order
+  mark tolerated) or UTF-16 with its byte-order mark, ascending or
+  descending axes; files with more columns (XAS exports: energy, I0, TEY,
+  mu, ...) are read by their column names (:func:`intensity_column`) or the
+  column the user names, and named columns are checked (a monitor is never
+  read as the spectrum); decimal commas between tabs, semicolons or spaces,
+  a text footer after the data, an empty cell in a column not read and one
+  or two rows of numbers before the names line are read, each logged;
+* EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
+* Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
+  RosettaSciIO, single spectra as well as spectrum images (line scans and
+  2-D maps); spectrum images stay lazy Dask arrays.
+
+Every reader either returns data or raises :class:`ReadError` with the
+reason, so a caller can reject one file and carry on with the next.
+
+>>> items = read_file("MnO.csv")                         # doctest: +SKIP
+>>> items[0].energy, items[0].intensity                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnedge_live.readers.columns import (
+    intensity_column,
+    parse_columns,
+    read_text,
+    read_text_items,
+    split_fields,
+)
+from mnedge_live.readers.hdf5_cache import HDF5Dataset, release
+from mnedge_live.readers.items import Item, MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage
+from mnedge_live.readers.msa import read_msa
+from mnedge_live.readers.signals import contiguous_chunks, read_rsciio
+
+#: File extensions read as EMSA/MSA.
+MSA_EXTENSIONS = frozenset({".msa", ".ems", ".emsa", ".mas"})
+#: File extensions read as Gatan DigitalMicrograph.
+DM_EXTENSIONS = frozenset({".dm3", ".dm4"})
+#: File extensions read as HyperSpy HDF5.
+HSPY_EXTENSIONS = frozenset({".hspy", ".hdf5", ".h5"})
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def read_file(path: str | Path, lazy: bool = True, column: str | None = None) -> list[Item]:
+    """Read every spectrum (or spectrum image) in a file.
+
+    The format is chosen by extension (``.msa``/``.ems``/..., ``.dm3``/``.dm4``,
+    ``.hspy``/``.hdf5``/``.h5``) and, for any other extension, by the file's
+    first bytes; everything else is read as two-column text.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    lazy : bool
+        Keep spectrum images as lazy Dask arrays (single spectra are always loaded).
+    column : str, optional
+        Intensity column of a text file (a name from its header or a 1-based
+        number; see :func:`intensity_column`); other formats ignore it.
+
+    Returns
+    -------
+    list of MeasuredSpectrum, SpectrumImage or RefusedSignal
+        One item per signal of the file, in the file's order; at least one is a
+        spectrum or an image (a file none of whose signals is raises ReadError).
+
+    Raises
+    ------
+    ReadError
+        When the file is missing, unreadable, in an unknown layout or holds no spectrum.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ReadError(f"{p}: no such file")
+    if p.is_dir():
+        raise ReadError(f"{p} is a directory, not a file")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as exc:
+        raise ReadError(f"{p}: cannot open: {exc.strerror or exc}") from exc
+    if not head:
+        raise ReadError(f"{p}: the file is empty")
+    fmt = detect_format(p, head)
+    if fmt == "msa":
+        return read_msa(p)
+    if fmt == "dm":
+        return read_rsciio(p, "dm", lazy=lazy)
+    if fmt == "hspy":
+        return read_rsciio(p, "hspy", lazy=lazy)
+    return read_text_items(p, column)
+
+
+def detect_format(path: Path, head: bytes) -> str:
+    """``"msa"``, ``"dm"``, ``"hspy"`` or ``"text"`` from the extension, else from the first bytes."""
+    ext = path.suffix.lower()
+    if ext in MSA_EXTENSIONS:
+        return "msa"
+    if ext in DM_EXTENSIONS:
+        return "dm"
+    if ext in HSPY_EXTENSIONS:
+        return "hspy"
+    if head.startswith(_HDF5_MAGIC):
+        return "hspy"
+    if head[:4] in (b"\x00\x00\x00\x03", b"\x00\x00\x00\x04"):
+        return "dm"
+    if head.lstrip(b"\xef\xbb\xbf").lstrip().upper().startswith(b"#FORMAT"):
+        return "msa"
+
+
+__all__ = ["HDF5Dataset", "Item", "MeasuredSpectrum", "ReadError", "RefusedSignal", "SpectrumImage", "contiguous_chunks",
+           "detect_format", "intensity_column", "parse_columns", "read_file", "read_msa", "read_rsciio", "read_text",
+           "release", "split_fields"]
