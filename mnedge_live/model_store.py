@@ -20,6 +20,12 @@ of the same id (which swaps the folders while it holds the lock exclusively)
 is seen either wholly before or wholly after, never a mix of two builds or a
 folder in the middle of its replacement.
 
+An ``install --force`` killed between its two renames (the old folder moved
+aside, the new one not yet in place) leaves the model under
+``models/.<id>.*.replaced/<id>``: the next command that changes the store
+moves it back (or, where the new folder did arrive, removes it) before
+anything else, logged.
+
 Ids read from ``state.json`` are checked like installed ids: a record naming
 ``../x`` (hand-edited or corrupted) is refused rather than made to load a
 folder outside the store.
@@ -30,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +52,11 @@ HOME_ENV = "MNEDGE_HOME"
 STATE_NAME = "state.json"
 MODELS_DIR = "models"
 LOCK_NAME = ".lock"
+#: Suffix of the folder ``install --force`` moves the replaced model into while it swaps the folders.
+REPLACED_SUFFIX = ".replaced"
+
+log = logging.getLogger(__name__)
+
 #: Model ids become directory names: no separators, no leading dot.
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
 #: What a model id may hold, as messages state it (:func:`is_model_id`).
@@ -224,9 +236,36 @@ class ModelStore:
         with open(self.root / LOCK_NAME, "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
+                self._finish_interrupted_replacements()
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _finish_interrupted_replacements(self) -> None:
+        """Put back the models an interrupted ``install --force`` left aside (call under the exclusive lock).
+
+        Such a folder (``.<id>.*.replaced``) exists outside the lock only when
+        an install was killed between moving the old folder aside and moving
+        the new one in: where ``models/<id>`` is missing the old model goes
+        back, where the new one arrived the old copy is removed.
+        """
+        for aside in self.models_dir.glob(f".*{REPLACED_SUFFIX}"):
+            if not aside.is_dir():
+                continue
+            for old in aside.iterdir():
+                dest = self.models_dir / old.name
+                if not (old.is_dir() and is_model_id(old.name)):
+                    continue
+                if dest.exists():
+                    shutil.rmtree(old, ignore_errors=True)
+                    log.warning("model store %s: removed the copy of %s that an interrupted install --force had "
+                                "replaced (%s)", self.root, old.name, aside.name)
+                else:
+                    os.replace(old, dest)
+                    log.warning("model store %s: restored model %s, moved aside by an install --force that was "
+                                "interrupted before the new copy was in place (%s)", self.root, old.name, aside.name)
+            with contextlib.suppress(OSError):
+                aside.rmdir()
 
     def _write_state(self, state: StoreState) -> None:
         text = json.dumps({"in_use": state.in_use, "history": state.history}, indent=2) + "\n"
@@ -277,7 +316,7 @@ class ModelStore:
                 # Readers hold the lock shared while they read a model: none is reading now, and the
                 # next one finds the new folder whole.
                 if dest.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=".replaced", dir=self.models_dir))
+                    old = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=REPLACED_SUFFIX, dir=self.models_dir))
                     os.replace(dest, old / model_id)
                     try:
                         os.replace(tmp, dest)
@@ -286,6 +325,8 @@ class ModelStore:
                         raise
                 else:
                     os.replace(tmp, dest)
+                if old is not None:   # under the lock: a later command must not take it for a leftover
+                    shutil.rmtree(old, ignore_errors=True)
                 if use:
                     self._switch(model_id)
         except BaseException:
@@ -294,8 +335,6 @@ class ModelStore:
                 with contextlib.suppress(OSError):
                     old.rmdir()  # empty when the replaced model went back; else left for inspection
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)  # no reader can be in it: they read under the lock
         return Artifact(path=dest, card=verified.card, contents=verified.contents)
 
     def use(self, model_id: str) -> StoreState:
@@ -376,6 +415,7 @@ def resolve_model_path(path: str | Path | None = None) -> Path:
     if in_use is not None:
         if not in_use.is_dir():
             raise ArtifactError(f"the model in use in {store.root} ({in_use.name}) is not installed there; "
-                                "choose one with 'mnedge models use ID'")
+                                "choose one with 'mnedge models use ID' (which first puts back a model an "
+                                "interrupted install --force left aside)")
         return in_use
     return default_artifact_path()

@@ -327,3 +327,37 @@ def test_mnedge_home_naming_a_file_makes_predict_and_evaluate_refuse_not_use_the
     assert captured.out == "" and f"model store {site} is a file" in captured.err
     assert mnedge_train(["evaluate", "--n", "16"]) == 2
     assert f"model store {site} is a file" in capsys.readouterr().err
+
+
+def test_an_install_killed_between_its_renames_is_undone_by_the_next_change(two_models, home, caplog):
+    """``install --force`` moves the old folder aside, then the new one in: killed in between, the model
+    in use was missing until someone rebuilt the folder by hand."""
+    store = ModelStore()
+    store.install(two_models[0], use=True)
+    store.install(two_models[1])
+    models = home / "models"
+    aside = models / ".site-a.x1y2.replaced"          # the state such a kill leaves
+    aside.mkdir()
+    os.replace(models / "site-a", aside / "site-a")
+    with pytest.raises(ArtifactError, match="not installed"):
+        load_artifact()
+    with caplog.at_level("WARNING", logger="mnedge_live.model_store"):
+        store.use("site-b")                           # any change of the store puts it back first
+    assert "restored model site-a" in caplog.text
+    assert store.installed() == ["site-a", "site-b"] and not aside.exists()
+    assert load_artifact(models / "site-a").model_id == "site-a"
+    store.rollback()
+    assert load_artifact().model_id == "site-a"
+    # killed after the new folder arrived: the old copy is removed, the new one kept
+    aside.mkdir()
+    shutil.copytree(models / "site-a", aside / "site-a")
+    (models / "site-a" / "marker.txt").write_text("new")
+    store.use("site-b")
+    assert not aside.exists() and (models / "site-a" / "marker.txt").read_text() == "new"
+
+
+def test_a_forced_reinstall_leaves_no_folder_aside(two_models, home):
+    store = ModelStore()
+    store.install(two_models[0])
+    store.install(two_models[0], force=True)
+    assert sorted(p.name for p in (home / "models").iterdir()) == ["site-a"]
