@@ -519,10 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     reuse_batch_memory()  # batch after batch of the same large tensors (generate, train, evaluate)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
-        return 2
-    except ArtifactError as exc:   # a model path that is no (intact) artifact, or a store that cannot be read
+    except (ValueError, FileNotFoundError, FileExistsError, ArtifactError) as exc:
+        # ArtifactError: a model path that is no (intact) artifact, or a store that cannot be read
         print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
         return 2
 
