@@ -24,7 +24,10 @@ An ``install --force`` killed between its two renames (the old folder moved
 aside, the new one not yet in place) leaves the model under
 ``models/.<id>.*.replaced/<id>``: the next command that changes the store
 moves it back (or, where the new folder did arrive, removes it) before
-anything else, logged.
+anything else, logged.  A copy killed before it was complete leaves
+``models/.<id>.*.installing``; each copy holds a ``flock`` on its folder while
+it is made, so the next change of the store removes the folders no process
+holds any more (logged), never the copy of an install still running.
 
 Ids read from ``state.json`` are checked like installed ids: a record naming
 ``../x`` (hand-edited or corrupted) is refused rather than made to load a
@@ -54,6 +57,8 @@ MODELS_DIR = "models"
 LOCK_NAME = ".lock"
 #: Suffix of the folder ``install --force`` moves the replaced model into while it swaps the folders.
 REPLACED_SUFFIX = ".replaced"
+#: Suffix of the folder an artifact is copied into and verified in before it is renamed into place.
+INSTALLING_SUFFIX = ".installing"
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +242,7 @@ class ModelStore:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 self._finish_interrupted_replacements()
+                self._remove_abandoned_copies()
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
@@ -266,6 +272,50 @@ class ModelStore:
                                 "interrupted before the new copy was in place (%s)", self.root, old.name, aside.name)
             with contextlib.suppress(OSError):
                 aside.rmdir()
+
+    def _remove_abandoned_copies(self) -> None:
+        """Remove the partial copies of installs that were killed (call under the exclusive lock).
+
+        Every copy (``.<id>.*.installing``) is locked (``flock`` on its folder) by
+        the install making it, from its creation, which happens under the store's
+        lock, until it is renamed into place or removed: a folder whose lock can
+        be taken belongs to no running install.
+        """
+        for tmp in self.models_dir.glob(f".*{INSTALLING_SUFFIX}"):
+            if not tmp.is_dir() or tmp.is_symlink():
+                continue
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue        # an install is copying into it now
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.warning("model store %s: removed %s, the partial copy of an install that was interrupted",
+                            self.root, tmp.name)
+            finally:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def _copy_folder(self, model_id: str) -> Iterator[Path]:
+        """A new, locked folder ``models/.<id>.*.installing`` for a copy, removed again unless renamed away.
+
+        It is created under the store's lock and locked at once, so that
+        :meth:`_remove_abandoned_copies` never takes it for a killed install's
+        leftover; the lock goes with the folder's inode when it is renamed into place.
+        """
+        with self._locked():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=INSTALLING_SUFFIX, dir=self.models_dir))
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)   # a no-op once renamed into place
+            os.close(fd)
 
     def _write_state(self, state: StoreState) -> None:
         text = json.dumps({"in_use": state.in_use, "history": state.history}, indent=2) + "\n"
@@ -304,37 +354,37 @@ class ModelStore:
         if dest.exists() and not force:  # refuse before copying; checked again under the lock
             raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
         # Copy and verify outside the lock (readers wait only for the swap), under a temporary name.
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=".installing", dir=self.models_dir))
-        old = None
-        try:
+        with self._copy_folder(model_id) as tmp:
             shutil.copytree(src.path, tmp, dirs_exist_ok=True)
             verified = load_artifact(tmp)  # the copy is what will be used: verify it, not only the source
-            with self._locked():
-                if dest.exists() and not force:
-                    raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
-                # Readers hold the lock shared while they read a model: none is reading now, and the
-                # next one finds the new folder whole.
-                if dest.exists():
-                    old = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=REPLACED_SUFFIX, dir=self.models_dir))
-                    os.replace(dest, old / model_id)
-                    try:
+            old = None
+            try:
+                with self._locked():
+                    if dest.exists() and not force:
+                        raise StoreError(f"model {model_id} is already installed in {self.root}; "
+                                         "pass --force to replace it")
+                    # Readers hold the lock shared while they read a model: none is reading now, and the
+                    # next one finds the new folder whole.
+                    if dest.exists():
+                        old = Path(tempfile.mkdtemp(prefix=f".{model_id}.", suffix=REPLACED_SUFFIX,
+                                                    dir=self.models_dir))
+                        os.replace(dest, old / model_id)
+                        try:
+                            os.replace(tmp, dest)
+                        except BaseException:
+                            os.replace(old / model_id, dest)  # put the installed model back
+                            raise
+                    else:
                         os.replace(tmp, dest)
-                    except BaseException:
-                        os.replace(old / model_id, dest)  # put the installed model back
-                        raise
-                else:
-                    os.replace(tmp, dest)
-                if old is not None:   # under the lock: a later command must not take it for a leftover
-                    shutil.rmtree(old, ignore_errors=True)
-                if use:
-                    self._switch(model_id)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None:
-                with contextlib.suppress(OSError):
-                    old.rmdir()  # empty when the replaced model went back; else left for inspection
-            raise
+                    if old is not None:   # under the lock: a later command must not take it for a leftover
+                        shutil.rmtree(old, ignore_errors=True)
+                    if use:
+                        self._switch(model_id)
+            except BaseException:
+                if old is not None:
+                    with contextlib.suppress(OSError):
+                        old.rmdir()  # empty when the replaced model went back; else left for inspection
+                raise
         return Artifact(path=dest, card=verified.card, contents=verified.contents)
 
     def use(self, model_id: str) -> StoreState:

@@ -361,3 +361,37 @@ def test_a_forced_reinstall_leaves_no_folder_aside(two_models, home):
     store.install(two_models[0])
     store.install(two_models[0], force=True)
     assert sorted(p.name for p in (home / "models").iterdir()) == ["site-a"]
+
+
+def test_the_partial_copy_of_a_killed_install_is_removed_by_the_next_change_and_a_running_one_is_kept(
+        two_models, tmp_path, caplog):
+    """An install killed while it copied left ``models/.<id>.*.installing`` behind for good; the next change
+    of the store must remove it, but never the copy of an install still running in another process."""
+    store_dir = tmp_path / "store"
+    store = ModelStore(store_dir)
+    store.install(two_models[0])
+    # another process making a copy, stopped in the middle of it (as a slow copy of a large model is)
+    code = ("import sys, time; from pathlib import Path; from mnedge_live.model_store import ModelStore\n"
+            f"s = ModelStore({str(store_dir)!r})\n"
+            "with s._copy_folder('site-b') as tmp:\n"
+            "    (tmp / 'model.onnx').write_bytes(b'half')\n"
+            "    print(tmp, flush=True)\n"
+            "    time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        copying = Path(proc.stdout.readline().strip())
+        assert copying.name.startswith(".site-b.") and copying.name.endswith(".installing")
+        store.install(two_models[1])                  # a change of the store while the other copy runs
+        assert copying.is_dir() and (copying / "model.onnx").read_bytes() == b"half"
+        os.kill(proc.pid, signal.SIGKILL)             # killed mid-copy: nothing will ever remove it
+        proc.wait(10)
+        assert copying.is_dir()
+        with caplog.at_level("WARNING", logger="mnedge_live.model_store"):
+            store.use("site-a")
+        assert not copying.exists()
+        assert f"removed {copying.name}, the partial copy of an install that was interrupted" in caplog.text
+        assert sorted(p.name for p in (store_dir / "models").iterdir()) == ["site-a", "site-b"]
+        assert load_artifact(store_dir / "models" / "site-b").model_id == "site-b"
+    finally:
+        proc.kill()
+        proc.wait(10)
