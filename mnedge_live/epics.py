@@ -37,7 +37,6 @@ FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "fr
              "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score"}
 #: Float PVs of the latest block readout (``map_bin``) and the field each shows.
 BINNED_FLOAT_PVS = {"BINNED_VALENCE": "valence", "BINNED_VALENCE_STD": "valence_std"}
-#: Counter PVs and the total each shows.
 #: Counter PVs and the total each shows (written after the float and string PVs of the same update).
 COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts",
              "FINAL_READOUTS": "final_readouts", "BINNED_READOUTS": "binned_readouts"}

@@ -11,6 +11,7 @@ from offline_training.evaluate import (
     ADDED_NOISE_PSNR_DB,
     AXIS_SCALE_ERRORS,
     EXTRA_BLUR_FWHM_EV,
+    SCALE_CENTER_EV,
     blurred,
     real_spectra_robustness,
     with_added_noise,
@@ -34,22 +35,60 @@ def test_blur_has_its_width_on_an_irregular_descending_axis(width):
     assert fwhm(e, blurred(e, y, width)) == pytest.approx(np.hypot(width, 0.2 * 2.3548), abs=0.03)
 
 
+class _Recording:
+    """The real engine, remembering every spectrum it was asked to read (a spy: the readings are its own)."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def predict_one(self, e, y):
+        self.calls.append((np.array(e, copy=True), np.array(y, copy=True)))
+        return self.engine.predict_one(e, y)
+
+
 def test_measured_files_are_read_with_scaled_axes_and_blur(tmp_path, tiny_artifact):
     e = np.round(np.arange(625.0, 670.0, 0.1), 4)
     y = np.exp(-0.5 * ((e - 641.0) / 0.7) ** 2) + 0.5 * np.exp(-0.5 * ((e - 652.0) / 0.9) ** 2) + 0.05
     (tmp_path / "a.csv").write_text("".join(f"{a},{b:.6f}\n" for a, b in zip(e, y)))
     (tmp_path / "notes.md").write_text("not a spectrum")
-    out = real_spectra_robustness(load_engine(str(tiny_artifact)), tmp_path)
+    engine = load_engine(str(tiny_artifact))
+    spy = _Recording(engine)
+    out = real_spectra_robustness(spy, tmp_path)
     assert [r["file"] for r in out] == ["a.csv"]
     r = out[0]
     assert set(r["axis_scale"]) == {f"{d:+.2f}" for d in AXIS_SCALE_ERRORS}
     assert set(r["extra_blur_fwhm_eV"]) == {f"{w:g}" for w in EXTRA_BLUR_FWHM_EV}
-    readings = [r["valence"], *r["axis_scale"].values(), *r["extra_blur_fwhm_eV"].values()]
-    assert all(v is None or 2.0 <= v <= 4.0 for v in readings) and r["valence"] is not None
     assert set(r["added_noise_psnr_dB"]) == {f"{db:g}" for db in ADDED_NOISE_PSNR_DB}
-    for row in r["added_noise_psnr_dB"].values():
-        assert 0 <= row["refused"] <= ADDED_NOISE_DRAWS
-        assert row["mean"] is None or 2.0 <= row["mean"] <= 4.0
+    e_read, y_read = spy.calls[0][0], spy.calls[0][1]   # the file as read (text rounding of the intensities)
+    assert np.allclose(e_read, e) and np.allclose(y_read, y, atol=1e-6)
+
+    def reading(ex, yx):
+        res = engine.predict_one(ex, yx)
+        return round(float(res.valence), 4) if res.ok else None
+
+    # the file as measured, then each condition: the spectrum the engine was given is the stated
+    # transformation of the file (axis scaled about SCALE_CENTER_EV, the intensities blurred), and the
+    # reported reading is the engine's reading of it
+    asked = iter(spy.calls)
+    ex, yx = next(asked)
+    assert r["valence"] == reading(ex, yx) and r["valence"] is not None
+    for d in AXIS_SCALE_ERRORS:
+        ex, yx = next(asked)
+        assert np.allclose(ex, SCALE_CENTER_EV + (e_read - SCALE_CENTER_EV) * (1 + d)) and np.array_equal(yx, y_read), d
+        assert r["axis_scale"][f"{d:+.2f}"] == reading(ex, yx)
+    for w in EXTRA_BLUR_FWHM_EV:
+        ex, yx = next(asked)
+        assert np.array_equal(ex, e_read) and np.allclose(yx, blurred(e_read, y_read, w)), w
+        assert not np.allclose(yx, y_read), w
+        assert r["extra_blur_fwhm_eV"][f"{w:g}"] == reading(ex, yx)
+    # the noise rows: ADDED_NOISE_DRAWS draws per level, their mean and spread as read, refusals counted
+    for db in ADDED_NOISE_PSNR_DB:
+        draws = [reading(*next(asked)) for _ in range(ADDED_NOISE_DRAWS)]
+        ok = [v for v in draws if v is not None]
+        row = r["added_noise_psnr_dB"][f"{db:g}"]
+        assert row["refused"] == ADDED_NOISE_DRAWS - len(ok)
+        assert row["mean"] == (round(float(np.mean(ok)), 4) if ok else None)
+    assert next(asked, None) is None
 
 
 def test_added_noise_has_the_stated_psnr_on_a_uniform_axis():

@@ -263,9 +263,10 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
     Channel Access."""
     import time
 
+    import epics
     from live_support import start_site_ioc
 
-    from mnedge_live.epics import COUNT_PVS, MnEdgeReadout, PyepicsWriter
+    from mnedge_live.epics import COUNT_PVS, FLOAT_PVS, MnEdgeReadout, PyepicsWriter
 
     prefix = f"SITE{CA_PORT}:"
     site = start_site_ioc(prefix)
@@ -273,7 +274,7 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
         writer = PyepicsWriter(prefix, connect_timeout=10.0)
         assert all(pv.connected for pv in writer.pvs.values())
         uid = "5f0c3a6e-8d2b-4c1e-9a7f-2b8d6e4c1a90"
-        row = {"valence": 3.25, "valence_std": 0.1, "frac_mn2": 0.1, "frac_mn3": 0.55, "frac_mn4": 0.35,
+        row = {"valence": 3.25, "valence_std": 0.125, "frac_mn2": 0.1, "frac_mn3": 0.55, "frac_mn4": 0.35,
                "ood_score": 12.5, "status": "ok", "reason": "", "final": True, "source_uid": uid}
         totals = {key: i + 1 for i, key in enumerate(COUNT_PVS.values())}
         writer.update(row, totals)
@@ -287,6 +288,16 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
         assert readout.ood_score.get() == pytest.approx(12.5)
         assert readout.final_readouts.get() == totals["final_readouts"]
         assert readout.processed.get() == totals["processed"] and readout.missed.get() == totals["missed"]
+        # every float and counter PV read back over Channel Access shows its own field (all values differ)
+        # (spelled out here, not read from the module's own tables, so that a swapped entry there fails)
+        shown = {"VALENCE": 3.25, "VALENCE_STD": 0.125, "FRAC_MN2": 0.1, "FRAC_MN3": 0.55, "FRAC_MN4": 0.35,
+                 "OOD_SCORE": 12.5}
+        assert set(shown) == set(FLOAT_PVS)
+        for pv, value in shown.items():
+            assert epics.caget(prefix + pv, timeout=5) == pytest.approx(value), pv
+        assert set(COUNT_PVS) == {"PROCESSED", "REJECTED", "MISSED", "READOUTS", "FINAL_READOUTS", "BINNED_READOUTS"}
+        for pv in COUNT_PVS:
+            assert epics.caget(prefix + pv, timeout=5) == totals[pv.lower()], pv
         writer.stop()
     finally:
         site.terminate()

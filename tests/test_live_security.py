@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -29,6 +30,7 @@ from wire_support import (
     wait_until,
 )
 
+from mnedge_live.artifact import write_card
 from mnedge_live.serializers import msgpack_loads
 
 
@@ -250,11 +252,27 @@ def test_curve_keys_must_come_in_pairs_and_exist(tmp_path):
 def test_torch_weights_load_weights_only_and_artifacts_are_sha256_checked(tmp_path):
     import shutil
 
+    import torch
+    from artifact_support import copy_as
+
     from mnedge_live.artifact import ArtifactError, load_artifact
     from mnedge_live.engine import backends
 
     src = Path(real_engine().artifact.path)
-    assert "weights_only=True" in Path(backends.__file__).read_text()
+    # weights whose careless loading runs code: a validly signed artifact (the card's checksums match)
+    # may still come from a site that was not careful; the torch backend must refuse to unpickle them
+    evil = copy_as(src, tmp_path / "evil", "evil-weights")
+    marker = tmp_path / "pwned"
+    torch.save({"weight": _Touch(str(marker))}, evil / "weights.pt")
+    card = json.loads((evil / "model_card.json").read_text())
+    card.pop("files", None)
+    write_card(evil, card)
+    evil_art = load_artifact(evil)    # the checksums are right: only the loading itself can refuse
+    with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
+        backends.make_backend(evil_art, "torch")
+    assert not marker.exists()
+    torch.load(evil / "weights.pt", weights_only=False)   # the payload is live: loaded carelessly, it runs
+    assert marker.exists()
     art = tmp_path / "art"
     shutil.copytree(src, art)
     load_artifact(art)  # intact: loads

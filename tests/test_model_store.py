@@ -232,6 +232,16 @@ def test_state_record_survives_a_kill_during_switching(two_models, tmp_path):
     store = ModelStore(store_dir)
     store.install(two_models[0])
     store.install(two_models[1])
+    store.use("site-a")
+    # the record is replaced, never rewritten in place: a reader that opened it before a change still
+    # reads the whole record as it was (a kill in the middle of an in-place write would leave half of one)
+    record = store_dir / "state.json"
+    with open(record) as before:
+        old_text = record.read_text()
+        store.use("site-b")
+        assert before.read() == old_text and json.loads(old_text)["in_use"] == "site-a"
+    assert json.loads(record.read_text())["in_use"] == "site-b"
+    assert not list(store_dir.glob(".state.json.*"))   # no temporary file left beside it
     code = ("import sys; from mnedge_live.model_store import ModelStore\n"
             f"s = ModelStore({str(store_dir)!r}); print('go', flush=True)\n"
             "while True:\n    s.use('site-a'); s.use('site-b')\n")

@@ -232,7 +232,9 @@ def test_the_default_model_keeps_spectra_of_its_training_ranges(default_engine):
 def test_measured_spectra_score_below_the_threshold(default_engine, real_dir):
     from offline_training.realism import read_two_column
 
-    for path in sorted(real_dir.glob("*.csv")):
+    files = sorted(real_dir.glob("*.csv"))
+    assert len(files) == 4, files
+    for path in files:
         e, y = read_two_column(path)
         r = default_engine.predict_one(e, y)
         limit = default_engine.ood.thresholds_for(_psnr(e, y))[0]

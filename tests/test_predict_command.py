@@ -456,8 +456,7 @@ def test_local_cluster_runs_two_chunks_at_once_without_oversubscribing(cores, pl
 
 def test_installed_console_script(model, files):
     exe = Path(sys.executable).parent / "mnedge"
-    if not exe.exists():
-        pytest.skip(f"{exe} is not installed (pip install -e . --no-deps)")
+    assert exe.exists(), f"{exe} is not installed: the README's setup (pip install -e .) installs it"
     proc = subprocess.run([str(exe), "predict", "--json", "--model", model, str(files["good"]), str(files["garbage"])],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr

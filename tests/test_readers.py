@@ -392,9 +392,12 @@ def test_hspy_single_spectrum_and_line_scan(tmp_path):
     (s,) = read_file(write_hspy(tmp_path / "one.hspy", Y, [energy_axis(E.size)]))
     assert isinstance(s, MeasuredSpectrum)
     np.testing.assert_allclose(s.energy, E)
-    line = np.tile(Y, (5, 1))
+    np.testing.assert_allclose(s.intensity, Y)
+    line = np.stack([Y * (1 + k) for k in range(5)])   # each position its own scale: the order is checked
     (img,) = read_file(write_hspy(tmp_path / "line.hspy", line, [nav("x", 5), energy_axis(E.size)]))
     assert isinstance(img, SpectrumImage) and img.shape == (1, 5)
+    np.testing.assert_allclose(img.energy, E)
+    np.testing.assert_allclose(np.asarray(img.data).reshape(5, -1), line)
 
 
 def test_hspy_kev_axis_is_converted_and_non_energy_axis_refused(tmp_path):
