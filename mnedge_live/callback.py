@@ -23,6 +23,7 @@ from event_model import DocumentRouter
 from mnedge_live.assembly import StepAssembler, ValenceMaps
 from mnedge_live.config import LiveConfig
 from mnedge_live.derived import DerivedRun, block_row, result_row
+from mnedge_live.event_axis import AxisCache, energy_axis
 from mnedge_live.external import ExternalReader
 from mnedge_live.live_binning import Block, BlockBinner
 from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-exported: imported from here
@@ -58,7 +59,8 @@ class _Run:
     assembler: StepAssembler | None = None
     since_readout: int = 0
     maps: ValenceMaps | None = None
-    axis_cache: dict = field(default_factory=dict)
+    #: energy axes by descriptor uid and channels (:func:`~mnedge_live.event_axis.energy_axis`)
+    axis_cache: AxisCache = field(default_factory=dict)
     #: scan shape, snaking and pixel extent of a spectrum image (:mod:`mnedge_live.map_geometry`)
     geometry: MapGeometry = field(default_factory=MapGeometry)
     #: spectrum field per descriptor uid (looked up once, not per event)
@@ -404,7 +406,7 @@ class MnEdgeCallback(DocumentRouter):
         if y.ndim != 1:
             self._queue(run, seq, pixel, None, None, f"field {name!r} has shape {y.shape}, expected 1-D")
             return
-        energy = self._energy_axis(run, desc, row, y.size)
+        energy = energy_axis(self.config, desc, row, y.size, run.axis_cache)
         if isinstance(energy, str):
             self._queue(run, seq, pixel, None, None, energy)
             return
@@ -619,45 +621,3 @@ class MnEdgeCallback(DocumentRouter):
             if len(shape) == 1 and (shape[0] or 0) >= 16 and k != self.config.energy_field:
                 return k
         return None
-
-    def _energy_axis(self, run: _Run, desc: dict, row: dict, n: int) -> np.ndarray | str:
-        """The energy axis of an ``n``-channel spectrum, or the reason there is none."""
-        cfg = self.config
-        conf = {}
-        for obj in (desc.get("configuration") or {}).values():
-            conf.update((obj or {}).get("data") or {})
-        if cfg.energy_field:
-            src = row.get(cfg.energy_field, conf.get(cfg.energy_field))
-            if src is None:
-                return f"energy field {cfg.energy_field!r} is in neither the event nor the configuration"
-            try:
-                e = np.asarray(src, dtype=np.float64)
-            except (TypeError, ValueError, OverflowError) as exc:
-                return f"energy field {cfg.energy_field!r} is not numeric: {exc}"
-            if e.shape != (n,):
-                return f"energy axis has shape {e.shape}, spectrum has {n} points"
-            return e
-        key = (desc["uid"], n)
-        cached = run.axis_cache.get(key)
-        if cached is not None and not (cfg.dispersion_field and cfg.dispersion_field in row):
-            return cached
-        if cfg.dispersion_field and cfg.offset_field:
-            d = row.get(cfg.dispersion_field, conf.get(cfg.dispersion_field))
-            o = row.get(cfg.offset_field, conf.get(cfg.offset_field))
-            if d is None or o is None:
-                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} not found"
-            try:
-                e = float(o) + float(d) * np.arange(n)
-            except (TypeError, ValueError, OverflowError) as exc:
-                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} are not numbers: {exc}"
-        elif cfg.energy_axis is not None:
-            e = np.asarray(cfg.energy_axis, np.float64)
-            if e.size != n:
-                return f"configured energy_axis has {e.size} points, spectrum has {n}"
-        elif cfg.dispersion_eV is not None and cfg.offset_eV is not None:
-            e = float(cfg.offset_eV) + float(cfg.dispersion_eV) * np.arange(n)
-        else:
-            return "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV"
-        run.axis_cache[key] = e
-        return e
-
