@@ -29,13 +29,13 @@ from mnedge_live.live_binning import Block, BlockBinner
 from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-exported: imported from here
 from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps, scan_shape
 from mnedge_live.results import SpectrumResult
+from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
+from mnedge_live.sequence import SequenceCounter
 
 log = logging.getLogger(__name__)
 
 #: Most channels of one spectrum; longer arrays are rejected before any copy or resampling.
 MAX_CHANNELS = 65536
-#: Most remembered sequence gaps per stream (late events filling older gaps count as duplicates).
-MAX_GAPS = 1024
 #: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
 _grown_extent = grown_extent
 
@@ -48,8 +48,8 @@ class _Run:
     derived: DerivedRun
     kind: str
     descriptors: dict[str, dict] = field(default_factory=dict)
-    last_seq: dict[str, int] = field(default_factory=dict)
-    gaps: dict[str, list[list[int]]] = field(default_factory=dict)
+    #: last seq_num and open gaps per stream (:class:`~mnedge_live.sequence.SequenceCounter`)
+    sequence: SequenceCounter = field(default_factory=SequenceCounter)
     last_activity: float = field(default_factory=time.monotonic)
     seen: int = 0
     processed: int = 0
@@ -587,30 +587,17 @@ class MnEdgeCallback(DocumentRouter):
 
     def _count_seq(self, run: _Run, key: str, seq: int) -> bool:
         """Account for ``seq`` of stream ``key``; False when it is a duplicate (no row is owed)."""
-        last = run.last_seq.get(key, 0)
-        if seq <= last:
-            gaps = run.gaps.get(key, [])
-            for j, (lo, hi) in enumerate(gaps):
-                if lo <= seq <= hi:  # a late event fills a gap: no longer missed
-                    parts = [p for p in ([lo, seq - 1], [seq + 1, hi]) if p[0] <= p[1]]
-                    gaps[j:j + 1] = parts
-                    run.missed_live -= 1
-                    self.totals["missed"] -= 1
-                    run.seen += 1
-                    return True
+        counted = run.sequence.count(key, seq)
+        if not counted.owed:
             self.totals["duplicates"] += 1
             log.warning("run %s: seq_num %d of %s seen before, duplicate dropped", run.start["uid"], seq, key)
             return False
         run.seen += 1
-        if seq > last + 1:
-            gap = seq - last - 1
-            run.missed_live += gap
-            self.totals["missed"] += gap
-            gaps = run.gaps.setdefault(key, [])
-            gaps.append([last + 1, seq - 1])
-            del gaps[:-MAX_GAPS]
-            log.warning("run %s: sequence gap, %d event(s) missed before seq_num %d", run.start["uid"], gap, seq)
-        run.last_seq[key] = seq
+        run.missed_live += counted.missed  # a late event filling a gap: -1, no longer missed
+        self.totals["missed"] += counted.missed
+        if counted.missed > 0:
+            log.warning("run %s: sequence gap, %d event(s) missed before seq_num %d", run.start["uid"],
+                        counted.missed, seq)
         return True
 
     def _spectrum_field(self, desc: dict) -> str | None:
