@@ -6,6 +6,11 @@ missed (a late event filling a gap is read and uncounted again, a repeated
 seq_num is dropped as a duplicate).  Malformed documents are logged and never
 raise; a value of one event that cannot be read (a non-numeric energy axis, ...)
 rejects that event with the reason, never the rest of its page.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
+
+The rules the documents are read by live in modules of their own: where a spectrum lies in a
+spectrum image (:mod:`mnedge_live.map_geometry`), its energy axis (:mod:`mnedge_live.event_axis`)
+and the ``seq_num`` accounting (:mod:`mnedge_live.sequence`); this module routes, batches, emits
+and closes runs.
 """
 
 from __future__ import annotations
