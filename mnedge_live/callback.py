@@ -6,6 +6,11 @@ missed (a late event filling a gap is read and uncounted again, a repeated
 seq_num is dropped as a duplicate).  Malformed documents are logged and never
 raise; a value of one event that cannot be read (a non-numeric energy axis, ...)
 rejects that event with the reason, never the rest of its page.  A run silent for ``run_timeout_s`` is closed as failed by :meth:`MnEdgeCallback.expire`.
+
+The rules the documents are read by live in modules of their own: where a spectrum lies in a
+spectrum image (:mod:`mnedge_live.map_geometry`), its energy axis (:mod:`mnedge_live.event_axis`)
+and the ``seq_num`` accounting (:mod:`mnedge_live.sequence`); this module routes, batches, emits
+and closes runs.
 """
 
 from __future__ import annotations
@@ -20,23 +25,24 @@ from typing import Any
 import numpy as np
 from event_model import DocumentRouter
 
-from mnedge_live.assembly import StepAssembler, ValenceMaps, grid_pixel
+from mnedge_live.assembly import StepAssembler, ValenceMaps
 from mnedge_live.config import LiveConfig
 from mnedge_live.derived import DerivedRun, block_row, result_row
+from mnedge_live.event_axis import AxisCache, energy_axis
 from mnedge_live.external import ExternalReader
 from mnedge_live.live_binning import Block, BlockBinner
+from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-exported: imported from here
+from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps, scan_shape
 from mnedge_live.results import SpectrumResult
+from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
+from mnedge_live.sequence import SequenceCounter
 
 log = logging.getLogger(__name__)
 
 #: Most channels of one spectrum; longer arrays are rejected before any copy or resampling.
 MAX_CHANNELS = 65536
-#: Most remembered sequence gaps per stream (late events filling older gaps count as duplicates).
-MAX_GAPS = 1024
-#: Most pixels of a spectrum image whose extent follows from its pixel-index fields
-#: (``pixel_fields``): the map's layers of 4096 x 4096 pixels take about 0.8 GB.  A pixel whose
-#: index would grow the map past this is rejected with the reason.
-MAX_MAP_PIXELS = 4096 * 4096
+#: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
+_grown_extent = grown_extent
 
 
 @dataclass
@@ -47,8 +53,8 @@ class _Run:
     derived: DerivedRun
     kind: str
     descriptors: dict[str, dict] = field(default_factory=dict)
-    last_seq: dict[str, int] = field(default_factory=dict)
-    gaps: dict[str, list[list[int]]] = field(default_factory=dict)
+    #: last seq_num and open gaps per stream (:class:`~mnedge_live.sequence.SequenceCounter`)
+    sequence: SequenceCounter = field(default_factory=SequenceCounter)
     last_activity: float = field(default_factory=time.monotonic)
     seen: int = 0
     processed: int = 0
@@ -58,14 +64,10 @@ class _Run:
     assembler: StepAssembler | None = None
     since_readout: int = 0
     maps: ValenceMaps | None = None
-    axis_cache: dict = field(default_factory=dict)
-    #: scan shape (rows, columns) from the start document, for grid pixels
-    map_shape: tuple[int, int] | None = None
-    #: the start document's ``snaking`` checked once (:func:`_snaking`), or why it cannot be used
-    snaking: tuple[bool, ...] | None = None
-    snaking_error: str = ""
-    #: rows and columns the map needs for the pixels accepted so far (``pixel_fields``)
-    extent: tuple[int, int] = (0, 0)
+    #: energy axes by descriptor uid and channels (:func:`~mnedge_live.event_axis.energy_axis`)
+    axis_cache: AxisCache = field(default_factory=dict)
+    #: scan shape, snaking and pixel extent of a spectrum image (:mod:`mnedge_live.map_geometry`)
+    geometry: MapGeometry = field(default_factory=MapGeometry)
     #: spectrum field per descriptor uid (looked up once, not per event)
     spectrum_fields: dict[str, str | None] = field(default_factory=dict)
     #: ``map_bin``: the blocks being filled, their maps and readout counts
@@ -155,19 +157,17 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["bad_documents"] += 1
             return
         kind = self.config.mode
-        if kind == "spectrum" and (self._map_shape(doc, None) is not None or self.config.pixel_fields):
+        if kind == "spectrum" and (scan_shape(doc) is not None or self.config.pixel_fields):
             kind = "map"
         md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
         derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md, on_unsent=self._count_unsent)
-        run = _Run(start=doc, derived=derived, kind=kind, map_shape=self._map_shape(doc, None))
-        run.extent = run.map_shape or (0, 0)
-        run.snaking, run.snaking_error = _snaking(doc)
+        run = _Run(start=doc, derived=derived, kind=kind, geometry=MapGeometry.from_start(doc))
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
-            run.maps = ValenceMaps(run.map_shape) if run.map_shape is not None else None
+            run.maps = ValenceMaps(run.geometry.shape) if run.geometry.shape is not None else None
             if self.config.map_bin > 1:
-                run.binner = BlockBinner(self.config.map_bin, run.map_shape)
+                run.binner = BlockBinner(self.config.map_bin, run.geometry.shape)
                 shape = run.binner.binned_shape()
                 run.binned_maps = ValenceMaps(shape) if shape is not None else None
         self.runs[uid] = run
@@ -258,7 +258,8 @@ class MnEdgeCallback(DocumentRouter):
             if not self._count_seq(run, "stream:" + desc_uid, seq):
                 continue
             if block is None:   # a grid pixel still gets its rejection in the maps and completes its block
-                pixel = self._pixel(run, seq, {})[0] if run.kind == "map" and not self.config.pixel_fields else None
+                pixel = (run.geometry.pixel(seq, {}, self.config.pixel_fields)[0]
+                         if run.kind == "map" and not self.config.pixel_fields else None)
                 self._queue(run, seq, pixel, None, None, err)
                 continue
             self._read_event(run, desc, seq, {}, intensity=block[k])
@@ -366,7 +367,7 @@ class MnEdgeCallback(DocumentRouter):
     def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
         pixel = None
         if run.kind == "map":
-            pixel, err = self._pixel(run, seq, row)
+            pixel, err = run.geometry.pixel(seq, row, self.config.pixel_fields)
             if err:
                 self._queue(run, seq, None, None, None, err)
                 return
@@ -410,7 +411,7 @@ class MnEdgeCallback(DocumentRouter):
         if y.ndim != 1:
             self._queue(run, seq, pixel, None, None, f"field {name!r} has shape {y.shape}, expected 1-D")
             return
-        energy = self._energy_axis(run, desc, row, y.size)
+        energy = energy_axis(self.config, desc, row, y.size, run.axis_cache)
         if isinstance(energy, str):
             self._queue(run, seq, pixel, None, None, energy)
             return
@@ -478,7 +479,7 @@ class MnEdgeCallback(DocumentRouter):
         if run.maps is None and self.config.pixel_fields:
             run.maps = ValenceMaps((p.pixel[0] + 1, p.pixel[1] + 1))
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-            run.maps = _grown(run.maps, _grown_extent(run.maps.shape, p.pixel, run.extent))
+            run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel, run.geometry.extent))
             run.maps.set(p.pixel, res)
         if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)
@@ -501,7 +502,7 @@ class MnEdgeCallback(DocumentRouter):
             if run.binned_maps is None:
                 run.binned_maps = ValenceMaps((b.index[0] + 1, b.index[1] + 1))
             if not run.binned_maps.set(b.index, res):
-                run.binned_maps = _grown(run.binned_maps, (b.index[0] + 1, b.index[1] + 1))
+                run.binned_maps = grown_maps(run.binned_maps, (b.index[0] + 1, b.index[1] + 1))
                 run.binned_maps.set(b.index, res)
         run.derived.emit_binned_rows(rows, time.time())
         self.totals["binned_readouts"] += len(rows)
@@ -591,30 +592,17 @@ class MnEdgeCallback(DocumentRouter):
 
     def _count_seq(self, run: _Run, key: str, seq: int) -> bool:
         """Account for ``seq`` of stream ``key``; False when it is a duplicate (no row is owed)."""
-        last = run.last_seq.get(key, 0)
-        if seq <= last:
-            gaps = run.gaps.get(key, [])
-            for j, (lo, hi) in enumerate(gaps):
-                if lo <= seq <= hi:  # a late event fills a gap: no longer missed
-                    parts = [p for p in ([lo, seq - 1], [seq + 1, hi]) if p[0] <= p[1]]
-                    gaps[j:j + 1] = parts
-                    run.missed_live -= 1
-                    self.totals["missed"] -= 1
-                    run.seen += 1
-                    return True
+        counted = run.sequence.count(key, seq)
+        if not counted.owed:
             self.totals["duplicates"] += 1
             log.warning("run %s: seq_num %d of %s seen before, duplicate dropped", run.start["uid"], seq, key)
             return False
         run.seen += 1
-        if seq > last + 1:
-            gap = seq - last - 1
-            run.missed_live += gap
-            self.totals["missed"] += gap
-            gaps = run.gaps.setdefault(key, [])
-            gaps.append([last + 1, seq - 1])
-            del gaps[:-MAX_GAPS]
-            log.warning("run %s: sequence gap, %d event(s) missed before seq_num %d", run.start["uid"], gap, seq)
-        run.last_seq[key] = seq
+        run.missed_live += counted.missed  # a late event filling a gap: -1, no longer missed
+        self.totals["missed"] += counted.missed
+        if counted.missed > 0:
+            log.warning("run %s: sequence gap, %d event(s) missed before seq_num %d", run.start["uid"],
+                        counted.missed, seq)
         return True
 
     def _spectrum_field(self, desc: dict) -> str | None:
@@ -625,117 +613,3 @@ class MnEdgeCallback(DocumentRouter):
             if len(shape) == 1 and (shape[0] or 0) >= 16 and k != self.config.energy_field:
                 return k
         return None
-
-    @staticmethod
-    def _map_shape(start: dict, _unused) -> tuple[int, int] | None:
-        """The grid scan's ``(rows, columns)`` from the start document; None without one, or when the
-        map would hold more than :data:`MAX_MAP_PIXELS` (its spectra are then read out without a map,
-        not lost with a run whose maps cannot be allocated)."""
-        shape = start.get("shape")
-        if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in shape):
-            return None
-        if len(shape) != 2:
-            return None
-        if shape[0] * shape[1] > MAX_MAP_PIXELS:
-            log.warning("run %s: scan shape %s is more than the %d pixels a map may hold: its spectra are read "
-                        "out without a map", start.get("uid"), list(shape), MAX_MAP_PIXELS)
-            return None
-        return int(shape[0]), int(shape[1])
-
-    def _pixel(self, run: _Run, seq: int, row: dict) -> tuple[tuple[int, int] | None, str]:
-        if self.config.pixel_fields:
-            rf, cf = self.config.pixel_fields
-            try:
-                r, c = int(row[rf]), int(row[cf])
-            except (KeyError, TypeError, ValueError, OverflowError) as exc:
-                return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
-            if r < 0 or c < 0:
-                return None, f"pixel index ({r}, {c}) is negative"
-            rows, cols = max(run.extent[0], r + 1), max(run.extent[1], c + 1)
-            if rows * cols > MAX_MAP_PIXELS:
-                return None, (f"pixel index ({r}, {c}) would grow the map to {rows} x {cols} pixels, "
-                              f"more than the {MAX_MAP_PIXELS} accepted")
-            run.extent = (rows, cols)
-            return (r, c), ""
-        shape = run.map_shape
-        if shape and run.snaking_error:
-            return None, run.snaking_error
-        pix = grid_pixel(seq, shape, run.snaking) if shape else None
-        if pix is None:
-            return None, f"seq_num {seq} is outside the scan shape {shape}"
-        return pix, ""
-
-    def _energy_axis(self, run: _Run, desc: dict, row: dict, n: int) -> np.ndarray | str:
-        """The energy axis of an ``n``-channel spectrum, or the reason there is none."""
-        cfg = self.config
-        conf = {}
-        for obj in (desc.get("configuration") or {}).values():
-            conf.update((obj or {}).get("data") or {})
-        if cfg.energy_field:
-            src = row.get(cfg.energy_field, conf.get(cfg.energy_field))
-            if src is None:
-                return f"energy field {cfg.energy_field!r} is in neither the event nor the configuration"
-            try:
-                e = np.asarray(src, dtype=np.float64)
-            except (TypeError, ValueError, OverflowError) as exc:
-                return f"energy field {cfg.energy_field!r} is not numeric: {exc}"
-            if e.shape != (n,):
-                return f"energy axis has shape {e.shape}, spectrum has {n} points"
-            return e
-        key = (desc["uid"], n)
-        cached = run.axis_cache.get(key)
-        if cached is not None and not (cfg.dispersion_field and cfg.dispersion_field in row):
-            return cached
-        if cfg.dispersion_field and cfg.offset_field:
-            d = row.get(cfg.dispersion_field, conf.get(cfg.dispersion_field))
-            o = row.get(cfg.offset_field, conf.get(cfg.offset_field))
-            if d is None or o is None:
-                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} not found"
-            try:
-                e = float(o) + float(d) * np.arange(n)
-            except (TypeError, ValueError, OverflowError) as exc:
-                return f"dispersion/offset fields {cfg.dispersion_field!r}, {cfg.offset_field!r} are not numbers: {exc}"
-        elif cfg.energy_axis is not None:
-            e = np.asarray(cfg.energy_axis, np.float64)
-            if e.size != n:
-                return f"configured energy_axis has {e.size} points, spectrum has {n}"
-        elif cfg.dispersion_eV is not None and cfg.offset_eV is not None:
-            e = float(cfg.offset_eV) + float(cfg.dispersion_eV) * np.arange(n)
-        else:
-            return "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV"
-        run.axis_cache[key] = e
-        return e
-
-
-def _snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
-    """The start document's ``snaking`` (one bool per scan axis) and ``""``, or ``None`` and why it cannot be
-    used: a malformed value leaves every grid pixel's position unknown (a string such as ``"yes"`` would
-    otherwise reverse odd rows by its second character)."""
-    snaking = start.get("snaking")
-    if snaking is None:
-        return None, ""
-    if isinstance(snaking, (list, tuple)) and all(isinstance(v, bool) for v in snaking):
-        return tuple(snaking), ""
-    return None, (f"start document's snaking {str(snaking)[:60]!r} is not a list of booleans: "
-                  "the pixel's position in the grid is unknown")
-
-
-def _grown_extent(shape: tuple[int, int], pixel: tuple[int, int], limit: tuple[int, int]) -> tuple[int, int]:
-    """The shape a map of ``shape`` grows to for ``pixel``: each axis the pixel lies beyond is doubled
-    (within ``limit``, the extent of the pixels accepted so far) or taken to the pixel, whichever is more.
-
-    Doubling copies the layers a few times per scan instead of once per new row; growing only as
-    far as the pixels seen keeps an out-of-memory failure on the pixel that asked for the room.
-    """
-    return tuple(size if p < size else max(p + 1, min(2 * size, lim))
-                 for size, p, lim in zip(shape, pixel, limit))
-
-
-def _grown(maps: ValenceMaps, extent: tuple[int, int]) -> ValenceMaps:
-    """A copy of ``maps`` of at least ``extent`` ``(rows, columns)`` (pixel-index fields, unknown extent)."""
-    shape = (max(maps.shape[0], extent[0]), max(maps.shape[1], extent[1]))
-    new = ValenceMaps(shape)
-    for k, v in maps.layers.items():
-        new.layers[k][: v.shape[0], : v.shape[1]] = v
-    new.rejected[: maps.shape[0], : maps.shape[1]] = maps.rejected
-    return new

@@ -147,7 +147,7 @@ class LiveConfig:
     pixel_fields : list of str or None
         Spectrum images: two integer fields (row, column) giving the pixel; by default
         the pixel follows from the start document's ``shape``.  A pixel whose index would
-        grow the map past :data:`~mnedge_live.callback.MAX_MAP_PIXELS` (4096 x 4096) pixels
+        grow the map past :data:`~mnedge_live.map_geometry.MAX_MAP_PIXELS` (4096 x 4096) pixels
         in total is rejected with the reason.
     map_bin : int
         Spectrum images: besides every pixel, read out the mean spectrum of each

@@ -1,0 +1,137 @@
+"""Where the spectra of a spectrum image lie: the map's shape, each event's pixel, growing maps.
+
+A spectrum image's pixels come either from the start document (its ``shape`` and ``snaking``,
+one pixel per ``seq_num`` in bluesky's grid order) or from two pixel-index fields of each event
+(``pixel_fields``), whose extent is only known as the pixels arrive.  This module answers, for
+one run, which pixel an event belongs to or why it has none, and grows a map to hold a pixel
+beyond it.  It is kept apart from :mod:`mnedge_live.callback` so that the document router only
+routes, and so that these rules (limits, malformed start documents, growth by doubling) can be
+read and tested on their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mnedge_live.assembly import ValenceMaps, grid_pixel
+
+#: The callback's logger, not this module's: its warning (a scan shape too large for a map) is
+#: logged under the same name as when the callback held this code, for log filters that select it.
+log = logging.getLogger("mnedge_live.callback")
+
+#: Most pixels of a spectrum image whose extent follows from its pixel-index fields
+#: (``pixel_fields``): the map's layers of 4096 x 4096 pixels take about 0.8 GB.  A pixel whose
+#: index would grow the map past this is rejected with the reason.
+MAX_MAP_PIXELS = 4096 * 4096
+
+Pixel = tuple[int, int]
+
+
+def scan_shape(start: dict) -> Pixel | None:
+    """The grid scan's ``(rows, columns)`` from the start document; None without one, or when the
+    map would hold more than :data:`MAX_MAP_PIXELS` (its spectra are then read out without a map,
+    not lost with a run whose maps cannot be allocated)."""
+    shape = start.get("shape")
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in shape):
+        return None
+    if len(shape) != 2:
+        return None
+    if shape[0] * shape[1] > MAX_MAP_PIXELS:
+        log.warning("run %s: scan shape %s is more than the %d pixels a map may hold: its spectra are read "
+                    "out without a map", start.get("uid"), list(shape), MAX_MAP_PIXELS)
+        return None
+    return int(shape[0]), int(shape[1])
+
+
+def checked_snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
+    """The start document's ``snaking`` (one bool per scan axis) and ``""``, or ``None`` and why it cannot be
+    used: a malformed value leaves every grid pixel's position unknown (a string such as ``"yes"`` would
+    otherwise reverse odd rows by its second character)."""
+    snaking = start.get("snaking")
+    if snaking is None:
+        return None, ""
+    if isinstance(snaking, (list, tuple)) and all(isinstance(v, bool) for v in snaking):
+        return tuple(snaking), ""
+    return None, (f"start document's snaking {str(snaking)[:60]!r} is not a list of booleans: "
+                  "the pixel's position in the grid is unknown")
+
+
+def grown_extent(shape: Pixel, pixel: Pixel, limit: Pixel) -> Pixel:
+    """The shape a map of ``shape`` grows to for ``pixel``: each axis the pixel lies beyond is doubled
+    (within ``limit``, the extent of the pixels accepted so far) or taken to the pixel, whichever is more.
+
+    Doubling copies the layers a few times per scan instead of once per new row; growing only as
+    far as the pixels seen keeps an out-of-memory failure on the pixel that asked for the room.
+    """
+    return tuple(size if p < size else max(p + 1, min(2 * size, lim))
+                 for size, p, lim in zip(shape, pixel, limit))
+
+
+def grown_maps(maps: ValenceMaps, extent: Pixel) -> ValenceMaps:
+    """A copy of ``maps`` of at least ``extent`` ``(rows, columns)`` (pixel-index fields, unknown extent)."""
+    shape = (max(maps.shape[0], extent[0]), max(maps.shape[1], extent[1]))
+    new = ValenceMaps(shape)
+    for k, v in maps.layers.items():
+        new.layers[k][: v.shape[0], : v.shape[1]] = v
+    new.rejected[: maps.shape[0], : maps.shape[1]] = maps.rejected
+    return new
+
+
+@dataclass
+class MapGeometry:
+    """The geometry of one run's spectrum image.
+
+    Attributes
+    ----------
+    shape : (int, int) or None
+        Scan shape ``(rows, columns)`` from the start document, for grid pixels (:func:`scan_shape`).
+    snaking : tuple of bool or None
+        The start document's ``snaking``, checked once (:func:`checked_snaking`) ...
+    snaking_error : str
+        ... or why it cannot be used (``""`` when it can).
+    extent : (int, int)
+        Rows and columns the map needs for the pixels accepted so far (``pixel_fields``); starts
+        at ``shape`` (or ``(0, 0)`` without one).
+    """
+
+    shape: Pixel | None = None
+    snaking: tuple[bool, ...] | None = None
+    snaking_error: str = ""
+    extent: Pixel = (0, 0)
+
+    @classmethod
+    def from_start(cls, start: dict) -> MapGeometry:
+        """The geometry a start document announces (logs, as :func:`scan_shape`, a shape too large for a map)."""
+        shape = scan_shape(start)
+        snaking, snaking_error = checked_snaking(start)
+        return cls(shape=shape, snaking=snaking, snaking_error=snaking_error, extent=shape or (0, 0))
+
+    def pixel(self, seq: int, row: dict, pixel_fields: Sequence[str] | None) -> tuple[Pixel | None, str]:
+        """The pixel of event ``seq`` with data ``row`` and ``""``, or None and why it has none.
+
+        With ``pixel_fields`` (row and column field) the pixel is read from the event and, when
+        accepted, widens :attr:`extent`; without, it follows from ``seq`` and the scan shape.
+        """
+        if pixel_fields:
+            rf, cf = pixel_fields
+            try:
+                r, c = int(row[rf]), int(row[cf])
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
+            if r < 0 or c < 0:
+                return None, f"pixel index ({r}, {c}) is negative"
+            rows, cols = max(self.extent[0], r + 1), max(self.extent[1], c + 1)
+            if rows * cols > MAX_MAP_PIXELS:
+                return None, (f"pixel index ({r}, {c}) would grow the map to {rows} x {cols} pixels, "
+                              f"more than the {MAX_MAP_PIXELS} accepted")
+            self.extent = (rows, cols)
+            return (r, c), ""
+        shape = self.shape
+        if shape and self.snaking_error:
+            return None, self.snaking_error
+        pix = grid_pixel(seq, shape, self.snaking) if shape else None
+        if pix is None:
+            return None, f"seq_num {seq} is outside the scan shape {shape}"
+        return pix, ""

@@ -1,0 +1,184 @@
+"""Where a spectrum image's spectra lie: scan shape, snaking, each event's pixel, growing maps."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+import mnedge_live.callback as callback
+from mnedge_live.assembly import ValenceMaps, grid_pixel
+from mnedge_live.map_geometry import (
+    MAX_MAP_PIXELS,
+    MapGeometry,
+    checked_snaking,
+    grown_extent,
+    grown_maps,
+    scan_shape,
+)
+from mnedge_live.results import SpectrumResult
+
+SIDE = math.isqrt(MAX_MAP_PIXELS)
+
+
+def test_the_callback_still_exports_the_names_callers_import_from_it():
+    assert callback.MAX_MAP_PIXELS == MAX_MAP_PIXELS == 4096 * 4096
+    assert callback._grown_extent is grown_extent
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ([3, 4], (3, 4)), ((1, 7), (1, 7)), ([SIDE, SIDE], (SIDE, SIDE)),
+    (None, None), ([5], None), ([2, 3, 4], None), ([0, 4], None), ([-1, 4], None), ([2.0, 4], None),
+    ("34", None), ({"rows": 3}, None),
+])
+def test_scan_shape_of_the_start_document(shape, expected):
+    start = {"uid": "u"} if shape is None else {"uid": "u", "shape": shape}
+    got = scan_shape(start)
+    assert got == expected
+    if got is not None:
+        assert all(type(v) is int for v in got)
+
+
+def test_a_scan_shape_larger_than_a_map_may_hold_has_no_map_and_says_so(caplog):
+    with caplog.at_level(logging.WARNING, logger="mnedge_live.callback"):
+        assert scan_shape({"uid": "big-run", "shape": [SIDE + 1, SIDE]}) is None
+    [record] = caplog.records
+    assert record.name == "mnedge_live.callback"   # the logger it was logged by before the split
+    assert record.getMessage() == (f"run big-run: scan shape [{SIDE + 1}, {SIDE}] is more than the {MAX_MAP_PIXELS} "
+                                   "pixels a map may hold: its spectra are read out without a map")
+
+
+@pytest.mark.parametrize("snaking, expected", [(None, None), ([False, True], (False, True)), ((True,), (True,)),
+                                               ([], ())])
+def test_a_well_formed_snaking_is_kept_as_a_tuple(snaking, expected):
+    start = {} if snaking is None else {"snaking": snaking}
+    assert checked_snaking(start) == (expected, "")
+
+
+@pytest.mark.parametrize("snaking", ["yes", [0, 1], [False, "True"], 1, {"inner": True}])
+def test_a_malformed_snaking_is_refused_with_the_reason(snaking):
+    value, reason = checked_snaking({"snaking": snaking})
+    assert value is None
+    assert reason == (f"start document's snaking {str(snaking)[:60]!r} is not a list of booleans: "
+                      "the pixel's position in the grid is unknown")
+
+
+def test_the_reason_for_a_malformed_snaking_quotes_at_most_60_characters_of_it():
+    _, reason = checked_snaking({"snaking": "x" * 500})
+    assert f"{'x' * 60!r}" in reason and "x" * 61 not in reason
+
+
+def test_the_geometry_of_a_start_document():
+    g = MapGeometry.from_start({"uid": "u", "shape": [3, 4], "snaking": [False, True]})
+    assert (g.shape, g.snaking, g.snaking_error, g.extent) == ((3, 4), (False, True), "", (3, 4))
+    g = MapGeometry.from_start({"uid": "u"})
+    assert (g.shape, g.snaking, g.snaking_error, g.extent) == (None, None, "", (0, 0))
+    g = MapGeometry.from_start({"uid": "u", "shape": [2, 2], "snaking": "yes"})
+    assert g.shape == (2, 2) and g.snaking is None and "not a list of booleans" in g.snaking_error
+
+
+def test_grid_pixels_follow_the_scan_order_and_snaking():
+    g = MapGeometry.from_start({"uid": "u", "shape": [3, 4], "snaking": [False, True]})
+    pixels = [g.pixel(seq, {}, None) for seq in range(1, 13)]
+    assert all(reason == "" for _, reason in pixels)
+    assert [p for p, _ in pixels] == [grid_pixel(s, (3, 4), (False, True)) for s in range(1, 13)]
+    assert [p for p, _ in pixels[4:8]] == [(1, 3), (1, 2), (1, 1), (1, 0)]   # the odd row reversed
+    assert g.extent == (3, 4)   # grid pixels never widen the extent
+
+
+@pytest.mark.parametrize("seq", [0, 13, -2])
+def test_a_seq_num_outside_the_scan_shape_has_no_pixel(seq):
+    g = MapGeometry.from_start({"uid": "u", "shape": [3, 4]})
+    assert g.pixel(seq, {}, None) == (None, f"seq_num {seq} is outside the scan shape (3, 4)")
+
+
+def test_without_a_scan_shape_no_event_has_a_grid_pixel():
+    g = MapGeometry.from_start({"uid": "u", "snaking": "yes"})
+    assert g.pixel(1, {}, None) == (None, "seq_num 1 is outside the scan shape None")
+
+
+def test_a_malformed_snaking_leaves_every_grid_pixel_unknown():
+    g = MapGeometry.from_start({"uid": "u", "shape": [2, 3], "snaking": "yes"})
+    for seq in (1, 2, 6, 7):
+        assert g.pixel(seq, {}, None) == (None, g.snaking_error)
+
+
+def test_pixel_fields_give_the_pixel_and_widen_the_extent():
+    g = MapGeometry.from_start({"uid": "u"})
+    assert g.pixel(1, {"r": 2, "c": 3}, ["r", "c"]) == ((2, 3), "")
+    assert g.extent == (3, 4)
+    assert g.pixel(2, {"r": np.int64(0), "c": "5"}, ["r", "c"]) == ((0, 5), "")
+    assert g.extent == (3, 6)   # widened, never narrowed
+    assert g.pixel(3, {"r": 0, "c": 0}, ["r", "c"]) == ((0, 0), "")
+    assert g.extent == (3, 6)
+
+
+def test_pixel_fields_win_over_the_scan_shape_and_its_snaking():
+    g = MapGeometry.from_start({"uid": "u", "shape": [2, 2], "snaking": "yes"})
+    assert g.pixel(99, {"r": 5, "c": 1}, ["r", "c"]) == ((5, 1), "")
+    assert g.extent == (6, 2)
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"r": 1}, "no valid pixel index in fields 'r', 'c': 'c'"),
+    ({"r": "one", "c": 1}, "no valid pixel index in fields 'r', 'c': invalid literal for int() with base 10: 'one'"),
+    ({"r": None, "c": 1}, "no valid pixel index in fields 'r', 'c': int() argument must be a string, a bytes-like "
+                          "object or a real number, not 'NoneType'"),
+    ({"r": float("inf"), "c": 1}, "no valid pixel index in fields 'r', 'c': cannot convert float infinity to integer"),
+    ({"r": -1, "c": 0}, "pixel index (-1, 0) is negative"),
+    ({"r": 0, "c": -3}, "pixel index (0, -3) is negative"),
+])
+def test_an_unusable_pixel_index_is_refused_with_the_reason(row, reason):
+    g = MapGeometry.from_start({"uid": "u"})
+    assert g.pixel(1, row, ["r", "c"]) == (None, reason)
+    assert g.extent == (0, 0)
+
+
+def test_a_pixel_that_would_grow_the_map_past_its_limit_is_refused_and_leaves_the_extent():
+    g = MapGeometry.from_start({"uid": "u"})
+    assert g.pixel(1, {"r": 0, "c": 0}, ["r", "c"]) == ((0, 0), "")
+    assert g.pixel(2, {"r": 0, "c": MAX_MAP_PIXELS}, ["r", "c"]) == (
+        None, f"pixel index (0, {MAX_MAP_PIXELS}) would grow the map to 1 x {MAX_MAP_PIXELS + 1} pixels, "
+              f"more than the {MAX_MAP_PIXELS} accepted")
+    assert g.extent == (1, 1)
+    assert g.pixel(3, {"r": SIDE - 1, "c": SIDE - 1}, ["r", "c"]) == ((SIDE - 1, SIDE - 1), "")   # just fits
+    assert g.extent == (SIDE, SIDE)
+    pix, reason = g.pixel(4, {"r": SIDE, "c": 0}, ["r", "c"])
+    assert pix is None and f"would grow the map to {SIDE + 1} x {SIDE} pixels" in reason
+    assert g.extent == (SIDE, SIDE)
+
+
+def test_the_limit_counts_the_pixels_accepted_so_far_not_only_this_one():
+    g = MapGeometry.from_start({"uid": "u"})
+    assert g.pixel(1, {"r": 0, "c": SIDE * 2 - 1}, ["r", "c"]) == ((0, SIDE * 2 - 1), "")   # 1 x 8192 fits
+    pix, reason = g.pixel(2, {"r": SIDE // 2, "c": 0}, ["r", "c"])   # alone 2049 x 1, with it 2049 x 8192
+    assert pix is None and f"would grow the map to {SIDE // 2 + 1} x {2 * SIDE} pixels" in reason
+
+
+@pytest.mark.parametrize("shape, pixel, limit, expected", [
+    ((1, 4), (0, 4), (1, 100), (1, 8)),          # doubled
+    ((1, 8), (0, 8), (1, 9), (1, 9)),            # no further than the pixels accepted so far
+    ((2, 8), (4095, 3), (4096, 8), (4096, 8)),   # far beyond: taken to the pixel
+    ((3, 3), (1, 1), (3, 3), (3, 3)),            # inside: unchanged
+    ((2, 2), (2, 5), (3, 6), (3, 6)),            # both axes at once, each within its limit
+    ((2, 2), (2, 2), (10, 10), (4, 4)),
+])
+def test_grown_extent(shape, pixel, limit, expected):
+    assert grown_extent(shape, pixel, limit) == expected
+
+
+def test_grown_maps_keep_every_readout_and_leave_the_new_room_empty():
+    maps = ValenceMaps((2, 3))
+    ok = SpectrumResult(status="ok", fractions=(0.2, 0.3, 0.5), valence=3.3, valence_std=0.1, ood_score=0.4)
+    maps.set((1, 2), ok)
+    maps.set((0, 0), SpectrumResult.rejected("no edge"))
+    new = grown_maps(maps, (4, 2))   # never narrower than the maps it copies
+    assert new.shape == (4, 3) and new is not maps
+    assert new.layers["valence"][1, 2] == 3.3 and new.layers["frac_mn4"][1, 2] == 0.5
+    assert new.layers["ood_score"][1, 2] == 0.4
+    assert new.rejected[0, 0] and not new.rejected[1, 2]
+    assert np.isnan(new.layers["valence"][2:]).all() and not new.rejected[2:].any()
+    assert np.isnan(new.layers["valence"][0, 1])
+    assert maps.shape == (2, 3)   # the old maps are left as they were
