@@ -32,7 +32,7 @@ from mnedge_live.event_axis import AxisCache, energy_axis
 from mnedge_live.external import ExternalReader
 from mnedge_live.live_binning import Block, BlockBinner
 from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-exported: imported from here
-from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps, scan_shape
+from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps
 from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
 from mnedge_live.sequence import SequenceCounter
@@ -56,7 +56,6 @@ class _Run:
     #: last seq_num and open gaps per stream (:class:`~mnedge_live.sequence.SequenceCounter`)
     sequence: SequenceCounter = field(default_factory=SequenceCounter)
     last_activity: float = field(default_factory=time.monotonic)
-    seen: int = 0
     processed: int = 0
     rejected: int = 0
     missed_live: int = 0
@@ -157,11 +156,12 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["bad_documents"] += 1
             return
         kind = self.config.mode
-        if kind == "spectrum" and (scan_shape(doc) is not None or self.config.pixel_fields):
+        geometry = MapGeometry.from_start(doc)   # once: a shape too large for a map is logged once
+        if kind == "spectrum" and (geometry.shape is not None or self.config.pixel_fields):
             kind = "map"
         md = {"source_plan": str(doc.get("plan_name", "")), "mnedge_mode": self.config.mode}
         derived = DerivedRun(self.publish, uid, str(self.engine.model_id), kind, md, on_unsent=self._count_unsent)
-        run = _Run(start=doc, derived=derived, kind=kind, geometry=MapGeometry.from_start(doc))
+        run = _Run(start=doc, derived=derived, kind=kind, geometry=geometry)
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
         if kind == "map":
@@ -350,6 +350,9 @@ class MnEdgeCallback(DocumentRouter):
 
     def _read_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
         """Read one counted event (its row is owed); a failure becomes its rejection, never the page's loss."""
+        if seq < 1:
+            self._reject_event(run, seq, f"seq_num {seq} is not an event number (bluesky numbers events from 1)")
+            return
         try:
             if run.kind == "step":
                 self._step_point(run, desc, seq, row)
@@ -357,11 +360,14 @@ class MnEdgeCallback(DocumentRouter):
                 self._spectrum_event(run, desc, seq, row, intensity=intensity)
         except Exception as exc:
             log.exception("run %s: seq_num %d could not be read", run.start["uid"], seq)
-            reason = f"event could not be read: {type(exc).__name__}: {exc}"
-            if run.kind == "step":
-                self._reject_point(run, seq, reason)
-            else:
-                self._queue(run, seq, None, None, None, reason)
+            self._reject_event(run, seq, f"event could not be read: {type(exc).__name__}: {exc}")
+
+    def _reject_event(self, run: _Run, seq: int, reason: str) -> None:
+        """Answer one counted event with a rejection row (a step-scan point, or a spectrum through the batch)."""
+        if run.kind == "step":
+            self._reject_point(run, seq, reason)
+        else:
+            self._queue(run, seq, None, None, None, reason)
 
     # -- spectrum mode -----------------------------------------------------------------------------
     def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
@@ -597,7 +603,6 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["duplicates"] += 1
             log.warning("run %s: seq_num %d of %s seen before, duplicate dropped", run.start["uid"], seq, key)
             return False
-        run.seen += 1
         run.missed_live += counted.missed  # a late event filling a gap: -1, no longer missed
         self.totals["missed"] += counted.missed
         if counted.missed > 0:

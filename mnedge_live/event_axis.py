@@ -44,8 +44,9 @@ def energy_axis(cfg: LiveConfig, desc: dict, row: dict, n: int, cache: AxisCache
     n : int
         Channels of the spectrum.
     cache : dict
-        The run's axes by ``(descriptor uid, n)``; an axis not read from ``energy_field`` is stored
-        here and reused unless the event carries its own dispersion.
+        The run's axes by ``(descriptor uid, n)``: an axis that follows from the descriptor's
+        configuration or from ``cfg`` alone is stored here and reused; one built from an event's own
+        dispersion or offset field is that event's only (never stored, never reused).
     """
     conf = configuration_values(desc)
     if cfg.energy_field:
@@ -60,8 +61,10 @@ def energy_axis(cfg: LiveConfig, desc: dict, row: dict, n: int, cache: AxisCache
             return f"energy axis has shape {e.shape}, spectrum has {n} points"
         return e
     key = (desc["uid"], n)
-    cached = cache.get(key)
-    if cached is not None and not (cfg.dispersion_field and cfg.dispersion_field in row):
+    per_event = bool(cfg.dispersion_field and cfg.offset_field
+                     and (cfg.dispersion_field in row or cfg.offset_field in row))
+    cached = None if per_event else cache.get(key)
+    if cached is not None:
         return cached
     if cfg.dispersion_field and cfg.offset_field:
         d = row.get(cfg.dispersion_field, conf.get(cfg.dispersion_field))
@@ -80,5 +83,6 @@ def energy_axis(cfg: LiveConfig, desc: dict, row: dict, n: int, cache: AxisCache
         e = float(cfg.offset_eV) + float(cfg.dispersion_eV) * np.arange(n)
     else:
         return "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV"
-    cache[key] = e
+    if not per_event:
+        cache[key] = e
     return e

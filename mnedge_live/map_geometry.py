@@ -12,8 +12,12 @@ read and tested on their own.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from mnedge_live.assembly import ValenceMaps, grid_pixel
 
@@ -34,7 +38,8 @@ def scan_shape(start: dict) -> Pixel | None:
     map would hold more than :data:`MAX_MAP_PIXELS` (its spectra are then read out without a map,
     not lost with a run whose maps cannot be allocated)."""
     shape = start.get("shape")
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in shape):
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                       for v in shape):
         return None
     if len(shape) != 2:
         return None
@@ -43,6 +48,26 @@ def scan_shape(start: dict) -> Pixel | None:
                     "out without a map", start.get("uid"), list(shape), MAX_MAP_PIXELS)
         return None
     return int(shape[0]), int(shape[1])
+
+
+def pixel_index(value: object) -> int:
+    """A pixel index read from an event field: a whole number (an integer, or a float that is one).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A boolean, a string, or a number with a fractional part: taken as an index it would put
+        the spectrum in a pixel it was not measured at (``int(2.7)`` is 2, ``int(True)`` is 1).
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, numbers.Real)):
+        raise TypeError(f"{value!r} is not a whole number")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if not math.isfinite(value) or value != math.floor(value):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
 
 
 def checked_snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
@@ -117,7 +142,7 @@ class MapGeometry:
         if pixel_fields:
             rf, cf = pixel_fields
             try:
-                r, c = int(row[rf]), int(row[cf])
+                r, c = pixel_index(row[rf]), pixel_index(row[cf])
             except (KeyError, TypeError, ValueError, OverflowError) as exc:
                 return None, f"no valid pixel index in fields {rf!r}, {cf!r}: {exc}"
             if r < 0 or c < 0:

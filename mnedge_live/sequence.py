@@ -4,7 +4,8 @@ Bluesky numbers the events of each stream 1, 2, 3, ...; a live consumer that dro
 messages sees gaps and repeats.  Every source event is owed exactly one derived row, so an event
 whose ``seq_num`` jumps ahead opens a gap whose events count as missed; a late event that fills
 a gap is owed its row again (one event less missed); a ``seq_num`` seen before is a duplicate,
-owed nothing.  :class:`SequenceCounter` keeps the last ``seq_num`` and the open gaps per stream
+owed nothing.  A ``seq_num`` below 1 is malformed: it is owed a row (the callback
+rejects the event with the reason) and opens or fills no gap.  :class:`SequenceCounter` keeps the last ``seq_num`` and the open gaps per stream
 and says, for each ``seq_num``, what the callback must count; the callback does the counting
 and the logging.  It is kept apart from :mod:`mnedge_live.callback` so that the document router
 only routes and these rules can be read and tested on their own.
@@ -53,6 +54,8 @@ class SequenceCounter:
 
     def count(self, key: str, seq: int) -> SeqCount:
         """Account for ``seq`` of stream ``key`` and say what the callback must count."""
+        if seq < 1:   # malformed: answered with a rejection, no part of the numbering
+            return SeqCount(owed=True)
         last = self.last_seq.get(key, 0)
         if seq <= last:
             gaps = self.gaps.get(key, [])

@@ -186,9 +186,9 @@ def test_the_network_exports_with_a_dynamic_batch_for_tensorrt(tiny_artifact):
 
 
 def test_tensorrt_backend_is_skipped_with_a_reason_and_auto_falls_back(tiny_artifact):
-    from mnedge_live.engine import BackendUnavailable, make_backend
-
     import torch
+
+    from mnedge_live.engine import BackendUnavailable, make_backend
 
     # the reason names what is missing: no GPU here (CI), or, on a GPU machine, TensorRT or the engine
     reason = "no CUDA GPU is present" if not torch.cuda.is_available() else "TensorRT|torch-tensorrt|engine"

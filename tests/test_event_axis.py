@@ -61,12 +61,22 @@ def test_dispersion_and_offset_fields_give_the_axis_and_it_is_cached_per_descrip
     np.testing.assert_array_equal(energy_axis(cfg, _desc(disp=0.5, off=600.0), {}, 2, cache), [600.0, 600.5])
 
 
-def test_an_event_carrying_its_dispersion_recomputes_the_axis():
+def test_an_event_carrying_its_dispersion_or_offset_gets_its_own_axis_and_leaves_the_cache_alone():
+    """An offset recorded per event (a drift tube, an energy shift per pixel) moved nothing before: the
+    first event's axis was reused for every later one that carried only its offset."""
     cfg, cache = LiveConfig(dispersion_field="disp", offset_field="off"), {}
-    energy_axis(cfg, _desc(disp=0.5, off=600.0), {}, N, cache)
+    conf_axis = energy_axis(cfg, _desc(disp=0.5, off=600.0), {}, N, cache)
     e = energy_axis(cfg, _desc(disp=0.5, off=600.0), {"disp": 1.0, "off": 10}, N, cache)
     np.testing.assert_array_equal(e, [10.0, 11.0, 12.0, 13.0])
-    assert cache[("d1", N)] is e
+    # the offset alone, per event: each event its own axis, the configuration's dispersion
+    for off in (600.0, 610.0, 620.0):
+        np.testing.assert_array_equal(energy_axis(cfg, _desc(disp=0.5, off=0.0), {"off": off}, N, cache),
+                                      off + 0.5 * np.arange(N))
+    np.testing.assert_array_equal(energy_axis(cfg, _desc(disp=0.5, off=600.0), {"disp": 0.25}, N, cache),
+                                  600.0 + 0.25 * np.arange(N))
+    # an event with neither field still reads the configuration's axis, not the last event's
+    assert cache[("d1", N)] is conf_axis
+    assert energy_axis(cfg, _desc(disp=0.5, off=600.0), {}, N, cache) is conf_axis
 
 
 @pytest.mark.parametrize("conf, row, reason", [

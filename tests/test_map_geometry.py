@@ -31,6 +31,7 @@ def test_the_callback_still_exports_the_names_callers_import_from_it():
 @pytest.mark.parametrize("shape, expected", [
     ([3, 4], (3, 4)), ((1, 7), (1, 7)), ([SIDE, SIDE], (SIDE, SIDE)),
     (None, None), ([5], None), ([2, 3, 4], None), ([0, 4], None), ([-1, 4], None), ([2.0, 4], None),
+    ([True, 4], None),
     ("34", None), ({"rows": 3}, None),
 ])
 def test_scan_shape_of_the_start_document(shape, expected):
@@ -109,7 +110,7 @@ def test_pixel_fields_give_the_pixel_and_widen_the_extent():
     g = MapGeometry.from_start({"uid": "u"})
     assert g.pixel(1, {"r": 2, "c": 3}, ["r", "c"]) == ((2, 3), "")
     assert g.extent == (3, 4)
-    assert g.pixel(2, {"r": np.int64(0), "c": "5"}, ["r", "c"]) == ((0, 5), "")
+    assert g.pixel(2, {"r": np.int64(0), "c": 5.0}, ["r", "c"]) == ((0, 5), "")   # a whole float is an index
     assert g.extent == (3, 6)   # widened, never narrowed
     assert g.pixel(3, {"r": 0, "c": 0}, ["r", "c"]) == ((0, 0), "")
     assert g.extent == (3, 6)
@@ -123,10 +124,14 @@ def test_pixel_fields_win_over_the_scan_shape_and_its_snaking():
 
 @pytest.mark.parametrize("row, reason", [
     ({"r": 1}, "no valid pixel index in fields 'r', 'c': 'c'"),
-    ({"r": "one", "c": 1}, "no valid pixel index in fields 'r', 'c': invalid literal for int() with base 10: 'one'"),
-    ({"r": None, "c": 1}, "no valid pixel index in fields 'r', 'c': int() argument must be a string, a bytes-like "
-                          "object or a real number, not 'NoneType'"),
-    ({"r": float("inf"), "c": 1}, "no valid pixel index in fields 'r', 'c': cannot convert float infinity to integer"),
+    ({"r": "one", "c": 1}, "no valid pixel index in fields 'r', 'c': 'one' is not a whole number"),
+    ({"r": None, "c": 1}, "no valid pixel index in fields 'r', 'c': None is not a whole number"),
+    ({"r": float("inf"), "c": 1}, "no valid pixel index in fields 'r', 'c': inf is not a whole number"),
+    # taken as indices these would put the spectrum where it was not measured (int() truncates)
+    ({"r": 2.7, "c": 1}, "no valid pixel index in fields 'r', 'c': 2.7 is not a whole number"),
+    ({"r": 1, "c": True}, "no valid pixel index in fields 'r', 'c': True is not a whole number"),
+    ({"r": 1, "c": np.bool_(True)}, "no valid pixel index in fields 'r', 'c': np.True_ is not a whole number"),
+    ({"r": "5", "c": 1}, "no valid pixel index in fields 'r', 'c': '5' is not a whole number"),
     ({"r": -1, "c": 0}, "pixel index (-1, 0) is negative"),
     ({"r": 0, "c": -3}, "pixel index (0, -3) is negative"),
 ])

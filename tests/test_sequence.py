@@ -6,11 +6,11 @@ import logging
 
 import event_model
 import numpy as np
+from live_support import real_engine
 
 import mnedge_live.callback as callback
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
-from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS, SeqCount, SequenceCounter
 
 
@@ -61,11 +61,15 @@ def test_a_repeated_seq_num_is_a_duplicate_and_so_is_a_late_event_seen_twice():
     assert s.last_seq["p"] == 3
 
 
-def test_a_seq_num_of_zero_or_less_is_a_duplicate():
+def test_a_seq_num_of_zero_or_less_is_owed_its_row_and_touches_no_gap():
+    """Bluesky numbers events from 1: a seq_num of 0 or less is malformed, not a duplicate of event 0 (the
+    callback answers it with a rejection); it neither opens nor fills a gap, however often it comes."""
     s = SequenceCounter()
-    assert s.count("p", 0) == SeqCount(owed=False)
-    assert s.count("p", -1) == SeqCount(owed=False)
-    assert s.last_seq == {}
+    assert s.count("p", 0) == SeqCount(owed=True)
+    assert s.count("p", -1) == SeqCount(owed=True)
+    assert s.count("p", 0) == SeqCount(owed=True)
+    assert s.last_seq == {} and s.gaps == {}
+    assert s.count("p", 1) == SeqCount(owed=True, missed=0)
 
 
 def test_each_stream_key_is_counted_on_its_own():
@@ -87,35 +91,31 @@ def test_only_the_newest_gaps_are_remembered():
     assert s.count("p", 5) == SeqCount(owed=True, missed=-1)        # the oldest one kept is still filled
 
 
-class _StubEngine:
-    """Reads every spectrum as Mn3+ (no model: the accounting is under test)."""
-
-    model_id = "stub"
-
-    def predict(self, spectra: list) -> list[SpectrumResult]:
-        return [SpectrumResult(status="ok", fractions=(0.0, 1.0, 0.0), valence=3.0) for _ in spectra]
-
-
 def test_the_callback_counts_and_logs_what_the_counter_returns(caplog):
     out: list = []
     cfg = LiveConfig(spectrum_field="spec", dispersion_eV=0.125, offset_eV=615.0, maps_dir="")
-    cb = MnEdgeCallback(_StubEngine(), cfg, lambda name, doc: out.append((name, doc)))
+    cb = MnEdgeCallback(real_engine(), cfg, lambda name, doc: out.append((name, doc)))
     b = event_model.compose_run(metadata={"plan_name": "count"})
     d = b.compose_descriptor(name="primary", data_keys={"spec": {"source": "x", "dtype": "array", "shape": [32]}})
     uid, desc_uid = b.start_doc["uid"], d.descriptor_doc["uid"]
     cb("start", b.start_doc)
     cb("descriptor", d.descriptor_doc)
     with caplog.at_level(logging.WARNING, logger="mnedge_live.callback"):
-        for seq in (1, 4, 3, 3, 2):   # a gap of two, filled late, with one duplicate
+        for seq in (1, 4, 3, 3, 2, 0):   # a gap of two, filled late, with one duplicate; a malformed 0
             cb("event", d.compose_event(data={"spec": np.ones(32)}, timestamps={"spec": 0.0}, seq_num=seq,
                                         validate=False))
     run = cb.runs[uid]
-    assert (run.seen, run.missed_live, cb.totals["missed"], cb.totals["duplicates"]) == (4, 0, 0, 1)
+    assert (run.missed_live, cb.totals["missed"], cb.totals["duplicates"]) == (0, 0, 1)
     assert [r.getMessage() for r in caplog.records] == [
         f"run {uid}: sequence gap, 2 event(s) missed before seq_num 4",
         f"run {uid}: seq_num 3 of {desc_uid} seen before, duplicate dropped",
     ]
     cb("stop", b.compose_stop())
     stop = out[-1][1]
-    assert (stop["processed"], stop["rejected"], stop["missed"]) == (4, 0, 0)
+    # five rows owed (four numbered events and the malformed one): each read out or rejected, none missed
+    assert (stop["processed"] + stop["rejected"], stop["missed"]) == (5, 0)
+    rows = {seq: (status, reason) for name, doc in out if name == "event_page"
+            for seq, status, reason in zip(doc["data"]["source_seq_num"], doc["data"]["status"], doc["data"]["reason"])}
+    assert sorted(rows) == [0, 1, 2, 3, 4]
+    assert rows[0] == ("rejected", "seq_num 0 is not an event number (bluesky numbers events from 1)")
     assert cb.totals["bad_documents"] == 0
