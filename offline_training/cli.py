@@ -167,7 +167,8 @@ def cmd_evaluate(args) -> int:
 
     from offline_training.baselines import MnEdgeNetPublished
     from offline_training.evaluate import evaluate
-    from offline_training.gate import compare_with_reference, gate_lines, training_ranges
+    from offline_training.evaluation_report import evaluation_lines
+    from offline_training.gate import compare_with_reference, training_ranges
     from offline_training.references.bank import Bank
 
     engine = _load_engine("--model", args.model, args.backend)
@@ -203,36 +204,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(text)
     else:
-        print(f"model {res['model']}  accuracy_0.1 {res['accuracy_0.1']:.4f}  fraction_mae {res['fraction_mae']:.4f}  "
-              f"valence_mae {res['valence_mae']:.4f}  rejected {res['rejected']}")
-        cov = res["coverage"]
-        groups = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -"
-                           for k, v in cov["valence_1sigma_by_largest_fraction"].items())
-        kinds = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in cov["valence_1sigma_by_kind"].items())
-        print(f"  valence 1-sigma coverage {cov['valence_1sigma']:.3f} (ideal 0.683; by largest fraction read: "
-              f"{groups}; by truth: {kinds}), 2-sigma {cov['valence_2sigma']:.3f}")
-        for name, b in res["baselines"].items():
-            print(f"  {name:32s} accuracy_0.1 {b['accuracy_0.1']:.4f}  valence_mae {b['valence_mae']:.4f}")
-        probes = res["not_mn_probes"]
-        through = "; ".join(f"{name} read as {p['read_as']}" for name, p in probes["probes"].items() if p["read_as"])
-        print(f"  inputs that are no Mn edge refused: {probes['refused']} of {probes['draws']}"
-              + (f" ({through})" if through else ""))
-        for r in res.get("real_spectra", []):
-            print(f"  {r['file']:28s} {r['status']:8s} valence {r['valence']}  {r['reason']}")
-        for r in res.get("real_spectra_robustness", []):
-            cells = [f"axis scale {k}: {v}" for k, v in r["axis_scale"].items()]
-            cells += [f"+{k} eV blur: {v}" for k, v in r["extra_blur_fwhm_eV"].items()]
-            cells += [f"{k} dB: {v['mean']} +- {v['std']} ({v['refused']} refused)"
-                      for k, v in r["added_noise_psnr_dB"].items()]
-            print(f"  {r['file']:28s} " + ", ".join(cells))
-        mixtures = res.get("real_spectra_mixtures")
-        if mixtures and mixtures["pairs"]:
-            print(f"  measured mixtures, mean |read - expected| {mixtures['mean_abs_deviation']}")
-            for pair in mixtures["pairs"]:
-                cells = [f"{m['share']:g}: {m['expected']:.2f} -> {m['read']}" for m in pair["mixtures"]]
-                print(f"    {' + '.join(pair['files'])}: " + ", ".join(cells))
-        if "gate" in res:
-            print("\n".join(gate_lines(res["gate"])))
+        print("\n".join(evaluation_lines(res)))
     return 1 if gate_failed else 0
 
 
