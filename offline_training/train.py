@@ -28,6 +28,7 @@ from torch import nn
 from mnedge_live.artifact import Artifact
 from mnedge_live.calibration import fit_calibration
 from mnedge_live.network import MnEdgeCNN, NetworkConfig
+from offline_training.devices import parse_device, rank_and_world, to_device, training_device
 from offline_training.forward import ForwardConfig, ForwardModel
 from offline_training.generate import TrainingBatch, make_training_batch, stream
 from offline_training.references.bank import Bank
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 
 FRACTION_LOSSES = ("mse", "l1")
-#: Kinds of ``[train] device`` the trainer runs on.
-TRAIN_DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -352,10 +351,6 @@ def _weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.Ave
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def _dist_info() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 #: Config keys a resumed run may change: the number of steps (the run is extended or shortened; each
 #: invocation's target is recorded in the checkpoint's and final.pt's ``runs``), the settings that
 #: only decide how the same run executes (device, threads, data workers: the same batches; logging and
@@ -450,42 +445,6 @@ def keep_metrics_up_to(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def parse_device(name: str) -> torch.device:
-    """``name`` as a torch device of a kind training runs on (:data:`TRAIN_DEVICES`), else ``ValueError``.
-
-    Only the name is checked here (when the config is read); whether this
-    machine has the device is :func:`training_device`'s question.
-    """
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in TRAIN_DEVICES:
-        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    return device
-
-
-def training_device(name: str, world: int = 1) -> torch.device:
-    """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
-
-    ``"cuda"`` without an index is the process's own GPU under torchrun
-    (``LOCAL_RANK``) and the current one otherwise. A CUDA device on a
-    torch without CUDA, or an index beyond the GPUs present, is refused
-    rather than silently trained on the CPU.
-    """
-    device = parse_device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"[train] device {name!r}: no CUDA GPU is available to this torch "
-                             f"({torch.__version__}); use device = \"cpu\"")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1
-                                  else torch.cuda.current_device())
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"[train] device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
-
-
 def dropout_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
     """The generator states dropout draws from on ``device``: the CPU's, and on CUDA the device's own
     (a checkpoint without it resumes a CUDA run with other dropout masks than the run it continues)."""
@@ -511,12 +470,6 @@ def restore_dropout_rng(ck: dict, rank: int, device: torch.device) -> None:
                     "generator, so this run will not repeat an uninterrupted one", device)
         return
     torch.cuda.set_rng_state(saved[rank], device)
-
-
-def to_device(tb: TrainingBatch, device: torch.device) -> TrainingBatch:
-    """``tb`` with the model input, fractions and targets on ``device`` (the synthetic batch stays)."""
-    return dataclasses.replace(tb, x=tb.x.to(device), fractions=tb.fractions.to(device),
-                               targets={k: v.to(device) for k, v in tb.targets.items()})
 
 
 def _cpu(state: dict) -> dict:
@@ -585,7 +538,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     s.validate()   # settings may have been changed since the config was read
     if stop_after is not None:
         check_whole("stop_after (--stop-after)", stop_after, 1)
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     device = training_device(s.device, world)
     out = Path(out_dir)
     check_out_dir(out, resume, overwrite)   # on every rank before any passes the process group's rendezvous

@@ -389,8 +389,9 @@ def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path
 def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
     """``compute_loss`` builds its constants on the outputs' device and ``to_device`` moves what the
     network and the loss read (shown with the CPU, the only device here: the same tensors come back)."""
+    from offline_training.devices import to_device
     from offline_training.generate import make_training_batch
-    from offline_training.train import TrainSettings, to_device
+    from offline_training.train import TrainSettings
 
     tb = make_training_batch(forward_model, 4, seed=1)
     moved = to_device(tb, torch.device("cpu"))
