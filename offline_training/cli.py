@@ -41,7 +41,7 @@ def _dump(obj) -> str:
 
 def _forward_config(path: str | None):
     from offline_training.forward import ForwardConfig
-    from offline_training.train import TrainConfig
+    from offline_training.train_config import TrainConfig
 
     if path is None:
         return ForwardConfig(), None
@@ -136,7 +136,8 @@ def cmd_realism(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from offline_training.train import TrainConfig, train
+    from offline_training.train import train
+    from offline_training.train_config import TrainConfig
 
     overrides = {"steps": args.steps, "device": args.device, "init_from": args.init_from}
     cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})

@@ -14,7 +14,8 @@ import pytest
 import torch
 from live_support import free_port
 
-from offline_training.train import TrainConfig, compute_loss, train
+from offline_training.train import compute_loss, train
+from offline_training.train_config import TrainConfig, TrainSettings
 
 TINY = Path(__file__).resolve().parents[1] / "offline_training" / "configs" / "tiny.toml"
 
@@ -64,7 +65,6 @@ def _two_rows():
 
 def test_fraction_loss_is_the_squared_or_the_absolute_error():
     """``fraction_loss`` picks the error measure of the fractions and the valence, nothing else."""
-    from offline_training.train import TrainSettings
 
     out, tb = _two_rows()
     # errors: fractions (-0.2, 0.2, 0) and (0, -0.2, 0.2); valences +0.2 and +0.2
@@ -191,7 +191,6 @@ def test_a_gelu_artifact_fine_tunes_into_a_relu_network_and_a_teacher_is_recorde
 
 def test_teacher_term_is_the_error_against_the_teachers_readings():
     """With ``teacher_fractions`` the loss grows by ``w_teacher`` times their fraction and valence error."""
-    from offline_training.train import TrainSettings
 
     out, tb = _two_rows()
     teacher = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.3, 0.7]])
@@ -368,7 +367,6 @@ def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path
     config is read, a CUDA device on a machine without one when training starts (it trained on the CPU
     silently before), and "cpu" trains with the model and the batches on the CPU."""
     from offline_training.cli import main as mnedge_train
-    from offline_training.train import TrainSettings
 
     with pytest.raises(ValueError, match="device"):
         TrainSettings(device="banana")
@@ -391,7 +389,6 @@ def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
     network and the loss read (shown with the CPU, the only device here: the same tensors come back)."""
     from offline_training.devices import to_device
     from offline_training.generate import make_training_batch
-    from offline_training.train import TrainSettings
 
     tb = make_training_batch(forward_model, 4, seed=1)
     moved = to_device(tb, torch.device("cpu"))
