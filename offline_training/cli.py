@@ -41,7 +41,7 @@ def _dump(obj) -> str:
 
 def _forward_config(path: str | None):
     from offline_training.forward import ForwardConfig
-    from offline_training.train import TrainConfig
+    from offline_training.train_config import TrainConfig
 
     if path is None:
         return ForwardConfig(), None
@@ -136,7 +136,8 @@ def cmd_realism(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from offline_training.train import TrainConfig, train
+    from offline_training.train import train
+    from offline_training.train_config import TrainConfig
 
     overrides = {"steps": args.steps, "device": args.device, "init_from": args.init_from}
     cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})
@@ -167,12 +168,14 @@ def cmd_evaluate(args) -> int:
 
     from offline_training.baselines import MnEdgeNetPublished
     from offline_training.evaluate import evaluate
+    from offline_training.evaluation_report import evaluation_lines
+    from offline_training.gate import compare_with_reference, training_ranges
     from offline_training.references.bank import Bank
 
     engine = _load_engine("--model", args.model, args.backend)
     # the reference model is loaded before the long evaluation: a wrong --gate fails at once
     ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None
-    fcfg = _training_ranges(engine)
+    fcfg = training_ranges(engine)
     bank = Bank.load(args.bank)
     mnedgenet = None
     if args.mnedgenet:
@@ -193,7 +196,8 @@ def cmd_evaluate(args) -> int:
         res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
     gate_failed = False
     if ref is not None:
-        res["gate"] = _gate(engine, res, ref, fcfg, bank, args)
+        res["gate"] = compare_with_reference(engine, res, ref, fcfg, bank, n=args.n, seed=args.seed,
+                                             tolerance=args.gate_tolerance)
         gate_failed = not res["gate"]["passed"]
     text = _dump(res)
     if args.out:
@@ -201,53 +205,8 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(text)
     else:
-        print(f"model {res['model']}  accuracy_0.1 {res['accuracy_0.1']:.4f}  fraction_mae {res['fraction_mae']:.4f}  "
-              f"valence_mae {res['valence_mae']:.4f}  rejected {res['rejected']}")
-        cov = res["coverage"]
-        groups = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -"
-                           for k, v in cov["valence_1sigma_by_largest_fraction"].items())
-        kinds = ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in cov["valence_1sigma_by_kind"].items())
-        print(f"  valence 1-sigma coverage {cov['valence_1sigma']:.3f} (ideal 0.683; by largest fraction read: "
-              f"{groups}; by truth: {kinds}), 2-sigma {cov['valence_2sigma']:.3f}")
-        for name, b in res["baselines"].items():
-            print(f"  {name:32s} accuracy_0.1 {b['accuracy_0.1']:.4f}  valence_mae {b['valence_mae']:.4f}")
-        probes = res["not_mn_probes"]
-        through = "; ".join(f"{name} read as {p['read_as']}" for name, p in probes["probes"].items() if p["read_as"])
-        print(f"  inputs that are no Mn edge refused: {probes['refused']} of {probes['draws']}"
-              + (f" ({through})" if through else ""))
-        for r in res.get("real_spectra", []):
-            print(f"  {r['file']:28s} {r['status']:8s} valence {r['valence']}  {r['reason']}")
-        for r in res.get("real_spectra_robustness", []):
-            cells = [f"axis scale {k}: {v}" for k, v in r["axis_scale"].items()]
-            cells += [f"+{k} eV blur: {v}" for k, v in r["extra_blur_fwhm_eV"].items()]
-            cells += [f"{k} dB: {v['mean']} +- {v['std']} ({v['refused']} refused)"
-                      for k, v in r["added_noise_psnr_dB"].items()]
-            print(f"  {r['file']:28s} " + ", ".join(cells))
-        mixtures = res.get("real_spectra_mixtures")
-        if mixtures and mixtures["pairs"]:
-            print(f"  measured mixtures, mean |read - expected| {mixtures['mean_abs_deviation']}")
-            for pair in mixtures["pairs"]:
-                cells = [f"{m['share']:g}: {m['expected']:.2f} -> {m['read']}" for m in pair["mixtures"]]
-                print(f"    {' + '.join(pair['files'])}: " + ", ".join(cells))
-        if "gate" in res:
-            print("\n".join(gate_lines(res["gate"])))
+        print("\n".join(evaluation_lines(res)))
     return 1 if gate_failed else 0
-
-
-def gate_lines(gate: dict) -> list[str]:
-    """The verdict of :func:`_gate` as text: overall, each validation set (candidate against reference)
-    and the not-Mn probes."""
-    verdict = {True: "passed", False: "FAILED"}
-    lines = [f"gate against {gate['reference_model']} (tolerance {gate['tolerance']:g}): {verdict[gate['passed']]}"]
-    for name, c in gate["sets"].items():
-        lines.append(f"  {name.replace('_', ' ')}: accuracy_0.1 {c['accuracy_0.1']:.4f} against "
-                     f"{c['reference_accuracy_0.1']:.4f}, valence_mae {c['valence_mae']:.4f} against "
-                     f"{c['reference_valence_mae']:.4f}: {verdict[c['passed']]}")
-    p = gate["not_mn_probes"]
-    worse = f" (refused less often: {', '.join(p['refused_less_often'])})" if p["refused_less_often"] else ""
-    lines.append(f"  inputs that are no Mn edge refused: {p['refused']} of {p['draws']} against "
-                 f"{p['reference_refused']}: {verdict[p['passed']]}{worse}")
-    return lines
 
 
 def _load_engine(option: str, source: str | None, backend: str):
@@ -265,55 +224,6 @@ def _load_engine(option: str, source: str | None, backend: str):
         return load_engine(None if source in (None, "default") else source, backend=backend)
     except ArtifactError as exc:
         raise ArtifactError(f"{option} {source or 'default'}: {exc}") from None
-
-
-def _training_ranges(engine):
-    """The forward-model ranges an artifact was trained on (its card), or the defaults."""
-    from offline_training.forward import ForwardConfig
-
-    train_cfg = engine.artifact.card.get("training", {}).get("config", {})
-    return ForwardConfig.from_dict(train_cfg["forward"]) if "forward" in train_cfg else ForwardConfig()
-
-
-def _gate(engine, res: dict, ref, fcfg, bank, args) -> dict:
-    """Candidate against reference on the candidate's validation ranges and, where they differ, the reference's.
-
-    A candidate trained on wider ranges would otherwise be scored only where
-    the reference was never trained, and one trained on narrower ranges only
-    where it was; it passes when it is not worse (within the tolerance) on
-    either set and refuses the inputs that are no Mn edge at least as often
-    (:func:`probe_gate`).
-    """
-    from offline_training.evaluate import evaluate, not_mn_refusals
-
-    sets = {"candidate_ranges": fcfg}
-    ref_cfg = _training_ranges(ref)
-    if ref_cfg != fcfg:
-        sets["reference_ranges"] = ref_cfg
-    compared = {}
-    for name, cfg in sets.items():
-        cand = res if cfg is fcfg else evaluate(engine, cfg, bank, n=args.n, seed=args.seed, n_nnls=0,
-                                               robustness_n=256, real_dir=None)
-        other = evaluate(ref, cfg, bank, n=args.n, seed=args.seed, n_nnls=0, robustness_n=256, real_dir=None)
-        compared[name] = {"accuracy_0.1": cand["accuracy_0.1"], "valence_mae": cand["valence_mae"],
-                          "reference_accuracy_0.1": other["accuracy_0.1"], "reference_valence_mae": other["valence_mae"],
-                          "passed": cand["accuracy_0.1"] >= other["accuracy_0.1"] - args.gate_tolerance}
-    first = compared["candidate_ranges"]
-    probes = probe_gate(res["not_mn_probes"], not_mn_refusals(ref))
-    return {"reference_model": ref.model_id, "reference_accuracy_0.1": first["reference_accuracy_0.1"],
-            "reference_valence_mae": first["reference_valence_mae"], "sets": compared, "not_mn_probes": probes,
-            "tolerance": args.gate_tolerance,
-            "passed": all(c["passed"] for c in compared.values()) and probes["passed"]}
-
-
-def probe_gate(candidate: dict, reference: dict) -> dict:
-    """The gate on :func:`~offline_training.evaluate.not_mn_refusals`: the candidate refuses every probe
-    at least as often as the reference (a model that reads as well but lets an input that is no Mn edge
-    through as a valence is not an improvement); names the probes where it does not."""
-    worse = [name for name, p in candidate["probes"].items()
-             if p["refused"] < reference["probes"].get(name, {"refused": 0})["refused"]]
-    return {"refused": candidate["refused"], "reference_refused": reference["refused"], "draws": candidate["draws"],
-            "refused_less_often": worse, "passed": not worse}
 
 
 def cmd_export(args) -> int:

@@ -202,7 +202,7 @@ def training_forward_model(config: dict, bank_sha256: str | None = None):
     """
     from offline_training.forward import ForwardModel
     from offline_training.references.bank import Bank
-    from offline_training.train import TrainConfig
+    from offline_training.train_config import TrainConfig
 
     cfg = TrainConfig.from_dict(config)
     if cfg.bank and not Path(cfg.bank).is_file():

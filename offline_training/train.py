@@ -10,15 +10,12 @@ checkpoints.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
 import math
 import os
 import time
-import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,203 +25,23 @@ from torch import nn
 from mnedge_live.artifact import Artifact
 from mnedge_live.calibration import fit_calibration
 from mnedge_live.network import MnEdgeCNN, NetworkConfig
-from offline_training.forward import ForwardConfig, ForwardModel
+
+# TrainConfig, TrainSettings, to_device, dropout_rng_state and restore_dropout_rng lived here before their
+# modules were split off: code written then imports them from offline_training.train, which keeps working
+from offline_training.checkpoints import (
+    check_out_dir,
+    check_resume,
+    dropout_rng_state,
+    keep_metrics_up_to,
+    restore_dropout_rng,
+)
+from offline_training.devices import rank_and_world, to_device, training_device
+from offline_training.forward import ForwardModel
 from offline_training.generate import TrainingBatch, make_training_batch, stream
-from offline_training.references.bank import Bank
-from offline_training.values import check_whole, is_number, is_whole
+from offline_training.train_config import TrainConfig, TrainSettings
+from offline_training.values import check_whole
 
 log = logging.getLogger(__name__)
-
-
-FRACTION_LOSSES = ("mse", "l1")
-#: Kinds of ``[train] device`` the trainer runs on.
-TRAIN_DEVICES = ("cpu", "cuda")
-
-
-@dataclass
-class TrainSettings:
-    """Optimization settings (the ``[train]`` table)."""
-
-    steps: int = 20000
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 300
-    seed: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 50
-    #: where the network trains: "cpu", "cuda" or "cuda:N" (the batches are synthesized on the CPU
-    #: and moved there); checked when the config is read, its availability when training starts
-    device: str = "cpu"
-    threads: int = 0            # 0: all cores
-    #: processes that synthesize the next batches while this one trains (0: synthesize in this
-    #: process); the batches are the same either way (:func:`offline_training.generate.stream`)
-    data_workers: int = 0
-    #: run the forward model's element-wise stages compiled by torch.compile (about twice the
-    #: synthesis rate after seconds of compilation; the same physics to float32 rounding, but not
-    #: the same bits as the eager stages, so a config reproduces its batches with the same setting)
-    compile_forward: bool = False
-    calibration_spectra: int = 8192
-    #: start from this artifact's weights ("default": the model in use; "": random initialization)
-    init_from: str = ""
-    #: distil from this artifact ("default": the model in use; "": no teacher): the fractions and
-    #: valence it reads on each training batch become targets of their own, with weight
-    #: ``w_teacher``, beside the labels. A network that should answer as an existing one does
-    #: (another activation, fewer channels) learns its function, not only the labels' ambiguous
-    #: posterior, in far fewer steps
-    teacher: str = ""
-    w_teacher: float = 0.0
-    #: error measure of the fractions and the valence: "mse" (squared error, the paper's; the readout
-    #: tends to the posterior mean) or "l1" (absolute error, the evaluation's own measure of
-    #: fraction and valence MAE; the readout tends to the posterior median, which stays at 0
-    #: for a valence the spectrum most likely lacks instead of shrinking toward the simplex centre)
-    fraction_loss: str = "mse"
-    #: loss weights
-    w_fractions: float = 1.0
-    w_valence: float = 0.5
-    w_nll: float = 0.02
-    w_side: float = 0.02
-    #: weight of a smooth surrogate of 1 - accuracy_0.1: the mean of
-    #: ``sigmoid((max |fraction error| - 0.1) / box_softness)`` (0: off)
-    w_box: float = 0.0
-    box_softness: float = 0.02
-    #: exponential moving average of the weights (and batch-norm statistics), kept with this
-    #: decay per step and saved as the final model instead of the last weights: an average over
-    #: about ``1 / (1 - ema_decay)`` steps, which smooths the noise of the last updates (0: off)
-    ema_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Refuse a setting of the wrong type or out of its range, naming it (``ValueError``).
-
-        Run on creation and again by :func:`train`, so that settings changed
-        afterwards (command-line overrides, scripts) are held to the same
-        rules: a count of zero would otherwise fail as a division by zero or
-        an empty calibration only after every training step.
-        """
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.type == "bool":
-                ok, kind = isinstance(v, bool), "true or false"
-            elif f.type == "int":
-                ok, kind = is_whole(v), "a whole number"
-            elif f.type == "float":
-                ok, kind = is_number(v), "a finite number"
-            else:
-                ok, kind = isinstance(v, str), "a string"
-            if not ok:
-                raise ValueError(f"[train] {f.name} must be {kind}, got {v!r}")
-        at_least = {"steps": 1, "batch_size": 2, "warmup_steps": 0, "seed": 0, "checkpoint_every": 1,
-                    "log_every": 1, "threads": 0, "data_workers": 0, "calibration_spectra": 1,
-                    "weight_decay": 0, "w_teacher": 0, "w_fractions": 0, "w_valence": 0, "w_nll": 0,
-                    "w_side": 0, "w_box": 0}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"[train] {name} must be >= {low}, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"[train] lr must be positive, got {self.lr}")
-        if not self.box_softness > 0:
-            raise ValueError(f"[train] box_softness must be > 0, got {self.box_softness}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"[train] ema_decay must be in [0, 1), got {self.ema_decay}")
-        if bool(self.teacher) != (self.w_teacher > 0):
-            raise ValueError(f"[train] teacher and w_teacher > 0 go together, got teacher={self.teacher!r}, "
-                             f"w_teacher={self.w_teacher}")
-        if self.fraction_loss not in FRACTION_LOSSES:
-            raise ValueError(f"[train] fraction_loss must be one of {', '.join(FRACTION_LOSSES)}, "
-                             f"got {self.fraction_loss!r}")
-        parse_device(self.device)
-
-
-#: What a training config holds: the ``bank`` key and the ``[network]``, ``[forward]``, ``[train]`` tables.
-CONFIG_KEYS = ("bank", "network", "forward", "train")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs: network, forward model and optimization."""
-
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    forward: ForwardConfig = field(default_factory=ForwardConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
-    bank: str | None = None     # path of a bank file; None: the shipped bank
-
-    @classmethod
-    def from_toml(cls, path: str | Path, train_overrides: dict | None = None) -> TrainConfig:
-        """Read a TOML config; unknown tables or keys are refused by name.
-
-        ``train_overrides`` (the command line's ``--steps``, ``--device``,
-        ``--init-from``) replace ``[train]`` values before the config is
-        validated, so an override is held to the same rules as the file.
-        A relative ``bank`` is read from the config file's folder (and kept
-        as that absolute path); an absolute one as it is.
-
-        Raises
-        ------
-        ValueError
-            The file is not valid TOML, or a table, key or value is refused; the message names the file.
-        """
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                d = tomllib.load(f)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config {path} is not valid TOML: {exc}") from None
-        if train_overrides:
-            d["train"] = {**d.get("train", {}), **train_overrides}
-        bank = d.get("bank")
-        if isinstance(bank, str) and bank:
-            d["bank"] = str(path.expanduser().resolve().parent / Path(bank).expanduser())
-        try:
-            return cls.from_dict(d)
-        except ValueError as exc:
-            option = next((f"--{k.replace('_', '-')}" for k in train_overrides or {} if f"[train] {k} " in str(exc)),
-                          None)   # a command-line override, not the file, holds the value refused
-            raise ValueError(f"{option or f'config {path}'}: {exc}") from None
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Build from a parsed TOML document."""
-        unknown = sorted(set(d) - set(CONFIG_KEYS))
-        if unknown:
-            raise ValueError(f"unknown top-level key(s) {', '.join(unknown)}; a config holds "
-                             f"{', '.join(CONFIG_KEYS)} (bank = \"FILE\" before the first [table])")
-        bank = d.get("bank")
-        if bank is not None and not (isinstance(bank, str) and bank):
-            raise ValueError(f"bank must be the path of a references bank file, got {bank!r}")
-        net_fields = {f.name for f in dataclasses.fields(NetworkConfig)}
-        train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
-        for table, known in (("network", net_fields), ("train", train_fields)):
-            bad = sorted(set(d.get(table, {})) - known)
-            if bad:
-                raise ValueError(f"unknown option(s) in [{table}]: {', '.join(bad)}")
-        net = dict(NetworkConfig().to_dict(), **d.get("network", {}))
-        tr = TrainSettings(**d.get("train", {}))   # validated on creation (TrainSettings.validate)
-        return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
-                   train=tr, bank=d.get("bank"))
-
-    def load_bank(self) -> Bank:
-        """The bank the config names (the shipped one without ``bank``).
-
-        Raises
-        ------
-        FileNotFoundError, ValueError
-            No such file, or it is not a references bank; the message names the ``bank`` key and the path.
-        """
-        try:
-            return Bank.load(self.bank)
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"the config's bank: {exc} (a relative bank is read from the config "
-                                    "file's folder)") from None
-        except ValueError as exc:
-            raise ValueError(f"the config's bank: {exc}") from None
-
-    def to_dict(self) -> dict:
-        """JSON/TOML-safe dict (recorded in checkpoints and the model card)."""
-        return {"network": self.network.to_dict(), "forward": self.forward.to_dict(),
-                "train": dataclasses.asdict(self.train), "bank": self.bank}
 
 
 def initial_weights(source: str, network: NetworkConfig) -> tuple[dict, dict]:
@@ -352,173 +169,6 @@ def _weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.Ave
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def _dist_info() -> tuple[int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-#: Config keys a resumed run may change: the number of steps (the run is extended or shortened; each
-#: invocation's target is recorded in the checkpoint's and final.pt's ``runs``), the settings that
-#: only decide how the same run executes (device, threads, data workers: the same batches; logging and
-#: checkpoint intervals), and the bank's path (its content is compared by SHA-256 instead: the same
-#: bank moved or named relative to another folder is the same bank).
-RESUMABLE_CHANGES = ("train.steps", "train.device", "train.threads", "train.data_workers", "train.log_every",
-                     "train.checkpoint_every", "bank")
-
-
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted keys (``train.lr``) whose values differ between two config dicts, with both values.
-
-    Both are compared as JSON (tuples as lists), the form the checkpoint keeps.
-    """
-    saved, current = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "(absent)"), current.get(key, "(absent)")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key} ({a!r} in the checkpoint, {b!r} now)")
-    return out
-
-
-def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Path) -> None:
-    """Refuse to resume ``ck`` with another config or bank (``ValueError`` naming what differs).
-
-    A resumed run continues the checkpoint's weights, optimizer and data
-    stream; with another config or bank it would silently become a mixture
-    of two runs recorded as the last one. Only :data:`RESUMABLE_CHANGES`
-    may differ. A checkpoint written before the bank checksum was kept is
-    resumed with a warning that its bank cannot be checked.
-    """
-    differ = [d for d in config_differences(json.loads(ck["config"]), config.to_dict())
-              if d.split(" ", 1)[0] not in RESUMABLE_CHANGES]
-    if differ:
-        raise ValueError(f"--resume: {ckpt_path} was written with another config; differing: "
-                         f"{'; '.join(differ)} (only {', '.join(RESUMABLE_CHANGES)} may change on resume: "
-                         f"use the checkpoint's config or another --out)")
-    saved = ck.get("bank_sha256")
-    if saved is None:
-        log.warning("--resume: %s records no bank checksum (written before it was kept): the bank is not checked",
-                    ckpt_path)
-    elif saved != bank_sha256:
-        raise ValueError(f"--resume: bank {config.bank or '(shipped)'} has SHA-256 {bank_sha256[:12]}..., "
-                         f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
-
-
-#: Files of a training run in its folder (:func:`train`); one of them there means the folder holds a run.
-RUN_FILES = ("checkpoint.pt", "final.pt", "metrics.csv", "config.json")
-
-
-def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into a folder holding a run unless it is continued or replaced on purpose.
-
-    Raises
-    ------
-    ValueError
-        ``resume`` and ``overwrite`` together.
-    FileExistsError
-        ``out`` holds one of :data:`RUN_FILES` and neither ``resume`` nor ``overwrite`` is set: the new
-        run would silently replace that run's checkpoint and ``final.pt``.
-    """
-    if resume and overwrite:
-        raise ValueError("--resume continues the run in --out and --overwrite replaces it: give one of them")
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if held and not (resume or overwrite):
-        raise FileExistsError(f"--out {out} holds a training run ({', '.join(held)}): continue it with --resume, "
-                              "replace it with --overwrite, or choose another --out")
-
-
-def keep_metrics_up_to(path: Path, step: int) -> None:
-    """Drop the rows of ``metrics.csv`` logged after ``step`` (and a torn last line), keeping the header.
-
-    A run stopped between two checkpoints has logged steps that its resume,
-    which restarts at the last checkpoint's step, logs again: without this
-    they would appear twice.
-    """
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1]
-    for row in rows[1:]:
-        try:
-            if int(row[0]) <= step:
-                kept.append(row)
-        except (ValueError, IndexError):
-            continue
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-    os.replace(tmp, path)
-
-
-def parse_device(name: str) -> torch.device:
-    """``name`` as a torch device of a kind training runs on (:data:`TRAIN_DEVICES`), else ``ValueError``.
-
-    Only the name is checked here (when the config is read); whether this
-    machine has the device is :func:`training_device`'s question.
-    """
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in TRAIN_DEVICES:
-        raise ValueError(f"[train] device must be 'cpu', 'cuda' or 'cuda:N', got {name!r}")
-    return device
-
-
-def training_device(name: str, world: int = 1) -> torch.device:
-    """The device ``[train] device`` names, refused (``ValueError``) when this machine lacks it.
-
-    ``"cuda"`` without an index is the process's own GPU under torchrun
-    (``LOCAL_RANK``) and the current one otherwise. A CUDA device on a
-    torch without CUDA, or an index beyond the GPUs present, is refused
-    rather than silently trained on the CPU.
-    """
-    device = parse_device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"[train] device {name!r}: no CUDA GPU is available to this torch "
-                             f"({torch.__version__}); use device = \"cpu\"")
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if world > 1
-                                  else torch.cuda.current_device())
-        if device.index >= torch.cuda.device_count():
-            raise ValueError(f"[train] device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    return device
-
-
-def dropout_rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    """The generator states dropout draws from on ``device``: the CPU's, and on CUDA the device's own
-    (a checkpoint without it resumes a CUDA run with other dropout masks than the run it continues)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_dropout_rng(ck: dict, rank: int, device: torch.device) -> None:
-    """Put back the generator states of ``rank`` saved by the checkpoint ``ck`` (:func:`dropout_rng_state`).
-
-    A run resumed on CUDA from a checkpoint written on the CPU (``device`` may change on resume) has no
-    CUDA state to restore: its dropout masks then differ from an uninterrupted run's, and a warning
-    says so.
-    """
-    torch.set_rng_state(ck["torch_rng"][rank])
-    if device.type != "cuda":
-        return
-    saved = ck.get("cuda_rng")
-    if saved is None:
-        log.warning("resuming on %s from a checkpoint written on the CPU: dropout draws from a fresh CUDA "
-                    "generator, so this run will not repeat an uninterrupted one", device)
-        return
-    torch.cuda.set_rng_state(saved[rank], device)
-
-
-def to_device(tb: TrainingBatch, device: torch.device) -> TrainingBatch:
-    """``tb`` with the model input, fractions and targets on ``device`` (the synthetic batch stays)."""
-    return dataclasses.replace(tb, x=tb.x.to(device), fractions=tb.fractions.to(device),
-                               targets={k: v.to(device) for k, v in tb.targets.items()})
-
-
 def _cpu(state: dict) -> dict:
     """A state dict with every tensor on the CPU (a ``final.pt`` loads on any machine)."""
     return {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
@@ -565,7 +215,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         Continue from ``out_dir/checkpoint.pt`` (model, optimizer, step and
         the dropout generator's state; the data stream continues at that
         step's batch), reproducing the same run. The config and the bank
-        must be the checkpoint's (:func:`check_resume`; only ``[train]
+        must be the checkpoint's (:func:`~offline_training.checkpoints.check_resume`; only ``[train]
         steps`` may change, and each invocation's steps are recorded as
         ``runs`` in the checkpoint and ``final.pt``).
     progress : bool
@@ -577,7 +227,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     overwrite : bool
         Replace a run already in ``out_dir`` (its ``checkpoint.pt`` and
         ``final.pt`` are removed first); without it or ``resume`` a folder
-        holding a run is refused (:func:`check_out_dir`).
+        holding a run is refused (:func:`~offline_training.checkpoints.check_out_dir`).
     """
     from tqdm import tqdm
 
@@ -585,7 +235,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     s.validate()   # settings may have been changed since the config was read
     if stop_after is not None:
         check_whole("stop_after (--stop-after)", stop_after, 1)
-    rank, world = _dist_info()
+    rank, world = rank_and_world()
     device = training_device(s.device, world)
     out = Path(out_dir)
     check_out_dir(out, resume, overwrite)   # on every rank before any passes the process group's rendezvous

@@ -49,7 +49,8 @@ def real_dir() -> Path:
 def tiny_artifact(tmp_path_factory):
     """A tiny model trained for a few steps with the real trainer and exported with the real exporter."""
     from offline_training.export import export_artifact
-    from offline_training.train import TrainConfig, train
+    from offline_training.train import train
+    from offline_training.train_config import TrainConfig
 
     root = tmp_path_factory.mktemp("tiny")
     cfg = TrainConfig.from_toml(Path(__file__).resolve().parents[1] / "offline_training" / "configs" / "tiny.toml")

@@ -225,7 +225,8 @@ def model_args() -> list[str]:
 
 def _tiny_artifact() -> Path:
     from offline_training.export import export_artifact
-    from offline_training.train import TrainConfig, train
+    from offline_training.train import train
+    from offline_training.train_config import TrainConfig
 
     root = scratch_dir("tiny-")
     cfg = TrainConfig.from_toml(ROOT / "offline_training" / "configs" / "tiny.toml")

@@ -205,8 +205,8 @@ def test_the_default_model_refuses_lines_that_are_not_a_mn_edge(default_engine, 
 
 
 def test_evaluate_counts_the_refused_probes_and_the_gate_compares_them(default_engine):
-    from offline_training.cli import probe_gate
     from offline_training.evaluate import not_mn_refusals
+    from offline_training.gate import probe_gate
 
     out = not_mn_refusals(default_engine, draws=3)
     assert set(out["probes"]) == set(PROBE_RULES) and out["draws"] == 12

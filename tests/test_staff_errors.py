@@ -81,7 +81,8 @@ def test_evaluate_gate_without_json_prints_the_verdict_and_each_criterion(tmp_pa
 def test_export_of_an_intermediate_or_a_non_checkpoint_says_so_and_exits_2(tmp_path, capsys):
     """checkpoint.pt (left by --stop-after) failed with KeyError 'std_scale', a JSON file with torch's
     advice to load it with weights_only=False."""
-    from offline_training.train import TrainConfig, train
+    from offline_training.train import train
+    from offline_training.train_config import TrainConfig
 
     cfg = TrainConfig.from_toml(TINY)
     cfg.train.steps, cfg.train.batch_size = 2, 8

@@ -14,7 +14,8 @@ import pytest
 import torch
 from live_support import free_port
 
-from offline_training.train import TrainConfig, compute_loss, train
+from offline_training.train import compute_loss, train
+from offline_training.train_config import TrainConfig, TrainSettings
 
 TINY = Path(__file__).resolve().parents[1] / "offline_training" / "configs" / "tiny.toml"
 
@@ -64,7 +65,6 @@ def _two_rows():
 
 def test_fraction_loss_is_the_squared_or_the_absolute_error():
     """``fraction_loss`` picks the error measure of the fractions and the valence, nothing else."""
-    from offline_training.train import TrainSettings
 
     out, tb = _two_rows()
     # errors: fractions (-0.2, 0.2, 0) and (0, -0.2, 0.2); valences +0.2 and +0.2
@@ -191,7 +191,6 @@ def test_a_gelu_artifact_fine_tunes_into_a_relu_network_and_a_teacher_is_recorde
 
 def test_teacher_term_is_the_error_against_the_teachers_readings():
     """With ``teacher_fractions`` the loss grows by ``w_teacher`` times their fraction and valence error."""
-    from offline_training.train import TrainSettings
 
     out, tb = _two_rows()
     teacher = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.3, 0.7]])
@@ -216,31 +215,6 @@ def test_shipped_training_configs_load_with_the_shipped_models_network(path):
     if path.name != "tiny.toml":
         shipped = NetworkConfig.from_dict(load_artifact(None).card["network"])
         assert cfg.network.same_weights_as(shipped) or prunable(shipped, cfg.network) or prunable(cfg.network, shipped)
-
-
-def test_bad_config_is_refused_by_name(tmp_path):
-    p = tmp_path / "bad.toml"
-    p.write_text("[train]\nstepz = 3\n")
-    with pytest.raises(ValueError, match="stepz"):
-        TrainConfig.from_toml(p)
-    p.write_text('[train]\nfraction_loss = "huber"\n')
-    with pytest.raises(ValueError, match="fraction_loss"):
-        TrainConfig.from_toml(p)
-    p.write_text("[train]\nw_box = 0.1\nbox_softness = 0.0\n")
-    with pytest.raises(ValueError, match="box_softness"):
-        TrainConfig.from_toml(p)
-    p.write_text('[network]\nactivation = "tanh"\n')
-    with pytest.raises(ValueError, match="activation"):
-        TrainConfig.from_toml(p)
-    p.write_text('[train]\nteacher = "default"\n')   # a teacher needs its weight, and the reverse
-    with pytest.raises(ValueError, match="w_teacher"):
-        TrainConfig.from_toml(p)
-    p.write_text("[train]\nw_teacher = 1.0\n")
-    with pytest.raises(ValueError, match="teacher"):
-        TrainConfig.from_toml(p)
-    p.write_text("[forward]\noffset = [5.0, -5.0]\n")
-    with pytest.raises(ValueError, match="offset"):
-        TrainConfig.from_toml(p)
 
 
 def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
@@ -368,7 +342,6 @@ def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path
     config is read, a CUDA device on a machine without one when training starts (it trained on the CPU
     silently before), and "cpu" trains with the model and the batches on the CPU."""
     from offline_training.cli import main as mnedge_train
-    from offline_training.train import TrainSettings
 
     with pytest.raises(ValueError, match="device"):
         TrainSettings(device="banana")
@@ -389,8 +362,8 @@ def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path
 def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
     """``compute_loss`` builds its constants on the outputs' device and ``to_device`` moves what the
     network and the loss read (shown with the CPU, the only device here: the same tensors come back)."""
+    from offline_training.devices import to_device
     from offline_training.generate import make_training_batch
-    from offline_training.train import TrainSettings, to_device
 
     tb = make_training_batch(forward_model, 4, seed=1)
     moved = to_device(tb, torch.device("cpu"))
@@ -473,26 +446,6 @@ def test_a_resume_after_a_crash_logs_every_step_once(tmp_path, monkeypatch):
     assert rows[0].startswith("step,") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
 
 
-def test_a_cuda_run_saves_and_restores_the_devices_dropout_generator(monkeypatch, caplog):
-    """No GPU here: torch.cuda's generator calls stand in (the one mock: what cannot exist here)."""
-    from offline_training.train import dropout_rng_state, restore_dropout_rng
-
-    saved_cuda = torch.tensor([7, 8, 9], dtype=torch.uint8)
-    put: list = []
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: saved_cuda.clone())
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: put.append((state, device)))
-    cuda = torch.device("cuda", 0)
-    state = dropout_rng_state(cuda)
-    assert torch.equal(state["cuda"], saved_cuda) and torch.equal(state["cpu"], torch.get_rng_state())
-    assert set(dropout_rng_state(torch.device("cpu"))) == {"cpu"}
-    ck = {"torch_rng": [state["cpu"]], "cuda_rng": [state["cuda"]]}
-    restore_dropout_rng(ck, 0, cuda)
-    assert len(put) == 1 and torch.equal(put[0][0], saved_cuda) and put[0][1] == cuda
-    with caplog.at_level("WARNING", logger="offline_training.train"):
-        restore_dropout_rng({"torch_rng": [state["cpu"]]}, 0, cuda)   # written on the CPU, resumed on CUDA
-    assert len(put) == 1 and "fresh CUDA generator" in caplog.text
-
-
 def test_evaluate_refuses_a_real_dir_that_does_not_exist(tmp_path, capsys):
     """A mistyped --real-dir was skipped without a word: the JSON then lacked every measured reading."""
     from offline_training.cli import main as mnedge_train
@@ -527,21 +480,6 @@ def test_training_into_a_folder_holding_a_run_needs_resume_or_overwrite(tmp_path
     assert not (run / "final.pt").exists() and (run / "checkpoint.pt").exists()
     assert mnedge_train([*base, "--resume"]) == 0
     assert torch.load(run / "final.pt", weights_only=True)["steps"] == 3
-
-
-def test_a_relative_bank_is_read_from_the_config_files_folder(tmp_path, monkeypatch, bank):
-    """``bank = "site_bank.npz"`` was read from the working directory, not beside the config."""
-    site = tmp_path / "site"
-    site.mkdir()
-    bank.save(site / "site_bank.npz")
-    (site / "site.toml").write_text('bank = "site_bank.npz"\n' + TINY.read_text())
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    cfg = TrainConfig.from_toml(Path("..") / "site" / "site.toml")
-    assert cfg.bank == str(site / "site_bank.npz") and cfg.load_bank().sha256() == bank.sha256()
-    (site / "abs.toml").write_text(f'bank = "{site / "site_bank.npz"}"\n')   # an absolute bank as it is
-    assert TrainConfig.from_toml(site / "abs.toml").bank == str(site / "site_bank.npz")
 
 
 @pytest.mark.parametrize("bank_file, needles", [

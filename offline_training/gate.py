@@ -1,0 +1,97 @@
+"""Adoption gate of ``mnedge-train evaluate --gate``: is a candidate model at least as good as the reference?
+
+A candidate replaces the model in use only when it reads the synthetic
+validation spectra as well (within a tolerance) on its own training ranges
+and on the reference's, and refuses the inputs that are no Mn edge at least
+as often. The command exits 1 when the verdict is "FAILED".
+"""
+
+from __future__ import annotations
+
+from mnedge_live.engine import Engine
+from offline_training.forward import ForwardConfig
+from offline_training.references.bank import Bank
+
+
+def training_ranges(engine: Engine) -> ForwardConfig:
+    """The forward-model ranges an artifact was trained on (its card), or the defaults."""
+    train_cfg = engine.artifact.card.get("training", {}).get("config", {})
+    return ForwardConfig.from_dict(train_cfg["forward"]) if "forward" in train_cfg else ForwardConfig()
+
+
+def compare_with_reference(engine: Engine, res: dict, reference: Engine, fcfg: ForwardConfig, bank: Bank, *,
+                           n: int, seed: int, tolerance: float) -> dict:
+    """Candidate against reference on the candidate's validation ranges and, where they differ, the reference's.
+
+    A candidate trained on wider ranges would otherwise be scored only where
+    the reference was never trained, and one trained on narrower ranges only
+    where it was; it passes when it is not worse (within the tolerance) on
+    either set and refuses the inputs that are no Mn edge at least as often
+    (:func:`probe_gate`).
+
+    Parameters
+    ----------
+    engine, reference : Engine
+        The candidate and the model it is compared with.
+    res : dict
+        The candidate's evaluation on ``fcfg`` (:func:`~offline_training.evaluate.evaluate`), reused.
+    fcfg : ForwardConfig
+        The candidate's training ranges (:func:`training_ranges`).
+    bank : Bank
+        End members of the validation spectra.
+    n, seed : int
+        Size and seed of each validation set (``evaluate --n``, ``--seed``).
+    tolerance : float
+        How much lower the candidate's accuracy_0.1 may be (``evaluate --gate-tolerance``).
+
+    Returns
+    -------
+    dict
+        The evaluation's ``gate`` entry: each set's scores, the probes' verdict and ``passed``.
+    """
+    from offline_training.evaluate import evaluate, not_mn_refusals
+
+    sets = {"candidate_ranges": fcfg}
+    ref_cfg = training_ranges(reference)
+    if ref_cfg != fcfg:
+        sets["reference_ranges"] = ref_cfg
+    compared = {}
+    for name, cfg in sets.items():
+        cand = res if cfg is fcfg else evaluate(engine, cfg, bank, n=n, seed=seed, n_nnls=0,
+                                               robustness_n=256, real_dir=None)
+        other = evaluate(reference, cfg, bank, n=n, seed=seed, n_nnls=0, robustness_n=256, real_dir=None)
+        compared[name] = {"accuracy_0.1": cand["accuracy_0.1"], "valence_mae": cand["valence_mae"],
+                          "reference_accuracy_0.1": other["accuracy_0.1"], "reference_valence_mae": other["valence_mae"],
+                          "passed": cand["accuracy_0.1"] >= other["accuracy_0.1"] - tolerance}
+    first = compared["candidate_ranges"]
+    probes = probe_gate(res["not_mn_probes"], not_mn_refusals(reference))
+    return {"reference_model": reference.model_id, "reference_accuracy_0.1": first["reference_accuracy_0.1"],
+            "reference_valence_mae": first["reference_valence_mae"], "sets": compared, "not_mn_probes": probes,
+            "tolerance": tolerance,
+            "passed": all(c["passed"] for c in compared.values()) and probes["passed"]}
+
+
+def probe_gate(candidate: dict, reference: dict) -> dict:
+    """The gate on :func:`~offline_training.evaluate.not_mn_refusals`: the candidate refuses every probe
+    at least as often as the reference (a model that reads as well but lets an input that is no Mn edge
+    through as a valence is not an improvement); names the probes where it does not."""
+    worse = [name for name, p in candidate["probes"].items()
+             if p["refused"] < reference["probes"].get(name, {"refused": 0})["refused"]]
+    return {"refused": candidate["refused"], "reference_refused": reference["refused"], "draws": candidate["draws"],
+            "refused_less_often": worse, "passed": not worse}
+
+
+def gate_lines(gate: dict) -> list[str]:
+    """The verdict of :func:`compare_with_reference` as text: overall, each validation set (candidate against
+    reference) and the not-Mn probes."""
+    verdict = {True: "passed", False: "FAILED"}
+    lines = [f"gate against {gate['reference_model']} (tolerance {gate['tolerance']:g}): {verdict[gate['passed']]}"]
+    for name, c in gate["sets"].items():
+        lines.append(f"  {name.replace('_', ' ')}: accuracy_0.1 {c['accuracy_0.1']:.4f} against "
+                     f"{c['reference_accuracy_0.1']:.4f}, valence_mae {c['valence_mae']:.4f} against "
+                     f"{c['reference_valence_mae']:.4f}: {verdict[c['passed']]}")
+    p = gate["not_mn_probes"]
+    worse = f" (refused less often: {', '.join(p['refused_less_often'])})" if p["refused_less_often"] else ""
+    lines.append(f"  inputs that are no Mn edge refused: {p['refused']} of {p['draws']} against "
+                 f"{p['reference_refused']}: {verdict[p['passed']]}{worse}")
+    return lines
