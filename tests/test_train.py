@@ -360,14 +360,20 @@ def test_an_unknown_or_unavailable_device_is_refused_and_the_cpu_trains(tmp_path
 
 
 def test_the_loss_and_the_batches_follow_the_models_device(forward_model):
-    """``compute_loss`` builds its constants on the outputs' device and ``to_device`` moves what the
-    network and the loss read (shown with the CPU, the only device here: the same tensors come back)."""
+    """``to_device`` moves what the network and the loss read, and nothing else (shown with the "meta"
+    device, which needs no GPU: on the CPU alone the same tensors would come back whether moved or not);
+    ``compute_loss`` gives its total on the outputs' device (the CPU here)."""
     from offline_training.devices import to_device
     from offline_training.generate import make_training_batch
 
     tb = make_training_batch(forward_model, 4, seed=1)
-    moved = to_device(tb, torch.device("cpu"))
-    assert moved.x is tb.x and moved.targets["valence"] is tb.targets["valence"]
+    moved = to_device(tb, torch.device("meta"))
+    assert moved.x.device.type == "meta" and moved.fractions.device.type == "meta"
+    assert set(moved.targets) == set(tb.targets) and all(v.device.type == "meta" for v in moved.targets.values())
+    assert moved.x.shape == tb.x.shape and moved.batch is tb.batch   # the synthetic batch stays where it was
+    assert tb.x.device.type == "cpu"                                  # the original is not changed
+    same = to_device(tb, torch.device("cpu"))
+    assert same.x is tb.x and same.targets["valence"] is tb.targets["valence"]   # no copy where it already is
     out, two = _two_rows()
     total, _ = compute_loss(out, two, TrainSettings(teacher="x", w_teacher=1.0), out[0])
     assert total.device == out[0].device
