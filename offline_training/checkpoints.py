@@ -47,15 +47,25 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
     return out
 
 
-def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Path) -> None:
-    """Refuse to resume ``ck`` with another config or bank (``ValueError`` naming what differs).
+def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Path, world: int = 1) -> None:
+    """Refuse to resume ``ck`` with another config, bank or number of processes (``ValueError`` naming what differs).
 
     A resumed run continues the checkpoint's weights, optimizer and data
     stream; with another config or bank it would silently become a mixture
     of two runs recorded as the last one. Only :data:`RESUMABLE_CHANGES`
     may differ. A checkpoint written before the bank checksum was kept is
-    resumed with a warning that its bank cannot be checked.
+    resumed with a warning that its bank cannot be checked.  ``world``, the
+    number of training processes now, must be the checkpoint's: each
+    process draws its own part of the stream and its own dropout masks, and
+    the batch is ``batch_size`` per process (a process more found no state
+    of its own and failed with a traceback; a process less went on as
+    another run).
     """
+    saved_world = len(ck.get("torch_rng") or [None])
+    if saved_world != world:
+        raise ValueError(f"--resume: {ckpt_path} was written by {saved_world} training process(es), this run has "
+                         f"{world}: resume with the same number (torchrun --nproc_per_node {saved_world}"
+                         f"{'' if saved_world > 1 else ', or without torchrun'}) or use another --out")
     differ = [d for d in config_differences(json.loads(ck["config"]), config.to_dict())
               if d.split(" ", 1)[0] not in RESUMABLE_CHANGES]
     if differ:

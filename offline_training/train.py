@@ -268,7 +268,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         if not ckpt_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        check_resume(ck, config, bank_sha256, ckpt_path)
+        check_resume(ck, config, bank_sha256, ckpt_path, world)
         runs = json.loads(ck.get("runs", "[]"))
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

@@ -71,6 +71,19 @@ def test_resume_refuses_another_bank_and_warns_when_the_checkpoint_kept_no_check
     assert "records no bank checksum" in caplog.text and str(ckpt) in caplog.text
 
 
+@pytest.mark.parametrize("saved, now", [(2, 1), (1, 2), (2, 3)])
+def test_resume_refuses_another_number_of_training_processes(tmp_path, saved, now):
+    """A process more found no dropout state of its own (an IndexError in every extra rank), a process less
+    went on quietly as another run (each process draws its own part of the stream)."""
+    ckpt = tmp_path / "checkpoint.pt"
+    ck = {**_checkpoint(TrainConfig()), "torch_rng": [torch.get_rng_state()] * saved}
+    with pytest.raises(ValueError) as exc:
+        check_resume(ck, TrainConfig(), SHA, ckpt, world=now)
+    assert str(exc.value).startswith(f"--resume: {ckpt} was written by {saved} training process(es), this run has "
+                                     f"{now}: resume with the same number (torchrun --nproc_per_node {saved}")
+    check_resume(ck, TrainConfig(), SHA, ckpt, world=saved)   # the same number: accepted
+
+
 @pytest.mark.parametrize("held", RUN_FILES)
 def test_a_folder_holding_a_run_is_refused_unless_resumed_or_overwritten(tmp_path, held):
     (tmp_path / held).write_bytes(b"")
