@@ -53,7 +53,7 @@ class SpectrumResult:
         ``"clipped"`` (the maximum is held flat over three or more points and 0.3 eV or
         more: a saturated detector or amplifier; readings drift once a fifth of the L3
         line is cut),
-        ``"coarse_axis"`` (points more than 0.5 eV apart, beyond the trained spacing),
+        ``"coarse_axis"`` (points further apart than the model was trained on: 0.4 eV for the default),
         ``"broad_resolution"`` (the estimated resolution is near or past the largest
         trained, 2.0 eV for the default model: readings drift beyond it),
         ``"sparse_lines"`` (measured points more than 1.5 eV apart on the L3 or L2

@@ -483,6 +483,17 @@ def test_a_coarse_axis_is_flagged(engine):
     assert all("coarse_axis" in p.flags for p in pixels)
 
 
+@pytest.mark.parametrize("step, flagged", [(0.35, False), (0.4, False), (0.45, True), (0.5, True)])
+def test_coarse_axis_means_beyond_the_spacing_the_model_was_trained_on(engine, step, flagged):
+    """The limit is the model's own (its card's largest trained point spacing), not a fixed 0.5 eV: points
+    0.5 eV apart, beyond the default model's 0.4 eV, moved sharp synthetic readings by up to 0.15 unflagged."""
+    trained = engine.artifact.card["training"]["config"]["forward"]["point_spacing"][1]
+    assert engine.coarse_axis_ev == trained
+    e = np.arange(620.0, 680.0, step * trained / 0.4)
+    r = engine.predict_one(e, mn_like(e))
+    assert r.ok and ("coarse_axis" in r.flags) == flagged, (step, r.flags)
+
+
 def test_flags_are_spelled_per_row_in_column_order():
     from mnedge_live.engine.core import _flag_tuples
 

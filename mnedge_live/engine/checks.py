@@ -41,7 +41,7 @@ NO_EDGE_REASON = "no edge detectable above the noise"
 
 #: Median point spacing (eV) above which an axis is refused: the Mn L3 line is 1-3 eV wide. Up to
 #: 0.5 eV the measured spectra read as on a fine axis, at 0.75-1 eV they drift by up to 0.2
-#: (``coarse_axis`` flag, engine/core.py); a survey spectrum in 10 eV steps held 14-16 points in
+#: (``coarse_axis`` flag beyond the trained spacing, engine/core.py); a survey spectrum in 10 eV steps held 14-16 points in
 #: the Mn region and was refused for whatever rule its few points broke.
 MAX_POINT_SPACING_EV = 2.0
 

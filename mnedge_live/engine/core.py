@@ -37,10 +37,14 @@ from mnedge_live.results import SpectrumResult
 
 log = logging.getLogger(__name__)
 
-#: Median point spacing (eV) above which a readout is flagged ``coarse_axis``: training
-#: draws spacings up to 0.4 eV; the measured spectra read the same up to 0.5 eV and drift
-#: by up to 0.2 at 0.75-1 eV (benchmarks/RESULTS.md).
-COARSE_AXIS_EV = 0.5
+#: Largest spacing (eV) of measured points a model was trained on when its card does not say
+#: (``ForwardConfig.point_spacing``'s default): a readout whose median point spacing is larger is
+#: flagged ``coarse_axis``.  Beyond it readings drift toward the middle, by how much depending on
+#: how sharp the lines are: the broad measured EELS spectra read the same up to 0.5 eV and drift
+#: by up to 0.2 at 0.75-1 eV; sharper synthetic XAS spectra (35 dB, 20 per composition) move from
+#: their fine-axis reading by 0.01-0.08 at 0.4-0.45 eV, 0.05-0.15 at 0.5 eV and up to 0.31 at 1 eV,
+#: and training on spacings up to 1 eV did not reduce that (benchmarks/RESULTS.md).
+DEFAULT_TRAINED_SPACING_EV = 0.4
 #: Share of the model's largest trained instrument resolution (its card's ``gauss_fwhm``) above
 #: which the estimated resolution flags a readout ``broad_resolution``: the measured spectra read
 #: the same with up to 2.5 eV of extra blur (estimates up to 2.45 eV) and drift from 3 eV on (MnO
@@ -155,10 +159,14 @@ class Engine:
             raise RuntimeError(f"model {self.model_id} was trained with preprocessing "
                                f"{card['input']['preprocessing']!r}, this build has {PREPROCESSING_ID!r}")
         self.ood = OodScore.from_artifact(artifact)
-        trained = card.get("training", {}).get("config", {}).get("forward", {}).get("gauss_fwhm")
+        forward = card.get("training", {}).get("config", {}).get("forward", {})
+        trained = forward.get("gauss_fwhm")
         #: estimated resolution (eV) above which a readout is flagged ``broad_resolution``
         self.broad_resolution_ev = BROAD_RESOLUTION_SHARE * float(
             trained[1] if trained else DEFAULT_TRAINED_RESOLUTION_EV)
+        spacing = forward.get("point_spacing")
+        #: median point spacing (eV) above which a readout is flagged ``coarse_axis``: the largest trained
+        self.coarse_axis_ev = float(spacing[1] if spacing else DEFAULT_TRAINED_SPACING_EV)
         if self.ood is None:
             log.warning("model %s has no out-of-distribution statistics: spectra unlike its training data "
                         "are not rejected by the OOD rule ('mnedge-train fit-ood' adds them)", self.model_id)
@@ -394,7 +402,7 @@ class Engine:
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
                         ("spikes_removed", np.asarray(rows.spikes) > 0), ("clipped", np.asarray(rows.clipped, bool)),
-                        ("coarse_axis", np.asarray(rows.spacing) > COARSE_AXIS_EV),
+                        ("coarse_axis", np.asarray(rows.spacing) > self.coarse_axis_ev + 1e-9),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("strong_background", checks.background > STRONG_BACKGROUND),
                         ("sparse_lines", np.zeros(len(f), bool) if rows.bridged is None
