@@ -197,7 +197,8 @@ def cmd_evaluate(args) -> int:
     gate_failed = False
     if ref is not None:
         res["gate"] = compare_with_reference(engine, res, ref, fcfg, bank, n=args.n, seed=args.seed,
-                                             tolerance=args.gate_tolerance)
+                                             tolerance=args.gate_tolerance,
+                                             valence_tolerance=args.gate_valence_tolerance)
         gate_failed = not res["gate"]["passed"]
     text = _dump(res)
     if args.out:
@@ -376,7 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "shared/real_spectra beside the project checkout, skipped with a note when absent)")
     s.add_argument("--bank")
     s.add_argument("--gate", help="compare with this model (artifact or 'default'); exit 1 if worse")
-    s.add_argument("--gate-tolerance", type=float, default=0.0)
+    s.add_argument("--gate-tolerance", type=float, default=0.0,
+                   help="how much lower the candidate's accuracy_0.1 may be than the --gate model's (default 0)")
+    s.add_argument("--gate-valence-tolerance", type=float, default=0.0,
+                   help="how much higher its valence MAE may be (default 0)")
     s.set_defaults(run=cmd_evaluate)
 
     s = sub.add_parser("export", help="write a model artifact (ONNX, weights, model card)")

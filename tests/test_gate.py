@@ -38,7 +38,7 @@ def test_a_probe_the_reference_was_not_shown_counts_as_never_refused_by_it():
 
 
 def _verdict(passed: bool, probes_passed: bool = True, worse: tuple[str, ...] = ()) -> dict:
-    return {"reference_model": "site-v1", "tolerance": 0.01, "passed": passed,
+    return {"reference_model": "site-v1", "tolerance": 0.01, "valence_tolerance": 0.005, "passed": passed,
             "sets": {"candidate_ranges": {"accuracy_0.1": 0.5, "reference_accuracy_0.1": 0.48127,
                                           "valence_mae": 0.125, "reference_valence_mae": 0.13, "passed": passed}},
             "not_mn_probes": {"refused": 18, "draws": 20, "reference_refused": 20, "passed": probes_passed,
@@ -47,11 +47,13 @@ def _verdict(passed: bool, probes_passed: bool = True, worse: tuple[str, ...] = 
 
 def test_gate_lines_state_the_verdict_each_set_and_the_probes():
     assert gate_lines(_verdict(True)) == [
-        "gate against site-v1 (tolerance 0.01): passed",
+        "gate against site-v1 (tolerance 0.01 in accuracy_0.1, 0.005 in valence_mae): passed",
         "  candidate ranges: accuracy_0.1 0.5000 against 0.4813, valence_mae 0.1250 against 0.1300: passed",
         "  inputs that are no Mn edge refused: 18 of 20 against 20: passed"]
     lines = gate_lines(_verdict(False, probes_passed=False, worse=("a sawtooth", "one line")))
-    assert lines[0] == "gate against site-v1 (tolerance 0.01): FAILED"
+    assert lines[0] == "gate against site-v1 (tolerance 0.01 in accuracy_0.1, 0.005 in valence_mae): FAILED"
+    old = {k: v for k, v in _verdict(True).items() if k != "valence_tolerance"}   # written before the criterion
+    assert gate_lines(old)[0] == "gate against site-v1 (tolerance 0.01): passed"
     assert lines[1].endswith(": FAILED")
     assert lines[2] == ("  inputs that are no Mn edge refused: 18 of 20 against 20: FAILED "
                         "(refused less often: a sawtooth, one line)")
@@ -88,6 +90,14 @@ def test_the_same_model_passes_unless_it_must_beat_itself_or_refuses_a_probe_les
 
     gate = compare_with_reference(tiny_engine, res, tiny_engine, fcfg, bank, n=64, seed=3, tolerance=-1.5)
     assert not gate["passed"] and not gate["sets"]["candidate_ranges"]["passed"] and gate["tolerance"] == -1.5
+
+    # as accurate by the share, but with larger valence errors: fails unless the valence tolerance allows it
+    worse_valence = {**res, "valence_mae": res["valence_mae"] + 0.01}
+    gate = compare_with_reference(tiny_engine, worse_valence, tiny_engine, fcfg, bank, n=64, seed=3, tolerance=0.0)
+    assert not gate["passed"] and not gate["sets"]["candidate_ranges"]["passed"] and gate["valence_tolerance"] == 0.0
+    gate = compare_with_reference(tiny_engine, worse_valence, tiny_engine, fcfg, bank, n=64, seed=3, tolerance=0.0,
+                                  valence_tolerance=0.02)
+    assert gate["passed"] and gate["valence_tolerance"] == 0.02
 
     probes = res["not_mn_probes"]
     name = next(iter(probes["probes"]))

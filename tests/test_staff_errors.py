@@ -70,12 +70,12 @@ def test_evaluate_gate_without_json_prints_the_verdict_and_each_criterion(tmp_pa
               "--robustness-n", "0", "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime"]
     assert mnedge_train([*common, "--gate-tolerance", "-1.5"]) == 1   # must beat itself by 1.5: fails
     out = capsys.readouterr().out
-    assert "gate against tiny-test (tolerance -1.5): FAILED" in out
+    assert "gate against tiny-test (tolerance -1.5 in accuracy_0.1, 0 in valence_mae): FAILED" in out
     assert "  candidate ranges: accuracy_0.1 " in out and " against " in out and "valence_mae" in out
     assert "  inputs that are no Mn edge refused: " in out
     assert mnedge_train(common) == 0
     out = capsys.readouterr().out
-    assert "gate against tiny-test (tolerance 0): passed" in out and "FAILED" not in out
+    assert "gate against tiny-test (tolerance 0 in accuracy_0.1, 0 in valence_mae): passed" in out and "FAILED" not in out
 
 
 def test_export_of_an_intermediate_or_a_non_checkpoint_says_so_and_exits_2(tmp_path, capsys):
