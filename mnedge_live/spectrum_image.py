@@ -257,11 +257,25 @@ def run_image(image: SpectrumImage, client: Any, spec: EngineSpec, progress: boo
             try:
                 results = fut.result()
             except Exception as exc:  # a failed chunk rejects its pixels; the others still count
-                reason = f"chunk failed: {type(exc).__name__}: {exc}"
+                reason = f"chunk failed: {_chunk_error(exc)}"
                 results = [SpectrumResult.rejected(reason, model=model)] * (shape[0] * shape[1])
             merger.merge(origin, shape, results)
             bar.update(shape[0] * shape[1])
     return merger.finish(model)
+
+
+def _chunk_error(exc: Exception) -> str:
+    """``Type: message`` on one line, without the task key a future cancelled by distributed starts with.
+
+    A lost scheduler cancels every chunk's future with ``KEY cancelled for reason: scheduler-connection-lost.``
+    and a second line: with the key each chunk was a kind of reason of its own (the table listed one cause
+    once per chunk), and the line break split the table's line.
+    """
+    text = str(exc)
+    key = getattr(exc, "key", None)
+    if key is not None:
+        text = text.removeprefix(str(key))
+    return f"{type(exc).__name__}: {' '.join(text.split())}"
 
 
 def _short(path: str, n: int = 24) -> str:
@@ -299,8 +313,24 @@ def local_client(threads: int | None = None):
 
 
 def close_client(client: Any) -> None:
-    """Close a client and, when it started one, its local cluster."""
+    """Close a client and, when it started one, its local cluster.
+
+    A client whose scheduler was lost is still trying to reconnect; closing it cancels that attempt,
+    which distributed logs as an error with the CancelledError's traceback. That record is dropped:
+    the loss is reported already, in the rows of what it cost.
+    """
+    import asyncio
+    import logging
+
+    def not_a_cancelled_reconnect(record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError))
+
     cluster = getattr(client, "cluster", None)
-    client.close()
+    client_log = logging.getLogger("distributed.client")
+    client_log.addFilter(not_a_cancelled_reconnect)
+    try:
+        client.close()
+    finally:
+        client_log.removeFilter(not_a_cancelled_reconnect)
     if cluster is not None:
         cluster.close()

@@ -364,21 +364,113 @@ def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files
     assert dask.config.get("scheduler", None) != "dask.distributed"
 
 
-def test_scheduler_lost_during_the_run_rejects_the_image_only(capsys, model, files, monkeypatch):
-    from distributed import LocalCluster
+#: A scheduler with one worker thread in its own process (so that it can be killed), on a free loopback
+#: port; prints its address, then serves until killed.
+SCHEDULER_SCRIPT = """
+import logging, time
+from distributed import LocalCluster
+cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+                       scheduler_port=0, dashboard_address=None, silence_logs=logging.ERROR)
+print(cluster.scheduler_address, flush=True)
+while True:
+    time.sleep(60)
+"""
 
-    from mnedge_live.commands import predict
 
-    def lost(*args):   # what run_image raises when the scheduler has gone away
-        raise OSError("Timed out trying to connect to the scheduler")
+def test_scheduler_lost_during_the_run_rejects_the_image_only(capsys, model, files, tmp_path, monkeypatch):
+    """A real scheduler (and its worker) in another process, killed with SIGKILL once the first chunk of a
+    6 x 8 image (six chunks) is merged: the image's other chunks are rejected with the lost connection as
+    the reason, the two-column file after it is read out, the image after that gets one row naming the lost
+    scheduler, exit 1, no traceback, and the command ends instead of hanging."""
+    import logging
+    import os
+    import queue
+    import threading
+    import time
 
-    monkeypatch.setattr(predict, "_predict_image", lost)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        rc, rows = predict_json(capsys, "--model", model, "--scheduler", cluster.scheduler_address,
-                                files["image"], files["good"])
-    assert rc == 1 and len(rows) == 2
-    assert rows[0]["status"] == "rejected" and "spectrum image not processed: OSError" in rows[0]["reason"]
-    assert rows[1]["status"] == "ok"
+    from mnedge_live import spectrum_image
+
+    img = np.stack([mn_like(seed=60 + k) for k in range(48)]).reshape(6, 8, E.size).astype(np.float32)
+    lost = write_image(tmp_path / "lost.hspy", img)
+    root = str(Path(__file__).resolve().parents[1])   # the worker unpickles this checkout's chunk task
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    with open(tmp_path / "scheduler.log", "w") as log:
+        sched = subprocess.Popen([sys.executable, "-c", SCHEDULER_SCRIPT], stdout=subprocess.PIPE, stderr=log,
+                                 text=True, env=env)
+    try:
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: lines.put(sched.stdout.readline()), daemon=True).start()
+        address = lines.get(timeout=60).strip()
+        assert address.startswith("tcp://127.0.0.1:"), (address, (tmp_path / "scheduler.log").read_text())
+
+        # Spies that observe and call through: the client run_image is given, and the first merged chunk.
+        clients, merged = [], []
+        run_image, merge = spectrum_image.run_image, spectrum_image.MapMerger.merge
+
+        def watch_run_image(image, client, *args, **kwargs):
+            clients.append(client)
+            return run_image(image, client, *args, **kwargs)
+
+        def watch_merge(self, origin, shape, results):
+            merge(self, origin, shape, results)
+            merged.append((origin, shape))
+            if len(merged) == 1:   # the first chunk is in: the scheduler dies with its worker
+                sched.kill()
+                sched.wait(timeout=30)
+                # the client's report stream ends now; let it see that before the next chunk is fetched
+                deadline = time.monotonic() + 30
+                while (clients[-1].status == "running" or clients[-1].futures) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+
+        monkeypatch.setattr(spectrum_image, "run_image", watch_run_image)
+        monkeypatch.setattr(spectrum_image.MapMerger, "merge", watch_merge)
+        logged: list[logging.LogRecord] = []
+        handler = logging.Handler()
+        handler.emit = logged.append
+        logging.getLogger("distributed.client").addHandler(handler)
+        outcome: dict = {}
+
+        def predict():
+            try:
+                outcome["rc"] = main(["predict", "--json", "--no-progress", "--model", model, "--scheduler", address,
+                                      "--chunk-spectra", "8", str(lost), str(files["good"]), str(files["image"])])
+            except BaseException as exc:  # re-raised below, in the test's thread
+                outcome["error"] = exc
+
+        started = time.monotonic()
+        runner = threading.Thread(target=predict, daemon=True)
+        runner.start()
+        runner.join(timeout=120)
+        elapsed = time.monotonic() - started
+        logging.getLogger("distributed.client").removeHandler(handler)
+        assert not runner.is_alive(), "mnedge predict still running 120 s after its start: it hangs"
+        if "error" in outcome:
+            raise outcome["error"]
+    finally:
+        if sched.poll() is None:
+            sched.kill()
+            sched.wait(timeout=30)
+    rows = json.loads(capsys.readouterr().out)
+    assert outcome["rc"] == 1 and elapsed < 60
+    assert sched.returncode == -9 and len(merged) == 6   # killed mid-image; every chunk still came back
+    image_rows, (good, later) = rows[:48], rows[48:]
+    assert [r["pixel"] for r in image_rows] == [[i // 8, i % 8] for i in range(48)]
+    (r0, c0), (nr, nc) = merged[0]
+    first = {(r, c) for r in range(r0, r0 + nr) for c in range(c0, c0 + nc)}
+    assert len(first) == 8
+    for r in image_rows:
+        if tuple(r["pixel"]) in first:
+            assert r["status"] == "ok", r
+        else:
+            assert r["status"] == "rejected" and r["valence"] is None, r
+            assert r["reason"] == ("chunk failed: FutureCancelledError: cancelled for reason: "
+                                   "scheduler-connection-lost. Client lost the connection to the scheduler. "
+                                   "Please check your connection and re-run your work."), r
+    assert good["file"] == str(files["good"]) and good["status"] == "ok"
+    assert later["file"] == str(files["image"]) and later["signal"] == 0 and "pixel" not in later
+    assert later["status"] == "rejected" and later["reason"] == (
+        f"cannot process the spectrum image: the connection to the Dask scheduler {address} was lost during the run")
+    assert [logging.Formatter().format(rec) for rec in logged if rec.exc_info] == []   # no traceback on stderr
 
 
 def test_measured_spectra(capsys, model, real_dir):

@@ -23,8 +23,9 @@ table shows one line per spectrum and one summary line per spectrum image.
 A ``--scheduler`` is connected to before any file is read, whether or not
 the files hold spectrum images: an address that cannot be used (malformed,
 an unknown scheme, nothing answering within :data:`SCHEDULER_TIMEOUT_S`) is a
-usage error.  A scheduler lost during the run rejects the images not yet
-read out (a row each) and the other files are still processed.
+usage error.  A scheduler lost during the run rejects the pixels of the
+chunks it had not returned (the reason names the lost connection) and the
+images after it (a row each); the other files are still processed.
 
 Exit status: 0 when every spectrum was read out, 1 when anything (a file, a
 signal or a spectrum) was rejected, 2 for usage errors (bad options, a model
@@ -222,7 +223,12 @@ def run(args: argparse.Namespace) -> int:
                         client, why = _client(None)
                         if client is None:
                             client_error = f"cannot process the spectrum image: no connection to a local Dask cluster: {why}"
-                    if client is None:
+                    if client is not None and client.status != "running" and not client_error:
+                        # the scheduler went away during the run (distributed tries to reconnect): an image
+                        # handed to it now waited for that to time out, then had every chunk "cancelled"
+                        client_error = ("cannot process the spectrum image: the connection to the Dask scheduler "
+                                        f"{args.scheduler or '(local cluster)'} was lost during the run")
+                    if client is None or client_error:
                         rows.append(Row(image.file, image.index, SpectrumResult.rejected(client_error, model),
                                         signal=image.index))
                         continue
