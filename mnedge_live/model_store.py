@@ -97,10 +97,18 @@ class StoreState:
     history: list[str | None] = field(default_factory=list)
 
 
+#: Mode of the store's record: readable by everyone (it names models, nothing secret). A temporary
+#: file is made 0600; renamed over the record as is, an administrator's ``mnedge models use`` run as
+#: root left a record the service user could not read, and the service refused to start.
+RECORD_MODE = 0o644
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    """Write ``text`` to a temporary file next to ``path``, fsync it, then rename it over ``path``
+    (with mode :data:`RECORD_MODE`)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, RECORD_MODE)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -70,10 +70,11 @@ def start_site_ioc(prefix: str) -> subprocess.Popen:
 
 
 def start_proxy() -> tuple[subprocess.Popen, int, int]:
-    """Start ``bluesky-0MQ-proxy IN OUT`` on loopback; returns (process, in_port, out_port)."""
+    """Start ``bluesky-0MQ-proxy --in-address IN --out-address OUT``; returns (process, in_port, out_port)."""
     pin, pout = free_port(), free_port()
     exe = shutil.which("bluesky-0MQ-proxy", path=str(Path(sys.executable).parent)) or "bluesky-0MQ-proxy"
-    proc = subprocess.Popen([exe, str(pin), str(pout)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, "--in-address", str(pin), "--out-address", str(pout)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     wait_for_ports(proc, (pin, pout))
     return proc, pin, pout
 

@@ -221,3 +221,6 @@ def test_systemd_unit_runs_the_check_and_the_service_with_the_env_file():
     used = {w[2:-1] for ln in unit.splitlines() if ln.startswith("Exec") for w in ln.split() if w.startswith("${")}
     defined = {ln.split("=", 1)[0] for ln in env.splitlines() if ln and not ln.startswith("#")}
     assert used and used <= defined and "MNEDGE_HOME" in defined
+    # every option comes from the config file (flags would silently override its proxy addresses), and
+    # a bad config (exit 2) is not restarted every 10 s
+    assert used == {"MNEDGE_CONFIG"} and "RestartPreventExitStatus=2" in unit

@@ -242,6 +242,9 @@ def test_state_record_survives_a_kill_during_switching(two_models, tmp_path):
         assert before.read() == old_text and json.loads(old_text)["in_use"] == "site-a"
     assert json.loads(record.read_text())["in_use"] == "site-b"
     assert not list(store_dir.glob(".state.json.*"))   # no temporary file left beside it
+    # readable by the service user whoever changed the store (a temporary file is made 0600: an
+    # administrator's `mnedge models use` as root left a record the service could not read)
+    assert record.stat().st_mode & 0o777 == 0o644
     code = ("import sys; from mnedge_live.model_store import ModelStore\n"
             f"s = ModelStore({str(store_dir)!r}); print('go', flush=True)\n"
             "while True:\n    s.use('site-a'); s.use('site-b')\n")

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     disp = None
     publisher = None
     try:
-        procs.append(subprocess.Popen([exe, str(pin), str(pout)], stdout=subprocess.DEVNULL,
+        procs.append(subprocess.Popen([exe, "--in-address", str(pin), "--out-address", str(pout)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
         time.sleep(0.5)
         print(f"proxy: publishers -> 127.0.0.1:{pin}, subscribers <- 127.0.0.1:{pout}")
