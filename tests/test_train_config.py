@@ -69,28 +69,19 @@ def test_the_config_classes_are_still_importable_from_the_trainer():
     assert trainer.TrainConfig is TrainConfig and trainer.TrainSettings is TrainSettings
 
 
-def test_bad_config_is_refused_by_name(tmp_path):
+@pytest.mark.parametrize("text, field", [
+    ("[train]\nstepz = 3\n", "stepz"),
+    ('[train]\nfraction_loss = "huber"\n', "fraction_loss"),
+    ("[train]\nw_box = 0.1\nbox_softness = 0.0\n", "box_softness"),
+    ('[network]\nactivation = "tanh"\n', "activation"),
+    ('[train]\nteacher = "default"\n', "w_teacher"),   # a teacher needs its weight, and the reverse
+    ("[train]\nw_teacher = 1.0\n", "teacher"),
+    ("[forward]\noffset = [5.0, -5.0]\n", "offset"),
+])
+def test_bad_config_is_refused_by_name(tmp_path, text, field):
     p = tmp_path / "bad.toml"
-    p.write_text("[train]\nstepz = 3\n")
-    with pytest.raises(ValueError, match="stepz"):
-        TrainConfig.from_toml(p)
-    p.write_text('[train]\nfraction_loss = "huber"\n')
-    with pytest.raises(ValueError, match="fraction_loss"):
-        TrainConfig.from_toml(p)
-    p.write_text("[train]\nw_box = 0.1\nbox_softness = 0.0\n")
-    with pytest.raises(ValueError, match="box_softness"):
-        TrainConfig.from_toml(p)
-    p.write_text('[network]\nactivation = "tanh"\n')
-    with pytest.raises(ValueError, match="activation"):
-        TrainConfig.from_toml(p)
-    p.write_text('[train]\nteacher = "default"\n')   # a teacher needs its weight, and the reverse
-    with pytest.raises(ValueError, match="w_teacher"):
-        TrainConfig.from_toml(p)
-    p.write_text("[train]\nw_teacher = 1.0\n")
-    with pytest.raises(ValueError, match="teacher"):
-        TrainConfig.from_toml(p)
-    p.write_text("[forward]\noffset = [5.0, -5.0]\n")
-    with pytest.raises(ValueError, match="offset"):
+    p.write_text(text)
+    with pytest.raises(ValueError, match=field):
         TrainConfig.from_toml(p)
 
 
