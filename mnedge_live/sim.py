@@ -1,8 +1,8 @@
 """Simulated instruments (ophyd) for the demo and the tests, spectra from the forward model.
 
-- :class:`SimEELS`: an EELS spectrometer over a sample with a known valence map,
-  read with two stage motors (``stage_y``, ``stage_x``) in a grid scan.
-- :class:`SimXASBeamline`: a monochromator axis with TEY and I0 detectors for
+- :func:`make_eels` (:class:`EELSDetector`): an EELS spectrometer over a sample with a known
+  valence map, read with two stage motors (``stage_y``, ``stage_x``) in a grid scan.
+- :func:`make_xas` (:class:`XASDetectors`): a monochromator axis with TEY and I0 detectors for
   classic XAS step scans.
 
 The forward model (``offline_training``) is imported lazily, only here.

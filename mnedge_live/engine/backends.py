@@ -1,7 +1,7 @@
 """Inference backends behind one small interface: ``run(x) -> (fractions, log_std, side, features)``.
 
-One class per runtime; :func:`available_backends` says which can run here and
-:func:`make_backend` builds one.  Preference order for ``"auto"``: TensorRT
+One class per runtime; :func:`make_backend` builds the one asked for, or for ``"auto"`` the first
+of :data:`BACKEND_ORDER` that can run here.  Preference order for ``"auto"``: TensorRT
 (CUDA GPU with torch-tensorrt and an engine built for this GPU), ONNX
 Runtime (CUDA provider, then CPU), PyTorch.
 

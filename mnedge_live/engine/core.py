@@ -468,12 +468,13 @@ PREPROCESSING_ID = "mnedge_live.spectrum/v2 (doublet alignment, L3 at 641 eV, 25
 
 def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = True,
                 threads: int | None = None, workers: int | None = None) -> Engine:
-    """Load and verify a model artifact (default: the embedded model) and pick a backend.
+    """Load and verify a model artifact (default: the model in use) and pick a backend.
 
     Parameters
     ----------
     path : str, optional
-        Artifact directory; None for the model shipped in the package.
+        Artifact directory; None for the model in use in the model store (``$MNEDGE_HOME``), else
+        the model shipped in the package.
     backend : str
         ``"auto"`` (TensorRT, then ONNX Runtime, then PyTorch) or one of them by name.
     warmup : bool
