@@ -115,7 +115,17 @@ class ValenceMaps:
         return True
 
     def write(self, directory: str | Path, name: str, attrs: dict | None = None) -> tuple[str, str]:
-        """Write the maps as HDF5 (one dataset per layer) and a PNG; returns both paths."""
+        """Write the maps as HDF5 (one dataset per layer) and a PNG; returns both paths.
+
+        Each file is written under a temporary name and renamed into place, so a write that fails
+        (an attribute HDF5 cannot store, a full disk) leaves no half-written file under the final
+        name, and an earlier file of that name stays whole.  String attributes that are not valid
+        UTF-8 (a file name from a share with another encoding) are stored with the bad bytes
+        replaced: HDF5 refused them, and the maps were lost.
+        """
+        import os
+        import tempfile
+
         import h5py
         import matplotlib
 
@@ -125,12 +135,20 @@ class ValenceMaps:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         h5 = d / f"{name}.h5"
-        with h5py.File(h5, "w") as f:
-            for k, v in self.layers.items():
-                f.create_dataset(k, data=v)
-            f.create_dataset("rejected", data=self.rejected)
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".h5.tmp", dir=d)
+        os.close(fd)
+        try:
+            with h5py.File(tmp, "w") as f:
+                for k, v in self.layers.items():
+                    f.create_dataset(k, data=v)
+                f.create_dataset("rejected", data=self.rejected)
+                for k, v in (attrs or {}).items():
+                    f.attrs[k] = v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, h5)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         png = d / f"{name}.png"
         fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
         specs = [("valence", "Mn valence", 2.0, 4.0), ("frac_mn2", "Mn2+", 0, 1), ("frac_mn3", "Mn3+", 0, 1),
@@ -140,6 +158,15 @@ class ValenceMaps:
             ax.set_title(title)
             fig.colorbar(im, ax=ax, shrink=0.8)
         fig.tight_layout()
-        fig.savefig(png, dpi=80)
-        plt.close(fig)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".png.tmp", dir=d)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, dpi=80, format="png")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, png)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        finally:
+            plt.close(fig)
         return str(h5), str(png)

@@ -300,7 +300,9 @@ def local_thread_plan(cores: int | None = None) -> tuple[int, int]:
 def local_client(threads: int | None = None):
     """A client of an in-process local Dask cluster (threads, no dashboard); close it with :func:`close_client`.
 
-    ``threads``: worker threads (default: :func:`local_thread_plan`).
+    ``threads``: worker threads (default: :func:`local_thread_plan`).  The scheduler's and the
+    worker's HTTP servers, which distributed starts even without a dashboard, listen on loopback
+    only: on every interface they served the scheduler's pages to the network for the whole run.
     """
     import logging
 
@@ -308,7 +310,8 @@ def local_client(threads: int | None = None):
 
     threads = threads or local_thread_plan()[0]
     cluster = LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                           dashboard_address=None, silence_logs=logging.WARNING)
+                           dashboard_address="127.0.0.1:0", worker_dashboard_address="127.0.0.1:0",
+                           silence_logs=logging.WARNING)
     return Client(cluster, set_as_default=False)   # used explicitly (client.compute): no process-wide default
 
 

@@ -337,23 +337,43 @@ def test_corrupt_spectrum_image_chunk_rejects_its_pixels_with_the_reason(capsys,
     assert rows[-1]["status"] == "ok"  # the next file is still read out
 
 
-@pytest.mark.parametrize("address", ["unreachable", "bogus://x:1", "no-port", ""])
+@pytest.mark.parametrize("address", ["unreachable", "silent", "bogus://x:1", "no-port", ""])
 @pytest.mark.parametrize("kind", ["image", "good"])
 def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files, monkeypatch, address, kind):
     """The documented exit 2 for an unusable --scheduler: it gave exit 1 with a rejected image row, and
-    with only single-spectrum files the address was never checked (exit 0)."""
+    with only single-spectrum files the address was never checked (exit 0). A port that accepts
+    connections but never answers (a dashboard's HTTP port, another service: "silent") hung for good."""
     import socket
+    import threading
+    import time
 
     from mnedge_live.commands import predict
 
     monkeypatch.setattr(predict, "SCHEDULER_TIMEOUT_S", 2.0)
+    listener = None
     if address == "unreachable":
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
             address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    elif address == "silent":       # connections are accepted (the backlog) and never answered
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
     read = []
     monkeypatch.setattr(predict, "read_file", lambda *a, **k: read.append(a) or [])
-    rc = main(["predict", "--json", "--no-progress", "--model", model, "--scheduler", address, str(files[kind])])
+    result: list[int] = []
+    t0 = time.monotonic()
+    run = threading.Thread(target=lambda: result.append(main(
+        ["predict", "--json", "--no-progress", "--model", model, "--scheduler", address, str(files[kind])])),
+        daemon=True)
+    run.start()
+    run.join(30)
+    if listener is not None:
+        listener.close()
+    assert not run.is_alive(), f"mnedge predict --scheduler {address} still waiting after 30 s"
+    assert time.monotonic() - t0 < 15
+    rc = result[0]
     out, err = capsys.readouterr()
     assert rc == 2 and out == "" and read == []
     assert f"cannot use --scheduler {address}: " in err

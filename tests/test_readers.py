@@ -477,6 +477,31 @@ def test_dm_spectrum_image_stored_as_energy_planes(tmp_path, version):
     np.testing.assert_allclose(np.asarray(img.data.compute()), cube)
 
 
+@pytest.mark.parametrize("suffix", [".dm4", ".hspy"])
+def test_a_lazily_read_image_named_by_a_relative_path_is_read_from_that_file_wherever_it_is_computed(
+        tmp_path, monkeypatch, suffix):
+    """Dask workers compute the chunks in their own folder: a DM image read by a relative path failed there
+    (FileNotFoundError in every chunk) or, where that folder held a file of the same name, read its pixels."""
+    from dm_writer import write_dm
+
+    axes = [{"offset": 600.0, "scale": 0.5, "units": "eV"}, {"offset": 0.0, "scale": 2.0, "units": "nm"},
+            {"offset": 0.0, "scale": 2.0, "units": "nm"}]
+    cubes = {}
+    for name, seed in (("here", 1), ("there", 2)):
+        (tmp_path / name).mkdir()
+        cubes[name] = np.random.default_rng(seed).random((3, 4, 60)).astype(np.float32)
+        if suffix == ".dm4":
+            write_dm(tmp_path / name / f"EELS Spectrum Image{suffix}", np.moveaxis(cubes[name], -1, 0), axes,
+                     version=4, fmt="Spectrum image")
+        else:
+            write_hspy(tmp_path / name / f"EELS Spectrum Image{suffix}", cubes[name],
+                       [nav("y", 3), nav("x", 4), energy_axis(60, 600.0, 0.5)])
+    monkeypatch.chdir(tmp_path / "here")
+    (img,) = read_file(f"EELS Spectrum Image{suffix}")
+    monkeypatch.chdir(tmp_path / "there")         # where a worker may run: a file of the same name
+    np.testing.assert_allclose(np.asarray(img.data.compute()), cubes["here"])
+
+
 def test_dm_image_is_not_a_spectrum(tmp_path):
     from dm_writer import write_dm
 

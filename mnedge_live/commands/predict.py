@@ -325,6 +325,7 @@ def _client(address: str | None) -> tuple[Any, str]:
         if address is not None:
             from distributed import Client
 
+            _answers_as_a_scheduler(address)
             # not the process's default scheduler: a Client that fails to connect leaves that setting behind,
             # and every later dask computation in the process then asks for a client that is not there
             return Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False), ""
@@ -335,6 +336,28 @@ def _client(address: str | None) -> tuple[Any, str]:
     # left to a later collection, its __del__ (close) can run while another Client starts and deadlock it.
     gc.collect()
     return None, why
+
+
+def _answers_as_a_scheduler(address: str) -> None:
+    """Raise ``OSError`` unless ``address`` completes distributed's handshake within :data:`SCHEDULER_TIMEOUT_S`.
+
+    ``Client(address, timeout=...)`` waits for the handshake's reply without a limit: a port that
+    accepts connections but is no scheduler (a dashboard's HTTP port, another service) hung
+    ``mnedge predict`` for good.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        comm = await asyncio.wait_for(connect(address, timeout=SCHEDULER_TIMEOUT_S), SCHEDULER_TIMEOUT_S)
+        await comm.close()
+
+    try:
+        asyncio.run(probe())
+    except TimeoutError as exc:
+        raise OSError(f"no Dask scheduler answered at {address} within {SCHEDULER_TIMEOUT_S:g} s "
+                      "(the port accepts connections but does not speak the scheduler protocol?)") from exc
 
 
 class _PlotNames:

@@ -33,7 +33,9 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     ReadError
         Unreadable file, or no signal with one energy axis in it.
     """
-    p = Path(path)
+    # Absolute: a lazy read is computed later, maybe by Dask workers in another folder, where a relative
+    # path names another file or none (every pixel failed, or another file's pixels were read out).
+    p = Path(path).resolve()
     try:
         if fmt == "dm":
             from rsciio.digitalmicrograph import file_reader
