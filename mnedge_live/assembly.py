@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +126,6 @@ class ValenceMaps:
         UTF-8 (a file name from a share with another encoding) are stored with the bad bytes
         replaced: HDF5 refused them, and the maps were lost.
         """
-        import os
-        import tempfile
-
         import h5py
         import matplotlib
 
@@ -135,20 +135,16 @@ class ValenceMaps:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         h5 = d / f"{name}.h5"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".h5.tmp", dir=d)
-        os.close(fd)
-        try:
+
+        def write_h5(tmp: str) -> None:
             with h5py.File(tmp, "w") as f:
                 for k, v in self.layers.items():
                     f.create_dataset(k, data=v)
                 f.create_dataset("rejected", data=self.rejected)
                 for k, v in (attrs or {}).items():
                     f.attrs[k] = v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, h5)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        _write_replacing(h5, write_h5)
         png = d / f"{name}.png"
         fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
         specs = [("valence", "Mn valence", 2.0, 4.0), ("frac_mn2", "Mn2+", 0, 1), ("frac_mn3", "Mn3+", 0, 1),
@@ -158,15 +154,22 @@ class ValenceMaps:
             ax.set_title(title)
             fig.colorbar(im, ax=ax, shrink=0.8)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".png.tmp", dir=d)
-        os.close(fd)
         try:
-            fig.savefig(tmp, dpi=80, format="png")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, png)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            _write_replacing(png, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
         finally:
             plt.close(fig)
         return str(h5), str(png)
+
+
+def _write_replacing(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a file beside ``path``, then rename it over ``path`` (mode 0644): a failed write
+    leaves no half-written file under the name and an earlier one whole."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
