@@ -400,6 +400,20 @@ def test_hspy_single_spectrum_and_line_scan(tmp_path):
     np.testing.assert_allclose(np.asarray(img.data).reshape(5, -1), line)
 
 
+def test_an_energy_axis_marked_as_navigation_wins_over_a_flagged_axis_without_energy_units(tmp_path, caplog):
+    """Flags swapped by hand (the eV axis marked navigation, a unitless spatial axis as the signal) made every
+    pixel a 4-point "spectrum", each rejected as too short; the units decide, and the reader says so."""
+    cube = np.random.default_rng(3).random((3, 4, 60)).astype(np.float32)
+    x = {"name": "x", "size": 4, "offset": 0.0, "scale": 1.0, "units": "", "navigate": False}
+    e = {**energy_axis(60, 600.0, 0.5), "navigate": True}
+    with caplog.at_level("WARNING", logger="mnedge_live.readers.signals"):
+        (img,) = read_file(write_hspy(tmp_path / "swapped.hspy", cube, [nav("y", 3), x, e]))
+    assert isinstance(img, SpectrumImage) and img.shape == (3, 4)
+    np.testing.assert_allclose(img.energy, 600.0 + 0.5 * np.arange(60))
+    np.testing.assert_allclose(np.asarray(img.data.compute()), cube)
+    assert "marked as navigation" in caplog.text and "read the axis in eV as the energy axis" in caplog.text
+
+
 def test_hspy_kev_axis_is_converted_and_non_energy_axis_refused(tmp_path):
     (s,) = read_file(write_hspy(tmp_path / "kev.hspy", Y, [energy_axis(E.size, 0.630, 0.00025, "keV")]))
     np.testing.assert_allclose(s.energy, E, atol=1e-6)

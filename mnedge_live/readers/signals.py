@@ -238,13 +238,23 @@ def signal_axis(axes: list[dict]) -> list[int]:
     The axes flagged ``navigate=False``; when those are not exactly one but exactly
     one axis is in energy units, that one (a DM spectrum image is stored as a stack
     of energy planes, flagged as an image stack, and HyperSpy transposes it on load).
+    Units also win over a single flag that contradicts them: an axis in eV marked as
+    navigation while the one axis marked as the signal has no energy units (the flags
+    swapped by hand) is the energy axis, logged; the flagged one made every pixel a
+    "spectrum" of a few points, each rejected as too short.
     """
     if len(axes) == 1:
         return [0]
     flagged = [i for i, a in enumerate(axes) if not a.get("navigate", False)]
-    if len(flagged) == 1:
-        return flagged
     energy = [i for i, a in enumerate(axes) if str(a.get("units", "") or "").strip().lower() in ENERGY_UNITS]
+    if len(flagged) == 1:
+        if len(energy) == 1 and energy != flagged:
+            log.warning("axis %r is in %s but marked as navigation, axis %r (units %r) as the signal: read "
+                        "the axis in %s as the energy axis", axes[energy[0]].get("name", energy[0]),
+                        axes[energy[0]].get("units"), axes[flagged[0]].get("name", flagged[0]),
+                        axes[flagged[0]].get("units", ""), axes[energy[0]].get("units"))
+            return energy
+        return flagged
     return energy if len(energy) == 1 else flagged
 
 
