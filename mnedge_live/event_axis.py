@@ -6,8 +6,8 @@ event or in the descriptor's ``configuration`` (``energy_field``), a dispersion 
 axis (``energy_axis``) or a fixed dispersion and offset (``dispersion_eV``/``offset_eV``).  This
 module picks the first that applies, in that order, and says why when none gives an axis of the
 spectrum's length: that reason rejects the one spectrum, never its run.  An axis not read from
-``energy_field`` is cached per descriptor and length, and computed again only for an event that
-carries its own dispersion field.  It is kept apart from
+``energy_field`` is cached per descriptor and length; an event that carries its own dispersion or
+offset field gets an axis of its own, never cached.  It is kept apart from
 :mod:`mnedge_live.callback` so that the document router only routes and the order of these
 sources can be read and tested on its own.
 """
@@ -48,9 +48,8 @@ def energy_axis(cfg: LiveConfig, desc: dict, row: dict, n: int, cache: AxisCache
         configuration or from ``cfg`` alone is stored here and reused; one built from an event's own
         dispersion or offset field is that event's only (never stored, never reused).
     """
-    conf = configuration_values(desc)
     if cfg.energy_field:
-        src = row.get(cfg.energy_field, conf.get(cfg.energy_field))
+        src = row.get(cfg.energy_field, configuration_values(desc).get(cfg.energy_field))
         if src is None:
             return f"energy field {cfg.energy_field!r} is in neither the event nor the configuration"
         try:
@@ -65,8 +64,9 @@ def energy_axis(cfg: LiveConfig, desc: dict, row: dict, n: int, cache: AxisCache
                      and (cfg.dispersion_field in row or cfg.offset_field in row))
     cached = None if per_event else cache.get(key)
     if cached is not None:
-        return cached
+        return cached   # the usual case, every event of a spectrum image after the first
     if cfg.dispersion_field and cfg.offset_field:
+        conf = configuration_values(desc)
         d = row.get(cfg.dispersion_field, conf.get(cfg.dispersion_field))
         o = row.get(cfg.offset_field, conf.get(cfg.offset_field))
         if d is None or o is None:
