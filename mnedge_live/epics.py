@@ -2,7 +2,12 @@
 
 PVs (``PREFIX`` + name): ``VALENCE``, ``VALENCE_STD``, ``FRAC_MN2``, ``FRAC_MN3``,
 ``FRAC_MN4``, ``OOD_SCORE`` (how unlike the model's training spectra the last one
-was; its threshold is in the model card), ``STATUS``, ``PROCESSED``, ``REJECTED``, ``MISSED``,
+was; its threshold is in the model card), ``ENERGY_OFFSET`` and ``RESOLUTION`` (eV: the
+model's estimate of the energy axis error at L3, axis reading minus truth, and of the
+instrument resolution: a monochromator or spectrometer calibration check with every scan),
+``STATUS`` (status and reason, cut to an EPICS string's 39 characters), ``REASON`` and
+``FLAGS`` (the whole rejection reason and the comma-separated quality flags, as char
+arrays of up to :data:`LONG_STRING` bytes: ``caget -S``; text in ASCII, which every EPICS client decodes alike), ``PROCESSED``, ``REJECTED``, ``MISSED``,
 ``READOUTS`` (increments with every readout, so a plan can wait for a new one) and
 ``FINAL_READOUTS`` (increments only with the final readout of a step scan, written after the
 pixel PVs of that readout, since with ``step_readout_every`` the progressive readouts raise
@@ -14,7 +19,11 @@ read with ``map_bin`` also show their latest block readout (stream ``mnedge_binn
 row never changes the pixel PVs.
 
 Served by a caproto soft IOC started in a thread (:class:`SoftIOC`), or written
-to PVs of an existing IOC with pyepics (:class:`PyepicsWriter`).
+to PVs of an existing IOC with pyepics (:class:`PyepicsWriter`).  The soft IOC gives every
+number PV whose value is not a number (a rejected readout, or none yet) the alarm severity
+INVALID with status UDF, as an EPICS record with an undefined value has, and NO_ALARM
+otherwise: displays, archivers and alarm handlers see a refused readout as invalid, not as
+a value.  An existing IOC's records set their own alarms.
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 10.0
 #: Float PVs and the derived-row field each shows.
 FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "frac_mn2",
-             "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score"}
+             "FRAC_MN3": "frac_mn3", "FRAC_MN4": "frac_mn4", "OOD_SCORE": "ood_score",
+             "ENERGY_OFFSET": "energy_offset_eV", "RESOLUTION": "resolution_eV"}
 #: Float PVs of the latest block readout (``map_bin``) and the field each shows.
 BINNED_FLOAT_PVS = {"BINNED_VALENCE": "valence", "BINNED_VALENCE_STD": "valence_std"}
 #: Counter PVs and the total each shows (written after the float and string PVs of the same update).
@@ -46,6 +56,31 @@ STRING_PVS = ("STATUS", "BINNED_STATUS")
 FINAL_UID_PV = "FINAL_UID"
 #: Longest value of an EPICS string PV (40 bytes with the terminating zero).
 MAX_STRING = 39
+#: Char-array PVs with the whole text of the latest readout's field (a rejection reason runs to 200
+#: characters and more, far past an EPICS string): the PV and the derived-row field.
+LONG_STRING_PVS = {"REASON": "reason", "FLAGS": "flags"}
+#: Bytes of a char-array PV; its text is cut to one less.
+LONG_STRING = 512
+
+
+def epics_text(text: str, limit: int) -> str:
+    """``text`` as every EPICS client reads an EPICS string alike: ASCII, at most ``limit`` characters.
+
+    Channel Access carries bytes without an encoding; pyepics decodes them as UTF-8, caproto as
+    Latin-1, so any other character (a field name from the network in another script, say) becomes
+    ``?`` rather than bytes one client misreads and another cannot decode at all.
+    """
+    return text.encode("ascii", errors="replace").decode("ascii")[:limit]
+
+
+def alarm_of(value: float) -> dict:
+    """Alarm metadata of a number PV showing ``value``: INVALID / UDF where it is not a number (a refused
+    readout, or none yet), else none."""
+    from caproto import AlarmSeverity, AlarmStatus
+
+    if math.isfinite(value):
+        return {"severity": AlarmSeverity.NO_ALARM, "status": AlarmStatus.NO_ALARM}
+    return {"severity": AlarmSeverity.INVALID_ALARM, "status": AlarmStatus.UDF}
 
 
 def _values(row: dict, totals: dict) -> dict[str, object]:
@@ -58,9 +93,13 @@ def _values(row: dict, totals: dict) -> dict[str, object]:
             out[pv] = float(v) if v is not None else math.nan
         status = str(row.get("status", ""))
         reason = str(row.get("reason", ""))
-        out["BINNED_STATUS" if binned else "STATUS"] = (status if not reason else f"{status}: {reason}")[:MAX_STRING]
+        out["BINNED_STATUS" if binned else "STATUS"] = epics_text(status if not reason else f"{status}: {reason}",
+                                                                  MAX_STRING)
+        if not binned:
+            for pv, key in LONG_STRING_PVS.items():
+                out[pv] = epics_text(str(row.get(key, "")), LONG_STRING - 1)
         if row.get("final") is True:
-            out[FINAL_UID_PV] = str(row.get("source_uid", ""))[:MAX_STRING]
+            out[FINAL_UID_PV] = epics_text(str(row.get("source_uid", "")), MAX_STRING)
     for pv, key in COUNT_PVS.items():
         out[pv] = int(totals.get(key, 0))
     return out
@@ -75,21 +114,31 @@ def make_pvgroup(prefix: str, read_only: bool = True):
     from caproto import ChannelType
     from caproto.server import PVGroup, pvproperty
 
+    def number(name: str, precision: int, **metadata):
+        # each number PV with an alarm of its own: a PVGroup's properties share one unless told otherwise,
+        # and one refused number would mark them all
+        return pvproperty(value=math.nan, dtype=float, read_only=read_only, alarm_group=name, precision=precision,
+                          **metadata)
+
     class MnEdgeIOC(PVGroup):
-        VALENCE = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
-        VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
-        FRAC_MN2 = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
-        FRAC_MN3 = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
-        FRAC_MN4 = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
-        OOD_SCORE = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=1)
+        VALENCE = number("VALENCE", 3)
+        VALENCE_STD = number("VALENCE_STD", 3)
+        FRAC_MN2 = number("FRAC_MN2", 3)
+        FRAC_MN3 = number("FRAC_MN3", 3)
+        FRAC_MN4 = number("FRAC_MN4", 3)
+        OOD_SCORE = number("OOD_SCORE", 1)
+        ENERGY_OFFSET = number("ENERGY_OFFSET", 2, units="eV")
+        RESOLUTION = number("RESOLUTION", 2, units="eV")
         STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
+        REASON = pvproperty(value="", dtype=ChannelType.CHAR, max_length=LONG_STRING, read_only=read_only)
+        FLAGS = pvproperty(value="", dtype=ChannelType.CHAR, max_length=LONG_STRING, read_only=read_only)
         PROCESSED = pvproperty(value=0, dtype=int, read_only=read_only)
         REJECTED = pvproperty(value=0, dtype=int, read_only=read_only)
         MISSED = pvproperty(value=0, dtype=int, read_only=read_only)
         READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
         FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
-        BINNED_VALENCE = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
-        BINNED_VALENCE_STD = pvproperty(value=math.nan, dtype=float, read_only=read_only, precision=3)
+        BINNED_VALENCE = number("BINNED_VALENCE", 3)
+        BINNED_VALENCE_STD = number("BINNED_VALENCE_STD", 3)
         BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
         BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
         FINAL_UID = pvproperty(value="", dtype=ChannelType.STRING, read_only=read_only)
@@ -126,6 +175,9 @@ class SoftIOC:
         asyncio.set_event_loop(self.loop)
 
         async def bound(_async_lib) -> None:  # caproto calls it once its sockets are bound
+            for name in (*FLOAT_PVS, *BINNED_FLOAT_PVS):   # no readout yet: undefined, as a record before it runs
+                prop = getattr(self.group, name)
+                await prop.write(prop.value, **alarm_of(prop.value))
             self._bound = True
             self._started.set()
 
@@ -178,7 +230,9 @@ class SoftIOC:
         async def write() -> None:
             for name, v in vals.items():
                 prop = getattr(self.group, name)
-                if prop.value != v or name in FLOAT_PVS or name in BINNED_FLOAT_PVS:
+                if name in FLOAT_PVS or name in BINNED_FLOAT_PVS:
+                    await prop.write(v, **alarm_of(v))
+                elif prop.value != v:
                     await prop.write(v)
 
         asyncio.run_coroutine_threadsafe(write(), self.loop)
@@ -197,8 +251,8 @@ class PyepicsWriter:
         import epics
 
         self.prefix = prefix
-        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, FINAL_UID_PV,
-                                                         *COUNT_PVS]}
+        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, *LONG_STRING_PVS,
+                                                         FINAL_UID_PV, *COUNT_PVS]}
         self._warned: set[str] = set()
         # The connections proceed in parallel: one deadline for all, so PVs the IOC lacks
         # cost connect_timeout once at start-up, not once each.
@@ -216,6 +270,10 @@ class PyepicsWriter:
         """
         for name, v in _values(row, totals).items():
             pv = self.pvs[name]
+            if name in LONG_STRING_PVS and not v:
+                # an empty text as one blank: pyepics sends "" as a char array of zeros, which a caproto
+                # IOC refuses, dropping the connection of every PV on it (clients read the blank as "")
+                v = " "
             try:
                 if not pv.connected:
                     raise ConnectionError("not connected; its values are not written until it is")
@@ -240,7 +298,11 @@ class MnEdgeReadout(Device):
     frac_mn3 = Cpt(EpicsSignalRO, "FRAC_MN3")
     frac_mn4 = Cpt(EpicsSignalRO, "FRAC_MN4")
     ood_score = Cpt(EpicsSignalRO, "OOD_SCORE")
+    energy_offset = Cpt(EpicsSignalRO, "ENERGY_OFFSET")
+    resolution = Cpt(EpicsSignalRO, "RESOLUTION")
     status = Cpt(EpicsSignalRO, "STATUS", string=True)
+    reason = Cpt(EpicsSignalRO, "REASON", string=True)
+    flags = Cpt(EpicsSignalRO, "FLAGS", string=True)
     processed = Cpt(EpicsSignalRO, "PROCESSED", kind="config")
     rejected = Cpt(EpicsSignalRO, "REJECTED", kind="config")
     missed = Cpt(EpicsSignalRO, "MISSED", kind="config")

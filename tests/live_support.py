@@ -53,13 +53,16 @@ def use_loopback_channel_access() -> int:
 SITE_CA_PORT = "MNEDGE_TEST_SITE_CA_PORT"
 
 
-def start_site_ioc(prefix: str) -> subprocess.Popen:
+def start_site_ioc(prefix: str, soft_ioc: bool = False) -> subprocess.Popen:
     """A caproto IOC with writable readout PVs (``make_pvgroup(read_only=False)``) in its own process on
     loopback, at the port clients of this session also search (:func:`use_loopback_channel_access`):
-    the existing IOC that ``epics_mode = "pyepics"`` writes to."""
+    the existing IOC that ``epics_mode = "pyepics"`` writes to.  ``soft_ioc``: the service's own
+    :class:`~mnedge_live.epics.SoftIOC` instead, as it stands before its first readout."""
     port = os.environ[SITE_CA_PORT]
     code = ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
             "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])")
+    if soft_ioc:
+        code = "import sys, time; from mnedge_live.epics import SoftIOC; SoftIOC(sys.argv[1]).start(); time.sleep(3600)"
     env = {**os.environ, "EPICS_CAS_SERVER_PORT": port, "EPICS_CA_SERVER_PORT": port}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])

@@ -275,7 +275,8 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
         assert all(pv.connected for pv in writer.pvs.values())
         uid = "5f0c3a6e-8d2b-4c1e-9a7f-2b8d6e4c1a90"
         row = {"valence": 3.25, "valence_std": 0.125, "frac_mn2": 0.1, "frac_mn3": 0.55, "frac_mn4": 0.35,
-               "ood_score": 12.5, "status": "ok", "reason": "", "final": True, "source_uid": uid}
+               "ood_score": 12.5, "energy_offset_eV": 2.5, "resolution_eV": 0.75, "status": "ok", "reason": "",
+               "flags": "spikes_removed,low_psnr", "final": True, "source_uid": uid}
         totals = {key: i + 1 for i, key in enumerate(COUNT_PVS.values())}
         writer.update(row, totals)
         readout = MnEdgeReadout(prefix, name="site")
@@ -291,14 +292,110 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
         # every float and counter PV read back over Channel Access shows its own field (all values differ)
         # (spelled out here, not read from the module's own tables, so that a swapped entry there fails)
         shown = {"VALENCE": 3.25, "VALENCE_STD": 0.125, "FRAC_MN2": 0.1, "FRAC_MN3": 0.55, "FRAC_MN4": 0.35,
-                 "OOD_SCORE": 12.5}
+                 "OOD_SCORE": 12.5, "ENERGY_OFFSET": 2.5, "RESOLUTION": 0.75}
         assert set(shown) == set(FLOAT_PVS)
         for pv, value in shown.items():
             assert epics.caget(prefix + pv, timeout=5) == pytest.approx(value), pv
         assert set(COUNT_PVS) == {"PROCESSED", "REJECTED", "MISSED", "READOUTS", "FINAL_READOUTS", "BINNED_READOUTS"}
         for pv in COUNT_PVS:
             assert epics.caget(prefix + pv, timeout=5) == totals[pv.lower()], pv
+        assert readout.flags.get() == "spikes_removed,low_psnr" and readout.reason.get() == ""
+        # a refusal's whole reason, past the 39 characters of STATUS, in the site's char-array record
+        reason = "the measured window does not reach 2 eV below and 8.5 eV above the L3 maximum at 648.3 eV"
+        writer.update({**row, "valence": math.nan, "status": "rejected", "reason": reason, "flags": ""}, totals)
+        assert wait_for(readout.reason.get, reason) == reason
+        assert readout.status.get() == f"rejected: {reason}"[:39].rstrip() and math.isnan(readout.valence.get())
+        assert readout.flags.get() == ""
+        # the next readout is ok again: the reason is cleared, not left standing beside status ok
+        writer.update({**row, "flags": "clipped"}, totals)
+        assert wait_for(readout.flags.get, "clipped") == "clipped"
+        assert readout.reason.get() == "" and readout.status.get() == "ok"
+        assert readout.valence.get() == pytest.approx(3.25)
         writer.stop()
     finally:
         site.terminate()
         site.wait(10)
+
+
+def wait_for(get, expected, timeout: float = 10.0):
+    """``get()`` once it returns ``expected`` (or its last value after ``timeout`` seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    value = get()
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = get()
+    return value
+
+
+def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_refusals_invalid(ioc):
+    """An ok readout: its energy offset and resolution (eV) and flags, NO_ALARM. A refused one: every number
+    PV NaN with severity INVALID / UDF, the whole reason in ``REASON`` (``STATUS`` holds 39 characters of
+    it), a reason longer than the PV cut on a character boundary. Read over Channel Access."""
+    import epics
+    from caproto import AlarmSeverity, AlarmStatus
+
+    from mnedge_live.epics import LONG_STRING
+
+    prefix = ioc.prefix
+    readout = connected_readout(ioc)
+    ok = {"valence": 3.4, "valence_std": 0.11, "frac_mn2": 0.05, "frac_mn3": 0.5, "frac_mn4": 0.45, "ood_score": 20.5,
+          "energy_offset_eV": -1.75, "resolution_eV": 0.85, "status": "ok", "reason": "", "flags": "low_psnr,uncertain"}
+    ioc.update(ok, {"readouts": 101})
+    assert wait_for(readout.readouts.get, 101) == 101
+    assert readout.energy_offset.get() == pytest.approx(-1.75) and readout.resolution.get() == pytest.approx(0.85)
+    assert readout.flags.get() == "low_psnr,uncertain" and readout.reason.get() == ""
+    for name in ("VALENCE", "ENERGY_OFFSET", "RESOLUTION", "OOD_SCORE"):
+        pv = epics.PV(prefix + name, form="ctrl")
+        assert pv.wait_for_connection(5) and math.isfinite(pv.get(timeout=5)), name
+        assert pv.severity == AlarmSeverity.NO_ALARM, name
+    assert epics.PV(prefix + "ENERGY_OFFSET", form="ctrl").get_ctrlvars(timeout=5)["units"] == "eV"
+
+    reason = ("no L3 line at 641.2 eV: the spectrum falls by 3 % of the feature's height within 2 eV above it "
+              "(a line falls by at least 10 %): a rising slope or a step, not a Mn L3 line")
+    refused = {**{k: math.nan for k in ok if k not in ("status", "reason", "flags")}, "ood_score": 55.0,
+               "status": "rejected", "reason": reason, "flags": ""}
+    ioc.update(refused, {"readouts": 102})
+    assert wait_for(readout.readouts.get, 102) == 102
+    assert readout.reason.get() == reason and len(reason) > 100 and readout.flags.get() == ""
+    assert readout.status.get() == f"rejected: {reason}"[:39]
+    for name in ("VALENCE", "VALENCE_STD", "FRAC_MN2", "FRAC_MN3", "FRAC_MN4", "ENERGY_OFFSET", "RESOLUTION"):
+        pv = epics.PV(prefix + name, form="time")
+        assert pv.wait_for_connection(5) and math.isnan(pv.get(timeout=5)), name
+        assert (pv.severity, pv.status) == (AlarmSeverity.INVALID_ALARM, AlarmStatus.UDF), name
+    score = epics.PV(prefix + "OOD_SCORE", form="time")   # refused for its score: the score itself is a number
+    assert score.wait_for_connection(5) and score.get(timeout=5) == pytest.approx(55.0)
+    assert score.severity == AlarmSeverity.NO_ALARM
+
+    # ASCII, anything else as "?" (a field name from the network, say), cut to the PV's length;
+    # the counters after it are still written
+    long = "field 'é→θ' " + "x" * (2 * LONG_STRING)
+    ioc.update({**refused, "reason": long}, {"readouts": 103})
+    assert wait_for(readout.readouts.get, 103) == 103
+    shown = readout.reason.get()
+    assert shown == ("field '???' " + "x" * LONG_STRING)[:LONG_STRING - 1]
+    assert readout.status.get() == "rejected: field '???' " + "x" * 17   # 39 characters
+
+
+def test_a_soft_ioc_before_its_first_readout_shows_undefined_numbers():
+    """Started, nothing read out yet: every number PV NaN, INVALID / UDF (as an EPICS record that has not
+    run), the status ``idle``. The service's SoftIOC in a process of its own, read over Channel Access."""
+    import epics
+    from caproto import AlarmSeverity, AlarmStatus
+    from live_support import start_site_ioc
+
+    from mnedge_live.epics import BINNED_FLOAT_PVS, FLOAT_PVS
+
+    prefix = f"FRESH{CA_PORT}:"
+    proc = start_site_ioc(prefix, soft_ioc=True)
+    try:
+        for name in (*FLOAT_PVS, *BINNED_FLOAT_PVS):
+            pv = epics.PV(prefix + name, form="time")
+            assert pv.wait_for_connection(10), name
+            assert math.isnan(pv.get(timeout=5)), name
+            assert (pv.severity, pv.status) == (AlarmSeverity.INVALID_ALARM, AlarmStatus.UDF), name
+        assert epics.caget(prefix + "STATUS", timeout=5) == "idle"
+    finally:
+        proc.terminate()
+        proc.wait(10)
