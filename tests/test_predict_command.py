@@ -199,6 +199,31 @@ def test_spectrum_image_on_the_local_cluster_with_maps_and_plots(capsys, model, 
         assert (plot_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_outputs_that_cannot_be_written_are_counted_and_exit_3(capsys, model, files, tmp_path):
+    """A map or PNG that --plot asked for and that could not be written (here a folder stands where each
+    file goes) was a warning only: exit 0 without the maps. Every spectrum keeps its row, the other
+    outputs are written, stderr ends with the count, and the exit status is 3."""
+    plot_dir = tmp_path / "plots"
+    (plot_dir / "si_0_maps.h5").mkdir(parents=True)
+    (plot_dir / "good_0.png").mkdir()
+    rc = main(["predict", "--json", "--no-progress", "--model", str(model), "--plot", str(plot_dir),
+               str(files["image"]), str(files["good"]), str(files["tabs"])])
+    out, err = capsys.readouterr()
+    rows = json.loads(out)
+    assert rc == 3
+    check_image_rows(rows[:12])
+    assert [r["status"] for r in rows[12:]] == ["ok", "ok"]
+    assert (plot_dir / "tabs_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("mnedge predict: 2 output file(s) asked for with --plot could not be written")
+    assert "si_0_maps" in last and "good_0.png" in last
+    # without the obstacles the same run writes everything and says only what it read out
+    for blocker in ("si_0_maps.h5", "good_0.png"):
+        (plot_dir / blocker).rmdir()
+    rc, rows = predict_json(capsys, "--model", model, "--plot", plot_dir, files["image"], files["good"])
+    assert rc == 1 and (plot_dir / "si_0_maps.h5").is_file() and (plot_dir / "good_0.png").is_file()
+
+
 def test_spectrum_image_on_an_existing_scheduler(capsys, model, files):
     from distributed import LocalCluster
 

@@ -31,7 +31,11 @@ images after it (a row each); the other files are still processed.
 Exit status: 0 when every spectrum was read out, 1 when anything (a file, a
 signal or a spectrum) was rejected, 2 for usage errors (bad options, a model
 that cannot be loaded, an unusable plot folder or ``--scheduler`` address),
-with the reason on stderr and no output rows.
+with the reason on stderr and no output rows, and 3 when a file ``--plot``
+asked for (a spectrum's PNG, an image's maps) could not be written: every
+spectrum still has its row, each failure is logged with its reason and the
+count is the last line on stderr (3 wins over 1: the command did not do all
+it was asked; the rows still show any rejection).
 """
 
 from __future__ import annotations
@@ -264,6 +268,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(format_table(rows, summaries))
     sys.stdout.flush()
     rejected = any(not r.result.ok for r in rows) or any(s.counts.get("rejected", 0) for s in summaries)
+    if plots is not None and plots.failed:
+        print(f"mnedge predict: {len(plots.failed)} output file(s) asked for with --plot could not be written "
+              f"(the warnings above say why): {', '.join(plots.failed[:3])}{', ...' if len(plots.failed) > 3 else ''}",
+              file=sys.stderr)
+        return 3
     return 1 if rejected else 0
 
 
@@ -275,11 +284,12 @@ def _predict_singles(engine: Any, spectra: list[MeasuredSpectrum], plots: _PlotN
         if plots is not None:
             from mnedge_live.plots import plot_spectrum
 
+            png = plots.next(s.file, f"{s.index}", ".png")
             try:
-                plot_spectrum(plots.next(s.file, f"{s.index}", ".png"), s.energy, s.intensity, res,
-                              title=f"{Path(s.file).name} #{s.index}")
-            except Exception as exc:  # a plot failure is reported, not fatal
+                plot_spectrum(png, s.energy, s.intensity, res, title=f"{Path(s.file).name} #{s.index}")
+            except Exception as exc:  # a plot failure is reported and counted, not fatal
                 log.warning("plot of %s #%s failed: %s", s.file, s.index, exc)
+                plots.failed.append(png.name)
     return rows
 
 
@@ -308,8 +318,9 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
                                                     attrs={"source_file": str(image.file), "model": model,
                                                            "signal_index": image.index, "bin": args.bin,
                                                            "source_shape": list(source_shape)}))
-        except Exception as exc:
+        except Exception as exc:  # reported and counted, not fatal
             log.warning("maps of %s failed: %s", image.file, exc)
+            plots.failed.append(name)
     return rows, summary
 
 
@@ -361,11 +372,12 @@ def _answers_as_a_scheduler(address: str) -> None:
 
 
 class _PlotNames:
-    """Unique output names ``STEM_SUFFIX.EXT`` in the plot folder."""
+    """Unique output names ``STEM_SUFFIX.EXT`` in the plot folder, and the outputs that failed."""
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.used: set[str] = set()
+        self.failed: list[str] = []   # names of the outputs that could not be written
 
     def next(self, file: str, suffix: str, ext: str) -> Path:
         from mnedge_live.plots import safe_name
