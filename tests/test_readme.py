@@ -86,25 +86,33 @@ def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> li
     raise AssertionError(f"no {text!r} from {proc.args}:\n" + "".join(seen))
 
 
-def test_microscopist_example(tmp_path):
+def write_microscopist_files(folder: Path) -> None:
+    """``spectrum.msa`` and the 3 x 4 EELS spectrum image ``map.hspy`` of the simulated sample
+    (:func:`~mnedge_live.sim.demo_fractions`; the spectrum is pixel (0, 0))."""
     from rsciio.hspy import file_writer as write_hspy
     from rsciio.msa import file_writer as write_msa
 
-    from mnedge_live.sim import SpectrumSource, demo_fractions, valence_of
+    from mnedge_live.sim import SpectrumSource, demo_fractions
 
     source = SpectrumSource(seed=5)
     energy, spectra = source.draw(np.array([demo_fractions(r, c, (3, 4)) for r in range(3) for c in range(4)]), eels=True)
     axis = {"name": "Energy loss", "size": energy.size, "offset": float(energy[0]),
             "scale": float(energy[1] - energy[0]), "units": "eV", "navigate": False}
-    write_msa(str(tmp_path / "spectrum.msa"), {"data": spectra[0], "axes": [axis], "original_metadata": {},
+    write_msa(str(folder / "spectrum.msa"), {"data": spectra[0], "axes": [axis], "original_metadata": {},
                                                "metadata": {"General": {"title": "x"}, "Signal": {"signal_type": "EELS"}}})
     nav = [{"name": n, "size": s, "offset": 0.0, "scale": 1.0, "units": "nm", "navigate": True}
            for n, s in (("y", 3), ("x", 4))]
-    write_hspy(str(tmp_path / "map.hspy"), {
+    write_hspy(str(folder / "map.hspy"), {
         "data": spectra.reshape(3, 4, -1).astype(np.float32), "axes": [*nav, axis], "original_metadata": {},
         "metadata": {"General": {"title": "si"}, "Signal": {"signal_type": "EELS"}}, "attributes": {"_lazy": False},
         "tmp_parameters": {}, "learning_results": {}, "models": {}, "package_info": {"name": "hyperspy", "version": "2.1"}},
         show_progressbar=False)
+
+
+def test_microscopist_example(tmp_path):
+    from mnedge_live.sim import demo_fractions, valence_of
+
+    write_microscopist_files(tmp_path)
     shell = Shell(tmp_path)
     (line,) = readme_commands("For the microscopist")
     r = shell.run(line)
@@ -119,6 +127,28 @@ def test_microscopist_example(tmp_path):
     assert np.median(err) < 0.3, err
     out = tmp_path / "out"
     assert list(out.rglob("*.png")) and list(out.rglob("*.h5"))
+
+
+def test_python_example(tmp_path, monkeypatch):
+    """The README's Python block, run as written on the microscopist's files: the spectrum reads out, and
+    the image's valence map follows the simulated sample."""
+    from mnedge_live.sim import demo_fractions, valence_of
+
+    text = README.read_text()
+    m = re.search(r"^## From Python.*?^```python\n(.*?)^```", text, flags=re.S | re.M)
+    assert m, "README has no python block under '## From Python'"
+    write_microscopist_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(m.group(1), "README.md", "exec"), ns)
+    assert ns["r"].status == "ok" and ns["r"].model == ns["engine"].model_id
+    valence = ns["valence"]
+    assert valence.shape == (3, 4)
+    truth = np.array([[valence_of(demo_fractions(r, c, (3, 4))) for c in range(4)] for r in range(3)])
+    read = np.isfinite(valence)
+    assert read.sum() >= 11, ns["reasons"]
+    assert np.median(np.abs(valence[read] - truth[read])) < 0.3
+    assert abs(ns["r"].valence - valence[0, 0]) < 0.05   # the spectrum file is pixel (0, 0)
 
 
 def test_beamline_scientist_example(tmp_path):
