@@ -51,6 +51,20 @@ def test_bad_spectra_are_rejected_with_reasons(engine, energy, intensity, reason
     assert np.isnan(r.valence)
 
 
+@pytest.mark.parametrize("item, reason", [
+    ((E, mn_like(), mn_like()), "expected a pair (energy, intensity), got 3 items"),
+    ((E,), "expected a pair (energy, intensity), got 1 items"),
+    (None, "expected a pair (energy, intensity), got NoneType"),
+    (640.0, "expected a pair (energy, intensity), got float"),
+])
+def test_an_item_that_is_no_pair_is_rejected_saying_so(engine, item, reason):
+    """Was Python's unpacking message ("too many values to unpack (expected 2)"); the good item beside it
+    still reads out."""
+    bad, good = engine.predict([item, (E, mn_like())])
+    assert bad.status == "rejected" and bad.reason == reason
+    assert good.status == "ok"
+
+
 def test_good_spectrum_gets_a_full_readout(engine):
     r = engine.predict_one(E, mn_like())
     assert r.status == "ok" and r.reason == ""

@@ -282,7 +282,7 @@ class Engine:
         rows: list[Resampled] = []
         for i in idx:
             try:
-                energy, intensity = spectra[i]
+                energy, intensity = _pair(spectra[i])
                 rows.append(check_and_resample(energy, intensity))
             except (ValueError, TypeError) as exc:
                 results[i] = SpectrumResult.rejected(str(exc), model=self.model_id)
@@ -419,6 +419,16 @@ class Engine:
                 continue
             out.append(SpectrumResult.reading(tuple(fr), tuple(sd[:3]), val, sd[3], off, res, tl, od, flags[j], model))
         return out
+
+
+def _pair(item) -> tuple:
+    """``item`` as ``(energy, intensity)``; ValueError naming what it is instead."""
+    try:
+        energy, intensity = item
+    except (TypeError, ValueError):
+        what = f"{len(item)} items" if hasattr(item, "__len__") else type(item).__name__
+        raise ValueError(f"expected a pair (energy, intensity), got {what}") from None
+    return energy, intensity
 
 
 def _flag_tuples(columns: tuple[tuple[str, np.ndarray], ...], n: int) -> list[tuple[str, ...]]:
