@@ -53,20 +53,32 @@ def use_loopback_channel_access() -> int:
 SITE_CA_PORT = "MNEDGE_TEST_SITE_CA_PORT"
 
 
-def start_site_ioc(prefix: str, soft_ioc: bool = False) -> subprocess.Popen:
-    """A caproto IOC with writable readout PVs (``make_pvgroup(read_only=False)``) in its own process on
-    loopback, at the port clients of this session also search (:func:`use_loopback_channel_access`):
-    the existing IOC that ``epics_mode = "pyepics"`` writes to.  ``soft_ioc``: the service's own
-    :class:`~mnedge_live.epics.SoftIOC` instead, as it stands before its first readout."""
+#: Programs of :func:`start_site_ioc`, each run as ``python -c CODE PREFIX``.
+SITE_IOCS = {
+    # a caproto IOC whose readout PVs clients may write (the records of a site's own IOC)
+    "caproto": ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
+                "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])"),
+    # the service's own soft IOC, as it stands before its first readout
+    "soft_ioc": "import sys, time; from mnedge_live.epics import SoftIOC; SoftIOC(sys.argv[1]).start(); time.sleep(3600)",
+    # a real EPICS IOC (EPICS base from epicscorelibs, run by pythonSoftIOC) with deploy/epics/mnedge_readout.db
+    "epics_db": ("import sys, time; from softioc import asyncio_dispatcher, softioc; "
+                 f"softioc.dbLoadDatabase({str(ROOT / 'deploy' / 'epics' / 'mnedge_readout.db')!r}, "
+                 "substitutions='P=' + sys.argv[1]); "
+                 "softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher()); time.sleep(3600)"),
+}
+
+
+def start_site_ioc(prefix: str, kind: str = "caproto") -> subprocess.Popen:
+    """An IOC serving the readout PVs under ``prefix`` in its own process on loopback, at the port clients of
+    this session also search (:func:`use_loopback_channel_access`): one of :data:`SITE_IOCS` (``"caproto"``:
+    the existing IOC that ``epics_mode = "pyepics"`` writes to)."""
     port = os.environ[SITE_CA_PORT]
-    code = ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
-            "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])")
-    if soft_ioc:
-        code = "import sys, time; from mnedge_live.epics import SoftIOC; SoftIOC(sys.argv[1]).start(); time.sleep(3600)"
-    env = {**os.environ, "EPICS_CAS_SERVER_PORT": port, "EPICS_CA_SERVER_PORT": port}
+    # Channel Access on loopback only; an EPICS IOC's PV Access server (QSRV2) not started at all
+    env = {**os.environ, "EPICS_CAS_SERVER_PORT": port, "EPICS_CA_SERVER_PORT": port, "PVXS_QSRV_ENABLE": "NO",
+           "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1"}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    proc = subprocess.Popen([sys.executable, "-c", code, prefix], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-c", SITE_IOCS[kind], prefix], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_for_ports(proc, (int(port),))
     return proc

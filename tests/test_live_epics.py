@@ -388,7 +388,7 @@ def test_a_soft_ioc_before_its_first_readout_shows_undefined_numbers():
     from mnedge_live.epics import BINNED_FLOAT_PVS, FLOAT_PVS
 
     prefix = f"FRESH{CA_PORT}:"
-    proc = start_site_ioc(prefix, soft_ioc=True)
+    proc = start_site_ioc(prefix, "soft_ioc")
     try:
         for name in (*FLOAT_PVS, *BINNED_FLOAT_PVS):
             pv = epics.PV(prefix + name, form="time")
