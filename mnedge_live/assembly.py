@@ -90,13 +90,18 @@ def grid_pixel(seq_num: int, shape: tuple[int, ...], snaking: tuple[bool, ...] |
 
 
 #: Map layers written at stop (``ood_score`` also where the pixel was rejected: where the model did not
-#: recognise the spectrum, such as vacuum or another phase, shows as a region).
-MAP_LAYERS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "ood_score")
+#: recognise the spectrum, such as vacuum or another phase, shows as a region). The last three are the
+#: model's side outputs per pixel: the energy axis error at L3 (eV; its change across the image is the
+#: spectrometer's drift during the scan), the resolution (eV) and, for EELS, t/lambda (a relative
+#: thickness map from the core loss alone).
+MAP_LAYERS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "ood_score", "energy_offset_eV",
+              "resolution_eV", "t_lambda")
 
 
 def map_values(result: SpectrumResult) -> tuple[float, ...]:
     """The values of one result for the :data:`MAP_LAYERS`, in their order."""
-    return (result.valence, result.valence_std, *result.fractions, result.ood_score)
+    return (result.valence, result.valence_std, *result.fractions, result.ood_score, result.energy_offset_eV,
+            result.resolution_eV, result.t_lambda)
 
 
 class ValenceMaps:

@@ -59,10 +59,17 @@ def test_spectrum_image_gets_one_row_per_pixel_and_maps(engine, source, tmp_path
         assert r["status"] in ("ok", "rejected") and (r["status"] == "ok" or r["reason"])
     stop = docs[-1][1]
     assert stop["processed"] + stop["rejected"] == 12 and stop["missed"] == 0
-    with h5py.File(stop["maps_h5"]) as f:
-        assert f["valence"].shape == (3, 4)
     ok = [r for r in rows if r["status"] == "ok"]
     assert ok, f"the engine rejected every simulated spectrum: {rows[0]['reason']}"
+    with h5py.File(stop["maps_h5"]) as f:
+        assert f["valence"].shape == (3, 4)
+        # the side outputs per pixel: each map holds its own field of the pixel's row (NaN where rejected)
+        for r in rows:
+            px = (r["pixel_row"], r["pixel_col"])
+            for layer in ("valence", "energy_offset_eV", "resolution_eV"):
+                assert np.array_equal(f[layer][px], r[layer], equal_nan=True), (layer, px)
+        t_lambda = f["t_lambda"][()]
+        assert t_lambda.shape == (3, 4) and np.isfinite(t_lambda[~f["rejected"][()]]).all()
     truth = det.truth()
     err = [abs(r["valence"] - truth[r["pixel_row"], r["pixel_col"]]) for r in ok]
     if "tiny" not in engine.model_id:

@@ -194,6 +194,12 @@ def test_spectrum_image_on_the_local_cluster_with_maps_and_plots(capsys, model, 
         for k in ("frac_mn2", "frac_mn3", "frac_mn4", "valence_std"):
             assert f[k].shape == (3, 4)
         assert f["ood_score"].shape == (3, 4) and np.isnan(f["ood_score"][()]).all()  # the tiny model has no OOD statistics
+        # the side outputs per pixel, as in each pixel's row (rows[:12] are the image's, row-major)
+        for layer, key in (("energy_offset_eV", "energy_offset_eV"), ("resolution_eV", "resolution_eV"),
+                           ("t_lambda", "t_lambda")):
+            shown = np.array([np.nan if r[key] is None else r[key] for r in rows[:12]]).reshape(3, 4)
+            assert np.allclose(f[layer][()], shown, equal_nan=True, rtol=0, atol=1e-9), layer
+            assert np.isfinite(f[layer][()][~np.eye(3, 4, dtype=bool)]).all(), layer
         assert f.attrs["model"] == "tiny-test"
     for png in ("si_0_maps.png", "good_0.png"):
         assert (plot_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
