@@ -73,6 +73,12 @@ def epics_text(text: str, limit: int) -> str:
     return text.encode("ascii", errors="replace").decode("ascii")[:limit]
 
 
+def written_pvs() -> list[str]:
+    """Names (after the prefix) of every PV the service writes: the records a site's IOC needs for
+    ``epics_mode = "pyepics"`` (``deploy/epics/mnedge_readout.db``)."""
+    return [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, *LONG_STRING_PVS, FINAL_UID_PV, *COUNT_PVS]
+
+
 def alarm_of(value: float) -> dict:
     """Alarm metadata of a number PV showing ``value``: INVALID / UDF where it is not a number (a refused
     readout, or none yet), else none."""
@@ -251,8 +257,7 @@ class PyepicsWriter:
         import epics
 
         self.prefix = prefix
-        self.pvs = {n: epics.PV(prefix + n) for n in [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, *LONG_STRING_PVS,
-                                                         FINAL_UID_PV, *COUNT_PVS]}
+        self.pvs = {n: epics.PV(prefix + n) for n in written_pvs()}
         self._warned: set[str] = set()
         # The connections proceed in parallel: one deadline for all, so PVs the IOC lacks
         # cost connect_timeout once at start-up, not once each.

@@ -9,7 +9,10 @@ folders are looked at, not made: the nearest existing folder on each path must b
 a folder the service may write into.  The soft IOC's addresses (``epics_interfaces``,
 with ``epics_prefix`` and ``epics_mode = "ioc"``) are bound on port 0 by a TCP and a
 UDP socket, as caproto binds them (IPv4): an address the host does not have would
-stop the service at start-up.
+stop the service at start-up.  With ``epics_mode = "pyepics"`` every PV the service
+writes is connected to over Channel Access: each must be served, writable, and
+``REASON`` / ``FLAGS`` char arrays longer than an EPICS string (the records of
+``deploy/epics/mnedge_readout.db``); the site's IOC must be up, as the proxy must.
 """
 
 from __future__ import annotations
@@ -130,12 +133,50 @@ def check_interfaces(interfaces: list[str]) -> Check:
     return Check("epics_interfaces", True, f"{', '.join(addresses)} can be bound (TCP and UDP)")
 
 
+def check_site_pvs(prefix: str, timeout: float = CONNECT_TIMEOUT_S) -> Check:
+    """Connect to every PV the pyepics writer writes (``epics_mode = "pyepics"``), all within ``timeout``.
+
+    Fails naming the PVs no IOC serves, those clients may not write, and long-string PVs that are not
+    char arrays longer than an EPICS string (the whole reason would not fit).
+    """
+    import time
+
+    import epics
+
+    from mnedge_live.epics import LONG_STRING_PVS, MAX_STRING, written_pvs
+
+    pvs = {name: epics.PV(prefix + name, auto_monitor=False) for name in written_pvs()}
+    try:
+        deadline = time.monotonic() + timeout
+        for pv in pvs.values():
+            pv.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.01))
+        missing = [prefix + n for n, pv in pvs.items() if not pv.connected]
+        read_only = [prefix + n for n, pv in pvs.items() if pv.connected and not pv.write_access]
+        native = {n: str(pv.type).rsplit("_", 1)[-1] for n, pv in pvs.items() if pv.connected}   # "time_char": char
+        short = [f"{prefix}{n} ({native[n]}, {pv.nelm} element(s))" for n, pv in pvs.items()
+                 if n in LONG_STRING_PVS and pv.connected and not (native[n] == "char" and pv.nelm > MAX_STRING + 1)]
+    finally:
+        for pv in pvs.values():
+            pv.disconnect()
+    problems = []
+    if missing:
+        problems.append(f"no IOC serves {', '.join(missing)} (within {timeout:g} s)")
+    if read_only:
+        problems.append(f"clients may not write {', '.join(read_only)}")
+    if short:
+        problems.append(f"not char arrays longer than an EPICS string: {', '.join(short)}")
+    if problems:
+        return Check("epics_pvs", False, "; ".join(problems) + " (deploy/epics/mnedge_readout.db has every record)")
+    return Check("epics_pvs", True, f"{len(pvs)} PVs under {prefix} are served and writable")
+
+
 def run_checks(toml_path: str | None, overrides: dict[str, Any], timeout: float = CONNECT_TIMEOUT_S) -> list[Check]:
     """Every check in order; stops after the configuration check when the configuration is invalid.
 
     After the configuration: the model, both proxy addresses, ``plot_dir`` (when set), the
     folder maps are written to (spectrum mode, when not ``plot_dir``; see
-    :meth:`~mnedge_live.config.LiveConfig.maps_folder`) and, for a soft IOC, ``epics_interfaces``.
+    :meth:`~mnedge_live.config.LiveConfig.maps_folder`) and, for a soft IOC, ``epics_interfaces``, for
+    a site's IOC (``epics_mode = "pyepics"``) its PVs.
     """
     first, config = check_config(toml_path, overrides)
     if config is None:
@@ -151,4 +192,6 @@ def run_checks(toml_path: str | None, overrides: dict[str, Any], timeout: float 
         checks.append(check_folder("maps_dir", maps))
     if config.epics_prefix and config.epics_mode == "ioc":
         checks.append(check_interfaces(config.epics_interfaces))
+    if config.epics_prefix and config.epics_mode == "pyepics":
+        checks.append(check_site_pvs(config.epics_prefix, timeout))
     return checks

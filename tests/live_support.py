@@ -58,6 +58,10 @@ SITE_IOCS = {
     # a caproto IOC whose readout PVs clients may write (the records of a site's own IOC)
     "caproto": ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
                 "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])"),
+    # as "caproto", but REASON an EPICS string of 40 bytes (a site record made for a short text)
+    "string_reason": ("import sys; from caproto import ChannelString; from caproto.asyncio.server import run; "
+                      "from mnedge_live.epics import make_pvgroup; db = dict(make_pvgroup(sys.argv[1], read_only=False).pvdb); "
+                      "db[sys.argv[1] + 'REASON'] = ChannelString(value=''); run(db, interfaces=['127.0.0.1'])"),
     # the service's own soft IOC, as it stands before its first readout
     "soft_ioc": "import sys, time; from mnedge_live.epics import SoftIOC; SoftIOC(sys.argv[1]).start(); time.sleep(3600)",
     # a real EPICS IOC (EPICS base from epicscorelibs, run by pythonSoftIOC) with deploy/epics/mnedge_readout.db

@@ -151,12 +151,38 @@ def test_check_fails_for_folders_and_interfaces_the_service_could_not_use(proxy,
     cfg.write_text(f'[live]\nmode = "step"\nmaps_dir = "{afile}/maps"\nepics_prefix = "CHK:"\n'
                    'epics_mode = "pyepics"\nepics_interfaces = ["192.0.2.1"]\n')
     args = ["live", "--config", str(cfg), *addresses(proxy), "--model", str(tiny_artifact), "--check"]
-    assert main(args) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(args) == 1   # no IOC serves CHK: here: the PVs are checked, no interface bound
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[4].startswith("FAIL epics_pvs: no IOC serves CHK:VALENCE, CHK:VALENCE_STD")
     assert main(["live", *addresses(proxy), "--model", str(tiny_artifact), "--plot", str(tmp_path / "p"),
                  "--check"]) == 0
     assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[4:]] == ["plot_dir:"]
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("kind, ok, detail", [
+    ("epics_db", True, "21 PVs under {p} are served and writable"),
+    ("soft_ioc", False, "clients may not write {p}VALENCE, {p}VALENCE_STD"),
+    ("string_reason", False, "not char arrays longer than an EPICS string: {p}REASON (string, 1 element(s))"),
+])
+def test_check_connects_to_every_pv_of_a_sites_ioc(proxy, tiny_artifact, tmp_path, capsys, kind, ok, detail):
+    """epics_mode = "pyepics": the site's IOC must serve every PV the service writes, writable, with the
+    whole-text PVs as char arrays: a real EPICS IOC loaded with deploy/epics/mnedge_readout.db passes;
+    a read-only IOC (the service's own) and one whose REASON is a 40-byte string fail, naming the PVs."""
+    from live_support import start_site_ioc
+
+    prefix = f"CHK{kind.upper()}{os.getpid()}:"
+    ioc = start_site_ioc(prefix, kind)
+    try:
+        cfg = tmp_path / "live.toml"
+        cfg.write_text(f'[live]\nmode = "step"\nepics_prefix = "{prefix}"\nepics_mode = "pyepics"\n')
+        rc = main(["live", "--config", str(cfg), *addresses(proxy), "--model", str(tiny_artifact), "--check"])
+    finally:
+        ioc.terminate()
+        ioc.wait(10)
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert rc == (0 if ok else 1)
+    assert line.startswith(("ok   epics_pvs: " if ok else "FAIL epics_pvs: ") + detail.format(p=prefix)), line
 
 
 def test_check_folder_looks_without_making_anything(tmp_path, monkeypatch):
