@@ -29,14 +29,14 @@ STREAM = "mnedge"
 BINNED_STREAM = "mnedge_binned"
 #: Number fields of every derived row.
 NUMBER_FIELDS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
-                 "ood_score")
+                 "t_lambda", "ood_score")
 
 
 def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
     """The derived-row values of one result (NaN where rejected)."""
     f = result.fractions
     vals = (result.valence, result.valence_std, f[0], f[1], f[2], result.energy_offset_eV, result.resolution_eV,
-            result.ood_score)
+            result.t_lambda, result.ood_score)
     row = {k: float(v) if v is not None and math.isfinite(float(v)) else float("nan") for k, v in zip(NUMBER_FIELDS, vals)}
     row["status"] = result.status
     row["reason"] = result.reason or ""
