@@ -151,11 +151,21 @@ class ValenceMaps:
 
         _write_replacing(h5, write_h5)
         png = d / f"{name}.png"
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3.4))
-        specs = [("valence", "Mn valence", 2.0, 4.0), ("frac_mn2", "Mn2+", 0, 1), ("frac_mn3", "Mn3+", 0, 1),
-                 ("frac_mn4", "Mn4+", 0, 1)]
-        for ax, (k, title, lo, hi) in zip(axes, specs):
-            im = ax.imshow(self.layers[k], vmin=lo, vmax=hi, cmap="viridis", interpolation="nearest")
+        fig, axes = plt.subplots(2, 4, figsize=(14, 6.8))
+        # the composition on the first row; the model's side outputs on the second (offset about its median:
+        # the drift across the scan), each on its own range
+        offset = self.layers["energy_offset_eV"]
+        mid = float(np.nanmedian(offset)) if np.isfinite(offset).any() else 0.0
+        half = max(float(np.nanmax(np.abs(offset - mid))) if np.isfinite(offset).any() else 0.0, 0.5)
+        specs = [("valence", "Mn valence", 2.0, 4.0, "viridis"), ("frac_mn2", "Mn2+", 0, 1, "viridis"),
+                 ("frac_mn3", "Mn3+", 0, 1, "viridis"), ("frac_mn4", "Mn4+", 0, 1, "viridis"),
+                 ("energy_offset_eV", f"energy offset - median ({mid:+.2f} eV)", -half, half, "RdBu_r"),
+                 ("resolution_eV", "resolution (eV)", None, None, "magma"),
+                 ("t_lambda", "t/lambda (EELS)", None, None, "magma"),
+                 ("ood_score", "out-of-distribution score", None, None, "magma")]
+        for ax, (k, title, lo, hi, cmap) in zip(axes.flat, specs):
+            shown = offset - mid if k == "energy_offset_eV" else self.layers[k]
+            im = ax.imshow(shown, vmin=lo, vmax=hi, cmap=cmap, interpolation="nearest")
             ax.set_title(title)
             fig.colorbar(im, ax=ax, shrink=0.8)
         fig.tight_layout()
