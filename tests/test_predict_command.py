@@ -162,6 +162,11 @@ def test_table_output(capsys, model, files):
     out = capsys.readouterr().out
     assert rc == 1  # rejected pixels count as rejections without --json too
     assert "map 3x4" in out and "9 of 12 spectra read out, 3 rejected" in out
+    # the pixels' energy offset under the image's line: median and 5-95 % of the rows of the same pixels
+    rc, rows = predict_json(capsys, "--model", model, files["image"])
+    off = np.array([r["energy_offset_eV"] for r in rows if r["status"] == "ok"])
+    med, lo, hi = np.median(off), *np.percentile(off, [5, 95])
+    assert f"    energy offset: median {med:+.2f} eV, 5-95 % of pixels {lo:+.2f} to {hi:+.2f} eV\n" in out
     assert main(["predict", "--no-progress", "--model", model, str(files["good"])]) == 0
 
 

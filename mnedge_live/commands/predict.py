@@ -157,6 +157,8 @@ class ImageSummary:
     bin: int = 1
     source_shape: tuple[int, int] | None = None
     reasons: dict[str, int] = field(default_factory=dict)
+    #: median, 5th and 95th percentile of the pixels' energy offset (eV; None when no pixel was read out)
+    offset: tuple[float, float, float] | None = None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -307,8 +309,11 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
     rows = [Row(image.file, i, res, readout.pixel(i), args.bin, image.index) for i, res in enumerate(readout.results)]
     val = readout.maps.layers["valence"]
     mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
+    offsets = readout.maps.layers["energy_offset_eV"]
+    offsets = offsets[np.isfinite(offsets)]
+    offset = (float(np.median(offsets)), *(float(v) for v in np.percentile(offsets, [5, 95]))) if offsets.size else None
     summary = ImageSummary(image.file, image.index, image.shape, readout.counts, mean, bin=args.bin,
-                           source_shape=source_shape, reasons=readout.reasons)
+                           source_shape=source_shape, reasons=readout.reasons, offset=offset)
     if plots is not None:
         from mnedge_live.plots import write_image_maps
 
@@ -398,8 +403,9 @@ def _num(v: float | None, fmt: str) -> str:
 def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
     """Human-readable table: one line per single spectrum or unreadable file, one per spectrum image.
 
-    Under each image's line: its three commonest rejection reasons, and where a tenth or more of
-    its pixels are too noisy, the ``--bin`` that averages twice as many pixels per side.
+    Under each image's line: the pixels' energy offset (median and 5-95 %: a calibration error, and a
+    spectrometer drift during the scan as a spread), its three commonest rejection reasons, and where a
+    tenth or more of its pixels are too noisy, the ``--bin`` that averages twice as many pixels per side.
     """
     from mnedge_live.engine.checks import NO_EDGE_REASON
 
@@ -426,6 +432,9 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
         lines.append(f"{_short(s.file, 32):<32} map {s.shape[0]}x{s.shape[1]} (signal {s.index}{binned}): "
                      f"{c.get('ok', 0)} of {c.get('spectra', 0)} spectra read out, "
                      f"{c.get('rejected', 0)} rejected, mean valence {mean}")
+        if s.offset is not None:   # the model's reading of the axis error; its spread includes any drift
+            lines.append(f"    energy offset: median {s.offset[0]:+.2f} eV, 5-95 % of pixels {s.offset[1]:+.2f} to "
+                         f"{s.offset[2]:+.2f} eV")
         for kind, count in list(s.reasons.items())[:3]:
             lines.append(f"    {count} rejected: {kind}")
         if len(s.reasons) > 3:
