@@ -79,6 +79,17 @@ def written_pvs() -> list[str]:
     return [*FLOAT_PVS, *BINNED_FLOAT_PVS, *STRING_PVS, *LONG_STRING_PVS, FINAL_UID_PV, *COUNT_PVS]
 
 
+def connect_all(pvs: dict, timeout: float) -> dict:
+    """Wait for pyepics PVs to connect, all within one ``timeout``; returns ``pvs``.
+
+    The connections proceed in parallel: PVs no IOC serves cost ``timeout`` once, not once each.
+    """
+    deadline = time.monotonic() + timeout
+    for pv in pvs.values():
+        pv.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.01))
+    return pvs
+
+
 def alarm_of(value: float) -> dict:
     """Alarm metadata of a number PV showing ``value``: INVALID / UDF where it is not a number (a refused
     readout, or none yet), else none."""
@@ -257,13 +268,8 @@ class PyepicsWriter:
         import epics
 
         self.prefix = prefix
-        self.pvs = {n: epics.PV(prefix + n) for n in written_pvs()}
+        self.pvs = connect_all({n: epics.PV(prefix + n) for n in written_pvs()}, connect_timeout)
         self._warned: set[str] = set()
-        # The connections proceed in parallel: one deadline for all, so PVs the IOC lacks
-        # cost connect_timeout once at start-up, not once each.
-        deadline = time.monotonic() + connect_timeout
-        for pv in self.pvs.values():
-            pv.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.01))
 
     def update(self, row: dict, totals: dict) -> None:
         """Write the latest readout and the counters.
@@ -277,7 +283,8 @@ class PyepicsWriter:
             pv = self.pvs[name]
             if name in LONG_STRING_PVS and not v:
                 # an empty text as one blank: pyepics sends "" as a char array of zeros, which a caproto
-                # IOC refuses, dropping the connection of every PV on it (clients read the blank as "")
+                # IOC refuses, so the previous reason would stay standing (pyepics and ophyd read the
+                # blank as "", caget -S shows one space)
                 v = " "
             try:
                 if not pv.connected:

@@ -10,9 +10,10 @@ a folder the service may write into.  The soft IOC's addresses (``epics_interfac
 with ``epics_prefix`` and ``epics_mode = "ioc"``) are bound on port 0 by a TCP and a
 UDP socket, as caproto binds them (IPv4): an address the host does not have would
 stop the service at start-up.  With ``epics_mode = "pyepics"`` every PV the service
-writes is connected to over Channel Access: each must be served, writable, and
-``REASON`` / ``FLAGS`` char arrays longer than an EPICS string (the records of
-``deploy/epics/mnedge_readout.db``); the site's IOC must be up, as the proxy must.
+writes is connected to over Channel Access: the site's IOC must serve them (some at
+least: the ones it lacks are noted, the service skips them), writable and of a record
+type that keeps what is written (``deploy/epics/mnedge_readout.db``); it must be up, as
+the proxy must.
 """
 
 from __future__ import annotations
@@ -136,38 +137,65 @@ def check_interfaces(interfaces: list[str]) -> Check:
 def check_site_pvs(prefix: str, timeout: float = CONNECT_TIMEOUT_S) -> Check:
     """Connect to every PV the pyepics writer writes (``epics_mode = "pyepics"``), all within ``timeout``.
 
-    Fails naming the PVs no IOC serves, those clients may not write, and long-string PVs that are not
-    char arrays longer than an EPICS string (the whole reason would not fit).
+    Fails when no IOC serves any of them (a wrong prefix, an IOC that is down), and names the served
+    PVs that clients may not write or whose record type would damage what is written (a number
+    rounded by an integer record, a reason cut to an EPICS string). PVs not served pass with a note:
+    the service skips each with one warning (an IOC made for an older PV list lacks the newer ones).
     """
-    import time
-
     import epics
 
-    from mnedge_live.epics import LONG_STRING_PVS, MAX_STRING, written_pvs
+    from mnedge_live.epics import (
+        BINNED_FLOAT_PVS,
+        COUNT_PVS,
+        FLOAT_PVS,
+        LONG_STRING,
+        LONG_STRING_PVS,
+        MAX_STRING,
+        connect_all,
+        written_pvs,
+    )
 
-    pvs = {name: epics.PV(prefix + name, auto_monitor=False) for name in written_pvs()}
+    pvs = connect_all({name: epics.PV(prefix + name, auto_monitor=False) for name in written_pvs()}, timeout)
     try:
-        deadline = time.monotonic() + timeout
-        for pv in pvs.values():
-            pv.wait_for_connection(timeout=max(deadline - time.monotonic(), 0.01))
-        missing = [prefix + n for n, pv in pvs.items() if not pv.connected]
-        read_only = [prefix + n for n, pv in pvs.items() if pv.connected and not pv.write_access]
-        native = {n: str(pv.type).rsplit("_", 1)[-1] for n, pv in pvs.items() if pv.connected}   # "time_char": char
-        short = [f"{prefix}{n} ({native[n]}, {pv.nelm} element(s))" for n, pv in pvs.items()
-                 if n in LONG_STRING_PVS and pv.connected and not (native[n] == "char" and pv.nelm > MAX_STRING + 1)]
+        served = {n: pv for n, pv in pvs.items() if pv.connected}
+        native = {n: str(pv.type).rsplit("_", 1)[-1] for n, pv in served.items()}   # "time_double": double
+        counts = {n: int(pv.nelm) for n, pv in served.items()}
+        writable = {n: bool(pv.write_access) for n, pv in served.items()}
     finally:
         for pv in pvs.values():
             pv.disconnect()
+    if not served:
+        return Check("epics_pvs", False, f"no IOC serves any of the {len(pvs)} PVs under {prefix} (within "
+                                         f"{timeout:g} s); is the site's IOC running with them?")
+
+    def expected(name: str) -> tuple[set[str], str]:
+        if name in FLOAT_PVS or name in BINNED_FLOAT_PVS:
+            return {"double", "float"}, "a floating-point number"
+        if name in COUNT_PVS:
+            return {"long", "double"}, "a 32-bit integer or a number"
+        if name in LONG_STRING_PVS:
+            return {"char"}, f"a char array of more than {MAX_STRING + 1} elements"
+        return {"string"}, "a string"
+
+    wrong = [f"{prefix}{n} ({native[n]}, {counts[n]} element(s); expected {expected(n)[1]})" for n in served
+             if native[n] not in expected(n)[0] or (n in LONG_STRING_PVS and counts[n] <= MAX_STRING + 1)]
+    read_only = [prefix + n for n in served if not writable[n]]
     problems = []
-    if missing:
-        problems.append(f"no IOC serves {', '.join(missing)} (within {timeout:g} s)")
     if read_only:
         problems.append(f"clients may not write {', '.join(read_only)}")
-    if short:
-        problems.append(f"not char arrays longer than an EPICS string: {', '.join(short)}")
+    if wrong:
+        problems.append(f"wrong record type: {', '.join(wrong)}")
     if problems:
         return Check("epics_pvs", False, "; ".join(problems) + " (deploy/epics/mnedge_readout.db has every record)")
-    return Check("epics_pvs", True, f"{len(pvs)} PVs under {prefix} are served and writable")
+    notes = []
+    missing = [prefix + n for n in pvs if n not in served]
+    if missing:
+        notes.append(f"not served, skipped with a warning each: {', '.join(missing)}")
+    short = [f"{prefix}{n} ({counts[n]})" for n in LONG_STRING_PVS if n in served and counts[n] < LONG_STRING]
+    if short:
+        notes.append(f"texts longer than these arrays are cut: {', '.join(short)}")
+    detail = f"{len(served)} of {len(pvs)} PVs under {prefix} are served and writable"
+    return Check("epics_pvs", True, detail + ("; " + "; ".join(notes) if notes else ""))
 
 
 def run_checks(toml_path: str | None, overrides: dict[str, Any], timeout: float = CONNECT_TIMEOUT_S) -> list[Check]:

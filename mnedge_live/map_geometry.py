@@ -26,7 +26,7 @@ from mnedge_live.assembly import ValenceMaps, grid_pixel
 log = logging.getLogger("mnedge_live.callback")
 
 #: Most pixels of a spectrum image whose extent follows from its pixel-index fields
-#: (``pixel_fields``): the map's layers of 4096 x 4096 pixels take about 0.8 GB.  A pixel whose
+#: (``pixel_fields``): the map's nine layers of 4096 x 4096 pixels take about 1.2 GB.  A pixel whose
 #: index would grow the map past this is rejected with the reason.
 MAX_MAP_PIXELS = 4096 * 4096
 

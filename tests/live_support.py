@@ -58,6 +58,15 @@ SITE_IOCS = {
     # a caproto IOC whose readout PVs clients may write (the records of a site's own IOC)
     "caproto": ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
                 "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])"),
+    # as "caproto", without the PVs added on 2026-12-07 (a site IOC made for the older list)
+    "older": ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
+              "db = {k: v for k, v in make_pvgroup(sys.argv[1], read_only=False).pvdb.items() "
+              "if k[len(sys.argv[1]):] not in ('ENERGY_OFFSET', 'RESOLUTION', 'REASON', 'FLAGS')}; "
+              "run(db, interfaces=['127.0.0.1'])"),
+    # as "caproto", but VALENCE an integer record (a site record that would round the valence)
+    "long_valence": ("import sys; from caproto import ChannelInteger; from caproto.asyncio.server import run; "
+                     "from mnedge_live.epics import make_pvgroup; db = dict(make_pvgroup(sys.argv[1], read_only=False).pvdb); "
+                     "db[sys.argv[1] + 'VALENCE'] = ChannelInteger(value=0); run(db, interfaces=['127.0.0.1'])"),
     # as "caproto", but REASON an EPICS string of 40 bytes (a site record made for a short text)
     "string_reason": ("import sys; from caproto import ChannelString; from caproto.asyncio.server import run; "
                       "from mnedge_live.epics import make_pvgroup; db = dict(make_pvgroup(sys.argv[1], read_only=False).pvdb); "
@@ -68,7 +77,7 @@ SITE_IOCS = {
     "epics_db": ("import sys, time; from softioc import asyncio_dispatcher, softioc; "
                  f"softioc.dbLoadDatabase({str(ROOT / 'deploy' / 'epics' / 'mnedge_readout.db')!r}, "
                  "substitutions='P=' + sys.argv[1]); "
-                 "softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher()); time.sleep(3600)"),
+                 "softioc.iocInit(asyncio_dispatcher.AsyncioDispatcher(), enable_pva=False); time.sleep(3600)"),
 }
 
 
@@ -77,9 +86,8 @@ def start_site_ioc(prefix: str, kind: str = "caproto") -> subprocess.Popen:
     this session also search (:func:`use_loopback_channel_access`): one of :data:`SITE_IOCS` (``"caproto"``:
     the existing IOC that ``epics_mode = "pyepics"`` writes to)."""
     port = os.environ[SITE_CA_PORT]
-    # Channel Access on loopback only; an EPICS IOC's PV Access server (QSRV2) not started at all
-    env = {**os.environ, "EPICS_CAS_SERVER_PORT": port, "EPICS_CA_SERVER_PORT": port, "PVXS_QSRV_ENABLE": "NO",
-           "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1"}
+    # Channel Access on loopback only (the EPICS IOC starts no PV Access server: enable_pva=False)
+    env = {**os.environ, "EPICS_CAS_SERVER_PORT": port, "EPICS_CA_SERVER_PORT": port}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     proc = subprocess.Popen([sys.executable, "-c", SITE_IOCS[kind], prefix], env=env, stdout=subprocess.DEVNULL,

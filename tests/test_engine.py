@@ -53,9 +53,10 @@ def test_bad_spectra_are_rejected_with_reasons(engine, energy, intensity, reason
 
 @pytest.mark.parametrize("item, reason", [
     ((E, mn_like(), mn_like()), "expected a pair (energy, intensity), got 3 items"),
-    ((E,), "expected a pair (energy, intensity), got 1 items"),
+    ((E,), "expected a pair (energy, intensity), got 1 item"),
     (None, "expected a pair (energy, intensity), got NoneType"),
     (640.0, "expected a pair (energy, intensity), got float"),
+    (np.array(640.0), "expected a pair (energy, intensity), got ndarray"),   # 0-d: no len()
 ])
 def test_an_item_that_is_no_pair_is_rejected_saying_so(engine, item, reason):
     """Was Python's unpacking message ("too many values to unpack (expected 2)"); the good item beside it

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import time
 
 import pytest
 from live_support import ROOT, start_site_ioc
+from wire_support import wait_until
 
 DATABASE = ROOT / "deploy" / "epics" / "mnedge_readout.db"
 CA_PORT = int(os.environ["EPICS_CA_SERVER_PORT"])
@@ -47,12 +47,15 @@ def test_the_template_has_a_record_of_the_right_kind_for_every_pv_the_service_wr
         assert db[name][1]["FTVL"] == "CHAR" and int(db[name][1]["NELM"]) == LONG_STRING, name
     for name in STRING_PVS:
         assert db[name][1]["VAL"] == "idle", name
+    assert all(fields["PINI"] == "YES" for _, fields in db.values())   # defined from the start
+    assert all(db[n][1]["VAL"] == "NaN" for n in (*FLOAT_PVS, *BINNED_FLOAT_PVS))
 
 
 def test_the_service_writes_its_readouts_into_a_real_epics_ioc_loaded_with_the_template():
-    """EPICS base 7 (epicscorelibs, run by pythonSoftIOC) serving the template: the pyepics writer fills
-    every record, a rejected readout's NaN marks the numbers UDF / INVALID there too, the whole reason
-    and the flags arrive and clear, and the ophyd device reads it all."""
+    """EPICS base 7 (epicscorelibs, run by pythonSoftIOC) serving the template: it starts as the service's
+    soft IOC does (numbers NaN, UDF / INVALID; the rest without an alarm), the pyepics writer fills every
+    record, a rejected readout's NaN marks the numbers UDF / INVALID there too, the whole reason and the
+    flags arrive and clear with the next readout, and the ophyd device reads it all."""
     import epics
     from caproto import AlarmSeverity, AlarmStatus
 
@@ -62,6 +65,14 @@ def test_the_service_writes_its_readouts_into_a_real_epics_ioc_loaded_with_the_t
     ioc = start_site_ioc(prefix, "epics_db")
     try:
         writer = PyepicsWriter(prefix, connect_timeout=10.0)
+        for name in ("VALENCE", "ENERGY_OFFSET", "BINNED_VALENCE_STD"):   # before the first readout
+            pv = epics.PV(prefix + name, form="time")
+            assert pv.wait_for_connection(5) and math.isnan(pv.get(timeout=5)), name
+            assert (pv.severity, pv.status) == (AlarmSeverity.INVALID_ALARM, AlarmStatus.UDF), name
+        for name, value in (("STATUS", "idle"), ("REASON", ""), ("FINAL_UID", ""), ("READOUTS", 0)):
+            pv = epics.PV(prefix + name, form="time")
+            assert pv.wait_for_connection(5) and pv.get(timeout=5, as_string=True) == str(value), name
+            assert pv.severity == AlarmSeverity.NO_ALARM, name
         assert all(pv.connected for pv in writer.pvs.values()), [n for n, pv in writer.pvs.items() if not pv.connected]
         readout = MnEdgeReadout(prefix, name="epicsdb")
         readout.wait_for_connection(timeout=10)
@@ -71,9 +82,7 @@ def test_the_service_writes_its_readouts_into_a_real_epics_ioc_loaded_with_the_t
               "flags": "uncertain", "final": True, "source_uid": uid}
         totals = {key: 10 * (i + 1) for i, key in enumerate(COUNT_PVS.values())}
         writer.update(ok, totals)
-        deadline = time.monotonic() + 10
-        while readout.final_uid.get() != uid and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_until(lambda: readout.final_uid.get() == uid, 10)
         shown = {"VALENCE": 3.75, "VALENCE_STD": 0.0625, "FRAC_MN2": 0.0, "FRAC_MN3": 0.25, "FRAC_MN4": 0.75,
                  "OOD_SCORE": 30.5, "ENERGY_OFFSET": -4.25, "RESOLUTION": 1.25}
         for name, value in shown.items():
@@ -91,16 +100,21 @@ def test_the_service_writes_its_readouts_into_a_real_epics_ioc_loaded_with_the_t
                                             "energy_offset_eV", "resolution_eV")},
                    "ood_score": 48.2, "status": "rejected", "reason": reason, "flags": ""}
         writer.update(refused, totals)
-        deadline = time.monotonic() + 10
-        while readout.reason.get() != reason and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert readout.reason.get() == reason and readout.flags.get() == ""
+        assert wait_until(lambda: readout.reason.get() == reason, 10)
+        assert readout.flags.get() == ""
         assert readout.status.get() == f"rejected: {reason}"[:39].rstrip()
         for name in ("VALENCE", "FRAC_MN3", "ENERGY_OFFSET", "RESOLUTION"):
             pv = epics.PV(prefix + name, form="time")
             assert pv.wait_for_connection(5) and math.isnan(pv.get(timeout=5)), name
             assert (pv.severity, pv.status) == (AlarmSeverity.INVALID_ALARM, AlarmStatus.UDF), name
         assert epics.caget(prefix + "OOD_SCORE", timeout=5) == pytest.approx(48.2)
+        # the next readout is ok: the reason cleared (written as one blank), the numbers valid again
+        writer.update({**ok, "flags": "clipped"}, totals)
+        assert wait_until(lambda: readout.flags.get() == "clipped", 10)
+        assert readout.reason.get() == "" and readout.status.get() == "ok"
+        valence = epics.PV(prefix + "VALENCE", form="time")
+        assert valence.wait_for_connection(5) and valence.get(timeout=5) == pytest.approx(3.75)
+        assert valence.severity == AlarmSeverity.NO_ALARM
         writer.stop()
     finally:
         ioc.terminate()

@@ -153,7 +153,7 @@ def test_check_fails_for_folders_and_interfaces_the_service_could_not_use(proxy,
     args = ["live", "--config", str(cfg), *addresses(proxy), "--model", str(tiny_artifact), "--check"]
     assert main(args) == 1   # no IOC serves CHK: here: the PVs are checked, no interface bound
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and lines[4].startswith("FAIL epics_pvs: no IOC serves CHK:VALENCE, CHK:VALENCE_STD")
+    assert len(lines) == 5 and lines[4].startswith("FAIL epics_pvs: no IOC serves any of the 21 PVs under CHK: ")
     assert main(["live", *addresses(proxy), "--model", str(tiny_artifact), "--plot", str(tmp_path / "p"),
                  "--check"]) == 0
     assert [ln.split()[1] for ln in capsys.readouterr().out.splitlines()[4:]] == ["plot_dir:"]
@@ -161,14 +161,18 @@ def test_check_fails_for_folders_and_interfaces_the_service_could_not_use(proxy,
 
 
 @pytest.mark.parametrize("kind, ok, detail", [
-    ("epics_db", True, "21 PVs under {p} are served and writable"),
+    ("epics_db", True, "21 of 21 PVs under {p} are served and writable\n"),
+    ("older", True, "17 of 21 PVs under {p} are served and writable; not served, skipped with a warning each: "
+                    "{p}ENERGY_OFFSET, {p}RESOLUTION, {p}REASON, {p}FLAGS\n"),
     ("soft_ioc", False, "clients may not write {p}VALENCE, {p}VALENCE_STD"),
-    ("string_reason", False, "not char arrays longer than an EPICS string: {p}REASON (string, 1 element(s))"),
+    ("long_valence", False, "wrong record type: {p}VALENCE (long, 1 element(s); expected a floating-point number)"),
+    ("string_reason", False, "wrong record type: {p}REASON (string, 1 element(s); expected a char array of more "
+                             "than 40 elements)"),
 ])
 def test_check_connects_to_every_pv_of_a_sites_ioc(proxy, tiny_artifact, tmp_path, capsys, kind, ok, detail):
-    """epics_mode = "pyepics": the site's IOC must serve every PV the service writes, writable, with the
-    whole-text PVs as char arrays: a real EPICS IOC loaded with deploy/epics/mnedge_readout.db passes;
-    a read-only IOC (the service's own) and one whose REASON is a 40-byte string fail, naming the PVs."""
+    """epics_mode = "pyepics": a real EPICS IOC loaded with deploy/epics/mnedge_readout.db passes; one made
+    for the older PV list passes naming the PVs the service will skip; a read-only IOC (the service's
+    own), a VALENCE record that would round and a REASON of 40 bytes fail, naming the PVs."""
     from live_support import start_site_ioc
 
     prefix = f"CHK{kind.upper()}{os.getpid()}:"
@@ -180,7 +184,7 @@ def test_check_connects_to_every_pv_of_a_sites_ioc(proxy, tiny_artifact, tmp_pat
     finally:
         ioc.terminate()
         ioc.wait(10)
-    line = capsys.readouterr().out.splitlines()[-1]
+    line = capsys.readouterr().out.splitlines()[-1] + "\n"
     assert rc == (0 if ok else 1)
     assert line.startswith(("ok   epics_pvs: " if ok else "FAIL epics_pvs: ") + detail.format(p=prefix)), line
 

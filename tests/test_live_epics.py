@@ -7,6 +7,7 @@ import os
 
 import pytest
 from live_support import real_engine
+from wire_support import wait_until
 
 # conftest.py pointed Channel Access at loopback on a port of this session before ophyd was imported.
 CA_PORT = int(os.environ["EPICS_CA_SERVER_PORT"])
@@ -303,30 +304,18 @@ def test_pyepics_mode_writes_every_readout_pv_of_a_sites_ioc():
         # a refusal's whole reason, past the 39 characters of STATUS, in the site's char-array record
         reason = "the measured window does not reach 2 eV below and 8.5 eV above the L3 maximum at 648.3 eV"
         writer.update({**row, "valence": math.nan, "status": "rejected", "reason": reason, "flags": ""}, totals)
-        assert wait_for(readout.reason.get, reason) == reason
+        assert wait_until(lambda: readout.reason.get() == reason, 10)
         assert readout.status.get() == f"rejected: {reason}"[:39].rstrip() and math.isnan(readout.valence.get())
         assert readout.flags.get() == ""
         # the next readout is ok again: the reason is cleared, not left standing beside status ok
         writer.update({**row, "flags": "clipped"}, totals)
-        assert wait_for(readout.flags.get, "clipped") == "clipped"
+        assert wait_until(lambda: readout.flags.get() == "clipped", 10)
         assert readout.reason.get() == "" and readout.status.get() == "ok"
         assert readout.valence.get() == pytest.approx(3.25)
         writer.stop()
     finally:
         site.terminate()
         site.wait(10)
-
-
-def wait_for(get, expected, timeout: float = 10.0):
-    """``get()`` once it returns ``expected`` (or its last value after ``timeout`` seconds)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    value = get()
-    while value != expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-        value = get()
-    return value
 
 
 def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_refusals_invalid(ioc):
@@ -343,7 +332,7 @@ def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_ref
     ok = {"valence": 3.4, "valence_std": 0.11, "frac_mn2": 0.05, "frac_mn3": 0.5, "frac_mn4": 0.45, "ood_score": 20.5,
           "energy_offset_eV": -1.75, "resolution_eV": 0.85, "status": "ok", "reason": "", "flags": "low_psnr,uncertain"}
     ioc.update(ok, {"readouts": 101})
-    assert wait_for(readout.readouts.get, 101) == 101
+    assert wait_until(lambda: readout.readouts.get() == 101, 10)
     assert readout.energy_offset.get() == pytest.approx(-1.75) and readout.resolution.get() == pytest.approx(0.85)
     assert readout.flags.get() == "low_psnr,uncertain" and readout.reason.get() == ""
     for name in ("VALENCE", "ENERGY_OFFSET", "RESOLUTION", "OOD_SCORE"):
@@ -357,7 +346,7 @@ def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_ref
     refused = {**{k: math.nan for k in ok if k not in ("status", "reason", "flags")}, "ood_score": 55.0,
                "status": "rejected", "reason": reason, "flags": ""}
     ioc.update(refused, {"readouts": 102})
-    assert wait_for(readout.readouts.get, 102) == 102
+    assert wait_until(lambda: readout.readouts.get() == 102, 10)
     assert readout.reason.get() == reason and len(reason) > 100 and readout.flags.get() == ""
     assert readout.status.get() == f"rejected: {reason}"[:39]
     for name in ("VALENCE", "VALENCE_STD", "FRAC_MN2", "FRAC_MN3", "FRAC_MN4", "ENERGY_OFFSET", "RESOLUTION"):
@@ -372,7 +361,7 @@ def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_ref
     # the counters after it are still written
     long = "field 'é→θ' " + "x" * (2 * LONG_STRING)
     ioc.update({**refused, "reason": long}, {"readouts": 103})
-    assert wait_for(readout.readouts.get, 103) == 103
+    assert wait_until(lambda: readout.readouts.get() == 103, 10)
     shown = readout.reason.get()
     assert shown == ("field '???' " + "x" * LONG_STRING)[:LONG_STRING - 1]
     assert readout.status.get() == "rejected: field '???' " + "x" * 17   # 39 characters

@@ -426,7 +426,10 @@ def _pair(item) -> tuple:
     try:
         energy, intensity = item
     except (TypeError, ValueError):
-        what = f"{len(item)} items" if hasattr(item, "__len__") else type(item).__name__
+        try:
+            what = f"{len(item)} item{'s' if len(item) != 1 else ''}"
+        except TypeError:   # no length (None, a number, a 0-d array)
+            what = type(item).__name__
         raise ValueError(f"expected a pair (energy, intensity), got {what}") from None
     return energy, intensity
 
