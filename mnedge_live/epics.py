@@ -137,12 +137,15 @@ def make_pvgroup(prefix: str, read_only: bool = True):
         return pvproperty(value=math.nan, dtype=float, read_only=read_only, alarm_group=name, precision=precision,
                           **metadata)
 
+    valence_range = {"lower_disp_limit": 2.0, "upper_disp_limit": 4.0}   # what displays scale to
+    fraction_range = {"lower_disp_limit": 0.0, "upper_disp_limit": 1.0}
+
     class MnEdgeIOC(PVGroup):
-        VALENCE = number("VALENCE", 3)
+        VALENCE = number("VALENCE", 3, **valence_range)
         VALENCE_STD = number("VALENCE_STD", 3)
-        FRAC_MN2 = number("FRAC_MN2", 3)
-        FRAC_MN3 = number("FRAC_MN3", 3)
-        FRAC_MN4 = number("FRAC_MN4", 3)
+        FRAC_MN2 = number("FRAC_MN2", 3, **fraction_range)
+        FRAC_MN3 = number("FRAC_MN3", 3, **fraction_range)
+        FRAC_MN4 = number("FRAC_MN4", 3, **fraction_range)
         OOD_SCORE = number("OOD_SCORE", 1)
         ENERGY_OFFSET = number("ENERGY_OFFSET", 2, units="eV")
         RESOLUTION = number("RESOLUTION", 2, units="eV")
@@ -154,7 +157,7 @@ def make_pvgroup(prefix: str, read_only: bool = True):
         MISSED = pvproperty(value=0, dtype=int, read_only=read_only)
         READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
         FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
-        BINNED_VALENCE = number("BINNED_VALENCE", 3)
+        BINNED_VALENCE = number("BINNED_VALENCE", 3, **valence_range)
         BINNED_VALENCE_STD = number("BINNED_VALENCE_STD", 3)
         BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
         BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)

@@ -43,6 +43,9 @@ def test_the_template_has_a_record_of_the_right_kind_for_every_pv_the_service_wr
         fields = db[name][1]
         assert fields["UDFS"] == "INVALID" and fields["PREC"].isdigit(), name   # NaN: invalid, as the soft IOC
     assert db["ENERGY_OFFSET"][1]["EGU"] == db["RESOLUTION"][1]["EGU"] == "eV"
+    for name, (lo, hi) in {"VALENCE": (2, 4), "BINNED_VALENCE": (2, 4), "FRAC_MN2": (0, 1), "FRAC_MN3": (0, 1),
+                           "FRAC_MN4": (0, 1)}.items():   # display ranges, as the soft IOC's
+        assert (float(db[name][1]["LOPR"]), float(db[name][1]["HOPR"])) == (lo, hi), name
     for name in LONG_STRING_PVS:
         assert db[name][1]["FTVL"] == "CHAR" and int(db[name][1]["NELM"]) == LONG_STRING, name
     for name in STRING_PVS:

@@ -340,6 +340,8 @@ def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_ref
         assert pv.wait_for_connection(5) and math.isfinite(pv.get(timeout=5)), name
         assert pv.severity == AlarmSeverity.NO_ALARM, name
     assert epics.PV(prefix + "ENERGY_OFFSET", form="ctrl").get_ctrlvars(timeout=5)["units"] == "eV"
+    ctrl = epics.PV(prefix + "VALENCE", form="ctrl").get_ctrlvars(timeout=5)
+    assert (ctrl["lower_disp_limit"], ctrl["upper_disp_limit"]) == (2.0, 4.0)   # where displays scale
 
     reason = ("no L3 line at 641.2 eV: the spectrum falls by 3 % of the feature's height within 2 eV above it "
               "(a line falls by at least 10 %): a rising slope or a step, not a Mn L3 line")
