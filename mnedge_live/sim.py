@@ -44,8 +44,12 @@ class SpectrumSource:
         self.model = ForwardModel(Bank.load(bank_path), ForwardConfig())
         self.seed = seed
 
-    def draw(self, fractions: np.ndarray, eels: bool, psnr_db: float = 35.0) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, fractions: np.ndarray, eels: bool, psnr_db: float = 35.0,
+             offset_ev: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Spectra of ``fractions`` (n, 3) on the channel axis ``615 + 0.125 k`` eV.
+
+        ``offset_ev``: the instrument's calibration error, axis reading minus true energy (the
+        engine's ``energy_offset_eV`` reads it back).
 
         Returns
         -------
@@ -59,7 +63,7 @@ class SpectrumSource:
         with self._lock:
             self.seed += 1
             b = self.model.sample(n, seed=self.seed, fractions=torch.tensor(f), is_eels=eels, crop=False,
-                                  offset=0.0, dispersion_error=0.0, nonlinearity=0.0, psnr_db=psnr_db,
+                                  offset=float(offset_ev), dispersion_error=0.0, nonlinearity=0.0, psnr_db=psnr_db,
                                   t_lambda=0.3 if eels else 0.0)
         # The forward model works on its own uniform step: resample onto the spectrometer's channels.
         from mnedge_live.preprocessing import WORK_STEP_EV
@@ -175,10 +179,14 @@ class XASDetectors(Device):
         return st
 
 
-def make_xas(fractions=(0.2, 0.5, 0.3), source: SpectrumSource | None = None):
-    """The XAS beamline: ``(detectors, mono)`` for a sample of the given composition."""
+def make_xas(fractions=(0.2, 0.5, 0.3), source: SpectrumSource | None = None, mono_offset_ev: float = 0.0):
+    """The XAS beamline: ``(detectors, mono)`` for a sample of the given composition.
+
+    ``mono_offset_ev``: the monochromator's calibration error (its readback minus the true photon
+    energy), which the live readout's ``energy_offset_eV`` reads back.
+    """
     src = source or SpectrumSource()
-    energy, spectra = src.draw(np.asarray(fractions)[None, :], eels=False, psnr_db=80.0)
+    energy, spectra = src.draw(np.asarray(fractions)[None, :], eels=False, psnr_db=80.0, offset_ev=mono_offset_ev)
     mu = spectra[0] / spectra[0].max()
     mono = SynAxis(name="mono")
     mono.readback.name = "mono"

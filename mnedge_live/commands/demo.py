@@ -1,7 +1,9 @@
 """``mnedge demo``: proxy + live service + RunEngine with simulated instruments, end to end.
 
 Starts ``bluesky-0MQ-proxy`` and two ``mnedge live`` services (spectrum image and
-step scan) as subprocesses, runs an EELS spectrum image and an XAS step scan,
+step scan, the latter serving its readout as EPICS PVs on loopback) as subprocesses,
+runs an EELS spectrum image and an XAS step scan (its monochromator off by
+:data:`MONO_OFFSET_EV`),
 prints the live readouts, compares them with the simulated truth, writes maps
 and plots, and stops every process it started.
 """
@@ -9,6 +11,7 @@ and plots, and stops every process it started.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import socket
 import subprocess
@@ -28,15 +31,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+#: Calibration error of the simulated monochromator (readback minus true energy, eV): the step-scan
+#: readout's energy offset reads it back.
+MONO_OFFSET_EV = 2.5
+#: PV prefix of the step-scan service's soft IOC (served on loopback, on a port of the demo's own).
+EPICS_PREFIX = "DEMO:MNEDGE:"
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _start_service(args: list[str]) -> subprocess.Popen:
+def _start_service(args: list[str], env: dict | None = None) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mnedge_live.cli", "live", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -96,9 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print("starting the live services (spectrum image, step scan) ...")
         procs.append(_start_service([*common, "--config", str(cfg), "--mode", "spectrum",
                                      "--spectrum-field", "eels_spectrum"]))
+        ca_port = _port()   # Channel Access of the demo's soft IOC: loopback, a port of its own
+        ca_env = {"EPICS_CAS_SERVER_PORT": str(ca_port), "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+                  "EPICS_CA_SERVER_PORT": str(ca_port), "EPICS_CA_ADDR_LIST": f"127.0.0.1:{ca_port}",
+                  "EPICS_CA_AUTO_ADDR_LIST": "NO"}
         procs.append(_start_service([*common, "--config", str(xas_cfg), "--mode", "step",
                                      "--signal-field", "xas_tey",
-                                     "--norm-field", "xas_i0"]))
+                                     "--norm-field", "xas_i0", "--epics-prefix", EPICS_PREFIX],
+                                    env={**os.environ, **ca_env}))
 
         disp = RemoteDispatcher(f"127.0.0.1:{pout}", deserializer=msgpack_loads)
         derived_desc: dict[str, str] = {}
@@ -131,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"EELS spectrum image {ny} x {nx} ...")
         RE(bp.grid_scan([det], sy, 0, 1, ny, sx, 0, 1, nx, snake_axes=True))
         fractions = (0.2, 0.5, 0.3)
-        dets, mono = make_xas(fractions, source)
-        print("XAS step scan 630-665 eV ...")
+        dets, mono = make_xas(fractions, source, mono_offset_ev=MONO_OFFSET_EV)
+        print(f"XAS step scan 630-665 eV (the simulated monochromator reads {MONO_OFFSET_EV:.2f} eV high) ...")
         RE(bp.scan([dets], mono, 630, 665, 71))
         stops = _wait_stops(docs, 2)
         starts = {d["uid"]: d for n, d in docs if n == "start" and d.get("mnedge_derived")}
@@ -152,9 +167,11 @@ def run(args: argparse.Namespace) -> int:
                       + (f"{np.median(err[good]):.2f}" if good.any() else "n/a"))
         finals = [r for r in _rows(docs, derived_desc) if r.get("final")]
         if finals:
-            v = finals[-1]["valence"]
-            print(f"  step scan final valence {v:.2f} vs truth {valence_of(np.array(fractions)):.2f}"
-                  if finals[-1]["status"] == "ok" else f"  step scan final readout rejected: {finals[-1]['reason']}")
+            f = finals[-1]
+            print(f"  step scan final valence {f['valence']:.2f} vs truth {valence_of(np.array(fractions)):.2f}; "
+                  f"energy offset read {f['energy_offset_eV']:+.2f} eV vs the monochromator's {MONO_OFFSET_EV:+.2f} eV"
+                  if f["status"] == "ok" else f"  step scan final readout rejected: {f['reason']}")
+        print(f"  EPICS, the step-scan service's soft IOC: {_pv_summary(EPICS_PREFIX, ca_env)}")
         print(f"maps and plots in {out}")
         return 0 if ok else 1
     finally:
@@ -164,6 +181,32 @@ def run(args: argparse.Namespace) -> int:
             publisher.close()
         for p in reversed(procs):
             _stop(p)
+
+
+def _pv_summary(prefix: str, ca_env: dict[str, str]) -> str:
+    """The final readout as a Channel Access client reads it from the service's soft IOC (``ca_env``: its
+    address; set in this process only while reading)."""
+    from caproto import AlarmSeverity
+    from caproto.sync.client import read
+
+    saved = {k: os.environ.get(k) for k in ca_env}
+    os.environ.update(ca_env)
+    try:
+        parts = []
+        for name, fmt in (("VALENCE", ".3f"), ("ENERGY_OFFSET", "+.2f"), ("STATUS", ""), ("FINAL_READOUTS", "d")):
+            r = read(prefix + name, data_type="time", timeout=2, repeater=False)
+            value = r.data[0].decode() if isinstance(r.data[0], bytes) else r.data[0]
+            alarm = AlarmSeverity(r.metadata.severity).name if name in ("VALENCE", "ENERGY_OFFSET") else ""
+            parts.append(f"{prefix}{name} {format(value, fmt)}" + (f" ({alarm})" if alarm else ""))
+        return ", ".join(parts)
+    except Exception as exc:   # a demo line, not the demo's outcome
+        return f"not read ({type(exc).__name__}: {exc})"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _quiet(fn) -> None:
