@@ -47,7 +47,8 @@ FLOAT_PVS = {"VALENCE": "valence", "VALENCE_STD": "valence_std", "FRAC_MN2": "fr
              "ENERGY_OFFSET": "energy_offset_eV", "RESOLUTION": "resolution_eV"}
 #: Float PVs of the latest block readout (``map_bin``) and the field each shows.
 BINNED_FLOAT_PVS = {"BINNED_VALENCE": "valence", "BINNED_VALENCE_STD": "valence_std"}
-#: Counter PVs and the total each shows (written after the float and string PVs of the same update).
+#: Counter PVs and the total each shows (written after the float and string PVs of the same update;
+#: served as doubles: exact to 2**53, where a 32-bit integer record wraps negative after 2**31).
 COUNT_PVS = {"PROCESSED": "processed", "REJECTED": "rejected", "MISSED": "missed", "READOUTS": "readouts",
              "FINAL_READOUTS": "final_readouts", "BINNED_READOUTS": "binned_readouts"}
 #: String PVs: the status of the latest readout and of the latest block readout.
@@ -137,6 +138,11 @@ def make_pvgroup(prefix: str, read_only: bool = True):
         return pvproperty(value=math.nan, dtype=float, read_only=read_only, alarm_group=name, precision=precision,
                           **metadata)
 
+    def count(name: str):
+        # counters as doubles, exact to 2**53: Channel Access has no 64-bit integer, and a 32-bit one
+        # wraps negative after 2**31 spectra (two and a half days at 10,000 spectra/s)
+        return pvproperty(value=0.0, dtype=float, read_only=read_only, alarm_group=name, precision=0)
+
     valence_range = {"lower_disp_limit": 2.0, "upper_disp_limit": 4.0}   # what displays scale to
     fraction_range = {"lower_disp_limit": 0.0, "upper_disp_limit": 1.0}
 
@@ -152,15 +158,15 @@ def make_pvgroup(prefix: str, read_only: bool = True):
         STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
         REASON = pvproperty(value="", dtype=ChannelType.CHAR, max_length=LONG_STRING, read_only=read_only)
         FLAGS = pvproperty(value="", dtype=ChannelType.CHAR, max_length=LONG_STRING, read_only=read_only)
-        PROCESSED = pvproperty(value=0, dtype=int, read_only=read_only)
-        REJECTED = pvproperty(value=0, dtype=int, read_only=read_only)
-        MISSED = pvproperty(value=0, dtype=int, read_only=read_only)
-        READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
-        FINAL_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
+        PROCESSED = count("PROCESSED")
+        REJECTED = count("REJECTED")
+        MISSED = count("MISSED")
+        READOUTS = count("READOUTS")
+        FINAL_READOUTS = count("FINAL_READOUTS")
         BINNED_VALENCE = number("BINNED_VALENCE", 3, **valence_range)
         BINNED_VALENCE_STD = number("BINNED_VALENCE_STD", 3)
         BINNED_STATUS = pvproperty(value="idle", dtype=ChannelType.STRING, read_only=read_only)
-        BINNED_READOUTS = pvproperty(value=0, dtype=int, read_only=read_only)
+        BINNED_READOUTS = count("BINNED_READOUTS")
         FINAL_UID = pvproperty(value="", dtype=ChannelType.STRING, read_only=read_only)
 
     return MnEdgeIOC(prefix=prefix)

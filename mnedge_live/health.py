@@ -194,6 +194,9 @@ def check_site_pvs(prefix: str, timeout: float = CONNECT_TIMEOUT_S) -> Check:
     short = [f"{prefix}{n} ({counts[n]})" for n in LONG_STRING_PVS if n in served and counts[n] < LONG_STRING]
     if short:
         notes.append(f"texts longer than these arrays are cut: {', '.join(short)}")
+    wrapping = [prefix + n for n in COUNT_PVS if n in served and native[n] == "long"]
+    if wrapping:
+        notes.append(f"32-bit counters, negative after 2**31 counts: {', '.join(wrapping)}")
     detail = f"{len(served)} of {len(pvs)} PVs under {prefix} are served and writable"
     return Check("epics_pvs", True, detail + ("; " + "; ".join(notes) if notes else ""))
 

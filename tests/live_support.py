@@ -58,11 +58,12 @@ SITE_IOCS = {
     # a caproto IOC whose readout PVs clients may write (the records of a site's own IOC)
     "caproto": ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
                 "run(make_pvgroup(sys.argv[1], read_only=False).pvdb, interfaces=['127.0.0.1'])"),
-    # as "caproto", without the PVs added on 2026-12-07 (a site IOC made for the older list)
-    "older": ("import sys; from caproto.asyncio.server import run; from mnedge_live.epics import make_pvgroup; "
-              "db = {k: v for k, v in make_pvgroup(sys.argv[1], read_only=False).pvdb.items() "
-              "if k[len(sys.argv[1]):] not in ('ENERGY_OFFSET', 'RESOLUTION', 'REASON', 'FLAGS')}; "
-              "run(db, interfaces=['127.0.0.1'])"),
+    # as "caproto", as made for the PV list before 2026-12-07: without the newer PVs, counters 32-bit integers
+    "older": ("import sys; from caproto import ChannelInteger; from caproto.asyncio.server import run; "
+              "from mnedge_live.epics import COUNT_PVS, make_pvgroup; p = sys.argv[1]; "
+              "db = {k: v for k, v in make_pvgroup(p, read_only=False).pvdb.items() "
+              "if k[len(p):] not in ('ENERGY_OFFSET', 'RESOLUTION', 'REASON', 'FLAGS')}; "
+              "db.update({p + n: ChannelInteger(value=0) for n in COUNT_PVS}); run(db, interfaces=['127.0.0.1'])"),
     # as "caproto", but VALENCE an integer record (a site record that would round the valence)
     "long_valence": ("import sys; from caproto import ChannelInteger; from caproto.asyncio.server import run; "
                      "from mnedge_live.epics import make_pvgroup; db = dict(make_pvgroup(sys.argv[1], read_only=False).pvdb); "

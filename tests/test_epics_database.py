@@ -37,11 +37,13 @@ def test_the_template_has_a_record_of_the_right_kind_for_every_pv_the_service_wr
 
     db = records()
     expected = {**{n: "ao" for n in (*FLOAT_PVS, *BINNED_FLOAT_PVS)}, **{n: "stringout" for n in (*STRING_PVS, FINAL_UID_PV)},
-                **{n: "waveform" for n in LONG_STRING_PVS}, **{n: "longout" for n in COUNT_PVS}}
+                **{n: "waveform" for n in LONG_STRING_PVS}, **{n: "ao" for n in COUNT_PVS}}
     assert {n: rtype for n, (rtype, _) in db.items()} == expected
     for name in (*FLOAT_PVS, *BINNED_FLOAT_PVS):
         fields = db[name][1]
         assert fields["UDFS"] == "INVALID" and fields["PREC"].isdigit(), name   # NaN: invalid, as the soft IOC
+    for name in COUNT_PVS:   # doubles, shown without decimals, from 0
+        assert (db[name][1]["PREC"], db[name][1]["VAL"]) == ("0", "0"), name
     assert db["ENERGY_OFFSET"][1]["EGU"] == db["RESOLUTION"][1]["EGU"] == "eV"
     for name, (lo, hi) in {"VALENCE": (2, 4), "BINNED_VALENCE": (2, 4), "FRAC_MN2": (0, 1), "FRAC_MN3": (0, 1),
                            "FRAC_MN4": (0, 1)}.items():   # display ranges, as the soft IOC's
@@ -83,7 +85,8 @@ def test_the_service_writes_its_readouts_into_a_real_epics_ioc_loaded_with_the_t
         ok = {"valence": 3.75, "valence_std": 0.0625, "frac_mn2": 0.0, "frac_mn3": 0.25, "frac_mn4": 0.75,
               "ood_score": 30.5, "energy_offset_eV": -4.25, "resolution_eV": 1.25, "status": "ok", "reason": "",
               "flags": "uncertain", "final": True, "source_uid": uid}
-        totals = {key: 10 * (i + 1) for i, key in enumerate(COUNT_PVS.values())}
+        # past 2**31: a 32-bit integer record would wrap these negative
+        totals = {key: 2**31 + 10 * (i + 1) for i, key in enumerate(COUNT_PVS.values())}
         writer.update(ok, totals)
         assert wait_until(lambda: readout.final_uid.get() == uid, 10)
         shown = {"VALENCE": 3.75, "VALENCE_STD": 0.0625, "FRAC_MN2": 0.0, "FRAC_MN3": 0.25, "FRAC_MN4": 0.75,

@@ -163,7 +163,9 @@ def test_check_fails_for_folders_and_interfaces_the_service_could_not_use(proxy,
 @pytest.mark.parametrize("kind, ok, detail", [
     ("epics_db", True, "21 of 21 PVs under {p} are served and writable\n"),
     ("older", True, "17 of 21 PVs under {p} are served and writable; not served, skipped with a warning each: "
-                    "{p}ENERGY_OFFSET, {p}RESOLUTION, {p}REASON, {p}FLAGS\n"),
+                    "{p}ENERGY_OFFSET, {p}RESOLUTION, {p}REASON, {p}FLAGS; 32-bit counters, negative after 2**31 "
+                    "counts: {p}PROCESSED, {p}REJECTED, {p}MISSED, {p}READOUTS, {p}FINAL_READOUTS, "
+                    "{p}BINNED_READOUTS\n"),
     ("soft_ioc", False, "clients may not write {p}VALENCE, {p}VALENCE_STD"),
     ("long_valence", False, "wrong record type: {p}VALENCE (long, 1 element(s); expected a floating-point number)"),
     ("string_reason", False, "wrong record type: {p}REASON (string, 1 element(s); expected a char array of more "

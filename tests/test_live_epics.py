@@ -331,8 +331,9 @@ def test_the_soft_ioc_shows_calibration_flags_and_the_whole_reason_and_marks_ref
     readout = connected_readout(ioc)
     ok = {"valence": 3.4, "valence_std": 0.11, "frac_mn2": 0.05, "frac_mn3": 0.5, "frac_mn4": 0.45, "ood_score": 20.5,
           "energy_offset_eV": -1.75, "resolution_eV": 0.85, "status": "ok", "reason": "", "flags": "low_psnr,uncertain"}
-    ioc.update(ok, {"readouts": 101})
+    ioc.update(ok, {"readouts": 101, "processed": 2**31 + 7})
     assert wait_until(lambda: readout.readouts.get() == 101, 10)
+    assert readout.processed.get() == 2**31 + 7   # past a 32-bit integer: exact, not wrapped negative
     assert readout.energy_offset.get() == pytest.approx(-1.75) and readout.resolution.get() == pytest.approx(0.85)
     assert readout.flags.get() == "low_psnr,uncertain" and readout.reason.get() == ""
     for name in ("VALENCE", "ENERGY_OFFSET", "RESOLUTION", "OOD_SCORE"):

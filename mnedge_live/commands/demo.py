@@ -193,7 +193,7 @@ def _pv_summary(prefix: str, ca_env: dict[str, str]) -> str:
     os.environ.update(ca_env)
     try:
         parts = []
-        for name, fmt in (("VALENCE", ".3f"), ("ENERGY_OFFSET", "+.2f"), ("STATUS", ""), ("FINAL_READOUTS", "d")):
+        for name, fmt in (("VALENCE", ".3f"), ("ENERGY_OFFSET", "+.2f"), ("STATUS", ""), ("FINAL_READOUTS", ".0f")):
             r = read(prefix + name, data_type="time", timeout=2, repeater=False)
             value = r.data[0].decode() if isinstance(r.data[0], bytes) else r.data[0]
             alarm = AlarmSeverity(r.metadata.severity).name if name in ("VALENCE", "ENERGY_OFFSET") else ""
