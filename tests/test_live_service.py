@@ -77,46 +77,52 @@ def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp
                           "--epics-prefix", prefix], env)
     collector = Collector(pout, msgpack_loads)
     publisher = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps)
+    # closed whatever happens: a SUB socket left open keeps its 0MQ context alive, and when the garbage
+    # collector later finalizes that context (Context.term waits for its sockets) it hangs whichever test
+    # runs then (seen: the next test's RunEngine thread blocked in Context.__del__ after a failure here)
     try:
-        source = SpectrumSource()
-        det, sy, sx = make_eels((3, 4), source)
-        det.prefetch()
-        RE = RunEngine({})
-        RE.subscribe(publisher)
-        (uid,) = RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4, snake_axes=True))
-        assert collector.wait_for(lambda docs: len(derived_stops(docs)) >= 1), eels.log
-        (dstop,) = derived_stops(collector.docs)
-        dstart = next(d for n, d in collector.docs if n == "start" and d["uid"] == dstop["run_start"])
-        assert dstart["parent_uid"] == uid
-        assert dstop["processed"] + dstop["rejected"] == 12 and dstop["missed"] == 0
-        rows = derived_rows(collector.docs, dstart["uid"])
-        assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
-        assert os.path.isfile(dstop["maps_h5"]) and os.path.isfile(dstop["maps_png"])
-        assert Path(dstop["maps_h5"]).parent == (tmp_path / "plots").resolve()   # --plot alone: maps beside the plots
-        # the PVs of the soft IOC, read with pyepics over loopback
-        out = subprocess.run([sys.executable, "-c", (
-            f"import epics; p={prefix!r}; print(epics.caget(p+'PROCESSED', timeout=5), epics.caget(p+'REJECTED', timeout=5),"
-            " epics.caget(p+'MISSED', timeout=5), epics.caget(p+'STATUS', as_string=True, timeout=5))")],
-            capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
-        processed, rejected, missed, status = out.stdout.split()[:4]
-        assert (int(processed), int(rejected), int(missed)) == (dstop["processed"], dstop["rejected"], 0), out
-        assert status.startswith(("ok", "rejected")), out
-    finally:
-        assert stop(eels) == 0, "".join(eels.log)
-    # our own derived run went through the same proxy and was not read again
-    assert len(derived_stops(collector.docs)) == 1
+        try:
+            source = SpectrumSource()
+            det, sy, sx = make_eels((3, 4), source)
+            det.prefetch()
+            RE = RunEngine({})
+            RE.subscribe(publisher)
+            (uid,) = RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4, snake_axes=True))
+            assert collector.wait_for(lambda docs: len(derived_stops(docs)) >= 1), eels.log
+            (dstop,) = derived_stops(collector.docs)
+            dstart = next(d for n, d in collector.docs if n == "start" and d["uid"] == dstop["run_start"])
+            assert dstart["parent_uid"] == uid
+            assert dstop["processed"] + dstop["rejected"] == 12 and dstop["missed"] == 0
+            rows = derived_rows(collector.docs, dstart["uid"])
+            assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
+            assert os.path.isfile(dstop["maps_h5"]) and os.path.isfile(dstop["maps_png"])
+            assert Path(dstop["maps_h5"]).parent == (tmp_path / "plots").resolve()   # --plot alone: maps beside the plots
+            # the PVs of the soft IOC, read with pyepics over loopback
+            out = subprocess.run([sys.executable, "-c", (
+                f"import epics; p={prefix!r}; print(epics.caget(p+'PROCESSED', timeout=5), epics.caget(p+'REJECTED', timeout=5),"
+                " epics.caget(p+'MISSED', timeout=5), epics.caget(p+'STATUS', as_string=True, timeout=5))")],
+                capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+            processed, rejected, missed, status = out.stdout.split()[:4]
+            # counters are doubles (exact past 2**31): pyepics prints 12.0
+            assert (float(processed), float(rejected), float(missed)) == (dstop["processed"], dstop["rejected"], 0), out
+            assert status.startswith(("ok", "rejected")), out
+        finally:
+            assert stop(eels) == 0, "".join(eels.log)
+        # our own derived run went through the same proxy and was not read again
+        assert len(derived_stops(collector.docs)) == 1
 
-    step = start_service([*common, "--mode", "step", "--signal-field", "xas_tey", "--norm-field", "xas_i0"])
-    try:
-        dets, mono = make_xas((0.2, 0.5, 0.3), source)
-        (uid,) = RE(bp.scan([dets], mono, 630, 665, 36))
-        assert collector.wait_for(lambda docs: len(derived_stops(docs)) >= 2), step.log
-        dstop = derived_stops(collector.docs)[-1]
-        assert (dstop["processed"], dstop["rejected"], dstop["missed"]) == (36, 0, 0)
-        final = [r for r in derived_rows(collector.docs, dstop["run_start"]) if r["final"]]
-        assert len(final) == 1 and final[0]["source_seq_num"] == 36
+        step = start_service([*common, "--mode", "step", "--signal-field", "xas_tey", "--norm-field", "xas_i0"])
+        try:
+            dets, mono = make_xas((0.2, 0.5, 0.3), source)
+            (uid,) = RE(bp.scan([dets], mono, 630, 665, 36))
+            assert collector.wait_for(lambda docs: len(derived_stops(docs)) >= 2), step.log
+            dstop = derived_stops(collector.docs)[-1]
+            assert (dstop["processed"], dstop["rejected"], dstop["missed"]) == (36, 0, 0)
+            final = [r for r in derived_rows(collector.docs, dstop["run_start"]) if r["final"]]
+            assert len(final) == 1 and final[0]["source_seq_num"] == 36
+        finally:
+            assert stop(step) == 0
     finally:
-        assert stop(step) == 0
         collector.close()
         publisher.close()
 
