@@ -180,7 +180,7 @@ def test_beamline_scientist_example(tmp_path):
                 break
             time.sleep(0.5)
         assert r.returncode == 0, r.stderr
-        assert values["BL08:MNEDGE:PROCESSED"] == "71", r.stdout
+        assert values["BL08:MNEDGE:PROCESSED"] == "71", r.stdout   # a double shown with its precision, 0
         assert float(values["BL08:MNEDGE:VALENCE"]) == pytest.approx(3.0, abs=0.3), r.stdout   # pure Mn3+ scanned
     finally:
         codes = shell.close()
