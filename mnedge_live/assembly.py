@@ -114,12 +114,20 @@ class ValenceMaps:
 
     def set(self, pixel: tuple[int, int], result: SpectrumResult) -> bool:
         """Record a readout; False when the pixel is outside the map."""
+        return self._set(pixel, map_values(result), result.ok)
+
+    def set_row(self, pixel: tuple[int, int], row: dict) -> bool:
+        """Record a derived row (the ``mnedge`` stream's fields, named as the layers); False when the pixel
+        is outside the map. A layer the row lacks (a service of an older version) is NaN."""
+        return self._set(pixel, tuple(_number(row.get(k)) for k in MAP_LAYERS), row.get("status") == "ok")
+
+    def _set(self, pixel: tuple[int, int], values: tuple[float, ...], ok: bool) -> bool:
         r, c = pixel
         if not (0 <= r < self.shape[0] and 0 <= c < self.shape[1]):
             return False
-        for k, v in zip(MAP_LAYERS, map_values(result)):
+        for k, v in zip(MAP_LAYERS, values):
             self.layers[k][r, c] = v
-        self.rejected[r, c] = not result.ok
+        self.rejected[r, c] = not ok
         return True
 
     def write(self, directory: str | Path, name: str, attrs: dict | None = None) -> tuple[str, str]:
@@ -174,6 +182,14 @@ class ValenceMaps:
         finally:
             plt.close(fig)
         return str(h5), str(png)
+
+
+def _number(value: object) -> float:
+    """A row's field as a float: NaN where it is missing or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _write_replacing(path: Path, write: Callable[[str], None]) -> None:

@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "live": "live",
     "demo": "demo",
     "models": "models",
+    "watch": "watch",
 }
 
 

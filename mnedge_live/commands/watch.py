@@ -1,0 +1,105 @@
+"""``mnedge watch``: live valence maps of the spectrum images that ``mnedge live`` services read out.
+
+Subscribes to a 0MQ proxy (its subscriber side, as ``mnedge live --in``) and writes, for each
+spectrum image, ``OUT/mnedge_<source uid[:8]>_live.h5`` and ``.png`` while its rows arrive
+(every ``--every`` seconds) and once more at its stop (:mod:`mnedge_live.live_map`). A message
+that cannot be read is counted and logged, never fatal. Stops on SIGINT/SIGTERM (writing the
+maps of the images still open) or after ``--runs`` images. Plain 0MQ only (no CurveZMQ keys).
+
+Exit status: 0, or 2 for a bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``mnedge watch``."""
+    p = subparsers.add_parser("watch", help="write live valence maps of the spectrum images being read out")
+    p.add_argument("--in", dest="in_address", required=True,
+                   help="the 0MQ proxy's subscriber side, HOST:PORT (as mnedge live --in)")
+    p.add_argument("--out-dir", default="mnedge_live_maps", help="where the maps are written")
+    p.add_argument("--every", type=float, default=2.0, help="seconds between two writes of a map (default 2)")
+    p.add_argument("--runs", type=int, default=0, help="stop after this many spectrum images (0: until stopped)")
+    p.add_argument("--serializer", default="msgpack", choices=("msgpack", "pickle"),
+                   help="wire format of the proxy's documents (as mnedge live's)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickle, which executes code from the network (only on a trusted network)")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Watch until stopped; 0, or 2 for a bad option."""
+    from bluesky.callbacks.zmq import RemoteDispatcher
+    from event_model import DocumentNames
+
+    from mnedge_live.config import parse_address
+    from mnedge_live.live_map import LiveMapWatcher
+    from mnedge_live.serializers import get_serializer
+
+    try:
+        try:
+            parse_address(args.in_address)   # checked as mnedge live checks its own
+        except ValueError as exc:
+            raise ValueError(f"--in: {exc}") from None
+        _, loads = get_serializer(args.serializer, args.allow_pickle)
+        if not args.every > 0 or args.runs < 0:
+            raise ValueError("--every must be more than 0 and --runs at least 0")
+    except ValueError as exc:
+        print(f"mnedge watch: {exc}", file=sys.stderr)
+        return 2
+    watcher = LiveMapWatcher(args.out_dir, every_s=args.every)
+
+    class Dispatcher(RemoteDispatcher):
+        """Counts and logs a message it cannot read instead of stopping (the network is not trusted)."""
+
+        bad_messages = 0
+
+        async def _poll(self) -> None:
+            while True:
+                message = await self._socket.recv()
+                try:
+                    _prefix, name, payload = message.split(b" ", 2)
+                    doc_name = DocumentNames[name.decode()]
+                    doc = self._deserializer(payload)
+                except Exception as exc:
+                    self.bad_messages += 1
+                    log.warning("message not read (%d bytes): %s: %s", len(message), type(exc).__name__, exc)
+                    continue
+                self.process(doc_name, doc)
+
+    dispatcher = Dispatcher(args.in_address, deserializer=loads)
+
+    def stop() -> None:
+        if dispatcher._task is not None:
+            dispatcher._task.cancel()
+
+    def on_document(name: str, doc: dict) -> None:
+        before = len(watcher.written)
+        watcher(name, doc)
+        for path in watcher.written[before:]:
+            print(f"wrote {path}", flush=True)
+        if args.runs and watcher.finished >= args.runs:
+            stop()
+
+    dispatcher.subscribe(on_document)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        dispatcher.loop.add_signal_handler(sig, stop)
+    dispatcher.loop.call_soon(lambda: print(f"mnedge watch: ready, maps in {args.out_dir}", flush=True))
+    try:
+        dispatcher.start()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        watcher.close()
+    print(f"mnedge watch stopped: {watcher.finished} image(s) finished, {len(watcher.written)} file(s) written, "
+          f"{watcher.skipped} row(s)/document(s) and {dispatcher.bad_messages} message(s) not read", flush=True)
+    return 0

@@ -1,0 +1,153 @@
+"""Live valence maps for the microscope room: the derived rows of spectrum images drawn as they arrive.
+
+:class:`LiveMapWatcher` reads the documents of ``mnedge live`` services (the derived runs of
+kind ``map``, stream :data:`~mnedge_live.derived.STREAM`) and keeps one growing
+:class:`~mnedge_live.assembly.ValenceMaps` per spectrum image. Every ``every_s`` seconds while
+rows arrive, and once more at the run's stop, it writes the maps as the service writes its own
+at stop (HDF5 and PNG, :meth:`~mnedge_live.assembly.ValenceMaps.write`), under
+``mnedge_<source uid[:8]>_live``: an image viewer that reloads the PNG shows the map build up
+during the scan. ``mnedge watch`` runs it on a 0MQ proxy.
+
+Documents come from the network: one that cannot be read (a row without a pixel, a pixel
+index that is not a whole number or lies beyond :data:`~mnedge_live.map_geometry.MAX_MAP_PIXELS`)
+is counted in :attr:`LiveMapWatcher.skipped` with a logged reason, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import event_model
+
+from mnedge_live.assembly import ValenceMaps
+from mnedge_live.derived import STREAM
+from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_maps, pixel_index
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _LiveMap:
+    """One spectrum image being read: its maps so far and when they were last written."""
+
+    source_uid: str
+    maps: ValenceMaps = field(default_factory=lambda: ValenceMaps((1, 1)))
+    pixels: int = 0
+    dirty: bool = False
+    written_at: float = -math.inf
+
+
+class LiveMapWatcher(event_model.DocumentRouter):
+    """Derived documents in, live HDF5/PNG maps out (one method per document type).
+
+    Parameters
+    ----------
+    directory : str or Path
+        Where the maps are written.
+    every_s : float
+        Shortest time between two writes of one map while rows arrive (its stop writes it at once).
+    clock : callable
+        Seconds, monotonic (a test may pass its own).
+
+    Attributes
+    ----------
+    written : list of str
+        Every file written, in order.
+    finished : int
+        Spectrum images whose stop arrived (and whose final maps were written).
+    skipped : int
+        Rows or documents that could not be placed, each logged with its reason.
+    """
+
+    def __init__(self, directory: str | Path, every_s: float = 2.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.directory = Path(directory)
+        self.every_s = float(every_s)
+        self.clock = clock
+        self.runs: dict[str, _LiveMap] = {}      # derived run uid -> its map
+        self.streams: dict[str, str] = {}        # descriptor uid of the pixel stream -> derived run uid
+        self.written: list[str] = []
+        self.finished = 0
+        self.skipped = 0
+
+    def __call__(self, name: str, doc: dict):
+        """Route one document; a document that cannot be read is counted and logged, never raised."""
+        try:
+            return super().__call__(name, doc)
+        except Exception as exc:   # a malformed document from the network must not stop the watcher
+            self.skipped += 1
+            log.warning("%s document not read: %s: %s", name, type(exc).__name__, exc)
+            return None
+
+    def start(self, doc: dict) -> None:
+        if doc.get("mnedge_derived") and doc.get("mnedge_kind") == "map":
+            self.runs[doc["uid"]] = _LiveMap(source_uid=str(doc.get("parent_uid", doc["uid"])))
+
+    def descriptor(self, doc: dict) -> None:
+        if doc.get("name") == STREAM and doc.get("run_start") in self.runs:
+            self.streams[doc["uid"]] = doc["run_start"]
+
+    def event_page(self, doc: dict) -> None:
+        uid = self.streams.get(doc.get("descriptor"))
+        if uid is None:
+            return   # another stream or run (a step scan's, the block readouts of map_bin, a source run)
+        live = self.runs[uid]
+        data = doc["data"]
+        for i in range(len(doc["seq_num"])):
+            self._place(live, {k: v[i] for k, v in data.items()})
+        if live.dirty and self.clock() - live.written_at >= self.every_s:
+            self._write(live, complete=False)
+
+    def stop(self, doc: dict) -> None:
+        live = self.runs.pop(doc.get("run_start"), None)
+        if live is None:
+            return
+        self.streams = {d: u for d, u in self.streams.items() if u != doc["run_start"]}
+        self._write(live, complete=True)
+        self.finished += 1
+
+    def close(self) -> None:
+        """Write the maps of the images still open (the watcher stops before their stop document)."""
+        for live in self.runs.values():
+            if live.dirty:
+                self._write(live, complete=False)
+        self.runs.clear()
+        self.streams.clear()
+
+    def _place(self, live: _LiveMap, row: dict) -> None:
+        """Put one row in its pixel, growing the map to it; a row that cannot be placed is skipped."""
+        try:
+            r, c = pixel_index(row.get("pixel_row")), pixel_index(row.get("pixel_col"))
+        except (TypeError, ValueError) as exc:
+            self.skipped += 1
+            log.warning("row of map %s skipped: %s", live.source_uid[:8], exc)
+            return
+        shape = (max(live.maps.shape[0], r + 1), max(live.maps.shape[1], c + 1))
+        if shape[0] * shape[1] > MAX_MAP_PIXELS:
+            self.skipped += 1
+            log.warning("row of map %s skipped: pixel (%d, %d) would grow the map past %d pixels",
+                        live.source_uid[:8], r, c, MAX_MAP_PIXELS)
+            return
+        if shape != live.maps.shape:
+            live.maps = grown_maps(live.maps, shape)
+        live.maps.set_row((r, c), row)
+        live.pixels += 1
+        live.dirty = True
+
+    def _write(self, live: _LiveMap, complete: bool) -> None:
+        """Write the map (HDF5 and PNG); a failed write is logged and counted, the watcher goes on."""
+        live.written_at = self.clock()
+        live.dirty = False
+        try:
+            files = live.maps.write(self.directory, f"mnedge_{live.source_uid[:8]}_live",
+                                    {"parent_uid": live.source_uid, "rows_read": live.pixels, "complete": complete})
+        except Exception as exc:
+            self.skipped += 1
+            log.warning("map %s not written: %s: %s", live.source_uid[:8], type(exc).__name__, exc)
+            return
+        self.written.extend(files)

@@ -1,0 +1,151 @@
+"""Live valence maps (``mnedge watch``): the derived rows of a spectrum image drawn as they arrive."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import bluesky.plans as bp
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from live_support import ROOT, model_args, real_engine, start_proxy, start_service, stop
+
+from mnedge_live.callback import MnEdgeCallback
+from mnedge_live.config import LiveConfig
+from mnedge_live.live_map import LiveMapWatcher
+from mnedge_live.publishing import make_publisher
+from mnedge_live.serializers import msgpack_dumps
+from mnedge_live.sim import SpectrumSource, make_eels
+
+EELS = dict(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+            offset_field="eels_offset")
+
+
+class Clock:
+    """Seconds that move only when told to."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def derived_documents(tmp_path, shape=(3, 4), max_batch=4) -> list[tuple[str, dict]]:
+    """The derived documents of a simulated spectrum image read in process, in order."""
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(real_engine(), LiveConfig(**EELS, maps_dir=str(tmp_path / "service"), max_batch=max_batch),
+                        lambda n, d: docs.append((n, d)))
+    det, sy, sx = make_eels(shape, SpectrumSource(seed=3))
+    det.prefetch()
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(bp.grid_scan([det], sy, 0, 1, shape[0], sx, 0, 1, shape[1]))
+    return docs
+
+
+def test_the_map_builds_up_and_ends_as_the_services_own(tmp_path):
+    docs = derived_documents(tmp_path)
+    clock = Clock()
+    watcher = LiveMapWatcher(tmp_path / "live", every_s=1.0, clock=clock)
+    pages = [i for i, (n, _) in enumerate(docs) if n in ("event", "event_page")]
+    assert len(pages) >= 3
+    for i, (name, doc) in enumerate(docs):
+        if i == pages[1]:
+            clock.now = 0.5   # too soon after the first write: nothing new written
+        if i == pages[2]:
+            clock.now = 2.0
+        before = len(watcher.written)
+        watcher(name, doc)
+        if i == pages[0]:   # the first rows are written at once, the map not complete
+            first = len(doc["seq_num"]) if name == "event_page" else 1
+            with h5py.File(watcher.written[-2]) as f:
+                assert not f.attrs["complete"] and f.attrs["rows_read"] == first < 12
+                assert np.isfinite(f["valence"][()]).sum() <= first
+        if i == pages[1]:
+            assert len(watcher.written) == before
+        if i == pages[2]:
+            assert len(watcher.written) == before + 2
+    assert watcher.finished == 1 and watcher.skipped == 0 and not watcher.runs
+    stop = docs[-1][1]
+    with h5py.File(watcher.written[-2]) as live, h5py.File(stop["maps_h5"]) as final:
+        assert live.attrs["complete"] and live.attrs["rows_read"] == 12
+        for layer in ("valence", "valence_std", "frac_mn3", "energy_offset_eV", "t_lambda", "ood_score", "rejected"):
+            assert np.array_equal(live[layer][()], final[layer][()], equal_nan=True), layer
+    assert watcher.written[-1].endswith("_live.png")
+
+
+def test_rows_that_cannot_be_placed_are_counted_not_raised(tmp_path, caplog):
+    docs = derived_documents(tmp_path, shape=(2, 2))
+    watcher = LiveMapWatcher(tmp_path / "live", every_s=100.0)
+    for name, doc in docs:
+        if name == "event_page" and "pixel_row" in doc["data"]:   # one row of each page at a fractional pixel
+            doc = {**doc, "data": {**doc["data"], "pixel_row": [2.5] + list(doc["data"]["pixel_row"][1:])}}
+        elif name == "event" and "pixel_row" in doc["data"]:
+            doc = {**doc, "data": {**doc["data"], "pixel_row": 2.5}}
+        watcher(name, doc)
+    watcher("event_page", {"descriptor": "unknown"})   # another stream's: ignored
+    watcher("stop", {"no": "run_start"})                # malformed: nothing to close
+    watcher("descriptor", None)                         # not a document: counted
+    assert watcher.finished == 1 and watcher.skipped >= 2
+    assert "2.5 is not a whole number" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def proxy():
+    real_engine()
+    proc, pin, pout = start_proxy()
+    yield pin, pout
+    stop(proc)
+
+
+def test_mnedge_watch_writes_the_live_map_of_a_scan_read_by_a_service(proxy, tmp_path):
+    """A real proxy, `mnedge live` and `mnedge watch` as processes, a RunEngine publishing a grid scan:
+    watch writes the map while the rows arrive and stops after the image (--runs 1) with the
+    service's final values."""
+    pin, pout = proxy
+    common = ["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", *model_args()]
+    cfg = tmp_path / "eels.toml"
+    cfg.write_text(f'dispersion_field = "eels_dispersion"\noffset_field = "eels_offset"\nmax_batch = 4\n'
+                   f'maps_dir = "{tmp_path / "service"}"\n')
+    service = start_service([*common, "--mode", "spectrum", "--spectrum-field", "eels_spectrum", "--config", str(cfg)])
+    watch = subprocess.Popen([sys.executable, "-m", "mnedge_live.cli", "watch", "--in", f"127.0.0.1:{pout}",
+                              "--out-dir", str(tmp_path / "live"), "--runs", "1", "--every", "0.1"],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = [watch.stdout.readline()]
+        assert seen[0].startswith("mnedge watch: ready"), seen
+        det, sy, sx = make_eels((3, 4), SpectrumSource(seed=5))
+        det.prefetch()
+        publisher = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps)
+        try:
+            RE = RunEngine({})
+            RE.subscribe(publisher)
+            (uid,) = RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4))
+        finally:
+            publisher.close()
+        out, _ = watch.communicate(timeout=120)
+        out = "".join(seen) + out
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        assert stop(service) == 0
+    assert watch.returncode == 0, out
+    live = tmp_path / "live" / f"mnedge_{uid[:8]}_live.h5"
+    final = next((tmp_path / "service").glob(f"mnedge_{uid[:8]}*.h5"))
+    assert f"wrote {live}" in out and "1 image(s) finished" in out and "0 message(s) not read" in out
+    with h5py.File(live) as a, h5py.File(final) as b:
+        assert a.attrs["complete"] and a.attrs["rows_read"] == 12
+        assert np.array_equal(a["valence"][()], b["valence"][()], equal_nan=True)
+        assert not math.isnan(float(np.nanmean(a["valence"][()])))
+
+
+def test_watch_refuses_bad_options():
+    cmd = [sys.executable, "-m", "mnedge_live.cli", "watch", "--in"]
+    for args, why in ((["nohost"], "--in: 'nohost' is not"), (["127.0.0.1:5568", "--every", "0"], "--every"),
+                      (["127.0.0.1:5568", "--serializer", "pickle"], "allow-pickle")):
+        r = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 2 and why in r.stderr, (args, r.stderr)
