@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import time
 
 import bluesky.plans as bp
 import h5py
 import numpy as np
 import pytest
+import zmq
 from bluesky import RunEngine
 from live_support import ROOT, model_args, real_engine, start_proxy, start_service, stop
 
@@ -122,6 +124,11 @@ def test_mnedge_watch_writes_the_live_map_of_a_scan_read_by_a_service(proxy, tmp
         det.prefetch()
         publisher = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps)
         try:
+            garbage = zmq.Context.instance().socket(zmq.PUB)   # a message no document can be read from
+            garbage.connect(f"tcp://127.0.0.1:{pin}")
+            time.sleep(0.5)
+            garbage.send(b"xx start \x00\x01not msgpack")
+            garbage.close(linger=1000)
             RE = RunEngine({})
             RE.subscribe(publisher)
             (uid,) = RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4))
@@ -136,7 +143,7 @@ def test_mnedge_watch_writes_the_live_map_of_a_scan_read_by_a_service(proxy, tmp
     assert watch.returncode == 0, out
     live = tmp_path / "live" / f"mnedge_{uid[:8]}_live.h5"
     final = next((tmp_path / "service").glob(f"mnedge_{uid[:8]}*.h5"))
-    assert f"wrote {live}" in out and "1 image(s) finished" in out and "0 message(s) not read" in out
+    assert f"wrote {live}" in out and "1 image(s) finished" in out and "1 message(s) not read" in out
     with h5py.File(live) as a, h5py.File(final) as b:
         assert a.attrs["complete"] and a.attrs["rows_read"] == 12
         assert np.array_equal(a["valence"][()], b["valence"][()], equal_nan=True)
