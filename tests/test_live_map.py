@@ -156,3 +156,48 @@ def test_watch_refuses_bad_options():
                       (["127.0.0.1:5568", "--serializer", "pickle"], "allow-pickle")):
         r = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert r.returncode == 2 and why in r.stderr, (args, r.stderr)
+
+
+def test_mnedge_watch_reads_a_proxy_secured_with_curvezmq(tmp_path):
+    """The proxy's subscriber side secured (--out-curve-secret): `mnedge watch` with its own certificate and
+    the proxy's public one writes the map of a spectrum image the service read through the same side;
+    without the keys, or with one of them, it refuses to start."""
+    import zmq.auth
+    from wire_support import RawSender, good_spectra, proxy_ports, service_toml, source_run, start_proxy_on
+
+    keys = {}
+    for who in ("proxy", "service", "watch"):
+        public, secret = zmq.auth.create_certificates(str(tmp_path), who)
+        keys[who], keys[who + "_public"] = secret, public
+    real_engine()
+    pin, pout = proxy_ports()
+    proxy = start_proxy_on(pin, pout, "--out-curve-secret", keys["proxy"])
+    service = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
+                             str(service_toml(tmp_path / "live.toml")), "--curve-secret-key", keys["service"],
+                             "--curve-server-public-key", keys["proxy_public"], *model_args()])
+    watch_cmd = [sys.executable, "-m", "mnedge_live.cli", "watch", "--in", f"127.0.0.1:{pout}", "--out-dir",
+                 str(tmp_path / "live"), "--runs", "1", "--every", "0.1"]
+    half = subprocess.run([*watch_cmd, "--curve-secret-key", keys["watch"]], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert half.returncode == 2 and "go together" in half.stderr
+    watch = subprocess.Popen([*watch_cmd, "--curve-secret-key", keys["watch"], "--curve-server-public-key",
+                              keys["proxy_public"]], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    sender = RawSender(pin)
+    try:
+        seen = [watch.stdout.readline()]
+        assert seen[0].startswith("mnedge watch: ready"), seen
+        time.sleep(1.0)   # the encrypted subscriptions settle
+        docs = source_run(good_spectra(4, seed=3), metadata={"shape": [2, 2]})
+        sender.send_all(docs)
+        out, _ = watch.communicate(timeout=120)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        sender.close()
+        stop(service)
+        stop(proxy)
+    out = "".join(seen) + out
+    assert watch.returncode == 0 and "1 image(s) finished" in out, out
+    with h5py.File(tmp_path / "live" / f"mnedge_{docs[0][1]['uid'][:8]}_live.h5") as f:
+        assert f.attrs["complete"] and f.attrs["rows_read"] == 4 and f["valence"].shape == (2, 2)

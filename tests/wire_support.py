@@ -35,7 +35,8 @@ def service_toml(path: Path, **extra: object) -> Path:
 
 
 def source_run(spectra, *, page: int = 1, drop: tuple[int, ...] = (), num_events: int | None = None,
-               offset: float = OFFSET_EV, stream: str = "primary", stop: bool = True) -> list[tuple[str, dict]]:
+               offset: float = OFFSET_EV, stream: str = "primary", stop: bool = True,
+               metadata: dict | None = None) -> list[tuple[str, dict]]:
     """Documents of one source run, one spectrum per seq_num (1-based), sent as pages of ``page`` events.
 
     Parameters
@@ -54,8 +55,10 @@ def source_run(spectra, *, page: int = 1, drop: tuple[int, ...] = (), num_events
         Stream name of the descriptor.
     stop : bool
         Send the stop document (False: the publisher "dies").
+    metadata : dict, optional
+        More start-document metadata (``{"shape": [2, 2]}``: a spectrum image, read as a map).
     """
-    b = event_model.compose_run(metadata={"plan_name": "count", "detectors": ["det"]})
+    b = event_model.compose_run(metadata={"plan_name": "count", "detectors": ["det"], **(metadata or {})})
     keys = {"spec": {"source": "det", "dtype": "array", "shape": [CHANNELS]},
             "off": {"source": "det", "dtype": "number", "shape": []},
             "disp": {"source": "det", "dtype": "number", "shape": []}}

@@ -4,7 +4,9 @@ Subscribes to a 0MQ proxy (its subscriber side, as ``mnedge live --in``) and wri
 spectrum image, ``OUT/mnedge_<source uid[:8]>_live.h5`` and ``.png`` while its rows arrive
 (every ``--every`` seconds) and once more at its stop (:mod:`mnedge_live.live_map`). A message
 that cannot be read is counted and logged, never fatal. Stops on SIGINT/SIGTERM (writing the
-maps of the images still open) or after ``--runs`` images. Plain 0MQ only (no CurveZMQ keys).
+maps of the images still open) or after ``--runs`` images. A proxy whose subscriber side is
+secured with CurveZMQ is read with ``--curve-secret-key`` and ``--curve-server-public-key``,
+as ``mnedge live`` reads it.
 
 Exit status: 0, or 2 for a bad option.
 """
@@ -32,6 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="wire format of the proxy's documents (as mnedge live's)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickle, which executes code from the network (only on a trusted network)")
+    p.add_argument("--curve-secret-key", help="CurveZMQ: this reader's secret certificate file")
+    p.add_argument("--curve-server-public-key", help="CurveZMQ: the proxy's public certificate (its subscriber side)")
     p.set_defaults(run=run)
     return p
 
@@ -53,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         _, loads = get_serializer(args.serializer, args.allow_pickle)
         if not args.every > 0 or args.runs < 0:
             raise ValueError("--every must be more than 0 and --runs at least 0")
+        curve = _curve(args.curve_secret_key, args.curve_server_public_key)
     except ValueError as exc:
         print(f"mnedge watch: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 self.process(doc_name, doc)
 
-    dispatcher = Dispatcher(args.in_address, deserializer=loads)
+    dispatcher = Dispatcher(args.in_address, deserializer=loads, curve_config=curve)
 
     def stop() -> None:
         if dispatcher._task is not None:
@@ -103,3 +108,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"mnedge watch stopped: {watcher.finished} image(s) finished, {len(watcher.written)} file(s) written, "
           f"{watcher.skipped} row(s)/document(s) and {dispatcher.bad_messages} message(s) not read", flush=True)
     return 0
+
+
+def _curve(secret: str | None, server_public: str | None):
+    """CurveZMQ client settings from the two certificate files (both or neither); None for plain 0MQ."""
+    from pathlib import Path
+
+    from bluesky.callbacks.zmq import ClientCurve
+
+    from mnedge_live.config import certificate_problem
+
+    if secret is None and server_public is None:
+        return None
+    if secret is None or server_public is None:
+        raise ValueError("--curve-secret-key and --curve-server-public-key go together")
+    for option, path, is_secret in (("--curve-secret-key", secret, True),
+                                    ("--curve-server-public-key", server_public, False)):
+        problem = certificate_problem(path, secret=is_secret)
+        if problem:
+            raise ValueError(f"{option}: {problem}")
+    return ClientCurve(secret_path=Path(secret), server_public_key=Path(server_public))
