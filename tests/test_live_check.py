@@ -175,11 +175,15 @@ def test_check_connects_to_every_pv_of_a_sites_ioc(proxy, tiny_artifact, tmp_pat
     """epics_mode = "pyepics": a real EPICS IOC loaded with deploy/epics/mnedge_readout.db passes; one made
     for the older PV list passes naming the PVs the service will skip; a read-only IOC (the service's
     own), a VALENCE record that would round and a REASON of 40 bytes fail, naming the PVs."""
+    import epics
     from live_support import start_site_ioc
 
     prefix = f"CHK{kind.upper()}{os.getpid()}:"
     ioc = start_site_ioc(prefix, kind)
     try:
+        # the IOC answers searches before the check's 2 s start (its TCP port opens first; under the load
+        # of the whole suite one check saw nothing within its 2 s)
+        assert epics.PV(prefix + "PROCESSED", auto_monitor=False).wait_for_connection(timeout=20)
         cfg = tmp_path / "live.toml"
         cfg.write_text(f'[live]\nmode = "step"\nepics_prefix = "{prefix}"\nepics_mode = "pyepics"\n')
         rc = main(["live", "--config", str(cfg), *addresses(proxy), "--model", str(tiny_artifact), "--check"])
