@@ -1,8 +1,10 @@
 """Live valence maps for the microscope room: the derived rows of spectrum images drawn as they arrive.
 
 :class:`LiveMapWatcher` reads the documents of ``mnedge live`` services (the derived runs of
-kind ``map``, stream :data:`~mnedge_live.derived.STREAM`) and keeps one growing
-:class:`~mnedge_live.assembly.ValenceMaps` per spectrum image. Every ``every_s`` seconds while
+kind ``map``, stream :data:`~mnedge_live.derived.STREAM`) and keeps one
+:class:`~mnedge_live.assembly.ValenceMaps` per spectrum image, of the scan shape of the source
+run's start document when it was seen (it passes through the same proxy first), else grown to
+the pixels that arrive (``pixel_fields`` runs). Every ``every_s`` seconds while
 rows arrive, and once more at the run's stop, it writes the maps as the service writes its own
 at stop (HDF5 and PNG, :meth:`~mnedge_live.assembly.ValenceMaps.write`), under
 ``mnedge_<source uid[:8]>_live``: an image viewer that reloads the PNG shows the map build up
@@ -26,9 +28,12 @@ import event_model
 
 from mnedge_live.assembly import ValenceMaps
 from mnedge_live.derived import STREAM
-from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_maps, pixel_index
+from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_maps, pixel_index, scan_shape
 
 log = logging.getLogger(__name__)
+
+#: Source runs whose scan shape is kept until a service's derived start names them.
+MAX_REMEMBERED_SHAPES = 64
 
 
 @dataclass
@@ -71,6 +76,7 @@ class LiveMapWatcher(event_model.DocumentRouter):
         self.clock = clock
         self.runs: dict[str, _LiveMap] = {}      # derived run uid -> its map
         self.streams: dict[str, str] = {}        # descriptor uid of the pixel stream -> derived run uid
+        self.shapes: dict[str, tuple[int, int]] = {}   # source run uid -> its scan shape (recent runs)
         self.written: list[str] = []
         self.finished = 0
         self.skipped = 0
@@ -85,8 +91,18 @@ class LiveMapWatcher(event_model.DocumentRouter):
             return None
 
     def start(self, doc: dict) -> None:
-        if doc.get("mnedge_derived") and doc.get("mnedge_kind") == "map":
-            self.runs[doc["uid"]] = _LiveMap(source_uid=str(doc.get("parent_uid", doc["uid"])))
+        if not doc.get("mnedge_derived"):
+            # a source run: its scan shape, as the service reads it, sizes the map once (growing it
+            # row by row copied the whole map at every new row: quadratic in a large image's rows)
+            shape = scan_shape(doc)
+            if shape is not None:
+                self.shapes[doc["uid"]] = shape
+                while len(self.shapes) > MAX_REMEMBERED_SHAPES:   # runs no service reads as a map
+                    del self.shapes[next(iter(self.shapes))]
+        elif doc.get("mnedge_kind") == "map":
+            source = str(doc.get("parent_uid", doc["uid"]))
+            shape = self.shapes.pop(source, None)
+            self.runs[doc["uid"]] = _LiveMap(source_uid=source, maps=ValenceMaps(shape or (1, 1)))
 
     def descriptor(self, doc: dict) -> None:
         if doc.get("name") == STREAM and doc.get("run_start") in self.runs:

@@ -36,8 +36,9 @@ class Clock:
         return self.now
 
 
-def derived_documents(tmp_path, shape=(3, 4), max_batch=4) -> list[tuple[str, dict]]:
-    """The derived documents of a simulated spectrum image read in process, in order."""
+def derived_documents(tmp_path, shape=(3, 4), max_batch=4, source_start: list | None = None) -> list[tuple[str, dict]]:
+    """The derived documents of a simulated spectrum image read in process, in order (``source_start``
+    collects the source run's start document)."""
     docs: list[tuple[str, dict]] = []
     cb = MnEdgeCallback(real_engine(), LiveConfig(**EELS, maps_dir=str(tmp_path / "service"), max_batch=max_batch),
                         lambda n, d: docs.append((n, d)))
@@ -45,8 +46,27 @@ def derived_documents(tmp_path, shape=(3, 4), max_batch=4) -> list[tuple[str, di
     det.prefetch()
     RE = RunEngine({})
     RE.subscribe(cb)
+    if source_start is not None:
+        RE.subscribe(lambda n, d: source_start.append(d) if n == "start" else None)
     RE(bp.grid_scan([det], sy, 0, 1, shape[0], sx, 0, 1, shape[1]))
     return docs
+
+
+def test_the_source_runs_scan_shape_sizes_the_map_from_its_first_write(tmp_path):
+    """The source start (which reaches the proxy before the service's derived start) gives the map its
+    shape at once; without it the map grows to the pixels seen."""
+    source: list[dict] = []
+    docs = derived_documents(tmp_path, source_start=source)
+    first_page = next(i for i, (n, _) in enumerate(docs) if n in ("event", "event_page"))
+    for with_source in (True, False):
+        watcher = LiveMapWatcher(tmp_path / f"live{with_source}", every_s=100.0)
+        if with_source:
+            watcher("start", source[0])
+        for name, doc in docs[: first_page + 1]:
+            watcher(name, doc)
+        with h5py.File(watcher.written[-2]) as f:
+            assert (f["valence"].shape == (3, 4)) is with_source
+        assert not watcher.shapes
 
 
 def test_the_map_builds_up_and_ends_as_the_services_own(tmp_path):
