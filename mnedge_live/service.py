@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from bluesky.callbacks.zmq import ClientCurve, RemoteDispatcher
+from bluesky.callbacks.zmq import ClientCurve
 from event_model import DocumentNames
 
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
+from mnedge_live.dispatching import TolerantRemoteDispatcher
 from mnedge_live.memory import trim_heap
 from mnedge_live.publishing import make_publisher
 from mnedge_live.serializers import get_serializer
@@ -38,43 +39,28 @@ log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 1.0
 
 
-class SafeRemoteDispatcher(RemoteDispatcher):
-    """RemoteDispatcher that drains the socket in micro-batches and never dies on a bad message.
+class SafeRemoteDispatcher(TolerantRemoteDispatcher):
+    """Tolerant dispatcher that drains the socket in micro-batches for the valence callback.
 
     Parameters
     ----------
     address : str
         The proxy's subscriber side.
     callback : MnEdgeCallback
-        Receives the documents; flushed when the socket is idle.
+        Receives the documents; flushed when the socket is idle. Messages not
+        read count in its ``bad_messages`` total too.
     ignore_prefix : bytes
         Messages with this prefix (our own output) are dropped unread.
     """
 
     def __init__(self, address: str, *, callback: MnEdgeCallback, ignore_prefix: bytes, **kwargs: Any):
-        super().__init__(address, **kwargs)
+        super().__init__(address, ignore_prefix=ignore_prefix, on_bad_message=self._count_in_totals, **kwargs)
         self.callback = callback
-        self.ignore_prefix = ignore_prefix
-        self.bad_messages = 0
 
-    def _handle(self, message: bytes) -> None:
-        try:
-            prefix, name, payload = message.split(b" ", 2)
-        except ValueError:
-            self.bad_messages += 1
-            self.callback.totals["bad_messages"] += 1
-            log.warning("message without prefix/name/payload dropped (%d bytes)", len(message))
-            return
-        if prefix == self.ignore_prefix:
-            return
-        try:
-            doc_name = DocumentNames[name.decode()]
-            doc = self._deserializer(payload)
-        except Exception as exc:
-            self.bad_messages += 1
-            self.callback.totals["bad_messages"] += 1
-            log.warning("undecodable %r message dropped (%d bytes): %s", name[:40], len(payload), exc)
-            return
+    def _count_in_totals(self) -> None:
+        self.callback.totals["bad_messages"] += 1
+
+    def _deliver(self, doc_name: DocumentNames, doc: dict) -> None:
         self.callback(doc_name.value, doc)
 
     async def _poll(self) -> None:

@@ -42,10 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Watch until stopped; 0, or 2 for a bad option."""
-    from bluesky.callbacks.zmq import RemoteDispatcher
-    from event_model import DocumentNames
-
     from mnedge_live.config import parse_address
+    from mnedge_live.dispatching import TolerantRemoteDispatcher
     from mnedge_live.live_map import LiveMapWatcher
     from mnedge_live.serializers import get_serializer
 
@@ -63,25 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     watcher = LiveMapWatcher(args.out_dir, every_s=args.every)
 
-    class Dispatcher(RemoteDispatcher):
-        """Counts and logs a message it cannot read instead of stopping (the network is not trusted)."""
-
-        bad_messages = 0
-
-        async def _poll(self) -> None:
-            while True:
-                message = await self._socket.recv()
-                try:
-                    _prefix, name, payload = message.split(b" ", 2)
-                    doc_name = DocumentNames[name.decode()]
-                    doc = self._deserializer(payload)
-                except Exception as exc:
-                    self.bad_messages += 1
-                    log.warning("message not read (%d bytes): %s: %s", len(message), type(exc).__name__, exc)
-                    continue
-                self.process(doc_name, doc)
-
-    dispatcher = Dispatcher(args.in_address, deserializer=loads, curve_config=curve)
+    dispatcher = TolerantRemoteDispatcher(args.in_address, deserializer=loads, curve_config=curve)
 
     def stop() -> None:
         if dispatcher._task is not None:
