@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from live_support import ROOT, stop
+from live_support import ROOT, free_port, stop
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
@@ -159,13 +159,17 @@ def test_beamline_scientist_example(tmp_path):
     from mnedge_live.serializers import msgpack_dumps
     from mnedge_live.sim import make_xas
 
-    proxy_line, service_line, caget_line = readme_commands("For the beamline scientist")
+    # the README's ports, 5567 and 5568, swapped for free ones: another proxy on this machine must not fail the test
+    pin, pout = free_port(), free_port()
+    lines = [ln.replace("5567", str(pin)).replace("5568", str(pout)) for ln in readme_commands("For the beamline scientist")]
+    assert [ln.count(str(p)) for ln in lines for p in (pin, pout)] == [1, 1, 1, 1, 0, 0], lines
+    proxy_line, service_line, caget_line = lines
     shell = Shell(tmp_path)
     try:
         shell.run(proxy_line)
         wait_for_line(service := shell.run(service_line), "mnedge live: ready")
         dets, mono = make_xas((0.0, 1.0, 0.0))
-        publisher = make_publisher("127.0.0.1:5567", serializer=msgpack_dumps)
+        publisher = make_publisher(f"127.0.0.1:{pin}", serializer=msgpack_dumps)
         try:
             RE = RunEngine({})
             RE.subscribe(publisher)
