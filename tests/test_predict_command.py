@@ -653,3 +653,18 @@ def test_binning_a_noisy_spectrum_image_lifts_its_pixels_above_the_low_psnr_flag
     assert f"{n_no_edge + n_low_psnr} pixels too noisy" in out and "--bin 2 averages 2x2 pixels" in out
     assert main(["predict", "--no-progress", "--model", model, "--bin", "0", str(path)]) == 2
     assert "--bin must be at least 1" in capsys.readouterr().err
+
+
+def test_a_table_of_several_spectra_gets_a_labelled_row_each(capsys, model, tmp_path):
+    a, b = mn_like(seed=21), mn_like(seed=22)
+    path = tmp_path / "table.csv"
+    path.write_text("Energy,sample A,sample B\n" + "".join(f"{e:.4f},{p:.6f},{q:.6f}\n" for e, p, q in zip(E, a, b)))
+    rc, rows = predict_json(capsys, "--model", model, path)
+    singles = [predict_json(capsys, "--model", model, write_csv(tmp_path / f"{k}.csv", E, y))[1][0]
+               for k, y in (("a", a), ("b", b))]
+    assert rc == 0 and [(r["index"], r["label"]) for r in rows] == [(0, "sample A"), (1, "sample B")]
+    assert [r["valence"] for r in rows] == [r["valence"] for r in singles]
+    assert "label" not in singles[0]
+    assert main(["predict", "--no-progress", "--model", model, str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "table.csv [sample A]" in table and "table.csv [sample B]" in table

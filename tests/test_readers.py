@@ -841,3 +841,58 @@ def test_an_energy_column_without_a_stated_kev_unit_is_read_as_it_is(tmp_path, h
     path = write_text(tmp_path / "e.dat", head + "".join(f"{e / 1000:.8f}\t{y}\n" for e, y in zip(E, Y)))
     (s,) = read_file(path)
     np.testing.assert_allclose(s.energy, E / 1000, rtol=1e-9)
+
+
+def test_a_table_of_named_spectra_reads_each_as_its_own_spectrum(tmp_path):
+    y2, y3 = np.round(Y * 0.5 + 0.1, 6), np.round(Y[::-1], 6)
+    text = "Energy,MnO,Mn2O3,MnO2\n" + "".join(f"{a},{b},{c},{d}\n" for a, b, c, d in zip(E, Y, y2, y3))
+    items = read_file(write_text(tmp_path / "supplementary.csv", text))
+    assert [(it.index, it.label) for it in items] == [(0, "MnO"), (1, "Mn2O3"), (2, "MnO2")]
+    for it, y in zip(items, (Y, y2, y3)):
+        assert isinstance(it, MeasuredSpectrum) and np.array_equal(it.energy, E) and np.array_equal(it.intensity, y)
+    # one column named: that one only, as before
+    (one,) = read_file(write_text(tmp_path / "named.csv", text), column="Mn2O3")
+    assert one.label is None and np.array_equal(one.intensity, y2)
+
+
+def test_x_y_pairs_of_different_lengths_each_read_against_their_own_axis(tmp_path):
+    e2 = np.round(np.arange(632.0, 660.0, 0.5), 4)
+    y2 = np.round(np.exp(-0.5 * ((e2 - 642.0) / 0.9) ** 2), 6)
+    lines = ["E1 (keV),MnO,E2 (keV),LaMnO3"]
+    for i in range(E.size):
+        pair = f"{e2[i] / 1000:.7f},{y2[i]}" if i < e2.size else ","
+        lines.append(f"{E[i] / 1000:.7f},{Y[i]},{pair}")
+    items = read_file(write_text(tmp_path / "pairs.csv", "\n".join(lines) + "\n"))
+    assert [it.label for it in items] == ["MnO", "LaMnO3"]
+    assert np.allclose(items[0].energy, E) and np.array_equal(items[0].intensity, Y)
+    assert np.allclose(items[1].energy, e2) and np.array_equal(items[1].intensity, y2)
+
+
+def test_a_pair_with_one_cell_missing_is_refused_by_line_and_column(tmp_path):
+    lines = ["E1,MnO,E2,LaMnO3"] + [f"{a},{b},{a},{b}" for a, b in zip(E, Y)]
+    lines[5] = f"{E[4]},{Y[4]},{E[4]},"
+    with pytest.raises(ReadError, match=r"line 6 has no number in column 4 \('LaMnO3'"):
+        read_file(write_text(tmp_path / "hole.csv", "\n".join(lines) + "\n"))
+
+
+@pytest.mark.parametrize("header", ["energy,MnO,sigma", "energy,sample,fit,background", "energy,mu,scan2"])
+def test_uncertainties_fits_and_known_columns_keep_one_spectrum(tmp_path, header):
+    """A spectrum with its error bars or fit, and a table naming a known column, still read as one spectrum."""
+    n = header.count(",")
+    text = header + "\n" + "".join(f"{a}," + ",".join([str(b)] * n) + "\n" for a, b in zip(E, Y))
+    (one,) = read_file(write_text(tmp_path / "one.csv", text))
+    assert one.label is None and np.array_equal(one.intensity, Y)
+
+
+def test_a_monitor_beside_unnamed_spectra_is_still_refused(tmp_path):
+    """A monitor in column 2 and no spectrum named: refused as before, not read as three spectra."""
+    text = "energy,i0,sample,reference\n" + "".join(f"{a},1e5,{b},{b}\n" for a, b in zip(E, Y))
+    with pytest.raises(ReadError, match="is a monitor"):
+        read_file(write_text(tmp_path / "mon.csv", text))
+
+
+def test_an_unnamed_table_reads_its_second_column_only(tmp_path):
+    """Unnamed, a third column may be the second's uncertainty: one spectrum, as before."""
+    text = "".join(f"{a} {b} {b * 0.01}\n" for a, b in zip(E, Y))
+    (one,) = read_file(write_text(tmp_path / "unnamed.dat", text))
+    assert one.label is None and np.array_equal(one.intensity, Y)

@@ -10,7 +10,8 @@ rejection row and the other files are still processed.
 
 JSON rows: ``file``; ``index`` (the spectrum's position in its file, the
 row-major pixel index within a spectrum image, null for a file that could not
-be read); for spectrum images ``signal`` (the image's position in its file: a
+be read); ``label`` for a spectrum of a table of several (its column's name:
+``Energy, MnO, Mn2O3`` reads two spectra); for spectrum images ``signal`` (the image's position in its file: a
 DM file may hold several) and, for pixels, ``pixel`` ``[row, col]`` (of the
 binned image with ``--bin``, which adds ``bin``, the block side); then the
 readout of :meth:`~mnedge_live.results.SpectrumResult.to_dict`; and
@@ -104,11 +105,14 @@ class Row:
     bin: int = 1
     signal: int | None = None
     notes: tuple[str, ...] = ()
+    label: str | None = None
 
     def to_dict(self) -> dict:
-        """The ``--json`` object: ``file``, ``index`` (``signal``, ``pixel``, and ``bin`` when binned, for images),
-        then the readout."""
+        """The ``--json`` object: ``file``, ``index`` (``label`` for a column of a table of several; ``signal``,
+        ``pixel``, and ``bin`` when binned, for images), then the readout."""
         d: dict[str, Any] = {"file": self.file, "index": self.index}
+        if self.label is not None:
+            d["label"] = self.label
         if self.signal is not None:
             d["signal"] = int(self.signal)
         if self.pixel is not None:
@@ -282,13 +286,14 @@ def _predict_singles(engine: Any, spectra: list[MeasuredSpectrum], plots: _PlotN
     results = engine.predict([(s.energy, s.intensity) for s in spectra])
     rows = []
     for s, res in zip(spectra, results):
-        rows.append(Row(s.file, s.index, res))
+        rows.append(Row(s.file, s.index, res, label=s.label))
         if plots is not None:
             from mnedge_live.plots import plot_spectrum
 
             png = plots.next(s.file, f"{s.index}", ".png")
+            title = f"{Path(s.file).name} #{s.index}" + ("" if s.label is None else f" ({s.label})")
             try:
-                plot_spectrum(png, s.energy, s.intensity, res, title=f"{Path(s.file).name} #{s.index}")
+                plot_spectrum(png, s.energy, s.intensity, res, title=title)
             except Exception as exc:  # a plot failure is reported and counted, not fatal
                 log.warning("plot of %s #%s failed: %s", s.file, s.index, exc)
                 plots.failed.append(png.name)
@@ -420,7 +425,8 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
         fr = " ".join(f"{_num(d['fractions'][n], '.2f'):>6}" for n in FRACTION_NAMES)
         note = r.result.reason if not r.result.ok else ", ".join(d["flags"])
         idx = "-" if r.index is None else str(r.index)
-        lines.append(f"{_short(r.file, 32):<32} {idx:>5} {d['status']:<8} {val:>13} {fr} "
+        shown = r.file if r.label is None else f"{r.file} [{r.label}]"
+        lines.append(f"{_short(shown, 32):<32} {idx:>5} {d['status']:<8} {val:>13} {fr} "
                      f"{_num(d['energy_offset_eV'], '+.2f'):>7} {_num(d['resolution_eV'], '.2f'):>7}  {note}")
     for s in summaries:
         c = s.counts

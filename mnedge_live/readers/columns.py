@@ -90,13 +90,15 @@ def read_text_items(p: Path, column: str | None) -> list[Item]:
     except OSError as exc:
         raise ReadError(f"{p}: cannot read: {exc.strerror or exc}") from exc
     text = _decode_text(raw, p)
-    energy, intensity, scans = _parse_table(text, str(p), column)
-    items: list[Item] = [MeasuredSpectrum(str(p), 0, energy, intensity, None)]
+    spectra, scans = _parse_table(text, str(p), column, every=True)
+    items: list[Item] = [MeasuredSpectrum(str(p), k, energy, intensity, None, label)
+                         for k, (label, energy, intensity) in enumerate(spectra)]
     if len(scans) > 1:
         log.warning("%s: %d scans (#S lines); only the first (%s) is read, the others are skipped: %s",
                     p, len(scans), scans[0], "; ".join(scans[1:]))
         items += [RefusedSignal(str(p), k, f"scan {label!r} not read: only the first scan of a SPEC file "
-                                           f"({scans[0]!r}) is read") for k, label in enumerate(scans[1:], start=1)]
+                                           f"({scans[0]!r}) is read")
+                  for k, label in enumerate(scans[1:], start=len(spectra))]
     return items
 
 
@@ -118,12 +120,17 @@ def _decode_text(raw: bytes, p: Path) -> str:
 
 def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
-    energy, intensity, _ = _parse_table(text, name, column)
+    ((_, energy, intensity),), _ = _parse_table(text, name, column)
     return energy, intensity
 
 
-def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(energy, intensity, scans)``: ``scans`` lists the SPEC ``#S`` lines; the data stop at the second."""
+#: A spectrum of a text file: its column's name (None where one spectrum is read), energy, intensity.
+_Column = tuple[str | None, np.ndarray, np.ndarray]
+
+
+def _parse_table(text: str, name: str, column: str | None, every: bool = False) -> tuple[list[_Column], list[str]]:
+    """``(spectra, scans)``: one spectrum, or with ``every`` each of :func:`spectrum_columns` when a table
+    holds several; ``scans`` lists the SPEC ``#S`` lines (the data stop at the second)."""
     header: list[str] | None = None       # the last line of names before the data
     data: list[tuple[int, list[str]]] = []
     lines: list[str] = []                 # the text lines before the data (SSRL: one name a line after "Data:")
@@ -217,6 +224,9 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
     if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
         header = names = lines[ssrl[-1] + 1:]
     e, skip = _energy_column(names, data, n_columns, name)
+    several = spectrum_columns(names, n_columns, e, skip) if every and column is None else None
+    if several is not None:
+        return _read_spectrum_columns(several, names, candidates, data, n_columns, name), scans
     if header is not None and names is None and column is None and n_columns > 2:
         _refuse_unaligned_header(header, n_columns, name)
     j, m = _intensity_and_monitor(n_columns, names, column, name, e, skip)
@@ -245,7 +255,75 @@ def _parse_table(text: str, name: str, column: str | None) -> tuple[np.ndarray, 
         log.warning("%s: the energy column (%s) is in keV: read as eV times 1000", name,
                     repr(names[e]) if names else f"column {e + 1}")
         arr[:, 0] *= ENERGY_UNITS[unit]
-    return arr[:, 0].copy(), arr[:, 1].copy(), scans
+    return [(None, arr[:, 0].copy(), arr[:, 1].copy())], scans
+
+
+#: Column names (keys) of what a table holds beside its spectra: uncertainties, fits and backgrounds.
+#: Never read as a spectrum of their own (:func:`spectrum_columns`).
+COMPANION_COLUMN_NAMES = frozenset({"err", "error", "errors", "sigma", "std", "stdev", "std_dev", "sd", "unc",
+                                    "uncertainty", "esd", "dy", "yerr", "y_err", "noise", "weight", "weights",
+                                    "fit", "model", "residual", "residuals", "resid", "bkg", "background",
+                                    "baseline", "mask", "flag", "flags"})
+
+
+def spectrum_columns(names: list[str] | None, n_columns: int, energy: int,
+                     skip: frozenset[int] = frozenset()) -> list[tuple[int, int]] | None:
+    """The spectra of a table of several, each with its energy column: ``[(intensity, energy), ...]``.
+
+    A table whose header names two or more columns that are neither an energy nor anything
+    :func:`intensity_column` recognizes (a spectrum, a raw or normalized yield, a monitor, an
+    index) nor a companion (:data:`COMPANION_COLUMN_NAMES`) holds one spectrum per such column:
+    ``Energy, MnO, Mn2O3, MnO2`` (published supplementary data), ``Energy, scan1, scan2``. Each
+    reads against the nearest energy-named column on its left (X/Y pairs: ``E1, MnO, E2,
+    Mn2O3``), else against the energy column ``energy``.
+
+    Returns None for every other table (one spectrum, chosen by :func:`intensity_column`), and
+    for an unnamed one: there a column after the intensity may be its uncertainty, and reading
+    it as a spectrum would give a second, wrong readout.
+    """
+    if not names:
+        return None
+    keys = [_column_key(n) for n in names]
+    cols = [j for j in range(n_columns) if j != energy and j not in skip]
+    axes = {j for j in cols if _is_energy_key(keys[j])}
+    rest = [j for j in cols if j not in axes and keys[j] not in COMPANION_COLUMN_NAMES]
+    if any(_is_known_key(keys[j]) for j in rest) or len(rest) < 2:
+        return None
+    return [(j, max([a for a in axes if a < j], default=energy)) for j in rest]
+
+
+def _read_spectrum_columns(spectra: list[tuple[int, int]], names: list[str], candidates: list[list[str]],
+                           data: list[tuple[int, list[str]]], n_columns: int, name: str) -> list[_Column]:
+    """Each spectrum column with its energy column (:func:`spectrum_columns`), as floats in eV.
+
+    A row whose two cells are both empty is passed over (X/Y pairs of different lengths end in empty
+    cells); a row with one of the two, or a cell that is no number, is refused, naming both.
+    """
+    log.warning("%s: %d spectrum columns (%s): each read as a spectrum of its own (index 0 to %d, labelled with "
+                "its column's name; --column reads one)", name, len(spectra), ", ".join(names[j] for j, _ in spectra),
+                len(spectra) - 1)
+    kev = sorted({e for _, e in spectra if _energy_unit(names, candidates, e, n_columns) == "kev"})
+    for e in kev:
+        log.warning("%s: the energy column %r is in keV: read as eV times 1000", name, names[e])
+    out = []
+    for j, e in spectra:
+        points = []
+        for lineno, fields in data:
+            cells = [fields[k].strip() if k < len(fields) else "" for k in (e, j)]
+            if cells == ["", ""]:
+                continue
+            for k, cell in zip((e, j), cells):
+                if not _is_number([cell], 0):
+                    raise ReadError(f"{name}: line {lineno} has no number in column {k + 1} ({names[k]!r}; spectrum "
+                                    f"{names[j]!r} read against {names[e]!r}): {' '.join(fields)[:60]!r}")
+            points.append((_float(cells[0]), _float(cells[1])))
+        if len(points) < 2:
+            raise ReadError(f"{name}: column {j + 1} ({names[j]!r}) has fewer than two numbers")
+        arr = np.asarray(points, dtype=float)
+        if e in kev:
+            arr[:, 0] *= ENERGY_UNITS["kev"]
+        out.append((names[j], arr[:, 0].copy(), arr[:, 1].copy()))
+    return out
 
 
 #: A unit in brackets after a column name: ``Energy (keV)``, ``E [eV]``.
@@ -460,9 +538,13 @@ def _is_number(fields: list[str], j: int) -> bool:
 
 
 def _is_energy_key(key: str) -> bool:
-    """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ...)."""
+    """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ``E2``, ...)."""
     return key in ENERGY_COLUMN_NAMES or "energy" in key.split("_") or key.startswith("energy") \
-        or key.endswith("energy")
+        or key.endswith("energy") or _NUMBERED_ENERGY.fullmatch(key) is not None
+
+
+#: An energy column numbered for X/Y pairs: ``E1``, ``E_2``, ``eV3``.
+_NUMBERED_ENERGY = re.compile(r"(e|ev)_?\d+")
 
 
 def _is_raw_yield_key(key: str) -> bool:

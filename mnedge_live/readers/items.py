@@ -36,6 +36,9 @@ class MeasuredSpectrum:
         Intensities, one per energy.
     pixel : tuple of int or None
         ``(row, column)`` within a spectrum image, None for a single spectrum.
+    label : str or None
+        The name of the spectrum's column in a table of several (``MnO`` in
+        ``Energy, MnO, Mn2O3``); None otherwise.
     """
 
     file: str
@@ -43,6 +46,7 @@ class MeasuredSpectrum:
     energy: np.ndarray
     intensity: np.ndarray
     pixel: tuple[int, int] | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True)
