@@ -896,3 +896,10 @@ def test_an_unnamed_table_reads_its_second_column_only(tmp_path):
     text = "".join(f"{a} {b} {b * 0.01}\n" for a, b in zip(E, Y))
     (one,) = read_file(write_text(tmp_path / "unnamed.dat", text))
     assert one.label is None and np.array_equal(one.intensity, Y)
+
+
+def test_a_clock_and_an_energy_only_is_refused_as_having_no_intensity(tmp_path):
+    """Column 1 a clock, column 2 the energy: nothing is left to read (was an IndexError)."""
+    text = "Time,Energy\n" + "".join(f"{k * 0.1:.1f},{a}\n" for k, a in enumerate(E))
+    with pytest.raises(ReadError, match=r"no intensity column: the file has 2 columns \(Time, Energy\)"):
+        read_file(write_text(tmp_path / "clock.csv", text))

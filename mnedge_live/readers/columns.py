@@ -703,6 +703,8 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
             raise ReadError(f"{name}: no column named {text!r}"
                             + (f"; the columns are {', '.join(names)}" if names else "; the file names no columns"))
         return found[0]
+    if not cols:
+        raise ReadError(f"{name}: no intensity column: the file has {n_columns} columns{listed} and {axis}")
     first = cols[0]
     if len(cols) == 1:
         if names:
