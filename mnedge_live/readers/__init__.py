@@ -14,7 +14,9 @@ Supported inputs:
 * EMSA/MSA single spectra (``Y`` and ``XY`` data), through RosettaSciIO;
 * Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
   RosettaSciIO, single spectra as well as spectrum images (line scans and
-  2-D maps); spectrum images stay lazy Dask arrays.
+  2-D maps); spectrum images stay lazy Dask arrays;
+* NeXus HDF5 files (synchrotron scans): the plottable ``NXdata`` of each
+  entry, its energy axis as stored (:mod:`~mnedge_live.readers.nexus`).
 
 Every reader either returns data or raises :class:`ReadError` with the
 reason, so a caller can reject one file and carry on with the next.
@@ -37,14 +39,15 @@ from mnedge_live.readers.columns import (
 from mnedge_live.readers.hdf5_cache import HDF5Dataset, release
 from mnedge_live.readers.items import Item, MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage
 from mnedge_live.readers.msa import read_msa
+from mnedge_live.readers.nexus import is_nexus, read_nexus
 from mnedge_live.readers.signals import contiguous_chunks, read_rsciio
 
 #: File extensions read as EMSA/MSA.
 MSA_EXTENSIONS = frozenset({".msa", ".ems", ".emsa", ".mas"})
 #: File extensions read as Gatan DigitalMicrograph.
 DM_EXTENSIONS = frozenset({".dm3", ".dm4"})
-#: File extensions read as HyperSpy HDF5.
-HSPY_EXTENSIONS = frozenset({".hspy", ".hdf5", ".h5"})
+#: File extensions read as HDF5: HyperSpy, or NeXus where the file has an NXentry (:mod:`~mnedge_live.readers.nexus`).
+HSPY_EXTENSIONS = frozenset({".hspy", ".hdf5", ".h5", ".nxs", ".nx5", ".nexus"})
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -64,7 +67,8 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
         Keep spectrum images as lazy Dask arrays (single spectra are always loaded).
     column : str, optional
         Intensity column of a text file (a name from its header or a 1-based
-        number; see :func:`intensity_column`); other formats ignore it.
+        number; see :func:`intensity_column`), or the dataset of a NeXus file's
+        NXdata groups (``A/B``: A divided by B); other formats ignore it.
 
     Returns
     -------
@@ -95,8 +99,26 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
     if fmt == "dm":
         return read_rsciio(p, "dm", lazy=lazy)
     if fmt == "hspy":
+        if _is_nexus_file(p):
+            return read_nexus(p, lazy=lazy, column=column)
         return read_rsciio(p, "hspy", lazy=lazy)
     return read_text_items(p, column)
+
+
+def _is_nexus_file(p: Path) -> bool:
+    """Whether an HDF5 file is NeXus (an ``NXentry`` at its top) rather than HyperSpy; False if h5py cannot
+    open it (the HyperSpy reader then says why)."""
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            return _text_attr(f.attrs.get("file_format")) != "HyperSpy" and is_nexus(f)
+    except Exception:
+        return False
+
+
+def _text_attr(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def detect_format(path: Path, head: bytes) -> str:
@@ -117,5 +139,5 @@ def detect_format(path: Path, head: bytes) -> str:
 
 
 __all__ = ["HDF5Dataset", "Item", "MeasuredSpectrum", "ReadError", "RefusedSignal", "SpectrumImage", "contiguous_chunks",
-           "detect_format", "intensity_column", "parse_columns", "read_file", "read_msa", "read_rsciio", "read_text",
+           "detect_format", "intensity_column", "parse_columns", "read_file", "read_msa", "read_nexus", "read_rsciio", "read_text",
            "release", "split_fields"]

@@ -24,7 +24,7 @@ SPECTRUM_COLUMN_NAMES = ("norm", "nor", "flat", "xmu", "mu", "mutrans", "mu_tran
 MONITOR_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon", "time", "seconds", "sec", "count_time",
                                   "ring_current", "ringcurrent", "current", "beam_current", "energy", "e"})
 
-#: Column names (keys, as :func:`_column_key` makes them) of a point index, a counter or a clock: never the
+#: Column names (keys, as :func:`column_key` makes them) of a point index, a counter or a clock: never the
 #: energy axis.  A column named so (or unnamed: a pandas or R index) in first place is not read as the energy.
 INDEX_COLUMN_NAMES = frozenset({"", "#", "index", "idx", "point", "points", "pt", "pts", "no", "nr", "num", "number",
                                 "channel", "chan", "ch", "row", "step", "time", "seconds", "sec", "clock",
@@ -161,7 +161,7 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
             if m and not data:
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
             if data and not meta and footer is None and _names_after_metadata(names, data, all_lines, idx) \
-                    and any(_is_known_key(_column_key(w)) for w in names):
+                    and any(_is_known_key(column_key(w)) for w in names):
                 # "# Energy  mu" after one or two rows of numbers: those rows are metadata (they were read as data
                 # points); a comment is passed over between data rows, so it must name a known column
                 meta, data = data, []
@@ -283,7 +283,7 @@ def spectrum_columns(names: list[str] | None, n_columns: int, energy: int,
     """
     if not names:
         return None
-    keys = [_column_key(n) for n in names]
+    keys = [column_key(n) for n in names]
     cols = [j for j in range(n_columns) if j != energy and j not in skip]
     axes = {j for j in cols if _is_energy_key(keys[j])}
     rest = [j for j in cols if j not in axes and keys[j] not in COMPANION_COLUMN_NAMES]
@@ -441,8 +441,8 @@ def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str 
     divided by the file's one I0 monitor (:func:`intensity_column` refuses
     when there is none or several); a column the user names is read as it is.
     """
-    keys = [_column_key(n) for n in names or []]
-    if column is not None and "/" in column and _column_key(column) not in keys:
+    keys = [column_key(n) for n in names or []]
+    if column is not None and "/" in column and column_key(column) not in keys:
         a, _, b = column.partition("/")
         j = intensity_column(n_columns, names, a, name, energy=energy, skip=skip)
         m = intensity_column(n_columns, names, b, name, energy=energy, skip=skip)
@@ -450,7 +450,7 @@ def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str 
             raise ReadError(f"{name}: --column {column}: a column divided by itself")
         return j, m
     j = intensity_column(n_columns, names, column, name, energy=energy, skip=skip)
-    if column is None and names and _is_raw_yield_key(keys[j]):
+    if column is None and names and is_raw_yield_key(keys[j]):
         monitors = [k for k, key in enumerate(keys) if key in I0_COLUMN_NAMES and k != energy and k not in skip]
         if len(monitors) == 1:
             return j, monitors[0]
@@ -511,7 +511,7 @@ def _is_units_row(fields: list[str]) -> bool:
 def _is_known_key(key: str) -> bool:
     """Whether a column key is a name this module knows (energy, index, monitor, spectrum, raw yield)."""
     return bool(key) and (_is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
-                          or key in SPECTRUM_COLUMN_NAMES or _is_raw_yield_key(key) or _is_normalized_yield_key(key))
+                          or key in SPECTRUM_COLUMN_NAMES or is_raw_yield_key(key) or _is_normalized_yield_key(key))
 
 
 def _choose_names(candidates: list[list[str]], header: list[str] | None, n_columns: int,
@@ -521,7 +521,7 @@ def _choose_names(candidates: list[list[str]], header: list[str] | None, n_colum
     between the names and the data is passed over); else the XDI ``# Column.N`` headers when they name
     every column; else the last line before the data when it has one field per column."""
     aligned = [c for c in candidates if len(c) == n_columns and not _is_units_row(c) and not c[0].endswith(":")]
-    named = [c for c in aligned if any(_is_known_key(_column_key(w)) for w in c)]
+    named = [c for c in aligned if any(_is_known_key(column_key(w)) for w in c)]
     if named:
         return named[-1]
     if xdi and sorted(xdi) == list(range(1, n_columns + 1)):
@@ -547,7 +547,7 @@ def _is_energy_key(key: str) -> bool:
 _NUMBERED_ENERGY = re.compile(r"(e|ev)_?\d+")
 
 
-def _is_raw_yield_key(key: str) -> bool:
+def is_raw_yield_key(key: str) -> bool:
     """Whether a column key names a raw electron or fluorescence yield (to be divided by I0)."""
     if "norm" in key or "/" in key:   # already divided by its monitor (TEY_norm, TFY / I0)
         return False
@@ -563,10 +563,10 @@ def _is_normalized_yield_key(key: str) -> bool:
     ``TEY_norm``, ``norm TEY`` (a spectrum, not a raw yield)."""
     if "/" in key:
         num, _, den = key.partition("/")
-        return _is_raw_yield_key(num.strip("_")) and den.strip("_") in I0_COLUMN_NAMES
+        return is_raw_yield_key(num.strip("_")) and den.strip("_") in I0_COLUMN_NAMES
     words = key.split("_")
     rest = [w for w in words if w not in _NORM_WORDS]
-    return 0 < len(rest) < len(words) and _is_raw_yield_key("_".join(rest))
+    return 0 < len(rest) < len(words) and is_raw_yield_key("_".join(rest))
 
 
 def _is_index_key(key: str) -> bool:
@@ -584,7 +584,7 @@ def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n
     could be the energy.
     """
     if names is not None:
-        keys = [_column_key(n) for n in names]
+        keys = [column_key(n) for n in names]
         if _is_energy_key(keys[0]) or not _is_index_key(keys[0]):
             return 0, frozenset()
         energies = [i for i, k in enumerate(keys) if i and _is_energy_key(k)]
@@ -633,14 +633,14 @@ def _refuse_unaligned_header(header: list[str], n_columns: int, name: str) -> No
     column is the spectrum.  A header naming neither leaves the logged
     second-column choice of :func:`intensity_column`.
     """
-    keys = {_column_key(w) for w in header}
+    keys = {column_key(w) for w in header}
     if keys & ((MONITOR_COLUMN_NAMES - {"energy", "e"}) | set(SPECTRUM_COLUMN_NAMES)):
         raise ReadError(f"{name}: the header ({' '.join(header)}) has {len(header)} fields for {n_columns} columns "
                         "and names a monitor or a spectrum among them: say which column is the spectrum by its "
                         "number (mnedge predict --column N; column 1 is the energy)")
 
 
-def _column_key(name: str) -> str:
+def column_key(name: str) -> str:
     """A column name compared without case, units (``mu (a.u.)``) or separators."""
     key = re.sub(r"[(\[{].*?[)\]}]", "", name).strip().lower()
     return re.sub(r"[\s\-.]+", "_", key).strip("_")
@@ -697,8 +697,8 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
                 raise ReadError(f"{name}: column {text} is not an intensity column: the file has {n_columns} "
                                 f"columns{listed} and {axis}")
             return j
-        keys = [_column_key(n) for n in names or []]
-        found = [j for j in cols if j < len(keys) and keys[j] == _column_key(text)]
+        keys = [column_key(n) for n in names or []]
+        found = [j for j in cols if j < len(keys) and keys[j] == column_key(text)]
         if not found:
             raise ReadError(f"{name}: no column named {text!r}"
                             + (f"; the columns are {', '.join(names)}" if names else "; the file names no columns"))
@@ -708,7 +708,7 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
     first = cols[0]
     if len(cols) == 1:
         if names:
-            keys = [_column_key(n) for n in names]
+            keys = [column_key(n) for n in names]
             if keys[energy] in SPECTRUM_COLUMN_NAMES and keys[first] not in SPECTRUM_COLUMN_NAMES:
                 raise ReadError(f"{name}: column {energy + 1} is named {names[energy]!r}, a spectrum: the first "
                                 f"column must be the energy (columns {', '.join(names)})")
@@ -717,7 +717,7 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
                                 f"not a spectrum (columns {', '.join(names)})")
         return first
     if names:
-        keys = [_column_key(n) for n in names]
+        keys = [column_key(n) for n in names]
         for wanted in SPECTRUM_COLUMN_NAMES:
             for j in cols:
                 if keys[j] == wanted:
@@ -729,7 +729,7 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
             listed_yields = ", ".join(names[j] for j in normalized)
             raise ReadError(f"{name}: {n_columns} columns{listed}, several normalized yields ({listed_yields}): "
                             f"name the one to read (mnedge predict --column {names[normalized[0]]!r})")
-        yields = [j for j in cols if _is_raw_yield_key(keys[j])]
+        yields = [j for j in cols if is_raw_yield_key(keys[j])]
         monitors = [j for j in cols if keys[j] in I0_COLUMN_NAMES]
         if yields and (len(yields) > 1 or len(monitors) != 1):
             why = f"{name}: {n_columns} columns{listed}, none named as a spectrum"

@@ -156,7 +156,7 @@ def items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item
     skipped: list[str] = []
     for k, sig in enumerate(signals or []):
         try:
-            items.append(_item_from_signal(path, k, sig, lazy))
+            items.append(item_from_signal(path, k, sig, lazy))
         except ReadError as exc:
             skipped.append(f"signal {k}: {exc}")
             items.append(RefusedSignal(str(path), k, str(exc)))
@@ -166,7 +166,9 @@ def items_from_signals(path: Path, signals: list[dict], lazy: bool) -> list[Item
     return items
 
 
-def _item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
+def item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
+    """One RosettaSciIO-style signal dict (``data``, ``axes``) as a spectrum or a spectrum image (ReadError
+    with the reason when it is neither)."""
     data = sig.get("data")
     axes = list(sig.get("axes") or [])
     if data is None or getattr(data, "ndim", 0) == 0 or getattr(data, "size", 0) == 0:
