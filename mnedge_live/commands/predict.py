@@ -77,7 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "TEY, ...), a 1-based number, or A/B (column A divided by column B, e.g. TEY/I0) "
                         "(default: a spectrum-like name from the header, else a raw yield divided by the one I0 "
                         "column, else the first column after the energy with a warning; a file whose first "
-                        "column after the energy is a monitor such as I0 is refused)")
+                        "column after the energy is a monitor such as I0 is refused; a table of several "
+                        "spectra in named columns reads each); for NeXus files, a dataset of the NXdata "
+                        "group, or A/B")
     p.add_argument("--plot", dest="plot_dir", metavar="DIR",
                    help="write a PNG per spectrum and maps (PNG + HDF5) per spectrum image")
     p.add_argument("--scheduler", metavar="ADDRESS",
