@@ -747,21 +747,37 @@ def test_a_column_ratio_reads_a_yield_divided_by_its_monitor(tmp_path):
     np.testing.assert_allclose(read_file(path, column="TEY")[0].intensity, Y * i0, rtol=1e-9)   # named: as it is
 
 
-def test_spec_labels_are_split_on_two_spaces_and_only_the_first_scan_is_read(tmp_path, caplog):
+def test_spec_labels_are_split_on_two_spaces_and_every_scan_is_read(tmp_path):
     first = "#S 12  ascan  energy 635 663\n#N 4\n#L Energy  Ring current  I0  mu\n" + columns(
         "", np.full_like(Y, 400.0), MONITOR, Y, sep="  ")
     second = "\n#S 13  ascan  energy 635 663\n#L Energy  Ring current  I0  mu\n" + columns(
         "", np.full_like(Y, 399.0), MONITOR, 2 * Y, sep="  ")
-    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
-        items = read_file(write_text(tmp_path / "scans.spec", "#F scans.spec\n" + first + second))
-    assert isinstance(items[0], MeasuredSpectrum)
+    aborted = "\n#S 14  ascan  energy 635 663\n#L Energy  Ring current  I0  mu\n#C aborted\n"
+    alignment = "\n#S 15  ascan  samx -1 1\n#L samx  diode\n" + "".join(f"{x:.2f}  {x * x:.4f}\n"
+                                                                     for x in np.linspace(-1, 1, 21))
+    path = write_text(tmp_path / "scans.spec", "#F scans.spec\n#O0 energy  samx\n" + first + second + aborted + alignment)
+    items = read_file(path)
+    assert [type(it).__name__ for it in items] == ["MeasuredSpectrum", "MeasuredSpectrum", "RefusedSignal",
+                                                   "MeasuredSpectrum"]
+    assert [it.index for it in items] == [0, 1, 2, 3]
+    assert [it.label for it in items if isinstance(it, MeasuredSpectrum)] == ["scan 12", "scan 13", "scan 15"]
     np.testing.assert_allclose(items[0].energy, E)
     np.testing.assert_allclose(items[0].intensity, Y)
-    assert len(items) == 2 and isinstance(items[1], RefusedSignal) and "13  ascan" in items[1].reason
-    assert "only the first" in caplog.text
+    np.testing.assert_allclose(items[1].intensity, 2 * Y)
+    assert items[2].reason.startswith("scan 14 not read:") and "no numeric" in items[2].reason
+    np.testing.assert_allclose(items[3].energy, np.linspace(-1, 1, 21))   # read; the engine says it misses the edge
     one = read_file(write_text(tmp_path / "one.spec", first))
-    assert len(one) == 1
+    assert len(one) == 1 and one[0].label is None
     np.testing.assert_allclose(one[0].intensity, Y)
+
+
+def test_a_broken_spec_scan_is_named_at_its_line_of_the_file(tmp_path):
+    good = "#S 1  ascan  energy 635 663\n#L Energy  mu\n" + "".join(f"{a}  {b}\n" for a, b in zip(E, Y))
+    bad = "#S 2  ascan  energy 635 663\n#L Energy  mu\n636.0  0.1\n637.0\n638.0  0.2\n"
+    text = "#F f.spec\n" + good + bad
+    items = read_file(write_text(tmp_path / "f.spec", text))
+    line = text.splitlines().index("637.0") + 1
+    assert isinstance(items[1], RefusedSignal) and f"line {line} " in items[1].reason, items[1].reason
 
 
 @pytest.mark.parametrize("sep", ["   ", " ", "\t", ";", " ; "])

@@ -57,7 +57,8 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
     :func:`intensity_column` (``column``, else the header's names, else the
     second column with a logged warning), and a raw yield chosen by default
     is divided by the file's one I0 monitor (``column`` ``A/B``: A divided by
-    B).  Only the first scan of a SPEC file of several (``#S``) is read.
+    B).  Only the first scan of a SPEC file of several (``#S``) is read
+    (:func:`read_text_items` reads each).
 
     Passed over with a logged warning: a block of text lines after the data
     (``END OF SCAN``; numbers after it are refused); an empty or non-numeric
@@ -76,12 +77,56 @@ def read_text(path: str | Path, column: str | None = None) -> MeasuredSpectrum:
         row among the data, numbers after a footer, an empty cell in a
         column read, or ambiguous decimal commas.
     """
-    return read_text_items(Path(path), column)[0]
+    p = Path(path)
+    ((_, energy, intensity),) = _parse_table(_read_text_file(p), str(p), column)
+    return MeasuredSpectrum(str(p), 0, energy, intensity)
 
 
 def read_text_items(p: Path, column: str | None) -> list[Item]:
-    """The spectrum of a text file, followed by a :class:`RefusedSignal` for each further scan of a SPEC
-    file (``#S`` lines): only the first scan is read."""
+    """Every spectrum of a text file: one, each of a table of several (:func:`spectrum_columns`), or each
+    scan of a SPEC file of several (``#S`` lines; :func:`spec_scans`), labelled ``scan N``; a scan that
+    cannot be read is a :class:`RefusedSignal` with the reason, the others are still read."""
+    text = _read_text_file(p)
+    scans = spec_scans(text)
+    if scans is None:
+        spectra = _parse_table(text, str(p), column, every=True)
+        return [MeasuredSpectrum(str(p), k, energy, intensity, None, label)
+                for k, (label, energy, intensity) in enumerate(spectra)]
+    items: list[Item] = []
+    for number, line, block in scans:
+        try:
+            spectra = _parse_table(block, f"{p} (#S {line})", column, every=True)
+        except ReadError as exc:
+            items.append(RefusedSignal(str(p), len(items), f"scan {number} not read: {exc}"))
+            continue
+        for label, energy, intensity in spectra:
+            items.append(MeasuredSpectrum(str(p), len(items), energy, intensity, None,
+                                          f"scan {number}" + ("" if label is None else f" {label}")))
+    if not any(isinstance(it, MeasuredSpectrum) for it in items):
+        raise ReadError(f"{p}: no scan of the SPEC file could be read: "
+                        + "; ".join(it.reason for it in items if isinstance(it, RefusedSignal)))
+    return items
+
+
+def spec_scans(text: str) -> list[tuple[str, str, str]] | None:
+    """The scans of a SPEC file of several: ``(number, #S line after "#S", text)`` each, the text being the
+    file's header (the lines before the first ``#S``: ``#F``, ``#E``, ``#O`` ...) and the scan's own lines at
+    their lines of the file; None for a file with fewer than two ``#S`` lines."""
+    lines = text.lstrip("\ufeff").splitlines()
+    starts = [i for i, line in enumerate(lines) if _SPEC_SCAN.match(line.strip())]
+    if len(starts) < 2:
+        return None
+    header = lines[:starts[0]]
+    out = []
+    for a, b in zip(starts, starts[1:] + [len(lines)]):
+        line = lines[a].strip()[2:].strip()
+        # the other scans' lines kept as blank lines: line numbers in messages are the file's
+        out.append((line.split()[0], line, "\n".join(header + [""] * (a - len(header)) + lines[a:b])))
+    return out
+
+
+def _read_text_file(p: Path) -> str:
+    """The text of a file of at most :data:`MAX_TEXT_BYTES` (:func:`_decode_text`); ReadError when it cannot be read."""
     try:
         size = p.stat().st_size
         if size > MAX_TEXT_BYTES:
@@ -89,17 +134,7 @@ def read_text_items(p: Path, column: str | None) -> list[Item]:
         raw = p.read_bytes()
     except OSError as exc:
         raise ReadError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    text = _decode_text(raw, p)
-    spectra, scans = _parse_table(text, str(p), column, every=True)
-    items: list[Item] = [MeasuredSpectrum(str(p), k, energy, intensity, None, label)
-                         for k, (label, energy, intensity) in enumerate(spectra)]
-    if len(scans) > 1:
-        log.warning("%s: %d scans (#S lines); only the first (%s) is read, the others are skipped: %s",
-                    p, len(scans), scans[0], "; ".join(scans[1:]))
-        items += [RefusedSignal(str(p), k, f"scan {label!r} not read: only the first scan of a SPEC file "
-                                           f"({scans[0]!r}) is read")
-                  for k, label in enumerate(scans[1:], start=len(spectra))]
-    return items
+    return _decode_text(raw, p)
 
 
 def _decode_text(raw: bytes, p: Path) -> str:
@@ -120,7 +155,7 @@ def _decode_text(raw: bytes, p: Path) -> str:
 
 def parse_columns(text: str, name: str = "<text>", column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse column text into ``(energy, intensity)`` float arrays (see :func:`read_text`)."""
-    ((_, energy, intensity),), _ = _parse_table(text, name, column)
+    ((_, energy, intensity),) = _parse_table(text, name, column)
     return energy, intensity
 
 
@@ -128,9 +163,9 @@ def parse_columns(text: str, name: str = "<text>", column: str | None = None) ->
 _Column = tuple[str | None, np.ndarray, np.ndarray]
 
 
-def _parse_table(text: str, name: str, column: str | None, every: bool = False) -> tuple[list[_Column], list[str]]:
-    """``(spectra, scans)``: one spectrum, or with ``every`` each of :func:`spectrum_columns` when a table
-    holds several; ``scans`` lists the SPEC ``#S`` lines (the data stop at the second)."""
+def _parse_table(text: str, name: str, column: str | None, every: bool = False) -> list[_Column]:
+    """The spectra of a table: one, or with ``every`` each of :func:`spectrum_columns` when it holds several.
+    The data of a SPEC file stop at its second ``#S`` line (:func:`spec_scans` splits the scans first)."""
     header: list[str] | None = None       # the last line of names before the data
     data: list[tuple[int, list[str]]] = []
     lines: list[str] = []                 # the text lines before the data (SSRL: one name a line after "Data:")
@@ -226,7 +261,7 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     e, skip = _energy_column(names, data, n_columns, name)
     several = spectrum_columns(names, n_columns, e, skip) if every and column is None else None
     if several is not None:
-        return _read_spectrum_columns(several, names, candidates, data, n_columns, name), scans
+        return _read_spectrum_columns(several, names, candidates, data, n_columns, name)
     if header is not None and names is None and column is None and n_columns > 2:
         _refuse_unaligned_header(header, n_columns, name)
     j, m = _intensity_and_monitor(n_columns, names, column, name, e, skip)
@@ -255,7 +290,7 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
         log.warning("%s: the energy column (%s) is in keV: read as eV times 1000", name,
                     repr(names[e]) if names else f"column {e + 1}")
         arr[:, 0] *= ENERGY_UNITS[unit]
-    return [(None, arr[:, 0].copy(), arr[:, 1].copy())], scans
+    return [(None, arr[:, 0].copy(), arr[:, 1].copy())]
 
 
 #: Column names (keys) of what a table holds beside its spectra: uncertainties, fits and backgrounds.
