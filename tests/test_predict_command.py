@@ -668,3 +668,29 @@ def test_a_table_of_several_spectra_gets_a_labelled_row_each(capsys, model, tmp_
     assert main(["predict", "--no-progress", "--model", model, str(path)]) == 0
     table = capsys.readouterr().out
     assert "table.csv [sample A]" in table and "table.csv [sample B]" in table
+
+
+def test_csv_holds_the_json_rows_pixels_included(capsys, model, files):
+    import csv
+    import io
+
+    argv = ["--model", model, files["good"], files["garbage"], files["image"]]
+    _, rows = predict_json(capsys, *argv)
+    rc = main(["predict", "--csv", "--no-progress", *map(str, argv)])
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rc == 1 and len(table) == len(rows) == 2 + 12
+    for r, c in zip(rows, table):
+        assert c["file"] == r["file"] and c["status"] == r["status"] and c["reason"] == r["reason"]
+        assert c["index"] == ("" if r["index"] is None else str(r["index"]))
+        assert (c["pixel_row"], c["pixel_col"]) == tuple(map(str, r.get("pixel", ("", ""))))
+        if r["valence"] is None:
+            assert c["valence"] == c["Mn2+"] == ""
+        else:
+            assert float(c["valence"]) == r["valence"] and float(c["Mn4+ std"]) == r["fractions_std"]["Mn4+"]
+            assert c["flags"] == ";".join(r["flags"])
+
+
+def test_json_and_csv_together_are_a_usage_error(capsys, model, files):
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--json", "--csv", "--model", model, str(files["good"])])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

@@ -8,6 +8,7 @@ processed chunk by chunk on a Dask cluster (a local in-process one, or the
 scheduler given by ``--scheduler``).  A file that cannot be read gets a
 rejection row and the other files are still processed.
 
+``--csv`` prints the same rows as CSV (:data:`CSV_COLUMNS`), for a spreadsheet.
 JSON rows: ``file``; ``index`` (the spectrum's position in its file, the
 row-major pixel index within a spectrum image, null for a file that could not
 be read); ``label`` for a spectrum of a table of several (its column's name:
@@ -71,7 +72,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="spectrum files")
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, torch, tensorrt")
-    p.add_argument("--json", action="store_true", help="print a JSON list, one object per spectrum")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON list, one object per spectrum")
+    out.add_argument("--csv", action="store_true",
+                     help="print CSV, a row per spectrum (pixels included) with the JSON object's fields as columns")
     p.add_argument("--column", metavar="NAME|N",
                    help="intensity column of text files with more than two columns: a header name (mu, norm, "
                         "TEY, ...), a 1-based number, or A/B (column A divided by column B, e.g. TEY/I0) "
@@ -272,6 +276,8 @@ def run(args: argparse.Namespace) -> int:
         # dumps, not dump: only the one-shot encoder is the fast C one (matters for spectrum images).
         sys.stdout.write(json.dumps(out, indent=2 if len(out) <= 1000 else None))
         sys.stdout.write("\n")
+    elif args.csv:
+        write_csv(rows, sys.stdout)
     else:
         sys.stdout.write(format_table(rows, summaries))
     sys.stdout.flush()
@@ -312,7 +318,7 @@ def _predict_image(image: SpectrumImage, client: Any, spec: Any, model: str, plo
     source_shape = image.shape
     image = bin_pixels(image, args.bin)
     readout = run_image(image, client, spec, progress=args.progress, chunk_spectra=args.chunk_spectra,
-                        model=model, keep_results=args.json)
+                        model=model, keep_results=args.json or args.csv)
     rows = [Row(image.file, i, res, readout.pixel(i), args.bin, image.index) for i, res in enumerate(readout.results)]
     val = readout.maps.layers["valence"]
     mean = float(np.nanmean(val)) if np.isfinite(val).any() else float("nan")
@@ -405,6 +411,28 @@ class _PlotNames:
 
 def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
+
+
+#: Columns of ``--csv``: the ``--json`` object flattened (fractions and their std by name, a pixel's row and column).
+CSV_COLUMNS = ("file", "index", "label", "signal", "pixel_row", "pixel_col", "bin", "status", "reason", "valence",
+               "valence_std", *FRACTION_NAMES, *(f"{n} std" for n in FRACTION_NAMES), "energy_offset_eV",
+               "resolution_eV", "t_lambda", "ood_score", "flags", "model", "reader_notes")
+
+
+def write_csv(rows: list[Row], stream: Any) -> None:
+    """Write the rows as CSV (:data:`CSV_COLUMNS`; empty cells where a value is missing, flags joined by ``;``)."""
+    import csv
+
+    w = csv.writer(stream, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in rows:
+        d = r.to_dict()
+        pixel = d.get("pixel") or ("", "")
+        flat = {**d, "pixel_row": pixel[0], "pixel_col": pixel[1], "flags": ";".join(d["flags"]),
+                "reader_notes": " | ".join(d.get("reader_notes", ())),
+                **{n: d["fractions"][n] for n in FRACTION_NAMES},
+                **{f"{n} std": d["fractions_std"][n] for n in FRACTION_NAMES}}
+        w.writerow(["" if flat.get(c) is None else flat[c] for c in CSV_COLUMNS])
 
 
 def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
