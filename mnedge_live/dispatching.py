@@ -38,6 +38,8 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
     bad_messages : int
         Messages dropped because they could not be split into prefix, name and payload,
         named no document type, or whose payload the deserializer refused.
+    callback_errors : int
+        Documents on which a subscribed callback raised (bluesky's own loop would end there).
     """
 
     def __init__(self, address: str, *, ignore_prefix: bytes | None = None,
@@ -46,6 +48,7 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         self.ignore_prefix = ignore_prefix
         self.on_bad_message = on_bad_message
         self.bad_messages = 0
+        self.callback_errors = 0
 
     def _decode(self, message: bytes) -> tuple[DocumentNames, dict] | None:
         """The message's document type and document; None when it is ignored or not readable (then counted)."""
@@ -72,10 +75,16 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         log.warning(msg, *args)
 
     def _handle(self, message: bytes) -> None:
-        """Decode one message and hand its document on (:meth:`_deliver`)."""
+        """Decode one message and hand its document on (:meth:`_deliver`); a callback that raises is logged and
+        counted (:attr:`callback_errors`), and the next message is read."""
         decoded = self._decode(message)
-        if decoded is not None:
+        if decoded is None:
+            return
+        try:
             self._deliver(*decoded)
+        except Exception:
+            self.callback_errors += 1
+            log.exception("a callback failed on a %s document (the next message is read)", decoded[0].value)
 
     def _deliver(self, doc_name: DocumentNames, doc: dict) -> None:
         """Give one document to the subscribed callbacks."""

@@ -45,6 +45,7 @@ def test_bad_messages_are_counted_and_the_next_ones_read(proxy):
     dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, ignore_prefix=b"own",
                                           on_bad_message=lambda: reported.append(1))
     dispatcher.subscribe(lambda name, doc: seen.append((name, doc["uid"])))
+    dispatcher.subscribe(lambda name, doc: 1 / 0 if doc["uid"] == "a" else None)   # a callback that fails once
     thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
     thread.start()
     sender = zmq.Context.instance().socket(zmq.PUB)
@@ -64,4 +65,4 @@ def test_bad_messages_are_counted_and_the_next_ones_read(proxy):
         dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
         thread.join(5)
     assert seen == [("start", "a"), ("stop", "b")]
-    assert dispatcher.bad_messages == len(BAD) == len(reported)
+    assert dispatcher.bad_messages == len(BAD) == len(reported) and dispatcher.callback_errors == 1

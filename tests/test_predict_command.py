@@ -694,3 +694,12 @@ def test_json_and_csv_together_are_a_usage_error(capsys, model, files):
     with pytest.raises(SystemExit) as exc:
         main(["predict", "--json", "--csv", "--model", model, str(files["good"])])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_csv_shows_a_formula_like_name_as_text(capsys, model, tmp_path):
+    a = mn_like(seed=31)
+    path = tmp_path / "t.csv"
+    path.write_text('Energy,"=HYPERLINK(""http://x"")",B\n' + "".join(f"{e:.4f},{p:.6f},{p:.6f}\n" for e, p in zip(E, a)))
+    main(["predict", "--csv", "--no-progress", "--model", model, str(path)])
+    out = capsys.readouterr().out
+    assert ",\"'=HYPERLINK(\"\"http://x\"\")\"," in out and ",=HYPERLINK" not in out

@@ -919,3 +919,30 @@ def test_a_clock_and_an_energy_only_is_refused_as_having_no_intensity(tmp_path):
     text = "Time,Energy\n" + "".join(f"{k * 0.1:.1f},{a}\n" for k, a in enumerate(E))
     with pytest.raises(ReadError, match=r"no intensity column: the file has 2 columns \(Time, Energy\)"):
         read_file(write_text(tmp_path / "clock.csv", text))
+
+
+def test_x_y_pairs_with_unnamed_axes_and_the_second_pair_longer(tmp_path):
+    """``X, MnO, X, Mn2O3``: each X is the axis of the spectrum after it (rising throughout), and the rows where
+    only the second pair goes on are read, not taken for a footer."""
+    e2 = np.round(np.arange(628.0, 670.0, 0.2), 4)
+    y2 = np.round(np.exp(-0.5 * ((e2 - 642.0) / 0.9) ** 2), 6)
+    lines = ["X,MnO,X,Mn2O3"]
+    for i in range(e2.size):
+        first = f"{E[i]},{Y[i]}" if i < E.size else ","
+        lines.append(f"{first},{e2[i]},{y2[i]}")
+    items = read_file(write_text(tmp_path / "xx.csv", "\n".join(lines) + "\n"))
+    assert [it.label for it in items] == ["MnO", "Mn2O3"]
+    assert np.array_equal(items[0].energy, E) and np.array_equal(items[1].energy, e2)
+    assert np.array_equal(items[1].intensity, y2)
+
+
+@pytest.mark.parametrize("header", ["Energy,MnO,MnO_err", "Energy,MnO,dMnO", "Energy,sample,sample_std",
+                                    "Energy,Sample,Temperature", "Energy,It,Iref", "Energy,MnO,MnO fit",
+                                    "Energy,Sample,Mono_angle", "Energy,sample,ring current"])
+def test_errors_fits_and_instrument_columns_are_no_spectra(tmp_path, header):
+    """Each of these tables holds one spectrum (column 2), as before tables of several were read."""
+    third = {"Mono_angle": np.linspace(20.1, 18.3, E.size), "ring current": 400 + 1e-3 * np.sin(E)}.get(
+        header.split(",")[2], 0.3 * Y + 0.01)
+    text = header + "\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(E, Y, third))
+    (one,) = read_file(write_text(tmp_path / "t.csv", text))
+    assert one.label is None and np.array_equal(one.intensity, Y)

@@ -92,7 +92,7 @@ def test_every_entry_is_read_and_one_without_a_default_gives_each_of_its_nxdata(
     assert [type(it).__name__ for it in items] == ["MeasuredSpectrum"] * 3 + ["RefusedSignal"]
     assert [it.label for it in items[:3]] == ["/scan1/data", "/scan2/data", "/scan3/data"]
     assert [float(it.intensity.max() / Y.max()) for it in items[:3]] == pytest.approx([1, 2, 3])
-    assert items[3].index == 3 and "/scan3/monitor" in items[3].reason and "no axis dataset" in items[3].reason
+    assert items[3].index == 3 and "/scan3/monitor" in items[3].reason and "'i0' is a monitor" in items[3].reason
 
 
 def test_an_eels_map_is_a_lazy_spectrum_image(tmp_path):
@@ -157,8 +157,106 @@ def test_predict_labels_each_scan(tmp_path, capsys, tiny_artifact):
 
 
 def test_a_hyperspy_file_is_not_taken_for_nexus(tmp_path):
+    """A HyperSpy file with an NXentry beside its signals (HyperSpy's own NeXus-flavoured export) stays HyperSpy."""
     from hspy_writer import write_contiguous_hspy
 
     p = write_contiguous_hspy(tmp_path / "s.hspy", Y[None, None, :].astype(np.float32), offset=630.0, scale=0.1)
+    with h5py.File(p, "a") as f:
+        f.create_group("entry").attrs["NX_class"] = "NXentry"
     items = read_file(p)
-    assert not any(isinstance(it, RefusedSignal) for it in items) and items[0].label is None
+    assert len(items) == 1 and not isinstance(items[0], RefusedSignal) and items[0].label is None
+
+
+def test_a_map_behind_an_external_link_is_read_from_the_detector_file(tmp_path):
+    cube = np.random.default_rng(2).random((2, 3, E.size))
+    with h5py.File(tmp_path / "detector.h5", "w") as d:
+        d.create_dataset("frames", data=cube, chunks=(1, 3, E.size))
+    p = tmp_path / "scan.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry")
+        g.attrs["signal"], g.attrs["axes"] = "data", [".", ".", "energy"]
+        g["data"] = h5py.ExternalLink("detector.h5", "/frames")
+        f.create_dataset("frames", data=np.zeros_like(cube))   # the same path in the scan file: not the data
+        axis(g, "energy", E)
+    (img,) = read_file(p)
+    try:
+        assert np.array_equal(img.data.compute(), cube)
+    finally:
+        img.close()
+
+
+def test_a_monitor_or_an_undivided_raw_yield_is_refused_as_in_column_text(tmp_path):
+    p = tmp_path / "detectors.nxs"
+    with h5py.File(p, "w") as f:
+        en = f.create_group("entry")
+        en.attrs["NX_class"] = "NXentry"
+        for name in ("i0", "tey"):   # one NXdata per detector, no @default
+            g = en.create_group(name)
+            g.attrs["NX_class"], g.attrs["signal"], g.attrs["axes"] = "NXdata", name, ["energy"]
+            axis(g, "energy", E)
+            g.create_dataset(name, data=1e5 * Y if name == "tey" else np.full_like(E, 1e5))
+    with pytest.raises(ReadError) as exc:
+        read_file(p)
+    assert "'i0' is a monitor" in str(exc.value) and "'tey' is a raw yield and no dataset" in str(exc.value)
+    assert "--column tey/MONITOR" in str(exc.value)
+
+
+def test_auxiliary_signals_are_reported(tmp_path, caplog):
+    p = tmp_path / "aux.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry")
+        g.attrs["signal"], g.attrs["axes"], g.attrs["auxiliary_signals"] = "mu", ["energy"], ["tfy", "pfy_mn"]
+        axis(g, "energy", E)
+        for k in ("mu", "tfy", "pfy_mn"):
+            g.create_dataset(k, data=Y)
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(p)
+    assert "auxiliary signals tfy, pfy_mn not read" in caplog.text and str(p) in caplog.text
+
+
+@pytest.mark.parametrize("layout", ["gda_axis_attr", "column_arrays", "subentry", "bin_edges", "dangling_link"])
+def test_layouts_beamlines_write(tmp_path, layout):
+    p = tmp_path / f"{layout}.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry", default=None if layout == "subentry" else "data")
+        if layout == "subentry":   # NXentry / NXsubentry / NXdata, no @default anywhere
+            del f["entry/data"]
+            sub = f["entry"].create_group("xas")
+            sub.attrs["NX_class"] = "NXsubentry"
+            g = sub.create_group("data")
+            g.attrs["NX_class"] = "NXdata"
+        if layout == "gda_axis_attr":   # signal=1 on the data, axis=1 and primary=1 on the axis
+            g.create_dataset("mu", data=Y).attrs["signal"] = 1
+            ds = g.create_dataset("energy", data=E)
+            ds.attrs["axis"], ds.attrs["primary"] = 1, 1
+            g.create_dataset("energy_readback", data=E + 5).attrs["axis"] = 1
+        elif layout == "column_arrays":   # a scalar per point stored as (N, 1)
+            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy", "."]
+            g.create_dataset("mu", data=Y[:, None])
+            axis(g, "energy", E[:, None])
+        elif layout == "bin_edges":
+            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+            g.create_dataset("mu", data=Y[:-1])
+            axis(g, "energy", E)   # N + 1 edges for N values
+        else:
+            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+            g.create_dataset("mu", data=Y)
+            axis(g, "energy", E)
+            if layout == "dangling_link":
+                g["image"] = h5py.ExternalLink("gone.h5", "/image")
+    (s,) = read_file(p)
+    if layout == "bin_edges":
+        assert np.allclose(s.energy, 0.5 * (E[1:] + E[:-1])) and np.array_equal(s.intensity, Y[:-1])
+    else:
+        assert np.array_equal(s.energy, E) and np.array_equal(s.intensity, Y), layout
+
+
+def test_entries_come_in_the_natural_order_of_their_names(tmp_path):
+    p = tmp_path / "bliss.nxs"
+    with h5py.File(p, "w") as f:
+        for k in (1, 2, 10):
+            g = entry(f, f"{k}.1")
+            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+            axis(g, "energy", E)
+            g.create_dataset("mu", data=k * Y)
+    assert [it.label for it in read_file(p)] == ["/1.1/data", "/2.1/data", "/10.1/data"]

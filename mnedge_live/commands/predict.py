@@ -432,7 +432,17 @@ def write_csv(rows: list[Row], stream: Any) -> None:
                 "reader_notes": " | ".join(d.get("reader_notes", ())),
                 **{n: d["fractions"][n] for n in FRACTION_NAMES},
                 **{f"{n} std": d["fractions_std"][n] for n in FRACTION_NAMES}}
-        w.writerow(["" if flat.get(c) is None else flat[c] for c in CSV_COLUMNS])
+        w.writerow([_csv_cell(flat.get(c)) for c in CSV_COLUMNS])
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: empty for None; text that a spreadsheet would run as a formula (``=HYPERLINK(...)`` from a
+    file's column name, ``+``, ``-``, ``@``) behind a quote, so it shows as the text it is."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:

@@ -39,15 +39,17 @@ from mnedge_live.readers.columns import (
 from mnedge_live.readers.hdf5_cache import HDF5Dataset, release
 from mnedge_live.readers.items import Item, MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage
 from mnedge_live.readers.msa import read_msa
-from mnedge_live.readers.nexus import is_nexus, read_nexus
+from mnedge_live.readers.nexus import attr_text, is_nexus, read_nexus
 from mnedge_live.readers.signals import contiguous_chunks, read_rsciio
 
 #: File extensions read as EMSA/MSA.
 MSA_EXTENSIONS = frozenset({".msa", ".ems", ".emsa", ".mas"})
 #: File extensions read as Gatan DigitalMicrograph.
 DM_EXTENSIONS = frozenset({".dm3", ".dm4"})
-#: File extensions read as HDF5: HyperSpy, or NeXus where the file has an NXentry (:mod:`~mnedge_live.readers.nexus`).
-HSPY_EXTENSIONS = frozenset({".hspy", ".hdf5", ".h5", ".nxs", ".nx5", ".nexus"})
+#: File extensions read as NeXus (:mod:`~mnedge_live.readers.nexus`).
+NEXUS_EXTENSIONS = frozenset({".nxs", ".nx5", ".nexus"})
+#: File extensions read as HDF5: HyperSpy, or NeXus where the file has an NXentry, and NeXus ones.
+HSPY_EXTENSIONS = frozenset({".hspy", ".hdf5", ".h5"}) | NEXUS_EXTENSIONS
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
@@ -99,7 +101,7 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
     if fmt == "dm":
         return read_rsciio(p, "dm", lazy=lazy)
     if fmt == "hspy":
-        if _is_nexus_file(p):
+        if p.suffix.lower() in NEXUS_EXTENSIONS or _is_nexus_file(p):
             return read_nexus(p, lazy=lazy, column=column)
         return read_rsciio(p, "hspy", lazy=lazy)
     return read_text_items(p, column)
@@ -112,13 +114,9 @@ def _is_nexus_file(p: Path) -> bool:
 
     try:
         with h5py.File(p, "r") as f:
-            return _text_attr(f.attrs.get("file_format")) != "HyperSpy" and is_nexus(f)
+            return attr_text(f.attrs.get("file_format", "")) != "HyperSpy" and is_nexus(f)
     except Exception:
         return False
-
-
-def _text_attr(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def detect_format(path: Path, head: bytes) -> str:

@@ -212,6 +212,9 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
             # An empty or non-numeric cell (an I0 that was not recorded): a data row if it has every column (the
             # first row's, else the next row's); its cells are checked where its columns are read.
             row = len(fields) == (len(data[0][1]) if data else _next_row_width(all_lines, idx))
+        elif not row and data and footer is None and len(fields) == len(data[0][1]) and _numbers_and_gaps(fields):
+            # Leading cells empty, the others numbers (X/Y pairs, the first pair the shorter): a data row
+            numeric = row = True
         if data and (numeric or footer is None):
             if footer is not None:   # numbers after the text that followed the data: two scans, or a corrupt file
                 raise ReadError(f"{name}: line {footer[0]} is not two numbers after the data began (line "
@@ -259,7 +262,7 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
         header = names = lines[ssrl[-1] + 1:]
     e, skip = _energy_column(names, data, n_columns, name)
-    several = spectrum_columns(names, n_columns, e, skip) if every and column is None else None
+    several = spectrum_columns(names, data, n_columns, e, skip) if every and column is None else None
     if several is not None:
         return _read_spectrum_columns(several, names, candidates, data, n_columns, name)
     if header is not None and names is None and column is None and n_columns > 2:
@@ -293,24 +296,33 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     return [(None, arr[:, 0].copy(), arr[:, 1].copy())]
 
 
-#: Column names (keys) of what a table holds beside its spectra: uncertainties, fits and backgrounds.
-#: Never read as a spectrum of their own (:func:`spectrum_columns`).
-COMPANION_COLUMN_NAMES = frozenset({"err", "error", "errors", "sigma", "std", "stdev", "std_dev", "sd", "unc",
-                                    "uncertainty", "esd", "dy", "yerr", "y_err", "noise", "weight", "weights",
-                                    "fit", "model", "residual", "residuals", "resid", "bkg", "background",
-                                    "baseline", "mask", "flag", "flags"})
+#: Words (of a column key split on ``_``) naming what a table holds beside its spectra: uncertainties,
+#: fits, backgrounds, differences (``MnO_err``, ``sample_std``, ``MnO fit``, ``Diff``). Never read as a
+#: spectrum of their own (:func:`spectrum_columns`).
+COMPANION_WORDS = frozenset({"err", "error", "errors", "sigma", "std", "stdev", "sd", "unc", "uncertainty", "esd",
+                             "dev", "dy", "yerr", "noise", "weight", "weights", "fit", "fitted", "model", "residual",
+                             "residuals", "resid", "bkg", "background", "baseline", "mask", "flag", "flags", "diff",
+                             "difference", "deriv", "derivative", "xmcd", "xmld", "dichroism"})
+#: Words of columns that record the instrument, not a spectrum: transmission detectors, temperatures,
+#: angles, currents (``I1``, ``Iref``, ``Temperature``, ``Mono_angle``).
+INSTRUMENT_WORDS = frozenset({"i1", "i2", "it", "iref", "ir", "itrans", "temperature", "temp", "angle", "theta",
+                              "bragg", "pressure", "current", "gap", "phase", "ring"})
 
 
-def spectrum_columns(names: list[str] | None, n_columns: int, energy: int,
+def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]], n_columns: int, energy: int,
                      skip: frozenset[int] = frozenset()) -> list[tuple[int, int]] | None:
     """The spectra of a table of several, each with its energy column: ``[(intensity, energy), ...]``.
 
-    A table whose header names two or more columns that are neither an energy nor anything
+    A table whose header names two or more columns that hold spectra, and none that
     :func:`intensity_column` recognizes (a spectrum, a raw or normalized yield, a monitor, an
-    index) nor a companion (:data:`COMPANION_COLUMN_NAMES`) holds one spectrum per such column:
-    ``Energy, MnO, Mn2O3, MnO2`` (published supplementary data), ``Energy, scan1, scan2``. Each
-    reads against the nearest energy-named column on its left (X/Y pairs: ``E1, MnO, E2,
-    Mn2O3``), else against the energy column ``energy``.
+    index), holds one spectrum per such column: ``Energy, MnO, Mn2O3, MnO2`` (published
+    supplementary data), ``Energy, scan1, scan2``, ``Energy, mu_plus, mu_minus``. Not spectra:
+    other energy axes (named as one, or rising or falling throughout within the energy
+    column's range: ``X`` in ``X, MnO, X, Mn2O3``), columns named with a
+    :data:`COMPANION_WORDS` or :data:`INSTRUMENT_WORDS` word or as ``d`` and another column's
+    name (``dMnO``), columns rising or falling throughout (a motor) and flat ones (a current).
+    Each spectrum reads against the nearest energy axis on its left (X/Y pairs), else the energy
+    column ``energy``.
 
     Returns None for every other table (one spectrum, chosen by :func:`intensity_column`), and
     for an unnamed one: there a column after the intensity may be its uncertainty, and reading
@@ -320,11 +332,51 @@ def spectrum_columns(names: list[str] | None, n_columns: int, energy: int,
         return None
     keys = [column_key(n) for n in names]
     cols = [j for j in range(n_columns) if j != energy and j not in skip]
-    axes = {j for j in cols if _is_energy_key(keys[j])}
-    rest = [j for j in cols if j not in axes and keys[j] not in COMPANION_COLUMN_NAMES]
-    if any(_is_known_key(keys[j]) for j in rest) or len(rest) < 2:
+    values = {j: _column_values(data, j) for j in [energy, *cols]}
+    e = values[energy][np.isfinite(values[energy])]
+    if e.size < 2:
+        return None
+    span = float(e.max() - e.min())
+    lo, hi = float(e.min()) - span, float(e.max()) + span
+
+    def monotonic(v: np.ndarray) -> bool:
+        d = np.diff(v[np.isfinite(v)])
+        return d.size > 0 and (bool(np.all(d > 0)) or bool(np.all(d < 0)))
+
+    axes = {j for j in cols if is_energy_key(keys[j]) or (
+        monotonic(values[j]) and lo <= np.nanmin(values[j]) and np.nanmax(values[j]) <= hi)}
+
+    def companion(j: int) -> bool:
+        words = set(keys[j].split("_"))
+        return bool(words & (COMPANION_WORDS | INSTRUMENT_WORDS)) or any(
+            keys[j] == "d" + keys[k] for k in cols if k != j)
+
+    def flat(v: np.ndarray) -> bool:
+        v = v[np.isfinite(v)]
+        return v.size < 2 or float(v.max() - v.min()) <= 1e-3 * max(abs(float(v.max())), abs(float(v.min())))
+
+    if any(_is_known_key(keys[j]) for j in cols if j not in axes):
+        return None
+    rest = [j for j in cols if j not in axes and not companion(j) and not monotonic(values[j]) and not flat(values[j])]
+    if len(rest) < 2:
         return None
     return [(j, max([a for a in axes if a < j], default=energy)) for j in rest]
+
+
+def _column_values(data: list[tuple[int, list[str]]], j: int) -> np.ndarray:
+    """Column ``j`` of the data rows as floats, NaN where a cell is empty, missing or not a number."""
+    out = np.full(len(data), np.nan)
+    for i, (_, fields) in enumerate(data):
+        if j < len(fields) and _is_number(fields, j):
+            out[i] = _float(fields[j])
+    return out
+
+
+def _numbers_and_gaps(fields: list[str]) -> bool:
+    """Whether a row's cells are numbers or empty, with at least two numbers and the first cell empty."""
+    full = [f for f in fields if f.strip()]
+    return (not fields[0].strip() and len(full) >= 2
+            and all(_is_number([f], 0) for f in full))
 
 
 def _read_spectrum_columns(spectra: list[tuple[int, int]], names: list[str], candidates: list[list[str]],
@@ -486,7 +538,7 @@ def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str 
         return j, m
     j = intensity_column(n_columns, names, column, name, energy=energy, skip=skip)
     if column is None and names and is_raw_yield_key(keys[j]):
-        monitors = [k for k, key in enumerate(keys) if key in I0_COLUMN_NAMES and k != energy and k not in skip]
+        monitors = i0_monitors(keys, [k for k in range(len(keys)) if k != energy and k not in skip])
         if len(monitors) == 1:
             return j, monitors[0]
     return j, None
@@ -545,7 +597,7 @@ def _is_units_row(fields: list[str]) -> bool:
 
 def _is_known_key(key: str) -> bool:
     """Whether a column key is a name this module knows (energy, index, monitor, spectrum, raw yield)."""
-    return bool(key) and (_is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
+    return bool(key) and (is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
                           or key in SPECTRUM_COLUMN_NAMES or is_raw_yield_key(key) or _is_normalized_yield_key(key))
 
 
@@ -572,7 +624,7 @@ def _is_number(fields: list[str], j: int) -> bool:
     return True
 
 
-def _is_energy_key(key: str) -> bool:
+def is_energy_key(key: str) -> bool:
     """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ``E2``, ...)."""
     return key in ENERGY_COLUMN_NAMES or "energy" in key.split("_") or key.startswith("energy") \
         or key.endswith("energy") or _NUMBERED_ENERGY.fullmatch(key) is not None
@@ -580,6 +632,12 @@ def _is_energy_key(key: str) -> bool:
 
 #: An energy column numbered for X/Y pairs: ``E1``, ``E_2``, ``eV3``.
 _NUMBERED_ENERGY = re.compile(r"(e|ev)_?\d+")
+
+
+def i0_monitors(keys: list[str], candidates: list[int]) -> list[int]:
+    """The candidates (indices into ``keys``, column keys) named as an I0 monitor, which a raw yield
+    chosen by default is divided by when there is exactly one (:data:`I0_COLUMN_NAMES`)."""
+    return [k for k in candidates if keys[k] in I0_COLUMN_NAMES]
 
 
 def is_raw_yield_key(key: str) -> bool:
@@ -620,9 +678,9 @@ def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n
     """
     if names is not None:
         keys = [column_key(n) for n in names]
-        if _is_energy_key(keys[0]) or not _is_index_key(keys[0]):
+        if is_energy_key(keys[0]) or not _is_index_key(keys[0]):
             return 0, frozenset()
-        energies = [i for i, k in enumerate(keys) if i and _is_energy_key(k)]
+        energies = [i for i, k in enumerate(keys) if i and is_energy_key(k)]
         what = f"named {names[0]!r}" if names[0].strip() else "unnamed"
         if energies:
             log.info("%s: column 1 (%s) is a point index or a clock; column %d (%r) is read as the energy",
@@ -765,7 +823,7 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
             raise ReadError(f"{name}: {n_columns} columns{listed}, several normalized yields ({listed_yields}): "
                             f"name the one to read (mnedge predict --column {names[normalized[0]]!r})")
         yields = [j for j in cols if is_raw_yield_key(keys[j])]
-        monitors = [j for j in cols if keys[j] in I0_COLUMN_NAMES]
+        monitors = i0_monitors(keys, cols)
         if yields and (len(yields) > 1 or len(monitors) != 1):
             why = f"{name}: {n_columns} columns{listed}, none named as a spectrum"
             if keys[first] in MONITOR_COLUMN_NAMES:
