@@ -871,17 +871,32 @@ def test_a_table_of_named_spectra_reads_each_as_its_own_spectrum(tmp_path):
     assert one.label is None and np.array_equal(one.intensity, y2)
 
 
-def test_x_y_pairs_of_different_lengths_each_read_against_their_own_axis(tmp_path):
-    e2 = np.round(np.arange(632.0, 660.0, 0.5), 4)
-    y2 = np.round(np.exp(-0.5 * ((e2 - 642.0) / 0.9) ** 2), 6)
-    lines = ["E1 (keV),MnO,E2 (keV),LaMnO3"]
-    for i in range(E.size):
-        pair = f"{e2[i] / 1000:.7f},{y2[i]}" if i < e2.size else ","
-        lines.append(f"{E[i] / 1000:.7f},{Y[i]},{pair}")
-    items = read_file(write_text(tmp_path / "pairs.csv", "\n".join(lines) + "\n"))
-    assert [it.label for it in items] == ["MnO", "LaMnO3"]
-    assert np.allclose(items[0].energy, E) and np.array_equal(items[0].intensity, Y)
-    assert np.allclose(items[1].energy, e2) and np.array_equal(items[1].intensity, y2)
+def pairs_table(header: str, first: tuple[np.ndarray, np.ndarray], second: tuple[np.ndarray, np.ndarray],
+                scale: float = 1.0) -> str:
+    """X/Y pairs side by side, the shorter pair's cells empty below its end; energies divided by ``scale``."""
+    def cells(pair, i):
+        return f"{pair[0][i] / scale:.7f},{pair[1][i]}" if i < pair[0].size else ","
+    n = max(first[0].size, second[0].size)
+    return header + "\n" + "".join(f"{cells(first, i)},{cells(second, i)}\n" for i in range(n))
+
+
+E2 = np.round(np.arange(628.0, 670.0, 0.2), 4)
+Y2 = np.round(np.exp(-0.5 * ((E2 - 642.0) / 0.9) ** 2), 6)
+
+
+@pytest.mark.parametrize("header, scale, longer_first", [
+    ("E1 (keV),MnO,E2 (keV),LaMnO3", 1000.0, True),   # named axes in keV, the first pair the longer
+    ("X,MnO,X,Mn2O3", 1.0, False),                    # unnamed axes (rising throughout), the second the longer
+])
+def test_x_y_pairs_of_different_lengths_each_read_against_their_own_axis(tmp_path, header, scale, longer_first):
+    """Each spectrum reads against the axis on its left; the rows where only one pair goes on are read, with
+    the other pair's cells empty (below its end, or before it: not taken for a footer)."""
+    short = (E2[:50], Y2[:50])
+    pairs = ((E, Y), short) if longer_first else (short, (E2, Y2))
+    items = read_file(write_text(tmp_path / "pairs.csv", pairs_table(header, *pairs, scale=scale)))
+    assert [it.label for it in items] == [header.split(",")[1], header.split(",")[3]]
+    for it, (e, y) in zip(items, pairs):
+        assert np.allclose(it.energy, e, rtol=0, atol=1e-6) and np.array_equal(it.intensity, y)
 
 
 def test_a_pair_with_one_cell_missing_is_refused_by_line_and_column(tmp_path):
@@ -919,21 +934,6 @@ def test_a_clock_and_an_energy_only_is_refused_as_having_no_intensity(tmp_path):
     text = "Time,Energy\n" + "".join(f"{k * 0.1:.1f},{a}\n" for k, a in enumerate(E))
     with pytest.raises(ReadError, match=r"no intensity column: the file has 2 columns \(Time, Energy\)"):
         read_file(write_text(tmp_path / "clock.csv", text))
-
-
-def test_x_y_pairs_with_unnamed_axes_and_the_second_pair_longer(tmp_path):
-    """``X, MnO, X, Mn2O3``: each X is the axis of the spectrum after it (rising throughout), and the rows where
-    only the second pair goes on are read, not taken for a footer."""
-    e2 = np.round(np.arange(628.0, 670.0, 0.2), 4)
-    y2 = np.round(np.exp(-0.5 * ((e2 - 642.0) / 0.9) ** 2), 6)
-    lines = ["X,MnO,X,Mn2O3"]
-    for i in range(e2.size):
-        first = f"{E[i]},{Y[i]}" if i < E.size else ","
-        lines.append(f"{first},{e2[i]},{y2[i]}")
-    items = read_file(write_text(tmp_path / "xx.csv", "\n".join(lines) + "\n"))
-    assert [it.label for it in items] == ["MnO", "Mn2O3"]
-    assert np.array_equal(items[0].energy, E) and np.array_equal(items[1].energy, e2)
-    assert np.array_equal(items[1].intensity, y2)
 
 
 @pytest.mark.parametrize("header", ["Energy,MnO,MnO_err", "Energy,MnO,dMnO", "Energy,sample,sample_std",

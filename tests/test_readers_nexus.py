@@ -30,13 +30,19 @@ def axis(g: h5py.Group, name: str, values: np.ndarray, units: str = "eV") -> Non
     g.create_dataset(name, data=values).attrs["units"] = units
 
 
+def scan(f: h5py.File, name: str, y: np.ndarray, default: str | None = "data", units: str = "eV") -> h5py.Group:
+    """An entry whose NXdata plots ``mu`` = ``y`` against ``energy`` (:data:`E`)."""
+    g = entry(f, name, default)
+    g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+    axis(g, "energy", E, units)
+    g.create_dataset("mu", data=y)
+    return g
+
+
 def test_a_scan_reads_its_signal_against_its_uneven_axis_as_stored(tmp_path):
     p = tmp_path / "scan.nxs"
     with h5py.File(p, "w") as f:
-        g = entry(f, "entry")
-        g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
-        axis(g, "energy", E)
-        g.create_dataset("mu", data=Y)
+        scan(f, "entry", Y)
     (s,) = read_file(p)
     assert isinstance(s, MeasuredSpectrum) and s.label == "/entry/data"
     assert np.array_equal(s.energy, E) and np.array_equal(s.intensity, Y)
@@ -77,14 +83,8 @@ def test_every_entry_is_read_and_one_without_a_default_gives_each_of_its_nxdata(
     p = tmp_path / "scans.nxs"
     with h5py.File(p, "w") as f:
         for k in (1, 2):
-            g = entry(f, f"scan{k}")
-            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
-            axis(g, "energy", E)
-            g.create_dataset("mu", data=k * Y)
-        g = entry(f, "scan3", default=None)
-        g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
-        axis(g, "energy", E, "electronvolt")
-        g.create_dataset("mu", data=3 * Y)
+            scan(f, f"scan{k}", k * Y)
+        scan(f, "scan3", 3 * Y, default=None, units="electronvolt")
         mon = f["scan3"].create_group("monitor")
         mon.attrs["NX_class"], mon.attrs["signal"] = "NXdata", "i0"   # no axes: refused, the rest read
         mon.create_dataset("i0", data=np.ones_like(E))
@@ -146,10 +146,7 @@ def test_predict_labels_each_scan(tmp_path, capsys, tiny_artifact):
     p = tmp_path / "two.nxs"
     with h5py.File(p, "w") as f:
         for k in (1, 2):
-            g = entry(f, f"scan{k}")
-            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
-            axis(g, "energy", E)
-            g.create_dataset("mu", data=Y)
+            scan(f, f"scan{k}", Y)
     main(["predict", "--json", "--no-progress", "--model", str(tiny_artifact), str(p)])
     rows = json.loads(capsys.readouterr().out)
     assert [(r["index"], r["label"]) for r in rows] == [(0, "/scan1/data"), (1, "/scan2/data")]
@@ -255,8 +252,5 @@ def test_entries_come_in_the_natural_order_of_their_names(tmp_path):
     p = tmp_path / "bliss.nxs"
     with h5py.File(p, "w") as f:
         for k in (1, 2, 10):
-            g = entry(f, f"{k}.1")
-            g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
-            axis(g, "energy", E)
-            g.create_dataset("mu", data=k * Y)
+            scan(f, f"{k}.1", k * Y)
     assert [it.label for it in read_file(p)] == ["/1.1/data", "/2.1/data", "/10.1/data"]

@@ -317,8 +317,8 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
     :func:`intensity_column` recognizes (a spectrum, a raw or normalized yield, a monitor, an
     index), holds one spectrum per such column: ``Energy, MnO, Mn2O3, MnO2`` (published
     supplementary data), ``Energy, scan1, scan2``, ``Energy, mu_plus, mu_minus``. Not spectra:
-    other energy axes (named as one, or rising or falling throughout within the energy
-    column's range: ``X`` in ``X, MnO, X, Mn2O3``), columns named with a
+    other energy axes (named as one, or rising or falling throughout over energies that the
+    energy column's range shares: ``X`` in ``X, MnO, X, Mn2O3``), columns named with a
     :data:`COMPANION_WORDS` or :data:`INSTRUMENT_WORDS` word or as ``d`` and another column's
     name (``dMnO``), columns rising or falling throughout (a motor) and flat ones (a current).
     Each spectrum reads against the nearest energy axis on its left (X/Y pairs), else the energy
@@ -336,15 +336,14 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
     e = values[energy][np.isfinite(values[energy])]
     if e.size < 2:
         return None
-    span = float(e.max() - e.min())
-    lo, hi = float(e.min()) - span, float(e.max()) + span
+    lo, hi = float(e.min()), float(e.max())
 
     def monotonic(v: np.ndarray) -> bool:
         d = np.diff(v[np.isfinite(v)])
         return d.size > 0 and (bool(np.all(d > 0)) or bool(np.all(d < 0)))
 
-    axes = {j for j in cols if is_energy_key(keys[j]) or (
-        monotonic(values[j]) and lo <= np.nanmin(values[j]) and np.nanmax(values[j]) <= hi)}
+    axes = {j for j in cols if is_energy_key(keys[j]) or (   # rising or falling over energies the axis shares
+        monotonic(values[j]) and np.nanmin(values[j]) <= hi and np.nanmax(values[j]) >= lo)}
 
     def companion(j: int) -> bool:
         words = set(keys[j].split("_"))
