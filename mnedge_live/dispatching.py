@@ -27,7 +27,8 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
     address : str
         The proxy's subscriber side.
     ignore_prefix : bytes, optional
-        Messages with this prefix (a service's own output) are dropped unread and not counted.
+        Messages with this prefix (a service's own output) are dropped unread and not counted; so are,
+        as in bluesky, messages without ``prefix`` where one is given.
     on_bad_message : callable, optional
         Called (no arguments) for each message not read, besides :attr:`bad_messages`.
     **kwargs
@@ -57,8 +58,8 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         except ValueError:
             self._count_bad("message without prefix/name/payload dropped (%d bytes)", len(message))
             return None
-        if self.ignore_prefix is not None and prefix == self.ignore_prefix:
-            return None
+        if (self.ignore_prefix is not None and prefix == self.ignore_prefix) or (self._prefix and prefix != self._prefix):
+            return None   # our own output, or another publisher's when RemoteDispatcher's prefix= is given
         try:
             doc_name = DocumentNames[name.decode()]
             doc = self._deserializer(payload)

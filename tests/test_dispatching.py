@@ -66,3 +66,29 @@ def test_bad_messages_are_counted_and_the_next_ones_read(proxy):
         thread.join(5)
     assert seen == [("start", "a"), ("stop", "b")]
     assert dispatcher.bad_messages == len(BAD) == len(reported) and dispatcher.callback_errors == 1
+
+
+def test_a_prefix_keeps_other_publishers_out(proxy):
+    """As bluesky's RemoteDispatcher: with ``prefix=``, messages of other publishers are not read (nor counted)."""
+    pin, pout = proxy
+    _, loads = get_serializer("msgpack")
+    seen = []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, prefix=b"want")
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    sender = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        sender.connect(f"tcp://127.0.0.1:{pin}")
+        time.sleep(0.5)
+        sender.send(b"other start " + msgpack_dumps({"uid": "theirs"}))
+        sender.send(b"want start " + msgpack_dumps({"uid": "ours"}))
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+    finally:
+        sender.close(linger=0)
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+    assert seen == ["ours"] and dispatcher.bad_messages == 0

@@ -946,3 +946,29 @@ def test_errors_fits_and_instrument_columns_are_no_spectra(tmp_path, header):
     text = header + "\n" + "".join(f"{a},{b},{c}\n" for a, b, c in zip(E, Y, third))
     (one,) = read_file(write_text(tmp_path / "t.csv", text))
     assert one.label is None and np.array_equal(one.intensity, Y)
+
+
+def test_tab_separated_pairs_keep_their_empty_first_cells(tmp_path):
+    """``\t\t657.5\t0.3``: the first pair has ended; the row is the second pair's, not the first's."""
+    short = (E2[:50], Y2[:50])
+    text = pairs_table("E1\tMnO\tE2\tMn2O3", short, (E2, Y2)).replace(",", "\t")
+    items = read_file(write_text(tmp_path / "pairs.tsv", text))
+    assert [it.energy.size for it in items] == [50, E2.size]
+    assert np.array_equal(items[0].intensity, short[1]) and np.array_equal(items[1].intensity, Y2)
+
+
+def test_a_row_with_an_empty_first_cell_after_one_spectrum_is_a_footer(tmp_path, caplog):
+    """A spreadsheet's row of column means under the data: passed over with a note, as any footer."""
+    text = "Energy,I0,TEY,mu\n" + "".join(f"{a},1e5,{b * 1e5},{b}\n" for a, b in zip(E, Y)) + ",100012.3,52.1,0.31\n"
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (one,) = read_file(write_text(tmp_path / "means.csv", text))
+    assert np.array_equal(one.intensity, Y) and "ignored as a footer" in caplog.text
+
+
+def test_columns_passed_over_are_named_in_the_note(tmp_path, caplog):
+    text = "Energy,Sample1,Sample2,MnO2 std,Keithley3\n" + "".join(
+        f"{a},{b},{2 * b},{0.1 * b},{3 * b}\n" for a, b in zip(E, Y))
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        items = read_file(write_text(tmp_path / "t.csv", text))
+    assert [it.label for it in items] == ["Sample1", "Sample2"]
+    assert "passed over: 'MnO2 std' (an uncertainty" in caplog.text and "'Keithley3' (an instrument column)" in caplog.text

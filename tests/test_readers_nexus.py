@@ -195,7 +195,7 @@ def test_a_monitor_or_an_undivided_raw_yield_is_refused_as_in_column_text(tmp_pa
     with pytest.raises(ReadError) as exc:
         read_file(p)
     assert "'i0' is a monitor" in str(exc.value) and "'tey' is a raw yield and no dataset" in str(exc.value)
-    assert "--column tey/MONITOR" in str(exc.value)
+    assert "--column tey reads it as it is" in str(exc.value)
 
 
 def test_auxiliary_signals_are_reported(tmp_path, caplog):
@@ -254,3 +254,46 @@ def test_entries_come_in_the_natural_order_of_their_names(tmp_path):
         for k in (1, 2, 10):
             scan(f, f"{k}.1", k * Y)
     assert [it.label for it in read_file(p)] == ["/1.1/data", "/2.1/data", "/10.1/data"]
+
+
+def test_i0_in_the_entrys_nxmonitor_divides_a_raw_yield(tmp_path, caplog):
+    i0 = 1e5 * (1.0 + 0.2 * np.sin(E / 3.0))
+    p = tmp_path / "monitor.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry")
+        g.attrs["signal"], g.attrs["axes"] = "tey", ["energy"]
+        axis(g, "energy", E)
+        g.create_dataset("tey", data=Y * i0)
+        mon = f["entry"].create_group("monitor")
+        mon.attrs["NX_class"] = "NXmonitor"
+        mon.create_dataset("data", data=i0)
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(p)
+    assert np.allclose(s.intensity, Y, rtol=1e-12) and "I0 monitor '/entry/monitor/data'" in caplog.text
+
+
+def test_a_refused_default_gives_way_to_the_entrys_other_data(tmp_path):
+    p = tmp_path / "default_i0.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry", default="i0")
+        g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+        axis(g, "energy", E)
+        g.create_dataset("mu", data=Y)
+        i0 = f["entry"].create_group("i0")
+        i0.attrs["NX_class"], i0.attrs["signal"], i0.attrs["axes"] = "NXdata", "I0", ["energy"]
+        axis(i0, "energy", E)
+        i0.create_dataset("I0", data=np.full_like(E, 1e5))
+    (s,) = read_file(p)
+    assert s.label == "/entry/data" and np.array_equal(s.intensity, Y)
+
+
+def test_two_axes_in_ev_are_refused_by_name(tmp_path):
+    p = tmp_path / "mca.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry")
+        g.attrs["signal"], g.attrs["axes"] = "counts", ["mono", "emission"]
+        g.create_dataset("counts", data=np.ones((E.size, 50)))
+        axis(g, "mono", E)
+        axis(g, "emission", np.linspace(500, 900, 50))
+    with pytest.raises(ReadError, match=r"2 axes in energy units \(mono, emission\)"):
+        read_file(p)

@@ -134,6 +134,7 @@ def detect_format(path: Path, head: bytes) -> str:
         return "dm"
     if head.lstrip(b"\xef\xbb\xbf").lstrip().upper().startswith(b"#FORMAT"):
         return "msa"
+    return "text"
 
 
 __all__ = ["HDF5Dataset", "Item", "MeasuredSpectrum", "ReadError", "RefusedSignal", "SpectrumImage", "contiguous_chunks",

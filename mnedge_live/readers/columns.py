@@ -174,6 +174,7 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     scans: list[str] = []                 # SPEC "#S" scan lines: the data of the first only are read
     footer: tuple[int, str] | None = None  # the first text line after the data (line number, text)
     meta: list[tuple[int, list[str]]] = []  # rows of numbers before the names line: metadata, not data
+    gaps: list[int] = []                  # data rows (their places in `data`) whose first cells are empty
     all_lines = text.lstrip("\ufeff").splitlines()
     for idx, line in enumerate(all_lines):
         lineno = idx + 1
@@ -205,6 +206,8 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
                 candidates += [names] + _spaced_variants(body, names)
             continue
         fields = split_fields(s)
+        if data and line[:1] == "\t" and all_lines[data[0][0] - 1][:1] != "\t":
+            fields = _tab_fields_with_leading_gaps(line)   # strip() took the empty first cells of this row
         values = _floats(fields[:2])
         numeric = values is not None or _is_number(fields, 0)   # a row, a lone number or a row starting with one
         row = values is not None and len(fields) >= 2
@@ -212,9 +215,11 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
             # An empty or non-numeric cell (an I0 that was not recorded): a data row if it has every column (the
             # first row's, else the next row's); its cells are checked where its columns are read.
             row = len(fields) == (len(data[0][1]) if data else _next_row_width(all_lines, idx))
-        elif not row and data and footer is None and len(fields) == len(data[0][1]) and _numbers_and_gaps(fields):
-            # Leading cells empty, the others numbers (X/Y pairs, the first pair the shorter): a data row
+        elif not row and data and footer is None and len(fields) <= len(data[0][1]) and _numbers_and_gaps(fields):
+            # First cells empty, the others numbers or empty: a row of X/Y pairs whose first pair has ended, read
+            # as data where the table holds several spectra (below: otherwise a footer, as text after the data)
             numeric = row = True
+            gaps.append(len(data))
         if data and (numeric or footer is None):
             if footer is not None:   # numbers after the text that followed the data: two scans, or a corrupt file
                 raise ReadError(f"{name}: line {footer[0]} is not two numbers after the data began (line "
@@ -261,10 +266,22 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
     if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
         header = names = lines[ssrl[-1] + 1:]
-    e, skip = _energy_column(names, data, n_columns, name)
+    plain = [r for k, r in enumerate(data) if k not in set(gaps)]
+    e, skip = _energy_column(names, plain, n_columns, name)
     several = spectrum_columns(names, data, n_columns, e, skip) if every and column is None else None
     if several is not None:
         return _read_spectrum_columns(several, names, candidates, data, n_columns, name)
+    if gaps:   # one spectrum: rows with empty first cells end the data, as any text would
+        if len(plain) != gaps[0]:
+            nxt = data[next(k for k in range(gaps[0], len(data)) if k not in set(gaps))][0]
+            raise ReadError(f"{name}: line {data[gaps[0]][0]} has no number in column 1 after the data began (line "
+                            f"{data[0][0]}); numbers follow it again (line {nxt}): a second block of data, or "
+                            "a corrupt file")
+        log.warning("%s: line %d and what follows it are not data rows (the first cells empty): ignored as a "
+                    "footer after the data (lines %d to %d)", name, data[gaps[0]][0], data[0][0], plain[-1][0])
+        data = plain
+        if len(data) < 2:
+            raise ReadError(f"{name}: only one data row")
     if header is not None and names is None and column is None and n_columns > 2:
         _refuse_unaligned_header(header, n_columns, name)
     j, m = _intensity_and_monitor(n_columns, names, column, name, e, skip)
@@ -305,13 +322,19 @@ COMPANION_WORDS = frozenset({"err", "error", "errors", "sigma", "std", "stdev", 
                              "difference", "deriv", "derivative", "xmcd", "xmld", "dichroism"})
 #: Words of columns that record the instrument, not a spectrum: transmission detectors, temperatures,
 #: angles, currents (``I1``, ``Iref``, ``Temperature``, ``Mono_angle``).
+#: Compared also without trailing digits: ``Keithley2``, ``mcs0``, ``ch3`` are detector channels, whose
+#: tables are read as a detector export (one spectrum, :func:`intensity_column`).
 INSTRUMENT_WORDS = frozenset({"i1", "i2", "it", "iref", "ir", "itrans", "temperature", "temp", "angle", "theta",
-                              "bragg", "pressure", "current", "gap", "phase", "ring"})
+                              "bragg", "pressure", "current", "gap", "ring", "keithley", "mcs", "sca", "ch", "chan",
+                              "channel", "counter", "det", "detector", "amp", "ammeter"})
+#: Least spread (max - min, relative to the largest magnitude) of a column read as a spectrum of a table:
+#: below it the column is constant (an I0 written as 1e5 throughout), not a spectrum.
+FLAT_COLUMN = 1e-6
 
 
 def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]], n_columns: int, energy: int,
-                     skip: frozenset[int] = frozenset()) -> list[tuple[int, int]] | None:
-    """The spectra of a table of several, each with its energy column: ``[(intensity, energy), ...]``.
+                     skip: frozenset[int] = frozenset()) -> tuple[list[tuple[int, int]], dict[int, str]] | None:
+    """The spectra of a table of several, each with its energy column, and the columns passed over with why.
 
     A table whose header names two or more columns that hold spectra, and none that
     :func:`intensity_column` recognizes (a spectrum, a raw or normalized yield, a monitor, an
@@ -320,13 +343,14 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
     other energy axes (named as one, or rising or falling throughout over energies that the
     energy column's range shares: ``X`` in ``X, MnO, X, Mn2O3``), columns named with a
     :data:`COMPANION_WORDS` or :data:`INSTRUMENT_WORDS` word or as ``d`` and another column's
-    name (``dMnO``), columns rising or falling throughout (a motor) and flat ones (a current).
-    Each spectrum reads against the nearest energy axis on its left (X/Y pairs), else the energy
-    column ``energy``.
+    name (``dMnO``), columns rising or falling throughout (a motor) and constant ones
+    (:data:`FLAT_COLUMN`). Each spectrum reads against the nearest energy axis on its left
+    (X/Y pairs), else the energy column ``energy``.
 
-    Returns None for every other table (one spectrum, chosen by :func:`intensity_column`), and
-    for an unnamed one: there a column after the intensity may be its uncertainty, and reading
-    it as a spectrum would give a second, wrong readout.
+    Returns ``([(intensity, energy), ...], {column: why passed over})``, or None for every other
+    table (one spectrum, chosen by :func:`intensity_column`) and for an unnamed one: there a
+    column after the intensity may be its uncertainty, and reading it as a spectrum would give a
+    second, wrong readout.
     """
     if not names:
         return None
@@ -344,22 +368,30 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
 
     axes = {j for j in cols if is_energy_key(keys[j]) or (   # rising or falling over energies the axis shares
         monotonic(values[j]) and np.nanmin(values[j]) <= hi and np.nanmax(values[j]) >= lo)}
-
-    def companion(j: int) -> bool:
-        words = set(keys[j].split("_"))
-        return bool(words & (COMPANION_WORDS | INSTRUMENT_WORDS)) or any(
-            keys[j] == "d" + keys[k] for k in cols if k != j)
-
-    def flat(v: np.ndarray) -> bool:
-        v = v[np.isfinite(v)]
-        return v.size < 2 or float(v.max() - v.min()) <= 1e-3 * max(abs(float(v.max())), abs(float(v.min())))
-
     if any(_is_known_key(keys[j]) for j in cols if j not in axes):
         return None
-    rest = [j for j in cols if j not in axes and not companion(j) and not monotonic(values[j]) and not flat(values[j])]
+
+    def why_not(j: int) -> str | None:
+        words = set(keys[j].split("_"))
+        words |= {w.rstrip("0123456789") for w in words}
+        if words & COMPANION_WORDS or any(keys[j] == "d" + keys[k] for k in cols if k != j):
+            return "an uncertainty, fit, difference or reference"
+        if words & INSTRUMENT_WORDS:
+            return "an instrument column"
+        v = values[j][np.isfinite(values[j])]
+        if v.size < 2:
+            return "fewer than two numbers"
+        if monotonic(v):
+            return "rising or falling throughout (a motor)"
+        if float(v.max() - v.min()) <= FLAT_COLUMN * max(abs(float(v.max())), abs(float(v.min()))):
+            return "constant"
+        return None
+
+    passed = {j: why for j in cols if j not in axes and (why := why_not(j)) is not None}
+    rest = [j for j in cols if j not in axes and j not in passed]
     if len(rest) < 2:
         return None
-    return [(j, max([a for a in axes if a < j], default=energy)) for j in rest]
+    return [(j, max([a for a in axes if a < j], default=energy)) for j in rest], passed
 
 
 def _column_values(data: list[tuple[int, list[str]]], j: int) -> np.ndarray:
@@ -371,23 +403,36 @@ def _column_values(data: list[tuple[int, list[str]]], j: int) -> np.ndarray:
     return out
 
 
+def _tab_fields_with_leading_gaps(line: str) -> list[str]:
+    """The cells of a tab-separated row, its empty first cells kept (``\t\t657.5\t0.3``: X/Y pairs whose first
+    pair has ended), trailing empty ones dropped as :func:`split_fields` drops them."""
+    parts = [f.strip().strip("\"'") for f in line.rstrip("\r\n").split("\t")]
+    while parts and not parts[-1]:
+        parts.pop()
+    return parts
+
+
 def _numbers_and_gaps(fields: list[str]) -> bool:
     """Whether a row's cells are numbers or empty, with at least two numbers and the first cell empty."""
     full = [f for f in fields if f.strip()]
-    return (not fields[0].strip() and len(full) >= 2
+    return (bool(fields) and not fields[0].strip() and len(full) >= 2
             and all(_is_number([f], 0) for f in full))
 
 
-def _read_spectrum_columns(spectra: list[tuple[int, int]], names: list[str], candidates: list[list[str]],
-                           data: list[tuple[int, list[str]]], n_columns: int, name: str) -> list[_Column]:
-    """Each spectrum column with its energy column (:func:`spectrum_columns`), as floats in eV.
+def _read_spectrum_columns(several: tuple[list[tuple[int, int]], dict[int, str]], names: list[str],
+                           candidates: list[list[str]], data: list[tuple[int, list[str]]], n_columns: int,
+                           name: str) -> list[_Column]:
+    """Each spectrum column with its energy column (:func:`spectrum_columns`), as floats in eV; the columns
+    passed over are named in the note.
 
     A row whose two cells are both empty is passed over (X/Y pairs of different lengths end in empty
     cells); a row with one of the two, or a cell that is no number, is refused, naming both.
     """
+    spectra, passed = several
     log.warning("%s: %d spectrum columns (%s): each read as a spectrum of its own (index 0 to %d, labelled with "
-                "its column's name; --column reads one)", name, len(spectra), ", ".join(names[j] for j, _ in spectra),
-                len(spectra) - 1)
+                "its column's name; --column reads one)%s", name, len(spectra),
+                ", ".join(names[j] for j, _ in spectra), len(spectra) - 1,
+                "".join(f"; passed over: {names[j]!r} ({why})" for j, why in passed.items()))
     kev = sorted({e for _, e in spectra if _energy_unit(names, candidates, e, n_columns) == "kev"})
     for e in kev:
         log.warning("%s: the energy column %r is in keV: read as eV times 1000", name, names[e])

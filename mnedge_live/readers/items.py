@@ -11,7 +11,8 @@ import numpy as np
 from mnedge_live.readers.hdf5_cache import release
 
 #: Energy units accepted on a signal axis and their factor to eV.
-ENERGY_UNITS = {"ev": 1.0, "kev": 1e3, "mev": 1e-3, "electronvolt": 1.0, "kiloelectronvolt": 1e3}
+ENERGY_UNITS = {"ev": 1.0, "kev": 1e3, "mev": 1e-3, "electronvolt": 1.0, "electron volt": 1.0,
+                "electron_volt": 1.0, "kiloelectronvolt": 1e3}
 #: Axis units that mean "not recorded"; such axes are taken as eV.
 UNDEFINED_UNITS = frozenset({"", "<undefined>", "undefined", "none", "t.b.d.", "unknown"})
 

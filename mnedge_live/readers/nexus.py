@@ -96,29 +96,36 @@ def is_nexus(f: Any) -> bool:
     return any(isinstance(obj, h5py.Group) and _nx_class(obj) == "NXentry" for obj in _members(f).values())
 
 
-def nxdata_groups(f: Any) -> list[Any]:
-    """The ``NXdata`` groups to read (see the module's description); at most :data:`MAX_NXDATA`."""
+def nxdata_groups(f: Any) -> list[tuple[list[Any], list[Any]]]:
+    """Per ``NXentry`` (in natural name order), the ``NXdata`` groups to read and those to read instead if the
+    one ``@default`` names is refused: ``([default], [the entry's other NXdata])``, or ``([every NXdata in the
+    entry or its NXsubentry groups], [])``; at most :data:`MAX_NXDATA` groups to read in all."""
     import h5py
 
     def nxdata_in(group: Any) -> list[Any]:
-        return [obj for _, obj in sorted(_members(group).items(), key=lambda kv: _natural(kv[0]))
-                if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata"]
+        found = [obj for _, obj in sorted(_members(group).items(), key=lambda kv: _natural(kv[0]))
+                 if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdata"]
+        for sub in _members(group).values():
+            if isinstance(sub, h5py.Group) and _nx_class(sub) == "NXsubentry":
+                found += nxdata_in(sub)
+        return found
 
-    out = []
+    out, count = [], 0
     for _, entry in sorted(_members(f).items(), key=lambda kv: _natural(kv[0])):
         if not (isinstance(entry, h5py.Group) and _nx_class(entry) == "NXentry"):
             continue
+        every = nxdata_in(entry)
         chosen = _default_nxdata(entry)
-        if chosen is not None:
-            out.append(chosen)
-            continue
-        out += nxdata_in(entry)
-        for sub in _members(entry).values():
-            if isinstance(sub, h5py.Group) and _nx_class(sub) == "NXsubentry":
-                out += nxdata_in(sub)
-    if len(out) > MAX_NXDATA:
-        log.warning("%s: %d NXdata groups: the first %d are read", f.filename, len(out), MAX_NXDATA)
-    return out[:MAX_NXDATA]
+        groups = ([chosen], [g for g in every if g.name != chosen.name]) if chosen is not None else (every, [])
+        if count + len(groups[0]) > MAX_NXDATA:
+            log.warning("%s: more than %d NXdata groups: the first %d are read", f.filename, MAX_NXDATA, MAX_NXDATA)
+            groups = (groups[0][:MAX_NXDATA - count], [])
+        if groups[0]:
+            out.append(groups)
+            count += len(groups[0])
+        if count >= MAX_NXDATA:
+            break
+    return out
 
 
 def _default_nxdata(group: Any, depth: int = 0) -> Any | None:
@@ -158,19 +165,16 @@ def read_nexus(path: str | Path, lazy: bool = True, column: str | None = None) -
         with h5py.File(p, "r") as f:
             if not is_nexus(f):
                 raise ReadError(f"{p}: an HDF5 file without an NXentry group: not NeXus (nor HyperSpy)")
-            groups = nxdata_groups(f)
-            if not groups:
+            entries = nxdata_groups(f)
+            if not entries:
                 raise ReadError(f"{p}: NeXus file without an NXdata group in any NXentry: no plottable data")
-            for k, group in enumerate(groups):
-                try:
-                    item = item_from_signal(p, k, _signal_dict(group, column, p), lazy)
-                except Exception as exc:   # a group laid out as no reader expects: refused, the others read
-                    why = str(exc) if isinstance(exc, ReadError) else f"not readable: {type(exc).__name__}: {exc}"
-                    items.append(RefusedSignal(str(p), k, f"{group.name}: {why}"))
-                    continue
-                if isinstance(item, MeasuredSpectrum):
-                    item = MeasuredSpectrum(item.file, item.index, item.energy, item.intensity, None, group.name)
-                items.append(item)
+            for groups, instead in entries:
+                read = [_item(p, len(items) + k, g, column, lazy) for k, g in enumerate(groups)]
+                if instead and isinstance(read[0], RefusedSignal):   # the @default one refused: the others
+                    log.warning("%s %s: the entry's @default data refused (%s): its other NXdata read instead", p,
+                                groups[0].name, read[0].reason)
+                    read = [_item(p, len(items) + k, g, column, lazy) for k, g in enumerate(instead)]
+                items += read
     except ReadError:
         release(p)
         raise
@@ -182,6 +186,18 @@ def read_nexus(path: str | Path, lazy: bool = True, column: str | None = None) -
     if all(isinstance(it, RefusedSignal) for it in items):
         raise ReadError(f"{p}: no spectrum: " + "; ".join(it.reason for it in items if isinstance(it, RefusedSignal)))
     return items
+
+
+def _item(p: Path, index: int, group: Any, column: str | None, lazy: bool) -> Item:
+    """One NXdata group as a spectrum (labelled with the group's path), a spectrum image, or a refusal."""
+    try:
+        item = item_from_signal(p, index, _signal_dict(group, column, p), lazy)
+    except Exception as exc:   # a group laid out as no reader expects: refused, the others read
+        why = str(exc) if isinstance(exc, ReadError) else f"not readable: {type(exc).__name__}: {exc}"
+        return RefusedSignal(str(p), index, f"{group.name}: {why}")
+    if isinstance(item, MeasuredSpectrum):
+        return MeasuredSpectrum(item.file, item.index, item.energy, item.intensity, None, group.name)
+    return item
 
 
 def _signal_dict(group: Any, column: str | None, path: Path) -> dict:
@@ -198,7 +214,7 @@ def _signal_dict(group: Any, column: str | None, path: Path) -> dict:
     data = _lazy(signal, len(shape))
     if monitor is not None:
         log.warning("%s %s: %r is a raw yield: read divided by the I0 monitor %r", path, group.name,
-                    _base(signal), _base(monitor))
+                    _base(signal), _base(monitor) if monitor.parent.name == group.name else monitor.name)
         i0 = _lazy(monitor, len(shape))
         if isinstance(i0, np.ndarray) and not np.all(np.isfinite(i0) & (i0 != 0)):
             raise ReadError(f"the I0 monitor {_base(monitor)!r} has zero or non-finite values: "
@@ -292,11 +308,30 @@ def _signal_datasets(group: Any, column: str | None, path: Path) -> tuple[Any, A
     monitors = i0_monitors([column_key(k) for k in names], list(range(len(names))))
     if len(monitors) == 1:
         return sig, datasets[names[monitors[0]]]
-    mon = names[monitors[0]] if monitors else "MONITOR"
+    if not monitors:   # NeXus keeps the incident flux in the entry's NXmonitor groups
+        found = _nxmonitor_data(group, sig.shape)
+        if len(found) == 1:
+            return sig, found[0]
+    ratio = (f"--column {_base(sig)}/{names[monitors[0]]} reads it divided by {names[monitors[0]]}; "
+             if monitors else "")
     raise ReadError(f"its signal {_base(sig)!r} is a raw yield and "
-                    + ("no dataset" if not monitors else "more than one dataset") + " of its shape is named as its "
-                    f"I0 monitor: name the datasets to read (mnedge predict --column {_base(sig)}/{mon} reads "
-                    f"{_base(sig)} divided by {mon}; --column {_base(sig)} reads it as it is)")
+                    + ("no dataset of its shape in the group or in an NXmonitor of the entry is" if not monitors
+                       else "more than one dataset of its shape is") + f" named as its I0 monitor: {ratio}"
+                    f"mnedge predict --column {_base(sig)} reads it as it is")
+
+
+def _nxmonitor_data(group: Any, shape: tuple[int, ...]) -> list[Any]:
+    """The ``data`` datasets of shape ``shape`` in the ``NXmonitor`` groups beside ``group`` (in its entry)."""
+    import h5py
+
+    parent = group.parent
+    out = []
+    for obj in _members(parent).values():
+        if isinstance(obj, h5py.Group) and _nx_class(obj) == "NXmonitor":
+            ds = _members(obj).get("data")
+            if isinstance(ds, h5py.Dataset) and ds.shape == shape:
+                out.append(ds)
+    return out
 
 
 def _axis_datasets(group: Any, signal: Any) -> list[Any | None]:
@@ -335,17 +370,26 @@ def _axis_datasets(group: Any, signal: Any) -> list[Any | None]:
 
 
 def _energy_dim(axes: list[Any | None], ndim: int) -> int:
-    """The energy dimension: the one whose axis is in eV or keV, else one named as an energy, else the last."""
-    def in_energy_units(ds: Any) -> bool:
-        return attr_text(ds.attrs.get("units", "")).strip().lower() in ENERGY_UNITS
+    """The energy dimension: the one whose axis is in eV or keV, else one named as an energy, else the last.
 
-    def named_energy(ds: Any) -> bool:
-        return is_energy_key(column_key(_base(ds)))
+    Raises
+    ------
+    ReadError
+        Several axes in eV or keV (an incident and an emission energy) and not one of them named as an energy.
+    """
+    def named_energy(d: int) -> bool:
+        return is_energy_key(column_key(_base(axes[d])))
 
-    for test in (in_energy_units, named_energy):
-        dims = [d for d, ds in enumerate(axes) if ds is not None and test(ds)]
-        if len(dims) == 1:
-            return dims[0]
+    in_units = [d for d, ds in enumerate(axes)
+                if ds is not None and attr_text(ds.attrs.get("units", "")).strip().lower() in ENERGY_UNITS]
+    if len(in_units) == 1:
+        return in_units[0]
+    named = [d for d in (in_units or [d for d, ds in enumerate(axes) if ds is not None]) if named_energy(d)]
+    if len(named) == 1:
+        return named[0]
+    if len(in_units) > 1:
+        raise ReadError(f"{len(in_units)} axes in energy units ({', '.join(_base(axes[d]) for d in in_units)}): "
+                        "which is the spectrum's cannot be told")
     return ndim - 1
 
 
