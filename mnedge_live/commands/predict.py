@@ -488,7 +488,8 @@ def format_table(rows: list[Row], summaries: list[ImageSummary]) -> str:
         noisy = s.reasons.get(NO_EDGE_REASON, 0) + c.get("low_psnr", 0)
         if noisy and 10 * noisy >= c.get("spectra", 0):
             lines.append(f"    {noisy} pixels too noisy (no edge above the noise, or flagged low_psnr): "
-                         f"--bin {2 * s.bin} averages {2 * s.bin}x{2 * s.bin} pixels into one spectrum")
+                         f"--bin {2 * s.bin} averages {2 * s.bin}x{2 * s.bin} pixels into one spectrum (vacuum "
+                         "and regions without Mn stay unread at any binning)")
         for o in s.outputs:
             lines.append(f"    wrote {o}")
     return "\n".join(lines) + "\n"
