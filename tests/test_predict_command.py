@@ -703,3 +703,15 @@ def test_csv_shows_a_formula_like_name_as_text(capsys, model, tmp_path):
     main(["predict", "--csv", "--no-progress", "--model", model, str(path)])
     out = capsys.readouterr().out
     assert ",\"'=HYPERLINK(\"\"http://x\"\")\"," in out and ",=HYPERLINK" not in out
+
+
+def test_rows_of_a_spec_file_come_in_its_order(capsys, model, tmp_path):
+    """An aborted scan between two read ones: its rejected row is the second row, not the last."""
+    y = mn_like(seed=41)
+    scan = "#S {n}  ascan  energy 620 680\n#L Energy  mu\n"
+    data = "".join(f"{e:.4f}  {v:.6f}\n" for e, v in zip(E, y))
+    path = tmp_path / "run.spec"
+    path.write_text("#F run.spec\n" + scan.format(n=1) + data + scan.format(n=2) + "#C aborted\n" + scan.format(n=3) + data)
+    rc, rows = predict_json(capsys, "--model", model, path)
+    assert rc == 1 and [(r["index"], r["status"]) for r in rows] == [(0, "ok"), (1, "rejected"), (2, "ok")]
+    assert [r.get("label") for r in rows] == ["scan 1", None, "scan 3"] and "scan 2 not read" in rows[1]["reason"]

@@ -228,10 +228,11 @@ def run(args: argparse.Namespace) -> int:
                     f"cannot read the file: {type(exc).__name__}: {exc}", model)))
                 continue
             singles = [it for it in items if isinstance(it, MeasuredSpectrum)]
-            if singles:
-                rows.extend(_predict_singles(engine, singles, plots))
-            for it in items:   # a signal of a multi-signal file that is no spectrum: a row with the reason
-                if isinstance(it, RefusedSignal):
+            read = iter(_predict_singles(engine, singles, plots) if singles else [])
+            for it in items:   # in the file's order: its spectra, and its signals that are no spectrum with the reason
+                if isinstance(it, MeasuredSpectrum):
+                    rows.append(next(read))
+                elif isinstance(it, RefusedSignal):
                     rows.append(Row(it.file, it.index, SpectrumResult.rejected(
                         f"signal {it.index} of the file not read: {it.reason}", model), signal=it.index))
             images = [it for it in items if isinstance(it, SpectrumImage)]
