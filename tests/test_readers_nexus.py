@@ -30,12 +30,13 @@ def axis(g: h5py.Group, name: str, values: np.ndarray, units: str = "eV") -> Non
     g.create_dataset(name, data=values).attrs["units"] = units
 
 
-def scan(f: h5py.File, name: str, y: np.ndarray, default: str | None = "data", units: str = "eV") -> h5py.Group:
-    """An entry whose NXdata plots ``mu`` = ``y`` against ``energy`` (:data:`E`)."""
+def scan(f: h5py.File, name: str, y: np.ndarray, default: str | None = "data", units: str = "eV",
+         signal: str = "mu") -> h5py.Group:
+    """An entry whose NXdata plots ``signal`` = ``y`` against ``energy`` (:data:`E`)."""
     g = entry(f, name, default)
-    g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+    g.attrs["signal"], g.attrs["axes"] = signal, ["energy"]
     axis(g, "energy", E, units)
-    g.create_dataset("mu", data=y)
+    g.create_dataset(signal, data=y)
     return g
 
 
@@ -52,10 +53,7 @@ def test_a_raw_yield_is_divided_by_its_i0_and_column_picks_another(tmp_path):
     i0 = 1e5 * (1.0 + 0.2 * np.sin(E / 3.0))
     p = tmp_path / "tey.nxs"
     with h5py.File(p, "w") as f:
-        g = entry(f, "entry")
-        g.attrs["signal"], g.attrs["axes"] = "tey", ["energy"]
-        axis(g, "energy", E)
-        g.create_dataset("tey", data=Y * i0)
+        g = scan(f, "entry", Y * i0, signal="tey")
         g.create_dataset("i0", data=i0)
         g.create_dataset("tfy", data=2 * Y * i0)
     (s,) = read_file(p)
@@ -260,10 +258,7 @@ def test_i0_in_the_entrys_nxmonitor_divides_a_raw_yield(tmp_path, caplog):
     i0 = 1e5 * (1.0 + 0.2 * np.sin(E / 3.0))
     p = tmp_path / "monitor.nxs"
     with h5py.File(p, "w") as f:
-        g = entry(f, "entry")
-        g.attrs["signal"], g.attrs["axes"] = "tey", ["energy"]
-        axis(g, "energy", E)
-        g.create_dataset("tey", data=Y * i0)
+        scan(f, "entry", Y * i0, signal="tey")
         mon = f["entry"].create_group("monitor")
         mon.attrs["NX_class"] = "NXmonitor"
         mon.create_dataset("data", data=i0)
