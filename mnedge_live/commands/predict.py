@@ -1,7 +1,7 @@
 """``mnedge predict``: Mn valence readout of measured spectrum files.
 
 Reads every FILE (column text: two columns, or named ones such as energy, I0, TEY, mu; EMSA/MSA,
-Gatan DM3/DM4, HyperSpy, NeXus),
+Gatan DM3/DM4, HyperSpy, TIA, NeXus),
 reads out each spectrum with the engine and prints a table, or with
 ``--json`` a JSON list with one object per spectrum.  Spectrum images are
 processed chunk by chunk on a Dask cluster (a local in-process one, or the
@@ -68,7 +68,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "predict", help="read the Mn valence of measured spectrum files",
         description="Read out Mn2+/Mn3+/Mn4+ fractions and the mean valence of measured Mn L2,3 spectra "
                     "(column text: two columns or named ones such as energy, I0, TEY, mu; EMSA/MSA, Gatan DM3/DM4, "
-                    "HyperSpy, NeXus; spectrum images included).")
+                    "HyperSpy, TIA .ser/.emi, NeXus; spectrum images included).")
     p.add_argument("files", nargs="+", metavar="FILE", help="spectrum files")
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
     p.add_argument("--backend", default="auto", help="engine backend: auto, onnxruntime, torch, tensorrt")

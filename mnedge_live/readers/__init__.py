@@ -15,6 +15,9 @@ Supported inputs:
 * Gatan DigitalMicrograph DM3/DM4 and HyperSpy ``.hspy`` files through
   RosettaSciIO, single spectra as well as spectrum images (line scans and
   2-D maps); spectrum images stay lazy Dask arrays;
+* FEI/ThermoFisher TIA series (``.ser``, or ``.emi`` with its ``.ser``
+  files) through RosettaSciIO, loaded, the energy origin at TIA's
+  calibration element;
 * NeXus HDF5 files (synchrotron scans): the plottable ``NXdata`` of each
   entry, its energy axis as stored (:mod:`~mnedge_live.readers.nexus`).
 
@@ -46,6 +49,8 @@ from mnedge_live.readers.signals import contiguous_chunks, read_rsciio
 MSA_EXTENSIONS = frozenset({".msa", ".ems", ".emsa", ".mas"})
 #: File extensions read as Gatan DigitalMicrograph.
 DM_EXTENSIONS = frozenset({".dm3", ".dm4"})
+#: File extensions read as FEI/ThermoFisher TIA series (``.emi`` reads its ``.ser`` files).
+TIA_EXTENSIONS = frozenset({".ser", ".emi"})
 #: File extensions read as NeXus (:mod:`~mnedge_live.readers.nexus`).
 NEXUS_EXTENSIONS = frozenset({".nxs", ".nx5", ".nexus"})
 #: File extensions read as HDF5: HyperSpy, or NeXus where the file has an NXentry, and NeXus ones.
@@ -100,6 +105,8 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
         return read_msa(p)
     if fmt == "dm":
         return read_rsciio(p, "dm", lazy=lazy)
+    if fmt == "tia":
+        return read_rsciio(p, "tia", lazy=lazy)
     if fmt == "hspy":
         if p.suffix.lower() in NEXUS_EXTENSIONS or _is_nexus_file(p):
             return read_nexus(p, lazy=lazy, column=column)
@@ -120,12 +127,14 @@ def _is_nexus_file(p: Path) -> bool:
 
 
 def detect_format(path: Path, head: bytes) -> str:
-    """``"msa"``, ``"dm"``, ``"hspy"`` or ``"text"`` from the extension, else from the first bytes."""
+    """``"msa"``, ``"dm"``, ``"tia"``, ``"hspy"`` or ``"text"`` from the extension, else from the first bytes."""
     ext = path.suffix.lower()
     if ext in MSA_EXTENSIONS:
         return "msa"
     if ext in DM_EXTENSIONS:
         return "dm"
+    if ext in TIA_EXTENSIONS:
+        return "tia"
     if ext in HSPY_EXTENSIONS:
         return "hspy"
     if head.startswith(_HDF5_MAGIC):

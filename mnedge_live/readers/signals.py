@@ -22,11 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
-    """Read a Gatan DM3/DM4 (``fmt="dm"``) or HyperSpy (``fmt="hspy"``) file.
+    """Read a Gatan DM3/DM4 (``fmt="dm"``), HyperSpy (``fmt="hspy"``) or FEI/ThermoFisher TIA
+    (``fmt="tia"``: ``.ser``, or ``.emi`` with its ``.ser`` files) file.
 
     Single spectra come back as :class:`MeasuredSpectrum`, spectrum images
-    and line scans as :class:`SpectrumImage` (lazy when ``lazy``), other
-    signals of the file as :class:`RefusedSignal` with the reason.
+    and line scans as :class:`SpectrumImage` (lazy when ``lazy``; a TIA series
+    is loaded: RosettaSciIO's lazy TIA reader makes the whole series one chunk,
+    read again for every chunk of the image), other signals of the file as
+    :class:`RefusedSignal` with the reason.
 
     Raises
     ------
@@ -42,6 +45,11 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
 
             signals = file_reader(str(p), lazy=lazy)
             label = "Gatan DigitalMicrograph"
+        elif fmt == "tia":
+            from rsciio.tia import file_reader
+
+            signals = [_tia_energy_origin(sig, p) for sig in file_reader(str(p), lazy=False)]
+            label = "TIA"
         else:
             label = "HyperSpy"
             signals = _read_hspy_lazily(p) if lazy else _read_hspy_rsciio(p, lazy=False)
@@ -49,7 +57,7 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
         raise
     except Exception as exc:
         release(p)
-        name = {"dm": "Gatan DigitalMicrograph", "hspy": "HyperSpy HDF5"}.get(fmt, fmt)
+        name = {"dm": "Gatan DigitalMicrograph", "hspy": "HyperSpy HDF5", "tia": "TIA series (.ser/.emi)"}.get(fmt, fmt)
         raise ReadError(f"{p}: not a readable {name} file: {type(exc).__name__}: {exc}") from exc
     try:
         items = items_from_signals(p, signals, lazy=lazy)
@@ -59,6 +67,21 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     if not any(isinstance(it, SpectrumImage) for it in items):
         release(p)   # single spectra are loaded: nothing reads the file any more
     return items
+
+
+def _tia_energy_origin(sig: dict, p: Path) -> dict:
+    """A TIA spectrum's energy axis with its origin where TIA puts it: a series element stores the energy
+    (``CalibrationOffset``) of channel ``CalibrationElement``, which RosettaSciIO (0.15) takes for channel 0."""
+    header = (sig.get("original_metadata") or {}).get("ser_header_parameters") or {}
+    element = np.asarray(header.get("CalibrationElement", 0)).reshape(-1)
+    energy = [a for a in sig.get("axes") or [] if not a.get("navigate", True)]
+    if element.size and int(element[0]) and len(energy) == 1:
+        axis = energy[0]
+        shift = int(element[0]) * float(axis.get("scale", 1.0))
+        log.warning("%s: the TIA energy axis gives %.3f eV at channel %d: channel 0 is at %.3f eV",
+                    p, float(axis.get("offset", 0.0)), int(element[0]), float(axis.get("offset", 0.0)) - shift)
+        axis["offset"] = float(axis.get("offset", 0.0)) - shift
+    return sig
 
 
 #: Bytes per Dask chunk of an unchunked (contiguous) HDF5 dataset read lazily.

@@ -1,0 +1,49 @@
+"""FEI/ThermoFisher TIA series (``.ser``) written to disk by hand (tests/ser_writer.py), read through RosettaSciIO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ser_writer import write_ser
+
+from mnedge_live.readers import MeasuredSpectrum, ReadError, SpectrumImage, read_file
+
+E = 630.0 + 0.25 * np.arange(200)
+Y = (np.exp(-0.5 * ((E - 641.0) / 0.7) ** 2) + 0.4 * np.exp(-0.5 * ((E - 652.0) / 1.0) ** 2) + 0.05).astype("f4")
+
+
+def test_a_spectrum_reads_with_its_energy_origin_at_the_calibration_element(tmp_path, caplog):
+    """TIA stores the energy of channel ``CalibrationElement``; RosettaSciIO 0.15 puts it at channel 0."""
+    p = write_ser(tmp_path / "one.ser", Y[None], offset=640.0, delta=0.25, element=40)
+    with caplog.at_level("WARNING", logger="mnedge_live.readers"):
+        (s,) = read_file(p)
+    assert isinstance(s, MeasuredSpectrum)
+    assert np.allclose(s.energy, E) and np.array_equal(s.intensity, Y)
+    assert "gives 640.000 eV at channel 40: channel 0 is at 630.000 eV" in caplog.text
+
+
+@pytest.mark.parametrize("dims, shape", [([(3, 0.0, 1e-9, "meters"), (4, 0.0, 1e-9, "meters")], (3, 4)),
+                                         (None, (1, 5))])
+def test_spectrum_images_and_line_scans(tmp_path, dims, shape):
+    cube = np.random.default_rng(0).random((*shape, E.size)).astype("f4")
+    p = write_ser(tmp_path / "si.ser", cube.reshape(-1, E.size), offset=630.0, delta=0.25, dims=dims)
+    (img,) = read_file(p)
+    assert isinstance(img, SpectrumImage) and img.shape == shape
+    assert np.allclose(img.energy, E) and np.array_equal(np.asarray(img.data.compute()), cube)
+
+
+def test_a_truncated_series_is_refused(tmp_path):
+    p = write_ser(tmp_path / "cut.ser", Y[None], offset=630.0, delta=0.25)
+    p.write_bytes(p.read_bytes()[:60])
+    with pytest.raises(ReadError, match="not a readable TIA series"):
+        read_file(p)
+
+
+def test_predict_reads_a_tia_spectrum_image(tmp_path, capsys, tiny_artifact):
+    from mnedge_live.cli import main
+
+    cube = np.tile(Y, (2, 3, 1))
+    p = write_ser(tmp_path / "si.ser", cube.reshape(-1, E.size), offset=630.0, delta=0.25,
+                  dims=[(2, 0.0, 1e-9, "meters"), (3, 0.0, 1e-9, "meters")])
+    assert main(["predict", "--no-progress", "--model", str(tiny_artifact), str(p)]) == 0
+    assert "map 2x3 (signal 0): 6 of 6 spectra" in capsys.readouterr().out
