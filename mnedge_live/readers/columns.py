@@ -266,14 +266,15 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     ssrl = [i for i, t in enumerate(lines) if t.lower() == "data:"]
     if ssrl and len(lines) - ssrl[-1] - 1 == n_columns:   # SSRL EXAFS Data Collector: a name a line
         header = names = lines[ssrl[-1] + 1:]
-    plain = [r for k, r in enumerate(data) if k not in set(gaps)]
+    gap_rows = set(gaps)
+    plain = [r for k, r in enumerate(data) if k not in gap_rows]
     e, skip = _energy_column(names, plain, n_columns, name)
     several = spectrum_columns(names, data, n_columns, e, skip) if every and column is None else None
     if several is not None:
         return _read_spectrum_columns(several, names, candidates, data, n_columns, name)
     if gaps:   # one spectrum: rows with empty first cells end the data, as any text would
         if len(plain) != gaps[0]:
-            nxt = data[next(k for k in range(gaps[0], len(data)) if k not in set(gaps))][0]
+            nxt = data[next(k for k in range(gaps[0], len(data)) if k not in gap_rows)][0]
             raise ReadError(f"{name}: line {data[gaps[0]][0]} has no number in column 1 after the data began (line "
                             f"{data[0][0]}); numbers follow it again (line {nxt}): a second block of data, or "
                             "a corrupt file")
@@ -356,6 +357,8 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
         return None
     keys = [column_key(n) for n in names]
     cols = [j for j in range(n_columns) if j != energy and j not in skip]
+    if any(_is_known_key(keys[j]) and not is_energy_key(keys[j]) for j in cols):
+        return None   # a detector export or a named spectrum: intensity_column's (checked before any number is read)
     values = {j: _column_values(data, j) for j in [energy, *cols]}
     e = values[energy][np.isfinite(values[energy])]
     if e.size < 2:
@@ -368,8 +371,6 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
 
     axes = {j for j in cols if is_energy_key(keys[j]) or (   # rising or falling over energies the axis shares
         monotonic(values[j]) and np.nanmin(values[j]) <= hi and np.nanmax(values[j]) >= lo)}
-    if any(_is_known_key(keys[j]) for j in cols if j not in axes):
-        return None
 
     def why_not(j: int) -> str | None:
         words = set(keys[j].split("_"))
