@@ -668,6 +668,8 @@ def test_a_table_of_several_spectra_gets_a_labelled_row_each(capsys, model, tmp_
     assert main(["predict", "--no-progress", "--model", model, str(path)]) == 0
     table = capsys.readouterr().out
     assert "table.csv [sample A]" in table and "table.csv [sample B]" in table
+    assert main(["predict", "--no-progress", "--model", model, "--plot", str(tmp_path / "plots"), str(path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").glob("*.png")) == ["table_0_sample_A.png", "table_1_sample_B.png"]
 
 
 def test_csv_holds_the_json_rows_pixels_included(capsys, model, files):

@@ -299,7 +299,7 @@ def _predict_singles(engine: Any, spectra: list[MeasuredSpectrum], plots: _PlotN
         if plots is not None:
             from mnedge_live.plots import plot_spectrum
 
-            png = plots.next(s.file, f"{s.index}", ".png")
+            png = plots.next(s.file, f"{s.index}" + ("" if s.label is None else f"_{s.label}"), ".png")
             title = f"{Path(s.file).name} #{s.index}" + ("" if s.label is None else f" ({s.label})")
             try:
                 plot_spectrum(png, s.energy, s.intensity, res, title=title)
