@@ -32,10 +32,34 @@ def test_spectrum_images_and_line_scans(tmp_path, dims, shape):
     assert np.allclose(img.energy, E) and np.array_equal(np.asarray(img.data.compute()), cube)
 
 
-def test_a_truncated_series_is_refused(tmp_path):
-    p = write_ser(tmp_path / "cut.ser", Y[None], offset=630.0, delta=0.25)
-    p.write_bytes(p.read_bytes()[:60])
-    with pytest.raises(ReadError, match="not a readable TIA series"):
+def _corrupt(p, at: int, fmt: str, *values) -> None:
+    import struct
+
+    b = bytearray(p.read_bytes())
+    struct.pack_into(fmt, b, at, *values)
+    p.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda p: p.write_bytes(p.read_bytes()[:60]), "truncated or corrupt series"),
+    (lambda p: _corrupt(p, 14, "<II", 4_000_000_000, 4_000_000_000), "claims 4000000000 of 4000000000 elements"),
+    (lambda p: _corrupt(p, 0, "<H", 0x4D4D), "not a TIA series"),
+])
+def test_a_truncated_or_corrupt_series_is_refused_before_anything_is_allocated(tmp_path, damage, why):
+    """RosettaSciIO allocates what the header says: a count of 4e9 elements asked for 15 GiB."""
+    p = write_ser(tmp_path / "bad.ser", Y[None], offset=630.0, delta=0.25)
+    damage(p)
+    with pytest.raises(ReadError, match=why):
+        read_file(p)
+
+
+def test_an_element_longer_than_the_file_is_refused(tmp_path):
+    import struct
+
+    p = write_ser(tmp_path / "long.ser", Y[None], offset=630.0, delta=0.25)
+    data_at = struct.unpack_from("<I", p.read_bytes(), struct.unpack_from("<I", p.read_bytes(), 22)[0])[0]
+    _corrupt(p, data_at + 22, "<I", 2_000_000_000)   # the element's ArrayLength
+    with pytest.raises(ReadError, match="1 elements of 2000000000 values each do not fit"):
         read_file(p)
 
 

@@ -48,6 +48,8 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
         elif fmt == "tia":
             from rsciio.tia import file_reader
 
+            if p.suffix.lower() == ".ser":
+                _check_ser_sizes(p)
             signals = [_tia_energy_origin(sig, p) for sig in file_reader(str(p), lazy=False)]
             label = "TIA"
         else:
@@ -67,6 +69,44 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
     if not any(isinstance(it, SpectrumImage) for it in items):
         release(p)   # single spectra are loaded: nothing reads the file any more
     return items
+
+
+#: Bytes of a TIA series element besides its values (calibration offset, delta and element, data type, length).
+_SER_ELEMENT_HEAD = 26
+
+
+def _check_ser_sizes(p: Path) -> None:
+    """Refuse a ``.ser`` file whose header claims more elements, or (a series of spectra) longer spectra, than its
+    bytes hold: RosettaSciIO allocates what the header says before reading (a corrupt count asked for gigabytes)."""
+    import struct
+
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(30)
+        if len(head) < 30:
+            raise ReadError(f"{p}: {size} bytes: shorter than a TIA series header")
+        order, series, version, data_type, _, total, valid = struct.unpack_from("<HHHIIII", head)
+        if order != 0x4949 or series != 0x0197:
+            raise ReadError(f"{p}: not a TIA series (byte order {order:#06x}, series id {series:#06x})")
+        wide = version > 0x0210
+        f.seek(22)
+        (offsets_at,) = struct.unpack("<Q" if wide else "<I", f.read(8 if wide else 4))
+        if valid > total or offsets_at >= size or valid * (16 if wide else 8) > size - offsets_at:
+            raise ReadError(f"{p}: the header claims {valid} of {total} elements; the file's {size} bytes cannot "
+                            "hold them (a truncated or corrupt series)")
+        if data_type != 0x4120:   # 2-D arrays (images): their element head differs; RosettaSciIO says what they are
+            return
+        f.seek(offsets_at)
+        first = f.read(8 if wide else 4)
+        (data_at,) = struct.unpack("<Q" if wide else "<I", first) if len(first) == (8 if wide else 4) else (size,)
+        f.seek(data_at + 20)
+        element = f.read(6)
+        if len(element) < 6:
+            raise ReadError(f"{p}: the first element lies beyond the file's {size} bytes (a truncated series)")
+        _, length = struct.unpack("<HI", element)
+        if valid and data_at + valid * (_SER_ELEMENT_HEAD + length) > size:
+            raise ReadError(f"{p}: {valid} elements of {length} values each do not fit in the file's {size} bytes "
+                            "(a truncated or corrupt series)")
 
 
 def _tia_energy_origin(sig: dict, p: Path) -> dict:
