@@ -292,3 +292,16 @@ def test_two_axes_in_ev_are_refused_by_name(tmp_path):
         axis(g, "emission", np.linspace(500, 900, 50))
     with pytest.raises(ReadError, match=r"2 axes in energy units \(mono, emission\)"):
         read_file(p)
+
+
+def test_a_dataset_declaring_billions_of_values_is_refused_unread(tmp_path):
+    """HDF5 stores nothing for an unwritten chunked dataset; reading its 10 billion declared values would
+    allocate 80 GB."""
+    p = tmp_path / "huge.nxs"
+    with h5py.File(p, "w") as f:
+        g = entry(f, "entry")
+        g.attrs["signal"], g.attrs["axes"] = "mu", ["energy"]
+        g.create_dataset("mu", shape=(10_000_000_000,), dtype="f8", chunks=(1_000_000,))
+        g.create_dataset("energy", shape=(10_000_000_000,), dtype="f8", chunks=(1_000_000,))
+    with pytest.raises(ReadError, match="'mu' holds 10000000000 values"):
+        read_file(p)

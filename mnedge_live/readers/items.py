@@ -13,6 +13,9 @@ from mnedge_live.readers.hdf5_cache import release
 #: Energy units accepted on a signal axis and their factor to eV.
 ENERGY_UNITS = {"ev": 1.0, "kev": 1e3, "mev": 1e-3, "electronvolt": 1.0, "electron volt": 1.0,
                 "electron_volt": 1.0, "kiloelectronvolt": 1e3}
+#: Most values of one spectrum (or axis) read whole into memory: a measured spectrum has thousands; a
+#: HDF5 dataset may declare billions that it never stored, which reading would allocate.
+MAX_SPECTRUM_VALUES = 10_000_000
 #: Axis units that mean "not recorded"; such axes are taken as eV.
 UNDEFINED_UNITS = frozenset({"", "<undefined>", "undefined", "none", "t.b.d.", "unknown"})
 

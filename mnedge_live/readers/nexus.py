@@ -39,6 +39,7 @@ from mnedge_live.readers.columns import (
 from mnedge_live.readers.hdf5_cache import HDF5Dataset, hdf5_plugins, release
 from mnedge_live.readers.items import (
     ENERGY_UNITS,
+    MAX_SPECTRUM_VALUES,
     Item,
     MeasuredSpectrum,
     ReadError,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 #: Most NXdata groups read from one file (a file of thousands of scans is read in part, logged).
 MAX_NXDATA = 1000
+
 
 
 def attr_text(value: Any) -> str:
@@ -255,12 +257,20 @@ def _lazy(ds: Any, ndim: int) -> Any:
     import dask.array as da
 
     if ndim <= 1:
+        _check_size(ds)
         return np.asarray(ds[()]).reshape(-1)
     filename = str(Path(ds.file.filename).resolve())
     st = Path(filename).stat()
     chunks = ds.chunks or contiguous_chunks(ds.shape, ds.dtype.itemsize)
     source = HDF5Dataset(filename, ds.name, ds.shape, ds.dtype, (st.st_mtime_ns, st.st_size))
     return da.from_array(source, chunks=chunks, meta=np.empty((0,) * ds.ndim, ds.dtype))
+
+
+def _check_size(ds: Any) -> None:
+    """Refuse a dataset read whole that holds more than :data:`~mnedge_live.readers.items.MAX_SPECTRUM_VALUES`."""
+    if ds.size > MAX_SPECTRUM_VALUES:
+        raise ReadError(f"{_base(ds)!r} holds {ds.size} values (shape {ds.shape}): more than a spectrum or an axis "
+                        f"({MAX_SPECTRUM_VALUES} at most)")
 
 
 def _find(datasets: dict[str, Any], name: str, what: str) -> Any:
@@ -396,6 +406,7 @@ def _energy_dim(axes: list[Any | None], ndim: int) -> int:
 def _axis_values(ds: Any, size: int) -> np.ndarray:
     """The energies of an axis dataset for a dimension of ``size``: its values (``(N,)`` or ``(N, 1)``), the
     centres of ``N + 1`` bin edges, or one row of an axis repeated per scan point."""
+    _check_size(ds)
     values = np.asarray(ds[()], dtype=np.float64)
     if values.size in (size, size + 1) and max(values.shape, default=1) == values.size:
         values = values.reshape(-1)

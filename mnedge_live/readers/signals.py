@@ -10,6 +10,7 @@ import numpy as np
 from mnedge_live.readers.hdf5_cache import HDF5Dataset, hdf5_plugins, release
 from mnedge_live.readers.items import (
     ENERGY_UNITS,
+    MAX_SPECTRUM_VALUES,
     UNDEFINED_UNITS,
     Item,
     MeasuredSpectrum,
@@ -245,6 +246,8 @@ def item_from_signal(path: Path, index: int, sig: dict, lazy: bool) -> Item:
     # both spatial axes of a DM spectrum image as the signal, so a 4 x 1 image without its length-1
     # axis would leave one spatial axis flagged, read as the energy axis.
     s = _energy_axis_index(axes, shape)
+    if shape[s] > MAX_SPECTRUM_VALUES:   # its axis and a single spectrum are read whole
+        raise ReadError(f"an energy axis of {shape[s]} channels (more than {MAX_SPECTRUM_VALUES})")
     energy = axis_values(axes[s])
     nav = [i for i in range(data.ndim) if i != s]
     # The navigation shape stays as stored (rows, columns), 1 x N and N x 1 included; length-1
