@@ -717,3 +717,13 @@ def test_rows_of_a_spec_file_come_in_its_order(capsys, model, tmp_path):
     rc, rows = predict_json(capsys, "--model", model, path)
     assert rc == 1 and [(r["index"], r["status"]) for r in rows] == [(0, "ok"), (1, "rejected"), (2, "ok")]
     assert [r.get("label") for r in rows] == ["scan 1", None, "scan 3"] and "scan 2 not read" in rows[1]["reason"]
+
+
+def test_plot_names_stay_short_and_unique_without_case(tmp_path):
+    from mnedge_live.commands.predict import MAX_PLOT_STEM, _PlotNames
+
+    names = _PlotNames(tmp_path)
+    first, second = names.next("t.csv", "1_MnO", ".png"), names.next("t.csv", "1_mno", ".png")
+    assert first.name == "t_1_MnO.png" and second.name == "t_1_mno-2.png"
+    long = names.next("t.csv", "1_" + "x" * 400, ".png")
+    assert len(long.stem) <= MAX_PLOT_STEM and long != names.next("t.csv", "1_" + "x" * 399 + "y", ".png")

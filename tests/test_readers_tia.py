@@ -71,3 +71,31 @@ def test_predict_reads_a_tia_spectrum_image(tmp_path, capsys, tiny_artifact):
                   dims=[(2, 0.0, 1e-9, "meters"), (3, 0.0, 1e-9, "meters")])
     assert main(["predict", "--no-progress", "--model", str(tiny_artifact), str(p)]) == 0
     assert "map 2x3 (signal 0): 6 of 6 spectra" in capsys.readouterr().out
+
+
+def test_dimensions_that_do_not_make_the_elements_are_refused(tmp_path):
+    """Two spectra claiming a 600 x 600 map: RosettaSciIO would fill 359,998 missing pixels in (3 GiB)."""
+    p = write_ser(tmp_path / "dims.ser", np.tile(Y, (2, 1)), offset=630.0, delta=0.25,
+                  dims=[(600, 0.0, 1e-9, "meters"), (600, 0.0, 1e-9, "meters")])
+    with pytest.raises(ReadError, match="dimensions 600 x 600 do not make its 2 elements"):
+        read_file(p)
+
+
+def test_elements_with_different_energy_calibrations_are_refused(tmp_path):
+    import struct
+
+    p = write_ser(tmp_path / "mixed.ser", np.tile(Y, (2, 1)), offset=630.0, delta=0.25)
+    b = p.read_bytes()
+    second = struct.unpack_from("<2I", b, struct.unpack_from("<I", b, 22)[0])[1]
+    _corrupt(p, second, "<d", 640.0)   # the second element's calibration offset
+    with pytest.raises(ReadError, match="energy calibrations differ"):
+        read_file(p)
+
+
+def test_an_emi_file_is_refused_by_its_corrupt_series(tmp_path):
+    """The .ser files an .emi names are checked as a .ser read directly is."""
+    ser = write_ser(tmp_path / "x_1.ser", Y[None], offset=630.0, delta=0.25)
+    _corrupt(ser, 14, "<II", 2_000_000, 2_000_000)
+    (tmp_path / "x.emi").write_bytes(b"\x00" * 64)
+    with pytest.raises(ReadError, match="x_1.ser: a truncated or corrupt series"):
+        read_file(tmp_path / "x.emi")

@@ -390,23 +390,32 @@ def _answers_as_a_scheduler(address: str) -> None:
                       "(the port accepts connections but does not speak the scheduler protocol?)") from exc
 
 
+#: Longest output name stem (characters): file systems allow 255 bytes for a whole name.
+MAX_PLOT_STEM = 120
+
+
 class _PlotNames:
-    """Unique output names ``STEM_SUFFIX.EXT`` in the plot folder, and the outputs that failed."""
+    """Output names ``STEM_SUFFIX.EXT`` in the plot folder, unique also where case is not told apart (a label
+    ``MnO`` beside ``mno``), a long one cut with a hash of the whole; and the outputs that failed."""
 
     def __init__(self, directory: Path):
         self.directory = directory
-        self.used: set[str] = set()
+        self.used: set[str] = set()   # case-folded
         self.failed: list[str] = []   # names of the outputs that could not be written
 
     def next(self, file: str, suffix: str, ext: str) -> Path:
+        import hashlib
+
         from mnedge_live.plots import safe_name
 
         base = safe_name(f"{Path(file).stem}_{suffix}")
+        if len(base) > MAX_PLOT_STEM:
+            base = f"{base[:MAX_PLOT_STEM - 9]}-{hashlib.sha1(base.encode()).hexdigest()[:8]}"
         name, k = base, 1
-        while name in self.used:
+        while name.casefold() in self.used:
             k += 1
             name = f"{base}-{k}"
-        self.used.add(name)
+        self.used.add(name.casefold())
         return self.directory / f"{name}{ext}"
 
 

@@ -49,8 +49,9 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
         elif fmt == "tia":
             from rsciio.tia import file_reader
 
-            if p.suffix.lower() == ".ser":
-                _check_ser_sizes(p)
+            # the series an .emi file names are its STEM_N.ser files (RosettaSciIO's emi reader reads them)
+            for ser in [p] if p.suffix.lower() == ".ser" else sorted(p.parent.glob(f"{p.stem}_*.ser")):
+                _check_ser_sizes(ser)
             signals = [_tia_energy_origin(sig, p) for sig in file_reader(str(p), lazy=False)]
             label = "TIA"
         else:
@@ -74,11 +75,21 @@ def read_rsciio(path: str | Path, fmt: str, lazy: bool = True) -> list[Item]:
 
 #: Bytes of a TIA series element besides its values (calibration offset, delta and element, data type, length).
 _SER_ELEMENT_HEAD = 26
+#: Bytes per value of each TIA data type code.
+_SER_ITEMSIZE = {1: 1, 2: 2, 3: 4, 4: 1, 5: 2, 6: 4, 7: 4, 8: 8, 9: 8, 10: 16}
+#: Largest TIA series read (bytes of all its elements' values, the missing ones of an interrupted map
+#: included: RosettaSciIO fills them in): a series is loaded whole.
+MAX_TIA_BYTES = 4 * 2**30
 
 
 def _check_ser_sizes(p: Path) -> None:
-    """Refuse a ``.ser`` file whose header claims more elements, or (a series of spectra) longer spectra, than its
-    bytes hold: RosettaSciIO allocates what the header says before reading (a corrupt count asked for gigabytes)."""
+    """Refuse a ``.ser`` file whose header does not describe what its bytes hold: RosettaSciIO allocates what the
+    header says before reading (a corrupt count asked for gigabytes, and a map's missing pixels are filled in).
+
+    The navigation dimensions must multiply to the elements' total (as TIA writes them), the offset arrays fit in
+    the file, and for a series of spectra the stored elements fit in the file and the whole series, missing pixels
+    included, in :data:`MAX_TIA_BYTES`.
+    """
     import struct
 
     size = p.stat().st_size
@@ -91,10 +102,24 @@ def _check_ser_sizes(p: Path) -> None:
             raise ReadError(f"{p}: not a TIA series (byte order {order:#06x}, series id {series:#06x})")
         wide = version > 0x0210
         f.seek(22)
-        (offsets_at,) = struct.unpack("<Q" if wide else "<I", f.read(8 if wide else 4))
-        if valid > total or offsets_at >= size or valid * (16 if wide else 8) > size - offsets_at:
-            raise ReadError(f"{p}: the header claims {valid} of {total} elements; the file's {size} bytes cannot "
-                            "hold them (a truncated or corrupt series)")
+        offsets_at, ndim = struct.unpack("<QI" if wide else "<II", f.read(12 if wide else 8))
+        corrupt = f"{p}: a truncated or corrupt series"
+        if valid > total or offsets_at >= size or total * (16 if wide else 8) > size - offsets_at:
+            raise ReadError(f"{corrupt}: the header claims {valid} of {total} elements; the file's {size} bytes "
+                            "cannot hold their offsets")
+        sizes = []
+        for _ in range(ndim):   # dimension arrays: size, offset, delta, element, description, units
+            record = f.read(28)
+            if len(record) < 28:
+                raise ReadError(f"{corrupt}: its dimension arrays end with the file")
+            dim_size, desc = struct.unpack_from("<I", record)[0], struct.unpack_from("<I", record, 24)[0]
+            f.seek(desc, 1)
+            (units,) = struct.unpack("<I", f.read(4) or b"\0\0\0\0")
+            f.seek(units, 1)
+            sizes.append(dim_size)
+        if sizes and int(np.prod(sizes, dtype=np.int64)) != total:
+            raise ReadError(f"{corrupt}: its dimensions {' x '.join(map(str, sizes))} do not make its {total} "
+                            "elements")
         if data_type != 0x4120:   # 2-D arrays (images): their element head differs; RosettaSciIO says what they are
             return
         f.seek(offsets_at)
@@ -103,25 +128,45 @@ def _check_ser_sizes(p: Path) -> None:
         f.seek(data_at + 20)
         element = f.read(6)
         if len(element) < 6:
-            raise ReadError(f"{p}: the first element lies beyond the file's {size} bytes (a truncated series)")
-        _, length = struct.unpack("<HI", element)
-        if valid and data_at + valid * (_SER_ELEMENT_HEAD + length) > size:
-            raise ReadError(f"{p}: {valid} elements of {length} values each do not fit in the file's {size} bytes "
-                            "(a truncated or corrupt series)")
+            raise ReadError(f"{corrupt}: the first element lies beyond the file's {size} bytes")
+        code, length = struct.unpack("<HI", element)
+        item = _SER_ITEMSIZE.get(code)
+        if item is None:
+            raise ReadError(f"{corrupt}: data type {code} is none of TIA's")
+        if valid and data_at + valid * (_SER_ELEMENT_HEAD + length * item) > size:
+            raise ReadError(f"{corrupt}: {valid} elements of {length} values each do not fit in the file's {size} "
+                            "bytes")
+        if total * length * item > MAX_TIA_BYTES:
+            raise ReadError(f"{p}: {total} spectra of {length} values: {total * length * item / 2**30:.1f} GiB, more "
+                            f"than the {MAX_TIA_BYTES / 2**30:.0f} GiB a TIA series is read into (convert it to "
+                            "HyperSpy's .hspy, read in chunks)")
 
 
 def _tia_energy_origin(sig: dict, p: Path) -> dict:
     """A TIA spectrum's energy axis with its origin where TIA puts it: a series element stores the energy
-    (``CalibrationOffset``) of channel ``CalibrationElement``, which RosettaSciIO (0.15) takes for channel 0."""
+    (``CalibrationOffset``) of channel ``CalibrationElement`` (signed), which RosettaSciIO (0.15) takes for
+    channel 0. Elements whose calibrations differ, or an element far outside the spectrum, are refused."""
     header = (sig.get("original_metadata") or {}).get("ser_header_parameters") or {}
-    element = np.asarray(header.get("CalibrationElement", 0)).reshape(-1)
     energy = [a for a in sig.get("axes") or [] if not a.get("navigate", True)]
-    if element.size and int(element[0]) and len(energy) == 1:
-        axis = energy[0]
-        shift = int(element[0]) * float(axis.get("scale", 1.0))
+    if "CalibrationElement" not in header or len(energy) != 1:
+        return sig
+    axis = energy[0]
+    element = np.asarray(header["CalibrationElement"], np.int64).reshape(-1)
+    element = np.where(element >= 2**31, element - 2**32, element)   # an int32 that RosettaSciIO reads unsigned
+    offset = np.asarray(header.get("CalibrationOffset", axis.get("offset", 0.0)), np.float64).reshape(-1)
+    delta = np.asarray(header.get("CalibrationDelta", axis.get("scale", 1.0)), np.float64).reshape(-1)
+    channels = int(axis.get("size", 0))
+    if np.any(np.abs(element) > 2 * max(channels, 1)):
+        raise ReadError(f"{p}: calibration element {int(element[np.argmax(np.abs(element))])} lies far outside the "
+                        f"spectrum's {channels} channels (a corrupt series)")
+    origin = offset - element * delta
+    if np.ptp(origin) > 1e-6 * max(1.0, float(np.abs(origin).max())) or np.ptp(delta) > 1e-9 * float(np.abs(delta).max()):
+        raise ReadError(f"{p}: the elements' energy calibrations differ (channel 0 at {origin.min():.3f}-{origin.max():.3f} "
+                        f"eV, {delta.min():g}-{delta.max():g} eV a channel): not one energy axis")
+    if int(element[0]):
         log.warning("%s: the TIA energy axis gives %.3f eV at channel %d: channel 0 is at %.3f eV",
-                    p, float(axis.get("offset", 0.0)), int(element[0]), float(axis.get("offset", 0.0)) - shift)
-        axis["offset"] = float(axis.get("offset", 0.0)) - shift
+                    p, float(offset[0]), int(element[0]), float(origin[0]))
+    axis["offset"] = float(origin[0])
     return sig
 
 
