@@ -306,12 +306,17 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
         log.warning("%s: column %d (%r) is a raw yield: read divided by the I0 monitor, column %d (%r)",
                     name, j + 1, names[j], m + 1, names[m])
         arr[:, 1] /= arr[:, 2]
-    unit = _energy_unit(names, candidates, e, n_columns)
-    if unit == "kev":
-        log.warning("%s: the energy column (%s) is in keV: read as eV times 1000", name,
-                    repr(names[e]) if names else f"column {e + 1}")
-        arr[:, 0] *= ENERGY_UNITS[unit]
+    arr[:, 0] *= _energy_factor(names, candidates, e, n_columns, name)
     return [(None, arr[:, 0].copy(), arr[:, 1].copy())]
+
+
+def _energy_factor(names: list[str] | None, candidates: list[list[str]], e: int, n_columns: int, name: str) -> float:
+    """The factor from energy column ``e``'s stated unit to eV: 1000 where its header states keV (logged), else 1."""
+    if _energy_unit(names, candidates, e, n_columns) != "kev":
+        return 1.0
+    log.warning("%s: the energy column (%s) is in keV: read as eV times 1000", name,
+                repr(names[e]) if names else f"column {e + 1}")
+    return ENERGY_UNITS["kev"]
 
 
 #: Words (of a column key split on ``_``) naming what a table holds beside its spectra: uncertainties,
@@ -434,9 +439,7 @@ def _read_spectrum_columns(several: tuple[list[tuple[int, int]], dict[int, str]]
                 "its column's name; --column reads one)%s", name, len(spectra),
                 ", ".join(names[j] for j, _ in spectra), len(spectra) - 1,
                 "".join(f"; passed over: {names[j]!r} ({why})" for j, why in passed.items()))
-    kev = sorted({e for _, e in spectra if _energy_unit(names, candidates, e, n_columns) == "kev"})
-    for e in kev:
-        log.warning("%s: the energy column %r is in keV: read as eV times 1000", name, names[e])
+    factor = {e: _energy_factor(names, candidates, e, n_columns, name) for e in sorted({e for _, e in spectra})}
     out = []
     for j, e in spectra:
         points = []
@@ -452,8 +455,7 @@ def _read_spectrum_columns(several: tuple[list[tuple[int, int]], dict[int, str]]
         if len(points) < 2:
             raise ReadError(f"{name}: column {j + 1} ({names[j]!r}) has fewer than two numbers")
         arr = np.asarray(points, dtype=float)
-        if e in kev:
-            arr[:, 0] *= ENERGY_UNITS["kev"]
+        arr[:, 0] *= factor[e]
         out.append((names[j], arr[:, 0].copy(), arr[:, 1].copy()))
     return out
 
