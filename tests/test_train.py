@@ -228,6 +228,8 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     assert ck["steps"] == 6
+    # each rank ends without the interpreter's shutdown (cli.end_if_torchrun_worker): its output still arrives
+    assert proc.stdout.count(str(tmp_path / "ddp" / "final.pt")) == 2, proc.stdout
 
 
 def test_the_gate_also_compares_on_the_references_ranges(tmp_path, tiny_artifact, capsys):
