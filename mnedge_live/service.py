@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -146,6 +147,9 @@ def curve_configs(config: LiveConfig) -> tuple[ClientCurve | None, ClientCurve |
 def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None) -> int:
     """Run the service until SIGTERM/SIGINT.
 
+    The first signal ends the reading; the open runs are then closed and the
+    last documents sent, and a repeated signal during that is only logged.
+
     Parameters
     ----------
     config : LiveConfig
@@ -195,6 +199,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     except asyncio.CancelledError:
         pass
     finally:
+        keep_shutting_down_on_repeated_signals()
         try:
             callback.flush()
             callback.close_all("abort", "mnedge live service stopped")
@@ -204,3 +209,22 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         publisher.close() if hasattr(publisher, "close") else None
     log.warning("mnedge live stopped: %s", {**callback.totals, "plot_failures": publish.plot_failures})
     return 0
+
+
+def keep_shutting_down_on_repeated_signals() -> None:
+    """Let a SIGTERM or SIGINT that arrives during the shutdown be logged, not end the process.
+
+    Closing the dispatcher's event loop puts both signals back to their
+    defaults, while the open runs are still being closed, the last
+    documents sent and the soft IOC stopped: a second SIGTERM then killed the
+    service mid-way (exit -15), leaving runs without their stop documents.
+    A supervisor that must not wait still has SIGKILL.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return   # signal handlers belong to the main thread; serve() running elsewhere has none to keep
+
+    def repeated(signum: int, _frame: object) -> None:
+        log.warning("signal %d: already shutting down", signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, repeated)

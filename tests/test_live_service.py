@@ -66,6 +66,27 @@ def test_a_soft_ioc_that_cannot_bind_stops_the_service_with_the_reason(tmp_path)
     assert "mnedge live: ready" not in r.stdout
     assert "cannot serve the EPICS PVs" in r.stderr and "192.0.2.1" in r.stderr
 
+@pytest.mark.parametrize("gap_s", [0.02, 0.1, 0.3])
+def test_a_second_sigterm_during_the_shutdown_is_logged_and_the_service_still_stops_cleanly(proxy, gap_s):
+    """The first SIGTERM starts the shutdown (open runs closed, last documents sent, soft IOC stopped);
+    one more, as a supervisor or an impatient operator sends, must not kill the service half-way."""
+    import signal
+    import time
+
+    pin, pout = proxy
+    ca_port = free_port()
+    service = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", *model_args(),
+                             "--epics-prefix", f"TERM{ca_port}:"], epics_env(ca_port))
+    service.send_signal(signal.SIGTERM)
+    time.sleep(gap_s)
+    if service.poll() is None:
+        service.send_signal(signal.SIGTERM)
+    code = stop(service)
+    log = "".join(service.log)
+    assert code == 0, log[-3000:]
+    assert "mnedge live stopped" in log
+
+
 def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp_path):
     pin, pout = proxy
     ca_port = free_port()
