@@ -372,14 +372,16 @@ def valence_feedback_plan(detectors, motor, start: float, stop: float, num: int,
     for i in range(max_scans):
         uid = yield from bp.scan(detectors, motor, start, stop, num, md={**(md or {}), "feedback_iteration": i})
         # the final readout follows the stop document; wait for this scan's (not for any readout)
-        waited, arrived = 0.0, False
-        while uid is not None and waited < wait_s:
+        # by the clock, not by counting sleeps: a loaded machine's 0.1 s sleeps and reads take longer
+        deadline, arrived = time.monotonic() + wait_s, False
+        while uid is not None:
             shown = yield from bps.rd(readout.final_uid)
             if shown == str(uid)[:MAX_STRING]:
                 arrived = True
                 break
-            yield from bps.sleep(0.1)
-            waited += 0.1
+            if time.monotonic() >= deadline:
+                break
+            yield from bps.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         if not arrived:   # VALENCE is still an earlier scan's (or a partial spectrum's): no answer, not a stale one
             log.warning("feedback scan %d: no final readout within %g s; its valence is unknown", i, wait_s)
             history.append(math.nan)
