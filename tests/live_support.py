@@ -171,6 +171,11 @@ class Collector:
         self.dispatcher.subscribe(lambda name, doc: self.docs.append((name, doc)))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+        # bluesky makes and connects the SUB socket in start(), on the thread: wait for that, then give the
+        # subscription time to reach the proxy (0MQ drops what a PUB sends before it has a subscriber)
+        deadline = time.monotonic() + 10
+        while self.dispatcher._socket is None and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.3)
 
     def _run(self) -> None:

@@ -51,6 +51,9 @@ def test_bad_messages_are_counted_and_the_next_ones_read(proxy):
     sender = zmq.Context.instance().socket(zmq.PUB)
     try:
         sender.connect(f"tcp://127.0.0.1:{pin}")
+        deadline = time.monotonic() + 10   # the SUB socket is made on the dispatcher's thread
+        while dispatcher._socket is None and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
         time.sleep(0.5)   # 0MQ subscriptions travel to the proxy first
         for message in BAD:
             sender.send(message)
