@@ -160,6 +160,19 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> int:
     return proc.returncode
 
 
+def wait_for_subscription(dispatcher, thread: threading.Thread, settle_s: float) -> None:
+    """Wait until a bluesky ``RemoteDispatcher`` started on ``thread`` has its SUB socket, then ``settle_s``.
+
+    bluesky makes and connects the socket in ``start()``, on that thread; the
+    subscription then still has to reach the proxy, and 0MQ drops what a PUB
+    sends before it has a subscriber.
+    """
+    deadline = time.monotonic() + 10
+    while dispatcher._socket is None and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle_s)
+
+
 class Collector:
     """Subscribes to a proxy in a thread and keeps every (name, doc) it receives."""
 
@@ -171,12 +184,7 @@ class Collector:
         self.dispatcher.subscribe(lambda name, doc: self.docs.append((name, doc)))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        # bluesky makes and connects the SUB socket in start(), on the thread: wait for that, then give the
-        # subscription time to reach the proxy (0MQ drops what a PUB sends before it has a subscriber)
-        deadline = time.monotonic() + 10
-        while self.dispatcher._socket is None and self.thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.3)
+        wait_for_subscription(self.dispatcher, self.thread, 0.3)
 
     def _run(self) -> None:
         try:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from live_support import start_proxy, stop
+from live_support import start_proxy, stop, wait_for_subscription
 
 from mnedge_live.dispatching import TolerantRemoteDispatcher
 from mnedge_live.serializers import get_serializer, msgpack_dumps
@@ -51,10 +51,7 @@ def test_bad_messages_are_counted_and_the_next_ones_read(proxy):
     sender = zmq.Context.instance().socket(zmq.PUB)
     try:
         sender.connect(f"tcp://127.0.0.1:{pin}")
-        deadline = time.monotonic() + 10   # the SUB socket is made on the dispatcher's thread
-        while dispatcher._socket is None and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.5)   # 0MQ subscriptions travel to the proxy first
+        wait_for_subscription(dispatcher, thread, 0.5)
         for message in BAD:
             sender.send(message)
         sender.send(b"own start " + msgpack_dumps({"uid": "ours"}))   # our own output: dropped unread, not counted
