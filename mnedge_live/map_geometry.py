@@ -70,17 +70,65 @@ def pixel_index(value: object) -> int:
     return int(value)
 
 
+#: bluesky's ``hints["gridding"]`` of plans whose points follow the grid's order (``grid_scan``,
+#: ``list_grid_scan``); ``spiral_square`` says ``"rectilinear_nonsequential"``: its shape is a grid's,
+#: its order is not, so the event number cannot tell the pixel.
+SEQUENTIAL_GRIDDING = "rectilinear"
+
+
 def checked_snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
-    """The start document's ``snaking`` (one bool per scan axis) and ``""``, or ``None`` and why it cannot be
+    """The start document's snaking (one bool per scan axis) and ``""``, or ``None`` and why it cannot be
     used: a malformed value leaves every grid pixel's position unknown (a string such as ``"yes"`` would
-    otherwise reverse odd rows by its second character)."""
+    otherwise reverse odd rows by its second character).
+
+    ``grid_scan`` writes ``snaking``; ``list_grid_scan`` writes no ``snaking`` but ``snake_axes``, the
+    ``repr`` of its argument: ``"True"`` (every axis but the first snakes), ``"False"``, or a list of
+    motors, which on a two-axis grid can only be the inner one (bluesky never snakes the first).
+    """
     snaking = start.get("snaking")
+    shape = start.get("shape")
+    axes = len(shape) if isinstance(shape, (list, tuple)) else None
+    if snaking is None and "snake_axes" in start:
+        snaking = _snaking_from_snake_axes(start["snake_axes"], axes)
+        if snaking is None:
+            return None, (f"start document's snake_axes {str(start['snake_axes'])[:60]!r} does not say which "
+                          "axes snake: the pixel's position in the grid is unknown")
     if snaking is None:
         return None, ""
-    if isinstance(snaking, (list, tuple)) and all(isinstance(v, bool) for v in snaking):
-        return tuple(snaking), ""
+    if isinstance(snaking, (list, tuple)) and all(isinstance(v, (bool, np.bool_)) for v in snaking):
+        if axes is not None and len(snaking) != axes:
+            return None, (f"start document's snaking {list(snaking)} has {len(snaking)} entries for a "
+                          f"{axes}-axis shape: the pixel's position in the grid is unknown")
+        return tuple(bool(v) for v in snaking), ""
     return None, (f"start document's snaking {str(snaking)[:60]!r} is not a list of booleans: "
                   "the pixel's position in the grid is unknown")
+
+
+def _snaking_from_snake_axes(value: object, axes: int | None) -> tuple[bool, ...] | None:
+    """``list_grid_scan``'s ``snake_axes`` as one bool per axis; None where it cannot be told."""
+    if isinstance(value, bool):
+        value = repr(value)
+    if not isinstance(value, str) or axes is None or axes < 1:
+        return None
+    text = value.strip()
+    if text in ("False", "None", "[]", "()"):
+        return (False,) * axes
+    if text == "True":
+        return (False,) + (True,) * (axes - 1)
+    if axes == 2 and text[:1] in "[(" and text[-1:] in "])":
+        return (False, True)   # a non-empty list of motors: on two axes only the inner one can snake
+    return None
+
+
+def placement_error(start: dict) -> str:
+    """Why the event number cannot tell a pixel of this grid (``""`` when it can): the start document's
+    ``hints["gridding"]`` says its points are not in the grid's order (``spiral_square``)."""
+    hints = start.get("hints")
+    gridding = hints.get("gridding") if isinstance(hints, dict) else None
+    if gridding is None or gridding == SEQUENTIAL_GRIDDING:
+        return ""
+    return (f"the start document's gridding {str(gridding)[:60]!r} says the points are not in the grid's "
+            "order: give pixel_fields (the events' row and column fields) to place them")
 
 
 def grown_extent(shape: Pixel, pixel: Pixel, limit: Pixel) -> Pixel:
@@ -115,7 +163,8 @@ class MapGeometry:
     snaking : tuple of bool or None
         The start document's ``snaking``, checked once (:func:`checked_snaking`) ...
     snaking_error : str
-        ... or why it cannot be used (``""`` when it can).
+        ... or why the event number cannot place a grid pixel (``""`` when it can): a snaking that cannot
+        be used, or points not in the grid's order (:func:`placement_error`).
     extent : (int, int)
         Rows and columns the map needs for the pixels accepted so far (``pixel_fields``); starts
         at ``shape`` (or ``(0, 0)`` without one).
@@ -131,7 +180,8 @@ class MapGeometry:
         """The geometry a start document announces (logs, as :func:`scan_shape`, a shape too large for a map)."""
         shape = scan_shape(start)
         snaking, snaking_error = checked_snaking(start)
-        return cls(shape=shape, snaking=snaking, snaking_error=snaking_error, extent=shape or (0, 0))
+        return cls(shape=shape, snaking=snaking, snaking_error=placement_error(start) or snaking_error,
+                   extent=shape or (0, 0))
 
     def pixel(self, seq: int, row: dict, pixel_fields: Sequence[str] | None) -> tuple[Pixel | None, str]:
         """The pixel of event ``seq`` with data ``row`` and ``""``, or None and why it has none.

@@ -75,6 +75,41 @@ def test_spectrum_image_gets_one_row_per_pixel_and_maps(engine, source, tmp_path
         assert np.median(err) < 0.3
 
 
+def _placed_where_the_stage_was(engine, source, tmp_path, plan_factory, shape):
+    """Run a real bluesky plan over the simulated stage; every derived row's pixel and the stage's
+    position index at its source event, side by side."""
+    det, sy, sx = make_eels(shape, source)
+    det.prefetch()
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(engine, LiveConfig(**EELS_OPTS, maps_dir=str(tmp_path)), lambda n, d: docs.append((n, d)))
+    RE = RunEngine({})
+    source_events = {}
+    RE.subscribe(cb)
+    RE.subscribe(lambda n, d: source_events.update({d["seq_num"]: d["data"]}) if n == "event" else None)
+    RE(plan_factory(det, sy, sx))
+    ys, xs = np.linspace(0, 1, shape[0]), np.linspace(0, 1, shape[1])
+    where = {seq: (int(np.argmin(abs(ys - d["stage_y"]))), int(np.argmin(abs(xs - d["stage_x"]))))
+             for seq, d in source_events.items()}
+    return derived_rows(docs), where
+
+
+def test_a_snaked_list_grid_scan_places_each_spectrum_where_the_stage_was(engine, source, tmp_path):
+    """list_grid_scan records its snake_axes, not snaking: odd rows were mapped mirrored."""
+    rows, where = _placed_where_the_stage_was(
+        engine, source, tmp_path, lambda det, sy, sx: bp.list_grid_scan(
+            [det], sy, list(np.linspace(0, 1, 3)), sx, list(np.linspace(0, 1, 4)), snake_axes=True), (3, 4))
+    assert len(rows) == 12
+    assert {r["source_seq_num"]: (r["pixel_row"], r["pixel_col"]) for r in rows} == where
+
+
+def test_a_spiral_scans_spectra_are_refused_a_pixel_with_the_reason(engine, source, tmp_path):
+    """spiral_square announces a grid's shape, but its points are not in the grid's order."""
+    rows, _ = _placed_where_the_stage_was(
+        engine, source, tmp_path, lambda det, sy, sx: bp.spiral_square([det], sx, sy, 0.5, 0.5, 1, 1, 3, 3), (3, 3))
+    assert len(rows) == 9
+    assert all(r["status"] == "rejected" and "pixel_fields" in r["reason"] for r in rows)
+
+
 def test_derived_run_is_valid_and_plottable_by_best_effort_callback(engine, source, tmp_path):
     import matplotlib
 

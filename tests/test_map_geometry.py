@@ -16,6 +16,7 @@ from mnedge_live.map_geometry import (
     checked_snaking,
     grown_extent,
     grown_maps,
+    placement_error,
     scan_shape,
 )
 from mnedge_live.results import SpectrumResult
@@ -64,6 +65,40 @@ def test_a_malformed_snaking_is_refused_with_the_reason(snaking):
     assert value is None
     assert reason == (f"start document's snaking {str(snaking)[:60]!r} is not a list of booleans: "
                       "the pixel's position in the grid is unknown")
+
+
+@pytest.mark.parametrize("snake_axes, shape, expected", [
+    ("True", [3, 4], (False, True)), ("False", [3, 4], (False, False)), ("None", [3, 4], (False, False)),
+    ("[]", [3, 4], (False, False)), ("[SynAxis(prefix='', name='stage_x')]", [3, 4], (False, True)),
+    ("True", [2, 3, 4], (False, True, True)), (True, [3, 4], (False, True))])
+def test_list_grid_scans_snake_axes_stands_in_for_a_missing_snaking(snake_axes, shape, expected):
+    """bluesky's list_grid_scan writes the repr of its snake_axes argument and no snaking."""
+    assert checked_snaking({"shape": shape, "snake_axes": snake_axes}) == (expected, "")
+    assert checked_snaking({"shape": shape, "snake_axes": "True", "snaking": [False] * len(shape)})[0] == (
+        (False,) * len(shape))   # snaking, when there, decides
+
+
+@pytest.mark.parametrize("start", [{"shape": [2, 3, 4], "snake_axes": "[SynAxis(name='x')]"},
+                                   {"shape": [3, 4], "snake_axes": "sometimes"}, {"snake_axes": "True"}])
+def test_a_snake_axes_that_does_not_say_which_axes_snake_is_refused(start):
+    value, reason = checked_snaking(start)
+    assert value is None and "does not say which axes snake" in reason
+
+
+def test_a_snaking_of_another_length_than_the_shape_or_of_numpy_booleans():
+    value, reason = checked_snaking({"shape": [3, 4], "snaking": [True]})
+    assert value is None and "has 1 entries for a 2-axis shape" in reason
+    assert checked_snaking({"shape": [3, 4], "snaking": [np.False_, np.True_]}) == ((False, True), "")
+
+
+def test_points_not_in_the_grids_order_cannot_be_placed_by_their_event_number():
+    spiral = {"uid": "s", "shape": [5, 5], "hints": {"gridding": "rectilinear_nonsequential"}}
+    assert "rectilinear_nonsequential" in placement_error(spiral) and "pixel_fields" in placement_error(spiral)
+    assert placement_error({"hints": {"gridding": "rectilinear"}}) == placement_error({}) == ""
+    g = MapGeometry.from_start(spiral)
+    pixel, reason = g.pixel(1, {}, None)
+    assert pixel is None and reason == placement_error(spiral)
+    assert g.pixel(1, {"r": 2, "c": 3}, ("r", "c")) == ((2, 3), "")   # the events' own indices still place them
 
 
 def test_the_reason_for_a_malformed_snaking_quotes_at_most_60_characters_of_it():
