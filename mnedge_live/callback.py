@@ -277,7 +277,7 @@ class MnEdgeCallback(DocumentRouter):
             return
         self.flush()
         announced = (doc.get("num_events") or {}).get(self.config.stream)
-        self.close_run(uid, exit_status="success", announced=announced)
+        self.close_run(uid, *source_exit(doc), announced=announced)
 
     # -- run closing -------------------------------------------------------------------------------
     def close_run(self, uid: str, exit_status: str = "success", reason: str = "",
@@ -310,7 +310,8 @@ class MnEdgeCallback(DocumentRouter):
             try:
                 h5, png = maps.write(folder, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
                                                                           "model": str(self.engine.model_id),
-                                                                          "map_bin": self.config.map_bin if suffix else 1})
+                                                                          "map_bin": self.config.map_bin if suffix else 1,
+                                                                          "exit_status": exit_status})
                 extra.update({f"{key}_h5": str(Path(h5).resolve()), f"{key}_png": str(Path(png).resolve())})
             except Exception as exc:
                 log.exception("writing maps failed")
@@ -371,24 +372,25 @@ class MnEdgeCallback(DocumentRouter):
 
     # -- spectrum mode -----------------------------------------------------------------------------
     def _spectrum_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:
+        try:
+            name = run.spectrum_fields[desc["uid"]]
+        except KeyError:
+            name = run.spectrum_fields[desc["uid"]] = self._spectrum_field(desc)
+        if intensity is None and name is not None and name not in row:
+            key = desc.get("data_keys", {}).get(name, {})
+            if key.get("external", "").startswith("STREAM:"):
+                return  # arrives by stream_datum: answered (pixel included) there, once
         pixel = None
         if run.kind == "map":
             pixel, err = run.geometry.pixel(seq, row, self.config.pixel_fields)
             if err:
                 self._queue(run, seq, None, None, None, err)
                 return
-        try:
-            name = run.spectrum_fields[desc["uid"]]
-        except KeyError:
-            name = run.spectrum_fields[desc["uid"]] = self._spectrum_field(desc)
         if intensity is None:
             if name is None:
                 self._queue(run, seq, pixel, None, None, "no spectrum field: give spectrum_field")
                 return
             if name not in row:
-                key = desc.get("data_keys", {}).get(name, {})
-                if key.get("external", "").startswith("STREAM:"):
-                    return  # arrives by stream_datum; counted there
                 self._queue(run, seq, pixel, None, None, f"event has no field {name!r}")
                 return
             intensity = row[name]
@@ -618,3 +620,20 @@ class MnEdgeCallback(DocumentRouter):
             if len(shape) == 1 and (shape[0] or 0) >= 16 and k != self.config.energy_field:
                 return k
         return None
+
+
+#: Exit statuses of a bluesky stop document (event-model's schema).
+EXIT_STATUSES = ("success", "abort", "fail")
+#: Most characters of the source run's stop reason copied into the derived stop.
+MAX_SOURCE_REASON = 500
+
+
+def source_exit(stop: dict) -> tuple[str, str]:
+    """The derived run's ``exit_status`` and ``reason``: the source run's, so an aborted or failed scan
+    (beam lost, stopped by the operator) is not reported as a successful readout of a whole image.
+    A stop without a valid exit status ends the derived run as ``fail``, saying so."""
+    status, reason = stop.get("exit_status"), stop.get("reason")
+    reason = reason[:MAX_SOURCE_REASON] if isinstance(reason, str) else ""
+    if status in EXIT_STATUSES:
+        return status, reason
+    return "fail", f"the source run's stop has no valid exit_status ({str(status)[:60]!r})"

@@ -45,6 +45,7 @@ class _LiveMap:
     pixels: int = 0
     dirty: bool = False
     written_at: float = -math.inf
+    exit_status: str = ""   # the derived stop's, once it arrived ("" while the scan runs)
 
 
 class LiveMapWatcher(event_model.DocumentRouter):
@@ -124,6 +125,7 @@ class LiveMapWatcher(event_model.DocumentRouter):
         if live is None:
             return
         self.streams = {d: u for d, u in self.streams.items() if u != doc["run_start"]}
+        live.exit_status = str(doc.get("exit_status", ""))   # an aborted scan's map is whole, not complete
         self._write(live, complete=True)
         self.finished += 1
 
@@ -143,6 +145,11 @@ class LiveMapWatcher(event_model.DocumentRouter):
             self.skipped += 1
             log.warning("row of map %s skipped: %s", live.source_uid[:8], exc)
             return
+        if r < 0 or c < 0:   # the service's -1: a spectrum refused a pixel (its reason is in the row)
+            self.skipped += 1
+            log.warning("row of map %s skipped: no pixel (%d, %d): %s", live.source_uid[:8], r, c,
+                        str(row.get("reason", ""))[:200])
+            return
         shape = (max(live.maps.shape[0], r + 1), max(live.maps.shape[1], c + 1))
         if shape[0] * shape[1] > MAX_MAP_PIXELS:
             self.skipped += 1
@@ -161,7 +168,8 @@ class LiveMapWatcher(event_model.DocumentRouter):
         live.dirty = False
         try:
             files = live.maps.write(self.directory, f"mnedge_{live.source_uid[:8]}_live",
-                                    {"parent_uid": live.source_uid, "rows_read": live.pixels, "complete": complete})
+                                    {"parent_uid": live.source_uid, "rows_read": live.pixels, "complete": complete,
+                                     "exit_status": live.exit_status})
         except Exception as exc:
             self.skipped += 1
             log.warning("map %s not written: %s: %s", live.source_uid[:8], type(exc).__name__, exc)

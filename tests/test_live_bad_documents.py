@@ -234,6 +234,36 @@ def test_unreadable_stream_frames_of_a_grid_scan_complete_their_binned_block(eng
     assert pages and pages[0]["data"]["reason"] == ["no pixel of the block has a finite spectrum"]
 
 
+def test_a_streamed_spectrum_beyond_the_scan_shape_gets_one_row(engine, spectra, tmp_path):
+    """A grid of 1 x 2 and three events whose spectra arrive by stream_datum: the third was answered twice,
+    at its event (outside the shape) and again at its frame."""
+    import h5py
+
+    path = tmp_path / "frames.h5"
+    with h5py.File(path, "w") as f:
+        f["/entry/data/data"] = np.stack(spectra[:3])
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, maps_dir=None)
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
+    docs = [("start", {"uid": "run-x", "time": 0.0, "plan_name": "grid_scan", "shape": [1, 2]}),
+            ("descriptor", {"uid": "desc-x", "run_start": "run-x", "name": "primary", "time": 0.0, "data_keys": keys}),
+            ("stream_resource", {"uid": "sr-x", "run_start": "run-x", "data_key": "spec", "uri": f"file://{path}",
+                                 "mimetype": "application/x-hdf5", "parameters": {}})]
+    for i in range(3):   # ophyd-async's order: each frame's stream_datum, then its event
+        docs += [("stream_datum", {"uid": f"sd{i}", "descriptor": "desc-x", "stream_resource": "sr-x",
+                                   "seq_nums": {"start": i + 1, "stop": i + 2}, "indices": {"start": i, "stop": i + 1}}),
+                 ("event", {"uid": f"e{i}", "descriptor": "desc-x", "seq_num": i + 1, "time": 1.0, "data": {},
+                            "timestamps": {}, "filled": {}})]
+    _feed(cb, [*docs, ("stop", {"uid": "stop-x", "run_start": "run-x", "time": 2.0, "exit_status": "success",
+                                "num_events": {"primary": 3}})])
+    rows = sorted(derived_rows(out), key=lambda r: r["source_seq_num"])
+    assert [r["source_seq_num"] for r in rows] == [1, 2, 3]
+    assert rows[2]["status"] == "rejected" and "outside the scan shape" in rows[2]["reason"]
+    stop = out[-1][1]
+    assert (stop["processed"] + stop["rejected"], stop["missed"]) == (3, 0)
+
+
 @pytest.mark.parametrize("snaking", ["yes", 5, [None, "x"], {"a": 1}])
 def test_a_malformed_snaking_rejects_the_grid_pixels_with_the_reason(engine, spectra, snaking):
     """Pixel positions follow the start document's ``snaking``; one that is not a list of booleans leaves

@@ -110,6 +110,48 @@ def test_a_spiral_scans_spectra_are_refused_a_pixel_with_the_reason(engine, sour
     assert all(r["status"] == "rejected" and "pixel_fields" in r["reason"] for r in rows)
 
 
+def beam_lost_after(n: int):
+    """A grid scan's per_step that raises at step ``n + 1``, as an interlock ending a scan would."""
+    import bluesky.plan_stubs as bps
+
+    steps = []
+
+    def per_step(detectors, step, pos_cache):
+        steps.append(step)
+        if len(steps) > n:
+            raise RuntimeError("beam lost")
+        return (yield from bps.one_nd_step(detectors, step, pos_cache))
+
+    return per_step
+
+
+def test_an_aborted_scan_ends_its_derived_run_and_maps_with_the_scans_exit_status(engine, source, tmp_path):
+    """The source stop said fail (beam lost after 3 of 6 pixels); the derived stop said success."""
+    det, sy, sx = make_eels((2, 3), source)
+    det.prefetch()
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(engine, LiveConfig(**EELS_OPTS, maps_dir=str(tmp_path)), lambda n, d: docs.append((n, d)))
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    with pytest.raises(RuntimeError, match="beam lost"):
+        RE(bp.grid_scan([det], sy, 0, 1, 2, sx, 0, 1, 3, per_step=beam_lost_after(3)))
+    stop = docs[-1][1]
+    assert stop["exit_status"] == "fail" and "beam lost" in stop["reason"]
+    assert stop["processed"] + stop["rejected"] == 3
+    with h5py.File(stop["maps_h5"]) as f:
+        assert f.attrs["exit_status"] == "fail" and np.isnan(f["valence"][()]).sum() >= 3
+
+
+def test_a_source_stop_without_a_valid_exit_status_ends_the_derived_run_as_failed():
+    from mnedge_live.callback import source_exit
+
+    assert source_exit({"exit_status": "abort", "reason": "stopped by the operator"}) == (
+        "abort", "stopped by the operator")
+    assert source_exit({"exit_status": "success"}) == ("success", "")
+    status, reason = source_exit({"exit_status": "done", "reason": 7})
+    assert status == "fail" and "'done'" in reason
+
+
 def test_derived_run_is_valid_and_plottable_by_best_effort_callback(engine, source, tmp_path):
     import matplotlib
 

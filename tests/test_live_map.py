@@ -116,6 +116,25 @@ def test_rows_that_cannot_be_placed_are_counted_not_raised(tmp_path, caplog):
     assert "2.5 is not a whole number" in caplog.text
 
 
+def test_a_row_without_a_pixel_is_skipped_and_an_aborted_scans_map_says_so(tmp_path):
+    """The service's pixel -1 (a spectrum refused a pixel) was counted as placed; the final live map of
+    a scan that ended early said complete and nothing more."""
+    docs = derived_documents(tmp_path, shape=(2, 2))
+    watcher = LiveMapWatcher(tmp_path / "live", every_s=100.0)
+    for name, doc in docs:
+        if name == "event_page" and "pixel_row" in doc["data"]:
+            doc = {**doc, "data": {**doc["data"], "pixel_row": [-1] + list(doc["data"]["pixel_row"][1:])}}
+        elif name == "event" and "pixel_row" in doc["data"]:
+            doc = {**doc, "data": {**doc["data"], "pixel_row": -1}}
+        if name == "stop":
+            doc = {**doc, "exit_status": "abort", "reason": "stopped by the operator"}
+        watcher(name, doc)
+    pages = sum(1 for n, d in docs if n in ("event", "event_page") and "pixel_row" in d["data"])
+    assert watcher.finished == 1 and watcher.skipped == pages
+    with h5py.File(watcher.written[-2]) as f:
+        assert f.attrs["complete"] and f.attrs["exit_status"] == "abort" and f.attrs["rows_read"] == 4 - pages
+
+
 @pytest.fixture(scope="module")
 def proxy():
     real_engine()
