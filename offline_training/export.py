@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import pickle
 import shutil
@@ -75,7 +76,7 @@ def read_final(final_pt: str | Path) -> dict:
     not_final = f"{path} is not a training checkpoint (export the final.pt that 'mnedge-train train' writes)"
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, KeyError) as exc:
         raise ValueError(f"{not_final}: torch cannot read it ({type(exc).__name__})") from None
     if not isinstance(ck, dict):
         raise ValueError(not_final)
@@ -188,8 +189,10 @@ def export_checked_onnx(model: MnEdgeCNN, path: str | Path) -> float:
     export_onnx(model, path)
     gen = torch.Generator().manual_seed(1)
     diff = onnx_max_difference(model, path, torch.randn(64, 2, model.config.input_length, generator=gen))
-    if diff > ONNX_TOLERANCE:
-        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:g})")
+    if not diff <= ONNX_TOLERANCE:   # NaN too: weights of a diverged run
+        raise RuntimeError(f"ONNX export differs from PyTorch by {diff:.2e} (> {ONNX_TOLERANCE:g})"
+                           + ("; the network's outputs are not finite (did the training diverge?)"
+                              if not math.isfinite(diff) else ""))
     return diff
 
 
@@ -212,7 +215,14 @@ def training_forward_model(config: dict, bank_sha256: str | None = None):
         raise RuntimeError(f"the model was trained on the bank {cfg.bank}, which is not here"
                            + (f" (SHA-256 {bank_sha256[:12]}..., the shipped bank's is {shipped.sha256()[:12]}...)"
                               if bank_sha256 else ""))
-    return ForwardModel(Bank.load(cfg.bank), cfg.forward)
+    bank = Bank.load(cfg.bank)
+    if bank_sha256 and bank.sha256() != bank_sha256:
+        # the file was replaced since training (a new 'references --out' of the same name): calibrating or
+        # fitting the out-of-distribution score on it would describe another model than the one trained
+        raise RuntimeError(f"the bank {cfg.bank or '(shipped)'} has changed since the model was trained on it "
+                           f"(SHA-256 {bank.sha256()[:12]}..., at training {bank_sha256[:12]}...): put the "
+                           "training bank back, or train again on this one")
+    return ForwardModel(bank, cfg.forward)
 
 
 def card_forward_model(card: dict):
@@ -291,6 +301,10 @@ def _write_artifact(final_pt: str | Path, out: Path, model_id: str | None, evalu
                     tensorrt: bool, ood_spectra: int) -> None:
     """Write the artifact of ``final_pt`` into the empty directory ``out`` and verify it (:func:`export_artifact`)."""
     model, ck = load_trained(final_pt)
+    not_finite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if not_finite:
+        raise ValueError(f"{final_pt}: weights that are not finite ({', '.join(not_finite[:3])}"
+                         f"{', ...' if len(not_finite) > 3 else ''}): the training diverged; nothing exported")
     torch.save(model.state_dict(), out / "weights.pt")
     diff = export_checked_onnx(model, out / "model.onnx")
     import hashlib

@@ -248,9 +248,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed + rank)
     out.mkdir(parents=True, exist_ok=True)
-    if overwrite and rank == 0:   # a stopped or failed new run must not leave the old run's final.pt beside it
-        for name in ("checkpoint.pt", "final.pt"):
-            (out / name).unlink(missing_ok=True)
     bank = config.load_bank()
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
     model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)
@@ -290,6 +287,11 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if teacher is not None:
         teacher = teacher.to(device)
         log.info("distilling from %s (%s)", s.teacher, teacher_origin["model_id"])
+    if overwrite and rank == 0:
+        # only now that the bank, the initial weights and the teacher are read: a typo in one of them must
+        # not cost the old run; and a stopped or failed new run must not leave the old final.pt beside it
+        for name in ("checkpoint.pt", "final.pt"):
+            (out / name).unlink(missing_ok=True)
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
         ema.load_state_dict(ck["ema"])
@@ -321,6 +323,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 with torch.no_grad():
                     teacher_fractions = teacher(tb.x)[0]
             loss, parts = compute_loss(outp, tb, s, teacher_fractions)
+            if not torch.isfinite(loss):
+                msg = f"the loss is {loss.item()} at step {step + 1}: the training diverged (a lower lr?)"
+                raise ValueError(msg + (f"; {ckpt_path} holds the last checkpoint before it"
+                                        if ckpt_path.exists() else ""))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +304,36 @@ def test_a_failed_overwrite_keeps_the_existing_artifact_and_a_retry_succeeds(tin
     assert export_artifact(final_pt, art, model_id="retry", overwrite=True, ood_spectra=0) == art
     assert load_artifact(art).model_id == "retry"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "broken_final.pt"]
+
+
+def _edited_final(tiny_artifact, tmp_path, edit) -> Path:
+    """The tiny model's final.pt with ``edit(checkpoint)`` applied, saved in ``tmp_path``."""
+    import torch
+
+    ck = torch.load(tiny_artifact.parent / "run" / "final.pt", weights_only=True)
+    edit(ck)
+    path = tmp_path / "final.pt"
+    torch.save(ck, path)
+    return path
+
+
+def test_weights_of_a_diverged_training_are_not_exported(tiny_artifact, tmp_path):
+    from offline_training.export import export_artifact
+
+    def poison(ck):
+        name = next(iter(ck["model"]))
+        ck["model"][name] = ck["model"][name].clone().fill_(float("nan"))
+
+    with pytest.raises(ValueError, match="not finite.*diverged"):
+        export_artifact(_edited_final(tiny_artifact, tmp_path, poison), tmp_path / "out", ood_spectra=0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_a_bank_changed_since_training(tiny_artifact, tmp_path):
+    """The out-of-distribution fit and the calibration draw from the training bank: a file replaced since
+    (a new 'references --out' of the same name) would describe another model."""
+    from offline_training.export import export_artifact
+
+    final = _edited_final(tiny_artifact, tmp_path, lambda ck: ck.update(bank_sha256="0" * 64))
+    with pytest.raises(RuntimeError, match="has changed since the model was trained"):
+        export_artifact(final, tmp_path / "out", ood_spectra=64)

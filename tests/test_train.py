@@ -530,3 +530,21 @@ def test_a_config_that_is_no_toml_or_has_an_unknown_key_is_refused_naming_the_fi
     for needle in needles:
         assert needle in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, tiny_artifact):
+    """--overwrite with a mistyped --init-from deleted the old final.pt before the new run was refused."""
+    from offline_training.cli import main as mnedge_train
+
+    old = tmp_path / "run"
+    shutil.copytree(tiny_artifact.parent / "run", old)
+    before = (old / "final.pt").read_bytes()
+    code = mnedge_train(["train", "--config", str(TINY), "--out", str(old), "--steps", "6", "--overwrite",
+                         "--init-from", str(tmp_path / "no-such-artifact"), "--no-progress"])
+    assert code == 2 and (old / "final.pt").read_bytes() == before
+
+
+def test_a_training_that_diverges_stops_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match=r"the loss is nan at step \d+: the training diverged"):
+        train(_tiny(steps=6, lr=1e12, warmup_steps=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "final.pt").exists()
