@@ -54,6 +54,25 @@ class NetworkConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"[network] activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
+        def whole(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+        # refused here, naming the key: a mismatch was cut to the shorter list by zip (a 5-channel config
+        # trained as 3 stages), a zero or a string failed as a traceback at the first step or at export
+        for key in ("channels", "kernels"):
+            values = getattr(self, key)
+            if not values or not all(whole(v) for v in values):
+                raise ValueError(f"[network] {key} must be a non-empty list of positive whole numbers, got {values!r}")
+        if len(self.channels) != len(self.kernels):
+            raise ValueError(f"[network] channels ({len(self.channels)}) and kernels ({len(self.kernels)}) must "
+                             "have one entry per stage each")
+        for key in ("hidden", "input_length"):
+            if not whole(getattr(self, key)):
+                raise ValueError(f"[network] {key} must be a positive whole number, got {getattr(self, key)!r}")
+        if not (isinstance(self.dropout, (int, float)) and not isinstance(self.dropout, bool)
+                and 0 <= self.dropout < 1):
+            raise ValueError(f"[network] dropout must be a number in [0, 1), got {self.dropout!r}")
+
     def to_dict(self) -> dict:
         """Plain dict for the model card (``activation`` only where it is not GELU, so that the cards of
         GELU networks keep the layout they were written in)."""

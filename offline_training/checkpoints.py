@@ -81,6 +81,18 @@ def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Pat
                          f"{ckpt_path} was trained on {saved[:12]}...: use the checkpoint's bank or another --out")
 
 
+def recorded_steps(ckpt_path: Path) -> int | None:
+    """The number of steps the run in ``ckpt_path`` was last started for (its ``runs``), None when the
+    checkpoint cannot tell: ``--resume`` without ``--steps`` continues to that target, not to the config
+    file's ``steps`` (a run started with ``--steps 6`` and stopped went on to the file's 30)."""
+    try:
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        steps = json.loads(ck.get("runs", "[]"))[-1]["steps"]
+    except Exception:   # no checkpoint, an older one without runs: the caller's config decides, train() checks
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
 #: Files of a training run in its folder (:func:`~offline_training.train.train`); one of them there means the folder holds a run.
 RUN_FILES = ("checkpoint.pt", "final.pt", "metrics.csv", "config.json")
 

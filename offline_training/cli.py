@@ -140,7 +140,12 @@ def cmd_train(args) -> int:
     from offline_training.train import train
     from offline_training.train_config import TrainConfig
 
-    overrides = {"steps": args.steps, "device": args.device, "init_from": args.init_from}
+    steps = args.steps
+    if args.resume and steps is None:   # continue to the run's own target
+        from offline_training.checkpoints import recorded_steps
+
+        steps = recorded_steps(Path(args.out) / "checkpoint.pt")
+    overrides = {"steps": steps, "device": args.device, "init_from": args.init_from}
     cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
                 overwrite=args.overwrite)
@@ -343,7 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train on on-the-fly batches (torchrun for DDP)")
     s.add_argument("--config", required=True)
     s.add_argument("--out", default="runs/latest")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    s.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint.pt, to the steps it was started for "
+                        "unless --steps is given")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --out (without it or --resume such a folder is refused)")
     s.add_argument("--steps", type=int, help="override [train] steps")

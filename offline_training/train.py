@@ -270,6 +270,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         step = int(ck["step"])
+        if s.steps < step:
+            raise ValueError(f"--steps {s.steps}: {ckpt_path} is at step {step} already; resume with at least "
+                             f"{step} steps")
         if stop_after is not None and stop_after <= step:
             raise ValueError(f"--stop-after {stop_after}: {ckpt_path} is at step {step} already; "
                              "stop after a later step, or resume without --stop-after")
@@ -378,7 +381,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                     "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step,
                     "bank_sha256": bank_sha256, "runs": json.dumps(runs),
                     "train_seconds": time.time() - t0, "init_from": origin,
-                    "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final)
+                    "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final.with_suffix(".tmp"))
+        os.replace(final.with_suffix(".tmp"), final)   # whole or absent, as checkpoint.pt: export reads it
         log.info("calibration factors %s", calibration["std_scale"])
     if world > 1:
         torch.distributed.barrier()

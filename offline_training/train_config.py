@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnedge_live.network import NetworkConfig
+from mnedge_live.preprocessing.constants import MODEL_GRID
 from offline_training.devices import parse_device
 from offline_training.forward import ForwardConfig
 from offline_training.references.bank import Bank
@@ -176,6 +177,9 @@ class TrainConfig:
         bank = d.get("bank")
         if bank is not None and not (isinstance(bank, str) and bank):
             raise ValueError(f"bank must be the path of a references bank file, got {bank!r}")
+        for table in ("network", "forward", "train"):
+            if not isinstance(d.get(table, {}), dict):
+                raise ValueError(f"{table} must be a [{table}] table, got {d[table]!r}")
         net_fields = {f.name for f in dataclasses.fields(NetworkConfig)}
         train_fields = {f.name for f in dataclasses.fields(TrainSettings)}
         for table, known in (("network", net_fields), ("train", train_fields)):
@@ -183,8 +187,12 @@ class TrainConfig:
             if bad:
                 raise ValueError(f"unknown option(s) in [{table}]: {', '.join(bad)}")
         net = dict(NetworkConfig().to_dict(), **d.get("network", {}))
+        network = NetworkConfig.from_dict(net)   # validated on creation
+        if network.input_length != len(MODEL_GRID):
+            raise ValueError(f"[network] input_length must be {len(MODEL_GRID)}, the points of the model grid the "
+                             f"preprocessing writes, got {network.input_length}")
         tr = TrainSettings(**d.get("train", {}))   # validated on creation (TrainSettings.validate)
-        return cls(network=NetworkConfig.from_dict(net), forward=ForwardConfig.from_dict(d.get("forward", {})),
+        return cls(network=network, forward=ForwardConfig.from_dict(d.get("forward", {})),
                    train=tr, bank=d.get("bank"))
 
     def load_bank(self) -> Bank:

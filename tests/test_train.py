@@ -548,3 +548,17 @@ def test_a_training_that_diverges_stops_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match=r"the loss is nan at step \d+: the training diverged"):
         train(_tiny(steps=6, lr=1e12, warmup_steps=1), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_resume_without_steps_continues_to_the_runs_own_target_and_refuses_one_already_passed(tmp_path):
+    """`--steps 4 --stop-after 2` then the printed hint `--resume`: the run went on to the config
+    file's 30 steps; a --steps below the checkpoint's step was accepted and final.pt contradicted it."""
+    from offline_training.cli import main as mnedge_train
+
+    out = tmp_path / "run"
+    common = ["train", "--config", str(TINY), "--out", str(out), "--no-progress"]
+    assert mnedge_train([*common, "--steps", "4", "--stop-after", "3"]) == 0
+    assert mnedge_train([*common, "--resume", "--steps", "2"]) == 2   # at step 3 already
+    assert mnedge_train([*common, "--resume"]) == 0
+    ck = torch.load(out / "final.pt", weights_only=True)
+    assert ck["steps"] == 4 and [r["steps"] for r in json.loads(ck["runs"])] == [4, 4]

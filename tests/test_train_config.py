@@ -77,6 +77,16 @@ def test_the_config_classes_are_still_importable_from_the_trainer():
     ('[train]\nteacher = "default"\n', "w_teacher"),   # a teacher needs its weight, and the reverse
     ("[train]\nw_teacher = 1.0\n", "teacher"),
     ("[forward]\noffset = [5.0, -5.0]\n", "offset"),
+    # the [network] table: a mismatch was cut to the shorter list (a 5-channel config trained as 3 stages),
+    # zeros and strings failed as tracebacks at the first step or at export
+    ("[network]\nchannels = [8, 8, 16, 16, 16]\nkernels = [7, 5, 5]\n", "channels \\(5\\) and kernels \\(3\\)"),
+    ("[network]\nhidden = 0\n", "hidden must be a positive whole number"),
+    ("[network]\nchannels = [8, 0, 16, 16, 16]\n", "channels must be a non-empty list of positive whole"),
+    ('[network]\nchannels = "8, 8"\n', "channels must be a non-empty list"),
+    ("[network]\nkernels = []\nchannels = []\n", "channels must be a non-empty list"),
+    ("[network]\ndropout = 1.5\n", "dropout must be a number in \\[0, 1\\)"),
+    ("[network]\ninput_length = 128\n", "input_length must be 256"),
+    ("train = 5\n", "train must be a \\[train\\] table"),
 ])
 def test_bad_config_is_refused_by_name(tmp_path, text, field):
     p = tmp_path / "bad.toml"
