@@ -178,6 +178,10 @@ def cmd_evaluate(args) -> int:
     from offline_training.gate import compare_with_reference, training_ranges
     from offline_training.references.bank import Bank
 
+    if not (math.isfinite(args.gate_tolerance) and math.isfinite(args.gate_valence_tolerance)):
+        raise ValueError("--gate-tolerance and --gate-valence-tolerance must be finite numbers")
+    if args.out:   # before the long evaluation: a missing folder lost the whole result (and the verdict)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     engine = _load_engine("--model", args.model, args.backend)
     # the reference model is loaded before the long evaluation: a wrong --gate fails at once
     ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None
@@ -185,9 +189,13 @@ def cmd_evaluate(args) -> int:
     bank = Bank.load(args.bank)
     mnedgenet = None
     if args.mnedgenet:
-        ck = torch.load(args.mnedgenet, map_location="cpu", weights_only=True)
-        mnedgenet = MnEdgeNetPublished()
-        mnedgenet.load_state_dict(ck["model"])
+        try:
+            ck = torch.load(args.mnedgenet, map_location="cpu", weights_only=True)
+            mnedgenet = MnEdgeNetPublished()
+            mnedgenet.load_state_dict(ck["model"])
+        except Exception as exc:   # not a baseline file: one line and exit 2, not a traceback read as "gate failed"
+            raise ValueError(f"--mnedgenet {args.mnedgenet}: not a trained MnEdgeNet baseline ('mnedge-train "
+                             f"baseline' writes one): {type(exc).__name__}: {str(exc)[:200]}") from None
         mnedgenet.eval()
     real = Path(args.real_dir) if args.real_dir else DEFAULT_REAL_DIR
     if not real.is_dir():
@@ -200,6 +208,7 @@ def cmd_evaluate(args) -> int:
                    n_nnls=args.n_nnls, real_dir=real, robustness_n=args.robustness_n)
     if mnedgenet is not None:
         res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
+    res["bank"] = {"path": str(args.bank or "(shipped)"), "sha256": bank.sha256()}
     gate_failed = False
     if ref is not None:
         res["gate"] = compare_with_reference(engine, res, ref, fcfg, bank, n=args.n, seed=args.seed,
@@ -383,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--robustness-n", type=int, default=8000)
     s.add_argument("--real-dir", help="folder of measured two-column spectra to read as well (default: "
                    "shared/real_spectra beside the project checkout, skipped with a note when absent)")
-    s.add_argument("--bank")
+    s.add_argument("--bank", help="references bank the validation spectra are drawn from (default: the shipped "
+                   "one; a site model's own bank must be given here); its SHA-256 is recorded in the results")
     s.add_argument("--gate", help="compare with this model (artifact or 'default'); exit 1 if worse")
     s.add_argument("--gate-tolerance", type=float, default=0.0,
                    help="how much lower the candidate's accuracy_0.1 may be than the --gate model's (default 0)")

@@ -265,6 +265,8 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if out.exists():
+        check_replaceable(out, Path(final_pt))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.export-{uuid.uuid4().hex[:12]}")
     tmp.mkdir()
@@ -275,6 +277,21 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_replaceable(out: Path, final_pt: Path) -> None:
+    """Refuse (``FileExistsError``) to replace ``out`` unless it is an artifact or an empty folder.
+
+    ``--overwrite`` replaces the folder whole: pointed by mistake at a training run's folder (even
+    the one holding the ``final.pt`` being exported) it removed the checkpoint, weights and metrics.
+    """
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is not a folder; --overwrite replaces an artifact folder only")
+    if final_pt.resolve().is_relative_to(out.resolve()):
+        raise FileExistsError(f"{out} holds {final_pt}, the training output being exported: export elsewhere")
+    if any(out.iterdir()) and not (out / "model_card.json").is_file():
+        raise FileExistsError(f"{out} is no artifact (no model_card.json): --overwrite replaces an artifact "
+                              "folder only; remove it yourself or export elsewhere")
 
 
 def _swap_in(new: Path, out: Path) -> None:

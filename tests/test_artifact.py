@@ -337,3 +337,20 @@ def test_export_refuses_a_bank_changed_since_training(tiny_artifact, tmp_path):
     final = _edited_final(tiny_artifact, tmp_path, lambda ck: ck.update(bank_sha256="0" * 64))
     with pytest.raises(RuntimeError, match="has changed since the model was trained"):
         export_artifact(final, tmp_path / "out", ood_spectra=64)
+
+
+def test_export_overwrite_replaces_an_artifact_only(tiny_artifact, tmp_path):
+    """--overwrite pointed at a training run's folder (even the one holding the final.pt being exported)
+    replaced it whole: checkpoint, weights and metrics gone."""
+    from offline_training.export import export_artifact
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_artifact.parent / "run", run)
+    for out in (run, tmp_path):   # the run's own folder; a folder of other files
+        with pytest.raises(FileExistsError, match="holds .*final.pt|is no artifact"):
+            export_artifact(run / "final.pt", out, overwrite=True, ood_spectra=0)
+    assert (run / "final.pt").is_file() and (run / "checkpoint.pt").is_file()
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    assert export_artifact(run / "final.pt", art, overwrite=True, ood_spectra=0) == art   # an artifact: replaced
+    load_artifact(art)

@@ -214,16 +214,24 @@ def test_facility_staff_example(tmp_path, monkeypatch):
     lines = readme_commands("For facility staff")
     assert [ln.split()[:2] for ln in lines] == [
         ["mnedge-train", "references"], ["mnedge-train", "train"], ["mnedge-train", "export"],
-        ["mnedge-train", "evaluate"], ["mnedge", "models"], ["mnedge", "models"], ["mnedge", "models"],
-        ["mnedge", "models"]]
+        ["mnedge-train", "evaluate"], ["mnedge", "models"], ["mnedge", "models"]]
+    assert "&& mnedge models install artifacts/site-v1 && mnedge models use site-v1" in lines[3]
     results = {}
-    for line in lines:
+    for line in lines[:3]:
+        r = shell.run(line, timeout=600)
+        assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
+    # a tiny 8-step model fails the gate against the shipped model: exit 1, and nothing is installed
+    r = shell.run(lines[3], timeout=600)
+    assert r.returncode == 1, f"{r.stdout}\n{r.stderr}"
+    assert json.loads((tmp_path / "site-v1.json").read_text())["gate"]["passed"] is False
+    assert not (tmp_path / "store" / "models").exists() or not any((tmp_path / "store" / "models").iterdir())
+    # the same line against a model it cannot be worse than (itself): installed and put in use
+    r = shell.run(lines[3].replace("--gate default", "--gate artifacts/site-v1"), timeout=600)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    for line in lines[4:]:
         r = shell.run(line, timeout=600)
         results[" ".join(line.split()[:3])] = r
         assert r.returncode == 0, f"{line}\n{r.stdout}\n{r.stderr}"
-    gate = json.loads((tmp_path / "site-v1.json").read_text())["gate"]
-    # a tiny 8-step model fails the gate against the shipped model: the example says so and keeps going
-    assert gate["passed"] is False and "gate failed" in results["mnedge-train evaluate --model"].stdout
     listing = results["mnedge models list"].stdout
     assert re.search(r"^  \* site-v1 ", listing, re.M), listing   # listed after `use`, starred as the one in use
     state = json.loads((tmp_path / "store" / "state.json").read_text())

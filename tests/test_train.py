@@ -562,3 +562,22 @@ def test_resume_without_steps_continues_to_the_runs_own_target_and_refuses_one_a
     assert mnedge_train([*common, "--resume"]) == 0
     ck = torch.load(out / "final.pt", weights_only=True)
     assert ck["steps"] == 4 and [r["steps"] for r in json.loads(ck["runs"])] == [4, 4]
+
+
+def test_evaluate_records_its_bank_and_refuses_bad_options_in_one_line(tmp_path, tiny_artifact, capsys):
+    """A wrong --mnedgenet was a traceback (exit 1, read as "gate failed"); --out in a missing folder lost
+    the evaluation after it ran; a NaN tolerance failed the gate of a model against itself."""
+    from offline_training.cli import main as mnedge_train
+    from offline_training.references.bank import Bank
+
+    (tmp_path / "none").mkdir()
+    base = ["evaluate", "--model", str(tiny_artifact), "--n", "64", "--n-nnls", "0", "--robustness-n", "0",
+            "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime"]
+    notpt = tmp_path / "not.pt"
+    notpt.write_text("hello")
+    assert mnedge_train([*base, "--mnedgenet", str(notpt)]) == 2
+    assert "--mnedgenet" in capsys.readouterr().err
+    assert mnedge_train([*base, "--gate", str(tiny_artifact), "--gate-tolerance", "nan"]) == 2
+    out = tmp_path / "new" / "folder" / "evaluation.json"
+    assert mnedge_train([*base, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["bank"] == {"path": "(shipped)", "sha256": Bank.load().sha256()}
