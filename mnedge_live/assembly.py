@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +98,21 @@ def grid_pixel(seq_num: int, shape: tuple[int, ...], snaking: tuple[bool, ...] |
 #: thickness map from the core loss alone).
 MAP_LAYERS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "ood_score", "energy_offset_eV",
               "resolution_eV", "t_lambda")
+
+
+def run_file_stem(uid: str, suffix: str = "") -> str:
+    """``mnedge_<uid><suffix>``: the name of a source run's map or plot files.
+
+    The whole uid, not its first 8 characters: runs of other publishers
+    (``scan_0001``, ``scan_0002``) shared a prefix and overwrote each other's
+    maps. Characters a file name cannot hold become ``_``, and a uid that
+    needed that, or is longer than 96 characters, gets 8 hex digits of its
+    hash, so two uids never share a name.
+    """
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))[:96]
+    if safe != uid:
+        safe += "-" + hashlib.sha256(str(uid).encode()).hexdigest()[:8]
+    return f"mnedge_{safe}{suffix}"
 
 
 def map_values(result: SpectrumResult) -> tuple[float, ...]:

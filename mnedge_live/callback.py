@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from event_model import DocumentRouter
 
-from mnedge_live.assembly import StepAssembler, ValenceMaps
+from mnedge_live.assembly import StepAssembler, ValenceMaps, run_file_stem
 from mnedge_live.config import LiveConfig
 from mnedge_live.derived import DerivedRun, block_row, result_row
 from mnedge_live.event_axis import AxisCache, energy_axis
@@ -308,7 +308,7 @@ class MnEdgeCallback(DocumentRouter):
             if maps is None or not folder:   # None or "": no map files
                 continue
             try:
-                h5, png = maps.write(folder, f"mnedge_{uid[:8]}{suffix}", {"parent_uid": uid,
+                h5, png = maps.write(folder, run_file_stem(uid, suffix), {"parent_uid": uid,
                                                                           "model": str(self.engine.model_id),
                                                                           "map_bin": self.config.map_bin if suffix else 1,
                                                                           "exit_status": exit_status})

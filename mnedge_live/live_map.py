@@ -7,7 +7,7 @@ run's start document when it was seen (it passes through the same proxy first), 
 the pixels that arrive (``pixel_fields`` runs). Every ``every_s`` seconds while
 rows arrive, and once more at the run's stop, it writes the maps as the service writes its own
 at stop (HDF5 and PNG, :meth:`~mnedge_live.assembly.ValenceMaps.write`), under
-``mnedge_<source uid[:8]>_live``: an image viewer that reloads the PNG shows the map build up
+``mnedge_<source uid>_live``: an image viewer that reloads the PNG shows the map build up
 during the scan. ``mnedge watch`` runs it on a 0MQ proxy.
 
 Documents come from the network: one that cannot be read (a row without a pixel, a pixel
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import event_model
 
-from mnedge_live.assembly import ValenceMaps
+from mnedge_live.assembly import ValenceMaps, run_file_stem
 from mnedge_live.derived import STREAM
 from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_maps, pixel_index, scan_shape
 
@@ -167,7 +167,7 @@ class LiveMapWatcher(event_model.DocumentRouter):
         live.written_at = self.clock()
         live.dirty = False
         try:
-            files = live.maps.write(self.directory, f"mnedge_{live.source_uid[:8]}_live",
+            files = live.maps.write(self.directory, run_file_stem(live.source_uid, "_live"),
                                     {"parent_uid": live.source_uid, "rows_read": live.pixels, "complete": complete,
                                      "exit_status": live.exit_status})
         except Exception as exc:

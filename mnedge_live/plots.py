@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mnedge_live.assembly import run_file_stem
 from mnedge_live.derived import STREAM
 
 
 class RunPlotter:
-    """Collects the rows of each derived run and writes ``DIR/mnedge_<uid8>_valence.png`` at its stop.
+    """Collects the rows of each derived run and writes ``DIR/mnedge_<source uid>_valence.png`` at its stop.
 
     Only the per-spectrum stream (:data:`~mnedge_live.derived.STREAM`) is plotted: its rows carry
     ``source_seq_num``.  Other streams of the derived run (the block readouts of ``map_bin``,
@@ -66,7 +67,7 @@ class RunPlotter:
         ax.set_ylim(1.8, 4.2)
         ax.set_title(f"source run {self.parent.get(uid, '')[:8]}")
         fig.tight_layout()
-        path = self.dir / f"mnedge_{self.parent.get(uid, uid)[:8]}_valence.png"
+        path = self.dir / f"{run_file_stem(self.parent.get(uid, uid), '_valence')}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         return str(path)

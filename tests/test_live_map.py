@@ -180,8 +180,8 @@ def test_mnedge_watch_writes_the_live_map_of_a_scan_read_by_a_service(proxy, tmp
             watch.kill()
         assert stop(service) == 0
     assert watch.returncode == 0, out
-    live = tmp_path / "live" / f"mnedge_{uid[:8]}_live.h5"
-    final = next((tmp_path / "service").glob(f"mnedge_{uid[:8]}*.h5"))
+    live = tmp_path / "live" / f"mnedge_{uid}_live.h5"
+    final = next((tmp_path / "service").glob(f"mnedge_{uid}*.h5"))
     assert f"wrote {live}" in out and "1 image(s) finished" in out and "1 message(s) not read" in out
     with h5py.File(live) as a, h5py.File(final) as b:
         assert a.attrs["complete"] and a.attrs["rows_read"] == 12
@@ -238,5 +238,5 @@ def test_mnedge_watch_reads_a_proxy_secured_with_curvezmq(tmp_path):
         stop(proxy)
     out = "".join(seen) + out
     assert watch.returncode == 0 and "1 image(s) finished" in out, out
-    with h5py.File(tmp_path / "live" / f"mnedge_{docs[0][1]['uid'][:8]}_live.h5") as f:
+    with h5py.File(tmp_path / "live" / f"mnedge_{docs[0][1]['uid']}_live.h5") as f:
         assert f.attrs["complete"] and f.attrs["rows_read"] == 4 and f["valence"].shape == (2, 2)

@@ -222,3 +222,14 @@ def test_grown_maps_keep_every_readout_and_leave_the_new_room_empty():
     assert np.isnan(new.layers["valence"][2:]).all() and not new.rejected[2:].any()
     assert np.isnan(new.layers["valence"][0, 1])
     assert maps.shape == (2, 3)   # the old maps are left as they were
+
+
+def test_runs_whose_uids_share_a_prefix_get_files_of_their_own():
+    """Maps were named by the uid's first 8 characters: scan_0001 and scan_0002 overwrote each other."""
+    from mnedge_live.assembly import run_file_stem
+
+    assert run_file_stem("scan_0001") != run_file_stem("scan_0002")
+    assert run_file_stem("0f8e7d6c-1234-4abc-9def-0123456789ab", "_live") == (
+        "mnedge_0f8e7d6c-1234-4abc-9def-0123456789ab_live")
+    odd = [run_file_stem(u) for u in ("a/b", "a_b", "a b", "x" * 200, "x" * 201)]
+    assert len(set(odd)) == 5 and all("/" not in n and " " not in n and len(n) < 120 for n in odd)

@@ -1,7 +1,7 @@
 """``mnedge watch``: live valence maps of the spectrum images that ``mnedge live`` services read out.
 
 Subscribes to a 0MQ proxy (its subscriber side, as ``mnedge live --in``) and writes, for each
-spectrum image, ``OUT/mnedge_<source uid[:8]>_live.h5`` and ``.png`` while its rows arrive
+spectrum image, ``OUT/mnedge_<source uid>_live.h5`` and ``.png`` while its rows arrive
 (every ``--every`` seconds) and once more at its stop (:mod:`mnedge_live.live_map`). A message
 that cannot be read is counted and logged, never fatal. Stops on SIGINT/SIGTERM (writing the
 maps of the images still open) or after ``--runs`` images. A proxy whose subscriber side is
