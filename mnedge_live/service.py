@@ -148,7 +148,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     """Run the service until SIGTERM/SIGINT.
 
     The first signal ends the reading; the open runs are then closed and the
-    last documents sent, and a repeated signal during that is only logged.
+    last documents sent, and a repeated signal during that is ignored.
 
     Parameters
     ----------
@@ -199,7 +199,7 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     except asyncio.CancelledError:
         pass
     finally:
-        keep_shutting_down_on_repeated_signals()
+        keep_shutting_down_on_repeated_signals(loop)
         try:
             callback.flush()
             callback.close_all("abort", "mnedge live service stopped")
@@ -211,20 +211,24 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     return 0
 
 
-def keep_shutting_down_on_repeated_signals() -> None:
-    """Let a SIGTERM or SIGINT that arrives during the shutdown be logged, not end the process.
+def keep_shutting_down_on_repeated_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Ignore a SIGTERM or SIGINT that arrives during the shutdown, so that it completes.
 
-    Closing the dispatcher's event loop puts both signals back to their
-    defaults, while the open runs are still being closed, the last
-    documents sent and the soft IOC stopped: a second SIGTERM then killed the
-    service mid-way (exit -15), leaving runs without their stop documents.
-    A supervisor that must not wait still has SIGKILL.
+    The dispatcher's event loop, once closed (or collected, which closes
+    it), puts both signals back to their defaults while the open runs are
+    still being closed, the last documents sent and the soft IOC stopped: a
+    second SIGTERM then killed the service mid-way (exit -15), leaving runs
+    without their stop documents. The loop's handlers are taken off here, so
+    that its closing later leaves the signals ignored. Ignored, not handled
+    in Python: the interpreter puts its own handlers back to the defaults as
+    it exits, and a signal then still ended the service with -15. The
+    shutdown is bounded (the publisher's linger, the IOC's stop); a
+    supervisor that must not wait still has SIGKILL.
     """
     if threading.current_thread() is not threading.main_thread():
         return   # signal handlers belong to the main thread; serve() running elsewhere has none to keep
-
-    def repeated(signum: int, _frame: object) -> None:
-        log.warning("signal %d: already shutting down", signum)
-
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, repeated)
+        if not loop.is_closed():
+            loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
+    log.info("shutting down: further SIGTERM and SIGINT are ignored")
