@@ -34,20 +34,28 @@ Pixel = tuple[int, int]
 
 
 def scan_shape(start: dict) -> Pixel | None:
-    """The grid scan's ``(rows, columns)`` from the start document; None without one, or when the
-    map would hold more than :data:`MAX_MAP_PIXELS` (its spectra are then read out without a map,
-    not lost with a run whose maps cannot be allocated)."""
+    """The grid scan's ``(rows, columns)`` from the start document; a line scan's ``(N,)`` is one row.
+
+    None without a ``shape``, and, logged with the reason, for one that cannot give a map: not a list
+    of positive whole numbers (``3.0`` from JSON and numpy integers are whole numbers), more than two
+    axes, or more than :data:`MAX_MAP_PIXELS` pixels. Its spectra are then read out without a map,
+    not lost with a run whose maps cannot be allocated.
+    """
     shape = start.get("shape")
-    if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                       for v in shape):
+    if shape is None:
         return None
-    if len(shape) != 2:
+    try:
+        dims = [pixel_index(v) for v in shape] if isinstance(shape, (list, tuple)) else None
+    except (TypeError, ValueError, OverflowError):
+        dims = None
+    why = ("is not a list of positive whole numbers" if not dims or min(dims) < 1 else
+           f"has {len(dims)} axes; a map has one or two" if len(dims) > 2 else
+           f"is more than the {MAX_MAP_PIXELS} pixels a map may hold" if math.prod(dims) > MAX_MAP_PIXELS else "")
+    if why:
+        log.warning("run %s: scan shape %s %s: its spectra are read out without a map", start.get("uid"),
+                    str(shape)[:60], why)
         return None
-    if shape[0] * shape[1] > MAX_MAP_PIXELS:
-        log.warning("run %s: scan shape %s is more than the %d pixels a map may hold: its spectra are read "
-                    "out without a map", start.get("uid"), list(shape), MAX_MAP_PIXELS)
-        return None
-    return int(shape[0]), int(shape[1])
+    return (1, dims[0]) if len(dims) == 1 else (dims[0], dims[1])
 
 
 def pixel_index(value: object) -> int:

@@ -31,16 +31,21 @@ def test_the_callback_still_exports_the_names_callers_import_from_it():
 
 @pytest.mark.parametrize("shape, expected", [
     ([3, 4], (3, 4)), ((1, 7), (1, 7)), ([SIDE, SIDE], (SIDE, SIDE)),
-    (None, None), ([5], None), ([2, 3, 4], None), ([0, 4], None), ([-1, 4], None), ([2.0, 4], None),
-    ([True, 4], None),
-    ("34", None), ({"rows": 3}, None),
+    ([5], (1, 5)),                                     # a line scan (bluesky's scan of a stage): one row
+    ([2.0, 4], (2, 4)), ([np.int64(2), np.int32(4)], (2, 4)),   # whole numbers as JSON and numpy give them
+    (None, None), ([2, 3, 4], None), ([0, 4], None), ([-1, 4], None), ([2.5, 4], None), ([], None),
+    ([True, 4], None), ("34", None), ({"rows": 3}, None), ([float("nan"), 4], None),
 ])
-def test_scan_shape_of_the_start_document(shape, expected):
+def test_scan_shape_of_the_start_document(shape, expected, caplog):
     start = {"uid": "u"} if shape is None else {"uid": "u", "shape": shape}
-    got = scan_shape(start)
+    with caplog.at_level(logging.WARNING, logger="mnedge_live.callback"):
+        got = scan_shape(start)
     assert got == expected
     if got is not None:
         assert all(type(v) is int for v in got)
+    # a shape that gives no map says why (it was passed over in silence); no shape at all is no scan
+    assert (len(caplog.records) == 1 and "read out without a map" in caplog.text) is (
+        shape is not None and expected is None)
 
 
 def test_a_scan_shape_larger_than_a_map_may_hold_has_no_map_and_says_so(caplog):
