@@ -56,6 +56,6 @@ def test_more_channels_or_other_layers_are_refused():
     model = _trained_like()
     with pytest.raises(ValueError, match="cannot prune"):
         prune(model, (4, 6, 9, 8, 6))
-    assert not prunable(model.config, NetworkConfig(channels=(4, 6, 8, 8), hidden=16))
+    assert not prunable(model.config, NetworkConfig(channels=(4, 6, 8, 8), kernels=(7, 5, 5, 3), hidden=16))
     assert not prunable(model.config, NetworkConfig(channels=(4, 6, 8, 8, 6), hidden=8))
     assert prunable(model.config, NetworkConfig(channels=(2, 6, 8, 8, 6), hidden=16, activation="relu"))
