@@ -129,6 +129,12 @@ class ValenceMaps:
         self.layers = {k: np.full(self.shape, np.nan) for k in MAP_LAYERS}
         self.rejected = np.zeros(self.shape, bool)
 
+    def holds(self, pixel: tuple[int, int]) -> bool:
+        """True when ``pixel`` has a readout already (a valence or a rejection)."""
+        r, c = pixel
+        return (0 <= r < self.shape[0] and 0 <= c < self.shape[1]
+                and bool(self.rejected[r, c] or np.isfinite(self.layers["valence"][r, c])))
+
     def set(self, pixel: tuple[int, int], result: SpectrumResult) -> bool:
         """Record a readout; False when the pixel is outside the map."""
         return self._set(pixel, map_values(result), result.ok)

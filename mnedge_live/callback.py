@@ -74,6 +74,8 @@ class _Run:
     binned_maps: ValenceMaps | None = None
     binned_processed: int = 0
     binned_rejected: int = 0
+    #: readouts put in a pixel of the map that held one already (the events' pixel fields repeated it)
+    overwritten_pixels: int = 0
 
 
 @dataclass
@@ -303,6 +305,11 @@ class MnEdgeCallback(DocumentRouter):
                          binned_rejected=run.binned_rejected, binned_skipped_pixels=run.binner.skipped)
             if run.binner.skipped:
                 log.warning("run %s: %d pixels not binned: %s", uid, run.binner.skipped, run.binner.skip_reasons)
+        if run.kind == "map":
+            extra["overwritten_pixels"] = run.overwritten_pixels
+            if run.overwritten_pixels:
+                log.warning("run %s: %d readouts replaced an earlier one of the same pixel in the map",
+                            uid, run.overwritten_pixels)
         folder = self.config.maps_folder()
         for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
             if maps is None or not folder:   # None or "": no map files
@@ -486,6 +493,8 @@ class MnEdgeCallback(DocumentRouter):
             return []
         if run.maps is None and self.config.pixel_fields:
             run.maps = ValenceMaps((p.pixel[0] + 1, p.pixel[1] + 1))
+        if run.maps is not None and run.maps.holds(p.pixel):   # measured again (pixel_fields): the last one shows
+            run.overwritten_pixels += 1
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
             run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel, run.geometry.extent))
             run.maps.set(p.pixel, res)

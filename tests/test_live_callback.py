@@ -325,6 +325,23 @@ def test_a_pixel_index_that_would_grow_the_map_past_its_limit_is_rejected(engine
         assert f["valence"].shape == (2, 2)
 
 
+def test_a_pixel_measured_again_is_counted_and_the_map_shows_the_last_readout(engine, source, tmp_path):
+    """Pixel fields that repeat a pixel: the second readout replaced the first without a word."""
+    pixels = [(0, 0), (0, 1), (0, 0)]
+    _, spectra = source.draw(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]), eels=True)
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
+                     maps_dir=str(tmp_path))
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    for name, doc in _pixel_docs(list(spectra), pixels):
+        cb(name, doc)
+    stop = out[-1][1]
+    assert stop["overwritten_pixels"] == 1 and stop["processed"] + stop["rejected"] == 3
+    last = next(r for r in derived_rows(out) if r["source_seq_num"] == 3)
+    with h5py.File(stop["maps_h5"]) as f:
+        assert np.array_equal(f["valence"][0, 0], last["valence"], equal_nan=True)
+
+
 #: Reads a pixel-index spectrum image whose third pixel needs a 4096 x 4096 map, with the process's
 #: address space limited so that map cannot be allocated; prints the rows and the stop's counts.
 _OUT_OF_MEMORY_RUN = """
