@@ -65,6 +65,10 @@ def _check_references_args(args) -> None:
     if args.measured and not args.out:
         raise ValueError("--out is required with --measured: a site's bank is written to its own file, never over "
                          "the bank shipped in the package")
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        # a model trained on the old file can no longer be exported or recalibrated once it is replaced
+        raise FileExistsError(f"--out {args.out} exists (models trained on it name it by its SHA-256): write the "
+                              "new bank to another file, or pass --overwrite to replace it")
 
 
 def cmd_references(args) -> int:
@@ -302,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("references", help="calculate the end-member bank (edrixs; parallel, resumable)")
     s.add_argument("--out", help="bank file (default: the package's references/data/bank.npz; required with "
                                  "--measured)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out bank file")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--cache", default=".cache/multiplets", help="per-calculation cache (resume)")

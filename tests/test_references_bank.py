@@ -265,3 +265,18 @@ def test_a_valence_without_calculated_members_is_not_checked_and_says_so(bank, c
     with caplog.at_level("WARNING", logger="offline_training.references.bank"):
         joined = B.join_measured(only_measured, [ref], 0.5)
     assert "measured:far.txt" in joined.source and "no calculated Mn3+ member" in caplog.text
+
+
+def test_an_existing_bank_file_is_replaced_only_with_overwrite(tmp_path, shipped_copy, capsys):
+    """`references --out site_bank.npz` again replaced the bank a site model was trained on, in silence."""
+    from offline_training.cli import main as mnedge_train
+
+    mno = _reference(tmp_path, "MnO.txt", 640.0)
+    site = tmp_path / "site_bank.npz"
+    args = ["references", "--measured-only", "--measured", f"2:{mno}", "--out", str(site)]
+    assert mnedge_train(args) == 0
+    before = site.read_bytes()
+    capsys.readouterr()
+    assert mnedge_train([*args, "--measured-weight", "0.9"]) == 2
+    assert "exists" in capsys.readouterr().err and site.read_bytes() == before
+    assert mnedge_train([*args, "--measured-weight", "0.9", "--overwrite"]) == 0 and site.read_bytes() != before
