@@ -290,6 +290,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if teacher is not None:
         teacher = teacher.to(device)
         log.info("distilling from %s (%s)", s.teacher, teacher_origin["model_id"])
+    if resume and ck.get("teacher"):   # the same name ("default", a path) may hold other weights by now
+        saved = json.loads(ck["teacher"])
+        if (teacher_origin or {}).get("weights_sha256") != saved.get("weights_sha256"):
+            raise ValueError(f"--resume: {ckpt_path} was distilled from {saved.get('model_id')} (weights "
+                             f"{str(saved.get('weights_sha256'))[:12]}...); [train] teacher {s.teacher!r} now holds "
+                             f"{(teacher_origin or {}).get('model_id')}: put that model back or use another --out")
     if overwrite and rank == 0:
         # only now that the bank, the initial weights and the teacher are read: a typo in one of them must
         # not cost the old run; and a stopped or failed new run must not leave the old final.pt beside it
@@ -361,6 +367,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                                 **({"cuda_rng": [r["cuda"] for r in rngs]} if device.type == "cuda" else {}),
                                 "config": json.dumps(config.to_dict()),
                                 "bank_sha256": bank_sha256, "runs": json.dumps(runs), "init_from": origin,
+                                "teacher": json.dumps(teacher_origin) if teacher_origin else "",
                                 **({"ema": ema.state_dict()} if ema is not None else {})}, tmp)
                     os.replace(tmp, ckpt_path)
     finally:

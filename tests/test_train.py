@@ -581,3 +581,21 @@ def test_evaluate_records_its_bank_and_refuses_bad_options_in_one_line(tmp_path,
     out = tmp_path / "new" / "folder" / "evaluation.json"
     assert mnedge_train([*base, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["bank"] == {"path": "(shipped)", "sha256": Bank.load().sha256()}
+
+
+def test_resume_refuses_a_teacher_whose_weights_changed_since_the_checkpoint(tmp_path, tiny_artifact):
+    """`teacher = PATH` (or "default") names a place; another model put there between a stop and its
+    resume silently became the teacher of the rest of the run."""
+    from offline_training.export import export_artifact
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_artifact, teacher)
+    cfg = _tiny(steps=4, calibration_spectra=64, teacher=str(teacher), w_teacher=1.0)
+    assert train(cfg, tmp_path / "run", progress=False, stop_after=2) is None
+    ck = torch.load(tiny_artifact.parent / "run" / "final.pt", weights_only=True)
+    first = next(iter(ck["model"]))
+    ck["model"][first] = ck["model"][first] + 0.01   # another model of the same layers
+    torch.save(ck, tmp_path / "other.pt")
+    export_artifact(tmp_path / "other.pt", teacher, model_id="tiny-other", overwrite=True, ood_spectra=0)
+    with pytest.raises(ValueError, match="was distilled from tiny-test.*now holds tiny-other"):
+        train(cfg, tmp_path / "run", progress=False, resume=True)
