@@ -36,6 +36,7 @@ from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps
 from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
 from mnedge_live.sequence import SequenceCounter
+from mnedge_live.stream_pairing import StreamPairs, event_fields_needed
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ log = logging.getLogger(__name__)
 MAX_CHANNELS = 65536
 #: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
 _grown_extent = grown_extent
+
+
+@dataclass(frozen=True)
+class FrameError:
+    """A streamed frame that could not be read, and why."""
+
+    reason: str
 
 
 @dataclass
@@ -76,6 +84,8 @@ class _Run:
     binned_rejected: int = 0
     #: readouts put in a pixel of the map that held one already (the events' pixel fields repeated it)
     overwritten_pixels: int = 0
+    #: streamed spectra and the events that describe them, each kept until the other arrives
+    stream_pairs: StreamPairs = field(default_factory=StreamPairs)
 
 
 @dataclass
@@ -256,15 +266,36 @@ class MnEdgeCallback(DocumentRouter):
                 block = self.external.read_stream(doc)
             except Exception as exc:
                 err = f"external data unreadable: {type(exc).__name__}: {exc}"
+        wait_for_events = bool(event_fields_needed(desc, self._event_fields()))
         for k, seq in enumerate(range(seq0, seq1)):
             if not self._count_seq(run, "stream:" + desc_uid, seq):
                 continue
-            if block is None:   # a grid pixel still gets its rejection in the maps and completes its block
-                pixel = (run.geometry.pixel(seq, {}, self.config.pixel_fields)[0]
-                         if run.kind == "map" and not self.config.pixel_fields else None)
-                self._queue(run, seq, pixel, None, None, err)
+            frame = block[k] if block is not None else FrameError(err)
+            if not wait_for_events:
+                self._read_frame(run, desc, seq, {}, frame)
                 continue
-            self._read_event(run, desc, seq, {}, intensity=block[k])
+            row, evicted = run.stream_pairs.frame_arrived((desc_uid, seq), frame)
+            for (_, old_seq), old_frame in evicted:
+                self._read_frame(run, desc, old_seq, {}, old_frame)
+            if row is not None:
+                self._read_frame(run, desc, seq, row, frame)
+
+    def _event_fields(self) -> list[str]:
+        """Fields a spectrum's readout takes from its event: pixel indices and energy-axis fields."""
+        c = self.config
+        return [f for f in (*(c.pixel_fields or ()), c.energy_field, c.dispersion_field, c.offset_field) if f]
+
+    def _read_frame(self, run: _Run, desc: dict, seq: int, row: dict, frame: Any) -> None:
+        """Read a streamed spectrum with its event's ``row`` (``{}`` when it has none); an unreadable
+        frame is answered with its reason, in its pixel where that is known (a grid pixel still gets its
+        rejection in the maps and completes its block)."""
+        if not isinstance(frame, FrameError):
+            self._read_event(run, desc, seq, row, intensity=frame)
+            return
+        pixel = None
+        if run.kind == "map" and (row or not self.config.pixel_fields):
+            pixel = run.geometry.pixel(seq, row, self.config.pixel_fields)[0]
+        self._queue(run, seq, pixel, None, None, frame.reason)
 
     def stop(self, doc: dict) -> None:
         uid = doc["run_start"]
@@ -285,6 +316,10 @@ class MnEdgeCallback(DocumentRouter):
     def close_run(self, uid: str, exit_status: str = "success", reason: str = "",
                   announced: int | None = None) -> dict | None:
         """Final readout (step scans), maps, and the derived stop document with the counts."""
+        open_run = self.runs.get(uid)
+        if open_run is not None:   # streamed frames whose events never came: read without them
+            for (desc_uid, seq), frame in open_run.stream_pairs.unpaired_frames():
+                self._read_frame(open_run, open_run.descriptors[desc_uid], seq, {}, frame)
         self.flush()
         run = self.runs.pop(uid, None)
         if run is None:
@@ -386,7 +421,14 @@ class MnEdgeCallback(DocumentRouter):
         if intensity is None and name is not None and name not in row:
             key = desc.get("data_keys", {}).get(name, {})
             if key.get("external", "").startswith("STREAM:"):
-                return  # arrives by stream_datum: answered (pixel included) there, once
+                # arrives by stream_datum (counted there): read once, with this event's fields
+                needed = event_fields_needed(desc, self._event_fields())
+                if needed:
+                    paired, frame = run.stream_pairs.row_arrived((desc["uid"], seq),
+                                                                 {f: row[f] for f in needed if f in row})
+                    if paired:
+                        self._read_frame(run, desc, seq, row, frame)
+                return
         pixel = None
         if run.kind == "map":
             pixel, err = run.geometry.pixel(seq, row, self.config.pixel_fields)
