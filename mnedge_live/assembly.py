@@ -129,6 +129,17 @@ class ValenceMaps:
         self.layers = {k: np.full(self.shape, np.nan) for k in MAP_LAYERS}
         self.rejected = np.zeros(self.shape, bool)
 
+    def cropped(self, extent: tuple[int, int]) -> ValenceMaps:
+        """These maps cut to ``extent`` ``(rows, columns)`` (a map grown ahead of its pixels); itself when
+        it is no larger."""
+        rows, cols = min(extent[0], self.shape[0]), min(extent[1], self.shape[1])
+        if (rows, cols) == self.shape:
+            return self
+        out = ValenceMaps((rows, cols))
+        out.layers = {k: v[:rows, :cols].copy() for k, v in self.layers.items()}
+        out.rejected = self.rejected[:rows, :cols].copy()
+        return out
+
     def holds(self, pixel: tuple[int, int]) -> bool:
         """True when ``pixel`` has a readout already (a valence or a rejection)."""
         r, c = pixel

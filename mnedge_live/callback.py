@@ -346,6 +346,8 @@ class MnEdgeCallback(DocumentRouter):
                 log.warning("run %s: %d readouts replaced an earlier one of the same pixel in the map",
                             uid, run.overwritten_pixels)
         folder = self.config.maps_folder()
+        if run.maps is not None and self.config.pixel_fields:   # grown ahead of its pixels: cut to them
+            run.maps = run.maps.cropped(run.geometry.extent)
         for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
             if maps is None or not folder:   # None or "": no map files
                 continue
@@ -538,7 +540,7 @@ class MnEdgeCallback(DocumentRouter):
         if run.maps is not None and run.maps.holds(p.pixel):   # measured again (pixel_fields): the last one shows
             run.overwritten_pixels += 1
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-            run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel, run.geometry.extent))
+            run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel))
             run.maps.set(p.pixel, res)
         if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)

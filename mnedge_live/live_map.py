@@ -28,7 +28,7 @@ import event_model
 
 from mnedge_live.assembly import ValenceMaps, run_file_stem
 from mnedge_live.derived import STREAM
-from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_maps, pixel_index, scan_shape
+from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_extent, grown_maps, pixel_index, scan_shape
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class _LiveMap:
     dirty: bool = False
     written_at: float = -math.inf
     exit_status: str = ""   # the derived stop's, once it arrived ("" while the scan runs)
+    extent: tuple[int, int] = (1, 1)   # rows and columns written: the scan's shape, or the pixels placed
 
 
 class LiveMapWatcher(event_model.DocumentRouter):
@@ -103,7 +104,7 @@ class LiveMapWatcher(event_model.DocumentRouter):
         elif doc.get("mnedge_kind") == "map":
             source = str(doc.get("parent_uid", doc["uid"]))
             shape = self.shapes.pop(source, None)
-            self.runs[doc["uid"]] = _LiveMap(source_uid=source, maps=ValenceMaps(shape or (1, 1)))
+            self.runs[doc["uid"]] = _LiveMap(source_uid=source, maps=ValenceMaps(shape or (1, 1)), extent=shape or (1, 1))
 
     def descriptor(self, doc: dict) -> None:
         if doc.get("name") == STREAM and doc.get("run_start") in self.runs:
@@ -156,9 +157,10 @@ class LiveMapWatcher(event_model.DocumentRouter):
             log.warning("row of map %s skipped: pixel (%d, %d) would grow the map past %d pixels",
                         live.source_uid[:8], r, c, MAX_MAP_PIXELS)
             return
-        if shape != live.maps.shape:
-            live.maps = grown_maps(live.maps, shape)
+        if shape != live.maps.shape:   # doubled ahead of the pixels (a row at a time copied the map per row)
+            live.maps = grown_maps(live.maps, grown_extent(live.maps.shape, (r, c)))
         live.maps.set_row((r, c), row)
+        live.extent = (max(live.extent[0], r + 1), max(live.extent[1], c + 1))
         live.pixels += 1
         live.dirty = True
 
@@ -167,7 +169,7 @@ class LiveMapWatcher(event_model.DocumentRouter):
         live.written_at = self.clock()
         live.dirty = False
         try:
-            files = live.maps.write(self.directory, run_file_stem(live.source_uid, "_live"),
+            files = live.maps.cropped(live.extent).write(self.directory, run_file_stem(live.source_uid, "_live"),
                                     {"parent_uid": live.source_uid, "rows_read": live.pixels, "complete": complete,
                                      "exit_status": live.exit_status})
         except Exception as exc:

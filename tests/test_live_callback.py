@@ -439,13 +439,28 @@ def test_a_derived_row_carries_the_readout_flags():
     assert result_row(SpectrumResult.rejected("no edge"), 4)["flags"] == ""
 
 
-def test_maps_of_pixel_index_fields_grow_by_doubling_within_the_pixels_seen():
-    from mnedge_live.callback import _grown_extent
+def test_maps_of_pixel_index_fields_grow_by_doubling_within_the_largest_map():
+    from mnedge_live.callback import MAX_MAP_PIXELS, _grown_extent
 
-    assert _grown_extent((1, 4), (0, 4), (1, 100)) == (1, 8)       # a raster row: doubled, not one column more
-    assert _grown_extent((1, 8), (0, 8), (1, 9)) == (1, 9)         # no further than the pixels accepted so far
-    assert _grown_extent((2, 8), (4095, 3), (4096, 8)) == (4096, 8)  # a far pixel: taken to the pixel
-    assert _grown_extent((3, 3), (1, 1), (3, 3)) == (3, 3)         # inside: unchanged
+    assert _grown_extent((1, 4), (0, 4)) == (1, 8)          # a raster row: doubled, not one column more
+    assert _grown_extent((8, 1024), (8, 0)) == (16, 1024)   # a new row of a raster: doubled (was: one row per copy)
+    assert _grown_extent((2, 8), (4095, 3)) == (4096, 8)    # a far pixel: taken to the pixel
+    assert _grown_extent((3, 3), (1, 1)) == (3, 3)          # inside: unchanged
+    assert _grown_extent((3000, 4096), (3000, 0)) == (3001, 4096)   # doubling would pass the largest map
+    assert 3001 * 4096 <= MAX_MAP_PIXELS < 6000 * 4096
+
+
+def test_a_map_grown_ahead_of_its_pixels_is_written_cut_to_them(engine, source, tmp_path):
+    pixels = [(r, c) for r in range(3) for c in range(5)]
+    _, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (len(pixels), 1)), eels=True)
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
+                     maps_dir=str(tmp_path), max_batch=1)
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    for name, doc in _pixel_docs(list(spectra), pixels):
+        cb(name, doc)
+    with h5py.File(out[-1][1]["maps_h5"]) as f:
+        assert f["valence"].shape == (3, 5) and not np.isnan(f["valence"][()]).all(axis=1).any()
 
 
 def test_a_derived_document_the_publisher_fails_to_send_is_counted_not_raised(engine, source):

@@ -202,16 +202,25 @@ def test_the_limit_counts_the_pixels_accepted_so_far_not_only_this_one():
     assert pix is None and f"would grow the map to {SIDE // 2 + 1} x {2 * SIDE} pixels" in reason
 
 
-@pytest.mark.parametrize("shape, pixel, limit, expected", [
-    ((1, 4), (0, 4), (1, 100), (1, 8)),          # doubled
-    ((1, 8), (0, 8), (1, 9), (1, 9)),            # no further than the pixels accepted so far
-    ((2, 8), (4095, 3), (4096, 8), (4096, 8)),   # far beyond: taken to the pixel
-    ((3, 3), (1, 1), (3, 3), (3, 3)),            # inside: unchanged
-    ((2, 2), (2, 5), (3, 6), (3, 6)),            # both axes at once, each within its limit
-    ((2, 2), (2, 2), (10, 10), (4, 4)),
+@pytest.mark.parametrize("shape, pixel, expected", [
+    ((1, 4), (0, 4), (1, 8)),                  # doubled
+    ((1, 8), (0, 9), (1, 16)),                 # doubled again: the map runs ahead of the pixels, cut at writing
+    ((2, 8), (4095, 3), (4096, 8)),            # far beyond: taken to the pixel
+    ((3, 3), (1, 1), (3, 3)),                  # inside: unchanged
+    ((2, 2), (2, 5), (4, 6)),                  # both axes at once
+    ((2, 2), (2, 2), (4, 4)),
+    ((SIDE // 2 + 1, SIDE), (SIDE // 2 + 1, 0), (SIDE // 2 + 2, SIDE)),   # doubled it would pass the largest map
 ])
-def test_grown_extent(shape, pixel, limit, expected):
-    assert grown_extent(shape, pixel, limit) == expected
+def test_grown_extent(shape, pixel, expected):
+    assert grown_extent(shape, pixel) == expected
+
+
+def test_maps_cut_to_their_extent_keep_their_readouts():
+    maps = ValenceMaps((4, 6))
+    maps.set((1, 2), SpectrumResult(status="ok", fractions=(0.2, 0.3, 0.5), valence=3.3, valence_std=0.1))
+    cut = maps.cropped((2, 3))
+    assert cut.shape == (2, 3) and cut.layers["valence"][1, 2] == 3.3 and cut.holds((1, 2))
+    assert maps.cropped((4, 6)) is maps and maps.cropped((9, 9)) is maps
 
 
 def test_grown_maps_keep_every_readout_and_leave_the_new_room_empty():
