@@ -85,7 +85,9 @@ class BlockBinner:
             return k * k
         rows = min(k, self.shape[0] - index[0] * k)
         cols = min(k, self.shape[1] - index[1] * k)
-        return max(rows, 0) * max(cols, 0)
+        if rows <= 0 or cols <= 0:   # beyond the announced map (pixel fields past the scan's shape): its extent
+            return k * k             # there is unknown, as without a shape (it was 0: a block of its first pixel)
+        return rows * cols
 
     def add(self, pixel: tuple[int, int], energy: np.ndarray | None,
             intensity: np.ndarray | None) -> list[Block]:

@@ -49,6 +49,17 @@ def test_blocks_complete_with_their_last_pixel_including_edge_blocks():
     assert b.remaining() == [] and b.skipped == 0
 
 
+def test_a_block_beyond_the_announced_shape_is_complete_at_all_its_pixels():
+    """Pixel fields past the scan's shape: the block took 0 pixels to complete, closed on its first and
+    counted its other three as "block already read out"."""
+    b = BlockBinner(2, shape=(2, 2))
+    assert b.block_size((1, 0)) == b.block_size((0, 5)) == 4
+    out = []
+    for pixel in ((2, 0), (2, 1), (3, 0), (3, 1)):
+        out += b.add(pixel, E, spectrum(1.0))
+    assert [(blk.index, blk.pixels) for blk in out] == [((1, 0), 4)] and b.skipped == 0
+
+
 def test_unknown_extent_and_aborted_scans_hand_over_open_blocks_at_the_end():
     b = BlockBinner(2)                       # no shape: a block is complete at 4 pixels
     assert b.binned_shape() is None
