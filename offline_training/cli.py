@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from offline_training.values import check_whole
+
 DEFAULT_REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
 
 
@@ -60,6 +62,12 @@ def _check_references_args(args) -> None:
     """
     if args.measured_only and not args.measured:
         raise ValueError("--measured-only needs --measured VALENCE:FILE (the references to add)")
+    calculation = [name for name, given in (("--scale", args.scale != 1.0), ("--seed", args.seed != 0),
+                                            ("--l3-lifetime", args.l3_lifetime != "both"),
+                                            ("--no-ligand-field-window", not args.ligand_field_window)) if given]
+    if args.measured_only and calculation:   # they shape a calculated bank; --measured-only calculates none
+        raise ValueError(f"{', '.join(calculation)}: options of a calculated bank, which --measured-only does not "
+                         "make (it adds the measured references to --base)")
     if args.base and not args.measured_only:
         raise ValueError("--base is the bank --measured-only adds to; without --measured-only the bank is calculated")
     if args.measured and not args.out:
@@ -104,6 +112,8 @@ def cmd_generate(args) -> int:
 
     fcfg, bank_path = _forward_config(args.config)
     fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg, compiled=args.compiled)
+    if args.workers is not None:
+        check_whole("--workers", args.workers, 0)   # 0: in this process
     workers = default_workers() if args.workers is None else args.workers
     path = write_dataset(fm, args.n, args.seed, args.out, progress=not args.no_progress, workers=workers)
     print(path)
@@ -164,6 +174,7 @@ def cmd_baseline(args) -> int:
     from offline_training.forward import ForwardModel
     from offline_training.references.bank import Bank
 
+    check_whole("--budget", args.budget, 1)
     fcfg, bank_path = _forward_config(args.config)
     fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg)
     model = train_mnedgenet(fm, args.budget, seed=args.seed, progress=not args.no_progress)

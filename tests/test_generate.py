@@ -108,3 +108,22 @@ def test_an_interrupted_run_leaves_no_file_that_looks_complete(tmp_path, forward
     with pytest.raises(KeyboardInterrupt):
         write_dataset(forward_model, 20, seed=2, out=tmp_path / "new.h5", chunk=8, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.h5"] and out.read_bytes() == earlier
+
+
+@pytest.mark.parametrize("args, named", [
+    (["generate", "--n", "8", "--seed", "0", "--out", "{tmp}/d.h5", "--workers", "-1"], "--workers"),
+    (["baseline", "--budget", "0", "--out", "{tmp}/b.pt"], "--budget"),
+    (["references", "--measured-only", "--measured", "2:{tmp}/MnO.csv", "--out", "{tmp}/b.npz", "--scale", "0.1"],
+     "--scale"),
+    (["references", "--measured-only", "--measured", "2:{tmp}/MnO.csv", "--out", "{tmp}/b.npz",
+      "--no-ligand-field-window", "--seed", "3"], "--seed, --no-ligand-field-window"),
+])
+def test_options_that_would_do_nothing_or_nonsense_are_refused_by_name(tmp_path, capsys, args, named):
+    """--workers -1 was accepted, --budget 0 trained a one-step baseline, and --measured-only ignored the
+    options of a calculated bank."""
+    from offline_training.cli import main as mnedge_train
+
+    assert mnedge_train([a.replace("{tmp}", str(tmp_path)) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
