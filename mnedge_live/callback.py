@@ -540,7 +540,7 @@ class MnEdgeCallback(DocumentRouter):
         if run.maps is not None and run.maps.holds(p.pixel):   # measured again (pixel_fields): the last one shows
             run.overwritten_pixels += 1
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-            run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel))
+            run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel, run.geometry.extent), exact=True)
             run.maps.set(p.pixel, res)
         if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)

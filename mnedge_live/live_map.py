@@ -151,16 +151,16 @@ class LiveMapWatcher(event_model.DocumentRouter):
             log.warning("row of map %s skipped: no pixel (%d, %d): %s", live.source_uid[:8], r, c,
                         str(row.get("reason", ""))[:200])
             return
-        shape = (max(live.maps.shape[0], r + 1), max(live.maps.shape[1], c + 1))
-        if shape[0] * shape[1] > MAX_MAP_PIXELS:
+        seen = (max(live.extent[0], r + 1), max(live.extent[1], c + 1))   # the pixels', not the map's
+        if seen[0] * seen[1] > MAX_MAP_PIXELS:
             self.skipped += 1
             log.warning("row of map %s skipped: pixel (%d, %d) would grow the map past %d pixels",
                         live.source_uid[:8], r, c, MAX_MAP_PIXELS)
             return
-        if shape != live.maps.shape:   # doubled ahead of the pixels (a row at a time copied the map per row)
-            live.maps = grown_maps(live.maps, grown_extent(live.maps.shape, (r, c)))
+        if not (r < live.maps.shape[0] and c < live.maps.shape[1]):   # doubled ahead of the pixels
+            live.maps = grown_maps(live.maps, grown_extent(live.maps.shape, (r, c), seen), exact=True)
         live.maps.set_row((r, c), row)
-        live.extent = (max(live.extent[0], r + 1), max(live.extent[1], c + 1))
+        live.extent = seen
         live.pixels += 1
         live.dirty = True
 

@@ -139,26 +139,38 @@ def placement_error(start: dict) -> str:
             "order: give pixel_fields (the events' row and column fields) to place them")
 
 
-def grown_extent(shape: Pixel, pixel: Pixel) -> Pixel:
-    """The shape a map of ``shape`` grows to for ``pixel``: each axis the pixel lies beyond is doubled or
-    taken to the pixel, whichever is more; only to the pixel where doubling would pass :data:`MAX_MAP_PIXELS`.
+def grown_extent(shape: Pixel, pixel: Pixel, seen: Pixel) -> Pixel:
+    """The shape a map of ``shape`` grows to for ``pixel``, given ``seen``, the rows and columns of the
+    pixels accepted so far: each axis the pixel lies beyond is doubled or taken to the pixel, whichever
+    is more.  Where doubling would pass :data:`MAX_MAP_PIXELS`, each axis is sized from the pixels seen
+    instead (an axis doubled earlier may shrink back to them), the growing one doubled as far as that
+    leaves room for: the map never passes the limit the pixels themselves are held to.
 
     Doubling copies the layers a few times per scan instead of once per new row (a raster of pixel
     fields grew its map row by row: 1,024 copies for 1,024 rows, the last of a large map taking 0.2 s
     each); the map is cut back to the pixels seen when it is written (:meth:`ValenceMaps.cropped`).
     """
-    need = tuple(max(size, p + 1) for size, p in zip(shape, pixel))
     doubled = tuple(size if p < size else max(p + 1, 2 * size) for size, p in zip(shape, pixel))
-    return doubled if doubled[0] * doubled[1] <= MAX_MAP_PIXELS else need
+    if doubled[0] * doubled[1] <= MAX_MAP_PIXELS:
+        return doubled
+    rows, cols = max(seen[0], pixel[0] + 1), max(seen[1], pixel[1] + 1)
+    if pixel[0] >= shape[0]:
+        rows = max(rows, min(2 * shape[0], MAX_MAP_PIXELS // cols))
+    if pixel[1] >= shape[1]:
+        cols = max(cols, min(2 * shape[1], MAX_MAP_PIXELS // rows))
+    return rows, cols
 
 
-def grown_maps(maps: ValenceMaps, extent: Pixel) -> ValenceMaps:
-    """A copy of ``maps`` of at least ``extent`` ``(rows, columns)`` (pixel-index fields, unknown extent)."""
-    shape = (max(maps.shape[0], extent[0]), max(maps.shape[1], extent[1]))
+def grown_maps(maps: ValenceMaps, extent: Pixel, exact: bool = False) -> ValenceMaps:
+    """A copy of ``maps`` of at least ``extent`` ``(rows, columns)`` (pixel-index fields, unknown extent);
+    ``exact``: of ``extent`` itself, cut where ``maps`` is larger (room beyond the pixels seen, see
+    :func:`grown_extent`)."""
+    shape = tuple(extent) if exact else (max(maps.shape[0], extent[0]), max(maps.shape[1], extent[1]))
     new = ValenceMaps(shape)
+    rows, cols = min(shape[0], maps.shape[0]), min(shape[1], maps.shape[1])
     for k, v in maps.layers.items():
-        new.layers[k][: v.shape[0], : v.shape[1]] = v
-    new.rejected[: maps.shape[0], : maps.shape[1]] = maps.rejected
+        new.layers[k][:rows, :cols] = v[:rows, :cols]
+    new.rejected[:rows, :cols] = maps.rejected[:rows, :cols]
     return new
 
 

@@ -442,12 +442,12 @@ def test_a_derived_row_carries_the_readout_flags():
 def test_maps_of_pixel_index_fields_grow_by_doubling_within_the_largest_map():
     from mnedge_live.callback import MAX_MAP_PIXELS, _grown_extent
 
-    assert _grown_extent((1, 4), (0, 4)) == (1, 8)          # a raster row: doubled, not one column more
-    assert _grown_extent((8, 1024), (8, 0)) == (16, 1024)   # a new row of a raster: doubled (was: one row per copy)
-    assert _grown_extent((2, 8), (4095, 3)) == (4096, 8)    # a far pixel: taken to the pixel
-    assert _grown_extent((3, 3), (1, 1)) == (3, 3)          # inside: unchanged
-    assert _grown_extent((3000, 4096), (3000, 0)) == (3001, 4096)   # doubling would pass the largest map
-    assert 3001 * 4096 <= MAX_MAP_PIXELS < 6000 * 4096
+    assert _grown_extent((1, 4), (0, 4), (1, 5)) == (1, 8)            # a raster row: doubled, not one column more
+    assert _grown_extent((8, 1024), (8, 0), (9, 1024)) == (16, 1024)  # a new row: doubled (was: one row per copy)
+    assert _grown_extent((2, 8), (4095, 3), (4096, 8)) == (4096, 8)   # a far pixel: taken to the pixel
+    assert _grown_extent((3, 3), (1, 1), (3, 3)) == (3, 3)            # inside: unchanged
+    assert _grown_extent((3000, 4096), (3000, 0), (3001, 4096)) == (4096, 4096)   # doubled as far as the limit
+    assert 4096 * 4096 == MAX_MAP_PIXELS
 
 
 def test_a_map_grown_ahead_of_its_pixels_is_written_cut_to_them(engine, source, tmp_path):

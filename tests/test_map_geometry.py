@@ -202,17 +202,41 @@ def test_the_limit_counts_the_pixels_accepted_so_far_not_only_this_one():
     assert pix is None and f"would grow the map to {SIDE // 2 + 1} x {2 * SIDE} pixels" in reason
 
 
-@pytest.mark.parametrize("shape, pixel, expected", [
-    ((1, 4), (0, 4), (1, 8)),                  # doubled
-    ((1, 8), (0, 9), (1, 16)),                 # doubled again: the map runs ahead of the pixels, cut at writing
-    ((2, 8), (4095, 3), (4096, 8)),            # far beyond: taken to the pixel
-    ((3, 3), (1, 1), (3, 3)),                  # inside: unchanged
-    ((2, 2), (2, 5), (4, 6)),                  # both axes at once
-    ((2, 2), (2, 2), (4, 4)),
-    ((SIDE // 2 + 1, SIDE), (SIDE // 2 + 1, 0), (SIDE // 2 + 2, SIDE)),   # doubled it would pass the largest map
+@pytest.mark.parametrize("shape, pixel, seen, expected", [
+    ((1, 4), (0, 4), (1, 5), (1, 8)),                  # doubled
+    ((1, 8), (0, 9), (1, 10), (1, 16)),                # doubled again: ahead of the pixels, cut at writing
+    ((2, 8), (4095, 3), (4096, 8), (4096, 8)),         # far beyond: taken to the pixel
+    ((3, 3), (1, 1), (3, 3), (3, 3)),                  # inside: unchanged
+    ((2, 2), (2, 5), (3, 6), (4, 6)),                  # both axes at once
+    ((2, 2), (2, 2), (3, 3), (4, 4)),
+    # doubling would pass the largest map: sized from the pixels seen, the growing axis doubled within it
+    ((SIDE // 2 + 1, SIDE), (SIDE // 2 + 1, 0), (SIDE // 2 + 2, SIDE), (SIDE, SIDE)),
+    ((2048, 8192), (2048, 0), (2049, 5000), (MAX_MAP_PIXELS // 5000, 5000)),   # columns doubled earlier shrink back
 ])
-def test_grown_extent(shape, pixel, expected):
-    assert grown_extent(shape, pixel) == expected
+def test_grown_extent(shape, pixel, seen, expected):
+    assert grown_extent(shape, pixel, seen) == expected
+
+
+def test_a_large_raster_of_pixel_fields_grows_its_map_a_few_times_and_never_past_the_limit():
+    """3000 x 5000 pixels (under the limit): its columns doubled to 8192, and from row 2048 on the map
+    passed the limit and was copied once per row."""
+    shape, seen, allocations = (1, 1), (1, 1), 0
+    pixels = [(0, c) for c in range(5000)] + [(r, c) for r in range(1, 3000) for c in (0, 4999)]
+    for r, c in pixels:
+        seen = (max(seen[0], r + 1), max(seen[1], c + 1))
+        if not (r < shape[0] and c < shape[1]):
+            shape = grown_extent(shape, (r, c), seen)
+            allocations += 1
+            assert shape[0] * shape[1] <= MAX_MAP_PIXELS and r < shape[0] and c < shape[1]
+    assert allocations < 30, allocations
+
+
+def test_grown_maps_exact_cuts_room_beyond_the_pixels():
+    maps = ValenceMaps((2, 8))
+    maps.set((1, 4), SpectrumResult(status="ok", fractions=(0.2, 0.3, 0.5), valence=3.3, valence_std=0.1))
+    grown = grown_maps(maps, (4, 5), exact=True)
+    assert grown.shape == (4, 5) and grown.layers["valence"][1, 4] == 3.3
+    assert grown_maps(maps, (4, 5)).shape == (4, 8)   # at least: nothing cut
 
 
 def test_maps_cut_to_their_extent_keep_their_readouts():
