@@ -54,6 +54,14 @@ class NetworkConfig:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"[network] activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
 
+    def check(self) -> None:
+        """Refuse (``ValueError`` naming the key) layer sizes a new training run must not start with.
+
+        Called on training configs (:class:`~offline_training.train_config.TrainConfig`), not on the cards
+        of artifacts already made: a card written before these checks (channels and kernels of different
+        lengths, whose network has the stages of the shorter list) still loads as it was trained.
+        """
+
         def whole(v: object) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v > 0
 

@@ -187,7 +187,8 @@ class TrainConfig:
             if bad:
                 raise ValueError(f"unknown option(s) in [{table}]: {', '.join(bad)}")
         net = dict(NetworkConfig().to_dict(), **d.get("network", {}))
-        network = NetworkConfig.from_dict(net)   # validated on creation
+        network = NetworkConfig.from_dict(net)
+        network.check()
         if network.input_length != len(MODEL_GRID):
             raise ValueError(f"[network] input_length must be {len(MODEL_GRID)}, the points of the model grid the "
                              f"preprocessing writes, got {network.input_length}")

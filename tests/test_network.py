@@ -39,3 +39,13 @@ def test_a_relu_network_exports_to_onnx_within_tolerance(tmp_path):
     torch.manual_seed(0)
     model = MnEdgeCNN(NetworkConfig(activation="relu")).eval()
     assert export_checked_onnx(model, tmp_path / "relu.onnx") <= ONNX_TOLERANCE
+
+
+def test_a_card_written_before_the_layer_checks_still_builds_its_network():
+    """Training configs are held to the checks (tests/test_train_config.py); a card of channels and kernels
+    of different lengths, made before them, has the stages of the shorter list and must still load."""
+    old = NetworkConfig(channels=(8, 8, 16, 16, 16), kernels=(7, 5, 5), hidden=32)
+    convs = [m for m in MnEdgeCNN(old).modules() if isinstance(m, torch.nn.Conv1d)]
+    assert len(convs) == 3
+    with pytest.raises(ValueError, match="channels \\(5\\) and kernels \\(3\\)"):
+        old.check()
