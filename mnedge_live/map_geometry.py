@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,13 +92,13 @@ def checked_snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
 
     ``grid_scan`` writes ``snaking``; ``list_grid_scan`` writes no ``snaking`` but ``snake_axes``, the
     ``repr`` of its argument: ``"True"`` (every axis but the first snakes), ``"False"``, or a list of
-    motors, which on a two-axis grid can only be the inner one (bluesky never snakes the first).
+    motors, read by their names against the start document's ``motors``.
     """
     snaking = start.get("snaking")
     shape = start.get("shape")
     axes = len(shape) if isinstance(shape, (list, tuple)) else None
     if snaking is None and "snake_axes" in start:
-        snaking = _snaking_from_snake_axes(start["snake_axes"], axes)
+        snaking = _snaking_from_snake_axes(start["snake_axes"], axes, start.get("motors"))
         if snaking is None:
             return None, (f"start document's snake_axes {str(start['snake_axes'])[:60]!r} does not say which "
                           "axes snake: the pixel's position in the grid is unknown")
@@ -112,19 +113,25 @@ def checked_snaking(start: dict) -> tuple[tuple[bool, ...] | None, str]:
                   "the pixel's position in the grid is unknown")
 
 
-def _snaking_from_snake_axes(value: object, axes: int | None) -> tuple[bool, ...] | None:
-    """``list_grid_scan``'s ``snake_axes`` as one bool per axis; None where it cannot be told."""
+def _snaking_from_snake_axes(value: object, axes: int | None, motors: object) -> tuple[bool, ...] | None:
+    """``list_grid_scan``'s ``snake_axes`` as one bool per axis; None where it cannot be told.
+
+    A list (or set) of motors is read by the names in their reprs (``name='stage_x'``) against the start
+    document's ``motors``; the first axis never snakes (bluesky ignores it there).
+    """
     if isinstance(value, bool):
         value = repr(value)
     if not isinstance(value, str) or axes is None or axes < 1:
         return None
     text = value.strip()
-    if text in ("False", "None", "[]", "()"):
+    if text in ("False", "None", "[]", "()", "set()"):
         return (False,) * axes
     if text == "True":
         return (False,) + (True,) * (axes - 1)
-    if axes == 2 and text[:1] in "[(" and text[-1:] in "])":
-        return (False, True)   # a non-empty list of motors: on two axes only the inner one can snake
+    names = set(re.findall(r"name='([^']*)'", text))
+    if (text[:1] in "[({" and text[-1:] in "])}" and names and isinstance(motors, (list, tuple))
+            and len(motors) == axes and names <= set(map(str, motors))):
+        return tuple(i > 0 and str(m) in names for i, m in enumerate(motors))
     return None
 
 

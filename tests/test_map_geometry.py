@@ -75,15 +75,20 @@ def test_a_malformed_snaking_is_refused_with_the_reason(snaking):
 @pytest.mark.parametrize("snake_axes, shape, expected", [
     ("True", [3, 4], (False, True)), ("False", [3, 4], (False, False)), ("None", [3, 4], (False, False)),
     ("[]", [3, 4], (False, False)), ("[SynAxis(prefix='', name='stage_x')]", [3, 4], (False, True)),
+    ("{SynAxis(prefix='', name='stage_x')}", [3, 4], (False, True)),     # a set of motors
+    ("[SynAxis(prefix='', name='stage_y')]", [3, 4], (False, False)),    # the outer motor: bluesky does not snake it
     ("True", [2, 3, 4], (False, True, True)), (True, [3, 4], (False, True))])
 def test_list_grid_scans_snake_axes_stands_in_for_a_missing_snaking(snake_axes, shape, expected):
     """bluesky's list_grid_scan writes the repr of its snake_axes argument and no snaking."""
-    assert checked_snaking({"shape": shape, "snake_axes": snake_axes}) == (expected, "")
+    motors = ["stage_y", "stage_x", "stage_z"][:len(shape)]
+    assert checked_snaking({"shape": shape, "snake_axes": snake_axes, "motors": motors}) == (expected, "")
     assert checked_snaking({"shape": shape, "snake_axes": "True", "snaking": [False] * len(shape)})[0] == (
         (False,) * len(shape))   # snaking, when there, decides
 
 
-@pytest.mark.parametrize("start", [{"shape": [2, 3, 4], "snake_axes": "[SynAxis(name='x')]"},
+@pytest.mark.parametrize("start", [{"shape": [3, 4], "snake_axes": "[SynAxis(name='x')]"},   # no motors to match
+                                   {"shape": [3, 4], "snake_axes": "[SynAxis(name='q')]", "motors": ["y", "x"]},
+                                   {"shape": [3, 4], "snake_axes": "[<motor>]", "motors": ["y", "x"]},
                                    {"shape": [3, 4], "snake_axes": "sometimes"}, {"snake_axes": "True"}])
 def test_a_snake_axes_that_does_not_say_which_axes_snake_is_refused(start):
     value, reason = checked_snaking(start)
