@@ -105,12 +105,13 @@ def run_file_stem(uid: str, suffix: str = "") -> str:
 
     The whole uid, not its first 8 characters: runs of other publishers
     (``scan_0001``, ``scan_0002``) shared a prefix and overwrote each other's
-    maps. Characters a file name cannot hold become ``_``, and a uid that
-    needed that, or is longer than 96 characters, gets 8 hex digits of its
-    hash, so two uids never share a name.
+    maps. A uid that holds an ``_`` (which could run into a suffix: uid
+    ``scan_1_bin2`` against ``scan_1`` with ``_bin2``), a character a file name
+    cannot hold (made ``_``) or more than 96 characters gets 8 hex digits of
+    its hash after a ``-``; RunEngine uids (uuid4) keep their plain form.
     """
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(uid))[:96]
-    if safe != uid:
+    safe = re.sub(r"[^A-Za-z0-9.-]", "_", str(uid))[:96]
+    if safe != uid or "_" in safe:
         safe += "-" + hashlib.sha256(str(uid).encode()).hexdigest()[:8]
     return f"mnedge_{safe}{suffix}"
 

@@ -36,7 +36,7 @@ from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps
 from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
 from mnedge_live.sequence import SequenceCounter
-from mnedge_live.stream_pairing import StreamPairs, event_fields_needed
+from mnedge_live.stream_pairing import MAX_WAITING, StreamPairs, event_fields_needed
 
 log = logging.getLogger(__name__)
 
@@ -340,6 +340,11 @@ class MnEdgeCallback(DocumentRouter):
                          binned_rejected=run.binned_rejected, binned_skipped_pixels=run.binner.skipped)
             if run.binner.skipped:
                 log.warning("run %s: %d pixels not binned: %s", uid, run.binner.skipped, run.binner.skip_reasons)
+        if run.stream_pairs.dropped_rows:   # their frames, if they came later, were read without them
+            extra["unpaired_event_rows"] = run.stream_pairs.dropped_rows
+            log.warning("run %s: %d events came more than %d ahead of their streamed spectra and were not kept; "
+                        "their spectra are read without the events' fields", uid, run.stream_pairs.dropped_rows,
+                        MAX_WAITING)
         if run.kind == "map":
             extra["overwritten_pixels"] = run.overwritten_pixels
             if run.overwritten_pixels:

@@ -98,6 +98,9 @@ class BlockBinner:
         """
         index = (int(pixel[0]) // self.factor, int(pixel[1]) // self.factor)
         if index in self._done:
+            if self.shape is not None and (pixel[0] >= self.shape[0] or pixel[1] >= self.shape[1]):
+                # a block across the edge of the announced map closed with the pixels the map has there
+                return self._skip("pixel beyond the scan's announced shape, its block read out at the shape's edge")
             return self._skip("block already read out (repeated pixel)")
         entry = self._open.setdefault(index, [None, None, set(), 0])
         seen = entry[2]

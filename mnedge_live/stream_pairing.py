@@ -40,6 +40,8 @@ class StreamPairs:
     def __init__(self) -> None:
         self.frames: OrderedDict[Key, Any] = OrderedDict()
         self.rows: OrderedDict[Key, dict] = OrderedDict()
+        #: event rows pushed out by :data:`MAX_WAITING` before their frames came (reported at the stop)
+        self.dropped_rows = 0
 
     def frame_arrived(self, key: Key, frame: Any) -> tuple[dict | None, list[tuple[Key, Any]]]:
         """A frame: its event's row when that came first (else None, the frame waits), and the frames
@@ -60,6 +62,7 @@ class StreamPairs:
         self.rows[key] = row
         while len(self.rows) > MAX_WAITING:
             self.rows.popitem(last=False)
+            self.dropped_rows += 1
         return False, None
 
     def unpaired_frames(self) -> list[tuple[Key, Any]]:

@@ -161,6 +161,11 @@ def cmd_train(args) -> int:
         steps = recorded_steps(Path(args.out) / "checkpoint.pt")
     overrides = {"steps": steps, "device": args.device, "init_from": args.init_from}
     cfg = TrainConfig.from_toml(args.config, {k: v for k, v in overrides.items() if v is not None})
+    if args.resume and args.steps is None and steps is not None:
+        in_file = TrainConfig.from_toml(args.config).train.steps
+        if in_file != steps:   # an edited [train] steps is not taken on resume without --steps: say so
+            print(f"mnedge-train train: resuming to step {steps}, the run's target; {args.config} says {in_file} "
+                  f"(give --steps {in_file} to go there)", file=sys.stderr)
     out = train(cfg, args.out, resume=args.resume, progress=not args.no_progress, stop_after=args.stop_after,
                 overwrite=args.overwrite)
     print(out if out is not None else f"stopped at step {args.stop_after}; continue with --resume")

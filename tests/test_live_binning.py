@@ -58,6 +58,13 @@ def test_a_block_beyond_the_announced_shape_is_complete_at_all_its_pixels():
     for pixel in ((2, 0), (2, 1), (3, 0), (3, 1)):
         out += b.add(pixel, E, spectrum(1.0))
     assert [(blk.index, blk.pixels) for blk in out] == [((1, 0), 4)] and b.skipped == 0
+    # a block across the shape's edge closes with the announced map's pixels; one past it is counted so
+    b = BlockBinner(2, shape=(3, 3))
+    out = []
+    for pixel in ((2, 0), (2, 1), (3, 0)):
+        out += b.add(pixel, E, spectrum(1.0))
+    assert [(blk.index, blk.pixels) for blk in out] == [((1, 0), 2)]
+    assert b.skip_reasons == {"pixel beyond the scan's announced shape, its block read out at the shape's edge": 1}
 
 
 def test_unknown_extent_and_aborted_scans_hand_over_open_blocks_at_the_end():

@@ -276,3 +276,6 @@ def test_runs_whose_uids_share_a_prefix_get_files_of_their_own():
         "mnedge_0f8e7d6c-1234-4abc-9def-0123456789ab_live")
     odd = [run_file_stem(u) for u in ("a/b", "a_b", "a b", "x" * 200, "x" * 201)]
     assert len(set(odd)) == 5 and all("/" not in n and " " not in n and len(n) < 120 for n in odd)
+    # a uid that runs into another's suffix (a map beside a binned map, a plot beside a live map)
+    assert run_file_stem("scan_0001", "_bin2") != run_file_stem("scan_0001_bin2")
+    assert run_file_stem("s1", "_live") != run_file_stem("s1_live")

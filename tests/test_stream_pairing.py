@@ -33,7 +33,7 @@ def test_waiting_frames_are_bounded_the_oldest_read_without_its_event():
     assert pairs.frame_arrived(("d", MAX_WAITING + 1), -1) == (None, [(("d", 1), 1)])
     for seq in range(MAX_WAITING + 2):
         pairs.row_arrived(("e", seq), {})
-    assert len(pairs.rows) == MAX_WAITING
+    assert len(pairs.rows) == MAX_WAITING and pairs.dropped_rows == 2   # counted, reported at the stop
 
 
 def test_only_fields_the_events_carry_themselves_are_waited_for():

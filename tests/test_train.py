@@ -550,7 +550,7 @@ def test_a_training_that_diverges_stops_with_the_reason(tmp_path):
     assert not (tmp_path / "run" / "final.pt").exists()
 
 
-def test_resume_without_steps_continues_to_the_runs_own_target_and_refuses_one_already_passed(tmp_path):
+def test_resume_without_steps_continues_to_the_runs_own_target_and_refuses_one_already_passed(tmp_path, capsys):
     """`--steps 4 --stop-after 2` then the printed hint `--resume`: the run went on to the config
     file's 30 steps; a --steps below the checkpoint's step was accepted and final.pt contradicted it."""
     from offline_training.cli import main as mnedge_train
@@ -562,6 +562,7 @@ def test_resume_without_steps_continues_to_the_runs_own_target_and_refuses_one_a
     assert mnedge_train([*common, "--resume"]) == 0
     ck = torch.load(out / "final.pt", weights_only=True)
     assert ck["steps"] == 4 and [r["steps"] for r in json.loads(ck["runs"])] == [4, 4]
+    assert "resuming to step 4, the run's target" in capsys.readouterr().err   # the file's 30 named, not taken
 
 
 def test_evaluate_records_its_bank_and_refuses_bad_options_in_one_line(tmp_path, tiny_artifact, capsys):
