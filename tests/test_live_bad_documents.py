@@ -184,15 +184,21 @@ def test_one_malformed_event_of_a_page_is_rejected_and_the_others_are_read(engin
     assert (stop["processed"] + stop["rejected"], stop["missed"]) == (3, 0) and cb.totals["bad_documents"] == 0
 
 
-def test_a_stream_datum_with_more_seq_nums_than_frames_rejects_each_with_the_reason(engine, spectra, tmp_path):
+def _streamed(engine, spectra, path: Path) -> tuple[MnEdgeCallback, list]:
+    """``spectra`` written as the frames of ``path``, and a callback reading stream field ``spec`` on the
+    simulated spectrometer's axis, with the list its derived documents go to."""
     import h5py
 
-    path = tmp_path / "frames.h5"
     with h5py.File(path, "w") as f:
-        f["/entry/data/data"] = np.stack(spectra[:4])
+        f["/entry/data/data"] = np.stack(spectra)
     out: list = []
     cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, maps_dir=None)
-    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    return MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d))), out
+
+
+def test_a_stream_datum_with_more_seq_nums_than_frames_rejects_each_with_the_reason(engine, spectra, tmp_path):
+    path = tmp_path / "frames.h5"
+    cb, out = _streamed(engine, spectra[:4], path)
     start = {"uid": "run-sd", "time": 0.0, "plan_name": "count"}
     keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
     _feed(cb, [("start", start),
@@ -237,14 +243,8 @@ def test_unreadable_stream_frames_of_a_grid_scan_complete_their_binned_block(eng
 def test_a_streamed_spectrum_beyond_the_scan_shape_gets_one_row(engine, spectra, tmp_path):
     """A grid of 1 x 2 and three events whose spectra arrive by stream_datum: the third was answered twice,
     at its event (outside the shape) and again at its frame."""
-    import h5py
-
     path = tmp_path / "frames.h5"
-    with h5py.File(path, "w") as f:
-        f["/entry/data/data"] = np.stack(spectra[:3])
-    out: list = []
-    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, maps_dir=None)
-    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    cb, out = _streamed(engine, spectra[:3], path)
     keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
     docs = [("start", {"uid": "run-x", "time": 0.0, "plan_name": "grid_scan", "shape": [1, 2]}),
             ("descriptor", {"uid": "desc-x", "run_start": "run-x", "name": "primary", "time": 0.0, "data_keys": keys}),
