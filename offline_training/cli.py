@@ -195,7 +195,7 @@ def cmd_evaluate(args) -> int:
     from offline_training.baselines import MnEdgeNetPublished
     from offline_training.evaluate import evaluate
     from offline_training.evaluation_report import evaluation_lines
-    from offline_training.gate import compare_with_reference, training_ranges
+    from offline_training.gate import compare_with_reference, training_bank, training_ranges
     from offline_training.references.bank import Bank
 
     if not (math.isfinite(args.gate_tolerance) and math.isfinite(args.gate_valence_tolerance)):
@@ -206,7 +206,12 @@ def cmd_evaluate(args) -> int:
     # the reference model is loaded before the long evaluation: a wrong --gate fails at once
     ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None
     fcfg = training_ranges(engine)
-    bank = Bank.load(args.bank)
+    if args.bank:
+        bank, bank_path = Bank.load(args.bank), str(args.bank)
+    else:   # the candidate's own training bank, as its own training ranges
+        bank, bank_path, note = training_bank(engine)
+        if note:
+            print(f"mnedge-train evaluate: {note}", file=sys.stderr)
     mnedgenet = None
     if args.mnedgenet:
         try:
@@ -228,7 +233,7 @@ def cmd_evaluate(args) -> int:
                    n_nnls=args.n_nnls, real_dir=real, robustness_n=args.robustness_n)
     if mnedgenet is not None:
         res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
-    res["bank"] = {"path": str(args.bank or "(shipped)"), "sha256": bank.sha256()}
+    res["bank"] = {"path": bank_path, "sha256": bank.sha256()}
     gate_failed = False
     if ref is not None:
         res["gate"] = compare_with_reference(engine, res, ref, fcfg, bank, n=args.n, seed=args.seed,
@@ -413,8 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--robustness-n", type=int, default=8000)
     s.add_argument("--real-dir", help="folder of measured two-column spectra to read as well (default: "
                    "shared/real_spectra beside the project checkout, skipped with a note when absent)")
-    s.add_argument("--bank", help="references bank the validation spectra are drawn from (default: the shipped "
-                   "one; a site model's own bank must be given here); its SHA-256 is recorded in the results")
+    s.add_argument("--bank", help="references bank the validation spectra are drawn from (default: the one the "
+                   "--model was trained on, when it is here, else the shipped one, saying so); its SHA-256 is "
+                   "recorded in the results")
     s.add_argument("--gate", help="compare with this model (artifact or 'default'); exit 1 if worse")
     s.add_argument("--gate-tolerance", type=float, default=0.0,
                    help="how much lower the candidate's accuracy_0.1 may be than the --gate model's (default 0)")

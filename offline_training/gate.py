@@ -9,6 +9,8 @@ the inputs that are no Mn edge at least as often. The command exits 1 when the v
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mnedge_live.engine import Engine
 from offline_training.forward import ForwardConfig
 from offline_training.references.bank import Bank
@@ -18,6 +20,33 @@ def training_ranges(engine: Engine) -> ForwardConfig:
     """The forward-model ranges an artifact was trained on (its card), or the defaults."""
     train_cfg = engine.artifact.card.get("training", {}).get("config", {})
     return ForwardConfig.from_dict(train_cfg["forward"]) if "forward" in train_cfg else ForwardConfig()
+
+
+def training_bank(engine: Engine) -> tuple[Bank, str, str]:
+    """The references bank an artifact was trained on, where it names it and it is here: ``(bank, its
+    path or "(shipped)", note)``; the note is ``""`` unless the training bank could not be used.
+
+    The card's bank file is used when its SHA-256 is the one recorded at training (or none was); a
+    card naming a file that is not here gets the shipped bank when its checksum is the shipped one's.
+    Otherwise the shipped bank, and the note says why: a site model was scored on the shipped bank's
+    spectra without a word.
+    """
+    training = engine.artifact.card.get("training", {})
+    path, sha = training.get("config", {}).get("bank"), training.get("bank_sha256")
+    if path and Path(path).is_file():
+        bank = Bank.load(path)
+        if not sha or bank.sha256() == sha:
+            return bank, str(path), ""
+        note = f"the training bank {path} has changed since (SHA-256 {bank.sha256()[:12]}..., at training {sha[:12]}...)"
+    elif path:
+        note = f"the training bank {path} is not here"
+    else:
+        note = ""
+    shipped = Bank.load()
+    if not sha or shipped.sha256() == sha:
+        return shipped, "(shipped)", ""
+    return shipped, "(shipped)", (note or f"the model was trained on another bank (SHA-256 {sha[:12]}...)") + \
+        ": the validation spectra are drawn from the shipped bank; give --bank to choose"
 
 
 def compare_with_reference(engine: Engine, res: dict, reference: Engine, fcfg: ForwardConfig, bank: Bank, *,

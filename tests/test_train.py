@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from live_support import free_port
@@ -600,3 +601,31 @@ def test_resume_refuses_a_teacher_whose_weights_changed_since_the_checkpoint(tmp
     export_artifact(tmp_path / "other.pt", teacher, model_id="tiny-other", overwrite=True, ood_spectra=0)
     with pytest.raises(ValueError, match="was distilled from tiny-test.*now holds tiny-other"):
         train(cfg, tmp_path / "run", progress=False, resume=True)
+
+
+def test_evaluate_draws_from_the_candidates_training_bank_or_says_why_not(tmp_path, tiny_artifact, capsys):
+    """A site model was scored on the shipped bank's spectra, whatever it was trained on."""
+    from mnedge_live.artifact import write_card
+    from offline_training.cli import main as mnedge_train
+    from offline_training.references.bank import Bank
+
+    site = Bank.load()
+    site.weight = site.weight * np.linspace(0.5, 1.0, site.weight.size)   # another bank, same spectra
+    site.save(tmp_path / "site_bank.npz")
+    cand = tmp_path / "cand"
+    shutil.copytree(tiny_artifact, cand)
+    card = json.loads((cand / "model_card.json").read_text())
+    card["training"]["config"]["bank"] = str(tmp_path / "site_bank.npz")
+    card["training"]["bank_sha256"] = site.sha256()
+    write_card(cand, card)
+    (tmp_path / "none").mkdir()
+    base = ["evaluate", "--model", str(cand), "--n", "64", "--n-nnls", "0", "--robustness-n", "0",
+            "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(tmp_path / "e.json")]
+    assert mnedge_train(base) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["bank"] == {"path": str(tmp_path / "site_bank.npz"),
+                                                                      "sha256": site.sha256()}
+    (tmp_path / "site_bank.npz").unlink()   # gone: the shipped bank, and the note says so
+    capsys.readouterr()
+    assert mnedge_train(base) == 0
+    assert "is not here: the validation spectra are drawn from the shipped bank" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e.json").read_text())["bank"]["path"] == "(shipped)"
