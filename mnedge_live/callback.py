@@ -134,7 +134,7 @@ class MnEdgeCallback(DocumentRouter):
         self.external = ExternalReader(max_values=MAX_CHANNELS)
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
                        "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0,
-                       "final_readouts": 0, "unpublished_documents": 0, "unpublished_rows": 0}
+                       "final_readouts": 0, "unpublished_documents": 0, "unpublished_rows": 0, "ignored_runs": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -159,9 +159,11 @@ class MnEdgeCallback(DocumentRouter):
         uid = doc["uid"]
         if doc.get("mnedge_derived") or "mnedge_model" in doc:
             self.ignored.add(uid)  # our own derived run, seen through a shared proxy
+            self.totals["ignored_runs"] += 1
             return
         if self.config.detectors is not None and not set(self.config.detectors) & set(doc.get("detectors") or []):
             self.ignored.add(uid)  # another instrument's run
+            self.totals["ignored_runs"] += 1
             return
         if uid in self.runs:
             log.warning("duplicate start %s ignored", uid)

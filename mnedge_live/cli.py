@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": "demo",
     "models": "models",
     "watch": "watch",
+    "replay": "replay",
 }
 
 

@@ -21,21 +21,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("live", help="read the Mn valence of Bluesky documents live (0MQ in, 0MQ out)")
     p.add_argument("--in", dest="in_address", help="0MQ proxy address to subscribe to (its subscriber side)")
     p.add_argument("--out", dest="out_address", help="0MQ proxy address to publish derived documents to")
-    p.add_argument("--config", help="TOML file with any option (flags override it)")
-    p.add_argument("--mode", help="spectrum | step")
-    p.add_argument("--spectrum-field", dest="spectrum_field")
-    p.add_argument("--energy-field", dest="energy_field")
-    p.add_argument("--signal-field", dest="signal_field")
-    p.add_argument("--norm-field", dest="norm_field")
+    add_reading_options(p)
     p.add_argument("--serializer", help="msgpack (default) | pickle")
     p.add_argument("--allow-pickle", dest="allow_pickle", action="store_true", default=None,
                    help="permit the pickle wire format (it executes code from the network)")
-    p.add_argument("--map-bin", dest="map_bin", type=int,
-                   help="spectrum images: also read out the mean of each K x K block of pixels (low dose)")
     p.add_argument("--epics-prefix", dest="epics_prefix", help="serve the latest readout as EPICS PVs")
-    p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
-    p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
-    p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
     p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
                    help="close a source run as failed after this many seconds without a document "
                         "(at least 1; 0: never; default 600)")
@@ -52,6 +42,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "and exit 0 when all pass, 1 when one fails, 2 for bad options")
     p.set_defaults(run=run)
     return p
+
+
+def add_reading_options(p: argparse.ArgumentParser) -> None:
+    """The options that say how documents are read and where readouts go (``live`` and ``replay`` share them).
+
+    Each one's ``dest`` is a :class:`~mnedge_live.config.LiveConfig` name, so a flag given
+    overrides the same option of the ``--config`` file.
+    """
+    p.add_argument("--config", help="TOML file with any option (flags override it)")
+    p.add_argument("--mode", help="spectrum | step")
+    p.add_argument("--spectrum-field", dest="spectrum_field")
+    p.add_argument("--energy-field", dest="energy_field")
+    p.add_argument("--signal-field", dest="signal_field")
+    p.add_argument("--norm-field", dest="norm_field")
+    p.add_argument("--map-bin", dest="map_bin", type=int,
+                   help="spectrum images: also read out the mean of each K x K block of pixels (low dose)")
+    p.add_argument("--maps-dir", dest="maps_dir",
+                   help='where spectrum-image maps are written (default mnedge_maps; "" for none)')
+    p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
+    p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
+    p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
 
 
 def run(args: argparse.Namespace) -> int:

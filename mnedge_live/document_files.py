@@ -1,0 +1,176 @@
+"""Bluesky documents saved to files: read back one ``(name, doc)`` pair at a time, and written (``mnedge replay``).
+
+Reads what bluesky's own writers save (:mod:`bluesky.callbacks.json_writer`): ``JSONLinesWriter``'s
+``{"name": ..., "doc": ...}`` per line and ``JSONWriter``'s JSON array of them (one per line, the
+closing ``]`` missing when the run never stopped), suitcase-jsonl's ``[name, doc]`` per line, and a
+JSON array of either written in one piece (``json.dump``, pretty-printed or not). Files are read a line
+at a time, so the documents of a large spectrum image are never held whole; only a file that is not
+line-oriented is parsed in one piece, up to :data:`MAX_WHOLE_FILE_BYTES`.
+
+What is not a document (a line that is not JSON, not a name/doc pair, a name event-model does not
+know) comes back as a :class:`BadEntry` with its line number, never raised: the caller counts and
+reports it, and the documents around it are still read. JSON carries no code: nothing here unpickles.
+:class:`DocumentFileWriter` writes documents in ``JSONLinesWriter``'s layout, which this module reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from event_model import DocumentNames
+
+#: Largest file parsed in one piece when it is not one document per line (bytes).
+MAX_WHOLE_FILE_BYTES = 256 * 2**20
+#: Document names event-model defines (``start``, ``descriptor``, ``event``, ``event_page``, ...).
+DOCUMENT_NAMES = frozenset(n.value for n in DocumentNames)
+
+
+@dataclass(frozen=True)
+class BadEntry:
+    """A part of a document file that is not a document, and why.
+
+    Attributes
+    ----------
+    line : int
+        1-based line of the file (0: the file as a whole).
+    reason : str
+        What is wrong with it.
+    """
+
+    line: int
+    reason: str
+
+
+def document_pair(entry: Any) -> tuple[str, dict]:
+    """``(name, doc)`` of one saved entry: ``{"name": ..., "doc": ...}`` or ``[name, doc]``.
+
+    Raises
+    ------
+    ValueError
+        Neither layout, a name event-model does not know, or a document that is not a JSON object.
+    """
+    if isinstance(entry, dict) and set(entry) >= {"name", "doc"}:
+        name, doc = entry["name"], entry["doc"]
+    elif isinstance(entry, list) and len(entry) == 2:
+        name, doc = entry
+    else:
+        raise ValueError('not a document: expected {"name": ..., "doc": ...} or [name, doc]')
+    if not isinstance(name, str) or name not in DOCUMENT_NAMES:
+        raise ValueError(f"{str(name)[:40]!r} is not a Bluesky document name")
+    if not isinstance(doc, dict):
+        raise ValueError(f"the {name} document is a {type(doc).__name__}, not an object")
+    return name, doc
+
+
+def _entries(value: Any, line: int) -> Iterator[tuple[str, dict] | BadEntry]:
+    """The documents of one parsed JSON value: an entry, or an array of entries."""
+    if isinstance(value, list) and not (len(value) == 2 and isinstance(value[0], str)):
+        for item in value:
+            yield from _entries(item, line)
+        return
+    try:
+        yield document_pair(value)
+    except ValueError as exc:
+        yield BadEntry(line, str(exc))
+
+
+def _whole_file(path: Path) -> Any | None:
+    """The file parsed as one JSON value, or None when it is not one (or too large to try)."""
+    if path.stat().st_size > MAX_WHOLE_FILE_BYTES:
+        return None
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError):   # several values (JSON Lines), cut short, not JSON
+        return None
+
+
+def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:
+    """Every document saved in ``path``, in file order; what is not one as a :class:`BadEntry`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A JSON Lines file or a JSON array of documents (see the module's description).
+
+    Raises
+    ------
+    OSError
+        The file cannot be opened or read.
+    """
+    path = Path(path)
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        first = next((ln.strip() for ln in fh if ln.strip()), "")
+    if not first:
+        yield BadEntry(0, "the file holds no documents")
+        return
+    try:
+        line_oriented = first == "[" or isinstance(json.loads(first.rstrip(",")), (dict, list))
+    except ValueError:
+        line_oriented = False
+    if first == "[":   # JSONWriter's layout, or an array pretty-printed over many lines
+        whole = _whole_file(path)
+        if whole is not None:
+            yield from _entries(whole, 0)
+            return
+    elif not line_oriented:
+        whole = _whole_file(path)
+        if whole is None:
+            yield BadEntry(1, "not JSON documents: neither one document per line nor one JSON array")
+        else:
+            yield from _entries(whole, 0)
+        return
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for number, raw in enumerate(fh, start=1):
+            text = raw.strip().rstrip(",").strip()
+            if text in ("", "[", "]"):   # JSONWriter's framing
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                yield BadEntry(number, f"not JSON ({exc.msg}; a line cut short?)")
+                continue
+            yield from _entries(value, number)
+
+
+class DocumentFileWriter:
+    """Writes documents as bluesky's ``JSONLinesWriter`` does (``{"name": ..., "doc": ...}`` per line).
+
+    Numpy values are written as JSON numbers and lists (event-model's ``NumpyEncoder``), NaN as
+    ``NaN`` (as Python's ``json`` reads it back). The documents go to ``PATH.partial``, renamed to
+    ``PATH`` by :meth:`close`, so a file at ``PATH`` is always whole.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write (its folder is made when missing).
+    """
+
+    def __init__(self, path: str | Path):
+        from event_model import NumpyEncoder
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._fh = open(self._partial, "w", encoding="utf-8")
+        self._encoder = NumpyEncoder()
+        self.documents = 0
+
+    def __call__(self, name: str, doc: dict) -> None:
+        """Append one document."""
+        self._fh.write(self._encoder.encode({"name": name, "doc": doc}) + "\n")
+        self.documents += 1
+
+    def close(self) -> Path:
+        """Finish the file (flushed, synced, renamed into place); returns its path."""
+        if not self._fh.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self._partial, self.path)
+        return self.path

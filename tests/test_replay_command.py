@@ -1,0 +1,140 @@
+"""``mnedge replay``: saved runs of a real RunEngine read as the live callback read them, bad input counted."""
+
+from __future__ import annotations
+
+import json
+
+import bluesky.plans as bp
+import h5py
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.callbacks.json_writer import JSONLinesWriter
+from live_support import derived_rows, model_args, real_engine
+
+from mnedge_live.callback import MnEdgeCallback
+from mnedge_live.cli import main
+from mnedge_live.config import LiveConfig
+from mnedge_live.document_files import DocumentFileWriter, read_documents
+from mnedge_live.sim import SpectrumSource, make_eels, make_xas
+
+EELS_TOML = """mode = "spectrum"
+spectrum_field = "eels_spectrum"
+dispersion_field = "eels_dispersion"
+offset_field = "eels_offset"
+"""
+EELS_OPTS = dict(mode="spectrum", spectrum_field="eels_spectrum", dispersion_field="eels_dispersion",
+                 offset_field="eels_offset")
+STEP_ARGS = ["--mode", "step", "--signal-field", "xas_tey", "--norm-field", "xas_i0"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return real_engine()
+
+
+@pytest.fixture(scope="module")
+def saved(engine, tmp_path_factory):
+    """A spectrum image and a step scan run on a real RunEngine, saved as they ran, with the live readouts."""
+    folder = tmp_path_factory.mktemp("saved")
+    source = SpectrumSource()
+    det, sy, sx = make_eels((3, 4), source)
+    det.prefetch()
+    live: list[tuple[str, dict]] = []
+    writer = DocumentFileWriter(folder / "image.jsonl")
+    RE = RunEngine({})
+    RE.subscribe(writer)
+    RE.subscribe(MnEdgeCallback(engine, LiveConfig(**EELS_OPTS, maps_dir=""), lambda n, d: live.append((n, d))))
+    RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4, snake_axes=True))
+    writer.close()
+    dets, mono = make_xas((0.2, 0.5, 0.3), source)
+    live_step: list[tuple[str, dict]] = []
+    RE2 = RunEngine({})
+    RE2.subscribe(JSONLinesWriter(str(folder), "step.jsonl"))   # bluesky's own writer: scalars only
+    RE2.subscribe(MnEdgeCallback(engine, LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0"),
+                                 lambda n, d: live_step.append((n, d))))
+    RE2(bp.list_scan([dets], mono, list(np.arange(630.0, 668.0, 0.25))))
+    (folder / "image.toml").write_text(EELS_TOML)
+    return folder, live, live_step
+
+
+def replay(capsys, *args):
+    code = main(["replay", *map(str, args), *model_args(), "--json"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def test_a_saved_spectrum_image_replays_to_the_live_readouts_its_maps_and_a_readable_file(saved, capsys, tmp_path):
+    folder, live, _ = saved
+    out = tmp_path / "derived.jsonl"
+    code, report = replay(capsys, folder / "image.jsonl", "--config", folder / "image.toml",
+                          "--maps-dir", tmp_path / "maps", "--out", out)
+    live_rows = {r["source_seq_num"]: r for r in derived_rows(live)}
+    docs = [d for d in read_documents(out)]
+    rows = {r["source_seq_num"]: r for r in derived_rows(docs)}
+    assert sorted(rows) == sorted(live_rows) == list(range(1, 13))
+    for seq, row in rows.items():
+        assert row["status"] == live_rows[seq]["status"]
+        assert (row["pixel_row"], row["pixel_col"]) == (live_rows[seq]["pixel_row"], live_rows[seq]["pixel_col"])
+        assert row["valence"] == pytest.approx(live_rows[seq]["valence"], abs=1e-4, nan_ok=True)
+    [run] = report["runs"]
+    assert run["source_uid"] == next(d for n, d in live if n == "start")["parent_uid"]
+    assert run["exit_status"] == "success" and run["processed"] + run["rejected"] == 12 and run["missed"] == 0
+    ok = [r["valence"] for r in rows.values() if r["status"] == "ok"]
+    assert run["median_valence"] == pytest.approx(float(np.median(ok)))
+    with h5py.File(run["maps_h5"]) as f:
+        grid = f["valence"][()]
+    for r in rows.values():
+        assert np.array_equal(grid[r["pixel_row"], r["pixel_col"]], r["valence"], equal_nan=True)
+    assert report["out"] == str(out) and docs[0][0] == "start" and docs[-1][0] == "stop"
+    assert code == (0 if run["rejected"] == 0 else 1)
+
+
+def test_a_step_scan_saved_by_bluesky_s_writer_replays_to_the_live_final_readout(saved, capsys):
+    folder, _, live_step = saved
+    code, report = replay(capsys, folder / "step.jsonl", *STEP_ARGS, "--maps-dir", "")
+    live_final = [r for r in derived_rows(live_step) if r.get("final")][-1]
+    [run] = report["runs"]
+    assert run["final"]["status"] == live_final["status"] == "ok"
+    assert run["final"]["valence"] == pytest.approx(live_final["valence"], abs=1e-4)
+    assert run["processed"] == 152 and report["totals"]["final_readouts"] == 1
+    assert code == 0
+
+
+def test_damaged_files_are_read_around_the_damage_counted_and_exit_1(saved, capsys, tmp_path):
+    """A garbage line, an unknown document, the stop document lost, a missing file: all counted, the rest read."""
+    folder, _, _ = saved
+    lines = (folder / "step.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["name"] == "stop"
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text("\n".join(lines[:5] + ["{not json", '{"name": "nonsense", "doc": {}}'] + lines[5:-1]) + "\n")
+    code, report = replay(capsys, damaged, tmp_path / "missing.jsonl", *STEP_ARGS, "--maps-dir", "")
+    assert code == 1
+    assert report["bad_lines"] == 2 and report["unreadable_files"] == 1 and report["runs_without_stop"] == 1
+    [run] = report["runs"]
+    assert run["exit_status"] == "fail" and "stop document" in run["reason"]
+    assert run["processed"] == 152 and run["final"]["status"] == "ok"
+
+
+def test_derived_runs_are_counted_as_not_read_and_a_file_of_nothing_to_read_exits_1(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    out = tmp_path / "derived.jsonl"
+    assert replay(capsys, folder / "step.jsonl", *STEP_ARGS, "--out", out)[0] == 0
+    code, report = replay(capsys, out, *STEP_ARGS)
+    assert code == 1 and report["runs"] == [] and report["totals"]["ignored_runs"] == 1
+
+
+def test_an_existing_out_file_is_kept_without_overwrite(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    out = tmp_path / "derived.jsonl"
+    out.write_text("keep me\n")
+    assert main(["replay", str(folder / "step.jsonl"), *STEP_ARGS, "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == "keep me\n"
+    code, _ = replay(capsys, folder / "step.jsonl", *STEP_ARGS, "--out", out, "--overwrite")
+    assert code == 0 and next(read_documents(out))[0] == "start"
+
+
+def test_bad_options_are_usage_errors(saved, capsys):
+    folder, _, _ = saved
+    assert main(["replay", str(folder / "step.jsonl"), "--mode", "sideways"]) == 2
+    assert "mode" in capsys.readouterr().err
