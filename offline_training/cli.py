@@ -110,6 +110,9 @@ def cmd_generate(args) -> int:
     from offline_training.generate import default_workers, write_dataset
     from offline_training.references.bank import Bank
 
+    if Path(args.out).exists() and not args.overwrite:   # checked before minutes of synthesis
+        raise FileExistsError(f"--out {args.out} exists: write the dataset to another file, or pass --overwrite "
+                              "to replace it")
     fcfg, bank_path = _forward_config(args.config)
     fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg, compiled=args.compiled)
     if args.workers is not None:
@@ -362,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the forward model's element-wise stages compiled by torch.compile: about twice "
                         "as fast for large N after seconds of compilation; the file is reproducible with the "
                         "same flag (compiled and eager stages agree to float32 rounding, not bit for bit)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file (once the new one is whole)")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(run=cmd_generate)
 

@@ -127,3 +127,18 @@ def test_options_that_would_do_nothing_or_nonsense_are_refused_by_name(tmp_path,
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())
+
+
+def test_an_existing_dataset_is_replaced_only_with_overwrite(tmp_path, capsys):
+    """generate replaced an existing --out file silently (references and export ask for --overwrite)."""
+    from offline_training.cli import main as mnedge_train
+
+    out = tmp_path / "d.h5"
+    out.write_bytes(b"an earlier dataset")
+    args = ["generate", "--n", "8", "--seed", "0", "--out", str(out), "--config", str(TINY), "--workers", "0",
+            "--no-progress"]
+    assert mnedge_train(args) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"an earlier dataset"
+    assert mnedge_train(args + ["--overwrite"]) == 0
+    with h5py.File(out) as f:
+        assert f["spectra"].shape[0] == 8
