@@ -107,7 +107,8 @@ def reference_spectra(fm: ForwardModel, batch_params: dict, rows: np.ndarray, ma
     n = len(rows)
     out = []
     gen = torch.Generator().manual_seed(seed)
-    common = ["gauss_fwhm", "lorentz_fwhm", "t_lambda", "plasmon_index", "edge_step", "saturation",
+    common = ["gauss_fwhm", "lorentz_fwhm", "t_lambda", "plasmon_index", "edge_step", "edge_step_offset",
+              "edge_step_width", "saturation",
               "dispersion_error", "nonlinearity", "point_spacing", "is_eels"]
     for j, v in enumerate(VALENCES):
         frac = torch.zeros(n, 3, dtype=torch.float64)

@@ -118,6 +118,41 @@ def test_edge_steps_rise_below_each_white_line_and_only_l3_fills_the_trough(forw
     assert at(l2 + 15.0) == pytest.approx(0.3, abs=0.01)           # both steps above L2
 
 
+@pytest.mark.parametrize("offset_ev, width_ev", [(0.0, 0.5), (-2.0, 1.2), (1.0, 0.2)])
+def test_edge_step_thresholds_and_widths_follow_the_drawn_values(forward_model, bank, offset_ev, width_ev):
+    """``edge_step_offset`` moves both thresholds from their lines' maxima and ``edge_step_width`` sets the
+    arctan's half-width (half the resolution added): half of each step at its threshold, a quarter of the
+    L3 step one half-width below it."""
+    f = torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64)
+    ov = dict(QUIET, **_members(bank), fractions=f, edge_step_offset=offset_ev, edge_step_width=width_ev)
+    axis = forward_model.config.axis_start + 0.1 * np.arange(forward_model.config.axis_points)
+    lines = forward_model.sample(1, seed=1, **ov).clean[0].numpy().astype(float)
+    with_steps = forward_model.sample(1, seed=1, **dict(ov, edge_step=0.2)).clean[0].numpy().astype(float)
+    continuum = (with_steps - lines) / lines.max()
+    member = _members(bank)["member_2"]
+    l3, l2 = float(forward_model.l3_pos[member]), float(forward_model.l2_pos[member])
+    half_width = width_ev + 0.3 / 2   # QUIET's resolution: a 0.3 eV Gaussian
+    at = lambda e: float(np.interp(e, axis, continuum))   # noqa: E731
+    assert at(l3 + offset_ev) == pytest.approx(0.1, abs=0.012)
+    assert at(l3 + offset_ev - half_width) == pytest.approx(0.05, abs=0.012)
+    assert at(l2 + offset_ev) == pytest.approx(0.2 + 0.05, abs=0.012)
+
+
+def test_a_step_range_of_one_value_draws_nothing_so_earlier_configs_give_their_batches(bank):
+    """The threshold and width ranges were added after models were trained with the fixed rule (1 eV below,
+    0.5 eV): their one-value defaults take nothing from the generator, a wider range does."""
+    from offline_training.forward import ForwardModel
+
+    fixed = ForwardModel(bank, ForwardConfig(edge_step_offset=(-1.0, -1.0), edge_step_width=(0.5, 0.5)))
+    default = ForwardModel(bank, ForwardConfig())
+    drawn = ForwardModel(bank, ForwardConfig(edge_step_offset=(-2.0, 1.0), edge_step_width=(0.2, 1.5)))
+    a, b, c = (m.sample(64, seed=5) for m in (default, fixed, drawn))
+    assert torch.equal(a.values, b.values) and torch.equal(a.params["saturation"], b.params["saturation"])
+    assert (a.params["edge_step_offset"] == -1.0).all() and (a.params["edge_step_width"] == 0.5).all()
+    assert not torch.equal(a.params["saturation"], c.params["saturation"])   # the later draws moved on
+    assert -2.0 <= float(c.params["edge_step_offset"].min()) < float(c.params["edge_step_offset"].max()) <= 1.0
+
+
 def test_mixture_is_linear_in_the_fractions(forward_model, bank):
     ov = dict(QUIET, **_members(bank))
     pure = []
@@ -204,6 +239,8 @@ def test_measured_psnr_matches_target(forward_model, target):
     (dict(intrinsic_fwhm={2: (0, 1), 3: (0, 1)}), "intrinsic_fwhm"),
     (dict(composition_shares=(0.0, 0.0, 0.0)), "composition_shares"),
     (dict(edge_step=(-1.5, 0.2)), "edge_step"),
+    (dict(edge_step_offset=(-6.0, 0.0)), "edge_step_offset"),
+    (dict(edge_step_width=(-0.1, 0.5)), "edge_step_width"),
     (dict(offset=(-40.0, -30.0)), "offset"),              # L3 reads below the 615 eV axis start
     (dict(offset=(-15.0, 15.0), chemical_shift=(-3.0, 3.0), axis_points=300), "offset"),  # axis ends at 644.9
     (dict(axis_start=900.0), "axis_start"),               # every row flat: no edge on the axis

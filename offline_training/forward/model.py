@@ -148,6 +148,12 @@ class ForwardModel:
                 return v.expand(n).clone() if v.ndim == 0 else v
             return _uniform(gen, n, r).to(dev)
 
+        def draw_unless_fixed(name, r):
+            """As ``draw``, but a range of one value takes nothing from ``gen`` (batches of configs without it stay)."""
+            if name not in overrides and r[0] == r[1]:
+                return torch.full((n,), float(r[0]), dtype=torch.float64, device=dev)
+            return draw(name, r)
+
         fractions = overrides.get("fractions")
         fractions = (torch.as_tensor(fractions, dtype=torch.float64) if fractions is not None
                      else sample_fractions(gen, n, cfg.composition_shares)).to(dev)
@@ -207,14 +213,16 @@ class ForwardModel:
         spec = torch.fft.irfft(spec_fft, n=self.nfft)[:, : self.energy.numel()]
         peak = spec.amax(dim=1)
 
-        # 5. edge steps, broadened like the white lines, rising 1 eV below each line's maximum
+        # 5. edge steps, broadened like the white lines, rising near each line's maximum
         h = draw("edge_step", cfg.edge_step)
-        width = 0.5 + p["resolution_fwhm"] / 2
+        at = draw_unless_fixed("edge_step_offset", cfg.edge_step_offset)
+        w0 = draw_unless_fixed("edge_step_width", cfg.edge_step_width)
+        width = w0 + p["resolution_fwhm"] / 2
         e32 = self.energy.to(torch.float32)
         f32 = torch.float32
-        spec = spec + st.edge_steps(e32, (l3_mix - 1.0).to(f32), (l2_mix - 1.0).to(f32), (h * peak).to(f32),
+        spec = spec + st.edge_steps(e32, (l3_mix + at).to(f32), (l2_mix + at).to(f32), (h * peak).to(f32),
                                     width.to(f32))
-        p["edge_step"] = h
+        p["edge_step"], p["edge_step_offset"], p["edge_step_width"] = h, at, w0
 
         # 6. XAS saturation
         sat = torch.where(is_eels, torch.zeros(n, dtype=torch.float64, device=dev), draw("saturation", cfg.saturation))

@@ -126,11 +126,12 @@ def edge_steps(energy: torch.Tensor, l3: torch.Tensor, l2: torch.Tensor, height:
     """Arctan edge steps (L3:L2 heights 2:1 by core-level degeneracy) into the continuum.
 
     ``l3`` and ``l2`` are the thresholds (eV), each near its white line (the
-    forward model puts them 1 eV below the L3 and L2 maxima, where the
-    Hartree-Slater continuum of EELS and the arctan steps of normalized XAS
-    rise; Egerton, *Electron Energy-Loss Spectroscopy in the Electron
-    Microscope*, 3rd ed., 2011, sec. 3.7; Chen et al., PRL 75, 152 (1995)):
-    the trough between the lines holds the L3 continuum only.
+    forward model puts them ``edge_step_offset`` from the L3 and L2 maxima, by
+    default 1 eV below, where the Hartree-Slater continuum of EELS and the
+    arctan steps of normalized XAS rise; Egerton, *Electron Energy-Loss
+    Spectroscopy in the Electron Microscope*, 3rd ed., 2011, sec. 3.7; Chen et
+    al., PRL 75, 152 (1995)): the trough between the lines holds the L3
+    continuum only.
     """
     e = energy[None, :]
     s3 = 0.5 + torch.atan((e - l3[:, None]) / width[:, None]) / math.pi
