@@ -385,6 +385,24 @@ def test_the_measured_spectra_inverted_are_refused_not_read(real_dir, name):
         assert not r.ok and "inverted" in r.reason, (name, r.valence, r.reason)
 
 
+def test_a_spectrum_refused_with_gaps_across_its_lines_is_told_of_the_gaps(real_dir):
+    """Measured LaMnO3 without points over the trough (L3 + 2 to L3 + 9 eV) is refused by its out-of-distribution
+    score; the reason did not say that the gap, bridged by a straight line, is the likely cause."""
+    from mnedge_live.engine.core import SPARSE_LINES_NOTE
+    from offline_training.realism import read_two_column
+
+    engine = load_engine()
+    e, y = read_two_column(real_dir / "Data2_LaMnO3.csv")
+    o = np.argsort(e)
+    e, y = e[o], y[o]
+    l3 = e[np.argmax(y)]
+    keep = (e < l3 + 2.0) | (e > l3 + 9.0)
+    r = engine.predict_one(e[keep], y[keep])
+    assert not r.ok and "out-of-distribution" in r.reason and r.reason.endswith(SPARSE_LINES_NOTE), r
+    refused_whole = engine.predict_one(e, -y)   # refused for another reason, measured densely: no note
+    assert not refused_whole.ok and SPARSE_LINES_NOTE not in refused_whole.reason
+
+
 def test_wide_gaps_between_points_on_the_lines_are_flagged(engine):
     """A 2.4 eV gap across L3 or L2 flags ``sparse_lines``; the same gap in the pre-edge does not; both paths agree."""
     def without(lo, hi):

@@ -57,6 +57,12 @@ DEFAULT_TRAINED_RESOLUTION_EV = 2.5
 #: The measured spectra subsampled at random changed by 0.12 on average (0.31 in one case in ten)
 #: with such gaps, by 0.01-0.04 with gaps up to 1.5 eV (benchmarks/RESULTS.md).
 LINES_REGION_EV = (-3.0, 15.0)
+#: Added to the reason of a refused spectrum whose lines have such gaps: a gap across the trough
+#: between L3 and L2 made measured spectra unlike the training spectra (out-of-distribution score
+#: 40-54, benchmarks/RESULTS.md), and the reason alone did not say why.
+SPARSE_LINES_NOTE = ("; its axis has gaps of more than 1.5 eV between measured points on or between the L3 and "
+                     "L2 lines (bridged by straight lines), which may be the cause: measure or digitize the lines "
+                     "more densely")
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
@@ -399,14 +405,15 @@ class Engine:
         offset = checks.shift_ev + side[:, 0].astype(np.float64)
         resolution = np.maximum(side[:, 1].astype(np.float64), 0.0)
         t_lambda = np.maximum(side[:, 2].astype(np.float64), 0.0)
+        sparse = (np.zeros(len(f), bool) if rows.bridged is None
+                  else _bridged_near(rows.bridged, checks.l3_ev - start))
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
                         ("spikes_removed", np.asarray(rows.spikes) > 0), ("clipped", np.asarray(rows.clipped, bool)),
                         ("coarse_axis", np.asarray(rows.spacing) > self.coarse_axis_ev + 1e-9),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("strong_background", checks.background > STRONG_BACKGROUND),
-                        ("sparse_lines", np.zeros(len(f), bool) if rows.bridged is None
-                         else _bridged_near(rows.bridged, checks.l3_ev - start)))
+                        ("sparse_lines", sparse))
         flags = _flag_tuples(flag_columns, len(f))
         reject = checks.rejected()
         model = self.model_id
@@ -415,7 +422,8 @@ class Engine:
                                                                 offset.tolist(), resolution.tolist(),
                                                                 t_lambda.tolist(), ood.tolist())):
             if reject[j]:
-                out.append(SpectrumResult.rejected(checks.reason(j), model=model, ood_score=od))
+                reason = checks.reason(j) + (SPARSE_LINES_NOTE if sparse[j] else "")
+                out.append(SpectrumResult.rejected(reason, model=model, ood_score=od))
                 continue
             out.append(SpectrumResult.reading(tuple(fr), tuple(sd[:3]), val, sd[3], off, res, tl, od, flags[j], model))
         return out
