@@ -26,6 +26,8 @@ from event_model import DocumentNames
 
 #: Largest file parsed in one piece when it is not one document per line (bytes).
 MAX_WHOLE_FILE_BYTES = 256 * 2**20
+#: Longest line read (characters): an event page of 1,000 spectra of 2,048 channels is about 20 million.
+MAX_LINE_CHARS = 256 * 2**20
 #: Document names event-model defines (``start``, ``descriptor``, ``event``, ``event_page``, ...).
 DOCUMENT_NAMES = frozenset(n.value for n in DocumentNames)
 
@@ -68,15 +70,37 @@ def document_pair(entry: Any) -> tuple[str, dict]:
 
 
 def _entries(value: Any, line: int) -> Iterator[tuple[str, dict] | BadEntry]:
-    """The documents of one parsed JSON value: an entry, or an array of entries."""
-    if isinstance(value, list) and not (len(value) == 2 and isinstance(value[0], str)):
-        for item in value:
-            yield from _entries(item, line)
-        return
+    """The documents of one parsed JSON value: an entry, or an array of entries (one level)."""
+    is_array = isinstance(value, list) and not (len(value) == 2 and isinstance(value[0], str))
+    for item in value if is_array else (value,):
+        try:
+            yield document_pair(item)
+        except ValueError as exc:
+            yield BadEntry(line, str(exc))
+
+
+def _parse(text: str) -> Any:
+    """One JSON value; ValueError for what is not JSON, nesting too deep for the parser included."""
     try:
-        yield document_pair(value)
-    except ValueError as exc:
-        yield BadEntry(line, str(exc))
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _lines(fh: Any) -> Iterator[tuple[int, str | None]]:
+    """``(number, text)`` of each line; text None for a line longer than :data:`MAX_LINE_CHARS` (skipped unread)."""
+    number = 0
+    while True:
+        raw = fh.readline(MAX_LINE_CHARS + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > MAX_LINE_CHARS and not raw.endswith("\n"):
+            while raw and not raw.endswith("\n"):   # the rest of the line, a piece at a time
+                raw = fh.readline(MAX_LINE_CHARS)
+            yield number, None
+            continue
+        yield number, raw
 
 
 def _whole_file(path: Path) -> Any | None:
@@ -85,7 +109,7 @@ def _whole_file(path: Path) -> Any | None:
         return None
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            return json.load(fh)
+            return _parse(fh.read())
     except (ValueError, UnicodeDecodeError):   # several values (JSON Lines), cut short, not JSON
         return None
 
@@ -105,12 +129,14 @@ def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:
     """
     path = Path(path)
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        first = next((ln.strip() for ln in fh if ln.strip()), "")
-    if not first:
-        yield BadEntry(0, "the file holds no documents")
+        first = next((None if text is None else text.strip() for _, text in _lines(fh)
+                      if text is None or text.strip()), "")
+    if first is None or not first:
+        yield BadEntry(0, "the file holds no documents" if first is not None else
+                       f"its first line is longer than {MAX_LINE_CHARS} characters: not documents")
         return
     try:
-        line_oriented = first == "[" or isinstance(json.loads(first.rstrip(",")), (dict, list))
+        line_oriented = first == "[" or isinstance(_parse(first.rstrip(",")), (dict, list))
     except ValueError:
         line_oriented = False
     if first == "[":   # JSONWriter's layout, or an array pretty-printed over many lines
@@ -126,14 +152,17 @@ def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:
             yield from _entries(whole, 0)
         return
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        for number, raw in enumerate(fh, start=1):
+        for number, raw in _lines(fh):
+            if raw is None:
+                yield BadEntry(number, f"a line of more than {MAX_LINE_CHARS} characters, skipped unread")
+                continue
             text = raw.strip().rstrip(",").strip()
             if text in ("", "[", "]"):   # JSONWriter's framing
                 continue
             try:
-                value = json.loads(text)
+                value = _parse(text)
             except ValueError as exc:
-                yield BadEntry(number, f"not JSON ({exc.msg}; a line cut short?)")
+                yield BadEntry(number, f"not JSON ({getattr(exc, 'msg', exc)}; a line cut short?)")
                 continue
             yield from _entries(value, number)
 

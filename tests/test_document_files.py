@@ -101,3 +101,25 @@ def test_the_writer_writes_numpy_values_as_bluesky_s_layout_and_only_whole_files
     assert name == "event" and doc["data"]["n"] == 3
     assert doc["data"]["x"][0] == 1.5 and np.isnan(doc["data"]["x"][1])
     assert json.loads(path.read_text())["name"] == "event"   # {"name", "doc"} per line, as JSONLinesWriter
+
+
+def test_deep_nesting_long_lines_and_nested_arrays_are_bad_entries_not_crashes(tmp_path, monkeypatch):
+    """A line nested 1,500 deep raised RecursionError from the JSON parser; a line of gigabytes would be
+    read whole; arrays of arrays were walked recursively."""
+    import mnedge_live.document_files as D
+
+    monkeypatch.setattr(D, "MAX_LINE_CHARS", 4096)
+    path = tmp_path / "docs.jsonl"
+    lines = [json.dumps({"name": "start", "doc": START}), "[" * 1500 + "]" * 1500,
+             json.dumps({"name": "event", "doc": {**EVENT, "data": {"x": [0.5] * 2000}}}),
+             json.dumps([[["start", START]]]), json.dumps({"name": "stop", "doc": STOP})]
+    path.write_text("\n".join(lines) + "\n")
+    read = list(read_documents(path))
+    assert read[0] == ("start", START) and read[-1] == ("stop", STOP)
+    assert isinstance(read[1], BadEntry) and read[1].line == 2 and "nested too deeply" in read[1].reason
+    assert isinstance(read[2], BadEntry) and read[2].line == 3 and "4096 characters" in read[2].reason
+    assert isinstance(read[3], BadEntry) and read[3].line == 4   # an array of arrays is no document
+    first_too_long = tmp_path / "long.jsonl"
+    first_too_long.write_text("x" * 10_000 + "\n" + json.dumps({"name": "stop", "doc": STOP}) + "\n")
+    [bad] = list(read_documents(first_too_long))
+    assert bad.line == 0 and "longer than" in bad.reason
