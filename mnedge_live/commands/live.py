@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import sys
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,39 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Validate the options, load the engine, serve until SIGTERM."""
+def config_and_engine(args: argparse.Namespace, command: str) -> tuple[Any, Any] | None:
+    """The options (the ``--config`` file, then the flags) and the engine they name.
+
+    None after printing why not to stderr (a bad option, a model that cannot be loaded):
+    a usage error, exit status 2, for ``command`` (``live``, ``replay``).
+    """
     from mnedge_live.config import ConfigError, LiveConfig
 
-    names = LiveConfig.names()
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    if getattr(args, "check", False):
-        return _check(args.config, overrides)
+    overrides = {k: v for k, v in vars(args).items() if k in LiveConfig.names()}
     try:
         config = LiveConfig.from_sources(args.config, overrides)
     except (ConfigError, TypeError) as exc:
-        print(f"mnedge live: bad option: {exc}", file=sys.stderr)
-        return 2
+        print(f"mnedge {command}: bad option: {exc}", file=sys.stderr)
+        return None
     from mnedge_live.engine import load_engine
 
     try:
-        engine = load_engine(config.model_path, backend=config.backend)
+        return config, load_engine(config.model_path, backend=config.backend)
     except Exception as exc:
-        print(f"mnedge live: cannot load the model: {exc}", file=sys.stderr)
+        print(f"mnedge {command}: cannot load the model: {exc}", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the options, load the engine, serve until SIGTERM."""
+    if getattr(args, "check", False):
+        from mnedge_live.config import LiveConfig
+
+        return _check(args.config, {k: v for k, v in vars(args).items() if k in LiveConfig.names()})
+    loaded = config_and_engine(args, "live")
+    if loaded is None:
         return 2
+    config, engine = loaded
     epics = None
     if config.epics_prefix:
         from mnedge_live.epics import PyepicsWriter, SoftIOC

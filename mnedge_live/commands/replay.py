@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from mnedge_live.commands.live import add_reading_options
+from mnedge_live.commands.live import add_reading_options, config_and_engine
 from mnedge_live.derived import STREAM
 
 log = logging.getLogger(__name__)
@@ -170,27 +170,15 @@ def _line(run: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Replay the files; 0 all read out, 1 anything rejected or unread, 2 usage errors."""
-    from mnedge_live.config import ConfigError, LiveConfig
-
-    names = LiveConfig.names()
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    try:
-        config = LiveConfig.from_sources(args.config, overrides)
-    except (ConfigError, TypeError) as exc:
-        print(f"mnedge replay: bad option: {exc}", file=sys.stderr)
-        return 2
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or (out.exists() and not args.overwrite)):
         why = "is a folder" if out.is_dir() else "exists (give --overwrite to replace it)"
         print(f"mnedge replay: --out {out} {why}", file=sys.stderr)
         return 2
-    from mnedge_live.engine import load_engine
-
-    try:
-        engine = load_engine(config.model_path, backend=config.backend)
-    except Exception as exc:
-        print(f"mnedge replay: cannot load the model: {exc}", file=sys.stderr)
+    loaded = config_and_engine(args, "replay")
+    if loaded is None:
         return 2
+    config, engine = loaded
     from mnedge_live.callback import MnEdgeCallback
     from mnedge_live.document_files import DocumentFileWriter
     from mnedge_live.service import DerivedSink
