@@ -204,24 +204,17 @@ def training_forward_model(config: dict, bank_sha256: str | None = None):
     when its SHA-256 is the recorded ``bank_sha256``; otherwise it is refused.
     """
     from offline_training.forward import ForwardModel
-    from offline_training.references.bank import Bank
+    from offline_training.references.bank import BankUnavailable, recorded_bank
     from offline_training.train_config import TrainConfig
 
     cfg = TrainConfig.from_dict(config)
-    if cfg.bank and not Path(cfg.bank).is_file():
-        shipped = Bank.load()
-        if bank_sha256 and shipped.sha256() == bank_sha256:
-            return ForwardModel(shipped, cfg.forward)
-        raise RuntimeError(f"the model was trained on the bank {cfg.bank}, which is not here"
-                           + (f" (SHA-256 {bank_sha256[:12]}..., the shipped bank's is {shipped.sha256()[:12]}...)"
-                              if bank_sha256 else ""))
-    bank = Bank.load(cfg.bank)
-    if bank_sha256 and bank.sha256() != bank_sha256:
-        # the file was replaced since training (a new 'references --out' of the same name): calibrating or
-        # fitting the out-of-distribution score on it would describe another model than the one trained
-        raise RuntimeError(f"the bank {cfg.bank or '(shipped)'} has changed since the model was trained on it "
-                           f"(SHA-256 {bank.sha256()[:12]}..., at training {bank_sha256[:12]}...): put the "
-                           "training bank back, or train again on this one")
+    try:
+        bank, _ = recorded_bank(cfg.bank, bank_sha256)
+    except BankUnavailable as exc:
+        # a replaced file: calibrating or fitting the out-of-distribution score on it would describe
+        # another model than the one trained
+        advice = ": put the training bank back, or train again on this one" if exc.changed else ""
+        raise RuntimeError(f"{exc}{advice}") from None
     return ForwardModel(bank, cfg.forward)
 
 

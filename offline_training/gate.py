@@ -9,11 +9,9 @@ the inputs that are no Mn edge at least as often. The command exits 1 when the v
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mnedge_live.engine import Engine
 from offline_training.forward import ForwardConfig
-from offline_training.references.bank import Bank
+from offline_training.references.bank import Bank, BankUnavailable, recorded_bank
 
 
 def training_ranges(engine: Engine) -> ForwardConfig:
@@ -32,21 +30,11 @@ def training_bank(engine: Engine) -> tuple[Bank, str, str]:
     spectra without a word.
     """
     training = engine.artifact.card.get("training", {})
-    path, sha = training.get("config", {}).get("bank"), training.get("bank_sha256")
-    if path and Path(path).is_file():
-        bank = Bank.load(path)
-        if not sha or bank.sha256() == sha:
-            return bank, str(path), ""
-        note = f"the training bank {path} has changed since (SHA-256 {bank.sha256()[:12]}..., at training {sha[:12]}...)"
-    elif path:
-        note = f"the training bank {path} is not here"
-    else:
-        note = ""
-    shipped = Bank.load()
-    if not sha or shipped.sha256() == sha:
-        return shipped, "(shipped)", ""
-    return shipped, "(shipped)", (note or f"the model was trained on another bank (SHA-256 {sha[:12]}...)") + \
-        ": the validation spectra are drawn from the shipped bank; give --bank to choose"
+    try:
+        return (*recorded_bank(training.get("config", {}).get("bank"), training.get("bank_sha256")), "")
+    except BankUnavailable as exc:
+        note = exc.reason + (exc.detail if exc.changed else "")
+    return Bank.load(), "(shipped)", note + ": the validation spectra are drawn from the shipped bank; give --bank to choose"
 
 
 def compare_with_reference(engine: Engine, res: dict, reference: Engine, fcfg: ForwardConfig, bank: Bank, *,

@@ -280,3 +280,25 @@ def test_an_existing_bank_file_is_replaced_only_with_overwrite(tmp_path, shipped
     assert mnedge_train([*args, "--measured-weight", "0.9"]) == 2
     assert "exists" in capsys.readouterr().err and site.read_bytes() == before
     assert mnedge_train([*args, "--measured-weight", "0.9", "--overwrite"]) == 0 and site.read_bytes() != before
+
+
+def test_recorded_bank_checks_the_training_bank_by_its_checksum(tmp_path):
+    """export (refusing) and evaluate (falling back with a note) look up a model's training bank with one function."""
+    from offline_training.references.bank import Bank, BankUnavailable, recorded_bank
+
+    shipped = Bank.load()
+    assert recorded_bank(None, None)[1] == "(shipped)"
+    assert recorded_bank(str(tmp_path / "gone.npz"), shipped.sha256())[1] == "(shipped)"   # a copy shipped since
+    site = Bank.load()
+    site.weight = site.weight * np.linspace(0.5, 1.0, site.weight.size)
+    site.save(tmp_path / "site.npz")
+    bank, where = recorded_bank(str(tmp_path / "site.npz"), site.sha256())
+    assert where == str(tmp_path / "site.npz") and bank.sha256() == site.sha256()
+    with pytest.raises(BankUnavailable, match="has changed since") as changed:
+        recorded_bank(str(tmp_path / "site.npz"), shipped.sha256())
+    assert changed.value.changed and site.sha256()[:12] in changed.value.detail
+    with pytest.raises(BankUnavailable, match="gone.npz, which is not here") as gone:
+        recorded_bank(str(tmp_path / "gone.npz"), site.sha256())
+    assert not gone.value.changed
+    with pytest.raises(BankUnavailable, match=r"\(shipped\) has changed"):
+        recorded_bank(None, site.sha256())

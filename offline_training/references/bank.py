@@ -159,6 +159,51 @@ def default_bank_path() -> Path:
     return Path(str(resources.files("offline_training.references") / "data" / "bank.npz"))
 
 
+class BankUnavailable(RuntimeError):
+    """The bank a model was trained on is not here, or has changed since its training.
+
+    Attributes
+    ----------
+    reason : str
+        What is wrong, in a sentence.
+    detail : str
+        The checksums that show it (``" (SHA-256 ...)"``; may be ``""``).
+    changed : bool
+        The file is here but holds another bank.
+    """
+
+    def __init__(self, reason: str, detail: str = "", changed: bool = False):
+        super().__init__(reason + detail)
+        self.reason, self.detail, self.changed = reason, detail, changed
+
+
+def recorded_bank(path: str | None, sha256: str | None) -> tuple[Bank, str]:
+    """The bank a training run recorded, checked by its SHA-256: ``(bank, its path or "(shipped)")``.
+
+    ``path`` is the training config's ``bank`` (None: the shipped bank) and ``sha256``
+    the checksum recorded at training (None: none was). A file that is not here is the
+    shipped bank when the checksums agree (a scratch copy of a bank shipped since).
+
+    Raises
+    ------
+    BankUnavailable
+        The file is not here and the shipped bank is another, or the file holds another
+        bank than the one trained on (a new ``references --out`` of the same name).
+    """
+    if path and not Path(path).is_file():
+        shipped = Bank.load()
+        if sha256 and shipped.sha256() == sha256:
+            return shipped, "(shipped)"
+        raise BankUnavailable(f"the model was trained on the bank {path}, which is not here",
+                              f" (SHA-256 {sha256[:12]}..., the shipped bank's is {shipped.sha256()[:12]}...)"
+                              if sha256 else "")
+    bank = Bank.load(path or None)
+    if sha256 and bank.sha256() != sha256:
+        raise BankUnavailable(f"the bank {path or '(shipped)'} has changed since the model was trained on it",
+                              f" (SHA-256 {bank.sha256()[:12]}..., at training {sha256[:12]}...)", changed=True)
+    return bank, str(path) if path else "(shipped)"
+
+
 def unit_area(energy: np.ndarray, spectrum: np.ndarray) -> np.ndarray:
     """Scale a spectrum to unit integrated area (trapezoid rule)."""
     area = np.trapezoid(spectrum, energy)
