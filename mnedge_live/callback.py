@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: Most channels of one spectrum; longer arrays are rejected before any copy or resampling.
 MAX_CHANNELS = 65536
+#: Source runs whose uids are remembered after they closed, so that the same run sent again is not
+#: read a second time (its derived run and maps would replace the first ones).
+MAX_CLOSED_RUNS = 4096
 #: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
 _grown_extent = grown_extent
 
@@ -128,6 +132,8 @@ class MnEdgeCallback(DocumentRouter):
         self.runs: dict[str, _Run] = {}
         self.desc_run: dict[str, str] = {}
         self.ignored: set[str] = set()
+        #: uids of the runs closed last (at most :data:`MAX_CLOSED_RUNS`): their start seen again is refused
+        self.closed: OrderedDict[str, None] = OrderedDict()
         self.ignored_desc: dict[str, set[str]] = {}
         self.pending: list[_Pending] = []
         self.pending_since = 0.0
@@ -168,6 +174,11 @@ class MnEdgeCallback(DocumentRouter):
         if uid in self.runs:
             log.warning("duplicate start %s ignored", uid)
             self.totals["bad_documents"] += 1
+            return
+        if uid in self.closed:   # the same run again (a file replayed twice, a publisher resending)
+            log.warning("run %s was read and closed already: its documents are ignored this time", uid)
+            self.totals["bad_documents"] += 1
+            self.ignored.add(uid)
             return
         kind = self.config.mode
         geometry = MapGeometry.from_start(doc)   # once: a shape too large for a map is logged once
@@ -244,16 +255,22 @@ class MnEdgeCallback(DocumentRouter):
 
     def stream_datum(self, doc: dict) -> None:
         desc_uid = doc["descriptor"]
+        if desc_uid in self.ignored:
+            return
         run = self._run_of(desc_uid)
-        if run is None or desc_uid in self.ignored:
+        if run is None:
+            log.warning("stream_datum %s of unknown descriptor %s ignored", doc.get("uid"), desc_uid)
+            self.totals["bad_documents"] += 1
             return
         run.last_activity = time.monotonic()
         desc = run.descriptors[desc_uid]
         if desc.get("name", "primary") != self.config.stream or run.kind == "step":
             return
         sr = self.external.stream_resources.get(doc["stream_resource"])
-        if sr is None:
-            log.warning("stream_datum %s refers to unknown stream_resource", doc.get("uid"))
+        if sr is None:   # whose data key it holds is unknown: no row can be answered for it
+            log.warning("stream_datum %s refers to unknown stream_resource %s: ignored", doc.get("uid"),
+                        doc["stream_resource"])
+            self.totals["bad_documents"] += 1
             return
         if sr.get("data_key") != self._spectrum_field(desc):
             return
@@ -326,6 +343,9 @@ class MnEdgeCallback(DocumentRouter):
         run = self.runs.pop(uid, None)
         if run is None:
             return None
+        self.closed[uid] = None
+        while len(self.closed) > MAX_CLOSED_RUNS:
+            self.closed.popitem(last=False)
         for d in run.descriptors:
             self.desc_run.pop(d, None)
         extra: dict[str, Any] = {}

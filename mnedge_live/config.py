@@ -266,8 +266,13 @@ class LiveConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> LiveConfig:
+    def from_sources(cls, toml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                     unused: tuple[str, ...] = ()) -> LiveConfig:
         """Options from a TOML file, then ``overrides`` (flags; None values are ignored).
+
+        ``unused``: options the caller does not use, left out of the file's values (they are
+        neither read nor checked: ``mnedge replay`` reads a live service's file without its
+        addresses, EPICS and CurveZMQ key files, which may exist only on the service's host).
 
         The file holds the options either under a ``[live]`` table (then nothing else:
         another table or a top-level key beside it is refused, naming it) or at its top
@@ -298,7 +303,8 @@ class LiveConfig:
                 key = k.replace("-", "_")
                 if key not in cls.names():
                     raise ConfigError(f"{k}: unknown option in {toml_path} (known: {', '.join(cls.names())})")
-                values[key] = v
+                if key not in unused:
+                    values[key] = v
         for k, v in (overrides or {}).items():
             if v is not None:
                 values[k] = v

@@ -4,8 +4,9 @@ Reads what bluesky's own writers save (:mod:`bluesky.callbacks.json_writer`): ``
 ``{"name": ..., "doc": ...}`` per line and ``JSONWriter``'s JSON array of them (one per line, the
 closing ``]`` missing when the run never stopped), suitcase-jsonl's ``[name, doc]`` per line, and a
 JSON array of either written in one piece (``json.dump``, pretty-printed or not). Files are read a line
-at a time, so the documents of a large spectrum image are never held whole; only a file that is not
-line-oriented is parsed in one piece, up to :data:`MAX_WHOLE_FILE_BYTES`.
+at a time, so the documents of a large spectrum image are never held whole; only a file none of whose
+first lines is a document (a value pretty-printed over many lines) is parsed in one piece, up to
+:data:`MAX_WHOLE_FILE_BYTES`, and read a line at a time when that fails.
 
 What is not a document (a line that is not JSON, not a name/doc pair, a name event-model does not
 know) comes back as a :class:`BadEntry` with its line number, never raised: the caller counts and
@@ -28,6 +29,8 @@ from event_model import DocumentNames
 MAX_WHOLE_FILE_BYTES = 256 * 2**20
 #: Longest line read (characters): an event page of 1,000 spectra of 2,048 channels is about 20 million.
 MAX_LINE_CHARS = 256 * 2**20
+#: Lines looked at (not blank, not ``[`` or ``]``) to tell one document per line from a value over many lines.
+LINES_TRIED = 5
 #: Document names event-model defines (``start``, ``descriptor``, ``event``, ``event_page``, ...).
 DOCUMENT_NAMES = frozenset(n.value for n in DocumentNames)
 
@@ -114,6 +117,33 @@ def _whole_file(path: Path) -> Any | None:
         return None
 
 
+def _layout(path: Path) -> tuple[bool, bool]:
+    """(the file holds anything but blanks, it is one document per line).
+
+    One per line when one of its first :data:`LINES_TRIED` lines that are not blank or
+    ``JSONWriter``'s framing (``[``, ``]``) is a JSON object or array: a damaged first line
+    does not make the file unreadable, and a ``JSONWriter`` file is read a line at a time.
+    """
+    tried, content = 0, False
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:
+        for _, raw in _lines(fh):
+            if raw is not None and not raw.strip():
+                continue
+            content = True
+            text = None if raw is None else raw.strip().rstrip(",").strip()
+            if text in ("[", "]"):
+                continue
+            try:
+                if text is not None and isinstance(_parse(text), (dict, list)):
+                    return True, True
+            except ValueError:
+                pass
+            tried += 1
+            if tried >= LINES_TRIED:
+                break
+    return content, False
+
+
 def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:
     """Every document saved in ``path``, in file order; what is not one as a :class:`BadEntry`.
 
@@ -128,29 +158,15 @@ def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:
         The file cannot be opened or read.
     """
     path = Path(path)
-    with open(path, encoding="utf-8-sig", errors="replace") as fh:
-        first = next((None if text is None else text.strip() for _, text in _lines(fh)
-                      if text is None or text.strip()), "")
-    if first is None or not first:
-        yield BadEntry(0, "the file holds no documents" if first is not None else
-                       f"its first line is longer than {MAX_LINE_CHARS} characters: not documents")
+    content, line_oriented = _layout(path)
+    if not content:
+        yield BadEntry(0, "the file holds no documents")
         return
-    try:
-        line_oriented = first == "[" or isinstance(_parse(first.rstrip(",")), (dict, list))
-    except ValueError:
-        line_oriented = False
-    if first == "[":   # JSONWriter's layout, or an array pretty-printed over many lines
+    if not line_oriented:   # a JSON value over many lines (pretty-printed), or no JSON at all
         whole = _whole_file(path)
         if whole is not None:
             yield from _entries(whole, 0)
             return
-    elif not line_oriented:
-        whole = _whole_file(path)
-        if whole is None:
-            yield BadEntry(1, "not JSON documents: neither one document per line nor one JSON array")
-        else:
-            yield from _entries(whole, 0)
-        return
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for number, raw in _lines(fh):
             if raw is None:

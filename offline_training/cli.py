@@ -110,7 +110,9 @@ def cmd_generate(args) -> int:
     from offline_training.generate import default_workers, write_dataset
     from offline_training.references.bank import Bank
 
-    if Path(args.out).exists() and not args.overwrite:   # checked before minutes of synthesis
+    if Path(args.out).is_dir():   # checked before minutes of synthesis, as the next
+        raise FileExistsError(f"--out {args.out} is a folder: give the dataset file's path")
+    if Path(args.out).exists() and not args.overwrite:
         raise FileExistsError(f"--out {args.out} exists: write the dataset to another file, or pass --overwrite "
                               "to replace it")
     fcfg, bank_path = _forward_config(args.config)

@@ -121,5 +121,24 @@ def test_deep_nesting_long_lines_and_nested_arrays_are_bad_entries_not_crashes(t
     assert isinstance(read[3], BadEntry) and read[3].line == 4   # an array of arrays is no document
     first_too_long = tmp_path / "long.jsonl"
     first_too_long.write_text("x" * 10_000 + "\n" + json.dumps({"name": "stop", "doc": STOP}) + "\n")
-    [bad] = list(read_documents(first_too_long))
-    assert bad.line == 0 and "longer than" in bad.reason
+    bad, stop = list(read_documents(first_too_long))   # the lines after a first line too long are still read
+    assert bad.line == 1 and "4096 characters" in bad.reason and stop == ("stop", STOP)
+
+
+@pytest.mark.parametrize("first_line", ['{"name": "start", "doc": {"uid": "cut-sh', "# saved by beamline X", "42"])
+def test_a_damaged_first_line_costs_that_line_only(first_line, tmp_path):
+    """A first line that was no document made the whole file one bad entry (the file was then parsed as one
+    JSON value, which failed): 4 documents lost, reported as 1 bad line."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text(first_line + "\n" + "".join(json.dumps({"name": n, "doc": d}) + "\n" for n, d in DOCS))
+    read = list(read_documents(path))
+    assert isinstance(read[0], BadEntry) and read[0].line == 1
+    same(read[1:])
+
+
+def test_json_writer_files_are_read_a_line_at_a_time(tmp_path, monkeypatch):
+    """bluesky's JSONWriter layout was parsed as one JSON value (ten times the memory of its lines)."""
+    import mnedge_live.document_files as D
+
+    monkeypatch.setattr(D, "_whole_file", lambda path: pytest.fail("parsed whole"))
+    same(list(read_documents(written_by(JSONWriter, tmp_path, "run.json"))))

@@ -142,3 +142,6 @@ def test_an_existing_dataset_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert mnedge_train(args + ["--overwrite"]) == 0
     with h5py.File(out) as f:
         assert f["spectra"].shape[0] == 8
+    folder_args = [a if a != str(out) else str(tmp_path) for a in args]   # a folder, even with --overwrite:
+    assert mnedge_train(folder_args + ["--overwrite"]) == 2                # refused before the synthesis
+    assert "is a folder" in capsys.readouterr().err

@@ -108,6 +108,31 @@ def test_out_of_order_duplicate_and_foreign_documents(engine, spectra):
     assert cb.totals["bad_documents"] >= 3 and cb.totals["duplicates"] == 1
 
 
+def test_a_run_sent_again_after_its_stop_is_counted_not_read_twice(engine, spectra):
+    """The same run's documents a second time (a file replayed twice, a publisher resending) made a second
+    derived run whose maps replaced the first."""
+    cb, out = _new(engine)
+    docs = source_run(spectra[:3])
+    _feed(cb, docs)
+    _feed(cb, docs)
+    assert len([d for n, d in out if n == "stop"]) == 1 and cb.totals["processed"] + cb.totals["rejected"] == 3
+    assert cb.totals["bad_documents"] == 1 and cb.totals["runs"] == 1
+    _feed(cb, source_run(spectra[:2]))   # the next run is read
+    assert len([d for n, d in out if n == "stop"]) == 2
+
+
+def test_stream_datums_of_unknown_descriptors_or_resources_are_counted(engine, spectra):
+    """Both were dropped without a count (exit 0 from a replay whose stop has no num_events)."""
+    cb, _ = _new(engine)
+    docs = source_run(spectra[:1], stop=False)
+    _feed(cb, docs)
+    desc_uid = docs[1][1]["uid"]
+    datum = {"uid": "sd", "stream_resource": "nowhere", "descriptor": desc_uid,
+             "seq_nums": {"start": 2, "stop": 5}, "indices": {"start": 0, "stop": 3}}
+    _feed(cb, [("stream_datum", datum), ("stream_datum", {**datum, "uid": "sd2", "descriptor": "unknown"})])
+    assert cb.totals["bad_documents"] == 2
+
+
 def test_a_non_mn_experiment_gets_rejections_naming_the_edge(engine, spectra):
     cb, out = _new(engine)
     _feed(cb, source_run(spectra[:3], offset=520.0))  # an O K-edge axis

@@ -138,3 +138,56 @@ def test_bad_options_are_usage_errors(saved, capsys):
     folder, _, _ = saved
     assert main(["replay", str(folder / "step.jsonl"), "--mode", "sideways"]) == 2
     assert "mode" in capsys.readouterr().err
+
+
+def test_the_same_run_in_two_files_is_read_once_and_exits_1(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    copy = tmp_path / "copy.jsonl"
+    copy.write_text((folder / "step.jsonl").read_text())
+    code, report = replay(capsys, folder / "step.jsonl", copy, *STEP_ARGS, "--maps-dir", "")
+    assert code == 1 and len(report["runs"]) == 1 and report["totals"]["bad_documents"] == 1
+
+
+def test_a_step_scan_whose_final_readout_is_rejected_exits_1_with_strict_json(engine, capsys, tmp_path):
+    """A scan over the L3 region only: its final readout is rejected (exit 0 before; --json printed NaN)."""
+    dets, mono = make_xas((0.2, 0.5, 0.3), SpectrumSource())
+    RE = RunEngine({})
+    RE.subscribe(JSONLinesWriter(str(tmp_path), "short.jsonl"))
+    RE(bp.list_scan([dets], mono, list(np.arange(630.0, 646.0, 0.25))))
+    code = main(["replay", str(tmp_path / "short.jsonl"), *STEP_ARGS, "--maps-dir", "", *model_args(), "--json"])
+    out = capsys.readouterr().out
+    report = json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    [run] = report["runs"]
+    assert run["final"]["status"] == "rejected" and run["final"]["valence"] is None and code == 1
+
+
+def test_out_naming_a_file_read_is_refused_even_with_overwrite(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    source = tmp_path / "run.jsonl"
+    source.write_text((folder / "step.jsonl").read_text())
+    before = source.read_text()
+    assert main(["replay", str(source), *STEP_ARGS, "--out", str(source), "--overwrite"]) == 2
+    assert "is one of the files read" in capsys.readouterr().err and source.read_text() == before
+
+
+def test_a_live_services_file_is_read_without_its_addresses_epics_and_curve_keys(saved, capsys, tmp_path):
+    """Its CurveZMQ key files exist only on the service's host: replay refused the file."""
+    folder, _, _ = saved
+    config = tmp_path / "live.toml"
+    config.write_text('[live]\nin_address = "beamline:5568"\nout_address = "beamline:5567"\nmode = "step"\n'
+                      'signal_field = "xas_tey"\nnorm_field = "xas_i0"\nepics_prefix = "BL08:MNEDGE:"\n'
+                      f'curve_secret_key = "{tmp_path}/absent.key_secret"\n'
+                      f'curve_server_public_key = "{tmp_path}/absent.key"\nmaps_dir = ""\n')
+    code, report = replay(capsys, folder / "step.jsonl", "--config", config)
+    assert code == 0 and report["runs"][0]["final"]["status"] == "ok"
+    assert main(["live", "--config", str(config)]) == 2   # the service itself still checks them
+    assert "curve" in capsys.readouterr().err
+
+
+def test_a_plot_folder_that_is_a_file_is_a_usage_error_leaving_nothing(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    (tmp_path / "plots").write_text("a file")
+    out = tmp_path / "d.jsonl"
+    assert main(["replay", str(folder / "step.jsonl"), *STEP_ARGS, "--plot", str(tmp_path / "plots"),
+                 "--out", str(out)]) == 2
+    assert "--plot" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["plots"]

@@ -66,17 +66,18 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")
 
 
-def config_and_engine(args: argparse.Namespace, command: str) -> tuple[Any, Any] | None:
+def config_and_engine(args: argparse.Namespace, command: str, unused: tuple[str, ...] = ()) -> tuple[Any, Any] | None:
     """The options (the ``--config`` file, then the flags) and the engine they name.
 
     None after printing why not to stderr (a bad option, a model that cannot be loaded):
-    a usage error, exit status 2, for ``command`` (``live``, ``replay``).
+    a usage error, exit status 2, for ``command`` (``live``, ``replay``). ``unused``: options
+    of the file that ``command`` does not use (see :meth:`~mnedge_live.config.LiveConfig.from_sources`).
     """
     from mnedge_live.config import ConfigError, LiveConfig
 
     overrides = {k: v for k, v in vars(args).items() if k in LiveConfig.names()}
     try:
-        config = LiveConfig.from_sources(args.config, overrides)
+        config = LiveConfig.from_sources(args.config, overrides, unused=unused)
     except (ConfigError, TypeError) as exc:
         print(f"mnedge {command}: bad option: {exc}", file=sys.stderr)
         return None

@@ -21,10 +21,11 @@ derived stop document with ``source_uid``, ``median_valence`` and a step scan's 
 that ended badly (an operator's abort, a lost beam) keeps its own ``exit_status`` in its derived
 stop, as live; it is no failure of the replay.
 
-Exit status: 0 when every source spectrum was read out and every run ended with its stop
-document, 1 when no source run was read or anything was rejected, missed or not readable (a spectrum, a line, a document,
-a file, a run without its stop, a map that could not be written), 2 for usage errors (bad
-options, ``--out`` existing without ``--overwrite``, a model that cannot be loaded).
+Exit status: 0 when every source spectrum was read out (a step scan's final readout too) and every
+run ended with its stop document, 1 when no source run was read or anything was rejected, missed or not readable (a spectrum, a line, a document,
+a file, a run without its stop, a run read already, a map that could not be written), 2 for usage errors
+(bad options, ``--out`` existing without ``--overwrite`` or naming a file read, a ``--plot`` folder
+that cannot be made, a model that cannot be loaded).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,22 @@ log = logging.getLogger(__name__)
 MAX_LOGGED_BAD_LINES = 20
 #: Exit status and reason of a derived run whose source run has no stop document in the files.
 UNSTOPPED = ("fail", "the saved documents end before the run's stop document")
+#: Options of a live service's configuration file that a replay does not use: they are neither read nor
+#: checked (its CurveZMQ key files, say, may exist only on the service's host).
+NOT_USED = ("in_address", "out_address", "serializer", "allow_pickle", "epics_prefix", "epics_mode",
+            "epics_interfaces", "out_prefix", "run_timeout_s", "curve_secret_key", "curve_server_public_key",
+            "curve_out_server_public_key")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float as None: ``--json`` prints strict JSON (no ``NaN``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -171,11 +189,18 @@ def _line(run: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     """Replay the files; 0 all read out, 1 anything rejected or unread, 2 usage errors."""
     out = Path(args.out) if args.out else None
-    if out is not None and (out.is_dir() or (out.exists() and not args.overwrite)):
-        why = "is a folder" if out.is_dir() else "exists (give --overwrite to replace it)"
-        print(f"mnedge replay: --out {out} {why}", file=sys.stderr)
-        return 2
-    loaded = config_and_engine(args, "replay")
+    if out is not None:
+        why = ""
+        if out.is_dir():
+            why = "is a folder"
+        elif any(Path(f).resolve() == out.resolve() for f in args.files):
+            why = "is one of the files read"
+        elif out.exists() and not args.overwrite:
+            why = "exists (give --overwrite to replace it)"
+        if why:
+            print(f"mnedge replay: --out {out} {why}", file=sys.stderr)
+            return 2
+    loaded = config_and_engine(args, "replay", unused=NOT_USED)
     if loaded is None:
         return 2
     config, engine = loaded
@@ -183,16 +208,20 @@ def run(args: argparse.Namespace) -> int:
     from mnedge_live.document_files import DocumentFileWriter
     from mnedge_live.service import DerivedSink
 
+    plots = None
+    if config.plot_dir:
+        from mnedge_live.plots import RunPlotter
+
+        try:
+            plots = RunPlotter(config.plot_dir)
+        except OSError as exc:
+            print(f"mnedge replay: --plot {config.plot_dir}: {exc}", file=sys.stderr)
+            return 2
     try:
         writer = DocumentFileWriter(out) if out is not None else None
     except OSError as exc:
         print(f"mnedge replay: --out {out}: {exc}", file=sys.stderr)
         return 2
-    plots = None
-    if config.plot_dir:
-        from mnedge_live.plots import RunPlotter
-
-        plots = RunPlotter(config.plot_dir)
     summary = ReplaySummary(writer)
     sink = DerivedSink(summary, plots)
     callback = MnEdgeCallback(engine, config, sink)
@@ -200,10 +229,9 @@ def run(args: argparse.Namespace) -> int:
     written = str(writer.close()) if writer is not None else None
     totals = {**callback.totals, "plot_failures": sink.plot_failures}
     if args.json:
-        print(json.dumps({"runs": summary.runs, "totals": totals, "bad_lines": bad_lines,
-                          "unreadable_files": unreadable, "runs_without_stop": unstopped, "out": written,
-                          "model": str(engine.model_id)},
-                         default=str))
+        print(json.dumps(finite({"runs": summary.runs, "totals": totals, "bad_lines": bad_lines,
+                                 "unreadable_files": unreadable, "runs_without_stop": unstopped, "out": written,
+                                 "model": str(engine.model_id)}), default=str, allow_nan=False))
     else:
         for r in summary.runs:
             print(_line(r))
@@ -215,5 +243,6 @@ def run(args: argparse.Namespace) -> int:
         print("mnedge replay: no source run read from the files", file=sys.stderr)
     failed = (not callback.totals["runs"] or bad_lines or unreadable or unstopped or totals["rejected"] or totals["missed"]
               or totals["bad_documents"] or totals["unpublished_documents"] or sink.plot_failures
-              or any(k.endswith("_error") for r in summary.runs for k in r))
+              or any(k.endswith("_error") for r in summary.runs for k in r)
+              or any(r.get("final", {}).get("status", "ok") != "ok" for r in summary.runs))
     return 1 if failed else 0
