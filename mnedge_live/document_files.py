@@ -120,11 +120,14 @@ def _whole_file(path: Path) -> Any | None:
 def _layout(path: Path) -> tuple[bool, bool]:
     """(the file holds anything but blanks, it is one document per line).
 
-    One per line when one of its first :data:`LINES_TRIED` lines that are not blank or
-    ``JSONWriter``'s framing (``[``, ``]``) is a JSON object or array: a damaged first line
-    does not make the file unreadable, and a ``JSONWriter`` file is read a line at a time.
+    One per line when all but at most one of its first :data:`LINES_TRIED` lines that are
+    not blank or ``JSONWriter``'s framing (``[``, ``]``) are JSON objects or arrays: a
+    damaged first line does not make the file unreadable, a ``JSONWriter`` file is read a
+    line at a time, and an array whose long documents are wrapped over several lines (as
+    some formatters write it) is parsed whole.
     """
-    tried, content = 0, False
+    tried = parsed = 0
+    content = False
     with open(path, encoding="utf-8-sig", errors="replace") as fh:
         for _, raw in _lines(fh):
             if raw is not None and not raw.strip():
@@ -133,15 +136,14 @@ def _layout(path: Path) -> tuple[bool, bool]:
             text = None if raw is None else raw.strip().rstrip(",").strip()
             if text in ("[", "]"):
                 continue
+            tried += 1
             try:
-                if text is not None and isinstance(_parse(text), (dict, list)):
-                    return True, True
+                parsed += text is not None and isinstance(_parse(text), (dict, list))
             except ValueError:
                 pass
-            tried += 1
             if tried >= LINES_TRIED:
                 break
-    return content, False
+    return content, tried > 0 and parsed >= max(1, tried - 1)
 
 
 def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:

@@ -142,3 +142,14 @@ def test_json_writer_files_are_read_a_line_at_a_time(tmp_path, monkeypatch):
 
     monkeypatch.setattr(D, "_whole_file", lambda path: pytest.fail("parsed whole"))
     same(list(read_documents(written_by(JSONWriter, tmp_path, "run.json"))))
+
+
+def test_an_array_whose_long_documents_wrap_over_lines_is_parsed_whole(tmp_path):
+    """Short documents on one line, long ones wrapped (as formatters write arrays): the one-line start made the
+    file 'one document per line' and the wrapped descriptor became bad lines, its events refused."""
+    path = tmp_path / "docs.json"
+    wrapped = json.dumps({"name": "descriptor", "doc": DESC}, indent=2)
+    path.write_text("[\n" + json.dumps({"name": "start", "doc": START}) + ",\n" + wrapped + ",\n"
+                    + json.dumps({"name": "event", "doc": EVENT}) + ",\n" + json.dumps({"name": "stop", "doc": STOP})
+                    + "\n]\n")
+    same(list(read_documents(path)))

@@ -177,9 +177,11 @@ def test_a_live_services_file_is_read_without_its_addresses_epics_and_curve_keys
     config.write_text('[live]\nin_address = "beamline:5568"\nout_address = "beamline:5567"\nmode = "step"\n'
                       'signal_field = "xas_tey"\nnorm_field = "xas_i0"\nepics_prefix = "BL08:MNEDGE:"\n'
                       f'curve_secret_key = "{tmp_path}/absent.key_secret"\n'
-                      f'curve_server_public_key = "{tmp_path}/absent.key"\nmaps_dir = ""\n')
+                      f'curve_server_public_key = "{tmp_path}/absent.key"\n'
+                      f'plot_dir = "{tmp_path}/service_plots"\n')
     code, report = replay(capsys, folder / "step.jsonl", "--config", config)
     assert code == 0 and report["runs"][0]["final"]["status"] == "ok"
+    assert not (tmp_path / "service_plots").exists()   # the service's folders are the service's
     assert main(["live", "--config", str(config)]) == 2   # the service itself still checks them
     assert "curve" in capsys.readouterr().err
 
@@ -191,3 +193,25 @@ def test_a_plot_folder_that_is_a_file_is_a_usage_error_leaving_nothing(saved, ca
     assert main(["replay", str(folder / "step.jsonl"), *STEP_ARGS, "--plot", str(tmp_path / "plots"),
                  "--out", str(out)]) == 2
     assert "--plot" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == ["plots"]
+
+
+def test_an_aborted_step_scans_rejected_final_readout_is_the_scans_not_the_replays(saved, capsys, tmp_path):
+    """A scan the operator stopped after 3 points: its final readout is rejected, its stop says abort; replay
+    reported that as its own failure (exit 1), against its documentation."""
+    folder, _, _ = saved
+    docs = [json.loads(line) for line in (folder / "step.jsonl").read_text().splitlines()]
+    stop = {**docs[-1]["doc"], "exit_status": "abort", "reason": "operator", "num_events": {"primary": 3}}
+    aborted = tmp_path / "aborted.jsonl"
+    aborted.write_text("".join(json.dumps(d) + "\n" for d in docs[:5]) + json.dumps({"name": "stop", "doc": stop}) + "\n")
+    code, report = replay(capsys, aborted, *STEP_ARGS)
+    [run] = report["runs"]
+    assert run["exit_status"] == "abort" and run["final"]["status"] == "rejected" and code == 0
+
+
+def test_out_whose_partial_file_is_an_input_is_refused(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    source = tmp_path / "run.jsonl.partial"
+    source.write_text((folder / "step.jsonl").read_text())
+    before = source.read_text()
+    assert main(["replay", str(source), *STEP_ARGS, "--out", str(tmp_path / "run.jsonl")]) == 2
+    assert ".partial" in capsys.readouterr().err and source.read_text() == before

@@ -3,7 +3,9 @@
 Each FILE holds saved documents (bluesky's ``JSONLinesWriter`` or ``JSONWriter``, suitcase-jsonl:
 :mod:`mnedge_live.document_files`). They go, in file order, through the live service's own
 callback (:class:`~mnedge_live.callback.MnEdgeCallback`) with the same options (``--config``, the
-same flags and TOML keys as ``mnedge live``; its addresses, EPICS and CurveZMQ options are not used):
+same flags and TOML keys as ``mnedge live``; the file's :data:`NOT_USED` options, its addresses, wire
+format, EPICS and CurveZMQ options and its map and plot folders, are not read: maps go to
+``--maps-dir``, default ``mnedge_maps``, plots to ``--plot``):
 a past scan re-read with a new model, a site's retrained one checked against the runs it will see,
 a run the service missed. Every source run gets its derived run, written with ``--out`` as JSON
 Lines in ``JSONLinesWriter``'s layout (which this command reads too); spectrum images get their
@@ -19,7 +21,7 @@ the median of the valences read out, maps), or with ``--json`` one JSON object (
 derived stop document with ``source_uid``, ``median_valence`` and a step scan's ``final``; ``totals``;
 ``bad_lines``; ``unreadable_files``; ``runs_without_stop``; ``out``; ``model``). A source run
 that ended badly (an operator's abort, a lost beam) keeps its own ``exit_status`` in its derived
-stop, as live; it is no failure of the replay.
+stop, as live; it is no failure of the replay (nor is the rejected final readout of such a step scan).
 
 Exit status: 0 when every source spectrum was read out (a step scan's final readout too) and every
 run ended with its stop document, 1 when no source run was read or anything was rejected, missed or not readable (a spectrum, a line, a document,
@@ -50,10 +52,12 @@ MAX_LOGGED_BAD_LINES = 20
 #: Exit status and reason of a derived run whose source run has no stop document in the files.
 UNSTOPPED = ("fail", "the saved documents end before the run's stop document")
 #: Options of a live service's configuration file that a replay does not use: they are neither read nor
-#: checked (its CurveZMQ key files, say, may exist only on the service's host).
+#: checked (its CurveZMQ key files, say, may exist only on the service's host). Its map and plot folders
+#: are the service's: a replay writing there would replace the maps the service wrote for the same run;
+#: ``--maps-dir`` and ``--plot`` say where a replay's go.
 NOT_USED = ("in_address", "out_address", "serializer", "allow_pickle", "epics_prefix", "epics_mode",
             "epics_interfaces", "out_prefix", "run_timeout_s", "curve_secret_key", "curve_server_public_key",
-            "curve_out_server_public_key")
+            "curve_out_server_public_key", "maps_dir", "plot_dir")
 
 
 def finite(value: Any) -> Any:
@@ -193,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
         why = ""
         if out.is_dir():
             why = "is a folder"
-        elif any(Path(f).resolve() == out.resolve() for f in args.files):
-            why = "is one of the files read"
+        elif any(Path(f).resolve() in (out.resolve(), out.resolve().with_name(out.name + ".partial"))
+                 for f in args.files):
+            why = "is one of the files read (or its .partial, written while replaying)"
         elif out.exists() and not args.overwrite:
             why = "exists (give --overwrite to replace it)"
         if why:
@@ -244,5 +249,6 @@ def run(args: argparse.Namespace) -> int:
     failed = (not callback.totals["runs"] or bad_lines or unreadable or unstopped or totals["rejected"] or totals["missed"]
               or totals["bad_documents"] or totals["unpublished_documents"] or sink.plot_failures
               or any(k.endswith("_error") for r in summary.runs for k in r)
-              or any(r.get("final", {}).get("status", "ok") != "ok" for r in summary.runs))
+              or any(r.get("final", {}).get("status", "ok") != "ok" and r.get("exit_status") == "success"
+                     for r in summary.runs))
     return 1 if failed else 0
