@@ -93,6 +93,14 @@ class _Run:
 
 
 @dataclass
+class _Closed:
+    """What is kept of a closed source run: its descriptors, and how many of its documents came later."""
+
+    descriptors: tuple[str, ...]
+    late: int = 0
+
+
+@dataclass
 class _Pending:
     """A spectrum waiting for its batch."""
 
@@ -132,15 +140,19 @@ class MnEdgeCallback(DocumentRouter):
         self.runs: dict[str, _Run] = {}
         self.desc_run: dict[str, str] = {}
         self.ignored: set[str] = set()
-        #: uids of the runs closed last (at most :data:`MAX_CLOSED_RUNS`): their start seen again is refused
-        self.closed: OrderedDict[str, None] = OrderedDict()
+        #: the runs closed last (at most :data:`MAX_CLOSED_RUNS`) by uid: their start seen again is refused,
+        #: their documents arriving later are counted as late (``late_documents``)
+        self.closed: OrderedDict[str, _Closed] = OrderedDict()
+        #: descriptor uid -> uid of its closed run (the runs in :attr:`closed`)
+        self.closed_desc: dict[str, str] = {}
         self.ignored_desc: dict[str, set[str]] = {}
         self.pending: list[_Pending] = []
         self.pending_since = 0.0
         self.external = ExternalReader(max_values=MAX_CHANNELS)
         self.totals = {"processed": 0, "rejected": 0, "missed": 0, "readouts": 0, "bad_documents": 0, "runs": 0,
                        "duplicates": 0, "timed_out_runs": 0, "bad_messages": 0, "binned_readouts": 0,
-                       "final_readouts": 0, "unpublished_documents": 0, "unpublished_rows": 0, "ignored_runs": 0}
+                       "final_readouts": 0, "unpublished_documents": 0, "unpublished_rows": 0, "ignored_runs": 0,
+                       "late_documents": 0}
         self.last_stop: dict | None = None
 
     # -- entry point -------------------------------------------------------------------------------
@@ -206,6 +218,9 @@ class MnEdgeCallback(DocumentRouter):
             return
         run = self.runs.get(run_uid)
         if run is None:
+            if run_uid in self.closed:
+                self._late(run_uid, "descriptor")
+                return
             log.warning("descriptor %s of unknown run %s ignored", doc.get("uid"), run_uid)
             self.totals["bad_documents"] += 1
             return
@@ -224,6 +239,9 @@ class MnEdgeCallback(DocumentRouter):
             return
         run = self._run_of(desc_uid)
         if run is None:
+            if desc_uid in self.closed_desc:
+                self._late(self.closed_desc[desc_uid], "event page")
+                return
             log.warning("events of unknown descriptor %s ignored", desc_uid)
             self.totals["bad_documents"] += 1
             return
@@ -259,6 +277,9 @@ class MnEdgeCallback(DocumentRouter):
             return
         run = self._run_of(desc_uid)
         if run is None:
+            if desc_uid in self.closed_desc:
+                self._late(self.closed_desc[desc_uid], "stream_datum")
+                return
             log.warning("stream_datum %s of unknown descriptor %s ignored", doc.get("uid"), desc_uid)
             self.totals["bad_documents"] += 1
             return
@@ -324,6 +345,9 @@ class MnEdgeCallback(DocumentRouter):
             return
         run = self.runs.get(uid)
         if run is None:
+            if uid in self.closed:   # after a run timeout or a shutdown closed it
+                self._late(uid, "stop")
+                return
             log.warning("stop of unknown run %s ignored", uid)
             self.totals["bad_documents"] += 1
             return
@@ -343,9 +367,11 @@ class MnEdgeCallback(DocumentRouter):
         run = self.runs.pop(uid, None)
         if run is None:
             return None
-        self.closed[uid] = None
+        self.closed[uid] = _Closed(tuple(run.descriptors))
+        self.closed_desc.update(dict.fromkeys(run.descriptors, uid))
         while len(self.closed) > MAX_CLOSED_RUNS:
-            self.closed.popitem(last=False)
+            for d in self.closed.popitem(last=False)[1].descriptors:
+                self.closed_desc.pop(d, None)
         for d in run.descriptors:
             self.desc_run.pop(d, None)
         extra: dict[str, Any] = {}
@@ -674,6 +700,19 @@ class MnEdgeCallback(DocumentRouter):
         return None
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _late(self, run_uid: str, what: str) -> None:
+        """Count a document of a run closed already (``late_documents``); log the first of each run.
+
+        A scan paused past ``run_timeout_s`` goes on sending after its derived run was closed as
+        failed: each of its later documents is counted, one warning says so.
+        """
+        closed = self.closed[run_uid]
+        closed.late += 1
+        self.totals["late_documents"] += 1
+        if closed.late == 1:
+            log.warning("run %s was closed already (its stop, the run timeout or a shutdown): its later documents "
+                        "are counted in late_documents, not read (the first: a %s)", run_uid, what)
+
     def _run_of(self, desc_uid: str) -> _Run | None:
         uid = self.desc_run.get(desc_uid)
         return None if uid is None else self.runs.get(uid)

@@ -133,6 +133,21 @@ def test_stream_datums_of_unknown_descriptors_or_resources_are_counted(engine, s
     assert cb.totals["bad_documents"] == 2
 
 
+def test_documents_of_a_run_closed_by_its_timeout_are_counted_as_late_and_logged_once(engine, spectra, caplog):
+    """A scan paused past run_timeout_s: each of its later documents was a bad document with a warning of its own."""
+    cb, out = _new(engine)
+    cb.config.run_timeout_s = 5.0
+    docs = source_run(spectra[:6])
+    _feed(cb, docs[:4])   # start, descriptor, two events
+    assert cb.expire(now=1e12) == [docs[0][1]["uid"]]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _feed(cb, docs[4:])   # four more events and the stop
+    assert cb.totals["late_documents"] == 5 and cb.totals["bad_documents"] == 0
+    assert len([r for r in caplog.records if "closed already" in r.getMessage()]) == 1
+    assert len([d for n, d in out if n == "stop"]) == 1
+
+
 def test_a_non_mn_experiment_gets_rejections_naming_the_edge(engine, spectra):
     cb, out = _new(engine)
     _feed(cb, source_run(spectra[:3], offset=520.0))  # an O K-edge axis

@@ -215,3 +215,12 @@ def test_out_whose_partial_file_is_an_input_is_refused(saved, capsys, tmp_path):
     before = source.read_text()
     assert main(["replay", str(source), *STEP_ARGS, "--out", str(tmp_path / "run.jsonl")]) == 2
     assert ".partial" in capsys.readouterr().err and source.read_text() == before
+
+
+def test_documents_after_a_runs_stop_are_counted_late_and_exit_1(saved, capsys, tmp_path):
+    folder, _, _ = saved
+    lines = (folder / "step.jsonl").read_text().splitlines()
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text("\n".join(lines[:-4] + [lines[-1]] + lines[-4:-1]) + "\n")   # the stop before 3 events
+    code, report = replay(capsys, moved, *STEP_ARGS)
+    assert code == 1 and report["totals"]["late_documents"] == 3 and report["runs"][0]["missed"] == 3

@@ -243,12 +243,14 @@ def run(args: argparse.Namespace) -> int:
             print(_line(r))
         print(f"{len(summary.runs)} runs, {totals['processed']} spectra read out, {totals['rejected']} rejected, "
               f"{totals['missed']} missed; {totals['ignored_runs']} runs not read (derived runs, other detectors); "
-              f"{bad_lines} lines not documents, {totals['bad_documents']} documents refused, {unreadable} files unreadable, {unstopped} runs without their stop; model {engine.model_id}"
+              f"{bad_lines} lines not documents, {totals['bad_documents']} documents refused, {totals['late_documents']} after their run had closed, "
+              f"{unreadable} files unreadable, {unstopped} runs without their stop; model {engine.model_id}"
               + (f"; derived documents in {written}" if written else ""))
     if not callback.totals["runs"]:
         print("mnedge replay: no source run read from the files", file=sys.stderr)
     failed = (not callback.totals["runs"] or bad_lines or unreadable or unstopped or totals["rejected"] or totals["missed"]
-              or totals["bad_documents"] or totals["unpublished_documents"] or sink.plot_failures
+              or totals["bad_documents"] or totals["late_documents"] or totals["unpublished_documents"]
+              or sink.plot_failures
               or any(k.endswith("_error") for r in summary.runs for k in r)
               or any(r.get("final", {}).get("status", "ok") != "ok" and r.get("exit_status") == "success"
                      for r in summary.runs))
