@@ -46,6 +46,9 @@ MAX_CHANNELS = 65536
 #: Source runs whose uids are remembered after they closed, so that the same run sent again is not
 #: read a second time (its derived run and maps would replace the first ones).
 MAX_CLOSED_RUNS = 4096
+#: Ignored runs (derived runs, other detectors' runs, runs sent again) kept until their stop; beyond, the
+#: oldest is forgotten: runs whose stop never comes would otherwise be kept for good.
+MAX_IGNORED_RUNS = 4096
 #: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
 _grown_extent = grown_extent
 
@@ -146,6 +149,8 @@ class MnEdgeCallback(DocumentRouter):
         #: descriptor uid -> uid of its closed run (the runs in :attr:`closed`)
         self.closed_desc: dict[str, str] = {}
         self.ignored_desc: dict[str, set[str]] = {}
+        #: the ignored runs open (no stop yet), oldest first: at most :data:`MAX_IGNORED_RUNS` are kept
+        self.ignored_open: OrderedDict[str, None] = OrderedDict()
         self.pending: list[_Pending] = []
         self.pending_since = 0.0
         self.external = ExternalReader(max_values=MAX_CHANNELS)
@@ -176,11 +181,11 @@ class MnEdgeCallback(DocumentRouter):
     def start(self, doc: dict) -> None:
         uid = doc["uid"]
         if doc.get("mnedge_derived") or "mnedge_model" in doc:
-            self.ignored.add(uid)  # our own derived run, seen through a shared proxy
+            self._ignore_run(uid)  # our own derived run, seen through a shared proxy
             self.totals["ignored_runs"] += 1
             return
         if self.config.detectors is not None and not set(self.config.detectors) & set(doc.get("detectors") or []):
-            self.ignored.add(uid)  # another instrument's run
+            self._ignore_run(uid)  # another instrument's run
             self.totals["ignored_runs"] += 1
             return
         if uid in self.runs:
@@ -190,7 +195,7 @@ class MnEdgeCallback(DocumentRouter):
         if uid in self.closed:   # the same run again (a file replayed twice, a publisher resending)
             log.warning("run %s was read and closed already: its documents are ignored this time", uid)
             self.totals["bad_documents"] += 1
-            self.ignored.add(uid)
+            self._ignore_run(uid)
             return
         kind = self.config.mode
         geometry = MapGeometry.from_start(doc)   # once: a shape too large for a map is logged once
@@ -340,8 +345,7 @@ class MnEdgeCallback(DocumentRouter):
     def stop(self, doc: dict) -> None:
         uid = doc["run_start"]
         if uid in self.ignored:
-            self.ignored.discard(uid)
-            self.ignored -= self.ignored_desc.pop(uid, set())
+            self._forget_ignored(uid)
             return
         run = self.runs.get(uid)
         if run is None:
@@ -712,6 +716,23 @@ class MnEdgeCallback(DocumentRouter):
         if closed.late == 1:
             log.warning("run %s was closed already (its stop, the run timeout or a shutdown): its later documents "
                         "are counted in late_documents, not read (the first: a %s)", run_uid, what)
+
+    def _ignore_run(self, uid: str) -> None:
+        """Ignore the run ``uid`` (and, as they come, its descriptors) until its stop.
+
+        Runs of other instruments whose stop never comes would otherwise be kept for good: beyond
+        :data:`MAX_IGNORED_RUNS` the oldest is forgotten (its later documents count as bad ones).
+        """
+        self.ignored.add(uid)
+        self.ignored_open[uid] = None
+        while len(self.ignored_open) > MAX_IGNORED_RUNS:
+            self._forget_ignored(next(iter(self.ignored_open)))
+
+    def _forget_ignored(self, uid: str) -> None:
+        """Stop ignoring the run ``uid`` and its descriptors (its stop came, or it is the oldest kept)."""
+        self.ignored.discard(uid)
+        self.ignored -= self.ignored_desc.pop(uid, set())
+        self.ignored_open.pop(uid, None)
 
     def _run_of(self, desc_uid: str) -> _Run | None:
         uid = self.desc_run.get(desc_uid)

@@ -148,6 +148,22 @@ def test_documents_of_a_run_closed_by_its_timeout_are_counted_as_late_and_logged
     assert len([d for n, d in out if n == "stop"]) == 1
 
 
+def test_ignored_runs_whose_stop_never_comes_are_not_kept_for_good(engine, spectra, monkeypatch):
+    """Other detectors' runs cut short (no stop) stayed in the ignored set for the service's lifetime."""
+    import mnedge_live.callback as C
+
+    monkeypatch.setattr(C, "MAX_IGNORED_RUNS", 3)
+    cb, _ = _new(engine)
+    cb.config.detectors = ["mine"]
+    for _ in range(10):
+        _feed(cb, source_run(spectra[:1], stop=False))   # detector "det": ignored, never stopped
+    assert cb.totals["ignored_runs"] == 10 and len(cb.ignored_open) == 3
+    assert len(cb.ignored) == 6 and len(cb.ignored_desc) == 3   # three runs, each with its descriptor
+    docs = source_run(spectra[:1])
+    _feed(cb, docs)   # a stopped one is forgotten at its stop
+    assert len(cb.ignored_open) == 2 and docs[0][1]["uid"] not in cb.ignored   # it pushed one out, then left
+
+
 def test_a_non_mn_experiment_gets_rejections_naming_the_edge(engine, spectra):
     cb, out = _new(engine)
     _feed(cb, source_run(spectra[:3], offset=520.0))  # an O K-edge axis
