@@ -714,7 +714,7 @@ class MnEdgeCallback(DocumentRouter):
         closed.late += 1
         self.totals["late_documents"] += 1
         if closed.late == 1:
-            log.warning("run %s was closed already (its stop, the run timeout or a shutdown): its later documents "
+            log.warning("run %s was closed already (its stop or the run timeout): its later documents "
                         "are counted in late_documents, not read (the first: a %s)", run_uid, what)
 
     def _ignore_run(self, uid: str) -> None:

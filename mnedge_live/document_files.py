@@ -4,9 +4,10 @@ Reads what bluesky's own writers save (:mod:`bluesky.callbacks.json_writer`): ``
 ``{"name": ..., "doc": ...}`` per line and ``JSONWriter``'s JSON array of them (one per line, the
 closing ``]`` missing when the run never stopped), suitcase-jsonl's ``[name, doc]`` per line, and a
 JSON array of either written in one piece (``json.dump``, pretty-printed or not). Files are read a line
-at a time, so the documents of a large spectrum image are never held whole; only a file none of whose
-first lines is a document (a value pretty-printed over many lines) is parsed in one piece, up to
-:data:`MAX_WHOLE_FILE_BYTES`, and read a line at a time when that fails.
+at a time, so the documents of a large spectrum image are never held whole; only a file in which more
+than one of its first five lines is not a JSON object or array (a value pretty-printed or wrapped over
+many lines) is parsed in one piece, up to :data:`MAX_WHOLE_FILE_BYTES`, and read a line at a time when
+that fails.
 
 What is not a document (a line that is not JSON, not a name/doc pair, a name event-model does not
 know) comes back as a :class:`BadEntry` with its line number, never raised: the caller counts and
@@ -212,6 +213,12 @@ class DocumentFileWriter:
         """Append one document."""
         self._fh.write(self._encoder.encode({"name": name, "doc": doc}) + "\n")
         self.documents += 1
+
+    def discard(self) -> None:
+        """Close and remove what was written, leaving no file (nothing worth keeping was written)."""
+        if not self._fh.closed:
+            self._fh.close()
+        self._partial.unlink(missing_ok=True)
 
     def close(self) -> Path:
         """Finish the file (flushed, synced, renamed into place); returns its path."""

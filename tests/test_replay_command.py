@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import bluesky.plans as bp
 import h5py
@@ -120,8 +121,20 @@ def test_derived_runs_are_counted_as_not_read_and_a_file_of_nothing_to_read_exit
     folder, _, _ = saved
     out = tmp_path / "derived.jsonl"
     assert replay(capsys, folder / "step.jsonl", *STEP_ARGS, "--out", out)[0] == 0
-    code, report = replay(capsys, out, *STEP_ARGS)
+    again = tmp_path / "again.jsonl"
+    code, report = replay(capsys, out, *STEP_ARGS, "--out", again)
     assert code == 1 and report["runs"] == [] and report["totals"]["ignored_runs"] == 1
+    assert report["out"] is None and not again.exists() and not (tmp_path / "again.jsonl.partial").exists()
+
+
+def test_maps_go_to_their_own_folder_by_default_never_over_the_services(saved, capsys, tmp_path, monkeypatch):
+    """The live service's default maps folder (mnedge_maps) in the same working directory got the replay's
+    map of the same run under the same name."""
+    folder, _, _ = saved
+    monkeypatch.chdir(tmp_path)
+    code, report = replay(capsys, folder / "image.jsonl", "--config", folder / "image.toml")
+    assert Path(report["runs"][0]["maps_h5"]).parent == tmp_path / "mnedge_replay_maps"
+    assert not (tmp_path / "mnedge_maps").exists()
 
 
 def test_an_existing_out_file_is_kept_without_overwrite(saved, capsys, tmp_path):

@@ -60,7 +60,8 @@ def add_reading_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--map-bin", dest="map_bin", type=int,
                    help="spectrum images: also read out the mean of each K x K block of pixels (low dose)")
     p.add_argument("--maps-dir", dest="maps_dir",
-                   help='where spectrum-image maps are written (default mnedge_maps; "" for none)')
+                   help='where spectrum-image maps are written ("" for none; default: live mnedge_maps, replay '
+                        'mnedge_replay_maps; with --plot DIR alone, DIR)')
     p.add_argument("--plot", dest="plot_dir", help="write readout plots (and maps) into this folder")
     p.add_argument("--model", dest="model_path", help="model artifact directory (default: the model in use in the store, MNEDGE_HOME, else the embedded one)")
     p.add_argument("--backend", help="engine backend (auto, onnxruntime, torch, tensorrt)")

@@ -5,7 +5,7 @@ Each FILE holds saved documents (bluesky's ``JSONLinesWriter`` or ``JSONWriter``
 callback (:class:`~mnedge_live.callback.MnEdgeCallback`) with the same options (``--config``, the
 same flags and TOML keys as ``mnedge live``; the file's :data:`NOT_USED` options, its addresses, wire
 format, EPICS and CurveZMQ options and its map and plot folders, are not read: maps go to
-``--maps-dir``, default ``mnedge_maps``, plots to ``--plot``):
+``--maps-dir``, default :data:`REPLAY_MAPS_DIR` (with ``--plot DIR`` alone, DIR), plots to ``--plot``):
 a past scan re-read with a new model, a site's retrained one checked against the runs it will see,
 a run the service missed. Every source run gets its derived run, written with ``--out`` as JSON
 Lines in ``JSONLinesWriter``'s layout (which this command reads too); spectrum images get their
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 #: Lines that are not documents logged one by one per file; the rest are counted only.
 MAX_LOGGED_BAD_LINES = 20
+#: Where a replay's maps go unless ``--maps-dir`` or ``--plot`` says: not the live service's default
+#: folder (``mnedge_maps``), whose map of the same run (same file name) a replay would replace.
+REPLAY_MAPS_DIR = "mnedge_replay_maps"
 #: Exit status and reason of a derived run whose source run has no stop document in the files.
 UNSTOPPED = ("fail", "the saved documents end before the run's stop document")
 #: Options of a live service's configuration file that a replay does not use: they are neither read nor
@@ -206,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         if why:
             print(f"mnedge replay: --out {out} {why}", file=sys.stderr)
             return 2
+    if args.maps_dir is None and args.plot_dir is None:   # never the service's default folder
+        args.maps_dir = REPLAY_MAPS_DIR
     loaded = config_and_engine(args, "replay", unused=NOT_USED)
     if loaded is None:
         return 2
@@ -232,7 +237,11 @@ def run(args: argparse.Namespace) -> int:
     sink = DerivedSink(summary, plots)
     callback = MnEdgeCallback(engine, config, sink)
     bad_lines, unreadable, unstopped = replay_files(args.files, callback)
-    written = str(writer.close()) if writer is not None else None
+    written = None
+    if writer is not None and writer.documents:
+        written = str(writer.close())
+    elif writer is not None:   # nothing read: no empty file in the way of the next try
+        writer.discard()
     totals = {**callback.totals, "plot_failures": sink.plot_failures}
     if args.json:
         print(json.dumps(finite({"runs": summary.runs, "totals": totals, "bad_lines": bad_lines,
