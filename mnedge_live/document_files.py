@@ -118,6 +118,15 @@ def _whole_file(path: Path) -> Any | None:
         return None
 
 
+#: Lines of ``JSONWriter``'s framing (the array's brackets), skipped like blank lines.
+FRAMING = ("[", "]")
+
+
+def _entry_text(raw: str) -> str:
+    """A line without its surrounding blanks and the comma that ends an entry of ``JSONWriter``'s array."""
+    return raw.strip().rstrip(",").strip()
+
+
 def _layout(path: Path) -> tuple[bool, bool]:
     """(the file holds anything but blanks, it is one document per line).
 
@@ -134,8 +143,8 @@ def _layout(path: Path) -> tuple[bool, bool]:
             if raw is not None and not raw.strip():
                 continue
             content = True
-            text = None if raw is None else raw.strip().rstrip(",").strip()
-            if text in ("[", "]"):
+            text = None if raw is None else _entry_text(raw)
+            if text in FRAMING:
                 continue
             tried += 1
             try:
@@ -175,8 +184,8 @@ def read_documents(path: str | Path) -> Iterator[tuple[str, dict] | BadEntry]:
             if raw is None:
                 yield BadEntry(number, f"a line of more than {MAX_LINE_CHARS} characters, skipped unread")
                 continue
-            text = raw.strip().rstrip(",").strip()
-            if text in ("", "[", "]"):   # JSONWriter's framing
+            text = _entry_text(raw)
+            if not text or text in FRAMING:
                 continue
             try:
                 value = _parse(text)

@@ -129,7 +129,7 @@ class ReplaySummary:
         elif name == "stop":
             uid = doc["run_start"]
             valences = self.readouts.pop(uid, array("d"))
-            summary = {"source_uid": self.parents.get(uid, ""), **doc,
+            summary = {"source_uid": self.parents.pop(uid, ""), **doc,
                        "median_valence": float(np.median(valences)) if valences else None}
             if uid in self.finals:
                 summary["final"] = self.finals.pop(uid)
