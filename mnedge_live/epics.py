@@ -172,6 +172,43 @@ def make_pvgroup(prefix: str, read_only: bool = True):
     return MnEdgeIOC(prefix=prefix)
 
 
+class BeaconFailureFilter(logging.Filter):
+    """Turns caproto's repeated "Failed to send beacon" tracebacks into one warning per address.
+
+    caproto sends its server beacons through connected UDP sockets, so where no Channel Access
+    repeater listens on the beacon port (a host with no CA client running, a container) every
+    other beacon fails with "connection refused", logged as an error with a traceback: one every
+    ~30 s for as long as the service runs.  Beacons only tell clients that a server (re)started;
+    clients still find the PVs by search.  So the first failure per address is logged once as a
+    warning that says so, and later ones are counted in :attr:`failures`, not logged.
+    """
+
+    MESSAGE = "Failed to send beacon to"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: dict[object, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        address = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        seen = self.failures.get(address, 0)
+        self.failures[address] = seen + 1
+        if seen:
+            return False
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.msg = ("Channel Access beacons to %r are not delivered (no CA repeater listens there: %s); "
+                      "clients still find the PVs by search. Later failures are not logged.")
+        record.args = (address, record.exc_info[1] if record.exc_info else "refused")
+        record.exc_info = record.exc_text = None
+        return True
+
+
+#: The filter installed on caproto's server logger by the first :class:`SoftIOC` of a process.
+BEACON_FILTER = BeaconFailureFilter()
+
+
 class SoftIOC:
     """A caproto soft IOC serving the readout PVs from a background thread.
 
@@ -196,6 +233,10 @@ class SoftIOC:
 
     def _run(self) -> None:
         from caproto.asyncio.server import start_server
+
+        ctx_log = logging.getLogger("caproto.ctx")   # the logger of caproto's server context
+        if BEACON_FILTER not in ctx_log.filters:
+            ctx_log.addFilter(BEACON_FILTER)
 
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)

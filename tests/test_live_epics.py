@@ -391,3 +391,37 @@ def test_a_soft_ioc_before_its_first_readout_shows_undefined_numbers():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_beacons_nobody_receives_are_reported_once_not_as_a_traceback_every_period(tmp_path):
+    """No CA repeater on the beacon port (a host with no CA client, a container): caproto's connected beacon
+    socket fails every other period with "connection refused", logged as an error with a traceback for as
+    long as the service runs. One warning says so, later failures are counted. The IOC runs in a process of
+    its own, its beacons every 0.2 s to a loopback port where nothing listens."""
+    import json
+    import subprocess
+    import sys
+
+    from live_support import free_port
+
+    beacon_port, ca_port = free_port(), free_port()
+    script = tmp_path / "ioc.py"
+    script.write_text(
+        "import json, logging, time\n"
+        "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s %(message)s')\n"
+        "from mnedge_live.epics import BEACON_FILTER, SoftIOC\n"
+        f"ioc = SoftIOC('BEACON{ca_port}:').start()\n"
+        "time.sleep(2.5)\n"
+        "ioc.stop()\n"
+        "print(json.dumps({str(k): v for k, v in BEACON_FILTER.failures.items()}))\n")
+    env = {**os.environ, "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO", "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+           "EPICS_CAS_BEACON_PORT": str(beacon_port), "EPICS_CAS_BEACON_PERIOD": "0.2",
+           "EPICS_CAS_SERVER_PORT": str(ca_port), "EPICS_CA_SERVER_PORT": str(ca_port)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Failed to send beacon" not in done.stderr, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "beacons to" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING"), done.stderr
+    assert f"('127.0.0.1', {beacon_port})" in warnings[0] and "not delivered" in warnings[0]
+    failures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert failures[str(("127.0.0.1", beacon_port))] >= 2, failures
