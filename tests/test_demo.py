@@ -42,3 +42,12 @@ def test_the_demo_reads_the_monochromators_calibration_error_and_serves_the_read
     assert pvs, out
     assert abs(float(pvs.group(1)) - float(m.group(1))) <= 0.005   # the PV shows the final readout
     assert pvs.group(2) == m.group(2)
+
+
+def test_the_demo_prints_no_error_and_no_traceback(demo):
+    """What a user sees first: no ERROR line and no traceback from any of its processes (caproto's beacon
+    refusals where no CA repeater runs on the host printed one)."""
+    rc, out = demo
+    assert rc == 0, out
+    assert not [line for line in out.splitlines() if " ERROR " in line or "Traceback" in line], out
+    assert "beacon" not in out.lower(), out

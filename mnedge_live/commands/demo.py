@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     docs: list[tuple[str, dict]] = []
     disp = None
     publisher = None
+    beacons: socket.socket | None = None
     try:
         procs.append(subprocess.Popen([exe, "--in-address", str(pin), "--out-address", str(pout)], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))
@@ -107,7 +108,12 @@ def run(args: argparse.Namespace) -> int:
         procs.append(_start_service([*common, "--config", str(cfg), "--mode", "spectrum",
                                      "--spectrum-field", "eels_spectrum"]))
         ca_port = _port()   # Channel Access of the demo's soft IOC: loopback, a port of its own
+        # and its beacons to a loopback port the demo listens on (as a host's CA repeater would), so that
+        # no beacon is refused where no repeater runs
+        beacons = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        beacons.bind(("127.0.0.1", 0))
         ca_env = {"EPICS_CAS_SERVER_PORT": str(ca_port), "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+                  "EPICS_CAS_BEACON_PORT": str(beacons.getsockname()[1]),
                   "EPICS_CA_SERVER_PORT": str(ca_port), "EPICS_CA_ADDR_LIST": f"127.0.0.1:{ca_port}",
                   "EPICS_CA_AUTO_ADDR_LIST": "NO"}
         procs.append(_start_service([*common, "--config", str(xas_cfg), "--mode", "step",
@@ -181,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
             publisher.close()
         for p in reversed(procs):
             _stop(p)
+        if beacons is not None:
+            beacons.close()
 
 
 def _pv_summary(prefix: str, ca_env: dict[str, str]) -> str:
