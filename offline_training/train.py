@@ -216,8 +216,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         the dropout generator's state; the data stream continues at that
         step's batch), reproducing the same run. The config and the bank
         must be the checkpoint's (:func:`~offline_training.checkpoints.check_resume`; only ``[train]
-        steps`` may change, and each invocation's steps are recorded as
-        ``runs`` in the checkpoint and ``final.pt``).
+        steps`` may change, and each invocation's steps and seconds are recorded as
+        ``runs`` in the checkpoint and ``final.pt``, whose ``train_seconds`` is their sum).
+        A run finished already (at its ``steps``, with ``final.pt``) is left as it is.
     progress : bool
         Show a tqdm progress bar (rank 0).
     stop_after : int, optional
@@ -278,6 +279,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                              "stop after a later step, or resume without --stop-after")
         restore_dropout_rng(ck, rank, device)
         origin = ck.get("init_from", "")
+        if step == s.steps and (out / "final.pt").exists():
+            # finished already: its final.pt (weights, calibration, training time) stays as it was written
+            log.info("%s finished at step %d already: final.pt kept as it is", out, step)
+            if world > 1:
+                torch.distributed.destroy_process_group()
+            return out / "final.pt"
         log.info("resumed from step %d", step)
     elif s.init_from:
         weights, parent = initial_weights(s.init_from, config.network)
@@ -304,7 +311,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
         ema.load_state_dict(ck["ema"])
-    runs.append({"from_step": step, "steps": s.steps})
+    runs.append({"from_step": step, "steps": s.steps, "seconds": 0.0})   # seconds: up to its last checkpoint
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"
@@ -360,6 +367,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                 if world > 1:
                     rngs = [None] * world
                     torch.distributed.all_gather_object(rngs, dropout_rng_state(device))
+                runs[-1]["seconds"] = round(time.time() - t0, 3)
                 if rank == 0:
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -384,10 +392,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
         if ema is not None:
             model = ema.module
         calibration = calibrate_std(model, fm, s.calibration_spectra, seed=10_000_019 + s.seed)
+        runs[-1]["seconds"] = round(time.time() - t0, 3)
         torch.save({"model": _cpu(model.state_dict()), "config": json.dumps(config.to_dict()),
                     "std_scale": calibration["std_scale"], "calibration": json.dumps(calibration), "steps": step,
                     "bank_sha256": bank_sha256, "runs": json.dumps(runs),
-                    "train_seconds": time.time() - t0, "init_from": origin,
+                    # every invocation's time to its last checkpoint (a resumed run's earlier ones included)
+                    "train_seconds": sum(float(r.get("seconds", 0.0)) for r in runs), "init_from": origin,
                     "teacher": json.dumps(teacher_origin) if teacher_origin else ""}, final.with_suffix(".tmp"))
         os.replace(final.with_suffix(".tmp"), final)   # whole or absent, as checkpoint.pt: export reads it
         log.info("calibration factors %s", calibration["std_scale"])

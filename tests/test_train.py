@@ -429,7 +429,20 @@ def test_an_explicit_steps_extension_resumes_and_every_invocation_is_recorded(tm
     final = train(_tiny(steps=3, batch_size=8, calibration_spectra=16), run, progress=False, resume=True)
     ck = torch.load(final, weights_only=True)
     assert ck["steps"] == 3 and json.loads(ck["config"])["train"]["steps"] == 3
-    assert json.loads(ck["runs"]) == [{"from_step": 0, "steps": 2}, {"from_step": 2, "steps": 3}]
+    runs = json.loads(ck["runs"])
+    assert [(r["from_step"], r["steps"]) for r in runs] == [(0, 2), (2, 3)]
+    assert all(r["seconds"] > 0 for r in runs)
+    # the training time is both invocations', not the last one's
+    assert ck["train_seconds"] == pytest.approx(sum(r["seconds"] for r in runs))
+
+
+def test_resuming_a_finished_run_keeps_its_final_model_as_it_was(tmp_path):
+    """``--resume`` of a run at its last step rewrote final.pt with this invocation's near-zero training time."""
+    run = tmp_path / "run"
+    final = train(_tiny(steps=2, batch_size=8, calibration_spectra=16), run, progress=False)
+    before = final.read_bytes()
+    again = train(_tiny(steps=2, batch_size=8, calibration_spectra=16), run, progress=False, resume=True)
+    assert again == final and final.read_bytes() == before
 
 
 def test_a_resume_after_a_crash_logs_every_step_once(tmp_path, monkeypatch):
