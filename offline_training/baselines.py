@@ -8,8 +8,11 @@
    layer is 128 x 32 = 4096 wide instead of 5248 (the rest is unchanged).
 2. Non-negative least squares with end-member references, the way users
    work today (:func:`nnls_fractions`): with references "from another
-   session" (own energy offset and broadening), with and without a shift
-   search, and with perfectly matched references as the upper bound.
+   session" of the same instrument (own broadening, their axis drifted by up
+   to +-1.5 eV from the sample's), with and without a shift search; with
+   references from another instrument (an axis offset of their own, drawn as
+   independently as the sample's) and a shift search over every offset the two
+   can differ by; and with perfectly matched references as the upper bound.
 """
 
 from __future__ import annotations
@@ -41,8 +44,12 @@ class MnEdgeNetPublished(nn.Module):
 
 
 def train_mnedgenet(fm: ForwardModel, budget: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                    progress: bool = True) -> MnEdgeNetPublished:
-    """Train the published architecture with MSE on ``budget`` on-the-fly spectra (same stream as ours)."""
+                    progress: bool = True) -> tuple[MnEdgeNetPublished, int]:
+    """Train the published architecture with MSE on about ``budget`` on-the-fly spectra (same stream as ours).
+
+    Returns the model and the number of spectra it was trained on: whole batches, the budget rounded to
+    the nearest (at least one).
+    """
     from tqdm import tqdm
 
     from offline_training.generate import make_training_batch
@@ -51,7 +58,7 @@ def train_mnedgenet(fm: ForwardModel, budget: int, batch_size: int = 256, lr: fl
     model = MnEdgeNetPublished()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed * 1000)
-    steps = max(1, budget // batch_size)
+    steps = max(1, round(budget / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     model.train()
     for _ in tqdm(range(steps), disable=not progress, desc="MnEdgeNet baseline"):
@@ -61,7 +68,7 @@ def train_mnedgenet(fm: ForwardModel, budget: int, batch_size: int = 256, lr: fl
         loss.backward()
         opt.step()
         sched.step()
-    return model.eval()
+    return model.eval(), steps * batch_size
 
 
 def nnls_fractions(sample: np.ndarray, refs: np.ndarray, shifts: np.ndarray | None = None,
@@ -93,16 +100,34 @@ def nnls_fractions(sample: np.ndarray, refs: np.ndarray, shifts: np.ndarray | No
     return best[1]
 
 
+def searched_nnls_fractions(sample: np.ndarray, refs: np.ndarray, energy: np.ndarray, span: float) -> np.ndarray:
+    """:func:`nnls_fractions` with the shift searched over ``+-span`` eV: every 1 eV, then every 0.1 eV
+    within 1 eV of the best (references whose axis may differ from the sample's by any offset)."""
+    coarse = np.arange(-np.ceil(span), np.ceil(span) + 0.5, 1.0)
+    residual = [_nnls_residual(sample, refs, energy, s) for s in coarse]
+    best = coarse[int(np.argmin(residual))]
+    return nnls_fractions(sample, refs, shifts=np.round(best + np.arange(-1.0, 1.05, 0.1), 4), energy=energy)
+
+
+def _nnls_residual(sample: np.ndarray, refs: np.ndarray, energy: np.ndarray, shift: float) -> float:
+    n = sample.size
+    ramp = np.linspace(-1, 1, n)
+    r = np.array([np.interp(energy, energy + shift, ref) for ref in refs])
+    return float(nnls(np.column_stack([r.T, np.ones(n), ramp, -np.ones(n), -ramp]), sample)[1])
+
+
 def reference_spectra(fm: ForwardModel, batch_params: dict, rows: np.ndarray, matched: bool,
-                      seed: int) -> np.ndarray:
+                      seed: int, session_drift_eV: float | None = 1.5) -> np.ndarray:
     """Per-atom pure-valence references on the batch's measured axis, ``(len(rows), 3, N)``.
 
     ``matched=True`` rebuilds, for every sample, its own three end members
     with all of its instrument and sample parameters (no noise, no
     background): the upper bound.  ``matched=False`` measures references "in
     another session": other family members, their own chemical shift,
-    broadening, energy offset (+-1.5 eV session drift around the sample's)
-    and no noise, as a careful user would have.
+    broadening and no noise, as a careful user would have, on an axis drifted by
+    up to ``session_drift_eV`` from the sample's (the same instrument); with
+    ``session_drift_eV=None`` on an axis of their own (another instrument: an
+    offset drawn from the forward model's range, independently of the sample's).
     """
     n = len(rows)
     out = []
@@ -119,7 +144,12 @@ def reference_spectra(fm: ForwardModel, batch_params: dict, rows: np.ndarray, ma
             for k in common + [f"member_{v}", f"chemical_shift_{v}", f"intrinsic_fwhm_{v}", f"branching_ratio_{v}", "offset"]:
                 ov[k] = batch_params[k][rows]
         else:
-            ov["offset"] = batch_params["offset"][rows] + (torch.rand(n, generator=gen, dtype=torch.float64) * 3 - 1.5)
+            u = torch.rand(n, generator=gen, dtype=torch.float64)
+            if session_drift_eV is None:
+                lo, hi = fm.config.offset
+                ov["offset"] = lo + (hi - lo) * u
+            else:
+                ov["offset"] = batch_params["offset"][rows] + session_drift_eV * (2 * u - 1)
             ov["is_eels"] = batch_params["is_eels"][rows]
             ov["t_lambda"] = 0.0
         b = fm.sample(n, generator=gen, **ov)

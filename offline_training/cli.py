@@ -14,32 +14,10 @@ import os
 import sys
 from pathlib import Path
 
+from offline_training.json_output import strict_json
 from offline_training.values import check_whole
 
 DEFAULT_REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(type(o).__name__)
-
-
-def _dump(obj) -> str:
-    def clean(x):
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [clean(v) for v in x]
-        return x
-
-    return json.dumps(clean(json.loads(json.dumps(obj, default=_json_default))), indent=2)
 
 
 def _forward_config(path: str | None):
@@ -100,9 +78,23 @@ def cmd_references(args) -> int:
     out = Path(args.out) if args.out else default_bank_path()
     out.parent.mkdir(parents=True, exist_ok=True)
     bank.save(out)
-    print(_dump({"bank": str(out), "spectra": len(bank.spectra), "per_valence": {
+    print(strict_json({"bank": str(out), "spectra": len(bank.spectra), "per_valence": {
         f"Mn{v}+": int((bank.valence == v).sum()) for v in (2, 3, 4)}, "sha256": bank.sha256()}))
     return 0
+
+
+def _check_out_file(option: str, path: str, overwrite: bool, what: str) -> None:
+    """Refuse an output file path before the work that fills it: a folder, an existing file without
+    ``--overwrite``, or a folder that cannot be written (each lost minutes of work, or the result)."""
+    out = Path(path)
+    if out.is_dir():
+        raise FileExistsError(f"{option} {path} is a folder: give the {what} file's path")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{option} {path} exists: write the {what} to another file, or pass --overwrite "
+                              "to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"{option} {path}: the folder {out.parent} is not writable")
 
 
 def cmd_generate(args) -> int:
@@ -110,11 +102,7 @@ def cmd_generate(args) -> int:
     from offline_training.generate import default_workers, write_dataset
     from offline_training.references.bank import Bank
 
-    if Path(args.out).is_dir():   # checked before minutes of synthesis, as the next
-        raise FileExistsError(f"--out {args.out} is a folder: give the dataset file's path")
-    if Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"--out {args.out} exists: write the dataset to another file, or pass --overwrite "
-                              "to replace it")
+    _check_out_file("--out", args.out, args.overwrite, "dataset")   # before minutes of synthesis
     fcfg, bank_path = _forward_config(args.config)
     fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg, compiled=args.compiled)
     if args.workers is not None:
@@ -146,7 +134,7 @@ def cmd_realism(args) -> int:
         return 2
     res = realism(folder, Bank.load(args.bank))
     if args.json:
-        print(_dump([{k: r[k] for k in ("file", "misfit", "best", "margin")} | ({"detail": r["detail"]} if args.detail else {})
+        print(strict_json([{k: r[k] for k in ("file", "misfit", "best", "margin")} | ({"detail": r["detail"]} if args.detail else {})
                      for r in res]))
     else:
         for r in res:
@@ -185,11 +173,14 @@ def cmd_baseline(args) -> int:
     from offline_training.references.bank import Bank
 
     check_whole("--budget", args.budget, 1)
+    _check_out_file("--out", args.out, args.overwrite, "baseline")
     fcfg, bank_path = _forward_config(args.config)
-    fm = ForwardModel(Bank.load(args.bank or bank_path), fcfg)
-    model = train_mnedgenet(fm, args.budget, seed=args.seed, progress=not args.no_progress)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "budget": args.budget}, args.out)
+    bank = Bank.load(args.bank or bank_path)
+    fm = ForwardModel(bank, fcfg)
+    model, spectra = train_mnedgenet(fm, args.budget, seed=args.seed, progress=not args.no_progress)
+    # what it was trained on, so that evaluate can say whether it had the candidate's data and budget
+    torch.save({"model": model.state_dict(), "budget": args.budget, "spectra": spectra,
+                "forward": json.dumps(fcfg.to_dict()), "bank_sha256": bank.sha256()}, args.out)
     print(args.out)
     return 0
 
@@ -206,7 +197,14 @@ def cmd_evaluate(args) -> int:
     if not (math.isfinite(args.gate_tolerance) and math.isfinite(args.gate_valence_tolerance)):
         raise ValueError("--gate-tolerance and --gate-valence-tolerance must be finite numbers")
     if args.out:   # before the long evaluation: a missing folder lost the whole result (and the verdict)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        _check_out_file("--out", args.out, args.overwrite, "evaluation")
+    if args.plot_dir:
+        plots = Path(args.plot_dir)
+        if plots.exists() and not plots.is_dir():
+            raise FileExistsError(f"--plot-dir {plots} is a file: give a folder for the robustness plots")
+        if (plots / "robustness.json").exists() and not args.overwrite:
+            raise FileExistsError(f"--plot-dir {plots} holds robustness plots already: give another folder, or pass "
+                                  "--overwrite to replace them")
     engine = _load_engine("--model", args.model, args.backend)
     # the reference model is loaded before the long evaluation: a wrong --gate fails at once
     ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None
@@ -237,7 +235,7 @@ def cmd_evaluate(args) -> int:
     res = evaluate(engine, fcfg, bank, n=args.n, seed=args.seed, plot_dir=args.plot_dir, mnedgenet=mnedgenet,
                    n_nnls=args.n_nnls, real_dir=real, robustness_n=args.robustness_n)
     if mnedgenet is not None:
-        res["baselines"]["mnedgenet_published"]["training_budget_spectra"] = int(ck.get("budget", -1))
+        res["baselines"]["mnedgenet_published"].update(baseline_training(ck, engine, fcfg, bank))
     res["bank"] = {"path": bank_path, "sha256": bank.sha256()}
     gate_failed = False
     if ref is not None:
@@ -245,7 +243,7 @@ def cmd_evaluate(args) -> int:
                                              tolerance=args.gate_tolerance,
                                              valence_tolerance=args.gate_valence_tolerance)
         gate_failed = not res["gate"]["passed"]
-    text = _dump(res)
+    text = strict_json(res)
     if args.out:
         Path(args.out).write_text(text)
     if args.json:
@@ -253,6 +251,39 @@ def cmd_evaluate(args) -> int:
     else:
         print("\n".join(evaluation_lines(res)))
     return 1 if gate_failed else 0
+
+
+def baseline_training(ck: dict, engine, fcfg, bank) -> dict:
+    """What the MnEdgeNet baseline in ``ck`` and the candidate were trained on, side by side, and whether
+    the baseline had the candidate's ranges and bank (said on stderr when not: the comparison then
+    is not of architectures on the same data)."""
+    from offline_training.forward import ForwardConfig
+
+    training = engine.artifact.card.get("training", {})
+    batch = training.get("config", {}).get("train", {}).get("batch_size")
+    steps = training.get("steps")
+    parent = training.get("init_from") or None
+    out = {"training_budget_spectra": int(ck.get("spectra", ck.get("budget", -1))),
+           # a fine-tuned model's last stage only: its parents' stages are in their own cards
+           "ours_last_stage_spectra": int(steps * batch) if steps and batch else None,
+           "ours_fine_tuned_from": parent.get("model_id") if isinstance(parent, dict) else parent}
+    differ = []
+    if "forward" in ck:
+        theirs = ForwardConfig.from_dict(json.loads(ck["forward"]))
+        differ = [k for k, v in fcfg.to_dict().items() if theirs.to_dict().get(k) != v]
+        out["same_ranges"] = not differ
+    if "bank_sha256" in ck:
+        out["same_bank"] = ck["bank_sha256"] == bank.sha256()
+    notes = []
+    if differ:
+        notes.append(f"trained on other forward-model ranges ({', '.join(differ)})")
+    if out.get("same_bank") is False:
+        notes.append("trained on another references bank")
+    if "forward" not in ck:
+        notes.append("its training ranges and bank are not recorded (written before they were)")
+    if notes:
+        print("mnedge-train evaluate: the MnEdgeNet baseline was " + "; ".join(notes), file=sys.stderr)
+    return out
 
 
 def _load_engine(option: str, source: str | None, backend: str):
@@ -409,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bank")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     s.set_defaults(run=cmd_baseline)
 
     s = sub.add_parser("evaluate", help="metrics on a fixed synthetic validation set, baselines, real spectra")
@@ -419,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--out", help="also write the JSON here")
     s.add_argument("--plot-dir", help="robustness PNGs and JSON")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out file and --plot-dir plots")
     s.add_argument("--mnedgenet", help="trained MnEdgeNet baseline (from 'baseline')")
     s.add_argument("--n-nnls", type=int, default=1000)
     s.add_argument("--robustness-n", type=int, default=8000)
@@ -484,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     reuse_batch_memory()  # batch after batch of the same large tensors (generate, train, evaluate)
     try:
         status = int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, ArtifactError) as exc:
+    except (ValueError, OSError, ArtifactError) as exc:   # OSError: a path that is a folder, not writable, ...
         # ArtifactError: a model path that is no (intact) artifact, or a store that cannot be read
         print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)
         status = 2

@@ -27,7 +27,6 @@ default model) binned by one parameter at a time.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +38,7 @@ from mnedge_live.engine import Engine
 from mnedge_live.preprocessing import WORK_STEP_EV
 from mnedge_live.results import reason_kind
 from offline_training.forward import Batch, ForwardConfig, ForwardModel
+from offline_training.json_output import strict_json
 from offline_training.values import check_whole
 
 VALIDATION_LIMITS = {"psnr_db": (10.0, 60.0), "t_lambda": (0.0, 1.0)}
@@ -73,7 +73,12 @@ def engine_predictions(engine: Engine, b: Batch, chunk: int = 2048) -> dict:
 
 
 def fraction_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
-    """accuracy_0.1, fraction_mae and valence_mae (rejected = NaN rows count as failures)."""
+    """accuracy_0.1, fraction_mae and valence_mae of ``pred`` (rejected: NaN rows) against ``true``.
+
+    accuracy_0.1 is over all ``n`` rows, a rejected one counting as a failure; the two mean errors are
+    over the ``answered`` rows only (a rejection has no error to average): compare them between two
+    methods on the rows both answered (:func:`paired_errors`), not as they stand.
+    """
     err = np.abs(pred - true)
     ok = np.all(np.isfinite(pred), axis=1)
     acc = float(np.mean(ok & np.all(np.nan_to_num(err, nan=1.0) <= 0.1, axis=1)))
@@ -81,6 +86,31 @@ def fraction_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
     vmae = float(np.nanmean(np.abs(pred @ w - true @ w))) if ok.any() else float("nan")
     return {"accuracy_0.1": acc, "fraction_mae": float(np.nanmean(err)) if ok.any() else float("nan"),
             "valence_mae": vmae, "n": int(len(true)), "answered": int(ok.sum())}
+
+
+def paired_errors(pred: np.ndarray, other: np.ndarray, true: np.ndarray) -> dict:
+    """Mean valence and fraction errors of two methods' readings on the rows both answered.
+
+    A method that refuses its hardest spectra has a smaller mean error over what it answers; on the
+    same rows the comparison is of the readings alone.
+    """
+    both = np.all(np.isfinite(pred), axis=1) & np.all(np.isfinite(other), axis=1)
+    w = np.array([2.0, 3.0, 4.0])
+    out = {"both_answered": int(both.sum())}
+    for name, f in (("", pred), ("other_", other)):
+        if both.any():
+            out[f"{name}valence_mae"] = float(np.mean(np.abs(f[both] @ w - true[both] @ w)))
+            out[f"{name}fraction_mae"] = float(np.mean(np.abs(f[both] - true[both])))
+        else:
+            out[f"{name}valence_mae"] = out[f"{name}fraction_mae"] = float("nan")
+    return out
+
+
+def _paired_with_ours(baseline: np.ndarray, ours: np.ndarray, true: np.ndarray) -> dict:
+    """A baseline's mean errors and ours on the rows both answered (:func:`paired_errors`)."""
+    p = paired_errors(np.asarray(baseline, float), np.asarray(ours, float), true)
+    return {"rows": p["both_answered"], "valence_mae": p["valence_mae"], "ours_valence_mae": p["other_valence_mae"],
+            "fraction_mae": p["fraction_mae"], "ours_fraction_mae": p["other_fraction_mae"]}
 
 
 def coverage(pred: dict, true_f: np.ndarray) -> dict:
@@ -141,6 +171,8 @@ def validation_model(fm_config: ForwardConfig, bank, limits: dict | None = None)
     return ForwardModel(bank, dataclasses.replace(fm_config, **validation_ranges(fm_config, limits)))
 
 
+#: Bin edges of the robustness curves; the first and last bins reach out to the smallest and largest
+#: value drawn (a model trained on wider ranges is scored on all of its validation spectra).
 ROBUSTNESS_BINS = {
     "psnr_db": np.array([5, 10, 15, 20, 30, 40, 50, 60.0]),
     "t_lambda": np.array([0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5]),
@@ -159,6 +191,9 @@ def robustness(engine: Engine, fm: ForwardModel, n: int, seed: int) -> dict:
         v = b.params[name].numpy()
         sel_all = b.params["is_eels"].numpy() > 0.5 if name == "t_lambda" else np.ones(n, bool)
         rows = []
+        edges = edges.copy()
+        if sel_all.any():
+            edges[0], edges[-1] = min(edges[0], float(v[sel_all].min())), max(edges[-1], float(v[sel_all].max()))
         for lo, hi in zip(edges[:-1], edges[1:]):
             sel = sel_all & (v >= lo) & (v < hi if hi != edges[-1] else v <= hi)
             if sel.sum() == 0:
@@ -169,8 +204,9 @@ def robustness(engine: Engine, fm: ForwardModel, n: int, seed: int) -> dict:
     return curves
 
 
-def plot_curves(curves: dict, out_dir: str | Path, extra: dict | None = None) -> list[Path]:
-    """Write one PNG per robustness curve (accuracy_0.1 and valence MAE against the parameter)."""
+def plot_curves(curves: dict, out_dir: str | Path, extra: dict | None = None, title: str = "") -> list[Path]:
+    """Write one PNG per robustness curve (accuracy_0.1 and valence MAE against the parameter), titled
+    ``title`` (the model's id: curves of two models in one folder are told apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,9 +225,12 @@ def plot_curves(curves: dict, out_dir: str | Path, extra: dict | None = None) ->
         ax.set_ylabel("accuracy_0.1")
         ax.set_ylim(0, 1.02)
         ax2 = ax.twinx()
-        ax2.plot(x, [r["valence_mae"] for r in rows], "^:", color="C3", label="valence MAE")
+        ax2.plot(x, [r["valence_mae"] for r in rows], "^:", color="C3", label="valence MAE (ours, answered)")
         ax2.set_ylabel("valence MAE", color="C3")
-        ax.legend(loc="lower right", fontsize=7)
+        handles = [h for a in (ax, ax2) for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=7)
+        if title:
+            ax.set_title(title, fontsize=8)
         fig.tight_layout()
         p = out / f"robustness_{name}.png"
         fig.savefig(p, dpi=110)
@@ -215,17 +254,36 @@ ADDED_NOISE_SEED = 0
 ADDED_NOISE_STEP_EV = 0.1
 
 
-def measured_spectra(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(file name, energy, intensity)`` of every two-column file in ``folder`` (e.g. ../shared/real_spectra), by name."""
+def measured_files(folder: str | Path) -> tuple[list[tuple[str, np.ndarray, np.ndarray]], list[tuple[str, str]]]:
+    """The two-column files in ``folder`` (e.g. ../shared/real_spectra), by name: ``(file name, energy,
+    intensity)`` of each one read, and ``(file name, why not)`` of each ``.csv``, ``.txt``, ``.dat`` or
+    ``.tsv`` file that is no two-column spectrum (a note beside the spectra must not end the evaluation)."""
     from offline_training.realism import read_two_column
 
-    return [(p.name, *read_two_column(p)) for p in sorted(Path(folder).glob("*"))
-            if p.suffix.lower() in (".csv", ".txt", ".dat", ".tsv") and not p.name.startswith(".")]
+    spectra, unreadable = [], []
+    for p in sorted(Path(folder).glob("*")):
+        if p.suffix.lower() not in (".csv", ".txt", ".dat", ".tsv") or p.name.startswith("."):
+            continue
+        try:
+            spectra.append((p.name, *read_two_column(p)))
+        except (ValueError, OSError, UnicodeDecodeError) as exc:
+            unreadable.append((p.name, f"{type(exc).__name__}: {exc}"))
+    return spectra, unreadable
+
+
+def measured_spectra(folder: str | Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(file name, energy, intensity)`` of every two-column file in ``folder`` read (:func:`measured_files`)."""
+    return measured_files(folder)[0]
 
 
 def real_spectra_predictions(engine: Engine, folder: str | Path) -> list[dict]:
-    """Readouts of every two-column file in ``folder`` (e.g. ../shared/real_spectra)."""
-    return [{"file": name, **engine.predict_one(e, y).to_dict()} for name, e, y in measured_spectra(folder)]
+    """Readouts of every two-column file in ``folder`` (e.g. ../shared/real_spectra); a file that cannot be
+    read gets a row of its own, status ``rejected`` and the reason."""
+    spectra, unreadable = measured_files(folder)
+    rows = [{"file": name, **engine.predict_one(e, y).to_dict()} for name, e, y in spectra]
+    rows += [{"file": name, "status": "rejected", "reason": f"unreadable: {why}", "valence": None}
+             for name, why in unreadable]
+    return sorted(rows, key=lambda r: r["file"])
 
 
 #: Energy axis (eV) of :func:`not_mn_probes`.
@@ -343,6 +401,47 @@ MIXTURE_MIN_SEPARATION = 0.5
 #: at its start whose mean is taken as each file's baseline.
 MIXTURE_STEP_EV = 0.1
 MIXTURE_PRE_EDGE_EV = 1.0
+#: Width (eV) at the end of the common axis whose mean is taken as a file's continuum level, when the
+#: axis reaches at least :data:`MIXTURE_POST_L2_EV` above its L2 maximum (otherwise no continuum is removed).
+MIXTURE_POST_EDGE_EV = 2.0
+MIXTURE_POST_L2_EV = 4.0
+#: Smallest continuum level (share of the L3 maximum) taken as a continuum: a file whose continuum
+#: was subtracted ends within a percent of zero either way, noise and over-subtraction.
+MIXTURE_MIN_CONTINUUM = 0.03
+
+
+def line_area(energy: np.ndarray, spectrum: np.ndarray) -> float:
+    """Area of the L3 and L2 lines of a pre-edge-subtracted spectrum, its continuum removed.
+
+    The continuum (edge jump) per Mn atom does not depend on the valence while the line area grows
+    with the 3d holes, so a per-atom mixture scales each spectrum by its line area, not by its
+    whole area.  The continuum is a 2:1 double arctan step (0.5 eV half-width) at the L3 and L2 maxima
+    whose top is the mean of the last :data:`MIXTURE_POST_EDGE_EV`; none when the axis ends less than
+    :data:`MIXTURE_POST_L2_EV` above L2 (no post-edge measured) or that mean is below
+    :data:`MIXTURE_MIN_CONTINUUM` of the L3 maximum (a continuum-subtracted file).
+
+    Raises
+    ------
+    ValueError
+        When nothing positive is left (no lines above the continuum).
+    """
+    l3 = energy[int(np.argmax(spectrum))]
+    window = (energy > l3 + 8.0) & (energy < l3 + 14.0)
+    level = 0.0
+    if window.any():
+        l2 = energy[window][int(np.argmax(spectrum[window]))]
+        if energy[-1] >= l2 + MIXTURE_POST_L2_EV:
+            level = float(spectrum[energy >= energy[-1] - MIXTURE_POST_EDGE_EV].mean())
+            if level < MIXTURE_MIN_CONTINUUM * float(spectrum.max()):
+                level = 0.0
+        steps = sum(h * (0.5 + np.arctan((energy - e0) / 0.5) / np.pi) for h, e0 in ((2 / 3, l3), (1 / 3, l2)))
+        steps = steps / steps[-1] * level
+    else:
+        steps = 0.0
+    area = float(np.trapezoid(spectrum - steps, energy))
+    if not np.isfinite(area) or area <= 0:
+        raise ValueError("no line area above the continuum")
+    return area
 
 
 def holes_at(valence: float) -> float:
@@ -354,11 +453,12 @@ def holes_at(valence: float) -> float:
 
 
 def mix_per_atom(a: np.ndarray, b: np.ndarray, share: float, holes_a: float, holes_b: float) -> np.ndarray:
-    """Mixture of two unit-area spectra in which ``share`` of the Mn atoms are those of ``a``.
+    """Mixture of two spectra of unit line area in which ``share`` of the Mn atoms are those of ``a``.
 
     The L2,3 line area per Mn atom is proportional to its number of 3d holes (the L-edge sum rule),
-    the normalization the forward model labels its mixtures with, so the area weights are
-    ``share * holes_a`` and ``(1 - share) * holes_b``, normalized to a unit-area result.
+    the normalization the forward model labels its mixtures with, so the weights are
+    ``share * holes_a`` and ``(1 - share) * holes_b`` (each spectrum's continuum, scaled alike, is then
+    that of its atoms), normalized to weights summing to one.
     """
     wa, wb = share * holes_a, (1.0 - share) * holes_b
     return (wa * a + wb * b) / (wa + wb)
@@ -369,13 +469,12 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
 
     Every pair of files whose own readings differ by :data:`MIXTURE_MIN_SEPARATION` or more is put
     on one :data:`MIXTURE_STEP_EV` axis over the energies both cover, each file's pre-edge level
-    (mean of the first :data:`MIXTURE_PRE_EDGE_EV`) removed and its area set to one (a pair where
-    either has no positive area is skipped), and mixed with
+    (mean of the first :data:`MIXTURE_PRE_EDGE_EV`) removed and its line area (:func:`line_area`, the
+    continuum left out) set to one (a pair where either has none is skipped), and mixed with
     :func:`mix_per_atom` at :data:`MIXTURE_SHARES` (holes from :func:`holes_at` at each file's
     reading).  The expected valence is the share-weighted mean of the two readings on that axis,
     so no label is needed: the check shows whether the model reads mixed-valence samples linearly,
-    which pure measured spectra cannot show.  The files' continua are mixed along with their lines,
-    so this is a check of linearity, not a calibrated mixture series.
+    which pure measured spectra cannot show.
 
     Returns
     -------
@@ -383,8 +482,6 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
         ``pairs`` (files, their readings, and per share the expected and read valence, None where
         refused) and ``mean_abs_deviation`` over all answered mixtures (None without any).
     """
-    from offline_training.references.bank import unit_area
-
     spectra = [(name, e[np.argsort(e)], y[np.argsort(e)]) for name, e, y in measured_spectra(folder)]
     pairs, deviations = [], []
     for i, (name_a, ea, ya) in enumerate(spectra):
@@ -394,9 +491,10 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
             if len(grid) < 2:
                 continue
             try:
-                unit = [unit_area(grid, u - u[grid < lo + MIXTURE_PRE_EDGE_EV].mean())
+                flat = [u - u[grid < lo + MIXTURE_PRE_EDGE_EV].mean()
                         for u in (np.interp(grid, ea, ya), np.interp(grid, eb, yb))]
-            except ValueError:      # no positive area above the pre-edge level: nothing to mix
+                unit = [u / line_area(grid, u) for u in flat]
+            except ValueError:      # no line area above the pre-edge level and the continuum: nothing to mix
                 continue
             ra, rb = engine.predict_one(grid, unit[0]), engine.predict_one(grid, unit[1])
             if not (ra.ok and rb.ok) or abs(ra.valence - rb.valence) < MIXTURE_MIN_SEPARATION:
@@ -416,20 +514,25 @@ def measured_mixtures(engine: Engine, folder: str | Path) -> dict:
 
 
 def nnls_baselines(fm: ForwardModel, b: Batch, rows: np.ndarray, seed: int) -> dict:
-    """NNLS fractions for ``rows`` of ``b``: mismatched refs with and without shift search, and matched refs."""
-    from offline_training.baselines import nnls_fractions, reference_spectra
+    """NNLS fractions for ``rows`` of ``b``: references of another session (with and without a +-3 eV shift
+    search), of another instrument (a shift search over the whole offset range) and matched ones."""
+    from offline_training.baselines import nnls_fractions, reference_spectra, searched_nnls_fractions
 
     mism = reference_spectra(fm, b.params, rows, matched=False, seed=seed)
+    other = reference_spectra(fm, b.params, rows, matched=False, seed=seed + 1, session_drift_eV=None)
     match = reference_spectra(fm, b.params, rows, matched=True, seed=seed)
     axis = b.start[0].item() + WORK_STEP_EV * np.arange(b.values.shape[1])
     shifts = np.arange(-3.0, 3.01, 0.2)
-    out = {"nnls_mismatched": [], "nnls_mismatched_shift_search": [], "nnls_matched": []}
+    lo, hi = fm.config.offset
+    out = {"nnls_mismatched": [], "nnls_mismatched_shift_search": [], "nnls_other_instrument_shift_search": [],
+           "nnls_matched": []}
     for k, i in enumerate(rows):
         m = b.valid[i].numpy()
         y = b.values[i].numpy()[m].astype(float)
         e = axis[m]
         out["nnls_mismatched"].append(nnls_fractions(y, mism[k][:, m]))
         out["nnls_mismatched_shift_search"].append(nnls_fractions(y, mism[k][:, m], shifts=shifts, energy=e))
+        out["nnls_other_instrument_shift_search"].append(searched_nnls_fractions(y, other[k][:, m], e, span=hi - lo))
         out["nnls_matched"].append(nnls_fractions(y, match[k][:, m]))
     return {k: np.array(v) for k, v in out.items()}
 
@@ -502,13 +605,15 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
             prep = preprocess(b.start, b.values, b.valid)
             f_b = torch.cat([mnedgenet(prep.x[k:k + 2048]) for k in range(0, n, 2048)]).numpy()
         baselines["mnedgenet_published"] = {**fraction_metrics(f_b.astype(float), true),
+                                            "where_ours_answered": _paired_with_ours(f_b, pred["fractions"], true),
                                             "flops_per_spectrum": count_flops(mnedgenet, in_channels=2),
                                             "parameters": sum(p.numel() for p in mnedgenet.parameters())}
     if n_nnls:
         rows = np.arange(min(n_nnls, n))
         nn_res = nnls_baselines(fm, b, rows, seed + 1)
         for k, f in nn_res.items():
-            baselines[k] = fraction_metrics(f, true[rows])
+            baselines[k] = {**fraction_metrics(f, true[rows]),
+                            "where_ours_answered": _paired_with_ours(f, pred["fractions"][rows], true[rows])}
         baselines["ours_on_nnls_subset"] = fraction_metrics(pred["fractions"][rows], true[rows])
     result["flops_per_spectrum"] = flops
     result["baselines"] = baselines
@@ -516,8 +621,9 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     result["robustness"] = curves
     if plot_dir is not None and curves:
         Path(plot_dir).mkdir(parents=True, exist_ok=True)
-        plot_curves(curves, plot_dir)
-        (Path(plot_dir) / "robustness.json").write_text(json.dumps(curves, indent=2))
+        plot_curves(curves, plot_dir, title=f"{engine.model_id}, n {robustness_n}, seed {seed + 2}")
+        (Path(plot_dir) / "robustness.json").write_text(strict_json(
+            {"model": engine.model_id, "n": robustness_n, "seed": seed + 2, "curves": curves}))
     result["not_mn_probes"] = not_mn_refusals(engine)
     if real_dir is not None and Path(real_dir).is_dir():
         result["real_spectra"] = real_spectra_predictions(engine, real_dir)

@@ -118,6 +118,35 @@ def test_a_per_atom_mixture_weights_each_spectrum_by_its_3d_holes():
     assert holes_at(1.5) == HOLES[2] and holes_at(4.5) == HOLES[4]    # held at the ends
 
 
+def test_a_per_atom_mixture_of_spectra_with_a_continuum_scales_each_by_its_line_area():
+    """The continuum per Mn atom does not depend on the valence: each file is scaled by the area of its lines
+    above it (:func:`line_area`), not by its whole area, or a mixture of two files with an edge jump is
+    not the share of atoms asked for (by whole areas, the mixture below is off by 0.11 of its maximum)."""
+    from offline_training.evaluate import line_area, mix_per_atom
+    from offline_training.forward.composition import HOLES
+
+    e = np.round(np.arange(630.0, 670.0, 0.1), 4)
+
+    def lines(l3):   # unit line area, L3:L2 2:1
+        g = [np.exp(-0.5 * ((e - c) / 0.8) ** 2) for c in (l3, l3 + 11.0)]
+        return sum(x / np.trapezoid(x, e) * w for x, w in zip(g, (2 / 3, 1 / 3)))
+
+    def continuum(l3):   # per atom, the same for every valence
+        return 0.3 * sum(h * (0.5 + np.arctan((e - c) / 0.5) / np.pi) for h, c in ((2 / 3, l3), (1 / 3, l3 + 11.0)))
+
+    la, lb = lines(641.0), lines(644.0)
+    atom_a, atom_b = HOLES[2] * la + continuum(641.0), HOLES[4] * lb + continuum(644.0)
+    a, b = 7.0 * atom_a, 0.3 * atom_b       # files on scales of their own
+    assert line_area(e, a) == pytest.approx(7.0 * HOLES[2], rel=0.02)
+    assert line_area(e, b) == pytest.approx(0.3 * HOLES[4], rel=0.02)
+    for share in (0.25, 0.5, 0.75):
+        m = mix_per_atom(a / line_area(e, a), b / line_area(e, b), share, HOLES[2], HOLES[4])
+        truth = share * atom_a + (1 - share) * atom_b
+        np.testing.assert_allclose(m / m.max(), truth / truth.max(), atol=0.01)
+    # a continuum-subtracted file (ends within a percent of zero) keeps its whole area
+    assert line_area(e, la - 0.005) == pytest.approx(np.trapezoid(la - 0.005, e))
+
+
 def test_mixtures_of_the_measured_spectra_read_close_to_the_mean_of_their_readings(real_dir):
     from offline_training.evaluate import MIXTURE_MIN_SEPARATION, MIXTURE_SHARES, measured_mixtures
 
