@@ -66,7 +66,12 @@ def check_resume(ck: dict, config: TrainConfig, bank_sha256: str, ckpt_path: Pat
         raise ValueError(f"--resume: {ckpt_path} was written by {saved_world} training process(es), this run has "
                          f"{world}: resume with the same number (torchrun --nproc_per_node {saved_world}"
                          f"{'' if saved_world > 1 else ', or without torchrun'}) or use another --out")
-    differ = [d for d in config_differences(json.loads(ck["config"]), config.to_dict())
+    saved_config = json.loads(ck["config"])
+    try:   # read as a config file is: keys added since it was written take their meaning then (forward.physics 1)
+        saved_config = TrainConfig.from_dict(saved_config).to_dict()
+    except (ValueError, TypeError, KeyError):
+        pass   # compared as written: the differences name what no longer reads
+    differ = [d for d in config_differences(saved_config, config.to_dict())
               if d.split(" ", 1)[0] not in RESUMABLE_CHANGES]
     if differ:
         raise ValueError(f"--resume: {ckpt_path} was written with another config; differing: "

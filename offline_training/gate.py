@@ -16,9 +16,10 @@ from offline_training.references.bank import Bank, BankUnavailable, recorded_ban
 
 
 def training_ranges(engine: Engine) -> ForwardConfig:
-    """The forward-model ranges an artifact was trained on (its card), or the defaults."""
+    """The forward-model ranges an artifact was trained on (its card), or the defaults of a config file
+    (a card without them was written before ``physics`` 2: the version a table without the key means)."""
     train_cfg = engine.artifact.card.get("training", {}).get("config", {})
-    return ForwardConfig.from_dict(train_cfg["forward"]) if "forward" in train_cfg else ForwardConfig()
+    return ForwardConfig.from_dict(train_cfg.get("forward", {}))
 
 
 def training_bank(engine: Engine) -> tuple[Bank, str, str]:

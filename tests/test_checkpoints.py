@@ -48,6 +48,21 @@ def test_resume_accepts_the_same_config_and_the_changes_that_only_decide_how_the
     check_resume(_checkpoint(saved), changed, SHA, tmp_path / "checkpoint.pt")
 
 
+def test_a_checkpoint_written_before_physics_2_resumes_with_its_config_file_and_not_with_physics_2(tmp_path):
+    """A checkpoint's config without ``forward.physics`` was written by physics 1, as its TOML file (without the
+    key) still reads: resuming it was refused for a difference in a key it never had."""
+    from offline_training.train_config import TrainConfig as TC
+
+    old = TC.from_dict({"forward": {"offset": [-15.0, 15.0]}})        # a config file of before: physics 1
+    written = json.loads(json.dumps(old.to_dict()))
+    del written["forward"]["physics"]                                  # as the checkpoint holds it
+    ck = {"config": json.dumps(written), "bank_sha256": SHA}
+    check_resume(ck, old, SHA, tmp_path / "checkpoint.pt")
+    now = TC.from_dict({"forward": {"offset": [-15.0, 15.0], "physics": 2}})
+    with pytest.raises(ValueError, match=r"forward\.physics \(1 in the checkpoint, 2 now\)"):
+        check_resume(ck, now, SHA, tmp_path / "checkpoint.pt")
+
+
 def test_resume_refuses_another_config_naming_every_difference(tmp_path):
     other = TrainConfig()
     other.train.lr, other.train.steps = 0.05, 9   # steps may change, lr may not

@@ -11,6 +11,7 @@ import torch
 from offline_training.forward import (
     POISSON_EXACT_BELOW,
     ForwardConfig,
+    ForwardModel,
     add_noise,
     drude_plasmon,
     instrument_transfer,
@@ -18,6 +19,7 @@ from offline_training.forward import (
     plural_scattering_transfer,
     sample_fractions,
 )
+from offline_training.forward.config import AXIS_CENTER_EV, true_energy
 
 # Every stage off: pure physics of the mixture on a calibrated axis, no noise.
 QUIET = dict(offset=0.0, dispersion_error=0.0, nonlinearity=0.0, point_spacing=0.1, crop=False, psnr_db=150.0,
@@ -222,7 +224,9 @@ def test_shot_noise_variance_and_exact_counts():
 
 @pytest.mark.parametrize("target", [5.0, 20.0, 45.0])
 def test_measured_psnr_matches_target(forward_model, target):
-    b = forward_model.sample(400, seed=5, psnr_db=target)
+    """Points on the channels (0.1 eV): the PSNR of every channel is the target (coarser and finer points:
+    test_physics_2_draws_noise_on_the_measured_points)."""
+    b = forward_model.sample(400, seed=5, psnr_db=target, point_spacing=0.1)
     m = b.valid
     big = 1e30
     peak = torch.where(m, b.clean, -big).amax(1) - torch.where(m, b.clean, big).amin(1)
@@ -246,6 +250,11 @@ def test_measured_psnr_matches_target(forward_model, target):
     (dict(axis_start=900.0), "axis_start"),               # every row flat: no edge on the axis
     (dict(axis_start=600.0), "axis_start"),               # L3 on the axis, its first channels off the grid
     (dict(axis_points=1200), "axis_points"),             # up to 734.9 eV: past the physics grid
+    (dict(physics=3), "physics"),
+    (dict(physics=0), "physics"),
+    (dict(physics=2.0), "physics"),
+    (dict(physics="2"), "physics"),
+    (dict(physics=True), "physics"),
 ])
 def test_invalid_configuration_is_refused_by_name(bad, field):
     with pytest.raises(ValueError, match=field):
@@ -258,7 +267,8 @@ def test_every_shipped_range_keeps_the_edge_on_the_axis_and_the_axis_on_the_grid
     ForwardConfig()
     ForwardConfig(offset=(-15.0, 15.0), dispersion_error=(-0.05, 0.05))
     ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0)
-    ForwardConfig(offset=(-19.0, 19.0))
+    ForwardConfig(offset=(-18.5, 18.5))
+    ForwardConfig(offset=(-19.0, 19.0), physics=1)   # physics 2 bends the axis about the truth: 0.5 eV more at its ends
 
 
 def test_negative_edge_steps_lower_the_trough_between_the_lines(forward_model, bank):
@@ -277,3 +287,196 @@ def test_negative_edge_steps_lower_the_trough_between_the_lines(forward_model, b
 def test_unknown_config_key_is_refused():
     with pytest.raises(ValueError, match="psnr"):
         ForwardConfig.from_dict({"psnr": [1, 2]})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Physics versions: 1 (every model trained before the key existed, bit for bit as before) and 2
+
+
+def _lag1(x: torch.Tensor) -> float:
+    """Mean lag-1 autocorrelation of the rows of ``x``."""
+    x = x.double() - x.double().mean(1, keepdim=True)
+    return float(((x[:, 1:] * x[:, :-1]).sum(1) / (x * x).sum(1)).mean())
+
+
+@pytest.fixture(scope="module")
+def models(bank):
+    """The conftest forward model's ranges in physics 1 and 2."""
+    return {v: ForwardModel(bank, ForwardConfig(offset=(-15.0, 15.0), physics=v)) for v in (1, 2)}
+
+
+def test_physics_version_defaults_and_round_trip():
+    """A config made in code gets physics 2; a table without the key (every training config and model card
+    written before it existed) physics 1; ``to_dict`` always writes it."""
+    assert ForwardConfig().physics == 2
+    assert ForwardConfig.from_dict({}).physics == 1
+    assert ForwardConfig.from_dict({"offset": [-15.0, 15.0]}).physics == 1
+    assert ForwardConfig.from_dict({"physics": 2}).physics == 2
+    for cfg in (ForwardConfig(), ForwardConfig(physics=1), ForwardConfig.from_dict({"gauss_fwhm": [0.05, 2.5]})):
+        d = cfg.to_dict()
+        assert d["physics"] == cfg.physics and ForwardConfig.from_dict(d) == cfg
+
+
+def test_physics_versions_draw_the_same_labels_and_parameters(models):
+    """Physics 2 changes the physics, not the random stream: the same seed gives the same labels and nuisances."""
+    a, b = (models[v].sample(96, seed=13) for v in (1, 2))
+    assert torch.equal(a.fractions, b.fractions) and torch.equal(a.valid, b.valid)
+    for key, value in a.params.items():
+        assert torch.equal(b.params[key], value), key
+    assert not torch.equal(a.values, b.values)
+
+
+#: Index-weighted sums (values, clean, valid) of ``sample(48, seed=7)`` of physics-1 configs, computed by the
+#: code before the physics versions existed (git 69693c3): its batches were verified equal bit for bit, these
+#: pin them to float rounding.
+PHYSICS_1_SUMS = {
+    "default": ({}, (1.7645876538e08, 1.7655589876e08, 28455)),
+    "default.toml": ({"offset": [-15.0, 15.0], "psnr_db": [5.0, 60.0], "t_lambda": [0.0, 1.5], "crop_probability": 0.3},
+                     (1.7316634735e08, 1.7336715132e08, 28455)),
+    "finetune_edge_steps.toml": ({"offset": [-15.0, 15.0], "dispersion_error": [-0.05, 0.05], "gauss_fwhm": [0.05, 2.5],
+                                  "psnr_db": [5.0, 60.0], "t_lambda": [0.0, 1.5], "crop_probability": 0.3,
+                                  "edge_step": [0.0, 0.3], "edge_step_offset": [-2.0, 0.0],
+                                  "edge_step_width": [0.2, 1.2]},
+                                 (1.5045281023e08, 1.5122433354e08, 25315)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PHYSICS_1_SUMS))
+def test_tables_without_physics_give_the_batches_of_before(bank, name):
+    table, (values, clean, valid) = PHYSICS_1_SUMS[name]
+    b = ForwardModel(bank, ForwardConfig.from_dict(table)).sample(48, seed=7)
+    w = torch.arange(1, b.values.shape[1] + 1, dtype=torch.float64) * torch.arange(1, 49, dtype=torch.float64)[:, None]
+    assert float((b.values.double() * w).sum()) == pytest.approx(values, rel=1e-7)
+    assert float((b.clean.double() * w).sum()) == pytest.approx(clean, rel=1e-7)
+    assert int(b.valid.sum()) == valid
+
+
+def test_physics_2_draws_noise_on_the_measured_points(models, bank):
+    """D1: a detector adds noise per measured point and the live path interpolates the noisy points, so points
+    coarser than the work step carry correlated noise there (live lag-1 autocorrelation +0.66 at 0.2 eV,
+    +0.90 at 0.4 eV); the PSNR holds per measured point.  Points finer than the work step are averaged per
+    channel: noise variance times spacing / 0.1.  Physics 1 added it per channel (uncorrelated)."""
+    ov = dict(QUIET, **_members(bank), fractions=torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).expand(200, 3),
+              xas_background=0.3, psnr_db=30.0)
+
+    def psnr(b, every):
+        clean, noise = b.clean[:, ::every].double(), (b.values - b.clean)[:, ::every].double()
+        peak = clean.amax(1) - clean.amin(1)
+        return float((20 * torch.log10(peak / noise.pow(2).mean(1).sqrt())).mean())
+
+    coarse = {v: models[v].sample(200, seed=5, **dict(ov, point_spacing=0.4)) for v in (1, 2)}
+    assert _lag1(coarse[2].values - coarse[2].clean) > 0.8       # 0.90 expected from linear interpolation
+    assert abs(_lag1(coarse[1].values - coarse[1].clean)) < 0.05
+    assert psnr(coarse[2], 4) == pytest.approx(30.0, abs=0.3)   # every 4th channel is a measured point
+    assert psnr(coarse[2], 1) > 31.0                             # between the points the noise interpolates down
+    mid = models[2].sample(200, seed=5, **dict(ov, point_spacing=0.2))
+    assert _lag1(mid.values - mid.clean) > 0.5                   # 0.66 expected
+    fine = models[2].sample(200, seed=5, **dict(ov, point_spacing=0.05))
+    assert psnr(fine, 1) == pytest.approx(30.0 + 10 * math.log10(2), abs=0.3)   # two points per channel averaged
+    assert abs(_lag1(fine.values - fine.clean)) < 0.05
+
+
+def test_physics_2_shot_noise_still_scales_with_the_intensity(models, bank):
+    """Poisson noise on coarse points: the variance at each measured point is proportional to its intensity."""
+    n = 2000
+    ov = dict(QUIET, **_members(bank), fractions=torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).expand(n, 3),
+              xas_background=0.5, psnr_db=30.0, poisson_share=1.0, point_spacing=0.4)
+    b = models[2].sample(n, seed=3, **ov)
+    points = torch.arange(100, 600, 4)                   # measured points (every 4th channel) over 625-675 eV
+    var = (b.values - b.clean).double()[:, points].var(0)
+    clean = b.clean[0].double()[points]
+    ratio = var / clean
+    assert float(clean.max() / clean.min()) > 2.5
+    assert float(ratio.std() / ratio.mean()) < 0.08       # sampling scatter of a variance from 2000 draws: 0.03
+
+
+def test_physics_2_scatters_the_eels_continuum_with_the_white_lines(models, bank):
+    """D2: the edge-step continuum is part of the single-scattering core loss (Egerton): with t/lambda it is the
+    t/lambda = 0 continuum convolved with the low-loss distribution, its jump at the L3 threshold falling as
+    exp(-t/lambda) against the continuum above L2.  Physics 1 added it after the scattering: the same shape
+    at every t/lambda."""
+    f = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    k = 37
+    axis = 615.0 + 0.1 * np.arange(700)
+    member = _members(bank)["member_4"]
+
+    def continuum(version, tl):
+        ov = dict(QUIET, **_members(bank), fractions=f, is_eels=True, t_lambda=tl, plasmon_index=k)
+        fm = models[version]
+        lines = fm.sample(1, seed=0, **ov).clean[0].double().numpy()
+        return fm.sample(1, seed=0, **dict(ov, edge_step=0.25)).clean[0].double().numpy() - lines
+
+    fm = models[2]
+    l3, l2 = float(fm.l3_pos[member]), float(fm.l2_pos[member])
+    at = lambda c, e: float(np.interp(e, axis, c))   # noqa: E731
+    shape = lambda c: (at(c, l3 + 2) - at(c, l3 - 4)) / at(c, l2 + 20)   # noqa: E731
+    c0, c15 = continuum(2, 0.0), continuum(2, 1.5)
+    kernel = torch.fft.irfft(plural_scattering_transfer(fm.plasmon_fft[k:k + 1], torch.tensor([1.5]))[0], n=fm.nfft)
+    expected = np.convolve(c0, kernel.double().numpy()[: c0.size])[: c0.size]   # offset 0: channel i is 615 + 0.1 i eV
+    assert np.abs(c15 - expected)[50:].max() < 0.01 * c0.max()   # below 620 eV the continuum below the axis is missing
+    jump = (at(c15, l3 + 2) - at(c15, l3 - 4)) / (at(c0, l3 + 2) - at(c0, l3 - 4))
+    assert jump == pytest.approx(math.exp(-1.5), rel=0.15)
+    assert shape(c15) < 0.6 * shape(c0)
+    assert shape(continuum(1, 1.5)) == pytest.approx(shape(continuum(1, 0.0)), rel=1e-3)
+
+
+def test_physics_2_scattering_does_not_wrap_the_continuum_onto_the_pre_edge(bank):
+    """The continuum's plateau at the top of the grid, scattered by 100 eV or more, would wrap around the FFT
+    onto the pre-edge (2 % of the peak there at t/lambda 1.5): the EELS rows equal those of a four times
+    longer FFT (offset 0: channels 615-630 eV read the pre-edge; no background, which scales with the peak)."""
+    class Long(ForwardModel):
+        NFFT = 8192
+
+    cfg = ForwardConfig(offset=(-15.0, 15.0), edge_step=(0.2, 0.3))
+    n = 64
+    kw = dict(is_eels=True, psnr_db=150.0, crop=False, t_lambda=torch.full((n,), 1.5, dtype=torch.float64), offset=0.0,
+              eels_background=0.0)
+    a, b = ForwardModel(bank, cfg).sample(n, seed=2, **kw), Long(bank, cfg).sample(n, seed=2, **kw)
+    peak = b.clean.abs().amax(1, keepdim=True)
+    diff = ((a.clean - b.clean).abs() / peak)[:, :150]    # 615-630 eV
+    assert float(diff.max()) < 1e-3
+
+
+def test_physics_2_keeps_the_xas_pre_edge_non_negative(models):
+    """D3: the XAS pre-edge line (level U(0, 1) + slope (E - 641), relative to the L3 maximum) went below
+    zero in 21 % of physics-1 XAS rows, where no shot noise is drawn; physics 2 limits its tilt."""
+    def negative_rows(version):
+        b = models[version].sample(3000, seed=5, is_eels=False)
+        low = torch.where(b.valid, b.clean, torch.full_like(b.clean, math.inf)).amin(1)
+        return int((low < 0).sum())
+
+    assert negative_rows(2) == 0
+    assert negative_rows(1) > 300
+
+
+def test_physics_2_offset_label_is_exact_under_the_nonlinearity(models, bank):
+    """D7: the quadratic nonlinearity acts about the truth, so an offset moves the whole spectrum by exactly the
+    offset (the label); physics 1 took it about the reading, off by nonlinearity (offset/30)^2."""
+    ov = dict(QUIET, **_members(bank), fractions=torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64),
+              dispersion_error=0.03)
+    axis = 615.0 + 0.1 * np.arange(700)
+
+    def l3(version, off, nl):
+        y = models[version].sample(1, seed=1, **dict(ov, offset=off, nonlinearity=nl)).clean[0].numpy().astype(float)
+        k = int(np.argmax(y))
+        return axis[k] + 0.05 * (y[k - 1] - y[k + 1]) / (y[k - 1] - 2 * y[k] + y[k + 1]), y
+
+    for nl in (0.3, -1.0, 2.0):
+        (l0, y0), (l14, y14) = l3(2, 0.0, nl), l3(2, 14.0, nl)
+        assert l14 - l0 == pytest.approx(14.0, abs=1e-3)
+        assert np.abs(y14[140:] - y0[:-140]).max() < 1e-4 * y0.max()   # 140 channels: the same spectrum
+    # physics 1: where the truth of the line reads under its map (about the reading), solved by iteration
+    c, nl, disp = AXIS_CENTER_EV, 1.0, 0.03
+    truth = true_energy(l3(2, 0.0, nl)[0], 0.0, disp, nl, physics=2)
+
+    def reading(off):
+        r = truth + off
+        for _ in range(50):
+            r = c + off + (truth - c - nl * ((r - c) / 30) ** 2) / (1 + disp)
+        return r
+
+    moved = l3(1, 14.0, nl)[0] - l3(1, 0.0, nl)[0]
+    assert moved == pytest.approx(reading(14.0) - reading(0.0), abs=2e-3)
+    assert abs(moved - 14.0) > 0.1
+    assert true_energy(c + 14.0, 14.0, 0.03, 2.0, physics=2) == c
+    assert true_energy(c + 14.0, 14.0, 0.03, 2.0, physics=1) == pytest.approx(c + 2.0 * (14.0 / 30) ** 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 
 from offline_training.forward import ForwardConfig, ForwardModel
@@ -21,8 +22,9 @@ def _cpp_compiler_present() -> bool:
     return True
 
 
-def test_compiled_forward_model_matches_the_eager_one(bank):
-    cfg = ForwardConfig(offset=(-15.0, 15.0))
+@pytest.mark.parametrize("physics", [1, 2])
+def test_compiled_forward_model_matches_the_eager_one(bank, physics):
+    cfg = ForwardConfig(offset=(-15.0, 15.0), physics=physics)
     eager = ForwardModel(bank, cfg).sample(96, seed=21)
     compiled = ForwardModel(bank, cfg, compiled=True).sample(96, seed=21)
     stages = stage_functions(True)

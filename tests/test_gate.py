@@ -65,9 +65,12 @@ def test_training_ranges_are_the_cards_forward_config_or_the_defaults():
         return SimpleNamespace(artifact=SimpleNamespace(card=card))
 
     broad = training_ranges(engine({"training": {"config": {"forward": {"gauss_fwhm": [0.05, 2.5]}}}}))
-    assert broad == ForwardConfig(gauss_fwhm=(0.05, 2.5)) and broad != ForwardConfig()
-    assert training_ranges(engine({"training": {"config": {}}})) == ForwardConfig()
-    assert training_ranges(engine({})) == ForwardConfig()
+    assert broad == ForwardConfig(gauss_fwhm=(0.05, 2.5), physics=1) and broad != ForwardConfig(physics=1)
+    # a card without the forward table, or without its physics key, was written before physics 2
+    assert training_ranges(engine({"training": {"config": {}}})) == ForwardConfig(physics=1)
+    assert training_ranges(engine({})) == ForwardConfig(physics=1)
+    two = training_ranges(engine({"training": {"config": {"forward": {"physics": 2}}}}))
+    assert two == ForwardConfig() and two.physics == 2
 
 
 @pytest.fixture(scope="module")

@@ -633,7 +633,8 @@ def test_evaluate_draws_from_the_candidates_training_bank_or_says_why_not(tmp_pa
     write_card(cand, card)
     (tmp_path / "none").mkdir()
     base = ["evaluate", "--model", str(cand), "--n", "64", "--n-nnls", "0", "--robustness-n", "0",
-            "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(tmp_path / "e.json")]
+            "--real-dir", str(tmp_path / "none"), "--backend", "onnxruntime", "--out", str(tmp_path / "e.json"),
+            "--overwrite"]
     assert mnedge_train(base) == 0
     assert json.loads((tmp_path / "e.json").read_text())["bank"] == {"path": str(tmp_path / "site_bank.npz"),
                                                                       "sha256": site.sha256()}

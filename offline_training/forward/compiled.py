@@ -30,7 +30,8 @@ from offline_training.forward import stages
 log = logging.getLogger(__name__)
 
 #: Stages worth compiling: long chains of element-wise work (the FFT and random draws stay eager).
-COMPILED_STAGES = ("valence_term", "edge_steps", "saturate", "add_background", "measure_on_axis", "noise_model")
+COMPILED_STAGES = ("valence_term", "edge_steps", "saturate", "add_background", "measure_on_axis", "measure_points",
+                   "interpolate_points", "noise_model")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class StageFunctions:
     saturate: Callable
     add_background: Callable
     measure_on_axis: Callable
+    measure_points: Callable
+    interpolate_points: Callable
     noise_model: Callable
     compiled: bool
 
@@ -80,7 +83,7 @@ def stage_functions(compiled: bool = False) -> StageFunctions:
         return _CompiledStage(fn) if compiled else fn
 
     if compiled:
-        # measure_on_axis reads its grid spacing as a Python number (a graph break, which costs
+        # measure_on_axis and measure_points read their grid spacing as a Python number (a graph break, which costs
         # nothing here); dynamo would print a dozen lines about it in every process
         logging.getLogger("torch._dynamo.variables.tensor").setLevel(logging.ERROR)
 

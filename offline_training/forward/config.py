@@ -17,6 +17,22 @@ AXIS_CENTER_EV = 641.0
 #: Where the L3 white line lies before the chemical shift (eV): the calculated members' L3 maxima
 #: (640.2-643.2 eV, :data:`offline_training.references.parameters.L3_POSITION_EV`) with margin.
 L3_LINE_EV = (640.0, 644.0)
+#: Versions of the forward model's physics (:attr:`ForwardConfig.physics`); the last is the default in code.
+PHYSICS_VERSIONS = (1, 2)
+
+
+def true_energy(reading, offset, dispersion, nonlin, physics: int = 2, center: float = AXIS_CENTER_EV):
+    """The true energy a channel reading ``reading`` sees (numbers or tensors), as
+    :func:`offline_training.forward.stages.measure_on_axis` maps it.
+
+    ``center + x (1 + dispersion) + nonlin (x / 30)^2`` with ``x = reading - offset - center`` (physics 2:
+    the quadratic term about the truth, so ``offset`` is exactly the reading minus the truth at
+    ``center``), or ``x (1 + dispersion) + nonlin ((reading - center) / 30)^2`` (physics 1: about
+    the reading).
+    """
+    x = reading - offset - center
+    q = x if physics >= 2 else reading - center
+    return center + x * (1 + dispersion) + nonlin * (q / 30.0) ** 2
 
 
 def _check_range(name: str, r, lo: float | None = None, hi: float | None = None) -> None:
@@ -37,7 +53,40 @@ class ForwardConfig:
 
     The defaults are the physically plausible ranges; training configs widen
     the offset to +-15 eV.
+
+    ``physics`` is the version of the forward model's physics.  Version 1 is
+    the physics of every model trained before version 2 existed; a table
+    without the key (every training config and model card written before the
+    key existed) reads as 1 (:meth:`from_dict`) and synthesizes its batches
+    bit for bit as before.  Version 2 (the default of a config made in code)
+    corrects four defects a physics review found:
+
+    * noise on the measured points (D1): a detector adds noise per measured
+      point and the live path interpolates the noisy points to the 0.1 eV work
+      axis, so coarse spacings give correlated noise on the work axis
+      (version 1 added it per work channel after interpolating the clean
+      signal: uncorrelated).  Points finer than the work step are averaged per
+      channel live: their noise is per channel, its variance scaled by
+      ``point_spacing / 0.1`` (the Poisson counts of the points averaged add
+      up).  The PSNR holds per measured point.
+    * the EELS edge-step continuum is part of the single-scattering core loss
+      and is plurally scattered with the white lines (D2; Egerton, *EELS in the
+      Electron Microscope*, 3rd ed., sec. 3.7, 4.1); version 1 added it after
+      the plural-scattering convolution.  Its height stays relative to the
+      white lines' L3 maximum before scattering.
+    * the XAS pre-edge line ``level + slope (E - 641)`` stays non-negative
+      over the true energies each row's axis reads: its tilt is limited to
+      what the drawn level allows (D3; version 1 let 21 % of XAS rows go below
+      zero, where no shot noise is drawn).
+    * the axis nonlinearity is quadratic about the truth, ``x = reading -
+      offset - 641`` (D7), so the ``offset`` label is exactly where the
+      truth's centre reads (version 1 took it about the reading: the label was
+      off by ``nonlinearity (offset/30)^2``, up to 0.075 eV).
     """
+
+    #: version of the forward model's physics (1 or 2, see the class docstring); 2 in code,
+    #: 1 for a table without the key (:meth:`from_dict`)
+    physics: int = 2
 
     #: shares of pure, binary and ternary compositions
     composition_shares: tuple[float, float, float] = (0.3, 0.4, 0.3)
@@ -86,10 +135,12 @@ class ForwardConfig:
     #: EELS residual power-law background at L3, relative to the L3 maximum, and exponent r
     eels_background: tuple[float, float] = (0.0, 3.0)
     eels_exponent: tuple[float, float] = (2.0, 5.0)
-    #: XAS pre-edge level and slope (per eV), relative to the L3 maximum
+    #: XAS pre-edge level and slope (per eV), relative to the L3 maximum (physics 2: the slope limited
+    #: so that the line stays >= 0 over the true energies the row reads)
     xas_background: tuple[float, float] = (0.0, 1.0)
     xas_slope: tuple[float, float] = (-0.02, 0.02)
-    #: energy axis: global offset, dispersion scale error (relative), quadratic nonlinearity at +-30 eV;
+    #: energy axis: global offset, dispersion scale error (relative), quadratic nonlinearity at +-30 eV
+    #: from the centre (:func:`true_energy`);
     #: an offset range that moves the L3 line off the channel axis, or an axis that reads beyond the
     #: physics grid, is refused (:meth:`check_axis`)
     offset: tuple[float, float] = (-6.0, 6.0)
@@ -101,7 +152,7 @@ class ForwardConfig:
     crop_probability: float = 0.3
     crop_below: tuple[float, float] = (2.5, 12.0)
     crop_above: tuple[float, float] = (9.0, 35.0)
-    #: PSNR (dB) and the share of Poisson in the noise variance
+    #: PSNR (dB; physics 2: of each measured point) and the share of Poisson in the noise variance
     psnr_db: tuple[float, float] = (5.0, 60.0)
     poisson_share: tuple[float, float] = (0.0, 1.0)
     #: channel axis of the output (before the offset): start and number of points
@@ -109,6 +160,9 @@ class ForwardConfig:
     axis_points: int = 700
 
     def __post_init__(self) -> None:
+        if not isinstance(self.physics, int) or isinstance(self.physics, bool) or self.physics not in PHYSICS_VERSIONS:
+            raise ValueError(f"physics: the forward model's physics version must be one of "
+                             f"{', '.join(map(str, PHYSICS_VERSIONS))}, got {self.physics!r}")
         shares = self.composition_shares
         if (not isinstance(shares, (tuple, list)) or len(shares) != 3 or not all(is_number(s) for s in shares)
                 or any(s < 0 for s in shares) or sum(shares) <= 0):
@@ -168,13 +222,9 @@ class ForwardConfig:
                              f"({l3_low:g}-{l3_high:g} eV with the chemical shift) off {where}; offsets within "
                              f"({fits[0]:.1f}, {fits[1]:.1f}) eV keep it on, or change axis_start / axis_points")
 
-        def true_energy(reading: float, off: float, disp: float, nl: float) -> float:
-            c = AXIS_CENTER_EV   # as offline_training.forward.stages.measure_on_axis maps a reading
-            return c + (reading - off - c) * (1 + disp) + nl * ((reading - c) / 30.0) ** 2
-
         corners = [(o, d, q) for o in self.offset for d in self.dispersion_error for q in self.nonlinearity]
-        low = min(true_energy(self.axis_start, *k) for k in corners)
-        high = max(true_energy(axis_end + self.point_spacing[1], *k) for k in corners)
+        low = min(true_energy(self.axis_start, *k, physics=self.physics) for k in corners)
+        high = max(true_energy(axis_end + self.point_spacing[1], *k, physics=self.physics) for k in corners)
         grid = (PHYS_RANGE_EV[0], PHYS_RANGE_EV[1] - WORK_STEP_EV)
         if low < grid[0] or high > grid[1]:
             raise ValueError(f"axis_start / axis_points: {where} read with offsets ({self.offset[0]:g}, "
@@ -184,7 +234,11 @@ class ForwardConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ForwardConfig:
-        """Build from a (TOML) table; unknown keys are refused by name."""
+        """Build from a (TOML) table; unknown keys are refused by name.
+
+        A table without ``physics`` was written before the key existed: it gets physics 1, the
+        physics its model was trained on.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -196,6 +250,7 @@ class ForwardConfig:
             if isinstance(v, dict):   # ranges per valence: checked (and keyed by int) on creation
                 v = {kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()}
             kw[k] = v
+        kw.setdefault("physics", 1)
         return cls(**kw)
 
     def to_dict(self) -> dict:

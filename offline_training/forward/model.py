@@ -11,11 +11,19 @@ import torch
 from mnedge_live.preprocessing import WORK_STEP_EV
 from offline_training.forward.compiled import stage_functions
 from offline_training.forward.composition import HOLES, VALENCES, sample_fractions
-from offline_training.forward.config import AXIS_CENTER_EV, L3_LINE_EV, PHYS_RANGE_EV, ForwardConfig
+from offline_training.forward.config import (
+    AXIS_CENTER_EV,
+    L3_LINE_EV,
+    PHYS_RANGE_EV,
+    ForwardConfig,
+    true_energy,
+)
 from offline_training.forward.stages import (
     add_noise,
+    draw_noise,
     drude_plasmon,
     mix_end_members,
+    nonnegative_slope,
     plural_scattering_transfer,
     voigt_fwhm,
 )
@@ -81,6 +89,12 @@ class ForwardModel:
         e = np.round(np.arange(self.PHYS_RANGE[0], self.PHYS_RANGE[1], de), 6)
         self.energy = torch.tensor(e, dtype=torch.float64, device=self.device)
         self.nfft = self.NFFT
+        # The FFT grid past the physics grid stands for the energies one period lower (a circular
+        # convolution reads them as the energies below the grid): physics 2 evaluates the edge steps
+        # there at those energies, the arctan's low tail, so that plural scattering does not wrap
+        # the continuum's plateau onto the pre-edge.
+        pad = np.round(self.PHYS_RANGE[0] + de * np.arange(e.size - self.nfft, 0), 6)
+        self.pad_energy = torch.tensor(pad, dtype=torch.float32, device=self.device)
         # Bank onto the physics grid: box-average to the physics spacing (keeps area), then interpolate.
         ratio = max(1, int(round(de / float(bank.energy[1] - bank.energy[0]))))
         kernel = np.ones(ratio) / ratio
@@ -138,6 +152,7 @@ class ForwardModel:
             stratified evaluation).
         """
         cfg = self.config
+        v2 = cfg.physics >= 2   # the corrected physics (ForwardConfig's docstring)
         st = stage_functions(self.compiled)
         gen = generator or torch.Generator().manual_seed(0 if seed is None else seed)
         dev = self.device
@@ -207,21 +222,38 @@ class ForwardModel:
                                    stacked["l2_scale"], stacked["shift"], gauss, lz.to(torch.float32),
                                    term=st.valence_term)
         thick = torch.nonzero(tl > 0).squeeze(1)
-        if thick.numel():
-            spec_fft[thick] *= plural_scattering_transfer(self.plasmon_fft[k[thick]], tl[thick].to(torch.float32))
-
-        spec = torch.fft.irfft(spec_fft, n=self.nfft)[:, : self.energy.numel()]
+        ne = self.energy.numel()
+        if v2:   # the white lines before scattering: the edge steps' height is relative to their L3 maximum
+            spec = torch.fft.irfft(spec_fft, n=self.nfft)[:, :ne]
+        else:
+            if thick.numel():
+                spec_fft[thick] *= plural_scattering_transfer(self.plasmon_fft[k[thick]], tl[thick].to(torch.float32))
+            spec = torch.fft.irfft(spec_fft, n=self.nfft)[:, :ne]
         peak = spec.amax(dim=1)
 
-        # 5. edge steps, broadened like the white lines, rising near each line's maximum
+        # 5. edge steps, broadened like the white lines, rising near each line's maximum; physics 2
+        # scatters them with the white lines (they are the single-scattering core loss's continuum),
+        # physics 1 added them after the scattering
         h = draw("edge_step", cfg.edge_step)
         at = draw_unless_fixed("edge_step_offset", cfg.edge_step_offset)
         w0 = draw_unless_fixed("edge_step_width", cfg.edge_step_width)
         width = w0 + p["resolution_fwhm"] / 2
         e32 = self.energy.to(torch.float32)
         f32 = torch.float32
-        spec = spec + st.edge_steps(e32, (l3_mix + at).to(f32), (l2_mix + at).to(f32), (h * peak).to(f32),
-                                    width.to(f32))
+        thr3, thr2, height = (l3_mix + at).to(f32), (l2_mix + at).to(f32), (h * peak).to(f32)
+        steps = st.edge_steps(e32, thr3, thr2, height, width.to(f32))
+        spec = spec + steps
+        if v2 and thick.numel():
+            steps = torch.cat([steps[thick], st.edge_steps(self.pad_energy, thr3[thick], thr2[thick], height[thick],
+                                                           width[thick].to(f32))], dim=1)
+            # the low-loss kernel cut at the pad's width: the circular convolution is then the linear
+            # one on the physics grid (the pad stands for the energies below it), and the continuum's
+            # plateau at the grid's top end cannot wrap onto the pre-edge
+            transfer = plural_scattering_transfer(self.plasmon_fft[k[thick]], tl[thick].to(torch.float32))
+            kernel = torch.fft.irfft(transfer, n=self.nfft)
+            kernel[:, self.nfft - ne:] = 0.0
+            scattered = (spec_fft[thick] + torch.fft.rfft(steps, n=self.nfft)) * torch.fft.rfft(kernel, n=self.nfft)
+            spec[thick] = torch.fft.irfft(scattered, n=self.nfft)[:, :ne]
         p["edge_step"], p["edge_step_offset"], p["edge_step_width"] = h, at, w0
 
         # 6. XAS saturation
@@ -229,19 +261,26 @@ class ForwardModel:
         spec = st.saturate(spec, sat.to(f32))
         p["saturation"] = sat
 
-        # 7. backgrounds
+        # 7. backgrounds (the axis's draws come next in the stream; physics 2 needs them here)
         el, ex = draw("eels_background", cfg.eels_background), draw("eels_exponent", cfg.eels_exponent)
         xl, xs = draw("xas_background", cfg.xas_background), draw("xas_slope", cfg.xas_slope)
-        spec = st.add_background(e32, spec, is_eels, el.to(f32), ex.to(f32), xl.to(f32), xs.to(f32), self.e_ref)
-        p["background"] = torch.where(is_eels, el, xl)
-
-        # 8. energy axis, point spacing and measured window
         axis = cfg.axis_start + WORK_STEP_EV * torch.arange(cfg.axis_points, dtype=torch.float64, device=dev)
         off = draw("offset", cfg.offset)
         disp = draw("dispersion_error", cfg.dispersion_error)
         nl = draw("nonlinearity", cfg.nonlinearity)
         sp = draw("point_spacing", cfg.point_spacing)
-        clean = st.measure_on_axis(self.energy, spec, axis, off, disp, nl, sp, self.e_ref)
+        if v2:   # the XAS pre-edge line stays >= 0 over the true energies the row's points read
+            ends = [true_energy(r, off, disp, nl, physics=2, center=self.e_ref)
+                    for r in (float(axis[0]), float(axis[-1]) + sp)]
+            grid = (float(self.energy[0]), float(self.energy[-1]))   # readings beyond it read its ends
+            low = torch.minimum(*ends).clamp(*grid)
+            high = torch.maximum(*ends).clamp(*grid)
+            xs = nonnegative_slope(xl, xs, low, high, self.e_ref)
+        spec = st.add_background(e32, spec, is_eels, el.to(f32), ex.to(f32), xl.to(f32), xs.to(f32), self.e_ref)
+        p["background"] = torch.where(is_eels, el, xl)
+
+        # 8. energy axis, point spacing and measured window
+        clean = st.measure_on_axis(self.energy, spec, axis, off, disp, nl, sp, self.e_ref, about_truth=v2)
         p["offset"], p["dispersion_error"], p["nonlinearity"], p["point_spacing"] = off, disp, nl, sp
         l3_read = l3_mix + off   # where the mixture's L3 appears on the axis
         crop = torch.rand(n, generator=gen).to(dev) < cfg.crop_probability
@@ -252,10 +291,22 @@ class ForwardModel:
         valid = (axis[None, :] >= (l3_read - below)[:, None]) & (axis[None, :] <= (l3_read + above)[:, None])
         p["window_below"], p["window_above"] = below.clamp(max=60.0), above.clamp(max=60.0)
 
-        # 9. noise
+        # 9. noise: physics 1 per channel; physics 2 on the measured points (or, finer than the
+        # work step, per channel as the mean of the points it holds), interpolated like the signal
         psnr = draw("psnr_db", cfg.psnr_db)
         ps = draw("poisson_share", cfg.poisson_share)
-        noisy = add_noise(gen, clean, valid, psnr, ps, model=st.noise_model)
+        if v2:
+            points = st.measure_points(self.energy, spec, axis, off, disp, nl, sp, self.e_ref, WORK_STEP_EV)
+            q = sp.clamp(min=WORK_STEP_EV)
+            reach = q[:, None] * torch.arange(axis.numel() + 1, dtype=torch.float64, device=dev)[None, :]
+            at_point = axis[0] + reach
+            point_valid = ((at_point >= (l3_read - below)[:, None]) & (at_point <= (l3_read + above)[:, None])
+                           & (reach <= float(axis[-1] - axis[0]) + 1e-6))
+            noise = draw_noise(gen, points, point_valid, psnr, ps, model=st.noise_model,
+                               averaged=(WORK_STEP_EV / sp).clamp(min=1.0))
+            noisy = clean + st.interpolate_points(noise, sp, axis.numel(), WORK_STEP_EV)
+        else:
+            noisy = add_noise(gen, clean, valid, psnr, ps, model=st.noise_model)
         p["psnr_db"], p["poisson_share"] = psnr, ps
         p["l3_true_ev"] = l3_mix
 

@@ -145,6 +145,21 @@ def saturate(spec: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     return spec / (1 + strength[:, None] * spec / peak)
 
 
+def nonnegative_slope(level: torch.Tensor, slope: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                      e_ref: float) -> torch.Tensor:
+    """``slope`` limited so that the line ``level + slope (E - e_ref)`` is non-negative on ``[low, high]`` (eV, per row).
+
+    The XAS pre-edge of physics 2 (:func:`add_background`): a yield below zero
+    is no measurement (and the shot noise, drawn from the positive part, would
+    vanish there).  A level of 0 leaves a flat line; ``level >= 0`` assumed.
+    """
+    below, above = e_ref - low, high - e_ref
+    inf = torch.full_like(slope, math.inf)
+    s_max = torch.where(below > 0, level / below.clamp(min=1e-9), inf)
+    s_min = torch.where(above > 0, -level / above.clamp(min=1e-9), -inf)
+    return torch.minimum(torch.maximum(slope, s_min), s_max)
+
+
 def add_background(energy: torch.Tensor, spec: torch.Tensor, is_eels: torch.Tensor, eels_level: torch.Tensor,
                    eels_exp: torch.Tensor, xas_level: torch.Tensor, xas_slope: torch.Tensor,
                    e_ref: float) -> torch.Tensor:
@@ -156,20 +171,9 @@ def add_background(energy: torch.Tensor, spec: torch.Tensor, is_eels: torch.Tens
     return spec + peak * torch.where(is_eels[:, None], pl, line)
 
 
-def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.Tensor, offset: torch.Tensor,
-                    dispersion: torch.Tensor, nonlin: torch.Tensor, spacing: torch.Tensor,
-                    e_center: float) -> torch.Tensor:
-    """Sample physical spectra as a mis-calibrated instrument reads them.
-
-    A channel that reads energy ``E`` sees the true energy
-    ``e_center + (E - offset - e_center) (1 + dispersion) + nonlin ((E - e_center)/30)^2``,
-    i.e. ``offset`` is the reading minus the truth at ``e_center``.  Points
-    are measured every ``spacing`` eV and linearly interpolated to the
-    channel axis, as :func:`mnedge_live.preprocessing.to_uniform` does live (live,
-    points denser than two per channel are first averaged per channel; the
-    noise, added afterwards per channel by :func:`add_noise`, is what that
-    averaging leaves).
-    """
+def _reader(phys_energy: torch.Tensor, spec: torch.Tensor, offset: torch.Tensor, dispersion: torch.Tensor,
+            nonlin: torch.Tensor, e_center: float, about_truth: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``reading -> spectrum there``: readings relative to ``e_center`` mapped as :func:`measure_on_axis` says."""
     # Readings and true energies relative to e_center, in the spectrum's precision (float32 keeps
     # 1e-5 eV over the +-100 eV that matter here).
     de = float(phys_energy[1] - phys_energy[0])
@@ -179,10 +183,33 @@ def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.T
     curve = nonlin.to(spec.dtype)[:, None] / (de * 30.0**2)
 
     def sample(reading: torch.Tensor) -> torch.Tensor:
-        pos = (origin + (reading - off) * gain + curve * reading**2).clamp(0, n - 1)
+        about = reading - off if about_truth else reading
+        pos = (origin + (reading - off) * gain + curve * about**2).clamp(0, n - 1)
         i0 = pos.floor().long().clamp(max=n - 2)
         return torch.lerp(torch.gather(spec, 1, i0), torch.gather(spec, 1, i0 + 1), pos - i0)
 
+    return sample
+
+
+def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.Tensor, offset: torch.Tensor,
+                    dispersion: torch.Tensor, nonlin: torch.Tensor, spacing: torch.Tensor,
+                    e_center: float, about_truth: bool = False) -> torch.Tensor:
+    """Sample physical spectra as a mis-calibrated instrument reads them.
+
+    A channel that reads energy ``E`` sees the true energy
+    ``e_center + x (1 + dispersion) + nonlin (x/30)^2`` with ``x = E - offset - e_center``
+    (``about_truth``, physics 2), so ``offset`` is exactly the reading minus the truth at
+    ``e_center``; physics 1 takes the quadratic term about the reading,
+    ``nonlin ((E - e_center)/30)^2``, which moves the truth's centre by
+    ``nonlin (offset/30)^2`` from where ``offset`` says.  Points are measured
+    every ``spacing`` eV and linearly interpolated to the channel axis, as
+    :func:`mnedge_live.preprocessing.to_uniform` does live (live, points
+    denser than two per channel are first averaged per channel).  The noise of
+    the points is drawn by the forward model: physics 1 per channel afterwards
+    (:func:`add_noise`), physics 2 on the points (:func:`measure_points`) and
+    interpolated the same way (:func:`interpolate_points`).
+    """
+    sample = _reader(phys_energy, spec, offset, dispersion, nonlin, e_center, about_truth)
     step = spacing.to(spec.dtype)[:, None]
     a = (axis - axis[0]).to(spec.dtype)[None, :]          # channel readings from the first channel
     k = torch.floor(a / step)
@@ -191,13 +218,44 @@ def measure_on_axis(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.T
     return torch.lerp(sample(lo), sample(lo + step), t)
 
 
+def measure_points(phys_energy: torch.Tensor, spec: torch.Tensor, axis: torch.Tensor, offset: torch.Tensor,
+                   dispersion: torch.Tensor, nonlin: torch.Tensor, spacing: torch.Tensor, e_center: float,
+                   step: float) -> torch.Tensor:
+    """The noise-free values of the points whose noise physics 2 draws: ``(B, N + 1)`` for an ``N``-channel axis.
+
+    Point ``j`` reads ``axis[0] + j * max(spacing, step)`` (quadratic term about
+    the truth, as :func:`measure_on_axis` with ``about_truth``): the measured
+    points where they are coarser than the work ``step``, the channels where
+    they are finer (their points are averaged per channel live).  ``N + 1``
+    points cover the axis at any spacing; :func:`interpolate_points` brings
+    values on them to the channels.
+    """
+    sample = _reader(phys_energy, spec, offset, dispersion, nonlin, e_center, True)
+    q = spacing.clamp(min=step).to(spec.dtype)[:, None]
+    j = torch.arange(axis.numel() + 1, dtype=spec.dtype, device=spec.device)[None, :]
+    return sample(j * q + (float(axis[0]) - e_center))
+
+
+def interpolate_points(values: torch.Tensor, spacing: torch.Tensor, n: int, step: float) -> torch.Tensor:
+    """Values on the points of :func:`measure_points` linearly interpolated to ``n`` channels ``step`` apart.
+
+    Points finer than ``step`` are the channels themselves (nothing is interpolated).
+    """
+    ratio = step / spacing.to(torch.float64).clamp(min=step)   # exactly 1 where the points are the channels
+    pos = torch.arange(n, dtype=torch.float64, device=values.device)[None, :] * ratio[:, None]
+    k = pos.floor()
+    t = (pos - k).to(values.dtype)
+    k = k.long()
+    return torch.lerp(torch.gather(values, 1, k), torch.gather(values, 1, k + 1), t)
+
+
 #: Expected counts from which a channel's Poisson noise is drawn as a Gaussian of the same mean
 #: and variance (its skewness, ``rate**-0.5``, is 0.1 there); below it, exact Poisson draws.
 POISSON_EXACT_BELOW = 100.0
 
 
-def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
-                poisson_share: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor, poisson_share: torch.Tensor,
+                averaged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The noise :func:`add_noise` draws: Poisson counts plus Gaussian read noise whose total RMS gives ``psnr_db``.
 
     A share ``poisson_share`` of the noise variance, averaged over the window,
@@ -206,6 +264,11 @@ def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
     :data:`POISSON_EXACT_BELOW` counts take it as a Gaussian of variance equal
     to the counts, merged with the read noise into one draw; the others draw
     exact Poisson counts.
+
+    ``averaged`` (``(B,)``, at least 1): each value is the mean of that many
+    measured points, each of which has the noise above: their counts add up
+    (counts per unit intensity times ``averaged``) and the variance is divided
+    by ``averaged`` (physics 2, points finer than the work step).
 
     Returns
     -------
@@ -230,6 +293,9 @@ def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
     mean_pos = (torch.where(valid, pos, torch.zeros_like(pos)).sum(dim=1) / nvalid).clamp(min=1e-12)
     # counts per unit intensity so that the mean Poisson variance is p * var
     gain = mean_pos / (p * var).clamp(min=1e-30)
+    if averaged is not None:
+        m = averaged.to(spec.dtype)
+        gain, var = gain * m, var / m
     use_p = (p > 1e-6)[:, None]
     rate = torch.where(use_p, pos * gain[:, None], torch.zeros_like(pos)).clamp(max=1e12)
     exact = use_p & (rate < POISSON_EXACT_BELOW)
@@ -238,19 +304,29 @@ def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
     return torch.sqrt(read_var + shot_var), exact, rate, gain
 
 
-def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
-              poisson_share: torch.Tensor, model: Callable = noise_model) -> torch.Tensor:
-    """Draw the noise of :func:`noise_model` and add it.
+def draw_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
+               poisson_share: torch.Tensor, model: Callable = noise_model,
+               averaged: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw the noise of :func:`noise_model` (``averaged`` passed on to it) for the values ``spec``.
 
-    The Gaussian part is one draw per channel; exact Poisson counts are drawn
+    The Gaussian part is one draw per value; exact Poisson counts are drawn
     only where :func:`noise_model` asks for them (the costly part, so only
     where the shape of the distribution matters).  ``model`` is
     :func:`noise_model` or the same function compiled.
     """
-    gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share)
+    if averaged is None:
+        gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share)
+    else:
+        gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share, averaged)
     noise = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * gauss_sigma
     where = torch.nonzero(exact, as_tuple=True)
     if where[0].numel():
         r = rate[where]
         noise[where] += (torch.poisson(r, generator=gen) - r) / gain[where[0]]
-    return spec + noise
+    return noise
+
+
+def add_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
+              poisson_share: torch.Tensor, model: Callable = noise_model) -> torch.Tensor:
+    """Draw the noise of :func:`noise_model` per value (:func:`draw_noise`) and add it."""
+    return spec + draw_noise(gen, spec, valid, psnr_db, poisson_share, model=model)
