@@ -38,12 +38,15 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--workers", type=int, default=0, help="worker processes of the stream (0: this process)")
     ap.add_argument("--eager", action="store_true", help="uncompiled forward-model stages")
+    ap.add_argument("--physics", type=int, choices=(1, 2), default=ForwardConfig().physics,
+                    help="forward-model physics version (default: the code's default)")
     ap.add_argument("--default-allocator", action="store_true",
                     help="leave glibc's allocator as it starts (mnedge-train tunes it: reuse_batch_memory)")
     args = ap.parse_args()
     if not args.default_allocator:
         reuse_batch_memory()  # as mnedge-train does
-    fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0)), compiled=not args.eager)
+    fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0), physics=args.physics),
+                      compiled=not args.eager)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     fm.sample(args.batch, generator=gen)  # warm-up (and compilation)
@@ -64,7 +67,7 @@ def main() -> int:
     t_all = time.perf_counter() - t0
     n = args.batch * args.repeats
     emit({"spectra_per_s": round(n / t_all, 1), "forward_only_spectra_per_s": round(n / t_fwd, 1),
-          "batch": args.batch, "workers": args.workers,
+          "batch": args.batch, "workers": args.workers, "physics": fm.config.physics,
           "compiled": fm.compiled, "compile_s": round(t_first, 2), "reuse_batch_memory": not args.default_allocator, "spectra": n, "channels": fm.config.axis_points, "machine": machine()}, args.json)
     return 0
 
