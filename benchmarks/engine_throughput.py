@@ -105,7 +105,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, help="engine workers (default: the engine's own choice)")
     args = ap.parse_args()
     engine = load_engine(args.model, backend=args.backend, workers=args.workers)
-    fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0))
+    fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0,
+                                                 physics=1))   # noise per measured 0.1 eV point, as a detector's
     spectra = batch_spectra(fm.sample(1024, seed=7))
     lat = latency(engine, spectra, args.n1)
     t1024 = batch_seconds(engine, spectra, args.repeats)

@@ -160,7 +160,8 @@ def raw_spectra(n: int, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor, torc
     from offline_training.forward import ForwardConfig, ForwardModel
     from offline_training.references.bank import Bank
 
-    fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0))
+    fm = ForwardModel(Bank.load(), ForwardConfig(offset=(-15.0, 15.0), crop_probability=0.0,
+                                                 physics=1))   # noise per measured 0.1 eV point, as a detector's
     b = fm.sample(n, seed=seed)
     return b.start.clone(), b.values.float().clone(), b.valid.clone()
 

@@ -41,7 +41,9 @@ class SpectrumSource:
         from offline_training.forward import ForwardConfig, ForwardModel
         from offline_training.references.bank import Bank
 
-        self.model = ForwardModel(Bank.load(bank_path), ForwardConfig())
+        # the simulated detectors count per channel: the forward model's noise per 0.1 eV step (physics 1),
+        # not on coarser points interpolated (physics 2), which a spectrometer's channels never are
+        self.model = ForwardModel(Bank.load(bank_path), ForwardConfig(physics=1))
         self.seed = seed
 
     def draw(self, fractions: np.ndarray, eels: bool, psnr_db: float = 35.0,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from mnedge_live.preprocessing.constants import WORK_STEP_EV
-from mnedge_live.preprocessing.noise import noise_of_points
+from mnedge_live.preprocessing.noise import on_work_axis, point_noise
 from mnedge_live.preprocessing.points import checked_points, clipped_at_maximum, is_dense, point_spacing
 from mnedge_live.preprocessing.spikes import remove_spikes
 
@@ -138,7 +138,8 @@ class Resampled(NamedTuple):
     values: np.ndarray    #: intensities on ``start + step * arange(n)``
     noise: float | np.ndarray   #: noise sigma of the measured points, as on the work axis (:func:`measured_noise`)
     spikes: int | np.ndarray    #: spikes replaced before resampling (:func:`remove_spikes`)
-    spacing: float        #: median spacing of the distinct measured points (eV)
+    spacing: float | np.ndarray  #: median spacing of the distinct measured points (eV); of the points they were
+    #: interpolated from when they were handed over linearly interpolated (:func:`point_noise`), per row for rows
     bridged: np.ndarray   #: ``(n,)`` work points inside a wide gap of measured points (:func:`bridged_points`)
     clipped: bool | np.ndarray  #: the maximum is held flat over several points (:func:`clipped_at_maximum`)
 
@@ -173,9 +174,10 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     # half the memory traffic is most of the cost of these whole-matrix passes
     y = np.asarray(intensities)
     y = y if y.dtype == np.float32 else y.astype(np.float64, copy=False)
-    noise = noise_of_points(e, y, step, spacing)
+    pn = point_noise(e, y, spacing)
+    noise = on_work_axis(pn.sigma, pn.spacing, step)
     clipped = clipped_at_maximum(e, y, top)
-    y, spikes = remove_spikes(e, y, noise)
+    y, spikes = remove_spikes(e, y, pn.sigma)   # per measured point, not the work axis's equivalent
     n = int(math.floor((e[-1] - e[0]) / step + 1e-9)) + 1
     grid = e[0] + step * np.arange(n)
     start = float(e[0])
@@ -183,8 +185,8 @@ def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: floa
     k = np.clip(np.searchsorted(e, grid, side="right") - 1, 0, e.size - 2)
     t = np.clip((grid - e[k]) / (e[k + 1] - e[k]), 0.0, 1.0).astype(y.dtype)
     values = y[:, k] * (1 - t) + y[:, k + 1] * t
-    return Resampled(start, values, noise, spikes, spacing, bridged_points(np.asarray(energy, np.float64), start, n, step),
-                     clipped)
+    return Resampled(start, values, noise, spikes, np.maximum(spacing, pn.spacing),
+                     bridged_points(np.asarray(energy, np.float64), start, n, step), clipped)
 
 
 def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = WORK_STEP_EV) -> Resampled:
@@ -195,11 +197,13 @@ def resample_measured(energy: np.ndarray, intensity: np.ndarray, step: float = W
     """
     uniq, mean = checked_points(energy, intensity)
     spacing = point_spacing(uniq)
-    noise = noise_of_points(uniq, mean, step, spacing)
+    pn = point_noise(uniq, mean, spacing)
+    noise = on_work_axis(pn.sigma, pn.spacing, step)
     clipped = bool(clipped_at_maximum(uniq, mean))
-    mean, spikes = remove_spikes(uniq, mean, noise)
+    mean, spikes = remove_spikes(uniq, mean, pn.sigma)   # per measured point, not the work axis's equivalent
     start, values = _uniform_from_points(uniq, mean, step, spacing)
-    return Resampled(start, values, noise, int(spikes), spacing, bridged_points(uniq, start, len(values), step), clipped)
+    return Resampled(start, values, noise, int(spikes), max(spacing, pn.spacing),
+                     bridged_points(uniq, start, len(values), step), clipped)
 
 
 def pack(spectra: list[tuple[np.ndarray, np.ndarray]], step: float = WORK_STEP_EV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

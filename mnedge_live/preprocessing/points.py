@@ -106,8 +106,8 @@ def clipped_at_maximum(e: np.ndarray, y: np.ndarray, top: np.ndarray | None = No
     return out if np.ndim(y) == 2 else out[0]
 
 
-def is_dense(spacing: float, step: float) -> bool:
-    """Two or more measured points per work step: they are averaged, not picked (:func:`bin_dense`)."""
+def is_dense(spacing, step: float):
+    """Two or more measured points per work step: they are averaged, not picked (:func:`bin_dense`); element-wise for arrays."""
     return spacing <= 0.5 * step * (1 + 1e-6)
 
 

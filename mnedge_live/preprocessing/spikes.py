@@ -12,6 +12,9 @@ SPIKE_MIN_SHARE = 0.05
 #: ... while the steps just beyond its neighbours are below this share of its own
 #: (a line's flanks keep falling; a single bad point stands alone).
 SPIKE_ISOLATION = 0.25
+#: Points on either side whose second differences give a candidate's local noise (the global median
+#: underrates the shot noise on the lines, where the counts are highest).
+SPIKE_LOCAL_POINTS = 20
 #: Largest gap (eV) to either neighbour at which a point can be called a spike: the
 #: narrowest Mn L3 lines (about 0.4 eV FWHM) span three points or more up to here, on
 #: coarser axes a true line can be a single point.
@@ -28,7 +31,10 @@ def find_spikes(e: np.ndarray, y: np.ndarray, noise) -> np.ndarray:
     y : numpy.ndarray
         ``(N,)`` or ``(B, N)`` intensities on ``e``.
     noise : float or numpy.ndarray
-        Noise sigma per row on the measured points (:func:`measured_noise`).
+        Noise sigma per row of each measured point (:func:`~mnedge_live.preprocessing.noise.point_noise`;
+        not the work axis's equivalent, which is smaller for points finer than the work step).  A
+        candidate must also stand out by :data:`SPIKE_NOISE_SIGMA` times the noise of the
+        :data:`SPIKE_LOCAL_POINTS` points on either side of it (:func:`local_noise`).
 
     Returns
     -------
@@ -56,8 +62,23 @@ def find_spikes(e: np.ndarray, y: np.ndarray, noise) -> np.ndarray:
         keep = ((d[rows, cols + 1] * d[rows, cols + 2] < 0)
                 & (np.maximum(ad[rows, cols], ad[rows, cols + 3]) < SPIKE_ISOLATION * r)
                 & (np.maximum(gap[cols + 1], gap[cols + 2]) <= SPIKE_MAX_GAP_EV))
-        out[rows[keep], cols[keep] + 2] = True
+        rows, cols, r = rows[keep], cols[keep], r[keep]
+        if rows.size:
+            local = np.array([local_noise(y2[i], c + 2) for i, c in zip(rows, cols)])
+            stands = r > SPIKE_NOISE_SIGMA * local
+            out[rows[stands], cols[stands] + 2] = True
     return out.reshape(y.shape)
+
+
+def local_noise(y: np.ndarray, at: int) -> float:
+    """Noise sigma around point ``at`` of one row: the robust median of the second differences of the
+    :data:`SPIKE_LOCAL_POINTS` points on either side, those touching ``at`` left out."""
+    lo, hi = max(0, at - SPIKE_LOCAL_POINTS), min(y.size, at + SPIKE_LOCAL_POINTS + 1)
+    seg = y[lo:hi].astype(np.float64)
+    d2 = np.abs(seg[2:] - 2 * seg[1:-1] + seg[:-2])
+    centre = np.arange(lo + 1, hi - 1)           # the point each second difference is centred on
+    d2 = d2[np.abs(centre - at) > 1]
+    return 1.4826 * float(np.median(d2)) / np.sqrt(6.0) if d2.size else 0.0
 
 
 def remove_spikes(e: np.ndarray, y: np.ndarray, noise) -> tuple[np.ndarray, np.ndarray]:
