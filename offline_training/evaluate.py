@@ -45,16 +45,9 @@ VALIDATION_LIMITS = {"psnr_db": (10.0, 60.0), "t_lambda": (0.0, 1.0)}
 
 
 def batch_spectra(b: Batch) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The measured windows of a synthetic batch as (energy, intensity) pairs, as a user would have them."""
-    out = []
-    axis0 = b.start.numpy()
-    vals = b.values.numpy()
-    valid = b.valid.numpy()
-    for i in range(len(vals)):
-        idx = np.flatnonzero(valid[i])
-        e = axis0[i] + WORK_STEP_EV * idx
-        out.append((e, vals[i, idx]))
-    return out
+    """The measured windows of a synthetic batch as (energy, intensity) pairs, as a user would have them
+    (:meth:`~offline_training.forward.Batch.measured`: physics 2's coarse points as measured)."""
+    return [b.measured(i) for i in range(len(b.values))]
 
 
 def engine_predictions(engine: Engine, b: Batch, chunk: int = 2048) -> dict:

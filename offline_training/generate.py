@@ -50,7 +50,8 @@ def make_training_batch(fm: ForwardModel, n: int, generator: torch.Generator | N
     (the model input is the same either way).
     """
     b = fm.sample(n, seed=seed, generator=generator, **overrides)
-    prep = preprocess(b.start, b.values, b.valid, diagnostics=diagnostics)
+    noise = window_noise(b) if diagnostics else None
+    prep = preprocess(b.start, b.values, b.valid, diagnostics=diagnostics, noise=noise)
     f = b.fractions
     t = {
         "valence": (2 * f[:, 0] + 3 * f[:, 1] + 4 * f[:, 2]).float(),
@@ -60,6 +61,21 @@ def make_training_batch(fm: ForwardModel, n: int, generator: torch.Generator | N
         "is_eels": b.params["is_eels"].float(),
     }
     return TrainingBatch(x=prep.x, fractions=f.float(), targets=t, batch=b, prepared=prep)
+
+
+def window_noise(b: Batch) -> torch.Tensor:
+    """Each row's noise as the engine measures it live (:func:`~mnedge_live.preprocessing.measured_noise`)
+    on the points of its measured window (:meth:`~offline_training.forward.Batch.measured`: physics 2's
+    coarse points, not their interpolation onto the work step), so that the diagnostics (PSNR, edge SNR)
+    and the out-of-distribution bands fitted on synthetic spectra read them as the engine will."""
+    from mnedge_live.preprocessing import measured_noise
+
+    out = np.full(len(b.values), np.nan)
+    for i in range(len(out)):
+        e, y = b.measured(i)
+        if e.size >= 5:
+            out[i] = measured_noise(e, np.asarray(y, np.float64))
+    return torch.from_numpy(out)
 
 
 def batch_generator(seed: int, index: int) -> torch.Generator:

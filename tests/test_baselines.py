@@ -27,7 +27,7 @@ def test_references_of_another_instrument_have_an_axis_of_their_own(bank):
     sample_l3 = peak[np.argmax(reference_spectra(fm, b.params, rows, matched=True, seed=1)[:, 1], axis=1)]
     session = l3(reference_spectra(fm, b.params, rows, matched=False, seed=1))
     other = l3(reference_spectra(fm, b.params, rows, matched=False, seed=1, session_drift_eV=None))
-    assert np.corrcoef(sample_l3, session)[0, 1] > 0.95
+    assert np.corrcoef(sample_l3, session)[0, 1] > 0.9
     assert abs(np.corrcoef(sample_l3, other)[0, 1]) < 0.3
     assert other.max() - other.min() > 20.0
 

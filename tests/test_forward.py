@@ -480,3 +480,29 @@ def test_physics_2_offset_label_is_exact_under_the_nonlinearity(models, bank):
     assert abs(moved - 14.0) > 0.1
     assert true_energy(c + 14.0, 14.0, 0.03, 2.0, physics=2) == c
     assert true_energy(c + 14.0, 14.0, 0.03, 2.0, physics=1) == pytest.approx(c + 2.0 * (14.0 / 30) ** 2)
+
+
+def test_physics_2_batches_carry_their_measured_points_and_their_noise_is_measured_on_them(bank):
+    """The engine reads a detector's points, not their interpolation onto the work step: ``Batch.measured``
+    hands over the points (which the work steps interpolate), and the diagnostics of training batches
+    measure the noise there (on the interpolation the PSNR read up to 16 dB high at 0.2-0.3 eV)."""
+    from offline_training.generate import make_training_batch
+
+    fm = ForwardModel(bank, ForwardConfig(physics=2, point_spacing=(0.3, 0.3), psnr_db=(20.0, 40.0)))
+    tb = make_training_batch(fm, 256, seed=5, diagnostics=True)
+    b = tb.batch
+    for i in range(0, 256, 37):
+        e, y = b.measured(i)
+        assert np.allclose(np.diff(e), 0.3)
+        idx = np.flatnonzero(b.valid[i].numpy())
+        channels = float(b.start[i]) + 0.1 * idx
+        inside = (channels >= e[0]) & (channels <= e[-1])
+        np.testing.assert_allclose(np.interp(channels[inside], e, y), b.values[i, idx[inside]].numpy(), atol=1e-4)
+    gap = (tb.prepared.psnr_db - b.params["psnr_db"]).numpy()
+    # the engine's noise is the work step's equivalent (-4.8 dB at 0.3 eV) and its PSNR the L3 height over
+    # the background (about -2 dB against max - min)
+    assert np.nanmedian(gap) == pytest.approx(-10 * np.log10(3.0) - 2.0, abs=1.5)
+    one = ForwardModel(bank, ForwardConfig(physics=1)).sample(8, seed=5)
+    assert one.points is None
+    e, y = one.measured(0)
+    assert np.allclose(np.diff(e), 0.1) and y.size == int(one.valid[0].sum())

@@ -45,11 +45,29 @@ class Batch:
     clean: torch.Tensor        # (B, N) noise-free values
     fractions: torch.Tensor    # (B, 3) Mn2+, Mn3+, Mn4+
     params: dict               # name -> (B,) tensor of nuisance parameters
+    #: (B, N + 1) physics 2: the measured points with their noise, point j at ``start + j * max(point_spacing,
+    #: WORK_STEP_EV)`` (finer points: the work steps, each their mean), which ``values`` interpolates; None
+    #: for physics 1, whose noise is per work step
+    points: torch.Tensor | None = None
 
     def subset(self, idx) -> Batch:
         """Rows ``idx`` of the batch."""
         return Batch(self.start[idx], self.values[idx], self.valid[idx], self.clean[idx], self.fractions[idx],
-                     {k: v[idx] for k, v in self.params.items()})
+                     {k: v[idx] for k, v in self.params.items()},
+                     None if self.points is None else self.points[idx])
+
+    def measured(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``i``'s measured window as a user has it, ``(energy, intensity)``: its measured points (physics 2,
+        points coarser than the work step) or its work steps."""
+        idx = np.flatnonzero(self.valid[i].numpy())
+        start = float(self.start[i])
+        e = start + WORK_STEP_EV * idx
+        spacing = float(self.params["point_spacing"][i])
+        if self.points is None or spacing <= WORK_STEP_EV or idx.size == 0:
+            return e, self.values[i, idx].numpy()
+        j = np.arange(np.ceil((e[0] - start) / spacing - 1e-9), np.floor((e[-1] - start) / spacing + 1e-9) + 1)
+        j = j[j < self.points.shape[1]].astype(np.int64)
+        return start + spacing * j, self.points[i, j].numpy()
 
 
 class ForwardModel:
@@ -305,11 +323,13 @@ class ForwardModel:
             noise = draw_noise(gen, points, point_valid, psnr, ps, model=st.noise_model,
                                averaged=(WORK_STEP_EV / sp).clamp(min=1.0))
             noisy = clean + st.interpolate_points(noise, sp, axis.numel(), WORK_STEP_EV)
+            measured_points = (points + noise).to(torch.float32)
         else:
             noisy = add_noise(gen, clean, valid, psnr, ps, model=st.noise_model)
+            measured_points = None
         p["psnr_db"], p["poisson_share"] = psnr, ps
         p["l3_true_ev"] = l3_mix
 
         start = torch.full((n,), float(axis[0]), dtype=torch.float64, device=dev)
         return Batch(start=start, values=noisy, valid=valid, clean=clean,
-                     fractions=fractions.to(torch.float32), params=p)
+                     fractions=fractions.to(torch.float32), params=p, points=measured_points)
