@@ -92,9 +92,18 @@ def _check_out_file(option: str, path: str, overwrite: bool, what: str) -> None:
     if out.exists() and not overwrite:
         raise FileExistsError(f"{option} {path} exists: write the {what} to another file, or pass --overwrite "
                               "to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"{option} {path}: the folder {out.parent} is not writable")
+    _check_folder(option, path, out.parent)
+
+
+def _check_folder(option: str, path: str, folder: Path) -> None:
+    """Create ``folder`` (an output's) now, or refuse ``option`` with the reason: a file in its path, no
+    permission (said at once, not after the work that fills it)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{option} {path}: cannot create the folder {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"{option} {path}: the folder {folder} is not writable")
 
 
 def cmd_generate(args) -> int:
@@ -205,6 +214,7 @@ def cmd_evaluate(args) -> int:
         if (plots / "robustness.json").exists() and not args.overwrite:
             raise FileExistsError(f"--plot-dir {plots} holds robustness plots already: give another folder, or pass "
                                   "--overwrite to replace them")
+        _check_folder("--plot-dir", args.plot_dir, plots)
     engine = _load_engine("--model", args.model, args.backend)
     # the reference model is loaded before the long evaluation: a wrong --gate fails at once
     ref = _load_engine("--gate", args.gate, args.backend) if args.gate else None

@@ -200,6 +200,15 @@ def calibrate_std(model: nn.Module, fm: ForwardModel, n: int, seed: int, batch: 
     return calibration
 
 
+def _final_step(path: Path) -> int | None:
+    """The step a ``final.pt`` was written at (None when it cannot be read): a resumed run is finished only
+    when its final.pt is of the checkpoint's step, not one left by an earlier target of the same run."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["steps"])
+    except Exception:
+        return None
+
+
 def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_after: int | None = None, overwrite: bool = False) -> Path | None:
     """Train a model; returns the path of ``final.pt`` (weights, config, calibration).
@@ -279,12 +288,13 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                              "stop after a later step, or resume without --stop-after")
         restore_dropout_rng(ck, rank, device)
         origin = ck.get("init_from", "")
-        if step == s.steps and (out / "final.pt").exists():
+        final_path = out / "final.pt"
+        if step == s.steps and final_path.exists() and _final_step(final_path) == step:
             # finished already: its final.pt (weights, calibration, training time) stays as it was written
             log.info("%s finished at step %d already: final.pt kept as it is", out, step)
             if world > 1:
                 torch.distributed.destroy_process_group()
-            return out / "final.pt"
+            return final_path
         log.info("resumed from step %d", step)
     elif s.init_from:
         weights, parent = initial_weights(s.init_from, config.network)

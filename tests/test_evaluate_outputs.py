@@ -32,6 +32,11 @@ def test_unusable_output_paths_are_refused_before_the_evaluation(tmp_path, tiny_
     assert json.loads(done.read_text())["n"] == 16
     assert mnedge_train(_args(tiny_artifact, real, "--plot-dir", str(done))) == 2
     assert "is a file" in capsys.readouterr().err
+    # a path through a file: refused at once, naming the option (it failed after the work, or named nothing)
+    assert mnedge_train(_args(tiny_artifact, real, "--plot-dir", str(done / "plots"))) == 2
+    assert "--plot-dir" in capsys.readouterr().err
+    assert mnedge_train(_args(tiny_artifact, real, "--out", str(done / "x.json"))) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 def test_robustness_curves_are_strict_json_naming_their_model_and_cover_every_spectrum(tmp_path, tiny_artifact):

@@ -436,6 +436,25 @@ def test_an_explicit_steps_extension_resumes_and_every_invocation_is_recorded(tm
     assert ck["train_seconds"] == pytest.approx(sum(r["seconds"] for r in runs))
 
 
+def test_a_resume_after_a_kill_during_calibration_writes_the_final_model_of_its_own_step(tmp_path, monkeypatch):
+    """A run extended from 2 to 4 steps and killed while calibrating (checkpoint at 4, final.pt still of step 2)
+    was taken for finished by the next resume, which returned the final.pt of step 2."""
+    import offline_training.train as T
+
+    run = tmp_path / "run"
+    train(_tiny(steps=2, batch_size=8, calibration_spectra=16), run, progress=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during calibration")
+
+    monkeypatch.setattr(T, "calibrate_std", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny(steps=4, batch_size=8, calibration_spectra=16), run, progress=False, resume=True)
+    monkeypatch.undo()
+    final = train(_tiny(steps=4, batch_size=8, calibration_spectra=16), run, progress=False, resume=True)
+    assert torch.load(final, weights_only=True)["steps"] == 4
+
+
 def test_resuming_a_finished_run_keeps_its_final_model_as_it_was(tmp_path):
     """``--resume`` of a run at its last step rewrote final.pt with this invocation's near-zero training time."""
     run = tmp_path / "run"

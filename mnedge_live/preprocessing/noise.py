@@ -20,6 +20,13 @@ STRAIGHT_TOLERANCE = 1e-5
 INTERPOLATED_SHARE = 0.3
 #: Fewest straight runs (segments between original points) to estimate the noise from.
 MIN_SEGMENTS = 8
+#: Largest share of equal neighbours (first differences exactly zero) of interpolated points: noisy points
+#: interpolated have almost none, while integer counts and coarse digitizer levels repeat their values
+#: (straight triples there are flat ones, not an interpolation).
+MAX_EQUAL_SHARE = 0.1
+#: Largest spread (interquartile range over median) of the distances between segments: an interpolation
+#: has regular ones (at most 0.4 measured), repeated values give irregular ones (0.6-1.2).
+MAX_SEGMENT_SPREAD = 0.5
 
 
 class PointNoise(NamedTuple):
@@ -99,14 +106,15 @@ def point_noise(e: np.ndarray, y: np.ndarray, spacing: float) -> PointNoise:
     sigma = 1.4826 * row_median(d2) / math.sqrt(6.0)
     tol = STRAIGHT_TOLERANCE * np.ptp(y, axis=-1)
     straight = d2 <= np.asarray(tol)[..., None]
-    share = straight.mean(axis=-1)
-    if not np.any(share >= INTERPOLATED_SHARE):
+    equal = (y[..., 1:] == y[..., :-1]).mean(axis=-1)
+    candidate = (straight.mean(axis=-1) >= INTERPOLATED_SHARE) & (equal <= MAX_EQUAL_SHARE)
+    if not np.any(candidate):
         return PointNoise(sigma, np.full(y.shape[:-1], spacing) if y.ndim > 1 else spacing)
     rows = np.atleast_2d(y)
     flat = np.atleast_2d(straight)
     sig = np.array(np.atleast_1d(sigma), np.float64)
     sp = np.full(rows.shape[0], float(spacing))
-    for r in np.flatnonzero(np.atleast_1d(share) >= INTERPOLATED_SHARE):
+    for r in np.flatnonzero(np.atleast_1d(candidate)):
         found = interpolated_noise(e, rows[r], flat[r])
         if found is not None:
             sig[r], sp[r] = found
@@ -119,8 +127,9 @@ def interpolated_noise(e: np.ndarray, y: np.ndarray, straight: np.ndarray) -> tu
     ``straight[k]``: points ``k``, ``k + 1``, ``k + 2`` lie on one line.  Each run of straight triples is a
     segment between two original points; for segments ``s`` apart (centre to centre) the original
     points' second difference is ``s`` times the change of slope from one segment to the next.  None when
-    fewer than :data:`MIN_SEGMENTS` segments follow each other (not an interpolation of noisy points:
-    a noiseless spectrum's flat stretches, say).
+    fewer than :data:`MIN_SEGMENTS` segments follow each other, when their distances spread by more than
+    :data:`MAX_SEGMENT_SPREAD` or when no noise is left (not an interpolation of noisy points: a noiseless
+    spectrum's flat stretches, repeated values of counts, say): the caller keeps its plain estimate.
     """
     idx = np.flatnonzero(straight)
     if idx.size == 0:
@@ -137,5 +146,9 @@ def interpolated_noise(e: np.ndarray, y: np.ndarray, straight: np.ndarray) -> tu
     neighbours = (first[1:] - last[:-1]) <= 2
     if int(neighbours.sum()) < MIN_SEGMENTS - 1:
         return None
-    d2 = np.abs(apart * np.diff(slope))[neighbours]
-    return 1.4826 * float(np.median(d2)) / math.sqrt(6.0), float(np.median(apart[neighbours]))
+    apart = apart[neighbours]
+    q1, med, q3 = np.percentile(apart, (25, 50, 75))
+    if q3 - q1 > MAX_SEGMENT_SPREAD * med:
+        return None
+    sigma = 1.4826 * float(np.median(np.abs(np.diff(slope))[neighbours] * apart)) / math.sqrt(6.0)
+    return (sigma, float(med)) if sigma > 0 else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 #: A measured point is a spike (cosmic ray, detector glitch, digitizing slip) when it
@@ -64,21 +66,26 @@ def find_spikes(e: np.ndarray, y: np.ndarray, noise) -> np.ndarray:
                 & (np.maximum(gap[cols + 1], gap[cols + 2]) <= SPIKE_MAX_GAP_EV))
         rows, cols, r = rows[keep], cols[keep], r[keep]
         if rows.size:
-            local = np.array([local_noise(y2[i], c + 2) for i, c in zip(rows, cols)])
-            stands = r > SPIKE_NOISE_SIGMA * local
+            stands = r > SPIKE_NOISE_SIGMA * local_noise(y2, rows, cols + 2)
             out[rows[stands], cols[stands] + 2] = True
     return out.reshape(y.shape)
 
 
-def local_noise(y: np.ndarray, at: int) -> float:
-    """Noise sigma around point ``at`` of one row: the robust median of the second differences of the
-    :data:`SPIKE_LOCAL_POINTS` points on either side, those touching ``at`` left out."""
-    lo, hi = max(0, at - SPIKE_LOCAL_POINTS), min(y.size, at + SPIKE_LOCAL_POINTS + 1)
-    seg = y[lo:hi].astype(np.float64)
-    d2 = np.abs(seg[2:] - 2 * seg[1:-1] + seg[:-2])
-    centre = np.arange(lo + 1, hi - 1)           # the point each second difference is centred on
-    d2 = d2[np.abs(centre - at) > 1]
-    return 1.4826 * float(np.median(d2)) / np.sqrt(6.0) if d2.size else 0.0
+def local_noise(y: np.ndarray, rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Noise sigma around points ``(rows, at)`` of ``y`` ``(B, N)``: the robust median of the second
+    differences centred on the :data:`SPIKE_LOCAL_POINTS` points on either side of each, those touching it
+    left out (0 where there are none)."""
+    n = y.shape[1]
+    centre = at[:, None] + np.arange(-SPIKE_LOCAL_POINTS, SPIKE_LOCAL_POINTS + 1)[None, :]
+    usable = (centre >= 1) & (centre <= n - 2) & (np.abs(centre - at[:, None]) > 1)
+    c = np.clip(centre, 1, n - 2)
+    rr = rows[:, None]
+    d2 = np.abs(y[rr, c + 1].astype(np.float64) - 2 * y[rr, c] + y[rr, c - 1])
+    d2 = np.where(usable, d2, np.nan)
+    with warnings.catch_warnings():   # a candidate without usable neighbours: NaN, taken as 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sigma = 1.4826 * np.nanmedian(d2, axis=1) / np.sqrt(6.0)
+    return np.nan_to_num(sigma, nan=0.0)
 
 
 def remove_spikes(e: np.ndarray, y: np.ndarray, noise) -> tuple[np.ndarray, np.ndarray]:
