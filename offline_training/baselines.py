@@ -87,13 +87,9 @@ def nnls_fractions(sample: np.ndarray, refs: np.ndarray, shifts: np.ndarray | No
     -------
     (3,) fractions (coefficients normalized to sum 1; equal thirds if all vanish).
     """
-    n = sample.size
-    ramp = np.linspace(-1, 1, n)
     best = (np.inf, np.full(3, 1 / 3))
     for s in (shifts if shifts is not None else [0.0]):
-        r = refs if s == 0.0 else np.array([np.interp(energy, energy + s, ref) for ref in refs])
-        a = np.column_stack([r.T, np.ones(n), ramp, -np.ones(n), -ramp])
-        coef, res = nnls(a, sample)
+        coef, res = _shifted_fit(sample, refs, energy, s)
         if res < best[0]:
             c = coef[:3]
             best = (res, c / c.sum() if c.sum() > 0 else np.full(3, 1 / 3))
@@ -104,16 +100,20 @@ def searched_nnls_fractions(sample: np.ndarray, refs: np.ndarray, energy: np.nda
     """:func:`nnls_fractions` with the shift searched over ``+-span`` eV: every 1 eV, then every 0.1 eV
     within 1 eV of the best (references whose axis may differ from the sample's by any offset)."""
     coarse = np.arange(-np.ceil(span), np.ceil(span) + 0.5, 1.0)
-    residual = [_nnls_residual(sample, refs, energy, s) for s in coarse]
+    residual = [_shifted_fit(sample, refs, energy, s)[1] for s in coarse]
     best = coarse[int(np.argmin(residual))]
     return nnls_fractions(sample, refs, shifts=np.round(best + np.arange(-1.0, 1.05, 0.1), 4), energy=energy)
 
 
-def _nnls_residual(sample: np.ndarray, refs: np.ndarray, energy: np.ndarray, shift: float) -> float:
+def _shifted_fit(sample: np.ndarray, refs: np.ndarray, energy: np.ndarray | None,
+                 shift: float) -> tuple[np.ndarray, float]:
+    """NNLS coefficients and residual of ``sample`` on ``refs`` shifted by ``shift`` eV, plus a constant and a
+    slope of either sign (the design of every least-squares baseline here)."""
     n = sample.size
     ramp = np.linspace(-1, 1, n)
-    r = np.array([np.interp(energy, energy + shift, ref) for ref in refs])
-    return float(nnls(np.column_stack([r.T, np.ones(n), ramp, -np.ones(n), -ramp]), sample)[1])
+    r = refs if shift == 0.0 else np.array([np.interp(energy, energy + shift, ref) for ref in refs])
+    coef, res = nnls(np.column_stack([r.T, np.ones(n), ramp, -np.ones(n), -ramp]), sample)
+    return coef, float(res)
 
 
 def reference_spectra(fm: ForwardModel, batch_params: dict, rows: np.ndarray, matched: bool,
