@@ -13,10 +13,13 @@ from offline_training.forward import (
     ForwardConfig,
     ForwardModel,
     add_noise,
+    draw_noise,
     drude_plasmon,
     instrument_transfer,
+    interpolate_points,
     mix_end_members,
     plural_scattering_transfer,
+    points_read,
     sample_fractions,
 )
 from offline_training.forward.config import AXIS_CENTER_EV, true_energy
@@ -506,3 +509,42 @@ def test_physics_2_batches_carry_their_measured_points_and_their_noise_is_measur
     assert one.points is None
     e, y = one.measured(0)
     assert np.allclose(np.diff(e), 0.1) and y.size == int(one.valid[0].sum())
+
+
+def test_points_read_are_the_points_the_window_interpolates():
+    """points_read marks exactly the points interpolate_points gathers for the valid channels (empty windows: none)."""
+    gen = torch.Generator().manual_seed(4)
+    b, n = 400, 300
+    spacing = 0.01 + 2.0 * torch.rand(b, generator=gen, dtype=torch.float64)
+    ends = torch.randint(0, n, (b, 2), generator=gen).sort(dim=1).values
+    c = torch.arange(n)
+    valid = (c >= ends[:, :1]) & (c <= ends[:, 1:])
+    valid[:3] = False
+    valid[3:6] = True
+    got = points_read(valid, spacing, 0.1)
+    # each point's index in turn: where interpolating a one-hot vector reads it (with any weight)
+    want = torch.zeros(b, n + 1, dtype=torch.bool)
+    for j in range(n + 1):
+        probe = torch.zeros(b, n + 1, dtype=torch.float64)
+        probe[:, j] = float("nan")            # a NaN spreads to every channel that gathers the point
+        want[:, j] = (interpolate_points(probe, spacing, n, 0.1).isnan() & valid).any(dim=1)
+    assert torch.equal(got, want)
+    assert not got[:3].any() and got[3:6, 0].all()
+
+
+def test_only_unread_points_skip_the_exact_poisson_draws():
+    """With ``read``, low-count values read are whole counts; those nothing reads take a Gaussian."""
+    gen = torch.Generator().manual_seed(9)
+    n = 2000
+    spec = torch.linspace(0.01, 1.0, 50).repeat(n, 1)
+    valid = torch.ones_like(spec, dtype=torch.bool)
+    read = torch.zeros_like(valid)
+    read[:, ::2] = True                                     # every other value read
+    psnr = torch.full((n,), 20 * math.log10(0.99 / math.sqrt(float(spec[0].mean()) / 500.0)))
+    noise = draw_noise(gen, spec, valid, psnr, torch.ones(n), read=read)
+    gain = float(spec[0].mean()) / (0.99 / 10 ** (float(psnr[0]) / 20)) ** 2      # 500 counts per unit
+    counts = ((spec + noise).double() * gain)[:, :10]      # the first ten: 5-95 counts, where draws are exact
+    assert (counts[:, ::2] - counts[:, ::2].round()).abs().max() < 1e-2   # read: whole counts
+    assert (counts[:, 1::2] - counts[:, 1::2].round()).abs().mean() > 0.2  # not read: a Gaussian
+    var = (noise.double() * gain).var(0)
+    assert var.numpy() == pytest.approx((spec[0].double() * gain).numpy(), rel=0.12)   # variance = count, both

@@ -25,6 +25,7 @@ from offline_training.forward.stages import (
     mix_end_members,
     nonnegative_slope,
     plural_scattering_transfer,
+    points_read,
     voigt_fwhm,
 )
 from offline_training.references.bank import Bank
@@ -321,7 +322,8 @@ class ForwardModel:
             point_valid = ((at_point >= (l3_read - below)[:, None]) & (at_point <= (l3_read + above)[:, None])
                            & (reach <= float(axis[-1] - axis[0]) + 1e-6))
             noise = draw_noise(gen, points, point_valid, psnr, ps, model=st.noise_model,
-                               averaged=(WORK_STEP_EV / sp).clamp(min=1.0))
+                               averaged=(WORK_STEP_EV / sp).clamp(min=1.0),
+                               read=points_read(valid, sp, WORK_STEP_EV))
             noisy = clean + st.interpolate_points(noise, sp, axis.numel(), WORK_STEP_EV)
             measured_points = (points + noise).to(torch.float32)
         else:

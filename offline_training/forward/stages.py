@@ -249,13 +249,33 @@ def interpolate_points(values: torch.Tensor, spacing: torch.Tensor, n: int, step
     return torch.lerp(torch.gather(values, 1, k), torch.gather(values, 1, k + 1), t)
 
 
+def points_read(valid: torch.Tensor, spacing: torch.Tensor, step: float) -> torch.Tensor:
+    """``(B, N + 1)`` bool: the points of :func:`measure_points` that :func:`interpolate_points` reads for the
+    channels ``valid`` (``(B, N)``, one contiguous window per row, possibly empty).
+
+    A window of channels ``c0..c1`` reads the points ``floor(c0 r)`` to
+    ``floor(c1 r) + 1`` with ``r = step / max(spacing, step)``, as
+    :func:`interpolate_points` computes them.
+    """
+    n = valid.shape[1]
+    ratio = step / spacing.to(torch.float64).clamp(min=step)
+    as_int = valid.to(torch.uint8)
+    first = as_int.argmax(dim=1).to(torch.float64)                     # first True (0 for an empty row)
+    last = (n - 1 - as_int.flip(1).argmax(dim=1)).to(torch.float64)    # last True
+    j = torch.arange(n + 1, dtype=torch.float64, device=valid.device)[None, :]
+    lo = (first * ratio).floor()
+    hi = torch.where(valid.any(dim=1), (last * ratio).floor() + 1, lo - 1)   # an empty window reads nothing
+    return (j >= lo[:, None]) & (j <= hi[:, None])
+
+
 #: Expected counts from which a channel's Poisson noise is drawn as a Gaussian of the same mean
 #: and variance (its skewness, ``rate**-0.5``, is 0.1 there); below it, exact Poisson draws.
 POISSON_EXACT_BELOW = 100.0
 
 
 def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor, poisson_share: torch.Tensor,
-                averaged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                averaged: torch.Tensor | None = None,
+                read: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The noise :func:`add_noise` draws: Poisson counts plus Gaussian read noise whose total RMS gives ``psnr_db``.
 
     A share ``poisson_share`` of the noise variance, averaged over the window,
@@ -269,6 +289,11 @@ def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor, 
     measured points, each of which has the noise above: their counts add up
     (counts per unit intensity times ``averaged``) and the variance is divided
     by ``averaged`` (physics 2, points finer than the work step).
+
+    ``read`` (``(B, N)`` bool, optional): the values anything reads (physics 2:
+    the points the measured window interpolates, :func:`points_read`); the
+    others take their shot noise as a Gaussian (exact draws are the costly
+    part, and nothing reads those values).
 
     Returns
     -------
@@ -299,6 +324,8 @@ def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor, 
     use_p = (p > 1e-6)[:, None]
     rate = torch.where(use_p, pos * gain[:, None], torch.zeros_like(pos)).clamp(max=1e12)
     exact = use_p & (rate < POISSON_EXACT_BELOW)
+    if read is not None:
+        exact = exact & read
     read_var = ((1 - p) * var)[:, None]
     shot_var = torch.where(exact, torch.zeros_like(pos), rate / gain[:, None] ** 2)
     return torch.sqrt(read_var + shot_var), exact, rate, gain
@@ -306,18 +333,18 @@ def noise_model(spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor, 
 
 def draw_noise(gen: torch.Generator, spec: torch.Tensor, valid: torch.Tensor, psnr_db: torch.Tensor,
                poisson_share: torch.Tensor, model: Callable = noise_model,
-               averaged: torch.Tensor | None = None) -> torch.Tensor:
-    """Draw the noise of :func:`noise_model` (``averaged`` passed on to it) for the values ``spec``.
+               averaged: torch.Tensor | None = None, read: torch.Tensor | None = None) -> torch.Tensor:
+    """Draw the noise of :func:`noise_model` (``averaged`` and ``read`` passed on to it) for the values ``spec``.
 
     The Gaussian part is one draw per value; exact Poisson counts are drawn
     only where :func:`noise_model` asks for them (the costly part, so only
     where the shape of the distribution matters).  ``model`` is
     :func:`noise_model` or the same function compiled.
     """
-    if averaged is None:
+    if averaged is None and read is None:
         gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share)
     else:
-        gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share, averaged)
+        gauss_sigma, exact, rate, gain = model(spec, valid, psnr_db, poisson_share, averaged, read)
     noise = torch.randn(spec.shape, generator=gen, dtype=spec.dtype) * gauss_sigma
     where = torch.nonzero(exact, as_tuple=True)
     if where[0].numel():
