@@ -1,7 +1,8 @@
 """Wire formats for documents on 0MQ: msgpack + msgpack-numpy by default, pickle only on request.
 
-msgpack-numpy's own decoder unpickles object arrays; :func:`msgpack_loads`
-refuses them, so a msgpack payload can never execute code.
+msgpack-numpy's own decoder unpickles object arrays and builds whatever dtype
+it is sent; :func:`msgpack_loads` refuses every dtype that holds Python
+objects, so a msgpack payload can never execute code or hand numpy pointers.
 """
 
 from __future__ import annotations
@@ -11,16 +12,43 @@ from collections.abc import Callable
 
 import msgpack
 import msgpack_numpy
+import numpy as np
 
 #: Serializer names accepted by ``--serializer``.
 SERIALIZERS = ("msgpack", "pickle")
 
 
+def _dtype(descr) -> np.dtype:
+    """A dtype from msgpack-numpy's description (nested lists for structured types, names possibly bytes)."""
+    if isinstance(descr, (list, tuple)):
+        return np.dtype([(f[0].decode() if isinstance(f[0], bytes) else f[0], _dtype(f[1]), *f[2:]) for f in descr])
+    return np.dtype(descr.decode() if isinstance(descr, bytes) else descr)
+
+
 def _decode(obj: dict):
-    """msgpack-numpy decoding without its pickle path for object arrays."""
-    if obj.get(b"nd") is True and obj.get(b"kind") == b"O":
+    """msgpack-numpy decoding of arrays and scalars whose dtype holds no Python objects.
+
+    msgpack-numpy unpickles arrays marked ``kind O`` and builds any other
+    dtype it is sent; an object dtype reached another way (an empty or text
+    ``kind``, a structured type with an object field) would make numpy read
+    the sender's bytes as pointers.  Every array's dtype is therefore built
+    here first and refused when it holds objects, whatever its ``kind`` says.
+    """
+    if b"nd" not in obj:
+        return msgpack_numpy.decode(obj)   # complex numbers; any other map stays a map
+    if obj.get(b"kind") in (b"O", "O"):
         raise ValueError("object arrays are refused (they would be unpickled)")
-    return msgpack_numpy.decode(obj)
+    if b"type" not in obj or b"data" not in obj:
+        return obj
+    dtype = _dtype(obj[b"type"])
+    if dtype.hasobject:
+        raise ValueError(f"arrays of Python objects are refused (dtype {dtype})")
+    data = obj[b"data"]
+    if not isinstance(data, bytes):
+        raise ValueError(f"array data is a {type(data).__name__}, not bytes")
+    if obj[b"nd"] is True:
+        return np.ndarray(buffer=data, dtype=dtype, shape=obj[b"shape"])
+    return np.frombuffer(data, dtype=dtype)[0]
 
 
 def msgpack_dumps(doc: dict) -> bytes:

@@ -54,6 +54,13 @@ def evil_payloads(marker: Path) -> dict[str, bytes]:
         "msgpack structured object array": msgpack.packb(
             {b"nd": True, b"type": [["a", "|O"]], b"kind": b"V", b"shape": [1], b"data": pk}, use_bin_type=True),
         "msgpack object scalar": msgpack.packb({b"nd": False, b"type": "|O", b"data": pk}, use_bin_type=True),
+        # an object dtype without msgpack-numpy's "O" kind: numpy would read these bytes as pointers (a crash)
+        "msgpack object dtype, empty kind": msgpack.packb(
+            {"data": {b"nd": True, b"type": "|O", b"kind": b"", b"shape": [2], b"data": b"\x41" * 16}},
+            use_bin_type=True),
+        "msgpack object dtype, kind as text": msgpack.packb(
+            {"data": {b"nd": True, b"type": "|O", b"kind": "O", b"shape": [2], b"data": b"\x41" * 16}},
+            use_bin_type=True),
     }
 
 
