@@ -125,6 +125,19 @@ def map_values(result: SpectrumResult) -> tuple[float, ...]:
 class ValenceMaps:
     """Live valence and fraction maps of a spectrum image (NaN where not read out)."""
 
+    #: bytes per pixel: one float64 per layer and the rejection flag
+    BYTES_PER_PIXEL = 8 * len(MAP_LAYERS) + 1
+
+    @classmethod
+    def bytes_for(cls, shape: tuple[int, int]) -> int:
+        """Memory the maps of ``shape`` take (before they are made)."""
+        return int(shape[0]) * int(shape[1]) * cls.BYTES_PER_PIXEL
+
+    @property
+    def nbytes(self) -> int:
+        """Memory these maps take."""
+        return self.bytes_for(self.shape)
+
     def __init__(self, shape: tuple[int, int]):
         self.shape = (int(shape[0]), int(shape[1]))
         self.layers = {k: np.full(self.shape, np.nan) for k in MAP_LAYERS}

@@ -49,6 +49,11 @@ MAX_CLOSED_RUNS = 4096
 #: Ignored runs (derived runs, other detectors' runs, runs sent again) kept until their stop; beyond, the
 #: oldest is forgotten: runs whose stop never comes would otherwise be kept for good.
 MAX_IGNORED_RUNS = 4096
+#: Most memory the maps of all open runs may take together (bytes): a 4096 x 4096 map takes 1.2 GB,
+#: so one such map and smaller ones fit.  Maps are made at a run's first pixel, not at its start;
+#: a run whose map would pass this keeps none (its rows are still read and published; its stop
+#: says why there is no map file).
+MAX_OPEN_MAP_BYTES = 2 * 2**30
 #: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
 _grown_extent = grown_extent
 
@@ -93,6 +98,12 @@ class _Run:
     overwritten_pixels: int = 0
     #: streamed spectra and the events that describe them, each kept until the other arrives
     stream_pairs: StreamPairs = field(default_factory=StreamPairs)
+    #: why the run keeps no maps (the open runs' maps would pass MAX_OPEN_MAP_BYTES); "" while it may
+    maps_refused: str = ""
+
+    def map_bytes(self) -> int:
+        """Memory this run's maps take."""
+        return sum(m.nbytes for m in (self.maps, self.binned_maps) if m is not None)
 
 
 @dataclass
@@ -206,12 +217,8 @@ class MnEdgeCallback(DocumentRouter):
         run = _Run(start=doc, derived=derived, kind=kind, geometry=geometry)
         if kind == "step":
             run.assembler = StepAssembler(tuple(self.config.l3_window_eV), tuple(self.config.l2_window_eV))
-        if kind == "map":
-            run.maps = ValenceMaps(run.geometry.shape) if run.geometry.shape is not None else None
-            if self.config.map_bin > 1:
-                run.binner = BlockBinner(self.config.map_bin, run.geometry.shape)
-                shape = run.binner.binned_shape()
-                run.binned_maps = ValenceMaps(shape) if shape is not None else None
+        if kind == "map" and self.config.map_bin > 1:   # the maps themselves come with the first pixel
+            run.binner = BlockBinner(self.config.map_bin, run.geometry.shape)
         self.runs[uid] = run
         self.totals["runs"] += 1
 
@@ -403,6 +410,8 @@ class MnEdgeCallback(DocumentRouter):
                 log.warning("run %s: %d readouts replaced an earlier one of the same pixel in the map",
                             uid, run.overwritten_pixels)
         folder = self.config.maps_folder()
+        if run.maps_refused:
+            extra["maps_error"] = run.maps_refused
         if run.maps is not None and self.config.pixel_fields:   # grown ahead of its pixels: cut to them
             run.maps = run.maps.cropped(run.geometry.extent)
         for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
@@ -592,13 +601,19 @@ class MnEdgeCallback(DocumentRouter):
         """
         if run.kind != "map" or p.pixel is None:
             return []
-        if run.maps is None and self.config.pixel_fields:
-            run.maps = ValenceMaps((p.pixel[0] + 1, p.pixel[1] + 1))
+        if run.maps is None and (run.geometry.shape is not None or self.config.pixel_fields):
+            shape = run.geometry.shape or (p.pixel[0] + 1, p.pixel[1] + 1)
+            if self._map_room(run, shape, None):
+                run.maps = ValenceMaps(shape)
         if run.maps is not None and run.maps.holds(p.pixel):   # measured again (pixel_fields): the last one shows
             run.overwritten_pixels += 1
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
-            run.maps = grown_maps(run.maps, grown_extent(run.maps.shape, p.pixel, run.geometry.extent), exact=True)
-            run.maps.set(p.pixel, res)
+            shape = grown_extent(run.maps.shape, p.pixel, run.geometry.extent)
+            if self._map_room(run, shape, run.maps):
+                run.maps = grown_maps(run.maps, shape, exact=True)
+                run.maps.set(p.pixel, res)
+            else:
+                run.maps = None
         if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)
         return []
@@ -617,14 +632,35 @@ class MnEdgeCallback(DocumentRouter):
                 run.binned_processed += 1
             else:
                 run.binned_rejected += 1
-            if run.binned_maps is None:
-                run.binned_maps = ValenceMaps((b.index[0] + 1, b.index[1] + 1))
-            if not run.binned_maps.set(b.index, res):
-                run.binned_maps = grown_maps(run.binned_maps, (b.index[0] + 1, b.index[1] + 1))
-                run.binned_maps.set(b.index, res)
+            if run.binned_maps is None and not run.maps_refused:
+                shape = run.binner.binned_shape() or (b.index[0] + 1, b.index[1] + 1)
+                run.binned_maps = ValenceMaps(shape) if self._map_room(run, shape, None) else None
+            if run.binned_maps is not None and not run.binned_maps.set(b.index, res):
+                shape = (max(run.binned_maps.shape[0], b.index[0] + 1), max(run.binned_maps.shape[1], b.index[1] + 1))
+                if self._map_room(run, shape, run.binned_maps):
+                    run.binned_maps = grown_maps(run.binned_maps, shape)
+                    run.binned_maps.set(b.index, res)
+                else:
+                    run.binned_maps = None
         run.derived.emit_binned_rows(rows, time.time())
         self.totals["binned_readouts"] += len(rows)
         self._notify({**rows[-1], "source_uid": run.start["uid"]})
+
+    def _map_room(self, run: _Run, shape: tuple[int, int], replaced: ValenceMaps | None) -> bool:
+        """Whether maps of ``shape`` (replacing ``replaced``) fit in :data:`MAX_OPEN_MAP_BYTES` with the maps
+        of every open run; when not, the run keeps no maps from then on and says why (logged once)."""
+        if run.maps_refused:
+            return False
+        held = sum(r.map_bytes() for r in self.runs.values()) - (replaced.nbytes if replaced is not None else 0)
+        need = ValenceMaps.bytes_for(shape)
+        if held + need <= MAX_OPEN_MAP_BYTES:
+            return True
+        run.maps_refused = (f"no map kept: a {shape[0]} x {shape[1]} map ({need / 2**20:.0f} MiB) with the open runs' "
+                            f"maps ({held / 2**20:.0f} MiB) would pass {MAX_OPEN_MAP_BYTES / 2**30:g} GiB; "
+                            "every pixel is still read and published")
+        log.warning("run %s: %s", run.start.get("uid"), run.maps_refused)
+        run.maps = run.binned_maps = None
+        return False
 
     def _count_unsent(self, documents: int, rows: int) -> None:
         """A derived document that could not be sent (see :class:`~mnedge_live.derived.DerivedRun`)."""

@@ -491,3 +491,48 @@ def test_a_derived_document_the_publisher_fails_to_send_is_counted_not_raised(en
     assert len(derived_rows(docs, second["run_start"])) == 9
     assert cb.totals["unpublished_documents"] == 1 and cb.totals["unpublished_rows"] == lost
     assert cb.totals["readouts"] == 18
+
+
+def _shaped_run(spectra, shape):
+    docs = _source_docs(list(spectra), num_events=len(spectra))
+    docs[0] = ("start", dict(docs[0][1], shape=list(shape)))
+    return docs
+
+
+def test_a_start_document_allocates_no_map_before_its_first_pixel(engine, source, tmp_path):
+    """A start announcing a 4096 x 4096 grid (a few hundred bytes) made a 1.2 GB map at once."""
+    out: list = []
+    cb = MnEdgeCallback(engine, LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125,
+                                           maps_dir=str(tmp_path), map_bin=2), lambda n, d: out.append((n, d)))
+    docs = _shaped_run([], (4096, 4096))
+    cb(*docs[0])
+    run = cb.runs[docs[0][1]["uid"]]
+    assert run.kind == "map" and run.maps is None and run.binned_maps is None and run.map_bytes() == 0
+    for name, doc in docs[1:]:
+        cb(name, doc)
+    stop = out[-1][1]
+    assert "maps_h5" not in stop and "maps_error" not in stop and not list(tmp_path.iterdir())
+
+
+def test_maps_past_the_open_runs_budget_are_not_kept_and_the_stop_says_why(engine, source, tmp_path, monkeypatch):
+    import mnedge_live.callback as callback
+    from mnedge_live.assembly import ValenceMaps
+
+    monkeypatch.setattr(callback, "MAX_OPEN_MAP_BYTES", ValenceMaps.bytes_for((2, 2)))
+    _, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (4, 1)), eels=True)
+    out: list = []
+    cb = MnEdgeCallback(engine, LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125,
+                                           maps_dir=str(tmp_path), max_batch=1), lambda n, d: out.append((n, d)))
+    first, second, third = (_shaped_run(spectra, (2, 2)) for _ in range(3))
+    for name, doc in first[:-1] + second:   # the second runs while the first holds its map
+        cb(name, doc)
+    cb(*first[-1])
+    for name, doc in third:                 # the first closed: room again
+        cb(name, doc)
+    source_of = {d["uid"]: d["parent_uid"] for n, d in out if n == "start"}    # derived start -> source run
+    stop_of = {source_of[d["run_start"]]: d for n, d in out if n == "stop"}
+    a, b, c = (stop_of[r[0][1]["uid"]] for r in (first, second, third))
+    assert "maps_h5" in a and "maps_h5" in c and "maps_error" not in a
+    assert "maps_h5" not in b and "would pass" in b["maps_error"]
+    assert b["processed"] + b["rejected"] == 4        # every pixel still read and published
+    assert cb.totals["bad_documents"] == 0
