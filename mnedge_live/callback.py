@@ -368,8 +368,14 @@ class MnEdgeCallback(DocumentRouter):
 
     # -- run closing -------------------------------------------------------------------------------
     def close_run(self, uid: str, exit_status: str = "success", reason: str = "",
-                  announced: int | None = None) -> dict | None:
-        """Final readout (step scans), maps, and the derived stop document with the counts."""
+                  announced: int | None = None, ended: bool = True) -> dict | None:
+        """Last readout (step scans), maps, and the derived stop document with the counts.
+
+        ``ended``: the source's stop arrived, so the scan is over and a step scan's last readout is its
+        ``final`` one (``FINAL_UID``).  A run closed without its stop (``run_timeout_s``: a publisher
+        gone or a scan paused that long; the service stopping) still gets the readout of what was
+        measured, marked not final: the scan may go on, and a feedback plan must not act on part of it.
+        """
         open_run = self.runs.get(uid)
         if open_run is not None:   # streamed frames whose events never came: read without them
             for (desc_uid, seq), frame in open_run.stream_pairs.unpaired_frames():
@@ -390,8 +396,9 @@ class MnEdgeCallback(DocumentRouter):
             res = self._predict([run.assembler.spectrum()])[0] if len(run.assembler) else SpectrumResult.rejected(
                 "no valid point measured")
             row = result_row(res, run.last_seq_num)
-            row["final"] = True
-            self.totals["final_readouts"] += 1  # before _emit: on_readout sees it with this row
+            row["final"] = ended
+            if ended:
+                self.totals["final_readouts"] += 1  # before _emit: on_readout sees it with this row
             self._emit(run, [row])
         if run.binner is not None:
             self._read_blocks(run, run.binner.remaining())
@@ -440,7 +447,7 @@ class MnEdgeCallback(DocumentRouter):
     def close_all(self, exit_status: str = "abort", reason: str = "service stopped") -> None:
         """Close every open derived run (shutdown)."""
         for uid in list(self.runs):
-            self.close_run(uid, exit_status, reason)
+            self.close_run(uid, exit_status, reason, ended=False)
 
     def expire(self, now: float | None = None) -> list[str]:
         """Close, as failed, every run silent for longer than ``run_timeout_s``.
@@ -456,7 +463,8 @@ class MnEdgeCallback(DocumentRouter):
         for uid in stale:
             log.warning("run %s: no document for %.1f s, closed as failed", uid, timeout)
             self.totals["timed_out_runs"] += 1
-            self.close_run(uid, "fail", f"no document from the source for {timeout:g} s (publisher gone?)")
+            self.close_run(uid, "fail", f"no document from the source for {timeout:g} s (publisher gone, or the "
+                                        "scan paused longer than run_timeout_s?)", ended=False)
         return stale
 
     def _read_event(self, run: _Run, desc: dict, seq: int, row: dict, intensity: Any = None) -> None:

@@ -189,6 +189,27 @@ def test_step_scan_reads_out_progressively_and_finally(engine, source):
     assert (stop["processed"], stop["rejected"], stop["missed"]) == (71, 0, 0)
 
 
+@pytest.mark.parametrize("closed_by", ["run_timeout_s", "service stop"])
+def test_a_step_scan_closed_without_its_stop_gets_a_readout_that_is_not_final(engine, source, closed_by):
+    """A scan paused past run_timeout_s was read out as final: FINAL_UID named it, a feedback plan read the
+    valence of 30 of 71 points as the scan's."""
+    dets, mono = make_xas((0.2, 0.5, 0.3), source)
+    cfg = LiveConfig(mode="step", signal_field="xas_tey", norm_field="xas_i0", step_readout_every=10, maps_dir=None)
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: docs.append((n, d)))
+    RE = RunEngine({})
+    RE.subscribe(lambda name, doc: None if name == "stop" else cb(name, doc))   # the stop never comes
+    RE(bp.scan([dets], mono, 630, 665, 71))
+    if closed_by == "run_timeout_s":
+        assert len(cb.expire(now=1e12)) == 1
+    else:
+        cb.close_all()
+    rows = derived_rows(docs)
+    assert rows[-1]["source_seq_num"] == 71 and rows[-1]["status"] == "ok"   # what was measured is read out
+    assert not any(r["final"] for r in rows) and cb.totals["final_readouts"] == 0
+    assert docs[-1][0] == "stop" and docs[-1][1]["exit_status"] in ("fail", "abort")
+
+
 class Raising:
     model_id = "raising-test-backend"
 
