@@ -267,7 +267,7 @@ class MnEdgeCallback(DocumentRouter):
             raise TypeError(f"event data is a {type(data).__name__}, not a dict")
         for i, seq in enumerate(seqs):
             row = {k: v[i] for k, v in data.items() if i < len(v)}
-            if not self._count_seq(run, desc_uid, seq):
+            if not self._count_seq(run, self.config.stream, seq):
                 continue
             self._read_event(run, desc, seq, row)
 
@@ -320,7 +320,7 @@ class MnEdgeCallback(DocumentRouter):
                 err = f"external data unreadable: {type(exc).__name__}: {exc}"
         wait_for_events = bool(event_fields_needed(desc, self._event_fields()))
         for k, seq in enumerate(range(seq0, seq1)):
-            if not self._count_seq(run, "stream:" + desc_uid, seq):
+            if not self._count_seq(run, "stream:" + self.config.stream, seq):
                 continue
             frame = block[k] if block is not None else FrameError(err)
             if not wait_for_events:
@@ -783,11 +783,15 @@ class MnEdgeCallback(DocumentRouter):
         return None if uid is None else self.runs.get(uid)
 
     def _count_seq(self, run: _Run, key: str, seq: int) -> bool:
-        """Account for ``seq`` of stream ``key``; False when it is a duplicate (no row is owed)."""
+        """Account for ``seq`` of stream ``key``; False when it is a duplicate (no row is owed).
+
+        The key is the stream's name, not its descriptor's uid: bluesky numbers a stream's events on
+        across the new descriptor a detector's reconfiguration mid-scan brings.
+        """
         counted = run.sequence.count(key, seq)
         if not counted.owed:
             self.totals["duplicates"] += 1
-            log.warning("run %s: seq_num %d of %s seen before, duplicate dropped", run.start["uid"], seq, key)
+            log.warning("run %s: seq_num %d of stream %s seen before, duplicate dropped", run.start["uid"], seq, key)
             return False
         run.missed_live += counted.missed  # a late event filling a gap: -1, no longer missed
         self.totals["missed"] += counted.missed

@@ -210,6 +210,37 @@ def test_a_step_scan_closed_without_its_stop_gets_a_readout_that_is_not_final(en
     assert docs[-1][0] == "stop" and docs[-1][1]["exit_status"] in ("fail", "abort")
 
 
+def test_a_detector_reconfigured_mid_scan_misses_nothing(engine, caplog):
+    """bps.configure mid-scan brings a second descriptor of the stream; bluesky numbers its events on (6, 7, ...),
+    which the callback, counting per descriptor, took for a gap of 5 missed events."""
+    import bluesky.plan_stubs as bps
+    import bluesky.preprocessors as bpp
+    from ophyd.sim import SynAxis, SynGauss
+
+    motor = SynAxis(name="mono")
+    det = SynGauss("tey", motor, "mono", center=640, Imax=1, sigma=5)
+    missed_seen: list[int] = []
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(engine, LiveConfig(mode="step", energy_field="mono", signal_field="tey", maps_dir=None),
+                        lambda n, d: docs.append((n, d)), on_readout=lambda row, totals: missed_seen.append(totals["missed"]))
+    descriptors = []
+
+    @bpp.run_decorator(md={"detectors": ["tey"], "motors": ["mono"]})
+    def plan():
+        for i, e in enumerate(range(630, 670, 2)):
+            if i == 5:
+                yield from bps.configure(det, {"sigma": 4.0})   # a gain change, say
+            yield from bps.mv(motor, e)
+            yield from bps.trigger_and_read([det, motor])
+
+    RE = RunEngine({})
+    RE(plan(), lambda n, d: (descriptors.append(d) if n == "descriptor" else None, cb(n, d)))
+    assert len(descriptors) == 2 and {d["name"] for d in descriptors} == {"primary"}
+    assert missed_seen and max(missed_seen) == 0 and cb.totals["missed"] == 0
+    assert "sequence gap" not in caplog.text
+    assert docs[-1][1]["processed"] + docs[-1][1]["rejected"] == 20
+
+
 class Raising:
     model_id = "raising-test-backend"
 
