@@ -49,6 +49,9 @@ MAX_CLOSED_RUNS = 4096
 #: Ignored runs (derived runs, other detectors' runs, runs sent again) kept until their stop; beyond, the
 #: oldest is forgotten: runs whose stop never comes would otherwise be kept for good.
 MAX_IGNORED_RUNS = 4096
+#: Most events one ``stream_datum`` may announce: a forged range of 10^9 ``seq_nums`` owed a row each
+#: (hours of the service's time); its events then count as missed at the stop.
+MAX_STREAM_DATUM_EVENTS = 65536
 #: Most memory the maps of all open runs may take together (bytes): a 4096 x 4096 map takes 1.2 GB,
 #: so one such map and smaller ones fit.  Maps are made at a run's first pixel, not at its start;
 #: a run whose map would pass this keeps none (its rows are still read and published; its stop
@@ -309,6 +312,9 @@ class MnEdgeCallback(DocumentRouter):
             return
         seq0, seq1 = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
         i0, i1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        if seq1 - seq0 > MAX_STREAM_DATUM_EVENTS:   # one document must not owe a billion rows
+            raise ValueError(f"stream_datum {doc.get('uid')} announces {seq1 - seq0} events ({seq0}..{seq1 - 1}), "
+                             f"more than {MAX_STREAM_DATUM_EVENTS} in one document")
         block, err = None, ""
         if i1 - i0 != seq1 - seq0:
             err = (f"stream_datum {doc.get('uid')} pairs {seq1 - seq0} seq_nums ({seq0}..{seq1 - 1}) with "

@@ -272,6 +272,34 @@ def test_a_stream_datum_with_more_seq_nums_than_frames_rejects_each_with_the_rea
     assert (stop["rejected"], stop["missed"]) == (4, 0) and cb.totals["bad_documents"] == 0
 
 
+def test_a_stream_datum_announcing_too_many_events_is_one_bad_document(engine, spectra, tmp_path):
+    """A forged range of a billion seq_nums was owed a rejection row each: hours of the service's time."""
+    from mnedge_live.callback import MAX_STREAM_DATUM_EVENTS
+
+    path = tmp_path / "frames.h5"
+    cb, out = _streamed(engine, spectra[:4], path)
+    start = {"uid": "run-sd", "time": 0.0, "plan_name": "count"}
+    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
+    big = MAX_STREAM_DATUM_EVENTS + 1
+    _feed(cb, [("start", start),
+               ("descriptor", {"uid": "desc-sd", "run_start": "run-sd", "name": "primary", "time": 0.0,
+                               "data_keys": keys}),
+               ("stream_resource", {"uid": "sr", "run_start": "run-sd", "data_key": "spec", "uri": f"file://{path}",
+                                    "mimetype": "application/x-hdf5", "parameters": {}}),
+               ("stream_datum", {"uid": "sd-huge", "descriptor": "desc-sd", "stream_resource": "sr",
+                                 "seq_nums": {"start": 1, "stop": 10**9}, "indices": {"start": 0, "stop": 10**9 - 1}}),
+               ("stream_datum", {"uid": "sd-big", "descriptor": "desc-sd", "stream_resource": "sr",
+                                 "seq_nums": {"start": 1, "stop": 1 + big}, "indices": {"start": 0, "stop": big}}),
+               ("stream_datum", {"uid": "sd", "descriptor": "desc-sd", "stream_resource": "sr",
+                                 "seq_nums": {"start": 1, "stop": 5}, "indices": {"start": 0, "stop": 4}}),
+               ("stop", {"uid": "stop-sd", "run_start": "run-sd", "time": 1.0, "exit_status": "success",
+                         "num_events": {"primary": 4}})])
+    rows = derived_rows(out)
+    assert sorted(r["source_seq_num"] for r in rows) == [1, 2, 3, 4] and cb.totals["bad_documents"] == 2
+    stop = out[-1][1]
+    assert stop["processed"] + stop["rejected"] == 4 and stop["missed"] == 0
+
+
 def test_unreadable_stream_frames_of_a_grid_scan_complete_their_binned_block(engine, spectra, tmp_path):
     """Grid pixels whose frames cannot be read get their rejection rows and still complete their
     ``map_bin`` block during the scan (its readout says no pixel had a spectrum), not only at the stop."""
