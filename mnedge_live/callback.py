@@ -390,6 +390,7 @@ class MnEdgeCallback(DocumentRouter):
         run = self.runs.pop(uid, None)
         if run is None:
             return None
+        self.external.forget_run(uid)
         self.closed[uid] = _Closed(tuple(run.descriptors))
         self.closed_desc.update(dict.fromkeys(run.descriptors, uid))
         while len(self.closed) > MAX_CLOSED_RUNS:

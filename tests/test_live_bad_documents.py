@@ -408,3 +408,24 @@ def test_external_frames_too_large_to_be_spectra_are_refused_before_they_are_rea
         assert sorted(r["source_seq_num"] for r in rows) == [1, 2, 3]
         assert all(r["status"] == "rejected" and reason in r["reason"] for r in rows), rows[0]["reason"]
     assert reads == []
+
+
+def test_external_data_in_a_named_pipe_is_refused_without_blocking(engine, tmp_path):
+    """A stream resource naming a FIFO: opening it never returned, and the service read nothing more."""
+    import os
+    import threading
+
+    fifo = tmp_path / "frames.h5"
+    os.mkfifo(fifo)
+    cb, out = _new(engine)
+    feeding = threading.Thread(target=_feed, args=(cb, _stream_run(fifo, 3)), daemon=True)
+    feeding.start()
+    feeding.join(20)
+    if feeding.is_alive():   # release the blocked open before failing, so the test run itself goes on
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the callback blocked opening a named pipe")
+    rows = derived_rows(out)
+    assert sorted(r["source_seq_num"] for r in rows) == [1, 2]
+    assert all(r["status"] == "rejected" and "is not a regular file" in r["reason"] for r in rows), rows[0]["reason"]
+    assert not cb.external.stream_resources       # forgotten with its run
+

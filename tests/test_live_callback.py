@@ -479,6 +479,7 @@ def test_external_hdf5_frames_via_resource_and_datum(engine, source, tmp_path):
             assert r["valence"] == pytest.approx(x.valence, abs=1e-9)
     assert any(x.ok for x in expected), [x.reason for x in expected]  # else the frames would not be told apart
     assert out[-1][1]["processed"] == sum(x.ok for x in expected) and out[-1][1]["rejected"] == 3 - out[-1][1]["processed"]
+    assert not cb.external.resources and not cb.external.datums   # a closed run's frames are not kept for good
 
 
 def test_a_derived_row_carries_the_readout_flags():
