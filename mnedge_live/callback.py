@@ -369,7 +369,8 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["bad_documents"] += 1
             return
         self.flush()
-        announced = (doc.get("num_events") or {}).get(self.config.stream)
+        counts = doc.get("num_events")   # a malformed one is as good as none: the run still closes
+        announced = counts.get(self.config.stream) if isinstance(counts, dict) else None
         self.close_run(uid, *source_exit(doc), announced=announced)
 
     # -- run closing -------------------------------------------------------------------------------

@@ -108,6 +108,19 @@ def test_out_of_order_duplicate_and_foreign_documents(engine, spectra):
     assert cb.totals["bad_documents"] >= 3 and cb.totals["duplicates"] == 1
 
 
+@pytest.mark.parametrize("num_events", ["garbage", [4], 7.5, None])
+def test_a_stop_with_a_malformed_num_events_still_closes_its_run(engine, spectra, num_events):
+    """A stop whose num_events was not a mapping raised: the stop was lost and the run stayed open."""
+    cb, out = _new(engine)
+    docs = source_run(spectra[:3])
+    docs[-1] = ("stop", {**docs[-1][1], "num_events": num_events})
+    _feed(cb, docs)
+    stops = [d for n, d in out if n == "stop"]
+    assert len(stops) == 1 and not cb.runs
+    assert stops[0]["processed"] + stops[0]["rejected"] == 3 and stops[0]["exit_status"] == "success"
+    assert cb.totals["bad_documents"] == 0
+
+
 def test_a_run_sent_again_after_its_stop_is_counted_not_read_twice(engine, spectra):
     """The same run's documents a second time (a file replayed twice, a publisher resending) made a second
     derived run whose maps replaced the first."""
