@@ -31,6 +31,9 @@ BINNED_STREAM = "mnedge_binned"
 NUMBER_FIELDS = ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
                  "t_lambda", "ood_score")
 
+#: Units of the number fields that have one (valence and fractions are pure numbers; t_lambda is relative).
+FIELD_UNITS = {"energy_offset_eV": "eV", "resolution_eV": "eV"}
+
 
 def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
     """The derived-row values of one result (NaN where rejected)."""
@@ -48,7 +51,8 @@ def result_row(result: SpectrumResult, source_seq_num: int) -> dict:
 def _data_keys(integer_fields: tuple[str, ...]) -> dict:
     """Descriptor data keys of a derived row: the numbers, ``status``, ``reason``, ``flags`` (the readout's
     quality flags, comma-separated), then ``integer_fields``."""
-    keys = {k: {"source": "mnedge", "dtype": "number", "shape": []} for k in NUMBER_FIELDS}
+    keys = {k: {"source": "mnedge", "dtype": "number", "shape": [], **({"units": FIELD_UNITS[k]} if k in FIELD_UNITS else {})}
+            for k in NUMBER_FIELDS}
     for k in ("status", "reason", "flags"):
         keys[k] = {"source": "mnedge", "dtype": "string", "shape": []}
     for k in integer_fields:

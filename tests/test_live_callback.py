@@ -52,6 +52,7 @@ def test_spectrum_image_gets_one_row_per_pixel_and_maps(engine, source, tmp_path
     for k in ("valence", "valence_std", "frac_mn2", "frac_mn3", "frac_mn4", "energy_offset_eV", "resolution_eV",
               "t_lambda", "ood_score", "status", "reason", "flags", "source_seq_num", "pixel_row", "pixel_col"):
         assert k in desc["data_keys"]
+    assert desc["data_keys"]["energy_offset_eV"]["units"] == desc["data_keys"]["resolution_eV"]["units"] == "eV"
     rows = derived_rows(docs)
     assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
     for r in rows:
