@@ -33,7 +33,7 @@ from mnedge_live.event_axis import AxisCache, energy_axis
 from mnedge_live.external import ExternalReader
 from mnedge_live.live_binning import Block, BlockBinner
 from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-exported: imported from here
-from mnedge_live.map_geometry import MapGeometry, grown_extent, grown_maps
+from mnedge_live.map_geometry import MAX_OPEN_MAP_BYTES, MapGeometry, grown_extent, grown_maps
 from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
 from mnedge_live.sequence import SequenceCounter
@@ -52,11 +52,6 @@ MAX_IGNORED_RUNS = 4096
 #: Most events one ``stream_datum`` may announce: a forged range of 10^9 ``seq_nums`` owed a row each
 #: (hours of the service's time); its events then count as missed at the stop.
 MAX_STREAM_DATUM_EVENTS = 65536
-#: Most memory the maps of all open runs may take together (bytes): a 4096 x 4096 map takes 1.2 GB,
-#: so one such map and smaller ones fit.  Maps are made at a run's first pixel, not at its start;
-#: a run whose map would pass this keeps none (its rows are still read and published; its stop
-#: says why there is no map file).
-MAX_OPEN_MAP_BYTES = 2 * 2**30
 #: The name by which callers import :func:`~mnedge_live.map_geometry.grown_extent` from here.
 _grown_extent = grown_extent
 

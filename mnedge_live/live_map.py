@@ -21,19 +21,28 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import event_model
 
 from mnedge_live.assembly import ValenceMaps, run_file_stem
 from mnedge_live.derived import STREAM
-from mnedge_live.map_geometry import MAX_MAP_PIXELS, grown_extent, grown_maps, pixel_index, scan_shape
+from mnedge_live.map_geometry import (
+    MAX_MAP_PIXELS,
+    MAX_OPEN_MAP_BYTES,
+    grown_extent,
+    grown_maps,
+    pixel_index,
+    scan_shape,
+)
 
 log = logging.getLogger(__name__)
 
 #: Source runs whose scan shape is kept until a service's derived start names them.
 MAX_REMEMBERED_SHAPES = 64
+#: Most spectrum images followed at once: the oldest whose stop never came is written as it is and dropped.
+MAX_OPEN_MAPS = 64
 
 
 @dataclass
@@ -41,7 +50,11 @@ class _LiveMap:
     """One spectrum image being read: its maps so far and when they were last written."""
 
     source_uid: str
-    maps: ValenceMaps = field(default_factory=lambda: ValenceMaps((1, 1)))
+    #: the scan's shape when the source start announced it (the map is made at the first row)
+    shape: tuple[int, int] | None = None
+    maps: ValenceMaps | None = None
+    #: why no map is kept (the open maps would pass MAX_OPEN_MAP_BYTES); "" while one may be
+    refused: str = ""
     pixels: int = 0
     dirty: bool = False
     written_at: float = -math.inf
@@ -104,7 +117,12 @@ class LiveMapWatcher(event_model.DocumentRouter):
         elif doc.get("mnedge_kind") == "map":
             source = str(doc.get("parent_uid", doc["uid"]))
             shape = self.shapes.pop(source, None)
-            self.runs[doc["uid"]] = _LiveMap(source_uid=source, maps=ValenceMaps(shape or (1, 1)), extent=shape or (1, 1))
+            self.runs[doc["uid"]] = _LiveMap(source_uid=source, shape=shape, extent=shape or (1, 1))
+            while len(self.runs) > MAX_OPEN_MAPS:   # maps whose stop never came: the oldest written and dropped
+                oldest = next(iter(self.runs))
+                log.warning("map %s: no stop after %d newer maps; written as it is and no longer followed",
+                            self.runs[oldest].source_uid[:8], MAX_OPEN_MAPS)
+                self._drop(oldest)
 
     def descriptor(self, doc: dict) -> None:
         if doc.get("name") == STREAM and doc.get("run_start") in self.runs:
@@ -122,13 +140,19 @@ class LiveMapWatcher(event_model.DocumentRouter):
             self._write(live, complete=False)
 
     def stop(self, doc: dict) -> None:
-        live = self.runs.pop(doc.get("run_start"), None)
+        live = self.runs.get(doc.get("run_start"))
         if live is None:
             return
-        self.streams = {d: u for d, u in self.streams.items() if u != doc["run_start"]}
         live.exit_status = str(doc.get("exit_status", ""))   # an aborted scan's map is whole, not complete
-        self._write(live, complete=True)
+        self._drop(doc["run_start"], complete=True)
         self.finished += 1
+
+    def _drop(self, uid: str, complete: bool = False) -> None:
+        """Write the map of derived run ``uid`` (at its stop, or unfinished) and stop following it."""
+        live = self.runs.pop(uid)
+        self.streams = {d: u for d, u in self.streams.items() if u != uid}
+        if complete or live.dirty:
+            self._write(live, complete=complete)
 
     def close(self) -> None:
         """Write the maps of the images still open (the watcher stops before their stop document)."""
@@ -157,17 +181,41 @@ class LiveMapWatcher(event_model.DocumentRouter):
             log.warning("row of map %s skipped: pixel (%d, %d) would grow the map past %d pixels",
                         live.source_uid[:8], r, c, MAX_MAP_PIXELS)
             return
-        if not (r < live.maps.shape[0] and c < live.maps.shape[1]):   # doubled ahead of the pixels
-            live.maps = grown_maps(live.maps, grown_extent(live.maps.shape, (r, c), seen), exact=True)
+        if live.maps is None:
+            shape = live.shape or (r + 1, c + 1)
+            live.maps = ValenceMaps(shape) if self._room(live, shape) else None
+        elif not (r < live.maps.shape[0] and c < live.maps.shape[1]):   # doubled ahead of the pixels
+            shape = grown_extent(live.maps.shape, (r, c), seen)
+            live.maps = grown_maps(live.maps, shape, exact=True) if self._room(live, shape) else None
+        if live.maps is None:
+            self.skipped += 1
+            return
         live.maps.set_row((r, c), row)
         live.extent = seen
         live.pixels += 1
         live.dirty = True
 
+    def _room(self, live: _LiveMap, shape: tuple[int, int]) -> bool:
+        """Whether a map of ``shape`` for ``live`` (replacing its own) fits in :data:`MAX_OPEN_MAP_BYTES` with
+        the other open maps; when not, ``live`` keeps none from then on (logged once, its rows skipped)."""
+        if live.refused:
+            return False
+        held = sum(m.maps.nbytes for m in self.runs.values() if m.maps is not None and m is not live)
+        need = ValenceMaps.bytes_for(shape)
+        if held + need <= MAX_OPEN_MAP_BYTES:
+            return True
+        live.refused = (f"a {shape[0]} x {shape[1]} map ({need / 2**20:.0f} MiB) with the open maps "
+                        f"({held / 2**20:.0f} MiB) would pass {MAX_OPEN_MAP_BYTES / 2**30:g} GiB")
+        log.warning("map %s not kept: %s; its rows are skipped", live.source_uid[:8], live.refused)
+        live.maps = None
+        return False
+
     def _write(self, live: _LiveMap, complete: bool) -> None:
         """Write the map (HDF5 and PNG); a failed write is logged and counted, the watcher goes on."""
         live.written_at = self.clock()
         live.dirty = False
+        if live.maps is None:   # no row placed, or the map was not kept
+            return
         try:
             files = live.maps.cropped(live.extent).write(self.directory, run_file_stem(live.source_uid, "_live"),
                                     {"parent_uid": live.source_uid, "rows_read": live.pixels, "complete": complete,

@@ -30,6 +30,10 @@ log = logging.getLogger("mnedge_live.callback")
 #: (``pixel_fields``): the map's nine layers of 4096 x 4096 pixels take about 1.2 GB.  A pixel whose
 #: index would grow the map past this is rejected with the reason.
 MAX_MAP_PIXELS = 4096 * 4096
+#: Most memory the maps of all open spectrum images of one process may take together (bytes): one
+#: 4096 x 4096 map (1.2 GB) and smaller ones.  A map is made at its first pixel, not when a start
+#: document announces its shape; one that would pass this is not kept (its rows are still read).
+MAX_OPEN_MAP_BYTES = 2 * 2**30
 
 Pixel = tuple[int, int]
 

@@ -240,3 +240,40 @@ def test_mnedge_watch_reads_a_proxy_secured_with_curvezmq(tmp_path):
     assert watch.returncode == 0 and "1 image(s) finished" in out, out
     with h5py.File(tmp_path / "live" / f"mnedge_{docs[0][1]['uid']}_live.h5") as f:
         assert f.attrs["complete"] and f.attrs["rows_read"] == 4 and f["valence"].shape == (2, 2)
+
+
+def _derived_map_start(uid: str, source: str) -> tuple[str, dict]:
+    return "start", {"uid": uid, "time": 0.0, "mnedge_derived": True, "mnedge_kind": "map", "parent_uid": source}
+
+
+def test_a_start_announcing_a_large_scan_makes_no_map_before_its_first_row(tmp_path):
+    """A source start of 4096 x 4096 and its derived start made a 1.2 GB map at once, before any row."""
+    watcher = LiveMapWatcher(tmp_path, every_s=100.0)
+    watcher("start", {"uid": "src", "time": 0.0, "shape": [4096, 4096]})
+    watcher(*_derived_map_start("d", "src"))
+    assert watcher.runs["d"].maps is None and watcher.runs["d"].shape == (4096, 4096)
+    watcher("stop", {"uid": "s", "run_start": "d", "time": 1.0, "exit_status": "success"})
+    assert watcher.finished == 1 and watcher.written == []   # no row: no map file
+
+
+def test_maps_past_the_memory_budget_or_the_open_count_are_not_kept(tmp_path, monkeypatch, caplog):
+    import mnedge_live.live_map as live_map
+    from mnedge_live.assembly import ValenceMaps
+
+    monkeypatch.setattr(live_map, "MAX_OPEN_MAP_BYTES", ValenceMaps.bytes_for((2, 2)))
+    monkeypatch.setattr(live_map, "MAX_OPEN_MAPS", 2)
+    watcher = LiveMapWatcher(tmp_path, every_s=100.0)
+    for k in range(2):
+        watcher("start", {"uid": f"src{k}", "time": 0.0, "shape": [2, 2]})
+        watcher(*_derived_map_start(f"d{k}", f"src{k}"))
+        watcher("descriptor", {"uid": f"desc{k}", "run_start": f"d{k}", "name": "mnedge", "time": 0.0,
+                               "data_keys": {}})
+        watcher("event_page", {"descriptor": f"desc{k}", "seq_num": [1], "time": [0.0], "uid": [f"e{k}"],
+                               "timestamps": {}, "data": {"pixel_row": [0], "pixel_col": [0], "valence": [3.0],
+                                                          "status": ["ok"]}})
+    assert watcher.runs["d0"].maps is not None and watcher.runs["d1"].maps is None   # the second would pass
+    assert watcher.skipped == 1 and "would pass" in caplog.text
+    watcher(*_derived_map_start("d2", "nobody"))   # a third open map: the oldest, d0, written and dropped
+    assert list(watcher.runs) == ["d1", "d2"] and len(watcher.written) == 2
+    with h5py.File(watcher.written[0]) as f:
+        assert f["valence"][0, 0] == 3.0 and not f.attrs["complete"]
