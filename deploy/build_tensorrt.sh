@@ -49,5 +49,6 @@ echo "building TensorRT engines on: $gpu"
 "$train_cmd" export "$checkpoint" --out "$out" --tensorrt "${export_args[@]}"
 if [[ $install -eq 1 ]]; then
     "$mnedge_cmd" models install "$out" --force
-    echo "installed in ${MNEDGE_HOME:-the default store (~/.local/share/mnedge; set MNEDGE_HOME to the service's store)}; switch to it as the service user with: $mnedge_cmd models use <model id>  (see: $mnedge_cmd models list)"
+    store=${MNEDGE_HOME:-"the default store (~/.local/share/mnedge; set MNEDGE_HOME to the store of the service)"}
+    echo "installed in $store; switch to it as the service user with: $mnedge_cmd models use <model id>  (see: $mnedge_cmd models list)"
 fi

@@ -248,6 +248,36 @@ def test_build_tensorrt_refuses_without_a_gpu(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "deploy").rglob("*.sh")))
+def test_deploy_scripts_parse(script):
+    path = next((ROOT / "deploy").rglob(script))
+    r = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+
+
+def test_build_tensorrt_exports_and_installs_on_a_gpu_host(tmp_path):
+    """The whole script on a host that has a GPU (its commands stand-ins that say what they were asked):
+    an apostrophe in its last message made bash exit 2 after the export, and --install never ran."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in (("mnedge-train", 'echo "mnedge-train $*"'), ("mnedge", 'echo "mnedge $*"'),
+                       ("python", 'case "$*" in *get_device_name*) echo "Stand-in GPU";; esac')):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\nexit 0\n")
+        (fake / name).chmod(0o755)
+    ck = tmp_path / "final.pt"
+    ck.write_bytes(b"not used")
+    env = {k: v for k, v in os.environ.items() if k != "MNEDGE_HOME"}
+    r = subprocess.run(["bash", str(ROOT / "deploy" / "build_tensorrt.sh"), str(ck), str(tmp_path / "out"),
+                        "--model-id", "site-v2", "--install"],
+                       env={**env, "MNEDGE_BIN": str(fake)}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "building TensorRT engines on: Stand-in GPU"
+    assert lines[1] == f"mnedge-train export {ck} --out {tmp_path / 'out'} --tensorrt --model-id site-v2"
+    assert lines[2] == f"mnedge models install {tmp_path / 'out'} --force"
+    assert lines[3].startswith("installed in the default store")
+
+
 def test_systemd_unit_runs_the_check_and_the_service_with_the_env_file():
     unit = (ROOT / "deploy" / "systemd" / "mnedge-live.service").read_text()
     env = (ROOT / "deploy" / "systemd" / "mnedge-live.env").read_text()
