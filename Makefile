@@ -19,9 +19,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/mnedge demo
 
-test: setup
-	$(BIN)/ruff check mnedge_live offline_training tests benchmarks
+test: lint
 	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check mnedge_live offline_training tests benchmarks
 
 bench: setup
 	$(BIN)/python benchmarks/generator.py --json

@@ -510,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The package extra that brings each optional module (``pip install 'mnedge-live[EXTRA]'``).
+EXTRA_OF_MODULE = {"onnx": "train", "onnxscript": "train", "edrixs": "references", "numba": "references",
+                   "mpi4py": "references", "tensorrt": "tensorrt", "torch_tensorrt": "tensorrt"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mnedge-train``.
 
@@ -527,6 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     reuse_batch_memory()  # batch after batch of the same large tensors (generate, train, evaluate)
     try:
         status = int(args.run(args) or 0)
+    except ImportError as exc:   # an optional dependency of this command (onnx, edrixs) is not installed
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0], "train")
+        print(f"mnedge-train {args.command}: {exc}; install it with: pip install 'mnedge-live[{extra}]'",
+              file=sys.stderr)
+        status = 2
     except (ValueError, OSError, ArtifactError) as exc:   # OSError: a path that is a folder, not writable, ...
         # ArtifactError: a model path that is no (intact) artifact, or a store that cannot be read
         print(f"mnedge-train {args.command}: {exc}", file=sys.stderr)

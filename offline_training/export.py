@@ -157,6 +157,8 @@ def _planar(layer: torch.nn.Module) -> torch.nn.Module:
 
 def export_onnx(model: MnEdgeCNN, path: str | Path) -> Path:
     """Write the network (as its :class:`PlanarView`) as ONNX with a dynamic batch dimension."""
+    import onnx  # noqa: F401 - torch's exporter needs it; an ImportError here names the extra (cli.main)
+
     x = torch.zeros(4, 2, model.config.input_length)
     torch.onnx.export(PlanarView(model.eval()).eval(), (x,), str(path), input_names=["x"],
                       output_names=list(EXPORT_OUTPUT_NAMES),

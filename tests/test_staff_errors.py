@@ -119,3 +119,36 @@ def test_artifact_maintenance_commands_exit_2_on_a_path_that_is_no_artifact(tmp_
     missing = tmp_path / "no-artifact"
     assert mnedge_train([*command, str(missing)]) == 2
     one_line_error(capsys, str(missing))
+
+
+@pytest.mark.parametrize("module, extra", [("edrixs", "references"), ("onnx", "train")])
+def test_a_command_missing_an_optional_package_names_the_extra_and_exits_2(tmp_path, capsys, monkeypatch,
+                                                                         module, extra):
+    """Without the package's extra installed a command died with a traceback (exit 1)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)   # "import module" raises ModuleNotFoundError
+    if module == "edrixs":
+        argv = ["references", "--out", str(tmp_path / "bank.npz"), "--scale", "0.01", "--no-progress"]
+    else:
+        monkeypatch.setattr("offline_training.cli.build_parser", _parser_whose_command_imports(module))
+        argv = ["fails"]
+    assert mnedge_train(argv) == 2
+    err = capsys.readouterr().err
+    assert f"pip install 'mnedge-live[{extra}]'" in err and "Traceback" not in err
+
+
+def _parser_whose_command_imports(module: str):
+    """A parser with one command, ``fails``, that imports ``module`` (as export and fit-ood import onnx)."""
+    import argparse
+    import importlib
+
+    def build():
+        p = argparse.ArgumentParser()
+        sub = p.add_subparsers(dest="command", required=True)
+        s = sub.add_parser("fails")
+        s.set_defaults(run=lambda args: importlib.import_module(module))
+        p.add_argument("--verbose", "-v", action="count", default=0)
+        return p
+
+    return build
