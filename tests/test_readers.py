@@ -274,6 +274,31 @@ def test_missing_file_and_directory(tmp_path):
         read_file(tmp_path)
 
 
+def test_a_pipe_is_refused_not_read_without_its_first_bytes(tmp_path):
+    """/dev/stdin or <(...): the format check read its first 64 bytes and the reader the rest; a TEY/I0
+    export lost its names line and was read as raw TEY, status ok, a valence 1.3 off."""
+    import os
+    import threading
+
+    fifo = tmp_path / "scan.csv"
+    os.mkfifo(fifo)
+    raised: list[Exception] = []
+
+    def read() -> None:
+        try:
+            read_file(fifo)
+        except ReadError as exc:
+            raised.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():   # blocked opening the pipe: release it before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_file blocked on a named pipe")
+    assert raised and "not a regular file" in str(raised[0])
+
+
 def test_the_measured_spectra_read_as_one_spectrum_each(real_dir):
     files = sorted(real_dir.glob("*.csv"))
     assert len(files) == 4

@@ -93,6 +93,8 @@ def read_file(path: str | Path, lazy: bool = True, column: str | None = None) ->
         raise ReadError(f"{p}: no such file")
     if p.is_dir():
         raise ReadError(f"{p} is a directory, not a file")
+    if not p.is_file():   # a pipe (/dev/stdin, <(...)) is read once: detecting its format ate its first bytes
+        raise ReadError(f"{p} is not a regular file (a pipe or a device): save the data to a file first")
     try:
         with open(p, "rb") as f:
             head = f.read(64)
