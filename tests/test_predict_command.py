@@ -373,12 +373,13 @@ def test_corrupt_spectrum_image_chunk_rejects_its_pixels_with_the_reason(capsys,
     assert rows[-1]["status"] == "ok"  # the next file is still read out
 
 
-@pytest.mark.parametrize("address", ["unreachable", "silent", "bogus://x:1", "no-port", ""])
+@pytest.mark.parametrize("address", ["unreachable", "silent", "no-workers", "bogus://x:1", "no-port", ""])
 @pytest.mark.parametrize("kind", ["image", "good"])
 def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files, monkeypatch, address, kind):
     """The documented exit 2 for an unusable --scheduler: it gave exit 1 with a rejected image row, and
     with only single-spectrum files the address was never checked (exit 0). A port that accepts
-    connections but never answers (a dashboard's HTTP port, another service: "silent") hung for good."""
+    connections but never answers (a dashboard's HTTP port, another service: "silent") hung for good, as
+    did a scheduler without any worker ("no-workers")."""
     import socket
     import threading
     import time
@@ -386,8 +387,14 @@ def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files
     from mnedge_live.commands import predict
 
     monkeypatch.setattr(predict, "SCHEDULER_TIMEOUT_S", 2.0)
-    listener = None
-    if address == "unreachable":
+    monkeypatch.setattr(predict, "WORKER_WAIT_S", 2.0)
+    listener = cluster = None
+    if address == "no-workers":
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=0, processes=False, scheduler_port=0, dashboard_address=None)
+        address = cluster.scheduler_address
+    elif address == "unreachable":
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
             address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
@@ -407,6 +414,8 @@ def test_unusable_scheduler_exits_2_before_any_file_is_read(capsys, model, files
     run.join(30)
     if listener is not None:
         listener.close()
+    if cluster is not None:
+        cluster.close()
     assert not run.is_alive(), f"mnedge predict --scheduler {address} still waiting after 30 s"
     assert time.monotonic() - t0 < 15
     rc = result[0]

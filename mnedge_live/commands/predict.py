@@ -60,6 +60,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds to wait for a ``--scheduler`` to answer.
 SCHEDULER_TIMEOUT_S = 10.0
+#: Seconds to wait for a ``--scheduler`` to have a worker (an adaptive cluster may be starting one).
+WORKER_WAIT_S = 60.0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -358,7 +360,14 @@ def _client(address: str | None) -> tuple[Any, str]:
             _answers_as_a_scheduler(address)
             # not the process's default scheduler: a Client that fails to connect leaves that setting behind,
             # and every later dask computation in the process then asks for a client that is not there
-            return Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False), ""
+            client = Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
+            try:   # a scheduler without workers took every image and never computed it: a silent hang
+                client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            except Exception:
+                client.close()
+                raise OSError(f"the scheduler at {address} has no worker (none joined within {WORKER_WAIT_S:g} s); "
+                              "start one with: dask worker ADDRESS") from None
+            return client, ""
         return local_client(), ""
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}"
