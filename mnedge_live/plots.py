@@ -153,6 +153,29 @@ def plot_spectrum(path: str | Path, energy: np.ndarray, intensity: np.ndarray, r
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax, axf, axt) = plt.subplots(1, 3, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 1.2, 1.6]})
+    try:   # a figure whose drawing or writing fails is closed all the same (they piled up, 20 and more)
+        _draw_spectrum(fig, (ax, axf, axt), energy, intensity, result, title)
+        fig.savefig(path, dpi=80)
+    finally:
+        plt.close(fig)
+    return str(path)
+
+
+def display_text(text: str) -> str:
+    """``text`` (a file name, possibly with bytes that are not UTF-8, as Python keeps them) printable by any
+    UTF-8 writer: those bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def plain_text(text: str) -> str:
+    """``text`` as matplotlib draws it literally: ``$`` escaped (a file name like ``MnO_$x$.csv`` is no
+    formula) and bytes of a file name that are not UTF-8 written as ``\\xNN``."""
+    return display_text(text).replace("$", r"\$")
+
+
+def _draw_spectrum(fig, axes, energy: np.ndarray, intensity: np.ndarray, result, title: str) -> None:
+    """The three panels of :func:`plot_spectrum`."""
+    ax, axf, axt = axes
     grid = model_grid_data(energy, intensity)
     if isinstance(grid, str):
         e = np.asarray(energy, np.float64)
@@ -160,7 +183,7 @@ def plot_spectrum(path: str | Path, energy: np.ndarray, intensity: np.ndarray, r
         if e.shape == y.shape and e.ndim == 1:
             ax.plot(e, y, lw=1)
         ax.set_xlabel("energy (eV, as measured)")
-        ax.set_title(f"cannot preprocess: {grid}"[:70], fontsize=8)
+        ax.set_title(plain_text(f"cannot preprocess: {grid}"[:70]), fontsize=8)
     else:
         g, v, held = grid
         ax.plot(g, v, lw=1.2, color="C0", label="measured")
@@ -177,14 +200,11 @@ def plot_spectrum(path: str | Path, energy: np.ndarray, intensity: np.ndarray, r
     axf.set_ylim(0, 1.05)
     axf.set_title("fractions", fontsize=9)
     axt.axis("off")
-    axt.text(0.0, 1.0, readout_text(result), va="top", ha="left", fontsize=8, family="monospace",
+    axt.text(0.0, 1.0, plain_text(readout_text(result)), va="top", ha="left", fontsize=8, family="monospace",
              transform=axt.transAxes)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(plain_text(title), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return str(path)
 
 
 def write_image_maps(directory: str | Path, name: str, maps, attrs: dict | None = None) -> tuple[str, str]:

@@ -736,3 +736,34 @@ def test_plot_names_stay_short_and_unique_without_case(tmp_path):
     assert first.name == "t_1_MnO.png" and second.name == "t_1_mno-2.png"
     long = names.next("t.csv", "1_" + "x" * 400, ".png")
     assert len(long.stem) <= MAX_PLOT_STEM and long != names.next("t.csv", "1_" + "x" * 399 + "y", ".png")
+
+
+@pytest.mark.parametrize("fmt", ["", "--csv"])
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(model, files, tmp_path, fmt):
+    """A name copied from a Latin-1 share (byte 0xE9): a strict UTF-8 stdout refused it and every row was lost."""
+    import os
+
+    name = os.fsdecode(bytes(tmp_path) + b"/Mn\xe9_sample.csv")
+    Path(name).write_bytes(files["good"].read_bytes())
+    exe = Path(sys.executable).parent / "mnedge"
+    proc = subprocess.run([str(exe), "predict", "--model", model, "--no-progress", name, *([fmt] if fmt else [])],
+                          capture_output=True, timeout=300, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert b"Mn\\xe9_sample.csv" in proc.stdout and b"ok" in proc.stdout
+
+
+def test_plot_titles_are_drawn_as_written_and_failed_plots_close_their_figures(model, files, tmp_path, monkeypatch):
+    """A file named like a formula (``$...$``) failed to plot (exit 3); a figure that failed stayed open."""
+    import matplotlib.pyplot as plt
+
+    from mnedge_live import plots
+
+    odd = tmp_path / "MnO_$\\sample$_10$.csv"
+    odd.write_bytes(files["good"].read_bytes())
+    assert main(["predict", "--model", model, "--no-progress", "--plot", str(tmp_path / "p"), str(odd)]) == 0
+    assert len(list((tmp_path / "p").glob("*.png"))) == 1
+    before = len(plt.get_fignums())
+    monkeypatch.setattr(plots, "_draw_spectrum", lambda *a: (_ for _ in ()).throw(RuntimeError("draw failed")))
+    with pytest.raises(RuntimeError):
+        plots.plot_spectrum(tmp_path / "x.png", E, mn_like(), None)
+    assert len(plt.get_fignums()) == before

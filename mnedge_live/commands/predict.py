@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import logging
 import sys
@@ -53,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mnedge_live.plots import display_text
 from mnedge_live.readers import MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage, read_file
 from mnedge_live.results import FRACTION_NAMES, SpectrumResult
 
@@ -279,10 +281,12 @@ def run(args: argparse.Namespace) -> int:
         # dumps, not dump: only the one-shot encoder is the fast C one (matters for spectrum images).
         sys.stdout.write(json.dumps(out, indent=2 if len(out) <= 1000 else None))
         sys.stdout.write("\n")
-    elif args.csv:
-        write_csv(rows, sys.stdout)
+    elif args.csv:   # file names with bytes that are not UTF-8 as \xNN (a strict UTF-8 stdout refused them)
+        text = io.StringIO()
+        write_csv(rows, text)
+        sys.stdout.write(display_text(text.getvalue()))
     else:
-        sys.stdout.write(format_table(rows, summaries))
+        sys.stdout.write(display_text(format_table(rows, summaries)))
     sys.stdout.flush()
     rejected = any(not r.result.ok for r in rows) or any(s.counts.get("rejected", 0) for s in summaries)
     if plots is not None and plots.failed:
