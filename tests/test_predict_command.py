@@ -562,6 +562,9 @@ def test_unloadable_model_or_bad_options_exit_2(capsys, tmp_path, files):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     assert main(["predict", "--plot", str(blocker / "sub"), str(files["good"])]) == 2
+    # a folder that exists and takes no file (as root, only a pseudo file system refuses writes)
+    assert main(["predict", "--plot", "/proc/self", str(files["good"])]) == 2
+    assert "cannot use --plot /proc/self" in capsys.readouterr().err
 
 
 def test_chunk_merger_places_every_pixel():

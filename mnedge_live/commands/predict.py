@@ -48,6 +48,7 @@ import io
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -187,6 +188,10 @@ def run(args: argparse.Namespace) -> int:
     if plot_dir is not None:
         try:
             plot_dir.mkdir(parents=True, exist_ok=True)
+            # a folder that exists but takes no file (read-only, a full disk, /proc): every plot failed after
+            # the whole run, exit 3, instead of the documented refusal before any work
+            with tempfile.NamedTemporaryFile(dir=plot_dir, prefix=".mnedge-write-test-"):
+                pass
         except OSError as exc:
             print(f"mnedge predict: cannot use --plot {plot_dir}: {exc}", file=sys.stderr)
             return 2
