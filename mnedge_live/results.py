@@ -129,9 +129,11 @@ class SpectrumResult:
 
 
 def reason_kind(reason: str) -> str:
-    """The kind of a rejection reason, for counting: its text before any parenthesis, measured numbers as ``#``.
+    """The kind of a rejection reason, for counting: its text before any parenthesis, numbers as ``#``.
 
     ``"not a Mn L2,3 edge: L3-L2 spacing 14.1 eV is outside 9.6-12.8 eV (...)"`` becomes
-    ``"not a Mn L2,3 edge: L3-L2 spacing # eV is outside #-# eV"``, so one kind is one key.
+    ``"not a Mn L2,3 edge: L3-L2 spacing # eV is outside #-# eV"`` and ``"7 NaN or inf value(s)"``
+    ``"# NaN or inf value"``, so one kind is one key; numbers that are part of a name (``L3``, ``L2,3``,
+    ``Mn2+``) stay.
     """
-    return re.sub(r"\d+\.\d+", "#", reason.split("(")[0].strip())
+    return re.sub(r"(?<![\w,.])\d+(?:\.\d+)?", "#", reason.split("(")[0].strip())

@@ -27,5 +27,13 @@ def test_reasons_that_differ_only_in_measured_numbers_are_one_kind():
     assert reason_kind(a) == reason_kind(b) == "not a Mn L2,3 edge: L3-L2 spacing # eV is outside #-# eV"
 
 
+def test_reasons_that_differ_only_in_counts_are_one_kind():
+    """Twelve pixels with 1 to 12 dead channels were listed as twelve reasons."""
+    kinds = {reason_kind(f"{k} NaN or inf value(s)") for k in range(1, 13)}
+    assert kinds == {"# NaN or inf value"}
+    assert reason_kind("only 3 points in the Mn L2,3 region 630-665 eV; at least 20 are needed") == \
+        "only # points in the Mn L2,3 region #-# eV; at least # are needed"
+
+
 def test_different_reasons_stay_apart():
     assert reason_kind("no edge detectable above the noise (edge/noise 3.1 < 6.0)") != reason_kind("3 NaN or inf value(s)")
