@@ -175,6 +175,7 @@ def _read_verified(d: Path) -> Artifact:
     else:
         log.warning("%s has no checksum of its own (written before cards carried one): an edit to its calibration "
                     "or thresholds would go unnoticed; re-export or recalibrate to add it", card_path)
+    _check_card_content(card_path, card)
     files = card.get("files")
     if not isinstance(files, dict) or not files:
         raise ArtifactError(f"{card_path} lists no files")
@@ -190,6 +191,32 @@ def _read_verified(d: Path) -> Artifact:
             raise ArtifactError(f"artifact {d}: {name} fails its SHA-256 check (expected {digest[:12]}..., got {actual[:12]}...)")
         contents[name] = data
     return Artifact(path=d, card=card, contents=contents)
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_card_content(card_path: Path, card: dict) -> None:
+    """Refuse a card that lacks what loading its model reads (a signed card of another tool, or cut short):
+    the store installed and listed such a model as fine, and every later load of it failed."""
+    from mnedge_live.calibration import StdCalibration
+
+    problems = []
+    if not isinstance(card.get("model_id"), str) or not card["model_id"]:
+        problems.append("model_id (a non-empty string)")
+    inp = card.get("input")
+    if not (isinstance(inp, dict) and _number(inp.get("work_step_eV")) and isinstance(inp.get("preprocessing"), str)
+            and isinstance(inp.get("grid_points"), int) and inp["grid_points"] > 0):
+        problems.append("input (work_step_eV, preprocessing, grid_points)")
+    if not isinstance(card.get("network"), dict):
+        problems.append("network (the architecture)")
+    try:
+        StdCalibration(card["calibration"])
+    except Exception as exc:   # noqa: BLE001 - a missing key, a wrong type or shape: all mean "unusable"
+        problems.append(f"calibration ({type(exc).__name__}: {exc})")
+    if problems:
+        raise ArtifactError(f"{card_path} is not a usable model card: missing or malformed {'; '.join(problems)}")
 
 
 def _check_listed_file(card_path: Path, name: object, digest: object) -> None:

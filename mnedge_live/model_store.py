@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnedge_live.artifact import Artifact, ArtifactError, default_artifact_path, load_artifact
+from mnedge_live.artifact import CARD_NAME, Artifact, ArtifactError, default_artifact_path, load_artifact
 
 #: Environment variable naming the store directory.
 HOME_ENV = "MNEDGE_HOME"
@@ -363,7 +363,12 @@ class ModelStore:
             raise StoreError(f"model {model_id} is already installed in {self.root}; pass --force to replace it")
         # Copy and verify outside the lock (readers wait only for the swap), under a temporary name.
         with self._copy_folder(model_id) as tmp:
-            shutil.copytree(src.path, tmp, dirs_exist_ok=True)
+            # the card and the files it lists, as verified, and nothing else: a source folder with a training
+            # run beside the files (or a symlink to one, or a link loop) was copied whole
+            for name, data in src.contents.items():
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                (tmp / name).write_bytes(data)
+            shutil.copyfile(src.path / CARD_NAME, tmp / CARD_NAME)
             verified = load_artifact(tmp)  # the copy is what will be used: verify it, not only the source
             old = None
             try:

@@ -71,6 +71,40 @@ def test_tampered_artifact_is_refused_and_nothing_is_installed(two_models, home,
     assert store.installed() == [] and not store.root.exists()  # refused before the store is touched
 
 
+@pytest.mark.parametrize("drop", ["model_id", "calibration", "input", "network"])
+def test_a_signed_card_without_what_loading_reads_is_refused_at_install(two_models, home, tmp_path, drop, capsys):
+    """A re-signed card without its calibration installed, was used and listed as fine, and every later load
+    failed; without its model_id, install died with a KeyError traceback (exit 1)."""
+    import json
+
+    from mnedge_live.artifact import CARD_NAME, write_card
+
+    bad = tmp_path / "bad"
+    shutil.copytree(two_models[0], bad)
+    card = json.loads((bad / CARD_NAME).read_text())
+    del card[drop]
+    card.pop("files")
+    write_card(bad, card)
+    with pytest.raises(ArtifactError, match=f"not a usable model card: missing or malformed {drop}"):
+        load_artifact(bad)
+    assert main(["models", "install", str(bad)]) == 2
+    assert "not a usable model card" in capsys.readouterr().err
+    assert ModelStore().installed() == []
+
+
+def test_install_copies_only_the_card_and_the_files_it_lists(two_models, home, tmp_path):
+    """The whole source folder was copied, symlinks followed: a training run linked beside the model went
+    into the store, and a link loop failed the install with an error blaming the store."""
+    src = tmp_path / "src"
+    shutil.copytree(two_models[0], src)
+    (src / "notes.txt").write_text("not listed")
+    (src / "runs").symlink_to(tmp_path)            # a loop: tmp_path holds src
+    art = ModelStore().install(src)
+    listed = set(load_artifact(src).card["files"]) | {"model_card.json"}
+    assert {p.relative_to(art.path).as_posix() for p in art.path.rglob("*") if p.is_file()} == listed
+    assert not (art.path / "runs").exists()
+
+
 def test_use_and_rollback_walk_the_history(two_models, home):
     a, b = two_models
     store = ModelStore()

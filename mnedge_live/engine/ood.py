@@ -118,6 +118,9 @@ class OodScore:
         if mean.ndim != 1 or whitening.shape != (mean.size, mean.size):
             raise ArtifactError(f"{artifact.path}: {OOD_FILE} whitening {whitening.shape} does not match "
                                 f"mean {mean.shape}")
+        values = (mean, whitening, np.array([threshold, quantile, *edges, *bands]))
+        if not all(np.isfinite(v).all() for v in values):   # a NaN threshold would turn the rule off, silently
+            raise ArtifactError(f"{artifact.path}: out-of-distribution statistics or thresholds are not finite")
         try:
             return cls(mean=mean, whitening=whitening, threshold=threshold, quantile=quantile,
                        psnr_edges_db=edges, band_thresholds=bands)
