@@ -16,11 +16,24 @@ def machine() -> dict:
             "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
     try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith("model name") and "cpu" not in info:
                     info["cpu"] = line.split(":", 1)[1].strip()
-                    break
+                elif line.startswith("flags") and "cpu_flags" not in info:
+                    flags = set(line.split(":", 1)[1].split())
+                    info["cpu_flags"] = sorted(flags & {"avx", "avx2", "avx512f", "avx512_bf16", "amx_tile", "fma"})
+                elif line.startswith("cpu MHz") and "cpu_mhz" not in info:
+                    info["cpu_mhz"] = float(line.split(":", 1)[1])
+        with open("/proc/meminfo") as f:
+            info["mem_total_gib"] = round(int(f.readline().split()[1]) / 2**20, 1)
+        info["load_average"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
     if torch.cuda.is_available():

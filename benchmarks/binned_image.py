@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,10 +69,14 @@ def main() -> int:
     ap.add_argument("--psnr", type=float, default=5.0, help="PSNR (dB) of every pixel")
     ap.add_argument("--model")
     args = ap.parse_args()
-    path = Path(tempfile.mkdtemp(prefix="mnedge-bin-")) / "low_dose.hspy"
-    truth = write_image(path, args.size, args.psnr)
-    emit({"size": f"{args.size}x{args.size}", "psnr_db": args.psnr,
-          "by_bin": [readout(path, k, truth, args.model) for k in (1, 2, 4)], "machine": machine()}, args.json)
+    folder = Path(tempfile.mkdtemp(prefix="mnedge-bin-"))
+    try:
+        path = folder / "low_dose.hspy"
+        truth = write_image(path, args.size, args.psnr)
+        emit({"size": f"{args.size}x{args.size}", "psnr_db": args.psnr,
+              "by_bin": [readout(path, k, truth, args.model) for k in (1, 2, 4)], "machine": machine()}, args.json)
+    finally:   # the image and its maps: never left behind
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

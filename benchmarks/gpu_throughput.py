@@ -264,6 +264,8 @@ def onnxruntime_cuda(artifact: Any, device: torch.device) -> tuple[Callable[[tor
 
     def run(x: torch.Tensor) -> Any:
         x = x.to(torch.float32).contiguous()
+        if x.is_cuda:   # ONNX Runtime reads the buffer on its own stream: torch's writes to it must be done
+            torch.cuda.current_stream(x.device).synchronize()
         io = sess.io_binding()
         io.bind_input("x", ort_device, dev_id, np.float32, tuple(x.shape), x.data_ptr())
         for n in names:

@@ -89,11 +89,16 @@ def run(args: argparse.Namespace, folder: Path) -> int:
         "image_written_s": round(t_write, 2), "image_mb": round(image.stat().st_size / 2**20, 1),
         "machine": machine(),
     }
+    failed = False
     for name, rc, err in (("table", rc_table, err_table), ("json", rc_json, err_json), ("maps", rc_maps, err_maps)):
-        if rc not in (0, 1):
+        if rc not in (0, 1):   # the command failed: its time is no reading time
             result[f"stderr_{name}"] = err
+            result[f"predict_{name}_s"] = None
+            failed = True
+    if rc_table not in (0, 1):
+        result["spectra_per_s_table"] = None
     emit(result, args.json)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

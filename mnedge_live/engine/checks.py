@@ -46,6 +46,16 @@ NO_EDGE_REASON = "no edge detectable above the noise"
 MAX_POINT_SPACING_EV = 2.0
 
 
+def looks_like_kev(lo, hi):
+    """An axis from ``lo`` to ``hi`` (numbers or arrays of them) that reads as keV: Mn L3 at 0.608-0.676."""
+    return (hi * 1e3 >= L3_PLAUSIBLE_EV[0]) & (lo * 1e3 <= L3_PLAUSIBLE_EV[1]) & (hi < 1.0)
+
+
+def misses_edge(lo, hi):
+    """An axis from ``lo`` to ``hi`` (numbers or arrays of them) that spans enough but holds no plausible L3."""
+    return (hi - lo >= MIN_SPAN_EV) & ((hi < L3_PLAUSIBLE_EV[0]) | (lo > L3_PLAUSIBLE_EV[1]))
+
+
 def check_axis(e: np.ndarray) -> np.ndarray:
     """Refuse an energy axis that cannot carry a Mn L2,3 spectrum (ValueError with the reason).
 
@@ -64,10 +74,10 @@ def check_axis(e: np.ndarray) -> np.ndarray:
     if bad.any():
         raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
     lo, hi = float(e.min()), float(e.max())
-    if hi * 1e3 >= L3_PLAUSIBLE_EV[0] and lo * 1e3 <= L3_PLAUSIBLE_EV[1] and hi < 1.0:
+    if looks_like_kev(lo, hi):
         raise ValueError(f"axis {lo:.4f}-{hi:.4f} looks like keV; the engine reads eV "
                          "(multiply the energies by 1000)")
-    if hi - lo >= MIN_SPAN_EV and (hi < L3_PLAUSIBLE_EV[0] or lo > L3_PLAUSIBLE_EV[1]):
+    if misses_edge(lo, hi):
         raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
                          f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
     inside = (e >= ANALYSIS_WINDOW_EV[0]) & (e <= ANALYSIS_WINDOW_EV[1])

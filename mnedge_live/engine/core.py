@@ -22,9 +22,18 @@ from mnedge_live.artifact import Artifact, load_artifact
 from mnedge_live.calibration import StdCalibration
 from mnedge_live.cores import usable_cores
 from mnedge_live.engine.backends import Backend, make_backend
-from mnedge_live.engine.checks import MIN_POINTS, RowChecks, check_and_resample, check_axis, finite_rows
+from mnedge_live.engine.checks import (
+    MIN_POINTS,
+    RowChecks,
+    check_and_resample,
+    check_axis,
+    finite_rows,
+    looks_like_kev,
+    misses_edge,
+)
 from mnedge_live.engine.ood import OodScore
 from mnedge_live.preprocessing import (
+    ANALYSIS_WINDOW_EV,
     WORK_STEP_EV,
     Prepared,
     Resampled,
@@ -100,6 +109,11 @@ def _same_shape_numeric(y, energy: np.ndarray) -> bool:
     return isinstance(y, np.ndarray) and y.shape == energy.shape and y.dtype.kind in "fiu"
 
 
+#: Axes whose points relative to their first one agree to this (eV) are one axis shifted
+#: (:meth:`Engine._shifted_axis_groups`): far below any spacing a spectrometer or monochromator sets.
+SHIFT_TOLERANCE_EV = 1e-9
+
+
 class WorkRows(NamedTuple):
     """A batch of resampled spectra on the work axis, with what their measured points told (one row each).
 
@@ -127,10 +141,12 @@ class WorkRows(NamedTuple):
                    np.array([r.clipped for r in rows]), bridged)
 
     @classmethod
-    def shared(cls, r: Resampled) -> WorkRows:
-        """Rows resampled together from one axis (:func:`~mnedge_live.preprocessing.resample_shared_axis`)."""
+    def shared(cls, r: Resampled, starts: np.ndarray | None = None) -> WorkRows:
+        """Rows resampled together from one axis (:func:`~mnedge_live.preprocessing.resample_shared_axis`);
+        ``starts``: each row's own first energy where the rows' axes are that axis shifted."""
         b = len(r.values)
-        return cls(np.full(b, r.start), r.values.astype(np.float32), np.ones(r.values.shape, bool), r.noise,
+        return cls(np.full(b, r.start) if starts is None else np.asarray(starts, np.float64),
+                   r.values.astype(np.float32), np.ones(r.values.shape, bool), r.noise,
                    r.spikes, np.full(b, r.spacing), r.clipped,
                    np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None)
 
@@ -231,7 +247,8 @@ class Engine:
         results: list[SpectrumResult | None] = [None] * len(spectra)
         single: list[int] = []
         with torch.inference_mode():
-            for idx in self._shared_axis_groups(spectra, single):
+            alone: list[int] = []
+            for idx in self._shared_axis_groups(spectra, alone):
                 energy = spectra[idx[0]][0]
                 shaped: list[int] = []
                 for i in idx:
@@ -239,8 +256,59 @@ class Engine:
                 if shaped:
                     block = _float_rows(np.asarray([spectra[i][1] for i in shaped]))
                     self._answer_shared(energy, block, shaped, results, single)
+            for idx, starts in self._shifted_axis_groups(spectra, alone, single):
+                energy = spectra[idx[0]][0]
+                block = _float_rows(np.asarray([spectra[i][1] for i in idx]))
+                self._answer_shared(energy, block, idx, results, single, starts)
             self._answer_single(spectra, sorted(single), results)
         return results
+
+    @staticmethod
+    def _shifted_axis_groups(spectra: Sequence, idx: list[int], single: list[int]) -> list[tuple[list[int], np.ndarray]]:
+        """Spectra ``idx`` whose axes are one axis shifted (events of one spectrometer whose offset drifts, files
+        of one instrument), each group with its rows' first energies; the rest go to ``single``.
+
+        Axes group when their points relative to their first one agree to :data:`SHIFT_TOLERANCE_EV`; the
+        group's first axis passes :func:`~mnedge_live.engine.checks.check_axis` and every axis lies inside
+        the analysis window and passes its range checks (the only ones a shift can change), so that the
+        group resamples as one matrix on its first axis (:meth:`_answer_shared`), each row keeping its own
+        start: the shared path's answers, at a fraction of the per-spectrum path's cost.
+        """
+        candidates: dict[tuple, list[int]] = {}
+        for i in idx:
+            item = spectra[i]
+            e = item[0] if isinstance(item, tuple) and len(item) == 2 else None
+            if (isinstance(e, np.ndarray) and e.ndim == 1 and e.dtype.kind == "f" and e.size >= MIN_POINTS
+                    and _same_shape_numeric(item[1], e)):
+                key = (e.size, round(float(e[1] - e[0]) / SHIFT_TOLERANCE_EV),
+                       round(float(e[-1] - e[0]) / SHIFT_TOLERANCE_EV))   # NaN or inf: no group
+                candidates.setdefault(key if all(map(np.isfinite, key[1:])) else i, []).append(i)
+            else:
+                single.append(i)
+        out = []
+        for members in candidates.values():
+            if len(members) < 2:
+                single.extend(members)
+                continue
+            axes = np.stack([spectra[i][0] for i in members]).astype(np.float64, copy=False)
+            starts = axes[:, 0]
+            rel = axes - starts[:, None]
+            lo, hi = starts, axes[:, -1]
+            ok = (np.isfinite(axes).all(axis=1) & (np.abs(rel - rel[0]).max(axis=1) <= SHIFT_TOLERANCE_EV)
+                  & (lo >= ANALYSIS_WINDOW_EV[0]) & (hi <= ANALYSIS_WINDOW_EV[1])
+                  & ~looks_like_kev(lo, hi) & ~misses_edge(lo, hi))
+            kept = [i for i, k in zip(members, ok) if k]
+            single.extend(i for i, k in zip(members, ok) if not k)
+            if len(kept) > 1:
+                try:
+                    check_axis(spectra[kept[0]][0])   # what no shift changes: points, span, spacing
+                except (ValueError, TypeError):
+                    single.extend(kept)
+                    continue
+                out.append((kept, starts[ok]))
+            else:
+                single.extend(kept)
+        return out
 
     def predict_shared_axis(self, energy: np.ndarray, intensities: np.ndarray) -> list[SpectrumResult]:
         """Read out many spectra measured on one energy axis (the pixels of a spectrum image).
@@ -340,9 +408,10 @@ class Engine:
         return out
 
     def _answer_shared(self, e: np.ndarray, y: np.ndarray, idx: list[int], results: list,
-                       single: list[int]) -> None:
+                       single: list[int], starts: np.ndarray | None = None) -> None:
         """Answer rows ``y`` (spectra ``idx``) on one strictly ascending axis as a matrix.
 
+        ``starts``: the rows' axes are ``e`` shifted to start there (:meth:`_shifted_axis_groups`).
         Anything unusual (an axis that fails its check or is not strictly
         ascending, a non-finite or constant row) goes to ``single``: the
         per-spectrum path words the rejection, so both paths answer the same.
@@ -365,13 +434,15 @@ class Engine:
             single.extend(i for i, keep in zip(idx, ok) if not keep)
             y = y[ok]
             idx = [i for i, keep in zip(idx, ok) if keep]
+            starts = None if starts is None else starts[ok]
             hi, lo = hi[hi > lo], lo[hi > lo]
         scaled = rescale_extreme_rows(y, np.maximum(np.abs(hi.astype(np.float64)), np.abs(lo.astype(np.float64))))
         top, y = (hi if scaled is y else None), scaled
         step = self._batch_rows
         for k in range(0, len(idx), step):
             r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV, None if top is None else top[k:k + step])
-            self._answer_rows(idx[k:k + step], WorkRows.shared(r), results)
+            self._answer_rows(idx[k:k + step], WorkRows.shared(r, None if starts is None else starts[k:k + step]),
+                              results)
 
     def _answer_rows(self, idx: list[int], rows: WorkRows, results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
