@@ -583,9 +583,10 @@ def load_engine(path: str | None = None, backend: str = "auto", warmup: bool = T
         Parts a large batch is split into and read out at once, one CPU
         thread each (:class:`Engine`). None: one per usable core on a CPU
         backend when ``threads`` is None, else 1 (a caller that sizes
-        ``threads`` runs its own parallelism). Measured on 2 cores, 1,024
-        spectra each on its own axis: 19.0-19.4k spectra/s with two workers,
-        13.8-14.0k with one call on two threads (benchmarks/RESULTS.md).
+        ``threads`` runs its own parallelism). Measured on 2 cores with two
+        workers, 1,024 spectra (benchmarks/RESULTS.md): 26-27k spectra/s on
+        one axis, 22-23k each on its own axis shifted, 4.9k on axes of
+        different spacing (each resampled alone).
     """
     if threads:
         torch.set_num_threads(int(threads))
