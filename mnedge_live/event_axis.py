@@ -20,6 +20,8 @@ from mnedge_live.config import LiveConfig
 
 #: Energy axes already computed, by descriptor uid and number of channels.
 AxisCache = dict[tuple[str, int], np.ndarray]
+#: Most axes one run keeps (descriptors times spectrum lengths; a run has one or two): the oldest goes first.
+MAX_CACHED_AXES = 8
 
 
 def configuration_values(desc: dict) -> dict:
@@ -84,5 +86,7 @@ def energy_axis(cfg: LiveConfig, desc: dict, row: dict, n: int, cache: AxisCache
     else:
         return "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV"
     if not per_event:
+        while len(cache) >= MAX_CACHED_AXES:   # spectra of ever new lengths (malformed or hostile) must not pile up
+            cache.pop(next(iter(cache)))
         cache[key] = e
     return e

@@ -122,3 +122,17 @@ def test_a_dispersion_field_without_an_offset_field_falls_back_to_the_configured
 def test_without_any_axis_source_the_spectrum_is_refused():
     assert energy_axis(LiveConfig(), _desc(), {}, N, {}) == (
         "no energy axis: give energy_field, dispersion/offset fields, energy_axis or dispersion_eV/offset_eV")
+
+
+def test_the_axis_cache_of_a_run_stays_small_whatever_lengths_arrive():
+    """One axis was kept per spectrum length for the whole run: spectra of ever new lengths (up to 65,536
+    channels each) could hold gigabytes."""
+    from mnedge_live.event_axis import MAX_CACHED_AXES
+
+    cfg, cache = LiveConfig(dispersion_eV=0.1, offset_eV=630.0), {}
+    last = 16 + 5 * MAX_CACHED_AXES - 1
+    for n in range(16, last + 1):
+        e = energy_axis(cfg, _desc(), {}, n, cache)
+        assert e.shape == (n,) and e[1] - e[0] == pytest.approx(0.1)
+    assert len(cache) == MAX_CACHED_AXES and max(k[1] for k in cache) == last
+    assert energy_axis(cfg, _desc(), {}, last, cache) is cache[("d1", last)]   # the recent ones are reused
