@@ -35,6 +35,9 @@ def engine(tiny_artifact):
     (np.arange(620.0, 680.0, 0.25), np.random.default_rng(2).normal(1.0, 0.1, 240), "no edge detectable"),
     (E, np.ones(E.size), "constant"),
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
+    # one line where L2 is measured: refused by its missing L2 (the tiny model has no OOD rule to hide behind)
+    (E, np.exp(-0.5 * ((E - 641.0) / 0.7) ** 2) + 0.05 + np.random.default_rng(3).normal(0, 0.01, E.size),
+     "no L2 line above the L3 maximum"),
     (np.linspace(640.0, 643.0, 40), mn_like(np.linspace(640.0, 643.0, 40)), "spans only"),
     (E / 1000.0, mn_like(), "looks like keV"),                  # exported in keV: say so, do not guess
     (E, -mn_like(), "inverted"),                                # a negative drain current
@@ -122,6 +125,12 @@ def test_spectra_on_shifted_axes_answer_like_single_spectra_each_at_its_own_ener
     items.append((E + 80.0, mn_like(e=E + 80.0, l3=721.0)))      # same points, shifted out of the window
     items.append((E + 1.0, np.ones(E.size)))                     # constant
     items.append((E * 1.0005 + 0.3, mn_like(e=E * 1.0005 + 0.3, seed=9)))   # another dispersion: alone
+    bump = np.zeros(E.size)
+    bump[2:-1] = 0.5 * np.sin(np.pi * np.arange(E.size - 3) / (E.size - 3))
+    items.append((E + bump + 2.0, mn_like(e=E + bump + 2.0, l3=643.0, seed=10)))   # same ends, other interior
+    short = np.arange(600.0, 625.0, 0.1)
+    items.append((short - 20.0, mn_like(e=short - 20.0, l3=590.0, seed=11)))   # 580-605 eV: inside the window,
+    items.append((short, mn_like(e=short, l3=610.0, seed=12)))                 # but misses the edge; its shift
     grouped = []
     real = Engine._answer_shared
     monkeypatch.setattr(Engine, "_answer_shared",
@@ -139,6 +148,8 @@ def test_spectra_on_shifted_axes_answer_like_single_spectra_each_at_its_own_ener
     offsets = np.array([r.energy_offset_eV for r in batch[:6]])
     assert np.allclose(offsets - offsets[0], shifts, atol=0.05)
     assert "misses the Mn L2,3 edge" in batch[6].reason and "constant" in batch[8].reason
+    assert all(10 not in g and 11 not in g for g in grouped)   # neither joins a shifted group
+    assert "misses the Mn L2,3 edge" in batch[11].reason
 
 
 def test_shared_axis_entry_answers_like_predict_and_counts_every_row(engine):

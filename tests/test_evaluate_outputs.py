@@ -99,3 +99,19 @@ def test_every_spectrum_falls_in_a_robustness_bin_beyond_the_last_edge(tiny_arti
     assert sum(r["n"] for r in curves["resolution_fwhm"]) == 64
     assert sum(r["n"] for r in curves["offset"]) == 64
     assert curves["resolution_fwhm"][-1]["high"] == pytest.approx(float(res.max()))
+
+
+def test_accuracy_0_1_counts_rows_whose_three_errors_are_all_at_most_0_1():
+    """The definition the README states (the paper's accuracy made exact); every other test compares two
+    models through this function, so a changed definition went unnoticed."""
+    true = np.array([[0.5, 0.5, 0.0]] * 6)
+    pred = np.array([[0.6, 0.4, 0.0],      # every error 0.1: counts
+                     [0.61, 0.39, 0.0],    # 0.11: does not
+                     [0.5, 0.3, 0.2],      # one error within, two beyond: does not
+                     [0.5, 0.5, 0.0],      # exact: counts
+                     [np.nan] * 3,         # rejected: a failure
+                     [0.45, 0.5, 0.05]])   # counts
+    m = E.fraction_metrics(pred, true)
+    assert m["accuracy_0.1"] == pytest.approx(3 / 6) and m["answered"] == 5 and m["n"] == 6
+    assert m["valence_mae"] == pytest.approx(np.mean([0.1, 0.11, 0.2, 0.0, 0.1]))
+

@@ -590,3 +590,27 @@ def test_maps_past_the_open_runs_budget_are_not_kept_and_the_stop_says_why(engin
     assert "maps_h5" not in b and "would pass" in b["maps_error"]
     assert b["processed"] + b["rejected"] == 4        # every pixel still read and published
     assert cb.totals["bad_documents"] == 0
+
+
+def test_the_map_budget_holds_one_full_map_and_a_growing_map_counts_once(engine, source, tmp_path, monkeypatch):
+    """The real budget was never checked (every test patched it); a map that grows must not count its old copy
+    against the budget beside the new one."""
+    import mnedge_live.callback as callback
+    from mnedge_live.assembly import ValenceMaps
+    from mnedge_live.map_geometry import MAX_MAP_PIXELS, MAX_OPEN_MAP_BYTES
+
+    largest = ValenceMaps.bytes_for((math.isqrt(MAX_MAP_PIXELS),) * 2)
+    assert largest <= MAX_OPEN_MAP_BYTES < 2 * largest
+    monkeypatch.setattr(callback, "MAX_OPEN_MAP_BYTES", ValenceMaps.bytes_for((1, 4)))
+    pixels = [(0, 0), (0, 1), (0, 2), (0, 3)]   # pixel fields: the map grows (1, 1) -> (1, 2) -> (1, 4)
+    _, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (len(pixels), 1)), eels=True)
+    out: list = []
+    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
+                     maps_dir=str(tmp_path), max_batch=1)
+    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
+    for name, doc in _pixel_docs(list(spectra), pixels):
+        cb(name, doc)
+    stop = out[-1][1]
+    assert "maps_error" not in stop
+    with h5py.File(stop["maps_h5"]) as f:
+        assert f["valence"].shape == (1, 4) and (np.isfinite(f["valence"][0]) | f["rejected"][0]).all()

@@ -206,12 +206,32 @@ def test_check_folder_looks_without_making_anything(tmp_path, monkeypatch):
     assert not c.ok and c.line().startswith(f"FAIL maps_dir: {tmp_path / 'f'} cannot be used")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_check_folder_without_permission(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    c = check_folder("plot_dir", str(locked / "plots"))
-    assert not c.ok and f"no permission to write in {locked}" in c.detail
+    """As the service's user would meet it; root may write anywhere, so as root the check runs in a child
+    process that has become the unprivileged user ``nobody`` (it was skipped as root before)."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        c = check_folder("plot_dir", str(locked / "plots"))
+        assert not c.ok and f"no permission to write in {locked}" in c.detail
+        return
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp())   # pytest's own folders are private to root: the child could not reach them
+    try:
+        base.chmod(0o755)
+        locked = base / "locked"
+        locked.mkdir(mode=0o555)
+        code = ("import os, sys; from mnedge_live.health import check_folder; os.setgid(65534); os.setuid(65534); "
+                "c = check_folder('plot_dir', sys.argv[1]); print(c.ok); print(c.detail)")
+        r = subprocess.run([sys.executable, "-c", code, str(locked / "plots")], capture_output=True, text=True,
+                           timeout=60, cwd="/", env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert r.returncode == 0, r.stderr
+    ok, detail = r.stdout.splitlines()[:2]
+    assert ok == "False" and f"no permission to write in {locked}" in detail
 
 
 def test_check_interfaces():

@@ -83,9 +83,11 @@ def test_feedback_plan_repeats_the_scan_until_the_valence_crosses(ioc):
     before = readout.readouts.get()
     RE(valence_feedback_plan([dets], mono, 630, 665, 36, readout, threshold=-1.0, max_scans=3))
     status = readout.status.get()
+    if "tiny" not in cb.engine.model_id:   # the shipped model reads the simulated sample (truth 3.8; 1 eV steps,
+        assert status.startswith("ok"), status   # and Mn3+/Mn4+ mixtures read low: 3.50, README's known limits)
+        assert abs(readout.valence.get() - 3.8) < 0.45
     if status.startswith("ok"):
         assert readout.readouts.get() == before + 1  # stopped after the first scan
-        assert 2.0 <= readout.valence.get() <= 4.0
     else:
         assert math.isnan(readout.valence.get())  # rejected readouts never end the series
         assert readout.readouts.get() == before + 3

@@ -92,6 +92,21 @@ def test_a_signed_card_without_what_loading_reads_is_refused_at_install(two_mode
     assert ModelStore().installed() == []
 
 
+def test_rollback_refuses_a_previous_model_that_fails_verification(two_models, home):
+    """Rolling back switched to the previous model without checking it; a tampered one would have been used."""
+    a, b = two_models
+    store = ModelStore()
+    store.install(a, use=True)
+    store.install(b, use=True)
+    onnx = store.model_path("site-a") / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        store.rollback()
+    assert store.state().in_use == "site-b" and store.state().history[-1] == "site-a"
+
+
 def test_install_copies_only_the_card_and_the_files_it_lists(two_models, home, tmp_path):
     """The whole source folder was copied, symlinks followed: a training run linked beside the model went
     into the store, and a link loop failed the install with an error blaming the store."""
