@@ -129,8 +129,8 @@ def test_spectra_on_shifted_axes_answer_like_single_spectra_each_at_its_own_ener
     bump[2:-1] = 0.5 * np.sin(np.pi * np.arange(E.size - 3) / (E.size - 3))
     items.append((E + bump + 2.0, mn_like(e=E + bump + 2.0, l3=643.0, seed=10)))   # same ends, other interior
     short = np.arange(600.0, 625.0, 0.1)
-    items.append((short - 20.0, mn_like(e=short - 20.0, l3=590.0, seed=11)))   # 580-605 eV: inside the window,
-    items.append((short, mn_like(e=short, l3=610.0, seed=12)))                 # but misses the edge; its shift
+    items.append((short, mn_like(e=short, l3=610.0, seed=12)))                 # 600-625 eV; shifted to 580-605
+    items.append((short - 20.0, mn_like(e=short - 20.0, l3=590.0, seed=11)))   # eV: inside the window, but
     grouped = []
     real = Engine._answer_shared
     monkeypatch.setattr(Engine, "_answer_shared",
@@ -148,8 +148,8 @@ def test_spectra_on_shifted_axes_answer_like_single_spectra_each_at_its_own_ener
     offsets = np.array([r.energy_offset_eV for r in batch[:6]])
     assert np.allclose(offsets - offsets[0], shifts, atol=0.05)
     assert "misses the Mn L2,3 edge" in batch[6].reason and "constant" in batch[8].reason
-    assert all(10 not in g and 11 not in g for g in grouped)   # neither joins a shifted group
-    assert "misses the Mn L2,3 edge" in batch[11].reason
+    assert all(10 not in g and 12 not in g for g in grouped)   # neither joins a shifted group
+    assert "misses the Mn L2,3 edge" in batch[12].reason
 
 
 def test_shared_axis_entry_answers_like_predict_and_counts_every_row(engine):
