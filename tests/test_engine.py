@@ -130,7 +130,7 @@ def test_spectra_on_shifted_axes_answer_like_single_spectra_each_at_its_own_ener
     items.append((E + bump + 2.0, mn_like(e=E + bump + 2.0, l3=643.0, seed=10)))   # same ends, other interior
     short = np.arange(600.0, 625.0, 0.1)
     items.append((short, mn_like(e=short, l3=610.0, seed=12)))                 # 600-625 eV; shifted to 580-605
-    items.append((short - 20.0, mn_like(e=short - 20.0, l3=590.0, seed=11)))   # eV: inside the window, but
+    items.append((short - 20.0, mn_like(e=short - 20.0, l3=590.0, seed=11)))   # eV: in the window, no edge
     grouped = []
     real = Engine._answer_shared
     monkeypatch.setattr(Engine, "_answer_shared",
