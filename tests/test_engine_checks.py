@@ -1,0 +1,75 @@
+"""The engine's rejection rules (:class:`mnedge_live.engine.checks.RowChecks`) at their thresholds, one rule
+at a time on hand-made diagnostics: each refuses just past its limit with its own reason and lets the row
+through just inside it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mnedge_live.engine.checks import RowChecks, looks_like_kev, misses_edge
+from mnedge_live.preprocessing.constants import (
+    L3_PLAUSIBLE_EV,
+    MAX_DIP_DEPTH,
+    MIN_EDGE_SNR,
+    MIN_L2_HEIGHT,
+    MIN_L3_DROP,
+    MN_SPACING_ACCEPTED_EV,
+)
+
+GOOD = dict(l3_ev=641.0, shift_ev=0.0, edge_snr=50.0, l2_spacing_ev=11.0, l2_height=0.4, l2_covered=True,
+            pre_edge_covered=True, l3_covered=True, psnr_db=30.0, l3_drop=0.5, dip_depth=0.1, background=0.0,
+            ood_score=1.0, output_finite=True)
+
+
+def checks(**changed) -> RowChecks:
+    """One row of diagnostics: GOOD with ``changed``."""
+    row = {**GOOD, **changed}
+    return RowChecks(**{k: np.array([v]) for k, v in row.items()}, ood=None)
+
+
+def test_a_good_row_passes():
+    c = checks()
+    assert not c.rejected()[0] and c.reason(0) == ""
+
+
+@pytest.mark.parametrize("field, inside, outside, reason", [
+    ("edge_snr", MIN_EDGE_SNR, MIN_EDGE_SNR - 0.01, "no edge detectable"),
+    ("l3_ev", L3_PLAUSIBLE_EV[1], L3_PLAUSIBLE_EV[1] + 0.1, "is not the Mn L3 edge"),
+    ("l3_ev", L3_PLAUSIBLE_EV[0], L3_PLAUSIBLE_EV[0] - 0.1, "is not the Mn L3 edge"),
+    ("l3_drop", MIN_L3_DROP, MIN_L3_DROP - 0.001, "no L3 line"),
+    ("dip_depth", MAX_DIP_DEPTH, MAX_DIP_DEPTH + 0.01, "dips"),
+    ("l3_covered", True, False, "does not reach"),
+    ("l2_spacing_ev", MN_SPACING_ACCEPTED_EV[1], MN_SPACING_ACCEPTED_EV[1] + 0.05, "L3-L2 spacing"),
+    ("l2_spacing_ev", MN_SPACING_ACCEPTED_EV[0], MN_SPACING_ACCEPTED_EV[0] - 0.05, "L3-L2 spacing"),
+    ("l2_height", MIN_L2_HEIGHT, MIN_L2_HEIGHT - 0.001, "no L2 line"),
+    ("output_finite", True, False, "NaN or inf"),
+])
+def test_each_rule_refuses_just_past_its_limit_with_its_reason(field, inside, outside, reason):
+    ok, bad = checks(**{field: inside}), checks(**{field: outside})
+    assert not ok.rejected()[0] and ok.reason(0) == ""
+    assert bad.rejected()[0] and reason in bad.reason(0)
+
+
+def test_rules_on_l2_apply_only_where_l2_is_measured():
+    c = checks(l2_covered=False, l2_spacing_ev=np.nan, l2_height=np.nan)
+    assert not c.rejected()[0] and c.reason(0) == ""
+
+
+def test_rejected_and_reason_agree_row_by_row():
+    rows = [GOOD, {**GOOD, "l3_drop": 0.01}, {**GOOD, "edge_snr": np.nan}, {**GOOD, "l2_height": 0.0}]
+    c = RowChecks(**{k: np.array([r[k] for r in rows]) for k in GOOD}, ood=None)
+    assert c.rejected().tolist() == [bool(c.reason(j)) for j in range(len(rows))] == [False, True, True, True]
+
+
+def test_axis_range_rules():
+    assert looks_like_kev(0.63, 0.66) and not looks_like_kev(630.0, 660.0)
+    assert misses_edge(580.0, 605.0) and misses_edge(680.0, 700.0)
+    assert not misses_edge(600.0, 625.0) and not misses_edge(580.0, 584.0)   # too short to tell: other rules
+    assert np.array_equal(misses_edge(np.array([580.0, 600.0]), np.array([605.0, 625.0])), [True, False])
+
+
+def test_every_field_is_exercised():
+    assert {f.name for f in dataclasses.fields(RowChecks)} - {"ood"} == set(GOOD)
