@@ -55,6 +55,8 @@ def test_groups_with_too_few_spectra_take_the_global_factor():
     z = np.concatenate([np.abs(rng.normal(0, 1.0, (1000, 4))), np.full((50, 4), 40.0)])
     cal = fit_calibration(z, f, min_group=200)
     assert np.allclose(cal["groups"]["std_scale"][1], cal["std_scale"])
+    # a group of exactly min_group spectra is enough for its own factors
+    assert not np.allclose(fit_calibration(z, f, min_group=50)["groups"]["std_scale"][1], cal["std_scale"])
 
 
 def test_a_card_without_groups_applies_its_global_factor_to_every_row():
