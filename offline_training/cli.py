@@ -258,6 +258,10 @@ def cmd_evaluate(args) -> int:
         Path(args.out).write_text(text)
     if args.json:
         print(text)
+        if gate_failed:   # the JSON goes to a file or a pipe: the operator still reads why nothing happened next
+            from offline_training.gate import gate_lines
+
+            print("mnedge-train evaluate: " + "\n".join(gate_lines(res["gate"])), file=sys.stderr)
     else:
         print("\n".join(evaluation_lines(res)))
     return 1 if gate_failed else 0

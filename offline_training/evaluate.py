@@ -569,7 +569,8 @@ def evaluate(engine: Engine, fm_config: ForwardConfig, bank, n: int = 20000, see
     true = b.fractions.numpy().astype(float)
     pred = engine_predictions(engine, b)
     eels = b.params["is_eels"].numpy() > 0.5
-    result = {"model": engine.model_id, "backend": engine.backend_name, "n": n, "seed": seed,
+    result = {"model": engine.model_id, "weights_sha256": engine.artifact.card.get("files", {}).get("weights.pt"),
+              "backend": engine.backend_name, "n": n, "seed": seed,
               "validation_limits": VALIDATION_LIMITS,
               "validation_ranges": {name: list(getattr(fm.config, name)) for name in VALIDATION_LIMITS},
               **fraction_metrics(pred["fractions"], true)}

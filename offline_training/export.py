@@ -8,7 +8,6 @@ import math
 import os
 import pickle
 import shutil
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -29,22 +28,11 @@ from mnedge_live.network import (
     count_parameters,
 )
 from mnedge_live.preprocessing import L3_REFERENCE_EV, MODEL_GRID, WORK_STEP_EV
+from offline_training.provenance import git_commit
 
 ONNX_OPSET = 17
 #: How the exported graph lays out the network (recorded in the card).
 GRAPH_FORM = "planar: 1-D feature stages as 2-D of height 1"
-
-
-def git_commit() -> str:
-    """Commit of the working tree the export runs in ('unknown' outside git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10, cwd=Path(__file__).parent).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def artifact_network(art) -> MnEdgeCNN:
@@ -83,7 +71,8 @@ def read_final(final_pt: str | Path) -> dict:
     if "optimizer" in ck and "std_scale" not in ck:
         where = f"step {ck.get('step')}" + (f" of {json.loads(ck['config'])['train']['steps']}" if "config" in ck else "")
         raise ValueError(f"{path} is an intermediate checkpoint ({where}): finish training with 'mnedge-train train "
-                         f"--resume --out {path.parent}', or export final.pt")
+                         f"--config CONFIG.toml --resume --out {path.parent}' (CONFIG.toml: the file it was trained "
+                         f"with; {path.parent / 'config.json'} holds its settings), or export final.pt")
     missing = [k for k in FINAL_KEYS if k not in ck]
     if missing:
         raise ValueError(f"{not_final}: it lacks {', '.join(missing)}")
@@ -340,14 +329,20 @@ def _write_artifact(final_pt: str | Path, out: Path, model_id: str | None, evalu
                         else {"std_scale": ck["std_scale"], "method": CALIBRATION_METHOD}),  # one global factor
         "training": {"config": json.loads(ck["config"]), "steps": int(ck["steps"]),
                      "train_seconds": float(ck.get("train_seconds", float("nan"))),
-                     "bank_sha256": ck.get("bank_sha256", ""), "git_commit": git_commit(),
+                     "bank_sha256": ck.get("bank_sha256", ""),
+                     # the code that trained (its last invocation's commit; each one's in runs), not the exporting one
+                     "git_commit": (json.loads(ck.get("runs") or "[{}]") or [{}])[-1].get("git_commit", "unrecorded"),
+                     "export_git_commit": git_commit(),
                      "runs": json.loads(ck.get("runs") or "null"),   # each invocation's start and steps
                      "init_from": json.loads(ck.get("init_from") or "null"),
                      "teacher": json.loads(ck.get("teacher") or "null"),
                      "torch_version": torch.__version__},
         "onnx": {"opset": ONNX_OPSET, "max_abs_difference_vs_torch": diff, "graph": GRAPH_FORM},
-        "evaluation": evaluation or {},
+        "evaluation": {},
     }
+    if evaluation is not None:
+        check_evaluation(evaluation, card["model_id"], hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest())
+        card["evaluation"] = evaluation
     if ood_spectra:
         from offline_training.ood import THRESHOLD_SET_FACTOR, fit_ood
 
@@ -409,6 +404,20 @@ def add_ood(artifact_dir: str | Path, spectra: int = 20000) -> Path:
     return d
 
 
+def check_evaluation(evaluation: object, model_id: str, weights_sha256: str | None) -> None:
+    """Refuse (``ValueError``) an evaluation to record in a card that is not of that model: another model id,
+    or other weights (``weights_sha256`` of ``evaluate``'s output; evaluations without it are checked by id)."""
+    if not isinstance(evaluation, dict) or "accuracy_0.1" not in evaluation:
+        raise ValueError("--evaluation: not the JSON of 'mnedge-train evaluate --out'")
+    if evaluation.get("model") != model_id:
+        raise ValueError(f"--evaluation is of model {evaluation.get('model')!r}, not of {model_id!r}: "
+                         "evaluate this artifact and give that file")
+    recorded = evaluation.get("weights_sha256")
+    if recorded is not None and weights_sha256 is not None and recorded != weights_sha256:
+        raise ValueError(f"--evaluation is of other weights of {model_id!r} ({recorded[:12]}..., these are "
+                         f"{weights_sha256[:12]}...): evaluate this artifact and give that file")
+
+
 def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_000_003,
                 evaluation: dict | None = None) -> Path:
     """Refit an artifact's uncertainty calibration (global and per group) and re-sign its card.
@@ -419,7 +428,8 @@ def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_0
     the config's seed and its own calibration from ``10_000_019 + seed``).
     ``evaluation`` (from ``mnedge-train evaluate`` of the recalibrated
     artifact) replaces the card's metrics, whose coverage figures the new
-    factors make stale. Returns the artifact directory.
+    factors make stale; without it the card's metrics are marked stale
+    (``evaluation["stale"]``). Returns the artifact directory.
     """
     from offline_training.train import calibrate_std
 
@@ -430,7 +440,11 @@ def recalibrate(artifact_dir: str | Path, spectra: int = 20000, seed: int = 20_0
     card["calibration"].update(git_commit=git_commit(),
                                refitted=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
     if evaluation is not None:
+        check_evaluation(evaluation, art.model_id, art.card["files"].get("weights.pt"))
         card["evaluation"] = evaluation
+    elif card.get("evaluation"):
+        card["evaluation"] = {**card["evaluation"], "stale": "the uncertainty calibration was refitted after this "
+                              f"evaluation ({card['calibration']['refitted']}): its coverage figures no longer apply"}
     write_card(d, card)
     load_artifact(d)
     return d

@@ -38,6 +38,7 @@ from offline_training.checkpoints import (
 from offline_training.devices import rank_and_world, to_device, training_device
 from offline_training.forward import ForwardModel
 from offline_training.generate import TrainingBatch, make_training_batch, stream
+from offline_training.provenance import git_commit
 from offline_training.train_config import TrainConfig, TrainSettings
 from offline_training.values import check_whole
 
@@ -257,7 +258,6 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed + rank)
-    out.mkdir(parents=True, exist_ok=True)
     bank = config.load_bank()
     fm = ForwardModel(bank, config.forward, device="cpu", compiled=s.compile_forward)
     model = MnEdgeCNN(config.network).to(device)   # initialized on the CPU (the same weights anywhere)
@@ -304,6 +304,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     else:
         origin = ""
     teacher, teacher_origin = load_teacher(s.teacher) if s.teacher else (None, None)
+    out.mkdir(parents=True, exist_ok=True)   # after the bank and the models it reads are found good: a refused
+    # run leaves no empty --out behind
     if teacher is not None:
         teacher = teacher.to(device)
         log.info("distilling from %s (%s)", s.teacher, teacher_origin["model_id"])
@@ -321,7 +323,8 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
     ema = _weight_average(model, s.ema_decay)   # starts at the initial (or fine-tuned from) weights
     if ema is not None and resume:
         ema.load_state_dict(ck["ema"])
-    runs.append({"from_step": step, "steps": s.steps, "seconds": 0.0})   # seconds: up to its last checkpoint
+    # seconds: up to its last checkpoint; the code and the processes of this invocation (a resume may differ)
+    runs.append({"from_step": step, "steps": s.steps, "seconds": 0.0, "git_commit": git_commit(), "processes": world})
     if rank == 0:
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     metrics_file = out / "metrics.csv"

@@ -20,7 +20,11 @@ def test_export_writes_card_with_checksums(tiny_artifact):
     assert {"model.onnx", "weights.pt"} <= set(card["files"])
     assert card["onnx"]["max_abs_difference_vs_torch"] <= 1e-4
     assert card["input"]["grid_points"] == 256
-    assert card["training"]["git_commit"]
+    # the code that trained (each invocation's, recorded at its start) and the one that exported, apart:
+    # the card named the exporting commit, one that did not exist when training began
+    runs = card["training"]["runs"]
+    assert runs and all(r["git_commit"] and r["processes"] == 1 for r in runs)
+    assert card["training"]["git_commit"] == runs[-1]["git_commit"] and card["training"]["export_git_commit"]
     assert len(card["calibration"]["std_scale"]) == 4
 
 

@@ -152,3 +152,31 @@ def _parser_whose_command_imports(module: str):
         return p
 
     return build
+
+
+def test_an_evaluation_of_other_weights_is_refused_and_a_recalibration_marks_the_metrics_stale(tmp_path, capsys,
+                                                                                              tiny_artifact):
+    """Any JSON was recorded as a card's evaluation (another model's 0.99 accuracy, exit 0), and a recalibration
+    kept metrics whose coverage it had just made stale."""
+    import json
+
+    from mnedge_live.artifact import load_artifact
+
+    final = Path(tiny_artifact).parent / "run" / "final.pt"
+    ev = tmp_path / "ev.json"
+    export = ["export", str(final), "--out", str(tmp_path / "a"), "--model-id", "site-v1", "--evaluation", str(ev),
+              "--ood-spectra", "0"]
+    for evaluation, needle in (({"model": "mnedge-default-v12", "accuracy_0.1": 0.99}, "is of model 'mnedge-default-v12'"),
+                               ({"model": "site-v1", "accuracy_0.1": 0.9, "weights_sha256": "0" * 64}, "other weights"),
+                               ({"model": "site-v1"}, "not the JSON of")):
+        ev.write_text(json.dumps(evaluation))
+        assert mnedge_train(export) == 2
+        assert needle in capsys.readouterr().err
+        assert not (tmp_path / "a").exists()
+    ev.write_text(json.dumps({"model": "site-v1", "accuracy_0.1": 0.5}))   # written before evaluations named weights
+    assert mnedge_train(export) == 0
+    capsys.readouterr()
+    assert load_artifact(tmp_path / "a").card["evaluation"]["accuracy_0.1"] == 0.5
+    assert mnedge_train(["recalibrate", str(tmp_path / "a"), "--spectra", "256"]) == 0
+    evaluation = load_artifact(tmp_path / "a").card["evaluation"]
+    assert evaluation["accuracy_0.1"] == 0.5 and "no longer apply" in evaluation["stale"]

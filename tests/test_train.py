@@ -229,6 +229,7 @@ def test_torchrun_two_cpu_processes_on_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(tmp_path / "ddp" / "final.pt", weights_only=True)
     assert ck["steps"] == 6
+    assert [r["processes"] for r in json.loads(ck["runs"])] == [2]   # the batch was 2 x batch_size: say so
     # each rank ends without the interpreter's shutdown (cli.end_if_torchrun_worker): its output still arrives
     assert proc.stdout.count(str(tmp_path / "ddp" / "final.pt")) == 2, proc.stdout
 
@@ -543,6 +544,7 @@ def test_a_bank_that_is_missing_or_no_bank_is_refused_naming_the_key_and_the_fil
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "pickled" not in err
     for needle in needles:
         assert needle in err, err
+    assert not (tmp_path / "run").exists()   # a refused run leaves no empty --out behind
 
 
 @pytest.mark.parametrize("text, needles", [
