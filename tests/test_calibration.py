@@ -102,11 +102,13 @@ def test_recalibrate_refits_the_card_and_keeps_weights_graph_and_readings(tiny_a
 
     copy = shutil.copytree(tiny_artifact, tmp_path / "art")
     before = load_artifact(copy).card
-    (tmp_path / "eval.json").write_text(json.dumps({"accuracy_0.1": 0.5, "coverage": {"valence_1sigma": 0.7}}))
+    evaluation = {"model": before["model_id"], "weights_sha256": before["files"]["weights.pt"], "accuracy_0.1": 0.5,
+                  "coverage": {"valence_1sigma": 0.7}}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
     assert train_main(["recalibrate", str(copy), "--spectra", "600", "--seed", "5",
                        "--evaluation", str(tmp_path / "eval.json")]) == 0
     after = load_artifact(copy).card                   # every checksum verified
-    assert after["evaluation"] == {"accuracy_0.1": 0.5, "coverage": {"valence_1sigma": 0.7}}
+    assert after["evaluation"] == evaluation
     cal = after["calibration"]
     assert cal["spectra"] == 600 and cal["seed"] == 5 and sum(cal["groups"]["spectra"]) == 600
     assert np.all(np.array(cal["groups"]["std_scale"]) >= np.array(cal["std_scale"])[None, :])
