@@ -265,16 +265,19 @@ def _streamed(engine, spectra, path: Path) -> tuple[MnEdgeCallback, list]:
     return MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d))), out
 
 
+def _stream_opening(path: Path) -> list:
+    """Start, descriptor and stream resource of run ``run-sd``, whose spectra (field ``spec``) are frames of ``path``."""
+    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
+    return [("start", {"uid": "run-sd", "time": 0.0, "plan_name": "count"}),
+            ("descriptor", {"uid": "desc-sd", "run_start": "run-sd", "name": "primary", "time": 0.0, "data_keys": keys}),
+            ("stream_resource", {"uid": "sr", "run_start": "run-sd", "data_key": "spec", "uri": f"file://{path}",
+                                 "mimetype": "application/x-hdf5", "parameters": {}})]
+
+
 def test_a_stream_datum_with_more_seq_nums_than_frames_rejects_each_with_the_reason(engine, spectra, tmp_path):
     path = tmp_path / "frames.h5"
     cb, out = _streamed(engine, spectra[:4], path)
-    start = {"uid": "run-sd", "time": 0.0, "plan_name": "count"}
-    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
-    _feed(cb, [("start", start),
-               ("descriptor", {"uid": "desc-sd", "run_start": "run-sd", "name": "primary", "time": 0.0,
-                               "data_keys": keys}),
-               ("stream_resource", {"uid": "sr", "run_start": "run-sd", "data_key": "spec", "uri": f"file://{path}",
-                                    "mimetype": "application/x-hdf5", "parameters": {}}),
+    _feed(cb, [*_stream_opening(path),
                ("stream_datum", {"uid": "sd", "descriptor": "desc-sd", "stream_resource": "sr",
                                  "seq_nums": {"start": 1, "stop": 5}, "indices": {"start": 0, "stop": 2}}),
                ("stop", {"uid": "stop-sd", "run_start": "run-sd", "time": 1.0, "exit_status": "abort"})])
@@ -291,14 +294,8 @@ def test_a_stream_datum_announcing_too_many_events_is_one_bad_document(engine, s
 
     path = tmp_path / "frames.h5"
     cb, out = _streamed(engine, spectra[:4], path)
-    start = {"uid": "run-sd", "time": 0.0, "plan_name": "count"}
-    keys = {"spec": {"source": "det", "dtype": "array", "shape": [560], "external": "STREAM:"}}
     big = MAX_STREAM_DATUM_EVENTS + 1
-    _feed(cb, [("start", start),
-               ("descriptor", {"uid": "desc-sd", "run_start": "run-sd", "name": "primary", "time": 0.0,
-                               "data_keys": keys}),
-               ("stream_resource", {"uid": "sr", "run_start": "run-sd", "data_key": "spec", "uri": f"file://{path}",
-                                    "mimetype": "application/x-hdf5", "parameters": {}}),
+    _feed(cb, [*_stream_opening(path),
                ("stream_datum", {"uid": "sd-huge", "descriptor": "desc-sd", "stream_resource": "sr",
                                  "seq_nums": {"start": 1, "stop": 10**9}, "indices": {"start": 0, "stop": 10**9 - 1}}),
                ("stream_datum", {"uid": "sd-big", "descriptor": "desc-sd", "stream_resource": "sr",

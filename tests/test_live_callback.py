@@ -504,8 +504,9 @@ def test_maps_of_pixel_index_fields_grow_by_doubling_within_the_largest_map():
     assert 4096 * 4096 == MAX_MAP_PIXELS
 
 
-def test_a_map_grown_ahead_of_its_pixels_is_written_cut_to_them(engine, source, tmp_path):
-    pixels = [(r, c) for r in range(3) for c in range(5)]
+def _read_pixel_run(engine, source, tmp_path, pixels) -> list:
+    """A spectrum image whose events name their pixel (fields ``r``, ``c``) read one event per batch; its
+    derived documents."""
     _, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (len(pixels), 1)), eels=True)
     out: list = []
     cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
@@ -513,6 +514,11 @@ def test_a_map_grown_ahead_of_its_pixels_is_written_cut_to_them(engine, source, 
     cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
     for name, doc in _pixel_docs(list(spectra), pixels):
         cb(name, doc)
+    return out
+
+
+def test_a_map_grown_ahead_of_its_pixels_is_written_cut_to_them(engine, source, tmp_path):
+    out = _read_pixel_run(engine, source, tmp_path, [(r, c) for r in range(3) for c in range(5)])
     with h5py.File(out[-1][1]["maps_h5"]) as f:
         assert f["valence"].shape == (3, 5) and not np.isnan(f["valence"][()]).all(axis=1).any()
 
@@ -602,14 +608,8 @@ def test_the_map_budget_holds_one_full_map_and_a_growing_map_counts_once(engine,
     largest = ValenceMaps.bytes_for((math.isqrt(MAX_MAP_PIXELS),) * 2)
     assert largest <= MAX_OPEN_MAP_BYTES < 2 * largest
     monkeypatch.setattr(callback, "MAX_OPEN_MAP_BYTES", ValenceMaps.bytes_for((1, 4)))
-    pixels = [(0, 0), (0, 1), (0, 2), (0, 3)]   # pixel fields: the map grows (1, 1) -> (1, 2) -> (1, 4)
-    _, spectra = source.draw(np.tile([0.2, 0.3, 0.5], (len(pixels), 1)), eels=True)
-    out: list = []
-    cfg = LiveConfig(spectrum_field="spec", offset_eV=615.0, dispersion_eV=0.125, pixel_fields=["r", "c"],
-                     maps_dir=str(tmp_path), max_batch=1)
-    cb = MnEdgeCallback(engine, cfg, lambda n, d: out.append((n, d)))
-    for name, doc in _pixel_docs(list(spectra), pixels):
-        cb(name, doc)
+    # pixel fields: the map grows (1, 1) -> (1, 2) -> (1, 4)
+    out = _read_pixel_run(engine, source, tmp_path, [(0, 0), (0, 1), (0, 2), (0, 3)])
     stop = out[-1][1]
     assert "maps_error" not in stop
     with h5py.File(stop["maps_h5"]) as f:
