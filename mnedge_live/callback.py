@@ -33,7 +33,7 @@ from mnedge_live.event_axis import AxisCache, energy_axis
 from mnedge_live.external import ExternalReader
 from mnedge_live.live_binning import Block, BlockBinner
 from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-exported: imported from here
-from mnedge_live.map_geometry import MAX_OPEN_MAP_BYTES, MapGeometry, grown_extent, grown_maps
+from mnedge_live.map_geometry import MAX_OPEN_MAP_BYTES, MapGeometry, grown_extent, grown_maps, map_refusal
 from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
 from mnedge_live.sequence import SequenceCounter
@@ -620,11 +620,9 @@ class MnEdgeCallback(DocumentRouter):
             run.overwritten_pixels += 1
         if run.maps is not None and not run.maps.set(p.pixel, res) and self.config.pixel_fields:
             shape = grown_extent(run.maps.shape, p.pixel, run.geometry.extent)
-            if self._map_room(run, shape, run.maps):
+            if self._map_room(run, shape, run.maps):   # else the run keeps no maps from now on
                 run.maps = grown_maps(run.maps, shape, exact=True)
                 run.maps.set(p.pixel, res)
-            else:
-                run.maps = None
         if run.binner is not None:
             return run.binner.add(p.pixel, p.energy, p.intensity)
         return []
@@ -643,16 +641,14 @@ class MnEdgeCallback(DocumentRouter):
                 run.binned_processed += 1
             else:
                 run.binned_rejected += 1
-            if run.binned_maps is None and not run.maps_refused:
+            if run.binned_maps is None:
                 shape = run.binner.binned_shape() or (b.index[0] + 1, b.index[1] + 1)
                 run.binned_maps = ValenceMaps(shape) if self._map_room(run, shape, None) else None
             if run.binned_maps is not None and not run.binned_maps.set(b.index, res):
                 shape = (max(run.binned_maps.shape[0], b.index[0] + 1), max(run.binned_maps.shape[1], b.index[1] + 1))
-                if self._map_room(run, shape, run.binned_maps):
+                if self._map_room(run, shape, run.binned_maps):   # else the run keeps no maps from now on
                     run.binned_maps = grown_maps(run.binned_maps, shape)
                     run.binned_maps.set(b.index, res)
-                else:
-                    run.binned_maps = None
         run.derived.emit_binned_rows(rows, time.time())
         self.totals["binned_readouts"] += len(rows)
         self._notify({**rows[-1], "source_uid": run.start["uid"]})
@@ -663,12 +659,10 @@ class MnEdgeCallback(DocumentRouter):
         if run.maps_refused:
             return False
         held = sum(r.map_bytes() for r in self.runs.values()) - (replaced.nbytes if replaced is not None else 0)
-        need = ValenceMaps.bytes_for(shape)
-        if held + need <= MAX_OPEN_MAP_BYTES:
+        why = map_refusal(shape, held, MAX_OPEN_MAP_BYTES)
+        if not why:
             return True
-        run.maps_refused = (f"no map kept: a {shape[0]} x {shape[1]} map ({need / 2**20:.0f} MiB) with the open runs' "
-                            f"maps ({held / 2**20:.0f} MiB) would pass {MAX_OPEN_MAP_BYTES / 2**30:g} GiB; "
-                            "every pixel is still read and published")
+        run.maps_refused = f"no map kept: {why}; every pixel is still read and published"
         log.warning("run %s: %s", run.start.get("uid"), run.maps_refused)
         run.maps = run.binned_maps = None
         return False

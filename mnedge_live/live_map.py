@@ -33,6 +33,7 @@ from mnedge_live.map_geometry import (
     MAX_OPEN_MAP_BYTES,
     grown_extent,
     grown_maps,
+    map_refusal,
     pixel_index,
     scan_shape,
 )
@@ -201,11 +202,9 @@ class LiveMapWatcher(event_model.DocumentRouter):
         if live.refused:
             return False
         held = sum(m.maps.nbytes for m in self.runs.values() if m.maps is not None and m is not live)
-        need = ValenceMaps.bytes_for(shape)
-        if held + need <= MAX_OPEN_MAP_BYTES:
+        live.refused = map_refusal(shape, held, MAX_OPEN_MAP_BYTES)
+        if not live.refused:
             return True
-        live.refused = (f"a {shape[0]} x {shape[1]} map ({need / 2**20:.0f} MiB) with the open maps "
-                        f"({held / 2**20:.0f} MiB) would pass {MAX_OPEN_MAP_BYTES / 2**30:g} GiB")
         log.warning("map %s not kept: %s; its rows are skipped", live.source_uid[:8], live.refused)
         live.maps = None
         return False

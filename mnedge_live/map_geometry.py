@@ -172,6 +172,15 @@ def grown_extent(shape: Pixel, pixel: Pixel, seen: Pixel) -> Pixel:
     return rows, cols
 
 
+def map_refusal(shape: tuple[int, int], held: int, limit: int = MAX_OPEN_MAP_BYTES) -> str:
+    """'' when maps of ``shape`` fit beside ``held`` bytes of open maps within ``limit`` bytes; else why not."""
+    need = ValenceMaps.bytes_for(shape)
+    if held + need <= limit:
+        return ""
+    return (f"a {shape[0]} x {shape[1]} map ({need / 2**20:.0f} MiB) with the open maps ({held / 2**20:.0f} MiB) "
+            f"would pass {limit / 2**30:g} GiB")
+
+
 def grown_maps(maps: ValenceMaps, extent: Pixel, exact: bool = False) -> ValenceMaps:
     """A copy of ``maps`` of at least ``extent`` ``(rows, columns)`` (pixel-index fields, unknown extent);
     ``exact``: of ``extent`` itself, cut where ``maps`` is larger (room beyond the pixels seen, see
