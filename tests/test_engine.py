@@ -605,3 +605,15 @@ def test_a_line_on_a_background_beyond_the_training_range_is_flagged(engine):
         y = line + ratio * (line.max() - line.min()) * (e / 641.0) ** -3
         r = engine.predict_one(e, y)
         assert r.ok and ("strong_background" in r.flags) == flagged, (ratio, r.flags)
+
+
+@pytest.mark.parametrize("where, value", [(-1, np.nan), (1, np.inf), (100, np.nan), (0, -np.inf)])
+def test_a_non_finite_energy_in_a_batch_of_shifted_axes_is_refused_alone(engine, where, value):
+    """The shifted-axis grouping read the axis ends as numbers: a NaN there raised out of predict and the
+    whole batch got no answer."""
+    bad = E + 1.0
+    bad[where] = value
+    items = [(E, mn_like()), (bad, mn_like(seed=1)), (E + 2.0, mn_like(e=E + 2.0, l3=643.0, seed=2))]
+    batch = engine.predict(items)
+    assert batch[1].status == "rejected" and "NaN or inf" in batch[1].reason
+    assert [r.status for r in batch] == [engine.predict_one(e, y).status for e, y in items]

@@ -9,6 +9,7 @@ uncertainties and quality flags.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -278,12 +279,12 @@ class Engine:
         for i in idx:
             item = spectra[i]
             e = item[0] if isinstance(item, tuple) and len(item) == 2 else None
-            if (isinstance(e, np.ndarray) and e.ndim == 1 and e.dtype.kind == "f" and e.size >= MIN_POINTS
-                    and _same_shape_numeric(item[1], e)):
-                key = (e.size, round(float(e[1] - e[0]) / SHIFT_TOLERANCE_EV),
-                       round(float(e[-1] - e[0]) / SHIFT_TOLERANCE_EV))   # NaN or inf: no group
-                candidates.setdefault(key if all(map(np.isfinite, key[1:])) else i, []).append(i)
-            else:
+            first, span = ((float(e[1] - e[0]), float(e[-1] - e[0])) if isinstance(e, np.ndarray) and e.ndim == 1
+                           and e.dtype.kind == "f" and e.size >= MIN_POINTS else (math.nan, math.nan))
+            if math.isfinite(first) and math.isfinite(span) and _same_shape_numeric(item[1], e):
+                key = (e.size, round(first / SHIFT_TOLERANCE_EV), round(span / SHIFT_TOLERANCE_EV))
+                candidates.setdefault(key, []).append(i)
+            else:   # not a float axis, too short, NaN or inf at its ends: the per-spectrum path says what is wrong
                 single.append(i)
         out = []
         for members in candidates.values():
