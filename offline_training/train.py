@@ -381,6 +381,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, progre
                     rngs = [None] * world
                     torch.distributed.all_gather_object(rngs, dropout_rng_state(device))
                 runs[-1]["seconds"] = round(time.time() - t0, 3)
+                runs[-1]["to_step"] = step   # where this invocation got to (its target is "steps")
                 if rank == 0:
                     tmp = ckpt_path.with_suffix(".tmp")
                     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,

@@ -91,6 +91,10 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     wb = torch.load(b, weights_only=True)["model"]
     for k in wa:
         assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+    # each invocation: where it started, its target and where it got to (the first stopped at 10)
+    runs = [{k: r[k] for k in ("from_step", "steps", "to_step")}
+            for r in json.loads(torch.load(b, weights_only=True)["runs"])]
+    assert runs == [{"from_step": 0, "steps": 20, "to_step": 10}, {"from_step": 10, "steps": 20, "to_step": 20}]
 
 
 def test_data_workers_train_on_the_same_batches(tmp_path):
