@@ -142,14 +142,18 @@ def cmd_realism(args) -> int:
         print(f"mnedge-train realism: no folder {folder}", file=sys.stderr)
         return 2
     res = realism(folder, Bank.load(args.bank))
+    if not res:
+        print(f"mnedge-train realism: no .csv, .txt, .dat or .tsv file in {folder}", file=sys.stderr)
+        return 2
     if args.json:
-        print(strict_json([{k: r[k] for k in ("file", "misfit", "best", "margin")} | ({"detail": r["detail"]} if args.detail else {})
-                     for r in res]))
+        print(strict_json([{k: r[k] for k in ("file", "ok", "reason", "misfit", "best", "margin")}
+                           | ({"detail": r["detail"]} if args.detail else {}) for r in res]))
     else:
         for r in res:
             m = r["misfit"]
-            print(f"{r['file']:32s} Mn2+ {m['Mn2+']:.4f}  Mn3+ {m['Mn3+']:.4f}  Mn4+ {m['Mn4+']:.4f}  best {r['best']} (margin {r['margin']:.4f})")
-    return 0
+            print(f"{r['file']:32s} Mn2+ {m['Mn2+']:.4f}  Mn3+ {m['Mn3+']:.4f}  Mn4+ {m['Mn4+']:.4f}  best {r['best']} "
+                  f"(margin {r['margin']:.4f})" if r["ok"] else f"{r['file']:32s} not fitted: {r['reason']}")
+    return 1 if any(not r["ok"] for r in res) else 0
 
 
 def cmd_train(args) -> int:

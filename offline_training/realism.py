@@ -156,22 +156,41 @@ def _fit_with_bounded_step(cand: np.ndarray, step: np.ndarray, e_norm: np.ndarra
 def realism(folder: str | Path, bank: Bank, config: ForwardConfig | None = None) -> list[dict]:
     """Misfit per valence for every two-column file in ``folder``.
 
+    A file that cannot be read, or that the engine would refuse by its rules that need no model (NaN
+    values, a keV axis, no edge, no L2 line, another element's spacing: :func:`~mnedge_live.engine.core.
+    edge_rejection`), gets ``ok`` false and its ``reason`` instead of a fit: a best valence for a single
+    Gaussian or an Fe edge 68 eV off would claim what the fit cannot tell.
+
     Returns
     -------
     list of dict
-        ``{"file", "misfit": {"Mn2+", "Mn3+", "Mn4+"}, "best": valence name, "margin": second-best minus best,
-        "detail": {...}}``, one per file.
+        ``{"file", "ok", "reason", "misfit": {"Mn2+", "Mn3+", "Mn4+"}, "best": valence name, "margin":
+        second-best minus best, "detail": {...}}``, one per file (misfits, best and margin None where not ok).
     """
+    from mnedge_live.engine.core import edge_rejection
+
     out = []
     for path in sorted(Path(folder).glob("*")):
         if path.suffix.lower() not in (".csv", ".txt", ".dat", ".tsv") or path.name.startswith("."):
             continue
-        e, y = read_two_column(path)
+        try:
+            e, y = read_two_column(path)
+            why = edge_rejection(e, y)
+        except ValueError as exc:
+            why = f"cannot read the file: {exc}"
+        if why:
+            out.append({"file": path.name, "ok": False, "reason": why, "misfit": dict.fromkeys(VALENCE_NAMES),
+                        "best": None, "margin": None, "detail": {}})
+            continue
         order = np.argsort(e)
         e, y = e[order], y[order]
         fits = {f"Mn{v}+": best_fit(e, y, bank, v, config) for v in (2, 3, 4)}
         mis = {k: round(v["r"], 5) for k, v in fits.items()}
         ranked = sorted(mis, key=mis.get)
-        out.append({"file": path.name, "misfit": mis, "best": ranked[0],
+        out.append({"file": path.name, "ok": True, "reason": "", "misfit": mis, "best": ranked[0],
                     "margin": round(mis[ranked[1]] - mis[ranked[0]], 5), "detail": fits})
     return out
+
+
+#: The misfit keys, in valence order.
+VALENCE_NAMES = ("Mn2+", "Mn3+", "Mn4+")

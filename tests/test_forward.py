@@ -244,6 +244,7 @@ def test_measured_psnr_matches_target(forward_model, target):
     (dict(psnr_db=(float("nan"), 10.0)), "psnr_db"),
     (dict(eels_share=1.5), "eels_share"),
     (dict(intrinsic_fwhm={2: (0, 1), 3: (0, 1)}), "intrinsic_fwhm"),
+    (dict(branching_ratio={2: (0.0, 0.0), 3: (2.2, 2.9), 4: (1.7, 2.3)}), r"branching_ratio\[2\]"),  # rows of zeros
     (dict(composition_shares=(0.0, 0.0, 0.0)), "composition_shares"),
     (dict(edge_step=(-1.5, 0.2)), "edge_step"),
     (dict(edge_step_offset=(-6.0, 0.0)), "edge_step_offset"),

@@ -554,6 +554,17 @@ def model_input(energy, intensity) -> Prepared:
                           noise=torch.tensor([r.noise], dtype=torch.float64))
 
 
+def edge_rejection(energy, intensity) -> str:
+    """The engine's reason to refuse a spectrum by the rules that need no model (its axis and values, an edge
+    above the noise, an L3 line, Mn's L3-L2 spacing and L2 line, dips), or '' when it reads as a Mn L2,3
+    edge by them: what tools that fit spectra without the network (``mnedge-train realism``) check first."""
+    try:
+        prep = model_input(energy, intensity)
+    except ValueError as exc:
+        return str(exc)
+    return RowChecks.of(prep, np.array([np.nan]), None, np.array([True])).reason(0)
+
+
 #: Identifier of the preprocessing (:mod:`mnedge_live.preprocessing`; the name predates that package and is kept so
 #: that existing artifacts stay valid); artifacts record it.
 PREPROCESSING_ID = "mnedge_live.spectrum/v2 (doublet alignment, L3 at 641 eV, 256 x 0.125 eV, pre/post-edge chord, L3 max)"

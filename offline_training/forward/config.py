@@ -182,12 +182,13 @@ class ForwardConfig:
         )
         for name, (lo, hi) in limits.items():
             _check_range(name, getattr(self, name), lo, hi)
-        for name in ("intrinsic_fwhm", "branching_ratio"):
+        # an L3:L2 ratio of 0 divides the L2 scale by zero: the row came out all zeros, labelled as Mn
+        for name, lowest in (("intrinsic_fwhm", 0.0), ("branching_ratio", 0.5)):
             d = getattr(self, name)
             if not isinstance(d, dict):
                 raise ValueError(f"{name}: need a table of ranges per valence (2, 3, 4), got {d!r}")
             for v, r in d.items():
-                _check_range(f"{name}[{v}]", r, 0.0, 10.0)
+                _check_range(f"{name}[{v}]", r, lowest, 10.0)
             try:
                 d = {int(k): tuple(v) for k, v in d.items()}
             except ValueError:
