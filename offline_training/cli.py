@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from offline_training.json_output import strict_json
-from offline_training.values import check_whole
+from offline_training.values import check_whole, is_number
 
 DEFAULT_REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "real_spectra"
 
@@ -40,6 +40,11 @@ def _check_references_args(args) -> None:
     """
     if args.measured_only and not args.measured:
         raise ValueError("--measured-only needs --measured VALENCE:FILE (the references to add)")
+    if not (is_number(args.scale) and args.scale > 0):
+        raise ValueError(f"--scale must be a positive number, got {args.scale}")
+    check_whole("--seed", args.seed, 0)
+    if args.workers is not None:
+        check_whole("--workers", args.workers, 1)
     calculation = [name for name, given in (("--scale", args.scale != 1.0), ("--seed", args.seed != 0),
                                             ("--l3-lifetime", args.l3_lifetime != "both"),
                                             ("--no-ligand-field-window", not args.ligand_field_window)) if given]

@@ -117,6 +117,10 @@ def test_an_interrupted_run_leaves_no_file_that_looks_complete(tmp_path, forward
      "--scale"),
     (["references", "--measured-only", "--measured", "2:{tmp}/MnO.csv", "--out", "{tmp}/b.npz",
       "--no-ligand-field-window", "--seed", "3"], "--seed, --no-ligand-field-window"),
+    # a calculated bank's options out of range: errors of the libraries that did not name them
+    (["references", "--out", "{tmp}/b.npz", "--scale", "nan"], "--scale must be a positive number"),
+    (["references", "--out", "{tmp}/b.npz", "--workers", "-1"], "--workers must be a whole number >= 1"),
+    (["references", "--out", "{tmp}/b.npz", "--seed", "-5"], "--seed must be a whole number >= 0"),
 ])
 def test_options_that_would_do_nothing_or_nonsense_are_refused_by_name(tmp_path, capsys, args, named):
     """--workers -1 was accepted, --budget 0 trained a one-step baseline, and --measured-only ignored the
