@@ -42,7 +42,6 @@ def _check_references_args(args) -> None:
         raise ValueError("--measured-only needs --measured VALENCE:FILE (the references to add)")
     if not (is_number(args.scale) and args.scale > 0):
         raise ValueError(f"--scale must be a positive number, got {args.scale}")
-    check_whole("--seed", args.seed, 0)
     if args.workers is not None:
         check_whole("--workers", args.workers, 1)
     calculation = [name for name, given in (("--scale", args.scale != 1.0), ("--seed", args.seed != 0),
@@ -131,8 +130,11 @@ def cmd_plot_forward(args) -> int:
     from offline_training.gallery import plot_gallery
     from offline_training.references.bank import Bank
 
+    if args.real_dir is not None and not Path(args.real_dir).is_dir():   # named, so meant: say it is not there
+        raise ValueError(f"--real-dir {args.real_dir} is not a folder")
+    real_dir = args.real_dir or (DEFAULT_REAL_DIR if DEFAULT_REAL_DIR.is_dir() else None)
     fcfg, bank_path = _forward_config(args.config)
-    paths = plot_gallery(Bank.load(args.bank or bank_path), fcfg, args.out, real_dir=args.real_dir, seed=args.seed)
+    paths = plot_gallery(Bank.load(args.bank or bank_path), fcfg, args.out, real_dir=real_dir, seed=args.seed)
     for p in paths:
         print(p)
     return 0
@@ -429,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="forward_gallery")
     s.add_argument("--config")
     s.add_argument("--bank")
-    s.add_argument("--real-dir", default=str(DEFAULT_REAL_DIR))
+    s.add_argument("--real-dir", help=f"measured spectra beside the synthetic ones (default: {DEFAULT_REAL_DIR} "
+                                      "when it exists)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=cmd_plot_forward)
 
@@ -544,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
 
     reuse_batch_memory()  # batch after batch of the same large tensors (generate, train, evaluate)
     try:
+        seed = getattr(args, "seed", None)   # what torch and numpy generators take: 2**64 failed as an HDF5
+        if seed is not None and not 0 <= seed < 2**64:   # attribute with a traceback, -1 passed some commands
+            raise ValueError(f"--seed must be from 0 to 2**64 - 1, got {seed}")
         status = int(args.run(args) or 0)
     except ImportError as exc:   # an optional dependency of this command (onnx, edrixs) is not installed
         extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0], "train")

@@ -120,7 +120,10 @@ def test_an_interrupted_run_leaves_no_file_that_looks_complete(tmp_path, forward
     # a calculated bank's options out of range: errors of the libraries that did not name them
     (["references", "--out", "{tmp}/b.npz", "--scale", "nan"], "--scale must be a positive number"),
     (["references", "--out", "{tmp}/b.npz", "--workers", "-1"], "--workers must be a whole number >= 1"),
-    (["references", "--out", "{tmp}/b.npz", "--seed", "-5"], "--seed must be a whole number >= 0"),
+    (["references", "--out", "{tmp}/b.npz", "--seed", "-5"], "--seed must be from 0 to 2**64 - 1"),
+    (["generate", "--n", "8", "--seed", str(2**64), "--out", "{tmp}/d.h5"], "--seed must be from 0 to 2**64 - 1"),
+    (["baseline", "--budget", "8", "--seed", "-1", "--out", "{tmp}/b.pt"], "--seed must be from 0 to 2**64 - 1"),
+    (["plot-forward", "--out", "{tmp}/g", "--real-dir", "{tmp}/absent"], "--real-dir"),   # named, so meant
 ])
 def test_options_that_would_do_nothing_or_nonsense_are_refused_by_name(tmp_path, capsys, args, named):
     """--workers -1 was accepted, --budget 0 trained a one-step baseline, and --measured-only ignored the
