@@ -202,7 +202,7 @@ def _pv_summary(prefix: str, ca_env: dict[str, str]) -> str:
     try:
         parts = []
         for name, fmt in (("VALENCE", ".3f"), ("ENERGY_OFFSET", "+.2f"), ("STATUS", ""), ("FINAL_READOUTS", ".0f")):
-            r = read(prefix + name, data_type="time", timeout=2, repeater=False)
+            r = _read_pv(read, prefix + name)
             value = r.data[0].decode() if isinstance(r.data[0], bytes) else r.data[0]
             alarm = AlarmSeverity(r.metadata.severity).name if name in ("VALENCE", "ENERGY_OFFSET") else ""
             parts.append(f"{prefix}{name} {format(value, fmt)}" + (f" ({alarm})" if alarm else ""))
@@ -215,6 +215,19 @@ def _pv_summary(prefix: str, ca_env: dict[str, str]) -> str:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _read_pv(read, pv: str, attempts: int = 3, timeout: float = 3.0):
+    """One Channel Access read, searched again after a timeout: the IOC answers from a process busy reading
+    spectra, and a search took longer than 2 s once in a CI run on the loaded 2-core machine (2026-12-07)."""
+    from caproto import CaprotoTimeoutError
+
+    for _ in range(attempts - 1):
+        try:
+            return read(pv, data_type="time", timeout=timeout, repeater=False)
+        except CaprotoTimeoutError:
+            continue
+    return read(pv, data_type="time", timeout=timeout, repeater=False)
 
 
 def _quiet(fn) -> None:
