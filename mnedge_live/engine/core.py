@@ -269,9 +269,9 @@ class Engine:
         """Spectra ``idx`` whose axes are one axis shifted (events of one spectrometer whose offset drifts, files
         of one instrument), each group with its rows' first energies; the rest go to ``single``.
 
-        Axes group when their points relative to their first one agree to :data:`SHIFT_TOLERANCE_EV`; the
-        group's first axis passes :func:`~mnedge_live.engine.checks.check_axis` and every axis lies inside
-        the analysis window and passes its range checks (the only ones a shift can change), so that the
+        Axes group when their points relative to their first one agree to :data:`SHIFT_TOLERANCE_EV` and
+        every axis lies inside the analysis window and passes its range checks (the only ones a shift can
+        change; :meth:`_answer_shared` checks the group's first axis for the rest), so that the
         group resamples as one matrix on its first axis (:meth:`_answer_shared`), each row keeping its own
         start: the shared path's answers, at a fraction of the per-spectrum path's cost.
         """
@@ -300,12 +300,7 @@ class Engine:
                   & ~looks_like_kev(lo, hi) & ~misses_edge(lo, hi))
             kept = [i for i, k in zip(members, ok) if k]
             single.extend(i for i, k in zip(members, ok) if not k)
-            if len(kept) > 1:
-                try:
-                    check_axis(spectra[kept[0]][0])   # what no shift changes: points, span, spacing
-                except (ValueError, TypeError):
-                    single.extend(kept)
-                    continue
+            if len(kept) > 1:   # what no shift changes (points, span, spacing): _answer_shared's check_axis
                 out.append((kept, starts[ok]))
             else:
                 single.extend(kept)
