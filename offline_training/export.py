@@ -310,7 +310,8 @@ def _write_artifact(final_pt: str | Path, out: Path, model_id: str | None, evalu
     diff = export_checked_onnx(model, out / "model.onnx")
     import hashlib
 
-    digest = hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest()[:10]
+    weights_sha256 = hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest()
+    digest = weights_sha256[:10]
     today = dt.date.today().isoformat()
     card = {
         "model_id": model_id or f"mnedge-cnn-{today}-{digest}",
@@ -341,7 +342,7 @@ def _write_artifact(final_pt: str | Path, out: Path, model_id: str | None, evalu
         "evaluation": {},
     }
     if evaluation is not None:
-        check_evaluation(evaluation, card["model_id"], hashlib.sha256((out / "weights.pt").read_bytes()).hexdigest())
+        check_evaluation(evaluation, card["model_id"], weights_sha256)
         card["evaluation"] = evaluation
     if ood_spectra:
         from offline_training.ood import THRESHOLD_SET_FACTOR, fit_ood

@@ -168,6 +168,7 @@ def realism(folder: str | Path, bank: Bank, config: ForwardConfig | None = None)
         second-best minus best, "detail": {...}}``, one per file (misfits, best and margin None where not ok).
     """
     from mnedge_live.engine.core import edge_rejection
+    from mnedge_live.results import FRACTION_NAMES
 
     out = []
     for path in sorted(Path(folder).glob("*")):
@@ -179,7 +180,7 @@ def realism(folder: str | Path, bank: Bank, config: ForwardConfig | None = None)
         except ValueError as exc:
             why = f"cannot read the file: {exc}"
         if why:
-            out.append({"file": path.name, "ok": False, "reason": why, "misfit": dict.fromkeys(VALENCE_NAMES),
+            out.append({"file": path.name, "ok": False, "reason": why, "misfit": dict.fromkeys(FRACTION_NAMES),
                         "best": None, "margin": None, "detail": {}})
             continue
         order = np.argsort(e)
@@ -191,6 +192,3 @@ def realism(folder: str | Path, bank: Bank, config: ForwardConfig | None = None)
                     "margin": round(mis[ranked[1]] - mis[ranked[0]], 5), "detail": fits})
     return out
 
-
-#: The misfit keys, in valence order.
-VALENCE_NAMES = ("Mn2+", "Mn3+", "Mn4+")
