@@ -13,6 +13,7 @@ from mnedge_live.engine.checks import RowChecks, looks_like_kev, misses_edge
 from mnedge_live.preprocessing.constants import (
     L3_PLAUSIBLE_EV,
     MAX_DIP_DEPTH,
+    MAX_SECOND_STRAY_LINE,
     MIN_EDGE_SNR,
     MIN_L2_HEIGHT,
     MIN_L3_DROP,
@@ -21,7 +22,7 @@ from mnedge_live.preprocessing.constants import (
 
 GOOD = dict(l3_ev=641.0, shift_ev=0.0, edge_snr=50.0, l2_spacing_ev=11.0, l2_height=0.4, l2_covered=True,
             pre_edge_covered=True, l3_covered=True, psnr_db=30.0, l3_drop=0.5, dip_depth=0.1, background=0.0,
-            ood_score=1.0, output_finite=True)
+            second_stray_line=0.0, stray_line_ev=20.0, ood_score=1.0, output_finite=True)
 
 
 def checks(**changed) -> RowChecks:
@@ -45,6 +46,7 @@ def test_a_good_row_passes():
     ("l2_spacing_ev", MN_SPACING_ACCEPTED_EV[1], MN_SPACING_ACCEPTED_EV[1] + 0.05, "L3-L2 spacing"),
     ("l2_spacing_ev", MN_SPACING_ACCEPTED_EV[0], MN_SPACING_ACCEPTED_EV[0] - 0.05, "L3-L2 spacing"),
     ("l2_height", MIN_L2_HEIGHT, MIN_L2_HEIGHT - 0.001, "no L2 line"),
+    ("second_stray_line", MAX_SECOND_STRAY_LINE, MAX_SECOND_STRAY_LINE + 0.01, "where Mn has none"),
     ("output_finite", True, False, "NaN or inf"),
 ])
 def test_each_rule_refuses_just_past_its_limit_with_its_reason(field, inside, outside, reason):

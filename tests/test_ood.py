@@ -180,11 +180,18 @@ def test_a_model_without_statistics_reads_out_with_no_score(tiny_artifact):
     assert r.ok and np.isnan(r.ood_score) and r.to_dict()["ood_score"] is None
 
 
+
+def test_a_model_without_statistics_still_refuses_a_sawtooth(tiny_artifact):
+    """The rule on lines where Mn has none needs no score: a sawtooth is refused by a model without one."""
+    engine = load_engine(str(tiny_artifact), backend="onnxruntime")
+    r = engine.predict_one(E, E % 5.0)
+    assert engine.ood is None and r.status == "rejected" and "where Mn has none" in r.reason, r.reason
+
 #: The rules that may refuse each of :func:`offline_training.evaluate.not_mn_probes` (the first that applies
-#: words the reason): two lines at Mn's spacing and a sawtooth pass every rule but the score; without an L2
-#: line the L2 rule comes first, unless the noise makes a bump there that it lets through.
+#: words the reason): two lines at Mn's spacing pass every rule but the score; a sawtooth has lines where Mn has
+#: none; without an L2 line the L2 rule comes first, unless the noise makes a bump there that it lets through.
 PROBE_RULES = {"two equal lines 11 eV apart": ("out-of-distribution score",),
-               "a sawtooth": ("out-of-distribution score",),
+               "a sawtooth": ("where Mn has none",),
                "one line": ("no L2 line", "out-of-distribution score"),
                "an edge step": ("no L3 line", "no L2 line", "out-of-distribution score")}
 

@@ -9,6 +9,7 @@ import torch
 from mnedge_live.preprocessing import (
     L2_CENTROID_EV,
     L3_REFERENCE_EV,
+    MAX_SECOND_STRAY_LINE,
     MN_SPACING_ACCEPTED_EV,
     MN_SPIN_ORBIT_EV,
     MODEL_GRID,
@@ -153,3 +154,52 @@ def test_synthetic_l3_lines_fall_after_their_maximum(forward_model):
     flat = [1.0 + 0.5 * (e - 630.0) / 40.0, np.arctan((e - 645.0) / 0.5) + 2.0]
     q = preprocess(*pack([(e, y) for y in flat]))
     assert torch.all(q.l3_drop < MIN_L3_DROP)
+
+
+def _stray(rows, e, valid=None):
+    values = torch.tensor(np.array(rows), dtype=torch.float32)
+    start = torch.full((len(rows),), float(e[0]), dtype=torch.float64)
+    return preprocess(start, values, valid)
+
+
+def test_a_mn_edge_has_no_stray_lines_even_mixed_or_noisy():
+    """Single valences and a Mn2+/Mn4+ mixture (the Mn4+ L3 and L2 lines 3.8 eV above Mn2+'s) show no line
+    below L3 or past L2, with or without noise."""
+    e = np.arange(615.0, 690.0, 0.1)
+    gen = np.random.default_rng(11)
+    mixture = _doublet(e, 640.0) + 0.9 * _doublet(e, 643.8, width=1.0)
+    rows = [_doublet(e, 640.0), _doublet(e, 643.0, width=1.2), mixture,
+            _doublet(e, 641.0) + 0.08 * gen.standard_normal(e.size), mixture + 0.05 * gen.standard_normal(e.size)]
+    p = _stray(rows, e)
+    assert p.second_stray_line.max() < 0.1 and p.stray_line.max() < 0.2, (p.stray_line, p.second_stray_line)
+
+
+def test_one_broad_replica_past_l2_is_one_stray_line_not_two():
+    """A plural-scattering replica of L3 (t/lambda above 1) is one broad line 20 eV above L3: the strongest
+    stray line, with no second one."""
+    e = np.arange(615.0, 690.0, 0.1)
+    y = _doublet(e, 640.0) + 0.6 * _doublet(e, 660.0, width=1.5)
+    p = _stray([y], e)
+    assert float(p.stray_line[0]) > 0.2 and float(p.stray_line_ev[0]) == pytest.approx(20.0, abs=0.5)
+    assert float(p.second_stray_line[0]) < MAX_SECOND_STRAY_LINE
+
+
+@pytest.mark.parametrize("wave", ["sawtooth", "square", "triangle", "sine"])
+@pytest.mark.parametrize("period", [2.5, 4.0, 5.0, 7.0])
+def test_periodic_inputs_have_two_strong_stray_lines(wave, period):
+    e = np.arange(620.0, 680.0, 0.1)
+    phase = (e % period) / period
+    y = {"sawtooth": phase, "square": (phase < 0.5).astype(float), "triangle": np.abs(phase - 0.5),
+         "sine": np.sin(2 * np.pi * phase)}[wave]
+    y = y + np.random.default_rng(int(period * 10)).normal(0.0, 0.01, e.size)
+    assert float(_stray([y], e).second_stray_line[0]) > MAX_SECOND_STRAY_LINE
+
+
+def test_only_measured_points_count_as_stray_lines():
+    """Lines past the measured window (the edge-held part of a row) are not read."""
+    e = np.arange(615.0, 690.0, 0.1)
+    saw = (e % 5.0) / 5.0
+    y = np.where(e < 657.0, _doublet(e, 640.0), saw)
+    valid = torch.tensor((e < 657.0)[None])
+    assert float(_stray([y], e, valid).second_stray_line[0]) == 0.0
+    assert float(_stray([y], e).second_stray_line[0]) > MAX_SECOND_STRAY_LINE

@@ -20,6 +20,7 @@ from mnedge_live.preprocessing import (
     L3_DROP_WINDOW_EV,
     L3_PLAUSIBLE_EV,
     MAX_DIP_DEPTH,
+    MAX_SECOND_STRAY_LINE,
     MIN_EDGE_SNR,
     MIN_L2_HEIGHT,
     MIN_L3_DROP,
@@ -136,6 +137,8 @@ class RowChecks:
     l3_drop: np.ndarray
     dip_depth: np.ndarray
     background: np.ndarray
+    second_stray_line: np.ndarray
+    stray_line_ev: np.ndarray
     ood_score: np.ndarray
     ood: OodScore | None
     output_finite: np.ndarray
@@ -162,10 +165,11 @@ class RowChecks:
             inverted = self.dip_depth > MAX_DIP_DEPTH
             bad_spacing = self.l2_covered & ~((self.l2_spacing_ev >= lo) & (self.l2_spacing_ev <= hi))
             no_l2_line = self.l2_covered & ~(self.l2_height >= MIN_L2_HEIGHT)
+            stray_lines = self.second_stray_line > MAX_SECOND_STRAY_LINE
             unlike = (self.ood_score > self.ood.thresholds_for(self.psnr_db) if self.ood is not None
                       else np.zeros(len(self.l3_ev), bool))
-        return (no_edge | not_l3 | no_line | inverted | ~self.l3_covered | bad_spacing | no_l2_line | ~self.output_finite
-                | unlike)
+        return (no_edge | not_l3 | no_line | inverted | ~self.l3_covered | bad_spacing | no_l2_line | stray_lines
+                | ~self.output_finite | unlike)
 
     def reason(self, j: int) -> str:
         """Reason to reject row ``j``, or '' (the first rule that refuses it)."""
@@ -200,6 +204,13 @@ class RowChecks:
             if not h >= MIN_L2_HEIGHT:
                 return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
                         f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
+        second = float(self.second_stray_line[j])
+        if second > MAX_SECOND_STRAY_LINE:
+            return (f"not a Mn L2,3 edge: two or more lines of {100 * second:.0f} % of the L3 line's height or more "
+                    f"where Mn has none (below L3 or past L2; the strongest {float(self.stray_line_ev[j]):+.1f} eV from "
+                    f"the L3 maximum at {l3:.1f} eV; a spectrum is read while the second stays under "
+                    f"{100 * MAX_SECOND_STRAY_LINE:g} %): a periodic pattern "
+                    "(a sawtooth, fringes, a detector's fixed pattern) or another element's lines")
         if not self.output_finite[j]:
             return ("the model returned NaN or inf for this spectrum: its weights or its backend are faulty "
                     f"({NON_FINITE_OUTPUT_HINT})")
@@ -236,4 +247,4 @@ def finite_rows(*outputs: np.ndarray | None) -> np.ndarray:
 
 
 FLOAT_CHECKS = {"l3_ev", "shift_ev", "edge_snr", "l2_spacing_ev", "l2_height", "psnr_db", "l3_drop", "dip_depth",
-                "background"}
+                "background", "second_stray_line", "stray_line_ev"}

@@ -93,3 +93,18 @@ L3_CENTROID_EV = (-4.0, 5.0)
 L2_CENTROID_EV = (7.0, 14.5)
 #: Band-pass values count towards a line's centroid above this many noise sigmas.
 CENTROID_NOISE_SIGMA = 2.0
+#: Windows (eV, relative to the L3 maximum) where a Mn L2,3 edge has no line as strong as L3: the pre-edge, and
+#: past the L2 lines of every valence (:attr:`Prepared.stray_line`).
+STRAY_LINE_WINDOWS_EV = ((-16.0, -4.5), (17.0, 28.0))
+#: A line there counts less this many noise sigmas of the high-pass.
+STRAY_LINE_NOISE_SIGMA = 4.0
+#: Least distance (eV) between the two strongest stray lines counted as two lines.
+STRAY_LINE_APART_EV = 1.5
+#: Highest second-strongest stray line (:attr:`Prepared.second_stray_line`, in units of the L3 line's high-passed
+#: height) of a spectrum that is read: two or more lines as strong as half of L3 where a Mn L2,3 edge has none are a
+#: periodic pattern (a sawtooth, a square wave, fringes) or another element's lines, not Mn.  Measured (2026-12-07,
+#: benchmarks/RESULTS.md): 20,000 synthetic spectra of the training ranges (physics 1 and 2, PSNR 5-60 dB,
+#: t/lambda 0-1.5) at most 0.42 (a plural-scattering replica with noise), 10,000 of the validation ranges at most
+#: 0.27, the four measured files 0 (offsets, axis scales, blur and noise added); sawtooth, triangle, square and
+#: sine waves of 2.5-8 eV period 0.61-1.1.
+MAX_SECOND_STRAY_LINE = 0.5

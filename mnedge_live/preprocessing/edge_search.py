@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,9 @@ from mnedge_live.preprocessing.constants import (
     MN_SPIN_ORBIT_EV,
     MN_SPIN_ORBIT_RANGE_EV,
     NOISE_FLOOR,
+    STRAY_LINE_APART_EV,
+    STRAY_LINE_NOISE_SIGMA,
+    STRAY_LINE_WINDOWS_EV,
     WORK_STEP_EV,
 )
 from mnedge_live.preprocessing.filters import (
@@ -32,6 +36,20 @@ from mnedge_live.preprocessing.filters import (
     smooth,
     smooth_many,
 )
+
+
+class EdgeSearch(NamedTuple):
+    """What :func:`locate_l3` found in each row, every field ``(B,)``; see its Returns."""
+
+    l3_pos: torch.Tensor
+    edge_snr: torch.Tensor
+    l2_pos: torch.Tensor
+    l2_height: torch.Tensor
+    noise: torch.Tensor
+    l3_drop: torch.Tensor
+    stray_line: torch.Tensor
+    stray_line_ev: torch.Tensor
+    second_stray_line: torch.Tensor
 
 
 @functools.lru_cache(maxsize=8)
@@ -77,8 +95,7 @@ _NO_ENERGY = -1.0e6
 def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last: torch.Tensor,
               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None,
               window: tuple[torch.Tensor, torch.Tensor] | None = None, diagnostics: bool = True,
-              all_valid: bool | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              all_valid: bool | None = None) -> EdgeSearch:
     """Find the L3 maximum (fractional index) of each row from the L3/L2 doublet.
 
     ``noise`` (B,), when given and finite, replaces the estimate made on the
@@ -100,10 +117,11 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     ``diagnostics=False`` finds the L3 maximum only (what training needs:
     the model input depends on nothing else): the noise is then estimated
     only for rows searched inside ``window``, and ``edge_snr``, ``l2_pos``,
-    ``l2_height``, ``noise`` and ``l3_drop`` come back NaN.
+    ``l2_height``, ``noise``, ``l3_drop`` and the stray lines come back NaN.
 
     Returns
     -------
+    EdgeSearch, whose fields are:
     l3_pos : fractional index of the L3 maximum ``(B,)``
     edge_snr : L3 height in the high-passed spectrum over the high-pass noise ``(B,)``
     l2_pos : fractional index of the L2 line (NaN where not measured): its
@@ -115,6 +133,9 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     noise : robust estimate of the point-to-point noise sigma ``(B,)``
     l3_drop : fall of the lightly smoothed spectrum within :data:`L3_DROP_WINDOW_EV`
         above the L3 maximum, over the line's high-passed height (:func:`_l3_drop`) ``(B,)``
+    stray_line, stray_line_ev, second_stray_line : the strongest line where a Mn L2,3 edge has none,
+        over the L3 line's high-passed height, its energy relative to the L3 maximum (eV), and the
+        second strongest such line at least :data:`STRAY_LINE_APART_EV` from it (:func:`_stray_line`)
     """
     b, n = held.shape
     fine, broad = smooth_many(held, (0.3, L2_BAND_EV[1]), step)
@@ -158,7 +179,7 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l3_pos = k[:, 0] + frac
     if not diagnostics:
         nan = torch.full_like(l3_pos, torch.nan)
-        return l3_pos, nan, nan, nan, nan, nan
+        return EdgeSearch(l3_pos, nan, nan, nan, nan, nan, nan, nan, nan)
     # Edge detection: the doublet score (a matched filter) over its response to
     # white noise of the estimated sigma.
     edge_snr = score.gather(1, coarse[:, None])[:, 0] / (noise * gain + 1e-12)
@@ -207,7 +228,61 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     l3_val = torch.where(rel.abs() <= 0.5, bp, -torch.inf).amax(dim=1)
     l2_val = torch.where(outside, out_val, in_val)
     l2_height = torch.where(has_l2, l2_val / l3_val.clamp(min=1e-30), torch.nan)
-    return l3_pos, edge_snr, l2_pos, l2_height, noise, _l3_drop(fine, hp, k, last, step)
+    stray = _stray_line(hp, k, first, last, noise * _bandpass_noise_gain(step, 0.3, L2_BAND_EV[1]), step,
+                        None if all_valid else valid)
+    return EdgeSearch(l3_pos, edge_snr, l2_pos, l2_height, noise, _l3_drop(fine, hp, k, last, step), *stray)
+
+
+def _stray_line(hp: torch.Tensor, k: torch.Tensor, first: torch.Tensor, last: torch.Tensor, hp_noise: torch.Tensor,
+                step: float, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The strongest line of the high-passed rows ``hp`` in :data:`STRAY_LINE_WINDOWS_EV` around index ``k``.
+
+    A Mn L2,3 edge has its lines within a few eV of L3 and of L2; below L3
+    (the pre-edge) and past L2 it has none as strong as L3 (the other valences'
+    L3 and L2 lines of a mixture lie at most 4.2 and 15.8 eV above the L3
+    maximum, at +5 % of axis scale).  A periodic input (lines every few eV) or
+    a window holding another element's doublet has them there.  Each local
+    maximum of ``hp`` at measured points in those windows counts less
+    :data:`STRAY_LINE_NOISE_SIGMA` noise sigmas ``hp_noise`` (B,), over the
+    height of ``hp`` at ``k`` (B, 1).  One line stronger than half of L3 there
+    is possible (a plural-scattering replica of L3 at t/lambda above 1); two are
+    a pattern (the engine's rule reads the second).
+
+    Returns
+    -------
+    ratio : the strongest such line over L3's height ``(B,)``; 0 where there is none
+    rel_ev : its energy relative to the L3 maximum (eV) ``(B,)``; NaN where there is none
+    second : the strongest such line at least :data:`STRAY_LINE_APART_EV` from the first, over L3's height
+    """
+    n = hp.shape[1]
+    offsets, rel, in_windows = _stray_line_span(step, hp.device)
+    pos = k + offsets                                   # the span, one point more at each end
+    around = torch.gather(hp, 1, pos.clamp(0, n - 1))
+    mid, y0 = pos[:, 1:-1], around[:, 1:-1]
+    # a local maximum needs both neighbours measured; a row's first and last points are none
+    ok = in_windows & (mid > first[:, None]) & (mid < last[:, None])
+    if valid is not None:
+        ok &= torch.gather(valid, 1, mid.clamp(0, n - 1))
+    peak = ok & (y0 >= around[:, :-2]) & (y0 >= around[:, 2:])
+    value = torch.where(peak, y0 - STRAY_LINE_NOISE_SIGMA * hp_noise[:, None], -torch.inf)
+    best, where = value.max(dim=1)
+    at_best = rel[where]
+    second = torch.where((rel - at_best[:, None]).abs() >= STRAY_LINE_APART_EV, value, -torch.inf).amax(dim=1)
+    height = torch.gather(hp, 1, k)[:, 0].clamp(min=1e-30)
+    rel_ev = torch.where(best > 0, at_best.to(hp.dtype), torch.nan)
+    return best.clamp(min=0.0) / height, rel_ev, second.clamp(min=0.0) / height
+
+
+@functools.lru_cache(maxsize=8)
+def _stray_line_span(step: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Offsets (points) from L3 spanning :data:`STRAY_LINE_WINDOWS_EV` with one more at each end, the energies
+    (eV) of the span without those ends, and which of them lie in the windows."""
+    lo = int(round(STRAY_LINE_WINDOWS_EV[0][0] / step))
+    hi = int(round(STRAY_LINE_WINDOWS_EV[1][1] / step))
+    offsets = torch.arange(lo - 1, hi + 2, device=device)
+    rel = offsets[1:-1].to(torch.float32) * step
+    (a, b), (c, d) = STRAY_LINE_WINDOWS_EV
+    return offsets, rel, ((rel >= a) & (rel <= b)) | ((rel >= c) & (rel <= d))
 
 
 def _l3_drop(fine: torch.Tensor, hp: torch.Tensor, k: torch.Tensor, last: torch.Tensor, step: float) -> torch.Tensor:

@@ -62,6 +62,17 @@ class Prepared:
         measured model-grid points, in units of the L3 height (the
         normalization): lines that are dips (an inverted spectrum) show as
         a depth of several.  NaN with ``diagnostics=False``.
+    stray_line : torch.Tensor
+        The strongest line where a Mn L2,3 edge has none (below L3, past
+        every L2), less a few noise sigmas, in units of the L3 line's
+        high-passed height; 0 where none stands above the noise.  NaN with
+        ``diagnostics=False``.
+    stray_line_ev : torch.Tensor
+        That line's energy relative to the L3 maximum (eV); NaN where there is none.
+    second_stray_line : torch.Tensor
+        The second strongest such line, at least 1.5 eV from the first, in the
+        same units: one line there is possible (a plural-scattering replica of
+        L3), two are a pattern the engine refuses (:data:`MAX_SECOND_STRAY_LINE`).
     """
 
     x: torch.Tensor
@@ -77,6 +88,9 @@ class Prepared:
     l3_drop: torch.Tensor
     dip_depth: torch.Tensor
     background: torch.Tensor
+    stray_line: torch.Tensor
+    stray_line_ev: torch.Tensor
+    second_stray_line: torch.Tensor
 
 
 def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
@@ -127,9 +141,9 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     start = start.to(values.device, torch.float64)
     held, first, last = edge_hold(values, valid, all_valid)
     window = ((L3_PLAUSIBLE_EV[0] - start) / step, (L3_PLAUSIBLE_EV[1] - start) / step)
-    l3_pos, edge_snr, l2_pos, l2_height, noise, l3_drop = locate_l3(held, valid, first, last, step, noise,
-                                                           window=tuple(w.floor() for w in window),
-                                                           diagnostics=diagnostics, all_valid=all_valid)
+    found = locate_l3(held, valid, first, last, step, noise, window=tuple(w.floor() for w in window),
+                      diagnostics=diagnostics, all_valid=all_valid)
+    l3_pos, edge_snr, l2_pos, l2_height, noise, l3_drop = found[:6]
     l3_ev = start + l3_pos.to(torch.float64) * step
     shift = l3_ev - L3_REFERENCE_EV
     # Model-grid energy g sits at index l3_pos + (g - L3_REFERENCE_EV) / step of the input row.
@@ -162,7 +176,9 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
                     l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
                     pre_edge_covered=pre_cov,
                     l3_covered=l3_cov, psnr_db=psnr, l3_drop=l3_drop.to(torch.float32), dip_depth=dip,
-                    background=background)
+                    background=background, stray_line=found.stray_line.to(torch.float32),
+                    stray_line_ev=found.stray_line_ev.to(torch.float32),
+                    second_stray_line=found.second_stray_line.to(torch.float32))
 
 
 @functools.lru_cache(maxsize=1)
