@@ -206,11 +206,11 @@ class RowChecks:
                         f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
         second = float(self.second_stray_line[j])
         if second > MAX_SECOND_STRAY_LINE:
-            return (f"not a Mn L2,3 edge: two or more lines of {100 * second:.0f} % of the L3 line's height or more "
-                    f"where Mn has none (below L3 or past L2; the strongest {float(self.stray_line_ev[j]):+.1f} eV from "
-                    f"the L3 maximum at {l3:.1f} eV; a spectrum is read while the second stays under "
-                    f"{100 * MAX_SECOND_STRAY_LINE:g} %): a periodic pattern "
-                    "(a sawtooth, fringes, a detector's fixed pattern) or another element's lines")
+            return (f"not a Mn L2,3 edge: two or more lines where Mn has none (below L3 or past L2; in the band-pass, "
+                    f"the second {second:.3f} of the L3 line's height, at most {MAX_SECOND_STRAY_LINE:.2f} is read; the "
+                    f"strongest {float(self.stray_line_ev[j]):+.1f} eV from the L3 maximum at {l3:.1f} eV): a periodic "
+                    "pattern (a sawtooth, fringes, a detector's fixed pattern), another element's lines, or an L3 "
+                    "found on a plural-scattering replica (t/lambda well above 1)")
         if not self.output_finite[j]:
             return ("the model returned NaN or inf for this spectrum: its weights or its backend are faulty "
                     f"({NON_FINITE_OUTPUT_HINT})")

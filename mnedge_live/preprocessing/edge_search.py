@@ -245,8 +245,10 @@ def _stray_line(hp: torch.Tensor, k: torch.Tensor, first: torch.Tensor, last: to
     maximum of ``hp`` at measured points in those windows counts less
     :data:`STRAY_LINE_NOISE_SIGMA` noise sigmas ``hp_noise`` (B,), over the
     height of ``hp`` at ``k`` (B, 1).  One line stronger than half of L3 there
-    is possible (a plural-scattering replica of L3 at t/lambda above 1); two are
-    a pattern (the engine's rule reads the second).
+    is possible (a plural-scattering replica of L3 at t/lambda above 1, with two
+    maxima up to about 4 eV apart when two valences' L3 lines are replicated);
+    two lines :data:`STRAY_LINE_APART_EV` or more apart are a pattern (the
+    engine's rule reads the second).
 
     Returns
     -------
@@ -256,6 +258,7 @@ def _stray_line(hp: torch.Tensor, k: torch.Tensor, first: torch.Tensor, last: to
     """
     n = hp.shape[1]
     offsets, rel, in_windows = _stray_line_span(step, hp.device)
+    apart = int(round(STRAY_LINE_APART_EV / step))     # in whole points: no float rounding at the limit
     pos = k + offsets                                   # the span, one point more at each end
     around = torch.gather(hp, 1, pos.clamp(0, n - 1))
     mid, y0 = pos[:, 1:-1], around[:, 1:-1]
@@ -267,7 +270,8 @@ def _stray_line(hp: torch.Tensor, k: torch.Tensor, first: torch.Tensor, last: to
     value = torch.where(peak, y0 - STRAY_LINE_NOISE_SIGMA * hp_noise[:, None], -torch.inf)
     best, where = value.max(dim=1)
     at_best = rel[where]
-    second = torch.where((rel - at_best[:, None]).abs() >= STRAY_LINE_APART_EV, value, -torch.inf).amax(dim=1)
+    far = (offsets[None, 1:-1] - offsets[1:-1][where][:, None]).abs() >= apart
+    second = torch.where(far, value, -torch.inf).amax(dim=1)
     height = torch.gather(hp, 1, k)[:, 0].clamp(min=1e-30)
     rel_ev = torch.where(best > 0, at_best.to(hp.dtype), torch.nan)
     return best.clamp(min=0.0) / height, rel_ev, second.clamp(min=0.0) / height
