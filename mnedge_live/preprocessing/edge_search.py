@@ -270,7 +270,7 @@ def _stray_line(hp: torch.Tensor, k: torch.Tensor, first: torch.Tensor, last: to
     value = torch.where(peak, y0 - STRAY_LINE_NOISE_SIGMA * hp_noise[:, None], -torch.inf)
     best, where = value.max(dim=1)
     at_best = rel[where]
-    far = (offsets[None, 1:-1] - offsets[1:-1][where][:, None]).abs() >= apart
+    far = (positions(rel.numel(), hp.device)[None, :] - where[:, None]).abs() >= apart   # the span is contiguous
     second = torch.where(far, value, -torch.inf).amax(dim=1)
     height = torch.gather(hp, 1, k)[:, 0].clamp(min=1e-30)
     rel_ev = torch.where(best > 0, at_best.to(hp.dtype), torch.nan)
