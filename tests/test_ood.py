@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -186,6 +187,10 @@ def test_a_model_without_statistics_still_refuses_a_sawtooth(tiny_artifact):
     engine = load_engine(str(tiny_artifact), backend="onnxruntime")
     r = engine.predict_one(E, E % 5.0)
     assert engine.ood is None and r.status == "rejected" and "where Mn has none" in r.reason, r.reason
+    # the reason gives the second line's height and where the strongest lies (a sawtooth: lines every 5 eV)
+    found = re.search(r"the second (\d\.\d{3}) of the L3 line's height.*the strongest ([+-]\d+\.\d) eV from the L3 "
+                      r"maximum at (\d+\.\d) eV", r.reason)
+    assert found and float(found[1]) > 0.5 and float(found[2]) % 5.0 == pytest.approx(0.0, abs=0.3), r.reason
 
 #: The rules that may refuse each of :func:`offline_training.evaluate.not_mn_probes` (the first that applies
 #: words the reason): two lines at Mn's spacing pass every rule but the score; a sawtooth has lines where Mn has
