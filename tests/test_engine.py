@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from mnedge_live.engine import load_engine
 
@@ -617,3 +618,28 @@ def test_a_non_finite_energy_in_a_batch_of_shifted_axes_is_refused_alone(engine,
     batch = engine.predict(items)
     assert batch[1].status == "rejected" and "NaN or inf" in batch[1].reason
     assert [r.status for r in batch] == [engine.predict_one(e, y).status for e, y in items]
+
+
+def test_cropped_windows_read_the_same_alone_and_among_longer_rows():
+    """A short window padded into a batch of longer rows is read as alone: the L3 search's filters stop at the
+    row's own ends in both. Before, a 13 eV window (622.5-635.8 eV, offset -14 eV) found its L3 at 627.0 eV in
+    a batch and read 3.26, alone at 629.4 eV and was refused (benchmarks/RESULTS.md, 2026-12-07)."""
+    import dataclasses
+
+    from offline_training.evaluate import batch_spectra
+    from offline_training.forward import ForwardModel
+    from offline_training.gate import training_bank, training_ranges
+
+    default = load_engine(warmup=False)
+    cfg = dataclasses.replace(training_ranges(default), eels_share=1.0, t_lambda=(1.0, 2.0),
+                              plasmon_width=(1.0, 3.0), psnr_db=(20.0, 60.0))
+    n = 1500
+    b = ForwardModel(training_bank(default)[0], cfg).sample(n, seed=77, crop=True,
+                                                           fractions=torch.tensor([[0.3, 0.0, 0.7]] * n))
+    spectra = batch_spectra(b)
+    together = default.predict(spectra)
+    alone = [default.predict_one(e, y) for e, y in spectra]
+    assert [r.status for r in together] == [r.status for r in alone]
+    ok = [j for j, r in enumerate(alone) if r.ok]
+    assert len(ok) > 1000
+    assert max(abs(together[j].valence - alone[j].valence) for j in ok) < 1e-3

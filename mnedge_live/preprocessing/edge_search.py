@@ -31,6 +31,7 @@ from mnedge_live.preprocessing.constants import (
 from mnedge_live.preprocessing.filters import (
     correlate_rows,
     gauss_kernel,
+    hold_outside,
     pad_edges,
     positions,
     smooth,
@@ -138,7 +139,12 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
         second strongest such line at least :data:`STRAY_LINE_APART_EV` from it (:func:`_stray_line`)
     """
     b, n = held.shape
+    all_valid = bool(valid.all()) if all_valid is None else all_valid
     fine, broad = smooth_many(held, (0.3, L2_BAND_EV[1]), step)
+    if not all_valid:
+        # Past a row's window its smoothed values stay those at the window's ends, as for a row measured end to
+        # end (whose filters pad by repeating its ends): a spectrum reads the same alone and among longer rows.
+        fine, broad = hold_outside(fine, first, last), hold_outside(broad, first, last)
     hp = fine - broad
     tmpl = _doublet_template(step).to(held)
     m = tmpl.numel()
@@ -146,7 +152,6 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     # score[i] = correlation of the template with hp when L3 sits at index i.
     score = correlate_rows(pad_edges(hp, lead, m - lead - 1), tmpl)
     idx = positions(n, held.device)
-    all_valid = bool(valid.all()) if all_valid is None else all_valid
     margin = int(1.0 / step)   # no L3 maximum within 1 eV of a window's ends
     if all_valid:   # every row measured end to end: the same window for all, two strips instead of a mask
         score[:, :margin] = -torch.inf

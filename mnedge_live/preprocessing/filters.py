@@ -163,10 +163,18 @@ def edge_hold(values: torch.Tensor, valid: torch.Tensor,
     some = torch.gather(valid, 1, first[:, None])[:, 0]   # the first maximum is True where any point is
     first = torch.where(some, first, n)
     last = torch.where(some, (n - 1) - mask.flip(1).argmax(dim=1), -1)
-    below = torch.gather(values, 1, torch.where(some, first, 0)[:, None])
-    above = torch.gather(values, 1, last.clamp(min=0)[:, None])
+    # a row without valid points (last -1) holds its first value everywhere
+    return hold_outside(values, torch.where(some, first, 0), last), first, last
+
+
+def hold_outside(values: torch.Tensor, first: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """``values`` ``(B, N)`` with the points before index ``first`` and after ``last`` (each ``(B,)``) replaced
+    by the values at those indices: what replicate padding does at the ends of a row measured end to end."""
+    n = values.shape[1]
+    below = torch.gather(values, 1, first.clamp(0, n - 1)[:, None])
+    above = torch.gather(values, 1, last.clamp(0, n - 1)[:, None])
     idx = positions(n, values.device)
-    return torch.where(idx < first[:, None], below, torch.where(idx > last[:, None], above, values)), first, last
+    return torch.where(idx < first[:, None], below, torch.where(idx > last[:, None], above, values))
 
 
 @functools.lru_cache(maxsize=64)
