@@ -70,9 +70,10 @@ class Prepared:
     stray_line_ev : torch.Tensor
         That line's energy relative to the L3 maximum (eV); NaN where there is none.
     second_stray_line : torch.Tensor
-        The second strongest such line, at least 1.5 eV from the first, in the
-        same units: one line there is possible (a plural-scattering replica of
-        L3), two are a pattern the engine refuses (:data:`MAX_SECOND_STRAY_LINE`).
+        The second strongest such line, at least :data:`STRAY_LINE_APART_EV`
+        (4.5 eV) from the first, in the same units: one line there is possible
+        (a plural-scattering replica of L3, with two maxima for a mixture), two
+        are a pattern the engine refuses (:data:`MAX_SECOND_STRAY_LINE`).
     """
 
     x: torch.Tensor
