@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 MODES = ("spectrum", "step")
+#: Default ``max_message_mb``: a 4096-pixel row of 4096-channel float64 spectra is 128 MiB.
+DEFAULT_MAX_MESSAGE_MB = 256.0
 #: Default ``maps_dir`` (relative to the working directory); ``--plot DIR`` alone puts the maps in DIR.
 DEFAULT_MAPS_DIR = "mnedge_maps"
 #: Shortest ``run_timeout_s`` (seconds) other than 0 (off): shorter ones closed runs between their
@@ -160,6 +162,11 @@ class LiveConfig:
     max_delay_ms : float
         Longest time a spectrum waits for its batch (0..10000; numbers here and below
         are refused when given as booleans).
+    max_message_mb : float
+        Largest 0MQ message read (MiB, more than 0 up to 65536): a larger one is dropped
+        unread, counted in ``bad_messages`` and logged, and the connection 0MQ cuts for
+        it is made again (its events count as missed).  One message never makes the
+        service allocate more (see :mod:`mnedge_live.dispatching`).
     step_readout_every : int
         Step mode: read out every this many new points once L3 and L2 are covered.
     l3_window_eV, l2_window_eV : list of float
@@ -232,6 +239,7 @@ class LiveConfig:
     map_bin: int = 1
     max_batch: int = 256
     max_delay_ms: float = 5.0
+    max_message_mb: float = DEFAULT_MAX_MESSAGE_MB
     step_readout_every: int = 1
     l3_window_eV: list[float] = field(default_factory=lambda: [636.0, 646.0])
     l2_window_eV: list[float] = field(default_factory=lambda: [648.0, 658.0])
@@ -367,6 +375,8 @@ class LiveConfig:
              "max_batch", "must be an integer in 1..65536")
         need(_number(self.max_delay_ms) and 0 <= self.max_delay_ms <= 10_000, "max_delay_ms",
              "must be a number of milliseconds in 0..10000")
+        need(_number(self.max_message_mb) and 0 < self.max_message_mb <= 65536, "max_message_mb",
+             "must be a number of MiB, more than 0 up to 65536")
         need(_integer(self.step_readout_every) and self.step_readout_every >= 1, "step_readout_every",
              "must be a positive integer")
         for name in ("l3_window_eV", "l2_window_eV"):

@@ -5,18 +5,40 @@ whose name is not UTF-8, but a payload its deserializer refuses, or an unknown
 document name, ends its loop. Both ``mnedge live`` and ``mnedge watch`` read
 from proxies anyone on the network can publish to: one malformed message must
 be counted and logged, and the next one read.
+
+Nor may one huge message exhaust the memory: 0MQ reads a whole message before
+handing it over, so the socket refuses messages over ``max_message_mb``
+(``ZMQ_MAXMSGSIZE``).  libzmq then drops the connection as a protocol error and,
+unlike after a network failure, never retries it: :meth:`TolerantRemoteDispatcher._guard_connection`
+watches the socket's events and connects again, counting the dropped message.
+Documents sent while the connection was down are lost; the valence service counts
+their events as missed by their ``seq_num``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import zmq
 from bluesky.callbacks.zmq import RemoteDispatcher
 from event_model import DocumentNames
+from zmq.utils.monitor import parse_monitor_message
+
+from mnedge_live.config import DEFAULT_MAX_MESSAGE_MB
 
 log = logging.getLogger(__name__)
+
+#: Seconds a dropped connection may go without libzmq retrying it before it is connected again here
+#: (libzmq retries a failed network connection at once, by its own events, but never one it dropped
+#: for a protocol error such as a message over the limit).
+RECONNECT_GRACE_S = 1.0
+#: Socket events that tell the connection is being retried or is up again.
+_RETRYING = (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED,
+             zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 class TolerantRemoteDispatcher(RemoteDispatcher):
@@ -31,6 +53,10 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         as in bluesky, messages without ``prefix`` where one is given.
     on_bad_message : callable, optional
         Called (no arguments) for each message not read, besides :attr:`bad_messages`.
+    max_message_mb : float or None
+        Largest message read (MiB); a larger one is dropped, counted and logged, and the
+        connection it cut is made again. None: no limit (0MQ's default; a peer can then
+        make the process allocate any size).
     **kwargs
         Passed to ``RemoteDispatcher`` (``deserializer``, ``curve_config``, ...).
 
@@ -38,17 +64,26 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
     ----------
     bad_messages : int
         Messages dropped because they could not be split into prefix, name and payload,
-        named no document type, or whose payload the deserializer refused.
+        named no document type, or whose payload the deserializer refused; and each
+        connection dropped on a message over ``max_message_mb``.
+    dropped_connections : int
+        Connections 0MQ dropped for a message over the limit (or another protocol error) and
+        made again here.
     callback_errors : int
         Documents on which a subscribed callback raised (bluesky's own loop would end there).
     """
 
     def __init__(self, address: str, *, ignore_prefix: bytes | None = None,
-                 on_bad_message: Callable[[], None] | None = None, **kwargs: Any):
+                 on_bad_message: Callable[[], None] | None = None,
+                 max_message_mb: float | None = DEFAULT_MAX_MESSAGE_MB, **kwargs: Any):
+        if max_message_mb is not None and not max_message_mb > 0:
+            raise ValueError(f"max_message_mb must be more than 0 (or None: no limit), not {max_message_mb!r}")
         super().__init__(address, **kwargs)
         self.ignore_prefix = ignore_prefix
         self.on_bad_message = on_bad_message
+        self.max_message_bytes = None if max_message_mb is None else max(1, int(max_message_mb * 2**20))
         self.bad_messages = 0
+        self.dropped_connections = 0
         self.callback_errors = 0
 
     def _decode(self, message: bytes) -> tuple[DocumentNames, dict] | None:
@@ -92,5 +127,75 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         self.process(doc_name, doc)
 
     async def _poll(self) -> None:
+        """bluesky's entry point, run once the socket is connected: :meth:`_read` under the size limit."""
+        guard = self._guard_connection() if self.max_message_bytes is not None else None
+        try:
+            await self._read()
+        finally:
+            if guard is not None:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
+
+    async def _read(self) -> None:
+        """Read and hand on messages until cancelled."""
         while True:
             self._handle(await self._socket.recv())
+
+    def _guard_connection(self) -> asyncio.Task:
+        """Put the size limit on the socket and start :meth:`_watch_connection`; returns its task.
+
+        bluesky connects the socket before :meth:`_poll` runs, and 0MQ applies the
+        limit to connections made after it is set, so the socket connects again
+        (before any message is read).
+        """
+        sock = self._socket
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | sum(_RETRYING))
+        self._reconnect()
+        return asyncio.ensure_future(self._watch_connection(monitor))
+
+    def _reconnect(self) -> None:
+        sock = self._socket
+        with contextlib.suppress(zmq.ZMQError):   # gone already when 0MQ ended it for a protocol error
+            sock.disconnect(self.address)
+        sock.connect(self.address)
+
+    async def _watch_connection(self, monitor: zmq.Socket) -> None:
+        """Connect again after a drop that 0MQ does not retry, and count the message that caused it."""
+        dropped = False
+        try:
+            while True:
+                try:
+                    frames = await asyncio.wait_for(monitor.recv_multipart(), RECONNECT_GRACE_S if dropped else None)
+                except TimeoutError:
+                    if self._retrying_events_waiting(monitor):
+                        dropped = False
+                        continue
+                    dropped = False
+                    self.dropped_connections += 1
+                    self._count_bad("the connection to %s was dropped on a message over %.6g MiB (or another "
+                                    "0MQ protocol error) and is made again; documents sent meanwhile are lost "
+                                    "(events counted as missed by their seq_num)", self.address,
+                                    self.max_message_bytes / 2**20)
+                    self._reconnect()
+                    continue
+                event = parse_monitor_message(frames)["event"]
+                dropped = event == zmq.EVENT_DISCONNECTED or (dropped and event not in _RETRYING)
+        finally:
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.disable_monitor()
+            monitor.close(linger=0)
+
+    @staticmethod
+    def _retrying_events_waiting(monitor: zmq.Socket) -> bool:
+        """Whether a retry event is already queued (the loop may have been busy past the grace time)."""
+        while True:
+            try:
+                frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
+                if not isinstance(frames, list):   # zmq.asyncio returns a future, done at once with NOBLOCK
+                    frames = frames.result()
+            except zmq.Again:
+                return False
+            if parse_monitor_message(frames)["event"] in _RETRYING:
+                return True

@@ -4,7 +4,7 @@ Micro-batching: messages already waiting on the socket are taken together (up
 to ``max_batch``); the batch goes to the engine as soon as the socket is idle
 or ``max_delay_ms`` has passed.  Messages carrying the service's own output
 prefix, and runs marked as derived, are never processed.  Undecodable messages
-are logged and counted (``bad_messages``), never raise; nor does a readout plot
+are logged and counted (``bad_messages``, messages over ``max_message_mb`` too), never raise; nor does a readout plot
 that fails (``plot_failures``, see :class:`DerivedSink`) or a derived document the
 publisher fails to send (``unpublished_documents``, ``unpublished_rows``).  Runs silent for
 ``run_timeout_s`` are closed as failed.  SIGTERM/SIGINT flush the batch in
@@ -49,9 +49,11 @@ class SafeRemoteDispatcher(TolerantRemoteDispatcher):
         The proxy's subscriber side.
     callback : MnEdgeCallback
         Receives the documents; flushed when the socket is idle. Messages not
-        read count in its ``bad_messages`` total too.
+        read count in its ``bad_messages`` total too (a message over ``max_message_mb`` among them).
     ignore_prefix : bytes
         Messages with this prefix (our own output) are dropped unread.
+    **kwargs
+        Passed to :class:`~mnedge_live.dispatching.TolerantRemoteDispatcher` (``max_message_mb``, ...).
     """
 
     def __init__(self, address: str, *, callback: MnEdgeCallback, ignore_prefix: bytes, **kwargs: Any):
@@ -64,7 +66,7 @@ class SafeRemoteDispatcher(TolerantRemoteDispatcher):
     def _deliver(self, doc_name: DocumentNames, doc: dict) -> None:
         self.callback(doc_name.value, doc)
 
-    async def _poll(self) -> None:
+    async def _read(self) -> None:
         sock = self._socket
         max_batch = self.callback.config.max_batch
         delay = self.callback.config.max_delay_ms / 1e3
@@ -179,7 +181,8 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
     hook = epics.update if epics is not None else None
     callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
     dispatcher = SafeRemoteDispatcher(config.in_address, callback=callback, ignore_prefix=prefix,
-                                      deserializer=loads, curve_config=curve_in)
+                                      deserializer=loads, curve_config=curve_in,
+                                      max_message_mb=config.max_message_mb)
     loop = dispatcher.loop
 
     def shutdown(signum: int) -> None:

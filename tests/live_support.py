@@ -97,9 +97,10 @@ def start_site_ioc(prefix: str, kind: str = "caproto") -> subprocess.Popen:
     return proc
 
 
-def start_proxy() -> tuple[subprocess.Popen, int, int]:
-    """Start ``bluesky-0MQ-proxy --in-address IN --out-address OUT``; returns (process, in_port, out_port)."""
-    pin, pout = free_port(), free_port()
+def start_proxy(ports: tuple[int, int] | None = None) -> tuple[subprocess.Popen, int, int]:
+    """Start ``bluesky-0MQ-proxy --in-address IN --out-address OUT`` on ``ports`` (IN, OUT; default: two
+    free ones, e.g. another proxy's to restart it); returns (process, in_port, out_port)."""
+    pin, pout = ports or (free_port(), free_port())
     exe = shutil.which("bluesky-0MQ-proxy", path=str(Path(sys.executable).parent)) or "bluesky-0MQ-proxy"
     proc = subprocess.Popen([exe, "--in-address", str(pin), "--out-address", str(pout)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

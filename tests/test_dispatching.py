@@ -10,7 +10,7 @@ import pytest
 import zmq
 from live_support import start_proxy, stop, wait_for_subscription
 
-from mnedge_live.dispatching import TolerantRemoteDispatcher
+from mnedge_live.dispatching import RECONNECT_GRACE_S, TolerantRemoteDispatcher
 from mnedge_live.serializers import get_serializer, msgpack_dumps
 
 #: Each unreadable in its own way; none may stop the dispatcher.
@@ -92,3 +92,103 @@ def test_a_prefix_keeps_other_publishers_out(proxy):
         dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
         thread.join(5)
     assert seen == ["ours"] and dispatcher.bad_messages == 0
+
+
+def _send_until_seen(sender: zmq.Socket, seen: list, uid: str, timeout: float = 30) -> None:
+    """Send stop documents ``uid``-0, -1, ... every 0.1 s until one is read (a reconnected SUB socket
+    misses what is sent before its subscription reaches the proxy)."""
+    deadline, i = time.monotonic() + timeout, 0
+    while not any(u.startswith(uid) for u in seen) and time.monotonic() < deadline:
+        sender.send(b"src stop " + msgpack_dumps({"uid": f"{uid}-{i}"}))
+        i += 1
+        time.sleep(0.1)
+
+
+def test_a_message_over_the_limit_is_counted_and_the_connection_made_again(proxy):
+    """0MQ drops the connection on a message over ``MAXMSGSIZE`` and never retries it by itself."""
+    pin, pout = proxy
+    _, loads = get_serializer("msgpack")
+    seen, reported = [], []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, max_message_mb=0.01,
+                                          on_bad_message=lambda: reported.append(1))
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    sender = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        sender.connect(f"tcp://127.0.0.1:{pin}")
+        wait_for_subscription(dispatcher, thread, 0.5)
+        _send_until_seen(sender, seen, "before")
+        sender.send(b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000}))  # 20 kB > 10.24 kB
+        deadline = time.monotonic() + 20
+        while dispatcher.dropped_connections == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _send_until_seen(sender, seen, "after")
+    finally:
+        sender.close(linger=0)
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+    assert "huge" not in seen and seen[0].startswith("before") and seen[-1].startswith("after")
+    assert dispatcher.dropped_connections == 1 and dispatcher.bad_messages == 1 == len(reported)
+
+
+def test_a_message_under_the_limit_is_read(proxy):
+    pin, pout = proxy
+    _, loads = get_serializer("msgpack")
+    seen = []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, max_message_mb=0.05)
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    sender = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        sender.connect(f"tcp://127.0.0.1:{pin}")
+        wait_for_subscription(dispatcher, thread, 0.5)
+        _send_until_seen(sender, seen, "before")
+        sender.send(b"src start " + msgpack_dumps({"uid": "big", "data": "x" * 20_000}))
+        deadline = time.monotonic() + 20
+        while "big" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender.close(linger=0)
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+    assert "big" in seen and dispatcher.dropped_connections == 0 == dispatcher.bad_messages
+
+
+def test_a_restarted_proxy_is_reconnected_by_0mq_alone():
+    """A network failure is retried by 0MQ itself: the dispatcher must not connect a second time (which
+    would read every later message twice) nor count a dropped message."""
+    proc, pin, pout = start_proxy()
+    _, loads = get_serializer("msgpack")
+    seen = []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads)
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    sender = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        sender.connect(f"tcp://127.0.0.1:{pin}")
+        wait_for_subscription(dispatcher, thread, 0.5)
+        _send_until_seen(sender, seen, "before")
+        stop(proc)
+        proc, _, _ = start_proxy((pin, pout))
+        _send_until_seen(sender, seen, "after")
+        time.sleep(3 * RECONNECT_GRACE_S)   # past the grace time: a second connection would be made by now
+        n = len(seen)
+        sender.send(b"src stop " + msgpack_dumps({"uid": "last"}))
+        deadline = time.monotonic() + 10
+        while "last" not in seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        sender.close(linger=0)
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+        stop(proc)
+    assert seen[n:] == ["last"] and dispatcher.dropped_connections == 0 == dispatcher.bad_messages
+
+
+def test_the_limit_must_be_positive():
+    with pytest.raises(ValueError, match="max_message_mb"):
+        TolerantRemoteDispatcher("127.0.0.1:5000", max_message_mb=0)

@@ -215,6 +215,9 @@ def test_both_file_shapes_still_load(tmp_path):
 
 @pytest.mark.parametrize("opts, name", [
     ({"max_delay_ms": True}, "max_delay_ms"),
+    ({"max_message_mb": 0}, "max_message_mb"),
+    ({"max_message_mb": 70000}, "max_message_mb"),
+    ({"max_message_mb": True}, "max_message_mb"),
     ({"step_readout_every": True}, "step_readout_every"),
     ({"l3_window_eV": [False, True]}, "l3_window_eV"),
     ({"energy_axis": [True, False]}, "energy_axis"),

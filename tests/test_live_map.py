@@ -192,7 +192,8 @@ def test_mnedge_watch_writes_the_live_map_of_a_scan_read_by_a_service(proxy, tmp
 def test_watch_refuses_bad_options():
     cmd = [sys.executable, "-m", "mnedge_live.cli", "watch", "--in"]
     for args, why in ((["nohost"], "--in: 'nohost' is not"), (["127.0.0.1:5568", "--every", "0"], "--every"),
-                      (["127.0.0.1:5568", "--serializer", "pickle"], "allow-pickle")):
+                      (["127.0.0.1:5568", "--serializer", "pickle"], "allow-pickle"),
+                      (["127.0.0.1:5568", "--max-message-mb", "0"], "--max-message-mb")):
         r = subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert r.returncode == 2 and why in r.stderr, (args, r.stderr)
 

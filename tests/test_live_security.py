@@ -11,6 +11,7 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import msgpack
@@ -289,3 +290,25 @@ def test_torch_weights_load_weights_only_and_artifacts_are_sha256_checked(tmp_pa
     target.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="SHA-256"):
         load_artifact(art)
+
+
+def test_a_message_over_the_size_limit_is_counted_and_the_service_reads_on(proxy, tmp_path):
+    """A peer cannot make the service allocate an arbitrarily large message: one over ``max_message_mb``
+    is dropped unread and counted, the connection 0MQ cuts for it is made again, the next run is read."""
+    pin, pout = proxy
+    svc = start_service(["--in", f"127.0.0.1:{pout}", "--out", f"127.0.0.1:{pin}", "--config",
+                         str(service_toml(tmp_path / "live.toml", max_message_mb=0.05)), *model_args()])
+    sender = RawSender(pin)
+    collector = Collector(pout, msgpack_loads)
+    try:
+        sender.raw(b"src start " + msgpack.packb({"uid": "huge", "junk": "x" * 200_000}))   # 200 kB > 52 kB
+        assert wait_until(lambda: any("dropped on a message over" in line for line in svc.log), 30), "".join(svc.log)
+        time.sleep(1.0)   # the new subscription reaches the proxy; a run sent before it would be lost whole
+        docs = source_run(good_spectra(3, seed=6))
+        assert wait_until(lambda: sender.send_all(docs) or len(derived_stops(collector.docs)) >= 1, 30, step=1.0)
+        assert derived_stops(collector.docs)[0]["processed"] + derived_stops(collector.docs)[0]["rejected"] == 3
+    finally:
+        collector.close()
+        sender.close()
+        assert stop(svc) == 0
+    assert final_totals(svc)["bad_messages"] == 1

@@ -30,6 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--run-timeout", dest="run_timeout_s", type=float,
                    help="close a source run as failed after this many seconds without a document "
                         "(at least 1; 0: never; default 600)")
+    p.add_argument("--max-message-mb", dest="max_message_mb", type=float,
+                   help="largest 0MQ message read, in MiB (default 256): a larger one is dropped, counted and "
+                        "logged, and the connection it cut is made again")
     p.add_argument("--curve-secret-key", dest="curve_secret_key",
                    help="CurveZMQ: this service's secret certificate file (with --curve-server-public-key "
                         "and/or --curve-out-server-public-key)")

@@ -19,6 +19,8 @@ import logging
 import signal
 import sys
 
+from mnedge_live.config import DEFAULT_MAX_MESSAGE_MB
+
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="wire format of the proxy's documents (as mnedge live's)")
     p.add_argument("--allow-pickle", action="store_true",
                    help="accept pickle, which executes code from the network (only on a trusted network)")
+    p.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_MB,
+                   help="largest 0MQ message read, in MiB (default 256; as mnedge live's)")
     p.add_argument("--curve-secret-key", help="CurveZMQ: this reader's secret certificate file")
     p.add_argument("--curve-server-public-key", help="CurveZMQ: the proxy's public certificate (its subscriber side)")
     p.set_defaults(run=run)
@@ -55,13 +59,16 @@ def run(args: argparse.Namespace) -> int:
         _, loads = get_serializer(args.serializer, args.allow_pickle)
         if not args.every > 0 or args.runs < 0:
             raise ValueError("--every must be more than 0 and --runs at least 0")
+        if not 0 < args.max_message_mb <= 65536:
+            raise ValueError("--max-message-mb must be more than 0 up to 65536")
         curve = _curve(args.curve_secret_key, args.curve_server_public_key)
     except ValueError as exc:
         print(f"mnedge watch: {exc}", file=sys.stderr)
         return 2
     watcher = LiveMapWatcher(args.out_dir, every_s=args.every)
 
-    dispatcher = TolerantRemoteDispatcher(args.in_address, deserializer=loads, curve_config=curve)
+    dispatcher = TolerantRemoteDispatcher(args.in_address, deserializer=loads, curve_config=curve,
+                                          max_message_mb=args.max_message_mb)
 
     def stop() -> None:
         if dispatcher._task is not None:
