@@ -179,7 +179,11 @@ class ValenceMaps:
         return True
 
     def write(self, directory: str | Path, name: str, attrs: dict | None = None) -> tuple[str, str]:
-        """Write the maps as HDF5 (one dataset per layer) and a PNG; returns both paths.
+        """Write the maps as HDF5 (:meth:`write_h5`) and a PNG (:meth:`write_png`); returns both paths."""
+        return self.write_h5(directory, name, attrs), self.write_png(directory, name)
+
+    def write_h5(self, directory: str | Path, name: str, attrs: dict | None = None) -> str:
+        """Write ``directory/name.h5``, one dataset per layer and ``rejected``, with ``attrs``; returns its path.
 
         Each file is written under a temporary name and renamed into place, so a write that fails
         (an attribute HDF5 cannot store, a full disk) leaves no half-written file under the final
@@ -188,10 +192,6 @@ class ValenceMaps:
         replaced: HDF5 refused them, and the maps were lost.
         """
         import h5py
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -206,8 +206,23 @@ class ValenceMaps:
                     f.attrs[k] = v.encode("utf-8", "replace").decode("utf-8") if isinstance(v, str) else v
 
         _write_replacing(h5, write_h5)
+        return str(h5)
+
+    def write_png(self, directory: str | Path, name: str) -> str:
+        """Draw the maps into ``directory/name.png`` (replaced whole, as :meth:`write_h5`); returns its path.
+
+        Drawn on a figure of its own, without pyplot's shared state, so that one thread may draw
+        while another plots (:class:`~mnedge_live.background_writer.BackgroundWriter`).
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
         png = d / f"{name}.png"
-        fig, axes = plt.subplots(2, 4, figsize=(14, 6.8))
+        fig = Figure(figsize=(14, 6.8))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, 4)
         # the composition on the first row; the model's side outputs on the second (offset about its median:
         # the drift across the scan), each on its own range
         offset = self.layers["energy_offset_eV"]
@@ -225,11 +240,8 @@ class ValenceMaps:
             ax.set_title(title)
             fig.colorbar(im, ax=ax, shrink=0.8)
         fig.tight_layout()
-        try:
-            _write_replacing(png, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
-        finally:
-            plt.close(fig)
-        return str(h5), str(png)
+        _write_replacing(png, lambda tmp: fig.savefig(tmp, dpi=80, format="png"))
+        return str(png)
 
 
 def _number(value: object) -> float:

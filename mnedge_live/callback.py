@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 from event_model import DocumentRouter
 
 from mnedge_live.assembly import StepAssembler, ValenceMaps, run_file_stem
+from mnedge_live.background_writer import BackgroundWriter
 from mnedge_live.config import LiveConfig
 from mnedge_live.derived import DerivedRun, block_row, result_row
 from mnedge_live.event_axis import AxisCache, energy_axis
@@ -140,15 +142,21 @@ class MnEdgeCallback(DocumentRouter):
         ``block_row``, after each batch of block readouts), and ``{}`` when a run closes; e.g. for EPICS.
         A row handed to it also carries ``source_uid``, the uid of the source run it reads (not part
         of the derived documents), so a plan can tell its own scan's readout from an earlier one.
+    pictures : BackgroundWriter, optional
+        Draws the PNG of a spectrum image's maps off this thread (the service's: it reads no
+        message while drawing); its HDF5 is written before the stop document all the same,
+        which names both files.  None: both are written before the stop document.
     """
 
     def __init__(self, engine: Any, config: LiveConfig, publish: Callable[[str, dict], None],
-                 on_readout: Callable[[dict, dict], None] | None = None):
+                 on_readout: Callable[[dict, dict], None] | None = None,
+                 pictures: BackgroundWriter | None = None):
         super().__init__()
         self.engine = engine
         self.config = config
         self.publish = publish
         self.on_readout = on_readout
+        self.pictures = pictures
         self.runs: dict[str, _Run] = {}
         self.desc_run: dict[str, str] = {}
         self.ignored: set[str] = set()
@@ -427,11 +435,16 @@ class MnEdgeCallback(DocumentRouter):
         for maps, suffix, key in ((run.maps, "", "maps"), (run.binned_maps, f"_bin{self.config.map_bin}", "binned_maps")):
             if maps is None or not folder:   # None or "": no map files
                 continue
+            stem = run_file_stem(uid, suffix)
             try:
-                h5, png = maps.write(folder, run_file_stem(uid, suffix), {"parent_uid": uid,
-                                                                          "model": str(self.engine.model_id),
-                                                                          "map_bin": self.config.map_bin if suffix else 1,
-                                                                          "exit_status": exit_status})
+                h5 = maps.write_h5(folder, stem, {"parent_uid": uid, "model": str(self.engine.model_id),
+                                                  "map_bin": self.config.map_bin if suffix else 1,
+                                                  "exit_status": exit_status})
+                if self.pictures is not None:
+                    self.pictures.submit(f"the picture of run {uid}'s {key}", partial(maps.write_png, folder, stem))
+                    png = str(Path(folder) / f"{stem}.png")
+                else:
+                    png = maps.write_png(folder, stem)
                 extra.update({f"{key}_h5": str(Path(h5).resolve()), f"{key}_png": str(Path(png).resolve())})
             except Exception as exc:
                 log.exception("writing maps failed")

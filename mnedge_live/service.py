@@ -5,7 +5,8 @@ to ``max_batch``); the batch goes to the engine as soon as the socket is idle
 or ``max_delay_ms`` has passed.  Messages carrying the service's own output
 prefix, and runs marked as derived, are never processed.  Undecodable messages
 are logged and counted (``bad_messages``, messages over ``max_message_mb`` too), never raise; nor does a readout plot
-that fails (``plot_failures``, see :class:`DerivedSink`) or a derived document the
+that fails (``plot_failures``, see :class:`DerivedSink`; a spectrum image's map picture, drawn
+off the reading thread: ``picture_failures``) or a derived document the
 publisher fails to send (``unpublished_documents``, ``unpublished_rows``).  Runs silent for
 ``run_timeout_s`` are closed as failed.  SIGTERM/SIGINT flush the batch in
 flight, close open derived runs and return 0.  With CurveZMQ keys the
@@ -27,6 +28,7 @@ import zmq
 from bluesky.callbacks.zmq import ClientCurve
 from event_model import DocumentNames
 
+from mnedge_live.background_writer import BackgroundWriter
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
 from mnedge_live.dispatching import TolerantRemoteDispatcher
@@ -179,7 +181,8 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         plots = RunPlotter(config.plot_dir)
     publish = DerivedSink(publisher, plots)
     hook = epics.update if epics is not None else None
-    callback = MnEdgeCallback(engine, config, publish, on_readout=hook)
+    pictures = BackgroundWriter() if config.maps_folder() else None
+    callback = MnEdgeCallback(engine, config, publish, on_readout=hook, pictures=pictures)
     dispatcher = SafeRemoteDispatcher(config.in_address, callback=callback, ignore_prefix=prefix,
                                       deserializer=loads, curve_config=curve_in,
                                       max_message_mb=config.max_message_mb)
@@ -210,7 +213,10 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
             log.exception("closing open runs failed")
         time.sleep(0.05)  # let the last messages leave
         publisher.close() if hasattr(publisher, "close") else None
-    log.warning("mnedge live stopped: %s", {**callback.totals, "plot_failures": publish.plot_failures})
+        if pictures is not None and not pictures.close():
+            log.error("the maps' pictures still being drawn at shutdown were given up (their HDF5 files are whole)")
+    log.warning("mnedge live stopped: %s", {**callback.totals, "plot_failures": publish.plot_failures,
+                                            "picture_failures": pictures.failures if pictures is not None else 0})
     return 0
 
 

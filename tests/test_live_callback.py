@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from pathlib import Path
 
 import bluesky.plans as bp
 import event_model
@@ -614,3 +616,27 @@ def test_the_map_budget_holds_one_full_map_and_a_growing_map_counts_once(engine,
     assert "maps_error" not in stop
     with h5py.File(stop["maps_h5"]) as f:
         assert f["valence"].shape == (1, 4) and (np.isfinite(f["valence"][0]) | f["rejected"][0]).all()
+
+
+def test_with_a_picture_writer_the_stop_comes_before_the_maps_picture_is_drawn(engine, source, tmp_path):
+    """The service draws the maps' PNG off its reading thread: the stop document (HDF5 written, both files
+    named) does not wait for the picture, which follows."""
+    from mnedge_live.background_writer import BackgroundWriter
+
+    pictures = BackgroundWriter()
+    release = threading.Event()
+    pictures.submit("a picture being drawn", lambda: release.wait(30))
+    det, sy, sx = make_eels((3, 4), source)
+    det.prefetch()
+    docs: list[tuple[str, dict]] = []
+    cb = MnEdgeCallback(engine, LiveConfig(**EELS_OPTS, maps_dir=str(tmp_path)), lambda n, d: docs.append((n, d)),
+                        pictures=pictures)
+    RE = RunEngine({})
+    RE.subscribe(cb)
+    RE(bp.grid_scan([det], sy, 0, 1, 3, sx, 0, 1, 4, snake_axes=True))
+    stop = docs[-1][1]
+    assert docs[-1][0] == "stop" and stop["processed"] + stop["rejected"] == 12
+    png = Path(stop["maps_png"])
+    assert Path(stop["maps_h5"]).is_file() and png.parent == tmp_path.resolve() and not png.exists()
+    release.set()
+    assert pictures.close(timeout=60) and png.is_file() and pictures.failures == 0

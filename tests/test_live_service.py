@@ -22,6 +22,7 @@ from live_support import (
     start_service,
     stop,
 )
+from wire_support import wait_until
 
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
@@ -116,7 +117,8 @@ def test_service_reads_spectrum_image_and_step_scan_through_the_proxy(proxy, tmp
             assert dstop["processed"] + dstop["rejected"] == 12 and dstop["missed"] == 0
             rows = derived_rows(collector.docs, dstart["uid"])
             assert sorted(r["source_seq_num"] for r in rows) == list(range(1, 13))
-            assert os.path.isfile(dstop["maps_h5"]) and os.path.isfile(dstop["maps_png"])
+            assert os.path.isfile(dstop["maps_h5"])   # written before the stop document
+            assert wait_until(lambda: os.path.isfile(dstop["maps_png"]), 30)   # drawn off the reading thread
             assert Path(dstop["maps_h5"]).parent == (tmp_path / "plots").resolve()   # --plot alone: maps beside the plots
             # the PVs of the soft IOC, read with pyepics over loopback
             out = subprocess.run([sys.executable, "-c", (
