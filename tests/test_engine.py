@@ -269,6 +269,24 @@ def test_mn_edge_beside_a_stronger_edge_of_another_element_is_read(engine):
     assert beside.valence == pytest.approx(alone.valence, abs=0.05)
 
 
+WIDER = np.arange(560.0, 740.0, 0.1)
+
+
+@pytest.mark.parametrize("shift, other, spacing", [(-30.0, 67.0, 13.1), (-25.0, 67.0, 13.1),
+                                                   (25.0, -65.0, 9.0), (30.0, -65.0, 9.0)])
+def test_mn_edge_on_an_axis_off_by_25_to_30_ev_beside_a_stronger_edge_just_past_the_window(engine, shift, other,
+                                                                                          spacing):
+    """Fe's L3 (67 eV above Mn, three times as strong) 2-7 eV above the window where Mn's L3 may lie, or Cr's
+    L2 (65 + 9 eV below) just inside its low end: the window's strongest doublet score is then that edge's
+    flank or L2, no line of its own; the Mn edge inside the window is read, as without the other edge."""
+    mn = mn_like(WIDER - shift, noise=0.0) - 0.05 + np.random.default_rng(4).normal(0, 0.002, WIDER.size)
+    edge = 3.0 * (mn_like(WIDER - shift - other, spacing=spacing, noise=0.0) - 0.05)
+    alone, beside = engine.predict([(WIDER, mn), (WIDER, mn + edge)])
+    assert alone.ok and beside.ok, beside.reason
+    assert beside.valence == pytest.approx(alone.valence, abs=0.05)
+    assert beside.energy_offset_eV == pytest.approx(alone.energy_offset_eV, abs=0.3)
+
+
 @pytest.mark.parametrize("shift", [-30.0, -22.0, 22.0, 30.0])
 def test_an_axis_off_by_up_to_30_ev_reads_as_a_calibrated_one(engine, shift):
     calibrated = engine.predict_one(WIDE, _shifted(lambda e: mn_like(e, noise=0.002), 0.0))

@@ -298,3 +298,22 @@ def test_only_measured_points_count_as_stray_lines():
     valid = torch.tensor((e < 657.0)[None])
     assert float(_stray([y], e, valid).second_stray_line[0]) == 0.0
     assert float(_stray([y], e).second_stray_line[0]) > MAX_SECOND_STRAY_LINE
+
+
+def test_strongest_within_is_the_own_line_test_at_every_index():
+    """The L3 window search's mask (:func:`_strongest_within`, max-pooled) gives what :func:`_own_line`'s
+    height test gives at each index of rows of random lines and noise, ends included."""
+    from mnedge_live.preprocessing.edge_search import _strongest_within
+
+    rng = np.random.default_rng(11)
+    hp = torch.from_numpy(rng.normal(0, 1, (6, 700)).astype(np.float32))
+    hp[:, ::37] += 5.0   # lines of their own here and there
+    hp[1, :] = torch.linspace(-1, 1, 700)   # a monotonic row: only its last 16 points see nothing higher within 1.5 eV
+    mask = _strongest_within(hp, 0.1).numpy()
+    h = hp.numpy()
+    for r in range(h.shape[0]):
+        for i in range(h.shape[1]):
+            d = np.abs(np.arange(h.shape[1]) - i)
+            expect = h[r, d <= 15].max() > h[r, (d > 15) & (d <= 160)].max(initial=-np.inf)
+            assert mask[r, i] == expect, (r, i)
+    assert mask[1].sum() == 16 and mask[1, -16:].all()

@@ -105,12 +105,14 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     ``window`` (lowest, highest index, each ``(B,)``) is where a Mn L3 may be
     (:data:`L3_PLAUSIBLE_EV`). Where the strongest doublet lies outside it
     (another element's L2,3 edge in a wide window: Fe at +67 eV, Co at
-    +138 eV), the strongest one inside is taken instead if it is a line of
-    its own: a doublet detected above the noise (:data:`MIN_EDGE_SNR`), at
+    +138 eV), the strongest one inside that is a line of its own is taken
+    instead: a doublet detected above the noise (:data:`MIN_EDGE_SNR`), at
     least 1 eV inside the window (not the flank of an edge beyond it), whose
     high-passed height exceeds everything else within 16 eV (L3 is the
     strongest line of its edge: neither the L2 of an L3 below the window nor a
-    side lobe whose "L2" is an L3 above it qualifies). Otherwise the
+    side lobe whose "L2" is an L3 above it qualifies, and such a lobe, the
+    window's strongest doublet score when the other edge lies just beyond the
+    window, does not hide a Mn edge further inside). Otherwise the
     strongest doublet stays, and the engine rejects it as not Mn L3.
 
     ``all_valid``: ``bool(valid.all())`` when the caller has it already.
@@ -384,19 +386,52 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
     # Only the rows aligned outside the window are searched (usually a few of a batch).
     rows = outside.nonzero()[:, 0]
     score, hp, lo, hi = score[rows], hp[rows], lo[rows], hi[rows]
+    noise = score_noise_of(rows)
     in_win = (idx >= lo[:, None]) & (idx <= hi[:, None])
     cand = torch.where(in_win, score, torch.full_like(score, -torch.inf)).argmax(dim=1)
+    own_line = _own_line(score, hp, cand, idx, lo, hi, noise, step)
+    retry = ~own_line
+    if bool(retry.any()):
+        # The strongest doublet in the window may be the flank or side lobe of a much stronger edge just
+        # beyond it (Fe's L3 5-8 eV above, or Cr's L2 just below, with an axis off by 25-30 eV): then the
+        # strongest position that is a line of its own is taken, if one is.
+        r = retry.nonzero()[:, 0]
+        lines = in_win[r] & _strongest_within(hp[r], step)
+        alt = torch.where(lines, score[r], torch.full_like(score[r], -torch.inf)).argmax(dim=1)
+        alt_ok = _own_line(score[r], hp[r], alt, idx, lo[r], hi[r], noise[r], step) & lines.any(dim=1)
+        cand[r] = torch.where(alt_ok, alt, cand[r])
+        own_line[r] = alt_ok
+    out = coarse.clone()
+    out[rows] = torch.where(own_line, cand, coarse[rows])
+    return out
+
+
+def _own_line(score: torch.Tensor, hp: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
+              hi: torch.Tensor, noise: torch.Tensor, step: float) -> torch.Tensor:
+    """Whether each row's candidate L3 index ``cand`` is a line of its own inside the window ``lo``..``hi``:
+    at least 1 eV inside it, its doublet detected above the noise, and its high-passed height within
+    1.5 eV above everything else within :data:`L2_SEARCH_EV` (see :func:`locate_l3`)."""
     margin = int(round(1.0 / step))
     interior = (cand >= lo + margin) & (cand <= hi - margin)
-    detected = score.gather(1, cand[:, None])[:, 0] / score_noise_of(rows) >= MIN_EDGE_SNR  # False where the window is empty
+    detected = score.gather(1, cand[:, None])[:, 0] / noise >= MIN_EDGE_SNR  # False where the window is empty
     rel = ((idx - cand[:, None]) * step).abs()
     neg = torch.full_like(hp, -torch.inf)
     height = torch.where(rel <= 1.5, hp, neg).amax(dim=1)
     around = torch.where((rel > 1.5) & (rel <= L2_SEARCH_EV[1]), hp, neg).amax(dim=1)
-    own_line = interior & detected & (height > around)
-    out = coarse.clone()
-    out[rows] = torch.where(own_line, cand, coarse[rows])
-    return out
+    return interior & detected & (height > around)
+
+
+def _strongest_within(hp: torch.Tensor, step: float) -> torch.Tensor:
+    """``(B, N)``: where the high-passed spectrum's maximum within 1.5 eV exceeds its maximum 1.5 to
+    :data:`L2_SEARCH_EV` [1] eV away on either side (the test of :func:`_own_line` at every index; the
+    window ends count as unmeasured)."""
+    near_pts, far_pts = int(round(1.5 / step)), int(round(L2_SEARCH_EV[1] / step))
+    near = F.max_pool1d(hp[:, None], 2 * near_pts + 1, stride=1, padding=near_pts)[:, 0]
+    width = far_pts - near_pts
+    ring = F.max_pool1d(F.pad(hp[:, None], (far_pts, far_pts), value=-torch.inf), width, stride=1)[:, 0]
+    n = hp.shape[1]
+    left, right = ring[:, :n], ring[:, near_pts + 1 + far_pts:near_pts + 1 + far_pts + n]
+    return near > torch.maximum(left, right)
 
 
 def _line_centroid_spacing(bp: torch.Tensor, bp_noise: torch.Tensor, rel: torch.Tensor,
