@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,9 @@ class BackgroundWriter:
     Parameters
     ----------
     max_waiting : int
-        Jobs that may wait for the thread; one more is run on the caller's thread instead
-        (each job holds its data, e.g. a spectrum image's maps: memory stays bounded, and no
-        job is dropped).
+        Jobs that may wait for the thread; the caller of one more waits for room (each
+        job holds its data, e.g. a spectrum image's maps: memory stays bounded, no job is
+        dropped, and jobs for the same file end in the order given).
     name : str
         The thread's name (in logs and debuggers).
 
@@ -48,25 +49,24 @@ class BackgroundWriter:
         self._thread.start()
 
     def submit(self, what: str, write: Callable[[], object]) -> None:
-        """Run ``write()`` on the worker thread, or here when ``max_waiting`` jobs wait already or the
-        writer is closed; ``what`` names the job in the log should it fail. Never raises."""
-        if not self._closed:
-            try:
-                self._jobs.put_nowait((what, write))
-                return
-            except queue.Full:
-                pass
-        self._run(what, write)
+        """Run ``write()`` on the worker thread after the jobs given before it (waiting here while
+        ``max_waiting`` jobs wait already), or here at once once the writer is closed; ``what`` names
+        the job in the log should it fail. Never raises."""
+        if self._closed:
+            self._run(what, write)
+        else:
+            self._jobs.put((what, write))
 
     def close(self, timeout: float = 120.0) -> bool:
         """Finish the jobs waiting, then end the thread; False when they were not done within ``timeout``
-        seconds (the thread is a daemon: it does not hold the process)."""
+        seconds in all (the thread is a daemon: it does not hold the process)."""
+        deadline = time.monotonic() + timeout
         self._closed = True
         try:
             self._jobs.put(None, timeout=timeout)
         except queue.Full:
             return False
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
     def _run(self, what: str, write: Callable[[], object]) -> None:

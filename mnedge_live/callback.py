@@ -441,7 +441,8 @@ class MnEdgeCallback(DocumentRouter):
                                                   "map_bin": self.config.map_bin if suffix else 1,
                                                   "exit_status": exit_status})
                 if self.pictures is not None:
-                    self.pictures.submit(f"the picture of run {uid}'s {key}", partial(maps.write_png, folder, stem))
+                    picture = maps.for_picture()   # the run's full maps need not wait for the picture
+                    self.pictures.submit(f"the picture of run {uid}'s {key}", partial(picture.write_png, folder, stem))
                     png = str(Path(folder) / f"{stem}.png")
                 else:
                     png = maps.write_png(folder, stem)

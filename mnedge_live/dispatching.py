@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -36,9 +37,43 @@ log = logging.getLogger(__name__)
 #: (libzmq retries a failed network connection at once, by its own events, but never one it dropped
 #: for a protocol error such as a message over the limit).
 RECONNECT_GRACE_S = 1.0
+#: Longest wait (seconds) between two tries of a connection whose handshake failed (a CurveZMQ key the
+#: proxy refuses, a peer that speaks no 0MQ): libzmq does not retry those either; the wait doubles from
+#: RECONNECT_GRACE_S.
+MAX_HANDSHAKE_RETRY_S = 30.0
 #: Socket events that tell the connection is being retried or is up again.
-_RETRYING = (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED,
-             zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_RETRYING = (zmq.EVENT_CONNECT_RETRIED, zmq.EVENT_CONNECT_DELAYED, zmq.EVENT_CONNECTED)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                     zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_WATCHED = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_RETRYING) | sum(_HANDSHAKE_FAILED)
+
+
+@dataclass
+class _Link:
+    """What the socket's events tell of its connection (see :meth:`TolerantRemoteDispatcher._watch_connection`).
+
+    ``dropped``: None while the connection is up or 0MQ retries it; after a disconnection 0MQ will not
+    retry, whether that connection had completed its handshake (True: a message over the limit or
+    another protocol error; False: the handshake failed).  ``refused``: handshakes failed in a row.
+    """
+
+    handshaken: bool = False
+    dropped: bool | None = None
+    refused: int = 0
+
+    def saw(self, event: int) -> None:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self.handshaken, self.dropped, self.refused = True, None, 0
+        elif event == zmq.EVENT_DISCONNECTED:
+            self.dropped, self.handshaken = self.handshaken, False
+        elif event in _RETRYING:
+            self.dropped = None
+
+    def wait(self) -> float | None:
+        """Seconds to wait for 0MQ's own retry before connecting again here; None: nothing to wait for."""
+        if self.dropped is None:
+            return None
+        return RECONNECT_GRACE_S if self.dropped else min(RECONNECT_GRACE_S * 2 ** self.refused, MAX_HANDSHAKE_RETRY_S)
 
 
 class TolerantRemoteDispatcher(RemoteDispatcher):
@@ -69,6 +104,9 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
     dropped_connections : int
         Connections 0MQ dropped for a message over the limit (or another protocol error) and
         made again here.
+    refused_handshakes : int
+        Tries of the connection whose handshake failed (e.g. the proxy refused this reader's
+        CurveZMQ key); not messages, so not in ``bad_messages``.
     callback_errors : int
         Documents on which a subscribed callback raised (bluesky's own loop would end there).
     """
@@ -84,6 +122,7 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         self.max_message_bytes = None if max_message_mb is None else max(1, int(max_message_mb * 2**20))
         self.bad_messages = 0
         self.dropped_connections = 0
+        self.refused_handshakes = 0
         self.callback_errors = 0
 
     def _decode(self, message: bytes) -> tuple[DocumentNames, dict] | None:
@@ -151,7 +190,7 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         """
         sock = self._socket
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
-        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | sum(_RETRYING))
+        monitor = sock.get_monitor_socket(_WATCHED)
         self._reconnect()
         return asyncio.ensure_future(self._watch_connection(monitor))
 
@@ -162,40 +201,63 @@ class TolerantRemoteDispatcher(RemoteDispatcher):
         sock.connect(self.address)
 
     async def _watch_connection(self, monitor: zmq.Socket) -> None:
-        """Connect again after a drop that 0MQ does not retry, and count the message that caused it."""
-        dropped = False
+        """Connect again after a drop that 0MQ does not retry, counting the message that caused it.
+
+        A connection dropped after its handshake (a message over the limit) is made again after
+        :data:`RECONNECT_GRACE_S`; one whose handshake failed (a refused CurveZMQ key) is logged as an
+        error once and tried again at growing intervals, up to :data:`MAX_HANDSHAKE_RETRY_S`, without
+        counting a message.
+        """
+        link = _Link()
         try:
             while True:
                 try:
-                    frames = await asyncio.wait_for(monitor.recv_multipart(), RECONNECT_GRACE_S if dropped else None)
+                    frames = await asyncio.wait_for(monitor.recv_multipart(), link.wait())
                 except TimeoutError:
-                    if self._retrying_events_waiting(monitor):
-                        dropped = False
+                    for event in self._queued_events(monitor):   # the loop may have been busy past the wait
+                        link.saw(event)
+                    if link.dropped is None:
                         continue
-                    dropped = False
-                    self.dropped_connections += 1
-                    self._count_bad("the connection to %s was dropped on a message over %.6g MiB (or another "
-                                    "0MQ protocol error) and is made again; documents sent meanwhile are lost "
-                                    "(events counted as missed by their seq_num)", self.address,
-                                    self.max_message_bytes / 2**20)
+                    if link.dropped:
+                        self._count_dropped()
+                    else:
+                        link.refused += 1
+                        self.refused_handshakes += 1
+                    link.dropped = None
                     self._reconnect()
                     continue
                 event = parse_monitor_message(frames)["event"]
-                dropped = event == zmq.EVENT_DISCONNECTED or (dropped and event not in _RETRYING)
+                if event == zmq.EVENT_HANDSHAKE_SUCCEEDED and link.refused:
+                    log.warning("the handshake with %s succeeded after %d failed tries", self.address, link.refused)
+                if event in _HANDSHAKE_FAILED and link.refused == 0:
+                    log.error("the handshake with %s failed (%s: a CurveZMQ key the proxy does not accept, or a peer "
+                              "that is no 0MQ proxy); trying again every %g s at most, nothing is read meanwhile",
+                              self.address, zmq.Event(event).name, MAX_HANDSHAKE_RETRY_S)
+                link.saw(event)
         finally:
+            for event in self._queued_events(monitor):
+                link.saw(event)
+            if link.dropped:   # dropped on a message over the limit within the grace time before the stop
+                self._count_dropped()
             with contextlib.suppress(zmq.ZMQError):
                 self._socket.disable_monitor()
             monitor.close(linger=0)
 
+    def _count_dropped(self) -> None:
+        self.dropped_connections += 1
+        self._count_bad("the connection to %s was dropped on a message over %.6g MiB (or another 0MQ protocol "
+                        "error) and is made again; documents sent meanwhile are lost (events counted as missed by "
+                        "their seq_num)", self.address, self.max_message_bytes / 2**20)
+
     @staticmethod
-    def _retrying_events_waiting(monitor: zmq.Socket) -> bool:
-        """Whether a retry event is already queued (the loop may have been busy past the grace time)."""
+    def _queued_events(monitor: zmq.Socket) -> list[int]:
+        """The socket events already waiting on ``monitor``, taken without waiting."""
+        events = []
         while True:
             try:
                 frames = monitor.recv_multipart(flags=zmq.NOBLOCK)
                 if not isinstance(frames, list):   # zmq.asyncio returns a future, done at once with NOBLOCK
                     frames = frames.result()
             except zmq.Again:
-                return False
-            if parse_monitor_message(frames)["event"] in _RETRYING:
-                return True
+                return events
+            events.append(parse_monitor_message(frames)["event"])

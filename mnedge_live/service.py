@@ -216,7 +216,9 @@ def serve(config: LiveConfig, engine: Any, epics: Any = None, ready: Any = None)
         if pictures is not None and not pictures.close():
             log.error("the maps' pictures still being drawn at shutdown were given up (their HDF5 files are whole)")
     log.warning("mnedge live stopped: %s", {**callback.totals, "plot_failures": publish.plot_failures,
-                                            "picture_failures": pictures.failures if pictures is not None else 0})
+                                            "picture_failures": pictures.failures if pictures is not None else 0,
+                                            "dropped_connections": dispatcher.dropped_connections,
+                                            "refused_handshakes": dispatcher.refused_handshakes})
     return 0
 
 

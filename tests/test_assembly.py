@@ -46,3 +46,17 @@ def test_a_write_that_fails_leaves_no_half_written_file_and_the_earlier_one_whol
     with pytest.raises(TypeError):
         _maps().write(tmp_path, "new", {"not storable": {"a": 1}})
     assert not (tmp_path / "new.h5").exists() and not (tmp_path / "new.png").exists()
+
+
+def test_a_large_map_is_drawn_from_every_kth_pixel_a_small_one_whole(tmp_path):
+    small = ValenceMaps((1024, 300))
+    assert small.for_picture() is small
+    big = ValenceMaps((3000, 2050))
+    big.layers["valence"][:] = np.arange(3000 * 2050, dtype=float).reshape(3000, 2050)
+    big.rejected[::7] = True
+    pic = big.for_picture()
+    assert pic.shape == (1000, 684) and pic.nbytes < big.nbytes / 8   # k = 3
+    assert np.array_equal(pic.layers["valence"], big.layers["valence"][::3, ::3])
+    assert np.array_equal(pic.rejected, big.rejected[::3, ::3])
+    png = big.write_png(tmp_path, "big")
+    assert png.endswith("big.png") and (tmp_path / "big.png").stat().st_size > 0

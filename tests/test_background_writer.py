@@ -32,18 +32,22 @@ def test_a_failing_job_is_logged_and_counted_and_the_next_one_runs(caplog):
     assert "writing the broken picture failed" in caplog.text and "ZeroDivisionError" in caplog.text
 
 
-def test_a_job_beyond_max_waiting_runs_on_the_callers_thread_not_dropped():
+def test_a_job_beyond_max_waiting_waits_for_room_and_keeps_its_order():
+    """Never dropped, never run ahead of the jobs given before it (two pictures of one file end as given)."""
     writer = BackgroundWriter(max_waiting=1)
-    release, where = threading.Event(), []
-    started = threading.Event()
+    release, started, order = threading.Event(), threading.Event(), []
     writer.submit("blocker", lambda: (started.set(), release.wait(10)))
     assert started.wait(10)
-    writer.submit("waits", lambda: where.append(("waits", threading.current_thread().name)))
-    writer.submit("one too many", lambda: where.append(("one too many", threading.current_thread().name)))
-    assert where == [("one too many", threading.current_thread().name)]
+    writer.submit("first", lambda: order.append(("first", threading.current_thread().name)))
+    second = threading.Thread(target=writer.submit,
+                              args=("second", lambda: order.append(("second", threading.current_thread().name))))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive() and order == []   # its caller waits for room
     release.set()
+    second.join(10)
     assert writer.close(timeout=30)
-    assert where[1] == ("waits", "mnedge-pictures") and writer.written == 3
+    assert order == [("first", "mnedge-pictures"), ("second", "mnedge-pictures")] and writer.written == 3
 
 
 def test_after_close_a_job_runs_at_once_on_the_caller():

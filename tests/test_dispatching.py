@@ -157,8 +157,9 @@ def test_a_message_under_the_limit_is_read(proxy):
 
 
 def test_a_restarted_proxy_is_reconnected_by_0mq_alone():
-    """A network failure is retried by 0MQ itself: the dispatcher must not connect a second time (which
-    would read every later message twice) nor count a dropped message."""
+    """A network failure is retried by 0MQ itself: the dispatcher must neither connect again (libzmq would
+    ignore a second connect to the endpoint, but a disconnect-and-connect would lose what 0MQ buffered) nor
+    count a dropped message."""
     proc, pin, pout = start_proxy()
     _, loads = get_serializer("msgpack")
     seen = []
@@ -192,3 +193,107 @@ def test_a_restarted_proxy_is_reconnected_by_0mq_alone():
 def test_the_limit_must_be_positive():
     with pytest.raises(ValueError, match="max_message_mb"):
         TolerantRemoteDispatcher("127.0.0.1:5000", max_message_mb=0)
+
+
+def _curve_publisher(tmp_path, allow_reader: bool):
+    """A PUB socket with a CurveZMQ server key whose authenticator accepts the reader's key or not; returns
+    (context, authenticator, socket, port, reader's ClientCurve)."""
+    import shutil
+
+    import zmq.auth
+    from bluesky.callbacks.zmq import ClientCurve
+    from zmq.auth.thread import ThreadAuthenticator
+
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server_public, server_secret = zmq.auth.create_certificates(tmp_path, "server")
+    reader_public, reader_secret = zmq.auth.create_certificates(tmp_path, "reader")
+    if allow_reader:
+        shutil.copy(reader_public, allowed)
+    else:
+        zmq.auth.create_certificates(allowed, "someone_else")
+    ctx = zmq.Context()
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain="*", location=str(allowed))
+    pub = ctx.socket(zmq.PUB)
+    pub.curve_publickey, pub.curve_secretkey = zmq.auth.load_certificate(server_secret)
+    pub.curve_server = True
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    return ctx, auth, pub, port, ClientCurve(secret_path=reader_secret, server_public_key=server_public)
+
+
+def _close_curve(ctx, auth, pub) -> None:
+    pub.close(linger=0)
+    auth.stop()
+    ctx.term()
+
+
+def test_a_refused_curve_key_is_no_message_over_the_limit(tmp_path, caplog):
+    """A handshake the proxy refuses ends the connection as a message over the limit does (0MQ retries
+    neither): it is logged once as an error and tried again at growing intervals, never counted as a message."""
+    ctx, auth, pub, port, curve = _curve_publisher(tmp_path, allow_reader=False)
+    _, loads = get_serializer("msgpack")
+    seen = []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads, curve_config=curve)
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 4.5 * RECONNECT_GRACE_S
+        while time.monotonic() < deadline:
+            pub.send(b"src stop " + msgpack_dumps({"uid": "x"}))
+            time.sleep(0.1)
+    finally:
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+        _close_curve(ctx, auth, pub)
+    assert seen == [] and dispatcher.bad_messages == 0 == dispatcher.dropped_connections
+    assert 2 <= dispatcher.refused_handshakes <= 3   # tried again after 1, 2 (and 4) s
+    assert caplog.text.count("the handshake with") == 1 and "HANDSHAKE_FAILED" in caplog.text
+
+
+def test_over_curve_a_message_over_the_limit_is_counted_and_the_connection_keeps_its_keys(tmp_path):
+    ctx, auth, pub, port, curve = _curve_publisher(tmp_path, allow_reader=True)
+    _, loads = get_serializer("msgpack")
+    seen = []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads, curve_config=curve,
+                                          max_message_mb=0.01)
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    try:
+        _send_until_seen(pub, seen, "before")
+        pub.send(b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000}))
+        deadline = time.monotonic() + 20
+        while dispatcher.dropped_connections == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _send_until_seen(pub, seen, "after")
+    finally:
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+        _close_curve(ctx, auth, pub)
+    assert seen[0].startswith("before") and seen[-1].startswith("after") and "huge" not in seen
+    assert dispatcher.dropped_connections == 1 == dispatcher.bad_messages and dispatcher.refused_handshakes == 0
+
+
+def test_a_message_over_the_limit_just_before_the_stop_is_still_counted(proxy):
+    pin, pout = proxy
+    _, loads = get_serializer("msgpack")
+    seen = []
+    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, max_message_mb=0.01)
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    sender = zmq.Context.instance().socket(zmq.PUB)
+    try:
+        sender.connect(f"tcp://127.0.0.1:{pin}")
+        wait_for_subscription(dispatcher, thread, 0.5)
+        _send_until_seen(sender, seen, "before")
+        sender.send(b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000}))
+        time.sleep(0.3 * RECONNECT_GRACE_S)   # stopped within the grace time
+    finally:
+        sender.close(linger=0)
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+    assert dispatcher.dropped_connections == 1 == dispatcher.bad_messages
