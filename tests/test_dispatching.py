@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -94,6 +95,34 @@ def test_a_prefix_keeps_other_publishers_out(proxy):
     assert seen == ["ours"] and dispatcher.bad_messages == 0
 
 
+@contextlib.contextmanager
+def _reading(address: str, **kwargs):
+    """A TolerantRemoteDispatcher on ``address`` (msgpack) reading on a thread, the uids it read in a list;
+    cancelled and joined on leaving."""
+    _, loads = get_serializer("msgpack")
+    seen: list[str] = []
+    dispatcher = TolerantRemoteDispatcher(address, deserializer=loads, **kwargs)
+    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
+    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
+    thread.start()
+    try:
+        yield dispatcher, thread, seen
+    finally:
+        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def _sender(pin: int):
+    """A PUB socket connected to the proxy's publisher side; closed on leaving."""
+    sender = zmq.Context.instance().socket(zmq.PUB)
+    sender.connect(f"tcp://127.0.0.1:{pin}")
+    try:
+        yield sender
+    finally:
+        sender.close(linger=0)
+
+
 def _send_until_seen(sender: zmq.Socket, seen: list, uid: str, timeout: float = 30) -> None:
     """Send stop documents ``uid``-0, -1, ... every 0.1 s until one is read (a reconnected SUB socket
     misses what is sent before its subscription reaches the proxy)."""
@@ -104,56 +133,41 @@ def _send_until_seen(sender: zmq.Socket, seen: list, uid: str, timeout: float = 
         time.sleep(0.1)
 
 
+def _wait(predicate, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+HUGE = b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000})   # 20 kB: over 0.01 MiB, under 0.05
+
+
+def _huge_after_one_read(dispatcher, thread, seen: list, sender: zmq.Socket) -> None:
+    """Once the subscription reaches the proxy and one message was read, send :data:`HUGE`."""
+    wait_for_subscription(dispatcher, thread, 0.5)
+    _send_until_seen(sender, seen, "before")
+    sender.send(HUGE)
+
+
 def test_a_message_over_the_limit_is_counted_and_the_connection_made_again(proxy):
     """0MQ drops the connection on a message over ``MAXMSGSIZE`` and never retries it by itself."""
     pin, pout = proxy
-    _, loads = get_serializer("msgpack")
-    seen, reported = [], []
-    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, max_message_mb=0.01,
-                                          on_bad_message=lambda: reported.append(1))
-    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
-    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
-    thread.start()
-    sender = zmq.Context.instance().socket(zmq.PUB)
-    try:
-        sender.connect(f"tcp://127.0.0.1:{pin}")
-        wait_for_subscription(dispatcher, thread, 0.5)
-        _send_until_seen(sender, seen, "before")
-        sender.send(b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000}))  # 20 kB > 10.24 kB
-        deadline = time.monotonic() + 20
-        while dispatcher.dropped_connections == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+    reported = []
+    with _reading(f"127.0.0.1:{pout}", max_message_mb=0.01, on_bad_message=lambda: reported.append(1)) as (
+            dispatcher, thread, seen), _sender(pin) as sender:
+        _huge_after_one_read(dispatcher, thread, seen, sender)
+        _wait(lambda: dispatcher.dropped_connections > 0)
         _send_until_seen(sender, seen, "after")
-    finally:
-        sender.close(linger=0)
-        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
-        thread.join(5)
     assert "huge" not in seen and seen[0].startswith("before") and seen[-1].startswith("after")
     assert dispatcher.dropped_connections == 1 and dispatcher.bad_messages == 1 == len(reported)
 
 
 def test_a_message_under_the_limit_is_read(proxy):
     pin, pout = proxy
-    _, loads = get_serializer("msgpack")
-    seen = []
-    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, max_message_mb=0.05)
-    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
-    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
-    thread.start()
-    sender = zmq.Context.instance().socket(zmq.PUB)
-    try:
-        sender.connect(f"tcp://127.0.0.1:{pin}")
-        wait_for_subscription(dispatcher, thread, 0.5)
-        _send_until_seen(sender, seen, "before")
-        sender.send(b"src start " + msgpack_dumps({"uid": "big", "data": "x" * 20_000}))
-        deadline = time.monotonic() + 20
-        while "big" not in seen and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        sender.close(linger=0)
-        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
-        thread.join(5)
-    assert "big" in seen and dispatcher.dropped_connections == 0 == dispatcher.bad_messages
+    with _reading(f"127.0.0.1:{pout}", max_message_mb=0.05) as (dispatcher, thread, seen), _sender(pin) as sender:
+        _huge_after_one_read(dispatcher, thread, seen, sender)
+        _wait(lambda: "huge" in seen)
+    assert "huge" in seen and dispatcher.dropped_connections == 0 == dispatcher.bad_messages
 
 
 def test_a_restarted_proxy_is_reconnected_by_0mq_alone():
@@ -161,31 +175,19 @@ def test_a_restarted_proxy_is_reconnected_by_0mq_alone():
     ignore a second connect to the endpoint, but a disconnect-and-connect would lose what 0MQ buffered) nor
     count a dropped message."""
     proc, pin, pout = start_proxy()
-    _, loads = get_serializer("msgpack")
-    seen = []
-    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads)
-    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
-    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
-    thread.start()
-    sender = zmq.Context.instance().socket(zmq.PUB)
     try:
-        sender.connect(f"tcp://127.0.0.1:{pin}")
-        wait_for_subscription(dispatcher, thread, 0.5)
-        _send_until_seen(sender, seen, "before")
-        stop(proc)
-        proc, _, _ = start_proxy((pin, pout))
-        _send_until_seen(sender, seen, "after")
-        time.sleep(3 * RECONNECT_GRACE_S)   # past the grace time: a second connection would be made by now
-        n = len(seen)
-        sender.send(b"src stop " + msgpack_dumps({"uid": "last"}))
-        deadline = time.monotonic() + 10
-        while "last" not in seen and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        with _reading(f"127.0.0.1:{pout}") as (dispatcher, thread, seen), _sender(pin) as sender:
+            wait_for_subscription(dispatcher, thread, 0.5)
+            _send_until_seen(sender, seen, "before")
+            stop(proc)
+            proc, _, _ = start_proxy((pin, pout))
+            _send_until_seen(sender, seen, "after")
+            time.sleep(3 * RECONNECT_GRACE_S)   # past the grace time: a wrong reconnection would be made by now
+            n = len(seen)
+            sender.send(b"src stop " + msgpack_dumps({"uid": "last"}))
+            _wait(lambda: "last" in seen, 10)
+            time.sleep(0.5)
     finally:
-        sender.close(linger=0)
-        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
-        thread.join(5)
         stop(proc)
     assert seen[n:] == ["last"] and dispatcher.dropped_connections == 0 == dispatcher.bad_messages
 
@@ -195,9 +197,10 @@ def test_the_limit_must_be_positive():
         TolerantRemoteDispatcher("127.0.0.1:5000", max_message_mb=0)
 
 
+@contextlib.contextmanager
 def _curve_publisher(tmp_path, allow_reader: bool):
-    """A PUB socket with a CurveZMQ server key whose authenticator accepts the reader's key or not; returns
-    (context, authenticator, socket, port, reader's ClientCurve)."""
+    """A PUB socket with a CurveZMQ server key whose authenticator accepts the reader's key or not; yields
+    (socket, port, the reader's ClientCurve)."""
     import shutil
 
     import zmq.auth
@@ -220,80 +223,42 @@ def _curve_publisher(tmp_path, allow_reader: bool):
     pub.curve_publickey, pub.curve_secretkey = zmq.auth.load_certificate(server_secret)
     pub.curve_server = True
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    return ctx, auth, pub, port, ClientCurve(secret_path=reader_secret, server_public_key=server_public)
-
-
-def _close_curve(ctx, auth, pub) -> None:
-    pub.close(linger=0)
-    auth.stop()
-    ctx.term()
+    try:
+        yield pub, port, ClientCurve(secret_path=reader_secret, server_public_key=server_public)
+    finally:
+        pub.close(linger=0)
+        auth.stop()
+        ctx.term()
 
 
 def test_a_refused_curve_key_is_no_message_over_the_limit(tmp_path, caplog):
     """A handshake the proxy refuses ends the connection as a message over the limit does (0MQ retries
     neither): it is logged once as an error and tried again at growing intervals, never counted as a message."""
-    ctx, auth, pub, port, curve = _curve_publisher(tmp_path, allow_reader=False)
-    _, loads = get_serializer("msgpack")
-    seen = []
-    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads, curve_config=curve)
-    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
-    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 4.5 * RECONNECT_GRACE_S
-        while time.monotonic() < deadline:
-            pub.send(b"src stop " + msgpack_dumps({"uid": "x"}))
-            time.sleep(0.1)
-    finally:
-        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
-        thread.join(5)
-        _close_curve(ctx, auth, pub)
+    with _curve_publisher(tmp_path, allow_reader=False) as (pub, port, curve):
+        with _reading(f"127.0.0.1:{port}", curve_config=curve) as (dispatcher, thread, seen):
+            deadline = time.monotonic() + 4.5 * RECONNECT_GRACE_S
+            while time.monotonic() < deadline:
+                pub.send(b"src stop " + msgpack_dumps({"uid": "x"}))
+                time.sleep(0.1)
     assert seen == [] and dispatcher.bad_messages == 0 == dispatcher.dropped_connections
     assert 2 <= dispatcher.refused_handshakes <= 3   # tried again after 1, 2 (and 4) s
     assert caplog.text.count("the handshake with") == 1 and "HANDSHAKE_FAILED" in caplog.text
 
 
 def test_over_curve_a_message_over_the_limit_is_counted_and_the_connection_keeps_its_keys(tmp_path):
-    ctx, auth, pub, port, curve = _curve_publisher(tmp_path, allow_reader=True)
-    _, loads = get_serializer("msgpack")
-    seen = []
-    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{port}", deserializer=loads, curve_config=curve,
-                                          max_message_mb=0.01)
-    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
-    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
-    thread.start()
-    try:
-        _send_until_seen(pub, seen, "before")
-        pub.send(b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000}))
-        deadline = time.monotonic() + 20
-        while dispatcher.dropped_connections == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _send_until_seen(pub, seen, "after")
-    finally:
-        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
-        thread.join(5)
-        _close_curve(ctx, auth, pub)
+    with _curve_publisher(tmp_path, allow_reader=True) as (pub, port, curve):
+        with _reading(f"127.0.0.1:{port}", curve_config=curve, max_message_mb=0.01) as (dispatcher, thread, seen):
+            _send_until_seen(pub, seen, "before")
+            pub.send(HUGE)
+            _wait(lambda: dispatcher.dropped_connections > 0)
+            _send_until_seen(pub, seen, "after")
     assert seen[0].startswith("before") and seen[-1].startswith("after") and "huge" not in seen
     assert dispatcher.dropped_connections == 1 == dispatcher.bad_messages and dispatcher.refused_handshakes == 0
 
 
 def test_a_message_over_the_limit_just_before_the_stop_is_still_counted(proxy):
     pin, pout = proxy
-    _, loads = get_serializer("msgpack")
-    seen = []
-    dispatcher = TolerantRemoteDispatcher(f"127.0.0.1:{pout}", deserializer=loads, max_message_mb=0.01)
-    dispatcher.subscribe(lambda name, doc: seen.append(doc["uid"]))
-    thread = threading.Thread(target=_run, args=(dispatcher,), daemon=True)
-    thread.start()
-    sender = zmq.Context.instance().socket(zmq.PUB)
-    try:
-        sender.connect(f"tcp://127.0.0.1:{pin}")
-        wait_for_subscription(dispatcher, thread, 0.5)
-        _send_until_seen(sender, seen, "before")
-        sender.send(b"src start " + msgpack_dumps({"uid": "huge", "data": "x" * 20_000}))
+    with _reading(f"127.0.0.1:{pout}", max_message_mb=0.01) as (dispatcher, thread, seen), _sender(pin) as sender:
+        _huge_after_one_read(dispatcher, thread, seen, sender)
         time.sleep(0.3 * RECONNECT_GRACE_S)   # stopped within the grace time
-    finally:
-        sender.close(linger=0)
-        dispatcher.loop.call_soon_threadsafe(lambda: dispatcher._task and dispatcher._task.cancel())
-        thread.join(5)
     assert dispatcher.dropped_connections == 1 == dispatcher.bad_messages
