@@ -227,6 +227,11 @@ class ValenceMaps:
         out.rejected = self.rejected[::k, ::k].copy()
         return out
 
+    @staticmethod
+    def picture_path(directory: str | Path, name: str) -> Path:
+        """Where :meth:`write_png` puts the picture of maps named ``name``."""
+        return Path(directory) / f"{name}.png"
+
     def write_png(self, directory: str | Path, name: str) -> str:
         """Draw the maps (:meth:`for_picture`) into ``directory/name.png`` (replaced whole, as
         :meth:`write_h5`); returns its path.
@@ -239,9 +244,8 @@ class ValenceMaps:
         from matplotlib.figure import Figure
 
         layers = self.for_picture().layers
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        png = d / f"{name}.png"
+        png = self.picture_path(directory, name)
+        png.parent.mkdir(parents=True, exist_ok=True)
         fig = Figure(figsize=(14, 6.8))
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 4)

@@ -443,7 +443,7 @@ class MnEdgeCallback(DocumentRouter):
                 if self.pictures is not None:
                     picture = maps.for_picture()   # the run's full maps need not wait for the picture
                     self.pictures.submit(f"the picture of run {uid}'s {key}", partial(picture.write_png, folder, stem))
-                    png = str(Path(folder) / f"{stem}.png")
+                    png = ValenceMaps.picture_path(folder, stem)
                 else:
                     png = maps.write_png(folder, stem)
                 extra.update({f"{key}_h5": str(Path(h5).resolve()), f"{key}_png": str(Path(png).resolve())})

@@ -14,6 +14,8 @@ from typing import Any
 MODES = ("spectrum", "step")
 #: Default ``max_message_mb``: a 4096-pixel row of 4096-channel float64 spectra is 128 MiB.
 DEFAULT_MAX_MESSAGE_MB = 256.0
+#: Largest ``max_message_mb`` accepted (64 GiB).
+MAX_MESSAGE_MB = 65536
 #: Default ``maps_dir`` (relative to the working directory); ``--plot DIR`` alone puts the maps in DIR.
 DEFAULT_MAPS_DIR = "mnedge_maps"
 #: Shortest ``run_timeout_s`` (seconds) other than 0 (off): shorter ones closed runs between their
@@ -375,8 +377,8 @@ class LiveConfig:
              "max_batch", "must be an integer in 1..65536")
         need(_number(self.max_delay_ms) and 0 <= self.max_delay_ms <= 10_000, "max_delay_ms",
              "must be a number of milliseconds in 0..10000")
-        need(_number(self.max_message_mb) and 0 < self.max_message_mb <= 65536, "max_message_mb",
-             "must be a number of MiB, more than 0 up to 65536")
+        need(_number(self.max_message_mb) and 0 < self.max_message_mb <= MAX_MESSAGE_MB, "max_message_mb",
+             f"must be a number of MiB, more than 0 up to {MAX_MESSAGE_MB}")
         need(_integer(self.step_readout_every) and self.step_readout_every >= 1, "step_readout_every",
              "must be a positive integer")
         for name in ("l3_window_eV", "l2_window_eV"):

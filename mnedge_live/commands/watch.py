@@ -19,7 +19,7 @@ import logging
 import signal
 import sys
 
-from mnedge_live.config import DEFAULT_MAX_MESSAGE_MB
+from mnedge_live.config import DEFAULT_MAX_MESSAGE_MB, MAX_MESSAGE_MB
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         _, loads = get_serializer(args.serializer, args.allow_pickle)
         if not args.every > 0 or args.runs < 0:
             raise ValueError("--every must be more than 0 and --runs at least 0")
-        if not 0 < args.max_message_mb <= 65536:
-            raise ValueError("--max-message-mb must be more than 0 up to 65536")
+        if not 0 < args.max_message_mb <= MAX_MESSAGE_MB:
+            raise ValueError(f"--max-message-mb must be more than 0 up to {MAX_MESSAGE_MB}")
         curve = _curve(args.curve_secret_key, args.curve_server_public_key)
     except ValueError as exc:
         print(f"mnedge watch: {exc}", file=sys.stderr)
