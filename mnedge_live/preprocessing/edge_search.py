@@ -393,7 +393,7 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
     retry = ~own_line
     if bool(retry.any()):
         # The strongest doublet in the window may be the flank or side lobe of a much stronger edge just
-        # beyond it (Fe's L3 5-8 eV above, or Cr's L2 just below, with an axis off by 25-30 eV): then the
+        # beyond it (Fe's L3 2-12 eV above, or Cr's L2 just inside, with an axis off by 20-30 eV): then the
         # strongest position that is a line of its own is taken, if one is.
         r = retry.nonzero()[:, 0]
         lines = in_win[r] & _strongest_within(hp[r], step)
