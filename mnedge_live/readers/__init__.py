@@ -37,13 +37,13 @@ from mnedge_live.readers.columns import (
     parse_columns,
     read_text,
     read_text_items,
-    split_fields,
 )
 from mnedge_live.readers.hdf5_cache import HDF5Dataset, release
 from mnedge_live.readers.items import Item, MeasuredSpectrum, ReadError, RefusedSignal, SpectrumImage
 from mnedge_live.readers.msa import read_msa
 from mnedge_live.readers.nexus import attr_text, is_nexus, read_nexus
 from mnedge_live.readers.signals import contiguous_chunks, read_rsciio
+from mnedge_live.readers.text_fields import split_fields
 
 #: File extensions read as EMSA/MSA.
 MSA_EXTENSIONS = frozenset({".msa", ".ems", ".emsa", ".mas"})

@@ -2,43 +2,39 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from pathlib import Path
 
 import numpy as np
 
+from mnedge_live.readers.column_names import (
+    COMPANION_WORDS,
+    INSTRUMENT_WORDS,
+    MONITOR_COLUMN_NAMES,
+    SPECTRUM_COLUMN_NAMES,
+    column_key,
+    i0_monitors,
+    is_energy_key,
+    is_index_key,
+    is_known_key,
+    is_normalized_yield_key,
+    is_raw_yield_key,
+    is_units_row,
+)
 from mnedge_live.readers.items import ENERGY_UNITS, Item, MeasuredSpectrum, ReadError, RefusedSignal
+from mnedge_live.readers.text_fields import (
+    is_number,
+    number_pair,
+    numbers_and_gaps,
+    parse_number,
+    split_fields,
+    tab_fields_with_leading_gaps,
+)
 
 #: Largest text file read (bytes): a measured spectrum is kilobytes.
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 
-#: Column names (lower case, units dropped) taken as the spectrum in a text file of more than two
-#: columns, first match in this order: normalized and flattened XAS (Athena/Larch exports), mu(E),
-#: then generic intensity names.
-SPECTRUM_COLUMN_NAMES = ("norm", "nor", "flat", "xmu", "mu", "mutrans", "mu_trans", "mufluor", "mu_fluor",
-                         "absorption", "intensity", "counts", "signal", "eels", "xas", "spectrum")
-#: Column names of monitors and bookkeeping, never a spectrum: a file whose second column is one of
-#: these and that names no spectrum column is refused instead of read from its monitor.
-MONITOR_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon", "time", "seconds", "sec", "count_time",
-                                  "ring_current", "ringcurrent", "current", "beam_current", "energy", "e"})
-
-#: Column names (keys, as :func:`column_key` makes them) of a point index, a counter or a clock: never the
-#: energy axis.  A column named so (or unnamed: a pandas or R index) in first place is not read as the energy.
-INDEX_COLUMN_NAMES = frozenset({"", "#", "index", "idx", "point", "points", "pt", "pts", "no", "nr", "num", "number",
-                                "channel", "chan", "ch", "row", "step", "time", "seconds", "sec", "clock",
-                                "real_time_clock", "timestamp", "epoch"})
-#: Column names (keys) of an energy axis besides those containing the word ``energy`` (``Mono Energy``,
-#: ``pgm_energy``, ``Energy loss (eV)``).
-ENERGY_COLUMN_NAMES = frozenset({"e", "ev", "hv", "eloss", "energyloss"})
-
-#: Column names (keys) of raw electron or fluorescence yields, read divided by the file's I0 monitor
-#: (:data:`I0_COLUMN_NAMES`) when chosen by default; also ``tey_*``, ``tfy_*``, ``pfy_*`` (``PFY_Mn``).
-RAW_YIELD_NAMES = frozenset({"tey", "tfy", "pfy", "itey", "itfy", "ipfy", "idio", "ifiofb", "ifio", "fy", "ey",
-                             "iy", "ifluor", "ifluo", "drain", "drain_current", "sample_current", "sdd"})
-#: Column names (keys) of the incident-flux monitor a raw yield is divided by.
-I0_COLUMN_NAMES = frozenset({"i0", "i_0", "izero", "monitor", "mon"})
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +193,7 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
             if m and not data:
                 xdi[int(m.group(1))] = (m.group(2).split() or [""])[0]
             if data and not meta and footer is None and _names_after_metadata(names, data, all_lines, idx) \
-                    and any(_is_known_key(column_key(w)) for w in names):
+                    and any(is_known_key(column_key(w)) for w in names):
                 # "# Energy  mu" after one or two rows of numbers: those rows are metadata (they were read as data
                 # points); a comment is passed over between data rows, so it must name a known column
                 meta, data = data, []
@@ -207,15 +203,15 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
             continue
         fields = split_fields(s)
         if data and line[:1] == "\t" and all_lines[data[0][0] - 1][:1] != "\t":
-            fields = _tab_fields_with_leading_gaps(line)   # strip() took the empty first cells of this row
-        values = _floats(fields[:2])
-        numeric = values is not None or _is_number(fields, 0)   # a row, a lone number or a row starting with one
+            fields = tab_fields_with_leading_gaps(line)   # strip() took the empty first cells of this row
+        values = number_pair(fields[:2])
+        numeric = values is not None or is_number(fields, 0)   # a row, a lone number or a row starting with one
         row = values is not None and len(fields) >= 2
         if not row and numeric and len(fields) >= 3 and footer is None:
             # An empty or non-numeric cell (an I0 that was not recorded): a data row if it has every column (the
             # first row's, else the next row's); its cells are checked where its columns are read.
             row = len(fields) == (len(data[0][1]) if data else _next_row_width(all_lines, idx))
-        elif not row and data and footer is None and len(fields) <= len(data[0][1]) and _numbers_and_gaps(fields):
+        elif not row and data and footer is None and len(fields) <= len(data[0][1]) and numbers_and_gaps(fields):
             # First cells empty, the others numbers or empty: a row of X/Y pairs whose first pair has ended, read
             # as data where the table holds several spectra (below: otherwise a footer, as text after the data)
             numeric = row = True
@@ -289,9 +285,9 @@ def _parse_table(text: str, name: str, column: str | None, every: bool = False) 
     arr = np.empty((len(data), 3))
     for i, (lineno, fields) in enumerate(data):
         try:
-            arr[i] = _float(fields[e]), _float(fields[j]), (1.0 if m is None else _float(fields[m]))
+            arr[i] = parse_number(fields[e]), parse_number(fields[j]), (1.0 if m is None else parse_number(fields[m]))
         except (ValueError, IndexError):
-            bad = [k for k in (e, j, m) if k is not None and not _is_number(fields, k)][0]
+            bad = [k for k in (e, j, m) if k is not None and not is_number(fields, k)][0]
             what = {e: "the energy", j: "the intensity"}.get(bad, "the I0 monitor")
             if bad == m:
                 what += (f" {names[m]!r} that {names[j]!r} is divided by" if names else
@@ -319,20 +315,6 @@ def _energy_factor(names: list[str] | None, candidates: list[list[str]], e: int,
     return ENERGY_UNITS["kev"]
 
 
-#: Words (of a column key split on ``_``) naming what a table holds beside its spectra: uncertainties,
-#: fits, backgrounds, differences (``MnO_err``, ``sample_std``, ``MnO fit``, ``Diff``). Never read as a
-#: spectrum of their own (:func:`spectrum_columns`).
-COMPANION_WORDS = frozenset({"err", "error", "errors", "sigma", "std", "stdev", "sd", "unc", "uncertainty", "esd",
-                             "dev", "dy", "yerr", "noise", "weight", "weights", "fit", "fitted", "model", "residual",
-                             "residuals", "resid", "bkg", "background", "baseline", "mask", "flag", "flags", "diff",
-                             "difference", "deriv", "derivative", "xmcd", "xmld", "dichroism"})
-#: Words of columns that record the instrument, not a spectrum: transmission detectors, temperatures,
-#: angles, currents (``I1``, ``Iref``, ``Temperature``, ``Mono_angle``).
-#: Compared also without trailing digits: ``Keithley2``, ``mcs0``, ``ch3`` are detector channels, whose
-#: tables are read as a detector export (one spectrum, :func:`intensity_column`).
-INSTRUMENT_WORDS = frozenset({"i1", "i2", "it", "iref", "ir", "itrans", "temperature", "temp", "angle", "theta",
-                              "bragg", "pressure", "current", "gap", "ring", "keithley", "mcs", "sca", "ch", "chan",
-                              "channel", "counter", "det", "detector", "amp", "ammeter"})
 #: Least spread (max - min, relative to the largest magnitude) of a column read as a spectrum of a table:
 #: below it the column is constant (an I0 written as 1e5 throughout), not a spectrum.
 FLAT_COLUMN = 1e-6
@@ -362,7 +344,7 @@ def spectrum_columns(names: list[str] | None, data: list[tuple[int, list[str]]],
         return None
     keys = [column_key(n) for n in names]
     cols = [j for j in range(n_columns) if j != energy and j not in skip]
-    if any(_is_known_key(keys[j]) and not is_energy_key(keys[j]) for j in cols):
+    if any(is_known_key(keys[j]) and not is_energy_key(keys[j]) for j in cols):
         return None   # a detector export or a named spectrum: intensity_column's (checked before any number is read)
     values = {j: _column_values(data, j) for j in [energy, *cols]}
     e = values[energy][np.isfinite(values[energy])]
@@ -404,25 +386,9 @@ def _column_values(data: list[tuple[int, list[str]]], j: int) -> np.ndarray:
     """Column ``j`` of the data rows as floats, NaN where a cell is empty, missing or not a number."""
     out = np.full(len(data), np.nan)
     for i, (_, fields) in enumerate(data):
-        if j < len(fields) and _is_number(fields, j):
-            out[i] = _float(fields[j])
+        if j < len(fields) and is_number(fields, j):
+            out[i] = parse_number(fields[j])
     return out
-
-
-def _tab_fields_with_leading_gaps(line: str) -> list[str]:
-    """The cells of a tab-separated row, its empty first cells kept (``\t\t657.5\t0.3``: X/Y pairs whose first
-    pair has ended), trailing empty ones dropped as :func:`split_fields` drops them."""
-    parts = [f.strip().strip("\"'") for f in line.rstrip("\r\n").split("\t")]
-    while parts and not parts[-1]:
-        parts.pop()
-    return parts
-
-
-def _numbers_and_gaps(fields: list[str]) -> bool:
-    """Whether a row's cells are numbers or empty, with at least two numbers and the first cell empty."""
-    full = [f for f in fields if f.strip()]
-    return (bool(fields) and not fields[0].strip() and len(full) >= 2
-            and all(_is_number([f], 0) for f in full))
 
 
 def _read_spectrum_columns(several: tuple[list[tuple[int, int]], dict[int, str]], names: list[str],
@@ -448,10 +414,10 @@ def _read_spectrum_columns(several: tuple[list[tuple[int, int]], dict[int, str]]
             if cells == ["", ""]:
                 continue
             for k, cell in zip((e, j), cells):
-                if not _is_number([cell], 0):
+                if not is_number([cell], 0):
                     raise ReadError(f"{name}: line {lineno} has no number in column {k + 1} ({names[k]!r}; spectrum "
                                     f"{names[j]!r} read against {names[e]!r}): {' '.join(fields)[:60]!r}")
-            points.append((_float(cells[0]), _float(cells[1])))
+            points.append((parse_number(cells[0]), parse_number(cells[1])))
         if len(points) < 2:
             raise ReadError(f"{name}: column {j + 1} ({names[j]!r}) has fewer than two numbers")
         arr = np.asarray(points, dtype=float)
@@ -472,7 +438,7 @@ def _energy_unit(names: list[str] | None, candidates: list[list[str]], e: int, n
         found = _BRACKETED_UNIT.search(names[e])
         if found:
             return found.group(1).strip().lower()
-    rows = [c for c in candidates if len(c) == n_columns and _is_units_row(c)]
+    rows = [c for c in candidates if len(c) == n_columns and is_units_row(c)]
     return rows[-1][e].strip("()[]{} ").lower() if rows else ""
 
 
@@ -483,9 +449,9 @@ def _check_decimal_commas(data: list[tuple[int, list[str]]], lines: list[str], n
     comma = point = None
     for lineno, fields in data:
         for f in fields:
-            if comma is None and "," in f and _is_number([f], 0):
+            if comma is None and "," in f and is_number([f], 0):
                 comma = (lineno, f)
-            elif point is None and "." in f and _is_number([f], 0):
+            elif point is None and "." in f and is_number([f], 0):
                 point = (lineno, f)
     if comma and point:
         raise ReadError(f"{name}: decimal commas (line {comma[0]}: {comma[1]!r}) and decimal points (line "
@@ -516,7 +482,7 @@ def _names_after_metadata(fields: list[str], data: list[tuple[int, list[str]]], 
     the data after it and those rows metadata: at most :data:`MAX_METADATA_ROWS` rows before it, two or more
     fields none of which is a number, and :func:`_rows_follow`."""
     return (0 < len(data) <= MAX_METADATA_ROWS and len(fields) >= 2
-            and not any(_is_number(fields, k) for k in range(len(fields))) and _rows_follow(lines, idx, len(fields)))
+            and not any(is_number(fields, k) for k in range(len(fields))) and _rows_follow(lines, idx, len(fields)))
 
 
 def _rows_follow(lines: list[str], idx: int, n_names: int) -> bool:
@@ -528,7 +494,7 @@ def _rows_follow(lines: list[str], idx: int, n_names: int) -> bool:
         if not s or (s.startswith("#") and not _SPEC_SCAN.match(s)):
             continue
         fields = split_fields(s)
-        if len(fields) < 2 or len(fields) > n_names or _floats(fields[:2]) is None:
+        if len(fields) < 2 or len(fields) > n_names or number_pair(fields[:2]) is None:
             return False
         count += 1
         if count >= MIN_ROWS_AFTER_METADATA:
@@ -544,7 +510,7 @@ def _next_row_width(lines: list[str], idx: int) -> int | None:
         if not s or (s.startswith("#") and not _SPEC_SCAN.match(s)):
             continue
         fields = split_fields(s)
-        return len(fields) if len(fields) >= 2 and _floats(fields[:2]) is not None else None
+        return len(fields) if len(fields) >= 2 and number_pair(fields[:2]) is not None else None
     return None
 
 
@@ -556,7 +522,7 @@ def _log_unread_holes(data: list[tuple[int, list[str]]], n_columns: int, read: s
     for k in range(n_columns):
         if k in read:
             continue
-        bad = [lineno for lineno, fields in data if not _is_number(fields, k)]
+        bad = [lineno for lineno, fields in data if not is_number(fields, k)]
         if bad and len(bad) < len(data):
             label = f"column {k + 1}" + (f" ({names[k]!r})" if names else "")
             shown = ", ".join(str(n) for n in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -595,10 +561,6 @@ def _intensity_and_monitor(n_columns: int, names: list[str] | None, column: str 
 _SPEC_SCAN = re.compile(r"#S\s+\d")
 #: An XDI column header: ``# Column.2: i0`` (name, then optional units).
 _XDI_COLUMN = re.compile(r"column\.(\d+)\s*:\s*(.*)", re.IGNORECASE)
-#: Words of a units row under the names row (``eV  nA  a.u.``), compared lower case without brackets.
-UNIT_WORDS = frozenset({"", "-", "1", "ev", "kev", "mev", "a", "na", "pa", "ua", "\u00b5a", "ma", "v", "mv", "s", "sec",
-                        "ms", "a.u.", "a.u", "au", "arb", "arb.", "arb.u.", "arb.units", "counts", "cts", "cps",
-                        "c/s", "hz", "khz"})
 
 
 def _spaced_variants(line: str, fields: list[str]) -> list[list[str]]:
@@ -638,80 +600,19 @@ def _decimal_comma_hint(text: str) -> str:
     return ""
 
 
-def _is_units_row(fields: list[str]) -> bool:
-    return all(w.strip("()[]{} ").lower().replace(" ", "") in UNIT_WORDS for w in fields)
-
-
-def _is_known_key(key: str) -> bool:
-    """Whether a column key is a name this module knows (energy, index, monitor, spectrum, raw yield)."""
-    return bool(key) and (is_energy_key(key) or _is_index_key(key) or key in MONITOR_COLUMN_NAMES
-                          or key in SPECTRUM_COLUMN_NAMES or is_raw_yield_key(key) or _is_normalized_yield_key(key))
-
-
 def _choose_names(candidates: list[list[str]], header: list[str] | None, n_columns: int,
                   xdi: dict[int, str]) -> list[str] | None:
     """The column names: the last line before the data with one field per column, not a units row nor a
     ``key: value`` note, that holds a known column name (a units row or a comment such as ``# scan started``
     between the names and the data is passed over); else the XDI ``# Column.N`` headers when they name
     every column; else the last line before the data when it has one field per column."""
-    aligned = [c for c in candidates if len(c) == n_columns and not _is_units_row(c) and not c[0].endswith(":")]
-    named = [c for c in aligned if any(_is_known_key(column_key(w)) for w in c)]
+    aligned = [c for c in candidates if len(c) == n_columns and not is_units_row(c) and not c[0].endswith(":")]
+    named = [c for c in aligned if any(is_known_key(column_key(w)) for w in c)]
     if named:
         return named[-1]
     if xdi and sorted(xdi) == list(range(1, n_columns + 1)):
         return [xdi[i] for i in range(1, n_columns + 1)]
     return header if header is not None and len(header) == n_columns else None
-
-
-def _is_number(fields: list[str], j: int) -> bool:
-    try:
-        _float(fields[j])
-    except (ValueError, IndexError):
-        return False
-    return True
-
-
-def is_energy_key(key: str) -> bool:
-    """Whether a column key names an energy axis (``energy``, ``Energy (eV)``, ``Mono Energy``, ``E``, ``E2``, ...)."""
-    return key in ENERGY_COLUMN_NAMES or "energy" in key.split("_") or key.startswith("energy") \
-        or key.endswith("energy") or _NUMBERED_ENERGY.fullmatch(key) is not None
-
-
-#: An energy column numbered for X/Y pairs: ``E1``, ``E_2``, ``eV3``.
-_NUMBERED_ENERGY = re.compile(r"(e|ev)_?\d+")
-
-
-def i0_monitors(keys: list[str], candidates: list[int]) -> list[int]:
-    """The candidates (indices into ``keys``, column keys) named as an I0 monitor, which a raw yield
-    chosen by default is divided by when there is exactly one (:data:`I0_COLUMN_NAMES`)."""
-    return [k for k in candidates if keys[k] in I0_COLUMN_NAMES]
-
-
-def is_raw_yield_key(key: str) -> bool:
-    """Whether a column key names a raw electron or fluorescence yield (to be divided by I0)."""
-    if "norm" in key or "/" in key:   # already divided by its monitor (TEY_norm, TFY / I0)
-        return False
-    return key in RAW_YIELD_NAMES or key.startswith(("tey_", "tfy_", "pfy_"))
-
-
-#: Words marking a yield column as already normalized (``TEY_norm``, ``norm TFY``, ``TEY normalized``).
-_NORM_WORDS = frozenset({"norm", "nor", "normalized", "normalised"})
-
-
-def _is_normalized_yield_key(key: str) -> bool:
-    """Whether a column key names a yield already divided by its monitor: ``TEY/I0``, ``TFY / I0``,
-    ``TEY_norm``, ``norm TEY`` (a spectrum, not a raw yield)."""
-    if "/" in key:
-        num, _, den = key.partition("/")
-        return is_raw_yield_key(num.strip("_")) and den.strip("_") in I0_COLUMN_NAMES
-    words = key.split("_")
-    rest = [w for w in words if w not in _NORM_WORDS]
-    return 0 < len(rest) < len(words) and is_raw_yield_key("_".join(rest))
-
-
-def _is_index_key(key: str) -> bool:
-    """Whether a column key names a point index, counter or clock (or no name: a pandas/R index column)."""
-    return key in INDEX_COLUMN_NAMES or key.startswith("unnamed") or key.endswith("_time") or key.startswith("time_")
 
 
 def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n_columns: int,
@@ -725,7 +626,7 @@ def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n
     """
     if names is not None:
         keys = [column_key(n) for n in names]
-        if is_energy_key(keys[0]) or not _is_index_key(keys[0]):
+        if is_energy_key(keys[0]) or not is_index_key(keys[0]):
             return 0, frozenset()
         energies = [i for i, k in enumerate(keys) if i and is_energy_key(k)]
         what = f"named {names[0]!r}" if names[0].strip() else "unnamed"
@@ -744,7 +645,7 @@ def _energy_column(names: list[str] | None, data: list[tuple[int, list[str]]], n
 def _counts_points(data: list[tuple[int, list[str]]]) -> bool:
     """Whether the first column holds consecutive integers from 0 or 1 (a point index)."""
     try:
-        v = np.array([_float(f[0]) for _, f in data])
+        v = np.array([parse_number(f[0]) for _, f in data])
     except ValueError:
         return False
     return len(v) >= 3 and v[0] in (0.0, 1.0) and bool(np.all(np.diff(v) == 1.0))
@@ -754,7 +655,7 @@ def _energy_candidate(data: list[tuple[int, list[str]]], n_columns: int) -> str:
     """``; column K (a to b) could be the energy ...`` for the first monotonic column after the first."""
     for j in range(1, n_columns):
         try:
-            v = np.array([_float(f[j]) for _, f in data])
+            v = np.array([parse_number(f[j]) for _, f in data])
         except (ValueError, IndexError):
             continue
         d = np.diff(v)
@@ -778,12 +679,6 @@ def _refuse_unaligned_header(header: list[str], n_columns: int, name: str) -> No
         raise ReadError(f"{name}: the header ({' '.join(header)}) has {len(header)} fields for {n_columns} columns "
                         "and names a monitor or a spectrum among them: say which column is the spectrum by its "
                         "number (mnedge predict --column N; column 1 is the energy)")
-
-
-def column_key(name: str) -> str:
-    """A column name compared without case, units (``mu (a.u.)``) or separators."""
-    key = re.sub(r"[(\[{].*?[)\]}]", "", name).strip().lower()
-    return re.sub(r"[\s\-.]+", "_", key).strip("_")
 
 
 def intensity_column(n_columns: int, names: list[str] | None, column: str | None = None,
@@ -862,7 +757,7 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
             for j in cols:
                 if keys[j] == wanted:
                     return j
-        normalized = [j for j in cols if _is_normalized_yield_key(keys[j])]
+        normalized = [j for j in cols if is_normalized_yield_key(keys[j])]
         if len(normalized) == 1:
             return normalized[0]
         if normalized:
@@ -893,72 +788,3 @@ def intensity_column(n_columns: int, names: list[str] | None, column: str | None
                 name, n_columns, listed, first + 1)
     return first
 
-
-#: A space-separated field: a word with the bracketed unit that may follow it (``mu (a.u.)``).
-_SPACED_FIELD = re.compile(r"\S+(?:\s+[(\[][^)\]]*[)\]])?")
-
-
-def split_fields(line: str) -> list[str]:
-    """Split one text row: on semicolons (then a comma is a decimal comma), else tabs, else commas, else spaces;
-    quotes around a field (spreadsheet exports) are dropped, and a separator inside quotes does not split
-    (``"630,5","0,02"``: decimal commas); a row of numbers with decimal commas between spaces (``636,4   0,38``)
-    splits on the spaces; between spaces a bracketed unit stays with its name (``mu (a.u.)``).  A number with a
-    decimal comma keeps it (:func:`_float` reads it; :func:`_parse_table` logs it)."""
-    if ";" in line:
-        parts = [f.strip().strip("\"'") for f in _split_quoted(line, ";")]
-        parts = [f if _DECIMAL_COMMA_NUMBER.fullmatch(f) else f.replace(",", ".") for f in parts]
-    elif "\t" in line:
-        parts = [f.strip().strip("\"'") for f in _split_quoted(line, "\t")]
-    elif "," in line and _spaced_decimal_commas(line):
-        parts = line.split()
-    elif "," in line:
-        parts = [f.strip().strip("\"'") for f in _split_quoted(line, ",")]
-    else:
-        parts = _SPACED_FIELD.findall(line)
-    while parts and not parts[-1]:
-        parts.pop()
-    return parts
-
-
-#: A number written with a decimal comma (``636,31828``, ``-1,5e-3``).
-_DECIMAL_COMMA_NUMBER = re.compile(r"[-+]?\d*,\d+(?:[eE][-+]?\d+)?")
-#: A number with a decimal comma, an integer, or nan/inf: a field of a row of numbers with decimal commas.
-_COMMA_ROW_FIELD = re.compile(r"[-+]?(?:\d*,\d+|\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)", re.IGNORECASE)
-
-
-def _spaced_decimal_commas(line: str) -> bool:
-    """Whether a line without tabs or semicolons is numbers with decimal commas between spaces (``636,4   0,38``):
-    two or more space-separated fields, each a number with at most one comma between digits (none with a '.'),
-    at least one with a comma.  ``640, 1`` (a comma then a space) and ``640,1`` (one field) are not."""
-    if '"' in line:
-        return False
-    parts = line.split()
-    return (len(parts) >= 2 and all(_COMMA_ROW_FIELD.fullmatch(f) for f in parts)
-            and any(_DECIMAL_COMMA_NUMBER.fullmatch(f) for f in parts))
-
-
-def _split_quoted(line: str, sep: str) -> list[str]:
-    """``line`` split on ``sep`` outside double quotes (the csv module's rules)."""
-    if '"' not in line:
-        return line.split(sep)
-    return next(csv.reader([line], delimiter=sep, skipinitialspace=True))
-
-
-def _float(text: str) -> float:
-    """A number, accepting a decimal comma (``640,5``) where the separator was not a comma."""
-    try:
-        return float(text)
-    except ValueError:
-        if text.count(",") == 1 and "." not in text:
-            return float(text.replace(",", "."))
-        raise
-
-
-def _floats(fields: list[str]) -> tuple[float, float] | None:
-    try:
-        vals = tuple(_float(f) for f in fields)
-    except ValueError:
-        return None
-    if len(vals) == 1:
-        return (vals[0], float("nan"))
-    return vals if len(vals) == 2 else None

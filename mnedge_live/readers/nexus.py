@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mnedge_live.readers.columns import (
+from mnedge_live.readers.column_names import (
     MONITOR_COLUMN_NAMES,
     column_key,
     i0_monitors,
