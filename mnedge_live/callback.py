@@ -252,19 +252,10 @@ class MnEdgeCallback(DocumentRouter):
         self.event_page(page_like)
 
     def event_page(self, doc: dict) -> None:
-        desc_uid = doc["descriptor"]
-        if desc_uid in self.ignored:
-            return
-        run = self._run_of(desc_uid)
+        run = self._active_run(doc, "event page")
         if run is None:
-            if desc_uid in self.closed_desc:
-                self._late(self.closed_desc[desc_uid], "event page")
-                return
-            log.warning("events of unknown descriptor %s ignored", desc_uid)
-            self.totals["bad_documents"] += 1
             return
-        run.last_activity = time.monotonic()
-        desc = run.descriptors[desc_uid]
+        desc = run.descriptors[doc["descriptor"]]
         if desc.get("name", "primary") != self.config.stream:
             return
         seqs = [int(s) for s in doc["seq_num"]]  # all or nothing: a bad seq_num makes a bad document
@@ -290,18 +281,10 @@ class MnEdgeCallback(DocumentRouter):
         self.external.add_stream_resource(doc)
 
     def stream_datum(self, doc: dict) -> None:
-        desc_uid = doc["descriptor"]
-        if desc_uid in self.ignored:
-            return
-        run = self._run_of(desc_uid)
+        run = self._active_run(doc, "stream_datum")
         if run is None:
-            if desc_uid in self.closed_desc:
-                self._late(self.closed_desc[desc_uid], "stream_datum")
-                return
-            log.warning("stream_datum %s of unknown descriptor %s ignored", doc.get("uid"), desc_uid)
-            self.totals["bad_documents"] += 1
             return
-        run.last_activity = time.monotonic()
+        desc_uid = doc["descriptor"]
         desc = run.descriptors[desc_uid]
         if desc.get("name", "primary") != self.config.stream or run.kind == "step":
             return
@@ -788,6 +771,24 @@ class MnEdgeCallback(DocumentRouter):
         self.ignored.discard(uid)
         self.ignored -= self.ignored_desc.pop(uid, set())
         self.ignored_open.pop(uid, None)
+
+    def _active_run(self, doc: dict, what: str) -> _Run | None:
+        """The open run of a document that names its descriptor (an event page, a stream_datum), marked active;
+        None for a run being ignored, a closed run (a late document) or an unknown descriptor (a bad document)."""
+        desc_uid = doc["descriptor"]
+        if desc_uid in self.ignored:
+            return None
+        run = self._run_of(desc_uid)
+        if run is None:
+            if desc_uid in self.closed_desc:
+                self._late(self.closed_desc[desc_uid], what)
+                return None
+            uid = doc.get("uid")
+            log.warning("%s of unknown descriptor %s ignored", f"{what} {uid}" if uid else what, desc_uid)
+            self.totals["bad_documents"] += 1
+            return None
+        run.last_activity = time.monotonic()
+        return run
 
     def _run_of(self, desc_uid: str) -> _Run | None:
         uid = self.desc_run.get(desc_uid)
