@@ -638,6 +638,17 @@ def test_a_non_finite_energy_in_a_batch_of_shifted_axes_is_refused_alone(engine,
     assert [r.status for r in batch] == [engine.predict_one(e, y).status for e, y in items]
 
 
+def test_axes_whose_spacing_overflows_the_shift_grouping_are_answered_each_alone(engine):
+    """Two spectra on axes of 1e299-1e300 eV steps: the shifted-axis grouping rounded the spacing over its
+    tolerance, which overflowed (OverflowError out of predict: no answer for the batch)."""
+    huge = np.linspace(0.0, 1e302, 300)
+    huge[1] = 1e299
+    items = [(huge, mn_like(seed=3)[:300]), (huge + 1.0, mn_like(seed=4)[:300]), (E, mn_like())]
+    batch = engine.predict(items)
+    assert [r.status for r in batch] == ["rejected", "rejected", "ok"]
+    assert [r.reason for r in batch] == [engine.predict_one(e, y).reason for e, y in items]
+
+
 def test_cropped_windows_read_the_same_alone_and_among_longer_rows():
     """A short window padded into a batch of longer rows is read as alone: the L3 search's filters stop at the
     row's own ends in both. Before, a 13 eV window (622.5-635.8 eV, offset -14 eV) found its L3 at 627.0 eV in

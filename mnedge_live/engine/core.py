@@ -279,10 +279,13 @@ class Engine:
         for i in idx:
             item = spectra[i]
             e = item[0] if isinstance(item, tuple) and len(item) == 2 else None
-            first, span = ((float(e[1] - e[0]), float(e[-1] - e[0])) if isinstance(e, np.ndarray) and e.ndim == 1
-                           and e.dtype.kind == "f" and e.size >= MIN_POINTS else (math.nan, math.nan))
+            # first spacing and span in units of the tolerance: not finite also where the division overflows
+            # (an axis of 1e300 eV steps, whose rounding would raise)
+            first, span = ((float(e[1] - e[0]) / SHIFT_TOLERANCE_EV, float(e[-1] - e[0]) / SHIFT_TOLERANCE_EV)
+                           if isinstance(e, np.ndarray) and e.ndim == 1 and e.dtype.kind == "f" and e.size >= MIN_POINTS
+                           else (math.nan, math.nan))
             if math.isfinite(first) and math.isfinite(span) and _same_shape_numeric(item[1], e):
-                key = (e.size, round(first / SHIFT_TOLERANCE_EV), round(span / SHIFT_TOLERANCE_EV))
+                key = (e.size, round(first), round(span))
                 candidates.setdefault(key, []).append(i)
             else:   # not a float axis, too short, NaN or inf at its ends: the per-spectrum path says what is wrong
                 single.append(i)
