@@ -317,3 +317,20 @@ def test_strongest_within_is_the_own_line_test_at_every_index():
             expect = h[r, d <= 15].max() > h[r, (d > 15) & (d <= 160)].max(initial=-np.inf)
             assert mask[r, i] == expect, (r, i)
     assert mask[1].sum() == 16 and mask[1, -16:].all()
+
+
+@pytest.mark.parametrize("shift", [-30.0, -25.0, -23.0])
+def test_a_mn_l2_line_as_high_as_l3_is_not_taken_for_l3_beside_a_stronger_edge(shift):
+    """A broad L3 line and a sharp L2 line as high in the high-pass (Mn4+, or noise) beside an Fe edge three times
+    as strong just past the window where Mn's L3 may lie (axis off by 23-30 eV): the window search took the L2
+    line for L3 (a measured SrMnO3 with noise read as Mn2+, aligned on its L2). Now the spectrum is aligned on
+    its L3 or on nothing inside the window (refused as not Mn L3); alone it is aligned on its L3."""
+    from mnedge_live.preprocessing import L3_PLAUSIBLE_EV
+
+    e = np.arange(560.0, 740.0, 0.1)
+    l3 = 641.0 + shift
+    mn = np.exp(-0.5 * ((e - l3) / 1.4) ** 2) + 0.8 * np.exp(-0.5 * ((e - l3 - 11.0) / 0.6) ** 2) + 0.05
+    fe = 3.0 * (np.exp(-0.5 * ((e - l3 - 67.0) / 0.7) ** 2) + 0.5 * np.exp(-0.5 * ((e - l3 - 80.1) / 0.9) ** 2))
+    alone, beside = (float(v) for v in preprocess(*pack([(e, mn), (e, mn + fe)])).l3_ev)
+    assert alone == pytest.approx(l3, abs=0.3)
+    assert beside == pytest.approx(l3, abs=0.3) or not L3_PLAUSIBLE_EV[0] <= beside <= L3_PLAUSIBLE_EV[1], beside

@@ -20,6 +20,7 @@ from mnedge_live.preprocessing.constants import (
     L3_CENTROID_EV,
     L3_DROP_WINDOW_EV,
     MIN_EDGE_SNR,
+    MN_SPACING_ACCEPTED_EV,
     MN_SPIN_ORBIT_EV,
     MN_SPIN_ORBIT_RANGE_EV,
     NOISE_FLOOR,
@@ -395,15 +396,27 @@ def _mn_window_doublet(score: torch.Tensor, hp: torch.Tensor, coarse: torch.Tens
         # The strongest doublet in the window may be the flank or side lobe of a much stronger edge just
         # beyond it (Fe's L3 2-12 eV above, or Cr's L2 just inside, with an axis off by 20-30 eV): then the
         # strongest position that is a line of its own is taken, if one is.
+        # Not where that line is the L2 of a stronger doublet below it (a Mn4+ L2 line as high as its L3 in
+        # the high-pass, with noise: a Mn4+ spectrum was read as Mn2+, aligned on its L2).
         r = retry.nonzero()[:, 0]
         lines = in_win[r] & _strongest_within(hp[r], step)
         alt = torch.where(lines, score[r], torch.full_like(score[r], -torch.inf)).argmax(dim=1)
-        alt_ok = _own_line(score[r], hp[r], alt, idx, lo[r], hi[r], noise[r], step) & lines.any(dim=1)
+        alt_ok = (_own_line(score[r], hp[r], alt, idx, lo[r], hi[r], noise[r], step) & lines.any(dim=1)
+                  & ~_l2_of_stronger_doublet(score[r], alt, idx, step))
         cand[r] = torch.where(alt_ok, alt, cand[r])
         own_line[r] = alt_ok
     out = coarse.clone()
     out[rows] = torch.where(own_line, cand, coarse[rows])
     return out
+
+
+def _l2_of_stronger_doublet(score: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor, step: float) -> torch.Tensor:
+    """Whether a doublet scores higher than each row's candidate L3 index ``cand`` where the candidate would
+    be its L2 line (:data:`MN_SPACING_ACCEPTED_EV` below it)."""
+    rel = (idx - cand[:, None]) * step
+    below = (rel >= -MN_SPACING_ACCEPTED_EV[1]) & (rel <= -MN_SPACING_ACCEPTED_EV[0])
+    stronger = torch.where(below, score, torch.full_like(score, -torch.inf)).amax(dim=1)
+    return stronger > score.gather(1, cand[:, None])[:, 0]
 
 
 def _own_line(score: torch.Tensor, hp: torch.Tensor, cand: torch.Tensor, idx: torch.Tensor, lo: torch.Tensor,
