@@ -36,6 +36,7 @@ def engine(tiny_artifact):
     (np.arange(620.0, 680.0, 0.25), np.random.default_rng(2).normal(1.0, 0.1, 240), "no edge detectable"),
     (E, np.ones(E.size), "constant"),
     (E, mn_like(spacing=13.1), "not a Mn L2,3 edge"),            # Fe-like spin-orbit splitting
+    (E, mn_like(spacing=9.3), "not a Mn L2,3 edge"),             # Cr-like (its L2 flank measured 9.6 eV before)
     # one line where L2 is measured: refused by its missing L2 (the tiny model has no OOD rule to hide behind)
     (E, np.exp(-0.5 * ((E - 641.0) / 0.7) ** 2) + 0.05 + np.random.default_rng(3).normal(0, 0.01, E.size),
      "no L2 line above the L3 maximum"),

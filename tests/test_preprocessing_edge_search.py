@@ -60,9 +60,11 @@ def test_l2_height_measures_the_l2_line_against_l3(l2_amplitude):
     assert 0.6 * l2_amplitude - 0.01 <= h <= 1.3 * l2_amplitude + 0.01
 
 
-@pytest.mark.parametrize("l2_spacing, mn", [(8.7, False), (11.0, True), (13.1, False), (15.0, False)])
+@pytest.mark.parametrize("l2_spacing, mn", [(8.7, False), (9.0, False), (9.3, False), (11.0, True), (13.1, False),
+                                           (13.4, False), (15.0, False)])
 def test_l2_spacing_tells_mn_from_neighbouring_elements(l2_spacing, mn):
-    """Cr (8.7 eV), Fe (13.1 eV) and Co (15 eV) show their own spin-orbit spacing; Mn shows about 11 eV."""
+    """Cr (8.7-9.3 eV), Fe (13.1-13.4 eV) and Co (15 eV) show their own spin-orbit spacing; Mn shows about 11 eV.
+    Cr at 9.0 and 9.3 eV measured 9.6 eV before (its L2 line's flank at the low end of Mn's range)."""
     e = np.arange(620.0, 680.0, 0.1)
     y = np.exp(-0.5 * ((e - 641.0) / 0.7) ** 2) + 0.5 * np.exp(-0.5 * ((e - 641.0 - l2_spacing) / 0.9) ** 2) + 0.05
     y = y + np.random.default_rng(0).normal(0.0, 0.01, e.size)

@@ -194,16 +194,16 @@ class RowChecks:
         if not self.l3_covered[j]:
             return (f"the measured window does not reach {L3_COVER_EV[0]:g} eV below and {L3_COVER_EV[1]:g} eV above "
                     f"the L3 maximum at {l3:.1f} eV (the L3 line and the start of L2 must be measured)")
-        if self.l2_covered[j]:
+        if self.l2_covered[j]:   # first whether there is an L2 line, then where it is
+            h = float(self.l2_height[j])
+            if not h >= MIN_L2_HEIGHT:
+                return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
+                        f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
             d = float(self.l2_spacing_ev[j])
             lo, hi = MN_SPACING_ACCEPTED_EV
             if not (lo <= d <= hi):
                 return (f"not a Mn L2,3 edge: L3-L2 spacing {d:.1f} eV is outside {lo}-{hi} eV "
                         "(Mn 2p spin-orbit splitting is about 11 eV)")
-            h = float(self.l2_height[j])
-            if not h >= MIN_L2_HEIGHT:
-                return (f"not a Mn L2,3 edge: no L2 line above the L3 maximum at {l3:.1f} eV (its height is "
-                        f"{100 * h:.1f} % of L3's, under {100 * MIN_L2_HEIGHT:g} %; Mn shows both spin-orbit lines)")
         second = float(self.second_stray_line[j])
         if second > MAX_SECOND_STRAY_LINE:
             return (f"not a Mn L2,3 edge: two or more lines where Mn has none (below L3 or past L2; in the band-pass, "

@@ -14,6 +14,7 @@ from mnedge_live.preprocessing.constants import (
     CENTROID_NOISE_SIGMA,
     L2_BAND_EV,
     L2_CENTROID_EV,
+    L2_FLANK_MARGIN_SIGMA,
     L2_OUTSIDE_MARGIN_REL,
     L2_OUTSIDE_MARGIN_SIGMA,
     L2_SEARCH_EV,
@@ -218,7 +219,9 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     in_val, in_loc = torch.where(mn_range, bp, -torch.inf).max(dim=1)
     out_val, out_loc = torch.where(searched & ~mn_range & peak, bp, -torch.inf).max(dim=1)
     margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
-    outside = out_val > in_val + margin
+    # where Mn's range holds no line, only the flank of one just outside it, that line is the L2
+    flank = ~torch.gather(peak, 1, in_loc[:, None])[:, 0]
+    outside = (out_val > in_val + margin) | (flank & (out_val > in_val + L2_FLANK_MARGIN_SIGMA * bp_noise))
     l2_loc = torch.where(outside, out_loc, in_loc)
     # The spacing is measured between the maxima and between the line
     # centroids; the one nearer Mn's splitting counts.  Maxima are fooled by
