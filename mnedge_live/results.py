@@ -50,6 +50,8 @@ class SpectrumResult:
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
         ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
+        ``"zero_padding_ignored"`` (exact zeros filling out the window's ends, next to a jump
+        to the measured values, were set aside as not measured),
         ``"clipped"`` (the maximum is held flat over three or more points and 0.3 eV or
         more: a saturated detector or amplifier; readings drift once a fifth of the L3
         line is cut),

@@ -673,3 +673,30 @@ def test_cropped_windows_read_the_same_alone_and_among_longer_rows():
     ok = [j for j, r in enumerate(alone) if r.ok]
     assert len(ok) > 1000
     assert max(abs(together[j].valence - alone[j].valence) for j in ok) < 1e-3
+
+
+def test_zero_padding_at_the_window_ends_is_set_aside_and_flagged(engine):
+    """A file whose window was filled out with zeros where nothing was measured reads as the measured points
+    alone, flagged; read as measured, the zeros in the pre-edge window pulled the background chord down (the
+    four measured spectra read up to 0.9 off, unflagged: benchmarks/RESULTS.md, 2026-12-07)."""
+    measured = E[(E >= 634.0) & (E <= 670.0)]
+    y = mn_like(measured, seed=5) + 0.8          # a pre-edge level 0.8 of the L3 line
+    wide = np.round(np.arange(600.0, 690.0, 0.1), 6)
+    inside = (wide >= measured[0] - 1e-6) & (wide <= measured[-1] + 1e-6)
+    filled = np.zeros(wide.size)
+    filled[inside] = y
+    alone = engine.predict_one(measured, y)
+    padded = engine.predict_one(wide, filled)
+    assert alone.ok and padded.ok and "zero_padding_ignored" in padded.flags
+    assert "zero_padding_ignored" not in alone.flags
+    assert padded.fractions == pytest.approx(alone.fractions, abs=1e-6)
+    # pixels of a spectrum image on that axis: the shared path hands them to the per-spectrum one
+    image = engine.predict_shared_axis(wide, np.array([filled, filled]))
+    assert [r.fractions for r in image] == [padded.fractions] * 2 and image[0].flags == padded.flags
+
+
+def test_zero_padding_that_leaves_too_little_is_refused_saying_so(engine):
+    y = np.zeros(E.size)
+    y[:40] = mn_like(E[:40]) + 1.0    # 4 eV measured, the rest zeros
+    r = engine.predict_one(E, y)
+    assert r.status == "rejected" and "set aside as padding" in r.reason, r.reason

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mnedge_live.engine.checks import RowChecks, looks_like_kev, misses_edge
+from mnedge_live.engine.checks import MIN_PADDING_POINTS, RowChecks, looks_like_kev, misses_edge, zero_padding
 from mnedge_live.preprocessing.constants import (
     L3_PLAUSIBLE_EV,
     MAX_DIP_DEPTH,
@@ -75,3 +75,38 @@ def test_axis_range_rules():
 
 def test_every_field_is_exercised():
     assert {f.name for f in dataclasses.fields(RowChecks)} - {"ood"} == set(GOOD)
+
+
+def _edge_on_level(e: np.ndarray, level: float = 0.5, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    """A line on a pre-edge level (a spectrum whose background is still in), with white noise."""
+    rng = np.random.default_rng(seed)
+    return level + np.exp(-0.5 * ((e - 641.0) / 0.7) ** 2) + rng.normal(0.0, noise, e.size)
+
+
+def test_zeros_filling_out_the_window_ends_are_padding():
+    e = np.arange(600.0, 680.0, 0.1)
+    y = _edge_on_level(e, noise=0.02)
+    y[e < 630.0] = 0.0    # a window widened with zeros below the first measured point
+    y[e > 670.0] = 0.0    # ... and above the last
+    pad = zero_padding(e, y)
+    assert np.array_equal(pad, (e < 630.0) | (e > 670.0))
+    order = np.arange(e.size)[::-1]   # a descending axis: the same points
+    assert np.array_equal(zero_padding(e[order], y[order]), pad[order])
+
+
+@pytest.mark.parametrize("case", ["level zero", "rising flank", "short run", "small jump"])
+def test_zeros_that_are_measured_values_are_kept(case):
+    e = np.arange(630.0, 670.0, 0.1)
+    if case == "level zero":      # background-subtracted, negatives clipped to 0: the noise steps off zero
+        y = np.clip(_edge_on_level(e, level=0.0, noise=0.02, seed=1), 0.0, None)
+        y[:5] = 0.0
+    elif case == "rising flank":  # zeros up to a line's onset, on 0.5 eV points
+        e = np.arange(630.0, 670.0, 0.5)
+        y = np.where(e < 639.0, 0.0, _edge_on_level(e, level=0.0))
+    elif case == "short run":     # two zeros: a dead channel, not a window filled out
+        y = _edge_on_level(e)
+        y[:MIN_PADDING_POINTS - 1] = 0.0
+    else:                         # a level of zero within rounding
+        y = _edge_on_level(e, level=0.0) + 1e-4
+        y[:20] = 0.0
+    assert not zero_padding(e, y).any()

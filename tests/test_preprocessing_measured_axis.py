@@ -83,13 +83,13 @@ def test_shared_axis_resampling_equals_the_per_spectrum_one():
     gaps = np.diff(e)
     k = next(i for i in range(100, 200) if max(gaps[i - 1], gaps[i]) <= 0.15)
     y[2, k] += 3.0  # a spike: repaired the same way on both paths
-    start, values, noise, spikes, spacing, bridged, clipped = resample_shared_axis(e, y)
+    start, values, noise, spikes, spacing, bridged, clipped, padded = resample_shared_axis(e, y)
     assert spikes.tolist() == [0, 0, 1, 0, 0]
     assert spacing.shape == (5,) and spacing == pytest.approx(float(np.median(np.diff(e))))   # per row
     for row, v, z, k, c, d in zip(y, values, noise, spikes, clipped, spacing):
-        s1, v1, z1, k1, d1, b1, c1 = resample_measured(e, row)
+        s1, v1, z1, k1, d1, b1, c1, p1 = resample_measured(e, row)
         assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12) and k == k1
-        assert d1 == d and np.array_equal(b1, bridged) and c == c1 is False
+        assert d1 == d and np.array_equal(b1, bridged) and c == c1 is False and p1 == padded == 0
 
 
 def test_float32_rows_stay_float32_and_read_as_float64_rows():
@@ -98,8 +98,8 @@ def test_float32_rows_stay_float32_and_read_as_float64_rows():
     e = 630.0 + 0.14 * np.arange(280)
     y = (_doublet(e, 641.0)[None, :] * rng.uniform(0.5, 2.0, (4, 1)) + rng.normal(0, 0.02, (4, e.size))) * 1e4
     y[1, 120] += 5e4   # a spike, repaired in float32 too
-    s32, v32, z32, k32, _, _, _ = resample_shared_axis(e, y.astype(np.float32))
-    s64, v64, z64, k64, _, _, _ = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
+    s32, v32, z32, k32, *_ = resample_shared_axis(e, y.astype(np.float32))
+    s64, v64, z64, k64, *_ = resample_shared_axis(e, y.astype(np.float32).astype(np.float64))
     assert v32.dtype == np.float32 and v64.dtype == np.float64
     assert s32 == s64 and k32.tolist() == k64.tolist() == [0, 1, 0, 0]
     assert np.allclose(v32, v64, rtol=0, atol=1e-6 * np.abs(v64).max())

@@ -47,6 +47,57 @@ NO_EDGE_REASON = "no edge detectable above the noise"
 MAX_POINT_SPACING_EV = 2.0
 
 
+#: Fewest exact zeros at an end of a spectrum that can be padding (:func:`zero_padding`).
+MIN_PADDING_POINTS = 3
+#: Measured points after a run of zeros whose differences tell the noise and slope there (:func:`zero_padding`).
+PADDING_NEIGHBOURS = 10
+#: How many times the median difference of those points the first measured value must stand off zero for
+#: the zeros to be padding: a file filled out with zeros where nothing was measured (a window widened to a
+#: common range) jumps from 0 to its pre-edge level in one step, a spectrum whose background-free level is
+#: zero rises from it by steps like the next ones (noise, or a line's flank).
+PADDING_JUMP = 5.0
+#: ... and by at least this share of the spectrum's range: a smaller jump is a level of zero within
+#: rounding (a background-subtracted spectrum), which the pre-edge chord may read as measured.
+PADDING_MIN_SHARE = 0.02
+
+
+def zero_padding(e: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Points of a spectrum that are zero padding, not measured values (boolean mask over ``e``).
+
+    A run of at least :data:`MIN_PADDING_POINTS` exact zeros at the low or high end of the axis,
+    next to a measured value that jumps off zero by more than :data:`PADDING_JUMP` times the
+    median difference of its :data:`PADDING_NEIGHBOURS` neighbours.  Read as measured, such zeros
+    inside the pre-edge window pulled the background chord down: the four measured spectra with
+    zeros filled in below their first point read up to 0.9 off, unflagged (benchmarks/RESULTS.md).
+
+    Parameters
+    ----------
+    e, y : numpy.ndarray
+        ``(N,)`` finite energies (any order) and intensities.
+    """
+    pad = np.zeros(e.size, bool)
+    order = np.argsort(e, kind="stable")
+    ys = y[order]
+    nonzero = np.flatnonzero(ys != 0)
+    if nonzero.size <= PADDING_NEIGHBOURS:
+        return pad
+    low, high = int(nonzero[0]), int(ys.size - 1 - nonzero[-1])   # zeros below / above the measured values
+    least = PADDING_MIN_SHARE * float(np.ptp(ys.astype(np.float64)))
+    if low >= MIN_PADDING_POINTS and _jumps_off_zero(ys[low:], least):
+        pad[order[:low]] = True
+    if high >= MIN_PADDING_POINTS and _jumps_off_zero(ys[: ys.size - high][::-1], least):
+        pad[order[ys.size - high:]] = True
+    return pad
+
+
+def _jumps_off_zero(measured: np.ndarray, least: float) -> bool:
+    """``measured[0]``, the value next to a run of zeros, stands off zero by more than ``least`` and more
+    than :data:`PADDING_JUMP` times the median difference of the values that follow it."""
+    steps = np.abs(np.diff(measured[: PADDING_NEIGHBOURS + 1].astype(np.float64)))
+    jump = abs(float(measured[0]))
+    return jump > least and jump > PADDING_JUMP * float(np.median(steps))
+
+
 def looks_like_kev(lo, hi):
     """An axis from ``lo`` to ``hi`` (numbers or arrays of them) that reads as keV: Mn L3 at 0.608-0.676."""
     return (hi * 1e3 >= L3_PLAUSIBLE_EV[0]) & (lo * 1e3 <= L3_PLAUSIBLE_EV[1]) & (hi < 1.0)
@@ -98,7 +149,11 @@ def check_axis(e: np.ndarray) -> np.ndarray:
     return inside
 
 def check_and_resample(energy, intensity) -> Resampled:
-    """Check one spectrum and bring it onto the work axis (ValueError with the reason if it cannot be read)."""
+    """Check one spectrum and bring it onto the work axis (ValueError with the reason if it cannot be read).
+
+    Zero padding at the window's ends (:func:`zero_padding`) is set aside as not measured and counted
+    in ``Resampled.padded``.
+    """
     e = np.asarray(energy)
     y = np.asarray(intensity)
     if e.ndim != 1 or y.ndim != 1:
@@ -115,10 +170,20 @@ def check_and_resample(energy, intensity) -> Resampled:
     bad = ~np.isfinite(y)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
+    pad = zero_padding(e, y)
+    padded = int(pad.sum())
+    if padded:
+        e, y = e[~pad], y[~pad]
+        try:
+            check_axis(e)   # what is left must still carry the edge
+        except ValueError as exc:
+            raise ValueError(f"{exc} (after {padded} zero-filled points at the window's ends were set aside "
+                             "as padding)") from None
     hi, lo = float(y.max()), float(y.min())
     if hi == lo:
         raise ValueError("intensity is constant: no edge")
-    return resample_measured(e, rescale_extreme_rows(y, np.float64(max(abs(hi), abs(lo)))), WORK_STEP_EV)
+    r = resample_measured(e, rescale_extreme_rows(y, np.float64(max(abs(hi), abs(lo)))), WORK_STEP_EV)
+    return r._replace(padded=padded) if padded else r
 
 
 @dataclass

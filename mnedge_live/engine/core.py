@@ -24,6 +24,7 @@ from mnedge_live.calibration import StdCalibration
 from mnedge_live.cores import usable_cores
 from mnedge_live.engine.backends import Backend, make_backend
 from mnedge_live.engine.checks import (
+    MIN_PADDING_POINTS,
     MIN_POINTS,
     RowChecks,
     check_and_resample,
@@ -130,6 +131,7 @@ class WorkRows(NamedTuple):
     spikes: np.ndarray    #: ``(B,)`` spikes replaced
     spacing: np.ndarray   #: ``(B,)`` median spacing of the measured points (eV)
     clipped: np.ndarray   #: ``(B,)`` the maximum is held flat (a saturated detector)
+    padded: np.ndarray    #: ``(B,)`` zero-padding points set aside at the window's ends
     bridged: np.ndarray | None  #: ``(B, N)`` work points inside a wide gap of measured points; None: none
 
     @classmethod
@@ -139,7 +141,7 @@ class WorkRows(NamedTuple):
         bridged = pad_rows([r.bridged for r in rows])[0] > 0 if any(r.bridged.any() for r in rows) else None
         return cls(np.array([r.start for r in rows]), values, valid, np.array([r.noise for r in rows]),
                    np.array([r.spikes for r in rows]), np.array([r.spacing for r in rows]),
-                   np.array([r.clipped for r in rows]), bridged)
+                   np.array([r.clipped for r in rows]), np.array([r.padded for r in rows]), bridged)
 
     @classmethod
     def shared(cls, r: Resampled, starts: np.ndarray | None = None) -> WorkRows:
@@ -148,7 +150,7 @@ class WorkRows(NamedTuple):
         b = len(r.values)
         return cls(np.full(b, r.start) if starts is None else np.asarray(starts, np.float64),
                    r.values.astype(np.float32), np.ones(r.values.shape, bool), r.noise,
-                   r.spikes, np.full(b, r.spacing), r.clipped,
+                   r.spikes, np.full(b, r.spacing), r.clipped, np.zeros(b, np.int64),
                    np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None)
 
 
@@ -425,8 +427,10 @@ class Engine:
         if not ascending:
             single.extend(idx)
             return
-        ok = np.isfinite(y).all(axis=1)
-        finite = y if ok.all() else y[ok]  # rows with inf go to the per-spectrum path anyway
+        # rows with inf, and rows ending in zeros (padding, set aside by the per-spectrum path), go there
+        ok = (np.isfinite(y).all(axis=1) & (y[:, :MIN_PADDING_POINTS] != 0).any(axis=1)
+              & (y[:, -MIN_PADDING_POINTS:] != 0).any(axis=1))
+        finite = y if ok.all() else y[ok]
         hi, lo = finite.max(axis=1), finite.min(axis=1)
         ok[ok] = hi > lo   # not constant
         if not ok.all():
@@ -480,6 +484,7 @@ class Engine:
         flag_columns = (("l2_not_measured", ~checks.l2_covered), ("pre_edge_not_measured", ~checks.pre_edge_covered),
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
                         ("spikes_removed", np.asarray(rows.spikes) > 0), ("clipped", np.asarray(rows.clipped, bool)),
+                        ("zero_padding_ignored", np.asarray(rows.padded) > 0),
                         ("coarse_axis", np.asarray(rows.spacing) > self.coarse_axis_ev + 1e-9),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("strong_background", checks.background > STRONG_BACKGROUND),
