@@ -61,7 +61,12 @@ class SpectrumResult:
         ``"sparse_lines"`` (measured points more than 1.5 eV apart on the L3 or L2
         line: the interpolation between them may miss a maximum or shoulder),
         ``"strong_background"`` (the background under L3 is more than 20 times the
-        L3 line, beyond the training range: a dilute edge on a steep EELS power law).
+        L3 line, beyond the training range: a dilute edge on a steep EELS power law),
+        ``"correlated_noise"`` (the noise is correlated over several points, a smoothed
+        export or a detector's point spread: at the lines' scale, where the model was
+        trained on independent noise, it is 3 or more times the point-to-point noise and
+        within 50 dB of the L3 line; such readings were off by more than 0.15 in about a
+        third of the tests).
     model : str
         Identifier of the model that produced the readout.
     """

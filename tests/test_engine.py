@@ -700,3 +700,17 @@ def test_zero_padding_that_leaves_too_little_is_refused_saying_so(engine):
     y[:40] = mn_like(E[:40]) + 1.0    # 4 eV measured, the rest zeros
     r = engine.predict_one(E, y)
     assert r.status == "rejected" and "set aside as padding" in r.reason, r.reason
+
+
+def test_noise_correlated_over_several_points_is_flagged(engine):
+    """Noise smoothed over 0.3 eV (a smoothed export, a CCD's point spread) hides from the point-to-point
+    estimate: flagged ``correlated_noise``; the same noise unsmoothed, and a clean spectrum, are not."""
+    from scipy.ndimage import gaussian_filter1d
+
+    rng = np.random.default_rng(7)
+    clean = mn_like(noise=0.0)
+    white = rng.normal(size=E.size)
+    smoothed = gaussian_filter1d(white, 3.0)
+    reads = engine.predict([(E, clean), (E, clean + 0.02 * white), (E, clean + 0.02 * smoothed / smoothed.std())])
+    assert all(r.ok for r in reads), [r.reason for r in reads]
+    assert ["correlated_noise" in r.flags for r in reads] == [False, False, True]

@@ -76,6 +76,16 @@ SPARSE_LINES_NOTE = ("; its axis has gaps of more than 1.5 eV between measured p
                      "more densely")
 #: PSNR (dB) below which a readout is flagged as noisy.
 LOW_PSNR_DB = 10.0
+#: Noise at the lines' scale over the point-to-point noise (:attr:`Prepared.line_noise_ratio`) from which
+#: a readout is flagged ``correlated_noise``, when that noise is also within :data:`CORRELATED_NOISE_PSNR_DB`
+#: of the L3 height: the model was trained on independent noise, and noise correlated over several points
+#: looks like fine structure to it.  Synthetic validation spectra (4,000 per physics version): 99.9 % below
+#: 1.65 (physics 1) and 2.46 (physics 2, whose coarse points are interpolated), 1 of each set flagged; the
+#: measured files 1.0-2.7; measured spectra with noise smoothed over 0.2 / 0.4 / 0.7 eV: medians 5.4 / 4.1 /
+#: 2.5, their readings off by more than 0.15 flagged in 33 of 33 / 34 of 47 / 11 of 36 (benchmarks/RESULTS.md).
+CORRELATED_NOISE_RATIO = 3.0
+#: L3 height over the noise at the lines' scale (dB) below which correlated noise is flagged.
+CORRELATED_NOISE_PSNR_DB = 50.0
 #: Calibrated valence std above which a readout is flagged as uncertain.
 UNCERTAIN_VALENCE_STD = 0.25
 #: Background under the L3 maximum, in units of the L3 line's height (:attr:`Prepared.background`),
@@ -467,7 +477,8 @@ class Engine:
         """
         start = np.asarray(rows.start, np.float64)
         prep = preprocess(torch.from_numpy(start), torch.from_numpy(rows.values), torch.from_numpy(rows.valid),
-                          noise=torch.from_numpy(np.asarray(rows.noise, np.float64)))
+                          noise=torch.from_numpy(np.asarray(rows.noise, np.float64)),
+                          spacing=torch.from_numpy(np.asarray(rows.spacing, np.float64)))
         frac, log_std, side, features = self.backend.run(prep.x.numpy())
         ood = (self.ood(features) if self.ood is not None and features is not None
                else np.full(len(frac), np.nan))
@@ -488,6 +499,7 @@ class Engine:
                         ("coarse_axis", np.asarray(rows.spacing) > self.coarse_axis_ev + 1e-9),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("strong_background", checks.background > STRONG_BACKGROUND),
+                        ("correlated_noise", correlated_noise(prep)),
                         ("sparse_lines", sparse))
         flags = _flag_tuples(flag_columns, len(f))
         reject = checks.rejected()
@@ -502,6 +514,13 @@ class Engine:
                 continue
             out.append(SpectrumResult.reading(tuple(fr), tuple(sd[:3]), val, sd[3], off, res, tl, od, flags[j], model))
         return out
+
+
+def correlated_noise(prep: Prepared) -> np.ndarray:
+    """Per row: noise correlated over several points, strong enough at the lines' scale to matter
+    (:data:`CORRELATED_NOISE_RATIO`, :data:`CORRELATED_NOISE_PSNR_DB`); False where it was not measured."""
+    ratio, psnr = prep.line_noise_ratio.numpy(), prep.line_psnr_db.numpy()
+    return (ratio >= CORRELATED_NOISE_RATIO) & (psnr < CORRELATED_NOISE_PSNR_DB)
 
 
 def _pair(item) -> tuple:
@@ -554,7 +573,8 @@ def model_input(energy, intensity) -> Prepared:
     with torch.inference_mode():
         return preprocess(torch.tensor([r.start], dtype=torch.float64),
                           torch.from_numpy(r.values[None].astype(np.float32)),
-                          noise=torch.tensor([r.noise], dtype=torch.float64))
+                          noise=torch.tensor([r.noise], dtype=torch.float64),
+                          spacing=torch.tensor([r.spacing], dtype=torch.float64))
 
 
 def edge_rejection(energy, intensity) -> str:

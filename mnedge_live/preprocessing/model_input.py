@@ -18,6 +18,7 @@ from mnedge_live.preprocessing.constants import (
 )
 from mnedge_live.preprocessing.edge_search import l2_measured, locate_l3
 from mnedge_live.preprocessing.filters import correlate_rows, edge_hold, gauss_kernel, interp_rows
+from mnedge_live.preprocessing.line_free_noise import correlated_noise
 
 
 @dataclass
@@ -74,6 +75,16 @@ class Prepared:
         (4.5 eV) from the first, in the same units: one line there is possible
         (a plural-scattering replica of L3, with two maxima for a mixture), two
         are a pattern the engine refuses (:data:`MAX_SECOND_STRAY_LINE`).
+    line_noise_ratio : torch.Tensor
+        The noise at the lines' scale over the point-to-point noise, both
+        measured where a Mn L2,3 edge has no lines
+        (:func:`~mnedge_live.preprocessing.line_free_noise.correlated_noise`):
+        about 1 (or below) for independent noise, several for noise correlated
+        over several points.  NaN where the measured points are coarser than
+        0.2 eV or too little of those stretches is measured, or with
+        ``diagnostics=False``.
+    line_psnr_db : torch.Tensor
+        The L3 height over the noise at the lines' scale (dB).
     """
 
     x: torch.Tensor
@@ -92,10 +103,13 @@ class Prepared:
     stray_line: torch.Tensor
     stray_line_ev: torch.Tensor
     second_stray_line: torch.Tensor
+    line_noise_ratio: torch.Tensor
+    line_psnr_db: torch.Tensor
 
 
 def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None = None,
-               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None, diagnostics: bool = True) -> Prepared:
+               step: float = WORK_STEP_EV, noise: torch.Tensor | None = None, diagnostics: bool = True,
+               spacing: torch.Tensor | None = None) -> Prepared:
     """Turn a batch of uniformly sampled spectra into model input.
 
     Parameters
@@ -114,6 +128,10 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         (edge SNR, L2 search, PSNR) use it, never the model input.
         Intensities may be in any unit: each row is scaled to a largest
         magnitude of 1 before anything else.
+    spacing : torch.Tensor, optional
+        ``(B,)`` median spacing of each row's measured points (eV; default
+        ``step``): the lag of the point-to-point noise the diagnostic
+        ``line_noise_ratio`` compares with.
     diagnostics : bool
         Also measure the edge diagnostics (edge SNR, L2 spacing and height,
         PSNR), which the engine's rejection rules read.  Training needs the
@@ -173,13 +191,21 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     l2_cov = l2_measured(l3_pos, last, step)
     l2_spacing = (l2_pos - l3_pos) * step
     psnr = 20 * torch.log10(scale / (noise + 1e-12))
+    if diagnostics:
+        points = torch.full((b,), step, dtype=torch.float64) if spacing is None else spacing.to(torch.float64)
+        line_sigma, line_ratio = correlated_noise(values, valid, l3_pos, step, points)
+        line_ratio = line_ratio.to(torch.float32)
+        line_psnr = (20 * torch.log10(scale.to(torch.float64) / (line_sigma + 1e-12))).to(torch.float32)
+    else:
+        line_ratio = line_psnr = torch.full_like(scale, torch.nan)
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
                     l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
                     pre_edge_covered=pre_cov,
                     l3_covered=l3_cov, psnr_db=psnr, l3_drop=l3_drop.to(torch.float32), dip_depth=dip,
                     background=background, stray_line=found.stray_line.to(torch.float32),
                     stray_line_ev=found.stray_line_ev.to(torch.float32),
-                    second_stray_line=found.second_stray_line.to(torch.float32))
+                    second_stray_line=found.second_stray_line.to(torch.float32), line_noise_ratio=line_ratio,
+                    line_psnr_db=line_psnr)
 
 
 @functools.lru_cache(maxsize=1)
