@@ -500,6 +500,20 @@ def test_dm_single_spectrum(tmp_path, version):
     np.testing.assert_allclose(s.intensity, Y, rtol=1e-6)
 
 
+def test_a_dm_spectrum_never_calibrated_is_refused_as_channel_numbers(tmp_path):
+    """An uncalibrated DM spectrum (no units, channel 0 at 0, 1 a channel) whose Mn edge sits at channels 608-676
+    was read as a stretched edge in eV (an EELSdb spectrum at 0.1 eV a channel: 2.89 against 2.30)."""
+    from dm_writer import write_dm
+
+    channels = np.arange(1024, dtype=np.float64)
+    y = (1.0 + np.exp(-0.5 * ((channels - 640.0) / 8.0) ** 2)).astype(np.float32)
+    p = write_dm(tmp_path / "raw.dm3", y, [{"offset": 0.0, "scale": 1.0, "units": ""}])
+    with pytest.raises(ReadError, match="no energy calibration"):
+        read_file(p)
+    calibrated = write_dm(tmp_path / "calibrated.dm3", y, [{"offset": 0.0, "scale": 1.0, "units": "eV"}])
+    assert isinstance(read_file(calibrated)[0], MeasuredSpectrum)   # a 1 eV-a-channel survey calibrated at 0
+
+
 @pytest.mark.parametrize("version", [3, 4])
 def test_dm_spectrum_image_stored_as_energy_planes(tmp_path, version):
     """Gatan stores a spectrum image as (E, Y, X) energy planes; the reader hands out (Y, X, E)."""

@@ -395,9 +395,15 @@ def axis_values(axis: dict) -> np.ndarray:
     else:
         try:
             size = int(axis["size"])
-            e = float(axis.get("offset", 0.0)) + float(axis.get("scale", 1.0)) * np.arange(size, dtype=np.float64)
+            offset, scale = float(axis.get("offset", 0.0)), float(axis.get("scale", 1.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise ReadError(f"signal axis {axis.get('name', '')!r} has no usable size/offset/scale: {exc}") from exc
+        if key in UNDEFINED_UNITS and offset == 0.0 and scale == 1.0:
+            # what acquisition software writes for a spectrum never calibrated: channel numbers, which read
+            # as eV could put a Mn edge's channels (a stretch of 5-20) where Mn L3 is looked for
+            raise ReadError(f"signal axis {axis.get('name', '')!r} has no energy calibration (no units, channel 0 "
+                            "at 0, 1 a channel: channel numbers): calibrate the energy axis in eV first")
+        e = offset + scale * np.arange(size, dtype=np.float64)
     if e.size and not np.all(np.isfinite(e)):
         raise ReadError(f"signal axis {axis.get('name', '')!r} has non-finite energies")
     return e * factor
