@@ -35,22 +35,26 @@ MAX_SPACING_EV = 0.2
 MIN_DIFFERENCES = 10
 
 
-def _lag_sigma(values: torch.Tensor, valid: torch.Tensor, l3_pos: torch.Tensor, step: float, lag: int) -> torch.Tensor:
-    """RMS / sqrt(6) of the second differences at ``lag`` points whose three points are measured and lie in one
-    line-free stretch around L3 (float64 ``(B,)``; NaN with fewer than :data:`MIN_DIFFERENCES`)."""
+def _line_free(valid: torch.Tensor, l3_pos: torch.Tensor, step: float) -> torch.Tensor:
+    """``(B, N)`` bool: measured points inside a line-free stretch around each row's L3."""
+    rel = (torch.arange(valid.shape[1], device=valid.device, dtype=l3_pos.dtype)[None, :] - l3_pos[:, None]) * step
+    free = torch.zeros(valid.shape, dtype=torch.bool, device=valid.device)
+    for a, z in STRAY_LINE_WINDOWS_EV:
+        free |= (rel >= a) & (rel <= z)
+    return free & valid
+
+
+def _lag_sigma(values: torch.Tensor, free: torch.Tensor, lag: int) -> torch.Tensor:
+    """RMS / sqrt(6) of the second differences at ``lag`` points whose three points are all ``free`` (float64
+    ``(B,)``; NaN with fewer than :data:`MIN_DIFFERENCES`).  The stretches lie more than 20 eV apart: a
+    stencil with both ends free lies inside one."""
     b, n = values.shape
     if n <= 2 * lag:
         return torch.full((b,), torch.nan, dtype=torch.float64, device=values.device)
-    centre = torch.arange(lag, n - lag, device=values.device, dtype=l3_pos.dtype)
-    lo = (centre[None, :] - lag - l3_pos[:, None]) * step    # the stencil's lowest point from L3 (eV)
-    hi = (centre[None, :] + lag - l3_pos[:, None]) * step
-    inside = torch.zeros(lo.shape, dtype=torch.bool, device=values.device)
-    for a, z in STRAY_LINE_WINDOWS_EV:
-        inside |= (lo >= a) & (hi <= z)
-    inside &= valid[:, :n - 2 * lag] & valid[:, lag:n - lag] & valid[:, 2 * lag:]
-    d2 = (values[:, :n - 2 * lag] - 2 * values[:, lag:n - lag] + values[:, 2 * lag:]).to(torch.float64)
+    inside = free[:, :n - 2 * lag] & free[:, lag:n - lag] & free[:, 2 * lag:]
+    d2 = values[:, :n - 2 * lag] - 2 * values[:, lag:n - lag] + values[:, 2 * lag:]
     count = inside.sum(dim=1)
-    ms = torch.where(inside, d2 * d2, 0.0).sum(dim=1) / count.clamp(min=1)
+    ms = (d2.square() * inside).sum(dim=1).to(torch.float64) / count.clamp(min=1)
     return torch.where(count >= MIN_DIFFERENCES, (ms / 6.0).sqrt(), torch.nan)
 
 
@@ -82,14 +86,17 @@ def correlated_noise(values: torch.Tensor, valid: torch.Tensor, l3_pos: torch.Te
         below) for independent noise, several for noise correlated over several points.  NaN where the
         points are coarser than :data:`MAX_SPACING_EV` or too little of the stretches is measured.
     """
+    free = _line_free(valid, l3_pos, step)
     line = max(1, int(round(LINE_LAG_EV / step)))
-    sig_line = _lag_sigma(values, valid, l3_pos, step, line)
-    sig_signal = _lag_sigma(values, valid, l3_pos, step, 2 * line)
+    sig_line = _lag_sigma(values, free, line)
+    sig_signal = _lag_sigma(values, free, 2 * line)
     sigma = (sig_line ** 2 - (sig_signal ** 2 - sig_line ** 2) / 15.0).clamp(min=0.0).sqrt()
+    fine = spacing <= MAX_SPACING_EV + 1e-9
     own = torch.clamp(torch.round(spacing.to(torch.float64) / step), min=1).to(torch.int64)
+    lags = set(own[fine].tolist())
     point = torch.full_like(sigma, torch.nan)
-    for lag in torch.unique(own[spacing <= MAX_SPACING_EV + 1e-9]).tolist():
-        rows = own == lag
-        point = torch.where(rows, _lag_sigma(values, valid, l3_pos, step, int(lag)), point)
-    ratio = torch.where(spacing <= MAX_SPACING_EV + 1e-9, sigma / (point + 1e-30), torch.nan)
+    for lag in lags:
+        at = _lag_sigma(values, free, lag)
+        point = at if len(lags) == 1 else torch.where(own == lag, at, point)
+    ratio = torch.where(fine, sigma / (point + 1e-30), torch.nan)
     return sigma, ratio
