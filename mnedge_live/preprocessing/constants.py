@@ -93,11 +93,17 @@ L2_OUTSIDE_MARGIN_REL = 0.2
 #: that flank by this many band-pass noise sigmas. Searching Mn's range first had measured such flanks as
 #: spacings of 9.6 or 12.4 eV, and Cr or Fe edges on axes off by more than 32 eV, where their L3 lies where
 #: Mn's may, were read as Mn. Measured (benchmarks/RESULTS.md, 2026-12-07): 12 more of 20,000 synthetic
-#: validation spectra refused (111 with no margin, 1 with 4 sigmas); two-line Cr (8.7-9.3 eV) and Fe
+#: validation spectra refused (111 with no margin, 1 with 4 sigmas; 3 since :data:`L2_FLANK_REACH_EV`, and
+#: 10 of 20,000 at t/lambda 1-1.5); two-line Cr (8.7-9.3 eV) and Fe
 #: (13.1 eV) models alone read as Mn in 155 of 1,300 tries (393 before); of 70,148 measured spectra beside
 #: (or without) Fe/Cr edges on axes off by up to 35 eV, 863 readings taken on the Fe or Cr edge now refused
 #: and 5 right ones lost.
 L2_FLANK_MARGIN_SIGMA = 2.0
+#: How far (eV) beyond an end of Mn's range such a line may be (Cr's L2 lies 0.3-0.6 eV below the range, Fe's
+#: 0.4-0.7 eV above it): with no limit the line taken was often a thick sample's L3 plasmon replica 13-16 eV
+#: above L3, or a noise line 8 eV above it, and Mn2+ EELS spectra were refused as "not a Mn L2,3 edge" (44 of
+#: 20,000 synthetic spectra at t/lambda 1-1.5; a review's finding, benchmarks/RESULTS.md).
+L2_FLANK_REACH_EV = 1.0
 #: Windows (eV, relative to the L3 maximum) over which the L3 and L2 lines' centroids are taken.
 L3_CENTROID_EV = (-4.0, 5.0)
 L2_CENTROID_EV = (7.0, 14.5)

@@ -15,6 +15,7 @@ from mnedge_live.preprocessing.constants import (
     L2_BAND_EV,
     L2_CENTROID_EV,
     L2_FLANK_MARGIN_SIGMA,
+    L2_FLANK_REACH_EV,
     L2_OUTSIDE_MARGIN_REL,
     L2_OUTSIDE_MARGIN_SIGMA,
     L2_SEARCH_EV,
@@ -219,9 +220,18 @@ def locate_l3(held: torch.Tensor, valid: torch.Tensor, first: torch.Tensor, last
     in_val, in_loc = torch.where(mn_range, bp, -torch.inf).max(dim=1)
     out_val, out_loc = torch.where(searched & ~mn_range & peak, bp, -torch.inf).max(dim=1)
     margin = torch.maximum(L2_OUTSIDE_MARGIN_SIGMA * bp_noise, L2_OUTSIDE_MARGIN_REL * in_val.clamp(min=0))
-    # where Mn's range holds no line, only the flank of one just outside it, that line is the L2
+    outside = out_val > in_val + margin
+    # where Mn's range holds no line, only the flank of one just outside it (within L2_FLANK_REACH_EV of
+    # its ends), that line is the L2; not a line further out (an L3 plasmon replica 13-16 eV above L3 of a
+    # thick sample beyond a flank at 12.4 eV). A flank at one end beside a line within reach of the other
+    # would need the lower of the two lines to rise above the higher one's flank: not seen in the review.
     flank = ~torch.gather(peak, 1, in_loc[:, None])[:, 0]
-    outside = (out_val > in_val + margin) | (flank & (out_val > in_val + L2_FLANK_MARGIN_SIGMA * bp_noise))
+    lo, hi = MN_SPIN_ORBIT_RANGE_EV
+    beside = ((rel < lo) & (rel >= lo - L2_FLANK_REACH_EV)) | ((rel > hi) & (rel <= hi + L2_FLANK_REACH_EV))
+    side_val, side_loc = torch.where(searched & peak & beside, bp, -torch.inf).max(dim=1)
+    by_flank = flank & ~outside & (side_val > in_val + L2_FLANK_MARGIN_SIGMA * bp_noise)
+    out_val, out_loc = torch.where(by_flank, side_val, out_val), torch.where(by_flank, side_loc, out_loc)
+    outside = outside | by_flank
     l2_loc = torch.where(outside, out_loc, in_loc)
     # The spacing is measured between the maxima and between the line
     # centroids; the one nearer Mn's splitting counts.  Maxima are fooled by
