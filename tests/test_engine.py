@@ -714,3 +714,14 @@ def test_noise_correlated_over_several_points_is_flagged(engine):
     reads = engine.predict([(E, clean), (E, clean + 0.02 * white), (E, clean + 0.02 * smoothed / smoothed.std())])
     assert all(r.ok for r in reads), [r.reason for r in reads]
     assert ["correlated_noise" in r.flags for r in reads] == [False, False, True]
+
+
+def test_nan_filling_the_window_ends_is_refused_with_what_to_do(engine):
+    """NaN at the ends only (an alignment that did not crop) is refused, saying to crop; NaN inside is refused plainly."""
+    ends, inside = mn_like(), mn_like()
+    ends[:30], ends[-12:] = np.nan, np.nan
+    inside[300] = np.nan
+    r_ends, r_inside = engine.predict([(E, ends), (E, inside)])
+    assert r_ends.status == "rejected" and r_ends.reason.startswith("42 NaN") and "crop the spectrum" in r_ends.reason
+    assert r_inside.status == "rejected" and r_inside.reason == "1 NaN or inf value(s)"
+    assert engine.predict([(E[::-1], ends[::-1])])[0].reason == r_ends.reason   # a descending axis: the same ends

@@ -98,6 +98,16 @@ def _jumps_off_zero(measured: np.ndarray, least: float) -> bool:
     return jump > least and jump > PADDING_JUMP * float(np.median(steps))
 
 
+def _at_the_ends_note(e: np.ndarray, bad: np.ndarray) -> str:
+    """What to do where the non-finite values ``bad`` fill only the ends of the axis ``e`` (else '')."""
+    run = bad[np.argsort(e, kind="stable")]
+    first, last = np.argmin(run), run.size - np.argmin(run[::-1])   # the finite values' span, end exclusive
+    if run[first:last].any() or run.all():
+        return ""
+    return (" at the ends of the axis only, as an alignment that does not crop leaves them (HyperSpy's "
+            "shift1D or align1D with crop=False): crop the spectrum to its measured channels")
+
+
 def looks_like_kev(lo, hi):
     """An axis from ``lo`` to ``hi`` (numbers or arrays of them) that reads as keV: Mn L3 at 0.608-0.676."""
     return (hi * 1e3 >= L3_PLAUSIBLE_EV[0]) & (lo * 1e3 <= L3_PLAUSIBLE_EV[1]) & (hi < 1.0)
@@ -169,7 +179,7 @@ def check_and_resample(energy, intensity) -> Resampled:
         e, y = e[inside], y[inside]
     bad = ~np.isfinite(y)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} NaN or inf value(s)")
+        raise ValueError(f"{int(bad.sum())} NaN or inf value(s){_at_the_ends_note(e, bad)}")
     pad = zero_padding(e, y)
     padded = int(pad.sum())
     if padded:
