@@ -32,6 +32,7 @@ from mnedge_live.engine.checks import (
     finite_rows,
     looks_like_kev,
     misses_edge,
+    zero_padding,
 )
 from mnedge_live.engine.ood import OodScore
 from mnedge_live.preprocessing import (
@@ -437,9 +438,11 @@ class Engine:
         if not ascending:
             single.extend(idx)
             return
-        # rows with inf, and rows ending in zeros (padding, set aside by the per-spectrum path), go there
-        ok = (np.isfinite(y).all(axis=1) & (y[:, :MIN_PADDING_POINTS] != 0).any(axis=1)
-              & (y[:, -MIN_PADDING_POINTS:] != 0).any(axis=1))
+        # rows with inf, and rows with zero padding (set aside by the per-spectrum path), go there
+        ok = np.isfinite(y).all(axis=1)
+        ends_in_zeros = ok & (~(y[:, :MIN_PADDING_POINTS] != 0).any(axis=1) | ~(y[:, -MIN_PADDING_POINTS:] != 0).any(axis=1))
+        for r in np.flatnonzero(ends_in_zeros):   # low counts end in zeros too: only padding leaves
+            ok[r] = not zero_padding(e, y[r]).any()
         finite = y if ok.all() else y[ok]
         hi, lo = finite.max(axis=1), finite.min(axis=1)
         ok[ok] = hi > lo   # not constant
