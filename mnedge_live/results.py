@@ -48,7 +48,8 @@ class SpectrumResult:
         or the spectrum was refused before the network.
     flags : tuple of str
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
-        ``"pre_edge_not_measured"``, ``"low_psnr"``, ``"uncertain"``,
+        ``"pre_edge_not_measured"``, ``"post_edge_not_measured"`` (the window ends before
+        18 eV above L3: the background is taken flat, a slope of it stays in), ``"low_psnr"``, ``"uncertain"``,
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
         ``"zero_padding_ignored"`` (exact zeros filling out the window's ends, next to a jump
         to the measured values, were set aside as not measured),
@@ -60,7 +61,7 @@ class SpectrumResult:
         trained, 2.0 eV for the default model: readings drift beyond it),
         ``"sparse_lines"`` (measured points more than 1.5 eV apart on the L3 or L2
         line: the interpolation between them may miss a maximum or shoulder),
-        ``"strong_background"`` (the background under L3 is more than 20 times the
+        ``"strong_background"`` (the background under L3 is more than 10 times the
         L3 line, beyond the training range: a dilute edge on a steep EELS power law),
         ``"correlated_noise"`` (the noise is correlated over several points, a smoothed
         export or a detector's point spread: at the lines' scale, where the model was

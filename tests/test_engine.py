@@ -725,3 +725,11 @@ def test_nan_filling_the_window_ends_is_refused_with_what_to_do(engine):
     assert r_ends.status == "rejected" and r_ends.reason.startswith("42 NaN") and "crop the spectrum" in r_ends.reason
     assert r_inside.status == "rejected" and r_inside.reason == "1 NaN or inf value(s)"
     assert engine.predict([(E[::-1], ends[::-1])])[0].reason == r_ends.reason   # a descending axis: the same ends
+
+
+def test_a_window_ending_before_the_post_edge_is_flagged(engine):
+    """Without the post-edge window (18-24 eV above L3) the background is the pre-edge level and a slope of it
+    stays in: measured EELS mixtures ending 15-19 eV above L3 read 0.15-0.27 off, unflagged before."""
+    short, whole = E[E <= 657.0], E
+    reads = engine.predict([(short, mn_like(short)), (whole, mn_like(whole))])
+    assert [("post_edge_not_measured" in r.flags) for r in reads] == [True, False]

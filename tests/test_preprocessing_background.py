@@ -53,3 +53,12 @@ def test_background_is_a_constant_when_no_post_edge_was_measured():
     assert abs(x[pre].mean()) < 0.02
     held = p.x[0, 1].numpy() > 0.5
     assert np.ptp(x[held & (MODEL_GRID > 650)]) < 1e-6
+    assert bool(p.pre_edge_covered[0]) and not bool(p.post_edge_covered[0])
+
+
+@pytest.mark.parametrize("end, covered", [(658.0, False), (659.5, False), (660.5, True), (670.0, True)])
+def test_the_post_edge_counts_as_measured_from_one_ev_of_its_window(end, covered):
+    """The post-edge window starts 18 eV above L3 (641 eV here); one eV of it is enough for the chord."""
+    e = np.arange(630.0, end, 0.1)
+    p = preprocess(*pack([(e, _doublet(e, 641.0) + 0.5)]))
+    assert bool(p.post_edge_covered[0]) == covered

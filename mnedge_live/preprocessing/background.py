@@ -30,7 +30,7 @@ def model_grid_constants(device: torch.device) -> dict[str, torch.Tensor]:
     }
 
 
-def remove_background(spec: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def remove_background(spec: torch.Tensor, held: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Subtract the background from model-grid rows: a chord through the pre- and post-edge windows.
 
     The line is fitted by least squares to the measured points of
@@ -57,7 +57,7 @@ def remove_background(spec: torch.Tensor, held: torch.Tensor) -> tuple[torch.Ten
     held : torch.Tensor
         ``(B, len(MODEL_GRID))`` bool: points outside the measured window.
 
-    Returns the corrected rows and a boolean "pre-edge covered" per row.
+    Returns the corrected rows and, per row, booleans "pre-edge covered" and "post-edge covered".
     """
     c = model_grid_constants(spec.device)
     step = float(MODEL_GRID[1] - MODEL_GRID[0])
@@ -78,4 +78,4 @@ def remove_background(spec: torch.Tensor, held: torch.Tensor) -> tuple[torch.Ten
     first_ev = spec[:, : int(1.0 / step)].median(dim=1, keepdim=True).values
     const = torch.where(pre_cov[:, None], pre_level, first_ev)
     bg = torch.where((pre_cov & post_cov)[:, None], chord, const)
-    return spec - bg, pre_cov
+    return spec - bg, pre_cov, post_cov

@@ -42,8 +42,10 @@ class Prepared:
     l2_height : torch.Tensor
         Height of the L2 line over the L3 line's, both in the band-pass that
         finds L2 (NaN where L2 is not measured).
-    l2_covered, pre_edge_covered : torch.Tensor
-        Booleans: the measured window reaches the L2 region / the pre-edge window.
+    l2_covered, pre_edge_covered, post_edge_covered : torch.Tensor
+        Booleans: the measured window reaches the L2 region / the pre-edge
+        window / the post-edge window (without it the background is the
+        pre-edge level, a constant: a background's slope stays in).
     l3_covered : torch.Tensor
         Boolean: the window reaches :data:`L3_COVER_EV` below and above L3.
     psnr_db : torch.Tensor
@@ -95,6 +97,7 @@ class Prepared:
     l2_height: torch.Tensor
     l2_covered: torch.Tensor
     pre_edge_covered: torch.Tensor
+    post_edge_covered: torch.Tensor
     l3_covered: torch.Tensor
     psnr_db: torch.Tensor
     l3_drop: torch.Tensor
@@ -170,7 +173,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
     pos = l3_pos[:, None] + c["rel_points"] * (WORK_STEP_EV / step)
     held_mask = (pos < first[:, None] - 1e-6) | (pos > last[:, None] + 1e-6)
     raw = interp_rows(held, pos)
-    spec, pre_cov = remove_background(raw, held_mask)
+    spec, pre_cov, post_cov = remove_background(raw, held_mask)
     # Normalize by the 0.3 eV-smoothed maximum within +-2 eV of L3 (smoothed
     # only there: the window lies far enough inside the grid that edge
     # padding never reaches it).
@@ -200,7 +203,7 @@ def preprocess(start: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | 
         line_ratio = line_psnr = torch.full_like(scale, torch.nan)
     return Prepared(x=x, l3_ev=l3_ev.to(torch.float32), shift_ev=shift.to(torch.float32), edge_snr=edge_snr,
                     l2_spacing_ev=l2_spacing, l2_height=l2_height.to(torch.float32), l2_covered=l2_cov,
-                    pre_edge_covered=pre_cov,
+                    pre_edge_covered=pre_cov, post_edge_covered=post_cov,
                     l3_covered=l3_cov, psnr_db=psnr, l3_drop=l3_drop.to(torch.float32), dip_depth=dip,
                     background=background, stray_line=found.stray_line.to(torch.float32),
                     stray_line_ev=found.stray_line_ev.to(torch.float32),
