@@ -48,8 +48,9 @@ class SpectrumResult:
         or the spectrum was refused before the network.
     flags : tuple of str
         Quality warnings that did not warrant rejection: ``"l2_not_measured"``,
-        ``"pre_edge_not_measured"``, ``"post_edge_not_measured"`` (the window ends before
-        18 eV above L3: the background is taken flat, a slope of it stays in), ``"low_psnr"``, ``"uncertain"``,
+        ``"pre_edge_not_measured"``, ``"post_edge_not_measured"`` (the window ends less than
+        19 eV above L3, one eV into the 18-24 eV post-edge window: the background is taken flat,
+        a slope of it stays in), ``"low_psnr"``, ``"uncertain"``,
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
         ``"zero_padding_ignored"`` (exact zeros filling out the window's ends, next to a jump
         to the measured values, were set aside as not measured),

@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from mnedge_live.engine.checks import MIN_PADDING_POINTS, RowChecks, looks_like_kev, misses_edge, zero_padding
+from mnedge_live.engine.checks import RowChecks, looks_like_kev, misses_edge, zero_padding
 from mnedge_live.preprocessing.constants import (
     L3_PLAUSIBLE_EV,
     MAX_DIP_DEPTH,
@@ -83,6 +83,18 @@ def _edge_on_level(e: np.ndarray, level: float = 0.5, noise: float = 0.0, seed: 
     return level + np.exp(-0.5 * ((e - 641.0) / 0.7) ** 2) + rng.normal(0.0, noise, e.size)
 
 
+@pytest.mark.parametrize("level, noise, zeros", [(0.27, 0.056, 40), (0.2, 0.0, 40), (0.5, 0.02, 3), (1.0, 0.3, 40),
+                                                 (0.15, 0.07, 40)])
+def test_padding_next_to_a_level_is_found(level, noise, zeros):
+    """Padding next to a pre-edge level 0.27 of the L3 height at 25 dB (missed by a first version that looked at
+    the first value alone), next to a level of 0.2 of the range, three zeros only, a level at 10 dB, and a level
+    about 7 standard errors of the neighbours' mean off zero."""
+    e = np.arange(630.0, 670.0, 0.1)
+    y = _edge_on_level(e, level=level, noise=noise, seed=4)
+    y[:zeros] = 0.0
+    assert np.array_equal(zero_padding(e, y), np.arange(e.size) < zeros)
+
+
 def test_zeros_filling_out_the_window_ends_are_padding():
     e = np.arange(600.0, 680.0, 0.1)
     y = _edge_on_level(e, noise=0.02)
@@ -110,7 +122,7 @@ def test_zeros_that_are_measured_values_are_kept(case):
         y = np.where(e < 639.0, 0.0, _edge_on_level(e, level=0.0))
     elif case == "short run":     # two zeros: a dead channel, not a window filled out
         y = _edge_on_level(e)
-        y[:MIN_PADDING_POINTS - 1] = 0.0
+        y[:2] = 0.0
     else:                         # a level of zero within rounding
         y = _edge_on_level(e, level=0.0) + 1e-4
         y[:20] = 0.0

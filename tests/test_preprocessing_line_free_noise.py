@@ -66,3 +66,14 @@ def test_coarse_points_and_unmeasured_stretches_give_nan():
     sigma, ratio = correlated_noise(values, valid, torch.tensor([(L3 - E[0]) / WORK_STEP_EV], dtype=torch.float64),
                                     WORK_STEP_EV, torch.tensor([WORK_STEP_EV], dtype=torch.float64))
     assert np.isnan(sigma.numpy()).all() and np.isnan(ratio.numpy()).all()
+
+
+@pytest.mark.parametrize("spacing", [0.12, 0.14, 0.2])
+def test_independent_noise_on_coarser_points_reads_about_one(spacing):
+    """Noisy points 0.12-0.2 eV apart, interpolated onto the 0.1 eV work axis: the points' own lag is rounded up
+    (a lag of one work step read the interpolation between them: ratios of 1.4-1.8 at 0.12-0.15 eV)."""
+    rng = np.random.default_rng(5)
+    points = np.arange(E[0], E[-1] + 1e-9, spacing)
+    rows = [np.interp(E, points, _edge(points) + rng.normal(0.0, 0.01, points.size)) for _ in range(20)]
+    _, ratio = _measure(rows, spacing=spacing)
+    assert np.all(ratio < 1.6), ratio

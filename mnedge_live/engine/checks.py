@@ -51,11 +51,18 @@ MAX_POINT_SPACING_EV = 2.0
 MIN_PADDING_POINTS = 3
 #: Measured points after a run of zeros whose differences tell the noise and slope there (:func:`zero_padding`).
 PADDING_NEIGHBOURS = 10
-#: How many times the median difference of those points the first measured value must stand off zero for
+#: How many standard errors the mean of the measured values next to a run of zeros must stand off zero for
 #: the zeros to be padding: a file filled out with zeros where nothing was measured (a window widened to a
-#: common range) jumps from 0 to its pre-edge level in one step, a spectrum whose background-free level is
-#: zero rises from it by steps like the next ones (noise, or a line's flank).
+#: common range) jumps from 0 to its pre-edge level, while a spectrum whose background-free level is zero
+#: stays there within its noise (the sigma from the points' median difference).  The first value alone
+#: against 5 median differences missed padding next to a level of 0.27 of the L3 height at 25 dB (a review:
+#: 140 of 800 synthetic spectra at 20-30 dB, 488 at 10-15 dB; benchmarks/RESULTS.md).
 PADDING_JUMP = 5.0
+#: ... unless the value next to the zeros lies more than this many sigmas under half their mean, or the
+#: straight line through them comes back to within this many of its standard errors of zero at the last
+#: zero: a line's flank rising from a background-free zero (low counts near a lone line rise 1, 2, 4 ...
+#: counts from the zeros), not a level.
+PADDING_FLANK = 2.0
 #: ... and by at least this share of the spectrum's range: a smaller jump is a level of zero within
 #: rounding (a background-subtracted spectrum), which the pre-edge chord may read as measured.
 PADDING_MIN_SHARE = 0.02
@@ -65,8 +72,9 @@ def zero_padding(e: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Points of a spectrum that are zero padding, not measured values (boolean mask over ``e``).
 
     A run of at least :data:`MIN_PADDING_POINTS` exact zeros at the low or high end of the axis,
-    next to a measured value that jumps off zero by more than :data:`PADDING_JUMP` times the
-    median difference of its :data:`PADDING_NEIGHBOURS` neighbours.  Read as measured, such zeros
+    next to measured values none of which is zero, whose mean stands off zero by :data:`PADDING_JUMP`
+    standard errors and :data:`PADDING_MIN_SHARE` of the range, and which are no line's flank rising
+    from zero (:data:`PADDING_FLANK`).  Read as measured, such zeros
     inside the pre-edge window pulled the background chord down: the four measured spectra with
     zeros filled in below their first point read up to 0.9 off, unflagged (benchmarks/RESULTS.md).
 
@@ -91,15 +99,28 @@ def zero_padding(e: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _jumps_off_zero(measured: np.ndarray, least: float) -> bool:
-    """``measured[0]``, the value next to a run of zeros, stands off zero by more than ``least`` and more
-    than :data:`PADDING_JUMP` times the median difference of the values that follow it, none of which is zero
-    (low counts have zeros among their measured values: 1,009 of 1,024 Poisson rows of a few counts were
-    taken for padded before this condition)."""
+    """The values next to a run of zeros (``measured`` from the run outwards) are a level off zero: none of the
+    first :data:`PADDING_NEIGHBOURS` + 1 is zero (low counts have zeros among their measured values: 1,009 of
+    1,024 Poisson rows of a few counts were taken for padded without this condition), their mean exceeds
+    ``least`` and :data:`PADDING_JUMP` standard errors, and their straight line does not come back to zero at the
+    last zero (:data:`PADDING_FLANK`).  Sigma: of independent noise, from the median second difference."""
     near = measured[: PADDING_NEIGHBOURS + 1].astype(np.float64)
     if np.any(near == 0):
         return False
-    jump = abs(float(near[0]))
-    return jump > least and jump > PADDING_JUMP * float(np.median(np.abs(np.diff(near))))
+    n = near.size
+    x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0   # centred; the last zero at -(n + 1) / 2
+    level = float(near.mean())
+    # the noise from the second differences of up to three times as many points: ten first differences
+    # alone misjudged it by a factor of 4 in one draw of 20 (a level at 23 dB read as at 36 dB)
+    wide = measured[: 3 * PADDING_NEIGHBOURS + 1].astype(np.float64)
+    sigma = 1.4826 * float(np.median(np.abs(wide[2:] - 2 * wide[1:-1] + wide[:-2]))) / math.sqrt(6.0)
+    if abs(level) <= max(least, PADDING_JUMP * sigma / math.sqrt(n)):
+        return False
+    if abs(near[0]) < 0.5 * abs(level) - PADDING_FLANK * sigma:   # rising from the zeros to a line beyond
+        return False
+    x0 = -(n + 1) / 2.0
+    at_zero = level + float(x @ near) / float(x @ x) * x0
+    return abs(at_zero) > PADDING_FLANK * sigma * math.sqrt(1.0 / n + x0 * x0 / float(x @ x))
 
 
 def _at_the_ends_note(e: np.ndarray, bad: np.ndarray) -> str:

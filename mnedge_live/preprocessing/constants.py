@@ -99,8 +99,8 @@ L2_OUTSIDE_MARGIN_REL = 0.2
 #: (or without) Fe/Cr edges on axes off by up to 35 eV, 863 readings taken on the Fe or Cr edge now refused
 #: and 5 right ones lost.
 L2_FLANK_MARGIN_SIGMA = 2.0
-#: How far (eV) beyond an end of Mn's range such a line may be (Cr's L2 lies 0.3-0.6 eV below the range, Fe's
-#: 0.4-0.7 eV above it): with no limit the line taken was often a thick sample's L3 plasmon replica 13-16 eV
+#: How far (eV) beyond an end of Mn's range such a line may be (Cr's L2, 9.0-9.3 eV above its L3 in the cases
+#: that were read as Mn, lies 0.3-0.6 eV below the range; Fe's 0.4-0.7 eV above it): with no limit the line taken was often a thick sample's L3 plasmon replica 13-16 eV
 #: above L3, or a noise line 8 eV above it, and Mn2+ EELS spectra were refused as "not a Mn L2,3 edge" (44 of
 #: 20,000 synthetic spectra at t/lambda 1-1.5; a review's finding, benchmarks/RESULTS.md).
 L2_FLANK_REACH_EV = 1.0
