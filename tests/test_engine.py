@@ -691,9 +691,19 @@ def test_zero_padding_at_the_window_ends_is_set_aside_and_flagged(engine):
     assert alone.ok and padded.ok and "zero_padding_ignored" in padded.flags
     assert "zero_padding_ignored" not in alone.flags
     assert padded.fractions == pytest.approx(alone.fractions, abs=1e-6)
-    # pixels of a spectrum image on that axis: the shared path hands them to the per-spectrum one
-    image = engine.predict_shared_axis(wide, np.array([filled, filled]))
-    assert [r.fractions for r in image] == [padded.fractions] * 2 and image[0].flags == padded.flags
+    # pixels of a spectrum image on that axis, padded alike or not, and the same on shifted axes: as alone
+    other = filled.copy()
+    other[wide > 668.0] = 0.0
+    plain = mn_like(wide, seed=6) + 0.8
+    rows = [filled, other, filled, plain]
+    shifted = [(wide + 0.37 * k, row) for k, row in enumerate(rows)]
+    alone = [engine.predict_one(wide, row) for row in rows]
+    for batch, singles in ((engine.predict_shared_axis(wide, np.array(rows)), alone),
+                           (engine.predict(shifted), [engine.predict_one(*item) for item in shifted])):
+        for a, b in zip(batch, singles):
+            assert a.ok and b.ok and a.flags == b.flags
+            assert a.fractions == pytest.approx(b.fractions, abs=1e-5)
+    assert [("zero_padding_ignored" in r.flags) for r in alone] == [True, True, True, False]
 
 
 def test_zero_padding_that_leaves_too_little_is_refused_saying_so(engine):

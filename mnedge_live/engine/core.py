@@ -158,13 +158,14 @@ class WorkRows(NamedTuple):
                    np.array([r.clipped for r in rows]), np.array([r.padded for r in rows]), bridged)
 
     @classmethod
-    def shared(cls, r: Resampled, starts: np.ndarray | None = None) -> WorkRows:
+    def shared(cls, r: Resampled, starts: np.ndarray | None = None, padded: int = 0) -> WorkRows:
         """Rows resampled together from one axis (:func:`~mnedge_live.preprocessing.resample_shared_axis`);
-        ``starts``: each row's own first energy where the rows' axes are that axis shifted."""
+        ``starts``: each row's own first energy where the rows' axes are that axis shifted; ``padded``: the
+        zero-padding points set aside from each row before."""
         b = len(r.values)
         return cls(np.full(b, r.start) if starts is None else np.asarray(starts, np.float64),
                    r.values.astype(np.float32), np.ones(r.values.shape, bool), r.noise,
-                   r.spikes, np.full(b, r.spacing), r.clipped, np.zeros(b, np.int64),
+                   r.spikes, np.full(b, r.spacing), r.clipped, np.full(b, padded, np.int64),
                    np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None)
 
 
@@ -423,13 +424,18 @@ class Engine:
         return out
 
     def _answer_shared(self, e: np.ndarray, y: np.ndarray, idx: list[int], results: list,
-                       single: list[int], starts: np.ndarray | None = None) -> None:
+                       single: list[int], starts: np.ndarray | None = None, padded: int = 0) -> None:
         """Answer rows ``y`` (spectra ``idx``) on one strictly ascending axis as a matrix.
 
         ``starts``: the rows' axes are ``e`` shifted to start there (:meth:`_shifted_axis_groups`).
         Anything unusual (an axis that fails its check or is not strictly
         ascending, a non-finite or constant row) goes to ``single``: the
         per-spectrum path words the rejection, so both paths answer the same.
+        Rows with zero padding (:func:`~mnedge_live.engine.checks.zero_padding`)
+        are answered here too, each set of rows padded alike on the axis
+        without its padding (``padded``: the points set aside, for the flag),
+        as the per-spectrum path reads them: a detector's masked end channels
+        pad every pixel of a spectrum image alike.
         """
         try:
             inside = check_axis(e)
@@ -441,11 +447,26 @@ class Engine:
         if not ascending:
             single.extend(idx)
             return
-        # rows with inf, and rows with zero padding (set aside by the per-spectrum path), go there
+        # rows with inf go to the per-spectrum path; rows with zero padding are answered below, grouped
         ok = np.isfinite(y).all(axis=1)
         ends_in_zeros = ok & (~(y[:, :MIN_PADDING_POINTS] != 0).any(axis=1) | ~(y[:, -MIN_PADDING_POINTS:] != 0).any(axis=1))
+        alike: dict[bytes, tuple[np.ndarray, list[int]]] = {}
         for r in np.flatnonzero(ends_in_zeros):   # low counts end in zeros too: only padding leaves
-            ok[r] = not zero_padding(e, y[r]).any()
+            mask = zero_padding(e, y[r])
+            if mask.any():
+                ok[r] = False
+                alike.setdefault(mask.tobytes(), (mask, []))[1].append(int(r))
+        for mask, rows in alike.values():
+            keep = ~mask
+            moved = None if starts is None else starts[rows] + (e[keep][0] - e[0])
+            self._answer_shared(e[keep], y[rows][:, keep], [idx[r] for r in rows], results, single, moved,
+                                padded + int(mask.sum()))
+        if alike:   # answered above: neither here nor on the per-spectrum path
+            answered = np.zeros(len(idx), bool)
+            answered[[r for _, rows in alike.values() for r in rows]] = True
+            y, idx = y[~answered], [i for i, a in zip(idx, answered) if not a]
+            starts = None if starts is None else starts[~answered]
+            ok = ok[~answered]
         finite = y if ok.all() else y[ok]
         hi, lo = finite.max(axis=1), finite.min(axis=1)
         ok[ok] = hi > lo   # not constant
@@ -460,8 +481,8 @@ class Engine:
         step = self._batch_rows
         for k in range(0, len(idx), step):
             r = resample_shared_axis(e, y[k:k + step], WORK_STEP_EV, None if top is None else top[k:k + step])
-            self._answer_rows(idx[k:k + step], WorkRows.shared(r, None if starts is None else starts[k:k + step]),
-                              results)
+            self._answer_rows(idx[k:k + step], WorkRows.shared(r, None if starts is None else starts[k:k + step],
+                                                                padded), results)
 
     def _answer_rows(self, idx: list[int], rows: WorkRows, results: list) -> None:
         """Run resampled rows and store one result per row at ``results[idx[j]]``; a backend failure answers all."""
