@@ -30,6 +30,7 @@ from mnedge_live.preprocessing import (
     resample_measured,
     rescale_extreme_rows,
 )
+from mnedge_live.preprocessing.noise import second_difference_sigma
 from mnedge_live.preprocessing.points import point_spacing
 
 #: Fewest measured points accepted.
@@ -49,12 +50,13 @@ MAX_POINT_SPACING_EV = 2.0
 
 #: Fewest exact zeros at an end of a spectrum that can be padding (:func:`zero_padding`).
 MIN_PADDING_POINTS = 3
-#: Measured points after a run of zeros whose differences tell the noise and slope there (:func:`zero_padding`).
+#: Measured points after a run of zeros whose mean and slope tell a level from a line's flank
+#: (:func:`zero_padding`; their noise from three times as many).
 PADDING_NEIGHBOURS = 10
 #: How many standard errors the mean of the measured values next to a run of zeros must stand off zero for
 #: the zeros to be padding: a file filled out with zeros where nothing was measured (a window widened to a
 #: common range) jumps from 0 to its pre-edge level, while a spectrum whose background-free level is zero
-#: stays there within its noise (the sigma from the points' median difference).  The first value alone
+#: stays there within its noise (the sigma from the points' median second difference).  The first value alone
 #: against 5 median differences missed padding next to a level of 0.27 of the L3 height at 25 dB (a review:
 #: 140 of 800 synthetic spectra at 20-30 dB, 488 at 10-15 dB; benchmarks/RESULTS.md).
 PADDING_JUMP = 5.0
@@ -113,7 +115,7 @@ def _jumps_off_zero(measured: np.ndarray, least: float) -> bool:
     # the noise from the second differences of up to three times as many points: ten first differences
     # alone misjudged it by a factor of 4 in one draw of 20 (a level at 23 dB read as at 36 dB)
     wide = measured[: 3 * PADDING_NEIGHBOURS + 1].astype(np.float64)
-    sigma = 1.4826 * float(np.median(np.abs(wide[2:] - 2 * wide[1:-1] + wide[:-2]))) / math.sqrt(6.0)
+    sigma = float(second_difference_sigma(np.abs(wide[2:] - 2 * wide[1:-1] + wide[:-2])))
     if abs(level) <= max(least, PADDING_JUMP * sigma / math.sqrt(n)):
         return False
     if abs(near[0]) < 0.5 * abs(level) - PADDING_FLANK * sigma:   # rising from the zeros to a line beyond

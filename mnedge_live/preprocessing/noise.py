@@ -82,6 +82,12 @@ def on_work_axis(sigma, spacing, step: float):
     return float(out) if out.ndim == 0 else out
 
 
+def second_difference_sigma(d2: np.ndarray):
+    """Sigma of independent noise from the absolute second differences ``d2`` of its points (robust: their
+    median over the last axis, 1.4826 / sqrt(6) of it, as a Gaussian's)."""
+    return 1.4826 * row_median(d2) / math.sqrt(6.0)
+
+
 def point_noise(e: np.ndarray, y: np.ndarray, spacing: float) -> PointNoise:
     """Noise sigma per measured point (robust median of second differences) and the spacing it is on.
 
@@ -103,7 +109,7 @@ def point_noise(e: np.ndarray, y: np.ndarray, spacing: float) -> PointNoise:
         nan = np.full(y.shape[:-1], np.nan) if y.ndim > 1 else float("nan")
         return PointNoise(nan, np.full(y.shape[:-1], spacing) if y.ndim > 1 else spacing)
     d2 = np.abs(y[..., 2:] - 2 * y[..., 1:-1] + y[..., :-2])
-    sigma = 1.4826 * row_median(d2) / math.sqrt(6.0)
+    sigma = second_difference_sigma(d2)
     tol = STRAIGHT_TOLERANCE * np.ptp(y, axis=-1)
     straight = d2 <= np.asarray(tol)[..., None]
     equal = (y[..., 1:] == y[..., :-1]).mean(axis=-1)
