@@ -38,7 +38,7 @@ from mnedge_live.map_geometry import MAX_MAP_PIXELS as MAX_MAP_PIXELS  # re-expo
 from mnedge_live.map_geometry import MAX_OPEN_MAP_BYTES, MapGeometry, grown_extent, grown_maps, map_refusal
 from mnedge_live.results import SpectrumResult
 from mnedge_live.sequence import MAX_GAPS as MAX_GAPS  # re-exported: imported from here
-from mnedge_live.sequence import SequenceCounter
+from mnedge_live.sequence import SequenceCounter, whole_number
 from mnedge_live.stream_pairing import MAX_WAITING, StreamPairs, event_fields_needed
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class MnEdgeCallback(DocumentRouter):
         desc = run.descriptors[doc["descriptor"]]
         if desc.get("name", "primary") != self.config.stream:
             return
-        seqs = [int(s) for s in doc["seq_num"]]  # all or nothing: a bad seq_num makes a bad document
+        seqs = [whole_number(s) for s in doc["seq_num"]]  # all or nothing: a bad seq_num makes a bad document
         data = doc["data"]
         if not isinstance(data, dict):
             raise TypeError(f"event data is a {type(data).__name__}, not a dict")
@@ -296,8 +296,8 @@ class MnEdgeCallback(DocumentRouter):
             return
         if sr.get("data_key") != self._spectrum_field(desc):
             return
-        seq0, seq1 = int(doc["seq_nums"]["start"]), int(doc["seq_nums"]["stop"])
-        i0, i1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        seq0, seq1 = (whole_number(doc["seq_nums"][k], f"seq_nums[{k!r}]") for k in ("start", "stop"))
+        i0, i1 = (whole_number(doc["indices"][k], f"indices[{k!r}]") for k in ("start", "stop"))
         if seq1 - seq0 > MAX_STREAM_DATUM_EVENTS:   # one document must not owe a billion rows
             raise ValueError(f"stream_datum {doc.get('uid')} announces {seq1 - seq0} events ({seq0}..{seq1 - 1}), "
                              f"more than {MAX_STREAM_DATUM_EVENTS} in one document")
@@ -355,9 +355,28 @@ class MnEdgeCallback(DocumentRouter):
             self.totals["bad_documents"] += 1
             return
         self.flush()
-        counts = doc.get("num_events")   # a malformed one is as good as none: the run still closes
-        announced = counts.get(self.config.stream) if isinstance(counts, dict) else None
-        self.close_run(uid, *source_exit(doc), announced=announced)
+        self.close_run(uid, *source_exit(doc), announced=self._announced_events(uid, doc.get("num_events")))
+
+    def _announced_events(self, uid: str, counts: object) -> int | None:
+        """The stop's count of the stream's events; None where it gives none. A malformed count (not a
+        mapping, or not a whole number for the stream) is as good as none, so the run still closes, but
+        it is counted as a bad document and logged: the events it would have shown missing go uncounted."""
+        if counts is None:
+            return None
+        try:
+            if not isinstance(counts, dict):
+                raise TypeError(f"num_events is a {type(counts).__name__}, not a mapping")
+            announced = counts.get(self.config.stream)
+            if announced is None:
+                return None
+            what = f"num_events[{self.config.stream!r}]"
+            if whole_number(announced, what) < 0:
+                raise ValueError(f"{what} {announced} is negative")
+            return whole_number(announced, what)
+        except (TypeError, ValueError) as exc:
+            self.totals["bad_documents"] += 1
+            log.warning("stop of run %s: %s; its missed events are not counted", uid, exc)
+            return None
 
     # -- run closing -------------------------------------------------------------------------------
     def close_run(self, uid: str, exit_status: str = "success", reason: str = "",

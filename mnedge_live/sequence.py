@@ -13,10 +13,25 @@ only routes and these rules can be read and tested on their own.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 #: Most remembered sequence gaps per stream (late events filling older gaps count as duplicates).
 MAX_GAPS = 1024
+
+
+def whole_number(value: object, what: str = "seq_num") -> int:
+    """``value`` as an int, or TypeError naming ``what``: a bool, a string or a fraction is no event number.
+
+    Event-model's schema types ``seq_num`` and the stop's ``num_events`` counts as JSON integers,
+    which admit an integral float (``4.0``); truncating ``2.7`` or parsing ``"2"`` would turn a
+    malformed document into a silent guess.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(value)
+    raise TypeError(f"{what} {str(value)[:40]!r} ({type(value).__name__}) is not a whole number")
 
 
 @dataclass(frozen=True)

@@ -108,9 +108,12 @@ def test_out_of_order_duplicate_and_foreign_documents(engine, spectra):
     assert cb.totals["bad_documents"] >= 3 and cb.totals["duplicates"] == 1
 
 
-@pytest.mark.parametrize("num_events", ["garbage", [4], 7.5, None])
+@pytest.mark.parametrize("num_events", ["garbage", [4], 7.5, {"primary": 4.5}, {"primary": "5"},
+                                        {"primary": True}, {"primary": -1}, None, {"primary": None}])
 def test_a_stop_with_a_malformed_num_events_still_closes_its_run(engine, spectra, num_events):
-    """A stop whose num_events was not a mapping raised: the stop was lost and the run stayed open."""
+    """A stop whose num_events was not a mapping raised: the stop was lost and the run stayed open. A
+    malformed count is then as good as none, but it is counted as a bad document (a float or string count
+    was ignored silently, so the events it would have shown missing went uncounted)."""
     cb, out = _new(engine)
     docs = source_run(spectra[:3])
     docs[-1] = ("stop", {**docs[-1][1], "num_events": num_events})
@@ -118,7 +121,36 @@ def test_a_stop_with_a_malformed_num_events_still_closes_its_run(engine, spectra
     stops = [d for n, d in out if n == "stop"]
     assert len(stops) == 1 and not cb.runs
     assert stops[0]["processed"] + stops[0]["rejected"] == 3 and stops[0]["exit_status"] == "success"
+    assert stops[0]["missed"] == 0
+    assert cb.totals["bad_documents"] == (0 if num_events in (None, {"primary": None}) else 1)
+
+
+@pytest.mark.parametrize("count", [5, 5.0, np.int64(5)])
+def test_a_whole_number_of_events_announced_counts_the_missing_ones(engine, spectra, count):
+    """Event-model types the counts as JSON integers: 5.0 is five events (it was ignored: 0 missed)."""
+    cb, out = _new(engine)
+    docs = source_run(spectra[:3])
+    docs[-1] = ("stop", {**docs[-1][1], "num_events": {"primary": count}})
+    _feed(cb, docs)
+    stop_doc = [d for n, d in out if n == "stop"][-1]
+    assert (stop_doc["processed"] + stop_doc["rejected"], stop_doc["missed"]) == (3, 2)
     assert cb.totals["bad_documents"] == 0
+
+
+@pytest.mark.parametrize("seq", [2.7, True, "2", None, float("nan")])
+def test_an_event_whose_seq_num_is_no_whole_number_is_a_bad_document(engine, spectra, seq):
+    """seq_num 2.7 was read as 2 and "2" as 2 (int() of it), True as 1: a malformed event silently given
+    a number. Now it is a bad document, and the stop's count shows it missed."""
+    cb, out = _new(engine)
+    docs = source_run(spectra[:3])
+    name, event = docs[3]
+    assert name == "event" and event["seq_num"] == 2
+    docs[3] = (name, {**event, "seq_num": seq})
+    _feed(cb, docs)
+    rows = derived_rows(out)
+    assert sorted(r["source_seq_num"] for r in rows) == [1, 3]
+    stop_doc = [d for n, d in out if n == "stop"][-1]
+    assert stop_doc["missed"] == 1 and cb.totals["bad_documents"] == 1
 
 
 def test_a_run_sent_again_after_its_stop_is_counted_not_read_twice(engine, spectra):

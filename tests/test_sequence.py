@@ -6,12 +6,13 @@ import logging
 
 import event_model
 import numpy as np
+import pytest
 from live_support import real_engine
 
 import mnedge_live.callback as callback
 from mnedge_live.callback import MnEdgeCallback
 from mnedge_live.config import LiveConfig
-from mnedge_live.sequence import MAX_GAPS, SeqCount, SequenceCounter
+from mnedge_live.sequence import MAX_GAPS, SeqCount, SequenceCounter, whole_number
 
 
 def test_the_callback_still_exports_max_gaps():
@@ -119,3 +120,14 @@ def test_the_callback_counts_and_logs_what_the_counter_returns(caplog):
     assert sorted(rows) == [0, 1, 2, 3, 4]
     assert rows[0] == ("rejected", "seq_num 0 is not an event number (bluesky numbers events from 1)")
     assert cb.totals["bad_documents"] == 0
+
+
+@pytest.mark.parametrize("value, expected", [(3, 3), (np.int64(3), 3), (3.0, 3), (np.float32(4.0), 4), (-1, -1)])
+def test_whole_numbers_are_read_as_ints(value, expected):
+    assert whole_number(value) == expected and type(whole_number(value)) is int
+
+
+@pytest.mark.parametrize("value", [2.7, True, np.bool_(True), "2", None, float("nan"), float("inf"), [2], b"2"])
+def test_anything_else_is_no_event_number(value):
+    with pytest.raises(TypeError, match="is not a whole number"):
+        whole_number(value)
