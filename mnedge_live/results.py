@@ -54,6 +54,9 @@ class SpectrumResult:
         ``"spikes_removed"`` (single-point spikes were repaired before the readout),
         ``"zero_padding_ignored"`` (exact zeros filling out the window's ends, next to a jump
         to the measured values, were set aside as not measured),
+        ``"points_out_of_order"`` (the energies, in the order given, went back across the window: a
+        second scan appended, a return sweep; the points were sorted and repeated energies averaged,
+        which blends scans that disagree),
         ``"clipped"`` (the maximum is held flat over three or more points and 0.3 eV or
         more: a saturated detector or amplifier; readings drift once a fifth of the L3
         line is cut),

@@ -83,13 +83,14 @@ def test_shared_axis_resampling_equals_the_per_spectrum_one():
     gaps = np.diff(e)
     k = next(i for i in range(100, 200) if max(gaps[i - 1], gaps[i]) <= 0.15)
     y[2, k] += 3.0  # a spike: repaired the same way on both paths
-    start, values, noise, spikes, spacing, bridged, clipped, padded = resample_shared_axis(e, y)
+    start, values, noise, spikes, spacing, bridged, clipped, padded, unordered = resample_shared_axis(e, y)
     assert spikes.tolist() == [0, 0, 1, 0, 0]
     assert spacing.shape == (5,) and spacing == pytest.approx(float(np.median(np.diff(e))))   # per row
     for row, v, z, k, c, d in zip(y, values, noise, spikes, clipped, spacing):
-        s1, v1, z1, k1, d1, b1, c1, p1 = resample_measured(e, row)
+        s1, v1, z1, k1, d1, b1, c1, p1, u1 = resample_measured(e, row)
         assert start == s1 and np.allclose(v, v1, atol=1e-12) and z == pytest.approx(z1, rel=1e-12) and k == k1
         assert d1 == d and np.array_equal(b1, bridged) and c == c1 is False and p1 == padded == 0
+        assert u1 is unordered is False
 
 
 def test_float32_rows_stay_float32_and_read_as_float64_rows():

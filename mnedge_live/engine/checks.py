@@ -31,7 +31,7 @@ from mnedge_live.preprocessing import (
     rescale_extreme_rows,
 )
 from mnedge_live.preprocessing.noise import second_difference_sigma
-from mnedge_live.preprocessing.points import point_spacing
+from mnedge_live.preprocessing.points import out_of_order, point_spacing
 
 #: Fewest measured points accepted.
 MIN_POINTS = 16
@@ -204,6 +204,7 @@ def check_and_resample(energy, intensity) -> Resampled:
         raise ValueError("complex-valued data")
     if not inside.all():
         e, y = e[inside], y[inside]
+    unordered = out_of_order(e)
     bad = ~np.isfinite(y)
     if bad.any():
         raise ValueError(f"{int(bad.sum())} NaN or inf value(s){_at_the_ends_note(e, bad)}")
@@ -220,7 +221,7 @@ def check_and_resample(energy, intensity) -> Resampled:
     if hi == lo:
         raise ValueError("intensity is constant: no edge")
     r = resample_measured(e, rescale_extreme_rows(y, np.float64(max(abs(hi), abs(lo)))), WORK_STEP_EV)
-    return r._replace(padded=padded) if padded else r
+    return r._replace(padded=padded, out_of_order=unordered) if padded or unordered else r
 
 
 @dataclass

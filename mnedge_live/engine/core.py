@@ -146,6 +146,7 @@ class WorkRows(NamedTuple):
     spacing: np.ndarray   #: ``(B,)`` median spacing of the measured points (eV)
     clipped: np.ndarray   #: ``(B,)`` the maximum is held flat (a saturated detector)
     padded: np.ndarray    #: ``(B,)`` zero-padding points set aside at the window's ends
+    out_of_order: np.ndarray  #: ``(B,)`` the energies went back across the window (sorted and averaged)
     bridged: np.ndarray | None  #: ``(B, N)`` work points inside a wide gap of measured points; None: none
 
     @classmethod
@@ -155,7 +156,8 @@ class WorkRows(NamedTuple):
         bridged = pad_rows([r.bridged for r in rows])[0] > 0 if any(r.bridged.any() for r in rows) else None
         return cls(np.array([r.start for r in rows]), values, valid, np.array([r.noise for r in rows]),
                    np.array([r.spikes for r in rows]), np.array([r.spacing for r in rows]),
-                   np.array([r.clipped for r in rows]), np.array([r.padded for r in rows]), bridged)
+                   np.array([r.clipped for r in rows]), np.array([r.padded for r in rows]),
+                   np.array([r.out_of_order for r in rows], bool), bridged)
 
     @classmethod
     def shared(cls, r: Resampled, starts: np.ndarray | None = None, padded: int = 0) -> WorkRows:
@@ -165,7 +167,7 @@ class WorkRows(NamedTuple):
         b = len(r.values)
         return cls(np.full(b, r.start) if starts is None else np.asarray(starts, np.float64),
                    r.values.astype(np.float32), np.ones(r.values.shape, bool), r.noise,
-                   r.spikes, np.full(b, r.spacing), r.clipped, np.full(b, padded, np.int64),
+                   r.spikes, np.full(b, r.spacing), r.clipped, np.full(b, padded, np.int64), np.zeros(b, bool),
                    np.broadcast_to(r.bridged, r.values.shape) if r.bridged.any() else None)
 
 
@@ -523,6 +525,7 @@ class Engine:
                         ("low_psnr", checks.psnr_db < LOW_PSNR_DB), ("uncertain", std[:, 3] > UNCERTAIN_VALENCE_STD),
                         ("spikes_removed", np.asarray(rows.spikes) > 0), ("clipped", np.asarray(rows.clipped, bool)),
                         ("zero_padding_ignored", np.asarray(rows.padded) > 0),
+                        ("points_out_of_order", np.asarray(rows.out_of_order, bool)),
                         ("coarse_axis", np.asarray(rows.spacing) > self.coarse_axis_ev + 1e-9),
                         ("broad_resolution", resolution > self.broad_resolution_ev),
                         ("strong_background", checks.background > STRONG_BACKGROUND),

@@ -143,6 +143,7 @@ class Resampled(NamedTuple):
     bridged: np.ndarray   #: ``(n,)`` work points inside a wide gap of measured points (:func:`bridged_points`)
     clipped: bool | np.ndarray  #: the maximum is held flat over several points (:func:`clipped_at_maximum`)
     padded: int = 0       #: zero-padding points set aside before resampling (the engine's ``zero_padding``)
+    out_of_order: bool | np.ndarray = False  #: the energies went back across the window (:func:`out_of_order`)
 
 
 def resample_shared_axis(energy: np.ndarray, intensities: np.ndarray, step: float = WORK_STEP_EV,

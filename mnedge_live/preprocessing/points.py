@@ -106,6 +106,31 @@ def clipped_at_maximum(e: np.ndarray, y: np.ndarray, top: np.ndarray | None = No
     return out if np.ndim(y) == 2 else out[0]
 
 
+#: How far (in median spacings of the points) the energies, in the order given, may go back against the
+#: axis's direction: digitizers and encoders jitter by a fraction of a spacing, while a second scan
+#: appended to the first, a return sweep or blocks out of order go back across the window.
+OUT_OF_ORDER_SPACINGS = 2.0
+
+
+def out_of_order(e: np.ndarray) -> bool:
+    """Whether the energies ``e``, in the order given, go back against the axis's direction (ascending or
+    descending, whichever they go back less against) by more than :data:`OUT_OF_ORDER_SPACINGS` median spacings.
+
+    :func:`distinct_points` sorts such points and averages repeated energies, as for any other axis:
+    right for repeated scans that agree, a blend where they do not (a second scan at another gain or
+    offset), so the engine flags such readouts ``points_out_of_order``.
+    """
+    if e.size < 3:
+        return False
+    d = np.abs(np.diff(e))
+    d = d[d > 0]
+    if d.size == 0:
+        return False
+    back_up = float(np.max(np.maximum.accumulate(e) - e))        # below an earlier point of an ascending axis
+    back_down = float(np.max(e - np.minimum.accumulate(e)))      # above an earlier point of a descending one
+    return min(back_up, back_down) > OUT_OF_ORDER_SPACINGS * float(np.median(d))
+
+
 def is_dense(spacing, step: float):
     """Two or more measured points per work step: they are averaged, not picked (:func:`bin_dense`); element-wise for arrays."""
     return spacing <= 0.5 * step * (1 + 1e-6)
