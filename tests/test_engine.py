@@ -731,6 +731,27 @@ def test_points_that_go_back_across_the_window_are_read_sorted_and_flagged(engin
         assert engine.predict_one(*cases[name][:2]).fractions == pytest.approx(alone.fractions, abs=1e-6)
 
 
+def test_masked_values_are_refused_not_read_as_data(engine):
+    """``np.asarray`` drops a masked array's mask: points masked as bad (here set to 50) were read as data.
+    Masked values are refused with the reason, on every path; a masked array without masked values reads as
+    its data."""
+    y = mn_like(seed=9)
+    bad = np.ma.masked_array(y.copy(), mask=np.zeros(E.size, bool))
+    bad[100:140] = 50.0
+    bad[100:140] = np.ma.masked
+    unmasked = np.ma.masked_array(y.copy(), mask=np.zeros(E.size, bool))
+    plain = engine.predict_one(E, y)
+    results = engine.predict([(E, bad), (E, y), (E, unmasked), (np.ma.masked_array(E, mask=E > 670.0), y)])
+    shared = engine.predict_shared_axis(E, np.ma.masked_array(np.array([y, bad.data, y]),
+                                                              mask=np.array([~np.ones(E.size, bool), bad.mask,
+                                                                             ~np.ones(E.size, bool)])))
+    for r, what in ((results[0], "intensity has 40 masked"), (results[3], "energy has 100 masked"),
+                    (shared[1], "intensity has 40 masked")):
+        assert r.status == "rejected" and r.reason.startswith(what), r.reason
+    for r in (results[1], results[2], shared[0], shared[2]):
+        assert r.ok and r.fractions == pytest.approx(plain.fractions, abs=1e-6)
+
+
 def test_zero_padding_that_leaves_too_little_is_refused_saying_so(engine):
     y = np.zeros(E.size)
     y[:40] = mn_like(E[:40]) + 1.0    # 4 eV measured, the rest zeros

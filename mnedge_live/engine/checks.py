@@ -191,6 +191,10 @@ def check_and_resample(energy, intensity) -> Resampled:
     Zero padding at the window's ends (:func:`zero_padding`) is set aside as not measured and counted
     in ``Resampled.padded``.
     """
+    for name, a in (("energy", energy), ("intensity", intensity)):
+        if isinstance(a, np.ma.MaskedArray) and np.ma.count_masked(a):
+            raise ValueError(f"{name} has {np.ma.count_masked(a)} masked value(s): the engine reads measured points "
+                             "only (a masked array's mask would be dropped); remove or fill the masked points")
     e = np.asarray(energy)
     y = np.asarray(intensity)
     if e.ndim != 1 or y.ndim != 1:

@@ -122,7 +122,13 @@ def _float_rows(y: np.ndarray) -> np.ndarray:
 
 def _same_shape_numeric(y, energy: np.ndarray) -> bool:
     """``y`` is a numeric ndarray shaped like ``energy`` (else the per-spectrum path words the problem)."""
-    return isinstance(y, np.ndarray) and y.shape == energy.shape and y.dtype.kind in "fiu"
+    return _plain(y) and y.shape == energy.shape and y.dtype.kind in "fiu"
+
+
+def _plain(a) -> bool:
+    """``a`` is an ndarray whose every value counts: not a masked array (whose mask ``np.asarray`` drops:
+    the per-spectrum path refuses masked values with the reason)."""
+    return isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray)
 
 
 #: Axes whose points relative to their first one agree to this (eV) are one axis shifted
@@ -301,7 +307,7 @@ class Engine:
             # first spacing and span in units of the tolerance: not finite also where the division overflows
             # (an axis of 1e300 eV steps, whose rounding would raise)
             first, span = ((float(e[1] - e[0]) / SHIFT_TOLERANCE_EV, float(e[-1] - e[0]) / SHIFT_TOLERANCE_EV)
-                           if isinstance(e, np.ndarray) and e.ndim == 1 and e.dtype.kind == "f" and e.size >= MIN_POINTS
+                           if _plain(e) and e.ndim == 1 and e.dtype.kind == "f" and e.size >= MIN_POINTS
                            else (math.nan, math.nan))
             if math.isfinite(first) and math.isfinite(span) and _same_shape_numeric(item[1], e):
                 key = (e.size, round(first), round(span))
@@ -344,11 +350,13 @@ class Engine:
             :meth:`predict`, which words each problem; an array that is not
             2-D is answered as one spectrum.
         """
+        if isinstance(intensities, np.ma.MaskedArray) and intensities.ndim == 2:   # each row says what it masks
+            return self.predict([(energy, row) for row in intensities])
         try:
             y = np.asarray(intensities)
         except ValueError:  # ragged rows: each answers for itself
             return self.predict([(energy, row) for row in intensities])
-        if y.ndim != 2 or not isinstance(energy, np.ndarray) or y.shape[1:] != energy.shape or y.dtype.kind not in "fiu":
+        if y.ndim != 2 or not _plain(energy) or y.shape[1:] != energy.shape or y.dtype.kind not in "fiu":
             if y.ndim != 2:
                 return self.predict([(energy, y)])
             # rows given as lists are converted one by one, as predict does: one row holding a None
@@ -405,8 +413,7 @@ class Engine:
             energy = item[0] if isinstance(item, tuple) and len(item) == 2 else None
             if energy is last:   # the same array object as the spectrum before (pixels sharing one axis)
                 groups[key].append(i)
-            elif (isinstance(energy, np.ndarray) and energy.ndim == 1 and energy.dtype.kind == "f"
-                    and energy.size >= MIN_POINTS):
+            elif _plain(energy) and energy.ndim == 1 and energy.dtype.kind == "f" and energy.size >= MIN_POINTS:
                 # keyed by value: equal axes in separate arrays (one per event) group as well; an axis
                 # equal to the one before joins its group by a byte comparison, without hashing its bytes
                 last, values = energy, energy.tobytes()
