@@ -182,6 +182,19 @@ def test_shared_axis_rows_given_as_lists_answer_one_by_one(engine):
     assert "non-numeric" in res[1].reason
 
 
+def test_shared_axis_rows_in_a_1d_object_array_answer_one_by_one(engine):
+    """Rows of different lengths (or a None) make a 1-D object array: it was answered as one spectrum whose
+    reason spoke of the number of rows ("intensity has 3"), one answer for three rows."""
+    y = mn_like()
+    rows = np.empty(3, object)
+    rows[0], rows[1], rows[2] = y, None, y[:-1]
+    before = engine.counters["spectra"]
+    res = engine.predict_shared_axis(E, rows)
+    assert [r.status for r in res] == ["ok", "rejected", "rejected"] and engine.counters["spectra"] - before == 3
+    assert res[2].reason == f"energy has {E.size} points but intensity has {E.size - 1}"
+    assert res[0].fractions == pytest.approx(engine.predict_one(E, y).fractions, abs=1e-6)
+
+
 @pytest.mark.parametrize("energy, intensities, reason", [
     (E, np.ones((2, E.size - 1)), "energy has"),        # rows do not match the axis
     (E[::-1], np.array([mn_like()[::-1]] * 2), None),   # descending axis: the per-spectrum path reads it

@@ -127,3 +127,14 @@ def test_zeros_that_are_measured_values_are_kept(case):
         y = _edge_on_level(e, level=0.0) + 1e-4
         y[:20] = 0.0
     assert not zero_padding(e, y).any()
+
+
+def test_an_axis_in_another_unit_is_named_in_a_short_reason():
+    """An axis of 1e300 eV printed 300 digits in the reason."""
+    from mnedge_live.engine.checks import check_axis
+
+    with pytest.raises(ValueError, match=r"^axis 6\.2e\+302-6\.8e\+302 eV misses the Mn L2,3 edge") as info:
+        check_axis(np.arange(620.0, 680.0, 0.1) * 1e300)
+    assert len(str(info.value)) < 200
+    with pytest.raises(ValueError, match=r"^axis 700\.0-759\.9 eV misses"):
+        check_axis(np.arange(700.0, 760.0, 0.1))

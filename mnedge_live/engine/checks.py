@@ -167,7 +167,7 @@ def check_axis(e: np.ndarray) -> np.ndarray:
         raise ValueError(f"axis {lo:.4f}-{hi:.4f} looks like keV; the engine reads eV "
                          "(multiply the energies by 1000)")
     if misses_edge(lo, hi):
-        raise ValueError(f"axis {lo:.1f}-{hi:.1f} eV misses the Mn L2,3 edge (L3 near 640 eV, "
+        raise ValueError(f"axis {_ev(lo)}-{_ev(hi)} eV misses the Mn L2,3 edge (L3 near 640 eV, "
                          f"accepted {L3_PLAUSIBLE_EV[0]:.0f}-{L3_PLAUSIBLE_EV[1]:.0f} eV allowing calibration errors)")
     inside = (e >= ANALYSIS_WINDOW_EV[0]) & (e <= ANALYSIS_WINDOW_EV[1])
     region = f"{ANALYSIS_WINDOW_EV[0]:.0f}-{ANALYSIS_WINDOW_EV[1]:.0f} eV"
@@ -181,9 +181,15 @@ def check_axis(e: np.ndarray) -> np.ndarray:
     points = e[inside]
     spacing = point_spacing(points if bool(np.all(points[1:] > points[:-1])) else np.unique(points))
     if spacing > MAX_POINT_SPACING_EV:
-        raise ValueError(f"points every {spacing:.1f} eV cannot resolve the Mn L3 and L2 lines (each 1-3 eV wide); "
+        raise ValueError(f"points every {_ev(spacing)} eV cannot resolve the Mn L3 and L2 lines (each 1-3 eV wide); "
                          f"at most {MAX_POINT_SPACING_EV:g} eV between points is needed")
     return inside
+
+def _ev(x: float) -> str:
+    """An energy for a reason: 0.1 eV digits, or three significant ones where that would print hundreds of
+    digits (an axis in another unit, 1e300)."""
+    return f"{x:.1f}" if abs(x) < 1e7 else f"{x:.3g}"
+
 
 def check_and_resample(energy, intensity) -> Resampled:
     """Check one spectrum and bring it onto the work axis (ValueError with the reason if it cannot be read).

@@ -347,8 +347,8 @@ class Engine:
         intensities : numpy.ndarray
             ``(B, N)`` one spectrum per row. Anything else (rows that do not
             match the axis, ragged or non-numeric rows) goes through
-            :meth:`predict`, which words each problem; an array that is not
-            2-D is answered as one spectrum.
+            :meth:`predict`, which words each problem; a 1-D object array
+            holding array rows is read row by row, any other array that is not 2-D as one spectrum.
         """
         if isinstance(intensities, np.ma.MaskedArray) and intensities.ndim == 2:   # each row says what it masks
             return self.predict([(energy, row) for row in intensities])
@@ -357,6 +357,8 @@ class Engine:
         except ValueError:  # ragged rows: each answers for itself
             return self.predict([(energy, row) for row in intensities])
         if y.ndim != 2 or not _plain(energy) or y.shape[1:] != energy.shape or y.dtype.kind not in "fiu":
+            if y.ndim == 1 and y.dtype == object and any(isinstance(row, (np.ndarray, list, tuple)) for row in y):
+                return self.predict([(energy, row) for row in y])   # ragged rows, a None among them: one answer each
             if y.ndim != 2:
                 return self.predict([(energy, y)])
             # rows given as lists are converted one by one, as predict does: one row holding a None
