@@ -501,9 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluation", help="JSON from 'evaluate --out' to record in the card")
     s.add_argument("--tensorrt", action="store_true", help="also build TensorRT FP16/FP32 engines (CUDA GPU)")
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--ood-spectra", type=int, default=20000,
+    s.add_argument("--ood-spectra", type=int, default=None,
                    help="synthetic spectra for the out-of-distribution mean and covariance; five times as "
-                        "many set the thresholds (0: no statistics)")
+                        "many set the thresholds (0: no statistics; default: the training config's "
+                        "[train] ood_spectra, 20,000 unless set)")
     s.set_defaults(run=cmd_export)
 
     s = sub.add_parser("refresh-onnx", help="rewrite an artifact's ONNX graph from its weights with this exporter")

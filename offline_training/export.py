@@ -29,8 +29,11 @@ from mnedge_live.network import (
 )
 from mnedge_live.preprocessing import L3_REFERENCE_EV, MODEL_GRID, WORK_STEP_EV
 from offline_training.provenance import git_commit
+from offline_training.train_config import TrainSettings
 
 ONNX_OPSET = 17
+#: Out-of-distribution spectra of a checkpoint whose training config predates ``[train] ood_spectra``.
+DEFAULT_OOD_SPECTRA = TrainSettings.ood_spectra
 #: How the exported graph lays out the network (recorded in the card).
 GRAPH_FORM = "planar: 1-D feature stages as 2-D of height 1"
 
@@ -217,7 +220,7 @@ def card_forward_model(card: dict):
 
 def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | None = None,
                     evaluation: dict | None = None, tensorrt: bool = False, overwrite: bool = False,
-                    ood_spectra: int = 20000) -> Path:
+                    ood_spectra: int | None = None) -> Path:
     """Write an artifact directory from a trainer's ``final.pt``.
 
     Parameters
@@ -238,10 +241,11 @@ def export_artifact(final_pt: str | Path, out_dir: str | Path, model_id: str | N
         verified in a temporary sibling directory and only then swapped in,
         so a failed export leaves the existing artifact as it was (and no
         half-written directory in the way of a retry).
-    ood_spectra : int
+    ood_spectra : int, optional
         Synthetic spectra for the mean and covariance of :func:`~offline_training.ood.fit_ood`, and
         :data:`~offline_training.ood.THRESHOLD_SET_FACTOR` times as many for its thresholds
-        (0: no out-of-distribution statistics, the engine's OOD rule is then off).
+        (0: no out-of-distribution statistics, the engine's OOD rule is then off). Default: the
+        training config's ``[train] ood_spectra`` (20,000 where the config predates it).
     """
     if model_id is not None and not is_model_id(model_id):
         raise ValueError(f"model id {model_id!r} (--model-id) is not a model id ({MODEL_ID_RULE}): "
@@ -299,9 +303,11 @@ def _swap_in(new: Path, out: Path) -> None:
 
 
 def _write_artifact(final_pt: str | Path, out: Path, model_id: str | None, evaluation: dict | None,
-                    tensorrt: bool, ood_spectra: int) -> None:
+                    tensorrt: bool, ood_spectra: int | None) -> None:
     """Write the artifact of ``final_pt`` into the empty directory ``out`` and verify it (:func:`export_artifact`)."""
     model, ck = load_trained(final_pt)
+    if ood_spectra is None:
+        ood_spectra = int(json.loads(ck["config"]).get("train", {}).get("ood_spectra", DEFAULT_OOD_SPECTRA))
     not_finite = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if not_finite:
         raise ValueError(f"{final_pt}: weights that are not finite ({', '.join(not_finite[:3])}"

@@ -48,6 +48,11 @@ class TrainSettings:
     #: the same bits as the eager stages, so a config reproduces its batches with the same setting)
     compile_forward: bool = False
     calibration_spectra: int = 8192
+    #: synthetic spectra ``mnedge-train export`` fits the out-of-distribution mean and covariance on
+    #: (five times as many set its thresholds) unless ``--ood-spectra`` says otherwise; at least twice
+    #: the network's ``hidden`` features (0: no statistics, the engine's OOD rule off). A tiny test
+    #: model needs far fewer than the default's 20,000 (120,000 spectra: most of an export's time)
+    ood_spectra: int = 20000
     #: start from this artifact's weights ("default": the model in use; "": random initialization)
     init_from: str = ""
     #: distil from this artifact ("default": the model in use; "": no teacher): the fractions and
@@ -100,7 +105,7 @@ class TrainSettings:
             if not ok:
                 raise ValueError(f"[train] {f.name} must be {kind}, got {v!r}")
         at_least = {"steps": 1, "batch_size": 2, "warmup_steps": 0, "seed": 0, "checkpoint_every": 1,
-                    "log_every": 1, "threads": 0, "data_workers": 0, "calibration_spectra": 1,
+                    "log_every": 1, "threads": 0, "data_workers": 0, "calibration_spectra": 1, "ood_spectra": 0,
                     "weight_decay": 0, "w_teacher": 0, "w_fractions": 0, "w_valence": 0, "w_nll": 0,
                     "w_side": 0, "w_box": 0}
         for name, low in at_least.items():

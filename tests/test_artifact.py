@@ -358,3 +358,38 @@ def test_export_overwrite_replaces_an_artifact_only(tiny_artifact, tmp_path):
     shutil.copytree(tiny_artifact, art)
     assert export_artifact(run / "final.pt", art, overwrite=True, ood_spectra=0) == art   # an artifact: replaced
     load_artifact(art)
+
+
+
+def test_export_fits_as_many_ood_spectra_as_the_training_config_asks(tiny_artifact, tmp_path, monkeypatch):
+    """``export`` without ``--ood-spectra`` takes ``[train] ood_spectra`` of the checkpoint's config (a tiny model
+    needs far fewer than the default's 20,000); a config from before the key gets the default; the option wins."""
+    import offline_training.ood as ood
+    from offline_training.export import DEFAULT_OOD_SPECTRA, export_artifact
+    from offline_training.train_config import TrainSettings
+
+    assert DEFAULT_OOD_SPECTRA == TrainSettings().ood_spectra == 20000
+
+    def with_ood(n):
+        def edit(ck):
+            config = json.loads(ck["config"])
+            config["train"].pop("ood_spectra", None)
+            if n is not None:
+                config["train"]["ood_spectra"] = n
+            ck["config"] = json.dumps(config)
+        return edit
+
+    card = load_artifact(export_artifact(_edited_final(tiny_artifact, tmp_path, with_ood(80)), tmp_path / "a")).card
+    assert (card["ood"]["n_fit"], card["ood"]["n_threshold"]) == (80, 400)
+    card = load_artifact(export_artifact(_edited_final(tiny_artifact, tmp_path, with_ood(80)), tmp_path / "b",
+                                         ood_spectra=0)).card
+    assert "ood" not in card
+    asked = []
+
+    def stop_at_the_fit(model, fm, out, n_fit, n_threshold, **kw):
+        asked.append((n_fit, n_threshold))
+        raise RuntimeError("stopped at the fit")
+    monkeypatch.setattr(ood, "fit_ood", stop_at_the_fit)
+    with pytest.raises(RuntimeError, match="stopped at the fit"):
+        export_artifact(_edited_final(tiny_artifact, tmp_path, with_ood(None)), tmp_path / "c")
+    assert asked == [(DEFAULT_OOD_SPECTRA, 5 * DEFAULT_OOD_SPECTRA)]
