@@ -370,9 +370,10 @@ class MnEdgeCallback(DocumentRouter):
             if announced is None:
                 return None
             what = f"num_events[{self.config.stream!r}]"
-            if whole_number(announced, what) < 0:
+            count = whole_number(announced, what)
+            if count < 0:
                 raise ValueError(f"{what} {announced} is negative")
-            return whole_number(announced, what)
+            return count
         except (TypeError, ValueError) as exc:
             self.totals["bad_documents"] += 1
             log.warning("stop of run %s: %s; its missed events are not counted", uid, exc)

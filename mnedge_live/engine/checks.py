@@ -198,8 +198,9 @@ def check_and_resample(energy, intensity) -> Resampled:
     in ``Resampled.padded``.
     """
     for name, a in (("energy", energy), ("intensity", intensity)):
-        if isinstance(a, np.ma.MaskedArray) and np.ma.count_masked(a):
-            raise ValueError(f"{name} has {np.ma.count_masked(a)} masked value(s): the engine reads measured points "
+        masked = np.ma.count_masked(a) if isinstance(a, np.ma.MaskedArray) else 0
+        if masked:
+            raise ValueError(f"{name} has {masked} masked value(s): the engine reads measured points "
                              "only (a masked array's mask would be dropped); remove or fill the masked points")
     e = np.asarray(energy)
     y = np.asarray(intensity)
